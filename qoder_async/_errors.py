@@ -1,0 +1,528 @@
+"""Every exception qoder_async raises.
+
+A caller never has to catch an httpx or aiohttp exception: transport failures
+arrive as :class:`APIConnectionError`, HTTP error statuses as
+:class:`APIStatusError` subclasses, bad stream input as :class:`StreamError`
+subclasses. Messages and reprs never contain the access token; bodies are
+quoted as short snippets, never whole.
+
+::
+
+    QoderError
+    ├── ConfigurationError              no token, http:// to a remote host...
+    ├── ClientClosedError               the client (or a stream/session) was used after close
+    ├── APIError                        something went wrong talking to the API
+    │   ├── APIStatusError              an HTTP error status (status_code, error_type...)
+    │   │   ├── BadRequestError             400
+    │   │   ├── AuthenticationError         401
+    │   │   ├── PermissionDeniedError       403
+    │   │   ├── NotFoundError               404
+    │   │   ├── ConflictError               409
+    │   │   │   ├── SessionBusyError            a turn is running; the message was not stored
+    │   │   │   └── IdempotencyConflictError    Idempotency-Key reused with a different body
+    │   │   ├── UnprocessableEntityError    422
+    │   │   ├── RateLimitError              429
+    │   │   └── InternalServerError         5xx
+    │   ├── APIConnectionError          the request did not get an answer (reset, refused, DNS...)
+    │   │   └── APITimeoutError         ... because a timeout expired
+    │   └── APIResponseValidationError  a 2xx answer whose body is not what the API documents
+    ├── StreamError                     the event stream failed (carries last_event_id)
+    │   ├── StreamDecodeError           malformed SSE, invalid UTF-8, invalid JSON, wrong types
+    │   │   └── FrameTooLargeError      a line/frame larger than max_event_bytes
+    │   ├── StreamContentTypeError      the stream answered with something that is not SSE
+    │   ├── StreamStalledError          no progress for too long, repeatedly
+    │   └── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
+    └── TurnFailed                      a turn ended without finishing (terminated, deleted)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConflictError",
+    "FrameTooLargeError",
+    "IdempotencyConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QoderError",
+    "RateLimitError",
+    "ResumeExhaustedError",
+    "SessionBusyError",
+    "StreamContentTypeError",
+    "StreamDecodeError",
+    "StreamError",
+    "StreamStalledError",
+    "TurnFailed",
+    "UnprocessableEntityError",
+    "error_from_response",
+    "snippet",
+]
+
+SNIPPET_LIMIT = 200
+
+
+def snippet(data: bytes | str | None, limit: int = SNIPPET_LIMIT) -> str:
+    """A short, printable quote of ``data`` for error messages (never the whole body)."""
+    if not data:
+        return ""
+    size = len(data)
+    head = data[: limit * 4]
+    text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+    text = text.strip()
+    if len(text) > limit or size > len(head):
+        unit = "bytes" if isinstance(data, bytes) else "chars"
+        return f"{text[:limit]}... ({size} {unit})"
+    return text
+
+
+class QoderError(Exception):
+    """Base class of every exception raised by qoder_async."""
+
+
+class ConfigurationError(QoderError, ValueError):
+    """The client was configured in a way that cannot work or is unsafe."""
+
+
+class ClientClosedError(QoderError, RuntimeError):
+    """The client, stream or session was used after it was closed."""
+
+
+class APIError(QoderError):
+    """Something went wrong talking to the Qoder API.
+
+    ``method`` and ``url`` name the request (never its headers), ``body`` is the
+    parsed JSON body when there was one, else the text (or ``None``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        body: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.body = body
+
+    def __str__(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        return f"{self.message}{where}"
+
+
+class APIStatusError(APIError):
+    """The API answered with an HTTP error status.
+
+    Attributes: ``status_code``; ``error_type`` (the envelope's ``error.type``,
+    e.g. ``"invalid_request_error"``, or ``None`` for a non-JSON body);
+    ``message``; ``param``; ``request_id`` (``x-request-id``/``request-id`` header
+    or the body's ``request_id``); ``body``; ``headers`` (the response headers);
+    ``retry_after`` (seconds the server asked to wait, when it said so).
+    """
+
+    status: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_type: str | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url, body=body)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.param = param
+        self.request_id = request_id
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        kind = f" {self.error_type}" if self.error_type else ""
+        rid = f" [request_id={self.request_id}]" if self.request_id else ""
+        return f"{self.status_code}{kind}: {super().__str__()}{rid}"
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed (missing field, bad JSON, bad cursor...)."""
+
+    status = 400
+
+
+class AuthenticationError(APIStatusError):
+    """401: the token is missing, malformed, expired or revoked."""
+
+    status = 401
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the token may not touch this resource."""
+
+    status = 403
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown resource (or an unregistered route answering plain text)."""
+
+    status = 404
+
+
+class ConflictError(APIStatusError):
+    """409: a state conflict. Never retried blindly.
+
+    The two cases a sender cares about have their own subclasses:
+    :class:`SessionBusyError` and :class:`IdempotencyConflictError`.
+    """
+
+    status = 409
+
+
+class SessionBusyError(ConflictError):
+    """409 on send: the session is still running a turn; nothing was stored.
+
+    Wait for the turn to end (``session.send(..., on_busy="wait")``) or interrupt it.
+    """
+
+
+class IdempotencyConflictError(ConflictError):
+    """409: the ``Idempotency-Key`` was already used with a different request body."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was well-formed but semantically invalid."""
+
+    status = 422
+
+
+class RateLimitError(APIStatusError):
+    """429: throttled by the gateway; see ``retry_after``."""
+
+    status = 429
+
+
+class InternalServerError(APIStatusError):
+    """5xx: the server failed (500 api_error, 501, 503 gateway protection...)."""
+
+
+class APIConnectionError(APIError):
+    """The request got no usable answer: refused, reset, DNS failure, broken body."""
+
+    def __init__(
+        self,
+        message: str = "Connection error.",
+        *,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+
+
+class APITimeoutError(APIConnectionError):
+    """A timeout expired before the server answered."""
+
+    def __init__(
+        self,
+        message: str = "Request timed out.",
+        *,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+
+
+class APIResponseValidationError(APIError):
+    """A successful answer whose body is not what the API documents."""
+
+
+class StreamError(QoderError):
+    """The event stream failed. ``last_event_id`` is where it can be resumed from."""
+
+    def __init__(self, message: str, *, last_event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.last_event_id = last_event_id
+
+    def __str__(self) -> str:
+        cursor = f" (last_event_id={self.last_event_id})" if self.last_event_id else ""
+        return f"{self.message}{cursor}"
+
+
+class StreamDecodeError(StreamError):
+    """A frame could not be decoded: ``reason`` says why, ``frame`` quotes a snippet."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        frame: bytes | str | None = None,
+        event_id: str | None = None,
+        last_event_id: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.frame = snippet(frame)
+        self.event_id = event_id
+        quote = f": {self.frame!r}" if self.frame else ""
+        ident = f" in event {event_id}" if event_id else ""
+        super().__init__(f"{reason}{ident}{quote}", last_event_id=last_event_id)
+
+
+class FrameTooLargeError(StreamDecodeError):
+    """A line or frame exceeded ``max_event_bytes``; it was discarded, not buffered."""
+
+    def __init__(self, limit: int, *, frame: bytes | None = None, last_event_id: str | None = None):
+        self.limit = limit
+        super().__init__(
+            f"SSE frame larger than max_event_bytes={limit}",
+            frame=frame,
+            last_event_id=last_event_id,
+        )
+
+
+class StreamContentTypeError(StreamError):
+    """The stream endpoint answered with a content type that is not ``text/event-stream``."""
+
+    def __init__(
+        self,
+        content_type: str,
+        *,
+        status_code: int,
+        body: bytes | None = None,
+        request_id: str | None = None,
+        last_event_id: str | None = None,
+    ) -> None:
+        self.content_type = content_type
+        self.status_code = status_code
+        self.body = snippet(body)
+        self.request_id = request_id
+        rid = f" [request_id={request_id}]" if request_id else ""
+        quote = f": {self.body!r}" if self.body else ""
+        super().__init__(
+            f"expected text/event-stream, got {content_type or 'no content type'!r} "
+            f"with status {status_code}{rid}{quote}",
+            last_event_id=last_event_id,
+        )
+
+
+class StreamStalledError(StreamError):
+    """No real event arrived for ``stall_timeout`` seconds, ``stalls`` times in a row.
+
+    ``idle_seconds`` is how long the last stall lasted; ``heartbeats`` how many
+    keep-alives arrived meanwhile (the socket was alive, the session was not).
+    """
+
+    def __init__(
+        self,
+        *,
+        stalls: int,
+        stall_timeout: float,
+        idle_seconds: float,
+        heartbeats: int,
+        last_event_id: str | None = None,
+    ) -> None:
+        self.stalls = stalls
+        self.stall_timeout = stall_timeout
+        self.idle_seconds = idle_seconds
+        self.heartbeats = heartbeats
+        super().__init__(
+            f"stream stalled {stalls} times in a row: no event for {idle_seconds:.1f}s "
+            f"(stall_timeout={stall_timeout}s, {heartbeats} heartbeats meanwhile)",
+            last_event_id=last_event_id,
+        )
+
+
+class ResumeExhaustedError(StreamError):
+    """Reconnecting failed ``attempts`` times in a row; the last failure is ``__cause__``."""
+
+    def __init__(self, *, attempts: int, elapsed: float, last_event_id: str | None) -> None:
+        self.attempts = attempts
+        self.elapsed = elapsed
+        super().__init__(
+            f"gave up reconnecting after {attempts} attempts over {elapsed:.1f}s",
+            last_event_id=last_event_id,
+        )
+
+
+class TurnFailed(QoderError):
+    """A turn ended without finishing: the session was terminated or deleted.
+
+    ``turn_id``; ``reason`` (the ending event's type); ``event`` (that event);
+    ``result`` (the :class:`TurnResult` folded so far, or ``None``).
+    """
+
+    def __init__(self, message: str, *, turn_id: str | None, reason: str, event: Any, result: Any):
+        super().__init__(message)
+        self.turn_id = turn_id
+        self.reason = reason
+        self.event = event
+        self.result = result
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+# For error envelopes that arrive without an HTTP status (an SSE `event: error` frame).
+_STATUS_BY_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "conflict_error": 409,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+    "feature_not_available": 501,
+}
+
+
+def status_for_error_type(error_type: str | None) -> int:
+    """The HTTP status an error type implies (500 when unknown)."""
+    return _STATUS_BY_TYPE.get(error_type or "", 500)
+
+
+def error_class(status_code: int) -> type[APIStatusError]:
+    """The exception class for an HTTP error status."""
+    cls = _BY_STATUS.get(status_code)
+    if cls is not None:
+        return cls
+    return InternalServerError if status_code >= 500 else APIStatusError
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0 and value == value:  # rejects NaN
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        import time
+
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if value >= 0 and value == value else None
+
+
+def _decode_body(content: bytes) -> object:
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", errors="replace")
+
+
+def error_from_response(
+    status_code: int,
+    content: bytes,
+    headers: Mapping[str, str],
+    *,
+    method: str | None = None,
+    url: str | None = None,
+    error_class_override: type[APIStatusError] | None = None,
+) -> APIStatusError:
+    """Build the typed error for an HTTP error answer.
+
+    Works for the JSON error envelope, plain-text bodies (``404 page not found``),
+    HTML error pages and empty bodies alike. ``headers`` must be case-insensitive
+    or lower-cased.
+    """
+    body = _decode_body(content)
+    error_type: str | None = None
+    param: str | None = None
+    message: str | None = None
+    request_id = headers.get("x-request-id") or headers.get("request-id")
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            error_type = _str_or_none(err.get("type"))
+            message = _str_or_none(err.get("message"))
+            param = _str_or_none(err.get("param"))
+        elif isinstance(err, str):
+            message = err
+        if message is None:
+            message = _str_or_none(body.get("message"))
+        if request_id is None:
+            request_id = _str_or_none(body.get("request_id"))
+    if message is None:
+        text = snippet(content)
+        message = text or f"HTTP {status_code} with an empty body"
+    cls = error_class_override or error_class(status_code)
+    return cls(
+        message,
+        status_code=status_code,
+        error_type=error_type,
+        param=param,
+        request_id=request_id,
+        body=body if isinstance(body, dict | list) else snippet(content),
+        headers=headers,
+        retry_after=parse_retry_after(headers),
+        method=method,
+        url=url,
+    )
+
+
+def error_from_envelope(body: Mapping[str, Any]) -> APIStatusError:
+    """Build the typed error for an error envelope received inside an event stream."""
+    err = body.get("error", body)
+    error_type = message = None
+    if isinstance(err, Mapping):
+        error_type = _str_or_none(err.get("type"))
+        message = _str_or_none(err.get("message"))
+    elif isinstance(err, str):
+        message = err
+    status = status_for_error_type(error_type)
+    return error_class(status)(
+        message or "the stream reported an error",
+        status_code=status,
+        error_type=error_type,
+        request_id=_str_or_none(body.get("request_id")),
+        body=dict(body),
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

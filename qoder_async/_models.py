@@ -1,0 +1,930 @@
+"""Typed models: content blocks, every event type, stop reasons, and the resources.
+
+All models are attrs classes, frozen and slotted. Every event has ``.type``,
+``.id``, ``.turn_id``, ``.processed_at`` (the RFC 3339 string as sent),
+``.session_thread_id`` and ``.raw`` (the JSON object exactly as received; do
+not mutate it). Type-specific fields are positional, so the outbound events
+read naturally: ``UserMessage("hi")``, ``UserCustomToolResult(tool_use_id, "42")``.
+
+Events whose type this version does not know arrive as :class:`UnknownEvent`
+with the raw object, never dropped and never an error. The wire format has
+several generations (see ``qoder-api.md`` §11); :mod:`qoder_async._convert`
+maps all of them onto these shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+
+from attrs import field, frozen
+
+__all__ = [
+    "Accepted",
+    "Agent",
+    "AgentArtifactDelivered",
+    "AgentContentBlockDelta",
+    "AgentContentBlockStart",
+    "AgentContentBlockStop",
+    "AgentCustomToolUse",
+    "AgentMCPToolResult",
+    "AgentMCPToolUse",
+    "AgentMessage",
+    "AgentMessageDelta",
+    "AgentMessageStart",
+    "AgentMessageStop",
+    "AgentThinking",
+    "AgentThreadContextCompacted",
+    "AgentThreadMessageReceived",
+    "AgentThreadMessageSent",
+    "AgentToolResult",
+    "AgentToolUse",
+    "BaseEvent",
+    "BudgetReached",
+    "ContentBlock",
+    "DeletedSession",
+    "DocumentBlock",
+    "EndTurn",
+    "Environment",
+    "ErrorInfo",
+    "Event",
+    "EventDelta",
+    "EventStart",
+    "ImageBlock",
+    "OutboundEvent",
+    "RequiresAction",
+    "RetriesExhausted",
+    "Session",
+    "SessionDeleted",
+    "SessionError",
+    "SessionStatusIdle",
+    "SessionStatusRescheduled",
+    "SessionStatusRunning",
+    "SessionStatusTerminated",
+    "SessionThreadCreated",
+    "SessionThreadStatusIdle",
+    "SessionThreadStatusRescheduled",
+    "SessionThreadStatusRunning",
+    "SessionThreadStatusTerminated",
+    "SessionUpdated",
+    "SessionUsage",
+    "SpanModelRequestEnd",
+    "SpanModelRequestStart",
+    "SpanOutcomeEvaluationEnd",
+    "SpanOutcomeEvaluationOngoing",
+    "SpanOutcomeEvaluationStart",
+    "StopReason",
+    "SystemMessage",
+    "TextBlock",
+    "UnknownBlock",
+    "UnknownEvent",
+    "UnknownStopReason",
+    "Usage",
+    "UserCustomToolResult",
+    "UserDefineOutcome",
+    "UserInterrupt",
+    "UserMessage",
+    "UserToolConfirmation",
+    "UserToolResult",
+    "blocks_text",
+    "to_blocks",
+]
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- content blocks
+
+
+@frozen
+class TextBlock:
+    """A text content block."""
+
+    type: ClassVar[Literal["text"]] = "text"
+    text: str
+
+
+@frozen
+class ImageBlock:
+    """An image content block; ``source`` is the API's source object (base64, url or file)."""
+
+    type: ClassVar[Literal["image"]] = "image"
+    source: Mapping[str, Any]
+
+    @classmethod
+    def from_url(cls, url: str) -> ImageBlock:
+        """An image the server fetches from ``url``."""
+        return cls({"type": "url", "url": url})
+
+    @classmethod
+    def from_base64(cls, data: str, media_type: str) -> ImageBlock:
+        """An inline image: base64 ``data`` of ``media_type`` (e.g. ``image/png``)."""
+        return cls({"type": "base64", "media_type": media_type, "data": data})
+
+
+@frozen
+class DocumentBlock:
+    """A document content block (PDF, plain text...); ``source`` as the API defines it."""
+
+    type: ClassVar[Literal["document"]] = "document"
+    source: Mapping[str, Any]
+    title: str | None = None
+    context: str | None = None
+
+
+@frozen
+class UnknownBlock:
+    """A content block of a type this version does not model; ``raw`` keeps it whole."""
+
+    type: str
+    raw: Mapping[str, Any] = field(factory=dict, eq=False)
+
+
+ContentBlock: TypeAlias = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
+
+
+def to_blocks(
+    content: str | ContentBlock | Iterable[str | ContentBlock],
+) -> tuple[ContentBlock, ...]:
+    """Normalise outbound content: a string becomes one text block."""
+    if isinstance(content, tuple) and all(not isinstance(b, str) for b in content):
+        return content
+    if isinstance(content, str):
+        return (TextBlock(content),)
+    if isinstance(content, TextBlock | ImageBlock | DocumentBlock | UnknownBlock):
+        return (content,)
+    return tuple(TextBlock(b) if isinstance(b, str) else b for b in content)
+
+
+def blocks_text(blocks: Iterable[ContentBlock]) -> str:
+    """The concatenated text of the text blocks."""
+    return "".join(b.text for b in blocks if isinstance(b, TextBlock))
+
+
+# ----------------------------------------------------------- usage, errors, stop reasons
+
+
+@frozen(kw_only=True)
+class Usage:
+    """Token and credit counts (a span's ``model_usage`` or a session's cumulative ``usage``).
+
+    ``credits`` reads ``credits`` or ``total_credits``. Fields the server did not
+    send are ``None``. ``a + b`` adds field by field.
+    """
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    credits: float | None = None
+    raw: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+    def __add__(self, other: Usage) -> Usage:
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else a + b
+
+        return Usage(
+            input_tokens=add(self.input_tokens, other.input_tokens),
+            output_tokens=add(self.output_tokens, other.output_tokens),
+            cache_read_input_tokens=add(
+                self.cache_read_input_tokens, other.cache_read_input_tokens
+            ),
+            cache_creation_input_tokens=add(
+                self.cache_creation_input_tokens, other.cache_creation_input_tokens
+            ),
+            credits=add(self.credits, other.credits),
+        )
+
+
+@frozen(kw_only=True)
+class ErrorInfo:
+    """The error inside a ``session.error`` event.
+
+    ``retry_status`` is ``"retrying"`` (the session retries by itself; the turn
+    goes on), ``"exhausted"`` or ``"terminal"``, or ``None`` when not sent.
+    """
+
+    type: str = "unknown_error"
+    message: str = ""
+    retry_status: str | None = None
+    code: str | None = None
+    raw: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+
+@frozen
+class StopReason:
+    """Why a session went idle. ``ends_turn`` is False only for ``requires_action``."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def type(self) -> str: ...
+
+    ends_turn: ClassVar[bool] = True
+
+
+@frozen
+class EndTurn(StopReason):
+    """The turn finished normally."""
+
+    type: ClassVar[Literal["end_turn"]] = "end_turn"
+
+
+@frozen
+class RequiresAction(StopReason):
+    """The turn is paused until each event in ``event_ids`` is answered (tool results)."""
+
+    type: ClassVar[Literal["requires_action"]] = "requires_action"
+    ends_turn: ClassVar[bool] = False
+    event_ids: tuple[str, ...] = ()
+
+
+@frozen
+class RetriesExhausted(StopReason):
+    """The turn ended because errors used up the retry budget."""
+
+    type: ClassVar[Literal["retries_exhausted"]] = "retries_exhausted"
+
+
+@frozen
+class BudgetReached(StopReason):
+    """The turn ended because the session's budget cap was hit."""
+
+    type: ClassVar[Literal["budget_reached"]] = "budget_reached"
+
+
+@frozen
+class UnknownStopReason(StopReason):
+    """A stop reason this version does not know; treated as the end of the turn."""
+
+    type: str
+    raw: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@frozen(kw_only=True)
+class BaseEvent:
+    """Fields every event has. ``type`` is a class constant (an instance field on unknowns)."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def type(self) -> str: ...
+
+    id: str | None = None
+    turn_id: str | None = None
+    processed_at: str | None = None
+    session_thread_id: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+# user.* --------------------------------------------------------------------
+
+
+@frozen
+class UserMessage(BaseEvent):
+    """``user.message``: what the user said. A string becomes one text block."""
+
+    type: ClassVar[Literal["user.message"]] = "user.message"
+    content: tuple[ContentBlock, ...] = field(converter=to_blocks)
+
+    @property
+    def text(self) -> str:
+        """The message's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class UserInterrupt(BaseEvent):
+    """``user.interrupt``: stop the running turn."""
+
+    type: ClassVar[Literal["user.interrupt"]] = "user.interrupt"
+    reason: str | None = None
+
+
+@frozen
+class UserDefineOutcome(BaseEvent):
+    """``user.define_outcome``: a goal the agent works towards and is graded against.
+
+    ``description`` also reads the older ``content``/``outcome`` spellings.
+    """
+
+    type: ClassVar[Literal["user.define_outcome"]] = "user.define_outcome"
+    description: str
+    rubric: Any = None
+    max_iterations: int | None = None
+
+
+@frozen
+class UserToolConfirmation(BaseEvent):
+    """``user.tool_confirmation``: allow or deny a tool use that asked for permission.
+
+    ``result`` is ``"allow"`` or ``"deny"`` (the older ``decision: approve`` reads as allow).
+    """
+
+    type: ClassVar[Literal["user.tool_confirmation"]] = "user.tool_confirmation"
+    tool_use_id: str
+    result: str = "allow"
+    deny_message: str | None = None
+
+
+@frozen
+class UserCustomToolResult(BaseEvent):
+    """``user.custom_tool_result``: the answer to an ``agent.custom_tool_use`` (by its event id)."""
+
+    type: ClassVar[Literal["user.custom_tool_result"]] = "user.custom_tool_result"
+    custom_tool_use_id: str
+    content: tuple[ContentBlock, ...] = field(default=(), converter=to_blocks)
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The result's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class UserToolResult(BaseEvent):
+    """``user.tool_result``: a result for a built-in tool use executed by the client."""
+
+    type: ClassVar[Literal["user.tool_result"]] = "user.tool_result"
+    tool_use_id: str
+    content: tuple[ContentBlock, ...] = field(default=(), converter=to_blocks)
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The result's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class SystemMessage(BaseEvent):
+    """``system.message``: system content injected into the session."""
+
+    type: ClassVar[Literal["system.message"]] = "system.message"
+    content: tuple[ContentBlock, ...] = field(converter=to_blocks)
+
+
+# agent.* -------------------------------------------------------------------
+
+
+@frozen
+class AgentMessage(BaseEvent):
+    """``agent.message``: the agent's reply (complete and authoritative)."""
+
+    type: ClassVar[Literal["agent.message"]] = "agent.message"
+    content: tuple[ContentBlock, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The reply's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class AgentThinking(BaseEvent):
+    """``agent.thinking``: reasoning text (``thinking`` or older ``content``), or None."""
+
+    type: ClassVar[Literal["agent.thinking"]] = "agent.thinking"
+    thinking: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The thinking text ('' when the server sent only a progress signal)."""
+        return self.thinking or ""
+
+
+@frozen
+class AgentToolUse(BaseEvent):
+    """``agent.tool_use``: a built-in tool call (also read from ``tool_name``/``tool_input``).
+
+    ``tool_use_id`` is what results refer to: the event id unless the server
+    sent an explicit ``tool_use_id``.
+    """
+
+    type: ClassVar[Literal["agent.tool_use"]] = "agent.tool_use"
+    name: str = ""
+    input: Mapping[str, Any] = field(factory=dict)
+    evaluated_permission: str | None = None
+    tool_use_id: str | None = None
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """True when the tool waits for a ``user.tool_confirmation``."""
+        return self.evaluated_permission == "ask"
+
+
+@frozen
+class AgentToolResult(BaseEvent):
+    """``agent.tool_result``: a built-in tool's output (``output`` strings read as text)."""
+
+    type: ClassVar[Literal["agent.tool_result"]] = "agent.tool_result"
+    tool_use_id: str | None = None
+    content: tuple[ContentBlock, ...] = ()
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The output's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class AgentCustomToolUse(BaseEvent):
+    """``agent.custom_tool_use``: the agent asks the client to run a tool; answer by ``id``."""
+
+    type: ClassVar[Literal["agent.custom_tool_use"]] = "agent.custom_tool_use"
+    name: str = ""
+    input: Mapping[str, Any] = field(factory=dict)
+
+
+@frozen
+class AgentMCPToolUse(BaseEvent):
+    """``agent.mcp_tool_use``: a call to a tool of an MCP server."""
+
+    type: ClassVar[Literal["agent.mcp_tool_use"]] = "agent.mcp_tool_use"
+    name: str = ""
+    input: Mapping[str, Any] = field(factory=dict)
+    mcp_server_name: str | None = None
+    evaluated_permission: str | None = None
+
+
+@frozen
+class AgentMCPToolResult(BaseEvent):
+    """``agent.mcp_tool_result``: an MCP tool's output."""
+
+    type: ClassVar[Literal["agent.mcp_tool_result"]] = "agent.mcp_tool_result"
+    mcp_tool_use_id: str | None = None
+    content: tuple[ContentBlock, ...] = ()
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The output's text."""
+        return blocks_text(self.content)
+
+
+@frozen
+class AgentThreadMessageSent(BaseEvent):
+    """``agent.thread_message_sent``: a message to another agent thread."""
+
+    type: ClassVar[Literal["agent.thread_message_sent"]] = "agent.thread_message_sent"
+    content: tuple[ContentBlock, ...] = ()
+    to_session_thread_id: str | None = None
+    to_agent_name: str | None = None
+
+
+@frozen
+class AgentThreadMessageReceived(BaseEvent):
+    """``agent.thread_message_received``: a message from another agent thread."""
+
+    type: ClassVar[Literal["agent.thread_message_received"]] = "agent.thread_message_received"
+    content: tuple[ContentBlock, ...] = ()
+    from_session_thread_id: str | None = None
+    from_agent_name: str | None = None
+
+
+@frozen
+class AgentThreadContextCompacted(BaseEvent):
+    """``agent.thread_context_compacted``: the agent's context was compacted."""
+
+    type: ClassVar[Literal["agent.thread_context_compacted"]] = "agent.thread_context_compacted"
+
+
+@frozen
+class AgentArtifactDelivered(BaseEvent):
+    """``agent.artifact_delivered``: a file produced by the agent."""
+
+    type: ClassVar[Literal["agent.artifact_delivered"]] = "agent.artifact_delivered"
+    file_id: str | None = None
+    original_filename: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+
+
+# session.* -----------------------------------------------------------------
+
+
+@frozen
+class SessionStatusRunning(BaseEvent):
+    """``session.status_running``: a turn started (or resumed after ``requires_action``)."""
+
+    type: ClassVar[Literal["session.status_running"]] = "session.status_running"
+
+
+@frozen
+class SessionStatusIdle(BaseEvent):
+    """``session.status_idle``: the agent stopped; ``stop_reason`` says why.
+
+    Older payloads without a stop reason read as :class:`EndTurn`.
+    """
+
+    type: ClassVar[Literal["session.status_idle"]] = "session.status_idle"
+    stop_reason: StopReason = field(factory=EndTurn)
+
+
+@frozen
+class SessionStatusRescheduled(BaseEvent):
+    """``session.status_rescheduled``: the runtime is moving; the session comes back idle."""
+
+    type: ClassVar[Literal["session.status_rescheduled"]] = "session.status_rescheduled"
+
+
+@frozen
+class SessionStatusTerminated(BaseEvent):
+    """``session.status_terminated`` (or the older ``terminated``): the session is over."""
+
+    type: ClassVar[Literal["session.status_terminated"]] = "session.status_terminated"
+    reason: str | None = None
+
+
+@frozen
+class SessionError(BaseEvent):
+    """``session.error``: an error inside the session (not by itself the end of a turn)."""
+
+    type: ClassVar[Literal["session.error"]] = "session.error"
+    error: ErrorInfo = field(factory=ErrorInfo)
+
+    @property
+    def retrying(self) -> bool:
+        """True when the session retries by itself (``retry_status`` ``retrying``)."""
+        return self.error.retry_status == "retrying"
+
+
+@frozen
+class SessionUpdated(BaseEvent):
+    """``session.updated``: the session's configuration changed."""
+
+    type: ClassVar[Literal["session.updated"]] = "session.updated"
+
+
+@frozen
+class SessionDeleted(BaseEvent):
+    """``session.deleted``: the session was deleted; its streams end."""
+
+    type: ClassVar[Literal["session.deleted"]] = "session.deleted"
+
+
+@frozen
+class SessionUsage(BaseEvent):
+    """``session.usage``: a cumulative usage snapshot (not an increment)."""
+
+    type: ClassVar[Literal["session.usage"]] = "session.usage"
+    usage: Usage = field(factory=Usage)
+    budget: Mapping[str, Any] | None = None
+
+
+@frozen
+class SessionThreadCreated(BaseEvent):
+    """``session.thread_created``: a sub-agent thread started."""
+
+    type: ClassVar[Literal["session.thread_created"]] = "session.thread_created"
+    agent_name: str | None = None
+
+
+@frozen
+class SessionThreadStatusRunning(BaseEvent):
+    """``session.thread_status_running``."""
+
+    type: ClassVar[Literal["session.thread_status_running"]] = "session.thread_status_running"
+    agent_name: str | None = None
+
+
+@frozen
+class SessionThreadStatusIdle(BaseEvent):
+    """``session.thread_status_idle``: a thread paused (its own stop reason; not the turn's end)."""
+
+    type: ClassVar[Literal["session.thread_status_idle"]] = "session.thread_status_idle"
+    agent_name: str | None = None
+    stop_reason: StopReason = field(factory=EndTurn)
+
+
+@frozen
+class SessionThreadStatusRescheduled(BaseEvent):
+    """``session.thread_status_rescheduled``."""
+
+    type: ClassVar[Literal["session.thread_status_rescheduled"]] = (
+        "session.thread_status_rescheduled"
+    )
+    agent_name: str | None = None
+
+
+@frozen
+class SessionThreadStatusTerminated(BaseEvent):
+    """``session.thread_status_terminated``."""
+
+    type: ClassVar[Literal["session.thread_status_terminated"]] = "session.thread_status_terminated"
+    agent_name: str | None = None
+
+
+# span.* --------------------------------------------------------------------
+
+
+@frozen
+class SpanModelRequestStart(BaseEvent):
+    """``span.model_request_start``: a model call began."""
+
+    type: ClassVar[Literal["span.model_request_start"]] = "span.model_request_start"
+    model: str | None = None
+    span_id: str | None = None
+
+
+@frozen
+class SpanModelRequestEnd(BaseEvent):
+    """``span.model_request_end``: a model call ended; ``model_usage`` also reads ``usage``.
+
+    ``model_request_start_id`` also reads the older ``span_id``.
+    """
+
+    type: ClassVar[Literal["span.model_request_end"]] = "span.model_request_end"
+    model_request_start_id: str | None = None
+    is_error: bool = False
+    model_usage: Usage | None = None
+
+
+@frozen
+class SpanOutcomeEvaluationStart(BaseEvent):
+    """``span.outcome_evaluation_start``: grading against a defined outcome began."""
+
+    type: ClassVar[Literal["span.outcome_evaluation_start"]] = "span.outcome_evaluation_start"
+    outcome_id: str | None = None
+    iteration: int | None = None
+
+
+@frozen
+class SpanOutcomeEvaluationOngoing(BaseEvent):
+    """``span.outcome_evaluation_ongoing``."""
+
+    type: ClassVar[Literal["span.outcome_evaluation_ongoing"]] = "span.outcome_evaluation_ongoing"
+    outcome_id: str | None = None
+    iteration: int | None = None
+
+
+@frozen
+class SpanOutcomeEvaluationEnd(BaseEvent):
+    """``span.outcome_evaluation_end``: ``result`` and ``explanation`` of the grading."""
+
+    type: ClassVar[Literal["span.outcome_evaluation_end"]] = "span.outcome_evaluation_end"
+    outcome_id: str | None = None
+    iteration: int | None = None
+    result: str | None = None
+    explanation: str | None = None
+    outcome_evaluation_start_id: str | None = None
+
+
+# previews: per-connection `event_deltas[]` dialect --------------------------
+
+
+@frozen
+class EventStart(BaseEvent):
+    """``event_start``: a preview of event ``event_id`` (of type ``event_type``) begins.
+
+    Previews are best-effort and never stored; the buffered event with the same
+    id replaces them.
+    """
+
+    type: ClassVar[Literal["event_start"]] = "event_start"
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+@frozen
+class EventDelta(BaseEvent):
+    """``event_delta``: a fragment of content block ``index`` of previewed event ``event_id``."""
+
+    type: ClassVar[Literal["event_delta"]] = "event_delta"
+    event_id: str | None = None
+    index: int = 0
+    content: ContentBlock | None = None
+    delta_type: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The fragment's text ('' for non-text fragments)."""
+        return self.content.text if isinstance(self.content, TextBlock) else ""
+
+
+# previews: session-level incremental streaming dialect ----------------------
+
+
+@frozen
+class AgentMessageStart(BaseEvent):
+    """``agent.message_start``: an incrementally streamed message begins."""
+
+    type: ClassVar[Literal["agent.message_start"]] = "agent.message_start"
+    message_id: str | None = None
+
+
+@frozen
+class AgentContentBlockStart(BaseEvent):
+    """``agent.content_block_start``: block ``index`` (``block_type`` text/thinking/tool_use)."""
+
+    type: ClassVar[Literal["agent.content_block_start"]] = "agent.content_block_start"
+    message_id: str | None = None
+    index: int = 0
+    block_type: str | None = None
+
+
+@frozen
+class AgentContentBlockDelta(BaseEvent):
+    """``agent.content_block_delta``: ``text`` carries text or thinking fragments.
+
+    ``delta_type`` is ``text_delta``, ``thinking_delta``, ``input_json_delta``
+    (then ``partial_json`` is set) or ``signature_delta``.
+    """
+
+    type: ClassVar[Literal["agent.content_block_delta"]] = "agent.content_block_delta"
+    message_id: str | None = None
+    index: int = 0
+    delta_type: str | None = None
+    text: str = ""
+    partial_json: str | None = None
+
+
+@frozen
+class AgentContentBlockStop(BaseEvent):
+    """``agent.content_block_stop``: block ``index`` is complete."""
+
+    type: ClassVar[Literal["agent.content_block_stop"]] = "agent.content_block_stop"
+    message_id: str | None = None
+    index: int = 0
+
+
+@frozen
+class AgentMessageDelta(BaseEvent):
+    """``agent.message_delta``: message-level changes (stop reason, usage)."""
+
+    type: ClassVar[Literal["agent.message_delta"]] = "agent.message_delta"
+    message_id: str | None = None
+    usage: Usage | None = None
+
+
+@frozen
+class AgentMessageStop(BaseEvent):
+    """``agent.message_stop``: the incrementally streamed message is complete."""
+
+    type: ClassVar[Literal["agent.message_stop"]] = "agent.message_stop"
+    message_id: str | None = None
+
+
+@frozen
+class UnknownEvent(BaseEvent):
+    """An event of a type this version does not model. Kept whole in ``raw``."""
+
+    type: str
+
+
+Event: TypeAlias = (
+    UserMessage
+    | UserInterrupt
+    | UserDefineOutcome
+    | UserToolConfirmation
+    | UserCustomToolResult
+    | UserToolResult
+    | SystemMessage
+    | AgentMessage
+    | AgentThinking
+    | AgentToolUse
+    | AgentToolResult
+    | AgentCustomToolUse
+    | AgentMCPToolUse
+    | AgentMCPToolResult
+    | AgentThreadMessageSent
+    | AgentThreadMessageReceived
+    | AgentThreadContextCompacted
+    | AgentArtifactDelivered
+    | SessionStatusRunning
+    | SessionStatusIdle
+    | SessionStatusRescheduled
+    | SessionStatusTerminated
+    | SessionError
+    | SessionUpdated
+    | SessionDeleted
+    | SessionUsage
+    | SessionThreadCreated
+    | SessionThreadStatusRunning
+    | SessionThreadStatusIdle
+    | SessionThreadStatusRescheduled
+    | SessionThreadStatusTerminated
+    | SpanModelRequestStart
+    | SpanModelRequestEnd
+    | SpanOutcomeEvaluationStart
+    | SpanOutcomeEvaluationOngoing
+    | SpanOutcomeEvaluationEnd
+    | EventStart
+    | EventDelta
+    | AgentMessageStart
+    | AgentContentBlockStart
+    | AgentContentBlockDelta
+    | AgentContentBlockStop
+    | AgentMessageDelta
+    | AgentMessageStop
+    | UnknownEvent
+)
+"""Any event the API can send; narrow with ``isinstance`` or ``match``."""
+
+OutboundEvent: TypeAlias = (
+    UserMessage
+    | UserInterrupt
+    | UserDefineOutcome
+    | UserToolConfirmation
+    | UserCustomToolResult
+    | UserToolResult
+    | SystemMessage
+)
+"""The events a client may post to ``POST /sessions/{id}/events``."""
+
+
+# --------------------------------------------------------------------------- resources
+
+
+@frozen(kw_only=True)
+class Session:
+    """A session. ``status`` is the server's string (idle, running, rescheduling, terminated,
+    or an older spelling); ``agent_id`` is read from ``agent_id`` or the agent snapshot."""
+
+    id: str
+    status: str | None = None
+    title: str | None = None
+    agent_id: str | None = None
+    environment_id: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    usage: Usage | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class DeletedSession:
+    """The answer to ``DELETE /sessions/{id}``."""
+
+    id: str
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Agent:
+    """An agent. ``model`` is the model id; ``system`` also reads ``instructions``."""
+
+    id: str
+    name: str | None = None
+    model: str | None = None
+    system: str | None = None
+    description: str | None = None
+    version: int | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Environment:
+    """An environment (where the agent's sandbox runs)."""
+
+    id: str
+    name: str | None = None
+    description: str | None = None
+    config: Mapping[str, Any] = field(factory=dict)
+    status: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Accepted:
+    """The answer to a send (202): the stored events, as a handle on what follows.
+
+    ``turn_id`` is the turn the events belong to (``None`` when the server does
+    not send turn ids); ``last_event_id`` is the id to stream from.
+    """
+
+    events: tuple[Event, ...]
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def turn_id(self) -> str | None:
+        """The turn id of the created events (the first one that has one)."""
+        for ev in self.events:
+            if ev.turn_id:
+                return ev.turn_id
+        return None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last created event: stream from here to miss nothing after it."""
+        for ev in reversed(self.events):
+            if ev.id:
+                return ev.id
+        return None

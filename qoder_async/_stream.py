@@ -1,0 +1,568 @@
+"""CORE (sans-I/O): SSE bytes -> frames -> typed events, the resume cursor, dedupe, live text.
+
+Nothing here does I/O or imports an HTTP or async library; the shell feeds
+bytes in and gets events out, so every rule below is tested exhaustively.
+
+Rules this module keeps (qoder-api.md §4, §6):
+
+=====================================  ============================================
+input                                  effect
+=====================================  ============================================
+bytes split anywhere, CR/LF/CRLF       the same frames (a BOM at the start is dropped)
+a line or frame > ``max_event_bytes``  :class:`FrameTooLargeError`; memory stays bounded
+``: comment``, ``event: heartbeat``,   liveness only (``heartbeats`` += 1), no event
+``event: ping``, empty ``data``
+``data: [DONE]``                       ``done`` set; nothing after it is read
+``event: error`` / ``{"type":"error"}``  the typed API error is raised
+invalid UTF-8 / JSON / not an object   :class:`StreamDecodeError` naming the frame
+a buffered event                       yielded; cursor := frame ``id:`` (else the
+                                       event's ``id``) — only once the frame is complete
+``id:`` empty                          cursor cleared (per the SSE spec)
+``id:`` containing NUL                 ignored
+an id seen within the last ``window``  dropped as a replayed duplicate
+preview frames (``event_start``,       yielded, never deduped (they share their
+``event_delta``)                       event's id) and never move the cursor
+=====================================  ============================================
+
+A preview must not move the cursor: resuming *at* a previewed id whose event has
+since been stored would skip that event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._convert import ShapeError, structure_event
+from ._errors import FrameTooLargeError, StreamDecodeError, error_from_envelope
+from ._models import (
+    AgentContentBlockDelta,
+    AgentContentBlockStart,
+    AgentMessage,
+    AgentMessageStart,
+    AgentThinking,
+    Event,
+    EventDelta,
+    EventStart,
+    SpanModelRequestEnd,
+)
+
+__all__ = [
+    "DEFAULT_DEDUPE_WINDOW",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EventDecoder",
+    "Frame",
+    "LiveText",
+    "SSEDecoder",
+    "json_loads",
+    "text_delta",
+]
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+DEFAULT_DEDUPE_WINDOW = 4096
+PREVIEW_TYPES = frozenset({"event_start", "event_delta"})
+_KEEPALIVE_EVENTS = frozenset({"heartbeat", "ping"})
+
+try:  # orjson is an optional extra: about 3x faster than json on this workload.
+    import orjson
+
+    json_loads: Callable[[bytes], Any] = orjson.loads
+    _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
+except ImportError:  # pragma: no cover - exercised in CI without the extra
+    json_loads = json.loads
+    _JSONError = (ValueError,)
+
+
+class Frame:
+    """One complete SSE frame: ``data`` is None when the frame had no ``data:`` line.
+
+    ``id`` is None when the frame had no ``id:`` line ("" when it was empty).
+    """
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(
+        self, event: str | None, data: bytes | None, id: str | None, retry: int | None
+    ) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"Frame(event={self.event!r}, data={self.data!r}, id={self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.event, self.data, self.id, self.retry) == (
+            other.event,
+            other.data,
+            other.id,
+            other.retry,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StreamDecodeError(f"invalid UTF-8 in the {what} field", frame=value) from None
+
+
+class SSEDecoder:
+    """Incremental SSE decoder: bytes in (any chunking), complete frames out.
+
+    ``comments`` counts comment lines (keep-alives). Memory is bounded by
+    ``max_event_bytes``: a longer line or frame raises :class:`FrameTooLargeError`
+    as soon as the limit is crossed, without buffering the rest.
+    """
+
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_event",
+        "_fields",
+        "_id",
+        "_max",
+        "_partial",
+        "_partial_size",
+        "_retry",
+        "_skip_lf",
+        "_started",
+        "comments",
+    )
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._skip_lf = False
+        self._started = False
+        self.comments = 0
+        self._reset_frame()
+
+    def _reset_frame(self) -> None:
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._fields = False
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        """Decode ``chunk``; returns the frames it completed (possibly none)."""
+        if not chunk:
+            return []
+        if not self._started:
+            self._started = True
+            if chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            # A CR at the very end may be the first half of a CRLF split across chunks.
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        frames: list[Frame] = []
+        if lines:
+            if self._partial:
+                self._partial.append(lines[0])
+                lines[0] = b"".join(self._partial)
+                self._partial = []
+                self._partial_size = 0
+            for line in lines:
+                if len(line) > self._max:
+                    raise FrameTooLargeError(self._max, frame=line[:200])
+                if line:
+                    self._field(line)
+                elif self._fields:
+                    frames.append(Frame(self._event, self._joined_data(), self._id, self._retry))
+                    self._reset_frame()
+        if tail:
+            self._partial_size += len(tail)
+            if self._partial_size > self._max:
+                head = self._partial[0] if self._partial else tail
+                self._partial = []
+                self._partial_size = 0
+                raise FrameTooLargeError(self._max, frame=head[:200])
+            self._partial.append(tail)
+        return frames
+
+    def _joined_data(self) -> bytes | None:
+        data = self._data
+        if not data:
+            return None
+        return data[0] if len(data) == 1 else b"\n".join(data)
+
+    def _field(self, line: bytes) -> None:
+        if line[0] == 58:  # b":" -- a comment
+            self.comments += 1
+            return
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data_size += len(value) + 1
+            if self._data_size > self._max:
+                self._reset_frame()
+                raise FrameTooLargeError(self._max, frame=value[:200])
+            self._data.append(value)
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._id = _text(value, "id")
+        elif name == b"event":
+            self._event = _text(value, "event")
+        elif name == b"retry":
+            if value.isdigit():
+                self._retry = int(value)
+        else:
+            return  # unknown fields are ignored and do not start a frame
+        self._fields = True
+
+    def close(self) -> list[Frame]:
+        """End of stream: a frame without its terminating blank line is discarded (SSE spec)."""
+        self._partial = []
+        self._partial_size = 0
+        self._reset_frame()
+        return []
+
+
+class EventDecoder:
+    """Frames -> typed events, with the resume cursor and a bounded dedupe window.
+
+    Feed bytes with :meth:`feed` (or frames with :meth:`frames`); read
+    ``last_event_id`` (the resume cursor), ``retry_ms`` (the server's ``retry:``),
+    ``heartbeats`` and ``done``. One decoder lives as long as a logical stream,
+    across reconnects: call :meth:`reconnected` when a new connection starts so a
+    frame cut by the drop is discarded while the dedupe window is kept.
+    """
+
+    __slots__ = (
+        "_dedupe_q",
+        "_dedupe_set",
+        "_max",
+        "_next",
+        "_pending",
+        "_sse",
+        "_window",
+        "done",
+        "duplicates",
+        "events",
+        "heartbeats",
+        "last_event_id",
+        "retry_ms",
+    )
+
+    def __init__(
+        self,
+        *,
+        last_event_id: str | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        seen_ids: Iterable[str] = (),
+    ) -> None:
+        self._max = max_event_bytes
+        self._sse = SSEDecoder(max_event_bytes)
+        self._window = dedupe_window
+        self._dedupe_q: deque[str] = deque()
+        self._dedupe_set: set[str] = set()
+        self._pending: list[Frame] = []
+        self._next = 0
+        self.last_event_id = last_event_id
+        self.retry_ms: int | None = None
+        self.heartbeats = 0
+        self.duplicates = 0
+        self.events = 0
+        self.done = False
+        for ident in seen_ids:
+            self._remember(ident)
+        if last_event_id:
+            self._remember(last_event_id)
+
+    def reconnected(self) -> None:
+        """A new connection begins: forget any half-received frame (never a cursor)."""
+        self._sse.close()
+        self._sse = SSEDecoder(self._max)
+        self._pending = []
+        self._next = 0
+        self.done = False
+
+    def push(self, chunk: bytes) -> None:
+        """Add a chunk of the response body; then :meth:`pull` its events one by one."""
+        try:
+            frames = self._sse.feed(chunk)
+        except StreamDecodeError as exc:
+            exc.last_event_id = self.last_event_id
+            raise
+        if frames:
+            if self._next < len(self._pending):
+                self._pending = self._pending[self._next :] + frames
+            else:
+                self._pending = frames
+            self._next = 0
+
+    def pull(self) -> Event | None:
+        """The next new event pushed so far, or None.
+
+        The cursor moves past an event only when it is pulled, so
+        ``last_event_id`` always names the last event handed out.
+        """
+        pending = self._pending
+        while self._next < len(pending):
+            if self.done:
+                self._next = len(pending)
+                break
+            frame = pending[self._next]
+            self._next += 1
+            ev = self._frame(frame)
+            if ev is not None:
+                return ev
+        return None
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Decode a chunk of the response body into the new events it completes."""
+        self.push(chunk)
+        out: list[Event] = []
+        while (ev := self.pull()) is not None:
+            out.append(ev)
+        return out
+
+    def frames(self, frames: Iterable[Frame]) -> list[Event]:
+        """Decode complete frames into new events (stops at ``[DONE]``)."""
+        out: list[Event] = []
+        for frame in frames:
+            if self.done:
+                break
+            ev = self._frame(frame)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    @property
+    def comments(self) -> int:
+        """Comment lines seen on the current connection."""
+        return self._sse.comments
+
+    def _remember(self, ident: str) -> None:
+        if len(self._dedupe_q) >= self._window:
+            self._dedupe_set.discard(self._dedupe_q.popleft())
+        self._dedupe_q.append(ident)
+        self._dedupe_set.add(ident)
+
+    def _error(self, reason: str, frame: Frame, data: bytes | None = None) -> StreamDecodeError:
+        return StreamDecodeError(
+            reason,
+            frame=data if data is not None else frame.data,
+            event_id=frame.id or None,
+            last_event_id=self.last_event_id,
+        )
+
+    def _frame(self, frame: Frame) -> Event | None:
+        if frame.retry is not None:
+            self.retry_ms = frame.retry
+        data = frame.data
+        name = frame.event
+        if not data or name in _KEEPALIVE_EVENTS:
+            self.heartbeats += 1
+            if frame.id is not None and name not in _KEEPALIVE_EVENTS:
+                self.last_event_id = frame.id or None
+            return None
+        if data == b"[DONE]":
+            self.done = True
+            return None
+        try:
+            obj = json_loads(data)
+        except _JSONError as exc:
+            bad_utf8 = isinstance(exc, UnicodeDecodeError) or "utf-8" in str(exc).lower()
+            reason = "invalid UTF-8" if bad_utf8 else "invalid JSON"
+            raise self._error(f"{reason} in SSE data", frame) from exc
+        if obj.__class__ is not dict:
+            if name == "error":
+                raise error_from_envelope({"error": obj})
+            raise self._error(f"SSE data is not a JSON object (got {type(obj).__name__})", frame)
+        if name == "error" or obj.get("type") == "error":
+            raise error_from_envelope(obj)
+        try:
+            ev = structure_event(obj, frame.id or None, name)
+        except ShapeError as exc:
+            raise self._error(
+                f"malformed {obj.get('type') or name or 'event'}: {exc}", frame
+            ) from exc
+        if ev.type in PREVIEW_TYPES:
+            return ev
+        ident = ev.id
+        if ident is not None:
+            if ident in self._dedupe_set:
+                self.duplicates += 1
+                return None
+            self._remember(ident)
+        fid = frame.id
+        if fid is not None:
+            self.last_event_id = fid or None
+        elif ident is not None:
+            self.last_event_id = ident
+        self.events += 1
+        return ev
+
+
+# --------------------------------------------------------------------------- live text
+
+
+class _Segment:
+    __slots__ = ("final", "key", "text")
+
+    def __init__(self, key: str | None, text: str, final: bool) -> None:
+        self.key = key
+        self.text = text
+        self.final = final
+
+
+MESSAGE_SEPARATOR = "\n\n"
+
+
+class LiveText:
+    """The text of a turn so far, folded from previews of both dialects and final messages.
+
+    ``text`` is the final ``agent.message`` texts (main thread only) joined by a
+    blank line, with in-progress previews in place; ``thinking`` likewise for
+    thinking. Rules: a buffered ``agent.message`` replaces the preview with its
+    id (or, in the incremental dialect, the oldest unmatched one); a
+    ``span.model_request_end`` or a reconnect drops previews still open.
+    """
+
+    __slots__ = ("_segments", "_thinking", "_version")
+
+    def __init__(self) -> None:
+        self._segments: list[_Segment] = []
+        self._thinking: list[_Segment] = []
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Increases whenever ``text`` changes."""
+        return self._version
+
+    @property
+    def text(self) -> str:
+        """The reply so far."""
+        return MESSAGE_SEPARATOR.join(s.text for s in self._segments if s.text)
+
+    @property
+    def thinking(self) -> str:
+        """The thinking so far."""
+        return MESSAGE_SEPARATOR.join(s.text for s in self._thinking if s.text)
+
+    def drop_previews(self) -> None:
+        """Forget previews that will not be completed (a reconnect or an aborted request)."""
+        before = len(self._segments)
+        self._segments = [s for s in self._segments if s.final]
+        self._thinking = [s for s in self._thinking if s.final]
+        if len(self._segments) != before:
+            self._version += 1
+
+    def feed(self, ev: Event) -> bool:
+        """Fold one event; returns True when ``text`` changed."""
+        if ev.session_thread_id is not None:
+            return False
+        if isinstance(ev, AgentMessage):
+            changed = self._final(self._segments, ev.id, ev.text)
+            if changed:
+                self._version += 1
+            return changed
+        if isinstance(ev, EventDelta):
+            seg = self._find(self._segments, ev.event_id)
+            if seg is None:
+                if self._find(self._thinking, ev.event_id) is not None:
+                    return False
+                seg = self._open(self._segments, ev.event_id)
+            if seg.final or not ev.text:
+                return False
+            seg.text += ev.text
+            self._version += 1
+            return True
+        if isinstance(ev, EventStart):
+            if ev.event_type == "agent.thinking":
+                segments = self._thinking
+            elif ev.event_type in (None, "agent.message"):
+                segments = self._segments
+            else:
+                return False
+            if self._find(segments, ev.event_id) is None:
+                self._open(segments, ev.event_id)
+            return False
+        if isinstance(ev, AgentContentBlockDelta):
+            if ev.delta_type == "thinking_delta":
+                seg = self._find(self._thinking, ev.message_id) or self._open(
+                    self._thinking, ev.message_id
+                )
+                seg.text += ev.text
+                return False
+            if ev.delta_type not in (None, "text_delta") or not ev.text:
+                return False
+            seg = self._find(self._segments, ev.message_id) or self._open(
+                self._segments, ev.message_id
+            )
+            seg.text += ev.text
+            self._version += 1
+            return True
+        if isinstance(ev, AgentMessageStart | AgentContentBlockStart):
+            return False
+        if isinstance(ev, AgentThinking):
+            self._final(self._thinking, ev.id, ev.text)
+            return False
+        if isinstance(ev, SpanModelRequestEnd):
+            before = self._version
+            self.drop_previews()
+            return self._version != before
+        return False
+
+    def _find(self, segments: list[_Segment], key: str | None) -> _Segment | None:
+        if key is None:
+            return None
+        for seg in reversed(segments):
+            if seg.key == key:
+                return seg
+        return None
+
+    def _open(self, segments: list[_Segment], key: str | None) -> _Segment:
+        seg = _Segment(key, "", False)
+        segments.append(seg)
+        return seg
+
+    def _final(self, segments: list[_Segment], key: str | None, text: str) -> bool:
+        seg = self._find(segments, key)
+        if seg is None:
+            # The incremental dialect keys previews by message_id, not the event id:
+            # the final message completes the oldest preview still open.
+            seg = next((s for s in segments if not s.final), None)
+        if seg is None:
+            segments.append(_Segment(key, text, True))
+            return bool(text)
+        changed = seg.text != text
+        seg.key, seg.text, seg.final = key, text, True
+        return changed
+
+
+def text_delta(emitted: str, current: str) -> str:
+    """What to append to ``emitted`` to reach ``current``.
+
+    When ``current`` does not extend ``emitted`` (a preview was dropped or
+    corrected) the part of ``current`` after their common prefix is returned.
+    """
+    if current.startswith(emitted):
+        return current[len(emitted) :]
+    n = 0
+    for a, b in zip(emitted, current, strict=False):
+        if a != b:
+            break
+        n += 1
+    return current[n:]
