@@ -1,0 +1,448 @@
+"""The sans-I/O SSE core: bytes -> frames -> events, cursor, dedupe, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qoder_async import (
+    AgentMessage,
+    AuthenticationError,
+    EventDelta,
+    EventStart,
+    FrameTooLargeError,
+    InternalServerError,
+    RateLimitError,
+    StreamDecodeError,
+    UnknownEvent,
+)
+from qoder_async._stream import EventDecoder, Frame, LiveText, SSEDecoder, text_delta
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def frame_bytes(
+    ident: str | None,
+    event: str | None,
+    data: str | None,
+    *,
+    eol: str = "\n",
+    retry: int | None = None,
+) -> bytes:
+    lines = []
+    if ident is not None:
+        lines.append(f"id: {ident}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    if retry is not None:
+        lines.append(f"retry: {retry}")
+    if data is not None:
+        lines.extend(f"data: {part}" for part in data.split("\n"))
+    return (eol.join(lines) + eol + eol).encode()
+
+
+def ev_json(ident: str, type_: str = "agent.message", text: str = "hi", **extra: object) -> str:
+    body: dict[str, object] = {"id": ident, "type": type_, **extra}
+    if type_ == "agent.message":
+        body["content"] = [{"type": "text", "text": text}]
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for p in points:
+        out.append(data[prev:p])
+        prev = p
+    out.append(data[prev:])
+    return out
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def test_decodes_fields_and_multiline_data() -> None:
+    dec = SSEDecoder()
+    frames = dec.feed(b'id: e1\nevent: agent.message\ndata: {"a":\ndata: 1}\nretry: 250\n\n')
+    assert frames == [Frame("agent.message", b'{"a":\n1}', "e1", 250)]
+
+
+def test_comments_count_and_yield_no_frame() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b": heartbeat\n\n: x\n\n") == []
+    assert dec.comments == 2
+
+
+def test_field_without_colon_and_without_space() -> None:
+    dec = SSEDecoder()
+    frames = dec.feed(b"data\n\ndata:x\n\nevent:foo\ndata:  two spaces\n\n")
+    assert frames == [
+        Frame(None, b"", None, None),
+        Frame(None, b"x", None, None),
+        Frame("foo", b" two spaces", None, None),
+    ]
+
+
+def test_id_with_nul_is_ignored_and_empty_id_is_kept_as_empty() -> None:
+    dec = SSEDecoder()
+    frames = dec.feed(b"id: a\x00b\ndata: 1\n\nid\ndata: 2\n\n")
+    assert frames[0].id is None
+    assert frames[1].id == ""
+
+
+def test_bom_is_dropped_once_and_unknown_fields_ignored() -> None:
+    dec = SSEDecoder()
+    frames = dec.feed(b"\xef\xbb\xbfdata: 1\nfoo: bar\n\n")
+    assert frames == [Frame(None, b"1", None, None)]
+    assert dec.feed(b"bogus: 1\n\n") == []
+
+
+def test_crlf_split_between_chunks_is_one_line_end() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"data: 1\r") == []
+    assert dec.feed(b"\n\r") == [Frame(None, b"1", None, None)]
+    assert dec.feed(b"\ndata: 2\r\r") == [Frame(None, b"2", None, None)]
+
+
+def test_incomplete_frame_at_eof_is_discarded() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"id: e1\ndata: {}") == []
+    assert dec.close() == []
+
+
+_text = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cs",), blacklist_characters="\r\n\x00", min_codepoint=1
+    ),
+    max_size=30,
+)
+_frame = st.tuples(
+    st.one_of(st.none(), st.from_regex(r"evt_[0-9a-f]{1,8}", fullmatch=True)),
+    st.one_of(st.none(), st.sampled_from(["agent.message", "heartbeat", "event_delta", "x"])),
+    st.one_of(
+        st.none(),
+        st.lists(_text, min_size=1, max_size=3).map("\n".join),
+        # U+2028/U+2029 are line terminators in JS, not in SSE: they must stay inside the data.
+        st.just('{"text":"a\u2028b\u2029c"}'),
+    ),
+    st.one_of(st.none(), st.integers(0, 10_000)),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frames=st.lists(_frame, max_size=12),
+    eols=st.lists(st.sampled_from(["\n", "\r", "\r\n"]), min_size=1),
+    comments=st.lists(st.booleans(), max_size=12),
+    cuts=st.lists(st.integers(0, 10_000), max_size=20),
+)
+def test_any_chunking_and_line_ending_gives_the_same_frames(
+    frames: list[tuple[str | None, str | None, str | None, int | None]],
+    eols: list[str],
+    comments: list[bool],
+    cuts: list[int],
+) -> None:
+    stream = b""
+    expected: list[Frame] = []
+    for i, (ident, event, data, retry) in enumerate(frames):
+        eol = eols[i % len(eols)]
+        if i < len(comments) and comments[i]:
+            stream += f": keep-alive{eol}".encode()
+        if ident is None and event is None and data is None and retry is None:
+            continue
+        stream += frame_bytes(ident, event, data, eol=eol, retry=retry)
+        expected.append(
+            Frame(event, None if data is None else data.encode(), ident, retry),
+        )
+    whole = SSEDecoder()
+    got_whole = whole.feed(stream)
+    chunked = SSEDecoder()
+    got_chunked = [f for part in split_at(stream, cuts) for f in chunked.feed(part)]
+    bytewise = SSEDecoder()
+    got_bytewise = [f for i in range(len(stream)) for f in bytewise.feed(stream[i : i + 1])]
+    assert got_whole == expected
+    assert got_chunked == expected
+    assert got_bytewise == expected
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_oversize_line_raises_without_buffering_it_all() -> None:
+    dec = SSEDecoder(max_event_bytes=1024)
+    dec.feed(b"data: " + b"x" * 1000)
+    with pytest.raises(FrameTooLargeError) as info:
+        dec.feed(b"y" * 100)
+    assert info.value.limit == 1024
+    assert dec._partial_size == 0
+
+
+def test_oversize_multiline_frame_raises() -> None:
+    dec = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(FrameTooLargeError):
+        dec.feed(b"data: " + b"a" * 60 + b"\ndata: " + b"b" * 60 + b"\n")
+
+
+def test_endless_line_keeps_memory_bounded() -> None:
+    dec = SSEDecoder(max_event_bytes=64 * 1024)
+    fed = 0
+    error: FrameTooLargeError | None = None
+    while error is None and fed < 10_000:
+        try:
+            dec.feed(b"z" * 4096)
+        except FrameTooLargeError as exc:
+            error = exc
+        fed += 1
+        assert dec._partial_size <= 64 * 1024
+    assert error is not None
+    assert fed == 17
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def test_events_cursor_and_previews() -> None:
+    dec = EventDecoder()
+    stream = (
+        frame_bytes("e1", "agent.message", ev_json("e1"))
+        + frame_bytes("e2", "event_start", '{"type":"event_start","event":{"id":"e2"}}')
+        + frame_bytes(
+            "e2",
+            "event_delta",
+            '{"type":"event_delta","event_id":"e2","delta":{"type":"content_delta",'
+            '"index":0,"content":{"type":"text","text":"He"}}}',
+        )
+    )
+    evs = dec.feed(stream)
+    assert [type(e) for e in evs] == [AgentMessage, EventStart, EventDelta]
+    # previews never move the cursor: resuming at e2 would skip the stored e2
+    assert dec.last_event_id == "e1"
+    evs = dec.feed(frame_bytes("e2", "agent.message", ev_json("e2", text="Hello")))
+    assert [e.id for e in evs] == ["e2"]
+    assert dec.last_event_id == "e2"
+
+
+def test_cursor_moves_only_as_events_are_pulled() -> None:
+    dec = EventDecoder(last_event_id="e0")
+    dec.push(b"".join(frame_bytes(f"e{i}", None, ev_json(f"e{i}")) for i in (1, 2, 3)))
+    assert dec.last_event_id == "e0"
+    first = dec.pull()
+    assert first is not None
+    assert first.id == "e1"
+    assert dec.last_event_id == "e1"
+    assert [dec.pull().id for _ in range(2)] == ["e2", "e3"]  # type: ignore[union-attr]
+    assert dec.pull() is None
+
+
+def test_duplicates_are_dropped_within_the_window() -> None:
+    dec = EventDecoder(dedupe_window=2)
+    evs = dec.feed(
+        frame_bytes("a", None, ev_json("a"))
+        + frame_bytes("b", None, ev_json("b"))
+        + frame_bytes("a", None, ev_json("a"))
+        + frame_bytes("c", None, ev_json("c"))
+        + frame_bytes("a", None, ev_json("a"))  # out of the window of 2 again
+    )
+    assert [e.id for e in evs] == ["a", "b", "c", "a"]
+    assert dec.duplicates == 1
+
+
+def test_keepalives_and_empty_data_move_liveness_only() -> None:
+    dec = EventDecoder()
+    evs = dec.feed(
+        b": c\n\nevent: heartbeat\ndata: {}\n\nevent: ping\ndata: {}\n\ndata:\n\nid: x\n\n"
+    )
+    assert evs == []
+    assert dec.heartbeats == 4
+    assert dec.comments == 1
+    assert dec.last_event_id == "x"  # an id-only frame still sets the cursor (SSE spec)
+
+
+def test_empty_id_clears_the_cursor() -> None:
+    dec = EventDecoder(last_event_id="e0")
+    dec.feed(b"id\ndata: " + ev_json("e5").encode() + b"\n\n")
+    assert dec.last_event_id is None
+
+
+def test_data_without_id_and_type_uses_sse_fields() -> None:
+    dec = EventDecoder()
+    (ev,) = dec.feed(frame_bytes("e9", "agent.message", '{"content":"yo"}'))
+    assert isinstance(ev, AgentMessage)
+    assert (ev.id, ev.text, ev.raw["id"], ev.raw["type"]) == ("e9", "yo", "e9", "agent.message")
+
+
+def test_done_ends_cleanly() -> None:
+    dec = EventDecoder()
+    evs = dec.feed(
+        frame_bytes("a", None, ev_json("a"))
+        + b"data: [DONE]\n\n"
+        + frame_bytes("b", None, ev_json("b"))
+    )
+    assert [e.id for e in evs] == ["a"]
+    assert dec.done
+
+
+def test_unknown_types_are_kept() -> None:
+    dec = EventDecoder()
+    (ev,) = dec.feed(frame_bytes("u1", "brand.new", '{"type":"brand.new","x":1}'))
+    assert isinstance(ev, UnknownEvent)
+    assert (ev.type, ev.raw["x"]) == ("brand.new", 1)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (
+            b'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error",'
+            b'"message":"slow down"}}\n\n',
+            RateLimitError,
+        ),
+        (
+            b'data: {"type":"error","error":{"type":"authentication_error","message":"no"}}\n\n',
+            AuthenticationError,
+        ),
+        (b'event: error\ndata: {"error":{"type":"overloaded_error"}}\n\n', InternalServerError),
+    ],
+)
+def test_error_frames_raise_the_typed_api_error(frame: bytes, error: type[Exception]) -> None:
+    dec = EventDecoder()
+    dec.feed(frame_bytes("a", None, ev_json("a")))
+    with pytest.raises(error):
+        dec.feed(frame)
+    assert dec.last_event_id == "a"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b'{"type":"agent.message","content":[{"type":"text","text":"\xff\xfe"}]}', "UTF-8"),
+        (b"[1,2,3]", "not a JSON object"),
+        (b'"just a string"', "not a JSON object"),
+        (b'{"type":"agent.message","id":"x","content":5}', "content"),
+        (b'{"type":7}', "type"),
+    ],
+)
+def test_bad_frames_raise_decode_errors_and_keep_the_cursor(data: bytes, reason: str) -> None:
+    dec = EventDecoder()
+    good = dec.feed(frame_bytes("a", None, ev_json("a")))
+    with pytest.raises(StreamDecodeError) as info:
+        dec.feed(b"id: bad\ndata: " + data + b"\n\n")
+    assert reason in str(info.value)
+    assert info.value.last_event_id == "a"
+    assert info.value.event_id == "bad"
+    assert [e.id for e in good] == ["a"]
+    assert dec.last_event_id == "a"
+    assert len(info.value.frame) <= 240
+
+
+def test_invalid_utf8_in_id_field() -> None:
+    dec = EventDecoder()
+    with pytest.raises(StreamDecodeError, match="UTF-8"):
+        dec.feed(b"id: \xff\ndata: {}\n\n")
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _history(n: int) -> list[str]:
+    return [f"evt_{i:04d}" for i in range(n)]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 25),
+    drops=st.lists(st.integers(0, 4000), max_size=8),
+    replays=st.lists(st.integers(0, 5), max_size=8),
+    cuts=st.lists(st.integers(0, 4000), max_size=10),
+    heartbeat=st.booleans(),
+)
+def test_drops_at_any_offset_with_replays_lose_and_repeat_nothing(
+    n: int, drops: list[int], replays: list[int], cuts: list[int], heartbeat: bool
+) -> None:
+    """Simulated connections cut at arbitrary byte offsets; resumes replay earlier events."""
+    ids = _history(n)
+    frames = [frame_bytes(i, "agent.message", ev_json(i, text=f"t{i}")) for i in ids]
+    dec = EventDecoder()
+    got: list[str] = []
+    for attempt in range(len(drops) + 1):
+        cursor = dec.last_event_id
+        start = ids.index(cursor) + 1 if cursor else 0
+        back = replays[attempt] if attempt < len(replays) else 0
+        body = b"".join(
+            (b": hb\n\n" if heartbeat else b"") + f for f in frames[max(0, start - back) :]
+        )
+        if attempt < len(drops):
+            body = body[: drops[attempt] % (len(body) + 1)]
+        for chunk in split_at(body, cuts):
+            dec.push(chunk)
+            while (ev := dec.pull()) is not None:
+                got.append(ev.id or "")
+        dec.reconnected()
+    assert got == ids
+
+
+# ----------------------------------------------------------------------------- live text
+
+
+def test_live_text_previews_replaced_by_final() -> None:
+    live = LiveText()
+    live.feed(EventStart(event_id="m1", event_type="agent.message", id="m1"))
+    live.feed(EventDelta(event_id="m1", content=_tb("Hel"), id="m1"))
+    live.feed(EventDelta(event_id="m1", content=_tb("lo"), id="m1"))
+    assert live.text == "Hello"
+    live.feed(AgentMessage((_tb("Hello!"),), id="m1"))
+    assert live.text == "Hello!"
+    live.feed(AgentMessage((_tb("Second."),), id="m2"))
+    assert live.text == "Hello!\n\nSecond."
+
+
+def test_live_text_drops_cut_previews() -> None:
+    from qoder_async import SpanModelRequestEnd
+
+    live = LiveText()
+    live.feed(AgentMessage((_tb("done"),), id="m0"))
+    live.feed(EventDelta(event_id="m1", content=_tb("partial"), id="m1"))
+    assert live.text == "done\n\npartial"
+    live.feed(SpanModelRequestEnd(id="s1"))
+    assert live.text == "done"
+    live.feed(EventDelta(event_id="m2", content=_tb("again"), id="m2"))
+    live.drop_previews()
+    assert live.text == "done"
+
+
+def test_live_text_incremental_dialect() -> None:
+    from qoder_async import AgentContentBlockDelta, AgentThinking
+
+    live = LiveText()
+    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="thinking_delta", text="hmm"))
+    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="text_delta", text="Hi "))
+    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="text_delta", text="there"))
+    assert (live.text, live.thinking) == ("Hi there", "hmm")
+    live.feed(AgentThinking("hmm.", id="t1"))
+    live.feed(AgentMessage((_tb("Hi there"),), id="evt_final"))
+    assert (live.text, live.thinking) == ("Hi there", "hmm.")
+
+
+def test_live_text_ignores_sub_thread_messages() -> None:
+    live = LiveText()
+    live.feed(AgentMessage((_tb("from a helper"),), id="x", session_thread_id="sthr_1"))
+    assert live.text == ""
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+def test_text_delta_reaches_current(emitted: str, current: str) -> None:
+    chunk = text_delta(emitted, current)
+    if current.startswith(emitted):
+        assert emitted + chunk == current
+    else:
+        assert current.endswith(chunk)
+
+
+def _tb(text: str):  # type: ignore[no-untyped-def]
+    from qoder_async import TextBlock
+
+    return TextBlock(text)

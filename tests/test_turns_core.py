@@ -1,0 +1,385 @@
+"""The sans-I/O turn core: routing by turn_id (and without), turn end rules, the fold."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qoder_async import (
+    AgentCustomToolUse,
+    AgentMessage,
+    AgentToolResult,
+    AgentToolUse,
+    BudgetReached,
+    EndTurn,
+    RequiresAction,
+    RetriesExhausted,
+    SessionDeleted,
+    SessionError,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    SessionStatusTerminated,
+    TextBlock,
+    UnknownStopReason,
+    Usage,
+    UserCustomToolResult,
+    UserMessage,
+)
+from qoder_async._convert import structure_event
+from qoder_async._models import ErrorInfo, Event
+from qoder_async._stream import EventDecoder
+from qoder_async._turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
+
+# ----------------------------------------------------------------------------- end rules
+
+
+@pytest.mark.parametrize(
+    ("event", "ends"),
+    [
+        (SessionStatusIdle(EndTurn()), True),
+        (SessionStatusIdle(RetriesExhausted()), True),
+        (SessionStatusIdle(BudgetReached()), True),
+        (SessionStatusIdle(UnknownStopReason("refusal")), True),
+        (SessionStatusIdle(RequiresAction(("e1",))), False),
+        (SessionStatusTerminated(), True),
+        (SessionDeleted(), True),
+        (SessionError(ErrorInfo(retry_status="retrying")), False),
+        (SessionError(ErrorInfo(retry_status="exhausted")), False),
+        (SessionStatusRunning(), False),
+        (AgentMessage(()), False),
+    ],
+)
+def test_turn_end_rules(event: Event, ends: bool) -> None:
+    assert ends_turn(event) is ends
+
+
+def test_router_pause_and_resume_expose_pending_ids() -> None:
+    router: TurnRouter[str] = TurnRouter()
+    router.expect()
+    router.bind("t", turn_id="turn_1", anchor_id="u1")
+    router.route(UserMessage("hi", id="u1", turn_id="turn_1"))
+    router.route(SessionStatusIdle(RequiresAction(("c1", "c2")), id="i1", turn_id="turn_1"))
+    (state,) = router.live
+    assert state.pending == ("c1", "c2")
+    router.route(SessionStatusRunning(id="r2", turn_id="turn_1"))
+    assert state.pending == ()
+    router.route(SessionStatusIdle(EndTurn(), id="i2", turn_id="turn_1"))
+    assert router.live == ()
+
+
+def test_router_termination_fails_every_live_turn() -> None:
+    router: TurnRouter[str] = TurnRouter()
+    router.bind("a", turn_id="turn_a", anchor_id="ua", started=True, expected=False)
+    got = router.route(SessionStatusTerminated(id="x"))
+    assert got == [("a", SessionStatusTerminated(id="x"))]
+    assert router.live == ()
+
+
+def test_router_ignores_history_and_other_turns() -> None:
+    router: TurnRouter[str] = TurnRouter()
+    old = [
+        UserMessage("old", id="u0", turn_id="turn_0"),
+        SessionStatusIdle(EndTurn(), id="i0", turn_id="turn_0"),
+    ]
+    assert [router.route(ev) for ev in old] == [[], []]
+    router.expect()
+    router.bind("mine", turn_id="turn_1", anchor_id="u1")
+    assert router.route(AgentMessage((), id="z", turn_id="turn_other")) == []
+    assert router.route(UserMessage("hi", id="u1", turn_id="turn_1")) == [
+        ("mine", UserMessage("hi", id="u1", turn_id="turn_1"))
+    ]
+
+
+def test_router_backlog_claimed_when_the_answer_arrives_late() -> None:
+    router: TurnRouter[str] = TurnRouter()
+    router.expect()
+    early = [
+        UserMessage("hi", id="u1", turn_id="turn_1"),
+        SessionStatusRunning(id="r1", turn_id="turn_1"),
+    ]
+    for ev in early:
+        assert router.route(ev) == []
+    claimed = router.bind("t", turn_id="turn_1", anchor_id="u1")
+    assert [ev for _, ev in claimed] == early
+
+
+def test_router_backlog_overflow_is_reported() -> None:
+    router: TurnRouter[str] = TurnRouter(backlog=2)
+    router.expect()
+    for i in range(3):
+        router.route(AgentMessage((), id=f"e{i}", turn_id="turn_x"))
+    assert router.overflowed
+
+
+def test_router_without_turn_ids_uses_position() -> None:
+    router: TurnRouter[str] = TurnRouter()
+    router.expect()
+    router.bind("t", turn_id=None, anchor_id="u1")
+    assert router.route(AgentMessage((), id="before")) == []
+    assert router.route(UserMessage("hi", id="u1"))[0][0] == "t"
+    assert router.route(AgentMessage((), id="m1"))[0][0] == "t"
+    assert router.route(SessionStatusIdle(EndTurn(), id="i1"))[0][0] == "t"
+    assert router.route(AgentMessage((), id="after")) == []
+
+
+# ----------------------------------------------------------------------------- routing property
+
+
+def _turn_events(turn: str, k: int, rng: random.Random, with_tools: bool) -> list[dict[str, Any]]:
+    evs: list[dict[str, Any]] = [
+        {"type": "user.message", "content": [{"type": "text", "text": f"msg {k}"}]},
+        {"type": "session.status_running"},
+        {"type": "span.model_request_start"},
+    ]
+    for j in range(rng.randint(0, 3)):
+        evs.append({"type": "agent.message", "content": [{"type": "text", "text": f"{k}.{j}"}]})
+    if with_tools:
+        evs.append({"type": "agent.custom_tool_use", "name": "t", "input": {}})
+        evs.append({"type": "session.status_idle", "stop_reason": None})  # patched below
+        evs.append({"type": "user.custom_tool_result", "content": "ok"})
+        evs.append({"type": "session.status_running"})
+    if rng.random() < 0.3:
+        evs.append({"type": "session.error", "error": {"retry_status": {"type": "retrying"}}})
+    evs.append({"type": "span.model_request_end", "model_usage": {"input_tokens": 1}})
+    evs.append({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}})
+    for ev in evs:
+        ev["turn_id"] = turn
+    return evs
+
+
+def _history(seed: int, ours: int, foreign: int) -> tuple[list[dict[str, Any]], dict[str, range]]:
+    """A session's stored events: our turns and other clients' turns, one after another.
+
+    Returns the history and, for each of our turns, the positions of its events.
+    """
+    rng = random.Random(seed)
+    kinds = ["ours"] * ours + ["foreign"] * foreign
+    rng.shuffle(kinds)
+    history: list[dict[str, Any]] = []
+    mine: dict[str, range] = {}
+    for k, kind in enumerate(kinds):
+        turn = f"turn_{k}"
+        evs = _turn_events(turn, k, rng, with_tools=rng.random() < 0.3)
+        if rng.random() < 0.3:  # a session-level event between turns, without turn_id
+            history.append({"type": "session.usage", "usage": {"input_tokens": k}})
+        if kind == "ours":
+            mine[turn] = range(len(history), len(history) + len(evs))
+        history.extend(evs)
+    for i, ev in enumerate(history):
+        ev["id"] = f"evt_{i:05d}"
+    for i, ev in enumerate(history):
+        if ev["type"] == "session.status_idle" and ev.get("stop_reason") is None:
+            use = history[i - 1]
+            ev["stop_reason"] = {"type": "requires_action", "event_ids": [use["id"]]}
+            history[i + 1]["custom_tool_use_id"] = use["id"]
+    return history, mine
+
+
+def _frame(ev: dict[str, Any]) -> bytes:
+    return f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    ours=st.integers(1, 4),
+    foreign=st.integers(0, 3),
+    turn_ids=st.booleans(),
+    drops=st.lists(st.integers(0, 100_000), max_size=6),
+    replays=st.lists(st.integers(0, 6), max_size=6),
+    lag=st.integers(0, 8),
+)
+def test_each_turn_gets_exactly_its_events_across_drops_and_replays(
+    seed: int,
+    ours: int,
+    foreign: int,
+    turn_ids: bool,
+    drops: list[int],
+    replays: list[int],
+    lag: int,
+) -> None:
+    """The whole core pipeline: bytes with drops and replays -> decoder -> router.
+
+    The stream starts from the beginning (a full history replay) and our sends are
+    answered ``lag`` events after their user.message was streamed. Without turn
+    ids, routing falls back to position. Every turn must get exactly the slice of
+    the history from its user.message to the idle that ends it.
+    """
+    history, mine = _history(seed, ours, foreign)
+    if not turn_ids:
+        for ev in history:
+            ev.pop("turn_id", None)
+    by_turn_anchor = {turn: history[span[0]]["id"] for turn, span in mine.items()}
+    expected = {turn: [history[i]["id"] for i in span] for turn, span in mine.items()}
+
+    frames = [_frame(ev) for ev in history]
+    ids = [ev["id"] for ev in history]
+    anchors = {anchor: turn for turn, anchor in by_turn_anchor.items()}
+    router: TurnRouter[str] = TurnRouter()
+    got: dict[str, list[str]] = {t: [] for t in mine}
+    decoder = EventDecoder()
+    pending_binds: list[tuple[int, str]] = []  # (stream position to answer at, turn)
+    position = 0
+
+    def deliver(pairs: list[tuple[str, Event]]) -> None:
+        for key, ev in pairs:
+            got[key].append(ev.id or "")
+
+    def on_event(ev: Event) -> None:
+        nonlocal position
+        if ev.id in anchors:
+            # our POST stored this user.message; its answer arrives `lag` events later
+            router.expect()
+            pending_binds.append((position + lag, anchors[ev.id]))
+        deliver(router.route(ev))
+        position += 1
+        for due, turn in [b for b in pending_binds if b[0] <= position]:
+            pending_binds.remove((due, turn))
+            deliver(
+                router.bind(
+                    turn,
+                    turn_id=turn if turn_ids else None,
+                    anchor_id=by_turn_anchor[turn],
+                )
+            )
+
+    for attempt in range(len(drops) + 1):
+        cursor = decoder.last_event_id
+        start = ids.index(cursor) + 1 if cursor else 0
+        back = replays[attempt] if attempt < len(replays) else 0
+        body = b"".join(frames[max(0, start - back) :])
+        if attempt < len(drops):
+            body = body[: drops[attempt] % (len(body) + 1)]
+        decoder.push(body)
+        while (ev := decoder.pull()) is not None:
+            on_event(ev)
+        decoder.reconnected()
+    for _, turn in list(pending_binds):
+        deliver(
+            router.bind(turn, turn_id=turn if turn_ids else None, anchor_id=by_turn_anchor[turn])
+        )
+
+    assert got == expected
+    assert router.live == ()
+
+
+# ----------------------------------------------------------------------------- the fold
+
+
+def _turn_stream() -> list[Event]:
+    raw = [
+        {"type": "user.message", "id": "u1", "turn_id": "T", "content": "go"},
+        {"type": "session.status_running", "id": "r1", "turn_id": "T"},
+        {"type": "agent.tool_use", "id": "tu1", "turn_id": "T", "name": "Read", "input": {}},
+        {
+            "type": "agent.tool_result",
+            "id": "tr1",
+            "turn_id": "T",
+            "tool_use_id": "tu1",
+            "content": [{"type": "text", "text": "file"}],
+        },
+        {"type": "agent.custom_tool_use", "id": "cu1", "turn_id": "T", "name": "calc"},
+        {
+            "type": "session.status_idle",
+            "id": "i1",
+            "turn_id": "T",
+            "stop_reason": {"type": "requires_action", "event_ids": ["cu1"]},
+        },
+        {
+            "type": "user.custom_tool_result",
+            "id": "ur1",
+            "turn_id": "T",
+            "custom_tool_use_id": "cu1",
+            "content": "42",
+        },
+        {"type": "session.status_running", "id": "r2", "turn_id": "T"},
+        {"type": "agent.message", "id": "m1", "turn_id": "T", "content": "The answer"},
+        {"type": "agent.message", "id": "m2", "turn_id": "T", "content": "is 42."},
+        {
+            "type": "agent.message",
+            "id": "m3",
+            "turn_id": "T",
+            "content": "(helper)",
+            "session_thread_id": "sthr_1",
+        },
+        {
+            "type": "span.model_request_end",
+            "id": "s1",
+            "turn_id": "T",
+            "model_usage": {"input_tokens": 10, "output_tokens": 5},
+        },
+        {
+            "type": "span.model_request_end",
+            "id": "s2",
+            "turn_id": "T",
+            "model_usage": {"input_tokens": 1, "credits": 0.5},
+        },
+        {"type": "session.status_idle", "id": "i2", "turn_id": "T"},
+    ]
+    return [structure_event(d) for d in raw]
+
+
+def test_fold_collects_text_tools_stop_reason_usage() -> None:
+    events = _turn_stream()
+    result = fold_many(None, events)
+    assert result.turn_id == "T"
+    assert result.text == "The answer\n\nis 42."
+    assert [m.id for m in result.messages] == ["m1", "m2"]
+    assert [(c.name, c.output, c.is_error) for c in result.tool_calls] == [
+        ("Read", "file", False),
+        ("calc", "42", False),
+    ]
+    assert isinstance(result.tool_calls[0].use, AgentToolUse)
+    assert isinstance(result.tool_calls[0].result, AgentToolResult)
+    assert isinstance(result.tool_calls[1].use, AgentCustomToolUse)
+    assert isinstance(result.tool_calls[1].result, UserCustomToolResult)
+    assert result.stop_reason == EndTurn()
+    assert result.usage == Usage(input_tokens=11, output_tokens=5, credits=0.5)
+    assert result.ended
+    assert not result.failed
+    assert result.events == tuple(events)
+
+
+def test_fold_pending_tool_calls_while_paused() -> None:
+    events = _turn_stream()[:6]
+    result = fold_many(None, events)
+    assert [c.name for c in result.pending_tool_calls] == ["calc"]
+    assert not result.ended
+
+
+def test_fold_marks_termination_failed() -> None:
+    result = fold_many(None, [*_turn_stream()[:3], SessionStatusTerminated(id="x", turn_id="T")])
+    assert result.ended
+    assert result.failed
+
+
+@settings(max_examples=50)
+@given(st.integers(0, 14), st.integers(0, 14))
+def test_fold_is_pure_and_stepwise_equals_batch(cut_a: int, cut_b: int) -> None:
+    events = _turn_stream()
+    step: TurnResult | None = None
+    snapshots: list[tuple[TurnResult, TurnResult]] = []
+    for ev in events:
+        before = step
+        step = fold(step, ev)
+        if before is not None:
+            copy = TurnResult(**{f: getattr(before, f) for f in before.__slots__ if f[0] != "_"})
+            snapshots.append((before, copy))
+    assert step == fold_many(None, events)
+    for before, copy in snapshots:
+        assert before == copy  # never mutated by later steps
+    lo, hi = sorted((cut_a, cut_b))
+    assert fold_many(fold_many(None, events[:lo]), events[lo:]) == step
+    assert fold_many(None, events[lo:hi]).events == tuple(events[lo:hi])
+
+
+def test_fold_ignores_previews() -> None:
+    from qoder_async import EventDelta
+
+    result = fold(None, EventDelta(event_id="m", content=TextBlock("x")))
+    assert result.events == ()
