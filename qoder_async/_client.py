@@ -447,7 +447,7 @@ class EventStream:
     @property
     def heartbeats(self) -> int:
         """Keep-alives received (comments, heartbeat/ping and empty frames)."""
-        return self._decoder.heartbeats + self._decoder.comments
+        return self._decoder.keepalives
 
     @property
     def duplicates(self) -> int:

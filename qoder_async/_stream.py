@@ -247,6 +247,7 @@ class EventDecoder:
     """
 
     __slots__ = (
+        "_comments",
         "_dedupe_q",
         "_dedupe_set",
         "_max",
@@ -280,6 +281,7 @@ class EventDecoder:
         self.last_event_id = last_event_id
         self.retry_ms: int | None = None
         self.heartbeats = 0
+        self._comments = 0
         self.duplicates = 0
         self.events = 0
         self.done = False
@@ -290,6 +292,7 @@ class EventDecoder:
 
     def reconnected(self) -> None:
         """A new connection begins: forget any half-received frame (never a cursor)."""
+        self._comments += self._sse.comments
         self._sse.close()
         self._sse = SSEDecoder(self._max)
         self._pending = []
@@ -348,9 +351,9 @@ class EventDecoder:
         return out
 
     @property
-    def comments(self) -> int:
-        """Comment lines seen on the current connection."""
-        return self._sse.comments
+    def keepalives(self) -> int:
+        """Keep-alives seen over all connections: comments, heartbeat/ping and empty frames."""
+        return self.heartbeats + self._comments + self._sse.comments
 
     def _remember(self, ident: str) -> None:
         if len(self._dedupe_q) >= self._window:

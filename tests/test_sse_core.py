@@ -257,7 +257,7 @@ def test_keepalives_and_empty_data_move_liveness_only() -> None:
     )
     assert evs == []
     assert dec.heartbeats == 4
-    assert dec.comments == 1
+    assert dec.keepalives == 5
     assert dec.last_event_id == "x"  # an id-only frame still sets the cursor (SSE spec)
 
 

@@ -1,0 +1,58 @@
+"""Shared fixtures: a fake Qoder server on 127.0.0.1 and a client pointed at it.
+
+Every test runs with asyncio debug mode on, and the server fixture fails a test
+that leaves a task, an SSE connection or an unclosed socket behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+
+from qoder_async import QoderClient
+from qoder_async.testing import FakeQoderServer
+
+
+async def settle(server: FakeQoderServer | None = None, timeout: float = 5.0) -> None:
+    """Let closing connections and tasks finish (a few loop turns, bounded)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            await asyncio.sleep(0.01)
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not others and (server is None or server.open_streams == 0):
+                return
+
+
+def leftover_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeQoderServer]:
+    assert asyncio.get_running_loop().get_debug(), "tests must run in asyncio debug mode"
+    async with FakeQoderServer(heartbeat_interval=0.2) as srv:
+        yield srv
+    try:
+        await settle()
+    except TimeoutError:
+        pass
+    assert leftover_tasks() == [], "a test leaked tasks"
+
+
+@pytest.fixture
+async def client(server: FakeQoderServer) -> AsyncIterator[QoderClient]:
+    async with QoderClient(token=server.token, base_url=server.base_url) as c:
+        yield c
+    try:
+        await settle(server)
+    except TimeoutError:
+        pass
+    assert server.open_streams == 0, "a test left an SSE connection open"
+
+
+@pytest.fixture
+def session_id(server: FakeQoderServer) -> str:
+    return str(server.add_session()["id"])

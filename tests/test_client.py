@@ -1,0 +1,234 @@
+"""QoderClient: configuration, resources, pagination and error mapping against the fake."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from qoder_async import (
+    Accepted,
+    AgentMessage,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    IdempotencyConflictError,
+    NotFoundError,
+    QoderClient,
+    SessionBusyError,
+    UserMessage,
+)
+from qoder_async.testing import FakeQoderServer
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_token_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QODER_PAT", raising=False)
+    monkeypatch.delenv("QODER_ACCESS_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match="QODER_PAT"):
+        QoderClient()
+    monkeypatch.setenv("QODER_ACCESS_TOKEN", "pt-access")
+    assert QoderClient()._token.reveal() == "pt-access"
+    monkeypatch.setenv("QODER_PAT", "pt-pat")
+    assert QoderClient()._token.reveal() == "pt-pat"
+    assert QoderClient(token="pt-arg")._token.reveal() == "pt-arg"
+
+
+def test_base_url_precedence_and_http_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QODER_BASE_URL", raising=False)
+    assert QoderClient(token="t").base_url == "https://api.qoder.com/api/v1/cloud"
+    monkeypatch.setenv("QODER_BASE_URL", "https://api.qoder.com.cn/api/v1/cloud/")
+    assert QoderClient(token="t").base_url == "https://api.qoder.com.cn/api/v1/cloud"
+    assert (
+        QoderClient(token="t", base_url="http://127.0.0.1:9/x").base_url == "http://127.0.0.1:9/x"
+    )
+    assert QoderClient(token="t", base_url="http://localhost:9").base_url == "http://localhost:9"
+    assert QoderClient(token="t", base_url="http://[::1]:9").base_url == "http://[::1]:9"
+    with pytest.raises(ConfigurationError, match="unencrypted"):
+        QoderClient(token="t", base_url="http://api.example.com")
+    assert QoderClient(
+        token="t", base_url="http://api.example.com", allow_insecure_http=True
+    ).base_url.startswith("http://")
+    for bad in ("ftp://x", "https://x/?q=1", "not a url"):
+        with pytest.raises(ConfigurationError):
+            QoderClient(token="t", base_url=bad)
+
+
+async def test_borrowed_http_client_is_not_closed(server: FakeQoderServer) -> None:
+    async with httpx.AsyncClient() as http:
+        async with QoderClient(token=server.token, base_url=server.base_url, http_client=http) as c:
+            await c.environments.create(name="e")
+        assert not http.is_closed
+        assert c.closed
+
+
+async def test_use_after_close_is_a_clear_error(server: FakeQoderServer) -> None:
+    c = QoderClient(token=server.token, base_url=server.base_url)
+    await c.aclose()
+    await c.aclose()  # idempotent
+    with pytest.raises(ClientClosedError):
+        await c.sessions.retrieve("sess_x")
+    with pytest.raises(ClientClosedError):
+        c.session("sess_x")
+    with pytest.raises(ClientClosedError):
+        async with c:
+            pass
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer) -> None:
+    env = await client.environments.create(name="dev", description="d")
+    assert env.id.startswith("env_")
+    assert (env.name, env.config, env.status) == ("dev", {"type": "cloud"}, "ready")
+    assert (await client.environments.retrieve(env.id)).id == env.id
+
+    agent = await client.agents.create(name="helper", model="auto", system="be brief")
+    assert agent.id.startswith("agent_")
+    assert (agent.name, agent.model, agent.system, agent.version) == (
+        "helper",
+        "auto",
+        "be brief",
+        1,
+    )
+    updated = await client.agents.update(agent.id, system="be kind", version=1)
+    assert (updated.system, updated.version) == ("be kind", 2)
+    assert (await client.agents.retrieve(agent.id, version=1)).system == "be brief"
+
+    sess = await client.sessions.create(
+        agent=agent.id, environment_id=env.id, title="t", metadata={"k": "v"}
+    )
+    assert (sess.status, sess.title, sess.agent_id, sess.metadata) == (
+        "idle",
+        "t",
+        agent.id,
+        {"k": "v"},
+    )
+    assert (await client.sessions.update(sess.id, title="t2")).title == "t2"
+    assert (await client.sessions.retrieve(sess.id)).title == "t2"
+    cancelled = await client.sessions.cancel(sess.id)
+    assert cancelled.id == sess.id
+    archived = await client.sessions.archive(sess.id)
+    assert archived.archived_at is not None
+    with pytest.raises(BadRequestError):
+        await client.sessions.events.send(sess.id, UserMessage("late"))
+    deleted = await client.sessions.delete(sess.id)
+    assert deleted.id == sess.id
+    with pytest.raises(NotFoundError):
+        await client.sessions.retrieve(sess.id)
+    assert (await client.agents.archive(agent.id)).archived_at is not None
+    assert (await client.environments.archive(env.id)).archived_at is not None
+
+
+async def test_pagination_follows_cursors(client: QoderClient, server: FakeQoderServer) -> None:
+    for i in range(45):
+        server.add_environment(name=f"e{i}")
+    names = [e.name async for e in client.environments.list(limit=10)]
+    assert len(names) == 45
+    assert len(set(names)) == 45
+    pages = [len(p) async for p in client.environments.list(limit=20).pages()]
+    assert pages == [20, 20, 5]
+    gets = [r for r in server.requests if r.path.endswith("/environments") and r.method == "GET"]
+    assert any("page" in r.query or "after_id" in r.query for r in gets[1:])
+
+
+async def test_pagination_stops_when_a_cursor_does_not_advance(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    from qoder_async import APIResponseValidationError
+    from qoder_async.testing import CannedResponse
+
+    stuck = b'{"data":[{"id":"env_1"}],"has_more":true,"last_id":"env_1"}'
+    server.faults.respond_next = [
+        CannedResponse("GET", r"/environments$", 200, {"Content-Type": "application/json"}, stuck)
+        for _ in range(3)
+    ]
+    with pytest.raises(APIResponseValidationError, match="did not advance"):
+        [e async for e in client.environments.list()]
+
+
+async def test_event_history_is_typed_and_paginated(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    turn = await client.session(session_id).send("hello")
+    await turn.result()
+    history = [ev async for ev in client.sessions.events.list(session_id, limit=3)]
+    assert [ev.id for ev in history] == [e["id"] for e in server.stored_events(session_id)]
+    newest = [ev async for ev in client.sessions.events.list(session_id, order="desc", limit=2)]
+    assert newest[0].id == server.stored_events(session_id)[-1]["id"]
+    messages = [ev async for ev in client.sessions.events.list(session_id, types=["agent.message"])]
+    assert messages
+    assert all(isinstance(ev, AgentMessage) for ev in messages)
+
+
+# ----------------------------------------------------------------------------- send
+
+
+async def test_send_returns_the_202_handle(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    acc = await client.sessions.events.send(session_id, [UserMessage("hi")])
+    assert isinstance(acc, Accepted)
+    (created,) = acc.events
+    assert isinstance(created, UserMessage)
+    assert created.text == "hi"
+    assert acc.turn_id is not None
+    assert acc.turn_id.startswith("turn_")
+    assert acc.last_event_id == created.id
+    assert acc.request_id
+    stored = server.user_messages(session_id)
+    assert [m["id"] for m in stored] == [created.id]
+    (post,) = [r for r in server.requests if r.method == "POST" and r.path.endswith("/events")]
+    assert post.headers["idempotency-key"] == acc.idempotency_key
+    await server.wait_idle(session_id)
+
+
+async def test_send_accepts_raw_json_and_a_single_event(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    acc = await client.sessions.events.send(
+        session_id, {"type": "user.message", "content": [{"type": "text", "text": "raw"}]}
+    )
+    assert isinstance(acc.events[0], UserMessage)
+    await server.wait_idle(session_id)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+async def test_error_mapping(client: QoderClient, server: FakeQoderServer, session_id: str) -> None:
+    with pytest.raises(NotFoundError) as nf:
+        await client.sessions.retrieve("sess_does_not_exist")
+    assert nf.value.status_code == 404
+    assert nf.value.error_type == "not_found_error"
+    assert nf.value.request_id
+    assert nf.value.request_id in str(nf.value)
+
+    async with QoderClient(token="wrong", base_url=server.base_url) as bad:
+        with pytest.raises(AuthenticationError) as auth:
+            await bad.sessions.retrieve(session_id)
+    assert auth.value.status_code == 401
+
+    with pytest.raises(BadRequestError) as br:
+        await client.agents.create(name="", model="auto")
+    assert br.value.error_type == "invalid_request_error"
+
+    await client.sessions.events.send(session_id, UserMessage("one"))
+    with pytest.raises(SessionBusyError) as busy:
+        await client.sessions.events.send(session_id, UserMessage("two"))
+    assert busy.value.status_code == 409
+    await server.wait_idle(session_id)
+
+    await client.sessions.events.send(session_id, UserMessage("a"), idempotency_key="k1")
+    await server.wait_idle(session_id)
+    with pytest.raises(IdempotencyConflictError):
+        await client.sessions.events.send(session_id, UserMessage("b"), idempotency_key="k1")
+
+
+async def test_plain_text_404_route(client: QoderClient) -> None:
+    with pytest.raises(NotFoundError) as info:
+        await client._request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
+    assert info.value.error_type is None
+    assert "404 page not found" in str(info.value)

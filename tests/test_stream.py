@@ -1,0 +1,344 @@
+"""The resilient event stream against the fake server and its fault switches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from qoder_async import (
+    AgentMessage,
+    AuthenticationError,
+    BadRequestError,
+    Backoff,
+    EventDelta,
+    EventStart,
+    MemoryCursorStore,
+    NotFoundError,
+    QoderClient,
+    ReconnectPolicy,
+    ResumeExhaustedError,
+    SessionStatusIdle,
+    StreamContentTypeError,
+    StreamDecodeError,
+    StreamStalledError,
+    UserMessage,
+)
+from qoder_async._models import Event
+from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
+
+FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=20)
+
+
+async def _until_idle(stream: object, n_idle: int = 1) -> list[Event]:
+    out: list[Event] = []
+    seen = 0
+    async for ev in stream:  # type: ignore[attr-defined]
+        out.append(ev)
+        if isinstance(ev, SessionStatusIdle) and ev.stop_reason.ends_turn:
+            seen += 1
+            if seen == n_idle:
+                break
+    return out
+
+
+def _stored_ids(server: FakeQoderServer, session_id: str, after: str | None = None) -> list[str]:
+    ids = [e["id"] for e in server.stored_events(session_id)]
+    return ids[ids.index(after) + 1 :] if after else ids
+
+
+async def test_stream_from_the_created_event(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    acc = await client.sessions.events.send(session_id, UserMessage("hi"))
+    async with client.sessions.events.stream(session_id, last_event_id=acc.last_event_id) as st:
+        events = await _until_idle(st)
+        assert st.last_event_id == events[-1].id
+    assert [e.id for e in events] == _stored_ids(server, session_id, acc.last_event_id)
+    assert all(e.turn_id == acc.turn_id for e in events)
+    (req,) = [r for r in server.requests if r.path.endswith("/stream")]
+    assert req.headers["last-event-id"] == acc.last_event_id
+    assert req.headers["accept"] == "text/event-stream"
+
+
+async def test_without_cursor_the_history_is_replayed(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    await (await client.session(session_id).send("first")).result()
+    async with client.sessions.events.stream(session_id) as st:
+        events = await _until_idle(st)
+    assert [e.id for e in events] == _stored_ids(server, session_id)
+
+
+async def test_previews_share_ids_and_are_not_deduplicated(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.2)  # the stream connects before the message starts
+        await ctx.message("one two three four five six", chunks=3, delay=0.01)
+
+    server.script = slow
+    acc = await client.sessions.events.send(session_id, UserMessage("hi"))
+    async with client.sessions.events.stream(
+        session_id, last_event_id=acc.last_event_id, event_deltas=["agent.message"]
+    ) as st:
+        events = await _until_idle(st)
+    starts = [e for e in events if isinstance(e, EventStart)]
+    deltas = [e for e in events if isinstance(e, EventDelta)]
+    final = [e for e in events if isinstance(e, AgentMessage)]
+    assert len(starts) == 1
+    assert len(deltas) == 3
+    assert "".join(d.text for d in deltas) == final[0].text
+    assert {e.id for e in [*starts, *deltas, *final]} == {final[0].id}
+    assert st.last_event_id == events[-1].id
+
+
+@pytest.mark.parametrize("fault", ["drop_after_bytes", "drop_probability"])
+async def test_reconnects_and_resumes_without_loss_or_duplicates(
+    client: QoderClient, server: FakeQoderServer, session_id: str, fault: str
+) -> None:
+    handle = client.session(session_id)
+    for i in range(3):
+        await (await handle.send(f"turn {i}")).result()
+    if fault == "drop_after_bytes":
+        server.faults.drop_after_bytes = 3000
+    else:
+        server.faults.drop_probability = 0.3
+    server.faults.duplicate_on_resume = 2
+    async with client.sessions.events.stream(session_id, reconnect=FAST) as st:
+        events = await _until_idle(st, n_idle=3)
+        assert st.reconnects > 0
+    assert [e.id for e in events] == _stored_ids(server, session_id)
+    assert server.fault_counts[fault] > 0
+    assert server.fault_counts["duplicate_on_resume"] > 0
+    assert st.duplicates > 0
+
+
+async def test_clean_end_after_idle_reconnects_for_the_next_turn(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.faults.close_after_idle = True
+    got: list[Event] = []
+
+    async def follow() -> None:
+        async with client.sessions.events.stream(session_id, reconnect=FAST) as st:
+            got.extend(await _until_idle(st, n_idle=2))
+            assert st.reconnects >= 1
+
+    reader = asyncio.create_task(follow())
+    while server.open_streams == 0:
+        await asyncio.sleep(0.01)
+    for text in ("one", "two"):
+        await client.sessions.events.send(session_id, UserMessage(text))
+        await server.wait_idle(session_id)
+    await reader
+    assert [e.id for e in got] == _stored_ids(server, session_id)
+
+
+async def test_stall_reconnects_then_gives_up_with_timings(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def long_turn(ctx: TurnContext) -> None:
+        await ctx.sleep(30)
+
+    server.script = long_turn
+    acc = await client.sessions.events.send(session_id, UserMessage("hi"))
+    async with client.sessions.events.stream(
+        session_id,
+        last_event_id=acc.last_event_id,
+        stall_timeout=0.3,
+        max_stalls=2,
+        reconnect=FAST,
+    ) as st:
+        with pytest.raises(StreamStalledError) as info:
+            async for _ in st:
+                pass
+    err = info.value
+    assert err.stalls == 2
+    assert err.stall_timeout == 0.3
+    assert err.idle_seconds >= 0.3
+    assert err.heartbeats >= 1  # the socket was alive: heartbeats kept coming
+    assert err.last_event_id is not None
+    assert server.stream_connections == 2
+    await client.sessions.cancel(session_id)
+
+
+async def test_heartbeat_only_stall_recovers(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    handle = client.session(session_id)
+    await (await handle.send("warm up")).result()
+    server.faults.stall_probability = 0.5
+    async with client.sessions.events.stream(
+        session_id, stall_timeout=0.3, max_stalls=50, reconnect=FAST
+    ) as st:
+        st.expect_activity = True  # a history replay: the watchdog must watch it too
+        events = await _until_idle(st)
+    server.faults.stall_probability = 0
+    assert [e.id for e in events] == _stored_ids(server, session_id)
+    assert st.stalls > 0
+
+
+async def test_idle_session_silence_is_not_a_stall(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.heartbeat_interval = 60
+    async with client.sessions.events.stream(session_id, stall_timeout=0.1, max_stalls=1) as st:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for _ in st:
+                    pass
+        assert st.stalls == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, BadRequestError), (401, AuthenticationError), (404, NotFoundError)]
+)
+async def test_fatal_statuses_raise_at_once(
+    client: QoderClient, server: FakeQoderServer, session_id: str, status: int, error: type
+) -> None:
+    body = b'{"type":"error","error":{"type":"x_error","message":"nope"}}'
+    server.faults.respond_next = [
+        CannedResponse(
+            "GET",
+            "/stream$",
+            status,
+            {"Content-Type": "application/json", "x-request-id": "r1"},
+            body,
+        )
+    ]
+    async with client.sessions.events.stream(session_id, reconnect=FAST) as st:
+        with pytest.raises(error) as info:
+            await st.__anext__()
+    assert info.value.status_code == status
+    assert info.value.request_id == "r1"
+    assert "nope" in str(info.value)
+    assert st.connections == 0
+
+
+async def test_unknown_session_is_fatal(client: QoderClient) -> None:
+    async with client.sessions.events.stream("sess_missing") as st:
+        with pytest.raises(NotFoundError):
+            await st.__anext__()
+
+
+async def test_non_sse_answer_is_fatal_with_the_body(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    html = b"<html><body>" + b"Gateway says no. " * 2000 + b"</body></html>"
+    server.faults.respond_next = [
+        CannedResponse("GET", "/stream$", 200, {"Content-Type": "text/html"}, html)
+    ]
+    async with client.sessions.events.stream(session_id) as st:
+        with pytest.raises(StreamContentTypeError) as info:
+            await st.__anext__()
+    assert info.value.content_type == "text/html"
+    assert "Gateway says no" in info.value.body
+    assert len(str(info.value)) < 600
+
+
+async def test_throttled_stream_retries_with_retry_after(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    await (await client.session(session_id).send("x")).result()
+    server.faults.throttle_first = 2
+    server.faults.throttle_status = 503
+    server.faults.retry_after = 0.05
+    async with client.sessions.events.stream(session_id, reconnect=FAST) as st:
+        events = await _until_idle(st)
+        assert st.reconnects == 2
+    assert [e.id for e in events] == _stored_ids(server, session_id)
+
+
+async def test_gives_up_after_the_reconnect_bound(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.faults.throttle_first = 100
+    server.faults.retry_after = 0.01
+    policy = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.01), max_attempts=3)
+    async with client.sessions.events.stream(session_id, reconnect=policy) as st:
+        with pytest.raises(ResumeExhaustedError) as info:
+            await st.__anext__()
+    assert info.value.attempts == 3
+    assert info.value.__cause__ is not None
+    server.faults.throttle_first = 0
+
+
+async def test_bad_frame_keeps_earlier_events_and_the_cursor(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    await (await client.session(session_id).send("x")).result()
+    server.faults.inject_frames = [b"id: evt_bad\nevent: agent.message\ndata: {broken\n\n"]
+    got: list[Event] = []
+    async with client.sessions.events.stream(session_id) as st:
+        with pytest.raises(StreamDecodeError) as info:
+            async for ev in st:
+                got.append(ev)
+        assert st.last_event_id == got[-1].id
+    assert [e.id for e in got] == _stored_ids(server, session_id)
+    assert info.value.last_event_id == got[-1].id
+    assert info.value.event_id == "evt_bad"
+
+
+async def test_cursor_store_lets_a_new_process_resume(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    store = MemoryCursorStore()
+    handle = client.session(session_id)
+    await (await handle.send("one")).result()
+    async with client.sessions.events.stream(session_id, cursor_store=store) as st:
+        first = await _until_idle(st)
+    assert store.cursors[session_id] == first[-1].id
+    await (await handle.send("two")).result()
+    async with client.sessions.events.stream(session_id, cursor_store=store) as st:
+        second = await _until_idle(st)
+    assert [e.id for e in first + second] == _stored_ids(server, session_id)
+
+
+async def test_breaking_out_closes_the_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    await (await client.session(session_id).send("x")).result()
+    async with client.sessions.events.stream(session_id) as st:
+        async for _ in st:
+            break
+    for _ in range(100):
+        if server.open_streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.open_streams == 0
+
+
+async def test_cancelling_the_reader_closes_the_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def read() -> None:
+        async with client.sessions.events.stream(session_id) as st:
+            async for _ in st:
+                pass
+
+    task = asyncio.create_task(read())
+    while server.open_streams == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if server.open_streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.open_streams == 0
+
+
+async def test_read_timeout_is_independent_of_json_timeouts(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    server.heartbeat_interval = 0.5
+    async with QoderClient(token=server.token, base_url=server.base_url, timeout=0.2) as c:
+        async with c.sessions.events.stream(session_id, read_timeout=5.0) as st:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.2):
+                    async for _ in st:
+                        pass
+            assert st.reconnects == 0  # 0.5 s heartbeats never hit the 5 s read timeout
+    await asyncio.sleep(0.05)
