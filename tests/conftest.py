@@ -7,10 +7,10 @@ that leaves a task, an SSE connection or an unclosed socket behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-
 
 from qoder_async import QoderClient
 from qoder_async.testing import FakeQoderServer
@@ -35,10 +35,8 @@ async def server() -> AsyncIterator[FakeQoderServer]:
     assert asyncio.get_running_loop().get_debug(), "tests must run in asyncio debug mode"
     async with FakeQoderServer(heartbeat_interval=0.2) as srv:
         yield srv
-    try:
+    with contextlib.suppress(TimeoutError):
         await settle()
-    except TimeoutError:
-        pass
     assert leftover_tasks() == [], "a test leaked tasks"
 
 
@@ -46,10 +44,8 @@ async def server() -> AsyncIterator[FakeQoderServer]:
 async def client(server: FakeQoderServer) -> AsyncIterator[QoderClient]:
     async with QoderClient(token=server.token, base_url=server.base_url) as c:
         yield c
-    try:
+    with contextlib.suppress(TimeoutError):
         await settle(server)
-    except TimeoutError:
-        pass
     assert server.open_streams == 0, "a test left an SSE connection open"
 
 

@@ -9,8 +9,8 @@ import pytest
 from qoder_async import (
     AgentMessage,
     AuthenticationError,
-    BadRequestError,
     Backoff,
+    BadRequestError,
     EventDelta,
     EventStart,
     MemoryCursorStore,
