@@ -1,0 +1,416 @@
+"""The turn API: send -> Turn, routing by turn, shared connections, tools, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from qoder_async import (
+    AgentCustomToolUse,
+    AgentMessage,
+    Backoff,
+    ClientClosedError,
+    QoderClient,
+    ReconnectPolicy,
+    RequiresAction,
+    SessionBusyError,
+    SessionStatusIdle,
+    TurnFailed,
+    UserMessage,
+)
+from qoder_async._models import Event
+from qoder_async.testing import Dialect, FakeQoderServer, TurnContext, tool_script
+
+FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=50)
+
+
+async def test_turn_yields_exactly_its_events(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    session = client.session(session_id)
+    assert client.session(session_id) is session
+    turn = await session.send("Help me analyze this code.")
+    assert turn.turn_id is not None
+    assert turn.accepted.events[0].id == turn.accepted.last_event_id
+    events = [ev async for ev in turn]
+    record = server.turn_events(session_id, turn.turn_id)
+    # the stream starts after our own user.message, so the echo is not repeated
+    assert [e.id for e in events] == [e["id"] for e in record[1:]]
+    assert isinstance(events[-1], SessionStatusIdle)
+    result = await turn.result()
+    assert "Help me analyze this code." in result.text
+    assert result.stop_reason is not None
+    assert result.stop_reason.type == "end_turn"
+    assert result.usage.input_tokens
+    assert [c.name for c in result.tool_calls] == ["Read"]
+    assert result.tool_calls[0].output
+    assert turn.done
+
+
+async def test_text_stream_with_previews_and_coalescing(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    reply = "The quick brown fox jumps over the lazy dog. " * 4
+
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.2)
+        await ctx.message(reply, chunks=8, delay=0.02)
+
+    server.script = slow
+    session = client.session(session_id)
+    turn = await session.send("go")
+    chunks = [c async for c in turn.text_stream()]
+    assert len(chunks) >= 4
+    assert "".join(chunks) == reply
+
+    turn = await session.send("again")
+    updates = [u async for u in turn.text_stream(coalesce=0.05)]
+    assert updates[-1] == reply
+    assert all(reply.startswith(u) for u in updates)
+    assert len(updates) < 8  # coalesced
+
+
+async def test_previews_cut_by_a_reconnect_are_dropped(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    reply = "alpha beta gamma delta epsilon zeta eta theta"
+
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.2)
+        await ctx.message(reply, chunks=8, delay=0.03)
+
+    server.script = slow
+    server.faults.drop_probability = 0.2
+    session = client.session(session_id)
+    session._client.reconnect_policy = FAST
+    turn = await session.send("go")
+    updates = [u async for u in turn.text_stream(coalesce=0.0)]
+    server.faults.drop_probability = 0
+    assert updates[-1] == reply
+    assert (await turn.result()).text == reply
+
+
+async def test_busy_session_policies(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.3)
+        await ctx.message(f"done: {ctx.text}")
+
+    server.script = slow
+    session = client.session(session_id)
+    first = await session.send("first")
+    with pytest.raises(SessionBusyError):
+        await session.send("second")
+    second = await session.send("second", on_busy="wait")
+    assert first.done
+    assert (await first.result()).text == "done: first"
+    third = await session.send("third", on_busy="interrupt")
+    assert (await second.result()).stop_reason is not None
+    assert (await third.result()).text == "done: third"
+    types = [e["type"] for e in server.stored_events(session_id)]
+    assert "user.interrupt" in types
+    assert len(server.user_messages(session_id)) == 3
+
+
+async def test_interrupt_ends_the_turn(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def forever(ctx: TurnContext) -> None:
+        await ctx.sleep(30)
+
+    server.script = forever
+    turn = await client.session(session_id).send("go")
+    await asyncio.sleep(0.05)
+    await turn.interrupt()
+    result = await turn.result()
+    assert result.ended
+    assert any(e.type == "user.interrupt" for e in result.events)
+
+
+async def test_define_outcome_starts_a_turn(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    turn = await client.session(session_id).define_outcome("A README exists", max_iterations=2)
+    result = await turn.result()
+    types = [e.type for e in result.events]
+    assert "span.outcome_evaluation_start" in types
+    assert "span.outcome_evaluation_end" in types
+
+
+async def test_session_deleted_fails_the_turn(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def forever(ctx: TurnContext) -> None:
+        await ctx.sleep(30)
+
+    server.script = forever
+    turn = await client.session(session_id).send("go")
+    await asyncio.sleep(0.1)
+    await client.sessions.delete(session_id)
+    with pytest.raises(TurnFailed) as info:
+        await turn.result()
+    assert info.value.reason == "session.deleted"
+    assert info.value.result is not None
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+async def test_tool_runner_runs_each_tool_once_across_a_drop(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    calls: list[Mapping[str, Any]] = []
+
+    async def lookup(args: Mapping[str, Any]) -> str:
+        calls.append(args)
+        return f"weather in {args['city']}: sunny"
+
+    async def script(ctx: TurnContext) -> None:
+        use = await ctx.custom_tool("lookup", {"city": "Paris"})
+        # cut every connection right after the tool use, before requires_action
+        server.faults.drop_after_events = 0
+        await ctx.sleep(0.15)
+        server.faults.drop_after_events = None
+        results = await ctx.require_action([use["id"]])
+        await ctx.message(f"tool said: {results[0]['content'][0]['text']}")
+
+    server.script = script
+    client.reconnect_policy = FAST
+    turn = await client.session(session_id).send("weather?", tools={"lookup": lookup})
+    result = await turn.result()
+    assert calls == [{"city": "Paris"}]
+    assert result.text == "tool said: weather in Paris: sunny"
+    (call,) = result.tool_calls
+    assert isinstance(call.use, AgentCustomToolUse)
+    assert call.output == "weather in Paris: sunny"
+    results = [
+        e for e in server.stored_events(session_id) if e["type"] == "user.custom_tool_result"
+    ]
+    assert len(results) == 1
+
+
+async def test_manual_tool_results(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.script = tool_script("calc", {"expr": "6*7"})
+    turn = await client.session(session_id).send("compute")
+    async for ev in turn:
+        if isinstance(ev, SessionStatusIdle) and isinstance(ev.stop_reason, RequiresAction):
+            (pending,) = turn.pending_tool_calls
+            assert pending.name == "calc"
+            assert pending.input == {"expr": "6*7"}
+            await turn.submit_tool_results({pending.use.id or "": "42"})
+    result = await turn.result()
+    assert "42" in result.text
+    assert turn.pending_tool_calls == ()
+
+
+async def test_failing_or_missing_tool_is_reported_to_the_agent(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def boom(args: Mapping[str, Any]) -> str:
+        raise ValueError("no such city")
+
+    server.script = tool_script("lookup", {"city": "Atlantis"})
+    turn = await client.session(session_id).send("x", tools={"lookup": boom})
+    result = await turn.result()
+    (call,) = result.tool_calls
+    assert call.is_error
+    assert "no such city" in (call.output or "")
+
+
+# ----------------------------------------------------------------------------- sharing
+
+
+async def test_parallel_turns_and_a_listener_share_one_connection_per_session(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.1)
+        await ctx.message(f"reply to {ctx.text}")
+
+    server.script = slow
+    s1, s2 = server.add_session()["id"], server.add_session()["id"]
+    h1, h2 = client.session(s1), client.session(s2)
+    heard: list[Event] = []
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async for ev in h1.events():
+            heard.append(ev)
+            ready.set()
+            if len([e for e in heard if isinstance(e, SessionStatusIdle)]) == 2:
+                return
+
+    listener = asyncio.create_task(listen())
+    while h1._task is None:
+        await asyncio.sleep(0.01)
+
+    async def two_turns(h: Any) -> list[list[Event]]:
+        out = []
+        for text in ("a", "b"):
+            turn = await h.send(f"{h.id}:{text}")
+            out.append([ev async for ev in turn])
+        return out
+
+    r1, r2 = await asyncio.gather(two_turns(h1), two_turns(h2))
+    await listener
+    # s1's connection was already open (the listener): each turn also sees its own
+    # user.message; s2's turns open it right after their user.message.
+    for sid, runs, skip in ((s1, r1, 0), (s2, r2, 1)):
+        assert len({ev.turn_id for run in runs for ev in run}) == 2
+        for run in runs:
+            record = server.turn_events(sid, run[-1].turn_id or "")
+            assert [e.id for e in run] == [e["id"] for e in record[skip:]]
+    # the listener saw both turns of s1, in order, including our user.messages
+    assert [e.id for e in heard] == [e["id"] for e in server.stored_events(s1)][-len(heard) :]
+    assert sum(isinstance(e, UserMessage) for e in heard) == 2
+    assert h1.connections == 1  # turns and the listener shared the connection
+    assert h2.connections == 2  # no listener: one connection per turn, one at a time
+
+
+async def test_slow_listener_applies_backpressure_without_loss(
+    server: FakeQoderServer,
+) -> None:
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        sid = server.add_session()["id"]
+        handle = client.session(sid, queue_size=2)
+        heard: list[Event] = []
+
+        async def listen() -> None:
+            async for ev in handle.events():
+                await asyncio.sleep(0.01)
+                heard.append(ev)
+                if isinstance(ev, SessionStatusIdle):
+                    return
+
+        task = asyncio.create_task(listen())
+        while handle._task is None:
+            await asyncio.sleep(0.01)
+        await (await handle.send("hi")).result()
+        await task
+        assert [e.id for e in heard] == [e["id"] for e in server.stored_events(sid)]
+
+
+async def test_leaving_the_client_context_closes_everything(server: FakeQoderServer) -> None:
+    async def forever(ctx: TurnContext) -> None:
+        await ctx.sleep(30)
+
+    server.script = forever
+    sid = server.add_session()["id"]
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        turn = await client.session(sid).send("go")
+        listener = client.session(sid).events()
+        await asyncio.sleep(0.1)
+        assert server.open_streams == 1
+    with pytest.raises(ClientClosedError):
+        await turn.result()
+    with pytest.raises(ClientClosedError):
+        await listener.__anext__()
+    await listener.aclose()
+    for _ in range(100):
+        if server.open_streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.open_streams == 0
+
+
+async def test_breaking_out_of_a_listener_closes_the_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    handle = client.session(session_id)
+
+    async def listen() -> None:
+        async for _ in handle.events():
+            break
+
+    task = asyncio.create_task(listen())
+    while handle._task is None:
+        await asyncio.sleep(0.01)
+    await (await handle.send("x")).result()
+    await task
+    for _ in range(100):
+        if server.open_streams == 0 and handle._task is None:
+            break
+        await asyncio.sleep(0.01)
+    assert server.open_streams == 0
+
+
+# ----------------------------------------------------------------------------- dialects
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    [
+        Dialect(turn_ids=False),
+        Dialect(data_ids=False),
+        Dialect(string_content=True, legacy_idle=True, thinking_field="content"),
+        Dialect(heartbeat="event", send_status=200, create_status=200, retry_ms=20),
+        Dialect(heartbeat="ping", turn_ids=False, data_ids=False, legacy_idle=True),
+    ],
+    ids=["no-turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
+)
+async def test_every_wire_dialect_gives_the_same_turn(
+    client: QoderClient, server: FakeQoderServer, session_id: str, dialect: Dialect
+) -> None:
+    server.dialect = dialect
+    session = client.session(session_id)
+    for text in ("one", "two"):
+        turn = await session.send(text)
+        events = [ev async for ev in turn]
+        result = await turn.result()
+        assert f'"{text}"' in result.text
+        assert isinstance(events[-1], SessionStatusIdle)
+        assert any(isinstance(e, AgentMessage) for e in events)
+        stored = server.stored_events(session_id)
+        anchor = [e["id"] for e in stored].index(turn.accepted.last_event_id)
+        assert [e.id for e in events] == [e["id"] for e in stored[anchor + 1 :]]
+
+
+# ----------------------------------------------------------------------------- faults at scale
+
+
+async def test_many_sessions_under_faults_match_the_server_record() -> None:
+    """50 sessions x 5 turns, random mid-frame drops, replayed duplicates, stalls."""
+    rng = random.Random(20261128)
+
+    async def chatty(ctx: TurnContext) -> None:
+        await ctx.sleep(rng.random() * 0.05)
+        await ctx.thinking("hmm")
+        await ctx.tool("Read", {"file_path": "x.py"}, "print(1)")
+        await ctx.message(f"reply to {ctx.text}", chunks=3, delay=0.005)
+
+    async with FakeQoderServer(heartbeat_interval=0.05, script=chatty, seed=7) as server:
+        server.faults.drop_probability = 0.08
+        server.faults.duplicate_on_resume = 3
+        server.faults.stall_probability = 0.03
+        async with QoderClient(
+            token=server.token, base_url=server.base_url, reconnect=FAST
+        ) as client:
+            sids = [server.add_session()["id"] for _ in range(50)]
+
+            async def run(sid: str) -> list[tuple[str, list[str]]]:
+                handle = client.session(sid, stall_timeout=0.3)
+                out = []
+                for i in range(5):
+                    turn = await handle.send(f"{sid} #{i}")
+                    got = [ev.id or "" async for ev in turn]
+                    out.append((turn.turn_id or "", got))
+                return out
+
+            results = await asyncio.gather(*(run(s) for s in sids))
+        for sid, turns in zip(sids, results, strict=True):
+            for turn_id, got in turns:
+                record = [e["id"] for e in server.turn_events(sid, turn_id)]
+                assert got == record[1:], f"{sid} {turn_id}"
+            assert len(server.user_messages(sid)) == 5
+        assert server.fault_counts.get("drop_probability", 0) > 10
+        assert server.fault_counts.get("duplicate_on_resume", 0) > 10
+        assert server.fault_counts.get("stall_probability", 0) > 0
+        await asyncio.sleep(0.05)
+        assert server.open_streams == 0
