@@ -312,6 +312,9 @@ from ._models import (
     UserToolResult as UserToolResult,
 )
 from ._session import (
+    EventHandler as EventHandler,
+)
+from ._session import (
     SessionHandle as SessionHandle,
 )
 from ._session import (
@@ -371,6 +374,7 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "EventDelta",
+    "EventHandler",
     "EventStart",
     "EventStream",
     "FrameTooLargeError",

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from ._errors import (
     APIResponseValidationError,
@@ -34,6 +34,7 @@ from ._errors import (
 from ._models import (
     Accepted,
     AgentCustomToolUse,
+    BaseEvent,
     ContentBlock,
     DocumentBlock,
     Event,
@@ -55,13 +56,16 @@ from ._turns import ToolCall, TurnResult, TurnRouter, ends_turn, fails_turn, fol
 if TYPE_CHECKING:
     from ._client import EventStream, QoderClient
 
-__all__ = ["SessionHandle", "ToolHandler", "Turn"]
+__all__ = ["EventHandler", "SessionHandle", "ToolHandler", "Turn"]
 
 logger = logging.getLogger("qoder_async")
 
 ToolOutput: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock] | UserCustomToolResult
 ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput]]
 """``async def handler(input) -> str | blocks``: runs a custom tool; raising reports an error."""
+
+EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
+"""A callback for :meth:`SessionHandle.on`: plain or async, called with each event."""
 
 Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
@@ -425,6 +429,8 @@ class SessionHandle:
         self._stream: EventStream | None = None
         self._turns: list[Turn] = []
         self._lock = asyncio.Lock()
+        self._handlers: list[tuple[str | type[BaseEvent], EventHandler]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
         self.connections = 0
 
     def __repr__(self) -> str:
@@ -462,10 +468,14 @@ class SessionHandle:
         key = idempotency_key or uuid.uuid4().hex
         deadline = None if busy_timeout is None else time.monotonic() + busy_timeout
         interrupted = False
+        attempt = 0
         while True:
             try:
-                return await self._post_turn(events, key, tools)
+                # A busy 409 stored nothing, and a server may replay a cached 409 for the
+                # same key: each new attempt after one gets its own, derived key.
+                return await self._post_turn(events, f"{key}.{attempt}" if attempt else key, tools)
             except SessionBusyError:
+                attempt += 1
                 if on_busy == "raise":
                     raise
                 if on_busy == "interrupt" and not interrupted:
@@ -584,6 +594,67 @@ class SessionHandle:
                 self._listeners.remove(listener)
             self._maybe_stop()
 
+    # -- callbacks
+
+    @overload
+    def on(
+        self, event: str | type[BaseEvent] = "*", handler: None = None
+    ) -> Callable[[EventHandler], EventHandler]: ...
+
+    @overload
+    def on(self, event: str | type[BaseEvent], handler: EventHandler) -> EventHandler: ...
+
+    def on(
+        self, event: str | type[BaseEvent] = "*", handler: EventHandler | None = None
+    ) -> EventHandler | Callable[[EventHandler], EventHandler]:
+        """Call ``handler(event)`` for every event of this session matching ``event``.
+
+        ``event`` is a type string (``"agent.message"``), a model class
+        (``AgentMessage``) or ``"*"``. Handlers may be plain or async functions;
+        one that raises is logged and the others keep running. Usable as a
+        decorator (``@session.on("agent.message")``). Runs on the session's
+        shared connection until :meth:`off` removes the last handler or the
+        client closes.
+        """
+        if handler is None:
+
+            def decorate(fn: EventHandler) -> EventHandler:
+                self.on(event, fn)
+                return fn
+
+            return decorate
+        self._client._check_open()
+        self._handlers.append((event, handler))
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(
+                self._dispatch(), name=f"qoder_async handlers {self.id}"
+            )
+        return handler
+
+    def off(self, event: str | type[BaseEvent] = "*", handler: EventHandler | None = None) -> None:
+        """Remove handlers registered with :meth:`on` (all for ``event`` if ``handler`` is None)."""
+        self._handlers = [
+            (e, h) for e, h in self._handlers if not (e == event and handler in (None, h))
+        ]
+        if not self._handlers and self._dispatcher is not None:
+            self._dispatcher.cancel()
+            self._dispatcher = None
+
+    async def _dispatch(self) -> None:
+        async for ev in self.events(previews=True):
+            for event, handler in list(self._handlers):
+                if (
+                    event == "*"
+                    or event == ev.type
+                    or (isinstance(event, type) and isinstance(ev, event))
+                ):
+                    try:
+                        outcome = handler(ev)
+                        if asyncio.iscoroutine(outcome):
+                            await outcome
+                    except Exception:
+                        logger.exception("handler %r failed on %s %s", handler, ev.type, ev.id)
+
     # -- the pump
 
     def _start_pump(self, cursor: str | None) -> None:
@@ -674,6 +745,12 @@ class SessionHandle:
 
     async def aclose(self) -> None:
         """Stop the pump and close the connection; live turns and listeners end."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        self._handlers.clear()
+        if dispatcher is not None:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await dispatcher
         task, self._task = self._task, None
         self._stream = None
         for turn in list(self._turns):

@@ -414,3 +414,62 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
         assert server.fault_counts.get("stall_probability", 0) > 0
         await asyncio.sleep(0.05)
         assert server.open_streams == 0
+
+
+async def test_callback_handlers_run_on_the_shared_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    session = client.session(session_id)
+    seen: list[str] = []
+    texts: list[str] = []
+    idle = asyncio.Event()
+
+    @session.on(AgentMessage)
+    async def on_message(ev: Event) -> None:
+        assert isinstance(ev, AgentMessage)
+        texts.append(ev.text)
+
+    def on_any(ev: Event) -> None:
+        seen.append(ev.type)
+        if ev.type == "session.status_idle":
+            idle.set()
+
+    def broken(ev: Event) -> None:
+        raise RuntimeError("a bot bug")
+
+    session.on("*", on_any)
+    session.on("session.status_running", broken)
+    while session._task is None:
+        await asyncio.sleep(0.01)
+    turn = await session.send("hello")
+    await turn.result()
+    await idle.wait()
+    assert texts == [(await turn.result()).text]
+    assert seen[0] == "user.message"
+    assert seen[-1] == "session.status_idle"
+    session.off(AgentMessage, on_message)
+    session.off("*")
+    session.off("session.status_running")
+    assert session._dispatcher is None
+
+
+async def test_a_busy_retry_uses_a_fresh_idempotency_key(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.2)
+
+    server.script = slow
+    session = client.session(session_id)
+    await session.send("first", idempotency_key="k")
+    second = await session.send("second", on_busy="wait", idempotency_key="k2")
+    await second.result()
+    keys = [
+        r.headers.get("idempotency-key")
+        for r in server.requests
+        if r.method == "POST" and r.path.endswith("/events")
+    ]
+    assert keys[0] == "k"
+    assert keys[1] == "k2"
+    assert keys[-1].startswith("k2.")
+    assert len(server.user_messages(session_id)) == 2
