@@ -135,6 +135,7 @@ class SSEDecoder:
         "_skip_lf",
         "_started",
         "comments",
+        "error",
     )
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -144,6 +145,7 @@ class SSEDecoder:
         self._skip_lf = False
         self._started = False
         self.comments = 0
+        self.error: StreamDecodeError | None = None
         self._reset_frame()
 
     def _reset_frame(self) -> None:
@@ -155,7 +157,13 @@ class SSEDecoder:
         self._fields = False
 
     def feed(self, chunk: bytes) -> list[Frame]:
-        """Decode ``chunk``; returns the frames it completed (possibly none)."""
+        """Decode ``chunk``; returns the frames it completed (possibly none).
+
+        Raises the stream's decode error once every frame completed before it
+        was returned (``error`` holds it meanwhile).
+        """
+        if self.error is not None:
+            raise self.error
         if not chunk:
             return []
         if not self._started:
@@ -179,23 +187,36 @@ class SSEDecoder:
                 lines[0] = b"".join(self._partial)
                 self._partial = []
                 self._partial_size = 0
-            for line in lines:
-                if len(line) > self._max:
-                    raise FrameTooLargeError(self._max, frame=line[:200])
-                if line:
-                    self._field(line)
-                elif self._fields:
-                    frames.append(Frame(self._event, self._joined_data(), self._id, self._retry))
-                    self._reset_frame()
+            try:
+                for line in lines:
+                    if len(line) > self._max:
+                        raise FrameTooLargeError(self._max, frame=line[:200])
+                    if line:
+                        self._field(line)
+                    elif self._fields:
+                        frames.append(
+                            Frame(self._event, self._joined_data(), self._id, self._retry)
+                        )
+                        self._reset_frame()
+            except StreamDecodeError as exc:
+                return self._fail(exc, frames)
         if tail:
             self._partial_size += len(tail)
             if self._partial_size > self._max:
                 head = self._partial[0] if self._partial else tail
                 self._partial = []
                 self._partial_size = 0
-                raise FrameTooLargeError(self._max, frame=head[:200])
+                return self._fail(FrameTooLargeError(self._max, frame=head[:200]), frames)
             self._partial.append(tail)
         return frames
+
+    def _fail(self, exc: StreamDecodeError, frames: list[Frame]) -> list[Frame]:
+        # Frames completed before the bad line are still delivered; the error waits
+        # until they are consumed (see ``error``), so nothing already received is lost.
+        self.error = exc
+        if frames:
+            return frames
+        raise exc
 
     def _joined_data(self) -> bytes | None:
         data = self._data
@@ -329,6 +350,10 @@ class EventDecoder:
             ev = self._frame(frame)
             if ev is not None:
                 return ev
+        error = self._sse.error
+        if error is not None:
+            error.last_event_id = self.last_event_id
+            raise error
         return None
 
     def feed(self, chunk: bytes) -> list[Event]:

@@ -446,3 +446,19 @@ def _tb(text: str):  # type: ignore[no-untyped-def]
     from qoder_async import TextBlock
 
     return TextBlock(text)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"id: \xff\ndata: {}\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + b"y" * 300],
+    ids=["utf8-id", "long-line", "long-tail"],
+)
+def test_frames_before_a_bad_line_in_the_same_chunk_are_delivered_first(bad: bytes) -> None:
+    dec = EventDecoder(max_event_bytes=256)
+    dec.push(frame_bytes("a", None, ev_json("a")) + frame_bytes("b", None, ev_json("b")) + bad)
+    assert [dec.pull().id, dec.pull().id] == ["a", "b"]  # type: ignore[union-attr]
+    with pytest.raises(StreamDecodeError) as info:
+        dec.pull()
+    assert info.value.last_event_id == "b"
+    with pytest.raises(StreamDecodeError):
+        dec.push(b"data: {}\n\n")  # the connection is unusable after a decode error
