@@ -1,0 +1,172 @@
+"""Secrets and origins, and what the client logs."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import httpx
+import pytest
+
+from qoder_async import (
+    APIStatusError,
+    AuthenticationError,
+    NotFoundError,
+    QoderClient,
+    ResumeExhaustedError,
+    StreamDecodeError,
+)
+from qoder_async.testing import CannedResponse, FakeQoderServer
+
+CANARY = "pt-CANARY-7f3a9c1e5b2d4f60"
+
+
+async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="qoder_async")
+    texts: list[str] = []
+    async with FakeQoderServer(token=CANARY, heartbeat_interval=0.1) as server:
+        sid = server.add_session()["id"]
+        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=1) as client:
+            texts += [repr(client), str(client), repr(vars(client))]
+            session = client.session(sid)
+            turn = await session.send("hello")
+            result = await turn.result()
+            texts += [repr(session), repr(turn), repr(turn.accepted), repr(result)]
+            async with client.sessions.events.stream(sid) as st:
+                texts.append(repr(st))
+                async for _ in st:
+                    break
+            errors: list[BaseException] = []
+            for call in (
+                client.sessions.retrieve("sess_missing"),
+                client.agents.create(name="", model="x"),
+            ):
+                try:
+                    await call
+                except APIStatusError as exc:
+                    errors.append(exc)
+            server.faults.throttle_first = 5
+            server.faults.retry_after = 0.01
+            try:
+                await client.sessions.retrieve(sid)
+            except APIStatusError as exc:
+                errors.append(exc)
+            server.faults.throttle_first = 0
+            server.faults.inject_frames = [b"data: {bad\n\n"]
+            try:
+                async with client.sessions.events.stream(sid) as st:
+                    async for _ in st:
+                        pass
+            except StreamDecodeError as exc:
+                errors.append(exc)
+            for exc in errors:
+                texts += [str(exc), repr(exc), repr(vars(exc)), repr(exc.args)]
+        async with QoderClient(token="pt-wrong", base_url=server.base_url) as other:
+            with pytest.raises(AuthenticationError) as auth:
+                await other.sessions.retrieve(sid)
+            texts += [str(auth.value), repr(vars(auth.value))]
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [caplog.text]
+    assert len(errors) == 4
+    assert any("GET /sessions/" in r.getMessage() for r in caplog.records)
+    for text in texts:
+        assert CANARY not in text
+    assert "pt-wrong" not in " ".join(texts)
+
+
+async def test_authorization_never_follows_a_redirect_to_another_origin() -> None:
+    async with FakeQoderServer(token=CANARY) as api, FakeQoderServer(token="other") as evil:
+        target = evil.base_url + "/sessions/sess_x"
+        api.faults.respond_next = [
+            CannedResponse("GET", "/sessions/", 302, {"Location": target}, b""),
+            CannedResponse("GET", "/sessions/", 307, {"Location": target}, b""),
+        ]
+        async with QoderClient(token=CANARY, base_url=api.base_url) as client:
+            with pytest.raises(APIStatusError) as info:
+                await client.sessions.retrieve("sess_x")
+        assert info.value.status_code == 302
+        # a borrowed client that follows redirects does not change that
+        async with httpx.AsyncClient(follow_redirects=True) as http:
+            async with QoderClient(token=CANARY, base_url=api.base_url, http_client=http) as c:
+                with pytest.raises(APIStatusError) as info:
+                    await c.sessions.retrieve("sess_x")
+        assert info.value.status_code == 307
+        assert evil.requests == []
+
+
+async def test_stream_redirects_are_not_followed_either() -> None:
+    async with FakeQoderServer(token=CANARY) as api, FakeQoderServer(token="other") as evil:
+        sid = api.add_session()["id"]
+        target = f"{evil.base_url}/sessions/{sid}/events/stream"
+        api.faults.respond_next = [
+            CannedResponse("GET", "/stream$", 301, {"Location": target}, b"")
+        ]
+        async with QoderClient(token=CANARY, base_url=api.base_url) as client:
+            async with client.sessions.events.stream(sid) as st:
+                with pytest.raises(APIStatusError) as info:
+                    await st.__anext__()
+        assert info.value.status_code == 301
+        assert evil.requests == []
+
+
+def test_tls_verification_is_on_by_default() -> None:
+    client = QoderClient(token="t", base_url="https://api.qoder.com/api/v1/cloud")
+    transport = client._http._transport
+    context = transport.ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+
+
+async def test_normal_operation_logs_nothing_at_info_or_above(
+    caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="qoder_async")
+    server.faults.drop_probability = 0.3  # reconnects are normal operation too
+    turn = await client.session(session_id).send("hello")
+    await turn.result()
+    server.faults.drop_probability = 0
+    assert [r for r in caplog.records if r.name.startswith("qoder_async")] == []
+
+
+async def test_debug_lines_say_what_happened(
+    caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="qoder_async")
+    server.faults.throttle_first = 1
+    server.faults.retry_after = 0.01
+    with pytest.raises(NotFoundError):
+        await client.sessions.retrieve("sess_nope")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("-> 429" in m for m in messages)
+    assert any(m.startswith("retrying GET /sessions/sess_nope") for m in messages)
+    assert any("-> 404 [req_" in m and "ms" in m for m in messages)
+
+
+async def test_give_up_error_keeps_the_cause_without_secrets(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    from qoder_async import Backoff, ReconnectPolicy
+
+    server.faults.throttle_first = 10
+    server.faults.retry_after = 0.01
+    policy = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.01), max_attempts=2)
+    async with client.sessions.events.stream(session_id, reconnect=policy) as st:
+        with pytest.raises(ResumeExhaustedError) as info:
+            await st.__anext__()
+    assert "429" in str(info.value.__cause__)
+    server.faults.throttle_first = 0
+
+
+def test_qoder_log_env_var_switches_debug_logging_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qoder_async._client import _setup_logging
+
+    logger = logging.getLogger("qoder_async")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        monkeypatch.setenv("QODER_LOG", "debug")
+        _setup_logging()
+        assert logger.level == logging.DEBUG
+        assert logger.handlers
+    finally:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
