@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +24,20 @@ from qoder_async import (
 from qoder_async._stream import EventDecoder, Frame, LiveText, SSEDecoder, text_delta
 
 # ----------------------------------------------------------------------------- helpers
+
+LOADERS: dict[str, Callable[[bytes], Any]] = {"json": json.loads}
+try:
+    import orjson
+
+    LOADERS["orjson"] = orjson.loads
+except ImportError:  # the optional extra; the stdlib path is always tested
+    pass
+
+
+@pytest.fixture(params=sorted(LOADERS))
+def loads(request: pytest.FixtureRequest) -> Callable[[bytes], Any]:
+    """Each JSON decoder the stream may use (json always, orjson when installed)."""
+    return LOADERS[request.param]
 
 
 def frame_bytes(
@@ -204,8 +220,8 @@ def test_endless_line_keeps_memory_bounded() -> None:
 # ----------------------------------------------------------------------------- events
 
 
-def test_events_cursor_and_previews() -> None:
-    dec = EventDecoder()
+def test_events_cursor_and_previews(loads: Callable[[bytes], Any]) -> None:
+    dec = EventDecoder(loads=loads)
     stream = (
         frame_bytes("e1", "agent.message", ev_json("e1"))
         + frame_bytes("e2", "event_start", '{"type":"event_start","event":{"id":"e2"}}')
@@ -307,8 +323,10 @@ def test_unknown_types_are_kept() -> None:
         (b'event: error\ndata: {"error":{"type":"overloaded_error"}}\n\n', InternalServerError),
     ],
 )
-def test_error_frames_raise_the_typed_api_error(frame: bytes, error: type[Exception]) -> None:
-    dec = EventDecoder()
+def test_error_frames_raise_the_typed_api_error(
+    frame: bytes, error: type[Exception], loads: Callable[[bytes], Any]
+) -> None:
+    dec = EventDecoder(loads=loads)
     dec.feed(frame_bytes("a", None, ev_json("a")))
     with pytest.raises(error):
         dec.feed(frame)
@@ -326,8 +344,10 @@ def test_error_frames_raise_the_typed_api_error(frame: bytes, error: type[Except
         (b'{"type":7}', "type"),
     ],
 )
-def test_bad_frames_raise_decode_errors_and_keep_the_cursor(data: bytes, reason: str) -> None:
-    dec = EventDecoder()
+def test_bad_frames_raise_decode_errors_and_keep_the_cursor(
+    data: bytes, reason: str, loads: Callable[[bytes], Any]
+) -> None:
+    dec = EventDecoder(loads=loads)
     good = dec.feed(frame_bytes("a", None, ev_json("a")))
     with pytest.raises(StreamDecodeError) as info:
         dec.feed(b"id: bad\ndata: " + data + b"\n\n")

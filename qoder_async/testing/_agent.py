@@ -1,0 +1,389 @@
+"""The scripted agent: turn context, the script protocol and the bundled scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ._state import SessionState, StopReason, Turn
+from ._wire import dumps, sse_frame, text_of
+
+if TYPE_CHECKING:
+    from ._server import FakeQoderServer
+
+__all__ = ["Script", "StopReason", "TurnContext", "default_script", "tool_script"]
+
+
+def _split(text: str, chunks: int) -> list[str]:
+    """``text`` cut into at most ``chunks`` non-empty pieces of similar size."""
+    count = max(1, min(chunks, len(text)))
+    if not text:
+        return []
+    size, extra = divmod(len(text), count)
+    pieces, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _trigger_text(trigger: dict[str, Any]) -> str:
+    if trigger.get("type") == "user.define_outcome":
+        for key in ("description", "outcome", "content"):
+            text = text_of(trigger.get(key))
+            if text:
+                return text
+        return ""
+    return text_of(trigger.get("content"))
+
+
+class TurnContext:
+    """What a script sees and uses while it runs one turn.
+
+    Every helper stores events in this turn (``turn_id`` and timestamps are
+    added) and publishes them to the session's open streams. Once the turn has
+    ended (interrupt, cancel, delete, server close) the helpers raise
+    ``RuntimeError`` and the script task is cancelled.
+
+    Attributes:
+        session_id: the session the turn runs in.
+        turn_id: this turn's id (``turn_...``).
+        trigger: the stored event that started the turn (``user.message`` or
+            ``user.define_outcome``), a copy.
+        text: the trigger's text: joined text blocks of ``content`` (for an
+            outcome: ``description``), ``""`` if none.
+        server: the `FakeQoderServer` running the turn.
+    """
+
+    def __init__(self, server: FakeQoderServer, session: SessionState, turn: Turn) -> None:
+        self.server = server
+        self.session_id = session.id
+        self.turn_id = turn.id
+        self.trigger: dict[str, Any] = copy.deepcopy(turn.trigger)
+        self.text = _trigger_text(turn.trigger)
+        self._session = session
+        self._turn = turn
+
+    def __repr__(self) -> str:
+        return f"TurnContext(session_id={self.session_id!r}, turn_id={self.turn_id!r})"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the turn is over (the closing ``session.status_idle`` is stored)."""
+        return self._turn.ended
+
+    def _check(self) -> None:
+        if self._turn.ended:
+            raise RuntimeError(f"turn {self.turn_id} has ended")
+
+    def _store(self, event_type: str, fields: dict[str, Any], event_id: str | None = None) -> Any:
+        self._check()
+        event = self._session.store(
+            event_type, copy.deepcopy(fields), turn_id=self.turn_id, event_id=event_id
+        )
+        if event_type == "span.model_request_start":
+            self._turn.open_spans.append(event["id"])
+        elif event_type == "span.model_request_end":
+            start_id = fields.get("model_request_start_id")
+            if start_id in self._turn.open_spans:
+                self._turn.open_spans.remove(start_id)
+        return copy.deepcopy(event)
+
+    def new_id(self, prefix: str) -> str:
+        """A fresh ULID-shaped id such as ``outc_...`` or ``msg_...``."""
+        return self._session.ids.resource(prefix)
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Store and publish an event of ``type`` in this turn; returns a copy of it.
+
+        ``id``, ``type``, ``session_id``, ``turn_id``, ``schema_version``,
+        ``created_at`` and ``processed_at`` are added. An open
+        ``span.model_request_start`` is closed with an error
+        ``span.model_request_end`` if the turn is aborted.
+        """
+        result: dict[str, Any] = self._store(type, fields)
+        return result
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait (the turn can be interrupted meanwhile)."""
+        await asyncio.sleep(seconds)
+
+    def add_usage(
+        self, *, input_tokens: int = 0, output_tokens: int = 0, emit_event: bool = False
+    ) -> dict[str, Any]:
+        """Add to the session's cumulative ``usage``; optionally store ``session.usage``."""
+        self._check()
+        usage = self._session.resource["usage"]
+        usage["input_tokens"] = int(usage.get("input_tokens", 0)) + input_tokens
+        usage["output_tokens"] = int(usage.get("output_tokens", 0)) + output_tokens
+        if emit_event:
+            self.emit("session.usage", usage=dict(usage))
+        return dict(usage)
+
+    async def message(self, text: str, *, chunks: int = 4, delay: float = 0.0) -> dict[str, Any]:
+        """Store an ``agent.message`` with ``text``, streamed first.
+
+        Normally ``event_start`` and up to ``chunks`` ``event_delta`` previews
+        go to connections that asked for ``event_deltas[]=agent.message``,
+        sharing the final event's id. On a session created with
+        ``incremental_streaming_enabled`` the incremental events
+        (``agent.message_start``, ``agent.content_block_start``/``_delta``/
+        ``_stop``, ``agent.message_delta``, ``agent.message_stop``) are stored
+        instead. ``delay`` seconds pass before each fragment.
+
+        With previews the final event's id is taken when the preview starts,
+        so an event the client posts meanwhile is stored earlier but gets a
+        larger id (ids are opaque; resume never compares them).
+        """
+        self._check()
+        pieces = _split(text, chunks)
+        content = [{"type": "text", "text": text}]
+        if self._session.resource.get("incremental_streaming_enabled"):
+            return await self._incremental_message(content, pieces, delay)
+        event_id = self._session.ids.event()
+        start = {"type": "event_start", "event": {"id": event_id, "type": "agent.message"}}
+        self._session.publish_preview(
+            event_id, "agent.message", sse_frame(event_id, "event_start", dumps(start))
+        )
+        for piece in pieces:
+            await asyncio.sleep(delay)
+            self._check()
+            delta = {
+                "type": "event_delta",
+                "event_id": event_id,
+                "delta": {
+                    "type": "content_delta",
+                    "index": 0,
+                    "content": {"type": "text", "text": piece},
+                },
+            }
+            self._session.publish_preview(
+                event_id, "agent.message", sse_frame(event_id, "event_delta", dumps(delta))
+            )
+        result: dict[str, Any] = self._store("agent.message", {"content": content}, event_id)
+        return result
+
+    async def _incremental_message(
+        self, content: list[dict[str, Any]], pieces: list[str], delay: float
+    ) -> dict[str, Any]:
+        message_id = self.new_id("msg")
+        meta = {"message_id": message_id, "parent_tool_use_id": None}
+        self.emit(
+            "agent.message_start",
+            **meta,
+            message={"id": message_id, "type": "message", "role": "assistant", "content": []},
+        )
+        self.emit(
+            "agent.content_block_start",
+            **meta,
+            index=0,
+            content_block={"type": "text", "text": ""},
+        )
+        for piece in pieces:
+            await asyncio.sleep(delay)
+            self.emit(
+                "agent.content_block_delta",
+                **meta,
+                index=0,
+                delta={"type": "text_delta", "text": piece},
+            )
+        self.emit("agent.content_block_stop", **meta, index=0)
+        self.emit(
+            "agent.message_delta",
+            **meta,
+            delta={"stop_reason": "end_turn"},
+            usage={"output_tokens": len(pieces)},
+        )
+        self.emit("agent.message_stop", **meta)
+        return self.emit("agent.message", content=content, message_id=message_id)
+
+    async def thinking(self, text: str) -> dict[str, Any]:
+        """Store an ``agent.thinking`` (an ``event_start`` preview goes first).
+
+        The text is stored under ``thinking``; `Dialect.thinking_field`
+        renames or drops it on the wire.
+        """
+        self._check()
+        event_id = self._session.ids.event()
+        if not self._session.resource.get("incremental_streaming_enabled"):
+            start = {"type": "event_start", "event": {"id": event_id, "type": "agent.thinking"}}
+            self._session.publish_preview(
+                event_id, "agent.thinking", sse_frame(event_id, "event_start", dumps(start))
+            )
+            await asyncio.sleep(0)
+        result: dict[str, Any] = self._store("agent.thinking", {"thinking": text}, event_id)
+        return result
+
+    async def tool(
+        self, name: str, input: dict[str, Any], output: str, *, is_error: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Store a built-in tool call: ``agent.tool_use`` then its ``agent.tool_result``."""
+        use = self.emit("agent.tool_use", name=name, input=input, evaluated_permission="allow")
+        await asyncio.sleep(0)
+        result = self.emit(
+            "agent.tool_result",
+            tool_use_id=use["id"],
+            content=[{"type": "text", "text": output}],
+            is_error=is_error,
+        )
+        return use, result
+
+    async def custom_tool(self, name: str, input: dict[str, Any]) -> dict[str, Any]:
+        """Store an ``agent.custom_tool_use`` (answer it with `require_action`)."""
+        return self.emit("agent.custom_tool_use", name=name, input=input)
+
+    async def require_action(self, event_ids: list[str]) -> list[dict[str, Any]]:
+        """Pause the turn until the client answers every id in ``event_ids``.
+
+        Stores ``session.status_idle`` with ``stop_reason`` ``requires_action``;
+        each ``user.custom_tool_result``/``user.tool_confirmation``/
+        ``user.tool_result`` naming a pending id answers it. A partial answer
+        re-stores the idle with the remaining ids. Then stores
+        ``session.status_running`` and returns the answering events in order.
+        """
+        self._check()
+        if not event_ids:
+            return []
+        turn = self._turn
+        turn.pending = list(dict.fromkeys(event_ids))
+        turn.answers = []
+        while turn.pending:
+            turn.paused = True
+            turn.answered.clear()
+            self.emit(
+                "session.status_idle",
+                stop_reason={"type": "requires_action", "event_ids": list(turn.pending)},
+            )
+            await turn.answered.wait()
+            self._check()
+        turn.paused = False
+        answers = [copy.deepcopy(a) for a in turn.answers]
+        turn.answers = []
+        self.emit("session.status_running")
+        return answers
+
+
+Script = Callable[[TurnContext], Awaitable[StopReason | None]]
+"""A scripted agent: runs one turn, returns its stop reason (``None`` = ``end_turn``)."""
+
+
+async def run_turn(ctx: TurnContext, session: SessionState, turn: Turn, script: Script) -> None:
+    """Run ``script`` as ``turn``: running status, the script, then the closing idle."""
+    try:
+        ctx.emit("session.status_running")
+        stop_reason = await script(ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if turn.ended:
+            return
+        session.store(
+            "session.error",
+            {
+                "error": {
+                    "type": "unknown_error",
+                    "message": str(exc) or type(exc).__name__,
+                    "retry_status": {"type": "terminal"},
+                }
+            },
+            turn_id=turn.id,
+        )
+        session.finish_turn(turn, {"type": "retries_exhausted"}, abnormal=True)
+    else:
+        session.finish_turn(turn, stop_reason or {"type": "end_turn"}, abnormal=False)
+
+
+_README = (
+    "# demo-project\n\nA small demo repository served by qoder_async's fake server.\n"
+    "It has one module, `app.py`, with a `main()` function.\n"
+)
+
+
+async def _outcome_script(ctx: TurnContext) -> StopReason | None:
+    outcome_id = ctx.new_id("outc")
+    start = ctx.emit("span.outcome_evaluation_start", outcome_id=outcome_id, iteration=0)
+    ctx.emit(
+        "span.outcome_evaluation_ongoing",
+        outcome_id=outcome_id,
+        iteration=0,
+        outcome_evaluation_start_id=start["id"],
+    )
+    await ctx.sleep(0)
+    ctx.emit(
+        "span.outcome_evaluation_end",
+        outcome_id=outcome_id,
+        iteration=0,
+        outcome_evaluation_start_id=start["id"],
+        result="satisfied",
+        explanation="The fake agent always meets the outcome on the first iteration.",
+    )
+    await ctx.message(f"Outcome evaluated as satisfied: {ctx.text}")
+    return None
+
+
+async def default_script(ctx: TurnContext) -> StopReason | None:
+    """The bundled agent: a realistic one-request turn that echoes the user.
+
+    For a ``user.message``: ``span.model_request_start``, ``agent.thinking``,
+    ``agent.tool_use``/``agent.tool_result`` (``Read``), an ``agent.message``
+    quoting the user's text (long enough for several deltas) and
+    ``span.model_request_end`` with ``model_usage``; the session's ``usage``
+    grows. For a ``user.define_outcome``: the outcome evaluation spans and a
+    message.
+    """
+    if ctx.trigger.get("type") == "user.define_outcome":
+        return await _outcome_script(ctx)
+    start = ctx.emit("span.model_request_start", model="ultimate")
+    await ctx.thinking("Let me look at that.")
+    await ctx.tool("Read", {"file_path": "/workspace/README.md"}, _README)
+    reply = (
+        f'You said: "{ctx.text}". I read README.md: this is a small demo project '
+        "with one module, app.py, whose main() function is the entry point. "
+        "Ask me anything else about it."
+    )
+    await ctx.message(reply)
+    input_tokens = 100 + len(ctx.text)
+    output_tokens = 20 + len(reply) // 4
+    ctx.emit(
+        "span.model_request_end",
+        model_request_start_id=start["id"],
+        is_error=False,
+        model_usage={
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    )
+    ctx.add_usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return None
+
+
+def tool_script(tool_name: str, tool_input: dict[str, Any]) -> Script:
+    """A script that calls one client-side (custom) tool, then reports its result.
+
+    The turn stores ``agent.custom_tool_use`` (``name=tool_name``,
+    ``input=tool_input``), pauses with ``requires_action`` for it, and once
+    the client posts ``user.custom_tool_result`` replies with an
+    ``agent.message`` ``"<tool_name> returned: <result text>"`` (``"<tool_name>
+    failed: ..."`` when ``is_error``; ``"<tool_name> was denied"`` for a denied
+    ``user.tool_confirmation``).
+    """
+
+    async def script(ctx: TurnContext) -> StopReason | None:
+        use = await ctx.custom_tool(tool_name, tool_input)
+        answers = await ctx.require_action([use["id"]])
+        answer = answers[0] if answers else {}
+        if answer.get("result") == "deny" or answer.get("decision") == "deny":
+            await ctx.message(f"{tool_name} was denied")
+        elif answer.get("is_error"):
+            await ctx.message(f"{tool_name} failed: {text_of(answer.get('content'))}")
+        else:
+            await ctx.message(f"{tool_name} returned: {text_of(answer.get('content'))}")
+        return None
+
+    script.__name__ = script.__qualname__ = f"tool_script({tool_name!r})"
+    return script

@@ -1,0 +1,135 @@
+"""Fault switches and wire-dialect switches of the fake server.
+
+Both classes are plain mutable attrs classes: a test flips a switch on
+``server.faults`` (or ``server.dialect``) between two requests and the very
+next request sees it. Randomised faults draw from the server's own
+``random.Random(seed)`` so a run with the same seed makes the same choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+import attrs
+
+__all__ = ["CannedResponse", "Dialect", "Faults"]
+
+HeartbeatStyle = Literal["comment", "event", "ping"]
+
+
+class CannedResponse(NamedTuple):
+    """A raw response served once, instead of the real one, to the next matching request.
+
+    Put instances in ``Faults.respond_next``. A plain 5-tuple in the same order
+    works too. ``path`` is a regular expression searched (``re.search``) in the
+    full request path (``/api/v1/cloud/...``); ``method`` ``None`` matches any
+    method. ``headers`` are sent as given (add ``Content-Type`` yourself); the
+    server only adds ``x-request-id`` when absent.
+    """
+
+    method: str | None
+    path: str
+    status: int
+    headers: Mapping[str, str] | None = None
+    body: bytes = b""
+
+
+@attrs.define
+class Faults:
+    """Switches that make the fake server misbehave; all off by default.
+
+    Counters (``throttle_first``, ``fail_send_after_store``) are decremented as
+    they fire. ``inject_frames`` and ``respond_next`` are consumed. Every fault
+    that fires is counted in ``FakeQoderServer.fault_counts`` under the
+    attribute's name (``duplicate_on_resume`` counts re-sent events,
+    ``inject_frames`` counts injected byte strings, the rest count firings).
+
+    Stream faults:
+
+    * ``drop_after_bytes`` -- every SSE connection is aborted (no clean end of
+      the chunked body) once about this many body bytes were written, usually
+      in the middle of a frame.
+    * ``drop_after_events`` -- every SSE connection is aborted in the middle of
+      the event frame that follows this many event frames.
+    * ``drop_probability`` -- per event frame, abort the connection halfway
+      through that frame.
+    * ``duplicate_on_resume`` -- on a ``Last-Event-ID`` resume, first re-send
+      this many already delivered stored events from before the cursor.
+    * ``stall_probability`` -- per event frame, the connection stops sending
+      events (that one included) and only sends heartbeats from then on.
+    * ``inject_frames`` -- raw bytes written once, after the replay, at the
+      start of the next stream connection; then cleared. With
+      ``close_after_inject`` that connection then ends cleanly.
+    * ``close_after_idle`` -- end the stream cleanly (EOF) right after a
+      ``session.status_idle`` frame once the connection has caught up.
+    * ``slow_stream_seconds`` -- delay before the stream's response headers.
+
+    Request faults:
+
+    * ``throttle_first`` -- the next K requests (any endpoint) get
+      ``throttle_status`` (429 or 503) with ``Retry-After``/``retry-after-ms``
+      headers (from ``retry_after`` seconds; ``None`` sends neither) and the
+      error envelope. ``throttle_probability`` throttles at random.
+    * ``fail_send_after_store`` -- the next K ``POST .../events`` store and run
+      their events, then answer 500 ``api_error``. An ``Idempotency-Key``
+      retry still replays the original success.
+    * ``slow_seconds`` -- delay before every non-stream response.
+    * ``respond_next`` -- canned raw responses, see `CannedResponse`.
+    """
+
+    drop_after_bytes: int | None = None
+    drop_after_events: int | None = None
+    drop_probability: float = 0.0
+    duplicate_on_resume: int = 0
+    stall_probability: float = 0.0
+    throttle_first: int = 0
+    throttle_status: int = 429
+    retry_after: float | None = 1.0
+    throttle_probability: float = 0.0
+    fail_send_after_store: int = 0
+    slow_seconds: float = 0.0
+    slow_stream_seconds: float = 0.0
+    inject_frames: list[bytes] = attrs.Factory(list)
+    close_after_inject: bool = False
+    respond_next: list[CannedResponse] = attrs.Factory(list)
+    close_after_idle: bool = False
+
+
+@attrs.define
+class Dialect:
+    """Wire-format switches, one per documented variant of the API.
+
+    * ``send_status`` -- status of ``POST /sessions/{id}/events`` (202 or 200).
+    * ``create_status`` -- status of every ``POST`` that creates a resource
+      (sessions, agents, environments): 201 or 200.
+    * ``cancel_status`` -- status of ``POST /sessions/{id}/cancel`` when a turn
+      was running (202; older docs: 200). An idle cancel is always 200.
+    * ``heartbeat`` -- ``"comment"`` (``: heartbeat``), ``"event"``
+      (``event: heartbeat`` + ``data: {}``) or ``"ping"`` (``event: ping``).
+    * ``retry_ms`` -- when set, every stream starts with ``retry: <ms>``.
+    * ``turn_ids`` -- ``False`` omits ``turn_id`` from every event on the wire.
+    * ``data_ids`` -- ``False`` omits ``id`` and ``type`` from SSE ``data`` of
+      stored events; they then only travel in the ``id:``/``event:`` lines.
+    * ``string_content`` -- ``user.message``/``agent.message`` ``content`` as a
+      plain string instead of text blocks.
+    * ``legacy_idle`` -- ``session.status_idle`` as ``{"status": "idle"}``
+      without ``stop_reason`` (and ``session.status_running`` gains
+      ``"status": "running"``).
+    * ``thinking_field`` -- key of the ``agent.thinking`` text: ``"thinking"``,
+      ``"content"`` or ``None`` (no text at all).
+
+    The server's own record (``stored_events``) is never affected: dialects
+    only change what goes over the wire.
+    """
+
+    send_status: int = 202
+    create_status: int = 201
+    cancel_status: int = 202
+    heartbeat: HeartbeatStyle = "comment"
+    retry_ms: int | None = None
+    turn_ids: bool = True
+    data_ids: bool = True
+    string_content: bool = False
+    legacy_idle: bool = False
+    thinking_field: str | None = "thinking"

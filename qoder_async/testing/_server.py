@@ -1,0 +1,1028 @@
+"""`FakeQoderServer`: the Qoder "Managed" Cloud Agents API on 127.0.0.1.
+
+Request path through the app, in order (one middleware does it all):
+
+1. record the request (``server.requests``) and give it an ``x-request-id``;
+2. a matching canned response (``faults.respond_next``) wins outright;
+3. throttling faults (429/503 with ``Retry-After``), like a gateway would;
+4. unregistered route or method -> plain-text ``404 page not found`` (no JSON);
+5. ``Authorization: Bearer <token>`` or 401;
+6. ``Idempotency-Key``/``X-Idempotency-Key`` on POST/DELETE: replay or 409;
+7. the handler; `ApiError` becomes the JSON error envelope;
+8. ``faults.slow_seconds`` before any non-stream response goes out.
+
+Lists default to ``order=desc`` (newest first) for sessions, agents and
+environments and ``order=asc`` for events. Idempotency records are kept for
+2xx answers only (plus the stored-but-500 fault), so a request that failed can
+be retried with the same key and really runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import hashlib
+import hmac
+import json
+import random
+import re
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import attrs
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ._agent import Script, TurnContext, default_script, run_turn
+from ._faults import CannedResponse, Dialect, Faults
+from ._params import (
+    answer_ref,
+    bool_param,
+    check_list,
+    check_metadata,
+    check_str,
+    delta_kinds,
+    paginate,
+    validate_input_event,
+)
+from ._sse import StreamConnection, resume_position
+from ._state import SessionState
+from ._wire import ApiError, Ids, bad_request, dumps, not_found, render_event
+
+__all__ = ["FakeQoderServer", "RecordedRequest"]
+
+#: The token a `FakeQoderServer` accepts unless told otherwise.
+DEFAULT_TOKEN = "qoder-fake-token"
+
+BASE_PATH = "/api/v1/cloud"
+
+BUSY_MESSAGE = "session is running; wait for session.status_idle before sending a new user.message"
+IDEMPOTENCY_REUSE_MESSAGE = "Idempotency-Key reused with a different request body"
+
+_REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("qoder_fake_request_id")
+_TURN_STARTERS = ("user.message", "user.define_outcome")
+_ANSWERS = ("user.custom_tool_result", "user.tool_confirmation", "user.tool_result")
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request as the server received it (``server.requests``).
+
+    ``path`` is the full URL path (``/api/v1/cloud/...``), ``query`` maps each
+    parameter to all its values, ``headers`` has lower-case names (repeated
+    headers joined with ``", "``), ``body`` is the raw body.
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+@attrs.define
+class _IdempotencyRecord:
+    fingerprint: tuple[str, str, str]
+    status: int | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+class _StoredButFailed(Exception):
+    """The work is done and ``response`` is its real answer, but answer a 500."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__("stored, then failed")
+        self.response = response
+
+
+def _json(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=dumps(obj).encode(), content_type="application/json", headers=headers
+    )
+
+
+def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json(error.status, error.body(), headers)
+
+
+class FakeQoderServer:
+    """A real HTTP + SSE server imitating the Qoder Managed Cloud Agents API.
+
+    Runs an ``aiohttp.web`` app on ``host``:``port`` (port 0 = pick a free
+    one) with the sessions, events (send, list, SSE stream with
+    ``Last-Event-ID`` replay and ``event_deltas[]`` previews), agents and
+    environments endpoints under ``/api/v1/cloud``. Each turn is played by
+    ``script`` (`default_script` when ``None``). ``faults`` and ``dialect``
+    can be changed at any time. Use it as an async context manager, or call
+    `start` and `close`.
+
+    Args:
+        token: the only accepted Bearer token.
+        script: the scripted agent that plays every turn.
+        faults: fault switches (all off by default).
+        dialect: wire-format switches (newest documented format by default).
+        heartbeat_interval: seconds without output after which a stream gets
+            a heartbeat.
+        host: interface to listen on.
+        port: port to listen on; 0 picks a free port.
+        seed: seed of the server's ``random.Random`` (random faults, ids).
+        record_requests: keep every request in `requests`.
+    """
+
+    #: The token accepted when none is given.
+    DEFAULT_TOKEN: ClassVar[str] = DEFAULT_TOKEN
+
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        script: Script | None = None,
+        faults: Faults | None = None,
+        dialect: Dialect | None = None,
+        heartbeat_interval: float = 15.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        record_requests: bool = True,
+    ) -> None:
+        self.token = token
+        self.script: Script | None = script
+        self.faults = faults if faults is not None else Faults()
+        self.dialect = dialect if dialect is not None else Dialect()
+        self.heartbeat_interval = heartbeat_interval
+        self.host = host
+        self.port = port
+        self.record_requests = record_requests
+        #: Every request received, in order (see `RecordedRequest`).
+        self.requests: list[RecordedRequest] = []
+        #: How often each fault fired, by `Faults` attribute name.
+        self.fault_counts: dict[str, int] = {}
+        self._rng = random.Random(seed)
+        self._ids = Ids(random.Random(seed + 1))
+        self._environments: dict[str, dict[str, Any]] = {}
+        self._agents: dict[str, list[dict[str, Any]]] = {}
+        self._sessions: dict[str, SessionState] = {}
+        self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._closing = False
+        self._open_streams = 0
+        self._stream_connections = 0
+
+    def __repr__(self) -> str:
+        where = self.base_url if self._runner is not None else "not started"
+        return f"<FakeQoderServer {where}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/api/v1/cloud`` (no trailing slash); needs `start`."""
+        if self._runner is None:
+            raise RuntimeError("FakeQoderServer is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{BASE_PATH}"
+
+    @property
+    def open_streams(self) -> int:
+        """SSE stream handlers running right now (should drop to 0 when clients leave)."""
+        return self._open_streams
+
+    @property
+    def stream_connections(self) -> int:
+        """SSE stream connections accepted since the server was created."""
+        return self._stream_connections
+
+    async def start(self) -> None:
+        """Start listening; returns once the port is bound (`port` is then set)."""
+        if self._runner is not None:
+            return
+        app = web.Application(middlewares=[self._middleware], client_max_size=32 * 1024 * 1024)
+        self._add_routes(app)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.port = int(runner.addresses[0][1])
+        self._closing = False
+        self._runner = runner
+
+    async def close(self) -> None:
+        """Stop: end every stream cleanly, cancel running turns, close the port.
+
+        Idempotent.
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._closing = True
+        for session in self._sessions.values():
+            turn = session.turn
+            if turn is not None:
+                # The server dies mid-turn: no closing idle, but no waiter hangs.
+                turn.ended = True
+                session.turn = None
+                session.idle.set()
+            session.notify()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ inspection
+
+    def _state(self, session_id: str) -> SessionState:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise KeyError(f"unknown session {session_id!r}") from None
+
+    def stored_events(self, session_id: str) -> list[dict[str, Any]]:
+        """Every stored event of the session, in order (deep copies, canonical form).
+
+        Canonical means: what the server stored, before any `Dialect`
+        rendering (``turn_id`` present, content as blocks, thinking under
+        ``thinking``). Deleted sessions stay inspectable.
+        """
+        return [copy.deepcopy(s.event) for s in self._state(session_id).log]
+
+    def turn_events(self, session_id: str, turn_id: str) -> list[dict[str, Any]]:
+        """The stored events whose ``turn_id`` is ``turn_id``, in order (copies)."""
+        return [
+            copy.deepcopy(s.event)
+            for s in self._state(session_id).log
+            if s.event.get("turn_id") == turn_id
+        ]
+
+    def user_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The stored ``user.message`` events of the session (copies)."""
+        return [
+            copy.deepcopy(s.event)
+            for s in self._state(session_id).log
+            if s.event["type"] == "user.message"
+        ]
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        """The session object as ``GET /sessions/{id}`` would return it."""
+        return self._state(session_id).snapshot()
+
+    async def wait_idle(self, session_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until no turn runs in the session (a paused turn still runs).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            await self._state(session_id).idle.wait()
+
+    async def wait_for_event(
+        self,
+        session_id: str,
+        event_type: str,
+        *,
+        after_id: str | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """The first stored event of ``event_type`` (after ``after_id``), waiting for it.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        state = self._state(session_id)
+        pos = state.by_id[after_id].log_index + 1 if after_id else 0
+        waker = asyncio.Event()
+        state.wakers.add(waker)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    waker.clear()
+                    while pos < len(state.log):
+                        event = state.log[pos].event
+                        pos += 1
+                        if event["type"] == event_type:
+                            return copy.deepcopy(event)
+                    await waker.wait()
+        finally:
+            state.wakers.discard(waker)
+
+    # ------------------------------------------------------------------ seeding
+
+    def add_environment(self, name: str = "env", **fields: Any) -> dict[str, Any]:
+        """Create an environment without HTTP; returns it as the API would.
+
+        ``fields``: ``description``, ``config``, ``metadata``. Raises
+        ``ValueError`` on invalid fields.
+        """
+        try:
+            return copy.deepcopy(self._create_environment({"name": name, **fields}))
+        except ApiError as exc:
+            raise ValueError(exc.message) from None
+
+    def add_agent(
+        self, name: str = "agent", model: str | dict[str, Any] = "ultimate", **fields: Any
+    ) -> dict[str, Any]:
+        """Create an agent without HTTP; returns it as the API would.
+
+        ``fields``: ``system``/``instructions``, ``description``, ``tools``,
+        ``mcp_servers``, ``skills``, ``metadata``. Raises ``ValueError`` on
+        invalid fields.
+        """
+        try:
+            return copy.deepcopy(self._create_agent({"name": name, "model": model, **fields}))
+        except ApiError as exc:
+            raise ValueError(exc.message) from None
+
+    def add_session(
+        self,
+        agent_id: str | None = None,
+        environment_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Create a session without HTTP; returns it as the API would.
+
+        Without ``agent_id``/``environment_id`` a fresh agent/environment is
+        created. ``fields``: ``title``, ``metadata``,
+        ``incremental_streaming_enabled``, ``initial_events`` (which start a
+        turn, so call this inside the running event loop then). Raises
+        ``ValueError`` on invalid fields and ``KeyError`` for unknown ids.
+        """
+        if agent_id is None:
+            agent_id = self.add_agent()["id"]
+        if environment_id is None:
+            environment_id = self.add_environment()["id"]
+        body = {"agent": agent_id, "environment_id": environment_id, **fields}
+        try:
+            return self._create_session(body)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise KeyError(exc.message) from None
+            raise ValueError(exc.message) from None
+
+    # ------------------------------------------------------------------ faults
+
+    def _count_fault(self, name: str, n: int = 1) -> None:
+        self.fault_counts[name] = self.fault_counts.get(name, 0) + n
+
+    def _take_canned(self, request: web.Request) -> CannedResponse | None:
+        for i, entry in enumerate(self.faults.respond_next):
+            canned = CannedResponse(*entry)
+            if canned.method is not None and canned.method.upper() != request.method:
+                continue
+            if re.search(canned.path, request.path):
+                del self.faults.respond_next[i]
+                self._count_fault("respond_next")
+                return canned
+        return None
+
+    def _throttle(self) -> web.Response | None:
+        faults = self.faults
+        if faults.throttle_first > 0:
+            faults.throttle_first -= 1
+            self._count_fault("throttle_first")
+        elif faults.throttle_probability > 0 and self._rng.random() < faults.throttle_probability:
+            self._count_fault("throttle_probability")
+        else:
+            return None
+        status = faults.throttle_status
+        headers: dict[str, str] = {}
+        if faults.retry_after is not None:
+            headers["Retry-After"] = f"{faults.retry_after:g}"
+            headers["retry-after-ms"] = str(round(faults.retry_after * 1000))
+        if status == 429:
+            error = ApiError(429, "rate_limit_error", "Too many requests; slow down.")
+        else:
+            error = ApiError(status, "overloaded_error", "The service is temporarily overloaded.")
+        return _error_response(error, headers)
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = self._ids.request()
+        _REQUEST_ID.set(request_id)
+        body = await request.read()
+        if self.record_requests:
+            headers: dict[str, str] = {}
+            for name, value in request.headers.items():
+                key = name.lower()
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            query: dict[str, list[str]] = {}
+            for name, value in request.query.items():
+                query.setdefault(name, []).append(value)
+            self.requests.append(
+                RecordedRequest(request.method, request.path, query, headers, body)
+            )
+        try:
+            response = await self._dispatch(request, handler, body)
+        except ApiError as exc:
+            response = _error_response(exc)
+        if not response.prepared:
+            if "x-request-id" not in response.headers:
+                response.headers["x-request-id"] = request_id
+            if self.faults.slow_seconds > 0:
+                self._count_fault("slow_seconds")
+                await asyncio.sleep(self.faults.slow_seconds)
+        return response
+
+    async def _dispatch(
+        self, request: web.Request, handler: Handler, body: bytes
+    ) -> web.StreamResponse:
+        canned = self._take_canned(request)
+        if canned is not None:
+            return web.Response(status=canned.status, headers=canned.headers, body=canned.body)
+        throttled = self._throttle()
+        if throttled is not None:
+            return throttled
+        if request.match_info.http_exception is not None:
+            return web.Response(
+                status=404, text="404 page not found", content_type="text/plain", charset="utf-8"
+            )
+        self._authenticate(request)
+        key = request.headers.get("Idempotency-Key") or request.headers.get("X-Idempotency-Key")
+        if key and request.method in ("POST", "PUT", "DELETE"):
+            return await self._idempotent(request, handler, body, key)
+        return await handler(request)
+
+    def _authenticate(self, request: web.Request) -> None:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode()
+        ):
+            raise ApiError(401, "authentication_error", "Invalid API key or token.")
+
+    async def _idempotent(
+        self, request: web.Request, handler: Handler, body: bytes, key: str
+    ) -> web.StreamResponse:
+        scope = (self.token, key)
+        fingerprint = (request.method, request.path, hashlib.sha256(body).hexdigest())
+        record = self._idempotency.get(scope)
+        if record is not None:
+            if record.fingerprint != fingerprint:
+                raise ApiError(409, "conflict_error", IDEMPOTENCY_REUSE_MESSAGE)
+            if record.status is None:
+                raise ApiError(
+                    409, "conflict_error", "A request with this Idempotency-Key is in progress"
+                )
+            return web.Response(
+                status=record.status,
+                body=record.body,
+                content_type=record.content_type,
+                headers={"Idempotent-Replayed": "true"},
+            )
+        record = self._idempotency[scope] = _IdempotencyRecord(fingerprint)
+        try:
+            response = await handler(request)
+        except _StoredButFailed as failed:
+            self._save(record, failed.response)
+            return _error_response(
+                ApiError(500, "api_error", "Internal server error (injected after store).")
+            )
+        except BaseException:
+            del self._idempotency[scope]
+            raise
+        if isinstance(response, web.Response) and 200 <= response.status < 300:
+            self._save(record, response)
+        else:
+            del self._idempotency[scope]
+        return response
+
+    @staticmethod
+    def _save(record: _IdempotencyRecord, response: web.Response) -> None:
+        body = response.body
+        record.body = body if isinstance(body, bytes) else b""
+        record.content_type = response.content_type
+        record.status = response.status
+
+    # ------------------------------------------------------------------ routes
+
+    def _add_routes(self, app: web.Application) -> None:
+        b = BASE_PATH
+        app.router.add_post(f"{b}/environments", self._h_create_environment)
+        app.router.add_get(f"{b}/environments", self._h_list_environments)
+        app.router.add_get(f"{b}/environments/{{id}}", self._h_get_environment)
+        app.router.add_post(f"{b}/environments/{{id}}", self._h_update_environment)
+        app.router.add_post(f"{b}/environments/{{id}}/archive", self._h_archive_environment)
+        app.router.add_post(f"{b}/agents", self._h_create_agent)
+        app.router.add_get(f"{b}/agents", self._h_list_agents)
+        app.router.add_get(f"{b}/agents/{{id}}", self._h_get_agent)
+        app.router.add_post(f"{b}/agents/{{id}}", self._h_update_agent)
+        app.router.add_post(f"{b}/agents/{{id}}/archive", self._h_archive_agent)
+        app.router.add_get(f"{b}/agents/{{id}}/versions", self._h_agent_versions)
+        app.router.add_post(f"{b}/sessions", self._h_create_session)
+        app.router.add_get(f"{b}/sessions", self._h_list_sessions)
+        app.router.add_get(f"{b}/sessions/{{id}}", self._h_get_session)
+        app.router.add_post(f"{b}/sessions/{{id}}", self._h_update_session)
+        app.router.add_delete(f"{b}/sessions/{{id}}", self._h_delete_session)
+        app.router.add_post(f"{b}/sessions/{{id}}/cancel", self._h_cancel_session)
+        app.router.add_post(f"{b}/sessions/{{id}}/archive", self._h_archive_session)
+        app.router.add_post(f"{b}/sessions/{{id}}/events", self._h_send_events)
+        app.router.add_get(f"{b}/sessions/{{id}}/events", self._h_list_events)
+        app.router.add_get(f"{b}/sessions/{{id}}/events/stream", self._h_stream)
+        app.router.add_get(f"{b}/models", self._h_models)
+
+    @staticmethod
+    async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            if required:
+                raise bad_request("Request body is required")
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise bad_request("Malformed JSON body") from None
+        if not isinstance(value, dict):
+            raise bad_request("Request body must be a JSON object")
+        return value
+
+    # ------------------------------------------------------------------ environments
+
+    def _environment(self, env_id: str) -> dict[str, Any]:
+        env = self._environments.get(env_id)
+        if env is None:
+            raise not_found("environment", env_id)
+        return env
+
+    def _create_environment(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        name = check_str(body, "name", required=True)
+        config = body.get("config", {"type": "cloud"})
+        if not isinstance(config, dict):
+            raise bad_request("config must be an object", "config")
+        now = self._ids.now()
+        env: dict[str, Any] = {
+            "id": self._ids.resource("env"),
+            "type": "environment",
+            "name": name,
+            "description": check_str(body, "description") or "",
+            "config": copy.deepcopy(config),
+            "metadata": check_metadata(body) or {},
+            "status": "ready",
+            "archived_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self._environments[env["id"]] = env
+        return env
+
+    async def _h_create_environment(self, request: web.Request) -> web.Response:
+        env = self._create_environment(await self._body(request))
+        return _json(self.dialect.create_status, env)
+
+    async def _h_list_environments(self, request: web.Request) -> web.Response:
+        include_archived = bool_param(request.query, "include_archived")
+        page = paginate(
+            list(self._environments.values()),
+            request.query,
+            default_order="desc",
+            keep=lambda env: include_archived or env["archived_at"] is None,
+        )
+        return _json(200, page)
+
+    async def _h_get_environment(self, request: web.Request) -> web.Response:
+        return _json(200, self._environment(request.match_info["id"]))
+
+    async def _h_update_environment(self, request: web.Request) -> web.Response:
+        env = self._environment(request.match_info["id"])
+        body = await self._body(request)
+        changes: dict[str, Any] = {}
+        if "name" in body:
+            changes["name"] = check_str(body, "name", required=True)
+        if "description" in body:
+            changes["description"] = check_str(body, "description") or ""
+        if "config" in body:
+            if not isinstance(body["config"], dict):
+                raise bad_request("config must be an object", "config")
+            changes["config"] = copy.deepcopy(body["config"])
+        if "metadata" in body:
+            changes["metadata"] = check_metadata(body) or {}
+        env.update(changes)
+        env["updated_at"] = self._ids.now()
+        return _json(200, env)
+
+    async def _h_archive_environment(self, request: web.Request) -> web.Response:
+        env = self._environment(request.match_info["id"])
+        if env["archived_at"] is None:
+            env["archived_at"] = env["updated_at"] = self._ids.now()
+            env["status"] = "archived"
+        return _json(200, env)
+
+    # ------------------------------------------------------------------ agents
+
+    def _agent(self, agent_id: str, version: int | None = None) -> dict[str, Any]:
+        versions = self._agents.get(agent_id)
+        if versions is None:
+            raise not_found("agent", agent_id)
+        if version is None:
+            return versions[-1]
+        if not 1 <= version <= len(versions):
+            raise not_found("agent version", f"{agent_id} v{version}")
+        return versions[version - 1]
+
+    def _agent_fields(self, body: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if creating or "name" in body:
+            fields["name"] = check_str(body, "name", required=True)
+        if creating or "model" in body:
+            model = body.get("model")
+            if model is None:
+                raise bad_request("Missing required field: model", "model")
+            if isinstance(model, dict):
+                if not isinstance(model.get("id"), str) or not model["id"]:
+                    raise bad_request("model.id must be a string", "model")
+                model = copy.deepcopy(model)
+            elif not isinstance(model, str) or not model:
+                raise bad_request("model must be a string or an object with an id", "model")
+            fields["model"] = model
+        system = check_str(body, "system")
+        instructions = check_str(body, "instructions")
+        if system is not None or instructions is not None or creating:
+            fields["system"] = system if system is not None else instructions
+            fields["instructions"] = instructions if instructions is not None else system
+        if creating or "description" in body:
+            fields["description"] = check_str(body, "description") or ""
+        for name in ("tools", "mcp_servers", "skills"):
+            if creating or name in body:
+                fields[name] = check_list(body, name) or []
+        if creating or "metadata" in body:
+            fields["metadata"] = check_metadata(body) or {}
+        if "multiagent" in body:
+            fields["multiagent"] = copy.deepcopy(body["multiagent"])
+        return fields
+
+    def _create_agent(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        fields = self._agent_fields(body, creating=True)
+        now = self._ids.now()
+        agent = {
+            "id": self._ids.resource("agent"),
+            "type": "agent",
+            **fields,
+            "version": 1,
+            "archived_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self._agents[agent["id"]] = [agent]
+        return agent
+
+    async def _h_create_agent(self, request: web.Request) -> web.Response:
+        agent = self._create_agent(await self._body(request))
+        return _json(self.dialect.create_status, agent)
+
+    async def _h_list_agents(self, request: web.Request) -> web.Response:
+        include_archived = bool_param(request.query, "include_archived")
+        page = paginate(
+            [versions[-1] for versions in self._agents.values()],
+            request.query,
+            default_order="desc",
+            keep=lambda agent: include_archived or agent["archived_at"] is None,
+        )
+        return _json(200, page)
+
+    async def _h_get_agent(self, request: web.Request) -> web.Response:
+        version = request.query.get("version")
+        number: int | None = None
+        if version is not None:
+            try:
+                number = int(version)
+            except ValueError:
+                raise bad_request("version must be an integer", "version") from None
+        return _json(200, self._agent(request.match_info["id"], number))
+
+    async def _h_update_agent(self, request: web.Request) -> web.Response:
+        current = self._agent(request.match_info["id"])
+        body = await self._body(request)
+        if current["archived_at"] is not None:
+            raise bad_request("agent is archived")
+        expected = body.get("version")
+        if expected is not None and expected != current["version"]:
+            raise ApiError(
+                409,
+                "conflict_error",
+                f"agent version conflict: current version is {current['version']}",
+            )
+        fields = self._agent_fields(body, creating=False)
+        updated = {
+            **copy.deepcopy(current),
+            **fields,
+            "version": current["version"] + 1,
+            "updated_at": self._ids.now(),
+        }
+        self._agents[current["id"]].append(updated)
+        return _json(200, updated)
+
+    async def _h_archive_agent(self, request: web.Request) -> web.Response:
+        agent = self._agent(request.match_info["id"])
+        if agent["archived_at"] is None:
+            agent["archived_at"] = agent["updated_at"] = self._ids.now()
+        return _json(200, agent)
+
+    async def _h_agent_versions(self, request: web.Request) -> web.Response:
+        self._agent(request.match_info["id"])
+        versions = self._agents[request.match_info["id"]]
+        return _json(200, paginate(versions, request.query, default_order="desc"))
+
+    async def _h_models(self, request: web.Request) -> web.Response:
+        models = [
+            {"id": "ultimate", "type": "model", "is_enabled": True},
+            {"id": "auto", "type": "model", "is_enabled": True},
+        ]
+        return _json(200, {"data": models})
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session(self, session_id: str) -> SessionState:
+        state = self._sessions.get(session_id)
+        if state is None or state.deleted:
+            raise not_found("session", session_id)
+        return state
+
+    def _create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        ref = body.get("agent")
+        version: int | None = None
+        if isinstance(ref, dict):
+            if "type" in ref and ref["type"] != "agent":
+                raise bad_request("agent.type must be 'agent'", "agent")
+            agent_id = ref.get("id")
+            raw_version = ref.get("version")
+            if raw_version is not None:
+                if not isinstance(raw_version, int) or isinstance(raw_version, bool):
+                    raise bad_request("agent.version must be an integer", "agent")
+                version = raw_version
+        else:
+            agent_id = ref
+        if agent_id is None:
+            raise bad_request("Missing required field: agent", "agent")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise bad_request("agent must be an agent id or an agent reference object", "agent")
+        environment_id = check_str(body, "environment_id", required=True)
+        assert environment_id is not None
+        title = check_str(body, "title") or ""
+        metadata = check_metadata(body) or {}
+        incremental = body.get("incremental_streaming_enabled", False)
+        if not isinstance(incremental, bool):
+            raise bad_request(
+                "incremental_streaming_enabled must be a boolean", "incremental_streaming_enabled"
+            )
+        initial = body.get("initial_events") or []
+        if not isinstance(initial, list):
+            raise bad_request("initial_events must be an array", "initial_events")
+        initial_events = [validate_input_event(i, ev) for i, ev in enumerate(initial)]
+        if any(ev["type"] not in _TURN_STARTERS for ev in initial_events):
+            raise bad_request(
+                "initial_events may only hold user.message and user.define_outcome",
+                "initial_events",
+            )
+        if len(initial_events) > 1:
+            raise bad_request("initial_events may start only one turn", "initial_events")
+        agent = self._agent(agent_id, version)
+        env = self._environment(environment_id)
+        if agent["archived_at"] is not None:
+            raise bad_request("agent is archived", "agent")
+        if env["archived_at"] is not None:
+            raise bad_request("environment is archived", "environment_id")
+        snapshot = {
+            key: copy.deepcopy(agent[key])
+            for key in (
+                "id",
+                "type",
+                "name",
+                "description",
+                "model",
+                "system",
+                "instructions",
+                "tools",
+                "mcp_servers",
+                "skills",
+                "version",
+            )
+        }
+        now = self._ids.now()
+        resource: dict[str, Any] = {
+            "id": self._ids.resource("sess"),
+            "type": "session",
+            "agent": snapshot,
+            "agent_id": agent["id"],
+            "environment_id": env["id"],
+            "title": title,
+            "metadata": metadata,
+            "incremental_streaming_enabled": incremental,
+            "archived_at": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "created_at": now,
+            "updated_at": now,
+        }
+        state = SessionState(self._ids, resource)
+        self._sessions[state.id] = state
+        if initial_events:
+            self._apply_events(state, initial_events)
+        return state.snapshot()
+
+    async def _h_create_session(self, request: web.Request) -> web.Response:
+        session = self._create_session(await self._body(request))
+        return _json(self.dialect.create_status, session)
+
+    async def _h_list_sessions(self, request: web.Request) -> web.Response:
+        query = request.query
+        include_archived = bool_param(query, "include_archived")
+        agent_id = query.get("agent_id")
+        statuses = set(query.getall("statuses[]", [])) | set(query.getall("statuses", []))
+
+        def keep(session: dict[str, Any]) -> bool:
+            if not include_archived and session["archived_at"] is not None:
+                return False
+            if agent_id and session["agent_id"] != agent_id:
+                return False
+            return not statuses or session["status"] in statuses
+
+        sessions = [s.snapshot() for s in self._sessions.values() if not s.deleted]
+        return _json(200, paginate(sessions, query, default_order="desc", keep=keep))
+
+    async def _h_get_session(self, request: web.Request) -> web.Response:
+        return _json(200, self._session(request.match_info["id"]).snapshot())
+
+    async def _h_update_session(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        body = await self._body(request)
+        if "title" in body:
+            state.resource["title"] = check_str(body, "title") or ""
+        if "metadata" in body:
+            state.resource["metadata"] = check_metadata(body) or {}
+        state.resource["updated_at"] = self._ids.now()
+        return _json(200, state.snapshot())
+
+    async def _h_cancel_session(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        status = self.dialect.cancel_status if state.abort_turn() else 200
+        return _json(status, {"id": state.id, "type": "session", "status": "canceling"})
+
+    async def _h_archive_session(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        if state.resource["archived_at"] is None:
+            state.resource["archived_at"] = state.resource["updated_at"] = self._ids.now()
+        return _json(200, state.snapshot())
+
+    async def _h_delete_session(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        turn = state.turn
+        if turn is not None:
+            # Deleting ends the session, not just the turn: no closing idle.
+            turn.ended = True
+            state.turn = None
+            state.idle.set()
+            turn.answered.set()
+            if turn.task is not None:
+                turn.task.cancel()
+        state.store("session.deleted", {}, turn_id=None)
+        state.deleted = True
+        state.notify()
+        return _json(200, {"id": state.id, "type": "session_deleted"})
+
+    # ------------------------------------------------------------------ events
+
+    def _begin_turn(self, state: SessionState, turn_id: str, trigger: dict[str, Any]) -> None:
+        turn = state.start_turn(turn_id, trigger)
+        ctx = TurnContext(self, state, turn)
+        script = self.script or default_script
+        task = asyncio.get_running_loop().create_task(
+            run_turn(ctx, state, turn, script), name=f"qoder-fake-turn-{turn_id}"
+        )
+        turn.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _apply_events(
+        self, state: SessionState, events: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Check the whole batch against the session state, then store and act on it."""
+        if state.resource["archived_at"] is not None:
+            raise bad_request("session is archived; it cannot receive events")
+        running = state.turn is not None
+        pending = list(state.turn.pending) if state.turn is not None else []
+        for i, event in enumerate(events):
+            kind = event["type"]
+            if kind in _TURN_STARTERS:
+                if running:
+                    raise ApiError(409, "conflict_error", BUSY_MESSAGE)
+                running, pending = True, []
+            elif kind == "user.interrupt":
+                running, pending = False, []
+            elif kind in _ANSWERS:
+                ref = answer_ref(event)
+                if ref in pending:
+                    pending.remove(ref)
+                elif kind != "user.tool_result":
+                    raise bad_request(
+                        f"events[{i}]: {ref} is not awaiting a result in this session",
+                        f"events[{i}]",
+                    )
+        stored: list[dict[str, Any]] = []
+        for event in events:
+            kind = event["type"]
+            fields = {k: v for k, v in event.items() if k != "type"}
+            turn = state.turn
+            if kind in _TURN_STARTERS:
+                turn_id = self._ids.resource("turn")
+                stored_event = state.store(kind, fields, turn_id=turn_id)
+                self._begin_turn(state, turn_id, stored_event)
+            elif kind == "user.interrupt":
+                stored_event = state.store(kind, fields, turn_id=turn.id if turn else None)
+                state.abort_turn()
+            else:
+                stored_event = state.store(kind, fields, turn_id=turn.id if turn else None)
+                ref = answer_ref(event)
+                if turn is not None and kind in _ANSWERS and ref in turn.pending:
+                    turn.pending.remove(ref)
+                    turn.answers.append(stored_event)
+                    turn.answered.set()
+            stored.append(stored_event)
+        return stored
+
+    async def _h_send_events(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        body = await self._body(request)
+        events = body.get("events")
+        if not isinstance(events, list) or not events:
+            raise bad_request("events must be a non-empty array", "events")
+        checked = [validate_input_event(i, ev) for i, ev in enumerate(events)]
+        stored = self._apply_events(state, checked)
+        response = _json(
+            self.dialect.send_status, {"data": [render_event(e, self.dialect) for e in stored]}
+        )
+        if self.faults.fail_send_after_store > 0:
+            self.faults.fail_send_after_store -= 1
+            self._count_fault("fail_send_after_store")
+            raise _StoredButFailed(response)
+        return response
+
+    async def _h_list_events(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        query = request.query
+        types: set[str] = set(query.getall("types[]", []))
+        for value in query.getall("type", []):
+            types.update(t for t in value.split(",") if t)
+        page = paginate(
+            [s.event for s in state.log],
+            query,
+            default_order="asc",
+            keep=(lambda e: e["type"] in types) if types else None,
+        )
+        page["data"] = [render_event(e, self.dialect) for e in page["data"]]
+        return _json(200, page)
+
+    async def _h_stream(self, request: web.Request) -> web.StreamResponse:
+        state = self._session(request.match_info["id"])
+        cursor = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        deltas = frozenset(
+            delta_kinds(
+                [
+                    *request.query.getall("event_deltas[]", []),
+                    *request.query.getall("event_deltas", []),
+                ]
+            )
+        )
+        start, stored_before = resume_position(state, cursor or None)
+        self._open_streams += 1
+        self._stream_connections += 1
+        try:
+            if self.faults.slow_stream_seconds > 0:
+                self._count_fault("slow_stream_seconds")
+                await asyncio.sleep(self.faults.slow_stream_seconds)
+            response = web.StreamResponse(
+                status=200,
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                    "x-request-id": _REQUEST_ID.get(""),
+                },
+            )
+            connection = StreamConnection(self, state, request, response, deltas)
+            await response.prepare(request)
+            await connection.run(cursor or None, start, stored_before)
+            return response
+        finally:
+            self._open_streams -= 1

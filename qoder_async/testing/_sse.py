@@ -1,0 +1,212 @@
+"""The SSE side of the fake server: one `StreamConnection` per open stream.
+
+Rules this module keeps:
+
+* A connection is a position in its session's feed. It first replays what
+  was stored before it connected (previews published before it connected
+  are skipped: previews are never replayed), then follows the feed live.
+* The resume cursor of a ``Last-Event-ID`` is resolved to a feed position
+  by the caller (`resume_position`), never by comparing ids.
+* Frames are batched into one write while catching up, so a long replay is a
+  few large writes, not one syscall per event. Per-frame faults are decided
+  before a frame joins the batch.
+* Heartbeats are written only after ``heartbeat_interval`` seconds without
+  anything to send.
+* Ending: a clean end (the chunked body is terminated) on session delete,
+  server close, ``close_after_idle`` and ``close_after_inject``; an abort of
+  the transport (no terminator, usually mid-frame) for the drop faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, NoReturn
+
+from aiohttp import web
+
+from ._state import Preview, SessionState, StoredEvent
+from ._wire import bad_request, heartbeat_frame
+
+if TYPE_CHECKING:
+    from ._server import FakeQoderServer
+
+_BATCH_BYTES = 64 * 1024
+
+
+class _Dropped(Exception):
+    """The connection was aborted on purpose (a drop fault)."""
+
+
+class _Finished(Exception):
+    """The connection ends cleanly here."""
+
+
+def resume_position(session: SessionState, cursor: str | None) -> tuple[int, int]:
+    """Feed position to start at and the number of stored events before it.
+
+    ``cursor`` is a stored event id (start right after it) or the id of a
+    preview (start where that preview started, i.e. after the last stored
+    event before it). Anything else is a 400.
+    """
+    if cursor is None:
+        return 0, 0
+    stored = session.by_id.get(cursor)
+    if stored is not None:
+        return stored.feed_pos + 1, stored.log_index + 1
+    preview = session.preview_start.get(cursor)
+    if preview is not None:
+        return preview
+    raise bad_request(f"Last-Event-ID {cursor!r} is not an event of this session")
+
+
+class StreamConnection:
+    """One ``GET /sessions/{id}/events/stream`` response being written."""
+
+    def __init__(
+        self,
+        server: FakeQoderServer,
+        session: SessionState,
+        request: web.Request,
+        response: web.StreamResponse,
+        deltas: frozenset[str],
+    ) -> None:
+        self.server = server
+        self.session = session
+        self.request = request
+        self.response = response
+        self.deltas = deltas
+        self.written = 0
+        self.event_frames = 0
+        self.stalled = False
+        # Previews published before this point are never sent to this connection.
+        self.live_from = len(session.feed)
+        self.waker = asyncio.Event()
+
+    async def run(self, cursor: str | None, start: int, stored_before: int) -> None:
+        """Write the stream until it ends (returns) or is dropped/cancelled.
+
+        Create the connection before preparing the response, so that a preview
+        published while the headers go out is not skipped.
+        """
+        session = self.session
+        session.wakers.add(self.waker)
+        try:
+            await self._run(cursor, start, stored_before)
+        except (_Dropped, _Finished, ConnectionError):
+            pass
+        finally:
+            session.wakers.discard(self.waker)
+
+    async def _run(self, cursor: str | None, start: int, stored_before: int) -> None:
+        server, session = self.server, self.session
+        if server.dialect.retry_ms is not None:
+            await self._write(f"retry: {int(server.dialect.retry_ms)}\n\n".encode())
+        duplicates = server.faults.duplicate_on_resume
+        if cursor is not None and duplicates > 0:
+            again = session.log[max(0, stored_before - duplicates) : stored_before]
+            if again:
+                server._count_fault("duplicate_on_resume", len(again))
+                await self._write(b"".join(s.frame(server.dialect) for s in again))
+        pos = await self._send(start, self.live_from)
+        if server.faults.inject_frames:
+            frames, server.faults.inject_frames = server.faults.inject_frames, []
+            server._count_fault("inject_frames", len(frames))
+            await self._write(b"".join(frames))
+            if server.faults.close_after_inject:
+                server._count_fault("close_after_inject")
+                raise _Finished
+        while not server._closing:
+            if self.stalled:
+                await self._wait_and_heartbeat(ignore_events=True)
+                continue
+            if pos < len(session.feed):
+                pos = await self._send(pos, len(session.feed))
+                continue
+            if session.deleted:
+                return
+            await self._wait_and_heartbeat(ignore_events=False)
+
+    async def _wait_and_heartbeat(self, *, ignore_events: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.heartbeat_interval
+        while True:
+            if self.server._closing or self.session.deleted:
+                if ignore_events:
+                    raise _Finished
+                # The caller still flushes what is pending (``session.deleted``).
+                return
+            self.waker.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self._write(heartbeat_frame(self.server.dialect))
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.waker.wait()
+            except TimeoutError:
+                continue
+            if not ignore_events:
+                return
+
+    async def _send(self, start: int, end: int) -> int:
+        """Send feed items ``[start, end)``; returns the next position."""
+        server, session = self.server, self.session
+        faults, dialect = server.faults, server.dialect
+        batch = bytearray()
+        pos = start
+        while pos < end:
+            item = session.feed[pos]
+            pos += 1
+            if isinstance(item, Preview):
+                if pos - 1 < self.live_from or item.kind not in self.deltas:
+                    continue
+                frame = item.frame
+            else:
+                frame = item.frame(dialect)
+            if faults.stall_probability > 0 and server._rng.random() < faults.stall_probability:
+                server._count_fault("stall_probability")
+                self.stalled = True
+                await self._write(bytes(batch))
+                return end
+            limit = faults.drop_after_events
+            if limit is not None and self.event_frames >= limit:
+                await self._write(bytes(batch))
+                await self._abort(frame[: len(frame) // 2], "drop_after_events")
+            if faults.drop_probability > 0 and server._rng.random() < faults.drop_probability:
+                await self._write(bytes(batch))
+                await self._abort(frame[: len(frame) // 2], "drop_probability")
+            batch += frame
+            self.event_frames += 1
+            if (
+                faults.close_after_idle
+                and isinstance(item, StoredEvent)
+                and item.event["type"] == "session.status_idle"
+                and pos == len(session.feed)
+            ):
+                await self._write(bytes(batch))
+                server._count_fault("close_after_idle")
+                raise _Finished
+            if len(batch) >= _BATCH_BYTES:
+                await self._write(bytes(batch))
+                batch.clear()
+        await self._write(bytes(batch))
+        return pos
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        limit = self.server.faults.drop_after_bytes
+        if limit is not None and self.written + len(data) > limit:
+            await self._abort(data[: max(limit - self.written, 0)], "drop_after_bytes")
+        self.written += len(data)
+        await self.response.write(data)
+
+    async def _abort(self, partial: bytes, fault: str) -> NoReturn:
+        self.server._count_fault(fault)
+        if partial:
+            self.written += len(partial)
+            await self.response.write(partial)
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+        raise _Dropped

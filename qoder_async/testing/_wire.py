@@ -1,0 +1,185 @@
+"""Wire helpers of the fake server: ids, timestamps, JSON, errors and SSE frames."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ._faults import Dialect
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+#: Event types a client may post to ``POST /sessions/{id}/events``.
+INPUT_EVENT_TYPES = frozenset(
+    {
+        "user.message",
+        "user.interrupt",
+        "user.define_outcome",
+        "user.tool_confirmation",
+        "user.custom_tool_result",
+        "user.tool_result",
+        "system.message",
+    }
+)
+
+
+class ApiError(Exception):
+    """An error answered with the JSON error envelope."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str, *, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        """The error envelope."""
+        error: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return {"type": "error", "error": error}
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    """A 400 ``invalid_request_error``."""
+    return ApiError(400, "invalid_request_error", message, param=param)
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    """A 404 ``not_found_error`` for an unknown resource."""
+    return ApiError(404, "not_found_error", f"{kind} not found: {ident}")
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, the way the service writes it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class Ids:
+    """Identifier and timestamp source of one server.
+
+    Resource ids are ULID-shaped (``env_`` + 26 lowercase base32 chars).
+    Event ids are a zero-padded hex counter, so they sort in storage order.
+    Timestamps never go backwards within one server.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._event_counter = 0
+        self._last_ns = 0
+
+    def resource(self, prefix: str) -> str:
+        """A new ``<prefix>_<26 chars>`` id."""
+        value = (time.time_ns() // 1_000_000) << 80 | self._rng.getrandbits(80)
+        chars = [_B32[(value >> shift) & 31] for shift in range(125, -1, -5)]
+        return f"{prefix}_{''.join(chars)}"
+
+    def event(self) -> str:
+        """The next event id."""
+        self._event_counter += 1
+        return f"evt_{self._event_counter:017x}"
+
+    def request(self) -> str:
+        """A request id for the ``x-request-id`` header."""
+        return f"req_{self._rng.getrandbits(96):024x}"
+
+    def now(self) -> str:
+        """Now as RFC 3339 with nanoseconds in UTC (``...Z``), never decreasing."""
+        ns = max(time.time_ns(), self._last_ns + 1)
+        self._last_ns = ns
+        secs, frac = divmod(ns, 1_000_000_000)
+        stamp = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{stamp}.{frac:09d}Z"
+
+
+def text_of(content: Any) -> str:
+    """The text of a content value: a string, or the joined text blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return ""
+
+
+def _only_text(content: list[Any]) -> bool:
+    return all(isinstance(b, dict) and b.get("type") == "text" for b in content)
+
+
+def render_key(dialect: Dialect) -> tuple[Any, ...]:
+    """The dialect switches that change how a stored event is written."""
+    return (
+        dialect.turn_ids,
+        dialect.data_ids,
+        dialect.string_content,
+        dialect.legacy_idle,
+        dialect.thinking_field,
+    )
+
+
+def render_event(event: dict[str, Any], dialect: Dialect) -> dict[str, Any]:
+    """A stored event as it goes over the wire in ``dialect`` (a new dict)."""
+    out = dict(event)
+    kind = out.get("type")
+    if not dialect.turn_ids:
+        out.pop("turn_id", None)
+    content = out.get("content")
+    if (
+        dialect.string_content
+        and kind in ("user.message", "agent.message")
+        and isinstance(content, list)
+        and _only_text(content)
+    ):
+        out["content"] = text_of(content)
+    if kind == "agent.thinking" and dialect.thinking_field != "thinking":
+        text = out.pop("thinking", "")
+        if dialect.thinking_field is not None:
+            out[dialect.thinking_field] = text
+    if dialect.legacy_idle:
+        if kind == "session.status_idle":
+            out.pop("stop_reason", None)
+            out["status"] = "idle"
+        elif kind == "session.status_running":
+            out["status"] = "running"
+    return out
+
+
+def sse_frame(event_id: str | None, event_type: str | None, data: str) -> bytes:
+    """One SSE frame (``id``/``event``/``data`` lines and the blank line)."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}\n")
+    if event_type is not None:
+        lines.append(f"event: {event_type}\n")
+    lines.append(f"data: {data}\n\n")
+    return "".join(lines).encode()
+
+
+def stored_frame(event: dict[str, Any], dialect: Dialect) -> bytes:
+    """The SSE frame of a stored event in ``dialect``."""
+    data = render_event(event, dialect)
+    if not dialect.data_ids:
+        data.pop("id", None)
+        data.pop("type", None)
+    return sse_frame(event["id"], event["type"], dumps(data))
+
+
+_HEARTBEATS = {
+    "comment": b": heartbeat\n\n",
+    "event": b"event: heartbeat\ndata: {}\n\n",
+    "ping": b"event: ping\ndata: {}\n\n",
+}
+
+
+def heartbeat_frame(dialect: Dialect) -> bytes:
+    """The keep-alive frame of ``dialect``."""
+    return _HEARTBEATS.get(dialect.heartbeat, _HEARTBEATS["comment"])
