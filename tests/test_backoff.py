@@ -62,9 +62,7 @@ def test_retry_budget_and_headers() -> None:
     no = {"x-should-retry": "false"}
     assert p.delay(attempt=0, headers=no, **kw) is None  # type: ignore[arg-type]
     yes = {"x-should-retry": "true"}
-    assert (
-        p.delay(attempt=0, method="POST", idempotent=False, status=400, headers=yes) is not None
-    )
+    assert p.delay(attempt=0, method="POST", idempotent=False, status=400, headers=yes) is not None
     assert p.delay(attempt=0, method="POST", idempotent=True, status=409, headers=yes) is None
 
 
