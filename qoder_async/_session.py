@@ -22,6 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from urllib.parse import quote
 
 from ._errors import (
     APIResponseValidationError,
@@ -243,11 +244,17 @@ class Turn:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _wait(self) -> None:
+    async def _wait(self, max_wait: float | None = None) -> None:
+        """Until something is delivered (or ``max_wait`` seconds pass)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await fut
+            if max_wait is None:
+                await fut
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max_wait):
+                        await fut
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)
@@ -266,15 +273,18 @@ class Turn:
                 i += 1
                 if previews or ev.type not in PREVIEW_TYPES:
                     yield ev
-                if isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn:
+                if _is_pause(ev):
                     await self._run_tools()
             if self._done:
-                if self._error is not None:
-                    if isinstance(self._error, TurnFailed):
-                        self._error.result = self.snapshot()
-                    raise self._error
+                self._raise_error()
                 return
             await self._wait()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, TurnFailed):
+                self._error.result = self.snapshot()
+            raise self._error
 
     async def result(self) -> TurnResult:
         """Wait for the turn to end and return what it produced.
@@ -292,34 +302,39 @@ class Turn:
         Without ``coalesce``: chunks to append (from live previews when the
         session's connection asks for ``agent.message`` deltas, else one chunk
         per message). With ``coalesce=seconds``: the full text so far, at most
-        once per interval, and the final text always last, for chat platforms
-        that edit a message in place.
+        once per interval (a pending update is delivered when the interval is
+        up, even if nothing else happens), and always the final text last: for
+        chat platforms that edit a message in place.
         """
-        emitted = ""
-        last_version = -1
-        next_at = 0.0
         loop = asyncio.get_running_loop()
-        async for _ in self._iterate(previews=True):
-            if self._live.version == last_version:
-                continue
-            last_version = self._live.version
-            current = self._live.text
+        emitted = ""
+        next_at = 0.0
+        i = 0
+        while True:
+            while i < len(self._items):
+                ev = self._items[i]
+                i += 1
+                if _is_pause(ev):
+                    await self._run_tools()
+            done = self._done and i >= len(self._items)
+            current = self.snapshot().text if done and self._error is None else self._live.text
+            now = loop.time()
             if coalesce is None:
                 chunk = text_delta(emitted, current)
                 emitted = current
                 if chunk:
                     yield chunk
-            elif loop.time() >= next_at and current != emitted:
+            elif current != emitted and (now >= next_at or done):
                 emitted = current
-                next_at = loop.time() + coalesce
+                next_at = now + coalesce
                 yield current
-        final = self.snapshot().text
-        if coalesce is None:
-            rest = text_delta(emitted, final)
-            if rest:
-                yield rest
-        elif final != emitted or not emitted:
-            yield final
+            elif done and not emitted:
+                yield current  # the final text is always delivered, even when empty
+            if done:
+                self._raise_error()
+                return
+            pending = coalesce is not None and current != emitted
+            await self._wait(max(0.0, next_at - now) if pending else None)
 
     async def interrupt(self) -> Accepted:
         """Ask the agent to stop this turn (``user.interrupt``); the turn then ends."""
@@ -381,6 +396,10 @@ class Turn:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _is_pause(ev: Event) -> bool:
+    return isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn
 
 
 def _tool_result(use_id: str, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
@@ -581,10 +600,7 @@ class SessionHandle:
         try:
             async with self._lock:
                 if self._task is None:
-                    cursor = None
-                    async for ev in client.sessions.events.list(self.id, order="desc", limit=1):
-                        cursor = ev.id
-                        break
+                    cursor = await self._latest_event_id()
                     self._start_pump(cursor)
             while (item := await listener.get()) is not None:
                 yield item
@@ -654,6 +670,18 @@ class SessionHandle:
                             await outcome
                     except Exception:
                         logger.exception("handler %r failed on %s %s", handler, ev.type, ev.id)
+
+    async def _latest_event_id(self) -> str | None:
+        """The newest stored event's id, to listen from now on without a replay."""
+        body = await self._client._request(
+            "GET",
+            f"/sessions/{quote(self.id, safe='')}/events",
+            params=[("order", "desc"), ("limit", "1")],
+        )
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if data and isinstance(data[0], Mapping) and isinstance(data[0].get("id"), str):
+            return str(data[0]["id"])
+        return None
 
     # -- the pump
 

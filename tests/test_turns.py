@@ -473,3 +473,20 @@ async def test_a_busy_retry_uses_a_fresh_idempotency_key(
     assert keys[1] == "k2"
     assert keys[-1].startswith("k2.")
     assert len(server.user_messages(session_id)) == 2
+
+
+async def test_coalesced_text_is_flushed_when_the_interval_is_up(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    async def script(ctx: TurnContext) -> None:
+        await ctx.sleep(0.2)
+        await ctx.message("Hello world, here is the first part.", chunks=4)
+        await ctx.sleep(1.0)  # a long tool run: no events at all
+        await ctx.message("And the second.", chunks=2)
+
+    server.script = script
+    turn = await client.session(session_id).send("go")
+    updates = [u async for u in turn.text_stream(coalesce=0.3)]
+    # the first message is shown in full before the second one starts
+    assert "Hello world, here is the first part." in updates
+    assert updates[-1] == "Hello world, here is the first part.\n\nAnd the second."
