@@ -1,0 +1,1 @@
+"""Benchmark harness for qoder_async: ``python -m benchmarks`` (see README.md)."""
