@@ -616,7 +616,20 @@ class QoderStream(Contender):
 class QoderTurn(Contender):
     name = "qoder_async-turn"
     summary = "qoder_async turn API: turn = await client.session(sid).send(); async for ev in turn"
-    kinds = frozenset({"ttfe"})
+    kinds = frozenset({"ttfe", "stream"})
+
+    async def read_stream(self, sid: str, n: int) -> None:
+        # The same N frames as the burst, delivered as one turn after a POST.
+        turn_sid = sid.replace("sess_burst-", "sess_turn-", 1)
+        turn = await self.c.session(turn_sid).send("Help me analyze this code.")
+        count, done = 0, False
+        async for ev in turn:
+            if ev.type == "agent.message":
+                check(bool(ev.content), "qoder_async: empty content")
+                count += 1
+            elif ev.type == "session.status_idle":
+                done = True
+        check_turn(count, n, done, self.name)
 
     async def setup(self, target: Target) -> None:
         self.c = _qoder_client(target)

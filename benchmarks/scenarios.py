@@ -375,7 +375,8 @@ def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable
         plan = h.plan
 
         def sids(p: dict[str, Any]) -> list[str]:
-            return [f"sess_burst-{size}-{p['n']}"]
+            # the turn API reads the same frames as one turn (see QoderTurn.read_stream)
+            return [f"sess_burst-{size}-{p['n']}", f"sess_turn-{size}-{p['n']}"]
 
         async def measure(c: Contender, p: dict[str, Any]) -> dict[str, Any]:
             n = p["n"]
@@ -541,7 +542,16 @@ async def _latency(h: Harness, scn: Scenario, names: list[str]) -> SResult:
 
 # --------------------------------------------------------------------------- registry
 
-STREAMERS = ("sink", "raw", "aiohttp-min", "D", "httpx-default", "qca", "qoder_async-stream")
+STREAMERS = (
+    "sink",
+    "raw",
+    "aiohttp-min",
+    "D",
+    "httpx-default",
+    "qca",
+    "qoder_async-stream",
+    "qoder_async-turn",
+)
 SIZE_NOTE = {"tiny": "~85 B", "medium": "~450 B", "large": "~4 KiB"}
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -553,7 +563,7 @@ for _size in ("tiny", "medium", "large"):
         label="events/s",
         fmt=",.0f",
         higher_is_better=True,
-        refs=("raw", "D", "qca"),
+        refs=("raw", "D", "qca", "qoder_async-stream"),
         contenders=STREAMERS,
         extra=(("srv_cpu_pct", "server CPU%", ".0f"),),
         param_cols=(("n", "N"),),

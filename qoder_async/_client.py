@@ -56,6 +56,8 @@ from ._models import (
     DeletedSession,
     Environment,
     Event,
+    EventDelta,
+    EventStart,
     OutboundEvent,
     Session,
     SessionDeleted,
@@ -317,20 +319,24 @@ def _list_params(**values: Any) -> list[tuple[str, str]]:
 class _Watchdog:
     """Cancels the reading task when no real event arrived for ``timeout`` seconds.
 
-    It only fires while the task is awaiting the network (``reading``), and it
-    costs nothing per event: progress just stamps a time, the one timer re-arms
-    itself lazily. The cancellation is taken back with ``Task.uncancel`` by the
-    reader, exactly like ``asyncio.timeout`` does.
+    The stall clock only runs while the task waits on the network for a session
+    that is active; it costs one counter increment per event (``ticks``): a
+    timer checks every ``timeout / 4`` whether the counter moved. A stall is so
+    detected between ``timeout`` and ``1.25 * timeout`` after the last event.
+    The cancellation is taken back with ``Task.uncancel`` by the reader, exactly
+    like ``asyncio.timeout`` does.
     """
 
     __slots__ = (
         "_active",
         "_handle",
         "_loop",
+        "_seen",
         "_task",
         "fired",
         "last_progress",
         "reading",
+        "ticks",
         "timeout",
     )
 
@@ -343,39 +349,48 @@ class _Watchdog:
         self.last_progress = self._loop.time()
         self.reading = False
         self.fired = False
+        self.ticks = 0
+        self._seen = 0
 
     def start(self) -> None:
         self._task = asyncio.current_task()
         self.last_progress = self._loop.time()
+        self._seen = self.ticks
         self.fired = False
-        self._arm(self.last_progress + self.timeout)
+        self._arm()
 
-    def _arm(self, when: float) -> None:
-        self._handle = self._loop.call_at(when, self._check)
+    def _arm(self) -> None:
+        self._handle = self._loop.call_at(self._loop.time() + self.timeout / 4, self._check)
 
     def _check(self) -> None:
         self._handle = None
         now = self._loop.time()
-        if not self._active():
-            # Silence is normal while the session is idle: only a running one can stall.
+        if self.ticks != self._seen or not self.reading or not self._active():
+            self._seen = self.ticks
             self.last_progress = now
-        due = self.last_progress + self.timeout
-        if now < due or not self.reading or self._task is None:
-            self._arm(max(due, self._loop.time() + 0.05))
+        elif now - self.last_progress >= self.timeout and self._task is not None:
+            self.fired = True
+            self._task.cancel()
             return
-        self.fired = True
-        self._task.cancel()
+        self._arm()
 
     def idle_for(self) -> float:
         return self._loop.time() - self.last_progress
-
-    def progress(self) -> None:
-        self.last_progress = self._loop.time()
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+# What status events mean to a stream: 1 running, 0 idle, 2 the end of the session.
+_STATUS_EFFECT: dict[type, int] = {
+    SessionStatusRunning: 1,
+    SessionStatusRescheduled: 1,
+    SessionStatusIdle: 0,
+    SessionStatusTerminated: 2,
+    SessionDeleted: 2,
+}
 
 
 class EventStream:
@@ -460,15 +475,16 @@ class EventStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # The generator itself: no extra await layer per event.
         if self._iterator is None:
             if self._closed:
                 raise ClientClosedError("this event stream is closed")
             self._iterator = self._run()
-        return await self._iterator.__anext__()
+        return self._iterator
+
+    async def __anext__(self) -> Event:
+        return await self.__aiter__().__anext__()
 
     async def aclose(self) -> None:
         """Close the connection; iteration ends. Idempotent."""
@@ -514,6 +530,9 @@ class EventStream:
                     chunks = (
                         response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
                     )
+                    store = self._cursor_store
+                    pull = decoder.pull
+                    progressed = False
                     try:
                         while True:
                             if watchdog is not None:
@@ -526,20 +545,28 @@ class EventStream:
                                 if watchdog is not None:
                                     watchdog.reading = False
                             decoder.push(chunk)
-                            while (ev := decoder.pull()) is not None:
-                                if ev.type not in ("event_start", "event_delta"):
-                                    state.progress()
-                                    stalls_in_a_row = 0
+                            while (ev := pull()) is not None:
+                                cls = type(ev)
+                                ending = False
+                                if cls is not EventDelta and cls is not EventStart:
                                     if watchdog is not None:
-                                        watchdog.progress()
-                                    self._note_status(ev)
+                                        watchdog.ticks += 1
+                                    if not progressed:
+                                        progressed = True
+                                        state.progress()
+                                        stalls_in_a_row = 0
+                                    effect = _STATUS_EFFECT.get(cls)
+                                    if effect is not None:
+                                        ending = effect == 2
+                                        self._running = effect == 1
                                     if ev.id is not None:
                                         self._cursor = ev.id
-                                        self._to_save = ev.id
+                                        if store is not None:
+                                            self._to_save = ev.id
                                 yield ev
-                                if self._cursor_store is not None:
+                                if store is not None:
                                     await self._save_cursor()
-                                if isinstance(ev, SessionDeleted | SessionStatusTerminated):
+                                if ending:
                                     return
                             if decoder.done:
                                 return
@@ -604,12 +631,6 @@ class EventStream:
                 cause,
             )
             await asyncio.sleep(delay)
-
-    def _note_status(self, ev: Event) -> None:
-        if isinstance(ev, SessionStatusRunning | SessionStatusRescheduled):
-            self._running = True
-        elif isinstance(ev, SessionStatusIdle):
-            self._running = False
 
     def _active(self) -> bool:
         return self._running or self.expect_activity

@@ -244,12 +244,12 @@ def _unstructure_block(b: ContentBlock) -> dict[str, Any]:
 # --------------------------------------------------------------------------- small value types
 
 
-def structure_usage(u: Any) -> Usage | None:
+def structure_usage(u: Any, where: str = "usage") -> Usage | None:
     """A usage object (``model_usage``/``usage``); ``None`` stays ``None``."""
     if u is None:
         return None
     if not isinstance(u, Mapping):
-        raise ShapeError("usage", "an object", u)
+        raise ShapeError(where, "an object", u)
     credits = _num(u, "credits")
     if credits is None:
         credits = _num(u, "total_credits")
@@ -332,28 +332,52 @@ def _common(d: JSON) -> dict[str, Any]:
 
 
 def _agent_message(d: JSON) -> AgentMessage:
-    # The hot path: written out to avoid building a kwargs dict per event.
-    return AgentMessage(
-        _blocks(d),
-        id=_str(d, "id"),
-        turn_id=_str(d, "turn_id"),
-        processed_at=_str(d, "processed_at"),
-        session_thread_id=_str(d, "session_thread_id"),
-        raw=d,
+    # The hot path: the common fields are read and checked inline, without a
+    # kwargs dict or a call per field; anything unusual takes the general route.
+    get = d.get
+    ident, turn, at, thread = (
+        get("id"),
+        get("turn_id"),
+        get("processed_at"),
+        get("session_thread_id"),
     )
+    if not (
+        (ident is None or ident.__class__ is str)
+        and (turn is None or turn.__class__ is str)
+        and (at is None or at.__class__ is str)
+        and thread is None
+    ):
+        return AgentMessage(_blocks(d), **_common(d))
+    content = get("content")
+    if content.__class__ is list and len(content) == 1:
+        block = content[0]
+        if block.__class__ is dict and block.get("type") == "text":
+            text = block.get("text")
+            if text.__class__ is str:
+                blocks: tuple[ContentBlock, ...] = (TextBlock(text),)
+                return AgentMessage(blocks, id=ident, turn_id=turn, processed_at=at, raw=d)
+    return AgentMessage(_blocks(d), id=ident, turn_id=turn, processed_at=at, raw=d)
 
 
 def _agent_thinking(d: JSON) -> AgentThinking:
-    text = d.get("thinking")
+    key = "thinking"
+    text = d.get(key)
     if text is None:
-        text = d.get("content")
+        key = "content"
+        text = d.get(key)
     if isinstance(text, list):
-        text = "".join(
-            b.text if isinstance(b, TextBlock) else getattr(b, "raw", {}).get("thinking", "")
-            for b in _blocks(d)
-        )
+        parts: list[str] = []
+        for block in _blocks(d, key):
+            if isinstance(block, TextBlock):
+                parts.append(block.text)
+            elif isinstance(block, UnknownBlock):
+                part = block.raw.get("thinking")
+                if part is not None and not isinstance(part, str):
+                    raise ShapeError(f"{key}[].thinking", "a string", part)
+                parts.append(part or "")
+        text = "".join(parts)
     if text is not None and not isinstance(text, str):
-        raise ShapeError("thinking", "a string", text)
+        raise ShapeError(key, "a string", text)
     return AgentThinking(text, **_common(d))
 
 
@@ -532,13 +556,11 @@ def _span_start(d: JSON) -> SpanModelRequestStart:
 
 
 def _span_end(d: JSON) -> SpanModelRequestEnd:
-    usage = d.get("model_usage")
-    if usage is None:
-        usage = d.get("usage")
+    key = "model_usage" if d.get("model_usage") is not None else "usage"
     return SpanModelRequestEnd(
         _str(d, "model_request_start_id") or _str(d, "span_id"),
         _bool(d, "is_error"),
-        structure_usage(usage),
+        structure_usage(d.get(key), key),
         **_common(d),
     )
 
@@ -676,7 +698,7 @@ _EVENT_HOOKS: dict[str, Callable[[JSON], Event]] = {
 }
 
 # SSE `event:` names that do not name an event type.
-_GENERIC_SSE_EVENTS = frozenset({"", "message"})
+_GENERIC_SSE_EVENTS = frozenset({None, "", "message"})
 
 
 def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None = None) -> Event:
@@ -693,7 +715,7 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
     if t is None:
         # Older servers name the type only in the SSE `event:` line; a frame with
         # neither is kept as an unknown event of the SSE default type.
-        t = data["type"] = "message" if sse_event in _GENERIC_SSE_EVENTS else sse_event
+        t = data["type"] = sse_event if sse_event not in _GENERIC_SSE_EVENTS else "message"
     if sse_id and "id" not in data:
         data["id"] = sse_id
     if t.__class__ is not str and not isinstance(t, str):
@@ -769,8 +791,8 @@ def unstructure_event(ev: OutboundEvent) -> dict[str, Any]:
 def _require_id(d: Any, kind: str) -> str:
     if not isinstance(d, Mapping):
         raise ShapeError(kind, "a JSON object", d)
-    ident = _str(d, "id")
-    if not ident:
+    ident = d.get("id")
+    if not ident or not isinstance(ident, str):
         raise ShapeError(f"{kind}.id", "a non-empty string", ident)
     return ident
 

@@ -39,10 +39,13 @@ from ._models import (
     ContentBlock,
     DocumentBlock,
     Event,
+    EventDelta,
+    EventStart,
     ImageBlock,
     OutboundEvent,
     SessionDeleted,
     SessionStatusIdle,
+    SessionStatusRunning,
     SessionStatusTerminated,
     TextBlock,
     UnknownBlock,
@@ -72,6 +75,9 @@ Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
+_LIFECYCLE = frozenset(
+    {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted}
+)
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
 
 
@@ -167,7 +173,7 @@ class Turn:
         self._tools = dict(tools or {})
         self._items: list[Event] = []
         self._stored = 0
-        self._live = LiveText()
+        self._reconnects: list[int] = []  # positions in _items where a reconnect happened
         self._waiters: list[asyncio.Future[None]] = []
         self._done = False
         self._error: BaseException | None = None
@@ -196,7 +202,9 @@ class Turn:
     @property
     def text(self) -> str:
         """The reply so far, previews included (final once the turn is done)."""
-        return self._live.text
+        live = LiveText()
+        self._fold_live(live, 0, len(self._items))
+        return live.text
 
     @property
     def pending_tool_calls(self) -> tuple[ToolCall, ...]:
@@ -213,7 +221,6 @@ class Turn:
         if self._done:
             return
         self._items.append(ev)
-        self._live.feed(ev)
         if ends_turn(ev):
             self._done = True
             self.session._turn_done(self)
@@ -236,7 +243,15 @@ class Turn:
         self._wake()
 
     def _reconnected(self) -> None:
-        self._live.drop_previews()
+        self._reconnects.append(len(self._items))
+
+    def _fold_live(self, live: LiveText, start: int, stop: int) -> None:
+        """Fold items ``[start, stop)`` into ``live``, dropping previews cut by reconnects."""
+        marks = self._reconnects
+        for i in range(start, stop):
+            if marks and i in marks:
+                live.drop_previews()
+            live.feed(self._items[i])
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -307,17 +322,22 @@ class Turn:
         chat platforms that edit a message in place.
         """
         loop = asyncio.get_running_loop()
+        live = LiveText()
         emitted = ""
         next_at = 0.0
         i = 0
         while True:
+            start = i
             while i < len(self._items):
                 ev = self._items[i]
                 i += 1
                 if _is_pause(ev):
+                    self._fold_live(live, start, i)
+                    start = i
                     await self._run_tools()
+            self._fold_live(live, start, i)
             done = self._done and i >= len(self._items)
-            current = self.snapshot().text if done and self._error is None else self._live.text
+            current = self.snapshot().text if done and self._error is None else live.text
             now = loop.time()
             if coalesce is None:
                 chunk = text_delta(emitted, current)
@@ -713,7 +733,9 @@ class SessionHandle:
         router = self._router
         try:
             async for ev in stream:
-                if ev.type in PREVIEW_TYPES:
+                cls = type(ev)
+                preview = cls is EventDelta or cls is EventStart
+                if preview:
                     current = router.current
                     if current is not None:
                         current._deliver(ev)
@@ -721,14 +743,15 @@ class SessionHandle:
                     for target, routed in router.route(ev):
                         target._deliver(routed)
                 for listener in self._listeners:
-                    if listener.previews or ev.type not in PREVIEW_TYPES:
+                    if listener.previews or not preview:
                         await listener.put(ev)
-                if isinstance(ev, SessionDeleted | SessionStatusTerminated):
-                    error = None
-                    break
-                if not self._wanted():
-                    break
-                stream.expect_activity = bool(router.live or router.waiting)
+                if cls in _LIFECYCLE:
+                    # Consumers can only have changed now: a turn ended or the session did.
+                    if cls is SessionDeleted or cls is SessionStatusTerminated:
+                        break
+                    if not self._wanted():
+                        break
+                    stream.expect_activity = bool(router.live or router.waiting)
         except asyncio.CancelledError:
             error = ClientClosedError("the session's connection was closed")
             raise

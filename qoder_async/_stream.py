@@ -39,9 +39,7 @@ from ._convert import ShapeError, structure_event
 from ._errors import FrameTooLargeError, StreamDecodeError, error_from_envelope
 from ._models import (
     AgentContentBlockDelta,
-    AgentContentBlockStart,
     AgentMessage,
-    AgentMessageStart,
     AgentThinking,
     Event,
     EventDelta,
@@ -102,6 +100,17 @@ class Frame:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_EVENT_NAMES: dict[bytes, str] = {}
+
+
+def _event_name(value: bytes) -> str:
+    """Decode an ``event:`` value, remembering the (few) names a server uses."""
+    name = _text(value, "event")
+    if len(_EVENT_NAMES) < 512:
+        _EVENT_NAMES[value] = name
+    return name
 
 
 def _text(value: bytes, what: str) -> str:
@@ -184,19 +193,55 @@ class SSEDecoder:
                 lines[0] = b"".join(self._partial)
                 self._partial = []
                 self._partial_size = 0
+            # The hot loop: the frame being built lives in locals, fields are
+            # dispatched inline (one partition per line, no method call).
+            limit = self._max
+            event, data, ident, retry = self._event, self._data, self._id, self._retry
+            fields, size = self._fields, self._data_size
             try:
                 for line in lines:
-                    if len(line) > self._max:
-                        raise FrameTooLargeError(self._max, frame=line[:200])
-                    if line:
-                        self._field(line)
-                    elif self._fields:
-                        frames.append(
-                            Frame(self._event, self._joined_data(), self._id, self._retry)
-                        )
-                        self._reset_frame()
+                    if not line:
+                        if fields:
+                            joined = (
+                                (data[0] if len(data) == 1 else b"\n".join(data)) if data else None
+                            )
+                            frames.append(Frame(event, joined, ident, retry))
+                            event = ident = retry = None
+                            data = []
+                            fields = False
+                            size = 0
+                        continue
+                    if len(line) > limit:
+                        raise FrameTooLargeError(limit, frame=line[:200])
+                    if line[0] == 58:  # b":" -- a comment
+                        self.comments += 1
+                        continue
+                    name, sep, value = line.partition(b":")
+                    if sep and value[:1] == b" ":
+                        value = value[1:]
+                    if name == b"data":
+                        size += len(value) + 1
+                        if size > limit:
+                            raise FrameTooLargeError(limit, frame=value[:200])
+                        data.append(value)
+                    elif name == b"id":
+                        if b"\x00" in value:
+                            continue
+                        ident = _text(value, "id")
+                    elif name == b"event":
+                        event = _EVENT_NAMES.get(value) or _event_name(value)
+                    elif name == b"retry":
+                        if not value.isdigit():
+                            continue
+                        retry = int(value)
+                    else:
+                        continue  # unknown fields are ignored and do not start a frame
+                    fields = True
             except StreamDecodeError as exc:
+                self._reset_frame()
                 return self._fail(exc, frames)
+            self._event, self._data, self._id, self._retry = event, data, ident, retry
+            self._fields, self._data_size = fields, size
         if tail:
             self._partial_size += len(tail)
             if self._partial_size > self._max:
@@ -214,37 +259,6 @@ class SSEDecoder:
         if frames:
             return frames
         raise exc
-
-    def _joined_data(self) -> bytes | None:
-        data = self._data
-        if not data:
-            return None
-        return data[0] if len(data) == 1 else b"\n".join(data)
-
-    def _field(self, line: bytes) -> None:
-        if line[0] == 58:  # b":" -- a comment
-            self.comments += 1
-            return
-        name, sep, value = line.partition(b":")
-        if sep and value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
-            self._data_size += len(value) + 1
-            if self._data_size > self._max:
-                self._reset_frame()
-                raise FrameTooLargeError(self._max, frame=value[:200])
-            self._data.append(value)
-        elif name == b"id":
-            if b"\x00" not in value:
-                self._id = _text(value, "id")
-        elif name == b"event":
-            self._event = _text(value, "event")
-        elif name == b"retry":
-            if value.isdigit():
-                self._retry = int(value)
-        else:
-            return  # unknown fields are ignored and do not start a frame
-        self._fields = True
 
     def close(self) -> list[Frame]:
         """End of stream: a frame without its terminating blank line is discarded (SSE spec)."""
@@ -425,14 +439,20 @@ class EventDecoder:
             raise self._error(
                 f"malformed {obj.get('type') or name or 'event'}: {exc}", frame
             ) from exc
-        if ev.type in PREVIEW_TYPES:
+        cls = type(ev)
+        if cls is EventDelta or cls is EventStart:
             return ev
         ident = ev.id
         if ident is not None:
-            if ident in self._dedupe_set:
+            seen = self._dedupe_set
+            if ident in seen:
                 self.duplicates += 1
                 return None
-            self._remember(ident)
+            queue = self._dedupe_q
+            if len(queue) >= self._window:
+                seen.discard(queue.popleft())
+            queue.append(ident)
+            seen.add(ident)
         fid = frame.id
         if fid is not None:
             self.last_event_id = fid or None
@@ -457,6 +477,81 @@ class _Segment:
 MESSAGE_SEPARATOR = "\n\n"
 
 
+class _Track:
+    """Segments of one kind of text (reply or thinking), indexed for O(1) updates."""
+
+    __slots__ = ("_cache", "_cached_version", "by_key", "open", "segments", "version")
+
+    def __init__(self) -> None:
+        self.segments: list[_Segment] = []
+        self.by_key: dict[str, _Segment] = {}
+        self.open: deque[_Segment] = deque()  # previews not yet final, oldest first
+        self.version = 0
+        self._cache = ""
+        self._cached_version = 0
+
+    @property
+    def text(self) -> str:
+        if self._cached_version != self.version:
+            self._cache = MESSAGE_SEPARATOR.join(s.text for s in self.segments if s.text)
+            self._cached_version = self.version
+        return self._cache
+
+    def get(self, key: str | None) -> _Segment | None:
+        return None if key is None else self.by_key.get(key)
+
+    def preview(self, key: str | None) -> _Segment:
+        seg = self.get(key)
+        if seg is None:
+            seg = _Segment(key, "", False)
+            self.segments.append(seg)
+            self.open.append(seg)
+            if key is not None:
+                self.by_key[key] = seg
+        return seg
+
+    def append(self, seg: _Segment, text: str) -> bool:
+        if seg.final or not text:
+            return False
+        seg.text += text
+        self.version += 1
+        return True
+
+    def final(self, key: str | None, text: str) -> bool:
+        seg = self.get(key)
+        if seg is None:
+            # The incremental dialect keys previews by message_id, not the event id:
+            # the final message completes the oldest preview still open.
+            while self.open and self.open[0].final:
+                self.open.popleft()
+            seg = self.open[0] if self.open else None
+        if seg is None:
+            seg = _Segment(key, text, True)
+            self.segments.append(seg)
+            changed = bool(text)
+        else:
+            changed = seg.text != text
+            if seg.key is not None and self.by_key.get(seg.key) is seg:
+                del self.by_key[seg.key]
+            seg.key, seg.text, seg.final = key, text, True
+        if key is not None:
+            self.by_key[key] = seg
+        if changed:
+            self.version += 1
+        return changed
+
+    def drop_previews(self) -> bool:
+        if not self.open:
+            return False
+        dropped = any(not s.final and s.text for s in self.open)
+        self.segments = [s for s in self.segments if s.final]
+        self.by_key = {s.key: s for s in self.segments if s.key is not None}
+        self.open.clear()
+        if dropped:
+            self.version += 1
+        return dropped
+
+
 class LiveText:
     """The text of a turn so far, folded from previews of both dialects and final messages.
 
@@ -465,119 +560,67 @@ class LiveText:
     thinking. Rules: a buffered ``agent.message`` replaces the preview with its
     id (or, in the incremental dialect, the oldest unmatched one); a
     ``span.model_request_end`` or a reconnect drops previews still open.
+    Every update is O(1); ``text`` is rebuilt only when it changed.
     """
 
-    __slots__ = ("_segments", "_thinking", "_version")
+    __slots__ = ("_reply", "_thinking")
 
     def __init__(self) -> None:
-        self._segments: list[_Segment] = []
-        self._thinking: list[_Segment] = []
-        self._version = 0
+        self._reply = _Track()
+        self._thinking = _Track()
 
     @property
     def version(self) -> int:
         """Increases whenever ``text`` changes."""
-        return self._version
+        return self._reply.version
 
     @property
     def text(self) -> str:
         """The reply so far."""
-        return MESSAGE_SEPARATOR.join(s.text for s in self._segments if s.text)
+        return self._reply.text
 
     @property
     def thinking(self) -> str:
         """The thinking so far."""
-        return MESSAGE_SEPARATOR.join(s.text for s in self._thinking if s.text)
+        return self._thinking.text
 
-    def drop_previews(self) -> None:
-        """Forget previews that will not be completed (a reconnect or an aborted request)."""
-        before = len(self._segments)
-        self._segments = [s for s in self._segments if s.final]
-        self._thinking = [s for s in self._thinking if s.final]
-        if len(self._segments) != before:
-            self._version += 1
+    def drop_previews(self) -> bool:
+        """Forget previews that will not be completed (a reconnect or an aborted request).
+
+        Returns True when ``text`` changed.
+        """
+        self._thinking.drop_previews()
+        return self._reply.drop_previews()
 
     def feed(self, ev: Event) -> bool:
         """Fold one event; returns True when ``text`` changed."""
         if ev.session_thread_id is not None:
             return False
-        if isinstance(ev, AgentMessage):
-            changed = self._final(self._segments, ev.id, ev.text)
-            if changed:
-                self._version += 1
-            return changed
-        if isinstance(ev, EventDelta):
-            seg = self._find(self._segments, ev.event_id)
-            if seg is None:
-                if self._find(self._thinking, ev.event_id) is not None:
-                    return False
-                seg = self._open(self._segments, ev.event_id)
-            if seg.final or not ev.text:
+        if type(ev) is AgentMessage:
+            return self._reply.final(ev.id, ev.text)
+        if type(ev) is EventDelta:
+            if self._thinking.get(ev.event_id) is not None:
                 return False
-            seg.text += ev.text
-            self._version += 1
-            return True
-        if isinstance(ev, EventStart):
+            return self._reply.append(self._reply.preview(ev.event_id), ev.text)
+        if type(ev) is EventStart:
             if ev.event_type == "agent.thinking":
-                segments = self._thinking
+                self._thinking.preview(ev.event_id)
             elif ev.event_type in (None, "agent.message"):
-                segments = self._segments
-            else:
-                return False
-            if self._find(segments, ev.event_id) is None:
-                self._open(segments, ev.event_id)
+                self._reply.preview(ev.event_id)
             return False
-        if isinstance(ev, AgentContentBlockDelta):
+        if type(ev) is AgentContentBlockDelta:
             if ev.delta_type == "thinking_delta":
-                seg = self._find(self._thinking, ev.message_id) or self._open(
-                    self._thinking, ev.message_id
-                )
-                seg.text += ev.text
+                self._thinking.append(self._thinking.preview(ev.message_id), ev.text)
                 return False
-            if ev.delta_type not in (None, "text_delta") or not ev.text:
+            if ev.delta_type not in (None, "text_delta"):
                 return False
-            seg = self._find(self._segments, ev.message_id) or self._open(
-                self._segments, ev.message_id
-            )
-            seg.text += ev.text
-            self._version += 1
-            return True
-        if isinstance(ev, AgentMessageStart | AgentContentBlockStart):
+            return self._reply.append(self._reply.preview(ev.message_id), ev.text)
+        if type(ev) is AgentThinking:
+            self._thinking.final(ev.id, ev.text)
             return False
-        if isinstance(ev, AgentThinking):
-            self._final(self._thinking, ev.id, ev.text)
-            return False
-        if isinstance(ev, SpanModelRequestEnd):
-            before = self._version
-            self.drop_previews()
-            return self._version != before
+        if type(ev) is SpanModelRequestEnd:
+            return self.drop_previews()
         return False
-
-    def _find(self, segments: list[_Segment], key: str | None) -> _Segment | None:
-        if key is None:
-            return None
-        for seg in reversed(segments):
-            if seg.key == key:
-                return seg
-        return None
-
-    def _open(self, segments: list[_Segment], key: str | None) -> _Segment:
-        seg = _Segment(key, "", False)
-        segments.append(seg)
-        return seg
-
-    def _final(self, segments: list[_Segment], key: str | None, text: str) -> bool:
-        seg = self._find(segments, key)
-        if seg is None:
-            # The incremental dialect keys previews by message_id, not the event id:
-            # the final message completes the oldest preview still open.
-            seg = next((s for s in segments if not s.final), None)
-        if seg is None:
-            segments.append(_Segment(key, text, True))
-            return bool(text)
-        changed = seg.text != text
-        seg.key, seg.text, seg.final = key, text, True
-        return changed
 
 
 def text_delta(emitted: str, current: str) -> str:

@@ -94,14 +94,17 @@ ToolOutcome = (
 
 def ends_turn(ev: Event) -> bool:
     """True when ``ev`` ends the turn it belongs to (finished or failed)."""
-    if isinstance(ev, SessionStatusIdle):
-        return ev.stop_reason.ends_turn
-    return isinstance(ev, SessionStatusTerminated | SessionDeleted)
+    # Exact class checks: this runs for every event of every turn.
+    cls = type(ev)
+    if cls is SessionStatusIdle:
+        return ev.stop_reason.ends_turn  # type: ignore[union-attr]
+    return cls is SessionStatusTerminated or cls is SessionDeleted
 
 
 def fails_turn(ev: Event) -> bool:
     """True when ``ev`` ends the turn without it finishing."""
-    return isinstance(ev, SessionStatusTerminated | SessionDeleted)
+    cls = type(ev)
+    return cls is SessionStatusTerminated or cls is SessionDeleted
 
 
 # --------------------------------------------------------------------------- the fold
@@ -306,7 +309,16 @@ class TurnRouter(Generic[K]):
     event while a send was unanswered (that turn may then be incomplete).
     """
 
-    __slots__ = ("_backlog", "_by_turn", "_current", "_finished", "_live", "_waiting", "overflowed")
+    __slots__ = (
+        "_backlog",
+        "_by_turn",
+        "_current",
+        "_finished",
+        "_live",
+        "_unstarted",
+        "_waiting",
+        "overflowed",
+    )
 
     def __init__(self, backlog: int = DEFAULT_BACKLOG) -> None:
         self._backlog: deque[Event] = deque(maxlen=backlog)
@@ -315,6 +327,7 @@ class TurnRouter(Generic[K]):
         self._current: TurnState[K] | None = None
         self._finished: deque[str] = deque(maxlen=1024)
         self._waiting = 0
+        self._unstarted = 0  # bound turns whose anchor has not been seen
         self.overflowed = False
 
     @property
@@ -363,8 +376,9 @@ class TurnRouter(Generic[K]):
         self._live.append(state)
         if turn_id is not None:
             self._by_turn[turn_id] = state
+        self._unstarted += 1
         if started:
-            state.started = True
+            self._start(state)
             self._current = state
         out: list[tuple[K, Event]] = []
         backlog = list(self._backlog)
@@ -384,7 +398,8 @@ class TurnRouter(Generic[K]):
 
     def route(self, ev: Event) -> list[tuple[K, Event]]:
         """Where ``ev`` goes: ``(key, ev)`` for each turn it belongs to."""
-        if isinstance(ev, SessionStatusTerminated | SessionDeleted):
+        cls = type(ev)
+        if cls is SessionStatusTerminated or cls is SessionDeleted:
             targets = list(self._live)
             for state in targets:
                 self._end(state)
@@ -395,28 +410,29 @@ class TurnRouter(Generic[K]):
         if target is None:
             self._keep(ev)
             return []
-        if isinstance(ev, SessionStatusIdle):
-            if ev.stop_reason.ends_turn:
+        if cls is SessionStatusIdle:
+            stop = ev.stop_reason  # type: ignore[union-attr]
+            if stop.ends_turn:
                 self._end(target)
             else:
-                target.pending = tuple(getattr(ev.stop_reason, "event_ids", ()))
-        elif isinstance(ev, SessionStatusRunning):
+                target.pending = tuple(getattr(stop, "event_ids", ()))
+        elif cls is SessionStatusRunning:
             target.pending = ()
         return [(target.key, ev)]
 
     def _target(self, ev: Event) -> TurnState[K] | None:
         ident = ev.id
-        if ident is not None:
+        if ident is not None and self._unstarted:
             for state in self._live:
                 if not state.started and state.anchor_id == ident:
-                    state.started = True
+                    self._start(state)
                     self._current = state
                     return state
         tid = ev.turn_id
         if tid is not None:
             owner = self._by_turn.get(tid)
             if owner is not None and not owner.started:
-                owner.started = True
+                self._start(owner)
                 if self._current is None or self._current.ended:
                     self._current = owner
             return owner
@@ -424,6 +440,10 @@ class TurnRouter(Generic[K]):
         if current is not None and not current.ended:
             return current
         return None
+
+    def _start(self, state: TurnState[K]) -> None:
+        state.started = True
+        self._unstarted -= 1
 
     def _keep(self, ev: Event) -> None:
         # Only a send still awaiting its answer can claim an event later; anything
@@ -439,6 +459,8 @@ class TurnRouter(Generic[K]):
             return
         state.ended = True
         state.pending = ()
+        if not state.started:
+            self._unstarted -= 1
         if state in self._live:
             self._live.remove(state)
         if state.turn_id is not None:
