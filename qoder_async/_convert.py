@@ -331,32 +331,61 @@ def _common(d: JSON) -> dict[str, Any]:
     }
 
 
+def _slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of ``cls`` for ``names`` (looked up along the MRO)."""
+    found = []
+    for name in names:
+        owner = next(c for c in cls.__mro__ if name in vars(c))
+        found.append(vars(owner)[name].__set__)
+    return tuple(found)
+
+
+_new = object.__new__
+_AGENT_MESSAGE_SETTERS = _slot_setters(
+    AgentMessage, "_content", "id", "turn_id", "processed_at", "session_thread_id", "_raw"
+)
+
+
+def _fast_agent_message(
+    content: str,
+    ident: str | None,
+    turn: str | None,
+    at: str | None,
+    raw: JSON,
+) -> AgentMessage:
+    # Builds the frozen instance the way attrs' own __init__ does (setting the
+    # slots directly), minus its per-call overhead: ~2x faster on the hot path.
+    # Only for values already checked; AgentMessage has no validators or converters.
+    ev: AgentMessage = _new(AgentMessage)
+    set_content, set_id, set_turn, set_at, set_thread, set_raw = _AGENT_MESSAGE_SETTERS
+    set_content(ev, content)
+    set_id(ev, ident)
+    set_turn(ev, turn)
+    set_at(ev, at)
+    set_thread(ev, None)
+    set_raw(ev, raw)
+    return ev
+
+
 def _agent_message(d: JSON) -> AgentMessage:
     # The hot path: the common fields are read and checked inline, without a
     # kwargs dict or a call per field; anything unusual takes the general route.
     get = d.get
-    ident, turn, at, thread = (
-        get("id"),
-        get("turn_id"),
-        get("processed_at"),
-        get("session_thread_id"),
-    )
-    if not (
+    ident, turn, at = get("id"), get("turn_id"), get("processed_at")
+    if (
         (ident is None or ident.__class__ is str)
         and (turn is None or turn.__class__ is str)
         and (at is None or at.__class__ is str)
-        and thread is None
+        and get("session_thread_id") is None
     ):
-        return AgentMessage(_blocks(d), **_common(d))
-    content = get("content")
-    if content.__class__ is list and len(content) == 1:
-        block = content[0]
-        if block.__class__ is dict and block.get("type") == "text":
-            text = block.get("text")
-            if text.__class__ is str:
-                blocks: tuple[ContentBlock, ...] = (TextBlock(text),)
-                return AgentMessage(blocks, id=ident, turn_id=turn, processed_at=at, raw=d)
-    return AgentMessage(_blocks(d), id=ident, turn_id=turn, processed_at=at, raw=d)
+        content = get("content")
+        if content.__class__ is list and len(content) == 1:
+            block = content[0]
+            if block.__class__ is dict and block.get("type") == "text":
+                text = block.get("text")
+                if text.__class__ is str:
+                    return _fast_agent_message(text, ident, turn, at, d)
+    return AgentMessage(_blocks(d), **_common(d))
 
 
 def _agent_thinking(d: JSON) -> AgentThinking:

@@ -75,6 +75,7 @@ Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
+_TURN_ENDERS = frozenset({SessionStatusIdle, SessionStatusTerminated, SessionDeleted})
 _LIFECYCLE = frozenset(
     {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted}
 )
@@ -221,7 +222,7 @@ class Turn:
         if self._done:
             return
         self._items.append(ev)
-        if ends_turn(ev):
+        if type(ev) in _TURN_ENDERS and ends_turn(ev):
             self._done = True
             self.session._turn_done(self)
             if fails_turn(ev):
@@ -232,7 +233,8 @@ class Turn:
                     event=ev,
                     result=None,
                 )
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if self._done:
@@ -286,9 +288,10 @@ class Turn:
             while i < len(items):
                 ev = items[i]
                 i += 1
-                if previews or ev.type not in PREVIEW_TYPES:
+                cls = type(ev)
+                if previews or (cls is not EventDelta and cls is not EventStart):
                     yield ev
-                if _is_pause(ev):
+                if cls is SessionStatusIdle and _is_pause(ev):
                     await self._run_tools()
             if self._done:
                 self._raise_error()
@@ -732,6 +735,7 @@ class SessionHandle:
         error: BaseException | None = None
         router = self._router
         try:
+            route, listeners = router.route, self._listeners  # mutated in place, never rebound
             async for ev in stream:
                 cls = type(ev)
                 preview = cls is EventDelta or cls is EventStart
@@ -740,11 +744,12 @@ class SessionHandle:
                     if current is not None:
                         current._deliver(ev)
                 else:
-                    for target, routed in router.route(ev):
-                        target._deliver(routed)
-                for listener in self._listeners:
-                    if listener.previews or not preview:
-                        await listener.put(ev)
+                    for target in route(ev):
+                        target._deliver(ev)
+                if listeners:
+                    for listener in listeners:
+                        if listener.previews or not preview:
+                            await listener.put(ev)
                 if cls in _LIFECYCLE:
                     # Consumers can only have changed now: a turn ended or the session did.
                     if cls is SessionDeleted or cls is SessionStatusTerminated:

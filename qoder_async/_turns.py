@@ -64,6 +64,7 @@ from ._models import (
     StopReason,
     Usage,
     UserCustomToolResult,
+    UserMessage,
     UserToolConfirmation,
     UserToolResult,
 )
@@ -81,6 +82,10 @@ __all__ = [
 ]
 
 DEFAULT_BACKLOG = 10_000
+# Events that change a turn's state or may be the anchor: never taken by the fast path.
+_ROUTING_EVENTS = frozenset(
+    {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted, UserMessage}
+)
 
 ToolUse = AgentToolUse | AgentCustomToolUse | AgentMCPToolUse
 ToolOutcome = (
@@ -303,10 +308,11 @@ class TurnRouter(Generic[K]):
     """Routes a session's events to its turns (see the module table).
 
     Usage: :meth:`expect` before posting a send (so events racing the answer are
-    kept), :meth:`bind` with the answer's ``turn_id`` and anchor event id, then
-    :meth:`route` every event of the stream; it returns ``(key, event)`` pairs
-    to deliver. :attr:`overflowed` becomes True when the backlog had to drop an
-    event while a send was unanswered (that turn may then be incomplete).
+    kept), :meth:`bind` with the answer's ``turn_id`` and anchor event id (it
+    returns the ``(key, event)`` pairs claimed from the backlog), then
+    :meth:`route` every event of the stream; it returns the keys to deliver to.
+    :attr:`overflowed` becomes True when the backlog had to drop an event while
+    a send was unanswered (that turn may then be incomplete).
     """
 
     __slots__ = (
@@ -314,6 +320,8 @@ class TurnRouter(Generic[K]):
         "_by_turn",
         "_current",
         "_finished",
+        "_last_keys",
+        "_last_turn",
         "_live",
         "_unstarted",
         "_waiting",
@@ -328,6 +336,8 @@ class TurnRouter(Generic[K]):
         self._finished: deque[str] = deque(maxlen=1024)
         self._waiting = 0
         self._unstarted = 0  # bound turns whose anchor has not been seen
+        self._last_turn: str | None = None
+        self._last_keys: tuple[K, ...] = ()
         self.overflowed = False
 
     @property
@@ -384,7 +394,7 @@ class TurnRouter(Generic[K]):
         backlog = list(self._backlog)
         self._backlog.clear()
         for ev in backlog:
-            out.extend(self.route(ev))
+            out.extend((key, ev) for key in self.route(ev))
         if not self._waiting:
             self._backlog.clear()
         return out
@@ -396,20 +406,23 @@ class TurnRouter(Generic[K]):
                 self._end(state)
                 break
 
-    def route(self, ev: Event) -> list[tuple[K, Event]]:
-        """Where ``ev`` goes: ``(key, ev)`` for each turn it belongs to."""
+    def route(self, ev: Event) -> tuple[K, ...]:
+        """The keys of the turns ``ev`` belongs to (usually one, or none)."""
         cls = type(ev)
+        # Fast path: the next event of the turn the previous one went to.
+        if ev.turn_id is not None and ev.turn_id == self._last_turn and cls not in _ROUTING_EVENTS:
+            return self._last_keys
         if cls is SessionStatusTerminated or cls is SessionDeleted:
-            targets = list(self._live)
+            targets = tuple(self._live)
             for state in targets:
                 self._end(state)
             if not targets:
                 self._keep(ev)
-            return [(s.key, ev) for s in targets]
+            return tuple(s.key for s in targets)
         target = self._target(ev)
         if target is None:
             self._keep(ev)
-            return []
+            return ()
         if cls is SessionStatusIdle:
             stop = ev.stop_reason  # type: ignore[union-attr]
             if stop.ends_turn:
@@ -418,7 +431,10 @@ class TurnRouter(Generic[K]):
                 target.pending = tuple(getattr(stop, "event_ids", ()))
         elif cls is SessionStatusRunning:
             target.pending = ()
-        return [(target.key, ev)]
+        keys = (target.key,)
+        if target.started and not target.ended and ev.turn_id == target.turn_id:
+            self._last_turn, self._last_keys = target.turn_id, keys
+        return keys
 
     def _target(self, ev: Event) -> TurnState[K] | None:
         ident = ev.id
@@ -459,6 +475,8 @@ class TurnRouter(Generic[K]):
             return
         state.ended = True
         state.pending = ()
+        if self._last_turn == state.turn_id:
+            self._last_turn, self._last_keys = None, ()
         if not state.started:
             self._unstarted -= 1
         if state in self._live:

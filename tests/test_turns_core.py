@@ -76,7 +76,7 @@ def test_router_termination_fails_every_live_turn() -> None:
     router: TurnRouter[str] = TurnRouter()
     router.bind("a", turn_id="turn_a", anchor_id="ua", started=True, expected=False)
     got = router.route(SessionStatusTerminated(id="x"))
-    assert got == [("a", SessionStatusTerminated(id="x"))]
+    assert got == ("a",)
     assert router.live == ()
 
 
@@ -86,13 +86,11 @@ def test_router_ignores_history_and_other_turns() -> None:
         UserMessage("old", id="u0", turn_id="turn_0"),
         SessionStatusIdle(EndTurn(), id="i0", turn_id="turn_0"),
     ]
-    assert [router.route(ev) for ev in old] == [[], []]
+    assert [router.route(ev) for ev in old] == [(), ()]
     router.expect()
     router.bind("mine", turn_id="turn_1", anchor_id="u1")
-    assert router.route(AgentMessage((), id="z", turn_id="turn_other")) == []
-    assert router.route(UserMessage("hi", id="u1", turn_id="turn_1")) == [
-        ("mine", UserMessage("hi", id="u1", turn_id="turn_1"))
-    ]
+    assert router.route(AgentMessage((), id="z", turn_id="turn_other")) == ()
+    assert router.route(UserMessage("hi", id="u1", turn_id="turn_1")) == ("mine",)
 
 
 def test_router_backlog_claimed_when_the_answer_arrives_late() -> None:
@@ -103,7 +101,7 @@ def test_router_backlog_claimed_when_the_answer_arrives_late() -> None:
         SessionStatusRunning(id="r1", turn_id="turn_1"),
     ]
     for ev in early:
-        assert router.route(ev) == []
+        assert router.route(ev) == ()
     claimed = router.bind("t", turn_id="turn_1", anchor_id="u1")
     assert [ev for _, ev in claimed] == early
 
@@ -120,11 +118,11 @@ def test_router_without_turn_ids_uses_position() -> None:
     router: TurnRouter[str] = TurnRouter()
     router.expect()
     router.bind("t", turn_id=None, anchor_id="u1")
-    assert router.route(AgentMessage((), id="before")) == []
-    assert router.route(UserMessage("hi", id="u1"))[0][0] == "t"
-    assert router.route(AgentMessage((), id="m1"))[0][0] == "t"
-    assert router.route(SessionStatusIdle(EndTurn(), id="i1"))[0][0] == "t"
-    assert router.route(AgentMessage((), id="after")) == []
+    assert router.route(AgentMessage((), id="before")) == ()
+    assert router.route(UserMessage("hi", id="u1")) == ("t",)
+    assert router.route(AgentMessage((), id="m1")) == ("t",)
+    assert router.route(SessionStatusIdle(EndTurn(), id="i1")) == ("t",)
+    assert router.route(AgentMessage((), id="after")) == ()
 
 
 # ----------------------------------------------------------------------------- routing property
@@ -230,13 +228,16 @@ def test_each_turn_gets_exactly_its_events_across_drops_and_replays(
         for key, ev in pairs:
             got[key].append(ev.id or "")
 
+    def route(ev: Event) -> list[tuple[str, Event]]:
+        return [(key, ev) for key in router.route(ev)]
+
     def on_event(ev: Event) -> None:
         nonlocal position
         if ev.id in anchors:
             # our POST stored this user.message; its answer arrives `lag` events later
             router.expect()
             pending_binds.append((position + lag, anchors[ev.id]))
-        deliver(router.route(ev))
+        deliver(route(ev))
         position += 1
         for due, turn in [b for b in pending_binds if b[0] <= position]:
             pending_binds.remove((due, turn))
