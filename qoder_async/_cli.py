@@ -1,0 +1,1087 @@
+"""``qoder-async``: the command line of qoder_async (also ``python -m qoder_async``).
+
+::
+
+    qoder-async demo                               # one turn against the bundled fake server
+    qoder-async chat sess_... "Help me analyze this code."
+    qoder-async tail sess_... --deltas             # follow a session's events
+    qoder-async events sess_... --type agent.message
+    qoder-async sessions list|create|get|cancel|archive
+    qoder-async agents list|create
+    qoder-async environments list|create
+    qoder-async fake-server --port 8765            # the fake API, for trying things out
+
+Global options, accepted before or after the command: ``--base-url`` (else
+``QODER_BASE_URL``, else the library default), ``--token`` (else ``QODER_PAT``,
+else ``QODER_ACCESS_TOKEN``), ``--json`` (one JSON object per line on stdout,
+for ``jq``; events are printed as received) and ``-v`` (debug logs on stderr).
+
+Exit codes: 0 ok; 1 API or stream error (one line on stderr, with the request
+id when there is one); 2 usage or configuration error (no token...); 130
+interrupted by Ctrl-C; 143 stopped by SIGTERM. ``chat`` handles the first
+Ctrl-C itself: it interrupts the turn, keeps streaming until the turn ends and
+exits 0; a second Ctrl-C exits 130. ``fake-server`` exits 0 on Ctrl-C/SIGTERM.
+
+This module uses only the public API (``qoder_async`` and ``qoder_async.testing``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TextIO, TypeAlias, TypeVar
+
+from qoder_async import (
+    Agent,
+    AgentCustomToolUse,
+    AgentMCPToolResult,
+    AgentMCPToolUse,
+    AgentMessage,
+    AgentThinking,
+    AgentToolResult,
+    AgentToolUse,
+    ConfigurationError,
+    Environment,
+    Event,
+    EventDelta,
+    EventStart,
+    QoderClient,
+    QoderError,
+    RequiresAction,
+    ResumeExhaustedError,
+    Session,
+    SessionError,
+    SessionStatusIdle,
+    SessionStatusTerminated,
+    SessionUsage,
+    SpanModelRequestEnd,
+    SpanModelRequestStart,
+    Turn,
+    TurnResult,
+    UnknownEvent,
+    Usage,
+    UserCustomToolResult,
+    UserMessage,
+    __version__,
+)
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+PROG = "qoder-async"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_LINE_LIMIT = 160
+_MESSAGE_LIMIT = 400
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+_T = TypeVar("_T")
+
+Command: TypeAlias = Callable[[argparse.Namespace, "_Context"], Awaitable[int]]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _one_line(text: str, limit: int = _LINE_LIMIT) -> str:
+    """``text`` with its whitespace collapsed, cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _first_line(text: str, limit: int = _LINE_LIMIT) -> str:
+    """The first non-blank line of ``text``, cut at ``limit`` characters."""
+    for line in text.splitlines():
+        if line.strip():
+            return _one_line(line, limit)
+    return ""
+
+
+def _value(value: object) -> str:
+    if isinstance(value, str):
+        return _one_line(value, 60)
+    return _one_line(json.dumps(value, ensure_ascii=False, default=str), 60)
+
+
+def tool_call(name: str, tool_input: Mapping[str, Any]) -> str:
+    """``Read(file_path=README.md)``: a tool call as one short line."""
+    args = ", ".join(f"{key}={_value(value)}" for key, value in tool_input.items())
+    return _one_line(f"{name}({args})")
+
+
+def short_type(event_type: str) -> str:
+    """A readable label for an event type: ``session.status_idle`` -> ``idle``."""
+    for prefix, replacement in (
+        ("session.status_", ""),
+        ("session.thread_status_", "thread_"),
+        ("session.", ""),
+        ("agent.", ""),
+        ("span.", ""),
+    ):
+        if event_type.startswith(prefix):
+            return replacement + event_type[len(prefix) :]
+    return event_type
+
+
+def usage_text(usage: Usage | None) -> str:
+    """``111 input / 62 output tokens`` (plus cache reads and credits when known)."""
+    if usage is None or (usage.input_tokens is None and usage.output_tokens is None):
+        return "n/a"
+    parts = [f"{usage.input_tokens or 0} input / {usage.output_tokens or 0} output tokens"]
+    if usage.cache_read_input_tokens:
+        parts.append(f"{usage.cache_read_input_tokens} cached")
+    if usage.credits is not None:
+        parts.append(f"{usage.credits:g} credits")
+    return ", ".join(parts)
+
+
+def _stop_text(event: SessionStatusIdle) -> str:
+    stop = event.stop_reason
+    if isinstance(stop, RequiresAction):
+        return f"requires_action ({', '.join(stop.event_ids) or 'no ids'})"
+    return stop.type
+
+
+def describe(event: Event) -> str:
+    """What an event says, in one line (without its type)."""
+    if isinstance(event, UserMessage | AgentMessage):
+        return _one_line(event.text, _MESSAGE_LIMIT)
+    if isinstance(event, AgentThinking):
+        return _one_line(event.text)
+    if isinstance(event, AgentMCPToolUse):
+        server = f"{event.mcp_server_name}:" if event.mcp_server_name else ""
+        return "→ " + tool_call(server + event.name, event.input)
+    if isinstance(event, AgentToolUse | AgentCustomToolUse):
+        return "→ " + tool_call(event.name, event.input)
+    if isinstance(event, AgentToolResult | AgentMCPToolResult | UserCustomToolResult):
+        return ("✗ " if event.is_error else "← ") + _first_line(event.text)
+    if isinstance(event, SessionStatusIdle):
+        return _stop_text(event)
+    if isinstance(event, SessionStatusTerminated):
+        return event.reason or ""
+    if isinstance(event, SessionError):
+        return _one_line(f"{event.error.type}: {event.error.message}")
+    if isinstance(event, SpanModelRequestStart):
+        return event.model or ""
+    if isinstance(event, SpanModelRequestEnd):
+        return ("error; " if event.is_error else "") + usage_text(event.model_usage)
+    if isinstance(event, SessionUsage):
+        return usage_text(event.usage)
+    if isinstance(event, EventStart):
+        return f"{event.event_type or '?'} {event.event_id or ''}".rstrip()
+    if isinstance(event, EventDelta):
+        return json.dumps(event.text, ensure_ascii=False)
+    if isinstance(event, UnknownEvent):
+        rest = {k: v for k, v in event.raw.items() if k not in _ENVELOPE}
+        return _one_line(json.dumps(rest, ensure_ascii=False, default=str)) if rest else ""
+    return ""
+
+
+_ENVELOPE = frozenset(
+    {"id", "type", "session_id", "turn_id", "schema_version", "created_at", "processed_at"}
+)
+
+
+def event_line(event: Event) -> str:
+    """One line per event for ``tail`` and ``events``: id, time, short type, summary."""
+    clock = ""
+    if event.processed_at and "T" in event.processed_at:
+        clock = event.processed_at.split("T", 1)[1][:8]
+    head = f"{event.id or '-'}  {clock:<8}  {short_type(event.type):<20}"
+    summary = describe(event)
+    return f"{head}  {summary}".rstrip() if summary else head.rstrip()
+
+
+def _raw(obj: Event | Session | Agent | Environment) -> dict[str, Any]:
+    if obj.raw:
+        return dict(obj.raw)
+    return {"id": obj.id, "type": getattr(obj, "type", None)}
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Output:
+    """Everything the CLI prints: lines, live text, JSON records, notes and a TTY spinner.
+
+    Human lines go to stdout; a line always starts on a fresh line even if reply
+    text was being streamed. The spinner exists only when stdout is a terminal
+    and is wiped before anything else is written.
+    """
+
+    def __init__(self, *, json_mode: bool, stdout: TextIO, stderr: TextIO) -> None:
+        self.json_mode = json_mode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.tty = _isatty(stdout)
+        self.color = self.tty and "NO_COLOR" not in os.environ
+        self.secret: str | None = None
+        self._at_line_start = True
+        self._status_shown = False
+        self.last_write = time.monotonic()
+
+    def dim(self, text: str) -> str:
+        """``text`` in a faint style on colour terminals."""
+        return f"\x1b[2m{text}\x1b[0m" if self.color else text
+
+    def _write(self, text: str) -> None:
+        self._clear_status()
+        self.stdout.write(text)
+        self.stdout.flush()
+        self.last_write = time.monotonic()
+
+    def line(self, text: str) -> None:
+        """A whole line (ignored in ``--json`` mode)."""
+        if self.json_mode:
+            return
+        self._write(("" if self._at_line_start else "\n") + text + "\n")
+        self._at_line_start = True
+
+    def text(self, chunk: str) -> None:
+        """Reply text as it streams, without a newline."""
+        if self.json_mode or not chunk:
+            return
+        self._write(chunk)
+        self._at_line_start = chunk.endswith("\n")
+
+    def end_line(self) -> None:
+        """Finish a line of streamed text, if one is open."""
+        if not self._at_line_start:
+            self._write("\n")
+            self._at_line_start = True
+
+    def record(self, obj: Mapping[str, Any]) -> None:
+        """One JSON object on its own line (``--json`` mode only)."""
+        if self.json_mode:
+            self._write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+
+    def event(self, event: Event) -> None:
+        """An event: its raw JSON in ``--json`` mode, else one readable line."""
+        if self.json_mode:
+            self.record(_raw(event))
+        else:
+            self.line(event_line(event))
+
+    def note(self, text: str) -> None:
+        """A message for the human, on stderr."""
+        if self.secret:
+            text = text.replace(self.secret, "***")
+        self.stderr.write(f"{PROG}: {text}\n")
+        self.stderr.flush()
+
+    def status(self, text: str) -> None:
+        """Show a transient status (spinner) line; only on a terminal, between lines."""
+        if not self.tty or self.json_mode or not self._at_line_start:
+            return
+        self.stdout.write("\r\x1b[K" + text)
+        self.stdout.flush()
+        self._status_shown = True
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.stdout.write("\r\x1b[K")
+            self._status_shown = False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class _Signals:
+    """SIGINT and SIGTERM through the event loop (``loop.add_signal_handler``).
+
+    A signal first goes to ``handler`` (set by a command); if there is none or
+    it declines (returns False), the command's task is cancelled and the CLI
+    exits with ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, task: asyncio.Task[int]) -> None:
+        self.task = task
+        self.handler: Callable[[int], bool] | None = None
+        self.received: int | None = None
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._fire, int(signum))
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # no loop signal support (Windows): KeyboardInterrupt still works
+            self._installed.append(signum)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed.clear()
+
+    def _fire(self, signum: int) -> None:
+        if self.handler is not None and self.handler(signum):
+            return
+        if self.received is None:
+            self.received = signum
+        self.task.cancel()
+
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+
+class _Context:
+    """What a command gets besides its arguments: the output and the signal switch."""
+
+    def __init__(self, out: _Output, signals: _Signals) -> None:
+        self.out = out
+        self.signals = signals
+
+
+# --------------------------------------------------------------------------- a turn, live
+
+
+class _TurnView:
+    """Prints one turn as it streams, and turns the first Ctrl-C into an interrupt.
+
+    Two readers share the turn: the events (tool calls, thinking, errors) and
+    ``turn.text_stream()`` (the reply, live). Then a summary line: stop reason,
+    usage, time.
+    """
+
+    def __init__(self, ctx: _Context) -> None:
+        self.out = ctx.out
+        self.turn: Turn | None = None
+        self.interrupt_requested = False
+        self._interrupt_task: asyncio.Task[None] | None = None
+        self._activity = "waiting for the agent"
+        self._started = time.monotonic()
+        self._shown: set[str] = set()
+        ctx.signals.handler = self._on_signal
+
+    def _on_signal(self, signum: int) -> bool:
+        if signum != signal.SIGINT or self.interrupt_requested:
+            return False
+        self.interrupt_requested = True
+        self.out.note("interrupting the turn... (press Ctrl-C again to quit)")
+        if self.turn is not None:
+            self._start_interrupt(self.turn)
+        return True
+
+    def _start_interrupt(self, turn: Turn) -> None:
+        if self._interrupt_task is None:
+            self._interrupt_task = asyncio.create_task(self._interrupt(turn))
+
+    async def _interrupt(self, turn: Turn) -> None:
+        try:
+            await turn.interrupt()
+        except QoderError as exc:
+            self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
+
+    async def follow(self, turn: Turn) -> int:
+        """Stream ``turn`` to the output; the exit code once it ended."""
+        self.turn = turn
+        self._started = time.monotonic()
+        if self.interrupt_requested:
+            self._start_interrupt(turn)
+        for event in turn.accepted.events:  # the message sent, as stored
+            self._show(event)
+        helpers = [asyncio.create_task(self._text(turn))]
+        if self.out.tty and not self.out.json_mode:
+            helpers.append(asyncio.create_task(self._spin()))
+        try:
+            async for event in turn:
+                self._show(event)
+            await helpers[0]
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self.out.end_line()
+            if self._interrupt_task is not None:
+                await asyncio.gather(self._interrupt_task, return_exceptions=True)
+        self._summary(await turn.result())
+        return EXIT_OK
+
+    async def _text(self, turn: Turn) -> None:
+        # The event loop in follow() reports a failed turn; this reader just stops.
+        with contextlib.suppress(QoderError):
+            async for chunk in turn.text_stream():
+                self.out.text(chunk)
+                self._activity = "writing"
+
+    async def _spin(self) -> None:
+        frames = 0
+        while True:
+            await asyncio.sleep(0.1)
+            if time.monotonic() - self.out.last_write > 0.3:
+                frame = _SPINNER[frames % len(_SPINNER)]
+                frames += 1
+                elapsed = time.monotonic() - self._started
+                self.out.status(self.out.dim(f"{frame} {self._activity}... {elapsed:.1f}s"))
+
+    def _show(self, event: Event) -> None:
+        out = self.out
+        if out.json_mode:
+            if event.id is None or event.id not in self._shown:
+                out.event(event)
+            if event.id is not None:
+                self._shown.add(event.id)
+            return
+        if isinstance(event, AgentThinking):
+            self._activity = "thinking"
+            if event.text:
+                out.line(out.dim("· " + _one_line(event.text)))
+        elif isinstance(event, AgentToolUse | AgentCustomToolUse | AgentMCPToolUse):
+            self._activity = f"running {event.name}"
+            out.line(out.dim(describe(event)))
+        elif isinstance(event, AgentToolResult | AgentMCPToolResult | UserCustomToolResult):
+            self._activity = "thinking"
+            out.line(out.dim(describe(event)))
+        elif isinstance(event, SessionError):
+            out.line(f"! {describe(event)}")
+        elif isinstance(event, SessionStatusIdle) and isinstance(event.stop_reason, RequiresAction):
+            ids = ", ".join(event.stop_reason.event_ids)
+            out.line(f"⏸ the agent waits for an answer to {ids} (the CLI runs no custom tools)")
+        elif isinstance(event, UnknownEvent):
+            out.line(out.dim(f"· {event.type}"))
+
+    def _summary(self, result: TurnResult) -> None:
+        stop = result.stop_reason.type if result.stop_reason is not None else "none"
+        elapsed = time.monotonic() - self._started
+        tools = len(result.tool_calls)
+        parts = [
+            "interrupted" if self.interrupt_requested else "done",
+            f"stop: {stop}",
+            f"usage: {usage_text(result.usage)}",
+            f"{tools} tool call{'' if tools == 1 else 's'}",
+            f"{elapsed:.1f}s",
+        ]
+        self.out.line(self.out.dim("■ " + " · ".join(parts)))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _client(args: argparse.Namespace) -> QoderClient:
+    if not (args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")):
+        raise ConfigurationError(
+            "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
+        )
+    return QoderClient(token=args.token, base_url=args.base_url)
+
+
+async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
+    text = " ".join(args.message)
+    if text == "-":
+        text = sys.stdin.read().strip()
+    if not text.strip():
+        raise ConfigurationError("the message is empty")
+    view = _TurnView(ctx)
+    async with _client(args) as client:
+        turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
+        return await view.follow(turn)
+
+
+async def _cmd_tail(args: argparse.Namespace, ctx: _Context) -> int:
+    deltas = ("agent.message", "agent.thinking") if args.deltas else ()
+    async with _client(args) as client:
+        stream = client.sessions.events.stream(
+            args.session_id, last_event_id=args.from_id, event_deltas=deltas
+        )
+        try:
+            async with stream:
+                async for event in stream:
+                    ctx.out.event(event)
+        except asyncio.CancelledError:
+            cursor = stream.last_event_id
+            if cursor:
+                ctx.out.note(f"stopped; resume with: {PROG} tail {args.session_id} --from {cursor}")
+            raise
+    return EXIT_OK
+
+
+async def _cmd_events(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        events = client.sessions.events.list(
+            args.session_id,
+            order=args.order,
+            limit=_page_size(args.limit),
+            types=args.types or None,
+        )
+        await _print_items(events, args.limit, ctx.out.event)
+    return EXIT_OK
+
+
+def _page_size(limit: int | None) -> int | None:
+    return None if limit is None else min(limit, 100)
+
+
+async def _print_items(
+    items: AsyncIterable[_T], limit: int | None, show: Callable[[_T], None]
+) -> None:
+    count = 0
+    if limit == 0:
+        return
+    async for item in items:
+        show(item)
+        count += 1
+        if limit is not None and count >= limit:
+            break
+
+
+def _session_line(s: Session) -> str:
+    return "  ".join(
+        [s.id, f"{s.status or '-':<11}", s.title or "-", f"agent={s.agent_id or '-'}"]
+        + ([f"archived={s.archived_at}"] if s.archived_at else [])
+        + [s.created_at or ""]
+    ).rstrip()
+
+
+def _agent_line(a: Agent) -> str:
+    return "  ".join([a.id, a.name or "-", f"model={a.model or '-'}", f"v{a.version or '?'}"])
+
+
+def _environment_line(e: Environment) -> str:
+    return "  ".join([e.id, e.name or "-", e.status or "-", e.created_at or ""]).rstrip()
+
+
+def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
+    out = ctx.out
+    if out.json_mode:
+        out.record(_raw(obj))
+        return
+    if isinstance(obj, Session):
+        fields: dict[str, object] = {
+            "id": obj.id,
+            "status": obj.status,
+            "title": obj.title,
+            "agent": obj.agent_id,
+            "environment": obj.environment_id,
+            "usage": usage_text(obj.usage) if obj.usage else None,
+            "archived_at": obj.archived_at,
+            "created_at": obj.created_at,
+        }
+    elif isinstance(obj, Agent):
+        fields = {
+            "id": obj.id,
+            "name": obj.name,
+            "model": obj.model,
+            "version": obj.version,
+            "system": _one_line(obj.system) if obj.system else None,
+            "created_at": obj.created_at,
+        }
+    else:
+        fields = {
+            "id": obj.id,
+            "name": obj.name,
+            "status": obj.status,
+            "config": json.dumps(dict(obj.config)) if obj.config else None,
+            "created_at": obj.created_at,
+        }
+    for key, value in fields.items():
+        if value is not None:
+            out.line(f"{key + ':':<13}{value}")
+
+
+def _lister(line: Callable[[Any], str], ctx: _Context) -> Callable[[Any], None]:
+    def show(obj: Any) -> None:
+        if ctx.out.json_mode:
+            ctx.out.record(_raw(obj))
+        else:
+            ctx.out.line(line(obj))
+
+    return show
+
+
+async def _cmd_sessions_list(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        sessions = client.sessions.list(
+            limit=_page_size(args.limit),
+            agent_id=args.agent,
+            include_archived=True if args.archived else None,
+        )
+        await _print_items(sessions, args.limit, _lister(_session_line, ctx))
+    return EXIT_OK
+
+
+async def _cmd_sessions_create(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        session = await client.sessions.create(
+            agent=args.agent, environment_id=args.environment, title=args.title
+        )
+    _show_resource(ctx, session)
+    return EXIT_OK
+
+
+async def _cmd_sessions_get(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        session = await client.sessions.retrieve(args.session_id)
+    _show_resource(ctx, session)
+    return EXIT_OK
+
+
+async def _cmd_sessions_cancel(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        session = await client.sessions.cancel(args.session_id)
+    _show_resource(ctx, session)
+    return EXIT_OK
+
+
+async def _cmd_sessions_archive(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        session = await client.sessions.archive(args.session_id)
+    _show_resource(ctx, session)
+    return EXIT_OK
+
+
+async def _cmd_agents_list(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agents = client.agents.list(limit=_page_size(args.limit))
+        await _print_items(agents, args.limit, _lister(_agent_line, ctx))
+    return EXIT_OK
+
+
+async def _cmd_agents_create(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agent = await client.agents.create(name=args.name, model=args.model, system=args.system)
+    _show_resource(ctx, agent)
+    return EXIT_OK
+
+
+async def _cmd_environments_list(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environments = client.environments.list(limit=_page_size(args.limit))
+        await _print_items(environments, args.limit, _lister(_environment_line, ctx))
+    return EXIT_OK
+
+
+async def _cmd_environments_create(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environment = await client.environments.create(name=args.name)
+    _show_resource(ctx, environment)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- the fake server
+
+_DEMO_README = (
+    "# demo-project\n\nA small demo repository served by qoder_async's fake server.\n"
+    "It has one module, `app.py`, whose `main()` is the entry point.\n"
+)
+
+
+def _demo_script() -> Any:
+    """The scripted agent of ``demo`` and ``fake-server``: a turn with visible pacing."""
+    from qoder_async.testing import TurnContext
+
+    async def script(ctx: TurnContext) -> None:
+        start = ctx.emit("span.model_request_start", model="ultimate")
+        await ctx.sleep(0.15)
+        await ctx.thinking("The user wants to know about the project; the README says most.")
+        await ctx.sleep(0.15)
+        await ctx.tool("Read", {"file_path": "README.md"}, _DEMO_README)
+        await ctx.sleep(0.15)
+        reply = (
+            f'You said: "{ctx.text}". This is a small demo project: one module, app.py, '
+            "whose main() function is the entry point. Every word of this answer was "
+            "streamed to you as it was written."
+        )
+        await ctx.message(reply, chunks=20, delay=0.04)
+        input_tokens, output_tokens = 120 + len(ctx.text), 20 + len(reply) // 4
+        ctx.emit(
+            "span.model_request_end",
+            model_request_start_id=start["id"],
+            is_error=False,
+            model_usage={"input_tokens": input_tokens, "output_tokens": output_tokens},
+        )
+        ctx.add_usage(input_tokens=input_tokens, output_tokens=output_tokens)
+
+    return script
+
+
+async def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
+    from qoder_async.testing import FakeQoderServer
+
+    out = ctx.out
+    view = _TurnView(ctx)
+    async with (
+        FakeQoderServer(script=_demo_script(), heartbeat_interval=1.0) as server,
+        QoderClient(token=server.token, base_url=server.base_url) as client,
+    ):
+        out.line(out.dim(f"fake Qoder API at {server.base_url} (in this process)"))
+        environment = await client.environments.create(name="demo")
+        agent = await client.agents.create(name="demo-agent", model="ultimate")
+        session = await client.sessions.create(
+            agent=agent.id, environment_id=environment.id, title="qoder-async demo"
+        )
+        out.line(out.dim(f"session {session.id} (agent {agent.id}, env {environment.id})"))
+        out.line(f"you: {args.message}")
+        turn = await client.session(session.id).send(args.message)
+        return await view.follow(turn)
+
+
+async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
+    from qoder_async.testing import FakeQoderServer
+
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> bool:
+        if stop.is_set():
+            return False  # a second signal while closing: give up at once
+        stop.set()
+        return True
+
+    ctx.signals.handler = on_signal
+    script = _demo_script() if args.script == "demo" else None
+    server = FakeQoderServer(
+        token=args.token or FakeQoderServer.DEFAULT_TOKEN,
+        script=script,
+        host=args.host,
+        port=args.port,
+        heartbeat_interval=args.heartbeat,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        ctx.out.note(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    try:
+        session = server.add_session(title="fake-server session")
+        info = {"base_url": server.base_url, "token": server.token, "session_id": session["id"]}
+        if ctx.out.json_mode:
+            ctx.out.record(info)
+        else:
+            for key, value in info.items():
+                ctx.out.line(f"{key}={value}")
+            ctx.out.line(f"export QODER_BASE_URL={server.base_url} QODER_PAT={server.token}")
+            ctx.out.note("serving the fake Qoder API; Ctrl-C stops it")
+        await stop.wait()
+    finally:
+        await server.close()
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The global options. Sub-parsers use SUPPRESS so they never reset a value given earlier."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=default(None),
+        help="API base URL (default: $QODER_BASE_URL, else https://api.qoder.com/api/v1/cloud)",
+    )
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default(None),
+        help="access token (default: $QODER_PAT, else $QODER_ACCESS_TOKEN)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine output: one JSON object per line on stdout",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug logs of the qoder_async logger on stderr",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class _Builder:
+    """Adds sub-commands that all share the global options and an ``Example:`` epilog."""
+
+    def __init__(self) -> None:
+        self.common = argparse.ArgumentParser(add_help=False)
+        _add_common(self.common, suppress=True)
+
+    def add(
+        self,
+        subparsers: Any,
+        name: str,
+        summary: str,
+        example: str,
+        func: Command | None = None,
+        details: str = "",
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name,
+            help=summary,
+            description=summary + ("\n\n" + details if details else ""),
+            epilog=f"Example:\n  {example}",
+            parents=[self.common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qoder-async`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Talk to Qoder Cloud Agents from the shell: chat with a session, follow "
+        "its events, manage sessions, agents and environments, or run a fake API locally.",
+        epilog=f"Example:\n  {PROG} demo\n\n"
+        "Exit codes: 0 ok, 1 API or stream error, 2 usage or configuration error, "
+        "130 interrupted (Ctrl-C).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    build = _Builder()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = build.add(
+        commands,
+        "demo",
+        "run one turn against a fake API started in this process (no token, no network)",
+        f"{PROG} demo --message 'What is in this repository?'",
+        _cmd_demo,
+        "Creates an environment, an agent and a session on the fake server, sends a message "
+        "and prints the turn as it streams. --base-url and --token are ignored.",
+    )
+    p.add_argument(
+        "--message", default="Give me a tour of this project.", help="what to say to the agent"
+    )
+
+    p = build.add(
+        commands,
+        "chat",
+        "send a message to a session and stream the turn live",
+        f'{PROG} chat sess_01abc "Help me analyze this code."',
+        _cmd_chat,
+        "Prints the reply as it arrives, one line per tool call and result, then the stop "
+        "reason and usage. The first Ctrl-C interrupts the turn (streaming goes on until it "
+        "ends, exit 0); a second Ctrl-C quits (exit 130). MESSAGE '-' reads stdin.",
+    )
+    p.add_argument("session_id", metavar="SESSION_ID")
+    p.add_argument("message", metavar="MESSAGE", nargs="+")
+    p.add_argument(
+        "--on-busy",
+        choices=("raise", "wait", "interrupt"),
+        default="raise",
+        help="if a turn is already running: fail (default), wait for it, or interrupt it",
+    )
+
+    p = build.add(
+        commands,
+        "tail",
+        "follow a session's events live (resuming across dropped connections)",
+        f"{PROG} tail sess_01abc --from evt_0042 --deltas",
+        _cmd_tail,
+        "Without --from the whole history is replayed first. Runs until Ctrl-C (exit 130) "
+        "or until the session ends.",
+    )
+    p.add_argument("session_id", metavar="SESSION_ID")
+    p.add_argument("--from", dest="from_id", metavar="EVENT_ID", help="start after this event")
+    p.add_argument(
+        "--deltas", action="store_true", help="also print live previews (event_start/event_delta)"
+    )
+
+    p = build.add(
+        commands,
+        "events",
+        "list a session's stored events (history)",
+        f"{PROG} events sess_01abc --order desc --limit 20 --type agent.message",
+        _cmd_events,
+    )
+    p.add_argument("session_id", metavar="SESSION_ID")
+    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N events")
+    p.add_argument("--order", choices=("asc", "desc"), help="oldest first (asc) or newest first")
+    p.add_argument(
+        "--type",
+        dest="types",
+        action="extend",
+        nargs="+",
+        metavar="T",
+        help="only events of these types (repeatable)",
+    )
+
+    group = build.add(
+        commands,
+        "sessions",
+        "list, create, get, cancel or archive sessions",
+        f"{PROG} sessions list",
+    )
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = build.add(
+        sub, "list", "list sessions", f"{PROG} sessions list --limit 10", _cmd_sessions_list
+    )
+    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N sessions")
+    p.add_argument("--agent", metavar="ID", help="only sessions of this agent")
+    p.add_argument("--archived", action="store_true", help="include archived sessions")
+    p = build.add(
+        sub,
+        "create",
+        "create a session",
+        f"{PROG} sessions create --agent agent_01abc --environment env_01abc --title triage",
+        _cmd_sessions_create,
+    )
+    p.add_argument("--agent", required=True, metavar="ID", help="the agent id")
+    p.add_argument("--environment", required=True, metavar="ID", help="the environment id")
+    p.add_argument("--title", metavar="T", help="a title")
+    for name, summary, func in (
+        ("get", "show a session", _cmd_sessions_get),
+        ("cancel", "cancel a session's running turn", _cmd_sessions_cancel),
+        ("archive", "archive a session", _cmd_sessions_archive),
+    ):
+        p = build.add(sub, name, summary, f"{PROG} sessions {name} sess_01abc", func)
+        p.add_argument("session_id", metavar="SESSION_ID")
+
+    group = build.add(commands, "agents", "list or create agents", f"{PROG} agents list")
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = build.add(sub, "list", "list agents", f"{PROG} agents list", _cmd_agents_list)
+    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N agents")
+    p = build.add(
+        sub,
+        "create",
+        "create an agent",
+        f'{PROG} agents create --name reviewer --model auto --system "Review code."',
+        _cmd_agents_create,
+    )
+    p.add_argument("--name", required=True, help="the agent's name")
+    p.add_argument("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate")
+    p.add_argument("--system", metavar="S", help="system prompt")
+
+    group = build.add(
+        commands, "environments", "list or create environments", f"{PROG} environments list"
+    )
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = build.add(
+        sub, "list", "list environments", f"{PROG} environments list", _cmd_environments_list
+    )
+    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N environments")
+    p = build.add(
+        sub,
+        "create",
+        "create an environment",
+        f"{PROG} environments create --name sandbox",
+        _cmd_environments_create,
+    )
+    p.add_argument("--name", required=True, help="the environment's name")
+
+    p = build.add(
+        commands,
+        "fake-server",
+        "serve the fake Qoder API (qoder_async.testing) until Ctrl-C",
+        f"{PROG} fake-server --port 8765",
+        _cmd_fake_server,
+        "Prints base_url=, token= and session_id= lines (a session is created for you) and "
+        "an export line to paste into another shell. --token sets the token it accepts.",
+    )
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    p.add_argument(
+        "--heartbeat", type=float, default=15.0, metavar="S", help="heartbeat interval (seconds)"
+    )
+    p.add_argument(
+        "--script",
+        choices=("demo", "default"),
+        default="demo",
+        help="the scripted agent: paced for watching (demo) or instant (default)",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ResumeExhaustedError) and exc.__cause__ is not None:
+        text = f"{text}: {exc.__cause__}"
+    return " ".join(text.split())
+
+
+async def _run(args: argparse.Namespace, out: _Output) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    signals = _Signals(task)
+    signals.install()
+    command: Command = args.func
+    try:
+        return await command(args, _Context(out, signals))
+    except asyncio.CancelledError:
+        if signals.received is None:
+            raise
+        return signals.exit_code()
+    finally:
+        signals.uninstall()
+
+
+def _setup_logging(verbose: bool) -> None:
+    if not verbose:
+        return
+    logger = logging.getLogger("qoder_async")
+    logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _setup_logging(args.verbose)
+    out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
+    out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+    try:
+        return asyncio.run(_run(args, out))
+    except KeyboardInterrupt:  # a Ctrl-C the event loop did not see (startup, Windows)
+        return EXIT_INTERRUPTED
+    except ConfigurationError as exc:
+        out.note(f"error: {_error_text(exc)}")
+        return EXIT_USAGE
+    except QoderError as exc:
+        out.note(f"error: {_error_text(exc)}")
+        return EXIT_ERROR
+    except BrokenPipeError:  # `qoder-async events ... | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        out.note(f"internal error: {type(exc).__name__}: {_error_text(exc)} (-v shows more)")
+        return EXIT_ERROR

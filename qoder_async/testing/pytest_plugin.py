@@ -1,0 +1,104 @@
+"""pytest fixtures for code that talks to Qoder: a fake API and a client pointed at it.
+
+Testing your bot
+================
+
+Installing ``qoder-async`` registers this plugin with pytest (entry point
+``qoder_async``), so the fixtures are there without any import. They are
+async fixtures and need **pytest-asyncio** (``pip install pytest-asyncio``),
+in ``auto`` or ``strict`` mode::
+
+    # test_bot.py
+    from qoder_async.testing import TurnContext
+
+
+    async def test_bot_replies(qoder_fake_server, qoder_client):
+        session = qoder_fake_server.add_session()
+        turn = await qoder_client.session(session["id"]).send("Hello")
+        result = await turn.result()
+        assert "Hello" in result.text                # the default agent echoes you
+
+
+    async def test_bot_with_my_own_agent(qoder_fake_server, qoder_client):
+        async def agent(ctx: TurnContext) -> None:
+            await ctx.message(f"echo: {ctx.text}")
+
+        qoder_fake_server.script = agent             # switch scripts at any time
+        session = qoder_fake_server.add_session()
+        result = await (await qoder_client.session(session["id"]).send("hi")).result()
+        assert result.text == "echo: hi"
+
+In strict mode mark the tests with ``@pytest.mark.asyncio``. Point your own
+code at ``qoder_fake_server.base_url`` and ``qoder_fake_server.token`` if it
+builds its own client (plain ``http://`` to 127.0.0.1 is accepted).
+
+Fixtures (both function-scoped):
+
+``qoder_fake_server``
+    A started :class:`~qoder_async.testing.FakeQoderServer` on 127.0.0.1 with a
+    short heartbeat interval (0.2 s); closed after the test. Use its ``faults``,
+    ``dialect`` and ``script`` attributes to shape what the API does, and
+    ``stored_events(...)``/``requests`` to check what your code sent.
+``qoder_client``
+    A :class:`~qoder_async.QoderClient` pointed at ``qoder_fake_server``;
+    closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - exercised only without pytest-asyncio
+    HAVE_PYTEST_ASYNCIO = False
+else:
+    HAVE_PYTEST_ASYNCIO = True
+
+if TYPE_CHECKING:
+    from qoder_async import QoderClient
+    from qoder_async.testing import FakeQoderServer
+
+__all__ = ["qoder_client", "qoder_fake_server"]
+
+#: Heartbeat interval of ``qoder_fake_server``: short, so stalls show up quickly.
+HEARTBEAT_INTERVAL = 0.2
+
+_NEEDS_PYTEST_ASYNCIO = (
+    "the qoder_fake_server and qoder_client fixtures need pytest-asyncio: "
+    "pip install pytest-asyncio"
+)
+
+
+def _async_fixture(func: Callable[..., Any]) -> Any:
+    """``pytest_asyncio.fixture``, or a fixture that fails with a clear message without it."""
+    if HAVE_PYTEST_ASYNCIO:
+        return pytest_asyncio.fixture(func)
+
+    def unavailable() -> None:  # pragma: no cover - exercised only without pytest-asyncio
+        pytest.fail(_NEEDS_PYTEST_ASYNCIO)
+
+    return pytest.fixture(name=func.__name__)(unavailable)
+
+
+@_async_fixture
+async def qoder_fake_server() -> AsyncIterator[FakeQoderServer]:
+    """A started fake Qoder API on 127.0.0.1 (heartbeat every 0.2 s); closed after the test."""
+    from qoder_async.testing import FakeQoderServer
+
+    async with FakeQoderServer(heartbeat_interval=HEARTBEAT_INTERVAL) as server:
+        yield server
+
+
+@_async_fixture
+async def qoder_client(qoder_fake_server: FakeQoderServer) -> AsyncIterator[QoderClient]:
+    """A ``QoderClient`` pointed at ``qoder_fake_server``; closed after the test."""
+    from qoder_async import QoderClient
+
+    async with QoderClient(
+        token=qoder_fake_server.token, base_url=qoder_fake_server.base_url
+    ) as client:
+        yield client

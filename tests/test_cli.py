@@ -1,0 +1,534 @@
+"""The ``qoder-async`` command line, run as a subprocess against a fake server in this process.
+
+Every command runs as ``python -m qoder_async ...`` with ``QODER_BASE_URL`` and
+``QODER_PAT`` pointing at the ``server`` fixture. Timeouts only guard against
+hangs; nothing here measures time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+
+import attrs
+import httpx
+import pytest
+
+from qoder_async import QoderClient
+from qoder_async._cli import main
+from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
+
+TIMEOUT = 30.0
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any Qoder settings (no test may reach the real API)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QODER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def server_env(server: FakeQoderServer) -> dict[str, str]:
+    return clean_env({"QODER_BASE_URL": server.base_url, "QODER_PAT": server.token})
+
+
+@attrs.frozen
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+class Cli:
+    """A running ``python -m qoder_async`` process whose output can be read as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.seen: dict[str, list[str]] = {"out": [], "err": []}
+
+    @classmethod
+    async def start(cls, *args: str, env: Mapping[str, str]) -> Cli:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "qoder_async",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env),
+        )
+        return cls(proc)
+
+    async def wait_line(self, predicate: Callable[[str], bool], *, stream: str = "out") -> str:
+        """Read lines of stdout (or stderr) until one matches; fails on EOF or timeout."""
+        reader = self.proc.stdout if stream == "out" else self.proc.stderr
+        assert reader is not None
+        async with asyncio.timeout(TIMEOUT):
+            while raw := await reader.readline():
+                line = raw.decode().rstrip("\n")
+                self.seen[stream].append(line)
+                if predicate(line):
+                    return line
+        raise AssertionError(f"no matching line on std{stream}; saw {self.seen[stream]!r}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    async def finish(self) -> Result:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                out, err = await self.proc.communicate()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.communicate()
+            raise
+        assert self.proc.returncode is not None
+        before_out = "".join(line + "\n" for line in self.seen["out"])
+        before_err = "".join(line + "\n" for line in self.seen["err"])
+        return Result(self.proc.returncode, before_out + out.decode(), before_err + err.decode())
+
+
+async def run(*args: str, env: Mapping[str, str]) -> Result:
+    """Run the CLI to completion."""
+    return await (await Cli.start(*args, env=env)).finish()
+
+
+def assert_clean_error(result: Result, code: int) -> None:
+    assert result.code == code, result
+    assert "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+
+
+async def finished_turn(client: QoderClient, session_id: str, text: str = "hello") -> None:
+    await (await client.session(session_id).send(text)).result()
+
+
+# --------------------------------------------------------------------------- demo and chat
+
+
+async def test_demo_streams_a_turn_without_a_token() -> None:
+    result = await run("demo", "--message", "What is here?", env=clean_env())
+    assert result.code == 0, result
+    lines = result.lines
+    you = next(i for i, line in enumerate(lines) if line.startswith("you: What is here?"))
+    tool = lines.index("→ Read(file_path=README.md)")
+    assert lines[tool + 1] == "← # demo-project"
+    reply = next(i for i, line in enumerate(lines) if line.startswith('You said: "What is here?"'))
+    summary = lines[-1]
+    assert you < tool < reply < len(lines) - 1
+    assert summary.startswith("■ done · stop: end_turn · usage: ")
+    assert "input" in summary
+    assert "output tokens" in summary
+
+
+REPLY = "Streaming works: the first words, then the middle, and finally the end."
+
+
+async def paced(ctx: TurnContext) -> None:
+    await ctx.thinking("Reading first.")
+    await ctx.tool("Read", {"file_path": "app.py"}, "def main():\n    pass\n")
+    await ctx.message(REPLY, chunks=8, delay=0.02)
+    ctx.emit(
+        "span.model_request_end",
+        is_error=False,
+        model_usage={"input_tokens": 42, "output_tokens": 7},
+    )
+
+
+async def test_chat_streams_tools_then_the_reply_then_the_stop_reason(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    server.script = paced
+    result = await run("chat", session_id, "Analyze", "this", env=server_env(server))
+    assert result.code == 0, result
+    assert result.lines[:3] == [
+        "· Reading first.",
+        "→ Read(file_path=app.py)",
+        "← def main():",
+    ]
+    assert result.lines[3] == REPLY
+    assert result.lines[4].startswith("■ done · stop: end_turn · usage: 42 input / 7 output tokens")
+    assert len(result.lines) == 5
+    assert server.user_messages(session_id)[0]["content"][0]["text"] == "Analyze this"
+
+
+async def test_chat_json_prints_one_event_per_line(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    result = await run("chat", session_id, "hi", "--json", env=server_env(server))
+    assert result.code == 0, result
+    events = [json.loads(line) for line in result.lines]
+    types = [e["type"] for e in events]
+    assert types[0] == "user.message"
+    assert types[-1] == "session.status_idle"
+    assert "agent.message" in types
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))
+    stored = [e["id"] for e in server.stored_events(session_id)]
+    assert ids == stored
+
+
+async def test_chat_busy_session_fails_or_interrupts(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(30)
+
+    server.script = slow
+    env = server_env(server)
+    first = await Cli.start("chat", session_id, "first", env=env)
+    await server.wait_for_event(session_id, "session.status_running")
+
+    busy = await run("chat", session_id, "second", env=env)
+    assert_clean_error(busy, 1)
+    assert "409" in busy.err
+
+    async def quick(ctx: TurnContext) -> None:
+        await ctx.message(f"done: {ctx.text}")
+
+    server.script = quick
+    third = await run("chat", session_id, "third", "--on-busy", "interrupt", env=env)
+    assert third.code == 0, third
+    assert "done: third" in third.out
+    first_result = await first.finish()
+    assert first_result.code == 0, first_result
+    types = [e["type"] for e in server.stored_events(session_id)]
+    assert "user.interrupt" in types
+
+
+async def forever(ctx: TurnContext) -> None:
+    await ctx.message("Working on it...")
+    await ctx.sleep(60)
+
+
+async def test_first_ctrl_c_interrupts_the_turn_and_keeps_streaming(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    server.script = forever
+    cli = await Cli.start("chat", session_id, "long job", env=server_env(server))
+    await server.wait_for_event(session_id, "agent.message")  # the reply is mid-line now
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert "interrupting" in result.err
+    assert result.lines[-1].startswith("■ interrupted · stop: end_turn")
+    assert "user.interrupt" in [e["type"] for e in server.stored_events(session_id)]
+
+
+async def test_second_ctrl_c_quits_with_130(server: FakeQoderServer, session_id: str) -> None:
+    server.script = forever
+    cli = await Cli.start("chat", session_id, "long job", env=server_env(server))
+    await server.wait_for_event(session_id, "agent.message")  # the reply is mid-line now
+    # The interrupt is accepted but never reaches the agent: the turn keeps running.
+    accepted = {"data": [{"id": "evt_canned", "type": "user.interrupt", "session_id": session_id}]}
+    server.faults.respond_next.append(
+        CannedResponse(
+            "POST",
+            r"/events$",
+            202,
+            {"Content-Type": "application/json"},
+            json.dumps(accepted).encode(),
+        )
+    )
+    cli.signal(signal.SIGINT)
+    await cli.wait_line(lambda line: "interrupting" in line, stream="err")
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 130, result
+    assert "Traceback" not in result.err
+
+
+# --------------------------------------------------------------------------- tail and events
+
+
+async def test_tail_follows_until_ctrl_c(
+    server: FakeQoderServer, client: QoderClient, session_id: str
+) -> None:
+    cli = await Cli.start("tail", session_id, env=server_env(server))
+    await finished_turn(client, session_id, "follow me")
+    first = await cli.wait_line(lambda line: "user.message" in line)
+    assert "follow me" in first
+    await cli.wait_line(lambda line: "→ Read(" in line)
+    last = await cli.wait_line(lambda line: " idle " in line)
+    assert last.endswith("end_turn")
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 130, result
+    last_id = server.stored_events(session_id)[-1]["id"]
+    assert f"--from {last_id}" in result.err
+
+
+async def test_tail_ends_when_the_session_is_deleted(
+    server: FakeQoderServer, client: QoderClient, session_id: str
+) -> None:
+    await finished_turn(client, session_id)
+    cli = await Cli.start("tail", session_id, env=server_env(server))
+    await cli.wait_line(lambda line: " idle " in line)
+    await client.sessions.delete(session_id)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert " deleted" in result.lines[-1]
+
+
+async def test_tail_from_an_event_with_deltas_as_json(
+    server: FakeQoderServer, client: QoderClient, session_id: str
+) -> None:
+    await finished_turn(client, session_id, "old turn")
+    cursor = server.stored_events(session_id)[-1]["id"]
+    cli = await Cli.start(
+        "tail", session_id, "--from", cursor, "--deltas", "--json", env=server_env(server)
+    )
+    async with asyncio.timeout(TIMEOUT):  # previews are live only: wait for the connection
+        while server.open_streams == 0:
+            await asyncio.sleep(0.02)
+    await finished_turn(client, session_id, "new turn")
+    await cli.wait_line(lambda line: json.loads(line)["type"] == "session.status_idle")
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 130, result
+    events = [json.loads(line) for line in result.lines]
+    assert events[0]["type"] == "user.message"
+    assert "new turn" in json.dumps(events[0])
+    assert "old turn" not in result.out
+    assert {"event_start", "event_delta"} <= {e["type"] for e in events}
+
+
+async def test_events_lists_history(
+    server: FakeQoderServer, client: QoderClient, session_id: str
+) -> None:
+    await finished_turn(client, session_id)
+    env = server_env(server)
+    stored = server.stored_events(session_id)
+
+    everything = await run("events", session_id, env=env)
+    assert everything.code == 0, everything
+    assert [line.split()[0] for line in everything.lines] == [e["id"] for e in stored]
+
+    newest = await run("events", session_id, "--order", "desc", "--limit", "2", env=env)
+    assert [line.split()[0] for line in newest.lines] == [stored[-1]["id"], stored[-2]["id"]]
+    assert newest.lines[0].split()[2] == "idle"
+
+    only = await run(
+        "--json", "events", session_id, "--type", "agent.message", "agent.tool_use", env=env
+    )
+    assert only.code == 0, only
+    assert sorted(json.loads(line)["type"] for line in only.lines) == [
+        "agent.message",
+        "agent.tool_use",
+    ]
+
+
+# --------------------------------------------------------------------------- resources
+
+
+async def test_sessions_commands(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    agent = server.add_agent("helper")
+    environment = server.add_environment("box")
+    existing = server.add_session(title="existing")
+
+    listed = await run("sessions", "list", env=env)
+    assert listed.code == 0, listed
+    assert listed.lines[0].startswith(existing["id"])
+    assert "existing" in listed.lines[0]
+
+    created = await run(
+        "sessions",
+        "create",
+        "--agent",
+        agent["id"],
+        "--environment",
+        environment["id"],
+        "--title",
+        "from the cli",
+        "--json",
+        env=env,
+    )
+    assert created.code == 0, created
+    session = json.loads(created.out)
+    assert session["title"] == "from the cli"
+    assert server.session(session["id"])["title"] == "from the cli"
+
+    got = await run("sessions", "get", session["id"], env=env)
+    assert got.code == 0, got
+    assert f"id:          {session['id']}" in got.lines
+    assert "title:       from the cli" in got.lines
+
+    cancelled = await run("sessions", "cancel", session["id"], env=env)
+    assert cancelled.code == 0, cancelled
+    assert cancelled.lines[0] == f"id:          {session['id']}"
+    assert cancelled.lines[1].startswith("status:")
+
+    archived = await run("--json", "sessions", "archive", session["id"], env=env)
+    assert archived.code == 0, archived
+    assert json.loads(archived.out)["archived_at"]
+    assert server.session(session["id"])["archived_at"]
+
+    as_json = await run("sessions", "list", "--json", "--limit", "1", env=env)
+    assert len(as_json.lines) == 1
+    assert json.loads(as_json.lines[0])["id"] == existing["id"]
+
+
+async def test_agents_commands(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    created = await run(
+        "agents",
+        "create",
+        "--name",
+        "reviewer",
+        "--model",
+        "auto",
+        "--system",
+        "Be brief.",
+        env=env,
+    )
+    assert created.code == 0, created
+    assert "name:        reviewer" in created.lines
+    assert "system:      Be brief." in created.lines
+    listed = await run("agents", "list", env=env)
+    assert listed.code == 0, listed
+    assert any("reviewer" in line and "model=auto" in line for line in listed.lines)
+    as_json = await run("--json", "agents", "list", env=env)
+    assert [json.loads(line)["name"] for line in as_json.lines] == ["reviewer"]
+
+
+async def test_environments_commands(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    created = await run("environments", "create", "--name", "sandbox", "--json", env=env)
+    assert created.code == 0, created
+    environment = json.loads(created.out)
+    assert environment["name"] == "sandbox"
+    listed = await run("environments", "list", env=env)
+    assert listed.code == 0, listed
+    assert listed.lines[0].startswith(environment["id"])
+    assert "sandbox" in listed.lines[0]
+
+
+# --------------------------------------------------------------------------- fake-server
+
+
+async def test_fake_server_serves_until_ctrl_c() -> None:
+    cli = await Cli.start("fake-server", "--port", "0", "--heartbeat", "1", env=clean_env())
+    values = {}
+    while "export" not in values:
+        line = await cli.wait_line(lambda line: True)
+        key, _, value = line.partition("=")
+        values[key.split()[0]] = value
+    base_url, token, session_id = values["base_url"], values["token"], values["session_id"]
+    assert base_url.startswith("http://127.0.0.1:")
+    assert base_url.endswith("/api/v1/cloud")
+    assert values["export"] == f"{base_url} QODER_PAT={token}"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        answer = await http.get(f"{base_url}/sessions/{session_id}")
+        assert answer.status_code == 200
+        assert answer.json()["id"] == session_id
+    chat = await run(
+        "chat", session_id, "hi", env=clean_env({"QODER_BASE_URL": base_url, "QODER_PAT": token})
+    )
+    assert chat.code == 0, chat
+    assert 'You said: "hi"' in chat.out
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+
+
+# --------------------------------------------------------------------------- errors and options
+
+
+async def test_api_error_is_one_line_with_the_request_id(server: FakeQoderServer) -> None:
+    result = await run("sessions", "get", "sess_missing", env=server_env(server))
+    assert_clean_error(result, 1)
+    assert "not_found" in result.err
+    assert "request_id=req_" in result.err
+    assert server.token not in result.err
+    assert result.out == ""
+
+
+async def test_wrong_token_is_an_api_error(server: FakeQoderServer) -> None:
+    result = await run("--token", "pt-wrong-secret", "sessions", "list", env=server_env(server))
+    assert_clean_error(result, 1)
+    assert "401" in result.err
+    assert "pt-wrong-secret" not in result.err
+
+
+async def test_missing_token_is_a_configuration_error() -> None:
+    result = await run("sessions", "list", env=clean_env())
+    assert_clean_error(result, 2)
+    assert "--token" in result.err
+    assert "QODER_PAT" in result.err
+
+
+async def test_usage_errors_exit_2() -> None:
+    result = await run("chat", env=clean_env())
+    assert result.code == 2
+    assert "usage:" in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_verbose_logs_requests_but_never_the_token(server: FakeQoderServer) -> None:
+    result = await run("-v", "environments", "list", env=server_env(server))
+    assert result.code == 0, result
+    assert "GET /environments -> 200" in result.err
+    assert server.token not in result.err
+
+
+COMMANDS = [
+    [],
+    ["demo"],
+    ["chat"],
+    ["tail"],
+    ["events"],
+    ["sessions"],
+    ["sessions", "list"],
+    ["sessions", "create"],
+    ["sessions", "get"],
+    ["sessions", "cancel"],
+    ["sessions", "archive"],
+    ["agents"],
+    ["agents", "list"],
+    ["agents", "create"],
+    ["environments"],
+    ["environments", "list"],
+    ["environments", "create"],
+    ["fake-server"],
+]
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process: one interpreter start per command would cost more than the rest of the file.
+    for cmd in COMMANDS:
+        assert main([*cmd, "--help"]) == 0, cmd
+        out = capsys.readouterr().out
+        assert "Example:" in out, cmd
+        assert "--json" in out, cmd
+        assert "--base-url" in out, cmd
+
+
+async def test_help_as_a_subprocess() -> None:
+    result = await run("chat", "--help", env=clean_env())
+    assert result.code == 0, result
+    assert "Example:" in result.out
+    assert "--on-busy" in result.out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+async def test_global_options_go_before_or_after_the_command(
+    server: FakeQoderServer, where: str
+) -> None:
+    server.add_environment("placed")
+    options = ["--base-url", server.base_url, "--token", server.token, "--json"]
+    command = ["environments", "list"]
+    args = options + command if where == "before" else command + options
+    result = await run(*args, env=clean_env())
+    assert result.code == 0, result
+    assert json.loads(result.out)["name"] == "placed"
