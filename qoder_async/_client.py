@@ -23,6 +23,7 @@ import aiohttp
 import httpx
 import httpx_sse
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream
 
 from ._backoff import Reconnector, ReconnectPolicy, RetryPolicy
 from ._convert import (
@@ -317,62 +318,100 @@ def _list_params(**values: Any) -> list[tuple[str, str]]:
 
 
 class _Watchdog:
-    """Cancels the reading task when no real event arrived for ``timeout`` seconds.
+    """Cancels the reading task when its stream stops making progress.
 
-    The stall clock only runs while the task waits on the network for a session
-    that is active; it costs one counter increment per event (``ticks``): a
-    timer checks every ``timeout / 4`` whether the counter moved. A stall is so
-    detected between ``timeout`` and ``1.25 * timeout`` after the last event.
-    The cancellation is taken back with ``Task.uncancel`` by the reader, exactly
-    like ``asyncio.timeout`` does.
+    Two clocks, both only running while the task waits on the network (not while
+    the consumer is busy): *read* fires after ``read_timeout`` seconds without
+    any bytes, *stall* after ``stall_timeout`` seconds without a real event
+    while the session is active (heartbeats are bytes, not events). They cost
+    one counter increment per chunk (``chunks``) and per event (``ticks``) and
+    one timer per stream that checks every quarter of the shorter timeout, so a
+    timeout is detected within 1.25x its value. (aiohttp's own read timeout
+    re-arms a timer on every chunk: at thousands of chunks a second that was the
+    largest single cost of a many-stream client.) The cancellation is taken back
+    with ``Task.uncancel`` by the reader, exactly like ``asyncio.timeout`` does.
     """
 
     __slots__ = (
         "_active",
         "_handle",
         "_loop",
-        "_seen",
+        "_period",
+        "_seen_chunks",
+        "_seen_ticks",
         "_task",
+        "chunks",
         "fired",
+        "last_bytes",
         "last_progress",
+        "read_timeout",
         "reading",
+        "stall_timeout",
         "ticks",
-        "timeout",
     )
 
-    def __init__(self, timeout: float, active: Callable[[], bool]) -> None:
-        self.timeout = timeout
+    def __init__(
+        self, read_timeout: float | None, stall_timeout: float | None, active: Callable[[], bool]
+    ) -> None:
+        self.read_timeout = read_timeout
+        self.stall_timeout = stall_timeout
+        self._period = min(t for t in (read_timeout, stall_timeout) if t) / 4
         self._active = active
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self.last_progress = self._loop.time()
+        self._handle: asyncio.Handle | None = None
+        self.last_bytes = self.last_progress = self._loop.time()
         self.reading = False
-        self.fired = False
-        self.ticks = 0
-        self._seen = 0
+        self.fired: str | None = None
+        self.chunks = self.ticks = self._seen_chunks = self._seen_ticks = 0
 
     def start(self) -> None:
         self._task = asyncio.current_task()
-        self.last_progress = self._loop.time()
-        self._seen = self.ticks
-        self.fired = False
+        self.last_bytes = self.last_progress = self._loop.time()
+        self._seen_chunks, self._seen_ticks = self.chunks, self.ticks
+        self.fired = None
         self._arm()
 
     def _arm(self) -> None:
-        self._handle = self._loop.call_at(self._loop.time() + self.timeout / 4, self._check)
+        self._handle = self._loop.call_at(self._loop.time() + self._period, self._check)
 
     def _check(self) -> None:
         self._handle = None
         now = self._loop.time()
-        if self.ticks != self._seen or not self.reading or not self._active():
-            self._seen = self.ticks
-            self.last_progress = now
-        elif now - self.last_progress >= self.timeout and self._task is not None:
-            self.fired = True
-            self._task.cancel()
-            return
+        if not self.reading:
+            self.last_bytes = self.last_progress = now
+        else:
+            if self.chunks != self._seen_chunks:
+                self._seen_chunks = self.chunks
+                self.last_bytes = now
+            if self.ticks != self._seen_ticks or not self._active():
+                self._seen_ticks = self.ticks
+                self.last_progress = now
+            late = (self.read_timeout and now - self.last_bytes >= self.read_timeout) or (
+                self.stall_timeout and now - self.last_progress >= self.stall_timeout
+            )
+            if late:
+                # Not yet: after a long pause (a busy loop, a GC), data may be waiting
+                # in this very loop iteration; confirm once the reader had its turn.
+                self._handle = self._loop.call_soon(self._confirm, self.chunks, self.ticks)
+                return
         self._arm()
+
+    def _confirm(self, chunks: int, ticks: int) -> None:
+        self._handle = None
+        if self.reading and self._task is not None:
+            if (
+                self.chunks == chunks
+                and self.read_timeout
+                and (self._loop.time() - self.last_bytes >= self.read_timeout)
+            ):
+                self.fired = "read"
+            elif self.ticks == ticks and self.stall_timeout and self._active():
+                self.fired = "stall"
+            if self.fired:
+                self._task.cancel()
+                return
+        self._check()
 
     def idle_for(self) -> float:
         return self._loop.time() - self.last_progress
@@ -425,6 +464,7 @@ class EventStream:
         dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
         cursor_store: CursorStore | None = None,
         on_reconnect: Callable[[], None] | None = None,
+        lazy_raw: bool = False,
     ) -> None:
         self._client = client
         self.session_id = session_id
@@ -440,6 +480,7 @@ class EventStream:
             last_event_id=last_event_id,
             max_event_bytes=max_event_bytes,
             dedupe_window=dedupe_window,
+            lazy_raw=lazy_raw,
         )
         self._cursor = last_event_id
         self._cursor_loaded = last_event_id is not None or cursor_store is None
@@ -511,7 +552,11 @@ class EventStream:
             self._cursor_loaded = True
         rng = random.Random()
         state = Reconnector(self._reconnect, clock=time.monotonic, rand=rng.random)
-        watchdog = _Watchdog(self.stall_timeout, self._active) if self.stall_timeout else None
+        watchdog = (
+            _Watchdog(self._read_timeout, self.stall_timeout, self._active)
+            if self._read_timeout or self.stall_timeout
+            else None
+        )
         decoder = self._decoder
         stalls_in_a_row = 0
         heartbeats_at_stall = 0
@@ -526,12 +571,9 @@ class EventStream:
                     self.connections += 1
                     if watchdog is not None:
                         watchdog.start()
-                    encoding = response.headers.get("content-encoding", "identity")
-                    chunks = (
-                        response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
-                    )
+                    chunks = _body_chunks(response)
                     store = self._cursor_store
-                    pull = decoder.pull
+                    decode = decoder.feed
                     progressed = False
                     try:
                         while True:
@@ -544,8 +586,9 @@ class EventStream:
                             finally:
                                 if watchdog is not None:
                                     watchdog.reading = False
-                            decoder.push(chunk)
-                            while (ev := pull()) is not None:
+                            if watchdog is not None:
+                                watchdog.chunks += 1
+                            for ev in decode(chunk):
                                 cls = type(ev)
                                 ending = False
                                 if cls is not EventDelta and cls is not EventStart:
@@ -568,6 +611,8 @@ class EventStream:
                                     await self._save_cursor()
                                 if ending:
                                     return
+                            if decoder.error is not None:
+                                raise decoder.error  # after every event before it
                             if decoder.done:
                                 return
                     finally:
@@ -580,27 +625,34 @@ class EventStream:
                 task = asyncio.current_task()
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel() > 0:
                     raise
-                watchdog.fired = False
-                self.stalls += 1
-                stalls_in_a_row += 1
-                idle = watchdog.idle_for()
-                logger.debug(
-                    "stream %s stalled (%d in a row, %d heartbeats); reconnecting from %s",
-                    self.session_id,
-                    stalls_in_a_row,
-                    self.heartbeats - heartbeats_at_stall,
-                    self._cursor,
-                )
-                if stalls_in_a_row >= self.max_stalls:
-                    raise StreamStalledError(
-                        stalls=stalls_in_a_row,
-                        stall_timeout=watchdog.timeout,
-                        idle_seconds=idle,
-                        heartbeats=self.heartbeats - heartbeats_at_stall,
-                        last_event_id=self._cursor,
-                    ) from None
-                heartbeats_at_stall = self.heartbeats
-                state.attempts = 0  # a stall is not a connection failure
+                fired, watchdog.fired = watchdog.fired, None
+                if fired == "read":
+                    cause = APITimeoutError(
+                        f"no data on the stream for {watchdog.read_timeout}s (read_timeout)",
+                        method="GET",
+                        url=self._path,
+                    )
+                else:
+                    self.stalls += 1
+                    stalls_in_a_row += 1
+                    idle = watchdog.idle_for()
+                    logger.debug(
+                        "stream %s stalled (%d in a row, %d heartbeats); reconnecting from %s",
+                        self.session_id,
+                        stalls_in_a_row,
+                        self.heartbeats - heartbeats_at_stall,
+                        self._cursor,
+                    )
+                    if stalls_in_a_row >= self.max_stalls:
+                        raise StreamStalledError(
+                            stalls=stalls_in_a_row,
+                            stall_timeout=watchdog.stall_timeout or 0.0,
+                            idle_seconds=idle,
+                            heartbeats=self.heartbeats - heartbeats_at_stall,
+                            last_event_id=self._cursor,
+                        ) from None
+                    heartbeats_at_stall = self.heartbeats
+                    state.attempts = 0  # a stall is not a connection failure
             except _Retryable as exc:
                 cause = exc.cause
                 server_retry = exc.retry_after
@@ -642,10 +694,11 @@ class EventStream:
         headers["Cache-Control"] = "no-store"
         if self._cursor:
             headers["Last-Event-ID"] = self._cursor
+        # No transport read timeout: the watchdog keeps ``read_timeout`` (cheaper per chunk).
         timeout = httpx.Timeout(
             client._timeout.connect or 10.0,
             connect=client._timeout.connect,
-            read=self._read_timeout,
+            read=None,
             pool=client._timeout.pool,
         )
         url = client._url(self._path)
@@ -690,6 +743,24 @@ class EventStream:
                     last_event_id=self._cursor,
                 )
             yield response
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as it arrives.
+
+    Under the default transport the chunks are read straight from aiohttp's
+    buffer: httpx's own iteration adds four generator layers per chunk, which at
+    thousands of small chunks a second (many sessions, one event each) is most
+    of the client's CPU. Any other transport goes through httpx as usual.
+    """
+    encoding = response.headers.get("content-encoding", "identity")
+    if encoding != "identity":
+        return response.aiter_bytes()
+    stream = getattr(response.stream, "_stream", None)  # httpx's BoundAsyncStream wraps it
+    native = getattr(stream, "_aiohttp_response", None)
+    if isinstance(stream, AiohttpResponseStream) and isinstance(native, aiohttp.ClientResponse):
+        return native.content.iter_any()
+    return response.aiter_raw()
 
 
 class _Retryable(Exception):
@@ -1191,13 +1262,17 @@ class QoderClient:
         *,
         event_deltas: Iterable[str] = ("agent.message",),
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        max_stalls: int = DEFAULT_MAX_STALLS,
         queue_size: int = 1024,
     ) -> SessionHandle:
         """A handle on a session for the turn API (no I/O until you send or listen).
 
         One handle (and one SSE connection) per session id and client: asking
-        again returns the same handle. ``event_deltas`` selects the live
-        previews its connection asks for (``text_stream()`` uses them).
+        again returns the same handle (the options of the first call apply).
+        ``event_deltas`` selects the live previews its connection asks for
+        (``text_stream()`` uses them); ``stall_timeout``/``max_stalls`` are the
+        connection's stall rules (see :class:`EventStream`); ``queue_size``
+        bounds each listener's queue.
         """
         from ._session import SessionHandle
 
@@ -1210,6 +1285,7 @@ class QoderClient:
                 session_id,
                 event_deltas=tuple(event_deltas),
                 stall_timeout=stall_timeout,
+                max_stalls=max_stalls,
                 queue_size=queue_size,
             )
             sessions[session_id] = handle

@@ -458,12 +458,14 @@ class SessionHandle:
         *,
         event_deltas: tuple[str, ...],
         stall_timeout: float | None,
+        max_stalls: int,
         queue_size: int,
     ) -> None:
         self._client = client
         self.id = session_id
         self._event_deltas = event_deltas
         self._stall_timeout = stall_timeout
+        self._max_stalls = max_stalls
         self._queue_size = queue_size
         self._router: TurnRouter[Turn] = TurnRouter()
         self._listeners: list[_Listener] = []
@@ -709,13 +711,19 @@ class SessionHandle:
     # -- the pump
 
     def _start_pump(self, cursor: str | None) -> None:
-        stream = self._client.sessions.events.stream(
+        from ._client import EventStream
+
+        # Turns keep their events (for result()), so their events keep raw lazily.
+        stream = EventStream(
+            self._client,
             self.id,
             last_event_id=cursor,
             event_deltas=self._event_deltas,
             stall_timeout=self._stall_timeout,
+            max_stalls=self._max_stalls,
+            on_reconnect=self._on_reconnect,
+            lazy_raw=True,
         )
-        stream._on_reconnect = self._on_reconnect
         self._stream = stream
         self.connections += 1
         self._task = asyncio.get_running_loop().create_task(

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from ._convert import ShapeError, structure_event
-from ._errors import FrameTooLargeError, StreamDecodeError, error_from_envelope
+from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
 from ._models import (
     AgentContentBlockDelta,
     AgentMessage,
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
-DEFAULT_DEDUPE_WINDOW = 4096
+DEFAULT_DEDUPE_WINDOW = 512
 PREVIEW_TYPES = frozenset({"event_start", "event_delta"})
 _KEEPALIVE_EVENTS = frozenset({"heartbeat", "ping"})
 
@@ -293,25 +293,30 @@ class SSEDecoder:
 class EventDecoder:
     """Frames -> typed events, with the resume cursor and a bounded dedupe window.
 
-    Feed bytes with :meth:`feed` (or frames with :meth:`frames`); read
-    ``last_event_id`` (the resume cursor), ``retry_ms`` (the server's ``retry:``),
-    ``heartbeats`` and ``done``. One decoder lives as long as a logical stream,
-    across reconnects: call :meth:`reconnected` when a new connection starts so a
-    frame cut by the drop is discarded while the dedupe window is kept.
+    Feed bytes with :meth:`feed` (all events of a chunk at once) or with
+    :meth:`push` and :meth:`pull` (one at a time, the cursor moving with each);
+    read ``last_event_id`` (the resume cursor), ``retry_ms`` (the server's
+    ``retry:``), ``heartbeats`` and ``done``. One decoder lives as long as a
+    logical stream, across reconnects: call :meth:`reconnected` when a new
+    connection starts so a frame cut by the drop is discarded while the dedupe
+    window is kept. With ``lazy_raw`` events keep their frame's bytes as ``raw``
+    (parsed again on first access): cheaper to keep many events, dearer to read
+    ``raw`` of each.
     """
 
     __slots__ = (
         "_comments",
-        "_dedupe_q",
-        "_dedupe_set",
+        "_lazy_raw",
         "_loads",
         "_max",
         "_next",
         "_pending",
+        "_seen",
         "_sse",
         "_window",
         "done",
         "duplicates",
+        "error",
         "events",
         "heartbeats",
         "last_event_id",
@@ -326,13 +331,15 @@ class EventDecoder:
         dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
         seen_ids: Iterable[str] = (),
         loads: Callable[[bytes], Any] = json_loads,
+        lazy_raw: bool = False,
     ) -> None:
         self._loads = loads
+        self._lazy_raw = lazy_raw
+        self.error: StreamDecodeError | APIStatusError | None = None
         self._max = max_event_bytes
         self._sse = SSEDecoder(max_event_bytes)
         self._window = dedupe_window
-        self._dedupe_q: deque[str] = deque()
-        self._dedupe_set: set[str] = set()
+        self._seen: dict[str, None] = {}
         self._pending: list[Frame] = []
         self._next = 0
         self.last_event_id = last_event_id
@@ -393,11 +400,36 @@ class EventDecoder:
         return None
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """Decode a chunk of the response body into the new events it completes."""
-        self.push(chunk)
+        """Decode a chunk of the response body into the new events it completes.
+
+        Nothing already received is lost: when a frame is bad, the events before
+        it are returned and the error is raised by the next call (it is kept in
+        ``error`` meanwhile). ``last_event_id`` is then past all returned events.
+        """
+        if self.error is not None:
+            raise self.error
+        try:
+            frames = self._sse.feed(chunk)
+        except StreamDecodeError as exc:
+            exc.last_event_id = self.last_event_id
+            raise
         out: list[Event] = []
-        while (ev := self.pull()) is not None:
-            out.append(ev)
+        frame_event = self._frame
+        try:
+            for frame in frames:
+                if self.done:
+                    break
+                ev = frame_event(frame)
+                if ev is not None:
+                    out.append(ev)
+            if self._sse.error is not None:
+                raise self._sse.error
+        except (StreamDecodeError, APIStatusError) as exc:
+            if isinstance(exc, StreamDecodeError):
+                exc.last_event_id = self.last_event_id
+            if not out:
+                raise
+            self.error = exc
         return out
 
     def frames(self, frames: Iterable[Frame]) -> list[Event]:
@@ -417,10 +449,15 @@ class EventDecoder:
         return self.heartbeats + self._comments + self._sse.comments
 
     def _remember(self, ident: str) -> None:
-        if len(self._dedupe_q) >= self._window:
-            self._dedupe_set.discard(self._dedupe_q.popleft())
-        self._dedupe_q.append(ident)
-        self._dedupe_set.add(ident)
+        self._seen[ident] = None
+        if len(self._seen) > 2 * self._window:
+            self._trim_seen()
+
+    def _trim_seen(self) -> None:
+        # The window is a dict of str -> None, which the cyclic GC leaves untracked
+        # (a set or deque of ids is traversed by every full collection); it is cut
+        # back to the newest ``window`` ids whenever it doubles: O(1) per event.
+        self._seen = dict.fromkeys(list(self._seen)[-self._window :])
 
     def _error(self, reason: str, frame: Frame, data: bytes | None = None) -> StreamDecodeError:
         return StreamDecodeError(
@@ -454,7 +491,7 @@ class EventDecoder:
             raise self._error(f"SSE data is not a JSON object (got {type(obj).__name__})", frame)
         if name == "error" or obj.get("type") == "error":
             raise error_from_envelope(obj)
-        known = len(obj)
+        known = len(obj) if self._lazy_raw else -1
         try:
             ev = structure_event(obj, fid or None, name)
         except ShapeError as exc:
@@ -462,21 +499,19 @@ class EventDecoder:
                 f"malformed {obj.get('type') or name or 'event'}: {exc}", frame
             ) from exc
         if len(obj) == known:  # not completed from the SSE lines: the bytes say it all
-            _SET_RAW(ev, data)
+            _SET_RAW(ev, data)  # (lazy raw: events kept for long hold bytes, not dicts)
         cls = type(ev)
         if cls is EventDelta or cls is EventStart:
             return ev
         ident = ev.id
         if ident is not None:
-            seen = self._dedupe_set
+            seen = self._seen
             if ident in seen:
                 self.duplicates += 1
                 return None
-            queue = self._dedupe_q
-            if len(queue) >= self._window:
-                seen.discard(queue.popleft())
-            queue.append(ident)
-            seen.add(ident)
+            seen[ident] = None
+            if len(seen) > 2 * self._window:
+                self._trim_seen()
         if fid is not None:
             self.last_event_id = fid or None
         elif ident is not None:

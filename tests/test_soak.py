@@ -74,7 +74,7 @@ async def test_soak(capsys: pytest.CaptureFixture[str]) -> None:
             ) as client:
 
                 async def run(sid: str) -> list[tuple[str, str, list[str]]]:
-                    handle = client.session(sid, stall_timeout=0.3)
+                    handle = client.session(sid, stall_timeout=0.4, max_stalls=50)
                     out = []
                     for i in range(TURNS):
                         text = f"{sid} #{i}"

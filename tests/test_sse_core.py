@@ -254,16 +254,19 @@ def test_cursor_moves_only_as_events_are_pulled() -> None:
 
 
 def test_duplicates_are_dropped_within_the_window() -> None:
+    """The newest ``window`` ids are always remembered (at most twice as many)."""
     dec = EventDecoder(dedupe_window=2)
-    evs = dec.feed(
-        frame_bytes("a", None, ev_json("a"))
-        + frame_bytes("b", None, ev_json("b"))
-        + frame_bytes("a", None, ev_json("a"))
-        + frame_bytes("c", None, ev_json("c"))
-        + frame_bytes("a", None, ev_json("a"))  # out of the window of 2 again
-    )
-    assert [e.id for e in evs] == ["a", "b", "c", "a"]
-    assert dec.duplicates == 1
+
+    def feed(*ids: str) -> list[str]:
+        return [
+            e.id or "" for e in dec.feed(b"".join(frame_bytes(i, None, ev_json(i)) for i in ids))
+        ]
+
+    assert feed("a", "b", "a", "c", "b") == ["a", "b", "c"]
+    assert dec.duplicates == 2
+    assert feed("d", "e", "d", "e") == ["d", "e"]  # 5 ids > 2 x 2: only d, e are kept
+    assert feed("a") == ["a"]  # forgotten: older than the window
+    assert dec.duplicates == 4
 
 
 def test_keepalives_and_empty_data_move_liveness_only() -> None:

@@ -342,3 +342,16 @@ async def test_read_timeout_is_independent_of_json_timeouts(
                         pass
             assert st.reconnects == 0  # 0.5 s heartbeats never hit the 5 s read timeout
     await asyncio.sleep(0.05)
+
+
+async def test_read_timeout_reconnects_a_silent_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.heartbeat_interval = 60  # no bytes at all on an idle session
+    async with client.sessions.events.stream(session_id, read_timeout=0.2, reconnect=FAST) as st:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.5):
+                async for _ in st:
+                    pass
+        assert st.reconnects >= 1
+        assert st.stalls == 0  # silence on an idle session is not a stall
