@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from qoder_async import (
@@ -355,3 +356,20 @@ async def test_read_timeout_reconnects_a_silent_connection(
                     pass
         assert st.reconnects >= 1
         assert st.stalls == 0  # silence on an idle session is not a stall
+
+
+async def test_the_default_transport_body_is_read_from_aiohttp_directly(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """The fast path depends on httpx/httpx-aiohttp internals: notice if they move."""
+    import aiohttp
+
+    from qoder_async._client import _body_chunks
+
+    url = f"{server.base_url}/sessions/{session_id}/events/stream"
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with client._http.stream("GET", url, headers=headers) as response:
+        chunks = _body_chunks(response)
+        assert isinstance(chunks, aiohttp.streams.AsyncStreamIterator)
+    async with httpx.AsyncClient() as plain, plain.stream("GET", url, headers=headers) as response:
+        assert not isinstance(_body_chunks(response), aiohttp.streams.AsyncStreamIterator)
