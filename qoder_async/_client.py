@@ -67,7 +67,13 @@ from ._models import (
     SessionStatusRunning,
     SessionStatusTerminated,
 )
-from ._stream import DEFAULT_DEDUPE_WINDOW, DEFAULT_MAX_EVENT_BYTES, EventDecoder
+from ._stream import (
+    DEFAULT_DEDUPE_WINDOW,
+    DEFAULT_MAX_EVENT_BYTES,
+    EventDecoder,
+    json_dumps,
+    json_loads,
+)
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -122,12 +128,13 @@ _setup_logging()
 
 
 class _Secret:
-    """Holds the token; its repr never shows it."""
+    """Holds the token (and the request headers that carry it); its repr never shows it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "headers")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, headers: Mapping[str, str] | None = None) -> None:
         self._value = value
+        self.headers = {**(headers or {}), "Authorization": f"Bearer {value}"}
 
     def reveal(self) -> str:
         return self._value
@@ -178,10 +185,6 @@ def _seg(value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"an id must be a non-empty string, got {value!r}")
     return quote(value, safe="")
-
-
-def _lower_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
 
 
 # --------------------------------------------------------------------------- cursor store
@@ -727,7 +730,7 @@ class EventStream:
             if status >= 300:
                 body = await _read_limited(response)
                 err = error_from_response(
-                    status, body, _lower_headers(response.headers), method="GET", url=self._path
+                    status, body, response.headers, method="GET", url=self._path
                 )
                 retryable = status in (408, 429) or status >= 500
                 if retryable and response.headers.get("x-should-retry") != "false":
@@ -1150,7 +1153,7 @@ class QoderClient:
         default_headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
-        self._token = _Secret(_resolve_token(token))
+        token_value = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url, allow_insecure_http)
         if isinstance(timeout, httpx.Timeout):
             self._timeout = timeout
@@ -1167,11 +1170,14 @@ class QoderClient:
             )
         self.retry_policy = policy
         self.reconnect_policy = reconnect or ReconnectPolicy()
-        self._headers = {
-            "User-Agent": f"qoder-async/{__version__}",
-            "Accept": "application/json",
-            **dict(default_headers or {}),
-        }
+        self._token = _Secret(
+            token_value,
+            {
+                "User-Agent": f"qoder-async/{__version__}",
+                "Accept": "application/json",
+                **dict(default_headers or {}),
+            },
+        )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=AiohttpTransport(limits=DEFAULT_LIMITS),
@@ -1294,9 +1300,7 @@ class QoderClient:
     # -- requests
 
     def _auth_headers(self) -> dict[str, str]:
-        headers = dict(self._headers)
-        headers["Authorization"] = f"Bearer {self._token.reveal()}"
-        return headers
+        return dict(self._token.headers)
 
     def _url(self, path: str) -> str:
         return self.base_url + path
@@ -1349,7 +1353,12 @@ class QoderClient:
         headers = self._auth_headers()
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        content: bytes | None = None
+        if json is not None:
+            content = json_dumps(json)
+            headers["Content-Type"] = "application/json"
         url = self._url(path)
+        debug = logger.isEnabledFor(logging.DEBUG)
         policy = self.retry_policy
         attempt = 0
         while True:
@@ -1361,7 +1370,7 @@ class QoderClient:
                 response = await self._http.request(
                     method,
                     url,
-                    json=json,
+                    content=content,
                     params=tuple(params) if params else None,
                     headers=headers,
                     timeout=self._timeout,
@@ -1372,15 +1381,16 @@ class QoderClient:
                 logger.debug("%s %s failed: %r", method, path, error)
             else:
                 status = response.status_code
-                resp_headers = _lower_headers(response.headers)
-                logger.debug(
-                    "%s %s -> %d [%s] %.1fms",
-                    method,
-                    path,
-                    status,
-                    resp_headers.get("x-request-id") or resp_headers.get("request-id"),
-                    (time.monotonic() - started) * 1000,
-                )
+                resp_headers = response.headers  # case-insensitive
+                if debug:
+                    logger.debug(
+                        "%s %s -> %d [%s] %.1fms",
+                        method,
+                        path,
+                        status,
+                        resp_headers.get("x-request-id") or resp_headers.get("request-id"),
+                        (time.monotonic() - started) * 1000,
+                    )
                 if status < 300:
                     return self._parse(response, method, path), resp_headers
                 error = error_from_response(
@@ -1420,7 +1430,7 @@ class QoderClient:
         if not content:
             return {}
         try:
-            return response.json()
+            return json_loads(content)
         except ValueError as exc:
             raise APIResponseValidationError(
                 f"the answer is not JSON (status {response.status_code}, "

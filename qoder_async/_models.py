@@ -20,10 +20,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 from attrs import field, frozen
 
 json_loads: Callable[[bytes], Any]
+json_dumps: Callable[[Any], bytes]
 try:  # orjson is an optional extra: about 3x faster than json on this workload.
+    from orjson import dumps as json_dumps
     from orjson import loads as json_loads
 except ImportError:
-    from json import loads as json_loads
+    import json as _json
+
+    json_loads = _json.loads
+
+    def json_dumps(obj: Any) -> bytes:
+        """Compact UTF-8 JSON (what orjson.dumps gives)."""
+        return _json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
 
 __all__ = [
     "Accepted",

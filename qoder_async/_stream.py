@@ -46,6 +46,7 @@ from ._models import (
     EventDelta,
     EventStart,
     SpanModelRequestEnd,
+    json_dumps,
     json_loads,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "Frame",
     "LiveText",
     "SSEDecoder",
+    "json_dumps",
     "json_loads",
     "text_delta",
 ]
