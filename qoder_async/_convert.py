@@ -108,6 +108,7 @@ from ._models import (
 )
 
 __all__ = [
+    "EVENT_HOOKS",
     "ShapeError",
     "converter",
     "structure_agent",
@@ -678,7 +679,7 @@ def _message_stop(d: JSON) -> AgentMessageStop:
     return AgentMessageStop(_str(d, "message_id"), **_common(d))
 
 
-_EVENT_HOOKS: dict[str, Callable[[JSON], Event]] = {
+EVENT_HOOKS: dict[str, Callable[[JSON], Event]] = {
     "user.message": _user_message,
     "user.interrupt": _user_interrupt,
     "user.define_outcome": _user_define_outcome,
@@ -749,7 +750,7 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
         data["id"] = sse_id
     if t.__class__ is not str and not isinstance(t, str):
         raise ShapeError("type", "a string", t)
-    hook = _EVENT_HOOKS.get(t)
+    hook = EVENT_HOOKS.get(t)
     if hook is None:
         return UnknownEvent(t, **_common(data))
     return hook(data)

@@ -173,12 +173,12 @@ class Turn:
         self.accepted = accepted
         self._tools = dict(tools or {})
         self._items: list[Event] = []
-        self._stored = 0
         self._reconnects: list[int] = []  # positions in _items where a reconnect happened
         self._waiters: list[asyncio.Future[None]] = []
         self._done = False
         self._error: BaseException | None = None
         self._ran: set[str] = set()
+        self._unposted: tuple[list[UserCustomToolResult], str] | None = None
         self._tool_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -381,22 +381,30 @@ class Turn:
         if not self._tools:
             return
         async with self._tool_lock:
-            calls = [
-                c
-                for c in self.pending_tool_calls
-                if isinstance(c.use, AgentCustomToolUse) and c.use.id and c.use.id not in self._ran
-            ]
-            if not calls:
-                return
-            for c in calls:
-                self._ran.add(c.use.id or "")
-            outputs = await asyncio.gather(*(self._run_tool(c) for c in calls))
-            events = [
-                _tool_result(c.use.id or "", out, err)
-                for c, (out, err) in zip(calls, outputs, strict=True)
-            ]
-            key = "tool-results-" + "-".join(sorted(c.use.id or "" for c in calls))
-            await self.session.send_events(events, idempotency_key=key[:255])
+            if self._unposted is None:
+                calls = [
+                    c
+                    for c in self.pending_tool_calls
+                    if isinstance(c.use, AgentCustomToolUse)
+                    and c.use.id
+                    and c.use.id not in self._ran
+                ]
+                if not calls:
+                    return
+                # At most once: a tool is marked as run before it runs, and its
+                # results are kept until they are posted (a failed post is retried
+                # with the same key when the turn is read again, never re-run).
+                self._ran.update(c.use.id or "" for c in calls)
+                outputs = await asyncio.gather(*(self._run_tool(c) for c in calls))
+                events = [
+                    _tool_result(c.use.id or "", out, err)
+                    for c, (out, err) in zip(calls, outputs, strict=True)
+                ]
+                key = "tool-results-" + "-".join(sorted(c.use.id or "" for c in calls))
+                self._unposted = (events, key[:255])
+            events, key = self._unposted
+            await self.session.send_events(events, idempotency_key=key)
+            self._unposted = None
 
     async def _run_tool(self, call: ToolCall) -> tuple[ToolOutput, bool]:
         handler = self._tools.get(call.name)

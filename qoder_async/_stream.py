@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from ._convert import ShapeError, structure_event
+from ._convert import EVENT_HOOKS, ShapeError, structure_event
 from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
 from ._models import (
     AgentContentBlockDelta,
@@ -206,7 +206,10 @@ class SSEDecoder:
                     self._lines(lines, frames)
                 continue
             raw_id, raw_event, data = found.groups()
-            ident = None if b"\x00" in raw_id else _text(raw_id, "id")
+            try:
+                ident = None if b"\x00" in raw_id else raw_id.decode()
+            except UnicodeDecodeError:
+                ident = _text(raw_id, "id")  # raises the typed decode error
             event = _EVENT_NAMES.get(raw_event) or _event_name(raw_event)
             frames.append(_new_frame(Frame, (event, data, ident, None)))
         return rest
@@ -434,17 +437,6 @@ class EventDecoder:
             self.error = exc
         return out
 
-    def frames(self, frames: Iterable[Frame]) -> list[Event]:
-        """Decode complete frames into new events (stops at ``[DONE]``)."""
-        out: list[Event] = []
-        for frame in frames:
-            if self.done:
-                break
-            ev = self._frame(frame)
-            if ev is not None:
-                out.append(ev)
-        return out
-
     @property
     def keepalives(self) -> int:
         """Keep-alives seen over all connections: comments, heartbeat/ping and empty frames."""
@@ -491,11 +483,15 @@ class EventDecoder:
             if name == "error":
                 raise error_from_envelope({"error": obj})
             raise self._error(f"SSE data is not a JSON object (got {type(obj).__name__})", frame)
-        if name == "error" or obj.get("type") == "error":
+        kind = obj.get("type")
+        if name == "error" or kind == "error":
             raise error_from_envelope(obj)
         known = len(obj) if self._lazy_raw else -1
         try:
-            ev = structure_event(obj, fid or None, name)
+            # Complete objects go straight to their hook; the general entry point
+            # also completes objects without id/type from the SSE lines.
+            hook = EVENT_HOOKS.get(kind) if kind.__class__ is str and "id" in obj else None
+            ev = hook(obj) if hook is not None else structure_event(obj, fid or None, name)
         except ShapeError as exc:
             raise self._error(
                 f"malformed {obj.get('type') or name or 'event'}: {exc}", frame

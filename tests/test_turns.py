@@ -492,3 +492,28 @@ async def test_coalesced_text_is_flushed_when_the_interval_is_up(
     # the first message is shown in full before the second one starts
     assert "Hello world, here is the first part." in updates
     assert updates[-1] == "Hello world, here is the first part.\n\nAnd the second."
+
+
+async def test_a_failed_result_post_is_retried_without_rerunning_the_tool(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    from qoder_async import BadRequestError
+    from qoder_async.testing import CannedResponse
+
+    runs: list[str] = []
+
+    async def lookup(args: Mapping[str, Any]) -> str:
+        runs.append(str(args))
+        return "42"
+
+    server.script = tool_script("lookup", {"q": "x"})
+    turn = await client.session(session_id).send("go", tools={"lookup": lookup})
+    body = b'{"type":"error","error":{"type":"invalid_request_error","message":"try later"}}'
+    server.faults.respond_next = [
+        CannedResponse("POST", r"/events$", 400, {"Content-Type": "application/json"}, body)
+    ]
+    with pytest.raises(BadRequestError):
+        await turn.result()
+    result = await turn.result()  # reading again posts the kept results
+    assert runs == ["{'q': 'x'}"]
+    assert "42" in result.text
