@@ -232,3 +232,33 @@ async def test_plain_text_404_route(client: QoderClient) -> None:
         await client._request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
     assert info.value.error_type is None
     assert "404 page not found" in str(info.value)
+
+
+async def test_a_500_after_store_is_retried_with_the_same_key_and_stored_once(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.faults.fail_send_after_store = 1  # stored, then answered 500 (the ambiguous case)
+    acc = await client.sessions.events.send(session_id, UserMessage("exactly once"))
+    await server.wait_idle(session_id)
+    posts = [r for r in server.requests if r.method == "POST" and r.path.endswith("/events")]
+    assert len(posts) == 2
+    assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]
+    assert [m["content"][0]["text"] for m in server.user_messages(session_id)] == ["exactly once"]
+    assert acc.events[0].id == server.user_messages(session_id)[0]["id"]
+
+
+async def test_unsafe_requests_without_a_key_are_not_retried_on_500(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    from qoder_async import InternalServerError
+    from qoder_async.testing import CannedResponse
+
+    body = b'{"type":"error","error":{"type":"api_error","message":"boom"}}'
+    server.faults.respond_next = [
+        CannedResponse("POST", r"/agents/[^/]+$", 500, {"Content-Type": "application/json"}, body)
+    ]
+    agent = await client.agents.create(name="a", model="auto")
+    with pytest.raises(InternalServerError):
+        await client.agents.update(agent.id, system="x")
+    updates = [r for r in server.requests if r.method == "POST" and r.path.endswith(agent.id)]
+    assert len(updates) == 1
