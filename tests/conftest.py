@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from qoder_async import QoderClient
-from qoder_async.testing import FakeQoderServer
+from qoder_async.testing import FakeQoderServer, TurnContext
 
 
 async def settle(server: FakeQoderServer | None = None, timeout: float = 5.0) -> None:
@@ -24,6 +24,20 @@ async def settle(server: FakeQoderServer | None = None, timeout: float = 5.0) ->
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             if not others and (server is None or server.open_streams == 0):
                 return
+
+
+async def no_open_streams(server: FakeQoderServer, timeout: float = 2.0) -> int:
+    """Wait (bounded) for the server to see every SSE connection closed; the count left."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while server.open_streams:
+                await asyncio.sleep(0.01)
+    return server.open_streams
+
+
+async def forever(ctx: TurnContext) -> None:
+    """A fake agent script whose turn does not end by itself."""
+    await ctx.sleep(30)
 
 
 def leftover_tasks() -> list[asyncio.Task[object]]:

@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import pytest
+from conftest import forever, no_open_streams
 
 from qoder_async import (
     AgentMessage,
@@ -139,10 +140,7 @@ async def test_clean_end_after_idle_reconnects_for_the_next_turn(
 async def test_stall_reconnects_then_gives_up_with_timings(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    async def long_turn(ctx: TurnContext) -> None:
-        await ctx.sleep(30)
-
-    server.script = long_turn
+    server.script = forever
     acc = await client.sessions.events.send(session_id, UserMessage("hi"))
     async with client.sessions.events.stream(
         session_id,
@@ -303,11 +301,7 @@ async def test_breaking_out_closes_the_connection(
     async with client.sessions.events.stream(session_id) as st:
         async for _ in st:
             break
-    for _ in range(100):
-        if server.open_streams == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert server.open_streams == 0
+    assert await no_open_streams(server) == 0
 
 
 async def test_cancelling_the_reader_closes_the_connection(
@@ -324,11 +318,7 @@ async def test_cancelling_the_reader_closes_the_connection(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(100):
-        if server.open_streams == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert server.open_streams == 0
+    assert await no_open_streams(server) == 0
 
 
 async def test_read_timeout_is_independent_of_json_timeouts(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from conftest import forever, no_open_streams
 
 from qoder_async import (
     AgentCustomToolUse,
@@ -120,9 +121,6 @@ async def test_busy_session_policies(
 async def test_interrupt_ends_the_turn(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    async def forever(ctx: TurnContext) -> None:
-        await ctx.sleep(30)
-
     server.script = forever
     turn = await client.session(session_id).send("go")
     await asyncio.sleep(0.05)
@@ -145,9 +143,6 @@ async def test_define_outcome_starts_a_turn(
 async def test_session_deleted_fails_the_turn(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    async def forever(ctx: TurnContext) -> None:
-        await ctx.sleep(30)
-
     server.script = forever
     turn = await client.session(session_id).send("go")
     await asyncio.sleep(0.1)
@@ -298,9 +293,6 @@ async def test_slow_listener_applies_backpressure_without_loss(
 
 
 async def test_leaving_the_client_context_closes_everything(server: FakeQoderServer) -> None:
-    async def forever(ctx: TurnContext) -> None:
-        await ctx.sleep(30)
-
     server.script = forever
     sid = server.add_session()["id"]
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
@@ -313,11 +305,7 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     with pytest.raises(ClientClosedError):
         await listener.__anext__()
     await listener.aclose()
-    for _ in range(100):
-        if server.open_streams == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert server.open_streams == 0
+    assert await no_open_streams(server) == 0
 
 
 async def test_breaking_out_of_a_listener_closes_the_connection(
@@ -334,11 +322,8 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
         await asyncio.sleep(0.01)
     await (await handle.send("x")).result()
     await task
-    for _ in range(100):
-        if server.open_streams == 0 and handle._task is None:
-            break
-        await asyncio.sleep(0.01)
-    assert server.open_streams == 0
+    assert await no_open_streams(server) == 0
+    assert handle._task is None
 
 
 # ----------------------------------------------------------------------------- dialects
