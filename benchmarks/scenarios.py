@@ -249,7 +249,8 @@ class Harness:
         res = SResult(scn.name)
         active: list[tuple[str, Contender]] = []
         for name in names:
-            cr = res.contenders[name] = CResult(name, params=dict(params0))
+            # each contender's params know whose they are (sids() may depend on it)
+            cr = res.contenders[name] = CResult(name, params={**params0, "contender": name})
             c = REGISTRY[name]()
             try:
                 await c.setup(target)
@@ -260,7 +261,9 @@ class Harness:
                 _fail(cr, exc)
                 continue
             active.append((name, c))
-        await self.server.prepare(sids(params0))
+        await self.server.prepare(
+            [sid for cr in res.contenders.values() for sid in sids(cr.params)]
+        )
         await self.server.command({"cmd": "reset"})
         try:
             for r in range(-1, self.plan.rounds):
@@ -277,7 +280,7 @@ class Harness:
                     if r >= 0:
                         cr.rounds.append(m)
                     elif calibrate is not None:
-                        cr.params = calibrate(cr.params, m)
+                        cr.params = {**calibrate(cr.params, m), "contender": name}
                 if r < 0:
                     needed = [sid for cr in res.contenders.values() for sid in sids(cr.params)]
                     await self.server.prepare(needed)
@@ -376,7 +379,9 @@ def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable
 
         def sids(p: dict[str, Any]) -> list[str]:
             # the turn API reads the same frames as one turn (see QoderTurn.read_stream)
-            return [f"sess_burst-{size}-{p['n']}", f"sess_turn-{size}-{p['n']}"]
+            if p.get("contender") == "qoder_async-turn":
+                return [f"sess_turn-{size}-{p['n']}"]
+            return [f"sess_burst-{size}-{p['n']}"]
 
         async def measure(c: Contender, p: dict[str, Any]) -> dict[str, Any]:
             n = p["n"]

@@ -278,7 +278,7 @@ class Burst(Session):
 
 class Turns(Session):
     def __init__(self, r: Renderer, sid: str, size: str, n: int) -> None:
-        pool = max(16, min(TURN_POOL_MAX, 200_000 // (n + 2)))
+        pool = max(4, min(TURN_POOL_MAX, 200_000 // (n + 2)))
         self.posts: list[bytes] = []
         self.echo: list[bytes] = []
         self.frames: list[list[bytes]] = []
