@@ -18,6 +18,7 @@ from qoder_async import (
     MemoryCursorStore,
     NotFoundError,
     QoderClient,
+    RateLimitError,
     ReconnectPolicy,
     ResumeExhaustedError,
     SessionStatusIdle,
@@ -259,7 +260,8 @@ async def test_gives_up_after_the_reconnect_bound(
         with pytest.raises(ResumeExhaustedError) as info:
             await st.__anext__()
     assert info.value.attempts == 3
-    assert info.value.__cause__ is not None
+    assert isinstance(info.value.__cause__, RateLimitError)
+    assert "429" in str(info.value.__cause__)
     server.faults.throttle_first = 0
 
 
