@@ -1308,3 +1308,189 @@ async def test_fault_close_after_idle(http: httpx.AsyncClient, server: FakeQoder
     assert sse.events[-1].event == "session.status_idle"
     assert len(sse.events) == 2 * len(DEFAULT_ORDER)  # the first idle did not end it
     assert server.fault_counts["close_after_idle"] == 1
+
+
+async def test_fault_ignore_last_event_id(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    sid = server.add_session()["id"]
+    await run_turn(http, server, sid)
+    stored = server.stored_events(sid)
+    server.faults.ignore_last_event_id = True
+    async with open_stream(http, sid, last_event_id=stored[-2]["id"]) as sse:
+        await sse.until(has("session.status_idle"))
+        # Then live: the next turn arrives on the same connection.
+        await send(http, sid, user_message("live"))
+        await sse.until(has("session.status_idle", 2))
+    assert [f.id for f in sse.events] == [e["id"] for e in server.stored_events(sid)]
+    # The cursor is not even checked: an unknown one replays everything too.
+    async with open_stream(http, sid, last_event_id="evt_unknown") as again:
+        await again.until(has("session.status_idle", 2))
+    assert again.events[0].id == stored[0]["id"]
+    # Query-parameter cursors are ignored the same way.
+    async with http.stream(
+        "GET", f"sessions/{sid}/events/stream", params={"last_event_id": stored[-1]["id"]}
+    ) as response:
+        query = await SSE(response).until(has("session.status_idle", 2))
+    assert query.events[0].id == stored[0]["id"]
+    assert server.fault_counts == {"ignore_last_event_id": 3}
+    server.faults.ignore_last_event_id = False
+    async with open_stream(http, sid) as fresh:
+        await fresh.until(has("session.status_idle", 2))
+    assert server.fault_counts == {"ignore_last_event_id": 3}  # no cursor: nothing to ignore
+
+
+async def test_fault_reorder_on_replay(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    sid = server.add_session()["id"]
+    await run_turn(http, server, sid)
+    stored = server.stored_events(sid)
+    server.faults.duplicate_on_resume = 4
+    server.faults.reorder_on_replay = True
+    cursor = stored[5]["id"]
+    async with open_stream(http, sid, last_event_id=cursor) as sse:
+        await sse.until(has("session.status_idle"))
+    ids = [f.id for f in sse.events]
+    resent = [e["id"] for e in stored[2:6]]
+    assert sorted(ids[:4]) == sorted(resent)
+    assert ids[:4] != resent  # shuffled, never the stored order
+    assert ids[4:] == [e["id"] for e in stored[6:]]  # then in order after the cursor
+    assert server.fault_counts == {"duplicate_on_resume": 4, "reorder_on_replay": 1}
+    # One re-sent event cannot be reordered; nothing is counted.
+    server.faults.duplicate_on_resume = 1
+    async with open_stream(http, sid, last_event_id=cursor) as single:
+        await single.until(has("session.status_idle"))
+    assert [f.id for f in single.events][:2] == [cursor, stored[6]["id"]]
+    assert server.fault_counts["reorder_on_replay"] == 1
+
+
+async def test_fault_silent_stream(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    sid = server.add_session()["id"]
+    server.dialect.retry_ms = 500
+    server.faults.silent_stream = True
+    async with http.stream("GET", f"sessions/{sid}/events/stream") as silent:
+        assert silent.status_code == 200
+        assert silent.headers["content-type"] == "text/event-stream"
+        received: list[bytes] = []
+
+        async def read_silent() -> None:
+            async for chunk in silent.aiter_bytes():
+                received.append(chunk)
+
+        reader = asyncio.create_task(read_silent())
+        server.faults.silent_stream = False
+        # A normal connection sees a whole turn and several heartbeats meanwhile.
+        async with open_stream(http, sid) as loud:
+            await send(http, sid, user_message("anyone there?"))
+            await loud.until(idle_end)
+            await loud.until(heartbeats(3))
+        assert received == []
+        assert not reader.done()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+    assert server.fault_counts == {"silent_stream": 1}
+
+
+async def test_fault_empty_send_data(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    sid = server.add_session()["id"]
+    server.faults.empty_send_data = 1
+    headers = {"Idempotency-Key": "empty"}
+    empty = await send(http, sid, user_message("stored anyway"), headers=headers)
+    assert empty.status_code == 202
+    assert empty.json() == {"data": []}
+    await server.wait_idle(sid)
+    assert [e["type"] for e in server.stored_events(sid)] == DEFAULT_ORDER
+    replayed = await send(http, sid, user_message("stored anyway"), headers=headers)
+    assert replayed.json() == {"data": []}
+    assert len(server.user_messages(sid)) == 1
+    normal = await send(http, sid, user_message("echoed"))
+    assert normal.json()["data"][0]["type"] == "user.message"
+    assert server.faults.empty_send_data == 0
+    assert server.fault_counts == {"empty_send_data": 1}
+
+
+async def test_dialect_turn_ids_everywhere_and_send_turn_ids(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    sid = server.add_session()["id"]
+    server.dialect.send_turn_ids = False
+    sent = await send(http, sid, user_message())
+    assert "turn_id" not in sent.json()["data"][0]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    assert all(e["turn_id"] for e in listed)
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle"))
+    assert all(f.json()["turn_id"] for f in sse.events)
+
+    server.dialect.send_turn_ids = True
+    server.dialect.turn_ids = False
+    sent = await send(http, sid, user_message())
+    assert "turn_id" not in sent.json()["data"][0]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    assert all("turn_id" not in e for e in listed)
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle", 2))
+    assert all("turn_id" not in f.json() for f in sse.events)
+
+
+async def test_paused_session_reports_idle_but_refuses_messages(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    server.script = tool_script("lookup", {})
+    sid = server.add_session()["id"]
+    await send(http, sid, user_message())
+    idle = await server.wait_for_event(sid, "session.status_idle")
+    assert idle["stop_reason"]["type"] == "requires_action"
+    assert (await http.get(f"sessions/{sid}")).json()["status"] == "idle"
+    busy = await send(http, sid, user_message("meanwhile"))
+    assert busy.status_code == 409
+    assert error_of(busy)["type"] == "conflict_error"
+    assert "requires_action" in error_of(busy)["message"]
+    assert "Idempotency-Key" not in error_of(busy)["message"]
+    # An interrupt first in the same batch ends the paused turn; the message starts one.
+    server.script = None
+    both = await send(http, sid, {"type": "user.interrupt"}, user_message("instead"))
+    assert both.status_code == 202
+    await server.wait_idle(sid)
+    assert len(server.user_messages(sid)) == 2
+
+
+async def test_results_for_tool_uses_not_awaited_are_conflicts(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    server.script = tool_script("lookup", {})
+    sid = server.add_session()["id"]
+    await send(http, sid, user_message())
+    idle = await server.wait_for_event(sid, "session.status_idle")
+    [use_id] = idle["stop_reason"]["event_ids"]
+    result = {
+        "type": "user.custom_tool_result",
+        "custom_tool_use_id": use_id,
+        "content": [{"type": "text", "text": "ok"}],
+    }
+    assert (await send(http, sid, result)).status_code == 202
+    await server.wait_idle(sid)
+    again = await send(http, sid, result)
+    assert again.status_code == 409
+    assert error_of(again)["type"] == "conflict_error"
+    assert error_of(again)["message"] == (
+        f"tool results not awaited: {use_id} is not awaiting a result"
+    )
+    confirmation = {"type": "user.tool_confirmation", "tool_use_id": use_id, "result": "allow"}
+    assert (await send(http, sid, confirmation)).status_code == 409
+    # An id that never was a tool use stays a 400.
+    user_id = server.user_messages(sid)[0]["id"]
+    for ref in ("evt_never", user_id):
+        unknown = await send(http, sid, {**result, "custom_tool_use_id": ref})
+        assert unknown.status_code == 400, ref
+        assert error_of(unknown)["type"] == "invalid_request_error"
+    # A duplicate answer inside one batch: the second is not awaited any more.
+    await send(http, sid, user_message("again"))
+    idle = await server.wait_for_event(sid, "session.status_idle", after_id=idle["id"])
+    while idle["stop_reason"]["type"] != "requires_action":
+        idle = await server.wait_for_event(sid, "session.status_idle", after_id=idle["id"])
+    [use_id] = idle["stop_reason"]["event_ids"]
+    answer = {**result, "custom_tool_use_id": use_id}
+    twice = await send(http, sid, answer, answer)
+    assert twice.status_code == 409
+    assert "A request with this Idempotency-Key" not in error_of(twice)["message"]

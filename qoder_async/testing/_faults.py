@@ -55,7 +55,21 @@ class Faults:
     * ``drop_probability`` -- per event frame, abort the connection halfway
       through that frame.
     * ``duplicate_on_resume`` -- on a ``Last-Event-ID`` resume, first re-send
-      this many already delivered stored events from before the cursor.
+      this many already delivered stored events from before the cursor (in
+      their stored order, the cursor's own event last), then go on after the
+      cursor as usual.
+    * ``reorder_on_replay`` -- with ``duplicate_on_resume``: the re-sent events
+      go out shuffled by the server's rng (never in their stored order when
+      there are two or more), still all before the first event after the
+      cursor; everything after the cursor stays in order. Counts connections
+      whose re-sent events were shuffled.
+    * ``ignore_last_event_id`` -- the server ignores the resume cursor (header
+      and ``last_event_id`` query alike, without checking it) and replays the
+      session's whole history from the start on every connection, then goes
+      live. Counts connections whose cursor was ignored.
+    * ``silent_stream`` -- the stream answers 200 with the SSE headers, then
+      sends nothing at all (no ``retry:``, no heartbeat, no event) until the
+      client leaves or the server closes. Counts such connections.
     * ``stall_probability`` -- per event frame, the connection stops sending
       events (that one included) and only sends heartbeats from then on.
     * ``inject_frames`` -- raw bytes written once, after the replay, at the
@@ -68,12 +82,17 @@ class Faults:
     Request faults:
 
     * ``throttle_first`` -- the next K requests (any endpoint) get
-      ``throttle_status`` (429 or 503) with ``Retry-After``/``retry-after-ms``
-      headers (from ``retry_after`` seconds; ``None`` sends neither) and the
-      error envelope. ``throttle_probability`` throttles at random.
+      ``throttle_status`` with ``Retry-After``/``retry-after-ms`` headers (from
+      ``retry_after`` seconds; ``None`` sends neither) and the error envelope:
+      429 ``rate_limit_error``; 503 and 529 ``overloaded_error``; any other
+      status ``api_error``. ``throttle_probability`` throttles at random.
     * ``fail_send_after_store`` -- the next K ``POST .../events`` store and run
       their events, then answer 500 ``api_error``. An ``Idempotency-Key``
       retry still replays the original success.
+    * ``empty_send_data`` -- the next K ``POST .../events`` store and run their
+      events, then answer the success status with ``{"data": []}`` (the
+      created events are not echoed). An ``Idempotency-Key`` retry replays
+      that same empty answer.
     * ``slow_seconds`` -- delay before every non-stream response.
     * ``respond_next`` -- canned raw responses, see `CannedResponse`.
     """
@@ -82,12 +101,16 @@ class Faults:
     drop_after_events: int | None = None
     drop_probability: float = 0.0
     duplicate_on_resume: int = 0
+    reorder_on_replay: bool = False
+    ignore_last_event_id: bool = False
+    silent_stream: bool = False
     stall_probability: float = 0.0
     throttle_first: int = 0
     throttle_status: int = 429
     retry_after: float | None = 1.0
     throttle_probability: float = 0.0
     fail_send_after_store: int = 0
+    empty_send_data: int = 0
     slow_seconds: float = 0.0
     slow_stream_seconds: float = 0.0
     inject_frames: list[bytes] = attrs.Factory(list)
@@ -108,7 +131,11 @@ class Dialect:
     * ``heartbeat`` -- ``"comment"`` (``: heartbeat``), ``"event"``
       (``event: heartbeat`` + ``data: {}``) or ``"ping"`` (``event: ping``).
     * ``retry_ms`` -- when set, every stream starts with ``retry: <ms>``.
-    * ``turn_ids`` -- ``False`` omits ``turn_id`` from every event on the wire.
+    * ``turn_ids`` -- ``False`` omits ``turn_id`` from every event on the wire
+      (streams, lists and the send answer), as the official SDKs' wire
+      fixtures do.
+    * ``send_turn_ids`` -- ``False`` omits ``turn_id`` from the events in the
+      ``POST .../events`` answer only; streamed and listed events keep it.
     * ``data_ids`` -- ``False`` omits ``id`` and ``type`` from SSE ``data`` of
       stored events; they then only travel in the ``id:``/``event:`` lines.
     * ``string_content`` -- ``user.message``/``agent.message`` ``content`` as a
@@ -129,6 +156,7 @@ class Dialect:
     heartbeat: HeartbeatStyle = "comment"
     retry_ms: int | None = None
     turn_ids: bool = True
+    send_turn_ids: bool = True
     data_ids: bool = True
     string_content: bool = False
     legacy_idle: bool = False

@@ -15,6 +15,27 @@ Lists default to ``order=desc`` (newest first) for sessions, agents and
 environments and ``order=asc`` for events. Idempotency records are kept for
 2xx answers only (plus the stored-but-500 fault), so a request that failed can
 be retried with the same key and really runs again.
+
+Sending events (``POST /sessions/{id}/events``), the rules a client meets:
+
+* The whole batch is checked against the session first; one bad event stores
+  nothing.
+* ``user.message``/``user.define_outcome`` while a turn runs: 409
+  ``conflict_error`` (``BUSY_MESSAGE``). A turn *paused* on
+  ``requires_action`` still runs: ``GET /sessions/{id}`` then reports
+  ``status: "idle"`` (the pause stored a ``session.status_idle``), yet a new
+  message is answered 409 (``PAUSED_MESSAGE``) until every pending id is
+  answered or a ``user.interrupt`` (which may come first in the same batch)
+  ends the turn. Real servers have been seen doing exactly this.
+* An answer (``user.custom_tool_result``, ``user.tool_confirmation``) naming a
+  tool use of this session that is not awaiting one (already answered, or
+  never asked for): 409 ``conflict_error`` ``"tool results not awaited: <id>
+  is not awaiting a result"``. Naming an id that is not a tool-use event of
+  this session: 400 ``invalid_request_error``. ``user.tool_result`` is never
+  checked.
+* The idempotency 409s say ``Idempotency-Key`` in their message
+  (``IDEMPOTENCY_REUSE_MESSAGE``, ``IDEMPOTENCY_IN_PROGRESS_MESSAGE``); the
+  others never do.
 """
 
 from __future__ import annotations
@@ -59,11 +80,17 @@ DEFAULT_TOKEN = "qoder-fake-token"
 BASE_PATH = "/api/v1/cloud"
 
 BUSY_MESSAGE = "session is running; wait for session.status_idle before sending a new user.message"
+PAUSED_MESSAGE = (
+    "session is waiting for tool results (requires_action); answer them or send "
+    "user.interrupt before sending a new user.message"
+)
 IDEMPOTENCY_REUSE_MESSAGE = "Idempotency-Key reused with a different request body"
+IDEMPOTENCY_IN_PROGRESS_MESSAGE = "A request with this Idempotency-Key is in progress"
 
 _REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("qoder_fake_request_id")
 _TURN_STARTERS = ("user.message", "user.define_outcome")
 _ANSWERS = ("user.custom_tool_result", "user.tool_confirmation", "user.tool_result")
+_TOOL_USES = ("agent.custom_tool_use", "agent.tool_use", "agent.mcp_tool_use")
 
 
 @attrs.frozen
@@ -414,8 +441,10 @@ class FakeQoderServer:
             headers["retry-after-ms"] = str(round(faults.retry_after * 1000))
         if status == 429:
             error = ApiError(429, "rate_limit_error", "Too many requests; slow down.")
-        else:
+        elif status in (503, 529):
             error = ApiError(status, "overloaded_error", "The service is temporarily overloaded.")
+        else:
+            error = ApiError(status, "api_error", "Internal server error (injected).")
         return _error_response(error, headers)
 
     # ------------------------------------------------------------------ middleware
@@ -484,9 +513,7 @@ class FakeQoderServer:
             if record.fingerprint != fingerprint:
                 raise ApiError(409, "conflict_error", IDEMPOTENCY_REUSE_MESSAGE)
             if record.status is None:
-                raise ApiError(
-                    409, "conflict_error", "A request with this Idempotency-Key is in progress"
-                )
+                raise ApiError(409, "conflict_error", IDEMPOTENCY_IN_PROGRESS_MESSAGE)
             return web.Response(
                 status=record.status,
                 body=record.body,
@@ -921,23 +948,32 @@ class FakeQoderServer:
         if state.resource["archived_at"] is not None:
             raise bad_request("session is archived; it cannot receive events")
         running = state.turn is not None
+        paused = state.turn is not None and state.turn.paused
         pending = list(state.turn.pending) if state.turn is not None else []
         for i, event in enumerate(events):
             kind = event["type"]
             if kind in _TURN_STARTERS:
                 if running:
-                    raise ApiError(409, "conflict_error", BUSY_MESSAGE)
-                running, pending = True, []
+                    message = PAUSED_MESSAGE if paused else BUSY_MESSAGE
+                    raise ApiError(409, "conflict_error", message)
+                running, paused, pending = True, False, []
             elif kind == "user.interrupt":
-                running, pending = False, []
+                running, paused, pending = False, False, []
             elif kind in _ANSWERS:
                 ref = answer_ref(event)
                 if ref in pending:
                     pending.remove(ref)
                 elif kind != "user.tool_result":
-                    raise bad_request(
-                        f"events[{i}]: {ref} is not awaiting a result in this session",
-                        f"events[{i}]",
+                    target = state.by_id.get(ref or "")
+                    if target is None or target.event["type"] not in _TOOL_USES:
+                        raise bad_request(
+                            f"events[{i}]: {ref} is not a tool use of this session",
+                            f"events[{i}]",
+                        )
+                    raise ApiError(
+                        409,
+                        "conflict_error",
+                        f"tool results not awaited: {ref} is not awaiting a result",
                     )
         stored: list[dict[str, Any]] = []
         for event in events:
@@ -969,9 +1005,15 @@ class FakeQoderServer:
             raise bad_request("events must be a non-empty array", "events")
         checked = [validate_input_event(i, ev) for i, ev in enumerate(events)]
         stored = self._apply_events(state, checked)
-        response = _json(
-            self.dialect.send_status, {"data": [render_event(e, self.dialect) for e in stored]}
-        )
+        data = [render_event(e, self.dialect) for e in stored]
+        if not self.dialect.send_turn_ids:
+            for event in data:
+                event.pop("turn_id", None)
+        if self.faults.empty_send_data > 0:
+            self.faults.empty_send_data -= 1
+            self._count_fault("empty_send_data")
+            data = []
+        response = _json(self.dialect.send_status, {"data": data})
         if self.faults.fail_send_after_store > 0:
             self.faults.fail_send_after_store -= 1
             self._count_fault("fail_send_after_store")
@@ -996,6 +1038,9 @@ class FakeQoderServer:
     async def _h_stream(self, request: web.Request) -> web.StreamResponse:
         state = self._session(request.match_info["id"])
         cursor = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        if cursor and self.faults.ignore_last_event_id:
+            self._count_fault("ignore_last_event_id")
+            cursor = None
         deltas = frozenset(
             delta_kinds(
                 [

@@ -12,9 +12,14 @@ Rules this module keeps:
   before a frame joins the batch.
 * Heartbeats are written only after ``heartbeat_interval`` seconds without
   anything to send.
+* Resume re-sends (``duplicate_on_resume``) come first, before anything
+  after the cursor; ``reorder_on_replay`` shuffles only them.
+* ``silent_stream`` writes nothing at all on its connection: no ``retry:``,
+  no heartbeat, no event.
 * Ending: a clean end (the chunked body is terminated) on session delete,
   server close, ``close_after_idle`` and ``close_after_inject``; an abort of
-  the transport (no terminator, usually mid-frame) for the drop faults.
+  the transport (no terminator, usually mid-frame) for the drop faults. A
+  silent stream ends only at server close (or when the client leaves).
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ class StreamConnection:
         session = self.session
         session.wakers.add(self.waker)
         try:
+            if self.server.faults.silent_stream:
+                self.server._count_fault("silent_stream")
+                await self._silence()
+                return
             await self._run(cursor, start, stored_before)
         except (_Dropped, _Finished, ConnectionError):
             pass
@@ -106,6 +115,13 @@ class StreamConnection:
             again = session.log[max(0, stored_before - duplicates) : stored_before]
             if again:
                 server._count_fault("duplicate_on_resume", len(again))
+                if server.faults.reorder_on_replay and len(again) > 1:
+                    shuffled = list(again)
+                    server._rng.shuffle(shuffled)
+                    if shuffled == again:
+                        shuffled.reverse()
+                    again = shuffled
+                    server._count_fault("reorder_on_replay")
                 await self._write(b"".join(s.frame(server.dialect) for s in again))
         pos = await self._send(start, self.live_from)
         if server.faults.inject_frames:
@@ -125,6 +141,12 @@ class StreamConnection:
             if session.deleted:
                 return
             await self._wait_and_heartbeat(ignore_events=False)
+
+    async def _silence(self) -> None:
+        """Send nothing until the server closes (the client leaving cancels us)."""
+        while not self.server._closing:
+            self.waker.clear()
+            await self.waker.wait()
 
     async def _wait_and_heartbeat(self, *, ignore_events: bool) -> None:
         loop = asyncio.get_running_loop()
