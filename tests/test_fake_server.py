@@ -19,7 +19,7 @@ from qoder_async.testing import (
     FakeQoderServer,
     Faults,
     Script,
-    StopReason,
+    StopReasonJSON,
     TurnContext,
     tool_script,
 )
@@ -213,7 +213,7 @@ async def run_turn(
 def gated(gate: asyncio.Event) -> Script:
     """A script that opens a model request span and waits for ``gate``."""
 
-    async def script(ctx: TurnContext) -> StopReason | None:
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
         ctx.emit("span.model_request_start")
         await gate.wait()
         await ctx.message("released")
@@ -727,7 +727,7 @@ async def test_requires_action_round_trip(http: httpx.AsyncClient, server: FakeQ
 async def test_requires_action_partial_answers(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
-    async def two_tools(ctx: TurnContext) -> StopReason | None:
+    async def two_tools(ctx: TurnContext) -> StopReasonJSON | None:
         first = await ctx.custom_tool("a", {})
         second = await ctx.custom_tool("b", {})
         answers = await ctx.require_action([first["id"], second["id"]])
@@ -798,7 +798,7 @@ async def test_cancel_running_turn(http: httpx.AsyncClient, server: FakeQoderSer
 
 
 async def test_script_error_ends_turn(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
-    async def broken(ctx: TurnContext) -> StopReason | None:
+    async def broken(ctx: TurnContext) -> StopReasonJSON | None:
         raise ValueError("boom")
 
     server.script = broken
@@ -941,7 +941,7 @@ async def test_previews_with_event_deltas(http: httpx.AsyncClient, server: FakeQ
 async def test_resume_from_an_in_progress_preview(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
-    async def slow_message(ctx: TurnContext) -> StopReason | None:
+    async def slow_message(ctx: TurnContext) -> StopReasonJSON | None:
         ctx.emit("span.model_request_start")
         await ctx.message("never finished", delay=3600)
         return None

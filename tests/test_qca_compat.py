@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from qca import AsyncManaged, AuthenticationError, ConflictError, NotFoundError, RateLimitError
 
-from qoder_async.testing import FakeQoderServer, StopReason, TurnContext, tool_script
+from qoder_async.testing import FakeQoderServer, StopReasonJSON, TurnContext, tool_script
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ async def test_custom_tool_round_trip(client: AsyncManaged, server: FakeQoderSer
 async def test_errors_map_to_sdk_exceptions(client: AsyncManaged, server: FakeQoderServer) -> None:
     gate = asyncio.Event()
 
-    async def waits(ctx: TurnContext) -> StopReason | None:
+    async def waits(ctx: TurnContext) -> StopReasonJSON | None:
         await gate.wait()
         return None
 

@@ -38,7 +38,7 @@ This package is standalone: it imports nothing from the rest of
             #  'session.status_idle']
 """
 
-from ._agent import Script, StopReason, TurnContext, default_script, tool_script
+from ._agent import Script, StopReasonJSON, TurnContext, default_script, tool_script
 from ._faults import CannedResponse, Dialect, Faults
 from ._server import FakeQoderServer, RecordedRequest
 
@@ -49,7 +49,7 @@ __all__ = [
     "Faults",
     "RecordedRequest",
     "Script",
-    "StopReason",
+    "StopReasonJSON",
     "TurnContext",
     "default_script",
     "tool_script",

@@ -7,13 +7,13 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._state import SessionState, StopReason, Turn
+from ._state import SessionState, StopReasonJSON, Turn
 from ._wire import dumps, sse_frame, text_of
 
 if TYPE_CHECKING:
     from ._server import FakeQoderServer
 
-__all__ = ["Script", "StopReason", "TurnContext", "default_script", "tool_script"]
+__all__ = ["Script", "StopReasonJSON", "TurnContext", "default_script", "tool_script"]
 
 
 def _split(text: str, chunks: int) -> list[str]:
@@ -266,7 +266,7 @@ class TurnContext:
         return answers
 
 
-Script = Callable[[TurnContext], Awaitable[StopReason | None]]
+Script = Callable[[TurnContext], Awaitable[StopReasonJSON | None]]
 """A scripted agent: runs one turn, returns its stop reason (``None`` = ``end_turn``)."""
 
 
@@ -302,7 +302,7 @@ _README = (
 )
 
 
-async def _outcome_script(ctx: TurnContext) -> StopReason | None:
+async def _outcome_script(ctx: TurnContext) -> StopReasonJSON | None:
     outcome_id = ctx.new_id("outc")
     start = ctx.emit("span.outcome_evaluation_start", outcome_id=outcome_id, iteration=0)
     ctx.emit(
@@ -324,7 +324,7 @@ async def _outcome_script(ctx: TurnContext) -> StopReason | None:
     return None
 
 
-async def default_script(ctx: TurnContext) -> StopReason | None:
+async def default_script(ctx: TurnContext) -> StopReasonJSON | None:
     """The bundled agent: a realistic one-request turn that echoes the user.
 
     For a ``user.message``: ``span.model_request_start``, ``agent.thinking``,
@@ -373,7 +373,7 @@ def tool_script(tool_name: str, tool_input: dict[str, Any]) -> Script:
     ``user.tool_confirmation``).
     """
 
-    async def script(ctx: TurnContext) -> StopReason | None:
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
         use = await ctx.custom_tool(tool_name, tool_input)
         answers = await ctx.require_action([use["id"]])
         answer = answers[0] if answers else {}

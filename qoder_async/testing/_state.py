@@ -24,7 +24,11 @@ import attrs
 from ._faults import Dialect
 from ._wire import Ids, render_key, stored_frame
 
-StopReason = dict[str, Any]
+StopReasonJSON = dict[str, Any]
+"""A stop reason as plain JSON, e.g. ``{"type": "end_turn"}``.
+
+Not to be confused with ``qoder_async.StopReason``, the client's typed class.
+"""
 
 
 @attrs.define(eq=False)
@@ -152,7 +156,7 @@ class SessionState:
         self.idle.clear()
         return turn
 
-    def finish_turn(self, turn: Turn, stop_reason: StopReason, *, abnormal: bool) -> None:
+    def finish_turn(self, turn: Turn, stop_reason: StopReasonJSON, *, abnormal: bool) -> None:
         """End ``turn`` once: close open spans (if abnormal), store the idle."""
         if turn.ended:
             return
