@@ -21,6 +21,8 @@ from qoder_async.testing import (
     Script,
     StopReasonJSON,
     TurnContext,
+    multiagent_script,
+    subagent_tool_script,
     tool_script,
 )
 
@@ -1494,3 +1496,211 @@ async def test_results_for_tool_uses_not_awaited_are_conflicts(
     twice = await send(http, sid, answer, answer)
     assert twice.status_code == 409
     assert "A request with this Idempotency-Key" not in error_of(twice)["message"]
+
+
+# --------------------------------------------------------------------------- threads
+
+MULTIAGENT_ORDER = [
+    ("user.message", None),
+    ("session.status_running", None),
+    ("session.thread_created", "T"),
+    ("session.thread_status_running", "T"),
+    ("agent.thread_message_sent", None),
+    ("agent.thread_message_received", "T"),
+    ("agent.message", "T"),
+    ("agent.thread_message_sent", "T"),
+    ("agent.thread_message_received", None),
+    ("session.thread_status_idle", "T"),
+    ("agent.message", None),
+    ("session.status_idle", None),
+]
+
+
+async def test_multiagent_script_and_thread_endpoints(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    server.script = multiagent_script
+    sid = server.add_session()["id"]
+    await run_turn(http, server, sid, "tides")
+    stored = server.stored_events(sid)
+    [thread] = server.threads(sid)
+    tid = thread["id"]
+    assert re.fullmatch(r"sthr_[0-9a-z]{26}", tid)
+    assert [(e["type"], e.get("session_thread_id")) for e in stored] == [
+        (kind, tid if where else None) for kind, where in MULTIAGENT_ORDER
+    ]
+    by_type = {(e["type"], e.get("session_thread_id")): e for e in stored}
+    sent = by_type[("agent.thread_message_sent", None)]
+    assert sent["to_session_thread_id"] == tid
+    assert sent["to_agent_name"] == "researcher"
+    back = by_type[("agent.thread_message_received", None)]
+    assert back["from_session_thread_id"] == tid
+    assert back["from_agent_name"] == "researcher"
+    assert by_type[("session.thread_status_idle", tid)]["stop_reason"] == {"type": "end_turn"}
+    assert by_type[("agent.message", None)]["content"][0]["text"] == (
+        "The researcher reports: Research notes on: tides"
+    )
+
+    listed = (await http.get(f"sessions/{sid}/threads")).json()
+    assert [t["id"] for t in listed["data"]] == [tid]
+    assert listed["has_more"] is False
+    fetched = (await http.get(f"sessions/{sid}/threads/{tid}")).json()
+    assert fetched["type"] == "session_thread"
+    assert fetched["session_id"] == sid
+    assert fetched["agent_name"] == fetched["agent"]["name"] == "researcher"
+    assert fetched["parent_thread_id"] is None
+    assert fetched["status"] == "idle"
+    assert fetched["archived_at"] is None
+    assert set(fetched["stats"]) == {"active_seconds", "duration_seconds", "startup_seconds"}
+    assert fetched["stats"]["duration_seconds"] >= fetched["stats"]["active_seconds"] >= 0
+    assert fetched["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+    thread_events = [e for e in stored if e.get("session_thread_id") == tid]
+    page = (await http.get(f"sessions/{sid}/threads/{tid}/events", params={"limit": 3})).json()
+    assert [e["id"] for e in page["data"]] == [e["id"] for e in thread_events[:3]]
+    rest = await http.get(
+        f"sessions/{sid}/threads/{tid}/events", params={"page": page["next_page"]}
+    )
+    assert [e["id"] for e in rest.json()["data"]] == [e["id"] for e in thread_events[3:]]
+    before = await http.get(
+        f"sessions/{sid}/threads/{tid}/events", params={"before_id": thread_events[2]["id"]}
+    )
+    assert [e["id"] for e in before.json()["data"]] == [e["id"] for e in thread_events[:2]]
+
+    archived = (await http.post(f"sessions/{sid}/threads/{tid}/archive")).json()
+    assert archived["archived_at"] is not None
+    assert (await http.get(f"sessions/{sid}/threads/sthr_nope")).status_code == 404
+    assert (await http.get(f"sessions/{sid}/threads/sthr_nope/events")).status_code == 404
+
+
+async def test_thread_stream_sends_only_its_events_and_resumes_by_header(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    server.script = multiagent_script
+    sid = server.add_session()["id"]
+    await run_turn(http, server, sid, "first")
+    [thread] = server.threads(sid)
+    path = f"sessions/{sid}/threads/{thread['id']}/stream"
+    own = [e for e in server.stored_events(sid) if e.get("session_thread_id") == thread["id"]]
+    async with http.stream("GET", path) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        sse = await SSE(response).until(has("session.thread_status_idle"))
+    assert [f.id for f in sse.events] == [e["id"] for e in own]
+    # Resume by header; the last_event_id query parameter does not exist here.
+    headers = {"Last-Event-ID": own[2]["id"]}
+    params = {"last_event_id": own[-1]["id"]}
+    async with http.stream("GET", path, headers=headers, params=params) as response:
+        resumed = await SSE(response).until(has("session.thread_status_idle"))
+    assert [f.id for f in resumed.events] == [e["id"] for e in own[3:]]
+    primary_id = server.user_messages(sid)[0]["id"]
+    wrong = await http.get(path, headers={"Last-Event-ID": primary_id})
+    assert wrong.status_code == 400
+    # The primary stream carries the thread's events too.
+    async with open_stream(http, sid) as primary:
+        await primary.until(has("session.status_idle"))
+    assert {e["id"] for e in own} <= {f.id for f in primary.events}
+
+
+async def test_thread_stream_live_with_previews(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    gate = asyncio.Event()
+    created: list[str] = []
+
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
+        helper = ctx.create_thread("helper")
+        assert helper.thread_id is not None
+        created.append(helper.thread_id)
+        await gate.wait()
+        helper.running()
+        await helper.message("from the helper", chunks=3)
+        helper.idle()
+        await ctx.message("from the coordinator")
+        return None
+
+    server.script = script
+    sid = server.add_session()["id"]
+    await send(http, sid, user_message())
+    await server.wait_for_event(sid, "session.thread_created")
+    path = f"sessions/{sid}/threads/{created[0]}/stream"
+    params = [("event_deltas[]", "agent.message")]
+    async with http.stream("GET", path, params=params) as response:
+        sse = SSE(response)
+        await sse.until(has("session.thread_created"))
+        gate.set()
+        await sse.until(has("session.thread_status_idle"))
+    assert [f.event for f in sse.events] == [
+        "session.thread_created",
+        "session.thread_status_running",
+        "event_start",
+        "event_delta",
+        "event_delta",
+        "event_delta",
+        "agent.message",
+        "session.thread_status_idle",
+    ]
+    text = "".join(f.json()["delta"]["content"]["text"] for f in sse.events[3:6])
+    assert text == "from the helper"
+    await server.wait_idle(sid)
+
+
+async def test_subagent_tool_result_must_echo_the_thread(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    server.script = subagent_tool_script("lookup", {"q": 1}, agent_name="finder")
+    sid = server.add_session()["id"]
+    await send(http, sid, user_message())
+    idle = await server.wait_for_event(sid, "session.status_idle")
+    [use_id] = idle["stop_reason"]["event_ids"]
+    use = next(e for e in server.stored_events(sid) if e["id"] == use_id)
+    tid = use["session_thread_id"]
+    assert use["type"] == "agent.custom_tool_use"
+    assert "session_thread_id" not in idle  # the pause is session-wide
+    [thread] = server.threads(sid)
+    assert thread["id"] == tid
+    assert thread["status"] == "idle"  # its own requires_action idle
+    result = {
+        "type": "user.custom_tool_result",
+        "custom_tool_use_id": use_id,
+        "content": [{"type": "text", "text": "found"}],
+    }
+    missing = await send(http, sid, result)
+    assert missing.status_code == 400
+    assert error_of(missing)["param"] == "events[0].session_thread_id"
+    assert "session_thread_id" in error_of(missing)["message"]
+    wrong = await send(http, sid, {**result, "session_thread_id": "sthr_other"})
+    assert wrong.status_code == 400
+    assert error_of(wrong)["param"] == "events[0].session_thread_id"
+    assert (await send(http, sid, {**result, "session_thread_id": tid})).status_code == 202
+    await server.wait_idle(sid)
+    stored = server.stored_events(sid)
+    thread_idles = [e for e in stored if e["type"] == "session.thread_status_idle"]
+    assert [e["stop_reason"]["type"] for e in thread_idles] == ["requires_action", "end_turn"]
+    assert stored[-2]["content"][0]["text"] == "finder reports: lookup returned: found"
+    unknown = await send(http, sid, {"type": "user.interrupt", "session_thread_id": "sthr_x"})
+    assert unknown.status_code == 400
+
+
+async def test_running_threads_go_idle_when_the_turn_is_interrupted(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
+        ctx.create_thread("slow").running()
+        await ctx.sleep(30)
+        return None
+
+    server.script = script
+    sid = server.add_session()["id"]
+    await send(http, sid, user_message())
+    running = await server.wait_for_event(sid, "session.thread_status_running")
+    assert server.threads(sid)[0]["status"] == "running"
+    interrupt = {"type": "user.interrupt", "session_thread_id": running["session_thread_id"]}
+    assert (await send(http, sid, interrupt)).status_code == 202
+    await server.wait_idle(sid)
+    assert [e["type"] for e in server.stored_events(sid)[-3:]] == [
+        "user.interrupt",
+        "session.thread_status_idle",
+        "session.status_idle",
+    ]
+    assert server.threads(sid)[0]["status"] == "idle"

@@ -38,7 +38,15 @@ This package is standalone: it imports nothing from the rest of
             #  'session.status_idle']
 """
 
-from ._agent import Script, StopReasonJSON, TurnContext, default_script, tool_script
+from ._agent import (
+    Script,
+    StopReasonJSON,
+    TurnContext,
+    default_script,
+    multiagent_script,
+    subagent_tool_script,
+    tool_script,
+)
 from ._faults import CannedResponse, Dialect, Faults
 from ._server import FakeQoderServer, RecordedRequest
 
@@ -52,5 +60,7 @@ __all__ = [
     "StopReasonJSON",
     "TurnContext",
     "default_script",
+    "multiagent_script",
+    "subagent_tool_script",
     "tool_script",
 ]

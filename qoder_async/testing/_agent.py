@@ -1,4 +1,16 @@
-"""The scripted agent: turn context, the script protocol and the bundled scripts."""
+"""The scripted agent: turn context, the script protocol and the bundled scripts.
+
+Rules a script can rely on:
+
+* Every helper stores its events in the running turn; after the turn ended
+  they raise ``RuntimeError`` (and the script task is cancelled).
+* A context made by `TurnContext.create_thread` speaks for that sub-agent
+  thread: every event it stores carries the thread's ``session_thread_id``
+  (so it shows on the thread's own stream and list, and on the primary
+  stream too), except the session's own ``session.status_*`` events, which
+  stay session-wide (``require_action`` pauses the whole session).
+* Nothing here reads the wire dialect: events are stored canonically.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +19,21 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._state import SessionState, StopReasonJSON, Turn
+from ._state import SessionState, StopReasonJSON, ThreadState, Turn
 from ._wire import dumps, sse_frame, text_of
 
 if TYPE_CHECKING:
     from ._server import FakeQoderServer
 
-__all__ = ["Script", "StopReasonJSON", "TurnContext", "default_script", "tool_script"]
+__all__ = [
+    "Script",
+    "StopReasonJSON",
+    "TurnContext",
+    "default_script",
+    "multiagent_script",
+    "subagent_tool_script",
+    "tool_script",
+]
 
 
 def _split(text: str, chunks: int) -> list[str]:
@@ -48,6 +68,10 @@ class TurnContext:
     ended (interrupt, cancel, delete, server close) the helpers raise
     ``RuntimeError`` and the script task is cancelled.
 
+    A script gets the context of the primary thread (``thread_id`` None);
+    `create_thread` returns a context for a sub-agent thread with the same
+    helpers.
+
     Attributes:
         session_id: the session the turn runs in.
         turn_id: this turn's id (``turn_...``).
@@ -55,20 +79,35 @@ class TurnContext:
             ``user.define_outcome``), a copy.
         text: the trigger's text: joined text blocks of ``content`` (for an
             outcome: ``description``), ``""`` if none.
+        thread_id: the sub-agent thread this context speaks for (``sthr_...``),
+            ``None`` for the primary thread.
+        agent_name: the name of the agent speaking (the session's agent, or
+            the thread's).
         server: the `FakeQoderServer` running the turn.
     """
 
-    def __init__(self, server: FakeQoderServer, session: SessionState, turn: Turn) -> None:
+    def __init__(
+        self,
+        server: FakeQoderServer,
+        session: SessionState,
+        turn: Turn,
+        thread: ThreadState | None = None,
+    ) -> None:
         self.server = server
         self.session_id = session.id
         self.turn_id = turn.id
         self.trigger: dict[str, Any] = copy.deepcopy(turn.trigger)
         self.text = _trigger_text(turn.trigger)
+        self.thread_id = thread.id if thread is not None else None
+        agent = thread.resource if thread is not None else session.resource["agent"]
+        self.agent_name = str(agent.get("agent_name") or agent.get("name") or "agent")
         self._session = session
         self._turn = turn
+        self._thread = thread
 
     def __repr__(self) -> str:
-        return f"TurnContext(session_id={self.session_id!r}, turn_id={self.turn_id!r})"
+        thread = f", thread_id={self.thread_id!r}" if self.thread_id else ""
+        return f"TurnContext(session_id={self.session_id!r}, turn_id={self.turn_id!r}{thread})"
 
     @property
     def ended(self) -> bool:
@@ -81,6 +120,8 @@ class TurnContext:
 
     def _store(self, event_type: str, fields: dict[str, Any], event_id: str | None = None) -> Any:
         self._check()
+        if self.thread_id is not None and not event_type.startswith("session.status_"):
+            fields = {"session_thread_id": self.thread_id, **fields}
         event = self._session.store(
             event_type, copy.deepcopy(fields), turn_id=self.turn_id, event_id=event_id
         )
@@ -114,11 +155,15 @@ class TurnContext:
     def add_usage(
         self, *, input_tokens: int = 0, output_tokens: int = 0, emit_event: bool = False
     ) -> dict[str, Any]:
-        """Add to the session's cumulative ``usage``; optionally store ``session.usage``."""
+        """Add to the session's (and the thread's) ``usage``; maybe store ``session.usage``."""
         self._check()
-        usage = self._session.resource["usage"]
-        usage["input_tokens"] = int(usage.get("input_tokens", 0)) + input_tokens
-        usage["output_tokens"] = int(usage.get("output_tokens", 0)) + output_tokens
+        usages = [self._session.resource["usage"]]
+        if self._thread is not None:
+            usages.append(self._thread.resource["usage"])
+        for usage in usages:
+            usage["input_tokens"] = int(usage.get("input_tokens", 0)) + input_tokens
+            usage["output_tokens"] = int(usage.get("output_tokens", 0)) + output_tokens
+        usage = usages[0]
         if emit_event:
             self.emit("session.usage", usage=dict(usage))
         return dict(usage)
@@ -146,7 +191,10 @@ class TurnContext:
         event_id = self._session.ids.event()
         start = {"type": "event_start", "event": {"id": event_id, "type": "agent.message"}}
         self._session.publish_preview(
-            event_id, "agent.message", sse_frame(event_id, "event_start", dumps(start))
+            event_id,
+            "agent.message",
+            sse_frame(event_id, "event_start", dumps(start)),
+            self.thread_id,
         )
         for piece in pieces:
             await asyncio.sleep(delay)
@@ -161,7 +209,10 @@ class TurnContext:
                 },
             }
             self._session.publish_preview(
-                event_id, "agent.message", sse_frame(event_id, "event_delta", dumps(delta))
+                event_id,
+                "agent.message",
+                sse_frame(event_id, "event_delta", dumps(delta)),
+                self.thread_id,
             )
         result: dict[str, Any] = self._store("agent.message", {"content": content}, event_id)
         return result
@@ -211,7 +262,10 @@ class TurnContext:
         if not self._session.resource.get("incremental_streaming_enabled"):
             start = {"type": "event_start", "event": {"id": event_id, "type": "agent.thinking"}}
             self._session.publish_preview(
-                event_id, "agent.thinking", sse_frame(event_id, "event_start", dumps(start))
+                event_id,
+                "agent.thinking",
+                sse_frame(event_id, "event_start", dumps(start)),
+                self.thread_id,
             )
             await asyncio.sleep(0)
         result: dict[str, Any] = self._store("agent.thinking", {"thinking": text}, event_id)
@@ -232,8 +286,75 @@ class TurnContext:
         return use, result
 
     async def custom_tool(self, name: str, input: dict[str, Any]) -> dict[str, Any]:
-        """Store an ``agent.custom_tool_use`` (answer it with `require_action`)."""
+        """Store an ``agent.custom_tool_use`` (answer it with `require_action`).
+
+        From a thread's context the tool use carries ``session_thread_id``, and
+        the server then refuses (400) an answer that does not echo it.
+        """
         return self.emit("agent.custom_tool_use", name=name, input=input)
+
+    def create_thread(self, agent_name: str, **agent: Any) -> TurnContext:
+        """Start a sub-agent thread; returns the context that speaks for it.
+
+        Registers the thread (``GET /sessions/{id}/threads`` lists it, status
+        ``idle``; its ``parent_thread_id`` is this context's thread) and
+        stores ``session.thread_created``. ``agent`` fields (``model``,
+        ``system``...) go into the thread's ``agent`` object. Then use
+        `running`, the usual helpers, `send_thread_message` and `idle`.
+        """
+        self._check()
+        thread = self._session.add_thread(
+            agent_name, self.thread_id, {"type": "agent", "name": agent_name, **agent}
+        )
+        child = TurnContext(self.server, self._session, self._turn, thread)
+        child.emit("session.thread_created", agent_name=agent_name)
+        return child
+
+    def _require_thread(self) -> None:
+        if self.thread_id is None:
+            raise RuntimeError("only a sub-agent thread's context has a thread status")
+
+    def running(self) -> dict[str, Any]:
+        """Store ``session.thread_status_running`` for this thread (status ``running``)."""
+        self._require_thread()
+        return self.emit("session.thread_status_running", agent_name=self.agent_name)
+
+    def idle(self, stop_reason: StopReasonJSON | None = None) -> dict[str, Any]:
+        """Store ``session.thread_status_idle`` with the thread's own ``stop_reason``.
+
+        ``None`` means ``{"type": "end_turn"}``. The session's turn goes on.
+        """
+        self._require_thread()
+        return self.emit(
+            "session.thread_status_idle",
+            agent_name=self.agent_name,
+            stop_reason=stop_reason or {"type": "end_turn"},
+        )
+
+    def send_thread_message(
+        self, to: TurnContext, text: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send ``text`` from this thread to the thread ``to`` speaks for.
+
+        Stores ``agent.thread_message_sent`` here (``to_session_thread_id``,
+        ``to_agent_name``) and ``agent.thread_message_received`` in ``to``'s
+        thread (``from_session_thread_id``, ``from_agent_name``); the primary
+        thread's id is ``None``. Returns both events.
+        """
+        content = [{"type": "text", "text": text}]
+        sent = self.emit(
+            "agent.thread_message_sent",
+            to_session_thread_id=to.thread_id,
+            to_agent_name=to.agent_name,
+            content=content,
+        )
+        received = to.emit(
+            "agent.thread_message_received",
+            from_session_thread_id=self.thread_id,
+            from_agent_name=self.agent_name,
+            content=content,
+        )
+        return sent, received
 
     async def require_action(self, event_ids: list[str]) -> list[dict[str, Any]]:
         """Pause the turn until the client answers every id in ``event_ids``.
@@ -386,4 +507,56 @@ def tool_script(tool_name: str, tool_input: dict[str, Any]) -> Script:
         return None
 
     script.__name__ = script.__qualname__ = f"tool_script({tool_name!r})"
+    return script
+
+
+async def multiagent_script(ctx: TurnContext) -> StopReasonJSON | None:
+    """A coordinator that delegates to one sub-agent thread, then answers.
+
+    Stores, in order: ``session.thread_created`` (agent ``researcher``),
+    ``agent.thread_message_sent`` (primary), ``session.thread_status_running``,
+    ``agent.thread_message_received``, ``agent.message`` (``"Research notes
+    on: <text>"``), ``agent.thread_message_sent`` back and
+    ``session.thread_status_idle`` (``end_turn``) in the thread, then
+    ``agent.thread_message_received`` and the final ``agent.message``
+    (``"The researcher reports: Research notes on: <text>"``) in the primary.
+    """
+    researcher = ctx.create_thread("researcher", model="ultimate")
+    researcher.running()
+    ctx.send_thread_message(researcher, f"Please research: {ctx.text}")
+    notes = f"Research notes on: {ctx.text}"
+    await researcher.message(notes)
+    researcher.send_thread_message(ctx, notes)
+    researcher.idle()
+    await ctx.message(f"The researcher reports: {notes}")
+    return None
+
+
+def subagent_tool_script(
+    tool_name: str, tool_input: dict[str, Any], *, agent_name: str = "worker"
+) -> Script:
+    """A script whose sub-agent thread calls one client-side (custom) tool.
+
+    The thread ``agent_name`` stores ``agent.custom_tool_use`` with its
+    ``session_thread_id`` and goes idle (``requires_action``); the session
+    pauses for the tool use. The client's ``user.custom_tool_result`` must
+    echo ``session_thread_id`` (else 400). Then the thread runs again, says
+    ``"<tool_name> returned: <result text>"`` and goes idle, and the primary
+    replies ``"<agent_name> reports: <tool_name> returned: <result text>"``.
+    """
+
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
+        worker = ctx.create_thread(agent_name)
+        worker.running()
+        use = await worker.custom_tool(tool_name, tool_input)
+        worker.idle({"type": "requires_action", "event_ids": [use["id"]]})
+        answers = await ctx.require_action([use["id"]])
+        worker.running()
+        report = f"{tool_name} returned: {text_of(answers[0].get('content'))}"
+        await worker.message(report)
+        worker.idle()
+        await ctx.message(f"{agent_name} reports: {report}")
+        return None
+
+    script.__name__ = script.__qualname__ = f"subagent_tool_script({tool_name!r})"
     return script

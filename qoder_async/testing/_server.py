@@ -69,7 +69,7 @@ from ._params import (
     validate_input_event,
 )
 from ._sse import StreamConnection, resume_position
-from ._state import SessionState
+from ._state import SessionState, ThreadState
 from ._wire import ApiError, Ids, bad_request, dumps, not_found, render_event
 
 __all__ = ["FakeQoderServer", "RecordedRequest"]
@@ -318,6 +318,10 @@ class FakeQoderServer:
     def session(self, session_id: str) -> dict[str, Any]:
         """The session object as ``GET /sessions/{id}`` would return it."""
         return self._state(session_id).snapshot()
+
+    def threads(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's sub-agent threads as ``GET .../threads`` returns them, oldest first."""
+        return [t.snapshot() for t in self._state(session_id).threads.values()]
 
     async def wait_idle(self, session_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until no turn runs in the session (a paused turn still runs).
@@ -569,6 +573,12 @@ class FakeQoderServer:
         app.router.add_post(f"{b}/sessions/{{id}}/events", self._h_send_events)
         app.router.add_get(f"{b}/sessions/{{id}}/events", self._h_list_events)
         app.router.add_get(f"{b}/sessions/{{id}}/events/stream", self._h_stream)
+        threads = f"{b}/sessions/{{id}}/threads"
+        app.router.add_get(threads, self._h_list_threads)
+        app.router.add_get(f"{threads}/{{tid}}", self._h_get_thread)
+        app.router.add_post(f"{threads}/{{tid}}/archive", self._h_archive_thread)
+        app.router.add_get(f"{threads}/{{tid}}/events", self._h_thread_events)
+        app.router.add_get(f"{threads}/{{tid}}/stream", self._h_thread_stream)
         app.router.add_get(f"{b}/models", self._h_models)
 
     @staticmethod
@@ -952,6 +962,14 @@ class FakeQoderServer:
         pending = list(state.turn.pending) if state.turn is not None else []
         for i, event in enumerate(events):
             kind = event["type"]
+            thread_id = event.get("session_thread_id")
+            if (
+                kind == "user.interrupt"
+                and thread_id is not None
+                and thread_id not in state.threads
+            ):
+                where = f"events[{i}].session_thread_id"
+                raise bad_request(f"{where}: no thread {thread_id!r} in this session", where)
             if kind in _TURN_STARTERS:
                 if running:
                     message = PAUSED_MESSAGE if paused else BUSY_MESSAGE
@@ -961,6 +979,7 @@ class FakeQoderServer:
                 running, paused, pending = False, False, []
             elif kind in _ANSWERS:
                 ref = answer_ref(event)
+                self._check_thread_echo(state, i, event, ref)
                 if ref in pending:
                     pending.remove(ref)
                 elif kind != "user.tool_result":
@@ -996,6 +1015,25 @@ class FakeQoderServer:
                     turn.answered.set()
             stored.append(stored_event)
         return stored
+
+    @staticmethod
+    def _check_thread_echo(
+        state: SessionState, index: int, event: dict[str, Any], ref: str | None
+    ) -> None:
+        """An answer to a sub-agent thread's tool use must echo its ``session_thread_id``."""
+        target = state.by_id.get(ref or "")
+        thread_id = target.event.get("session_thread_id") if target is not None else None
+        echoed = event.get("session_thread_id")
+        if thread_id is None or echoed == thread_id:
+            return
+        where = f"events[{index}].session_thread_id"
+        if echoed is None:
+            raise bad_request(
+                f"Missing required field: {where} ({ref} was asked in thread {thread_id}; "
+                "echo its session_thread_id)",
+                where,
+            )
+        raise bad_request(f"{where} must be {thread_id}, the thread that asked {ref}", where)
 
     async def _h_send_events(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
@@ -1038,6 +1076,15 @@ class FakeQoderServer:
     async def _h_stream(self, request: web.Request) -> web.StreamResponse:
         state = self._session(request.match_info["id"])
         cursor = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        return await self._serve_stream(request, state, cursor or None, None)
+
+    async def _serve_stream(
+        self,
+        request: web.Request,
+        state: SessionState,
+        cursor: str | None,
+        thread_id: str | None,
+    ) -> web.StreamResponse:
         if cursor and self.faults.ignore_last_event_id:
             self._count_fault("ignore_last_event_id")
             cursor = None
@@ -1049,7 +1096,7 @@ class FakeQoderServer:
                 ]
             )
         )
-        start, stored_before = resume_position(state, cursor or None)
+        start, stored_before = resume_position(state, cursor, thread_id)
         self._open_streams += 1
         self._stream_connections += 1
         try:
@@ -1065,9 +1112,45 @@ class FakeQoderServer:
                     "x-request-id": _REQUEST_ID.get(""),
                 },
             )
-            connection = StreamConnection(self, state, request, response, deltas)
+            connection = StreamConnection(self, state, request, response, deltas, thread_id)
             await response.prepare(request)
-            await connection.run(cursor or None, start, stored_before)
+            await connection.run(cursor, start, stored_before)
             return response
         finally:
             self._open_streams -= 1
+
+    # ------------------------------------------------------------------ threads
+
+    def _thread(self, request: web.Request) -> tuple[SessionState, ThreadState]:
+        state = self._session(request.match_info["id"])
+        thread = state.threads.get(request.match_info["tid"])
+        if thread is None:
+            raise not_found("thread", request.match_info["tid"])
+        return state, thread
+
+    async def _h_list_threads(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        threads = [t.snapshot() for t in state.threads.values()]
+        return _json(200, paginate(threads, request.query, default_order="asc"))
+
+    async def _h_get_thread(self, request: web.Request) -> web.Response:
+        return _json(200, self._thread(request)[1].snapshot())
+
+    async def _h_archive_thread(self, request: web.Request) -> web.Response:
+        _, thread = self._thread(request)
+        if thread.resource["archived_at"] is None:
+            thread.resource["archived_at"] = thread.resource["updated_at"] = self._ids.now()
+        return _json(200, thread.snapshot())
+
+    async def _h_thread_events(self, request: web.Request) -> web.Response:
+        state, thread = self._thread(request)
+        events = [s.event for s in state.log if s.event.get("session_thread_id") == thread.id]
+        page = paginate(events, request.query, default_order="asc")
+        page["data"] = [render_event(e, self.dialect) for e in page["data"]]
+        return _json(200, page)
+
+    async def _h_thread_stream(self, request: web.Request) -> web.StreamResponse:
+        # The thread stream takes no last_event_id parameter, only the header.
+        state, thread = self._thread(request)
+        cursor = request.headers.get("Last-Event-ID") or None
+        return await self._serve_stream(request, state, cursor, thread.id)

@@ -5,6 +5,9 @@ Rules this module keeps:
 * A connection is a position in its session's feed. It first replays what
   was stored before it connected (previews published before it connected
   are skipped: previews are never replayed), then follows the feed live.
+* A thread's stream is the same walk, skipping everything whose
+  ``session_thread_id`` is not that thread; its resume cursor must be one of
+  the thread's events.
 * The resume cursor of a ``Last-Event-ID`` is resolved to a feed position
   by the caller (`resume_position`), never by comparing ids.
 * Frames are batched into one write while catching up, so a long replay is a
@@ -46,17 +49,22 @@ class _Finished(Exception):
     """The connection ends cleanly here."""
 
 
-def resume_position(session: SessionState, cursor: str | None) -> tuple[int, int]:
+def resume_position(
+    session: SessionState, cursor: str | None, thread_id: str | None = None
+) -> tuple[int, int]:
     """Feed position to start at and the number of stored events before it.
 
     ``cursor`` is a stored event id (start right after it) or the id of a
     preview (start where that preview started, i.e. after the last stored
-    event before it). Anything else is a 400.
+    event before it). On a thread's stream a stored event must be the
+    thread's. Anything else is a 400.
     """
     if cursor is None:
         return 0, 0
     stored = session.by_id.get(cursor)
     if stored is not None:
+        if thread_id is not None and stored.event.get("session_thread_id") != thread_id:
+            raise bad_request(f"Last-Event-ID {cursor!r} is not an event of thread {thread_id}")
         return stored.feed_pos + 1, stored.log_index + 1
     preview = session.preview_start.get(cursor)
     if preview is not None:
@@ -65,7 +73,10 @@ def resume_position(session: SessionState, cursor: str | None) -> tuple[int, int
 
 
 class StreamConnection:
-    """One ``GET /sessions/{id}/events/stream`` response being written."""
+    """One session (or thread) stream response being written.
+
+    With ``thread_id`` only that thread's events (and previews) are sent.
+    """
 
     def __init__(
         self,
@@ -74,12 +85,14 @@ class StreamConnection:
         request: web.Request,
         response: web.StreamResponse,
         deltas: frozenset[str],
+        thread_id: str | None = None,
     ) -> None:
         self.server = server
         self.session = session
         self.request = request
         self.response = response
         self.deltas = deltas
+        self.thread_id = thread_id
         self.written = 0
         self.event_frames = 0
         self.stalled = False
@@ -112,7 +125,11 @@ class StreamConnection:
             await self._write(f"retry: {int(server.dialect.retry_ms)}\n\n".encode())
         duplicates = server.faults.duplicate_on_resume
         if cursor is not None and duplicates > 0:
-            again = session.log[max(0, stored_before - duplicates) : stored_before]
+            if self.thread_id is None:
+                again = session.log[max(0, stored_before - duplicates) : stored_before]
+            else:
+                again = [s for s in session.log[:stored_before] if self._visible(s)]
+                again = again[-duplicates:]
             if again:
                 server._count_fault("duplicate_on_resume", len(again))
                 if server.faults.reorder_on_replay and len(again) > 1:
@@ -141,6 +158,14 @@ class StreamConnection:
             if session.deleted:
                 return
             await self._wait_and_heartbeat(ignore_events=False)
+
+    def _visible(self, item: StoredEvent | Preview) -> bool:
+        """Whether this connection sends ``item`` at all (thread streams filter)."""
+        if self.thread_id is None:
+            return True
+        if isinstance(item, Preview):
+            return item.thread_id == self.thread_id
+        return item.event.get("session_thread_id") == self.thread_id
 
     async def _silence(self) -> None:
         """Send nothing until the server closes (the client leaving cancels us)."""
@@ -179,6 +204,8 @@ class StreamConnection:
         while pos < end:
             item = session.feed[pos]
             pos += 1
+            if not self._visible(item):
+                continue
             if isinstance(item, Preview):
                 if pos - 1 < self.live_from or item.kind not in self.deltas:
                     continue

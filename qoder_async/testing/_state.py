@@ -11,12 +11,19 @@ Rules this module keeps:
 * At most one turn runs at a time. A turn ends exactly once, in
   ``finish_turn``: it stores the closing ``session.status_idle`` and marks the
   turn ended *before* the script task is cancelled, so nothing a cancelled
-  script still tries to emit can land after the idle.
+  script still tries to emit can land after the idle. Sub-agent threads still
+  running then get a ``session.thread_status_idle`` (``end_turn``) first.
+* Threads share the session's log and feed: an event belongs to a thread when
+  its ``session_thread_id`` names it (so every thread event is also on the
+  primary stream). A thread's ``status`` follows the
+  ``session.thread_status_*`` events stored for it, whoever stores them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 from typing import Any
 
 import attrs
@@ -56,6 +63,53 @@ class Preview:
     event_id: str
     kind: str
     frame: bytes
+    thread_id: str | None = None
+
+
+_THREAD_STATUS = {"rescheduled": "rescheduling"}
+
+
+@attrs.define(eq=False)
+class ThreadState:
+    """One sub-agent thread: the resource, plus the clock behind its ``stats``."""
+
+    resource: dict[str, Any]
+    created: float = attrs.Factory(time.monotonic)
+    running_since: float | None = None
+    active: float = 0.0
+    startup: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The thread id (``sthr_...``)."""
+        return str(self.resource["id"])
+
+    def set_status(self, status: str, now: str) -> None:
+        """Record a status change (``running``, ``idle``...) at ``now``."""
+        clock = time.monotonic()
+        if self.running_since is not None:
+            self.active += clock - self.running_since
+            self.running_since = None
+        if status == "running":
+            self.running_since = clock
+            if self.startup is None:
+                self.startup = clock - self.created
+        self.resource["status"] = status
+        self.resource["updated_at"] = now
+
+    def snapshot(self) -> dict[str, Any]:
+        """The thread object as the API returns it (a copy, stats up to now)."""
+        clock = time.monotonic()
+        active = self.active
+        if self.running_since is not None:
+            active += clock - self.running_since
+        out = copy.deepcopy(self.resource)
+        out["stats"] = {
+            "active_seconds": round(active, 6),
+            "duration_seconds": round(clock - self.created, 6),
+            "startup_seconds": round(self.startup or 0.0, 6),
+        }
+        return out
 
 
 FeedItem = StoredEvent | Preview
@@ -92,6 +146,7 @@ class SessionState:
         self.idle = asyncio.Event()
         self.idle.set()
         self.deleted = False
+        self.threads: dict[str, ThreadState] = {}
 
     @property
     def id(self) -> str:
@@ -140,14 +195,44 @@ class SessionState:
         self.by_id[event["id"]] = stored
         self.feed.append(stored)
         self.resource["updated_at"] = now
+        if event_type.startswith("session.thread_status_"):
+            thread = self.threads.get(event.get("session_thread_id") or "")
+            if thread is not None:
+                status = event_type.removeprefix("session.thread_status_")
+                thread.set_status(_THREAD_STATUS.get(status, status), now)
         self.notify()
         return event
 
-    def publish_preview(self, event_id: str, kind: str, frame: bytes) -> None:
+    def publish_preview(
+        self, event_id: str, kind: str, frame: bytes, thread_id: str | None = None
+    ) -> None:
         """Publish a preview frame for the not-yet-stored event ``event_id``."""
         self.preview_start.setdefault(event_id, (len(self.feed), len(self.log)))
-        self.feed.append(Preview(event_id, kind, frame))
+        self.feed.append(Preview(event_id, kind, frame, thread_id))
         self.notify()
+
+    def add_thread(
+        self, agent_name: str, parent_thread_id: str | None, agent: dict[str, Any]
+    ) -> ThreadState:
+        """Register a new idle sub-agent thread (the caller stores ``session.thread_created``)."""
+        now = self.ids.now()
+        thread = ThreadState(
+            {
+                "id": self.ids.resource("sthr"),
+                "type": "session_thread",
+                "session_id": self.id,
+                "agent_name": agent_name,
+                "agent": agent,
+                "parent_thread_id": parent_thread_id,
+                "status": "idle",
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+                "archived_at": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        self.threads[thread.id] = thread
+        return thread
 
     def start_turn(self, turn_id: str, trigger: dict[str, Any]) -> Turn:
         """Mark a turn as running (the caller has stored ``trigger``, starts the task)."""
@@ -173,6 +258,14 @@ class SessionState:
                 )
             turn.open_spans.clear()
         turn.paused = False
+        for thread in self.threads.values():
+            if thread.resource["status"] == "running":
+                fields = {
+                    "session_thread_id": thread.id,
+                    "agent_name": thread.resource["agent_name"],
+                    "stop_reason": {"type": "end_turn"},
+                }
+                self.store("session.thread_status_idle", fields, turn_id=turn.id)
         self.store("session.status_idle", {"stop_reason": stop_reason}, turn_id=turn.id)
         turn.ended = True
         if self.turn is turn:
