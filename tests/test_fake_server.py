@@ -1704,3 +1704,378 @@ async def test_running_threads_go_idle_when_the_turn_is_interrupted(
         "session.status_idle",
     ]
     assert server.threads(sid)[0]["status"] == "idle"
+
+
+# --------------------------------------------------------------------------- files
+
+
+async def upload(
+    http: httpx.AsyncClient, filename: str, content: bytes, mime: str = "text/plain", **fields: str
+) -> dict[str, Any]:
+    response = await http.post("files", files={"file": (filename, content, mime)}, data=fields)
+    assert response.status_code == 201, response.text
+    meta: dict[str, Any] = response.json()
+    return meta
+
+
+async def test_file_upload_metadata_list_and_delete(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    content = b"line one\r\n\x00\xffbinary"
+    meta = await upload(
+        http,
+        "reports/q1 notes.txt",
+        content,
+        purpose="user_data",
+        metadata='{"team": "a"}',
+        expires_in_seconds="3600",
+    )
+    assert re.fullmatch(r"file_[0-9a-z]{26}", meta["id"])
+    assert meta["type"] == "file"
+    assert meta["filename"] == "q1 notes.txt"
+    assert meta["size_bytes"] == len(content)
+    assert meta["mime_type"] == meta["content_type"] == "text/plain"
+    assert meta["purpose"] == "user_data"
+    assert meta["metadata"] == {"team": "a"}
+    assert meta["downloadable"] is True
+    assert meta["expires_at"] is not None
+    assert meta["created_at"]
+    assert server.file_content(meta["id"]) == content
+    assert (await http.get(f"files/{meta['id']}")).json() == meta
+    renamed = await upload(http, "x.bin", b"{}", "application/json", name="data.json")
+    assert renamed["filename"] == "data.json"
+    assert renamed["purpose"] is None
+    unnamed = await http.post("files", files={"file": ("", b"%PDF", "application/pdf")})
+    assert unnamed.json()["filename"] == "unnamed.pdf"
+
+    newest_first = (await http.get("files")).json()["data"]
+    assert [f["id"] for f in newest_first] == [unnamed.json()["id"], renamed["id"], meta["id"]]
+    first = (await http.get("files", params={"limit": 1})).json()
+    assert first["has_more"] is True
+    after = (await http.get("files", params={"after": first["last_id"], "limit": 1})).json()
+    assert [f["id"] for f in after["data"]] == [renamed["id"]]
+    before = (await http.get("files", params={"before": renamed["id"]})).json()
+    assert [f["id"] for f in before["data"]] == [unnamed.json()["id"]]
+    picked = (await http.get("files", params={"ids[]": meta["id"]})).json()
+    assert [f["id"] for f in picked["data"]] == [meta["id"]]
+
+    deleted = await http.delete(f"files/{meta['id']}")
+    assert deleted.json() == {"id": meta["id"], "type": "file_deleted"}
+    for response in (
+        await http.get(f"files/{meta['id']}"),
+        await http.get(f"files/{meta['id']}/content"),
+        await http.delete(f"files/{meta['id']}"),
+    ):
+        assert response.status_code == 404
+        assert error_of(response)["type"] == "not_found_error"
+
+
+async def test_file_upload_errors(http: httpx.AsyncClient) -> None:
+    cases = [
+        await http.post("files", json={"file": "not multipart"}),
+        await http.post("files", data={"purpose": "no file"}, files={"other": ("a", b"x")}),
+        await http.post("files", files={"file": ("a", b"x")}, data={"metadata": "[1]"}),
+        await http.post("files", files={"file": ("a", b"x")}, data={"expires_in_seconds": "5"}),
+    ]
+    for response in cases:
+        assert response.status_code == 400, response.text
+        assert error_of(response)["type"] == "invalid_request_error"
+    assert error_of(cases[1])["param"] == "file"
+
+
+async def test_file_download_bytes_or_link(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    meta = await upload(http, "pic.png", b"\x89PNG\r\n\x1a\n...", "image/png")
+    raw = await http.get(f"files/{meta['id']}/content")
+    assert raw.status_code == 200
+    assert raw.content == b"\x89PNG\r\n\x1a\n..."
+    assert raw.headers["content-type"] == "image/png"
+    assert raw.headers["content-length"] == str(meta["size_bytes"])
+    assert 'filename="pic.png"' in raw.headers["content-disposition"]
+    # What the official SDKs do: ask for JSON, get a link, fetch it without credentials.
+    link = await http.get(f"files/{meta['id']}/content", headers={"Accept": "application/json"})
+    url = link.json()["url"]
+    assert url.startswith(server.base_url.removesuffix("/api/v1/cloud"))
+    async with httpx.AsyncClient() as anonymous:
+        fetched = await anonymous.get(url)
+        assert fetched.content == raw.content
+        assert fetched.headers["content-type"] == "image/png"
+        forged = await anonymous.get(url.split("?")[0] + "?token=guess")
+        assert forged.status_code == 403
+    server.dialect.file_content = "link"
+    assert "url" in (await http.get(f"files/{meta['id']}/content")).json()
+    server.dialect.file_content = "bytes"
+    forced = await http.get(f"files/{meta['id']}/content", headers={"Accept": "application/json"})
+    assert forced.content == raw.content
+    hidden = server.add_file(b"secret", "out.txt", downloadable=False)
+    denied = await http.get(f"files/{hidden['id']}/content")
+    assert denied.status_code == 403
+    assert error_of(denied)["type"] == "permission_error"
+
+
+async def test_messages_may_attach_files(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    sid = server.add_session()["id"]
+    doc = server.add_file(b"%PDF-1.7", "spec.pdf")
+    assert doc["mime_type"] == "application/pdf"
+    image = await upload(http, "chart.png", b"\x89PNG", "image/png")
+    message = {
+        "type": "user.message",
+        "content": [
+            {"type": "text", "text": "read these"},
+            {"type": "document", "source": {"type": "file", "file_id": doc["id"]}},
+            {"type": "image", "source": {"type": "file", "file_id": image["id"]}},
+        ],
+    }
+    await send(http, sid, message)
+    await server.wait_idle(sid)
+    reply = next(e for e in server.stored_events(sid) if e["type"] == "agent.message")
+    assert reply["content"][0]["text"].endswith(
+        f"You attached 2 files: spec.pdf ({doc['id']}), chart.png ({image['id']})."
+    )
+    missing = {
+        "type": "user.message",
+        "content": [{"type": "document", "source": {"type": "file", "file_id": "file_nope"}}],
+    }
+    response = await send(http, sid, message, missing)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "events[1].content[0].source.file_id"
+    assert "file_nope" in error_of(response)["message"]
+    assert len(server.user_messages(sid)) == 1
+
+
+async def test_request_too_large_and_overloaded() -> None:
+    async with FakeQoderServer(max_body_bytes=1024) as server, client_for(server) as http:
+        big = await http.post("environments", json={"name": "x" * 2000})
+        assert big.status_code == 413
+        assert error_of(big)["type"] == "request_too_large"
+        assert big.headers["x-request-id"].startswith("req_")
+        big_file = await http.post("files", files={"file": ("big.bin", b"\0" * 4096)})
+        assert big_file.status_code == 413
+        assert (await http.post("environments", json={"name": "small"})).status_code == 201
+        server.faults.throttle_first = 2
+        server.faults.throttle_status = 529
+        overloaded = await http.get("sessions")
+        assert overloaded.status_code == 529
+        assert error_of(overloaded)["type"] == "overloaded_error"
+        server.faults.throttle_status = 500
+        internal = await http.get("sessions")
+        assert internal.status_code == 500
+        assert error_of(internal)["type"] == "api_error"
+
+
+# --------------------------------------------------------------------------- session extras
+
+
+async def test_session_create_with_resources_and_overrides(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    env = server.add_environment()
+    agent = server.add_agent(system="Base prompt.", tools=[{"type": "agent_toolset_20260401"}])
+    doc = server.add_file(b"data", "data.csv")
+    created = await http.post(
+        "sessions",
+        json={
+            "agent": {
+                "type": "agent_with_overrides",
+                "id": agent["id"],
+                "system": "Overridden.",
+                "model": {"id": "auto"},
+                "mcp_servers": [{"type": "url", "name": "docs", "url": "https://mcp.example"}],
+            },
+            "environment_id": env["id"],
+            "resources": [
+                {
+                    "type": "github_repository",
+                    "url": "https://github.com/acme/app",
+                    "checkout": {"type": "branch", "name": "main"},
+                    "mount_path": "/workspace/app",
+                    "authorization_token": "ghp_secret",
+                },
+                {"type": "file", "file_id": doc["id"], "mount_path": "/data/data.csv"},
+                {"type": "memory_store", "memory_store_id": "memstore_1", "access": "read_only"},
+            ],
+            "vault_ids": ["vault_1"],
+            "memory_store_ids": ["memstore_1"],
+            "environment_variables": "A=1\nB=two=2\n",
+            "budget": {"type": "limit", "max_credit_cost": "10.00"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    session = created.json()
+    assert session["agent"]["system"] == "Overridden."
+    assert session["agent"]["model"] == {"id": "auto"}
+    assert session["agent"]["tools"] == [{"type": "agent_toolset_20260401"}]
+    assert session["agent"]["mcp_servers"][0]["name"] == "docs"
+    assert session["environment_variables"] == {"A": "1", "B": "two=2"}
+    assert session["vault_ids"] == ["vault_1"]
+    assert session["memory_store_ids"] == ["memstore_1"]
+    assert session["budget"] == {"type": "limit", "max_credit_cost": "10.00"}
+    repo, file_res, memory = session["resources"]
+    assert re.fullmatch(r"sesrsc_[0-9a-z]{26}", repo["id"])
+    assert repo["checkout"] == {"type": "branch", "name": "main"}
+    assert file_res["file_id"] == doc["id"]
+    assert memory["access"] == "read_only"
+    assert "ghp_secret" not in created.text
+    assert server.resource_secret(session["id"], repo["id"]) == "ghp_secret"
+
+    base = {"agent": agent["id"], "environment_id": env["id"]}
+    for bad, param in (
+        ({"resources": [{"type": "file", "file_id": "file_nope"}]}, "resources[0].file_id"),
+        ({"resources": [{"type": "floppy"}]}, "resources[0].type"),
+        ({"resources": [{"type": "github_repository"}]}, "url"),
+        (
+            {"resources": [{"type": "github_repository", "url": "u", "checkout": {"sha": 1}}]},
+            "resources[0].checkout",
+        ),
+        ({"environment_variables": "no equals sign"}, "environment_variables"),
+        ({"environment_variables": {"A": 1}}, "environment_variables"),
+        ({"vault_ids": "vault_1"}, "vault_ids"),
+        ({"budget": "lots"}, "budget"),
+        ({"agent": {"type": "robot", "id": agent["id"]}}, "agent"),
+    ):
+        response = await http.post("sessions", json={**base, **bad})
+        assert response.status_code == 400, bad
+        assert error_of(response)["param"] == param, bad
+
+
+async def test_session_resources_endpoints(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    sid = server.add_session()["id"]
+    doc = server.add_file(b"x", "x.txt")
+    assert (await http.get(f"sessions/{sid}/resources")).json()["data"] == []
+    added = await http.post(
+        f"sessions/{sid}/resources", json={"type": "file", "file_id": doc["id"]}
+    )
+    assert added.status_code == 201
+    file_res = added.json()
+    assert file_res["type"] == "file"
+    assert file_res["mount_path"] is None
+    repo = (
+        await http.post(
+            f"sessions/{sid}/resources",
+            json={
+                "type": "github_repository",
+                "url": "https://github.com/acme/app",
+                "checkout": {"type": "commit", "sha": "abc123"},
+                "authorization_token": "old",
+            },
+        )
+    ).json()
+    listed = (await http.get(f"sessions/{sid}/resources", params={"limit": 1})).json()
+    assert [r["id"] for r in listed["data"]] == [file_res["id"]]
+    assert listed["has_more"] is True
+    assert (await http.get(f"sessions/{sid}/resources/{repo['id']}")).json() == repo
+    assert [r["id"] for r in server.session(sid)["resources"]] == [file_res["id"], repo["id"]]
+
+    rotated = await http.post(
+        f"sessions/{sid}/resources/{repo['id']}", json={"authorization_token": "new-token"}
+    )
+    assert rotated.status_code == 200
+    assert "new-token" not in rotated.text
+    assert "authorization_token" not in rotated.json()
+    assert server.resource_secret(sid, repo["id"]) == "new-token"
+    nothing = await http.post(f"sessions/{sid}/resources/{file_res['id']}", json={})
+    assert nothing.status_code == 400
+    no_token = await http.post(f"sessions/{sid}/resources/{repo['id']}", json={})
+    assert error_of(no_token)["param"] == "authorization_token"
+
+    deleted = await http.delete(f"sessions/{sid}/resources/{repo['id']}")
+    assert deleted.json() == {"id": repo["id"], "type": "session_resource_deleted"}
+    assert (await http.get(f"sessions/{sid}/resources/{repo['id']}")).status_code == 404
+    assert server.resource_secret(sid, repo["id"]) is None
+    unknown_file = await http.post(
+        f"sessions/{sid}/resources", json={"type": "file", "file_id": "file_nope"}
+    )
+    assert unknown_file.status_code == 400
+    assert error_of(unknown_file)["param"] == "body.file_id"
+
+
+async def test_session_update_fields_store_session_updated(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    sid = server.add_session(environment_variables={"KEEP": "1"})["id"]
+    updated = await http.post(
+        f"sessions/{sid}",
+        json={
+            "title": "t",
+            "metadata": {"k": "v"},
+            "environment_variables": {"TOKEN": "s3cret"},
+            "agent": {"system": "Be terse.", "tools": []},
+            "budget": {"type": "limit", "max_credit_cost": "1.50"},
+            "vault_ids": ["vault_9"],
+        },
+    )
+    assert updated.status_code == 200
+    session = updated.json()
+    assert session["title"] == "t"
+    assert session["environment_variables"] == {"TOKEN": "s3cret"}
+    assert session["agent"]["system"] == session["agent"]["instructions"] == "Be terse."
+    assert session["agent"]["tools"] == []
+    assert session["budget"]["max_credit_cost"] == "1.50"
+    assert session["vault_ids"] == ["vault_9"]
+    [event] = server.stored_events(sid)
+    assert event["type"] == "session.updated"
+    assert event["turn_id"] is None
+    assert event["title"] == "t"
+    assert event["agent"]["system"] == "Be terse."
+    assert event["environment_variables"] == ["TOKEN"]  # names only, never values
+    assert "s3cret" not in json.dumps(event)
+    unchanged = await http.post(f"sessions/{sid}", json={})
+    assert unchanged.status_code == 200
+    assert len(server.stored_events(sid)) == 1
+    bad = await http.post(f"sessions/{sid}", json={"agent": {"model": 5}})
+    assert error_of(bad)["param"] == "agent.model"
+
+
+async def test_agent_update_keeps_lists_and_versions_page(http: httpx.AsyncClient) -> None:
+    tools = [{"type": "custom", "name": "t", "description": "d", "input_schema": {}}]
+    agent = (
+        await http.post(
+            "agents",
+            json={
+                "name": "a",
+                "model": "auto",
+                "tools": tools,
+                "mcp_servers": [{"type": "url", "name": "m", "url": "https://m"}],
+                "skills": [{"type": "custom", "skill_id": "skill_1"}],
+            },
+        )
+    ).json()
+    for i in range(3):
+        response = await http.post(f"agents/{agent['id']}", json={"description": f"v{i + 2}"})
+        assert response.status_code == 200
+    latest = (await http.get(f"agents/{agent['id']}")).json()
+    assert latest["version"] == 4
+    assert latest["tools"] == tools
+    assert latest["mcp_servers"] == agent["mcp_servers"]
+    assert latest["skills"] == agent["skills"]
+    seen: list[int] = []
+    params: dict[str, Any] = {"limit": 1}
+    for _ in range(5):
+        page = (await http.get(f"agents/{agent['id']}/versions", params=params)).json()
+        seen += [v["version"] for v in page["data"]]
+        if not page["has_more"]:
+            break
+        params = {"limit": 1, "page": page["next_page"]}
+    assert seen == [4, 3, 2, 1]
+    assert page["first_id"] == page["last_id"] == "1"
+
+
+async def test_environment_delete_and_models_shape(http: httpx.AsyncClient) -> None:
+    env = (await http.post("environments", json={"name": "e"})).json()
+    updated = await http.post(
+        f"environments/{env['id']}", json={"description": "d", "config": {"type": "cloud"}}
+    )
+    assert updated.json()["description"] == "d"
+    deleted = await http.delete(f"environments/{env['id']}")
+    assert deleted.json() == {"id": env["id"], "type": "environment_deleted"}
+    assert (await http.get(f"environments/{env['id']}")).status_code == 404
+    assert (await http.delete(f"environments/{env['id']}")).status_code == 404
+    models = (await http.get("models")).json()
+    assert models["has_more"] is False
+    for model in models["data"]:
+        assert model["type"] == "model"
+        assert isinstance(model["id"], str)
+        assert model["is_enabled"] is True

@@ -19,6 +19,7 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ._params import file_refs
 from ._state import SessionState, StopReasonJSON, ThreadState, Turn
 from ._wire import dumps, sse_frame, text_of
 
@@ -79,6 +80,8 @@ class TurnContext:
             ``user.define_outcome``), a copy.
         text: the trigger's text: joined text blocks of ``content`` (for an
             outcome: ``description``), ``""`` if none.
+        attachments: metadata (as ``GET /files/{id}`` returns it) of every
+            file the trigger's content blocks attach by ``file_id``, in order.
         thread_id: the sub-agent thread this context speaks for (``sthr_...``),
             ``None`` for the primary thread.
         agent_name: the name of the agent speaking (the session's agent, or
@@ -98,6 +101,11 @@ class TurnContext:
         self.turn_id = turn.id
         self.trigger: dict[str, Any] = copy.deepcopy(turn.trigger)
         self.text = _trigger_text(turn.trigger)
+        self.attachments: list[dict[str, Any]] = []
+        for _, file_id in file_refs(turn.trigger.get("content")):
+            meta = server._file_snapshot(file_id)
+            if meta is not None:
+                self.attachments.append(meta)
         self.thread_id = thread.id if thread is not None else None
         agent = thread.resource if thread is not None else session.resource["agent"]
         self.agent_name = str(agent.get("agent_name") or agent.get("name") or "agent")
@@ -450,7 +458,8 @@ async def default_script(ctx: TurnContext) -> StopReasonJSON | None:
 
     For a ``user.message``: ``span.model_request_start``, ``agent.thinking``,
     ``agent.tool_use``/``agent.tool_result`` (``Read``), an ``agent.message``
-    quoting the user's text (long enough for several deltas) and
+    quoting the user's text (long enough for several deltas) and naming every
+    attached file (``"You attached 1 file: notes.txt (file_...)."``), and
     ``span.model_request_end`` with ``model_usage``; the session's ``usage``
     grows. For a ``user.define_outcome``: the outcome evaluation spans and a
     message.
@@ -465,6 +474,10 @@ async def default_script(ctx: TurnContext) -> StopReasonJSON | None:
         "with one module, app.py, whose main() function is the entry point. "
         "Ask me anything else about it."
     )
+    if ctx.attachments:
+        count = len(ctx.attachments)
+        names = ", ".join(f"{f['filename']} ({f['id']})" for f in ctx.attachments)
+        reply += f" You attached {count} file{'s' if count > 1 else ''}: {names}."
     await ctx.message(reply)
     input_tokens = 100 + len(ctx.text)
     output_tokens = 20 + len(reply) // 4

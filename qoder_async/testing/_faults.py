@@ -16,6 +16,7 @@ import attrs
 __all__ = ["CannedResponse", "Dialect", "Faults"]
 
 HeartbeatStyle = Literal["comment", "event", "ping"]
+FileContentStyle = Literal["negotiate", "bytes", "link"]
 
 
 class CannedResponse(NamedTuple):
@@ -145,6 +146,12 @@ class Dialect:
       ``"status": "running"``).
     * ``thinking_field`` -- key of the ``agent.thinking`` text: ``"thinking"``,
       ``"content"`` or ``None`` (no text at all).
+    * ``file_content`` -- what ``GET /files/{id}/content`` answers: ``"bytes"``
+      (the file, with its ``Content-Type``), ``"link"`` (JSON ``{"url": ...}``
+      naming an unauthenticated download URL on this server, which is what
+      both official SDKs expect) or ``"negotiate"``: the link when the
+      request's ``Accept`` is exactly ``application/json`` (as the SDKs
+      send it), the bytes otherwise.
 
     The server's own record (``stored_events``) is never affected: dialects
     only change what goes over the wire.
@@ -161,3 +168,4 @@ class Dialect:
     string_content: bool = False
     legacy_idle: bool = False
     thinking_field: str | None = "thinking"
+    file_content: FileContentStyle = "negotiate"

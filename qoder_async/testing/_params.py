@@ -1,13 +1,19 @@
-"""Request parsing of the fake server: bodies, fields, input events, pagination."""
+"""Request parsing of the fake server: bodies, fields, input events, pagination.
+
+Every check raises a 400 ``invalid_request_error`` whose ``param`` names the
+offending field; values are copied, never kept by reference.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import copy
+import email.parser
+import email.policy
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from multidict import MultiMapping
 
@@ -46,14 +52,27 @@ def bool_param(query: MultiMapping[str], name: str) -> bool:
     raise bad_request(f"{name} must be true or false", name)
 
 
+def _item_id(item: dict[str, Any]) -> str | None:
+    value = item.get("id")
+    return value if isinstance(value, str) else None
+
+
 def paginate(
     items: list[dict[str, Any]],
     query: MultiMapping[str],
     *,
     default_order: str,
     keep: Callable[[dict[str, Any]], bool] | None = None,
+    key: Callable[[dict[str, Any]], str | None] = _item_id,
+    aliases: bool = False,
 ) -> dict[str, Any]:
-    """One page of ``items`` (oldest first) per the list query parameters."""
+    """One page of ``items`` (oldest first) per the list query parameters.
+
+    ``key`` names an item for the cursors (``after_id``, ``before_id``,
+    ``first_id``, ``last_id`` and the ``page`` token): its ``id`` unless the
+    items share ids (agent versions). ``aliases`` also accepts ``after`` and
+    ``before`` (files).
+    """
     raw_limit = query.get("limit", "20")
     try:
         limit = int(raw_limit)
@@ -65,6 +84,8 @@ def paginate(
     if order not in ("asc", "desc"):
         raise bad_request("order must be asc or desc", "order")
     after, before, page = query.get("after_id"), query.get("before_id"), query.get("page")
+    if aliases:
+        after, before = after or query.get("after"), before or query.get("before")
     if after and before:
         raise bad_request("after_id and before_id are mutually exclusive", "before_id")
     if page:
@@ -77,7 +98,7 @@ def paginate(
 
     def position(anchor: str, param: str) -> int:
         for i, item in enumerate(seq):
-            if item.get("id") == anchor:
+            if key(item) == anchor:
                 return i
         raise bad_request(f"Unknown {param}: {anchor}", param)
 
@@ -97,8 +118,8 @@ def paginate(
                 break
             data.append(item)
         direction = "a"
-    first_id = data[0].get("id") if data else None
-    last_id = data[-1].get("id") if data else None
+    first_id = key(data[0]) if data else None
+    last_id = key(data[-1]) if data else None
     next_page = None
     if has_more and data:
         next_page = _page_token(direction, str(last_id if direction == "a" else first_id))
@@ -221,3 +242,163 @@ def delta_kinds(values: Iterable[str]) -> list[str]:
                 )
             kinds.append(kind)
     return kinds
+
+
+def check_str_list(obj: Mapping[str, Any], name: str) -> list[str] | None:
+    """An array of non-empty strings, copied (``None`` when absent)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise bad_request(f"{name} must be an array of strings", name)
+    return list(value)
+
+
+def check_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """A JSON object field, copied (``None`` when absent)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request(f"{name} must be an object", name)
+    return copy.deepcopy(value)
+
+
+def check_model(value: Any, param: str) -> str | dict[str, Any]:
+    """A model: a name such as ``"ultimate"`` or an object with an ``id``."""
+    if isinstance(value, dict):
+        if not isinstance(value.get("id"), str) or not value["id"]:
+            raise bad_request(f"{param}.id must be a string", param)
+        return copy.deepcopy(value)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{param} must be a string or an object with an id", param)
+    return value
+
+
+def check_env_vars(
+    obj: Mapping[str, Any], name: str = "environment_variables"
+) -> dict[str, str] | None:
+    """Environment variables as an object of strings or ``"K=V"`` lines (``None`` when absent)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        pairs: dict[str, str] = {}
+        for line in value.splitlines():
+            if not line.strip():
+                continue
+            key, sep, val = line.partition("=")
+            if not sep:
+                raise bad_request(f"{name}: {line!r} is not a KEY=VALUE line", name)
+            pairs[key.strip()] = val
+        value = pairs
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise bad_request(f"{name} must be an object of strings or KEY=VALUE lines", name)
+    if not all(k and "=" not in k for k in value):
+        raise bad_request(f"{name} has an empty or invalid variable name", name)
+    return dict(value)
+
+
+#: Session resource types and the fields each keeps (beyond ``type``).
+RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "file": ("file_id", "mount_path"),
+    "github_repository": ("url", "checkout", "mount_path"),
+    "git_repository": ("url", "checkout", "mount_path"),
+    "memory_store": (
+        "memory_store_id",
+        "access",
+        "instructions",
+        "name",
+        "description",
+        "mount_path",
+    ),
+}
+#: The write-only secret of each repository resource type (never echoed).
+RESOURCE_SECRETS = {"github_repository": "authorization_token", "git_repository": "password"}
+_REQUIRED = {
+    "file": "file_id",
+    "github_repository": "url",
+    "git_repository": "url",
+    "memory_store": "memory_store_id",
+}
+
+
+def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
+    """A session resource: its public fields and its secret (token/password), if any.
+
+    Whether a ``file`` resource's ``file_id`` exists is the caller's check.
+    """
+    if not isinstance(value, dict):
+        raise bad_request(f"{param} must be an object", param)
+    kind = value.get("type")
+    if kind not in RESOURCE_FIELDS:
+        kinds = ", ".join(RESOURCE_FIELDS)
+        raise bad_request(f"{param}.type must be one of {kinds}", f"{param}.type")
+    check_str(value, _REQUIRED[kind], required=True)
+    out: dict[str, Any] = {"type": kind}
+    for name in RESOURCE_FIELDS[kind]:
+        if name == "checkout":
+            continue
+        field = check_str(value, name)
+        if field is not None or name == "mount_path":
+            out[name] = field
+    if kind == "memory_store" and out.get("access") not in (None, "read_write", "read_only"):
+        raise bad_request(f"{param}.access must be read_write or read_only", f"{param}.access")
+    checkout = value.get("checkout")
+    if checkout is not None:
+        branch = isinstance(checkout, dict) and checkout.get("type") == "branch"
+        commit = isinstance(checkout, dict) and checkout.get("type") == "commit"
+        field = "name" if branch else "sha"
+        if "checkout" not in RESOURCE_FIELDS[kind] or not (branch or commit):
+            raise bad_request(
+                f"{param}.checkout must be {{type: branch, name}} or {{type: commit, sha}}",
+                f"{param}.checkout",
+            )
+        check_str(checkout, field, required=True)
+        out["checkout"] = {"type": checkout["type"], field: checkout[field]}
+    secret_name = RESOURCE_SECRETS.get(kind)
+    secret = check_str(value, secret_name) if secret_name else None
+    return out, secret
+
+
+def file_refs(content: Any) -> list[tuple[int, Any]]:
+    """``(block index, file_id)`` of every content block whose source is a file."""
+    refs = []
+    for j, block in enumerate(content if isinstance(content, list) else []):
+        source = block.get("source") if isinstance(block, dict) else None
+        if isinstance(source, dict) and source.get("type") == "file":
+            refs.append((j, source.get("file_id")))
+    return refs
+
+
+class FormPart(NamedTuple):
+    """One part of a ``multipart/form-data`` body."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[FormPart]:
+    """The parts of a ``multipart/form-data`` body (400 if it is not one)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise bad_request("Content-Type must be multipart/form-data")
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    message = parser.parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise bad_request("Malformed multipart/form-data body")
+    parts = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            raise bad_request("Malformed multipart/form-data part")
+        header = part.get("content-type")
+        media = str(header).split(";", 1)[0].strip().lower() if header else None
+        parts.append(FormPart(name, part.get_filename(), media or None, payload))
+    return parts

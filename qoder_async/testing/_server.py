@@ -58,14 +58,23 @@ from aiohttp.typedefs import Handler
 
 from ._agent import Script, TurnContext, default_script, run_turn
 from ._faults import CannedResponse, Dialect, Faults
+from ._files import FileStore
 from ._params import (
+    RESOURCE_SECRETS,
     answer_ref,
     bool_param,
+    check_env_vars,
     check_list,
     check_metadata,
+    check_model,
+    check_object,
+    check_resource,
     check_str,
+    check_str_list,
     delta_kinds,
+    file_refs,
     paginate,
+    parse_multipart,
     validate_input_event,
 )
 from ._sse import StreamConnection, resume_position
@@ -78,6 +87,8 @@ __all__ = ["FakeQoderServer", "RecordedRequest"]
 DEFAULT_TOKEN = "qoder-fake-token"
 
 BASE_PATH = "/api/v1/cloud"
+#: Unauthenticated download links (``GET /files/{id}/content`` may point there).
+STORAGE_PATH = "/_fake_storage"
 
 BUSY_MESSAGE = "session is running; wait for session.status_idle before sending a new user.message"
 PAUSED_MESSAGE = (
@@ -143,9 +154,10 @@ class FakeQoderServer:
     """A real HTTP + SSE server imitating the Qoder Managed Cloud Agents API.
 
     Runs an ``aiohttp.web`` app on ``host``:``port`` (port 0 = pick a free
-    one) with the sessions, events (send, list, SSE stream with
-    ``Last-Event-ID`` replay and ``event_deltas[]`` previews), agents and
-    environments endpoints under ``/api/v1/cloud``. Each turn is played by
+    one) under ``/api/v1/cloud``: sessions (with resources and sub-agent
+    threads), events (send, list, SSE stream with ``Last-Event-ID`` replay
+    and ``event_deltas[]`` previews), thread events and streams, files,
+    agents (with versions), environments and models. Each turn is played by
     ``script`` (`default_script` when ``None``). ``faults`` and ``dialect``
     can be changed at any time. Use it as an async context manager, or call
     `start` and `close`.
@@ -161,6 +173,7 @@ class FakeQoderServer:
         port: port to listen on; 0 picks a free port.
         seed: seed of the server's ``random.Random`` (random faults, ids).
         record_requests: keep every request in `requests`.
+        max_body_bytes: larger request bodies get 413 ``request_too_large``.
     """
 
     #: The token accepted when none is given.
@@ -178,6 +191,7 @@ class FakeQoderServer:
         port: int = 0,
         seed: int = 0,
         record_requests: bool = True,
+        max_body_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.token = token
         self.script: Script | None = script
@@ -187,6 +201,7 @@ class FakeQoderServer:
         self.host = host
         self.port = port
         self.record_requests = record_requests
+        self.max_body_bytes = max_body_bytes
         #: Every request received, in order (see `RecordedRequest`).
         self.requests: list[RecordedRequest] = []
         #: How often each fault fired, by `Faults` attribute name.
@@ -196,6 +211,7 @@ class FakeQoderServer:
         self._environments: dict[str, dict[str, Any]] = {}
         self._agents: dict[str, list[dict[str, Any]]] = {}
         self._sessions: dict[str, SessionState] = {}
+        self._files = FileStore(self._ids, random.Random(seed + 2))
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -231,7 +247,7 @@ class FakeQoderServer:
         """Start listening; returns once the port is bound (`port` is then set)."""
         if self._runner is not None:
             return
-        app = web.Application(middlewares=[self._middleware], client_max_size=32 * 1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=self.max_body_bytes)
         self._add_routes(app)
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
@@ -323,6 +339,17 @@ class FakeQoderServer:
         """The session's sub-agent threads as ``GET .../threads`` returns them, oldest first."""
         return [t.snapshot() for t in self._state(session_id).threads.values()]
 
+    def file_content(self, file_id: str) -> bytes:
+        """The bytes of a stored file; ``KeyError`` when there is none."""
+        stored = self._files.files.get(file_id)
+        if stored is None:
+            raise KeyError(f"unknown file {file_id!r}")
+        return stored.content
+
+    def resource_secret(self, session_id: str, resource_id: str) -> str | None:
+        """The token/password given for a repository resource (never sent back by the API)."""
+        return self._state(session_id).resource_secrets.get(resource_id)
+
     async def wait_idle(self, session_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until no turn runs in the session (a paused turn still runs).
 
@@ -387,6 +414,24 @@ class FakeQoderServer:
         except ApiError as exc:
             raise ValueError(exc.message) from None
 
+    def add_file(
+        self,
+        content: bytes,
+        filename: str = "file.txt",
+        *,
+        mime_type: str | None = None,
+        purpose: str | None = None,
+        downloadable: bool = True,
+    ) -> dict[str, Any]:
+        """Store a file without HTTP; returns its metadata as ``GET /files/{id}`` would.
+
+        ``mime_type`` is guessed from ``filename`` when ``None``. A file that
+        is not ``downloadable`` answers 403 to ``GET /files/{id}/content``.
+        """
+        return self._files.add(
+            content, filename, mime_type=mime_type, purpose=purpose, downloadable=downloadable
+        )
+
     def add_session(
         self,
         agent_id: str | None = None,
@@ -396,9 +441,10 @@ class FakeQoderServer:
         """Create a session without HTTP; returns it as the API would.
 
         Without ``agent_id``/``environment_id`` a fresh agent/environment is
-        created. ``fields``: ``title``, ``metadata``,
-        ``incremental_streaming_enabled``, ``initial_events`` (which start a
-        turn, so call this inside the running event loop then). Raises
+        created. ``fields``: any ``POST /sessions`` field (``title``,
+        ``metadata``, ``resources``, ``environment_variables``...);
+        ``initial_events`` start a turn, so call this inside the running event
+        loop then. Raises
         ``ValueError`` on invalid fields and ``KeyError`` for unknown ids.
         """
         if agent_id is None:
@@ -457,7 +503,11 @@ class FakeQoderServer:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = self._ids.request()
         _REQUEST_ID.set(request_id)
-        body = await request.read()
+        too_large = False
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body, too_large = b"", True
         if self.record_requests:
             headers: dict[str, str] = {}
             for name, value in request.headers.items():
@@ -470,6 +520,9 @@ class FakeQoderServer:
                 RecordedRequest(request.method, request.path, query, headers, body)
             )
         try:
+            if too_large:
+                message = f"Request body is larger than {self.max_body_bytes} bytes"
+                raise ApiError(413, "request_too_large", message)
             response = await self._dispatch(request, handler, body)
         except ApiError as exc:
             response = _error_response(exc)
@@ -487,6 +540,9 @@ class FakeQoderServer:
         canned = self._take_canned(request)
         if canned is not None:
             return web.Response(status=canned.status, headers=canned.headers, body=canned.body)
+        if request.path.startswith(STORAGE_PATH + "/"):
+            # Another origin in real life: no gateway faults, no credentials.
+            return await handler(request)
         throttled = self._throttle()
         if throttled is not None:
             return throttled
@@ -556,6 +612,7 @@ class FakeQoderServer:
         app.router.add_get(f"{b}/environments", self._h_list_environments)
         app.router.add_get(f"{b}/environments/{{id}}", self._h_get_environment)
         app.router.add_post(f"{b}/environments/{{id}}", self._h_update_environment)
+        app.router.add_delete(f"{b}/environments/{{id}}", self._h_delete_environment)
         app.router.add_post(f"{b}/environments/{{id}}/archive", self._h_archive_environment)
         app.router.add_post(f"{b}/agents", self._h_create_agent)
         app.router.add_get(f"{b}/agents", self._h_list_agents)
@@ -579,6 +636,18 @@ class FakeQoderServer:
         app.router.add_post(f"{threads}/{{tid}}/archive", self._h_archive_thread)
         app.router.add_get(f"{threads}/{{tid}}/events", self._h_thread_events)
         app.router.add_get(f"{threads}/{{tid}}/stream", self._h_thread_stream)
+        resources = f"{b}/sessions/{{id}}/resources"
+        app.router.add_get(resources, self._h_list_resources)
+        app.router.add_post(resources, self._h_add_resource)
+        app.router.add_get(f"{resources}/{{rid}}", self._h_get_resource)
+        app.router.add_post(f"{resources}/{{rid}}", self._h_update_resource)
+        app.router.add_delete(f"{resources}/{{rid}}", self._h_delete_resource)
+        app.router.add_post(f"{b}/files", self._h_upload_file)
+        app.router.add_get(f"{b}/files", self._h_list_files)
+        app.router.add_get(f"{b}/files/{{id}}", self._h_get_file)
+        app.router.add_delete(f"{b}/files/{{id}}", self._h_delete_file)
+        app.router.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
+        app.router.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
         app.router.add_get(f"{b}/models", self._h_models)
 
     @staticmethod
@@ -660,6 +729,11 @@ class FakeQoderServer:
         env["updated_at"] = self._ids.now()
         return _json(200, env)
 
+    async def _h_delete_environment(self, request: web.Request) -> web.Response:
+        env = self._environment(request.match_info["id"])
+        del self._environments[env["id"]]
+        return _json(200, {"id": env["id"], "type": "environment_deleted"})
+
     async def _h_archive_environment(self, request: web.Request) -> web.Response:
         env = self._environment(request.match_info["id"])
         if env["archived_at"] is None:
@@ -687,13 +761,7 @@ class FakeQoderServer:
             model = body.get("model")
             if model is None:
                 raise bad_request("Missing required field: model", "model")
-            if isinstance(model, dict):
-                if not isinstance(model.get("id"), str) or not model["id"]:
-                    raise bad_request("model.id must be a string", "model")
-                model = copy.deepcopy(model)
-            elif not isinstance(model, str) or not model:
-                raise bad_request("model must be a string or an object with an id", "model")
-            fields["model"] = model
+            fields["model"] = check_model(model, "model")
         system = check_str(body, "system")
         instructions = check_str(body, "instructions")
         if system is not None or instructions is not None or creating:
@@ -780,14 +848,18 @@ class FakeQoderServer:
     async def _h_agent_versions(self, request: web.Request) -> web.Response:
         self._agent(request.match_info["id"])
         versions = self._agents[request.match_info["id"]]
-        return _json(200, paginate(versions, request.query, default_order="desc"))
+        # Versions share the agent's id: their cursors are version numbers.
+        page = paginate(
+            versions, request.query, default_order="desc", key=lambda v: str(v["version"])
+        )
+        return _json(200, page)
 
     async def _h_models(self, request: web.Request) -> web.Response:
         models = [
-            {"id": "ultimate", "type": "model", "is_enabled": True},
-            {"id": "auto", "type": "model", "is_enabled": True},
+            {"id": name, "type": "model", "display_name": title, "is_enabled": True}
+            for name, title in (("ultimate", "Ultimate"), ("auto", "Auto"))
         ]
-        return _json(200, {"data": models})
+        return _json(200, paginate(models, request.query, default_order="asc"))
 
     # ------------------------------------------------------------------ sessions
 
@@ -797,18 +869,51 @@ class FakeQoderServer:
             raise not_found("session", session_id)
         return state
 
+    @staticmethod
+    def _agent_overrides(ref: Mapping[str, Any], param: str) -> dict[str, Any]:
+        """The agent fields a session may override (``system``, ``model``, lists)."""
+        out: dict[str, Any] = {}
+        if "system" in ref:
+            out["system"] = out["instructions"] = check_str(ref, "system")
+        if ref.get("model") is not None:
+            out["model"] = check_model(ref["model"], f"{param}.model")
+        for name in ("tools", "mcp_servers", "skills"):
+            if name in ref:
+                out[name] = check_list(ref, name) or []
+        return out
+
+    def _check_file_refs(self, content: Any, param: str) -> None:
+        for j, file_id in file_refs(content):
+            where = f"{param}[{j}].source.file_id"
+            if not isinstance(file_id, str) or not file_id:
+                raise bad_request(f"Missing required field: {where}", where)
+            if file_id not in self._files.files:
+                raise bad_request(f"file not found: {file_id}", where)
+
+    def _new_resource(self, value: Any, param: str) -> tuple[dict[str, Any], str | None]:
+        """A session resource checked (a ``file`` must exist) and given an id."""
+        fields, secret = check_resource(value, param)
+        if fields["type"] == "file" and fields["file_id"] not in self._files.files:
+            raise bad_request(f"file not found: {fields['file_id']}", f"{param}.file_id")
+        now = self._ids.now()
+        resource = {"id": self._ids.resource("sesrsc"), **fields}
+        resource["created_at"] = resource["updated_at"] = now
+        return resource, secret
+
     def _create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ref = body.get("agent")
         version: int | None = None
+        overrides: dict[str, Any] = {}
         if isinstance(ref, dict):
-            if "type" in ref and ref["type"] != "agent":
-                raise bad_request("agent.type must be 'agent'", "agent")
+            if ref.get("type", "agent") not in ("agent", "agent_with_overrides"):
+                raise bad_request("agent.type must be 'agent' or 'agent_with_overrides'", "agent")
             agent_id = ref.get("id")
             raw_version = ref.get("version")
             if raw_version is not None:
                 if not isinstance(raw_version, int) or isinstance(raw_version, bool):
                     raise bad_request("agent.version must be an integer", "agent")
                 version = raw_version
+            overrides = self._agent_overrides(ref, "agent")
         else:
             agent_id = ref
         if agent_id is None:
@@ -835,6 +940,18 @@ class FakeQoderServer:
             )
         if len(initial_events) > 1:
             raise bad_request("initial_events may start only one turn", "initial_events")
+        for i, event in enumerate(initial_events):
+            self._check_file_refs(event.get("content"), f"initial_events[{i}].content")
+        resources = [
+            self._new_resource(value, f"resources[{i}]")
+            for i, value in enumerate(check_list(body, "resources") or [])
+        ]
+        extras = {
+            "environment_variables": check_env_vars(body) or {},
+            "vault_ids": check_str_list(body, "vault_ids") or [],
+            "memory_store_ids": check_str_list(body, "memory_store_ids") or [],
+            "budget": check_object(body, "budget"),
+        }
         agent = self._agent(agent_id, version)
         env = self._environment(environment_id)
         if agent["archived_at"] is not None:
@@ -857,6 +974,7 @@ class FakeQoderServer:
                 "version",
             )
         }
+        snapshot.update(overrides)
         now = self._ids.now()
         resource: dict[str, Any] = {
             "id": self._ids.resource("sess"),
@@ -867,12 +985,17 @@ class FakeQoderServer:
             "title": title,
             "metadata": metadata,
             "incremental_streaming_enabled": incremental,
+            **extras,
             "archived_at": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
             "created_at": now,
             "updated_at": now,
         }
         state = SessionState(self._ids, resource)
+        for item, secret in resources:
+            state.resources[item["id"]] = item
+            if secret is not None:
+                state.resource_secrets[item["id"]] = secret
         self._sessions[state.id] = state
         if initial_events:
             self._apply_events(state, initial_events)
@@ -904,10 +1027,26 @@ class FakeQoderServer:
     async def _h_update_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
         body = await self._body(request)
+        changes: dict[str, Any] = {}
         if "title" in body:
-            state.resource["title"] = check_str(body, "title") or ""
+            changes["title"] = check_str(body, "title") or ""
         if "metadata" in body:
-            state.resource["metadata"] = check_metadata(body) or {}
+            changes["metadata"] = check_metadata(body) or {}
+        if "agent" in body:
+            overrides = self._agent_overrides(check_object(body, "agent") or {}, "agent")
+            changes["agent"] = {**copy.deepcopy(state.resource["agent"]), **overrides}
+        if "budget" in body:
+            changes["budget"] = check_object(body, "budget")
+        if "vault_ids" in body:
+            changes["vault_ids"] = check_str_list(body, "vault_ids") or []
+        if "environment_variables" in body:
+            changes["environment_variables"] = check_env_vars(body) or {}
+        if changes:
+            state.resource.update(changes)
+            # Variable values may be secrets: the event only says they changed.
+            if "environment_variables" in changes:
+                changes["environment_variables"] = sorted(changes["environment_variables"])
+            state.store("session.updated", copy.deepcopy(changes), turn_id=None)
         state.resource["updated_at"] = self._ids.now()
         return _json(200, state.snapshot())
 
@@ -962,6 +1101,8 @@ class FakeQoderServer:
         pending = list(state.turn.pending) if state.turn is not None else []
         for i, event in enumerate(events):
             kind = event["type"]
+            if kind in ("user.message", "system.message"):
+                self._check_file_refs(event.get("content"), f"events[{i}].content")
             thread_id = event.get("session_thread_id")
             if (
                 kind == "user.interrupt"
@@ -1154,3 +1295,109 @@ class FakeQoderServer:
         state, thread = self._thread(request)
         cursor = request.headers.get("Last-Event-ID") or None
         return await self._serve_stream(request, state, cursor, thread.id)
+
+    # ------------------------------------------------------------------ session resources
+
+    def _resource(self, request: web.Request) -> tuple[SessionState, dict[str, Any]]:
+        state = self._session(request.match_info["id"])
+        resource = state.resources.get(request.match_info["rid"])
+        if resource is None:
+            raise not_found("session resource", request.match_info["rid"])
+        return state, resource
+
+    async def _h_list_resources(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        resources = copy.deepcopy(list(state.resources.values()))
+        return _json(200, paginate(resources, request.query, default_order="asc"))
+
+    async def _h_add_resource(self, request: web.Request) -> web.Response:
+        state = self._session(request.match_info["id"])
+        resource, secret = self._new_resource(await self._body(request), "body")
+        state.resources[resource["id"]] = resource
+        if secret is not None:
+            state.resource_secrets[resource["id"]] = secret
+        return _json(self.dialect.create_status, resource)
+
+    async def _h_get_resource(self, request: web.Request) -> web.Response:
+        return _json(200, self._resource(request)[1])
+
+    async def _h_update_resource(self, request: web.Request) -> web.Response:
+        state, resource = self._resource(request)
+        body = await self._body(request)
+        field = RESOURCE_SECRETS.get(resource["type"])
+        if field is None:
+            raise bad_request(f"a {resource['type']} resource has nothing to update")
+        secret = check_str(body, field, required=True)
+        assert secret is not None
+        state.resource_secrets[resource["id"]] = secret
+        resource["updated_at"] = self._ids.now()
+        return _json(200, resource)
+
+    async def _h_delete_resource(self, request: web.Request) -> web.Response:
+        state, resource = self._resource(request)
+        del state.resources[resource["id"]]
+        state.resource_secrets.pop(resource["id"], None)
+        return _json(200, {"id": resource["id"], "type": "session_resource_deleted"})
+
+    # ------------------------------------------------------------------ files
+
+    def _file_snapshot(self, file_id: Any) -> dict[str, Any] | None:
+        stored = self._files.files.get(file_id) if isinstance(file_id, str) else None
+        return copy.deepcopy(stored.meta) if stored is not None else None
+
+    async def _h_upload_file(self, request: web.Request) -> web.Response:
+        parts = parse_multipart(request.headers.get("Content-Type", ""), await request.read())
+        return _json(self.dialect.create_status, self._files.upload(parts))
+
+    async def _h_list_files(self, request: web.Request) -> web.Response:
+        query = request.query
+        wanted = set(query.getall("ids[]", [])) | set(query.getall("ids", []))
+        scope_id = query.get("scope_id")
+
+        def keep(meta: dict[str, Any]) -> bool:
+            scope = meta.get("scope") or {}
+            return (not wanted or meta["id"] in wanted) and (
+                not scope_id or scope.get("id") == scope_id
+            )
+
+        files = [copy.deepcopy(f.meta) for f in self._files.files.values()]
+        return _json(200, paginate(files, query, default_order="desc", keep=keep, aliases=True))
+
+    async def _h_get_file(self, request: web.Request) -> web.Response:
+        return _json(200, self._files.get(request.match_info["id"]).meta)
+
+    async def _h_delete_file(self, request: web.Request) -> web.Response:
+        return _json(200, self._files.delete(request.match_info["id"]))
+
+    async def _h_file_content(self, request: web.Request) -> web.Response:
+        stored = self._files.get(request.match_info["id"])
+        if not stored.meta["downloadable"]:
+            raise ApiError(403, "permission_error", f"file {stored.meta['id']} is not downloadable")
+        mode = self.dialect.file_content
+        if mode == "negotiate":
+            accept = {
+                media.split(";", 1)[0].strip().lower()
+                for header in request.headers.getall("Accept", [])
+                for media in header.split(",")
+            }
+            mode = "link" if accept == {"application/json"} else "bytes"
+        if mode == "link":
+            url = f"{self.base_url.removesuffix(BASE_PATH)}{STORAGE_PATH}/files/{stored.meta['id']}"
+            return _json(200, {"url": f"{url}?token={stored.token}", "expires_at": None})
+        return self._file_bytes(stored.meta, stored.content)
+
+    @staticmethod
+    def _file_bytes(meta: dict[str, Any], content: bytes) -> web.Response:
+        name = meta["filename"].replace('"', "").encode("ascii", "replace").decode()
+        disposition = f'attachment; filename="{name}"'
+        return web.Response(
+            body=content,
+            content_type=meta["mime_type"],
+            headers={"Content-Disposition": disposition},
+        )
+
+    async def _h_storage_download(self, request: web.Request) -> web.Response:
+        stored = self._files.files.get(request.match_info["id"])
+        if stored is None or not hmac.compare_digest(request.query.get("token", ""), stored.token):
+            return web.Response(status=403, text="403 forbidden", content_type="text/plain")
+        return self._file_bytes(stored.meta, stored.content)

@@ -17,6 +17,8 @@ Rules this module keeps:
   its ``session_thread_id`` names it (so every thread event is also on the
   primary stream). A thread's ``status`` follows the
   ``session.thread_status_*`` events stored for it, whoever stores them.
+* Resource secrets (repository tokens, passwords) live in
+  ``resource_secrets``, never in a resource dict that is sent.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ class SessionState:
         self.idle.set()
         self.deleted = False
         self.threads: dict[str, ThreadState] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.resource_secrets: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -164,6 +168,9 @@ class SessionState:
         out["status"] = self.status
         out["usage"] = dict(self.resource["usage"])
         out["metadata"] = dict(self.resource["metadata"])
+        out["resources"] = copy.deepcopy(list(self.resources.values()))
+        for key in ("agent", "environment_variables", "budget", "vault_ids", "memory_store_ids"):
+            out[key] = copy.deepcopy(self.resource.get(key))
         return out
 
     def notify(self) -> None:
