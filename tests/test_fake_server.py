@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -12,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from qoder_async.testing import (
     CannedResponse,
@@ -2079,3 +2083,117 @@ async def test_environment_delete_and_models_shape(http: httpx.AsyncClient) -> N
         assert model["type"] == "model"
         assert isinstance(model["id"], str)
         assert model["is_enabled"] is True
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+@asynccontextmanager
+async def webhook_receiver(
+    statuses: Sequence[int] = (),
+) -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A local endpoint recording every POST; answers ``statuses`` in turn, then 200."""
+    received: list[tuple[dict[str, str], bytes]] = []
+    answers = list(statuses)
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=answers.pop(0) if answers else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Standard Webhooks verification, written independently of the server's code."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['Webhook-ID']}.{headers['Webhook-Timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(sig == f"v1,{expected}" for sig in headers["Webhook-Signature"].split(" "))
+
+
+async def test_webhooks_signed_and_retried() -> None:
+    async with webhook_receiver(statuses=[500]) as (url, received):
+        secret = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
+        async with FakeQoderServer(
+            webhook_url=url, webhook_secret=secret, webhook_retry_delays=(0.0,)
+        ) as server:
+            assert server.webhook_secret == secret
+            async with client_for(server) as http:
+                sid = server.add_session()["id"]
+                await http.post(f"sessions/{sid}", json={"title": "t"})
+                await http.post(f"sessions/{sid}/archive")
+                await http.post(f"sessions/{sid}/archive")  # already archived: no event
+                await http.delete(f"sessions/{sid}")
+                await server.wait_webhooks()
+            deliveries = server.webhook_deliveries
+    assert [d.event_type for d in deliveries] == [
+        "session.created",
+        "session.updated",
+        "session.archived",
+        "session.deleted",
+    ]
+    assert all(d.delivered for d in deliveries)
+    assert deliveries[0].statuses == [500, 200]  # retried after the 500
+    assert len(received) == 5
+    first, retry = received[0], received[1]
+    assert first[0]["Webhook-ID"] == retry[0]["Webhook-ID"] == deliveries[0].id
+    assert first[1] == retry[1]
+    for headers, body in received:
+        assert verify(secret, headers, body)
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+        assert headers["User-Agent"] == "QoderCloudAgents-Webhook/1.0"
+        assert re.fullmatch(r"\d+", headers["Webhook-Timestamp"])
+        envelope = json.loads(body)
+        assert envelope["type"] == "event"
+        assert envelope["id"] == headers["Webhook-ID"]
+        assert re.fullmatch(r"whe_[0-9a-z]{26}", envelope["id"])
+        assert envelope["created_at"]
+        assert envelope["data"]["id"] == sid
+        assert envelope["data"]["type"] == headers["Webhook-Event-Type"]
+        assert envelope["data"]["schema_version"] == 1
+    assert not verify("whsec_" + "b3RoZXI=", *received[0])
+
+
+async def test_webhooks_on_turn_end_and_giving_up() -> None:
+    async with webhook_receiver(statuses=[503, 503]) as (url, received):
+        async with FakeQoderServer(
+            webhook_url=url,
+            webhook_events_on_turn_end=True,
+            webhook_retry_delays=(0.0,),
+            script=tool_script("lookup", {}),
+        ) as server:
+            secret = server.webhook_secret
+            assert secret is not None
+            assert secret.startswith("whsec_")
+            async with client_for(server) as http:
+                sid = server.add_session()["id"]
+                await send(http, sid, user_message())
+                idle = await server.wait_for_event(sid, "session.status_idle")
+                [use_id] = idle["stop_reason"]["event_ids"]
+                answer = {"type": "user.custom_tool_result", "custom_tool_use_id": use_id}
+                await send(http, sid, answer)
+                await server.wait_idle(sid)
+                await server.wait_webhooks()
+            deliveries = server.webhook_deliveries
+    assert [d.event_type for d in deliveries] == [
+        "session.created",
+        "session.requires_action",
+        "session.idled",
+    ]
+    assert deliveries[0].statuses == [503, 503]  # given up after the last retry
+    assert not deliveries[0].delivered
+    paused, ended = deliveries[1].json()["data"], deliveries[2].json()["data"]
+    assert paused["stop_reason"] == {"type": "requires_action", "event_ids": [use_id]}
+    assert paused["event_id"] == idle["id"]
+    assert ended["stop_reason"] == {"type": "end_turn"}
+    assert ended["turn_id"] == idle["turn_id"]
+    assert all(verify(secret, headers, body) for headers, body in received)

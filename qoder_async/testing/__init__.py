@@ -49,6 +49,7 @@ from ._agent import (
 )
 from ._faults import CannedResponse, Dialect, Faults
 from ._server import FakeQoderServer, RecordedRequest
+from ._webhooks import WebhookDelivery
 
 __all__ = [
     "CannedResponse",
@@ -59,6 +60,7 @@ __all__ = [
     "Script",
     "StopReasonJSON",
     "TurnContext",
+    "WebhookDelivery",
     "default_script",
     "multiagent_script",
     "subagent_tool_script",

@@ -41,6 +41,7 @@ Sending events (``POST /sessions/{id}/events``), the rules a client meets:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import copy
 import hashlib
@@ -48,7 +49,7 @@ import hmac
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -79,6 +80,7 @@ from ._params import (
 )
 from ._sse import StreamConnection, resume_position
 from ._state import SessionState, ThreadState
+from ._webhooks import WebhookDelivery, WebhookSender
 from ._wire import ApiError, Ids, bad_request, dumps, not_found, render_event
 
 __all__ = ["FakeQoderServer", "RecordedRequest"]
@@ -162,6 +164,14 @@ class FakeQoderServer:
     can be changed at any time. Use it as an async context manager, or call
     `start` and `close`.
 
+    With ``webhook_url`` the server also POSTs signed webhooks
+    (``session.created``, ``.updated``, ``.archived``, ``.deleted``; see
+    ``_webhooks``) to that URL. ``webhook_events_on_turn_end`` adds two event
+    types of our own, **not** sent by the real service: ``session.idled``
+    when a turn ends and ``session.requires_action`` when it pauses for tool
+    results; their ``data`` also carries ``turn_id``, ``event_id`` (the
+    ``session.status_idle``) and ``stop_reason``.
+
     Args:
         token: the only accepted Bearer token.
         script: the scripted agent that plays every turn.
@@ -174,6 +184,13 @@ class FakeQoderServer:
         seed: seed of the server's ``random.Random`` (random faults, ids).
         record_requests: keep every request in `requests`.
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
+        webhook_url: where to POST webhooks (``None``: no webhooks).
+        webhook_secret: the signing secret (``whsec_<base64>``); a fresh one
+            when ``None`` (read it back from `webhook_secret`).
+        webhook_events_on_turn_end: also send our own ``session.idled`` and
+            ``session.requires_action`` (fake-only event types).
+        webhook_retry_delays: seconds between delivery attempts; a delivery
+            is given up after the last one.
     """
 
     #: The token accepted when none is given.
@@ -192,6 +209,10 @@ class FakeQoderServer:
         seed: int = 0,
         record_requests: bool = True,
         max_body_bytes: int = 32 * 1024 * 1024,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_events_on_turn_end: bool = False,
+        webhook_retry_delays: Sequence[float] = (0.05, 0.25, 1.0, 5.0),
     ) -> None:
         self.token = token
         self.script: Script | None = script
@@ -202,6 +223,7 @@ class FakeQoderServer:
         self.port = port
         self.record_requests = record_requests
         self.max_body_bytes = max_body_bytes
+        self.webhook_events_on_turn_end = webhook_events_on_turn_end
         #: Every request received, in order (see `RecordedRequest`).
         self.requests: list[RecordedRequest] = []
         #: How often each fault fired, by `Faults` attribute name.
@@ -213,6 +235,16 @@ class FakeQoderServer:
         self._sessions: dict[str, SessionState] = {}
         self._files = FileStore(self._ids, random.Random(seed + 2))
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        self._webhooks: WebhookSender | None = None
+        if webhook_url is not None:
+            if webhook_secret is None:
+                raw = random.Random(seed + 3).randbytes(24)
+                webhook_secret = "whsec_" + base64.b64encode(raw).decode()
+            self._webhooks = WebhookSender(
+                webhook_url, webhook_secret, self._ids, webhook_retry_delays
+            )
+        #: The webhook signing secret (``None`` without ``webhook_url``).
+        self.webhook_secret = webhook_secret if webhook_url is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._closing = False
@@ -262,6 +294,8 @@ class FakeQoderServer:
         self.port = int(runner.addresses[0][1])
         self._closing = False
         self._runner = runner
+        if self._webhooks is not None:
+            self._webhooks.start()
 
     async def close(self) -> None:
         """Stop: end every stream cleanly, cancel running turns, close the port.
@@ -284,6 +318,8 @@ class FakeQoderServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._webhooks is not None:
+            await self._webhooks.close()
         await runner.cleanup()
 
     async def __aenter__(self) -> Self:
@@ -349,6 +385,20 @@ class FakeQoderServer:
     def resource_secret(self, session_id: str, resource_id: str) -> str | None:
         """The token/password given for a repository resource (never sent back by the API)."""
         return self._state(session_id).resource_secrets.get(resource_id)
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every webhook event queued so far, in order, with its delivery attempts."""
+        return list(self._webhooks.deliveries) if self._webhooks is not None else []
+
+    async def wait_webhooks(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until every queued webhook was delivered or given up.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        if self._webhooks is not None:
+            async with asyncio.timeout(timeout):
+                await self._webhooks.drained()
 
     async def wait_idle(self, session_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until no turn runs in the session (a paused turn still runs).
@@ -869,6 +919,23 @@ class FakeQoderServer:
             raise not_found("session", session_id)
         return state
 
+    def _webhook(self, event_type: str, session_id: str, **fields: Any) -> None:
+        if self._webhooks is not None:
+            self._webhooks.send(event_type, session_id, **fields)
+
+    def _on_store(self, state: SessionState, event: dict[str, Any]) -> None:
+        if not self.webhook_events_on_turn_end or event["type"] != "session.status_idle":
+            return
+        stop_reason = event.get("stop_reason") or {"type": "end_turn"}
+        paused = stop_reason.get("type") == "requires_action"
+        self._webhook(
+            "session.requires_action" if paused else "session.idled",
+            state.id,
+            turn_id=event.get("turn_id"),
+            event_id=event["id"],
+            stop_reason=copy.deepcopy(stop_reason),
+        )
+
     @staticmethod
     def _agent_overrides(ref: Mapping[str, Any], param: str) -> dict[str, Any]:
         """The agent fields a session may override (``system``, ``model``, lists)."""
@@ -992,11 +1059,13 @@ class FakeQoderServer:
             "updated_at": now,
         }
         state = SessionState(self._ids, resource)
+        state.on_store = lambda event: self._on_store(state, event)
         for item, secret in resources:
             state.resources[item["id"]] = item
             if secret is not None:
                 state.resource_secrets[item["id"]] = secret
         self._sessions[state.id] = state
+        self._webhook("session.created", state.id)
         if initial_events:
             self._apply_events(state, initial_events)
         return state.snapshot()
@@ -1047,6 +1116,7 @@ class FakeQoderServer:
             if "environment_variables" in changes:
                 changes["environment_variables"] = sorted(changes["environment_variables"])
             state.store("session.updated", copy.deepcopy(changes), turn_id=None)
+            self._webhook("session.updated", state.id)
         state.resource["updated_at"] = self._ids.now()
         return _json(200, state.snapshot())
 
@@ -1059,6 +1129,7 @@ class FakeQoderServer:
         state = self._session(request.match_info["id"])
         if state.resource["archived_at"] is None:
             state.resource["archived_at"] = state.resource["updated_at"] = self._ids.now()
+            self._webhook("session.archived", state.id)
         return _json(200, state.snapshot())
 
     async def _h_delete_session(self, request: web.Request) -> web.Response:
@@ -1075,6 +1146,7 @@ class FakeQoderServer:
         state.store("session.deleted", {}, turn_id=None)
         state.deleted = True
         state.notify()
+        self._webhook("session.deleted", state.id)
         return _json(200, {"id": state.id, "type": "session_deleted"})
 
     # ------------------------------------------------------------------ events

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -151,6 +152,8 @@ class SessionState:
         self.threads: dict[str, ThreadState] = {}
         self.resources: dict[str, dict[str, Any]] = {}
         self.resource_secrets: dict[str, str] = {}
+        #: Called with every event just stored (the server's webhooks hook).
+        self.on_store: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def id(self) -> str:
@@ -208,6 +211,8 @@ class SessionState:
                 status = event_type.removeprefix("session.thread_status_")
                 thread.set_status(_THREAD_STATUS.get(status, status), now)
         self.notify()
+        if self.on_store is not None:
+            self.on_store(event)
         return event
 
     def publish_preview(
