@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 from qca import AsyncManaged, AuthenticationError, ConflictError, NotFoundError, RateLimitError
 
-from qoder_async.testing import FakeQoderServer, StopReasonJSON, TurnContext, tool_script
+from qoder_async.testing import (
+    FakeQoderServer,
+    StopReasonJSON,
+    TurnContext,
+    multiagent_script,
+    subagent_tool_script,
+    tool_script,
+)
 
 
 @pytest.fixture
@@ -294,3 +301,202 @@ async def test_sdk_retries_recover_from_faults(server: FakeQoderServer) -> None:
     stored = server.stored_events(session.id)
     assert [e.id for e in events] == [e["id"] for e in stored[1:]]
     assert server.fault_counts["drop_after_events"] >= 1
+
+
+async def test_threads_through_the_sdk(client: AsyncManaged, server: FakeQoderServer) -> None:
+    server.script = multiagent_script
+    session = await new_session(client)
+    await client.sessions.events.send(session.id, events=[hello("the moon")])
+    await server.wait_idle(session.id)
+    threads = [t async for t in client.sessions.threads.list(session.id, limit=1)]
+    assert len(threads) == 1
+    thread = threads[0]
+    assert thread.id is not None
+    assert thread.id.startswith("sthr_")
+    assert thread.status == "idle"
+    assert thread.session_id == session.id
+    assert thread.agent is not None
+    assert thread.agent.name == "researcher"
+    assert thread.stats is not None
+    assert thread.stats.duration_seconds is not None
+    assert isinstance(thread.created_at, datetime)
+    fetched = await client.sessions.threads.retrieve(thread.id, session_id=session.id)
+    assert fetched.id == thread.id
+    own = [e["id"] for e in server.stored_events(session.id) if e.get("session_thread_id")]
+    listed = [
+        e
+        async for e in client.sessions.threads.events.list(
+            thread.id, session_id=session.id, limit=2
+        )
+    ]
+    assert [e.id for e in listed] == own
+    assert all(e.session_thread_id == thread.id for e in listed)
+    message = next(e for e in listed if e.type == "agent.message")
+    assert message.content is not None
+    assert message.content[0].text == "Research notes on: the moon"
+    stream = await client.sessions.threads.events.stream(thread.id, session_id=session.id)
+    async with stream:
+        streamed = []
+        async for event in stream:
+            streamed.append(event)
+            if event.type == "session.thread_status_idle":
+                break
+    assert [e.id for e in streamed] == own
+    assert streamed[-1].stop_reason is not None
+    assert streamed[-1].stop_reason.type == "end_turn"
+    archived = await client.sessions.threads.archive(thread.id, session_id=session.id)
+    assert archived.archived_at is not None
+
+
+async def test_subagent_tool_answer_echoing_the_thread(
+    client: AsyncManaged, server: FakeQoderServer
+) -> None:
+    server.script = subagent_tool_script("lookup", {"q": "x"})
+    session = await new_session(client)
+    await client.sessions.events.send(session.id, events=[hello()])
+    idle = await server.wait_for_event(session.id, "session.status_idle")
+    [use_id] = idle["stop_reason"]["event_ids"]
+    events = [e async for e in client.sessions.events.list(session.id)]
+    use = next(e for e in events if e.id == use_id)
+    assert use.type == "agent.custom_tool_use"
+    assert use.session_thread_id is not None
+    await client.sessions.events.send(
+        session.id,
+        events=[
+            {
+                "type": "user.custom_tool_result",
+                "custom_tool_use_id": use_id,
+                "session_thread_id": use.session_thread_id,
+                "content": [{"type": "text", "text": "found"}],
+            }
+        ],
+    )
+    await server.wait_idle(session.id)
+    reply = server.stored_events(session.id)[-2]
+    assert reply["content"][0]["text"] == "worker reports: lookup returned: found"
+
+
+async def test_files_through_the_sdk(client: AsyncManaged, server: FakeQoderServer) -> None:
+    uploaded = await client.files.upload(
+        file=("notes.txt", b"hello file", "text/plain"), metadata={"k": "v"}
+    )
+    assert uploaded.id is not None
+    assert uploaded.id.startswith("file_")
+    assert uploaded.type == "file"
+    assert uploaded.filename == "notes.txt"
+    assert uploaded.mime_type == "text/plain"
+    assert uploaded.size_bytes == len(b"hello file")
+    assert uploaded.metadata == {"k": "v"}
+    assert uploaded.downloadable is True
+    second = await client.files.upload(file=("b.bin", b"\x00\x01"), name="renamed.bin")
+    assert second.filename == "renamed.bin"
+    listed = [f.id async for f in client.files.list(limit=1)]
+    assert listed == [second.id, uploaded.id]
+    meta = await client.files.retrieve_metadata(uploaded.id)
+    assert meta.created_at is not None
+    async with await client.files.download(uploaded.id) as download:
+        assert await download.read() == b"hello file"
+        assert download.headers["content-type"] == "text/plain"
+    # The SDK asks for a download link, then fetches it without credentials.
+    storage = [r for r in server.requests if r.path.startswith("/_fake_storage/")]
+    assert len(storage) == 1
+    assert "authorization" not in storage[0].headers
+
+    session = await new_session(client)
+    sent = await client.sessions.events.send(
+        session.id,
+        events=[
+            {
+                "type": "user.message",
+                "content": [
+                    {"type": "text", "text": "see attached"},
+                    {"type": "document", "source": {"type": "file", "file_id": uploaded.id}},
+                ],
+            }
+        ],
+    )
+    assert sent.data is not None
+    await server.wait_idle(session.id)
+    reply = next(e for e in server.stored_events(session.id) if e["type"] == "agent.message")
+    assert f"notes.txt ({uploaded.id})" in reply["content"][0]["text"]
+
+    deleted = await client.files.delete(uploaded.id)
+    assert deleted.id == uploaded.id
+    with pytest.raises(NotFoundError):
+        await client.files.retrieve_metadata(uploaded.id)
+
+
+async def test_session_resources_through_the_sdk(
+    client: AsyncManaged, server: FakeQoderServer
+) -> None:
+    env = await client.environments.create(name="demo", config={"type": "cloud"})
+    agent = await client.agents.create(name="a", model={"id": "ultimate"})
+    doc = await client.files.upload(file=("data.csv", b"a,b\n1,2\n", "text/csv"))
+    assert doc.id is not None
+    session = await client.sessions.create(
+        environment_id=env.id,
+        agent={"type": "agent_with_overrides", "id": agent.id, "system": "Overridden."},
+        resources=[
+            {
+                "type": "github_repository",
+                "url": "https://github.com/acme/app",
+                "checkout": {"type": "branch", "name": "main"},
+                "authorization_token": "ghp_first",
+            }
+        ],
+        vault_ids=["vault_1"],
+        environment_variables={"MODE": "test"},
+        budget={"type": "limit", "max_credit_cost": "5.00"},
+    )
+    assert session.agent is not None
+    assert session.agent.system == "Overridden."
+    assert session.environment_variables == {"MODE": "test"}
+    assert session.vault_ids == ["vault_1"]
+    assert session.budget is not None
+    assert session.budget.max_credit_cost == "5.00"
+    assert session.resources is not None
+    repo = session.resources[0]
+    assert repo.checkout is not None
+    assert repo.checkout.name == "main"
+    added = await client.sessions.resources.add(
+        session.id, type="file", file_id=doc.id, mount_path="/data/data.csv"
+    )
+    assert added.file_id == doc.id
+    assert added.mount_path == "/data/data.csv"
+    listed = [r.id async for r in client.sessions.resources.list(session.id, limit=1)]
+    assert listed == [repo.id, added.id]
+    assert repo.id is not None
+    got = await client.sessions.resources.retrieve(repo.id, session_id=session.id)
+    assert got.url == "https://github.com/acme/app"
+    await client.sessions.resources.update(
+        repo.id, session_id=session.id, authorization_token="ghp_second"
+    )
+    assert server.resource_secret(session.id, repo.id) == "ghp_second"
+    deleted = await client.sessions.resources.delete(repo.id, session_id=session.id)
+    assert deleted.id == repo.id
+    updated = await client.sessions.update(
+        session.id, agent={"model": "auto"}, environment_variables={"MODE": "prod"}
+    )
+    assert updated.agent is not None
+    assert updated.agent.model == "auto"
+
+
+async def test_versions_environments_and_models_through_the_sdk(
+    client: AsyncManaged, server: FakeQoderServer
+) -> None:
+    agent = await client.agents.create(name="a", model={"id": "ultimate"})
+    for version in (1, 2):
+        await client.agents.update(agent.id, version=version, description=f"v{version + 1}")
+    versions = [v.version async for v in client.agents.versions.list(agent.id, limit=1)]
+    assert versions == [3, 2, 1]
+    env = await client.environments.create(name="e", config={"type": "cloud"})
+    assert env.id is not None
+    renamed = await client.environments.update(env.id, name="renamed")
+    assert renamed.name == "renamed"
+    gone = await client.environments.delete(env.id)
+    assert gone.id == env.id
+    with pytest.raises(NotFoundError):
+        await client.environments.retrieve(env.id)
+    models = [m async for m in client.models.list()]
+    assert {m.id for m in models} >= {"ultimate"}
+    assert all(m.is_enabled for m in models)
