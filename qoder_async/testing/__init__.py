@@ -1,13 +1,16 @@
 """A fake Qoder Cloud Agents service for tests, demos and bot development.
 
 `FakeQoderServer` runs a real HTTP + SSE server on 127.0.0.1 that speaks the
-Qoder "Managed" Cloud Agents API (``/api/v1/cloud``): environments, agents,
-sessions, sending events, listing them and streaming them with
-``Last-Event-ID`` resume and ``event_deltas[]`` previews. A scripted agent
-(`default_script`, or your own `Script`) answers every turn. `Faults` makes it
-misbehave on purpose (dropped connections, stalls, throttling, duplicated
-replays, malformed frames...) and `Dialect` switches between the wire
-formats the docs have described over time.
+Qoder "Managed" Cloud Agents API (``/api/v1/cloud``): environments, agents
+(and their versions), models, files, sessions (with resources), sending
+events, listing them and streaming them with ``Last-Event-ID`` resume and
+``event_deltas[]`` previews, and the sub-agent threads of multi-agent
+sessions; optionally it sends signed webhooks. A scripted agent
+(`default_script`, `multiagent_script`, or your own `Script`) answers every
+turn. `Faults` makes it misbehave on purpose (dropped, silent or stalled
+streams, throttling, duplicated or reordered replays, ignored resume cursors,
+malformed frames...) and `Dialect` switches between the wire formats the docs
+have described over time.
 
 This package is standalone: it imports nothing from the rest of
 ``qoder_async``, so any HTTP client can be tested against it::

@@ -3,16 +3,21 @@
 Request path through the app, in order (one middleware does it all):
 
 1. record the request (``server.requests``) and give it an ``x-request-id``;
+   a body over ``max_body_bytes`` is recorded empty and answered 413
+   ``request_too_large`` right away;
 2. a matching canned response (``faults.respond_next``) wins outright;
-3. throttling faults (429/503 with ``Retry-After``), like a gateway would;
-4. unregistered route or method -> plain-text ``404 page not found`` (no JSON);
-5. ``Authorization: Bearer <token>`` or 401;
-6. ``Idempotency-Key``/``X-Idempotency-Key`` on POST/DELETE: replay or 409;
-7. the handler; `ApiError` becomes the JSON error envelope;
-8. ``faults.slow_seconds`` before any non-stream response goes out.
+3. the download links under ``STORAGE_PATH`` (another origin in real life)
+   skip everything below but the handler: no throttling, no credentials;
+4. throttling faults (429/503/529 with ``Retry-After``), like a gateway would;
+5. unregistered route or method -> plain-text ``404 page not found`` (no JSON);
+6. ``Authorization: Bearer <token>`` or 401;
+7. ``Idempotency-Key``/``X-Idempotency-Key`` on POST/DELETE: replay or 409;
+8. the handler; `ApiError` becomes the JSON error envelope;
+9. ``faults.slow_seconds`` before any non-stream response goes out.
 
-Lists default to ``order=desc`` (newest first) for sessions, agents and
-environments and ``order=asc`` for events. Idempotency records are kept for
+Lists default to ``order=desc`` (newest first) for sessions, agents, agent
+versions, environments and files, and to ``order=asc`` for events, threads,
+thread events, session resources and models. Idempotency records are kept for
 2xx answers only (plus the stored-but-500 fault), so a request that failed can
 be retried with the same key and really runs again.
 
@@ -33,9 +38,17 @@ Sending events (``POST /sessions/{id}/events``), the rules a client meets:
   is not awaiting a result"``. Naming an id that is not a tool-use event of
   this session: 400 ``invalid_request_error``. ``user.tool_result`` is never
   checked.
+* An answer to a tool use asked in a sub-agent thread must echo that
+  thread's ``session_thread_id`` (400 naming the field otherwise); a
+  ``user.interrupt`` naming a thread must name one of the session's.
+* Content blocks with ``source: {"type": "file", "file_id"}`` must name a
+  stored file (400 otherwise).
 * The idempotency 409s say ``Idempotency-Key`` in their message
   (``IDEMPOTENCY_REUSE_MESSAGE``, ``IDEMPOTENCY_IN_PROGRESS_MESSAGE``); the
   others never do.
+
+Secrets a request hands over (a repository's ``authorization_token`` or
+``password``) are kept apart (`resource_secret`) and never sent back.
 """
 
 from __future__ import annotations
