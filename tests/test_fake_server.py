@@ -1927,7 +1927,17 @@ async def test_session_create_with_resources_and_overrides(
     for bad, param in (
         ({"resources": [{"type": "file", "file_id": "file_nope"}]}, "resources[0].file_id"),
         ({"resources": [{"type": "floppy"}]}, "resources[0].type"),
-        ({"resources": [{"type": "github_repository"}]}, "url"),
+        ({"resources": [{"type": "github_repository"}]}, "resources[0].url"),
+        ({"resources": [{"type": "file", "file_id": 7}]}, "resources[0].file_id"),
+        (
+            {
+                "resources": [
+                    {"type": "github_repository", "url": "u", "checkout": {"type": "commit"}}
+                ]
+            },
+            "resources[0].checkout.sha",
+        ),
+        ({"agent": {"id": agent["id"], "system": 5}}, "agent.system"),
         (
             {"resources": [{"type": "github_repository", "url": "u", "checkout": {"sha": 1}}]},
             "resources[0].checkout",

@@ -132,17 +132,23 @@ def paginate(
     }
 
 
-def check_str(obj: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
-    """A string field (``None`` when absent or null); a required one must be non-empty."""
+def check_str(
+    obj: Mapping[str, Any], name: str, *, required: bool = False, within: str | None = None
+) -> str | None:
+    """A string field (``None`` when absent or null); a required one must be non-empty.
+
+    ``within`` prefixes the field in errors (``resources[0]`` -> ``resources[0].url``).
+    """
     value = obj.get(name)
+    param = f"{within}.{name}" if within else name
     if value is None:
         if required:
-            raise bad_request(f"Missing required field: {name}", name)
+            raise bad_request(f"Missing required field: {param}", param)
         return None
     if not isinstance(value, str):
-        raise bad_request(f"{name} must be a string", name)
+        raise bad_request(f"{param} must be a string", param)
     if required and not value:
-        raise bad_request(f"{name} must not be empty", name)
+        raise bad_request(f"{param} must not be empty", param)
     return value
 
 
@@ -336,12 +342,12 @@ def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
     if kind not in RESOURCE_FIELDS:
         kinds = ", ".join(RESOURCE_FIELDS)
         raise bad_request(f"{param}.type must be one of {kinds}", f"{param}.type")
-    check_str(value, _REQUIRED[kind], required=True)
+    check_str(value, _REQUIRED[kind], required=True, within=param)
     out: dict[str, Any] = {"type": kind}
     for name in RESOURCE_FIELDS[kind]:
         if name == "checkout":
             continue
-        field = check_str(value, name)
+        field = check_str(value, name, within=param)
         if field is not None or name == "mount_path":
             out[name] = field
     if kind == "memory_store" and out.get("access") not in (None, "read_write", "read_only"):
@@ -356,10 +362,10 @@ def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
                 f"{param}.checkout must be {{type: branch, name}} or {{type: commit, sha}}",
                 f"{param}.checkout",
             )
-        check_str(checkout, field, required=True)
+        check_str(checkout, field, required=True, within=f"{param}.checkout")
         out["checkout"] = {"type": checkout["type"], field: checkout[field]}
     secret_name = RESOURCE_SECRETS.get(kind)
-    secret = check_str(value, secret_name) if secret_name else None
+    secret = check_str(value, secret_name, within=param) if secret_name else None
     return out, secret
 
 

@@ -954,7 +954,7 @@ class FakeQoderServer:
         """The agent fields a session may override (``system``, ``model``, lists)."""
         out: dict[str, Any] = {}
         if "system" in ref:
-            out["system"] = out["instructions"] = check_str(ref, "system")
+            out["system"] = out["instructions"] = check_str(ref, "system", within=param)
         if ref.get("model") is not None:
             out["model"] = check_model(ref["model"], f"{param}.model")
         for name in ("tools", "mcp_servers", "skills"):
