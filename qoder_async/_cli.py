@@ -814,6 +814,14 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _type_list(text: str) -> list[str]:
+    """``--type`` takes one value (so it cannot swallow the positional id); commas split it."""
+    types = [part.strip() for part in text.split(",") if part.strip()]
+    if not types:
+        raise argparse.ArgumentTypeError("expected an event type such as agent.message")
+    return types
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -916,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "events",
         "list a session's stored events (history)",
-        f"{PROG} events sess_01abc --order desc --limit 20 --type agent.message",
+        f"{PROG} events --type agent.message --type agent.tool_use sess_01abc --limit 20",
         _cmd_events,
     )
     p.add_argument("session_id", metavar="SESSION_ID")
@@ -926,9 +934,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         dest="types",
         action="extend",
-        nargs="+",
-        metavar="T",
-        help="only events of these types (repeatable)",
+        type=_type_list,
+        metavar="TYPE",
+        help="only events of this type; repeat it (--type a --type b) or list types "
+        "separated by commas (--type a,b)",
     )
 
     group = build.add(

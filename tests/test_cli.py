@@ -318,9 +318,22 @@ async def test_events_lists_history(
     assert [line.split()[0] for line in newest.lines] == [stored[-1]["id"], stored[-2]["id"]]
     assert newest.lines[0].split()[2] == "idle"
 
-    only = await run(
-        "--json", "events", session_id, "--type", "agent.message", "agent.tool_use", env=env
-    )
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--type", "agent.message", "--type", "agent.tool_use", "SESSION"],  # before the id
+        ["SESSION", "--type", "agent.message", "--type", "agent.tool_use"],
+        ["--type", "agent.message,agent.tool_use", "SESSION"],
+        ["--type", "agent.message, agent.tool_use", "--json", "SESSION"],
+    ],
+)
+async def test_events_type_is_repeatable_and_never_swallows_the_id(
+    server: FakeQoderServer, client: QoderClient, session_id: str, args: list[str]
+) -> None:
+    await finished_turn(client, session_id)
+    argv = [session_id if arg == "SESSION" else arg for arg in args]
+    only = await run("--json", "events", *argv, env=server_env(server))
     assert only.code == 0, only
     assert sorted(json.loads(line)["type"] for line in only.lines) == [
         "agent.message",
