@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import time
 import traceback
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 from qoder_async import (
     Agent,
@@ -82,6 +84,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: Environment variable that does what ``--allow-insecure-http`` does (``1``, ``true``, ``yes``).
+_INSECURE_ENV = "QODER_ALLOW_INSECURE_HTTP"
 
 _LINE_LIMIT = 160
 _MESSAGE_LIMIT = 400
@@ -483,7 +488,42 @@ def _client(args: argparse.Namespace) -> QoderClient:
         raise ConfigurationError(
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
-    return QoderClient(token=args.token, base_url=args.base_url)
+    return QoderClient(
+        token=args.token, base_url=args.base_url, allow_insecure_http=_allow_insecure_http(args)
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _allow_insecure_http(args: argparse.Namespace) -> bool:
+    return bool(args.allow_insecure_http) or _env_flag(_INSECURE_ENV)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether the client sends plain http:// to ``host`` without ``allow_insecure_http``."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _connect_host(host: str) -> str:
+    """The host a client on this machine should dial to reach a server bound to ``host``.
+
+    A wildcard address is where a server listens, not where a client connects;
+    the client also refuses plain http:// to it as not loopback. asyncio binds
+    ``::`` IPv6-only, hence ``::1`` for it.
+    """
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host.strip("[]") == "::":
+        return "::1"
+    return host
 
 
 async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
@@ -763,14 +803,28 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
         return EXIT_ERROR
     try:
         session = server.add_session(title="fake-server session")
-        info = {"base_url": server.base_url, "token": server.token, "session_id": session["id"]}
+        host = _connect_host(args.host)
+        path = urlsplit(server.base_url).path
+        base_url = f"http://{f'[{host}]' if ':' in host else host}:{server.port}{path}"
+        insecure = not _is_loopback(host)
+        info: dict[str, object] = {
+            "base_url": base_url,
+            "token": server.token,
+            "session_id": session["id"],
+            "allow_insecure_http": insecure,
+        }
         if ctx.out.json_mode:
             ctx.out.record(info)
         else:
-            for key, value in info.items():
-                ctx.out.line(f"{key}={value}")
-            ctx.out.line(f"export QODER_BASE_URL={server.base_url} QODER_PAT={server.token}")
-            ctx.out.note("serving the fake Qoder API; Ctrl-C stops it")
+            for key in ("base_url", "token", "session_id"):
+                ctx.out.line(f"{key}={info[key]}")
+            if insecure:  # without it the client refuses plain http:// to this host
+                ctx.out.line(f"export {_INSECURE_ENV}=1")
+            # Printed last: a reader can stop at it.
+            ctx.out.line(f"export QODER_BASE_URL={base_url} QODER_PAT={server.token}")
+            bind = f"[{args.host}]" if ":" in args.host else args.host
+            where = f"{bind}:{server.port}"
+            ctx.out.note(f"serving the fake Qoder API on {where}; Ctrl-C stops it")
         await stop.wait()
     finally:
         await server.close()
@@ -798,6 +852,13 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="TOKEN",
         default=default(None),
         help="access token (default: $QODER_PAT, else $QODER_ACCESS_TOKEN)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=default(False),
+        help="allow a plain http:// base URL to a host that is not loopback; the token then "
+        f"travels unencrypted (default: ${_INSECURE_ENV}=1)",
     )
     group.add_argument(
         "--json",
@@ -1010,7 +1071,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{PROG} fake-server --port 8765",
         _cmd_fake_server,
         "Prints base_url=, token= and session_id= lines (a session is created for you) and "
-        "an export line to paste into another shell. --token sets the token it accepts.",
+        "export lines to paste into another shell. --token sets the token it accepts. With "
+        "--host 0.0.0.0 (or ::) the printed URL names this machine's loopback address; with "
+        f"another host that is not loopback an 'export {_INSECURE_ENV}=1' line is added, "
+        "since the client refuses plain http:// to it otherwise.",
     )
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")

@@ -8,9 +8,11 @@ hangs; nothing here measures time.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
 
@@ -19,7 +21,7 @@ import httpx
 import pytest
 
 from qoder_async import QoderClient
-from qoder_async._cli import main
+from qoder_async._cli import _connect_host, _is_loopback, main
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 
 TIMEOUT = 30.0
@@ -430,17 +432,30 @@ async def test_environments_commands(server: FakeQoderServer) -> None:
 # --------------------------------------------------------------------------- fake-server
 
 
+async def read_fake_server(cli: Cli) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``key=value`` lines ``fake-server`` prints, and its ``export`` lines as variables.
+
+    The ``export QODER_BASE_URL=...`` line is printed last.
+    """
+    values: dict[str, str] = {}
+    exports: dict[str, str] = {}
+    while "QODER_BASE_URL" not in exports:
+        line = await cli.wait_line(lambda line: True)
+        if line.startswith("export "):
+            exports.update(item.split("=", 1) for item in line.split()[1:])
+        else:
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values, exports
+
+
 async def test_fake_server_serves_until_ctrl_c() -> None:
     cli = await Cli.start("fake-server", "--port", "0", "--heartbeat", "1", env=clean_env())
-    values = {}
-    while "export" not in values:
-        line = await cli.wait_line(lambda line: True)
-        key, _, value = line.partition("=")
-        values[key.split()[0]] = value
+    values, exports = await read_fake_server(cli)
     base_url, token, session_id = values["base_url"], values["token"], values["session_id"]
     assert base_url.startswith("http://127.0.0.1:")
     assert base_url.endswith("/api/v1/cloud")
-    assert values["export"] == f"{base_url} QODER_PAT={token}"
+    assert exports == {"QODER_BASE_URL": base_url, "QODER_PAT": token}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         answer = await http.get(f"{base_url}/sessions/{session_id}")
         assert answer.status_code == 200
@@ -455,7 +470,116 @@ async def test_fake_server_serves_until_ctrl_c() -> None:
     assert result.code == 0, result
 
 
+def local_address(family: socket.AddressFamily, probe: str) -> str | None:
+    """This machine's own address that is not loopback, if any (a UDP connect sends nothing)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((probe, 9))
+            address = str(sock.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def can_bind(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "dialled"),
+    [("0.0.0.0", "http://127.0.0.1:"), ("::", "http://[::1]:")],
+)
+async def test_fake_server_on_a_wildcard_address_prints_lines_that_work(
+    host: str, dialled: str
+) -> None:
+    if not can_bind(host) or not can_bind(_connect_host(host)):
+        pytest.skip(f"cannot listen on {host} here")
+    cli = await Cli.start("fake-server", "--host", host, env=clean_env())
+    values, exports = await read_fake_server(cli)
+    assert values["base_url"].startswith(dialled)
+    assert exports == {"QODER_BASE_URL": values["base_url"], "QODER_PAT": values["token"]}
+    chat = await run("chat", values["session_id"], "hi", env=clean_env(exports))
+    assert chat.code == 0, chat
+    assert 'You said: "hi"' in chat.out
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert "QODER_ALLOW_INSECURE_HTTP" not in result.out
+
+
+async def test_fake_server_on_a_remote_address_exports_the_insecure_switch() -> None:
+    address = local_address(socket.AF_INET, "192.0.2.1")  # TEST-NET-1: never reached
+    if address is None or not can_bind(address):
+        pytest.skip("this machine has no IPv4 address besides loopback")
+    cli = await Cli.start("fake-server", "--host", address, env=clean_env())
+    values, exports = await read_fake_server(cli)
+    assert values["base_url"].startswith(f"http://{address}:")
+    assert exports == {
+        "QODER_ALLOW_INSECURE_HTTP": "1",
+        "QODER_BASE_URL": values["base_url"],
+        "QODER_PAT": values["token"],
+    }
+    chat = await run("chat", values["session_id"], "hi", env=clean_env(exports))
+    assert chat.code == 0, chat
+    assert 'You said: "hi"' in chat.out
+    del exports["QODER_ALLOW_INSECURE_HTTP"]
+    refused = await run("sessions", "list", env=clean_env(exports))
+    assert_clean_error(refused, 2)
+    cli.signal(signal.SIGINT)
+    assert (await cli.finish()).code == 0
+
+
+def test_which_host_fake_server_prints() -> None:
+    assert _connect_host("0.0.0.0") == "127.0.0.1"
+    assert _connect_host("") == "127.0.0.1"
+    assert _connect_host("::") == "::1"
+    assert _connect_host("10.1.2.3") == "10.1.2.3"
+    assert _connect_host("localhost") == "localhost"
+    assert _is_loopback("127.0.0.1")
+    assert _is_loopback("::1")
+    assert _is_loopback("localhost")
+    assert not _is_loopback("10.1.2.3")
+    assert not _is_loopback("fake.example")
+
+
 # --------------------------------------------------------------------------- errors and options
+
+
+def insecure_env(server: FakeQoderServer, **extra: str) -> dict[str, str]:
+    """The server reached through 0.0.0.0: plain http:// to a host that is not loopback."""
+    remote = server.base_url.replace("127.0.0.1", "0.0.0.0")
+    return clean_env({"QODER_BASE_URL": remote, "QODER_PAT": server.token, **extra})
+
+
+async def test_plain_http_to_a_remote_host_is_refused_by_default(server: FakeQoderServer) -> None:
+    server.add_environment("far")
+    refused = await run("environments", "list", env=insecure_env(server))
+    assert_clean_error(refused, 2)
+    assert "http://" in refused.err
+    off = await run("environments", "list", env=insecure_env(server, QODER_ALLOW_INSECURE_HTTP="0"))
+    assert_clean_error(off, 2)
+
+
+@pytest.mark.parametrize(
+    ("flag", "extra"),
+    [
+        (["--allow-insecure-http"], {}),
+        ([], {"QODER_ALLOW_INSECURE_HTTP": "1"}),
+        ([], {"QODER_ALLOW_INSECURE_HTTP": "true"}),
+    ],
+)
+async def test_allow_insecure_http_by_flag_or_environment(
+    server: FakeQoderServer, flag: list[str], extra: dict[str, str]
+) -> None:
+    server.add_environment("far")
+    result = await run("environments", "list", *flag, env=insecure_env(server, **extra))
+    assert result.code == 0, result
+    assert "far" in result.out
 
 
 async def test_api_error_is_one_line_with_the_request_id(server: FakeQoderServer) -> None:
