@@ -52,6 +52,8 @@ from qoder_async import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
+    APIError,
+    APIStatusError,
     ConfigurationError,
     Environment,
     Event,
@@ -62,6 +64,7 @@ from qoder_async import (
     RequiresAction,
     ResumeExhaustedError,
     Session,
+    SessionBusyError,
     SessionError,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -279,12 +282,66 @@ class _Output:
         else:
             self.line(event_line(event))
 
+    def _redact(self, text: str) -> str:
+        # A few characters are no secret worth hiding, and hiding them garbles every word.
+        if self.secret and len(self.secret) >= 8:
+            return text.replace(self.secret, "***")
+        return text
+
     def note(self, text: str) -> None:
         """A message for the human, on stderr."""
-        if self.secret:
-            text = text.replace(self.secret, "***")
-        self.stderr.write(f"{PROG}: {text}\n")
+        self.stderr.write(f"{PROG}: {self._redact(text)}\n")
         self.stderr.flush()
+
+    def error(
+        self,
+        kind: str,
+        message: str,
+        *,
+        hints: Sequence[str] = (),
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
+        """An error, as one line on stderr: plain text, or a JSON object in ``--json`` mode.
+
+        ``{"error": {"type", "message", "status_code", "error_type", "request_id"}}``,
+        plus ``"hint"`` and any other ``fields`` given.
+        """
+        hint = " ".join(hints)
+        if not self.json_mode:
+            self.note(f"error: {message}" + (f" (hint: {hint})" if hint else ""))
+            return
+        record: dict[str, object] = {
+            "type": kind,
+            "message": message,
+            "status_code": None,
+            "error_type": None,
+            "request_id": None,
+        }
+        record.update(fields or {})
+        if hint:
+            record["hint"] = hint
+        redacted = {k: self._redact(v) if isinstance(v, str) else v for k, v in record.items()}
+        self.stderr.write(json.dumps({"error": redacted}, ensure_ascii=False, default=str) + "\n")
+        self.stderr.flush()
+
+    def exception(self, exc: BaseException, *, prefix: str = "") -> None:
+        """``exc`` through :meth:`error`; its ``__notes__`` (added by the CLI) are hints."""
+        fields: dict[str, object] = {}
+        text = _error_text(exc)
+        if isinstance(exc, APIStatusError):
+            fields = {
+                "status_code": exc.status_code,
+                "error_type": exc.error_type,
+                "request_id": exc.request_id,
+            }
+        if self.json_mode:
+            if isinstance(exc, APIError):
+                text = " ".join(exc.message.split())  # the rest is in the fields
+            cursor = getattr(exc, "last_event_id", None)
+            if cursor is not None:
+                fields["last_event_id"] = cursor
+        notes = [str(note) for note in getattr(exc, "__notes__", ())]
+        self.error(type(exc).__name__, prefix + text, hints=notes, fields=fields)
 
     def status(self, text: str) -> None:
         """Show a transient status (spinner) line; only on a terminal, between lines."""
@@ -488,9 +545,15 @@ def _client(args: argparse.Namespace) -> QoderClient:
         raise ConfigurationError(
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
-    return QoderClient(
-        token=args.token, base_url=args.base_url, allow_insecure_http=_allow_insecure_http(args)
-    )
+    allow = _allow_insecure_http(args)
+    try:
+        return QoderClient(token=args.token, base_url=args.base_url, allow_insecure_http=allow)
+    except ConfigurationError as exc:
+        base_url = args.base_url or os.environ.get("QODER_BASE_URL") or ""
+        parts = urlsplit(base_url.strip())
+        if not allow and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            exc.add_note(f"from the shell: --allow-insecure-http, or {_INSECURE_ENV}=1")
+        raise
 
 
 def _env_flag(name: str) -> bool:
@@ -534,7 +597,15 @@ async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
         raise ConfigurationError("the message is empty")
     view = _TurnView(ctx)
     async with _client(args) as client:
-        turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
+        try:
+            turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
+        except SessionBusyError as exc:
+            if args.on_busy == "raise":
+                exc.add_note(
+                    "a turn is running in this session; --on-busy wait waits for it to end, "
+                    "--on-busy interrupt interrupts it first"
+                )
+            raise
         return await view.follow(turn)
 
 
@@ -799,7 +870,9 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
     try:
         await server.start()
     except OSError as exc:
-        ctx.out.note(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        ctx.out.error(
+            type(exc).__name__, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        )
         return EXIT_ERROR
     try:
         session = server.add_session(title="fake-server session")
@@ -864,7 +937,8 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--json",
         action="store_true",
         default=default(False),
-        help="machine output: one JSON object per line on stdout",
+        help="machine output: output is JSON Lines (one JSON object per line) on stdout; an "
+        "error is one JSON object on stderr",
     )
     group.add_argument(
         "-v",
@@ -1132,10 +1206,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in words[: words.index("--") if "--" in words else len(words)]
+    usage = io.StringIO()
     try:
-        args = parser.parse_args(argv)
+        # In --json mode argparse's usage message is caught and sent on as a JSON error.
+        with contextlib.redirect_stderr(usage) if json_mode else contextlib.nullcontext():
+            args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version, usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if json_mode and code != EXIT_OK:
+            lines = usage.getvalue().strip().splitlines() or [f"{PROG}: error: invalid usage"]
+            message = lines[-1].partition(": error: ")[2] or lines[-1]
+            out = _Output(json_mode=True, stdout=sys.stdout, stderr=sys.stderr)
+            out.error("UsageError", message, hints=[f"{PROG} --help shows the usage"])
+        return code
     _setup_logging(args.verbose)
     out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
     out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
@@ -1144,10 +1229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a Ctrl-C the event loop did not see (startup, Windows)
         return EXIT_INTERRUPTED
     except ConfigurationError as exc:
-        out.note(f"error: {_error_text(exc)}")
+        out.exception(exc)
         return EXIT_USAGE
     except QoderError as exc:
-        out.note(f"error: {_error_text(exc)}")
+        out.exception(exc)
         return EXIT_ERROR
     except BrokenPipeError:  # `qoder-async events ... | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1156,5 +1241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, the traceback only with -v
         if args.verbose:
             traceback.print_exc()
-        out.note(f"internal error: {type(exc).__name__}: {_error_text(exc)} (-v shows more)")
+        exc.add_note("-v shows the traceback")
+        out.exception(exc, prefix=f"internal error: {type(exc).__name__}: ")
         return EXIT_ERROR

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import httpx
@@ -111,6 +112,16 @@ def assert_clean_error(result: Result, code: int) -> None:
     assert len(result.err.strip().splitlines()) == 1, result.err
 
 
+def json_error(result: Result) -> dict[str, Any]:
+    """The ``{"error": {...}}`` object a ``--json`` run printed as the one line on stderr."""
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    error: dict[str, Any] = json.loads(lines[0])["error"]
+    assert {"type", "message", "status_code", "request_id"} <= error.keys()
+    return error
+
+
 async def finished_turn(client: QoderClient, session_id: str, text: str = "hello") -> None:
     await (await client.session(session_id).send(text)).result()
 
@@ -194,6 +205,15 @@ async def test_chat_busy_session_fails_or_interrupts(
     busy = await run("chat", session_id, "second", env=env)
     assert_clean_error(busy, 1)
     assert "409" in busy.err
+    assert "--on-busy wait" in busy.err
+    assert "--on-busy interrupt" in busy.err
+
+    busy_json = await run("chat", session_id, "second", "--json", env=env)
+    assert busy_json.code == 1, busy_json
+    error = json_error(busy_json)
+    assert error["type"] == "SessionBusyError"
+    assert error["status_code"] == 409
+    assert "--on-busy wait" in error["hint"]
 
     async def quick(ctx: TurnContext) -> None:
         await ctx.message(f"done: {ctx.text}")
@@ -561,6 +581,8 @@ async def test_plain_http_to_a_remote_host_is_refused_by_default(server: FakeQod
     refused = await run("environments", "list", env=insecure_env(server))
     assert_clean_error(refused, 2)
     assert "http://" in refused.err
+    assert "--allow-insecure-http" in refused.err
+    assert "QODER_ALLOW_INSECURE_HTTP=1" in refused.err
     off = await run("environments", "list", env=insecure_env(server, QODER_ALLOW_INSECURE_HTTP="0"))
     assert_clean_error(off, 2)
 
@@ -589,6 +611,43 @@ async def test_api_error_is_one_line_with_the_request_id(server: FakeQoderServer
     assert "request_id=req_" in result.err
     assert server.token not in result.err
     assert result.out == ""
+
+
+async def test_json_mode_errors_are_one_json_object_on_stderr(server: FakeQoderServer) -> None:
+    missing = await run("--json", "sessions", "get", "sess_missing", env=server_env(server))
+    assert missing.code == 1, missing
+    assert missing.out == ""
+    error = json_error(missing)
+    assert error["type"] == "NotFoundError"
+    assert error["status_code"] == 404
+    assert error["request_id"].startswith("req_")
+    assert error["error_type"]
+    assert error["message"]
+    assert server.token not in missing.err
+
+    wrong = await run(
+        "sessions",
+        "list",
+        "--json",
+        "--token",
+        "pt-wrong-secret",
+        env=clean_env({"QODER_BASE_URL": server.base_url}),
+    )
+    assert json_error(wrong)["type"] == "AuthenticationError"
+    assert "pt-wrong-secret" not in wrong.err
+
+    no_token = await run("sessions", "list", "--json", env=clean_env())
+    assert no_token.code == 2, no_token
+    error = json_error(no_token)
+    assert error["type"] == "ConfigurationError"
+    assert error["status_code"] is None
+    assert "QODER_PAT" in error["message"]
+
+    usage = await run("--json", "chat", env=clean_env())
+    assert usage.code == 2, usage
+    error = json_error(usage)
+    assert error["type"] == "UsageError"
+    assert "required" in error["message"]
 
 
 async def test_wrong_token_is_an_api_error(server: FakeQoderServer) -> None:
@@ -656,6 +715,7 @@ async def test_help_as_a_subprocess() -> None:
     assert result.code == 0, result
     assert "Example:" in result.out
     assert "--on-busy" in result.out
+    assert "JSON Lines (one JSON object per line)" in " ".join(result.out.split())
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
