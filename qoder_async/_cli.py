@@ -76,6 +76,7 @@ from qoder_async import (
     UnknownEvent,
     Usage,
     UserCustomToolResult,
+    UserInterrupt,
     UserMessage,
     __version__,
 )
@@ -153,6 +154,17 @@ def usage_text(usage: Usage | None) -> str:
     if usage.credits is not None:
         parts.append(f"{usage.credits:g} credits")
     return ", ".join(parts)
+
+
+def usage_record(usage: Usage | None) -> dict[str, int | float | None]:
+    """``usage`` as a JSON object with every field (``null`` when unknown)."""
+    return {
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else None,
+        "credits": usage.credits if usage else None,
+    }
 
 
 def _stop_text(event: SessionStatusIdle) -> str:
@@ -422,8 +434,14 @@ class _TurnView:
     """Prints one turn as it streams, and turns the first Ctrl-C into an interrupt.
 
     Two readers share the turn: the events (tool calls, thinking, errors) and
-    ``turn.text_stream()`` (the reply, live). Then a summary line: stop reason,
-    usage, time.
+    ``turn.text_stream()`` (the reply, live). Then a summary line: done or
+    interrupted, stop reason, usage, time; in ``--json`` mode a ``{"result": ...}``
+    line instead.
+
+    A turn counts as interrupted when a ``user.interrupt`` was sent during it:
+    ours (the first Ctrl-C) or anyone's (seen among the turn's events, e.g.
+    another ``chat --on-busy interrupt``). Its text is then what was shown so
+    far, previews included, since no final message will replace them.
     """
 
     def __init__(self, ctx: _Context) -> None:
@@ -434,6 +452,9 @@ class _TurnView:
         self._activity = "waiting for the agent"
         self._started = time.monotonic()
         self._shown: set[str] = set()
+        self._text_shown: list[str] = []
+        self._interrupt_sent = False
+        self._interrupt_seen = False
         ctx.signals.handler = self._on_signal
 
     def _on_signal(self, signum: int) -> bool:
@@ -451,9 +472,13 @@ class _TurnView:
 
     async def _interrupt(self, turn: Turn) -> None:
         try:
-            await turn.interrupt()
+            accepted = await turn.interrupt()
         except QoderError as exc:
             self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
+            return
+        # A turn that ended before the interrupt arrived was not interrupted by it:
+        # the server then files the user.interrupt under no turn (or another one).
+        self._interrupt_sent = turn.turn_id is None or accepted.turn_id == turn.turn_id
 
     async def follow(self, turn: Turn) -> int:
         """Stream ``turn`` to the output; the exit code once it ended."""
@@ -468,6 +493,8 @@ class _TurnView:
             helpers.append(asyncio.create_task(self._spin()))
         try:
             async for event in turn:
+                if isinstance(event, UserInterrupt):
+                    self._interrupt_seen = True
                 self._show(event)
             await helpers[0]
         finally:
@@ -484,6 +511,7 @@ class _TurnView:
         # The event loop in follow() reports a failed turn; this reader just stops.
         with contextlib.suppress(QoderError):
             async for chunk in turn.text_stream():
+                self._text_shown.append(chunk)
                 self.out.text(chunk)
                 self._activity = "writing"
 
@@ -524,12 +552,26 @@ class _TurnView:
             out.line(out.dim(f"· {event.type}"))
 
     def _summary(self, result: TurnResult) -> None:
-        stop = result.stop_reason.type if result.stop_reason is not None else "none"
+        # TurnResult.interrupted is on its way into the library; until then, what we saw.
+        mine = self._interrupt_sent or self._interrupt_seen
+        interrupted = bool(getattr(result, "interrupted", mine))
+        stop = result.stop_reason.type if result.stop_reason is not None else None
+        if self.out.json_mode:
+            text = ("".join(self._text_shown) or result.text) if interrupted else result.text
+            summary = {
+                "turn_id": result.turn_id or (self.turn.turn_id if self.turn else None),
+                "text": text,
+                "stop_reason": stop,
+                "usage": usage_record(result.usage),
+                "interrupted": interrupted,
+            }
+            self.out.record({"result": summary})
+            return
         elapsed = time.monotonic() - self._started
         tools = len(result.tool_calls)
         parts = [
-            "interrupted" if self.interrupt_requested else "done",
-            f"stop: {stop}",
+            "interrupted" if interrupted else "done",
+            f"stop: {stop or 'none'}",
             f"usage: {usage_text(result.usage)}",
             f"{tools} tool call{'' if tools == 1 else 's'}",
             f"{elapsed:.1f}s",

@@ -175,12 +175,30 @@ async def test_chat_streams_tools_then_the_reply_then_the_stop_reason(
     assert server.user_messages(session_id)[0]["content"][0]["text"] == "Analyze this"
 
 
-async def test_chat_json_prints_one_event_per_line(
+async def test_chat_json_prints_one_event_per_line_then_the_result(
     server: FakeQoderServer, session_id: str
 ) -> None:
     result = await run("chat", session_id, "hi", "--json", env=server_env(server))
     assert result.code == 0, result
-    events = [json.loads(line) for line in result.lines]
+    *events, last = [json.loads(line) for line in result.lines]
+    assert list(last) == ["result"]
+    summary = last["result"]
+    reply = next(e for e in events if e["type"] == "agent.message")["content"][0]["text"]
+    assert summary["text"] == reply
+    assert summary["text"].startswith('You said: "hi"')
+    assert summary["turn_id"] == events[0]["turn_id"]
+    assert summary["stop_reason"] == "end_turn"
+    assert summary["interrupted"] is False
+    usage = summary["usage"]
+    assert set(usage) == {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "credits",
+    }
+    assert usage["input_tokens"] > 0
+    assert usage["output_tokens"] > 0
     types = [e["type"] for e in events]
     assert types[0] == "user.message"
     assert types[-1] == "session.status_idle"
@@ -224,6 +242,8 @@ async def test_chat_busy_session_fails_or_interrupts(
     assert "done: third" in third.out
     first_result = await first.finish()
     assert first_result.code == 0, first_result
+    # Interrupted by the other chat, not by a Ctrl-C of its own: still interrupted.
+    assert first_result.lines[-1].startswith("■ interrupted · stop: end_turn"), first_result
     types = [e["type"] for e in server.stored_events(session_id)]
     assert "user.interrupt" in types
 
@@ -245,6 +265,33 @@ async def test_first_ctrl_c_interrupts_the_turn_and_keeps_streaming(
     assert "interrupting" in result.err
     assert result.lines[-1].startswith("■ interrupted · stop: end_turn")
     assert "user.interrupt" in [e["type"] for e in server.stored_events(session_id)]
+
+
+async def partial_reply(ctx: TurnContext) -> None:
+    """A reply cut short: incremental text that no final agent.message completes."""
+    meta = {"message_id": "msg_partial", "parent_tool_use_id": None}
+    ctx.emit("agent.message_start", **meta, message={"id": "msg_partial", "content": []})
+    ctx.emit("agent.content_block_start", **meta, index=0, content_block={"type": "text"})
+    for piece in ("The first half ", "of an answer"):
+        delta = {"type": "text_delta", "text": piece}
+        ctx.emit("agent.content_block_delta", **meta, index=0, delta=delta)
+    await ctx.sleep(60)
+
+
+async def test_chat_json_interrupted_turn_reports_the_partial_text(server: FakeQoderServer) -> None:
+    server.script = partial_reply
+    session_id = server.add_session(incremental_streaming_enabled=True)["id"]
+    cli = await Cli.start("chat", session_id, "long job", "--json", env=server_env(server))
+    await cli.wait_line(lambda line: "of an answer" in line)  # the CLI has the text
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert "interrupting" in result.err
+    *events, last = [json.loads(line) for line in result.lines]
+    assert "user.interrupt" in [e.get("type") for e in events]
+    assert last["result"]["interrupted"] is True
+    assert last["result"]["text"] == "The first half of an answer"
+    assert last["result"]["stop_reason"] == "end_turn"
 
 
 async def test_second_ctrl_c_quits_with_130(server: FakeQoderServer, session_id: str) -> None:
