@@ -248,6 +248,36 @@ async def test_chat_busy_session_fails_or_interrupts(
     assert "user.interrupt" in types
 
 
+async def test_chat_on_busy_wait_sends_once_the_running_turn_ends(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    gate = asyncio.Event()
+
+    async def gated(ctx: TurnContext) -> None:
+        if ctx.text == "first":
+            await gate.wait()
+        await ctx.message(f"done: {ctx.text}")
+
+    server.script = gated
+    env = server_env(server)
+    first = await Cli.start("chat", session_id, "first", env=env)
+    await server.wait_for_event(session_id, "session.status_running")
+    second = await Cli.start("-v", "chat", session_id, "second", "--on-busy", "wait", env=env)
+    await second.wait_line(lambda line: "409" in line, stream="err")  # it was told "busy"
+    gate.set()
+    first_result, second_result = await first.finish(), await second.finish()
+    assert first_result.code == 0, first_result
+    assert first_result.lines[-1].startswith("■ done")
+    assert second_result.code == 0, second_result
+    assert "done: second" in second_result.out
+    types = [e["type"] for e in server.stored_events(session_id)]
+    assert "user.interrupt" not in types
+    assert [m["content"][0]["text"] for m in server.user_messages(session_id)] == [
+        "first",
+        "second",
+    ]
+
+
 async def forever(ctx: TurnContext) -> None:
     await ctx.message("Working on it...")
     await ctx.sleep(60)
