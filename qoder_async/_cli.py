@@ -55,6 +55,7 @@ from qoder_async import (
     APIError,
     APIStatusError,
     ConfigurationError,
+    DeletedSession,
     Environment,
     Event,
     EventDelta,
@@ -224,7 +225,7 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | Agent | Environment) -> dict[str, Any]:
+def _raw(obj: Event | Session | Agent | Environment | DeletedSession) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}
@@ -737,6 +738,7 @@ def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
             "model": obj.model,
             "version": obj.version,
             "system": _one_line(obj.system) if obj.system else None,
+            "archived_at": obj.archived_at,
             "created_at": obj.created_at,
         }
     else:
@@ -745,6 +747,7 @@ def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
             "name": obj.name,
             "status": obj.status,
             "config": json.dumps(dict(obj.config)) if obj.config else None,
+            "archived_at": obj.archived_at,
             "created_at": obj.created_at,
         }
     for key, value in fields.items():
@@ -803,6 +806,16 @@ async def _cmd_sessions_archive(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
+async def _cmd_sessions_delete(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        deleted = await client.sessions.delete(args.session_id)
+    if ctx.out.json_mode:
+        ctx.out.record(_raw(deleted))
+    else:
+        ctx.out.line(f"deleted {deleted.id or args.session_id}")
+    return EXIT_OK
+
+
 async def _cmd_agents_list(args: argparse.Namespace, ctx: _Context) -> int:
     async with _client(args) as client:
         agents = client.agents.list(limit=_page_size(args.limit))
@@ -817,6 +830,20 @@ async def _cmd_agents_create(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
+async def _cmd_agents_get(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agent = await client.agents.retrieve(args.agent_id, version=args.version)
+    _show_resource(ctx, agent)
+    return EXIT_OK
+
+
+async def _cmd_agents_archive(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agent = await client.agents.archive(args.agent_id)
+    _show_resource(ctx, agent)
+    return EXIT_OK
+
+
 async def _cmd_environments_list(args: argparse.Namespace, ctx: _Context) -> int:
     async with _client(args) as client:
         environments = client.environments.list(limit=_page_size(args.limit))
@@ -827,6 +854,20 @@ async def _cmd_environments_list(args: argparse.Namespace, ctx: _Context) -> int
 async def _cmd_environments_create(args: argparse.Namespace, ctx: _Context) -> int:
     async with _client(args) as client:
         environment = await client.environments.create(name=args.name)
+    _show_resource(ctx, environment)
+    return EXIT_OK
+
+
+async def _cmd_environments_get(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environment = await client.environments.retrieve(args.environment_id)
+    _show_resource(ctx, environment)
+    return EXIT_OK
+
+
+async def _cmd_environments_archive(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environment = await client.environments.archive(args.environment_id)
     _show_resource(ctx, environment)
     return EXIT_OK
 
@@ -1120,7 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = build.add(
         commands,
         "sessions",
-        "list, create, get, cancel or archive sessions",
+        "list, create, get, cancel, archive or delete sessions",
         f"{PROG} sessions list",
     )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -1144,11 +1185,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("get", "show a session", _cmd_sessions_get),
         ("cancel", "cancel a session's running turn", _cmd_sessions_cancel),
         ("archive", "archive a session", _cmd_sessions_archive),
+        ("delete", "delete a session and its events (cannot be undone)", _cmd_sessions_delete),
     ):
         p = build.add(sub, name, summary, f"{PROG} sessions {name} sess_01abc", func)
         p.add_argument("session_id", metavar="SESSION_ID")
 
-    group = build.add(commands, "agents", "list or create agents", f"{PROG} agents list")
+    group = build.add(
+        commands, "agents", "list, create, get or archive agents", f"{PROG} agents list"
+    )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = build.add(sub, "list", "list agents", f"{PROG} agents list", _cmd_agents_list)
     p.add_argument("--limit", type=_positive, metavar="N", help="print at most N agents")
@@ -1162,9 +1206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the agent's name")
     p.add_argument("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate")
     p.add_argument("--system", metavar="S", help="system prompt")
+    p = build.add(
+        sub, "get", "show an agent", f"{PROG} agents get agent_01abc --version 2", _cmd_agents_get
+    )
+    p.add_argument("agent_id", metavar="AGENT_ID")
+    p.add_argument(
+        "--version", type=_positive, metavar="N", help="this version (default: the latest)"
+    )
+    p = build.add(
+        sub,
+        "archive",
+        "archive an agent",
+        f"{PROG} agents archive agent_01abc",
+        _cmd_agents_archive,
+    )
+    p.add_argument("agent_id", metavar="AGENT_ID")
 
     group = build.add(
-        commands, "environments", "list or create environments", f"{PROG} environments list"
+        commands,
+        "environments",
+        "list, create, get or archive environments",
+        f"{PROG} environments list",
     )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = build.add(
@@ -1179,6 +1241,12 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_environments_create,
     )
     p.add_argument("--name", required=True, help="the environment's name")
+    for name, summary, func in (
+        ("get", "show an environment", _cmd_environments_get),
+        ("archive", "archive an environment", _cmd_environments_archive),
+    ):
+        p = build.add(sub, name, summary, f"{PROG} environments {name} env_01abc", func)
+        p.add_argument("environment_id", metavar="ENVIRONMENT_ID")
 
     p = build.add(
         commands,

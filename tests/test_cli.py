@@ -491,6 +491,69 @@ async def test_sessions_commands(server: FakeQoderServer) -> None:
     assert json.loads(as_json.lines[0])["id"] == existing["id"]
 
 
+async def test_sessions_delete(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    first, second = server.add_session()["id"], server.add_session()["id"]
+
+    deleted = await run("sessions", "delete", first, env=env)
+    assert deleted.code == 0, deleted
+    assert deleted.lines == [f"deleted {first}"]
+    gone = await run("sessions", "get", first, env=env)
+    assert_clean_error(gone, 1)
+    assert "404" in gone.err
+
+    as_json = await run("--json", "sessions", "delete", second, env=env)
+    assert as_json.code == 0, as_json
+    assert json.loads(as_json.out) == {"id": second, "type": "session_deleted"}
+    missing = await run("sessions", "delete", "sess_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
+async def test_agents_get_and_archive(server: FakeQoderServer, client: QoderClient) -> None:
+    env = server_env(server)
+    agent = server.add_agent("helper", system="Be brief.")
+    await client.agents.update(agent["id"], system="Be briefer.")
+
+    got = await run("agents", "get", agent["id"], env=env)
+    assert got.code == 0, got
+    assert f"id:          {agent['id']}" in got.lines
+    assert "name:        helper" in got.lines
+    assert "version:     2" in got.lines
+    assert "system:      Be briefer." in got.lines
+    older = await run("--json", "agents", "get", agent["id"], "--version", "1", env=env)
+    assert older.code == 0, older
+    assert json.loads(older.out)["system"] == "Be brief."
+
+    archived = await run("agents", "archive", agent["id"], env=env)
+    assert archived.code == 0, archived
+    assert any(line.startswith("archived_at: ") for line in archived.lines), archived.lines
+    as_json = await run("--json", "agents", "get", agent["id"], env=env)
+    assert json.loads(as_json.out)["archived_at"]
+
+    missing = await run("agents", "get", "agent_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
+async def test_environments_get_and_archive(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    environment = server.add_environment("sandbox")
+
+    got = await run("environments", "get", environment["id"], env=env)
+    assert got.code == 0, got
+    assert f"id:          {environment['id']}" in got.lines
+    assert "name:        sandbox" in got.lines
+    assert not any(line.startswith("archived_at:") for line in got.lines)
+
+    archived = await run("--json", "environments", "archive", environment["id"], env=env)
+    assert archived.code == 0, archived
+    assert json.loads(archived.out)["archived_at"]
+    shown = await run("environments", "get", environment["id"], env=env)
+    assert any(line.startswith("archived_at: ") for line in shown.lines), shown.lines
+
+    missing = await run("environments", "archive", "env_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
 async def test_agents_commands(server: FakeQoderServer) -> None:
     env = server_env(server)
     created = await run(
@@ -767,12 +830,17 @@ COMMANDS = [
     ["sessions", "get"],
     ["sessions", "cancel"],
     ["sessions", "archive"],
+    ["sessions", "delete"],
     ["agents"],
     ["agents", "list"],
     ["agents", "create"],
+    ["agents", "get"],
+    ["agents", "archive"],
     ["environments"],
     ["environments", "list"],
     ["environments", "create"],
+    ["environments", "get"],
+    ["environments", "archive"],
     ["fake-server"],
 ]
 
