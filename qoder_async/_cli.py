@@ -37,6 +37,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
@@ -548,7 +549,10 @@ class _TurnView:
             out.line(f"! {describe(event)}")
         elif isinstance(event, SessionStatusIdle) and isinstance(event.stop_reason, RequiresAction):
             ids = ", ".join(event.stop_reason.event_ids)
-            out.line(f"⏸ the agent waits for an answer to {ids} (the CLI runs no custom tools)")
+            out.line(
+                f"⏸ the agent waits for an answer to {ids} "
+                "(the CLI runs no custom tools; Ctrl-C interrupts the turn)"
+            )
         elif isinstance(event, UnknownEvent):
             out.line(out.dim(f"· {event.type}"))
 
@@ -880,6 +884,22 @@ _DEMO_README = (
 )
 
 
+#: The custom tool the ``tools`` script of ``fake-server`` calls (as examples/custom_tools.py).
+_DEMO_TOOL = "get_weather"
+_DEMO_TOOL_INPUT: Mapping[str, Any] = {"city": "Paris"}
+
+
+def _fake_server_script(name: str) -> Any:
+    """The scripted agent ``fake-server --script NAME`` runs."""
+    from qoder_async.testing import default_script, tool_script
+
+    if name == "demo":
+        return _demo_script()
+    if name == "tools":
+        return tool_script(_DEMO_TOOL, dict(_DEMO_TOOL_INPUT))
+    return default_script
+
+
 def _demo_script() -> Any:
     """The scripted agent of ``demo`` and ``fake-server``: a turn with visible pacing."""
     from qoder_async.testing import TurnContext
@@ -942,10 +962,9 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
         return True
 
     ctx.signals.handler = on_signal
-    script = _demo_script() if args.script == "demo" else None
     server = FakeQoderServer(
         token=args.token or FakeQoderServer.DEFAULT_TOKEN,
-        script=script,
+        script=_fake_server_script(args.script),
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat,
@@ -981,6 +1000,12 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
             bind = f"[{args.host}]" if ":" in args.host else args.host
             where = f"{bind}:{server.port}"
             ctx.out.note(f"serving the fake Qoder API on {where}; Ctrl-C stops it")
+            if args.script == "tools":
+                call = tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)
+                ctx.out.note(
+                    f"each message makes the agent call the custom tool {call} and wait for "
+                    f'the result: send(..., tools={{"{_DEMO_TOOL}": handler}}) answers it'
+                )
         await stop.wait()
     finally:
         await server.close()
@@ -1020,8 +1045,8 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--json",
         action="store_true",
         default=default(False),
-        help="machine output: output is JSON Lines (one JSON object per line) on stdout; an "
-        "error is one JSON object on stderr",
+        help="machine-readable mode: output is JSON Lines (one JSON object per line) on "
+        "stdout, and an error is one JSON object on stderr",
     )
     group.add_argument(
         "-v",
@@ -1066,7 +1091,7 @@ class _Builder:
         parser: argparse.ArgumentParser = subparsers.add_parser(
             name,
             help=summary,
-            description=summary + ("\n\n" + details if details else ""),
+            description=summary + ("\n\n" + textwrap.fill(details, 79) if details else ""),
             epilog=f"Example:\n  {example}",
             parents=[self.common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1110,9 +1135,12 @@ def build_parser() -> argparse.ArgumentParser:
         "send a message to a session and stream the turn live",
         f'{PROG} chat sess_01abc "Help me analyze this code."',
         _cmd_chat,
-        "Prints the reply as it arrives, one line per tool call and result, then the stop "
-        "reason and usage. The first Ctrl-C interrupts the turn (streaming goes on until it "
-        "ends, exit 0); a second Ctrl-C quits (exit 130). MESSAGE '-' reads stdin.",
+        "Prints the reply as it arrives, one line per tool call and result, then a summary: "
+        "done or interrupted, the stop reason and usage. With --json: each event of the turn, "
+        'then {"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}. The '
+        "first Ctrl-C interrupts the turn (streaming goes on until it ends, exit 0); a second "
+        "Ctrl-C quits (exit 130). A 409 means a turn is already running: see --on-busy. "
+        "MESSAGE '-' reads stdin.",
     )
     p.add_argument("session_id", metavar="SESSION_ID")
     p.add_argument("message", metavar="MESSAGE", nargs="+")
@@ -1252,7 +1280,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "fake-server",
         "serve the fake Qoder API (qoder_async.testing) until Ctrl-C",
-        f"{PROG} fake-server --port 8765",
+        f"{PROG} fake-server --port 8765 --script tools",
         _cmd_fake_server,
         "Prints base_url=, token= and session_id= lines (a session is created for you) and "
         "export lines to paste into another shell. --token sets the token it accepts. With "
@@ -1267,9 +1295,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--script",
-        choices=("demo", "default"),
-        default="demo",
-        help="the scripted agent: paced for watching (demo) or instant (default)",
+        choices=("default", "demo", "tools"),
+        default="default",
+        help="the scripted agent: 'default' answers at once (a Read tool call, then a reply "
+        "quoting you); 'demo' does the same paced for watching; 'tools' calls the custom tool "
+        f"{tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} and waits for your client to post its "
+        "result (chat runs no custom tools). Default: default",
     )
     return parser
 

@@ -625,9 +625,40 @@ async def test_fake_server_serves_until_ctrl_c() -> None:
     )
     assert chat.code == 0, chat
     assert 'You said: "hi"' in chat.out
+    assert "streamed to you as it was written" not in chat.out  # the instant script, not demo
     cli.signal(signal.SIGINT)
     result = await cli.finish()
     assert result.code == 0, result
+
+
+async def test_fake_server_tools_script_calls_a_custom_tool() -> None:
+    cli = await Cli.start("fake-server", "--script", "tools", env=clean_env())
+    values, exports = await read_fake_server(cli)
+    await cli.wait_line(lambda line: "get_weather" in line, stream="err")
+    calls: list[Mapping[str, Any]] = []
+
+    async def get_weather(tool_input: Mapping[str, Any]) -> str:
+        calls.append(tool_input)
+        return "18°C and sunny"
+
+    async with QoderClient(token=exports["QODER_PAT"], base_url=exports["QODER_BASE_URL"]) as c:
+        session = c.session(values["session_id"])
+        turn = await session.send("Weather?", tools={"get_weather": get_weather})
+        result = await turn.result()
+    assert calls == [{"city": "Paris"}]
+    assert result.text == "get_weather returned: 18°C and sunny"
+
+    # chat runs no custom tools: it says the turn waits, and Ctrl-C interrupts it.
+    chat = await Cli.start("chat", values["session_id"], "Weather?", env=clean_env(exports))
+    await chat.wait_line(lambda line: line.startswith("⏸ the agent waits"))
+    assert "→ get_weather(city=Paris)" in chat.seen["out"]
+    chat.signal(signal.SIGINT)
+    chatted = await chat.finish()
+    assert chatted.code == 0, chatted
+    assert chatted.lines[-1].startswith("■ interrupted")
+
+    cli.signal(signal.SIGINT)
+    assert (await cli.finish()).code == 0
 
 
 def local_address(family: socket.AddressFamily, probe: str) -> str | None:
@@ -853,6 +884,14 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         assert "Example:" in out, cmd
         assert "--json" in out, cmd
         assert "--base-url" in out, cmd
+
+
+def test_fake_server_help_documents_the_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fake-server", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{default,demo,tools}" in text
+    assert "get_weather" in text
+    assert "Default: default" in text
 
 
 async def test_help_as_a_subprocess() -> None:
