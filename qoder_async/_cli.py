@@ -3,18 +3,25 @@
 ::
 
     qoder-async demo                               # one turn against the bundled fake server
-    qoder-async chat sess_... "Help me analyze this code."
+    qoder-async chat sess_... "Help me analyze this code." [--on-busy wait|interrupt]
     qoder-async tail sess_... --deltas             # follow a session's events
-    qoder-async events sess_... --type agent.message
-    qoder-async sessions list|create|get|cancel|archive
-    qoder-async agents list|create
-    qoder-async environments list|create
-    qoder-async fake-server --port 8765            # the fake API, for trying things out
+    qoder-async events --type agent.message --type agent.tool_use sess_...
+    qoder-async sessions list|create|get|cancel|archive|delete
+    qoder-async agents list|create|get|archive
+    qoder-async environments list|create|get|archive
+    qoder-async fake-server --port 8765 [--script default|demo|tools]
 
 Global options, accepted before or after the command: ``--base-url`` (else
 ``QODER_BASE_URL``, else the library default), ``--token`` (else ``QODER_PAT``,
-else ``QODER_ACCESS_TOKEN``), ``--json`` (one JSON object per line on stdout,
-for ``jq``; events are printed as received) and ``-v`` (debug logs on stderr).
+else ``QODER_ACCESS_TOKEN``), ``--allow-insecure-http`` (else
+``QODER_ALLOW_INSECURE_HTTP=1``: plain ``http://`` to a host that is not
+loopback), ``--json`` and ``-v`` (debug logs on stderr).
+
+``--json``: stdout is JSON Lines (one JSON object per line, for ``jq``);
+events are printed as received; ``chat`` and ``demo`` end with
+``{"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}``;
+an error is one ``{"error": {"type", "message", "status_code", "error_type",
+"request_id"[, "hint"]}}`` line on stderr.
 
 Exit codes: 0 ok; 1 API or stream error (one line on stderr, with the request
 id when there is one); 2 usage or configuration error (no token...); 130
