@@ -3,18 +3,25 @@
 ::
 
     qoder-async demo                               # one turn against the bundled fake server
-    qoder-async chat sess_... "Help me analyze this code."
+    qoder-async chat sess_... "Help me analyze this code." [--on-busy wait|interrupt]
     qoder-async tail sess_... --deltas             # follow a session's events
-    qoder-async events sess_... --type agent.message
-    qoder-async sessions list|create|get|cancel|archive
-    qoder-async agents list|create
-    qoder-async environments list|create
-    qoder-async fake-server --port 8765            # the fake API, for trying things out
+    qoder-async events --type agent.message --type agent.tool_use sess_...
+    qoder-async sessions list|create|get|cancel|archive|delete
+    qoder-async agents list|create|get|archive
+    qoder-async environments list|create|get|archive
+    qoder-async fake-server --port 8765 [--script default|demo|tools]
 
 Global options, accepted before or after the command: ``--base-url`` (else
 ``QODER_BASE_URL``, else the library default), ``--token`` (else ``QODER_PAT``,
-else ``QODER_ACCESS_TOKEN``), ``--json`` (one JSON object per line on stdout,
-for ``jq``; events are printed as received) and ``-v`` (debug logs on stderr).
+else ``QODER_ACCESS_TOKEN``), ``--allow-insecure-http`` (else
+``QODER_ALLOW_INSECURE_HTTP=1``: plain ``http://`` to a host that is not
+loopback), ``--json`` and ``-v`` (debug logs on stderr).
+
+``--json``: stdout is JSON Lines (one JSON object per line, for ``jq``);
+events are printed as received; ``chat`` and ``demo`` end with
+``{"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}``;
+an error is one ``{"error": {"type", "message", "status_code", "error_type",
+"request_id"[, "hint"]}}`` line on stderr.
 
 Exit codes: 0 ok; 1 API or stream error (one line on stderr, with the request
 id when there is one); 2 usage or configuration error (no token...); 130
@@ -31,15 +38,18 @@ import argparse
 import asyncio
 import contextlib
 import io
+import ipaddress
 import json
 import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 from qoder_async import (
     Agent,
@@ -50,7 +60,10 @@ from qoder_async import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
+    APIError,
+    APIStatusError,
     ConfigurationError,
+    DeletedSession,
     Environment,
     Event,
     EventDelta,
@@ -60,6 +73,7 @@ from qoder_async import (
     RequiresAction,
     ResumeExhaustedError,
     Session,
+    SessionBusyError,
     SessionError,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -71,6 +85,7 @@ from qoder_async import (
     UnknownEvent,
     Usage,
     UserCustomToolResult,
+    UserInterrupt,
     UserMessage,
     __version__,
 )
@@ -82,6 +97,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: Environment variable that does what ``--allow-insecure-http`` does (``1``, ``true``, ``yes``).
+_INSECURE_ENV = "QODER_ALLOW_INSECURE_HTTP"
 
 _LINE_LIMIT = 160
 _MESSAGE_LIMIT = 400
@@ -147,6 +165,17 @@ def usage_text(usage: Usage | None) -> str:
     return ", ".join(parts)
 
 
+def usage_record(usage: Usage | None) -> dict[str, int | float | None]:
+    """``usage`` as a JSON object with every field (``null`` when unknown)."""
+    return {
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else None,
+        "credits": usage.credits if usage else None,
+    }
+
+
 def _stop_text(event: SessionStatusIdle) -> str:
     stop = event.stop_reason
     if isinstance(stop, RequiresAction):
@@ -204,7 +233,7 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | Agent | Environment) -> dict[str, Any]:
+def _raw(obj: Event | Session | Agent | Environment | DeletedSession) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}
@@ -274,12 +303,66 @@ class _Output:
         else:
             self.line(event_line(event))
 
+    def _redact(self, text: str) -> str:
+        # A few characters are no secret worth hiding, and hiding them garbles every word.
+        if self.secret and len(self.secret) >= 8:
+            return text.replace(self.secret, "***")
+        return text
+
     def note(self, text: str) -> None:
         """A message for the human, on stderr."""
-        if self.secret:
-            text = text.replace(self.secret, "***")
-        self.stderr.write(f"{PROG}: {text}\n")
+        self.stderr.write(f"{PROG}: {self._redact(text)}\n")
         self.stderr.flush()
+
+    def error(
+        self,
+        kind: str,
+        message: str,
+        *,
+        hints: Sequence[str] = (),
+        fields: Mapping[str, object] | None = None,
+    ) -> None:
+        """An error, as one line on stderr: plain text, or a JSON object in ``--json`` mode.
+
+        ``{"error": {"type", "message", "status_code", "error_type", "request_id"}}``,
+        plus ``"hint"`` and any other ``fields`` given.
+        """
+        hint = " ".join(hints)
+        if not self.json_mode:
+            self.note(f"error: {message}" + (f" (hint: {hint})" if hint else ""))
+            return
+        record: dict[str, object] = {
+            "type": kind,
+            "message": message,
+            "status_code": None,
+            "error_type": None,
+            "request_id": None,
+        }
+        record.update(fields or {})
+        if hint:
+            record["hint"] = hint
+        redacted = {k: self._redact(v) if isinstance(v, str) else v for k, v in record.items()}
+        self.stderr.write(json.dumps({"error": redacted}, ensure_ascii=False, default=str) + "\n")
+        self.stderr.flush()
+
+    def exception(self, exc: BaseException, *, prefix: str = "") -> None:
+        """``exc`` through :meth:`error`; its ``__notes__`` (added by the CLI) are hints."""
+        fields: dict[str, object] = {}
+        text = _error_text(exc)
+        if isinstance(exc, APIStatusError):
+            fields = {
+                "status_code": exc.status_code,
+                "error_type": exc.error_type,
+                "request_id": exc.request_id,
+            }
+        if self.json_mode:
+            if isinstance(exc, APIError):
+                text = " ".join(exc.message.split())  # the rest is in the fields
+            cursor = getattr(exc, "last_event_id", None)
+            if cursor is not None:
+                fields["last_event_id"] = cursor
+        notes = [str(note) for note in getattr(exc, "__notes__", ())]
+        self.error(type(exc).__name__, prefix + text, hints=notes, fields=fields)
 
     def status(self, text: str) -> None:
         """Show a transient status (spinner) line; only on a terminal, between lines."""
@@ -360,8 +443,14 @@ class _TurnView:
     """Prints one turn as it streams, and turns the first Ctrl-C into an interrupt.
 
     Two readers share the turn: the events (tool calls, thinking, errors) and
-    ``turn.text_stream()`` (the reply, live). Then a summary line: stop reason,
-    usage, time.
+    ``turn.text_stream()`` (the reply, live). Then a summary line: done or
+    interrupted, stop reason, usage, time; in ``--json`` mode a ``{"result": ...}``
+    line instead.
+
+    A turn counts as interrupted when a ``user.interrupt`` was sent during it:
+    ours (the first Ctrl-C) or anyone's (seen among the turn's events, e.g.
+    another ``chat --on-busy interrupt``). Its text is then what was shown so
+    far, previews included, since no final message will replace them.
     """
 
     def __init__(self, ctx: _Context) -> None:
@@ -372,6 +461,9 @@ class _TurnView:
         self._activity = "waiting for the agent"
         self._started = time.monotonic()
         self._shown: set[str] = set()
+        self._text_shown: list[str] = []
+        self._interrupt_sent = False
+        self._interrupt_seen = False
         ctx.signals.handler = self._on_signal
 
     def _on_signal(self, signum: int) -> bool:
@@ -389,9 +481,13 @@ class _TurnView:
 
     async def _interrupt(self, turn: Turn) -> None:
         try:
-            await turn.interrupt()
+            accepted = await turn.interrupt()
         except QoderError as exc:
             self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
+            return
+        # A turn that ended before the interrupt arrived was not interrupted by it:
+        # the server then files the user.interrupt under no turn (or another one).
+        self._interrupt_sent = turn.turn_id is None or accepted.turn_id == turn.turn_id
 
     async def follow(self, turn: Turn) -> int:
         """Stream ``turn`` to the output; the exit code once it ended."""
@@ -406,6 +502,8 @@ class _TurnView:
             helpers.append(asyncio.create_task(self._spin()))
         try:
             async for event in turn:
+                if isinstance(event, UserInterrupt):
+                    self._interrupt_seen = True
                 self._show(event)
             await helpers[0]
         finally:
@@ -422,6 +520,7 @@ class _TurnView:
         # The event loop in follow() reports a failed turn; this reader just stops.
         with contextlib.suppress(QoderError):
             async for chunk in turn.text_stream():
+                self._text_shown.append(chunk)
                 self.out.text(chunk)
                 self._activity = "writing"
 
@@ -457,17 +556,34 @@ class _TurnView:
             out.line(f"! {describe(event)}")
         elif isinstance(event, SessionStatusIdle) and isinstance(event.stop_reason, RequiresAction):
             ids = ", ".join(event.stop_reason.event_ids)
-            out.line(f"⏸ the agent waits for an answer to {ids} (the CLI runs no custom tools)")
+            out.line(
+                f"⏸ the agent waits for an answer to {ids} "
+                "(the CLI runs no custom tools; Ctrl-C interrupts the turn)"
+            )
         elif isinstance(event, UnknownEvent):
             out.line(out.dim(f"· {event.type}"))
 
     def _summary(self, result: TurnResult) -> None:
-        stop = result.stop_reason.type if result.stop_reason is not None else "none"
+        # TurnResult.interrupted is on its way into the library; until then, what we saw.
+        mine = self._interrupt_sent or self._interrupt_seen
+        interrupted = bool(getattr(result, "interrupted", mine))
+        stop = result.stop_reason.type if result.stop_reason is not None else None
+        if self.out.json_mode:
+            text = ("".join(self._text_shown) or result.text) if interrupted else result.text
+            summary = {
+                "turn_id": result.turn_id or (self.turn.turn_id if self.turn else None),
+                "text": text,
+                "stop_reason": stop,
+                "usage": usage_record(result.usage),
+                "interrupted": interrupted,
+            }
+            self.out.record({"result": summary})
+            return
         elapsed = time.monotonic() - self._started
         tools = len(result.tool_calls)
         parts = [
-            "interrupted" if self.interrupt_requested else "done",
-            f"stop: {stop}",
+            "interrupted" if interrupted else "done",
+            f"stop: {stop or 'none'}",
             f"usage: {usage_text(result.usage)}",
             f"{tools} tool call{'' if tools == 1 else 's'}",
             f"{elapsed:.1f}s",
@@ -483,7 +599,48 @@ def _client(args: argparse.Namespace) -> QoderClient:
         raise ConfigurationError(
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
-    return QoderClient(token=args.token, base_url=args.base_url)
+    allow = _allow_insecure_http(args)
+    try:
+        return QoderClient(token=args.token, base_url=args.base_url, allow_insecure_http=allow)
+    except ConfigurationError as exc:
+        base_url = args.base_url or os.environ.get("QODER_BASE_URL") or ""
+        parts = urlsplit(base_url.strip())
+        if not allow and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            exc.add_note(f"from the shell: --allow-insecure-http, or {_INSECURE_ENV}=1")
+        raise
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _allow_insecure_http(args: argparse.Namespace) -> bool:
+    return bool(args.allow_insecure_http) or _env_flag(_INSECURE_ENV)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether the client sends plain http:// to ``host`` without ``allow_insecure_http``."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _connect_host(host: str) -> str:
+    """The host a client on this machine should dial to reach a server bound to ``host``.
+
+    A wildcard address is where a server listens, not where a client connects;
+    the client also refuses plain http:// to it as not loopback. asyncio binds
+    ``::`` IPv6-only, hence ``::1`` for it.
+    """
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host.strip("[]") == "::":
+        return "::1"
+    return host
 
 
 async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
@@ -494,7 +651,15 @@ async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
         raise ConfigurationError("the message is empty")
     view = _TurnView(ctx)
     async with _client(args) as client:
-        turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
+        try:
+            turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
+        except SessionBusyError as exc:
+            if args.on_busy == "raise":
+                exc.add_note(
+                    "a turn is running in this session; --on-busy wait waits for it to end, "
+                    "--on-busy interrupt interrupts it first"
+                )
+            raise
         return await view.follow(turn)
 
 
@@ -584,6 +749,7 @@ def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
             "model": obj.model,
             "version": obj.version,
             "system": _one_line(obj.system) if obj.system else None,
+            "archived_at": obj.archived_at,
             "created_at": obj.created_at,
         }
     else:
@@ -592,6 +758,7 @@ def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
             "name": obj.name,
             "status": obj.status,
             "config": json.dumps(dict(obj.config)) if obj.config else None,
+            "archived_at": obj.archived_at,
             "created_at": obj.created_at,
         }
     for key, value in fields.items():
@@ -650,6 +817,16 @@ async def _cmd_sessions_archive(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
+async def _cmd_sessions_delete(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        deleted = await client.sessions.delete(args.session_id)
+    if ctx.out.json_mode:
+        ctx.out.record(_raw(deleted))
+    else:
+        ctx.out.line(f"deleted {deleted.id or args.session_id}")
+    return EXIT_OK
+
+
 async def _cmd_agents_list(args: argparse.Namespace, ctx: _Context) -> int:
     async with _client(args) as client:
         agents = client.agents.list(limit=_page_size(args.limit))
@@ -660,6 +837,20 @@ async def _cmd_agents_list(args: argparse.Namespace, ctx: _Context) -> int:
 async def _cmd_agents_create(args: argparse.Namespace, ctx: _Context) -> int:
     async with _client(args) as client:
         agent = await client.agents.create(name=args.name, model=args.model, system=args.system)
+    _show_resource(ctx, agent)
+    return EXIT_OK
+
+
+async def _cmd_agents_get(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agent = await client.agents.retrieve(args.agent_id, version=args.version)
+    _show_resource(ctx, agent)
+    return EXIT_OK
+
+
+async def _cmd_agents_archive(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        agent = await client.agents.archive(args.agent_id)
     _show_resource(ctx, agent)
     return EXIT_OK
 
@@ -678,12 +869,42 @@ async def _cmd_environments_create(args: argparse.Namespace, ctx: _Context) -> i
     return EXIT_OK
 
 
+async def _cmd_environments_get(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environment = await client.environments.retrieve(args.environment_id)
+    _show_resource(ctx, environment)
+    return EXIT_OK
+
+
+async def _cmd_environments_archive(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        environment = await client.environments.archive(args.environment_id)
+    _show_resource(ctx, environment)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- the fake server
 
 _DEMO_README = (
     "# demo-project\n\nA small demo repository served by qoder_async's fake server.\n"
     "It has one module, `app.py`, whose `main()` is the entry point.\n"
 )
+
+
+#: The custom tool the ``tools`` script of ``fake-server`` calls (as examples/custom_tools.py).
+_DEMO_TOOL = "get_weather"
+_DEMO_TOOL_INPUT: Mapping[str, Any] = {"city": "Paris"}
+
+
+def _fake_server_script(name: str) -> Any:
+    """The scripted agent ``fake-server --script NAME`` runs."""
+    from qoder_async.testing import default_script, tool_script
+
+    if name == "demo":
+        return _demo_script()
+    if name == "tools":
+        return tool_script(_DEMO_TOOL, dict(_DEMO_TOOL_INPUT))
+    return default_script
 
 
 def _demo_script() -> Any:
@@ -748,10 +969,9 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
         return True
 
     ctx.signals.handler = on_signal
-    script = _demo_script() if args.script == "demo" else None
     server = FakeQoderServer(
         token=args.token or FakeQoderServer.DEFAULT_TOKEN,
-        script=script,
+        script=_fake_server_script(args.script),
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat,
@@ -759,18 +979,40 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
     try:
         await server.start()
     except OSError as exc:
-        ctx.out.note(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        ctx.out.error(
+            type(exc).__name__, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        )
         return EXIT_ERROR
     try:
         session = server.add_session(title="fake-server session")
-        info = {"base_url": server.base_url, "token": server.token, "session_id": session["id"]}
+        host = _connect_host(args.host)
+        path = urlsplit(server.base_url).path
+        base_url = f"http://{f'[{host}]' if ':' in host else host}:{server.port}{path}"
+        insecure = not _is_loopback(host)
+        info: dict[str, object] = {
+            "base_url": base_url,
+            "token": server.token,
+            "session_id": session["id"],
+            "allow_insecure_http": insecure,
+        }
         if ctx.out.json_mode:
             ctx.out.record(info)
         else:
-            for key, value in info.items():
-                ctx.out.line(f"{key}={value}")
-            ctx.out.line(f"export QODER_BASE_URL={server.base_url} QODER_PAT={server.token}")
-            ctx.out.note("serving the fake Qoder API; Ctrl-C stops it")
+            for key in ("base_url", "token", "session_id"):
+                ctx.out.line(f"{key}={info[key]}")
+            if insecure:  # without it the client refuses plain http:// to this host
+                ctx.out.line(f"export {_INSECURE_ENV}=1")
+            # Printed last: a reader can stop at it.
+            ctx.out.line(f"export QODER_BASE_URL={base_url} QODER_PAT={server.token}")
+            bind = f"[{args.host}]" if ":" in args.host else args.host
+            where = f"{bind}:{server.port}"
+            ctx.out.note(f"serving the fake Qoder API on {where}; Ctrl-C stops it")
+            if args.script == "tools":
+                call = tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)
+                ctx.out.note(
+                    f"each message makes the agent call the custom tool {call} and wait for "
+                    f'the result: send(..., tools={{"{_DEMO_TOOL}": handler}}) answers it'
+                )
         await stop.wait()
     finally:
         await server.close()
@@ -800,10 +1042,18 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="access token (default: $QODER_PAT, else $QODER_ACCESS_TOKEN)",
     )
     group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=default(False),
+        help="allow a plain http:// base URL to a host that is not loopback; the token then "
+        f"travels unencrypted (default: ${_INSECURE_ENV}=1)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=default(False),
-        help="machine output: one JSON object per line on stdout",
+        help="machine-readable mode: output is JSON Lines (one JSON object per line) on "
+        "stdout, and an error is one JSON object on stderr",
     )
     group.add_argument(
         "-v",
@@ -812,6 +1062,14 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(False),
         help="debug logs of the qoder_async logger on stderr",
     )
+
+
+def _type_list(text: str) -> list[str]:
+    """``--type`` takes one value (so it cannot swallow the positional id); commas split it."""
+    types = [part.strip() for part in text.split(",") if part.strip()]
+    if not types:
+        raise argparse.ArgumentTypeError("expected an event type such as agent.message")
+    return types
 
 
 def _positive(text: str) -> int:
@@ -840,7 +1098,7 @@ class _Builder:
         parser: argparse.ArgumentParser = subparsers.add_parser(
             name,
             help=summary,
-            description=summary + ("\n\n" + details if details else ""),
+            description=summary + ("\n\n" + textwrap.fill(details, 79) if details else ""),
             epilog=f"Example:\n  {example}",
             parents=[self.common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -884,9 +1142,12 @@ def build_parser() -> argparse.ArgumentParser:
         "send a message to a session and stream the turn live",
         f'{PROG} chat sess_01abc "Help me analyze this code."',
         _cmd_chat,
-        "Prints the reply as it arrives, one line per tool call and result, then the stop "
-        "reason and usage. The first Ctrl-C interrupts the turn (streaming goes on until it "
-        "ends, exit 0); a second Ctrl-C quits (exit 130). MESSAGE '-' reads stdin.",
+        "Prints the reply as it arrives, one line per tool call and result, then a summary: "
+        "done or interrupted, the stop reason and usage. With --json: each event of the turn, "
+        'then {"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}. The '
+        "first Ctrl-C interrupts the turn (streaming goes on until it ends, exit 0); a second "
+        "Ctrl-C quits (exit 130). A 409 means a turn is already running: see --on-busy. "
+        "MESSAGE '-' reads stdin.",
     )
     p.add_argument("session_id", metavar="SESSION_ID")
     p.add_argument("message", metavar="MESSAGE", nargs="+")
@@ -916,7 +1177,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "events",
         "list a session's stored events (history)",
-        f"{PROG} events sess_01abc --order desc --limit 20 --type agent.message",
+        f"{PROG} events --type agent.message --type agent.tool_use sess_01abc --limit 20",
         _cmd_events,
     )
     p.add_argument("session_id", metavar="SESSION_ID")
@@ -926,15 +1187,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         dest="types",
         action="extend",
-        nargs="+",
-        metavar="T",
-        help="only events of these types (repeatable)",
+        type=_type_list,
+        metavar="TYPE",
+        help="only events of this type; repeat it (--type a --type b) or list types "
+        "separated by commas (--type a,b)",
     )
 
     group = build.add(
         commands,
         "sessions",
-        "list, create, get, cancel or archive sessions",
+        "list, create, get, cancel, archive or delete sessions",
         f"{PROG} sessions list",
     )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -958,11 +1220,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("get", "show a session", _cmd_sessions_get),
         ("cancel", "cancel a session's running turn", _cmd_sessions_cancel),
         ("archive", "archive a session", _cmd_sessions_archive),
+        ("delete", "delete a session and its events (cannot be undone)", _cmd_sessions_delete),
     ):
         p = build.add(sub, name, summary, f"{PROG} sessions {name} sess_01abc", func)
         p.add_argument("session_id", metavar="SESSION_ID")
 
-    group = build.add(commands, "agents", "list or create agents", f"{PROG} agents list")
+    group = build.add(
+        commands, "agents", "list, create, get or archive agents", f"{PROG} agents list"
+    )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = build.add(sub, "list", "list agents", f"{PROG} agents list", _cmd_agents_list)
     p.add_argument("--limit", type=_positive, metavar="N", help="print at most N agents")
@@ -976,9 +1241,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the agent's name")
     p.add_argument("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate")
     p.add_argument("--system", metavar="S", help="system prompt")
+    p = build.add(
+        sub, "get", "show an agent", f"{PROG} agents get agent_01abc --version 2", _cmd_agents_get
+    )
+    p.add_argument("agent_id", metavar="AGENT_ID")
+    p.add_argument(
+        "--version", type=_positive, metavar="N", help="this version (default: the latest)"
+    )
+    p = build.add(
+        sub,
+        "archive",
+        "archive an agent",
+        f"{PROG} agents archive agent_01abc",
+        _cmd_agents_archive,
+    )
+    p.add_argument("agent_id", metavar="AGENT_ID")
 
     group = build.add(
-        commands, "environments", "list or create environments", f"{PROG} environments list"
+        commands,
+        "environments",
+        "list, create, get or archive environments",
+        f"{PROG} environments list",
     )
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = build.add(
@@ -993,15 +1276,24 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_environments_create,
     )
     p.add_argument("--name", required=True, help="the environment's name")
+    for name, summary, func in (
+        ("get", "show an environment", _cmd_environments_get),
+        ("archive", "archive an environment", _cmd_environments_archive),
+    ):
+        p = build.add(sub, name, summary, f"{PROG} environments {name} env_01abc", func)
+        p.add_argument("environment_id", metavar="ENVIRONMENT_ID")
 
     p = build.add(
         commands,
         "fake-server",
         "serve the fake Qoder API (qoder_async.testing) until Ctrl-C",
-        f"{PROG} fake-server --port 8765",
+        f"{PROG} fake-server --port 8765 --script tools",
         _cmd_fake_server,
         "Prints base_url=, token= and session_id= lines (a session is created for you) and "
-        "an export line to paste into another shell. --token sets the token it accepts.",
+        "export lines to paste into another shell. --token sets the token it accepts. With "
+        "--host 0.0.0.0 (or ::) the printed URL names this machine's loopback address; with "
+        f"another host that is not loopback an 'export {_INSECURE_ENV}=1' line is added, "
+        "since the client refuses plain http:// to it otherwise.",
     )
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
@@ -1010,9 +1302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--script",
-        choices=("demo", "default"),
-        default="demo",
-        help="the scripted agent: paced for watching (demo) or instant (default)",
+        choices=("default", "demo", "tools"),
+        default="default",
+        help="the scripted agent: 'default' answers at once (a Read tool call, then a reply "
+        "quoting you); 'demo' does the same paced for watching; 'tools' calls the custom tool "
+        f"{tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} and waits for your client to post its "
+        "result (chat runs no custom tools). Default: default",
     )
     return parser
 
@@ -1059,10 +1354,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in words[: words.index("--") if "--" in words else len(words)]
+    usage = io.StringIO()
     try:
-        args = parser.parse_args(argv)
+        # In --json mode argparse's usage message is caught and sent on as a JSON error.
+        with contextlib.redirect_stderr(usage) if json_mode else contextlib.nullcontext():
+            args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version, usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if json_mode and code != EXIT_OK:
+            lines = usage.getvalue().strip().splitlines() or [f"{PROG}: error: invalid usage"]
+            message = lines[-1].partition(": error: ")[2] or lines[-1]
+            out = _Output(json_mode=True, stdout=sys.stdout, stderr=sys.stderr)
+            out.error("UsageError", message, hints=[f"{PROG} --help shows the usage"])
+        return code
     _setup_logging(args.verbose)
     out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
     out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
@@ -1071,10 +1377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a Ctrl-C the event loop did not see (startup, Windows)
         return EXIT_INTERRUPTED
     except ConfigurationError as exc:
-        out.note(f"error: {_error_text(exc)}")
+        out.exception(exc)
         return EXIT_USAGE
     except QoderError as exc:
-        out.note(f"error: {_error_text(exc)}")
+        out.exception(exc)
         return EXIT_ERROR
     except BrokenPipeError:  # `qoder-async events ... | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1083,5 +1389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, the traceback only with -v
         if args.verbose:
             traceback.print_exc()
-        out.note(f"internal error: {type(exc).__name__}: {_error_text(exc)} (-v shows more)")
+        exc.add_note("-v shows the traceback")
+        out.exception(exc, prefix=f"internal error: {type(exc).__name__}: ")
         return EXIT_ERROR

@@ -8,18 +8,21 @@ hangs; nothing here measures time.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import httpx
 import pytest
 
 from qoder_async import QoderClient
-from qoder_async._cli import main
+from qoder_async._cli import _connect_host, _is_loopback, main
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 
 TIMEOUT = 30.0
@@ -109,6 +112,16 @@ def assert_clean_error(result: Result, code: int) -> None:
     assert len(result.err.strip().splitlines()) == 1, result.err
 
 
+def json_error(result: Result) -> dict[str, Any]:
+    """The ``{"error": {...}}`` object a ``--json`` run printed as the one line on stderr."""
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    error: dict[str, Any] = json.loads(lines[0])["error"]
+    assert {"type", "message", "status_code", "request_id"} <= error.keys()
+    return error
+
+
 async def finished_turn(client: QoderClient, session_id: str, text: str = "hello") -> None:
     await (await client.session(session_id).send(text)).result()
 
@@ -162,12 +175,30 @@ async def test_chat_streams_tools_then_the_reply_then_the_stop_reason(
     assert server.user_messages(session_id)[0]["content"][0]["text"] == "Analyze this"
 
 
-async def test_chat_json_prints_one_event_per_line(
+async def test_chat_json_prints_one_event_per_line_then_the_result(
     server: FakeQoderServer, session_id: str
 ) -> None:
     result = await run("chat", session_id, "hi", "--json", env=server_env(server))
     assert result.code == 0, result
-    events = [json.loads(line) for line in result.lines]
+    *events, last = [json.loads(line) for line in result.lines]
+    assert list(last) == ["result"]
+    summary = last["result"]
+    reply = next(e for e in events if e["type"] == "agent.message")["content"][0]["text"]
+    assert summary["text"] == reply
+    assert summary["text"].startswith('You said: "hi"')
+    assert summary["turn_id"] == events[0]["turn_id"]
+    assert summary["stop_reason"] == "end_turn"
+    assert summary["interrupted"] is False
+    usage = summary["usage"]
+    assert set(usage) == {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "credits",
+    }
+    assert usage["input_tokens"] > 0
+    assert usage["output_tokens"] > 0
     types = [e["type"] for e in events]
     assert types[0] == "user.message"
     assert types[-1] == "session.status_idle"
@@ -192,6 +223,15 @@ async def test_chat_busy_session_fails_or_interrupts(
     busy = await run("chat", session_id, "second", env=env)
     assert_clean_error(busy, 1)
     assert "409" in busy.err
+    assert "--on-busy wait" in busy.err
+    assert "--on-busy interrupt" in busy.err
+
+    busy_json = await run("chat", session_id, "second", "--json", env=env)
+    assert busy_json.code == 1, busy_json
+    error = json_error(busy_json)
+    assert error["type"] == "SessionBusyError"
+    assert error["status_code"] == 409
+    assert "--on-busy wait" in error["hint"]
 
     async def quick(ctx: TurnContext) -> None:
         await ctx.message(f"done: {ctx.text}")
@@ -202,8 +242,40 @@ async def test_chat_busy_session_fails_or_interrupts(
     assert "done: third" in third.out
     first_result = await first.finish()
     assert first_result.code == 0, first_result
+    # Interrupted by the other chat, not by a Ctrl-C of its own: still interrupted.
+    assert first_result.lines[-1].startswith("■ interrupted · stop: end_turn"), first_result
     types = [e["type"] for e in server.stored_events(session_id)]
     assert "user.interrupt" in types
+
+
+async def test_chat_on_busy_wait_sends_once_the_running_turn_ends(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    gate = asyncio.Event()
+
+    async def gated(ctx: TurnContext) -> None:
+        if ctx.text == "first":
+            await gate.wait()
+        await ctx.message(f"done: {ctx.text}")
+
+    server.script = gated
+    env = server_env(server)
+    first = await Cli.start("chat", session_id, "first", env=env)
+    await server.wait_for_event(session_id, "session.status_running")
+    second = await Cli.start("-v", "chat", session_id, "second", "--on-busy", "wait", env=env)
+    await second.wait_line(lambda line: "409" in line, stream="err")  # it was told "busy"
+    gate.set()
+    first_result, second_result = await first.finish(), await second.finish()
+    assert first_result.code == 0, first_result
+    assert first_result.lines[-1].startswith("■ done")
+    assert second_result.code == 0, second_result
+    assert "done: second" in second_result.out
+    types = [e["type"] for e in server.stored_events(session_id)]
+    assert "user.interrupt" not in types
+    assert [m["content"][0]["text"] for m in server.user_messages(session_id)] == [
+        "first",
+        "second",
+    ]
 
 
 async def forever(ctx: TurnContext) -> None:
@@ -223,6 +295,33 @@ async def test_first_ctrl_c_interrupts_the_turn_and_keeps_streaming(
     assert "interrupting" in result.err
     assert result.lines[-1].startswith("■ interrupted · stop: end_turn")
     assert "user.interrupt" in [e["type"] for e in server.stored_events(session_id)]
+
+
+async def partial_reply(ctx: TurnContext) -> None:
+    """A reply cut short: incremental text that no final agent.message completes."""
+    meta = {"message_id": "msg_partial", "parent_tool_use_id": None}
+    ctx.emit("agent.message_start", **meta, message={"id": "msg_partial", "content": []})
+    ctx.emit("agent.content_block_start", **meta, index=0, content_block={"type": "text"})
+    for piece in ("The first half ", "of an answer"):
+        delta = {"type": "text_delta", "text": piece}
+        ctx.emit("agent.content_block_delta", **meta, index=0, delta=delta)
+    await ctx.sleep(60)
+
+
+async def test_chat_json_interrupted_turn_reports_the_partial_text(server: FakeQoderServer) -> None:
+    server.script = partial_reply
+    session_id = server.add_session(incremental_streaming_enabled=True)["id"]
+    cli = await Cli.start("chat", session_id, "long job", "--json", env=server_env(server))
+    await cli.wait_line(lambda line: "of an answer" in line)  # the CLI has the text
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert "interrupting" in result.err
+    *events, last = [json.loads(line) for line in result.lines]
+    assert "user.interrupt" in [e.get("type") for e in events]
+    assert last["result"]["interrupted"] is True
+    assert last["result"]["text"] == "The first half of an answer"
+    assert last["result"]["stop_reason"] == "end_turn"
 
 
 async def test_second_ctrl_c_quits_with_130(server: FakeQoderServer, session_id: str) -> None:
@@ -318,9 +417,22 @@ async def test_events_lists_history(
     assert [line.split()[0] for line in newest.lines] == [stored[-1]["id"], stored[-2]["id"]]
     assert newest.lines[0].split()[2] == "idle"
 
-    only = await run(
-        "--json", "events", session_id, "--type", "agent.message", "agent.tool_use", env=env
-    )
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--type", "agent.message", "--type", "agent.tool_use", "SESSION"],  # before the id
+        ["SESSION", "--type", "agent.message", "--type", "agent.tool_use"],
+        ["--type", "agent.message,agent.tool_use", "SESSION"],
+        ["--type", "agent.message, agent.tool_use", "--json", "SESSION"],
+    ],
+)
+async def test_events_type_is_repeatable_and_never_swallows_the_id(
+    server: FakeQoderServer, client: QoderClient, session_id: str, args: list[str]
+) -> None:
+    await finished_turn(client, session_id)
+    argv = [session_id if arg == "SESSION" else arg for arg in args]
+    only = await run("--json", "events", *argv, env=server_env(server))
     assert only.code == 0, only
     assert sorted(json.loads(line)["type"] for line in only.lines) == [
         "agent.message",
@@ -379,6 +491,69 @@ async def test_sessions_commands(server: FakeQoderServer) -> None:
     assert json.loads(as_json.lines[0])["id"] == existing["id"]
 
 
+async def test_sessions_delete(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    first, second = server.add_session()["id"], server.add_session()["id"]
+
+    deleted = await run("sessions", "delete", first, env=env)
+    assert deleted.code == 0, deleted
+    assert deleted.lines == [f"deleted {first}"]
+    gone = await run("sessions", "get", first, env=env)
+    assert_clean_error(gone, 1)
+    assert "404" in gone.err
+
+    as_json = await run("--json", "sessions", "delete", second, env=env)
+    assert as_json.code == 0, as_json
+    assert json.loads(as_json.out) == {"id": second, "type": "session_deleted"}
+    missing = await run("sessions", "delete", "sess_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
+async def test_agents_get_and_archive(server: FakeQoderServer, client: QoderClient) -> None:
+    env = server_env(server)
+    agent = server.add_agent("helper", system="Be brief.")
+    await client.agents.update(agent["id"], system="Be briefer.")
+
+    got = await run("agents", "get", agent["id"], env=env)
+    assert got.code == 0, got
+    assert f"id:          {agent['id']}" in got.lines
+    assert "name:        helper" in got.lines
+    assert "version:     2" in got.lines
+    assert "system:      Be briefer." in got.lines
+    older = await run("--json", "agents", "get", agent["id"], "--version", "1", env=env)
+    assert older.code == 0, older
+    assert json.loads(older.out)["system"] == "Be brief."
+
+    archived = await run("agents", "archive", agent["id"], env=env)
+    assert archived.code == 0, archived
+    assert any(line.startswith("archived_at: ") for line in archived.lines), archived.lines
+    as_json = await run("--json", "agents", "get", agent["id"], env=env)
+    assert json.loads(as_json.out)["archived_at"]
+
+    missing = await run("agents", "get", "agent_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
+async def test_environments_get_and_archive(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    environment = server.add_environment("sandbox")
+
+    got = await run("environments", "get", environment["id"], env=env)
+    assert got.code == 0, got
+    assert f"id:          {environment['id']}" in got.lines
+    assert "name:        sandbox" in got.lines
+    assert not any(line.startswith("archived_at:") for line in got.lines)
+
+    archived = await run("--json", "environments", "archive", environment["id"], env=env)
+    assert archived.code == 0, archived
+    assert json.loads(archived.out)["archived_at"]
+    shown = await run("environments", "get", environment["id"], env=env)
+    assert any(line.startswith("archived_at: ") for line in shown.lines), shown.lines
+
+    missing = await run("environments", "archive", "env_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
 async def test_agents_commands(server: FakeQoderServer) -> None:
     env = server_env(server)
     created = await run(
@@ -417,17 +592,30 @@ async def test_environments_commands(server: FakeQoderServer) -> None:
 # --------------------------------------------------------------------------- fake-server
 
 
+async def read_fake_server(cli: Cli) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``key=value`` lines ``fake-server`` prints, and its ``export`` lines as variables.
+
+    The ``export QODER_BASE_URL=...`` line is printed last.
+    """
+    values: dict[str, str] = {}
+    exports: dict[str, str] = {}
+    while "QODER_BASE_URL" not in exports:
+        line = await cli.wait_line(lambda line: True)
+        if line.startswith("export "):
+            exports.update(item.split("=", 1) for item in line.split()[1:])
+        else:
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values, exports
+
+
 async def test_fake_server_serves_until_ctrl_c() -> None:
     cli = await Cli.start("fake-server", "--port", "0", "--heartbeat", "1", env=clean_env())
-    values = {}
-    while "export" not in values:
-        line = await cli.wait_line(lambda line: True)
-        key, _, value = line.partition("=")
-        values[key.split()[0]] = value
+    values, exports = await read_fake_server(cli)
     base_url, token, session_id = values["base_url"], values["token"], values["session_id"]
     assert base_url.startswith("http://127.0.0.1:")
     assert base_url.endswith("/api/v1/cloud")
-    assert values["export"] == f"{base_url} QODER_PAT={token}"
+    assert exports == {"QODER_BASE_URL": base_url, "QODER_PAT": token}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         answer = await http.get(f"{base_url}/sessions/{session_id}")
         assert answer.status_code == 200
@@ -437,12 +625,154 @@ async def test_fake_server_serves_until_ctrl_c() -> None:
     )
     assert chat.code == 0, chat
     assert 'You said: "hi"' in chat.out
+    assert "streamed to you as it was written" not in chat.out  # the instant script, not demo
     cli.signal(signal.SIGINT)
     result = await cli.finish()
     assert result.code == 0, result
 
 
+async def test_fake_server_tools_script_calls_a_custom_tool() -> None:
+    cli = await Cli.start("fake-server", "--script", "tools", env=clean_env())
+    values, exports = await read_fake_server(cli)
+    await cli.wait_line(lambda line: "get_weather" in line, stream="err")
+    calls: list[Mapping[str, Any]] = []
+
+    async def get_weather(tool_input: Mapping[str, Any]) -> str:
+        calls.append(tool_input)
+        return "18°C and sunny"
+
+    async with QoderClient(token=exports["QODER_PAT"], base_url=exports["QODER_BASE_URL"]) as c:
+        session = c.session(values["session_id"])
+        turn = await session.send("Weather?", tools={"get_weather": get_weather})
+        result = await turn.result()
+    assert calls == [{"city": "Paris"}]
+    assert result.text == "get_weather returned: 18°C and sunny"
+
+    # chat runs no custom tools: it says the turn waits, and Ctrl-C interrupts it.
+    chat = await Cli.start("chat", values["session_id"], "Weather?", env=clean_env(exports))
+    await chat.wait_line(lambda line: line.startswith("⏸ the agent waits"))
+    assert "→ get_weather(city=Paris)" in chat.seen["out"]
+    chat.signal(signal.SIGINT)
+    chatted = await chat.finish()
+    assert chatted.code == 0, chatted
+    assert chatted.lines[-1].startswith("■ interrupted")
+
+    cli.signal(signal.SIGINT)
+    assert (await cli.finish()).code == 0
+
+
+def local_address(family: socket.AddressFamily, probe: str) -> str | None:
+    """This machine's own address that is not loopback, if any (a UDP connect sends nothing)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((probe, 9))
+            address = str(sock.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def can_bind(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "dialled"),
+    [("0.0.0.0", "http://127.0.0.1:"), ("::", "http://[::1]:")],
+)
+async def test_fake_server_on_a_wildcard_address_prints_lines_that_work(
+    host: str, dialled: str
+) -> None:
+    if not can_bind(host) or not can_bind(_connect_host(host)):
+        pytest.skip(f"cannot listen on {host} here")
+    cli = await Cli.start("fake-server", "--host", host, env=clean_env())
+    values, exports = await read_fake_server(cli)
+    assert values["base_url"].startswith(dialled)
+    assert exports == {"QODER_BASE_URL": values["base_url"], "QODER_PAT": values["token"]}
+    chat = await run("chat", values["session_id"], "hi", env=clean_env(exports))
+    assert chat.code == 0, chat
+    assert 'You said: "hi"' in chat.out
+    cli.signal(signal.SIGINT)
+    result = await cli.finish()
+    assert result.code == 0, result
+    assert "QODER_ALLOW_INSECURE_HTTP" not in result.out
+
+
+async def test_fake_server_on_a_remote_address_exports_the_insecure_switch() -> None:
+    address = local_address(socket.AF_INET, "192.0.2.1")  # TEST-NET-1: never reached
+    if address is None or not can_bind(address):
+        pytest.skip("this machine has no IPv4 address besides loopback")
+    cli = await Cli.start("fake-server", "--host", address, env=clean_env())
+    values, exports = await read_fake_server(cli)
+    assert values["base_url"].startswith(f"http://{address}:")
+    assert exports == {
+        "QODER_ALLOW_INSECURE_HTTP": "1",
+        "QODER_BASE_URL": values["base_url"],
+        "QODER_PAT": values["token"],
+    }
+    chat = await run("chat", values["session_id"], "hi", env=clean_env(exports))
+    assert chat.code == 0, chat
+    assert 'You said: "hi"' in chat.out
+    del exports["QODER_ALLOW_INSECURE_HTTP"]
+    refused = await run("sessions", "list", env=clean_env(exports))
+    assert_clean_error(refused, 2)
+    cli.signal(signal.SIGINT)
+    assert (await cli.finish()).code == 0
+
+
+def test_which_host_fake_server_prints() -> None:
+    assert _connect_host("0.0.0.0") == "127.0.0.1"
+    assert _connect_host("") == "127.0.0.1"
+    assert _connect_host("::") == "::1"
+    assert _connect_host("10.1.2.3") == "10.1.2.3"
+    assert _connect_host("localhost") == "localhost"
+    assert _is_loopback("127.0.0.1")
+    assert _is_loopback("::1")
+    assert _is_loopback("localhost")
+    assert not _is_loopback("10.1.2.3")
+    assert not _is_loopback("fake.example")
+
+
 # --------------------------------------------------------------------------- errors and options
+
+
+def insecure_env(server: FakeQoderServer, **extra: str) -> dict[str, str]:
+    """The server reached through 0.0.0.0: plain http:// to a host that is not loopback."""
+    remote = server.base_url.replace("127.0.0.1", "0.0.0.0")
+    return clean_env({"QODER_BASE_URL": remote, "QODER_PAT": server.token, **extra})
+
+
+async def test_plain_http_to_a_remote_host_is_refused_by_default(server: FakeQoderServer) -> None:
+    server.add_environment("far")
+    refused = await run("environments", "list", env=insecure_env(server))
+    assert_clean_error(refused, 2)
+    assert "http://" in refused.err
+    assert "--allow-insecure-http" in refused.err
+    assert "QODER_ALLOW_INSECURE_HTTP=1" in refused.err
+    off = await run("environments", "list", env=insecure_env(server, QODER_ALLOW_INSECURE_HTTP="0"))
+    assert_clean_error(off, 2)
+
+
+@pytest.mark.parametrize(
+    ("flag", "extra"),
+    [
+        (["--allow-insecure-http"], {}),
+        ([], {"QODER_ALLOW_INSECURE_HTTP": "1"}),
+        ([], {"QODER_ALLOW_INSECURE_HTTP": "true"}),
+    ],
+)
+async def test_allow_insecure_http_by_flag_or_environment(
+    server: FakeQoderServer, flag: list[str], extra: dict[str, str]
+) -> None:
+    server.add_environment("far")
+    result = await run("environments", "list", *flag, env=insecure_env(server, **extra))
+    assert result.code == 0, result
+    assert "far" in result.out
 
 
 async def test_api_error_is_one_line_with_the_request_id(server: FakeQoderServer) -> None:
@@ -452,6 +782,43 @@ async def test_api_error_is_one_line_with_the_request_id(server: FakeQoderServer
     assert "request_id=req_" in result.err
     assert server.token not in result.err
     assert result.out == ""
+
+
+async def test_json_mode_errors_are_one_json_object_on_stderr(server: FakeQoderServer) -> None:
+    missing = await run("--json", "sessions", "get", "sess_missing", env=server_env(server))
+    assert missing.code == 1, missing
+    assert missing.out == ""
+    error = json_error(missing)
+    assert error["type"] == "NotFoundError"
+    assert error["status_code"] == 404
+    assert error["request_id"].startswith("req_")
+    assert error["error_type"]
+    assert error["message"]
+    assert server.token not in missing.err
+
+    wrong = await run(
+        "sessions",
+        "list",
+        "--json",
+        "--token",
+        "pt-wrong-secret",
+        env=clean_env({"QODER_BASE_URL": server.base_url}),
+    )
+    assert json_error(wrong)["type"] == "AuthenticationError"
+    assert "pt-wrong-secret" not in wrong.err
+
+    no_token = await run("sessions", "list", "--json", env=clean_env())
+    assert no_token.code == 2, no_token
+    error = json_error(no_token)
+    assert error["type"] == "ConfigurationError"
+    assert error["status_code"] is None
+    assert "QODER_PAT" in error["message"]
+
+    usage = await run("--json", "chat", env=clean_env())
+    assert usage.code == 2, usage
+    error = json_error(usage)
+    assert error["type"] == "UsageError"
+    assert "required" in error["message"]
 
 
 async def test_wrong_token_is_an_api_error(server: FakeQoderServer) -> None:
@@ -494,12 +861,17 @@ COMMANDS = [
     ["sessions", "get"],
     ["sessions", "cancel"],
     ["sessions", "archive"],
+    ["sessions", "delete"],
     ["agents"],
     ["agents", "list"],
     ["agents", "create"],
+    ["agents", "get"],
+    ["agents", "archive"],
     ["environments"],
     ["environments", "list"],
     ["environments", "create"],
+    ["environments", "get"],
+    ["environments", "archive"],
     ["fake-server"],
 ]
 
@@ -514,11 +886,20 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         assert "--base-url" in out, cmd
 
 
+def test_fake_server_help_documents_the_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fake-server", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{default,demo,tools}" in text
+    assert "get_weather" in text
+    assert "Default: default" in text
+
+
 async def test_help_as_a_subprocess() -> None:
     result = await run("chat", "--help", env=clean_env())
     assert result.code == 0, result
     assert "Example:" in result.out
     assert "--on-busy" in result.out
+    assert "JSON Lines (one JSON object per line)" in " ".join(result.out.split())
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
