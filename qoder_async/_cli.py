@@ -486,8 +486,11 @@ class _TurnView:
             self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
             return
         # A turn that ended before the interrupt arrived was not interrupted by it:
-        # the server then files the user.interrupt under no turn (or another one).
-        self._interrupt_sent = turn.turn_id is None or accepted.turn_id == turn.turn_id
+        # the library then sends nothing, or the server files the user.interrupt
+        # under no turn (or another one).
+        self._interrupt_sent = accepted is not None and (
+            turn.turn_id is None or accepted.turn_id == turn.turn_id
+        )
 
     async def follow(self, turn: Turn) -> int:
         """Stream ``turn`` to the output; the exit code once it ended."""

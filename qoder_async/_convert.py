@@ -111,6 +111,7 @@ __all__ = [
     "EVENT_HOOKS",
     "ShapeError",
     "converter",
+    "event_hooks",
     "structure_agent",
     "structure_environment",
     "structure_event",
@@ -726,6 +727,12 @@ EVENT_HOOKS: dict[str, Callable[[JSON], Event]] = {
     "agent.message_delta": _message_delta,
     "agent.message_stop": _message_stop,
 }
+
+
+def event_hooks() -> dict[str, Callable[[JSON], Event]]:
+    """The event type -> structure hook table the stream decoder dispatches with."""
+    return dict(EVENT_HOOKS)
+
 
 # SSE `event:` names that do not name an event type.
 _GENERIC_SSE_EVENTS = frozenset({None, "", "message"})

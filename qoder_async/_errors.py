@@ -17,12 +17,16 @@ quoted as short snippets, never whole.
     │   │   ├── AuthenticationError         401
     │   │   ├── PermissionDeniedError       403
     │   │   ├── NotFoundError               404
-    │   │   ├── ConflictError               409
+    │   │   ├── ConflictError               409 (classified by the table below)
     │   │   │   ├── SessionBusyError            a turn is running; the message was not stored
-    │   │   │   └── IdempotencyConflictError    Idempotency-Key reused with a different body
+    │   │   │   ├── IdempotencyConflictError    Idempotency-Key reused with a different body
+    │   │   │   ├── RequestInProgressError      the first request with this key still runs
+    │   │   │   └── ToolResultsNotAwaitedError  a result for a tool use nobody waits for
+    │   │   ├── RequestTooLargeError        413
     │   │   ├── UnprocessableEntityError    422
     │   │   ├── RateLimitError              429
     │   │   └── InternalServerError         5xx
+    │   │       └── OverloadedError             529
     │   ├── APIConnectionError          the request did not get an answer (reset, refused, DNS...)
     │   │   └── APITimeoutError         ... because a timeout expired
     │   └── APIResponseValidationError  a 2xx answer whose body is not what the API documents
@@ -31,15 +35,40 @@ quoted as short snippets, never whole.
     │   │   └── FrameTooLargeError      a line/frame larger than max_event_bytes
     │   ├── StreamContentTypeError      the stream answered with something that is not SSE
     │   ├── StreamStalledError          no progress for too long, repeatedly
-    │   └── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
+    │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
+    │   └── CursorStoreError            the cursor store failed (its error is __cause__)
+    ├── WrongEventLoopError             the client was used from another event loop
     └── TurnFailed                      a turn ended without finishing (terminated, deleted)
+
+409 answers are classified by a table keyed on what the server said
+(:data:`CONFLICT_RULES`, first match wins), never by the request alone:
+
+===============================  =============================  ===========================
+``error.code`` / message          request                        class
+===============================  =============================  ===========================
+"in progress"                     carries an ``Idempotency-Key``  RequestInProgressError
+"reused" / "different"            carries an ``Idempotency-Key``  IdempotencyConflictError
+"not awaiting" / "not awaited"    ``POST .../events``,            ToolResultsNotAwaitedError
+/ "no pending"                    ``.../resolve``
+anything else                     ``POST /sessions/{id}/events``  SessionBusyError
+                                  with a user.message or
+                                  user.define_outcome
+anything else                     anything else                  ConflictError
+===============================  =============================  ===========================
+
+Server text never carries the token out: :func:`redact` replaces the client's
+own token and any ``Bearer ...`` credential in every server-provided string
+(messages, bodies, frames) before an exception is raised or logged.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, ClassVar
+import re
+import time
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 __all__ = [
     "APIConnectionError",
@@ -52,22 +81,30 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CursorStoreError",
     "FrameTooLargeError",
     "IdempotencyConflictError",
     "InternalServerError",
     "NotFoundError",
+    "OverloadedError",
     "PermissionDeniedError",
     "QoderError",
     "RateLimitError",
+    "RequestInProgressError",
+    "RequestTooLargeError",
     "ResumeExhaustedError",
     "SessionBusyError",
     "StreamContentTypeError",
     "StreamDecodeError",
     "StreamError",
     "StreamStalledError",
+    "ToolResultsNotAwaitedError",
     "TurnFailed",
     "UnprocessableEntityError",
+    "WrongEventLoopError",
+    "conflict_class",
     "error_from_response",
+    "redact",
     "snippet",
 ]
 
@@ -131,8 +168,9 @@ class APIStatusError(APIError):
 
     Attributes: ``status_code``; ``error_type`` (the envelope's ``error.type``,
     e.g. ``"invalid_request_error"``, or ``None`` for a non-JSON body);
-    ``message``; ``param``; ``request_id`` (``x-request-id``/``request-id`` header
-    or the body's ``request_id``); ``body``; ``headers`` (the response headers);
+    ``code`` (``error.code`` when sent); ``message``; ``param``; ``request_id``
+    (``x-request-id``/``request-id`` header or the body's ``request_id``);
+    ``body``; ``headers`` (the response headers);
     ``retry_after`` (seconds the server asked to wait, when it said so).
     """
 
@@ -144,6 +182,7 @@ class APIStatusError(APIError):
         *,
         status_code: int,
         error_type: str | None = None,
+        code: str | None = None,
         param: str | None = None,
         request_id: str | None = None,
         body: object = None,
@@ -155,6 +194,7 @@ class APIStatusError(APIError):
         super().__init__(message, method=method, url=url, body=body)
         self.status_code = status_code
         self.error_type = error_type
+        self.code = code
         self.param = param
         self.request_id = request_id
         self.headers: Mapping[str, str] = dict(headers or {})
@@ -211,6 +251,24 @@ class IdempotencyConflictError(ConflictError):
     """409: the ``Idempotency-Key`` was already used with a different request body."""
 
 
+class RequestInProgressError(ConflictError):
+    """409: a request with this ``Idempotency-Key`` is still being processed.
+
+    Retried (with the same key) within the retry deadline: the first attempt's
+    answer is replayed once it finishes.
+    """
+
+
+class ToolResultsNotAwaitedError(ConflictError):
+    """409: a tool result or confirmation for a tool use the session is not waiting for."""
+
+
+class RequestTooLargeError(APIStatusError):
+    """413: the request body is larger than the API accepts."""
+
+    status = 413
+
+
 class UnprocessableEntityError(APIStatusError):
     """422: the request was well-formed but semantically invalid."""
 
@@ -225,6 +283,12 @@ class RateLimitError(APIStatusError):
 
 class InternalServerError(APIStatusError):
     """5xx: the server failed (500 api_error, 501, 503 gateway protection...)."""
+
+
+class OverloadedError(InternalServerError):
+    """529: the service is overloaded; retried like a 503."""
+
+    status = 529
 
 
 class APIConnectionError(APIError):
@@ -365,6 +429,22 @@ class ResumeExhaustedError(StreamError):
         )
 
 
+class CursorStoreError(StreamError):
+    """The stream's ``cursor_store`` failed to save or load; its exception is ``__cause__``.
+
+    Nothing is lost: ``last_event_id`` is the last event handed out, and a new
+    stream from it continues where this one stopped.
+    """
+
+
+class WrongEventLoopError(QoderError, RuntimeError):
+    """The client was used from an event loop other than the one it first ran in.
+
+    A ``QoderClient`` holds connections that belong to one event loop: create it
+    inside the loop that uses it (one client per ``asyncio.run()``).
+    """
+
+
 class TurnFailed(QoderError):
     """A turn ended without finishing: the session was terminated or deleted.
 
@@ -386,8 +466,10 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    413: RequestTooLargeError,
     422: UnprocessableEntityError,
     429: RateLimitError,
+    529: OverloadedError,
 }
 
 # For error envelopes that arrive without an HTTP status (an SSE `event: error` frame).
@@ -398,6 +480,7 @@ _STATUS_BY_TYPE: dict[str, int] = {
     "not_found_error": 404,
     "conflict_error": 409,
     "rate_limit_error": 429,
+    "request_too_large": 413,
     "api_error": 500,
     "overloaded_error": 529,
     "feature_not_available": 501,
@@ -433,14 +516,10 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         value = float(raw)
     except ValueError:
-        from email.utils import parsedate_to_datetime
-
         try:
             when = parsedate_to_datetime(raw)
         except (TypeError, ValueError, IndexError):
             return None
-        import time
-
         value = when.timestamp() - (time.time() if now is None else now)
         return max(0.0, value)
     return value if value >= 0 and value == value else None
@@ -455,6 +534,115 @@ def _decode_body(content: bytes) -> object:
         return content.decode("utf-8", errors="replace")
 
 
+class ConflictRule(NamedTuple):
+    """One row of the 409 table: what the server said, and what the request was."""
+
+    said: re.Pattern[str] | None  # searched in ``error.code`` and the message, lower-cased
+    route: re.Pattern[str] | None  # matched against "METHOD /path"
+    needs_key: bool  # the request carried an Idempotency-Key
+    starts_turn: bool  # the request posted a user.message or user.define_outcome
+    cls: type[ConflictError]
+
+
+_SEND = re.compile(r"POST /sessions/[^/]+/events")
+CONFLICT_RULES: tuple[ConflictRule, ...] = (
+    ConflictRule(
+        re.compile(r"(request|idempoten).{0,40}in[ _-]?progress"),
+        None,
+        True,
+        False,
+        RequestInProgressError,
+    ),
+    ConflictRule(
+        re.compile(r"reuse|different (request )?(body|payload|parameters)|key_mismatch"),
+        None,
+        True,
+        False,
+        IdempotencyConflictError,
+    ),
+    ConflictRule(
+        re.compile(r"not (awaiting|awaited|waiting|pending)|no pending|not_awaiting"),
+        re.compile(r"POST /sessions/[^/]+/(events|turns/[^/]+/resolve)"),
+        False,
+        False,
+        ToolResultsNotAwaitedError,
+    ),
+    ConflictRule(None, _SEND, False, True, SessionBusyError),
+)
+"""The 409 table (see the module docstring); the first matching row wins."""
+
+
+def conflict_class(
+    *,
+    code: str | None,
+    message: str | None,
+    method: str | None,
+    path: str | None,
+    idempotent: bool,
+    starts_turn: bool,
+) -> type[ConflictError]:
+    """The exception class of a 409 answer, by :data:`CONFLICT_RULES`."""
+    said = f"{code or ''} {message or ''}".lower()
+    request = f"{(method or '').upper()} {path or ''}"
+    for rule in CONFLICT_RULES:
+        if rule.needs_key and not idempotent:
+            continue
+        if rule.starts_turn and not starts_turn:
+            continue
+        if rule.said is not None and not rule.said.search(said):
+            continue
+        if rule.route is not None and not rule.route.fullmatch(request):
+            continue
+        return rule.cls
+    return ConflictError
+
+
+_BEARER = re.compile(r"(?i)\b(bearer)(?:\s+|%20|\+)[A-Za-z0-9._~+/=-]+")
+REDACTED = "<redacted>"
+# Shorter "tokens" (test values like "t") would redact ordinary words; real PATs are long.
+MIN_SECRET = 8
+_V = TypeVar("_V")
+
+
+def redact(value: _V, secrets: Sequence[str] = ()) -> _V:
+    """``value`` with every ``secrets`` string and ``Bearer <credential>`` replaced.
+
+    Secrets shorter than ``MIN_SECRET`` characters are only redacted after ``Bearer``.
+
+    Walks strings, and the strings inside mappings, lists and tuples (a JSON
+    body). Anything else is returned as is.
+    """
+    out: Any = value
+    if isinstance(value, str):
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET and secret in out:
+                out = out.replace(secret, REDACTED)
+        if "earer" in out or "EARER" in out:
+            out = _BEARER.sub(rf"\1 {REDACTED}", out)
+    elif isinstance(value, Mapping):
+        out = {k: redact(v, secrets) for k, v in value.items()}
+    elif isinstance(value, list | tuple):
+        out = type(value)(redact(v, secrets) for v in value)
+    return out  # type: ignore[no-any-return]
+
+
+def scrub(exc: BaseException, secrets: Sequence[str] = ()) -> BaseException:
+    """Redact the server-provided text an exception (and the errors it chains) carries.
+
+    Returns ``exc`` itself, its attributes and ``args`` redacted in place.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and isinstance(current, QoderError):
+        seen.add(id(current))
+        for name, value in list(vars(current).items()):
+            if not name.startswith("__"):
+                setattr(current, name, redact(value, secrets))
+        current.args = tuple(redact(a, secrets) for a in current.args)
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 def error_from_response(
     status_code: int,
     content: bytes,
@@ -462,18 +650,20 @@ def error_from_response(
     *,
     method: str | None = None,
     url: str | None = None,
-    error_class_override: type[APIStatusError] | None = None,
+    idempotent: bool = False,
+    starts_turn: bool = False,
+    secrets: Sequence[str] = (),
 ) -> APIStatusError:
     """Build the typed error for an HTTP error answer.
 
     Works for the JSON error envelope, plain-text bodies (``404 page not found``),
     HTML error pages and empty bodies alike. ``headers`` must be case-insensitive
-    or lower-cased.
+    or lower-cased. A 409 is classified by :data:`CONFLICT_RULES` (``idempotent``:
+    the request carried an ``Idempotency-Key``; ``starts_turn``: it posted a
+    turn-starting event). Every server string is redacted of ``secrets``.
     """
     body = _decode_body(content)
-    error_type: str | None = None
-    param: str | None = None
-    message: str | None = None
+    error_type = code = param = message = None
     request_id = headers.get("x-request-id") or headers.get("request-id")
     if isinstance(body, dict):
         err = body.get("error")
@@ -481,6 +671,7 @@ def error_from_response(
             error_type = _str_or_none(err.get("type"))
             message = _str_or_none(err.get("message"))
             param = _str_or_none(err.get("param"))
+            code = _str_or_none(err.get("code"))
         elif isinstance(err, str):
             message = err
         if message is None:
@@ -490,15 +681,25 @@ def error_from_response(
     if message is None:
         text = snippet(content)
         message = text or f"HTTP {status_code} with an empty body"
-    cls = error_class_override or error_class(status_code)
+    cls = error_class(status_code)
+    if status_code == 409:
+        cls = conflict_class(
+            code=code,
+            message=message,
+            method=method,
+            path=url,
+            idempotent=idempotent,
+            starts_turn=starts_turn,
+        )
     return cls(
-        message,
+        redact(message, secrets),
         status_code=status_code,
         error_type=error_type,
+        code=code,
         param=param,
         request_id=request_id,
-        body=body if isinstance(body, dict | list) else snippet(content),
-        headers=headers,
+        body=redact(body if isinstance(body, dict | list) else snippet(content), secrets),
+        headers=redact(dict(headers), secrets),
         retry_after=parse_retry_after(headers),
         method=method,
         url=url,

@@ -60,6 +60,7 @@ __all__ = [
     "BaseEvent",
     "BudgetReached",
     "ContentBlock",
+    "Cursor",
     "DeletedSession",
     "DocumentBlock",
     "EndTurn",
@@ -244,6 +245,9 @@ class StopReason:
 
     ends_turn: ClassVar[bool] = True
 
+    def __str__(self) -> str:
+        return self.type
+
 
 @frozen
 class EndTurn(StopReason):
@@ -281,6 +285,25 @@ class UnknownStopReason(StopReason):
 
     type: str
     raw: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+@frozen
+class Cursor:
+    """A position in a session's event stream: an event id and its ``processed_at``.
+
+    Resuming from a cursor asks the server for the events after ``event_id``
+    (``Last-Event-ID``); ``processed_at``, when known, also lets the client drop
+    events a server replays from before it. ``str(cursor)`` is the event id.
+    """
+
+    event_id: str
+    processed_at: str | None = None
+
+    def __str__(self) -> str:
+        return self.event_id
 
 
 # --------------------------------------------------------------------------- events

@@ -2,41 +2,75 @@
 
 ``client.session(id)`` gives a :class:`SessionHandle`. ``await handle.send(...)``
 posts the event and returns a :class:`Turn` bound to the 202 answer (its
-``turn_id`` and the created event's id). A single pump task per session reads
-the session's stream and hands every event to the :class:`~qoder_async._turns.TurnRouter`,
-which routes it to the turn it belongs to, and to the session's listeners
-(``handle.events()``). The pump runs only while someone consumes: a live turn, a
-listener, or a send awaiting its answer; after the last one leaves, the
-connection closes, and the next send opens a new one right after its own
-``user.message`` (so no history is replayed and nothing between the POST and the
-subscription is lost).
+``turn_id`` and the created event). A single pump task per session reads the
+session's stream and hands every event to the
+:class:`~qoder_async._turns.TurnRouter`, which routes it to the turn it belongs
+to, and to the session's listeners (``handle.listen()``, ``handle.on()``).
+
+=============================================  ======================================
+situation                                      what the handle does
+=============================================  ======================================
+a send while no connection is open             the connection opens right after the
+                                               send's own ``user.message`` (no history
+                                               replay, nothing between the POST and
+                                               the subscription missed)
+a send while the connection is open            the turn starts when its message is
+                                               streamed (events racing the 202 answer
+                                               are kept in a bounded backlog)
+a 202 that names no created event              the turn claims the next ``user.message``
+                                               on the stream; with no connection open,
+                                               it is looked up in the recent history
+the last turn, listener and callback left      the connection closes
+a requires_action pause with ``tools=``        the handlers run in a task of the turn
+                                               (each tool use at most once, whatever
+                                               the reader does), results posted with a
+                                               key derived from the tool use ids
+the turn's reader is cancelled                 tools keep running and post their
+                                               results; the turn still finishes
+the turn is closed while a tool runs           the tool is cancelled and an error result
+                                               is posted for it, so the session is not
+                                               left waiting
+a 409 busy with ``on_busy="wait"``             wait for the running turn (local, or the
+                                               server's status), backing off up to 5 s
+                                               between attempts, until ``busy_timeout``
+=============================================  ======================================
+
+Callbacks (``on()``) are fed through an unbounded queue, so a callback that
+sends and awaits a turn of its own session cannot block the connection that
+turn needs; ``listen()`` queues are bounded (a slow reader slows the
+connection instead of losing events).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
-from urllib.parse import quote
 
 from ._errors import (
     APIResponseValidationError,
     ClientClosedError,
+    ConfigurationError,
     QoderError,
     SessionBusyError,
     StreamError,
     TurnFailed,
 )
+from ._eventstream import EventStream
+from ._http import HTTP, segment
+from ._machine import Dedupe
 from ._models import (
     Accepted,
     AgentCustomToolUse,
     BaseEvent,
     ContentBlock,
+    Cursor,
     DocumentBlock,
     Event,
     EventDelta,
@@ -54,25 +88,50 @@ from ._models import (
     UserInterrupt,
     UserMessage,
 )
-from ._stream import PREVIEW_TYPES, LiveText, text_delta
-from ._turns import ToolCall, TurnResult, TurnRouter, ends_turn, fails_turn, fold_many
+from ._stream import PREVIEW_CLASSES
+from ._turns import (
+    RECONNECTED,
+    Item,
+    LiveText,
+    ToolCall,
+    TurnResult,
+    TurnRouter,
+    ends_turn,
+    fails_turn,
+    fold_many,
+    text_delta,
+)
 
 if TYPE_CHECKING:
-    from ._client import EventStream, QoderClient
+    from ._backoff import ReconnectPolicy
+    from ._resources import Sessions
 
-__all__ = ["EventHandler", "SessionHandle", "ToolHandler", "Turn"]
+__all__ = [
+    "ActionRequired",
+    "EventHandler",
+    "OnBusy",
+    "SessionHandle",
+    "ToolHandler",
+    "Turn",
+]
 
 logger = logging.getLogger("qoder_async")
 
 ToolOutput: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock] | UserCustomToolResult
-ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput]]
-"""``async def handler(input) -> str | blocks``: runs a custom tool; raising reports an error."""
+ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput] | ToolOutput]
+"""A custom tool: ``async def`` or plain ``def handler(input) -> str | blocks``.
+
+Plain functions run in a thread. Raising reports an error result to the agent
+(``on_tool_error="report"``) or raises it to the turn's reader (``"raise"``).
+"""
 
 EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 """A callback for :meth:`SessionHandle.on`: plain or async, called with each event."""
 
 Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
+OnToolError: TypeAlias = Literal["report", "raise"]
+OnAction: TypeAlias = Literal["wait", "raise"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
 _TURN_ENDERS = frozenset({SessionStatusIdle, SessionStatusTerminated, SessionDeleted})
@@ -80,28 +139,48 @@ _LIFECYCLE = frozenset(
     {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted}
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
+_BUSY_BACKOFF_MAX = 5.0
+_CANCEL_POST_TIMEOUT = 10.0
+
+
+class ActionRequired(QoderError):
+    """A turn is paused until the client answers tool uses no handler here answers.
+
+    Raised by ``turn.result(on_action="raise")``. ``pending`` are the tool calls
+    to answer (``turn.submit_tool_results``), ``turn_id`` the turn.
+    """
+
+    def __init__(self, message: str, *, turn_id: str | None, pending: tuple[ToolCall, ...]):
+        super().__init__(message)
+        self.turn_id = turn_id
+        self.pending = pending
 
 
 class _Listener:
-    """A ``handle.events()`` consumer: a bounded buffer, so a slow reader slows the pump.
+    """A ``listen()``/``on()`` consumer's queue; ``size`` None is unbounded.
 
-    Closing it (with or without an error) never drops what is already buffered:
-    the reader gets every buffered event first, then the end (or the error).
+    A bounded queue makes a slow reader slow the pump down. Closing it (with or
+    without an error) never drops what is already queued: the reader gets
+    every queued event first, then the end (or the error).
     """
 
     __slots__ = ("_end", "_getter", "_items", "_putters", "_size", "closed", "previews")
 
-    def __init__(self, size: int, previews: bool) -> None:
+    def __init__(self, size: int | None, previews: bool) -> None:
         self._items: deque[Event] = deque()
-        self._size = max(1, size)
+        self._size = None if size is None else max(1, size)
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
         self._end: BaseException | None = None
         self.closed = False
         self.previews = previews
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     async def put(self, ev: Event) -> None:
-        while len(self._items) >= self._size and not self.closed:
+        size = self._size
+        while size is not None and len(self._items) >= size and not self.closed:
             fut = asyncio.get_running_loop().create_future()
             self._putters.append(fut)
             try:
@@ -149,18 +228,44 @@ class _Listener:
             fut.set_result(None)
 
 
+def _tool_result(call: ToolCall, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
+    thread = call.session_thread_id
+    if isinstance(out, UserCustomToolResult):
+        if out.session_thread_id is None and thread is not None:
+            return UserCustomToolResult(
+                out.custom_tool_use_id, out.content, out.is_error, session_thread_id=thread
+            )
+        return out
+    return UserCustomToolResult(call.id, out, is_error, session_thread_id=thread)
+
+
+def _results_key(ids: Sequence[str]) -> str:
+    return ("tool-results-" + "-".join(sorted(ids)))[:255]
+
+
+async def _call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:
+    if inspect.iscoroutinefunction(handler):
+        return await handler(args)  # type: ignore[no-any-return]
+    out = await asyncio.to_thread(handler, args)
+    if inspect.isawaitable(out):
+        out = await out
+    return out
+
+
 class Turn:
     """One turn: the answer to a send, and the events that follow it until the turn ends.
 
     ``async for ev in turn`` yields this turn's events only (first, possibly, the
-    echo of your own ``user.message``), ending with the event that closes the
-    turn (a ``session.status_idle``). A turn that ends because the session was
-    terminated or deleted raises :class:`TurnFailed` after yielding that event.
-    Several consumers may read one turn at once (each sees every event).
+    echo of your own ``user.message``), each once, ending with the event that
+    closes the turn (a ``session.status_idle``). A turn that ends because the
+    session was terminated or deleted raises :class:`TurnFailed` after yielding
+    that event. Several consumers may read one turn at once (each sees every
+    event).
 
     A ``requires_action`` pause does not end the turn: with ``tools=`` the
-    handlers run (each tool use at most once) and their results are posted;
-    otherwise answer :attr:`pending_tool_calls` with :meth:`submit_tool_results`.
+    handlers of the named tools run (each tool use at most once) and their
+    results are posted; tools without a handler here are left to you:
+    :meth:`wait_for_action` returns them, :meth:`submit_tool_results` answers.
     """
 
     def __init__(
@@ -168,18 +273,29 @@ class Turn:
         session: SessionHandle,
         accepted: Accepted,
         tools: Mapping[str, ToolHandler] | None,
+        on_tool_error: OnToolError = "report",
     ) -> None:
+        if on_tool_error not in ("report", "raise"):
+            raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
         self.session = session
         self.accepted = accepted
         self._tools = dict(tools or {})
-        self._items: list[Event] = []
-        self._reconnects: list[int] = []  # positions in _items where a reconnect happened
+        self._on_tool_error = on_tool_error
+        self._items: list[Item] = []
+        self._ids: set[str] = set()
+        self._live = LiveText()
         self._waiters: list[asyncio.Future[None]] = []
         self._done = False
         self._error: BaseException | None = None
         self._ran: set[str] = set()
         self._unposted: tuple[list[UserCustomToolResult], str] | None = None
-        self._tool_lock = asyncio.Lock()
+        self._tool_error: BaseException | None = None
+        self._tool_task: asyncio.Task[None] | None = None
+        self._running_calls: list[ToolCall] = []
+        self._paused = False
+        self._resuming = False
+        self._warned_pause = False
+        self._turn_id = accepted.turn_id
 
     def __repr__(self) -> str:
         state = "done" if self._done else "running"
@@ -187,8 +303,8 @@ class Turn:
 
     @property
     def turn_id(self) -> str | None:
-        """The turn id the server gave (``None`` for servers without turn ids)."""
-        return self.accepted.turn_id
+        """The turn id (from the 202 answer, else the first one streamed; None without ids)."""
+        return self._turn_id
 
     @property
     def done(self) -> bool:
@@ -198,19 +314,26 @@ class Turn:
     @property
     def events(self) -> tuple[Event, ...]:
         """The turn's events received so far (no previews)."""
-        return tuple(ev for ev in self._items if ev.type not in PREVIEW_TYPES)
+        return tuple(
+            ev  # type: ignore[misc]
+            for ev in self._items
+            if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES
+        )
 
     @property
     def text(self) -> str:
-        """The reply so far, previews included (final once the turn is done)."""
-        live = LiveText()
-        self._fold_live(live, 0, len(self._items))
-        return live.text
+        """The reply so far, as shown (previews included; final once the turn is done)."""
+        return self._live.text
 
     @property
     def pending_tool_calls(self) -> tuple[ToolCall, ...]:
         """The tool calls a ``requires_action`` pause waits for (empty otherwise)."""
-        return self.snapshot().pending_tool_calls
+        return self.snapshot().pending_tool_calls if self._paused else ()
+
+    @property
+    def expects_events(self) -> bool:
+        """True while the server is expected to send more of this turn without our help."""
+        return not self._done and (not self._paused or self._resuming)
 
     def snapshot(self) -> TurnResult:
         """The result folded from the events received so far."""
@@ -221,20 +344,40 @@ class Turn:
     def _deliver(self, ev: Event) -> None:
         if self._done:
             return
+        cls = type(ev)
+        if cls is not EventDelta and cls is not EventStart:
+            ident = ev.id
+            if ident is not None:
+                if ident in self._ids:
+                    return  # never twice, whatever the server replays
+                self._ids.add(ident)
+            if self._turn_id is None and ev.turn_id is not None:
+                self._turn_id = ev.turn_id
         self._items.append(ev)
-        if type(ev) in _TURN_ENDERS and ends_turn(ev):
-            self._done = True
-            self.session._turn_done(self)
-            if fails_turn(ev):
-                self._error = TurnFailed(
-                    f"turn {self.turn_id} ended: {ev.type}",
-                    turn_id=self.turn_id,
-                    reason=ev.type,
-                    event=ev,
-                    result=None,
-                )
+        self._live.feed(ev)
+        if cls in _TURN_ENDERS:
+            if ends_turn(ev):
+                self._finish(ev)
+            else:
+                self._paused, self._resuming = True, False
+                self._start_tools()
+        elif cls is SessionStatusRunning:
+            self._paused = self._resuming = False
         if self._waiters:
             self._wake()
+
+    def _finish(self, ev: Event) -> None:
+        self._done = True
+        self._paused = False
+        self.session._turn_done(self)
+        if fails_turn(ev):
+            self._error = TurnFailed(
+                f"turn {self.turn_id} ended: {ev.type}",
+                turn_id=self.turn_id,
+                reason=ev.type,
+                event=ev,
+                result=None,
+            )
 
     def _fail(self, exc: BaseException) -> None:
         if self._done:
@@ -245,15 +388,9 @@ class Turn:
         self._wake()
 
     def _reconnected(self) -> None:
-        self._reconnects.append(len(self._items))
-
-    def _fold_live(self, live: LiveText, start: int, stop: int) -> None:
-        """Fold items ``[start, stop)`` into ``live``, dropping previews cut by reconnects."""
-        marks = self._reconnects
-        for i in range(start, stop):
-            if marks and i in marks:
-                live.drop_previews()
-            live.feed(self._items[i])
+        if not self._done:
+            self._items.append(RECONNECTED)
+            self._live.feed(RECONNECTED)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -279,23 +416,24 @@ class Turn:
     # -- consumption
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate(previews=False)
+        return self._iterate()
 
-    async def _iterate(self, *, previews: bool) -> AsyncIterator[Event]:
+    async def _iterate(self, on_action: OnAction = "wait") -> AsyncIterator[Event]:
+        await self._post_unposted()
         i = 0
         while True:
             items = self._items
             while i < len(items):
                 ev = items[i]
                 i += 1
-                cls = type(ev)
-                if previews or (cls is not EventDelta and cls is not EventStart):
-                    yield ev
-                if cls is SessionStatusIdle and _is_pause(ev):
-                    await self._run_tools()
+                if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES:
+                    yield ev  # type: ignore[misc]
+            self._raise_tool_error()
             if self._done:
                 self._raise_error()
                 return
+            if self._paused and not self._tool_task_running():
+                self._pause_waiting(on_action)
             await self._wait()
 
     def _raise_error(self) -> None:
@@ -304,18 +442,71 @@ class Turn:
                 self._error.result = self.snapshot()
             raise self._error
 
-    async def result(self) -> TurnResult:
+    def _raise_tool_error(self) -> None:
+        error, self._tool_error = self._tool_error, None
+        if error is not None:
+            raise error
+
+    def _unanswered(self) -> tuple[ToolCall, ...]:
+        """Pending calls no handler of this turn answers (yours to answer)."""
+        return tuple(
+            c
+            for c in self.pending_tool_calls
+            if c.id not in self._ran
+            and not (isinstance(c.use, AgentCustomToolUse) and c.name in self._tools)
+        )
+
+    def _pause_waiting(self, on_action: OnAction) -> None:
+        pending = self._unanswered()
+        if not pending:
+            return
+        names = ", ".join(sorted({c.name for c in pending}))
+        what = (
+            f"turn {self.turn_id} of session {self.session.id} is paused: the agent waits for "
+            f"{len(pending)} tool result(s) ({names}) that no handler here answers"
+        )
+        if on_action == "raise":
+            raise ActionRequired(what, turn_id=self.turn_id, pending=pending)
+        if not self._warned_pause:
+            self._warned_pause = True
+            logger.warning(
+                "%s; answer them with turn.submit_tool_results(), or pass tools= to send(); "
+                "still waiting",
+                what,
+            )
+
+    async def result(self, *, on_action: OnAction = "wait") -> TurnResult:
         """Wait for the turn to end and return what it produced.
 
-        Raises :class:`TurnFailed` (with ``result``) if the session was
-        terminated or deleted, or the stream's error if following it failed.
+        A pause for tool uses nobody here answers is logged once at WARNING and
+        waited out (answer it with :meth:`submit_tool_results` from elsewhere),
+        or raises :class:`ActionRequired` with ``on_action="raise"``. Raises
+        :class:`TurnFailed` (with ``result``) if the session was terminated or
+        deleted, or the stream's error if following it failed.
         """
-        async for _ in self:
+        async for _ in self._iterate(on_action):
             pass
         return self.snapshot()
 
+    async def wait_for_action(self) -> tuple[ToolCall, ...]:
+        """Wait until the turn pauses for tool uses nobody here answers, or ends.
+
+        Returns those tool calls (empty when the turn ended instead): answer
+        them with :meth:`submit_tool_results`.
+        """
+        while True:
+            self._raise_tool_error()
+            if self._done:
+                self._raise_error()
+                return ()
+            if self._paused and not self._tool_task_running():
+                pending = self._unanswered()
+                if pending:
+                    return pending
+            await self._wait()
+
     async def text_stream(self, *, coalesce: float | None = None) -> AsyncIterator[str]:
-        """The reply's text as it arrives.
+        """The reply's text as it arrives; the chunks joined equal ``result().text``.
 
         Without ``coalesce``: chunks to append (from live previews when the
         session's connection asks for ``agent.message`` deltas, else one chunk
@@ -324,23 +515,15 @@ class Turn:
         up, even if nothing else happens), and always the final text last: for
         chat platforms that edit a message in place.
         """
+        await self._post_unposted()
         loop = asyncio.get_running_loop()
-        live = LiveText()
+        live = self._live
         emitted = ""
         next_at = 0.0
-        i = 0
         while True:
-            start = i
-            while i < len(self._items):
-                ev = self._items[i]
-                i += 1
-                if _is_pause(ev):
-                    self._fold_live(live, start, i)
-                    start = i
-                    await self._run_tools()
-            self._fold_live(live, start, i)
-            done = self._done and i >= len(self._items)
-            current = self.snapshot().text if done and self._error is None else live.text
+            self._raise_tool_error()
+            done = self._done
+            current = live.text
             now = loop.time()
             if coalesce is None:
                 chunk = text_delta(emitted, current)
@@ -359,65 +542,138 @@ class Turn:
             pending = coalesce is not None and current != emitted
             await self._wait(max(0.0, next_at - now) if pending else None)
 
-    async def interrupt(self) -> Accepted:
-        """Ask the agent to stop this turn (``user.interrupt``); the turn then ends."""
+    async def interrupt(self) -> Accepted | None:
+        """Ask the agent to stop this turn (``user.interrupt``); the turn then ends.
+
+        A no-op returning None once the turn has ended (it would interrupt the
+        session's next turn instead).
+        """
+        if self._done:
+            return None
         return await self.session.interrupt()
 
     async def submit_tool_results(
         self, results: Mapping[str, ToolOutput], *, is_error: bool = False
     ) -> Accepted:
-        """Answer pending custom tool uses: ``{tool_use_event_id: output}``.
+        """Answer pending custom tool uses: ``{tool_use_id: output}``.
 
         Outputs are strings, content blocks or ready-made
-        :class:`UserCustomToolResult` events. Each answer's idempotency key is
-        derived from the tool use ids, so a retried submit is stored once.
+        :class:`UserCustomToolResult` events. A sub-agent's tool use is answered
+        in its thread. Each answer's idempotency key is derived from the tool use
+        ids, so a retried submit is stored once.
         """
-        events = [_tool_result(use_id, out, is_error) for use_id, out in results.items()]
+        calls = {c.id: c for c in self.snapshot().tool_calls}
+        events = []
+        for use_id, out in results.items():
+            call = calls.get(use_id)
+            if call is None:
+                events.append(UserCustomToolResult(use_id, out, is_error))  # type: ignore[arg-type]
+            else:
+                events.append(_tool_result(call, out, is_error))
         self._ran.update(results)
-        key = "tool-results-" + "-".join(sorted(results))
-        return await self.session.send_events(events, idempotency_key=key[:255])
+        accepted = await self.session.send_events(
+            events, idempotency_key=_results_key(list(results))
+        )
+        self._resuming = True
+        self.session._refresh_activity()
+        return accepted
 
-    async def _run_tools(self) -> None:
-        if not self._tools:
+    # -- the tool runner
+
+    def _tool_task_running(self) -> bool:
+        return self._tool_task is not None and not self._tool_task.done()
+
+    def _start_tools(self) -> None:
+        if not self._tools or self._tool_task_running():
             return
-        async with self._tool_lock:
-            if self._unposted is None:
-                calls = [
-                    c
-                    for c in self.pending_tool_calls
-                    if isinstance(c.use, AgentCustomToolUse)
-                    and c.use.id
-                    and c.use.id not in self._ran
-                ]
-                if not calls:
-                    return
-                # At most once: a tool is marked as run before it runs, and its
-                # results are kept until they are posted (a failed post is retried
-                # with the same key when the turn is read again, never re-run).
-                self._ran.update(c.use.id or "" for c in calls)
-                outputs = await asyncio.gather(*(self._run_tool(c) for c in calls))
-                events = [
-                    _tool_result(c.use.id or "", out, err)
-                    for c, (out, err) in zip(calls, outputs, strict=True)
-                ]
-                key = "tool-results-" + "-".join(sorted(c.use.id or "" for c in calls))
-                self._unposted = (events, key[:255])
-            events, key = self._unposted
+        calls = [
+            c
+            for c in self.snapshot().pending_tool_calls
+            if isinstance(c.use, AgentCustomToolUse)
+            and c.id
+            and c.id not in self._ran
+            and c.name in self._tools
+        ]
+        if not calls:
+            return
+        # At most once: a tool is marked as run before it runs.
+        self._ran.update(c.id for c in calls)
+        self._running_calls = calls
+        self._tool_task = asyncio.get_running_loop().create_task(
+            self._run_tools(calls), name=f"qoder_async tools {self.session.id}"
+        )
+
+    async def _run_tools(self, calls: list[ToolCall]) -> None:
+        try:
+            outputs = await asyncio.gather(*(self._run_tool(c) for c in calls))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # on_tool_error="raise": the reader gets it
+            self._tool_error = exc
+            self._wake()
+            return
+        events = [_tool_result(c, out, err) for c, (out, err) in zip(calls, outputs, strict=True)]
+        self._unposted = (events, _results_key([c.id for c in calls]))
+        self._running_calls = []
+        await self._post_unposted(background=True)
+
+    async def _post_unposted(self, *, background: bool = False) -> None:
+        """Post results that are kept (never re-run); a failure is raised to the reader."""
+        if self._unposted is None or self._done:
+            return
+        events, key = self._unposted
+        try:
             await self.session.send_events(events, idempotency_key=key)
-            self._unposted = None
+        except QoderError as exc:
+            if not background:
+                raise
+            self._tool_error = exc
+            self._wake()
+            return
+        self._unposted = None
+        self._resuming = True
+        self.session._refresh_activity()
 
     async def _run_tool(self, call: ToolCall) -> tuple[ToolOutput, bool]:
-        handler = self._tools.get(call.name)
-        if handler is None:
-            return f"no handler for tool {call.name!r} in this client", True
+        handler = self._tools[call.name]
         try:
-            return await handler(call.input), False
-        except Exception as exc:  # a failing tool is reported to the agent, not raised
-            logger.debug("tool %s (%s) failed: %r", call.name, call.use.id, exc)
+            return await _call_handler(handler, call.input), False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._on_tool_error == "raise":
+                exc.add_note(f"raised by the handler of tool {call.name!r} ({call.id})")
+                raise
+            logger.warning(
+                "tool %r (%s) of session %s failed; reporting the error to the agent",
+                call.name,
+                call.id,
+                self.session.id,
+                exc_info=exc,
+            )
             return f"{type(exc).__name__}: {exc}", True
 
     async def aclose(self) -> None:
-        """Stop following this turn (the session's connection closes if nobody else reads)."""
+        """Stop following this turn (the session's connection closes if nobody else reads).
+
+        A tool still running is cancelled and an error result posted for it, so
+        the session does not wait for it forever.
+        """
+        task = self._tool_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            calls, self._running_calls = self._running_calls, []
+            if calls and not self.session.closed:
+                events = [
+                    _tool_result(c, "the client stopped running this tool", True) for c in calls
+                ]
+                with contextlib.suppress(QoderError, TimeoutError):
+                    async with asyncio.timeout(_CANCEL_POST_TIMEOUT):
+                        await self.session.send_events(
+                            events, idempotency_key=_results_key([c.id for c in calls])
+                        )
         if not self._done:
             self._fail(ClientClosedError("this turn was closed"))
         self.session._release_turn(self)
@@ -427,16 +683,6 @@ class Turn:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _is_pause(ev: Event) -> bool:
-    return isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn
-
-
-def _tool_result(use_id: str, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
-    if isinstance(out, UserCustomToolResult):
-        return out
-    return UserCustomToolResult(use_id, out, is_error)
 
 
 def _as_events(
@@ -451,31 +697,58 @@ def _as_events(
     return [content]
 
 
+def _anchor(accepted: Accepted) -> Event | None:
+    """The created event a turn starts at: its user.message (or outcome), else the last one."""
+    for ev in accepted.events:
+        if isinstance(ev, UserMessage | UserDefineOutcome) and ev.id:
+            return ev
+    for ev in reversed(accepted.events):
+        if ev.id:
+            return ev
+    return None
+
+
+def _same_event(stored: Event, sent: OutboundEvent) -> bool:
+    if isinstance(sent, UserMessage):
+        return isinstance(stored, UserMessage) and stored.content == sent.content
+    if isinstance(sent, UserDefineOutcome):
+        return isinstance(stored, UserDefineOutcome) and stored.description == sent.description
+    return False
+
+
 class SessionHandle:
     """A session for the turn API. Get one with ``client.session(session_id)``.
 
-    ``await send(...)`` starts a turn; ``events()`` listens to everything the
-    session does. One SSE connection serves all of them and closes when the
-    last one is done.
+    ``await send(...)`` starts a turn; ``listen()`` and ``on()`` follow
+    everything the session does. One SSE connection serves all of them and
+    closes when the last one is done.
     """
 
     def __init__(
         self,
-        client: QoderClient,
+        http: HTTP,
+        sessions: Sessions,
         session_id: str,
         *,
+        reconnect: ReconnectPolicy,
         event_deltas: tuple[str, ...],
         stall_timeout: float | None,
         max_stalls: int,
         queue_size: int,
     ) -> None:
-        self._client = client
+        self._http = http
+        self._sessions = sessions
         self.id = session_id
-        self._event_deltas = event_deltas
-        self._stall_timeout = stall_timeout
-        self._max_stalls = max_stalls
-        self._queue_size = queue_size
+        self._reconnect = reconnect
+        self.options: dict[str, Any] = {
+            "event_deltas": event_deltas,
+            "stall_timeout": stall_timeout,
+            "max_stalls": max_stalls,
+            "queue_size": queue_size,
+        }
         self._router: TurnRouter[Turn] = TurnRouter()
+        self._dedupe = Dedupe()
+        self._cursor: Cursor | None = None
         self._listeners: list[_Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._stream: EventStream | None = None
@@ -483,11 +756,40 @@ class SessionHandle:
         self._lock = asyncio.Lock()
         self._handlers: list[tuple[str | type[BaseEvent], EventHandler]] = []
         self._dispatcher: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
         self.connections = 0
 
     def __repr__(self) -> str:
         live, listeners = len(self._router.live), len(self._listeners)
         return f"<SessionHandle {self.id} turns={live} listeners={listeners}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the client was closed."""
+        return self._http.closed
+
+    @property
+    def listeners(self) -> int:
+        """How many ``listen()`` readers (and the ``on()`` dispatcher) are attached now."""
+        return len(self._listeners)
+
+    @property
+    def handlers(self) -> int:
+        """How many ``on()`` callbacks are registered."""
+        return len(self._handlers)
+
+    @property
+    def connected(self) -> bool:
+        """True while the session's connection is established (events flow to consumers)."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        """Wait until the session's connection is established.
+
+        After ``listen()`` or ``on()`` attach, events from then on reach them: a
+        test can await this before making the session do something.
+        """
+        await self._connected.wait()
 
     # -- sending
 
@@ -495,7 +797,7 @@ class SessionHandle:
         self, events: Sequence[OutboundEvent], *, idempotency_key: str | None = None
     ) -> Accepted:
         """Post events that do not start a turn (tool results, confirmations...)."""
-        return await self._client.sessions.events.send(
+        return await self._sessions.events.send(
             self.id, list(events), idempotency_key=idempotency_key
         )
 
@@ -504,36 +806,46 @@ class SessionHandle:
         content: Content | OutboundEvent | Sequence[OutboundEvent],
         *,
         tools: Mapping[str, ToolHandler] | None = None,
+        on_tool_error: OnToolError = "report",
         on_busy: OnBusy = "raise",
         busy_timeout: float | None = 600.0,
         idempotency_key: str | None = None,
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
-        ``tools`` maps custom tool names to async handlers run when the agent
-        asks for them. ``on_busy``: ``"raise"`` (:class:`SessionBusyError`, the
-        default), ``"wait"`` (wait up to ``busy_timeout`` s for the running turn
-        to end, then send) or ``"interrupt"`` (interrupt it, wait, send). One
-        ``Idempotency-Key`` (yours or generated) covers every retry of the send.
+        ``tools`` maps custom tool names to handlers (``async def`` or plain
+        ``def``) run when the agent asks for them; tools without a handler here
+        are left for you to answer. ``on_tool_error``: ``"report"`` a handler's
+        exception to the agent as an error result (and log it at WARNING), or
+        ``"raise"`` it to the turn's reader. ``on_busy``: ``"raise"``
+        (:class:`SessionBusyError`, the default), ``"wait"`` (wait up to
+        ``busy_timeout`` s for the running turn to end, then send) or
+        ``"interrupt"`` (interrupt it, wait, send). One ``Idempotency-Key``
+        (yours or generated) covers every retry of the send.
         """
+        if on_busy not in ("raise", "wait", "interrupt"):
+            raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
         events = _as_events(content)
         key = idempotency_key or uuid.uuid4().hex
         deadline = None if busy_timeout is None else time.monotonic() + busy_timeout
         interrupted = False
         attempt = 0
+        delay = 0.1
         while True:
             try:
                 # A busy 409 stored nothing, and a server may replay a cached 409 for the
                 # same key: each new attempt after one gets its own, derived key.
-                return await self._post_turn(events, f"{key}.{attempt}" if attempt else key, tools)
-            except SessionBusyError:
+                return await self._post_turn(
+                    events, f"{key}.{attempt}" if attempt else key, tools, on_tool_error
+                )
+            except SessionBusyError as exc:
                 attempt += 1
                 if on_busy == "raise":
                     raise
                 if on_busy == "interrupt" and not interrupted:
                     await self.interrupt()
                     interrupted = True
-                await self._wait_not_busy(deadline)
+                delay = await self._wait_not_busy(deadline, delay, exc, attempt)
 
     async def define_outcome(
         self,
@@ -553,88 +865,139 @@ class SessionHandle:
         return await self.send_events([UserInterrupt()])
 
     async def _post_turn(
-        self, events: list[OutboundEvent], key: str, tools: Mapping[str, ToolHandler] | None
+        self,
+        events: list[OutboundEvent],
+        key: str,
+        tools: Mapping[str, ToolHandler] | None,
+        on_tool_error: OnToolError,
     ) -> Turn:
-        client = self._client
-        client._check_open()
+        self._http.check_open()
+        router = self._router
         # The lock orders "is a pump running?" decisions: a listener starting a pump
         # while this POST is in flight could otherwise begin after our anchor.
         async with self._lock:
-            self._router.expect()
+            router.expect()
+            self._refresh_activity()
             try:
-                accepted = await client.sessions.events.send(self.id, events, idempotency_key=key)
+                accepted = await self._sessions.events.send(self.id, events, idempotency_key=key)
+                anchor = _anchor(accepted)
+                start_here = self._task is None
+                start: Cursor | None = None
+                if anchor is not None:
+                    start = Cursor(anchor.id or "", anchor.processed_at)
+                elif start_here:
+                    # Stored, but the answer names no created event: find it, or follow
+                    # the session from where this handle last was.
+                    anchor = await self._find_sent(events)
+                    if anchor is not None:
+                        start = Cursor(anchor.id or "", anchor.processed_at)
+                    elif self._cursor is not None:
+                        start, start_here = self._cursor, False
+                    else:
+                        raise APIResponseValidationError(
+                            "the send was accepted but its answer names no created event and "
+                            "it is not in the recent history: its turn cannot be followed",
+                            method="POST",
+                            url=f"/sessions/{self.id}/events",
+                        )
             except BaseException:
-                self._router.cancel_expect()
+                router.cancel_expect()
                 self._maybe_stop()
                 raise
-            anchor = accepted.last_event_id
-            if anchor is None:
-                self._router.cancel_expect()
-                self._maybe_stop()
-                raise APIResponseValidationError(
-                    "the send answer named no created event: its turn cannot be followed",
-                    method="POST",
-                    url=f"/sessions/{self.id}/events",
-                )
-            turn = Turn(self, accepted, tools)
-            start_here = self._task is None
-            deliveries = self._router.bind(
-                turn, turn_id=accepted.turn_id, anchor_id=anchor, started=start_here
+            turn = Turn(self, accepted, tools, on_tool_error)
+            deliveries = router.bind(
+                turn,
+                turn_id=accepted.turn_id,
+                anchor_id=anchor.id if anchor is not None else None,
+                anchor_at=anchor.processed_at if anchor is not None else None,
+                started=start_here,
             )
             self._turns.append(turn)
-            overflowed, self._router.overflowed = self._router.overflowed, False
+            overflowed, router.overflowed = router.overflowed, False
             for target, ev in deliveries:
                 target._deliver(ev)
-            if start_here:
-                self._start_pump(anchor)
+            if self._task is None and start is not None:
+                self._start_pump(start)
             elif overflowed:
                 turn._fail(
                     StreamError("events of this turn were dropped while its send was pending")
                 )
-            self._set_activity()
+            self._refresh_activity()
             return turn
 
-    async def _wait_not_busy(self, deadline: float | None) -> None:
-        """Until the session looks idle (a local turn ends, or the server says so)."""
-        delay = 0.1
+    async def _find_sent(self, events: list[OutboundEvent]) -> Event | None:
+        """The stored event of a send whose answer named none (newest first, recent only)."""
+        sent = next((e for e in events if isinstance(e, UserMessage | UserDefineOutcome)), None)
+        if sent is None:
+            return None
+        async for page in self._sessions.events.list(self.id, order="desc", limit=20).pages():
+            for ev in page:
+                if self._cursor is not None and ev.id == self._cursor.event_id:
+                    return None
+                if _same_event(ev, sent):
+                    return ev
+            return None
+        return None
+
+    async def _wait_not_busy(
+        self, deadline: float | None, delay: float, busy: SessionBusyError, attempt: int
+    ) -> float:
+        """Wait until the session may be idle; returns the next backoff delay."""
         while True:
-            if deadline is not None and time.monotonic() > deadline:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise SessionBusyError(
-                    "the session stayed busy past busy_timeout",
+                    "the session stayed busy past busy_timeout: if it reports idle, a turn is "
+                    "probably paused waiting for tool results (requires_action) — answer it "
+                    "(turn.submit_tool_results) or interrupt it (on_busy='interrupt')",
                     status_code=409,
-                    error_type="conflict_error",
+                    error_type=busy.error_type,
+                    request_id=busy.request_id,
                 )
-            local = [t for t in self._turns if not t.done]
+            local = [t for t in self._turns if not t.done and t.expects_events]
             if local:
                 waits = [asyncio.ensure_future(t._wait()) for t in local]
-                _, pending = await asyncio.wait(waits, timeout=delay)
+                _, pending = await asyncio.wait(waits, timeout=min(delay, remaining or delay))
                 for w in pending:
                     w.cancel()
                 continue
-            session = await self._client.sessions.retrieve(self.id)
-            if (session.status or "idle") not in _BUSY_STATUSES:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            session = await self._sessions.retrieve(self.id)
+            idle = (session.status or "idle") not in _BUSY_STATUSES
+            if idle and attempt == 2:
+                logger.warning(
+                    "session %s reports %r but refuses new messages (409): a turn is probably "
+                    "paused waiting for tool results; retrying with backoff until busy_timeout "
+                    "(answer it, or send with on_busy='interrupt')",
+                    self.id,
+                    session.status,
+                )
+            wait = delay if remaining is None else min(delay, remaining)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, _BUSY_BACKOFF_MAX)
+            if idle:
+                return delay
 
     # -- listening
 
-    async def events(self, *, previews: bool = False) -> AsyncIterator[Event]:
+    async def listen(self, *, previews: bool = False) -> AsyncIterator[Event]:
         """Every event of the session from now on (plus previews if asked).
 
         Shares the session's connection with its turns. The queue is bounded:
-        a slow reader slows the connection instead of losing events. Breaking
-        out of the loop (or cancelling the reader) detaches the listener.
+        a slow reader slows the connection instead of losing events (so do not
+        await a turn of this same session inside the loop: use :meth:`on`).
+        Breaking out of the loop (or cancelling the reader) detaches it.
         """
-        client = self._client
-        client._check_open()
-        listener = _Listener(self._queue_size, previews)
+        async for ev in self._listen(self.options["queue_size"], previews):
+            yield ev
+
+    async def _listen(self, size: int | None, previews: bool) -> AsyncIterator[Event]:
+        self._http.check_open()
+        listener = _Listener(size, previews)
         self._listeners.append(listener)
         try:
             async with self._lock:
                 if self._task is None:
-                    cursor = await self._latest_event_id()
-                    self._start_pump(cursor)
+                    self._start_pump(await self._latest())
             while (item := await listener.get()) is not None:
                 yield item
         finally:
@@ -642,6 +1005,21 @@ class SessionHandle:
             if listener in self._listeners:
                 self._listeners.remove(listener)
             self._maybe_stop()
+
+    async def _latest(self) -> Cursor | None:
+        """The newest stored event, to listen from now on without a replay."""
+        answer = await self._http.request(
+            "GET",
+            f"/sessions/{segment(self.id)}/events",
+            params=[("order", "desc"), ("limit", "1")],
+        )
+        body = answer.body
+        data = body.get("data") if isinstance(body, Mapping) else None
+        first = data[0] if data and isinstance(data[0], Mapping) else None
+        if first is not None and isinstance(first.get("id"), str):
+            at = first.get("processed_at")
+            return Cursor(str(first["id"]), at if isinstance(at, str) else None)
+        return None
 
     # -- callbacks
 
@@ -660,10 +1038,11 @@ class SessionHandle:
 
         ``event`` is a type string (``"agent.message"``), a model class
         (``AgentMessage``) or ``"*"``. Handlers may be plain or async functions;
-        one that raises is logged and the others keep running. Usable as a
-        decorator (``@session.on("agent.message")``). Runs on the session's
-        shared connection until :meth:`off` removes the last handler or the
-        client closes.
+        one that raises is logged and the others keep running. A handler may
+        send and await a turn of this same session. Usable as a decorator
+        (``@session.on("agent.message")``). Runs on the session's shared
+        connection until :meth:`off` removes the last handler or the client
+        closes.
         """
         if handler is None:
 
@@ -672,7 +1051,7 @@ class SessionHandle:
                 return fn
 
             return decorate
-        self._client._check_open()
+        self._http.check_open()
         self._handlers.append((event, handler))
         if self._dispatcher is None:
             self._dispatcher = asyncio.get_running_loop().create_task(
@@ -690,7 +1069,9 @@ class SessionHandle:
             self._dispatcher = None
 
     async def _dispatch(self) -> None:
-        async for ev in self.events(previews=True):
+        # Unbounded: a handler that awaits a turn of this session must not block the
+        # connection that turn needs.
+        async for ev in self._listen(None, previews=True):
             for event, handler in list(self._handlers):
                 if (
                     event == "*"
@@ -699,37 +1080,28 @@ class SessionHandle:
                 ):
                     try:
                         outcome = handler(ev)
-                        if asyncio.iscoroutine(outcome):
+                        if inspect.isawaitable(outcome):
                             await outcome
                     except Exception:
                         logger.exception("handler %r failed on %s %s", handler, ev.type, ev.id)
 
-    async def _latest_event_id(self) -> str | None:
-        """The newest stored event's id, to listen from now on without a replay."""
-        body = await self._client._request(
-            "GET",
-            f"/sessions/{quote(self.id, safe='')}/events",
-            params=[("order", "desc"), ("limit", "1")],
-        )
-        data = body.get("data") if isinstance(body, Mapping) else None
-        if data and isinstance(data[0], Mapping) and isinstance(data[0].get("id"), str):
-            return str(data[0]["id"])
-        return None
-
     # -- the pump
 
-    def _start_pump(self, cursor: str | None) -> None:
-        from ._client import EventStream
-
+    def _start_pump(self, cursor: Cursor | None) -> None:
+        opts = self.options
         # Turns keep their events (for result()), so their events keep raw lazily.
         stream = EventStream(
-            self._client,
+            self._http,
             self.id,
+            f"/sessions/{segment(self.id)}/events/stream",
             last_event_id=cursor,
-            event_deltas=self._event_deltas,
-            stall_timeout=self._stall_timeout,
-            max_stalls=self._max_stalls,
+            event_deltas=opts["event_deltas"],
+            reconnect=self._reconnect,
+            stall_timeout=opts["stall_timeout"],
+            max_stalls=opts["max_stalls"],
+            dedupe=self._dedupe,
             on_reconnect=self._on_reconnect,
+            on_connect=self._connected.set,
             lazy_raw=True,
         )
         self._stream = stream
@@ -737,15 +1109,19 @@ class SessionHandle:
         self._task = asyncio.get_running_loop().create_task(
             self._pump(stream), name=f"qoder_async pump {self.id}"
         )
-        self._set_activity()
+        self._refresh_activity()
 
     def _on_reconnect(self) -> None:
+        self._connected.clear()
         for state in self._router.live:
             state.key._reconnected()
 
-    def _set_activity(self) -> None:
-        if self._stream is not None:
-            self._stream.expect_activity = bool(self._router.live or self._router.waiting)
+    def _refresh_activity(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.expect_activity = bool(self._router.waiting) or any(
+                t.expects_events for t in self._turns
+            )
 
     async def _pump(self, stream: EventStream) -> None:
         error: BaseException | None = None
@@ -772,7 +1148,7 @@ class SessionHandle:
                         break
                     if not self._wanted():
                         break
-                    stream.expect_activity = bool(router.live or router.waiting)
+                    self._refresh_activity()
         except asyncio.CancelledError:
             error = ClientClosedError("the session's connection was closed")
             raise
@@ -781,7 +1157,9 @@ class SessionHandle:
         except Exception as exc:  # never leave a consumer hanging on an unexpected bug
             error = exc
         finally:
+            self._cursor = stream.cursor or self._cursor
             if self._task is asyncio.current_task():
+                self._connected.clear()
                 self._task = None
                 self._stream = None
             await stream.aclose()
@@ -802,6 +1180,9 @@ class SessionHandle:
     def _maybe_stop(self) -> None:
         if self._task is not None and not self._wanted():
             task, self._task = self._task, None
+            self._connected.clear()
+            if self._stream is not None:
+                self._cursor = self._stream.cursor or self._cursor
             self._stream = None
             task.cancel()
 
@@ -825,7 +1206,13 @@ class SessionHandle:
                 await dispatcher
         task, self._task = self._task, None
         self._stream = None
+        self._connected.clear()
         for turn in list(self._turns):
+            tool_task = turn._tool_task
+            if tool_task is not None and not tool_task.done():
+                tool_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await tool_task
             turn._fail(ClientClosedError("the client was closed"))
         self._turns.clear()
         for state in self._router.live:

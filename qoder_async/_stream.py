@@ -1,7 +1,9 @@
-"""CORE (sans-I/O): SSE bytes -> frames -> typed events, the resume cursor, dedupe, live text.
+"""CORE (sans-I/O): SSE bytes -> frames -> typed events.
 
 Nothing here does I/O or imports an HTTP or async library; the shell feeds
 bytes in and gets events out, so every rule below is tested exhaustively.
+Which events are new (dedupe, replays from before the cursor) and where the
+cursor is are decided by the stream machine (``_machine.py``), not here.
 
 Rules this module keeps (qoder-api.md §4, §6):
 
@@ -10,60 +12,50 @@ input                                  effect
 =====================================  ============================================
 bytes split anywhere, CR/LF/CRLF       the same frames (a BOM at the start is dropped)
 a line or frame > ``max_event_bytes``  :class:`FrameTooLargeError`; memory stays bounded
-``: comment``, ``event: heartbeat``,   liveness only (``heartbeats`` += 1), no event
-``event: ping``, empty ``data``
+``: comment``, ``event: heartbeat``,   liveness only (``keepalives`` += 1), no event
+``event: ping``, frames without data
 ``data: [DONE]``                       ``done`` set; nothing after it is read
 ``event: error`` / ``{"type":"error"}``  the typed API error is raised
 invalid UTF-8 / JSON / not an object   :class:`StreamDecodeError` naming the frame
-a buffered event                       yielded; cursor := frame ``id:`` (else the
-                                       event's ``id``) — only once the frame is complete
-``id:`` empty                          cursor cleared (per the SSE spec)
-``id:`` containing NUL                 ignored
-an id seen within the last ``window``  dropped as a replayed duplicate
-preview frames (``event_start``,       yielded, never deduped (they share their
-``event_delta``)                       event's id) and never move the cursor
+a frame with ``data``                  its typed event (``id``/``type`` taken from the
+                                       frame's ``id:``/``event:`` lines when the JSON
+                                       lacks them); ``retry:`` is kept in ``retry_ms``
+``id:`` containing NUL                 ignored (SSE spec)
+a bad frame after good ones            the good ones are returned first; the error is
+                                       raised by the next call (nothing received is lost)
+a new connection (:meth:`reconnected`)  a frame cut by the drop is discarded
 =====================================  ============================================
 
-A preview must not move the cursor: resuming *at* a previewed id whose event has
-since been stored would skip that event.
+``processed_at`` values are compared with :func:`time_key`, which orders RFC 3339
+timestamps of any precision and offset (a plain string comparison does not:
+``…48.8888517Z`` sorts after ``…48.888851795Z``).
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from ._convert import EVENT_HOOKS, ShapeError, structure_event
+from ._convert import ShapeError, event_hooks, structure_event
 from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
-from ._models import (
-    AgentContentBlockDelta,
-    AgentMessage,
-    AgentThinking,
-    BaseEvent,
-    Event,
-    EventDelta,
-    EventStart,
-    SpanModelRequestEnd,
-    json_dumps,
-    json_loads,
-)
+from ._models import BaseEvent, Event, EventDelta, EventStart, json_dumps, json_loads
 
 __all__ = [
-    "DEFAULT_DEDUPE_WINDOW",
     "DEFAULT_MAX_EVENT_BYTES",
+    "PREVIEW_CLASSES",
+    "PREVIEW_TYPES",
     "EventDecoder",
     "Frame",
-    "LiveText",
     "SSEDecoder",
     "json_dumps",
     "json_loads",
-    "text_delta",
+    "time_key",
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
-DEFAULT_DEDUPE_WINDOW = 512
+PREVIEW_CLASSES: frozenset[type] = frozenset({EventStart, EventDelta})
 PREVIEW_TYPES = frozenset({"event_start", "event_delta"})
 _KEEPALIVE_EVENTS = frozenset({"heartbeat", "ping"})
 
@@ -296,128 +288,66 @@ class SSEDecoder:
 
 
 class EventDecoder:
-    """Frames -> typed events, with the resume cursor and a bounded dedupe window.
+    """Frames -> typed events, across the connections of one logical stream.
 
-    Feed bytes with :meth:`feed` (all events of a chunk at once) or with
-    :meth:`push` and :meth:`pull` (one at a time, the cursor moving with each);
-    read ``last_event_id`` (the resume cursor), ``retry_ms`` (the server's
-    ``retry:``), ``heartbeats`` and ``done``. One decoder lives as long as a
-    logical stream, across reconnects: call :meth:`reconnected` when a new
-    connection starts so a frame cut by the drop is discarded while the dedupe
-    window is kept. With ``lazy_raw`` events keep their frame's bytes as ``raw``
-    (parsed again on first access): cheaper to keep many events, dearer to read
-    ``raw`` of each.
+    :meth:`feed` decodes a chunk of the response body into the events it
+    completes. Read ``retry_ms`` (the server's ``retry:``), ``keepalives`` and
+    ``done``. Call :meth:`reconnected` when a new connection starts, so a frame
+    cut by the drop is discarded. With ``lazy_raw`` events keep their frame's
+    bytes as ``raw`` (parsed again on first access): cheaper to keep many
+    events, dearer to read ``raw`` of each.
     """
 
     __slots__ = (
         "_comments",
+        "_hooks",
         "_lazy_raw",
         "_loads",
         "_max",
-        "_next",
-        "_pending",
-        "_seen",
         "_sse",
-        "_window",
         "done",
-        "duplicates",
         "error",
         "events",
         "heartbeats",
-        "last_event_id",
         "retry_ms",
     )
 
     def __init__(
         self,
         *,
-        last_event_id: str | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
-        seen_ids: Iterable[str] = (),
         loads: Callable[[bytes], Any] = json_loads,
         lazy_raw: bool = False,
     ) -> None:
         self._loads = loads
         self._lazy_raw = lazy_raw
+        self._hooks = event_hooks()
         self.error: StreamDecodeError | APIStatusError | None = None
         self._max = max_event_bytes
         self._sse = SSEDecoder(max_event_bytes)
-        self._window = dedupe_window
-        self._seen: dict[str, None] = {}
-        self._pending: list[Frame] = []
-        self._next = 0
-        self.last_event_id = last_event_id
         self.retry_ms: int | None = None
         self.heartbeats = 0
         self._comments = 0
-        self.duplicates = 0
         self.events = 0
         self.done = False
-        for ident in seen_ids:
-            self._remember(ident)
-        if last_event_id:
-            self._remember(last_event_id)
 
     def reconnected(self) -> None:
-        """A new connection begins: forget any half-received frame (never a cursor)."""
+        """A new connection begins: forget any half-received frame."""
         self._comments += self._sse.comments
-        self._sse.close()
         self._sse = SSEDecoder(self._max)
-        self._pending = []
-        self._next = 0
+        self.error = None
         self.done = False
 
-    def push(self, chunk: bytes) -> None:
-        """Add a chunk of the response body; then :meth:`pull` its events one by one."""
-        try:
-            frames = self._sse.feed(chunk)
-        except StreamDecodeError as exc:
-            exc.last_event_id = self.last_event_id
-            raise
-        if frames:
-            if self._next < len(self._pending):
-                self._pending = self._pending[self._next :] + frames
-            else:
-                self._pending = frames
-            self._next = 0
-
-    def pull(self) -> Event | None:
-        """The next new event pushed so far, or None.
-
-        The cursor moves past an event only when it is pulled, so
-        ``last_event_id`` always names the last event handed out.
-        """
-        pending = self._pending
-        while self._next < len(pending):
-            if self.done:
-                self._next = len(pending)
-                break
-            frame = pending[self._next]
-            self._next += 1
-            ev = self._frame(frame)
-            if ev is not None:
-                return ev
-        error = self._sse.error
-        if error is not None:
-            error.last_event_id = self.last_event_id
-            raise error
-        return None
-
     def feed(self, chunk: bytes) -> list[Event]:
-        """Decode a chunk of the response body into the new events it completes.
+        """Decode a chunk of the response body into the events it completes.
 
         Nothing already received is lost: when a frame is bad, the events before
         it are returned and the error is raised by the next call (it is kept in
-        ``error`` meanwhile). ``last_event_id`` is then past all returned events.
+        ``error`` meanwhile).
         """
         if self.error is not None:
             raise self.error
-        try:
-            frames = self._sse.feed(chunk)
-        except StreamDecodeError as exc:
-            exc.last_event_id = self.last_event_id
-            raise
+        frames = self._sse.feed(chunk)
         out: list[Event] = []
         frame_event = self._frame
         try:
@@ -430,8 +360,6 @@ class EventDecoder:
             if self._sse.error is not None:
                 raise self._sse.error
         except (StreamDecodeError, APIStatusError) as exc:
-            if isinstance(exc, StreamDecodeError):
-                exc.last_event_id = self.last_event_id
             if not out:
                 raise
             self.error = exc
@@ -442,24 +370,8 @@ class EventDecoder:
         """Keep-alives seen over all connections: comments, heartbeat/ping and empty frames."""
         return self.heartbeats + self._comments + self._sse.comments
 
-    def _remember(self, ident: str) -> None:
-        self._seen[ident] = None
-        if len(self._seen) > 2 * self._window:
-            self._trim_seen()
-
-    def _trim_seen(self) -> None:
-        # The window is a dict of str -> None, which the cyclic GC leaves untracked
-        # (a set or deque of ids is traversed by every full collection); it is cut
-        # back to the newest ``window`` ids whenever it doubles: O(1) per event.
-        self._seen = dict.fromkeys(list(self._seen)[-self._window :])
-
-    def _error(self, reason: str, frame: Frame, data: bytes | None = None) -> StreamDecodeError:
-        return StreamDecodeError(
-            reason,
-            frame=data if data is not None else frame.data,
-            event_id=frame.id or None,
-            last_event_id=self.last_event_id,
-        )
+    def _error(self, reason: str, frame: Frame) -> StreamDecodeError:
+        return StreamDecodeError(reason, frame=frame.data, event_id=frame.id or None)
 
     def _frame(self, frame: Frame) -> Event | None:
         name, data, fid, retry = frame
@@ -467,8 +379,6 @@ class EventDecoder:
             self.retry_ms = retry
         if not data or name in _KEEPALIVE_EVENTS:
             self.heartbeats += 1
-            if fid is not None and name not in _KEEPALIVE_EVENTS:
-                self.last_event_id = fid or None
             return None
         if data == b"[DONE]":
             self.done = True
@@ -490,7 +400,7 @@ class EventDecoder:
         try:
             # Complete objects go straight to their hook; the general entry point
             # also completes objects without id/type from the SSE lines.
-            hook = EVENT_HOOKS.get(kind) if kind.__class__ is str and "id" in obj else None
+            hook = self._hooks.get(kind) if kind.__class__ is str and "id" in obj else None
             ev = hook(obj) if hook is not None else structure_event(obj, fid or None, name)
         except ShapeError as exc:
             raise self._error(
@@ -498,198 +408,40 @@ class EventDecoder:
             ) from exc
         if len(obj) == known:  # not completed from the SSE lines: the bytes say it all
             _SET_RAW(ev, data)  # (lazy raw: events kept for long hold bytes, not dicts)
-        cls = type(ev)
-        if cls is EventDelta or cls is EventStart:
-            return ev
-        ident = ev.id
-        if ident is not None:
-            seen = self._seen
-            if ident in seen:
-                self.duplicates += 1
-                return None
-            seen[ident] = None
-            if len(seen) > 2 * self._window:
-                self._trim_seen()
-        if fid is not None:
-            self.last_event_id = fid or None
-        elif ident is not None:
-            self.last_event_id = ident
         self.events += 1
         return ev
 
 
-# --------------------------------------------------------------------------- live text
+# --------------------------------------------------------------------------- time keys
+
+# RFC 3339 as the API writes it: a date-time, optional fraction, "Z" or an offset.
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:?\d\d)?")
+_SECONDS: dict[str, int] = {}
 
 
-class _Segment:
-    __slots__ = ("final", "key", "text")
+def time_key(value: object) -> tuple[int, int] | None:
+    """An ordering key for a ``processed_at`` value: (Unix seconds, nanoseconds).
 
-    def __init__(self, key: str | None, text: str, final: bool) -> None:
-        self.key = key
-        self.text = text
-        self.final = final
-
-
-MESSAGE_SEPARATOR = "\n\n"
-
-
-class _Track:
-    """Segments of one kind of text (reply or thinking), indexed for O(1) updates."""
-
-    __slots__ = ("_cache", "_cached_version", "by_key", "open", "segments", "version")
-
-    def __init__(self) -> None:
-        self.segments: list[_Segment] = []
-        self.by_key: dict[str, _Segment] = {}
-        self.open: deque[_Segment] = deque()  # previews not yet final, oldest first
-        self.version = 0
-        self._cache = ""
-        self._cached_version = 0
-
-    @property
-    def text(self) -> str:
-        if self._cached_version != self.version:
-            self._cache = MESSAGE_SEPARATOR.join(s.text for s in self.segments if s.text)
-            self._cached_version = self.version
-        return self._cache
-
-    def get(self, key: str | None) -> _Segment | None:
-        return None if key is None else self.by_key.get(key)
-
-    def preview(self, key: str | None) -> _Segment:
-        seg = self.get(key)
-        if seg is None:
-            seg = _Segment(key, "", False)
-            self.segments.append(seg)
-            self.open.append(seg)
-            if key is not None:
-                self.by_key[key] = seg
-        return seg
-
-    def append(self, seg: _Segment, text: str) -> bool:
-        if seg.final or not text:
-            return False
-        seg.text += text
-        self.version += 1
-        return True
-
-    def final(self, key: str | None, text: str) -> bool:
-        seg = self.get(key)
-        if seg is None:
-            # The incremental dialect keys previews by message_id, not the event id:
-            # the final message completes the oldest preview still open.
-            while self.open and self.open[0].final:
-                self.open.popleft()
-            seg = self.open[0] if self.open else None
-        if seg is None:
-            seg = _Segment(key, text, True)
-            self.segments.append(seg)
-            changed = bool(text)
-        else:
-            changed = seg.text != text
-            if seg.key is not None and self.by_key.get(seg.key) is seg:
-                del self.by_key[seg.key]
-            seg.key, seg.text, seg.final = key, text, True
-        if key is not None:
-            self.by_key[key] = seg
-        if changed:
-            self.version += 1
-        return changed
-
-    def drop_previews(self) -> bool:
-        if not self.open:
-            return False
-        dropped = any(not s.final and s.text for s in self.open)
-        self.segments = [s for s in self.segments if s.final]
-        self.by_key = {s.key: s for s in self.segments if s.key is not None}
-        self.open.clear()
-        if dropped:
-            self.version += 1
-        return dropped
-
-
-class LiveText:
-    """The text of a turn so far, folded from previews of both dialects and final messages.
-
-    ``text`` is the final ``agent.message`` texts (main thread only) joined by a
-    blank line, with in-progress previews in place; ``thinking`` likewise for
-    thinking. Rules: a buffered ``agent.message`` replaces the preview with its
-    id (or, in the incremental dialect, the oldest unmatched one); a
-    ``span.model_request_end`` or a reconnect drops previews still open.
-    Every update is O(1); ``text`` is rebuilt only when it changed.
+    ``None`` when the value is missing or not an RFC 3339 timestamp; such events
+    are ordered by stream position only. Fractions of any length (Go's
+    ``RFC3339Nano`` trims trailing zeros) and offsets are handled; a missing
+    offset is read as UTC.
     """
-
-    __slots__ = ("_reply", "_thinking")
-
-    def __init__(self) -> None:
-        self._reply = _Track()
-        self._thinking = _Track()
-
-    @property
-    def version(self) -> int:
-        """Increases whenever ``text`` changes."""
-        return self._reply.version
-
-    @property
-    def text(self) -> str:
-        """The reply so far."""
-        return self._reply.text
-
-    @property
-    def thinking(self) -> str:
-        """The thinking so far."""
-        return self._thinking.text
-
-    def drop_previews(self) -> bool:
-        """Forget previews that will not be completed (a reconnect or an aborted request).
-
-        Returns True when ``text`` changed.
-        """
-        self._thinking.drop_previews()
-        return self._reply.drop_previews()
-
-    def feed(self, ev: Event) -> bool:
-        """Fold one event; returns True when ``text`` changed."""
-        if ev.session_thread_id is not None:
-            return False
-        if type(ev) is AgentMessage:
-            return self._reply.final(ev.id, ev.text)
-        if type(ev) is EventDelta:
-            if self._thinking.get(ev.event_id) is not None:
-                return False
-            return self._reply.append(self._reply.preview(ev.event_id), ev.text)
-        if type(ev) is EventStart:
-            if ev.event_type == "agent.thinking":
-                self._thinking.preview(ev.event_id)
-            elif ev.event_type in (None, "agent.message"):
-                self._reply.preview(ev.event_id)
-            return False
-        if type(ev) is AgentContentBlockDelta:
-            if ev.delta_type == "thinking_delta":
-                self._thinking.append(self._thinking.preview(ev.message_id), ev.text)
-                return False
-            if ev.delta_type not in (None, "text_delta"):
-                return False
-            return self._reply.append(self._reply.preview(ev.message_id), ev.text)
-        if type(ev) is AgentThinking:
-            self._thinking.final(ev.id, ev.text)
-            return False
-        if type(ev) is SpanModelRequestEnd:
-            return self.drop_previews()
-        return False
-
-
-def text_delta(emitted: str, current: str) -> str:
-    """What to append to ``emitted`` to reach ``current``.
-
-    When ``current`` does not extend ``emitted`` (a preview was dropped or
-    corrected) the part of ``current`` after their common prefix is returned.
-    """
-    if current.startswith(emitted):
-        return current[len(emitted) :]
-    n = 0
-    for a, b in zip(emitted, current, strict=False):
-        if a != b:
-            break
-        n += 1
-    return current[n:]
+    if value.__class__ is not str:
+        return None
+    found = _RFC3339.fullmatch(value)
+    if found is None:
+        return None
+    date, clock, fraction, zone = found.groups()
+    base = date + "T" + clock + ("+00:00" if zone in (None, "Z", "z") else zone)
+    seconds = _SECONDS.get(base)
+    if seconds is None:
+        try:
+            seconds = int(datetime.fromisoformat(base).timestamp())
+        except ValueError:
+            return None
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        _SECONDS[base] = seconds
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return seconds, nanos

@@ -1,26 +1,35 @@
-"""CORE (sans-I/O): which events belong to which turn, when a turn ends, and its result.
+"""CORE (sans-I/O): which events belong to which turn, when a turn ends, its text and result.
 
 A session's stream carries every turn of the session (and, on a fresh
-connection, its whole history). The :class:`TurnRouter` hands each event to the
-turn it belongs to; :func:`fold` folds a turn's events into a :class:`TurnResult`.
+connection, its history). The :class:`TurnRouter` hands each event to the turn
+it belongs to; :class:`LiveText` folds a turn's text as it is shown, previews
+included; :func:`fold_many` folds a turn's events into a :class:`TurnResult`.
+Events reach the router only once and never from before the stream's cursor:
+the stream machine (``_machine.py``) drops duplicates and replays first.
 
 Routing, in order (the first rule that applies wins):
 
-====================================================  ==================================
-event                                                 goes to
-====================================================  ==================================
-``session.status_terminated``/``session.deleted``     every live turn (each fails)
-its ``id`` is a bound turn's anchor (its user.message)  that turn, which starts here
-it has a ``turn_id`` of a bound turn                  that turn
-no ``turn_id``, a turn is positionally current        the current turn (servers without
-                                                      turn ids, session-level events)
-anything else, while a send awaits its answer or for  the backlog (bounded); claimed
-a ``turn_id`` not yet known                           when a send's answer binds its turn
-otherwise (history replay, other turns, finished)     nobody
-====================================================  ==================================
+=========================================================  ============================
+event                                                      goes to
+=========================================================  ============================
+``session.status_terminated``/``session.deleted``          every live turn (each fails)
+its ``id`` is a bound turn's anchor (its own user.message)  that turn, which starts here
+                                                           (and adopts its ``turn_id``)
+a ``user.message``/``user.define_outcome`` while a turn    that turn: it was answered
+bound without an anchor id waits for one                   without created events
+a ``turn_id`` of a live turn                               that turn (it starts if needed)
+a ``turn_id`` no turn has, while the current turn has none  the current turn, which adopts
+                                                           it (the 202 carried none)
+no ``turn_id``, a turn is positionally current             the current turn
+``processed_at`` later than an unstarted turn's anchor's,  that turn, which starts (its
+and no turn is current                                     echo was never streamed)
+anything else, while a send awaits its answer              the backlog (bounded); claimed
+                                                           when the answer binds its turn
+otherwise (history, other clients' or finished turns)      nobody
+=========================================================  ============================
 
-A turn becomes *current* when its anchor is seen (or at once, when the stream
-was opened just after the anchor); it stops being current when it ends.
+A turn becomes *current* when it starts; it stops being current when it ends.
+A ``turn_id`` of a turn that ended is never adopted again.
 
 Turn state, driven by the events routed to it:
 
@@ -37,6 +46,33 @@ event                                                           turn
                                                                 termination follows
 ``session.thread_status_idle``                                  no change (a sub-thread)
 ==============================================================  ==========================
+
+Live text (:class:`LiveText`), main thread only; the text is the segments joined
+by a blank line, each segment one message:
+
+============================================  ======================================
+input                                         segment
+============================================  ======================================
+``event_start`` / first ``event_delta`` of X  opens segment X (a delta without its
+                                              start opens it *broken*: its start was
+                                              missed, so its deltas are not shown)
+``event_delta`` of an open segment            appended
+``agent.content_block_delta`` (message M)     appended to segment M (incremental
+                                              dialect: stored events, never broken)
+``agent.message`` X                           segment X (or, incremental dialect, the
+                                              oldest open one) becomes its final text
+a reconnect                                   open ``event_delta`` segments break: they
+                                              keep the text shown and wait for their
+                                              final message (deltas after a gap are
+                                              not trusted)
+``span.model_request_end``                    open segments end as shown (the request
+                                              died before its message was stored)
+``agent.message`` X of a sub-thread           segment X, if a preview opened it, goes
+============================================  ======================================
+
+So the text only ever grows by appending (previews being prefixes of their
+message, as the API documents), and ``text_stream()`` chunks joined equal the
+final ``TurnResult.text`` whatever drops and replays happen.
 """
 
 from __future__ import annotations
@@ -48,13 +84,17 @@ from typing import Generic, TypeVar
 from attrs import evolve, field, frozen
 
 from ._models import (
+    AgentContentBlockDelta,
     AgentCustomToolUse,
     AgentMCPToolResult,
     AgentMCPToolUse,
     AgentMessage,
+    AgentThinking,
     AgentToolResult,
     AgentToolUse,
     Event,
+    EventDelta,
+    EventStart,
     SessionDeleted,
     SessionError,
     SessionStatusIdle,
@@ -64,14 +104,20 @@ from ._models import (
     StopReason,
     Usage,
     UserCustomToolResult,
+    UserDefineOutcome,
+    UserInterrupt,
     UserMessage,
     UserToolConfirmation,
     UserToolResult,
 )
-from ._stream import MESSAGE_SEPARATOR, PREVIEW_TYPES
+from ._stream import PREVIEW_CLASSES, time_key
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "MESSAGE_SEPARATOR",
+    "RECONNECTED",
+    "LiveText",
+    "Reconnected",
     "ToolCall",
     "TurnResult",
     "TurnRouter",
@@ -79,13 +125,23 @@ __all__ = [
     "ends_turn",
     "fold",
     "fold_many",
+    "text_delta",
 ]
 
 DEFAULT_BACKLOG = 10_000
-# Events that change a turn's state or may be the anchor: never taken by the fast path.
+MESSAGE_SEPARATOR = "\n\n"
+# Events that change a turn's state or may be an anchor: never taken by the fast path.
 _ROUTING_EVENTS = frozenset(
-    {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted, UserMessage}
+    {
+        SessionStatusIdle,
+        SessionStatusRunning,
+        SessionStatusTerminated,
+        SessionDeleted,
+        UserMessage,
+        UserDefineOutcome,
+    }
 )
+_TURN_STARTERS = (UserMessage, UserDefineOutcome)
 
 ToolUse = AgentToolUse | AgentCustomToolUse | AgentMCPToolUse
 ToolOutcome = (
@@ -112,6 +168,221 @@ def fails_turn(ev: Event) -> bool:
     return cls is SessionStatusTerminated or cls is SessionDeleted
 
 
+class Reconnected:
+    """A marker in a turn's items: the session's connection was re-established here."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RECONNECTED"
+
+
+RECONNECTED = Reconnected()
+Item = Event | Reconnected
+
+
+# --------------------------------------------------------------------------- live text
+
+_OPEN, _BROKEN, _FINAL, _ENDED = 0, 1, 2, 3
+
+
+class _Segment:
+    __slots__ = ("incremental", "key", "state", "text")
+
+    def __init__(self, key: str | None, text: str, state: int, incremental: bool) -> None:
+        self.key = key
+        self.text = text
+        self.state = state
+        self.incremental = incremental
+
+
+class _Track:
+    """Segments of one kind of text (reply or thinking), indexed for O(1) updates."""
+
+    __slots__ = ("_cache", "_cached_version", "by_key", "segments", "version")
+
+    def __init__(self) -> None:
+        self.segments: list[_Segment] = []
+        self.by_key: dict[str, _Segment] = {}
+        self.version = 0
+        self._cache = ""
+        self._cached_version = 0
+
+    def copy(self) -> _Track:
+        other = _Track()
+        for seg in self.segments:
+            twin = _Segment(seg.key, seg.text, seg.state, seg.incremental)
+            other.segments.append(twin)
+            if seg.key is not None and self.by_key.get(seg.key) is seg:
+                other.by_key[seg.key] = twin
+        other.version = self.version
+        return other
+
+    @property
+    def text(self) -> str:
+        if self._cached_version != self.version or not self.version:
+            self._cache = MESSAGE_SEPARATOR.join(s.text for s in self.segments if s.text)
+            self._cached_version = self.version
+        return self._cache
+
+    def _new(self, key: str | None, text: str, state: int, incremental: bool) -> _Segment:
+        seg = _Segment(key, text, state, incremental)
+        self.segments.append(seg)
+        if key is not None:
+            self.by_key[key] = seg
+        if text:
+            self.version += 1
+        return seg
+
+    def start(self, key: str | None) -> None:
+        if key is None or key not in self.by_key:
+            self._new(key, "", _OPEN, False)
+
+    def delta(self, key: str | None, text: str, incremental: bool) -> bool:
+        seg = self.by_key.get(key) if key is not None else None
+        if seg is None:
+            # A per-connection delta without its start: the beginning was missed.
+            state = _OPEN if incremental else _BROKEN
+            seg = self._new(key, "", state, incremental)
+        if seg.state != _OPEN or not text:
+            return False
+        seg.text += text
+        self.version += 1
+        return True
+
+    def final(self, key: str | None, text: str) -> bool:
+        seg = self.by_key.get(key) if key is not None else None
+        if seg is None:
+            # The incremental dialect keys previews by message_id, not the event id:
+            # the final message completes the oldest incremental preview still open.
+            seg = next((s for s in self.segments if s.incremental and s.state == _OPEN), None)
+            if seg is not None and seg.key is not None and self.by_key.get(seg.key) is seg:
+                del self.by_key[seg.key]
+        if seg is None:
+            self._new(key, text, _FINAL, False)
+            return bool(text)
+        changed = seg.text != text
+        seg.text, seg.state, seg.key = text, _FINAL, key
+        if key is not None:
+            self.by_key[key] = seg
+        if changed:
+            self.version += 1
+        return changed
+
+    def retract(self, key: str | None) -> bool:
+        seg = self.by_key.pop(key, None) if key is not None else None
+        if seg is None or seg.state == _FINAL:
+            return False
+        self.segments.remove(seg)
+        self.version += 1
+        return bool(seg.text)
+
+    def settle(self, state_from: tuple[int, ...], to: int, *, incremental: bool | None) -> None:
+        for seg in self.segments:
+            if seg.state in state_from and (incremental is None or seg.incremental == incremental):
+                seg.state = to
+
+
+class LiveText:
+    """The text of a turn as it is shown: final messages, and previews where none came.
+
+    ``text`` is the main thread's reply (see the module table), ``thinking``
+    likewise for thinking. Every update is O(1); ``text`` is rebuilt only when
+    it changed (``version`` increases then).
+    """
+
+    __slots__ = ("_reply", "_thinking")
+
+    def __init__(self) -> None:
+        self._reply = _Track()
+        self._thinking = _Track()
+
+    def copy(self) -> LiveText:
+        """An independent copy (folds stay pure)."""
+        other = LiveText()
+        other._reply = self._reply.copy()
+        other._thinking = self._thinking.copy()
+        return other
+
+    @property
+    def version(self) -> int:
+        """Increases whenever ``text`` changes."""
+        return self._reply.version
+
+    @property
+    def text(self) -> str:
+        """The reply so far."""
+        return self._reply.text
+
+    @property
+    def thinking(self) -> str:
+        """The thinking so far."""
+        return self._thinking.text
+
+    def reconnected(self) -> None:
+        """The connection was re-established: open per-connection previews break."""
+        self._reply.settle((_OPEN,), _BROKEN, incremental=False)
+        self._thinking.settle((_OPEN,), _BROKEN, incremental=False)
+
+    def feed(self, ev: Item) -> bool:
+        """Fold one event (or a reconnect marker); returns True when ``text`` changed."""
+        cls = type(ev)
+        if cls is EventDelta:
+            key = ev.event_id  # type: ignore[union-attr]
+            if key is not None and key in self._thinking.by_key:
+                return False
+            return self._reply.delta(key, ev.text, False)  # type: ignore[union-attr]
+        if cls is AgentMessage:
+            if ev.session_thread_id is not None:  # type: ignore[union-attr]
+                return self._reply.retract(ev.id)  # type: ignore[union-attr]
+            return self._reply.final(ev.id, ev.text)  # type: ignore[union-attr]
+        if cls is EventStart:
+            kind = ev.event_type  # type: ignore[union-attr]
+            if kind == "agent.thinking":
+                self._thinking.start(ev.event_id)  # type: ignore[union-attr]
+            elif kind in (None, "agent.message"):
+                self._reply.start(ev.event_id)  # type: ignore[union-attr]
+            return False
+        if cls is AgentContentBlockDelta:
+            if ev.session_thread_id is not None:  # type: ignore[union-attr]
+                return False
+            delta_type, key = ev.delta_type, ev.message_id  # type: ignore[union-attr]
+            if delta_type == "thinking_delta":
+                self._thinking.delta(key, ev.text, True)  # type: ignore[union-attr]
+                return False
+            if delta_type not in (None, "text_delta"):
+                return False
+            return self._reply.delta(key, ev.text, True)  # type: ignore[union-attr]
+        if cls is AgentThinking:
+            if ev.session_thread_id is None:  # type: ignore[union-attr]
+                self._thinking.final(ev.id, ev.text)  # type: ignore[union-attr]
+            return False
+        if cls is SpanModelRequestEnd:
+            self._thinking.settle((_OPEN, _BROKEN), _ENDED, incremental=None)
+            self._reply.settle((_OPEN, _BROKEN), _ENDED, incremental=None)
+            return False
+        if cls is Reconnected:
+            self.reconnected()
+        return False
+
+
+def text_delta(emitted: str, current: str) -> str:
+    """What to append to ``emitted`` to reach ``current``.
+
+    When ``current`` does not extend ``emitted`` (a server whose previews are not
+    prefixes of their message) the part of ``current`` after their common
+    prefix is returned.
+    """
+    if current.startswith(emitted):
+        return current[len(emitted) :]
+    n = 0
+    for a, b in zip(emitted, current, strict=False):
+        if a != b:
+            break
+        n += 1
+    return current[n:]
+
+
 # --------------------------------------------------------------------------- the fold
 
 
@@ -123,11 +394,11 @@ class ToolCall:
     result: ToolOutcome | None = None
 
     @property
-    def id(self) -> str | None:
-        """The id results refer to."""
-        if isinstance(self.use, AgentToolUse):
+    def id(self) -> str:
+        """The id results refer to (the tool use event's id, or its ``tool_use_id``)."""
+        if isinstance(self.use, AgentToolUse) and self.use.tool_use_id:
             return self.use.tool_use_id
-        return self.use.id
+        return self.use.id or ""
 
     @property
     def name(self) -> str:
@@ -138,6 +409,11 @@ class ToolCall:
     def input(self) -> Mapping[str, object]:
         """The tool's input."""
         return self.use.input
+
+    @property
+    def session_thread_id(self) -> str | None:
+        """The sub-agent thread that asked, or None for the primary agent."""
+        return self.use.session_thread_id
 
     @property
     def output(self) -> str | None:
@@ -160,11 +436,14 @@ class ToolCall:
 class TurnResult:
     """What a turn produced, folded from its events.
 
-    ``text`` is the main thread's ``agent.message`` texts joined by a blank line;
-    ``messages`` those messages; ``tool_calls`` each tool use with its result;
-    ``stop_reason`` the last idle's reason (``None`` while running);
+    ``text`` is the main thread's reply as it was shown: the ``agent.message``
+    texts joined by a blank line, plus the text of previews whose message was
+    never stored (an interrupted turn, a model request that died); ``messages``
+    the stored main-thread messages; ``tool_calls`` each tool use with its
+    result; ``stop_reason`` the last idle's reason (``None`` while running);
     ``usage`` the sum of the model requests' usage; ``errors`` the
-    ``session.error`` events; ``events`` every event in order (no previews).
+    ``session.error`` events; ``interrupted`` whether a ``user.interrupt`` came
+    before the end; ``events`` every event in order (no previews).
     """
 
     turn_id: str | None = None
@@ -174,13 +453,11 @@ class TurnResult:
     stop_reason: StopReason | None = None
     usage: Usage = field(factory=Usage)
     errors: tuple[SessionError, ...] = ()
+    text: str = ""
+    interrupted: bool = False
     ended: bool = False
     failed: bool = False
-
-    @property
-    def text(self) -> str:
-        """The reply: every main-thread agent.message's text, joined by a blank line."""
-        return MESSAGE_SEPARATOR.join(m.text for m in self.messages if m.text)
+    _live: LiveText | None = field(default=None, eq=False, repr=False, alias="_live")
 
     @property
     def pending_tool_calls(self) -> tuple[ToolCall, ...]:
@@ -204,23 +481,26 @@ def _result_key(ev: ToolOutcome) -> str | None:
     return ev.tool_use_id
 
 
-def fold_many(prev: TurnResult | None, events: Iterable[Event]) -> TurnResult:
-    """Fold ``events`` into ``prev`` (or a fresh result). Never mutates its input.
+def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
+    """Fold ``events`` (previews and reconnect markers included) into ``prev``.
 
-    ``fold_many(None, evs)`` equals folding the events one by one with
-    :func:`fold`, in one pass.
+    Never mutates its input; ``fold_many(None, evs)`` equals folding the events
+    one by one with :func:`fold`, in one pass.
     """
     base = prev if prev is not None else TurnResult()
+    live = base._live.copy() if base._live is not None else LiveText()
     new_events = list(base.events)
     messages = list(base.messages)
     calls = list(base.tool_calls)
     errors = list(base.errors)
-    index = {c.id: i for i, c in enumerate(calls) if c.id is not None}
+    index = {c.id: i for i, c in enumerate(calls) if c.id}
     index.update({c.use.id: i for i, c in enumerate(calls) if c.use.id is not None})
     stop, usage = base.stop_reason, base.usage
     turn_id, ended, failed = base.turn_id, base.ended, base.failed
+    interrupted = base.interrupted
     for ev in events:
-        if ev.type in PREVIEW_TYPES:
+        live.feed(ev)
+        if isinstance(ev, Reconnected) or type(ev) in PREVIEW_CLASSES:
             continue
         new_events.append(ev)
         if turn_id is None and ev.turn_id is not None:
@@ -232,7 +512,7 @@ def fold_many(prev: TurnResult | None, events: Iterable[Event]) -> TurnResult:
             call = ToolCall(ev)
             calls.append(call)
             for key in {call.id, ev.id}:
-                if key is not None:
+                if key:
                     index[key] = len(calls) - 1
         elif isinstance(
             ev,
@@ -253,6 +533,9 @@ def fold_many(prev: TurnResult | None, events: Iterable[Event]) -> TurnResult:
                 usage = usage + ev.model_usage
         elif isinstance(ev, SessionError):
             errors.append(ev)
+        elif isinstance(ev, UserInterrupt):
+            if not ended:
+                interrupted = True
         elif isinstance(ev, SessionStatusIdle):
             stop = ev.stop_reason
             ended = stop.ends_turn
@@ -269,12 +552,15 @@ def fold_many(prev: TurnResult | None, events: Iterable[Event]) -> TurnResult:
         stop_reason=stop,
         usage=usage,
         errors=tuple(errors),
+        text=live.text,
+        interrupted=interrupted,
         ended=ended,
         failed=failed,
+        _live=live,
     )
 
 
-def fold(prev: TurnResult | None, ev: Event) -> TurnResult:
+def fold(prev: TurnResult | None, ev: Item) -> TurnResult:
     """``(TurnResult | None, event) -> TurnResult``: one step of the fold, pure."""
     return fold_many(prev, (ev,))
 
@@ -285,14 +571,26 @@ K = TypeVar("K")
 
 
 class TurnState(Generic[K]):
-    """A turn as the router sees it; ``key`` is the caller's handle for it."""
+    """A turn as the router sees it; ``key`` is the caller's handle for it.
 
-    __slots__ = ("anchor_id", "ended", "key", "pending", "started", "turn_id")
+    ``anchor_id`` is the id of the turn's own ``user.message`` (``None`` when the
+    send's answer named no created event: the turn then claims the next one);
+    ``anchor_at`` its ``processed_at`` ordering key, when known.
+    """
 
-    def __init__(self, key: K, turn_id: str | None, anchor_id: str | None) -> None:
+    __slots__ = ("anchor_at", "anchor_id", "ended", "key", "pending", "started", "turn_id")
+
+    def __init__(
+        self,
+        key: K,
+        turn_id: str | None,
+        anchor_id: str | None,
+        anchor_at: tuple[int, int] | None,
+    ) -> None:
         self.key = key
         self.turn_id = turn_id
         self.anchor_id = anchor_id
+        self.anchor_at = anchor_at
         self.started = False
         self.ended = False
         self.pending: tuple[str, ...] = ()
@@ -308,7 +606,7 @@ class TurnRouter(Generic[K]):
     """Routes a session's events to its turns (see the module table).
 
     Usage: :meth:`expect` before posting a send (so events racing the answer are
-    kept), :meth:`bind` with the answer's ``turn_id`` and anchor event id (it
+    kept), :meth:`bind` with the answer's ``turn_id`` and anchor event (it
     returns the ``(key, event)`` pairs claimed from the backlog), then
     :meth:`route` every event of the stream; it returns the keys to deliver to.
     :attr:`overflowed` becomes True when the backlog had to drop an event while
@@ -335,7 +633,7 @@ class TurnRouter(Generic[K]):
         self._current: TurnState[K] | None = None
         self._finished: deque[str] = deque(maxlen=1024)
         self._waiting = 0
-        self._unstarted = 0  # bound turns whose anchor has not been seen
+        self._unstarted = 0  # bound turns that have not started
         self._last_turn: str | None = None
         self._last_keys: tuple[K, ...] = ()
         self.overflowed = False
@@ -372,29 +670,32 @@ class TurnRouter(Generic[K]):
         *,
         turn_id: str | None,
         anchor_id: str | None,
+        anchor_at: str | None = None,
         started: bool = False,
         expected: bool = True,
     ) -> list[tuple[K, Event]]:
         """Register a turn from a send's answer; returns backlog events that are its.
 
         ``started`` says the stream begins right after the anchor (it will not be
-        seen), so the turn is current at once.
+        seen), so the turn is current at once. ``anchor_id`` ``None`` makes the
+        turn claim the next turn-starting user event.
         """
         if expected:
             self._waiting = max(0, self._waiting - 1)
-        state: TurnState[K] = TurnState(key, turn_id, anchor_id)
+        if turn_id is not None and turn_id in self._finished:
+            turn_id = None  # never reuse a finished turn's id (a confused answer)
+        state: TurnState[K] = TurnState(key, turn_id, anchor_id, time_key(anchor_at))
         self._live.append(state)
         if turn_id is not None:
             self._by_turn[turn_id] = state
         self._unstarted += 1
         if started:
-            self._start(state)
-            self._current = state
+            self._start(state, current=True)
         out: list[tuple[K, Event]] = []
         backlog = list(self._backlog)
         self._backlog.clear()
         for ev in backlog:
-            out.extend((key, ev) for key in self.route(ev))
+            out.extend((k, ev) for k in self.route(ev))
         if not self._waiting:
             self._backlog.clear()
         return out
@@ -432,34 +733,77 @@ class TurnRouter(Generic[K]):
         elif cls is SessionStatusRunning:
             target.pending = ()
         keys = (target.key,)
-        if target.started and not target.ended and ev.turn_id == target.turn_id:
+        if target.started and not target.ended and ev.turn_id == target.turn_id is not None:
             self._last_turn, self._last_keys = target.turn_id, keys
         return keys
 
     def _target(self, ev: Event) -> TurnState[K] | None:
-        ident = ev.id
-        if ident is not None and self._unstarted:
-            for state in self._live:
-                if not state.started and state.anchor_id == ident:
-                    self._start(state)
-                    self._current = state
-                    return state
+        if self._unstarted:
+            state = self._anchored(ev)
+            if state is not None:
+                return state
         tid = ev.turn_id
+        current = self._current
+        if current is not None and current.ended:
+            current = self._current = None
         if tid is not None:
             owner = self._by_turn.get(tid)
-            if owner is not None and not owner.started:
-                self._start(owner)
-                if self._current is None or self._current.ended:
-                    self._current = owner
-            return owner
-        current = self._current
-        if current is not None and not current.ended:
+            if owner is not None:
+                if not owner.started:
+                    self._start(owner)
+                return owner
+            if current is not None and current.turn_id is None and tid not in self._finished:
+                self._adopt(current, tid)
+                return current
+            return None
+        if current is not None:
             return current
+        if self._unstarted:
+            return self._started_by_time(ev)
         return None
 
-    def _start(self, state: TurnState[K]) -> None:
+    def _anchored(self, ev: Event) -> TurnState[K] | None:
+        """The unstarted turn ``ev`` is the anchor of, started (or None)."""
+        ident = ev.id
+        starter = isinstance(ev, _TURN_STARTERS)
+        for state in self._live:
+            if state.started:
+                continue
+            if (ident is not None and state.anchor_id == ident) or (
+                starter and state.anchor_id is None
+            ):
+                if state.anchor_id is None:
+                    state.anchor_id = ident
+                self._start(state, current=True)
+                if ev.turn_id is not None and state.turn_id is None:
+                    self._adopt(state, ev.turn_id)
+                return state
+        return None
+
+    def _started_by_time(self, ev: Event) -> TurnState[K] | None:
+        # The echo of a turn's own message never came, but this event is later than
+        # it: the turn has begun. (Only events that would otherwise go nowhere.)
+        at = time_key(ev.processed_at)
+        if at is None:
+            return None
+        for state in self._live:
+            if not state.started and state.anchor_at is not None and at > state.anchor_at:
+                self._start(state)
+                return state
+        return None
+
+    def _adopt(self, state: TurnState[K], turn_id: str) -> None:
+        if turn_id in self._finished or turn_id in self._by_turn:
+            return
+        state.turn_id = turn_id
+        self._by_turn[turn_id] = state
+
+    def _start(self, state: TurnState[K], *, current: bool = False) -> None:
+        """``state`` starts; it becomes current if asked (its anchor) or if none is."""
         state.started = True
         self._unstarted -= 1
+        if current or self._current is None or self._current.ended:
+            self._current = state
 
     def _keep(self, ev: Event) -> None:
         # Only a send still awaiting its answer can claim an event later; anything
@@ -475,7 +819,7 @@ class TurnRouter(Generic[K]):
             return
         state.ended = True
         state.pending = ()
-        if self._last_turn == state.turn_id:
+        if self._last_turn is not None and self._last_turn == state.turn_id:
             self._last_turn, self._last_keys = None, ()
         if not state.started:
             self._unstarted -= 1

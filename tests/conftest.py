@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from qoder_async import QoderClient
@@ -54,10 +55,21 @@ async def server() -> AsyncIterator[FakeQoderServer]:
     assert leftover_tasks() == [], "a test leaked tasks"
 
 
-@pytest.fixture
-async def client(server: FakeQoderServer) -> AsyncIterator[QoderClient]:
-    async with QoderClient(token=server.token, base_url=server.base_url) as c:
-        yield c
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def client(
+    server: FakeQoderServer, request: pytest.FixtureRequest
+) -> AsyncIterator[QoderClient]:
+    """A client on each transport: our own aiohttp session, and a borrowed httpx client."""
+    async with contextlib.AsyncExitStack() as stack:
+        http_client = None
+        if request.param == "httpx":
+            http_client = await stack.enter_async_context(httpx.AsyncClient())
+        async with QoderClient(
+            token=server.token, base_url=server.base_url, http_client=http_client
+        ) as c:
+            yield c
+        if http_client is not None:
+            assert not http_client.is_closed, "a borrowed client must never be closed"
     with contextlib.suppress(TimeoutError):
         await settle(server)
     assert server.open_streams == 0, "a test left an SSE connection open"

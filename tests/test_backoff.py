@@ -1,4 +1,4 @@
-"""Retry and reconnect policies (sans-I/O: the clock and randomness are injected)."""
+"""Retry policies (sans-I/O: randomness is an argument); reconnects are in test_engine_core."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qoder_async import Backoff, ReconnectPolicy, RetryPolicy
-from qoder_async._backoff import Reconnector
+from qoder_async import Backoff, RetryPolicy
 
 
 @given(st.integers(0, 200), st.floats(0, 0.999999))
@@ -66,44 +65,24 @@ def test_retry_budget_and_headers() -> None:
     assert p.delay(attempt=0, method="POST", idempotent=True, status=409, headers=yes) is None
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_reconnector_backs_off_resets_and_gives_up() -> None:
-    clock = FakeClock()
-    policy = ReconnectPolicy(backoff=Backoff(initial=1, maximum=4, jitter=0), max_attempts=4)
-    r = Reconnector(policy, clock=clock, rand=lambda: 0.0)
-    assert [r.failed() for _ in range(4)] == [1, 2, 4, 4]
-    assert r.failed() is None
-    r.progress()
-    assert r.failed() == 1
-    assert r.failed(server_retry=3.0) == 3.0
+def test_retries_are_bounded_by_a_deadline_not_a_count() -> None:
+    """Issue 9 item 18: a throttling gateway is retried as long as the deadline allows."""
+    p = RetryPolicy(timeout=60.0, backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0))
+    kw = {"method": "POST", "idempotent": True, "status": 503}
+    elapsed, attempt = 0.0, 0
+    while (delay := p.delay(attempt=attempt, elapsed=elapsed, **kw)) is not None:  # type: ignore[arg-type]
+        elapsed += delay
+        attempt += 1
+    assert attempt > 8  # far more than the old count of 2
+    assert elapsed <= 60.0
+    # Retry-After is honoured, but never past the deadline
+    assert p.delay(attempt=0, elapsed=50.0, retry_after=5.0, **kw) == 5.0  # type: ignore[arg-type]
+    assert p.delay(attempt=0, elapsed=58.0, retry_after=5.0, **kw) is None  # type: ignore[arg-type]
+    assert RetryPolicy(max_retries=0).delay(attempt=0, **kw) is None  # type: ignore[arg-type]
 
 
-def test_reconnector_resets_after_a_healthy_connection() -> None:
-    clock = FakeClock()
-    policy = ReconnectPolicy(
-        backoff=Backoff(initial=1, maximum=8, jitter=0), max_attempts=None, healthy_after=5
-    )
-    r = Reconnector(policy, clock=clock, rand=lambda: 0.0)
-    assert [r.failed() for _ in range(3)] == [1, 2, 4]
-    r.connected()
-    clock.now += 6
-    assert r.failed() == 1
-
-
-def test_reconnector_max_elapsed() -> None:
-    clock = FakeClock()
-    policy = ReconnectPolicy(
-        backoff=Backoff(initial=1, jitter=0), max_attempts=None, max_elapsed=10.0
-    )
-    r = Reconnector(policy, clock=clock, rand=lambda: 0.5)
-    assert r.failed() is not None
-    clock.now = 11
-    assert r.failed() is None
-    assert r.failing_for == 11
+def test_a_request_in_progress_is_retried_only_with_its_key() -> None:
+    p = RetryPolicy()
+    assert p.delay(attempt=0, method="POST", idempotent=True, status=409, in_progress=True)
+    assert p.delay(attempt=0, method="POST", idempotent=False, status=409, in_progress=True) is None
+    assert p.delay(attempt=0, method="POST", idempotent=True, status=409) is None

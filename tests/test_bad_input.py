@@ -127,7 +127,7 @@ async def test_rest_html_error_page(client: QoderClient, server: FakeQoderServer
     page = b"<!doctype html><html><body><h1>503 Service Unavailable</h1>" + b"." * 100_000
     server.faults.respond_next = [CannedResponse("GET", "/sessions/", 503, HTML, page)] * 3
     with pytest.raises(InternalServerError) as info:
-        await client.sessions.retrieve("sess_x")
+        await client.with_options(max_retries=2).sessions.retrieve("sess_x")
     assert info.value.status_code == 503
     assert info.value.error_type is None
     assert "503 Service Unavailable" in str(info.value)
@@ -175,7 +175,7 @@ async def test_connection_refused_is_a_connection_error() -> None:
     ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
-    assert "127.0.0.1:9" not in str(info.value) or "Connection" in str(info.value)
+    assert "refused by 127.0.0.1:9" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- fuzzing
@@ -217,8 +217,7 @@ def test_fuzzed_frames_only_raise_typed_errors(lines: list[bytes], eol: bytes, c
     dec = EventDecoder(max_event_bytes=4096)
     try:
         for i in range(0, len(data), cut):
-            dec.push(data[i : i + cut])
-            while (ev := dec.pull()) is not None:
+            for ev in dec.feed(data[i : i + cut]):
                 assert isinstance(ev.type, str)
     except (StreamDecodeError, APIStatusError):
         pass  # the typed errors; anything else fails the test

@@ -384,11 +384,12 @@ async def test_tail_from_an_event_with_deltas_as_json(
 ) -> None:
     await finished_turn(client, session_id, "old turn")
     cursor = server.stored_events(session_id)[-1]["id"]
+    connections = server.stream_connections
     cli = await Cli.start(
         "tail", session_id, "--from", cursor, "--deltas", "--json", env=server_env(server)
     )
     async with asyncio.timeout(TIMEOUT):  # previews are live only: wait for the connection
-        while server.open_streams == 0:
+        while server.stream_connections == connections:
             await asyncio.sleep(0.02)
     await finished_turn(client, session_id, "new turn")
     await cli.wait_line(lambda line: json.loads(line)["type"] == "session.status_idle")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+
 import httpx
 import pytest
+from conftest import forever
 
 from qoder_async import (
     Accepted,
     AgentMessage,
+    APIConnectionError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -17,7 +24,9 @@ from qoder_async import (
     QoderClient,
     SessionBusyError,
     UserMessage,
+    WrongEventLoopError,
 )
+from qoder_async._http import _Lifecycle
 from qoder_async.testing import FakeQoderServer
 
 # ----------------------------------------------------------------------------- configuration
@@ -29,10 +38,10 @@ def test_token_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="QODER_PAT"):
         QoderClient()
     monkeypatch.setenv("QODER_ACCESS_TOKEN", "pt-access")
-    assert QoderClient()._token.reveal() == "pt-access"
+    assert QoderClient()._http.headers()["Authorization"] == "Bearer pt-access"
     monkeypatch.setenv("QODER_PAT", "pt-pat")
-    assert QoderClient()._token.reveal() == "pt-pat"
-    assert QoderClient(token="pt-arg")._token.reveal() == "pt-arg"
+    assert QoderClient()._http.headers()["Authorization"] == "Bearer pt-pat"
+    assert QoderClient(token="pt-arg")._http.headers()["Authorization"] == "Bearer pt-arg"
 
 
 def test_base_url_precedence_and_http_policy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,11 +224,14 @@ async def test_error_mapping(client: QoderClient, server: FakeQoderServer, sessi
         await client.agents.create(name="", model="auto")
     assert br.value.error_type == "invalid_request_error"
 
+    server.script = forever
     await client.sessions.events.send(session_id, UserMessage("one"))
     with pytest.raises(SessionBusyError) as busy:
         await client.sessions.events.send(session_id, UserMessage("two"))
     assert busy.value.status_code == 409
+    await client.sessions.cancel(session_id)
     await server.wait_idle(session_id)
+    server.script = None
 
     await client.sessions.events.send(session_id, UserMessage("a"), idempotency_key="k1")
     await server.wait_idle(session_id)
@@ -229,9 +241,108 @@ async def test_error_mapping(client: QoderClient, server: FakeQoderServer, sessi
 
 async def test_plain_text_404_route(client: QoderClient) -> None:
     with pytest.raises(NotFoundError) as info:
-        await client._request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
+        await client._http.request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
     assert info.value.error_type is None
     assert "404 page not found" in str(info.value)
+    assert "check the base URL" in str(info.value)
+
+
+async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQoderServer) -> None:
+    """Issue 11 item 17: a 404 that is not the API's envelope hints at the base URL."""
+    root = server.base_url.removesuffix("/api/v1/cloud")
+    async with QoderClient(token=server.token, base_url=root) as client:
+        with pytest.raises(NotFoundError) as info:
+            await client.sessions.retrieve("sess_x")
+    assert "must end in /api/v1/cloud" in str(info.value)
+    assert root in str(info.value)
+
+
+async def test_copies_share_the_transport_and_close_nothing(server: FakeQoderServer) -> None:
+    """Issue 9 item 13: leaving a with_options() copy's context leaves the client open."""
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        env = await client.environments.create(name="e")
+        async with client.with_options(max_retries=5, timeout=5.0) as twin:
+            assert twin.retry_policy.max_retries == 5
+            assert (await twin.environments.retrieve(env.id)).id == env.id
+        assert not client.closed
+        assert (await client.environments.retrieve(env.id)).id == env.id
+        assert client.retry_policy.max_retries is None
+    assert client.closed
+    assert twin.closed  # the copy follows its client
+
+
+def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QODER_ALLOW_INSECURE_HTTP", "1")
+    assert QoderClient(token="t", base_url="http://api.example.com").base_url.startswith("http:")
+    monkeypatch.setenv("QODER_ALLOW_INSECURE_HTTP", "0")
+    with pytest.raises(ConfigurationError, match="QODER_ALLOW_INSECURE_HTTP"):
+        QoderClient(token="t", base_url="http://api.example.com")
+
+
+def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
+    """Issue 11 item 16: a QoderError that says what to do, not "Event loop is closed"."""
+    client = QoderClient(token="t", base_url=server_url, max_retries=0)
+
+    async def use() -> None:
+        with contextlib.suppress(APIConnectionError):
+            await client.sessions.retrieve("sess_x")
+
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(use())
+        with pytest.raises(WrongEventLoopError, match="create it inside the loop"):
+            asyncio.run(use())
+        first.run_until_complete(client.aclose())
+    finally:
+        first.close()
+    # and once the first loop is gone (asyncio.run() called twice):
+    lifecycle = _Lifecycle()
+    dead = asyncio.new_event_loop()
+    lifecycle.loop = dead
+    dead.close()
+
+    async def check() -> None:
+        lifecycle.check()
+
+    with pytest.raises(WrongEventLoopError, match="create a new QoderClient"):
+        asyncio.run(check())
+
+
+@pytest.fixture
+def server_url() -> str:
+    with socket.socket() as sock:  # a free port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api/v1/cloud"
+
+
+async def test_connection_errors_say_what_happened(server_url: str) -> None:
+    """Issue 11 item 12: refused reads as refused, with the host and port."""
+    async with QoderClient(token="t", base_url=server_url, max_retries=0) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.sessions.retrieve("sess_x")
+    assert not isinstance(info.value, APITimeoutError)
+    port = server_url.split(":")[2].split("/")[0]
+    assert f"refused by 127.0.0.1:{port}" in str(info.value)
+    async with QoderClient(
+        token="t", base_url="https://no-such-host.invalid/api/v1/cloud", max_retries=0
+    ) as client:
+        with pytest.raises(APIConnectionError, match=r"(?i)could not resolve the host"):
+            await client.sessions.retrieve("sess_x")
+
+
+async def test_a_throttling_gateway_does_not_lose_the_first_message(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """Issue 9 item 18: default settings ride out a gateway that throttles for a while."""
+    server.faults.throttle_first = 6
+    server.faults.throttle_status = 503
+    server.faults.retry_after = 0.05
+    server.faults.fail_send_after_store = 1
+    acc = await client.sessions.events.send(session_id, UserMessage("hello"))
+    await server.wait_idle(session_id)
+    assert [m["id"] for m in server.user_messages(session_id)] == [acc.last_event_id]
+    assert server.fault_counts["throttle_first"] == 6
 
 
 async def test_a_500_after_store_is_retried_with_the_same_key_and_stored_once(

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import ssl
+import traceback
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+import trustme
+from aiohttp import web
 
 from qoder_async import (
+    APIConnectionError,
     APIStatusError,
     AuthenticationError,
     NotFoundError,
     QoderClient,
+    QoderError,
     StreamDecodeError,
 )
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
 CANARY = "pt-CANARY-7f3a9c1e5b2d4f60"
+JSON = {"Content-Type": "application/json"}
 
 
 async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None:
@@ -73,6 +84,70 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
     assert "pt-wrong" not in " ".join(texts)
 
 
+async def test_server_text_that_echoes_the_token_is_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 9 item 19: a gateway that echoes request headers does not leak the token."""
+    caplog.set_level(logging.DEBUG, logger="qoder_async")
+    echo = f"GET /x HTTP/1.1\r\nAuthorization: Bearer {CANARY}\r\nX-Token: {CANARY}"
+    envelope = json.dumps(
+        {"type": "error", "error": {"type": "authentication_error", "message": echo}}
+    ).encode()
+    html = f"<html><pre>{echo}</pre></html>".encode()
+    async with FakeQoderServer(token=CANARY) as server:
+        sid = server.add_session()["id"]
+        server.faults.respond_next = [
+            CannedResponse(
+                "GET", "/sessions/", 401, {"Content-Type": "application/json"}, envelope
+            ),
+            CannedResponse("GET", "/sessions/", 400, {"Content-Type": "text/html"}, html),
+            CannedResponse("GET", "/sessions/", 200, {"Content-Type": "text/html"}, html),
+            CannedResponse("GET", "/stream$", 200, {"Content-Type": "text/html"}, html),
+        ]
+        errors: list[BaseException] = []
+        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=0) as client:
+            for _ in range(3):
+                try:
+                    await client.sessions.retrieve(sid)
+                except QoderError as exc:
+                    errors.append(exc)
+            try:
+                async with client.sessions.events.stream(sid) as st:
+                    await st.__anext__()
+            except QoderError as exc:
+                errors.append(exc)
+            server.faults.inject_frames = [f"id: x\ndata: {{{echo!r}\n\n".encode()]
+            try:
+                async with client.sessions.events.stream(sid) as st:
+                    async for _ in st:
+                        pass
+            except QoderError as exc:
+                errors.append(exc)
+            other = "pt-SOMEONE-ELSES-TOKEN-123"
+            server.faults.respond_next = [
+                CannedResponse(
+                    "GET",
+                    "/sessions/",
+                    403,
+                    {},
+                    f"forwarded Authorization: Bearer {other}".encode(),
+                )
+            ]
+            try:
+                await client.sessions.retrieve(sid)
+            except QoderError as exc:
+                errors.append(exc)
+    assert len(errors) == 6
+    texts = [caplog.text]
+    for exc in errors:
+        texts += [str(exc), repr(exc), repr(vars(exc)), "".join(traceback.format_exception(exc))]
+    joined = "\n".join(texts)
+    assert CANARY not in joined
+    assert other not in joined
+    assert "<redacted>" in joined
+    assert "Authorization: Bearer <redacted>" in joined
+
+
 async def test_authorization_never_follows_a_redirect_to_another_origin() -> None:
     async with FakeQoderServer(token=CANARY) as api, FakeQoderServer(token="other") as evil:
         target = evil.base_url + "/sessions/sess_x"
@@ -108,12 +183,55 @@ async def test_stream_redirects_are_not_followed_either() -> None:
         assert evil.requests == []
 
 
-def test_tls_verification_is_on_by_default() -> None:
-    client = QoderClient(token="t", base_url="https://api.qoder.com/api/v1/cloud")
-    transport = client._http._transport
-    context = transport.ssl_context  # type: ignore[attr-defined]
-    assert context.verify_mode == ssl.CERT_REQUIRED
-    assert context.check_hostname
+@pytest.fixture
+async def tls_server() -> AsyncIterator[tuple[str, trustme.CA]]:
+    """An HTTPS server on 127.0.0.1 whose certificate only a test CA vouches for."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"id": "sess_1", "type": "session", "status": "idle"})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/cloud/sessions/{id}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"https://127.0.0.1:{port}/api/v1/cloud", ca
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_tls_is_verified_on_both_transports(
+    tls_server: tuple[str, trustme.CA], transport: str
+) -> None:
+    base_url, ca = tls_server
+    async with contextlib.AsyncExitStack() as stack:
+        borrowed = None
+        if transport == "httpx":
+            borrowed = await stack.enter_async_context(httpx.AsyncClient())
+        async with QoderClient(
+            token="t", base_url=base_url, max_retries=0, http_client=borrowed
+        ) as client:
+            with pytest.raises(APIConnectionError, match=r"TLS certificate of 127\.0\.0\.1"):
+                await client.sessions.retrieve("sess_1")
+    # trusting the CA (a borrowed session with its own SSL context) works
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with contextlib.AsyncExitStack() as stack:
+        own: Any
+        if transport == "httpx":
+            own = await stack.enter_async_context(httpx.AsyncClient(verify=trusted))
+        else:
+            own = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted))
+            )
+        async with QoderClient(token="t", base_url=base_url, http_client=own) as client:
+            assert (await client.sessions.retrieve("sess_1")).id == "sess_1"
+        assert not own.closed if transport == "aiohttp" else not own.is_closed
 
 
 async def test_normal_operation_logs_nothing_at_info_or_above(
@@ -142,7 +260,7 @@ async def test_debug_lines_say_what_happened(
 
 
 def test_qoder_log_env_var_switches_debug_logging_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qoder_async._client import _setup_logging
+    from qoder_async._http import _setup_logging
 
     logger = logging.getLogger("qoder_async")
     level, handlers = logger.level, list(logger.handlers)

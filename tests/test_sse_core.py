@@ -1,4 +1,4 @@
-"""The sans-I/O SSE core: bytes -> frames -> events, cursor, dedupe, bad input."""
+"""The sans-I/O SSE core: bytes -> frames -> events, bad input."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from qoder_async import (
     StreamDecodeError,
     UnknownEvent,
 )
-from qoder_async._stream import EventDecoder, Frame, LiveText, SSEDecoder, text_delta
+from qoder_async._stream import EventDecoder, Frame, SSEDecoder
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -220,7 +220,7 @@ def test_endless_line_keeps_memory_bounded() -> None:
 # ----------------------------------------------------------------------------- events
 
 
-def test_events_cursor_and_previews(loads: Callable[[bytes], Any]) -> None:
+def test_events_and_previews(loads: Callable[[bytes], Any]) -> None:
     dec = EventDecoder(loads=loads)
     stream = (
         frame_bytes("e1", "agent.message", ev_json("e1"))
@@ -234,39 +234,8 @@ def test_events_cursor_and_previews(loads: Callable[[bytes], Any]) -> None:
     )
     evs = dec.feed(stream)
     assert [type(e) for e in evs] == [AgentMessage, EventStart, EventDelta]
-    # previews never move the cursor: resuming at e2 would skip the stored e2
-    assert dec.last_event_id == "e1"
     evs = dec.feed(frame_bytes("e2", "agent.message", ev_json("e2", text="Hello")))
     assert [e.id for e in evs] == ["e2"]
-    assert dec.last_event_id == "e2"
-
-
-def test_cursor_moves_only_as_events_are_pulled() -> None:
-    dec = EventDecoder(last_event_id="e0")
-    dec.push(b"".join(frame_bytes(f"e{i}", None, ev_json(f"e{i}")) for i in (1, 2, 3)))
-    assert dec.last_event_id == "e0"
-    first = dec.pull()
-    assert first is not None
-    assert first.id == "e1"
-    assert dec.last_event_id == "e1"
-    assert [dec.pull().id for _ in range(2)] == ["e2", "e3"]  # type: ignore[union-attr]
-    assert dec.pull() is None
-
-
-def test_duplicates_are_dropped_within_the_window() -> None:
-    """The newest ``window`` ids are always remembered (at most twice as many)."""
-    dec = EventDecoder(dedupe_window=2)
-
-    def feed(*ids: str) -> list[str]:
-        return [
-            e.id or "" for e in dec.feed(b"".join(frame_bytes(i, None, ev_json(i)) for i in ids))
-        ]
-
-    assert feed("a", "b", "a", "c", "b") == ["a", "b", "c"]
-    assert dec.duplicates == 2
-    assert feed("d", "e", "d", "e") == ["d", "e"]  # 5 ids > 2 x 2: only d, e are kept
-    assert feed("a") == ["a"]  # forgotten: older than the window
-    assert dec.duplicates == 4
 
 
 def test_keepalives_and_empty_data_move_liveness_only() -> None:
@@ -277,13 +246,6 @@ def test_keepalives_and_empty_data_move_liveness_only() -> None:
     assert evs == []
     assert dec.heartbeats == 4
     assert dec.keepalives == 5
-    assert dec.last_event_id == "x"  # an id-only frame still sets the cursor (SSE spec)
-
-
-def test_empty_id_clears_the_cursor() -> None:
-    dec = EventDecoder(last_event_id="e0")
-    dec.feed(b"id\ndata: " + ev_json("e5").encode() + b"\n\n")
-    assert dec.last_event_id is None
 
 
 def test_data_without_id_and_type_uses_sse_fields() -> None:
@@ -333,7 +295,6 @@ def test_error_frames_raise_the_typed_api_error(
     dec.feed(frame_bytes("a", None, ev_json("a")))
     with pytest.raises(error):
         dec.feed(frame)
-    assert dec.last_event_id == "a"
 
 
 @pytest.mark.parametrize(
@@ -355,10 +316,8 @@ def test_bad_frames_raise_decode_errors_and_keep_the_cursor(
     with pytest.raises(StreamDecodeError) as info:
         dec.feed(b"id: bad\ndata: " + data + b"\n\n")
     assert reason in str(info.value)
-    assert info.value.last_event_id == "a"
     assert info.value.event_id == "bad"
     assert [e.id for e in good] == ["a"]
-    assert dec.last_event_id == "a"
     assert len(info.value.frame) <= 240
 
 
@@ -368,109 +327,6 @@ def test_invalid_utf8_in_id_field() -> None:
         dec.feed(b"id: \xff\ndata: {}\n\n")
 
 
-# ----------------------------------------------------------------------------- resume
-
-
-def _history(n: int) -> list[str]:
-    return [f"evt_{i:04d}" for i in range(n)]
-
-
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    n=st.integers(1, 25),
-    drops=st.lists(st.integers(0, 4000), max_size=8),
-    replays=st.lists(st.integers(0, 5), max_size=8),
-    cuts=st.lists(st.integers(0, 4000), max_size=10),
-    heartbeat=st.booleans(),
-)
-def test_drops_at_any_offset_with_replays_lose_and_repeat_nothing(
-    n: int, drops: list[int], replays: list[int], cuts: list[int], heartbeat: bool
-) -> None:
-    """Simulated connections cut at arbitrary byte offsets; resumes replay earlier events."""
-    ids = _history(n)
-    frames = [frame_bytes(i, "agent.message", ev_json(i, text=f"t{i}")) for i in ids]
-    dec = EventDecoder()
-    got: list[str] = []
-    for attempt in range(len(drops) + 1):
-        cursor = dec.last_event_id
-        start = ids.index(cursor) + 1 if cursor else 0
-        back = replays[attempt] if attempt < len(replays) else 0
-        body = b"".join(
-            (b": hb\n\n" if heartbeat else b"") + f for f in frames[max(0, start - back) :]
-        )
-        if attempt < len(drops):
-            body = body[: drops[attempt] % (len(body) + 1)]
-        for chunk in split_at(body, cuts):
-            dec.push(chunk)
-            while (ev := dec.pull()) is not None:
-                got.append(ev.id or "")
-        dec.reconnected()
-    assert got == ids
-
-
-# ----------------------------------------------------------------------------- live text
-
-
-def test_live_text_previews_replaced_by_final() -> None:
-    live = LiveText()
-    live.feed(EventStart(event_id="m1", event_type="agent.message", id="m1"))
-    live.feed(EventDelta(event_id="m1", content=_tb("Hel"), id="m1"))
-    live.feed(EventDelta(event_id="m1", content=_tb("lo"), id="m1"))
-    assert live.text == "Hello"
-    live.feed(AgentMessage((_tb("Hello!"),), id="m1"))
-    assert live.text == "Hello!"
-    live.feed(AgentMessage((_tb("Second."),), id="m2"))
-    assert live.text == "Hello!\n\nSecond."
-
-
-def test_live_text_drops_cut_previews() -> None:
-    from qoder_async import SpanModelRequestEnd
-
-    live = LiveText()
-    live.feed(AgentMessage((_tb("done"),), id="m0"))
-    live.feed(EventDelta(event_id="m1", content=_tb("partial"), id="m1"))
-    assert live.text == "done\n\npartial"
-    live.feed(SpanModelRequestEnd(id="s1"))
-    assert live.text == "done"
-    live.feed(EventDelta(event_id="m2", content=_tb("again"), id="m2"))
-    live.drop_previews()
-    assert live.text == "done"
-
-
-def test_live_text_incremental_dialect() -> None:
-    from qoder_async import AgentContentBlockDelta, AgentThinking
-
-    live = LiveText()
-    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="thinking_delta", text="hmm"))
-    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="text_delta", text="Hi "))
-    live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="text_delta", text="there"))
-    assert (live.text, live.thinking) == ("Hi there", "hmm")
-    live.feed(AgentThinking("hmm.", id="t1"))
-    live.feed(AgentMessage((_tb("Hi there"),), id="evt_final"))
-    assert (live.text, live.thinking) == ("Hi there", "hmm.")
-
-
-def test_live_text_ignores_sub_thread_messages() -> None:
-    live = LiveText()
-    live.feed(AgentMessage((_tb("from a helper"),), id="x", session_thread_id="sthr_1"))
-    assert live.text == ""
-
-
-@given(st.text(max_size=20), st.text(max_size=20))
-def test_text_delta_reaches_current(emitted: str, current: str) -> None:
-    chunk = text_delta(emitted, current)
-    if current.startswith(emitted):
-        assert emitted + chunk == current
-    else:
-        assert current.endswith(chunk)
-
-
-def _tb(text: str):  # type: ignore[no-untyped-def]
-    from qoder_async import TextBlock
-
-    return TextBlock(text)
-
-
 @pytest.mark.parametrize(
     "bad",
     [b"id: \xff\ndata: {}\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + b"y" * 300],
@@ -478,10 +334,10 @@ def _tb(text: str):  # type: ignore[no-untyped-def]
 )
 def test_frames_before_a_bad_line_in_the_same_chunk_are_delivered_first(bad: bytes) -> None:
     dec = EventDecoder(max_event_bytes=256)
-    dec.push(frame_bytes("a", None, ev_json("a")) + frame_bytes("b", None, ev_json("b")) + bad)
-    assert [dec.pull().id, dec.pull().id] == ["a", "b"]  # type: ignore[union-attr]
-    with pytest.raises(StreamDecodeError) as info:
-        dec.pull()
-    assert info.value.last_event_id == "b"
+    body = frame_bytes("a", None, ev_json("a")) + frame_bytes("b", None, ev_json("b"))
+    got = dec.feed(body + bad)
+    assert [e.id for e in got] == ["a", "b"]
     with pytest.raises(StreamDecodeError):
-        dec.push(b"data: {}\n\n")  # the connection is unusable after a decode error
+        dec.feed(b"data: {}\n\n")  # the connection is unusable after a decode error
+    dec.reconnected()  # a new connection starts clean
+    assert [e.id for e in dec.feed(frame_bytes("c", None, ev_json("c")))] == ["c"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from conftest import forever, no_open_streams
 
 from qoder_async import (
+    Accepted,
     AgentMessage,
     AuthenticationError,
     Backoff,
     BadRequestError,
+    Cursor,
+    CursorStoreError,
     EventDelta,
     EventStart,
     MemoryCursorStore,
@@ -289,7 +291,7 @@ async def test_cursor_store_lets_a_new_process_resume(
     await (await handle.send("one")).result()
     async with client.sessions.events.stream(session_id, cursor_store=store) as st:
         first = await _until_idle(st)
-    assert store.cursors[session_id] == first[-1].id
+    assert store.cursors[session_id] == Cursor(first[-1].id or "", first[-1].processed_at)
     await (await handle.send("two")).result()
     async with client.sessions.events.stream(session_id, cursor_store=store) as st:
         second = await _until_idle(st)
@@ -350,18 +352,90 @@ async def test_read_timeout_reconnects_a_silent_connection(
         assert st.stalls == 0  # silence on an idle session is not a stall
 
 
-async def test_the_default_transport_body_is_read_from_aiohttp_directly(
+async def test_a_failing_cursor_store_surfaces_and_loses_nothing(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """The fast path depends on httpx/httpx-aiohttp internals: notice if they move."""
-    import aiohttp
+    """Issue 9 item 12: a store error is not a network error; no event is skipped."""
 
-    from qoder_async._client import _body_chunks
+    class Flaky(MemoryCursorStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saves = 0
 
-    url = f"{server.base_url}/sessions/{session_id}/events/stream"
-    headers = {"Authorization": f"Bearer {server.token}"}
-    async with client._http.stream("GET", url, headers=headers) as response:
-        chunks = _body_chunks(response)
-        assert isinstance(chunks, aiohttp.streams.AsyncStreamIterator)
-    async with httpx.AsyncClient() as plain, plain.stream("GET", url, headers=headers) as response:
-        assert not isinstance(_body_chunks(response), aiohttp.streams.AsyncStreamIterator)
+        async def save(self, session_id: str, cursor: Cursor) -> None:
+            self.saves += 1
+            if self.saves == 3:
+                raise ConnectionError("the cursor database went away")
+            await super().save(session_id, cursor)
+
+    await (await client.session(session_id).send("one")).result()
+    store = Flaky()
+    got: list[str] = []
+    async with client.sessions.events.stream(session_id, cursor_store=store) as st:
+        with pytest.raises(CursorStoreError) as info:
+            async for ev in st:
+                got.append(ev.id or "")
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert info.value.last_event_id == got[-1]
+    assert st.reconnects == 0  # not mistaken for a network error
+    async with client.sessions.events.stream(session_id, last_event_id=st.cursor) as rest:
+        got += [e.id or "" for e in await _until_idle(rest)]
+    assert got == _stored_ids(server, session_id)
+
+
+async def test_breaking_out_without_async_with_closes_the_connection(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """Issue 9 item 14: no socket leaks per abandoned stream."""
+    await (await client.session(session_id).send("x")).result()
+    for _ in range(20):
+        async for _ in client.sessions.events.stream(session_id):
+            break
+    assert await no_open_streams(server) == 0
+    assert server.stream_connections >= 20
+
+
+async def test_a_server_that_ignores_the_cursor_repeats_nothing(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """Issue 9 items 2 and 3: a turn of over 1,000 events, a drop after more events than
+    the dedupe window holds, and a server that then replays the whole history: every
+    event once, nothing from before the cursor."""
+
+    async def long_turn(ctx: TurnContext) -> None:
+        for i in range(1200):
+            ctx.emit("agent.thinking", thinking=f"step {i}")
+            if i % 100 == 0:
+                await ctx.sleep(0)
+        await ctx.message("done")
+
+    server.script = long_turn
+    first = await client.sessions.events.send(session_id, UserMessage("warm up"))
+    await server.wait_idle(session_id)
+    acc = await client.sessions.events.send(session_id, UserMessage("go"))
+    await server.wait_idle(session_id)
+    server.faults.ignore_last_event_id = True
+    server.faults.drop_after_events = 1100  # more than the 1,024 ids the window keeps
+
+    async with client.sessions.events.stream(
+        session_id, last_event_id=_cursor(acc), reconnect=FAST
+    ) as st:
+
+        async def heal() -> None:
+            while st.reconnects == 0:
+                await asyncio.sleep(0.005)
+            server.faults.drop_after_events = None
+
+        healer = asyncio.create_task(heal())
+        events = await _until_idle(st)
+        await healer
+    assert [e.id for e in events] == _stored_ids(server, session_id, acc.last_event_id)
+    assert len(events) > 1200
+    assert first.last_event_id not in {e.id for e in events}
+    assert st.duplicates > 1100
+    assert server.fault_counts["ignore_last_event_id"] >= 2
+
+
+def _cursor(acc: Accepted) -> Cursor:
+    ev = acc.events[0]
+    return Cursor(ev.id or "", ev.processed_at)

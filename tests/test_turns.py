@@ -86,8 +86,8 @@ async def test_previews_cut_by_a_reconnect_are_dropped(
 
     server.script = slow
     server.faults.drop_probability = 0.2
+    client.reconnect_policy = FAST
     session = client.session(session_id)
-    session._client.reconnect_policy = FAST
     turn = await session.send("go")
     updates = [u async for u in turn.text_stream(coalesce=0.0)]
     server.faults.drop_probability = 0
@@ -236,15 +236,14 @@ async def test_parallel_turns_and_a_listener_share_one_connection_per_session(
     ready = asyncio.Event()
 
     async def listen() -> None:
-        async for ev in h1.events():
+        async for ev in h1.listen():
             heard.append(ev)
             ready.set()
             if len([e for e in heard if isinstance(e, SessionStatusIdle)]) == 2:
                 return
 
     listener = asyncio.create_task(listen())
-    while h1._task is None:
-        await asyncio.sleep(0.01)
+    await h1.wait_connected()
 
     async def two_turns(h: Any) -> list[list[Event]]:
         out = []
@@ -278,15 +277,14 @@ async def test_slow_listener_applies_backpressure_without_loss(
         heard: list[Event] = []
 
         async def listen() -> None:
-            async for ev in handle.events():
+            async for ev in handle.listen():
                 await asyncio.sleep(0.01)
                 heard.append(ev)
                 if isinstance(ev, SessionStatusIdle):
                     return
 
         task = asyncio.create_task(listen())
-        while handle._task is None:
-            await asyncio.sleep(0.01)
+        await handle.wait_connected()
         await (await handle.send("hi")).result()
         await task
         assert [e.id for e in heard] == [e["id"] for e in server.stored_events(sid)]
@@ -297,7 +295,7 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     sid = server.add_session()["id"]
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         turn = await client.session(sid).send("go")
-        listener = client.session(sid).events()
+        listener = client.session(sid).listen()
         await asyncio.sleep(0.1)
         assert server.open_streams == 1
     with pytest.raises(ClientClosedError):
@@ -314,16 +312,15 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
     handle = client.session(session_id)
 
     async def listen() -> None:
-        async for _ in handle.events():
+        async for _ in handle.listen():
             break
 
     task = asyncio.create_task(listen())
-    while handle._task is None:
-        await asyncio.sleep(0.01)
+    await handle.wait_connected()
     await (await handle.send("x")).result()
     await task
     assert await no_open_streams(server) == 0
-    assert handle._task is None
+    assert not handle.connected
 
 
 # ----------------------------------------------------------------------------- dialects
@@ -426,8 +423,7 @@ async def test_callback_handlers_run_on_the_shared_connection(
 
     session.on("*", on_any)
     session.on("session.status_running", broken)
-    while session._task is None:
-        await asyncio.sleep(0.01)
+    await session.wait_connected()
     turn = await session.send("hello")
     await turn.result()
     await idle.wait()
@@ -437,7 +433,7 @@ async def test_callback_handlers_run_on_the_shared_connection(
     session.off(AgentMessage, on_message)
     session.off("*")
     session.off("session.status_running")
-    assert session._dispatcher is None
+    assert session.handlers == 0
 
 
 async def test_a_busy_retry_uses_a_fresh_idempotency_key(

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import random
-from typing import Any
-
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qoder_async import (
@@ -32,7 +28,6 @@ from qoder_async import (
 )
 from qoder_async._convert import structure_event
 from qoder_async._models import ErrorInfo, Event
-from qoder_async._stream import EventDecoder
 from qoder_async._turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
 
 # ----------------------------------------------------------------------------- end rules
@@ -123,150 +118,6 @@ def test_router_without_turn_ids_uses_position() -> None:
     assert router.route(AgentMessage((), id="m1")) == ("t",)
     assert router.route(SessionStatusIdle(EndTurn(), id="i1")) == ("t",)
     assert router.route(AgentMessage((), id="after")) == ()
-
-
-# ----------------------------------------------------------------------------- routing property
-
-
-def _turn_events(turn: str, k: int, rng: random.Random, with_tools: bool) -> list[dict[str, Any]]:
-    evs: list[dict[str, Any]] = [
-        {"type": "user.message", "content": [{"type": "text", "text": f"msg {k}"}]},
-        {"type": "session.status_running"},
-        {"type": "span.model_request_start"},
-    ]
-    for j in range(rng.randint(0, 3)):
-        evs.append({"type": "agent.message", "content": [{"type": "text", "text": f"{k}.{j}"}]})
-    if with_tools:
-        evs.append({"type": "agent.custom_tool_use", "name": "t", "input": {}})
-        evs.append({"type": "session.status_idle", "stop_reason": None})  # patched below
-        evs.append({"type": "user.custom_tool_result", "content": "ok"})
-        evs.append({"type": "session.status_running"})
-    if rng.random() < 0.3:
-        evs.append({"type": "session.error", "error": {"retry_status": {"type": "retrying"}}})
-    evs.append({"type": "span.model_request_end", "model_usage": {"input_tokens": 1}})
-    evs.append({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}})
-    for ev in evs:
-        ev["turn_id"] = turn
-    return evs
-
-
-def _history(seed: int, ours: int, foreign: int) -> tuple[list[dict[str, Any]], dict[str, range]]:
-    """A session's stored events: our turns and other clients' turns, one after another.
-
-    Returns the history and, for each of our turns, the positions of its events.
-    """
-    rng = random.Random(seed)
-    kinds = ["ours"] * ours + ["foreign"] * foreign
-    rng.shuffle(kinds)
-    history: list[dict[str, Any]] = []
-    mine: dict[str, range] = {}
-    for k, kind in enumerate(kinds):
-        turn = f"turn_{k}"
-        evs = _turn_events(turn, k, rng, with_tools=rng.random() < 0.3)
-        if rng.random() < 0.3:  # a session-level event between turns, without turn_id
-            history.append({"type": "session.usage", "usage": {"input_tokens": k}})
-        if kind == "ours":
-            mine[turn] = range(len(history), len(history) + len(evs))
-        history.extend(evs)
-    for i, ev in enumerate(history):
-        ev["id"] = f"evt_{i:05d}"
-    for i, ev in enumerate(history):
-        if ev["type"] == "session.status_idle" and ev.get("stop_reason") is None:
-            use = history[i - 1]
-            ev["stop_reason"] = {"type": "requires_action", "event_ids": [use["id"]]}
-            history[i + 1]["custom_tool_use_id"] = use["id"]
-    return history, mine
-
-
-def _frame(ev: dict[str, Any]) -> bytes:
-    return f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 10_000),
-    ours=st.integers(1, 4),
-    foreign=st.integers(0, 3),
-    turn_ids=st.booleans(),
-    drops=st.lists(st.integers(0, 100_000), max_size=6),
-    replays=st.lists(st.integers(0, 6), max_size=6),
-    lag=st.integers(0, 8),
-)
-def test_each_turn_gets_exactly_its_events_across_drops_and_replays(
-    seed: int,
-    ours: int,
-    foreign: int,
-    turn_ids: bool,
-    drops: list[int],
-    replays: list[int],
-    lag: int,
-) -> None:
-    """The whole core pipeline: bytes with drops and replays -> decoder -> router.
-
-    The stream starts from the beginning (a full history replay) and our sends are
-    answered ``lag`` events after their user.message was streamed. Without turn
-    ids, routing falls back to position. Every turn must get exactly the slice of
-    the history from its user.message to the idle that ends it.
-    """
-    history, mine = _history(seed, ours, foreign)
-    if not turn_ids:
-        for ev in history:
-            ev.pop("turn_id", None)
-    by_turn_anchor = {turn: history[span[0]]["id"] for turn, span in mine.items()}
-    expected = {turn: [history[i]["id"] for i in span] for turn, span in mine.items()}
-
-    frames = [_frame(ev) for ev in history]
-    ids = [ev["id"] for ev in history]
-    anchors = {anchor: turn for turn, anchor in by_turn_anchor.items()}
-    router: TurnRouter[str] = TurnRouter()
-    got: dict[str, list[str]] = {t: [] for t in mine}
-    decoder = EventDecoder()
-    pending_binds: list[tuple[int, str]] = []  # (stream position to answer at, turn)
-    position = 0
-
-    def deliver(pairs: list[tuple[str, Event]]) -> None:
-        for key, ev in pairs:
-            got[key].append(ev.id or "")
-
-    def route(ev: Event) -> list[tuple[str, Event]]:
-        return [(key, ev) for key in router.route(ev)]
-
-    def on_event(ev: Event) -> None:
-        nonlocal position
-        if ev.id in anchors:
-            # our POST stored this user.message; its answer arrives `lag` events later
-            router.expect()
-            pending_binds.append((position + lag, anchors[ev.id]))
-        deliver(route(ev))
-        position += 1
-        for due, turn in [b for b in pending_binds if b[0] <= position]:
-            pending_binds.remove((due, turn))
-            deliver(
-                router.bind(
-                    turn,
-                    turn_id=turn if turn_ids else None,
-                    anchor_id=by_turn_anchor[turn],
-                )
-            )
-
-    for attempt in range(len(drops) + 1):
-        cursor = decoder.last_event_id
-        start = ids.index(cursor) + 1 if cursor else 0
-        back = replays[attempt] if attempt < len(replays) else 0
-        body = b"".join(frames[max(0, start - back) :])
-        if attempt < len(drops):
-            body = body[: drops[attempt] % (len(body) + 1)]
-        decoder.push(body)
-        while (ev := decoder.pull()) is not None:
-            on_event(ev)
-        decoder.reconnected()
-    for _, turn in list(pending_binds):
-        deliver(
-            router.bind(turn, turn_id=turn if turn_ids else None, anchor_id=by_turn_anchor[turn])
-        )
-
-    assert got == expected
-    assert router.live == ()
 
 
 # ----------------------------------------------------------------------------- the fold

@@ -1,0 +1,564 @@
+"""SHELL: the request layer. Token, URLs, headers, the retry loop, and what an answer means.
+
+Every request of the client goes through :meth:`HTTP.request` (JSON) or
+:meth:`HTTP.stream` (SSE); the transport underneath only moves bytes. Rules:
+
+======================================  ===============================================
+situation                               what happens
+======================================  ===============================================
+2xx                                     the body parsed as JSON (empty body: ``{}``);
+                                        a non-JSON body is APIResponseValidationError
+error status                            the typed error (``_errors.error_from_response``,
+                                        409s by the conflict table), server text
+                                        redacted of the token
+404 whose body is not the API's         the error says the base URL may be wrong (it
+error envelope                          must end in ``/api/v1/cloud``)
+connection failure or error status      retried by the :class:`RetryPolicy` (deadline,
+                                        ``Retry-After``), with the same headers and the
+                                        same ``Idempotency-Key``
+a stream answers 408/429/5xx            :class:`StreamRetry` (the stream reconnects)
+a stream answers another error, or      the typed error / :class:`StreamContentTypeError`
+not ``text/event-stream``               (fatal: reconnecting cannot fix it)
+used after ``aclose()``                 :class:`ClientClosedError`
+used from another event loop            :class:`WrongEventLoopError` (says what to do)
+======================================  ===============================================
+
+Copies made by :meth:`HTTP.copy` (``client.with_options(...)``) share the
+transport and the lifecycle of their original and own neither: closing a copy
+closes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlsplit
+
+from attrs import frozen
+
+from ._backoff import RetryPolicy
+from ._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    ClientClosedError,
+    ConfigurationError,
+    NotFoundError,
+    RequestInProgressError,
+    StreamContentTypeError,
+    WrongEventLoopError,
+    error_from_response,
+    redact,
+    scrub,
+)
+from ._models import json_dumps, json_loads
+from ._transport import StreamResponse, Timeout, Transport
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "HTTP",
+    "APIResponse",
+    "RequestOptions",
+    "StreamRetry",
+    "resolve_base_url",
+    "resolve_token",
+    "segment",
+]
+
+logger = logging.getLogger("qoder_async")
+
+DEFAULT_BASE_URL = "https://api.qoder.com/api/v1/cloud"
+DEFAULT_TIMEOUT = Timeout(total=60.0, connect=10.0)
+ERROR_BODY_LIMIT = 64 * 1024
+_BASE_PATH = "/api/v1/cloud"
+_TRUTHY = ("1", "true", "yes", "on")
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("QODER_LOG", "").strip().lower()
+    if level in ("debug", "info"):
+        logger.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+            )
+            logger.addHandler(handler)
+
+
+_setup_logging()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_base_url(base_url: str | None, allow_insecure_http: bool | None) -> str:
+    """The base URL: the argument, else ``QODER_BASE_URL``, else the default; checked.
+
+    Plain ``http://`` is refused unless the host is loopback, ``allow_insecure_http``
+    is true, or (when it is ``None``) ``QODER_ALLOW_INSECURE_HTTP=1``.
+    """
+    url = (base_url or os.environ.get("QODER_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url must be an http(s) URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError("base_url must not have a query or fragment")
+    if allow_insecure_http is None:
+        allow_insecure_http = (
+            os.environ.get("QODER_ALLOW_INSECURE_HTTP", "").strip().lower() in _TRUTHY
+        )
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"refusing plain http:// to {parts.hostname}: the token would travel unencrypted. "
+            "Use https, or pass allow_insecure_http=True (QODER_ALLOW_INSECURE_HTTP=1) "
+            "if you really mean it."
+        )
+    return url
+
+
+def resolve_token(token: str | None) -> str:
+    """The token: the argument, else ``QODER_PAT``, else ``QODER_ACCESS_TOKEN``; checked."""
+    value = token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+    if not value or not value.strip():
+        raise ConfigurationError(
+            "no Qoder access token: pass token=..., or set QODER_PAT (or QODER_ACCESS_TOKEN)"
+        )
+    value = value.strip()
+    if any(c in value for c in "\r\n\x00"):
+        raise ConfigurationError("the access token contains control characters")
+    return value
+
+
+def segment(value: str) -> str:
+    """An id as one URL path segment (checked, percent-encoded)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"an id must be a non-empty string, got {value!r}")
+    return quote(value, safe="")
+
+
+class _Secret:
+    """Holds the token and the headers that carry it; its repr never shows it."""
+
+    __slots__ = ("_value", "headers", "variants")
+
+    def __init__(self, value: str, headers: Mapping[str, str]) -> None:
+        self._value = value
+        self.headers = {**headers, "Authorization": f"Bearer {value}"}
+        encoded = quote(value, safe="")
+        self.variants = (value,) if encoded == value else (value, encoded)
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@frozen(kw_only=True)
+class RequestOptions:
+    """Per-call options: extra headers, query parameters and body fields, a timeout.
+
+    ``extra_body`` fields are merged into a JSON object body (they win).
+    """
+
+    extra_headers: Mapping[str, str] | None = None
+    extra_query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
+    extra_body: Mapping[str, Any] | None = None
+    timeout: float | Timeout | None = None
+
+
+class APIResponse(NamedTuple):
+    """A successful answer: status, headers, the parsed body and the request id."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+    request_id: str | None
+
+
+class StreamRetry(Exception):
+    """Internal: a stream answer worth reconnecting after (408, 429, 5xx)."""
+
+    def __init__(self, cause: APIStatusError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retry_after = cause.retry_after
+
+
+class _Lifecycle:
+    """Shared by an :class:`HTTP` and its copies: open or closed, and the event loop used."""
+
+    __slots__ = ("closed", "loop")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self) -> None:
+        if self.closed:
+            raise ClientClosedError("this QoderClient is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            if self.loop is not None and not self.loop.is_closed():
+                raise WrongEventLoopError(
+                    "this QoderClient is used from another event loop than the one it "
+                    "started in; a client belongs to one loop: create it inside the loop "
+                    "that uses it (one per asyncio.run())"
+                )
+            if self.loop is not None:
+                raise WrongEventLoopError(
+                    "this QoderClient's event loop is closed (was asyncio.run() called "
+                    "again?): create a new QoderClient inside the running loop, e.g. "
+                    "`async with QoderClient() as client:` in your main coroutine"
+                )
+            self.loop = loop
+
+
+def _as_timeout(value: float | Timeout | None, default: Timeout) -> Timeout:
+    if value is None:
+        return default
+    if isinstance(value, Timeout):
+        return value
+    return Timeout(total=float(value), connect=min(float(value), 10.0))
+
+
+class HTTP:
+    """The request layer shared by every resource of a client (see the module table).
+
+    ``clock``, ``sleep`` and ``rand`` are injectable so retry tests need no real waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str,
+        transport: Transport,
+        timeout: float | Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = base_url
+        self.transport = transport
+        self.timeout = _as_timeout(timeout, DEFAULT_TIMEOUT)
+        self.retry = retry or RetryPolicy()
+        self._secret = _Secret(
+            token,
+            {
+                "User-Agent": f"qoder-async/{__version__}",
+                "Accept": "application/json",
+                **dict(default_headers or {}),
+            },
+        )
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self._life = _Lifecycle()
+        self._owner = True
+        self._stream_timeout = Timeout(total=None, connect=self.timeout.connect)
+
+    def __repr__(self) -> str:
+        return f"HTTP(base_url={self.base_url!r})"
+
+    def copy(
+        self, *, retry: RetryPolicy | None = None, timeout: float | Timeout | None = None
+    ) -> HTTP:
+        """A copy with other settings, sharing the transport and the lifecycle (owning neither)."""
+        twin = object.__new__(HTTP)
+        twin.__dict__.update(self.__dict__)
+        twin.retry = retry or self.retry
+        twin.timeout = _as_timeout(timeout, self.timeout)
+        twin._stream_timeout = Timeout(total=None, connect=twin.timeout.connect)
+        twin._owner = False
+        return twin
+
+    # -- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        """True once the owning client was closed."""
+        return self._life.closed
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError` or :class:`WrongEventLoopError` if unusable."""
+        self._life.check()
+
+    async def aclose(self) -> None:
+        """Close the transport (only the original; copies close nothing). Idempotent."""
+        if not self._owner or self._life.closed:
+            return
+        self._life.closed = True
+        await self.transport.aclose()
+
+    # -- building blocks
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never leave in an error or a log line (the token, as sent)."""
+        return self._secret.variants
+
+    def url(self, path: str) -> str:
+        """The absolute URL of an API path."""
+        return self.base_url + path
+
+    def headers(self) -> dict[str, str]:
+        """A fresh copy of the headers every request carries (the token included)."""
+        return dict(self._secret.headers)
+
+    def _parse(self, body: bytes, status: int, ctype: str | None, method: str, path: str) -> Any:
+        if not body:
+            return {}
+        try:
+            return json_loads(body)
+        except ValueError as exc:
+            raise APIResponseValidationError(
+                f"the answer is not JSON (status {status}, content-type {ctype!r})",
+                method=method,
+                url=path,
+                body=redact(body[:200].decode("utf-8", errors="replace"), self.secrets),
+            ) from exc
+
+    def _error(
+        self,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        method: str,
+        path: str,
+        idempotent: bool,
+        starts_turn: bool,
+    ) -> APIStatusError:
+        err = error_from_response(
+            status,
+            body[:ERROR_BODY_LIMIT],
+            headers,
+            method=method,
+            url=path,
+            idempotent=idempotent,
+            starts_turn=starts_turn,
+            secrets=self.secrets,
+        )
+        if isinstance(err, NotFoundError) and err.error_type is None:
+            base_path = urlsplit(self.base_url).path
+            hint = (
+                f"the base URL must end in {_BASE_PATH}"
+                if not base_path.endswith(_BASE_PATH)
+                else "check the base URL"
+            )
+            err.message = (
+                f"{err.message} (not an API route: {hint}; "
+                f"base_url={self.base_url!r}, e.g. https://api.qoder.com{_BASE_PATH})"
+            )
+        return err
+
+    # -- JSON requests
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        idempotency_key: str | None = None,
+        starts_turn: bool = False,
+        options: RequestOptions | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> APIResponse:
+        """One logical request with retries (see the module table)."""
+        self._life.check()
+        headers = dict(self._secret.headers)
+        timeout = self.timeout
+        if options is not None:
+            if options.extra_headers:
+                headers.update(options.extra_headers)
+            if options.extra_query:
+                extra = options.extra_query
+                pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
+                params = [*(params or ()), *pairs]
+            if options.extra_body:
+                if json is None:
+                    json = {}
+                if isinstance(json, Mapping):
+                    json = {**json, **options.extra_body}
+            timeout = _as_timeout(options.timeout, timeout)
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        content: bytes | None = None
+        if json is not None:
+            content = json_dumps(json)
+            headers["Content-Type"] = "application/json"
+        url = self.base_url + path
+        policy = retry or self.retry
+        debug = logger.isEnabledFor(logging.DEBUG)
+        clock = self.clock
+        first = clock()
+        attempt = 0
+        while True:
+            started = clock()
+            status: int | None = None
+            resp_headers: Mapping[str, str] = {}
+            retry_after: float | None = None
+            try:
+                resp = await self.transport.request(
+                    method, url, params=params, headers=headers, content=content, timeouts=timeout
+                )
+            except APIConnectionError as exc:
+                error: BaseException = scrub(exc, self.secrets)
+                logger.debug("%s %s failed: %s", method, path, error)
+            else:
+                status, resp_headers = resp.status, resp.headers
+                request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
+                if debug:
+                    logger.debug(
+                        "%s %s -> %d [%s] %.1fms",
+                        method,
+                        path,
+                        status,
+                        request_id,
+                        (clock() - started) * 1000,
+                    )
+                if status < 300:
+                    body = self._parse(
+                        resp.body, status, resp_headers.get("content-type"), method, path
+                    )
+                    return APIResponse(status, resp_headers, body, request_id)
+                error = self._error(
+                    status,
+                    resp.body,
+                    resp_headers,
+                    method=method,
+                    path=path,
+                    idempotent=idempotency_key is not None,
+                    starts_turn=starts_turn,
+                )
+                retry_after = error.retry_after
+            delay = policy.delay(
+                attempt=attempt,
+                elapsed=clock() - first,
+                method=method,
+                idempotent=idempotency_key is not None,
+                status=status,
+                headers=resp_headers,
+                retry_after=retry_after,
+                rand=self.rand(),
+                in_progress=isinstance(error, RequestInProgressError),
+            )
+            if delay is None:
+                raise error
+            attempt += 1
+            logger.debug(
+                "retrying %s %s in %.2fs (retry %d, %.1fs since the first attempt) after %s",
+                method,
+                path,
+                delay,
+                attempt,
+                clock() - first,
+                status if status is not None else type(error).__name__,
+            )
+            await self.sleep(delay)
+
+    # -- streams
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        last_event_id: str | None = None,
+    ) -> AsyncIterator[StreamResponse]:
+        """Open an SSE stream; raises :class:`StreamRetry` for answers worth retrying."""
+        self._life.check()
+        headers = dict(self._secret.headers)
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-store"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        started = self.clock()
+        transport = self.transport
+        async with transport.stream(
+            "GET",
+            self.base_url + path,
+            params=params,
+            headers=headers,
+            timeouts=self._stream_timeout,
+        ) as resp:
+            status, resp_headers = resp.status, resp.headers
+            request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
+            logger.debug(
+                "GET %s -> %d [%s] %.1fms (Last-Event-ID=%s)",
+                path,
+                status,
+                request_id,
+                (self.clock() - started) * 1000,
+                last_event_id,
+            )
+            ctype = resp_headers.get("content-type", "")
+            if status >= 300:
+                body = await self._read_limited(resp, transport)
+                err = self._error(
+                    status,
+                    body,
+                    resp_headers,
+                    method="GET",
+                    path=path,
+                    idempotent=False,
+                    starts_turn=False,
+                )
+                retryable = status in (408, 429) or status >= 500
+                if retryable and resp_headers.get("x-should-retry") != "false":
+                    raise StreamRetry(err)
+                raise err
+            if "text/event-stream" not in ctype.split(";")[0].strip().lower():
+                body = await self._read_limited(resp, transport)
+                raise scrub(
+                    StreamContentTypeError(
+                        ctype,
+                        status_code=status,
+                        body=body,
+                        request_id=request_id,
+                        last_event_id=last_event_id,
+                    ),
+                    self.secrets,
+                )
+            yield resp
+
+    @staticmethod
+    async def _read_limited(resp: StreamResponse, transport: Transport) -> bytes:
+        """At most ``ERROR_BODY_LIMIT`` bytes of an error body (a gateway may send megabytes)."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in resp.chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= ERROR_BODY_LIMIT:
+                    break
+        except transport.errors:
+            pass  # a truncated error body still names the status
+        return b"".join(parts)[:ERROR_BODY_LIMIT]

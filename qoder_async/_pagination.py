@@ -1,0 +1,125 @@
+"""SHELL: list endpoints as async iterators that fetch pages as needed.
+
+==========================================  ======================================
+the page says                               next request
+==========================================  ======================================
+``next_page`` (opaque cursor)               ``page=<next_page>``
+``has_more`` and ``last_id``                ``after_id=<last_id>``
+``has_more``, no ``last_id``                ``after_id=<id of the last item>``
+``has_more`` and no cursor at all           :class:`APIResponseValidationError`
+a cursor already followed                   :class:`APIResponseValidationError`
+                                            (it would loop forever)
+neither                                     the end
+==========================================  ======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from ._convert import ShapeError
+from ._errors import APIResponseValidationError
+from ._http import HTTP, RequestOptions
+
+__all__ = ["AsyncPaginator", "list_params"]
+
+_T = TypeVar("_T")
+
+
+def list_params(**values: Any) -> list[tuple[str, str]]:
+    """Query parameters from keyword arguments: ``None`` omitted, lists as ``key[]``."""
+    out: list[tuple[str, str]] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        elif isinstance(value, list | tuple):
+            out.extend((f"{key}[]", str(v)) for v in value)
+        else:
+            out.append((key, str(value)))
+    return out
+
+
+class AsyncPaginator(Generic[_T]):
+    """Iterates every item of a list endpoint, fetching pages as needed (see the module table).
+
+    ``async for item in paginator`` yields items; :meth:`pages` yields pages.
+    """
+
+    def __init__(
+        self,
+        http: HTTP,
+        path: str,
+        params: list[tuple[str, str]],
+        item: Callable[[Any], _T],
+        *,
+        options: RequestOptions | None = None,
+    ) -> None:
+        self._http = http
+        self._path = path
+        self._params = params
+        self._item = item
+        self._options = options
+
+    def __aiter__(self) -> AsyncIterator[_T]:
+        return self._items()
+
+    async def pages(self) -> AsyncIterator[list[_T]]:
+        """Iterate page by page."""
+        params = list(self._params)
+        seen: set[tuple[str, str]] = set()
+        while True:
+            answer = await self._http.request(
+                "GET", self._path, params=params, options=self._options
+            )
+            body = answer.body
+            if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+                raise APIResponseValidationError(
+                    "a list answer must be an object with a 'data' array",
+                    method="GET",
+                    url=self._path,
+                    body=body,
+                )
+            try:
+                page = [self._item(raw) for raw in body["data"]]
+            except ShapeError as exc:
+                raise APIResponseValidationError(
+                    f"unexpected item in a list answer: {exc}", method="GET", url=self._path
+                ) from exc
+            yield page
+            cursor = self._next_cursor(body)
+            if cursor is None:
+                return
+            if cursor in seen:
+                raise APIResponseValidationError(
+                    f"pagination cursor did not advance ({cursor[0]}={cursor[1]})",
+                    method="GET",
+                    url=self._path,
+                )
+            seen.add(cursor)
+            params = [(k, v) for k, v in self._params if k not in ("page", "after_id")]
+            params.append(cursor)
+
+    def _next_cursor(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
+        next_page = body.get("next_page")
+        if isinstance(next_page, str) and next_page:
+            return ("page", next_page)
+        if not body.get("has_more"):
+            return None
+        last_id = body.get("last_id")
+        if not isinstance(last_id, str) or not last_id:
+            data = body.get("data") or []
+            last = data[-1] if data else None
+            last_id = last.get("id") if isinstance(last, Mapping) else None
+        if not isinstance(last_id, str) or not last_id:
+            raise APIResponseValidationError(
+                "has_more is true but the answer names no cursor", method="GET", url=self._path
+            )
+        return ("after_id", last_id)
+
+    async def _items(self) -> AsyncIterator[_T]:
+        async for page in self.pages():
+            for item in page:
+                yield item

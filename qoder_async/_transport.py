@@ -1,0 +1,397 @@
+"""SHELL: the transport protocol and its two adapters (aiohttp by default, httpx on request).
+
+A transport does two things and nothing else: *send a request* (status,
+headers, body back) and *open a stream* (status, headers, an async iterator of
+body chunks). Everything above it (URLs, the token, retries, what a status
+means, SSE) is the same for both adapters; everything library-specific,
+including how a library's exceptions read as ours, lives here and only here.
+
+=========================  ===============================  =============================
+                           :class:`AiohttpTransport`         :class:`HttpxTransport`
+=========================  ===============================  =============================
+when                       the default, or                  ``http_client=httpx.AsyncClient``
+                           ``http_client=aiohttp.ClientSession``  (proxies, hooks, mounts)
+requests                   ``ClientSession.request``        ``AsyncClient.request``
+streams                    ``ClientSession.get`` +          ``httpx_sse.aconnect_sse`` +
+                           ``content.iter_any()``           ``response.aiter_bytes()``
+redirects                  never followed                   never followed
+a borrowed client          never closed by us               never closed by us
+=========================  ===============================  =============================
+
+Connection failures become :class:`APIConnectionError` (or
+:class:`APITimeoutError`) with a message that says what happened (refused, DNS,
+TLS, timeout) and where (host and port); a caller never sees a library's
+exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from attrs import frozen
+
+from ._errors import APIConnectionError, APITimeoutError
+
+try:  # the optional transport: pip install "qoder-async[httpx]"
+    import httpx
+    import httpx_sse
+except ImportError:  # pragma: no cover - exercised only without the extra
+    httpx = None  # type: ignore[assignment]
+    httpx_sse = None  # type: ignore[assignment]
+
+__all__ = [
+    "AiohttpTransport",
+    "HttpxTransport",
+    "Response",
+    "StreamResponse",
+    "Timeout",
+    "Transport",
+    "transport_for",
+]
+
+Params = Sequence[tuple[str, str]]
+
+
+@frozen
+class Timeout:
+    """Timeouts of JSON requests: ``total`` seconds per attempt, ``connect`` to open a socket.
+
+    Streams use ``connect`` only; how long a stream may be silent is the
+    stream's ``read_timeout`` and ``stall_timeout``. ``None`` means no limit.
+    """
+
+    total: float | None = 60.0
+    connect: float | None = 10.0
+
+
+class Response(NamedTuple):
+    """A whole answer: status, case-insensitive headers, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StreamResponse(NamedTuple):
+    """An answer whose body arrives as chunks (read them with ``async for``)."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+class Transport(Protocol):
+    """What the request layer needs from an HTTP library (see the module table).
+
+    ``errors`` are the exceptions that mean "the connection failed" while a body
+    is read; ``connection_error`` turns one into ours.
+    """
+
+    errors: tuple[type[BaseException], ...]
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeouts: Timeout,
+    ) -> Response:
+        """Send a request and read its whole answer."""
+        ...
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        timeouts: Timeout,
+    ) -> contextlib.AbstractAsyncContextManager[StreamResponse]:
+        """Open a request whose answer's body is read as it arrives."""
+        ...
+
+    def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
+        """Our error for a library's connection failure (refused, DNS, TLS, reset, timeout)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what this transport owns (a borrowed client is left open)."""
+        ...
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
+    """(what happened, was it a timeout) for any connection failure, both libraries."""
+    where = _where(url)
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 6:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            why = getattr(err, "verify_message", None) or getattr(
+                getattr(err, "certificate_error", None), "verify_message", None
+            )
+            return f"TLS certificate of {where} could not be verified ({why or err})", False
+        if isinstance(err, ssl.SSLError):
+            return f"TLS handshake with {where} failed ({err.reason or err})", False
+        if isinstance(err, aiohttp.ClientSSLError):
+            return f"TLS handshake with {where} failed", False
+        if isinstance(err, aiohttp.ClientConnectorDNSError) or "gaierror" in type(err).__name__:
+            return f"could not resolve the host {urlsplit(url).hostname!r} (DNS)", False
+        if isinstance(err, ConnectionRefusedError) or getattr(err, "errno", None) == (
+            errno.ECONNREFUSED
+        ):
+            return (
+                f"connection refused by {where} (is the server running, is the base URL right?)",
+                False,
+            )
+    for err in chain:
+        if isinstance(err, aiohttp.ConnectionTimeoutError) or (
+            httpx is not None and isinstance(err, httpx.ConnectTimeout | httpx.PoolTimeout)
+        ):
+            return f"connecting to {where} timed out", True
+        if isinstance(err, TimeoutError) or (
+            httpx is not None and isinstance(err, httpx.TimeoutException)
+        ):
+            return f"no answer from {where} in time", True
+        if isinstance(err, aiohttp.ServerDisconnectedError) or (
+            httpx is not None and isinstance(err, httpx.RemoteProtocolError)
+        ):
+            return f"{where} closed the connection", False
+        if isinstance(err, ConnectionResetError | aiohttp.ClientConnectionResetError):
+            return f"the connection to {where} was reset", False
+        if isinstance(err, aiohttp.ClientPayloadError):
+            return f"the answer from {where} was cut off", False
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"connection to {where} failed ({detail})", False
+
+
+def _connection_error(exc: BaseException, method: str, url: str) -> APIConnectionError:
+    text, timed_out = _describe(exc, url)
+    path = urlsplit(url).path
+    cls = APITimeoutError if timed_out else APIConnectionError
+    err = cls(text[:1].upper() + text[1:], method=method, url=path)
+    err.__cause__ = exc
+    return err
+
+
+# --------------------------------------------------------------------------- aiohttp
+
+# Enough sockets for thousands of concurrent session streams (aiohttp's default is 100).
+_CONNECTOR_LIMIT = 0
+
+
+class AiohttpTransport:
+    """The default transport: ``aiohttp.ClientSession`` directly, no layer in between.
+
+    With ``session=None`` a session is created on first use (inside the running
+    loop, as aiohttp requires) and closed by :meth:`aclose`; a borrowed session
+    is never closed.
+    """
+
+    errors: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+        self._owned = session is None
+        self._timeouts: dict[Timeout, aiohttp.ClientTimeout] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_CONNECTOR_LIMIT, limit_per_host=0)
+            )
+        return session
+
+    def _timeout(self, timeout: Timeout, *, stream: bool) -> aiohttp.ClientTimeout:
+        key = Timeout(None, timeout.connect) if stream else timeout
+        found = self._timeouts.get(key)
+        if found is None:
+            found = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=key.total, connect=key.connect
+            )
+        return found
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeouts: Timeout,
+    ) -> Response:
+        """Send a request and read its whole answer."""
+        try:
+            async with self._client().request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                data=content,
+                timeout=self._timeout(timeouts, stream=False),
+                allow_redirects=False,
+            ) as resp:
+                return Response(resp.status, resp.headers, await resp.read())
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        timeouts: Timeout,
+    ) -> AsyncIterator[StreamResponse]:
+        """Open a request whose answer's body is read as it arrives."""
+        try:
+            resp = await self._client().request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                timeout=self._timeout(timeouts, stream=True),
+                allow_redirects=False,
+            )
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+        try:
+            yield StreamResponse(resp.status, resp.headers, resp.content.iter_any())
+        finally:
+            resp.close()
+
+    def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
+        """Our error for an aiohttp failure."""
+        return _connection_error(exc, method, url)
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it."""
+        session, self._session = self._session, None
+        if session is not None and self._owned:
+            await session.close()
+
+
+# --------------------------------------------------------------------------- httpx
+
+
+class HttpxTransport:
+    """The transport for a caller's ``httpx.AsyncClient`` (proxies, event hooks, mounts...).
+
+    Streams are opened with ``httpx_sse.aconnect_sse`` and read with the public
+    ``aiter_bytes()``. The client is borrowed: never closed by us.
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+        self.errors: tuple[type[BaseException], ...] = (httpx.TransportError, OSError, TimeoutError)
+        self._timeouts: dict[Timeout, httpx.Timeout] = {}
+
+    def _timeout(self, timeout: Timeout, *, stream: bool) -> httpx.Timeout:
+        found = self._timeouts.get(timeout) if not stream else None
+        if found is None:
+            read = None if stream else timeout.total
+            found = httpx.Timeout(read, connect=timeout.connect, pool=timeout.connect)
+            if not stream:
+                self._timeouts[timeout] = found
+        return found
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeouts: Timeout,
+    ) -> Response:
+        """Send a request and read its whole answer (``total`` bounds the whole of it)."""
+        try:
+            async with asyncio.timeout(timeouts.total):
+                resp = await self._client.request(
+                    method,
+                    url,
+                    params=list(params) if params is not None else None,
+                    headers=headers,
+                    content=content,
+                    timeout=self._timeout(timeouts, stream=False),
+                    follow_redirects=False,
+                )
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+        return Response(resp.status_code, resp.headers, resp.content)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        timeouts: Timeout,
+    ) -> AsyncIterator[StreamResponse]:
+        """Open an SSE request with ``httpx_sse.aconnect_sse``."""
+        opener: Any = httpx_sse.aconnect_sse(
+            self._client,
+            method,
+            url,
+            params=params,
+            headers=dict(headers),
+            timeout=self._timeout(timeouts, stream=True),
+            follow_redirects=False,
+        )
+        try:
+            source = await opener.__aenter__()
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+        try:
+            resp = source.response
+            yield StreamResponse(resp.status_code, resp.headers, resp.aiter_bytes())
+        finally:
+            with contextlib.suppress(*self.errors):
+                await opener.__aexit__(None, None, None)
+
+    def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
+        """Our error for an httpx failure."""
+        return _connection_error(exc, method, url)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the client is the caller's."""
+
+
+def transport_for(http_client: object) -> Transport:
+    """The adapter for a borrowed client (``None``: a new aiohttp session of our own)."""
+    if http_client is None:
+        return AiohttpTransport()
+    if isinstance(http_client, aiohttp.ClientSession):
+        return AiohttpTransport(http_client)
+    if httpx is not None and isinstance(http_client, httpx.AsyncClient):
+        return HttpxTransport(http_client)
+    raise TypeError(
+        "http_client must be an aiohttp.ClientSession or an httpx.AsyncClient "
+        f"(pip install 'qoder-async[httpx]'), got {type(http_client).__name__}"
+    )
