@@ -367,7 +367,7 @@ class _Reader:
 
     def _wrong(self, key: str, expected: str, value: object) -> WebhookPayloadError:
         return _payload_error(
-            f"field {self.where}{key!r} must be {expected}, got {type(value).__name__}",
+            f"field {self.where + key!r} must be {expected}, got {type(value).__name__}",
             self.webhook_id,
         )
 
@@ -380,7 +380,7 @@ class _Reader:
     def req_text(self, key: str) -> str:
         value = self.text(key)
         if value is None:
-            raise _payload_error(f"field {self.where}{key!r} is missing", self.webhook_id)
+            raise _payload_error(f"field {self.where + key!r} is missing", self.webhook_id)
         return value
 
     def integer(self, key: str) -> int | None:
