@@ -8,29 +8,33 @@ and returns a :class:`WebhookEvent`; anything it refuses raises a
 
 The checks, in the order they run (the first failure raises):
 
-===  ==========================================================  =========================
-#    rule                                                        refused with
-===  ==========================================================  =========================
-1    secret ``whsec_<base64>``: the key is the decoded bytes;    ``WebhookSecretError``
-     any other ``str``: its UTF-8 bytes; ``bytes``: as is.
-     Empty, or ``whsec_`` with bad base64, is refused
-2    ``Webhook-ID``, ``Webhook-Timestamp``, ``Webhook-Signature``  ``WebhookHeaderError``
-     present and non-empty, looked up in any case through any
-     mapping; a header repeated with a different value is refused
-3    some ``v1,<base64>`` entry of ``Webhook-Signature`` (space-   ``WebhookSignatureError``
-     separated) equals HMAC-SHA256(key, ``"{id}.{timestamp}."``
-     + raw body), compared in constant time; other versions and
-     malformed entries are skipped
-4    ``Webhook-Timestamp`` is Unix seconds within ``tolerance``     ``WebhookTimestampError``
-     (300 s) of ``now``, in either direction
-5    the body is a JSON object ``{"type": "event", "id",           ``WebhookPayloadError``
-     "created_at", "data": {"type", ...}}``, and the fields this
-     module types have the documented JSON types
-===  ==========================================================  =========================
+===  ===============================================================  =========================
+#    rule                                                             refused with
+===  ===============================================================  =========================
+1    secret ``whsec_<base64>`` (padding optional): the key is the     ``WebhookSecretError``
+     decoded bytes; any other ``str``: its UTF-8 bytes; ``bytes``:
+     as is. Empty, or ``whsec_`` and bad base64, is refused
+2    ``Webhook-ID``, ``Webhook-Timestamp`` and ``Webhook-Signature``  ``WebhookHeaderError``
+     are present and non-empty, in any case, in any mapping; a
+     header repeated with a different value is refused
+3    some ``v1,<base64>`` entry of ``Webhook-Signature`` (entries     ``WebhookSignatureError``
+     are space-separated) equals HMAC-SHA256(key,
+     ``{id}.{timestamp}.{raw body}``), compared in constant time;
+     other versions and malformed entries are skipped
+4    ``Webhook-Timestamp`` is Unix seconds, within ``tolerance``      ``WebhookTimestampError``
+     (300 s) of ``now`` in either direction
+5    the body is a JSON object ``{"type": "event", "id",              ``WebhookPayloadError``
+     "created_at", "data": {"type", ...}}`` and the fields this
+     module types have their documented JSON types
+===  ===============================================================  =========================
 
 And what holds once an event is returned:
 
 * Nothing is parsed before the signature and timestamp pass (JSON is read at step 5).
+* The signature is checked before the timestamp, so a ``WebhookTimestampError`` always
+  concerns a message Qoder really sent: a replay, or a clock out of sync.
+* A negative or NaN ``tolerance``, or a ``now`` that is not finite, raises
+  ``ConfigurationError``: a bug in the caller, not a bad request.
 * No exception message, ``str`` or ``repr`` contains the secret or the expected signature.
 * ``Webhook-Event-Type`` is not covered by the signature, so it is never read: the
   event's ``type`` comes from the signed body (``data.type``).
