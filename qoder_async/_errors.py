@@ -35,31 +35,21 @@ quoted as short snippets, never whole.
     │   │   └── FrameTooLargeError      a line/frame larger than max_event_bytes
     │   ├── StreamContentTypeError      the stream answered with something that is not SSE
     │   ├── StreamStalledError          no progress for too long, repeatedly
-    │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
+   │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
     │   └── CursorStoreError            the cursor store failed (its error is __cause__)
     ├── WrongEventLoopError             the client was used from another event loop
-    └── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    └── WebhookVerificationError        a webhook request was refused (qoder_async.webhooks)
+        ├── WebhookSecretError          the receiver's secret is malformed (a configuration bug)
+        ├── WebhookHeaderError          a Webhook-* header is missing or sent twice, differently
+        ├── WebhookSignatureError       no v1 signature matches: forged, altered or wrong secret
+        ├── WebhookTimestampError       authentic, but the timestamp is not a number or too far off
+        └── WebhookPayloadError         authentic, but the body is not JSON or not the envelope
 
 409 answers are classified by a table keyed on what the server said
 (:data:`CONFLICT_RULES`, first match wins), never by the request alone:
 
-===============================  =============================  ===========================
-``error.code`` / message          request                        class
-===============================  =============================  ===========================
-"in progress"                     carries an ``Idempotency-Key``  RequestInProgressError
-"reused" / "different"            carries an ``Idempotency-Key``  IdempotencyConflictError
-"not awaiting" / "not awaited"    ``POST .../events``,            ToolResultsNotAwaitedError
-/ "no pending"                    ``.../resolve``
-anything else                     ``POST /sessions/{id}/events``  SessionBusyError
-                                  with a user.message or
-                                  user.define_outcome
-anything else                     anything else                  ConflictError
-===============================  =============================  ===========================
-
-Server text never carries the token out: :func:`redact` replaces the client's
-own token and any ``Bearer ...`` credential in every server-provided string
-(messages, bodies, frames) before an exception is raised or logged.
-"""
+===============================  =============================  ===================="""
 
 from __future__ import annotations
 
@@ -101,6 +91,12 @@ __all__ = [
     "ToolResultsNotAwaitedError",
     "TurnFailed",
     "UnprocessableEntityError",
+    "WebhookHeaderError",
+    "WebhookPayloadError",
+    "WebhookSecretError",
+    "WebhookSignatureError",
+    "WebhookTimestampError",
+    "WebhookVerificationError",
     "WrongEventLoopError",
     "conflict_class",
     "error_from_response",
@@ -458,6 +454,46 @@ class TurnFailed(QoderError):
         self.reason = reason
         self.event = event
         self.result = result
+
+
+class WebhookVerificationError(QoderError):
+    """A webhook request was refused by :func:`qoder_async.webhooks.unwrap`.
+
+    The subclass names the check that failed; the message says what was wrong
+    without quoting the secret or any expected signature. ``webhook_id`` is the
+    ``Webhook-ID`` header when there was one (safe to log). Answer a request that
+    raised this with a 4xx, except :class:`WebhookSecretError`, which is your bug.
+    """
+
+    def __init__(self, message: str, *, webhook_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.webhook_id = webhook_id
+
+    def __str__(self) -> str:
+        # The id is whatever the request claimed: quoted short, never trusted whole.
+        ident = f" (Webhook-ID {snippet(self.webhook_id, 80)!r})" if self.webhook_id else ""
+        return f"{self.message}{ident}"
+
+
+class WebhookSecretError(WebhookVerificationError):
+    """The secret given to verify with is malformed: empty, or ``whsec_`` + bad base64."""
+
+
+class WebhookHeaderError(WebhookVerificationError):
+    """A required ``Webhook-*`` header is missing, empty, or repeated with different values."""
+
+
+class WebhookSignatureError(WebhookVerificationError):
+    """No ``v1`` signature in ``Webhook-Signature`` matches: forged, altered or wrong secret."""
+
+
+class WebhookTimestampError(WebhookVerificationError):
+    """``Webhook-Timestamp`` is not Unix seconds, or lies outside the tolerance (a replay?)."""
+
+
+class WebhookPayloadError(WebhookVerificationError):
+    """The signature is valid but the body is not JSON, or not the webhook envelope."""
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
