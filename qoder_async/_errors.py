@@ -32,7 +32,9 @@ quoted as short snippets, never whole.
     │   ├── StreamContentTypeError      the stream answered with something that is not SSE
     │   ├── StreamStalledError          no progress for too long, repeatedly
     │   └── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
-    └── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── LeaseLostError                  a fleet lease is not ours any more: stop delivering
+    └── CoordinatorUnavailableError     the fleet coordinator (Redis) did not answer; retry later
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CoordinatorUnavailableError",
     "FrameTooLargeError",
     "IdempotencyConflictError",
     "InternalServerError",
+    "LeaseLostError",
     "NotFoundError",
     "PermissionDeniedError",
     "QoderError",
@@ -378,6 +382,31 @@ class TurnFailed(QoderError):
         self.reason = reason
         self.event = event
         self.result = result
+
+
+class LeaseLostError(QoderError):
+    """A fleet coordinator refused a lease operation: the lease is no longer ours.
+
+    Raised when a renewal, commit, in-flight record, release or tool-ledger write
+    names a fencing ``token`` that is stale (another worker claimed the session
+    since) or whose lease was released or handed off. The worker must stop
+    delivering ``session_id`` at once; its current owner redelivers whatever
+    was in flight.
+    """
+
+    def __init__(self, session_id: str, token: int, message: str | None = None) -> None:
+        self.session_id = session_id
+        self.token = token
+        super().__init__(message or f"lease on {session_id} with token {token} is lost")
+
+
+class CoordinatorUnavailableError(QoderError):
+    """The fleet coordinator could not be reached or failed (Redis down, timeout...).
+
+    The operation may or may not have been applied. Every coordinator operation
+    is safe to retry with the same arguments; workers stop delivering until the
+    coordinator answers again. The underlying error is ``__cause__``.
+    """
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
