@@ -141,12 +141,20 @@ class Cursor:
     event ``event_id`` itself (the send's own ``user.message``) is the first one
     still to deliver. ``processed_at`` is the RFC 3339 string as the API sent it,
     or ``None``; it orders cursors and lets the stream drop replays older than
-    the cursor.
+    the cursor. ``ends_turn=True`` says the event at ``event_id`` ended a turn
+    (the session went idle after it): a worker that claims a session whose
+    cursor ends a turn, with nothing pending, may release it without waiting
+    for more events.
     """
 
     event_id: str
     processed_at: str | None = None
     inclusive: bool = False
+    ends_turn: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.inclusive and self.ends_turn:
+            raise ValueError("an inclusive cursor (an anchor) cannot end a turn")
 
     @property
     def order_key(self) -> str | None:

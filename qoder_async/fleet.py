@@ -28,7 +28,7 @@ key                             type    TTL              content
 ``{ns}:line:seq``               string  none             counter giving places in line
 ``{ns}:s:<session>``            hash    none             ``token`` (last issued), ``holder``
                                                          (worker, "" when none), committed cursor
-                                                         ``c_id c_at c_key c_incl``, in-flight
+                                                         ``c_id c_at c_key c_incl c_end``, in-flight
                                                          handler ``f_id f_token``
 ``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
                                                          claimable when this key is gone
@@ -388,7 +388,8 @@ local s = skey(sid)
 redis.call('HSETNX', s, 'token', 0)
 if ARGV[3] == '1' then
   if redis.call('HEXISTS', s, 'c_id') == 0 then
-    redis.call('HSET', s, 'c_id', ARGV[4], 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', ARGV[7])
+    redis.call('HSET', s, 'c_id', ARGV[4], 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', ARGV[7],
+               'c_end', '0')
   end
   local c = redis.call('HMGET', s, 'c_id', 'c_incl', 'c_key')
   if not covers(c[1], c[2], c[3], ARGV[4], ARGV[6]) then
@@ -433,8 +434,9 @@ for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
     redis.call('HSET', s, 'holder', wid)
     redis.call('SET', lkey(sid), wid, 'PX', ARGV[3])
     redis.call('SADD', hkey(wid), sid)
-    local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'f_id', 'f_token')
-    out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or ''}
+    local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
+    out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
+                     c[6] or ''}
     room = room - 1
     if room == 0 then break end
   end
@@ -465,14 +467,14 @@ redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
 return 1
 """
 
-# ARGV: prefix, session, token, id, processed_at, order key. 1 stored, 0 older, -1 lost.
+# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, 0 older, -1 lost.
 _COMMIT = """
 local sid, id, key = ARGV[2], ARGV[4], ARGV[6]
 if not valid(sid, ARGV[3]) then return -1 end
 local s = skey(sid)
 local old = redis.call('HGET', s, 'c_key')
 if old and old ~= '' and key ~= '' and key < old then return 0 end
-redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', key, 'c_incl', '0')
+redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', key, 'c_incl', '0', 'c_end', ARGV[7])
 redis.call('HDEL', s, 'f_id', 'f_token')
 local pending = redis.call('HGETALL', pkey(sid))
 for i = 1, #pending, 2 do
@@ -579,17 +581,18 @@ return out
 """
 
 # ARGV: prefix, session. {} if unknown, else
-# {active, holder, leased, token, c_id, c_at, c_incl, f_id, f_token, pending...}
+# {active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending...}
 _INSPECT = """
 local sid = ARGV[2]
 local s = skey(sid)
 if redis.call('EXISTS', s) == 0 then return {} end
-local f = redis.call('HMGET', s, 'token', 'holder', 'c_id', 'c_at', 'c_incl', 'f_id', 'f_token')
+local f = redis.call('HMGET', s, 'token', 'holder', 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id',
+                     'f_token')
 local active = redis.call('ZSCORE', P .. 'line', sid) and 1 or 0
 local holder = f[2] or ''
 local leased = (holder ~= '' and redis.call('EXISTS', lkey(sid)) == 1) and 1 or 0
 local out = {active, holder, leased, f[1] or '0', f[3] or '', f[4] or '', f[5] or '',
-             f[6] or '', f[7] or ''}
+             f[6] or '', f[7] or '', f[8] or ''}
 for _, id in ipairs(redis.call('HKEYS', pkey(sid))) do out[#out + 1] = id end
 return out
 """
@@ -609,10 +612,12 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _cursor(event_id: str, processed_at: str, inclusive: str) -> Cursor | None:
+def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> Cursor | None:
     if not event_id:
         return None
-    return Cursor(event_id, processed_at or None, inclusive=inclusive == "1")
+    return Cursor(
+        event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
+    )
 
 
 def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
@@ -764,9 +769,9 @@ class RedisCoordinator:
         )
         claims = []
         for row in reply:
-            sid, token, c_id, c_at, c_incl, f_id, f_token = (_text(x) for x in row)
+            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token = (_text(x) for x in row)
             inflight = InFlight(f_id, int(f_token)) if f_id else None
-            claims.append(Claim(sid, int(token), _cursor(c_id, c_at, c_incl), inflight))
+            claims.append(Claim(sid, int(token), _cursor(c_id, c_at, c_incl, c_end), inflight))
         return claims
 
     async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
@@ -792,7 +797,9 @@ class RedisCoordinator:
             raise ValueError("a committed cursor is never inclusive")
         key = cursor.order_key or ""
         at = cursor.processed_at or ""
-        return await self._checked(session_id, token, self._commit, cursor.event_id, at, key) == 1
+        end = "1" if cursor.ends_turn else "0"
+        status = await self._checked(session_id, token, self._commit, cursor.event_id, at, key, end)
+        return status == 1
 
     async def release(self, session_id: str, token: int) -> bool:
         """See :meth:`Coordinator.release`."""
@@ -862,16 +869,16 @@ class RedisCoordinator:
         reply = [_text(x) for x in await self._run(self._inspect, session_id)]
         if not reply:
             return None
-        active, holder, leased, token, c_id, c_at, c_incl, f_id, f_token = reply[:9]
+        active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token = reply[:10]
         return SessionInfo(
             session_id=session_id,
             active=active == "1",
             holder=holder,
             leased=leased == "1",
             token=int(token),
-            cursor=_cursor(c_id, c_at, c_incl),
+            cursor=_cursor(c_id, c_at, c_incl, c_end),
             inflight=InFlight(f_id, int(f_token)) if f_id else None,
-            pending=tuple(sorted(reply[9:])),
+            pending=tuple(sorted(reply[10:])),
         )
 
     async def aclose(self) -> None:

@@ -390,6 +390,26 @@ async def test_a_send_already_delivered_is_not_pending(h: Harness) -> None:
     assert await c.release("s1", t) is True
 
 
+async def test_the_next_owner_learns_the_cursor_ended_a_turn(h: Harness) -> None:
+    # The owner committed the turn's closing event, then died before releasing:
+    # the heir can release at once instead of waiting on a quiet stream.
+    c = h.coordinator
+    await c.mark_active("s1", anchor(1))
+    first = await claim_one(c, "w1")
+    idle = Cursor("evt_0009", at(9), ends_turn=True)
+    await c.commit("s1", first.token, idle)
+    await c.hand_off("s1", first.token)
+    heir = await claim_one(c, "w2")
+    assert heir.cursor == idle
+    assert (await inspect(c, "s1")).cursor == idle
+    assert await c.release("s1", heir.token) is True
+    await c.mark_active("s1", anchor(10))
+    third = await claim_one(c, "w3")
+    assert third.cursor == idle
+    await c.commit("s1", third.token, cur(10))  # not a turn end: the mark goes
+    assert (await inspect(c, "s1")).cursor == cur(10)
+
+
 async def test_hand_off_keeps_the_session_active_and_claimable(h: Harness) -> None:
     c = h.coordinator
     await c.mark_active("s1", anchor(1))

@@ -105,6 +105,11 @@ def test_cursor_may_advance_by_processed_at_only() -> None:
     assert cursor_may_advance(Cursor("evt_c"), early)
 
 
+def test_an_anchor_cannot_end_a_turn() -> None:
+    with pytest.raises(ValueError, match="anchor"):
+        Cursor("evt_1", inclusive=True, ends_turn=True)
+
+
 def test_covers() -> None:
     committed = Cursor("evt_5", "2026-05-18T03:00:05Z")
     anchored = Cursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
