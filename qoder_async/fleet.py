@@ -688,13 +688,13 @@ class RedisCoordinator:
         *,
         namespace: str = "qoder",
         ledger_ttl: float = DEFAULT_LEDGER_TTL,
-        socket_timeout: float = 5.0,
+        socket_timeout: float = 2.0,
         **redis_options: Any,
     ) -> RedisCoordinator:
         """A coordinator on its own client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
 
-        ``socket_timeout`` bounds each call (keep it below the lease ttl: a
-        renewal that takes longer is useless). The client retries a failed
+        ``socket_timeout`` bounds each call; keep it below a third of the
+        fleet's ``lease_ttl``, so a hung renewal cannot eat a lease. The client retries a failed
         call once at once (a pooled connection may have died with a Redis
         restart); longer outages are the fleet's to wait out, with backoff.
         ``redis_options`` go to ``redis.asyncio.Redis.from_url``.
