@@ -120,6 +120,15 @@ class Harness:
     async def close(self) -> None:
         for c in self._opened:
             await c.aclose()
+        if self.kind == "redis":  # leave a shared server (QODER_TEST_REDIS_URL) as we found it
+            assert self._redis_url
+            raw = redis_asyncio.Redis.from_url(self._redis_url)
+            try:
+                keys = [k async for k in raw.scan_iter(match="{" + self.namespace + "}:*")]
+                if keys:
+                    await raw.delete(*keys)
+            finally:
+                await raw.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
