@@ -97,6 +97,7 @@ __all__ = [
 ]
 
 DEFAULT_LEDGER_TTL = 7 * 86400.0
+"""How long tool-ledger records are kept after their last change: 7 days."""
 
 
 @runtime_checkable
