@@ -21,6 +21,7 @@ import redis.asyncio as redis_asyncio
 from redis_server import URL_VARIABLE, RedisServer, find_server_binary
 
 from qoder_async import QoderError
+from qoder_async._lease import Balancer
 from qoder_async.fleet import (
     Claim,
     Coordinator,
@@ -567,6 +568,38 @@ async def test_max_sessions_bounds_a_worker(h: Harness) -> None:
     assert await c.claim("w1", ttl=LONG, max_sessions=0) == []
     rest = await c.claim("w2", ttl=LONG, limit=10)
     assert len(rest) == 3  # w2 has no bound
+
+
+async def test_max_sessions_holds_under_concurrent_claims_of_one_worker(h: Harness) -> None:
+    c = h.coordinator
+    for i in range(10):
+        await c.mark_active(f"s{i}")
+    peers = [h.another() for _ in range(3)]
+    results = await asyncio.gather(
+        *(p.claim("w1", ttl=LONG, limit=2, max_sessions=3) for p in peers for _ in range(4))
+    )
+    assert sum(len(r) for r in results) == 3
+
+
+async def test_balancer_and_coordinator_spread_new_work(h: Harness) -> None:
+    c = h.coordinator
+    for i in range(2):  # w1 already follows two sessions
+        await c.mark_active(f"old{i}")
+    await c.claim("w1", ttl=LONG, limit=2)
+    for i in range(7):
+        await c.mark_active(f"new{i}")
+    balancers = {w: Balancer(w) for w in ("w1", "w2", "w3")}
+    for wid in balancers:  # a worker announces itself before it claims
+        await c.announce(wid, ttl=LONG)
+    for _ in range(3):  # a few polling rounds, workers one after the other
+        for wid, balancer in balancers.items():
+            loads = await c.workers()
+            held = next((w.sessions for w in loads if w.worker_id == wid), 0)
+            quota = balancer.quota(held, loads, len(await c.claimable()))
+            if quota:
+                await c.claim(wid, ttl=LONG, limit=quota)
+    assert await c.claimable() == []
+    assert [w.sessions for w in await c.workers()] == [3, 3, 3]
 
 
 async def test_workers_report_live_members_and_their_load(h: Harness) -> None:
