@@ -72,11 +72,11 @@ from ._lease import (
     WorkerLoad,
 )
 
-try:
-    from redis import asyncio as redis_asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+try:  # mypy without the extra installed: these are Any, not errors
+    from redis import asyncio as redis_asyncio  # type: ignore[import-not-found,unused-ignore]
+    from redis.asyncio.retry import Retry  # type: ignore[import-not-found,unused-ignore]
+    from redis.backoff import NoBackoff  # type: ignore[import-not-found,unused-ignore]
+    from redis.exceptions import RedisError  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # the redis extra is not installed; RedisCoordinator says so
     redis_asyncio = None  # type: ignore[assignment,unused-ignore]
     RedisError = OSError  # type: ignore[assignment,misc,unused-ignore]
