@@ -172,7 +172,9 @@ class Coordinator(Protocol):
         Clears the in-flight record and the pending messages the cursor covers.
         Returns ``False`` (and changes nothing) when ``cursor`` is older than
         the stored one: a cursor never moves backwards. ``cursor.inclusive``
-        must be false. Raises :class:`LeaseLostError` if ``token`` is stale.
+        must be false; set ``cursor.ends_turn`` when the event ended a turn, so
+        a later owner knows it may release the session without new events.
+        Raises :class:`LeaseLostError` if ``token`` is stale.
         """
         ...
 
