@@ -74,7 +74,7 @@ from qoder_async import (
     ResumeExhaustedError,
     Session,
     SessionBusyError,
-    SessionError,
+    SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
     SessionUsage,
@@ -89,6 +89,7 @@ from qoder_async import (
     UserMessage,
     __version__,
 )
+from qoder_async.testing import FakeQoderServer, TurnContext, default_script, tool_script
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -200,7 +201,7 @@ def describe(event: Event) -> str:
         return _stop_text(event)
     if isinstance(event, SessionStatusTerminated):
         return event.reason or ""
-    if isinstance(event, SessionError):
+    if isinstance(event, SessionErrorEvent):
         return _one_line(f"{event.error.type}: {event.error.message}")
     if isinstance(event, SpanModelRequestStart):
         return event.model or ""
@@ -555,7 +556,7 @@ class _TurnView:
         elif isinstance(event, AgentToolResult | AgentMCPToolResult | UserCustomToolResult):
             self._activity = "thinking"
             out.line(out.dim(describe(event)))
-        elif isinstance(event, SessionError):
+        elif isinstance(event, SessionErrorEvent):
             out.line(f"! {describe(event)}")
         elif isinstance(event, SessionStatusIdle) and isinstance(event.stop_reason, RequiresAction):
             ids = ", ".join(event.stop_reason.event_ids)
@@ -901,8 +902,6 @@ _DEMO_TOOL_INPUT: Mapping[str, Any] = {"city": "Paris"}
 
 def _fake_server_script(name: str) -> Any:
     """The scripted agent ``fake-server --script NAME`` runs."""
-    from qoder_async.testing import default_script, tool_script
-
     if name == "demo":
         return _demo_script()
     if name == "tools":
@@ -912,7 +911,6 @@ def _fake_server_script(name: str) -> Any:
 
 def _demo_script() -> Any:
     """The scripted agent of ``demo`` and ``fake-server``: a turn with visible pacing."""
-    from qoder_async.testing import TurnContext
 
     async def script(ctx: TurnContext) -> None:
         start = ctx.emit("span.model_request_start", model="ultimate")
@@ -940,8 +938,6 @@ def _demo_script() -> Any:
 
 
 async def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
-    from qoder_async.testing import FakeQoderServer
-
     out = ctx.out
     view = _TurnView(ctx)
     async with (
@@ -961,8 +957,6 @@ async def _cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
-    from qoder_async.testing import FakeQoderServer
-
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> bool:

@@ -26,7 +26,7 @@ from ._backoff import ReconnectPolicy
 from ._errors import APIConnectionError, ClientClosedError, CursorStoreError, StreamError, scrub
 from ._http import HTTP, StreamRetry
 from ._machine import DEFAULT_DEDUPE_WINDOW, Cause, Dedupe, GiveUp, StreamMachine
-from ._models import Cursor, Event, SessionDeleted, SessionStatusTerminated
+from ._models import Cursor, Event, SessionDeletedEvent, SessionStatusTerminated
 from ._stream import DEFAULT_MAX_EVENT_BYTES, EventDecoder
 
 __all__ = [
@@ -43,7 +43,7 @@ logger = logging.getLogger("qoder_async")
 DEFAULT_READ_TIMEOUT = 90.0
 DEFAULT_STALL_TIMEOUT = 120.0
 DEFAULT_MAX_STALLS = 5
-_ENDS_STREAM = (SessionStatusTerminated, SessionDeleted)
+_ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
 
 
 @runtime_checkable

@@ -70,7 +70,7 @@ from ._models import (
     Event,
     EventDelta,
     EventStart,
-    SessionDeleted,
+    SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusRescheduled,
     SessionStatusRunning,
@@ -95,7 +95,7 @@ _RUNNING: dict[type, bool] = {
     SessionStatusRescheduled: True,
     SessionStatusIdle: False,
     SessionStatusTerminated: False,
-    SessionDeleted: False,
+    SessionDeletedEvent: False,
 }
 
 

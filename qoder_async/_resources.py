@@ -16,12 +16,12 @@ from typing import Any, Literal, TypedDict, TypeVar, Unpack
 from ._backoff import ReconnectPolicy
 from ._convert import (
     ShapeError,
+    converter,
     structure_agent,
     structure_deleted_session,
     structure_environment,
     structure_event,
     structure_session,
-    unstructure_event,
 )
 from ._errors import APIResponseValidationError, ConfigurationError
 from ._eventstream import (
@@ -111,7 +111,10 @@ class _Resource:
 
 
 def _event_json(ev: OutboundEvent | Mapping[str, Any]) -> Mapping[str, Any]:
-    return ev if isinstance(ev, Mapping) else unstructure_event(ev)
+    if isinstance(ev, Mapping):
+        return ev
+    out: Mapping[str, Any] = converter.unstructure(ev)
+    return out
 
 
 def _starts_turn(payload: Sequence[Mapping[str, Any]]) -> bool:

@@ -77,7 +77,7 @@ from ._models import (
     EventStart,
     ImageBlock,
     OutboundEvent,
-    SessionDeleted,
+    SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusRunning,
     SessionStatusTerminated,
@@ -134,9 +134,9 @@ OnToolError: TypeAlias = Literal["report", "raise"]
 OnAction: TypeAlias = Literal["wait", "raise"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
-_TURN_ENDERS = frozenset({SessionStatusIdle, SessionStatusTerminated, SessionDeleted})
+_TURN_ENDERS = frozenset({SessionStatusIdle, SessionStatusTerminated, SessionDeletedEvent})
 _LIFECYCLE = frozenset(
-    {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeleted}
+    {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeletedEvent}
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
 _BUSY_BACKOFF_MAX = 5.0
@@ -1144,7 +1144,7 @@ class SessionHandle:
                             await listener.put(ev)
                 if cls in _LIFECYCLE:
                     # Consumers can only have changed now: a turn ended or the session did.
-                    if cls is SessionDeleted or cls is SessionStatusTerminated:
+                    if cls is SessionDeletedEvent or cls is SessionStatusTerminated:
                         break
                     if not self._wanted():
                         break

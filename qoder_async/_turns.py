@@ -95,8 +95,8 @@ from ._models import (
     Event,
     EventDelta,
     EventStart,
-    SessionDeleted,
-    SessionError,
+    SessionDeletedEvent,
+    SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRunning,
     SessionStatusTerminated,
@@ -136,7 +136,7 @@ _ROUTING_EVENTS = frozenset(
         SessionStatusIdle,
         SessionStatusRunning,
         SessionStatusTerminated,
-        SessionDeleted,
+        SessionDeletedEvent,
         UserMessage,
         UserDefineOutcome,
     }
@@ -159,13 +159,13 @@ def ends_turn(ev: Event) -> bool:
     cls = type(ev)
     if cls is SessionStatusIdle:
         return ev.stop_reason.ends_turn  # type: ignore[union-attr]
-    return cls is SessionStatusTerminated or cls is SessionDeleted
+    return cls is SessionStatusTerminated or cls is SessionDeletedEvent
 
 
 def fails_turn(ev: Event) -> bool:
     """True when ``ev`` ends the turn without it finishing."""
     cls = type(ev)
-    return cls is SessionStatusTerminated or cls is SessionDeleted
+    return cls is SessionStatusTerminated or cls is SessionDeletedEvent
 
 
 class Reconnected:
@@ -452,7 +452,7 @@ class TurnResult:
     tool_calls: tuple[ToolCall, ...] = ()
     stop_reason: StopReason | None = None
     usage: Usage = field(factory=Usage)
-    errors: tuple[SessionError, ...] = ()
+    errors: tuple[SessionErrorEvent, ...] = ()
     text: str = ""
     interrupted: bool = False
     ended: bool = False
@@ -531,7 +531,7 @@ def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
         elif isinstance(ev, SpanModelRequestEnd):
             if ev.model_usage is not None:
                 usage = usage + ev.model_usage
-        elif isinstance(ev, SessionError):
+        elif isinstance(ev, SessionErrorEvent):
             errors.append(ev)
         elif isinstance(ev, UserInterrupt):
             if not ended:
@@ -542,7 +542,7 @@ def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
         elif isinstance(ev, SessionStatusRunning):
             if stop is not None and not stop.ends_turn:
                 stop = None
-        elif isinstance(ev, SessionStatusTerminated | SessionDeleted):
+        elif isinstance(ev, SessionStatusTerminated | SessionDeletedEvent):
             ended = failed = True
     return TurnResult(
         turn_id=turn_id,
@@ -713,7 +713,7 @@ class TurnRouter(Generic[K]):
         # Fast path: the next event of the turn the previous one went to.
         if ev.turn_id is not None and ev.turn_id == self._last_turn and cls not in _ROUTING_EVENTS:
             return self._last_keys
-        if cls is SessionStatusTerminated or cls is SessionDeleted:
+        if cls is SessionStatusTerminated or cls is SessionDeletedEvent:
             targets = tuple(self._live)
             for state in targets:
                 self._end(state)

@@ -1,7 +1,9 @@
-"""Shared fixtures: a fake Qoder server on 127.0.0.1 and a client pointed at it.
+"""Shared fixtures: the pytest plugin's fake Qoder server, and a client on each transport.
 
-Every test runs with asyncio debug mode on, and the server fixture fails a test
-that leaves a task, an SSE connection or an unclosed socket behind.
+``server`` is the plugin's ``qoder_fake_server`` (what users get); ``client``
+runs every test that uses it twice, on our aiohttp transport and on a borrowed
+httpx client. Every async test runs with asyncio debug mode on and fails if it
+leaves a task, an SSE connection or an unclosed socket behind.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from qoder_async import QoderClient
+from qoder_async import Backoff, QoderClient, ReconnectPolicy
 from qoder_async.testing import FakeQoderServer, TurnContext
 
 
@@ -36,6 +38,10 @@ async def no_open_streams(server: FakeQoderServer, timeout: float = 2.0) -> int:
     return server.open_streams
 
 
+FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=50)
+"""Reconnect at once (tests drop connections on purpose), and give up late."""
+
+
 async def forever(ctx: TurnContext) -> None:
     """A fake agent script whose turn does not end by itself."""
     await ctx.sleep(30)
@@ -45,14 +51,20 @@ def leftover_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeQoderServer]:
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Set up first, torn down last: after the fake server and every client closed."""
     assert asyncio.get_running_loop().get_debug(), "tests must run in asyncio debug mode"
-    async with FakeQoderServer(heartbeat_interval=0.2) as srv:
-        yield srv
+    yield
     with contextlib.suppress(TimeoutError):
         await settle()
     assert leftover_tasks() == [], "a test leaked tasks"
+
+
+@pytest.fixture
+def server(qoder_fake_server: FakeQoderServer) -> FakeQoderServer:
+    """The plugin's fake server (heartbeats every 0.2 s)."""
+    return qoder_fake_server
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])

@@ -1,4 +1,22 @@
-"""Rules of the code base that a reviewer would otherwise have to remember."""
+"""Rules of the code base that a reviewer would otherwise have to remember.
+
+The package is layered, imports run one way (top to bottom), and the core does
+no I/O:
+
+=========================  ==============================================================
+layer                      modules
+=========================  ==============================================================
+the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
+the client                 ``_client``
+the turn API               ``_session``
+resources                  ``_resources``
+streams and pagination     ``_eventstream``, ``_pagination``
+the request layer          ``_http``
+transports                 ``_transport``
+the core (sans-I/O)        ``_machine``, ``_turns``, ``_lease``, ``_stream``, ``_convert``,
+                           ``_backoff``, ``_models``, ``_errors``, ``_version``
+=========================  ==============================================================
+"""
 
 from __future__ import annotations
 
@@ -12,11 +30,12 @@ PACKAGE = Path(qoder_async.__file__).parent
 CORE = (
     "_stream.py",
     "_turns.py",
+    "_machine.py",
+    "_lease.py",
     "_backoff.py",
     "_models.py",
     "_convert.py",
     "_errors.py",
-    "_lease.py",
 )
 IO_MODULES = {
     "httpx",
@@ -27,6 +46,70 @@ IO_MODULES = {
     "anyio",
     "socket",
     "redis",
+}
+
+# Every import edge inside the package, exactly: a new one is a design decision.
+ALLOWED_EDGES: dict[str, set[str]] = {
+    "__init__": {
+        "_backoff",
+        "_client",
+        "_errors",
+        "_eventstream",
+        "_models",
+        "_pagination",
+        "_session",
+        "_transport",
+        "_turns",
+        "_version",
+    },
+    "__main__": {"_cli"},
+    "_cli": {"qoder_async", "qoder_async.testing"},
+    "fleet": {"_errors", "_lease"},
+    "webhooks": {"_errors", "_models"},
+    "_client": {
+        "_backoff",
+        "_errors",
+        "_eventstream",
+        "_http",
+        "_resources",
+        "_session",
+        "_transport",
+    },
+    "_session": {
+        "_backoff",
+        "_errors",
+        "_eventstream",
+        "_http",
+        "_machine",
+        "_models",
+        "_resources",
+        "_stream",
+        "_turns",
+    },
+    "_resources": {
+        "_backoff",
+        "_convert",
+        "_errors",
+        "_eventstream",
+        "_http",
+        "_models",
+        "_pagination",
+        "_stream",
+        "_transport",
+    },
+    "_eventstream": {"_backoff", "_errors", "_http", "_machine", "_models", "_stream"},
+    "_pagination": {"_convert", "_errors", "_http"},
+    "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
+    "_transport": {"_errors"},
+    "_machine": {"_backoff", "_errors", "_models", "_stream"},
+    "_turns": {"_models", "_stream"},
+    "_lease": {"_backoff", "_errors"},
+    "_stream": {"_convert", "_errors", "_models"},
+    "_convert": {"_models"},
+    "_backoff": set(),
+    "_models": set(),
+    "_errors": set(),
+    "_version": set(),
 }
 
 
@@ -43,10 +126,65 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _package_edges(path: Path) -> set[str]:
+    edges: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            relative = node.level == 1 and node.module
+            ours = node.level == 0 and (node.module or "").startswith("qoder_async")
+            if (relative or ours) and node.module:
+                edges.add(node.module)
+        elif isinstance(node, ast.Import):
+            edges.update(a.name for a in node.names if a.name.startswith("qoder_async"))
+    return edges
+
+
 def test_core_modules_do_no_io() -> None:
     for name in CORE:
         leaked = _imports(PACKAGE / name) & IO_MODULES
         assert not leaked, f"{name} imports {leaked}: the core must stay sans-I/O"
+
+
+def test_imports_follow_the_table_of_allowed_edges() -> None:
+    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    assert set(modules) == set(ALLOWED_EDGES), "a module was added or removed: update the table"
+    for name, path in modules.items():
+        edges = _package_edges(path)
+        assert edges == ALLOWED_EDGES[name], f"{name} imports {sorted(edges)}"
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    seen: dict[str, int] = {}
+
+    def visit(node: str, stack: tuple[str, ...]) -> None:
+        assert node not in stack, f"import cycle: {' -> '.join((*stack, node))}"
+        if seen.get(node):
+            return
+        for nxt in ALLOWED_EDGES.get(node, ()):
+            if nxt in ALLOWED_EDGES:
+                visit(nxt, (*stack, node))
+        seen[node] = 1
+
+    for module in ALLOWED_EDGES:
+        visit(module, ())
+
+
+def test_no_import_hides_inside_a_function() -> None:
+    """An import inside a function is how cycles get dodged; none is allowed.
+
+    The pytest plugin is the one exception, for another reason: pytest loads it
+    in every project where qoder-async is installed, so its fixtures import the
+    client only when a test uses them.
+    """
+    for path in [*PACKAGE.glob("*.py"), *(PACKAGE / "testing").glob("*.py")]:
+        if path.name == "pytest_plugin.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for inner in ast.walk(node):
+                    assert not isinstance(inner, ast.Import | ast.ImportFrom), (
+                        f"{path.name}:{inner.lineno} imports inside {node.name}()"
+                    )
 
 
 def test_testing_package_never_imports_the_client() -> None:
@@ -60,6 +198,13 @@ def test_testing_package_never_imports_the_client() -> None:
         assert "qoder_async._" not in text, path
         assert not absolute, f"{path.name} imports qoder_async"
         assert all(not m.startswith(".._") for m in rel), path
+
+
+def test_no_private_attribute_of_another_library_is_read() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "_aiohttp_response" not in text, path
+        assert "httpx_aiohttp" not in text, path
 
 
 def test_public_all_is_sorted_and_complete() -> None:

@@ -28,7 +28,8 @@ from qoder_async._models import Event
 from qoder_async._stream import EventDecoder
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
-FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.02), max_attempts=3)
+# Gives up quickly: these tests are about what the error says.
+QUICK_GIVE_UP = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.02), max_attempts=3)
 JSON = {"Content-Type": "application/json"}
 HTML = {"Content-Type": "text/html; charset=utf-8"}
 
@@ -101,7 +102,7 @@ async def test_html_error_page_on_the_stream(
 ) -> None:
     page = b"<html><head><title>502 Bad Gateway</title></head>" + b"<p>x</p>" * 5000 + b"</html>"
     server.faults.respond_next = [CannedResponse("GET", "/stream$", 502, HTML, page)] * 4
-    async with client.sessions.events.stream(session_id, reconnect=FAST) as st:
+    async with client.sessions.events.stream(session_id, reconnect=QUICK_GIVE_UP) as st:
         with pytest.raises(ResumeExhaustedError) as info:
             await st.__anext__()
     cause = info.value.__cause__

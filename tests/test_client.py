@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
+import textwrap
 
 import httpx
 import pytest
@@ -373,3 +376,33 @@ async def test_unsafe_requests_without_a_key_are_not_retried_on_500(
         await client.agents.update(agent.id, system="x")
     updates = [r for r in server.requests if r.method == "POST" and r.path.endswith(agent.id)]
     assert len(updates) == 1
+
+
+def test_httpx_is_optional(server_url: str) -> None:
+    """The default transport is aiohttp alone: httpx is the [httpx] extra."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.modules["httpx"] = None
+        sys.modules["httpx_sse"] = None
+        import qoder_async
+
+        async def main():
+            client = qoder_async.QoderClient(token="t", base_url={server_url!r}, max_retries=0)
+            async with client as c:
+                try:
+                    await c.sessions.retrieve("sess_x")
+                except qoder_async.APIConnectionError as exc:
+                    print("refused" if "refused" in str(exc) else exc)
+            try:
+                qoder_async.QoderClient(token="t", http_client=object())
+            except TypeError as exc:
+                print("httpx" in str(exc))
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["refused", "True"]

@@ -19,9 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qoder_async import QoderClient
 from qoder_async._convert import (
+    EVENT_HOOKS,
     ShapeError,
     converter,
+    fast_constructor,
     structure_agent,
     structure_environment,
     structure_event,
@@ -62,8 +65,8 @@ from qoder_async._models import (
     RequiresAction,
     RetriesExhausted,
     Session,
-    SessionDeleted,
-    SessionError,
+    SessionDeletedEvent,
+    SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusRescheduled,
     SessionStatusRunning,
@@ -94,6 +97,8 @@ from qoder_async._models import (
     UserToolConfirmation,
     UserToolResult,
 )
+from qoder_async._stream import EventDecoder
+from qoder_async.testing import FakeQoderServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 
@@ -900,7 +905,7 @@ def test_session_error_structured() -> None:
     assert_common(
         ev,
         data,
-        SessionError,
+        SessionErrorEvent,
         "session.error",
         event_id="evt_019e392c2c0d7e1f2a3b4c5d6e7f8a9b",
         turn_id=TURN,
@@ -920,7 +925,7 @@ def test_session_error_string() -> None:
     assert_common(
         ev,
         data,
-        SessionError,
+        SessionErrorEvent,
         "session.error",
         event_id="evt_019e392c2c0d7e1f2a3b4c5d6e7f8a9b",
         turn_id=TURN,
@@ -936,7 +941,7 @@ def test_session_error_string() -> None:
 
 def test_session_error_without_error_falls_back_to_unknown_error() -> None:
     ev = structure_event({"id": "evt_019e39437a1b2c3d", "type": "session.error"})
-    assert type(ev) is SessionError
+    assert type(ev) is SessionErrorEvent
     assert ev.error == ErrorInfo(type="unknown_error", message="", retry_status=None, code=None)
 
 
@@ -952,7 +957,7 @@ def test_session_error_without_error_falls_back_to_unknown_error() -> None:
         ),
         (
             "session_deleted",
-            SessionDeleted,
+            SessionDeletedEvent,
             "session.deleted",
             "evt_019e39420a1b7c2d3e4f5a6b7c8d9e0f",
             "2026-05-18T06:00:00.000000001Z",
@@ -1531,7 +1536,7 @@ def test_terminated_variants_are_one_type() -> None:
 def test_session_error_variants_give_the_same_error() -> None:
     structured, _ = structure("session_error_structured")
     string, _ = structure("session_error_string")
-    assert type(structured) is type(string) is SessionError
+    assert type(structured) is type(string) is SessionErrorEvent
     assert structured.error.type == string.error.type == "model_overloaded_error"
     assert structured.error.message == string.error.message
     # The string form carries no retry status; it keeps its code.
@@ -2349,3 +2354,87 @@ CONTENT_EVENT_TYPES = [
 )
 def test_arbitrary_content_values_give_an_event_or_shape_error(data: dict[str, Any]) -> None:
     structure_or_shape_error(data, None, None)
+
+
+# --------------------------------------------------------------------------- through the converter
+
+
+def _sample(field: attrs.Attribute[Any]) -> Any:
+    """A value of the field's type, different from its default."""
+    name = field.name
+    samples: dict[str, Any] = {
+        "_raw": {"type": "x"},
+        "_content": (TextBlock("hi"),),
+        "content": (TextBlock("hi"),),
+        "input": {"a": 1},
+        "stop_reason": RequiresAction(("e1",)),
+        "error": ErrorInfo(type="model_overloaded_error", message="m"),
+        "usage": Usage(input_tokens=3),
+        "model_usage": Usage(output_tokens=4),
+        "budget": {"cap": 1},
+        "rubric": {"type": "text", "content": "r"},
+        "index": 2,
+        "size": 10,
+        "iteration": 1,
+        "max_iterations": 3,
+        "is_error": True,
+    }
+    if name in samples:
+        return samples[name]
+    return f"{name}-value"
+
+
+@pytest.mark.parametrize("cls", sorted(EVENT_HOOKS, key=lambda c: c.__name__))
+def test_every_fast_constructor_equals_the_plain_constructor(cls: type[Any]) -> None:
+    """The hot path builds events without __init__: it must build the same objects."""
+    fields = attrs.fields(cls)
+    values = [_sample(f) for f in fields]
+    fast = fast_constructor(cls)(*values)
+    plain = cls(**{f.alias: v for f, v in zip(fields, values, strict=True)})
+    assert type(fast) is cls
+    assert fast == plain
+    for f in fields:
+        assert getattr(fast, f.name) == getattr(plain, f.name)
+    assert repr(fast) == repr(plain)
+    assert fast.raw == plain.raw
+
+
+def test_decoding_an_event_goes_through_the_converter() -> None:
+    original = converter.get_structure_hook(AgentMessage)
+
+    def tagged(d: Any, cls: Any = None) -> AgentMessage:
+        return AgentMessage((TextBlock("from the registered hook"),), id=d.get("id"))
+
+    converter.register_structure_hook(AgentMessage, tagged)
+    try:
+        frame = b'id: e1\nevent: agent.message\ndata: {"id":"e1","type":"agent.message"}\n\n'
+        (ev,) = EventDecoder().feed(frame)
+        assert ev.text == "from the registered hook"  # type: ignore[union-attr]
+        assert structure_event({"id": "e2", "type": "agent.message"}).text == (  # type: ignore[union-attr]
+            "from the registered hook"
+        )
+    finally:
+        converter.register_structure_hook(AgentMessage, original)
+    (ev,) = EventDecoder().feed(frame)
+    assert ev.text == ""  # type: ignore[union-attr]
+
+
+async def test_parsing_a_resource_goes_through_the_converter() -> None:
+    original = converter.get_structure_hook(Session)
+    converter.register_structure_hook(Session, lambda d, _: Session(id="replaced", raw=d))
+    try:
+        async with FakeQoderServer() as server:
+            sid = server.add_session()["id"]
+            async with QoderClient(token=server.token, base_url=server.base_url) as client:
+                got = await client.sessions.retrieve(sid)
+        assert got.id == "replaced"
+        assert got.raw["id"] == sid
+    finally:
+        converter.register_structure_hook(Session, original)
+
+
+def test_outbound_events_go_through_the_converter() -> None:
+    assert converter.unstructure(UserMessage("hi")) == {
+        "type": "user.message",
+        "content": [{"type": "text", "text": "hi"}],
+    }

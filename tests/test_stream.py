@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import forever, no_open_streams
+from conftest import FAST, forever, no_open_streams
 
 from qoder_async import (
     Accepted,
@@ -31,8 +31,6 @@ from qoder_async import (
 )
 from qoder_async._models import Event
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
-
-FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=20)
 
 
 async def _until_idle(stream: object, n_idle: int = 1) -> list[Event]:
@@ -336,7 +334,7 @@ async def test_read_timeout_is_independent_of_json_timeouts(
                     async for _ in st:
                         pass
             assert st.reconnects == 0  # 0.5 s heartbeats never hit the 5 s read timeout
-    await asyncio.sleep(0.05)
+    assert await no_open_streams(server) == 0
 
 
 async def test_read_timeout_reconnects_a_silent_connection(

@@ -8,15 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import forever, no_open_streams
+from conftest import FAST, forever, no_open_streams
 
 from qoder_async import (
     AgentCustomToolUse,
     AgentMessage,
-    Backoff,
     ClientClosedError,
     QoderClient,
-    ReconnectPolicy,
     RequiresAction,
     SessionBusyError,
     SessionStatusIdle,
@@ -25,8 +23,6 @@ from qoder_async import (
 )
 from qoder_async._models import Event
 from qoder_async.testing import Dialect, FakeQoderServer, TurnContext, tool_script
-
-FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=50)
 
 
 async def test_turn_yields_exactly_its_events(
@@ -123,7 +119,7 @@ async def test_interrupt_ends_the_turn(
 ) -> None:
     server.script = forever
     turn = await client.session(session_id).send("go")
-    await asyncio.sleep(0.05)
+    await server.wait_for_event(session_id, "session.status_running")
     await turn.interrupt()
     result = await turn.result()
     assert result.ended
@@ -145,7 +141,7 @@ async def test_session_deleted_fails_the_turn(
 ) -> None:
     server.script = forever
     turn = await client.session(session_id).send("go")
-    await asyncio.sleep(0.1)
+    await client.session(session_id).wait_connected()
     await client.sessions.delete(session_id)
     with pytest.raises(TurnFailed) as info:
         await turn.result()
@@ -296,7 +292,7 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         turn = await client.session(sid).send("go")
         listener = client.session(sid).listen()
-        await asyncio.sleep(0.1)
+        await client.session(sid).wait_connected()
         assert server.open_streams == 1
     with pytest.raises(ClientClosedError):
         await turn.result()
@@ -396,8 +392,7 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
         assert server.fault_counts.get("drop_probability", 0) > 10
         assert server.fault_counts.get("duplicate_on_resume", 0) > 10
         assert server.fault_counts.get("stall_probability", 0) > 0
-        await asyncio.sleep(0.05)
-        assert server.open_streams == 0
+        assert await no_open_streams(server) == 0
 
 
 async def test_callback_handlers_run_on_the_shared_connection(
