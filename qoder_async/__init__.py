@@ -139,6 +139,10 @@ from ._session import (
     ToolHandler,
     Turn,
 )
+from ._tools import (
+    Tool,
+    tool,
+)
 from ._transport import (
     Timeout,
 )
@@ -247,6 +251,7 @@ __all__ = [
     "SystemMessage",
     "TextBlock",
     "Timeout",
+    "Tool",
     "ToolCall",
     "ToolHandler",
     "ToolResultsNotAwaitedError",
@@ -266,4 +271,5 @@ __all__ = [
     "UserToolResult",
     "WrongEventLoopError",
     "__version__",
+    "tool",
 ]

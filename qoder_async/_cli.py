@@ -85,7 +85,6 @@ from qoder_async import (
     UnknownEvent,
     Usage,
     UserCustomToolResult,
-    UserInterrupt,
     UserMessage,
     __version__,
 )
@@ -448,10 +447,9 @@ class _TurnView:
     interrupted, stop reason, usage, time; in ``--json`` mode a ``{"result": ...}``
     line instead.
 
-    A turn counts as interrupted when a ``user.interrupt`` was sent during it:
-    ours (the first Ctrl-C) or anyone's (seen among the turn's events, e.g.
-    another ``chat --on-busy interrupt``). Its text is then what was shown so
-    far, previews included, since no final message will replace them.
+    A turn counts as interrupted when a ``user.interrupt`` came during it (the
+    library's ``TurnResult.interrupted``): ours (the first Ctrl-C) or anyone's
+    (another ``chat --on-busy interrupt``). Its text is what was shown.
     """
 
     def __init__(self, ctx: _Context) -> None:
@@ -462,9 +460,6 @@ class _TurnView:
         self._activity = "waiting for the agent"
         self._started = time.monotonic()
         self._shown: set[str] = set()
-        self._text_shown: list[str] = []
-        self._interrupt_sent = False
-        self._interrupt_seen = False
         ctx.signals.handler = self._on_signal
 
     def _on_signal(self, signum: int) -> bool:
@@ -482,16 +477,9 @@ class _TurnView:
 
     async def _interrupt(self, turn: Turn) -> None:
         try:
-            accepted = await turn.interrupt()
+            await turn.interrupt()  # a no-op once the turn has ended
         except QoderError as exc:
             self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
-            return
-        # A turn that ended before the interrupt arrived was not interrupted by it:
-        # the library then sends nothing, or the server files the user.interrupt
-        # under no turn (or another one).
-        self._interrupt_sent = accepted is not None and (
-            turn.turn_id is None or accepted.turn_id == turn.turn_id
-        )
 
     async def follow(self, turn: Turn) -> int:
         """Stream ``turn`` to the output; the exit code once it ended."""
@@ -506,8 +494,6 @@ class _TurnView:
             helpers.append(asyncio.create_task(self._spin()))
         try:
             async for event in turn:
-                if isinstance(event, UserInterrupt):
-                    self._interrupt_seen = True
                 self._show(event)
             await helpers[0]
         finally:
@@ -524,7 +510,6 @@ class _TurnView:
         # The event loop in follow() reports a failed turn; this reader just stops.
         with contextlib.suppress(QoderError):
             async for chunk in turn.text_stream():
-                self._text_shown.append(chunk)
                 self.out.text(chunk)
                 self._activity = "writing"
 
@@ -568,15 +553,12 @@ class _TurnView:
             out.line(out.dim(f"· {event.type}"))
 
     def _summary(self, result: TurnResult) -> None:
-        # TurnResult.interrupted is on its way into the library; until then, what we saw.
-        mine = self._interrupt_sent or self._interrupt_seen
-        interrupted = bool(getattr(result, "interrupted", mine))
-        stop = result.stop_reason.type if result.stop_reason is not None else None
+        interrupted = result.interrupted
+        stop = str(result.stop_reason) if result.stop_reason is not None else None
         if self.out.json_mode:
-            text = ("".join(self._text_shown) or result.text) if interrupted else result.text
             summary = {
                 "turn_id": result.turn_id or (self.turn.turn_id if self.turn else None),
-                "text": text,
+                "text": result.text,
                 "stop_reason": stop,
                 "usage": usage_record(result.usage),
                 "interrupted": interrupted,

@@ -44,6 +44,7 @@ from ._models import (
 )
 from ._pagination import AsyncPaginator, list_params
 from ._stream import DEFAULT_MAX_EVENT_BYTES
+from ._tools import Tool, definitions
 from ._transport import Timeout
 
 __all__ = [
@@ -350,16 +351,20 @@ class Agents(_Resource):
         model: str | Mapping[str, Any],
         system: str | None = None,
         description: str | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any] | Tool] | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
     ) -> Agent:
-        """Create an agent (``model``: ``"auto"``, ``"ultimate"``... or ``{"id": ...}``)."""
+        """Create an agent (``model``: ``"auto"``, ``"ultimate"``... or ``{"id": ...}``).
+
+        ``tools`` are tool definitions (toolsets, MCP, custom) or :func:`tool`
+        functions, declared by their definition.
+        """
         body: dict[str, Any] = {"name": name, "model": model}
         _put(body, system=system, description=description, metadata=metadata)
         if tools is not None:
-            body["tools"] = list(tools)
+            body["tools"] = definitions(tools)
         return await self._call(
             "POST", "/agents", structure_agent, options, json=body, idempotency_key=idempotency_key
         )
@@ -382,6 +387,8 @@ class Agents(_Resource):
         for name in ("extra_headers", "extra_query", "extra_body", "timeout"):
             if name in fields:
                 options[name] = fields.pop(name)
+        if "tools" in fields:
+            fields["tools"] = definitions(fields["tools"])
         return await self._call(
             "POST", f"/agents/{segment(agent_id)}", structure_agent, options, json=fields
         )

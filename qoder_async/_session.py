@@ -89,6 +89,7 @@ from ._models import (
     UserMessage,
 )
 from ._stream import PREVIEW_CLASSES
+from ._tools import Tool, tool_handlers
 from ._turns import (
     RECONNECTED,
     Item,
@@ -130,6 +131,8 @@ EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 
 Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
+Tools: TypeAlias = Mapping[str, ToolHandler] | Sequence[Tool]
+"""What ``send(tools=...)`` takes: :func:`tool` functions, or names mapped to handlers."""
 OnToolError: TypeAlias = Literal["report", "raise"]
 OnAction: TypeAlias = Literal["wait", "raise"]
 
@@ -244,12 +247,14 @@ def _results_key(ids: Sequence[str]) -> str:
 
 
 async def _call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:
-    if inspect.iscoroutinefunction(handler):
-        return await handler(args)  # type: ignore[no-any-return]
-    out = await asyncio.to_thread(handler, args)
+    """Run a tool handler: coroutines (and :class:`Tool`) awaited, plain functions in a thread."""
+    if inspect.iscoroutinefunction(handler) or isinstance(handler, Tool):
+        out: Any = handler(args)
+    else:
+        out = await asyncio.to_thread(handler, args)
     if inspect.isawaitable(out):
         out = await out
-    return out
+    return out  # type: ignore[no-any-return]
 
 
 class Turn:
@@ -272,14 +277,14 @@ class Turn:
         self,
         session: SessionHandle,
         accepted: Accepted,
-        tools: Mapping[str, ToolHandler] | None,
+        tools: Tools | None,
         on_tool_error: OnToolError = "report",
     ) -> None:
         if on_tool_error not in ("report", "raise"):
             raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
         self.session = session
         self.accepted = accepted
-        self._tools = dict(tools or {})
+        self._tools = tool_handlers(tools)
         self._on_tool_error = on_tool_error
         self._items: list[Item] = []
         self._ids: set[str] = set()
@@ -805,7 +810,7 @@ class SessionHandle:
         self,
         content: Content | OutboundEvent | Sequence[OutboundEvent],
         *,
-        tools: Mapping[str, ToolHandler] | None = None,
+        tools: Tools | None = None,
         on_tool_error: OnToolError = "report",
         on_busy: OnBusy = "raise",
         busy_timeout: float | None = 600.0,
@@ -813,9 +818,10 @@ class SessionHandle:
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
-        ``tools`` maps custom tool names to handlers (``async def`` or plain
-        ``def``) run when the agent asks for them; tools without a handler here
-        are left for you to answer. ``on_tool_error``: ``"report"`` a handler's
+        ``tools`` runs custom tools when the agent asks for them: a list of
+        :func:`tool` functions, or a mapping of tool names to handlers (``async
+        def`` or plain ``def``, called with the input mapping); tools without a
+        handler here are left for you to answer. ``on_tool_error``: ``"report"`` a handler's
         exception to the agent as an error result (and log it at WARNING), or
         ``"raise"`` it to the turn's reader. ``on_busy``: ``"raise"``
         (:class:`SessionBusyError`, the default), ``"wait"`` (wait up to
@@ -868,7 +874,7 @@ class SessionHandle:
         self,
         events: list[OutboundEvent],
         key: str,
-        tools: Mapping[str, ToolHandler] | None,
+        tools: Tools | None,
         on_tool_error: OnToolError,
     ) -> Turn:
         self._http.check_open()

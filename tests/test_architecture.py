@@ -8,7 +8,7 @@ layer                      modules
 =========================  ==============================================================
 the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
 the client                 ``_client``
-the turn API               ``_session``
+the turn API               ``_session``, ``_tools``
 resources                  ``_resources``
 streams and pagination     ``_eventstream``, ``_pagination``
 the request layer          ``_http``
@@ -51,6 +51,7 @@ IO_MODULES = {
 # Every import edge inside the package, exactly: a new one is a design decision.
 ALLOWED_EDGES: dict[str, set[str]] = {
     "__init__": {
+        "_tools",
         "_backoff",
         "_client",
         "_errors",
@@ -76,6 +77,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_transport",
     },
     "_session": {
+        "_tools",
         "_backoff",
         "_errors",
         "_eventstream",
@@ -87,6 +89,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_turns",
     },
     "_resources": {
+        "_tools",
         "_backoff",
         "_convert",
         "_errors",
@@ -101,6 +104,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_pagination": {"_convert", "_errors", "_http"},
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
+    "_tools": set(),
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},
     "_lease": {"_backoff", "_errors"},

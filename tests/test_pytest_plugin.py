@@ -40,7 +40,9 @@ async def test_own_script(qoder_fake_server, qoder_client):
 
 
 @pytest.mark.parametrize(
-    ("mode", "mark"), [("auto", ""), ("strict", "@pytest.mark.asyncio")], ids=["auto", "strict"]
+    ("mode", "mark"),
+    [("auto", ""), ("strict", "@pytest.mark.asyncio"), ("strict", "")],
+    ids=["auto", "strict", "strict-unmarked"],
 )
 def test_fixtures_work_in_a_user_project(pytester: pytest.Pytester, mode: str, mark: str) -> None:
     # No pytest_plugins line and no conftest: the installed entry point provides the fixtures.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pydoc
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -14,11 +16,14 @@ from qoder_async import (
     AgentCustomToolUse,
     AgentMessage,
     ClientClosedError,
+    ConfigurationError,
+    EndTurn,
     QoderClient,
     RequiresAction,
     SessionBusyError,
     SessionStatusIdle,
     TurnFailed,
+    UnknownStopReason,
     UserMessage,
 )
 from qoder_async._models import Event
@@ -493,3 +498,58 @@ async def test_a_failed_result_post_is_retried_without_rerunning_the_tool(
     result = await turn.result()  # reading again posts the kept results
     assert runs == ["{'q': 'x'}"]
     assert "42" in result.text
+
+
+# ----------------------------------------------------------------------------- new users
+
+
+async def test_an_interrupted_turn_says_so_and_keeps_the_text_shown(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """Issue 11 item 1: not EndTurn() with '' after nine chunks were shown."""
+    shown = asyncio.Event()
+
+    async def long_reply(ctx: TurnContext) -> None:
+        await ctx.sleep(0.1)
+        with contextlib.suppress(RuntimeError):  # the interrupt ends the turn mid-message
+            await ctx.message("one two three four five six seven eight nine ten " * 3, chunks=30,
+                              delay=0.02)  # fmt: skip
+
+    server.script = long_reply
+    turn = await client.session(session_id).send("talk")
+    chunks: list[str] = []
+    async for chunk in turn.text_stream():
+        chunks.append(chunk)
+        if len(chunks) == 9 and not shown.is_set():
+            shown.set()
+            await turn.interrupt()
+    result = await turn.result()
+    assert result.interrupted
+    assert result.text == "".join(chunks)
+    assert result.text.startswith("one two")
+    assert result.messages == ()  # no message was stored: the text is what was shown
+    assert str(result.stop_reason) == "end_turn"
+
+
+def test_stop_reasons_print_as_their_type() -> None:
+    assert str(EndTurn()) == "end_turn"
+    assert str(RequiresAction(("e1",))) == "requires_action"
+    assert f"{UnknownStopReason('refusal')}" == "refusal"
+
+
+async def test_a_handle_asked_again_with_other_options_says_so(client: QoderClient) -> None:
+    """Issue 11 item 15: new options on an existing handle are not silently ignored."""
+    handle = client.session("sess_x", stall_timeout=30.0)
+    assert client.session("sess_x") is handle  # no options: the same handle
+    assert client.session("sess_x", stall_timeout=30.0) is handle
+    with pytest.raises(ConfigurationError, match="stall_timeout"):
+        client.session("sess_x", stall_timeout=5.0)
+
+
+def test_help_documents_what_the_client_has() -> None:
+    doc = pydoc.render_doc(QoderClient)
+    for name in ("sessions", "agents", "environments", "with_options", "session("):
+        assert name in doc
+    for knob in ("token", "base_url", "http_client", "timeout", "retry", "reconnect"):
+        assert knob in (QoderClient.__doc__ or "")
+    assert "stream_read_timeout" not in doc  # no argument of that name exists

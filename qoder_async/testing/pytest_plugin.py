@@ -46,6 +46,7 @@ Fixtures (both function-scoped):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from qoder_async import QoderClient
     from qoder_async.testing import FakeQoderServer
 
-__all__ = ["qoder_client", "qoder_fake_server"]
+__all__ = ["pytest_pycollect_makeitem", "qoder_client", "qoder_fake_server"]
 
 #: Heartbeat interval of ``qoder_fake_server``: short, so stalls show up quickly.
 HEARTBEAT_INTERVAL = 0.2
@@ -82,6 +83,25 @@ def _async_fixture(func: Callable[..., Any]) -> Any:
         pytest.fail(_NEEDS_PYTEST_ASYNCIO)
 
     return pytest.fixture(name=func.__name__)(unavailable)
+
+
+_OUR_FIXTURES = frozenset({"qoder_fake_server", "qoder_client"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> None:
+    """Mark ``async def`` tests that use these fixtures for pytest-asyncio.
+
+    So they run as written in strict mode too (the default), without
+    ``@pytest.mark.asyncio`` on each; tests that do not use them are untouched.
+    """
+    if not HAVE_PYTEST_ASYNCIO or not inspect.iscoroutinefunction(obj):
+        return
+    if not _OUR_FIXTURES & set(inspect.signature(obj).parameters):
+        return
+    marks = getattr(obj, "pytestmark", [])
+    if not any(getattr(m, "name", None) == "asyncio" for m in marks):
+        pytest.mark.asyncio(obj)
 
 
 @_async_fixture

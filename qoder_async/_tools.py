@@ -1,0 +1,292 @@
+"""SHELL: custom tools from Python functions: the agent's definition and the handler in one.
+
+::
+
+    @tool
+    async def get_weather(city: str, unit: Literal["c", "f"] = "c") -> str:
+        '''The current weather in a city.
+
+        Args:
+            city: The city, e.g. "Paris".
+            unit: Celsius or Fahrenheit.
+        '''
+        return f"sunny, 21 {unit} in {city}"
+
+    await client.agents.create(name="helper", model="auto", tools=[get_weather])
+    turn = await session.send("Weather in Paris?", tools=[get_weather])
+
+The definition (``get_weather.definition``) is what an agent declares:
+``{"type": "custom", "name", "description", "input_schema"}``, the schema a JSON
+Schema object built from the signature:
+
+==================================  ===============================================
+annotation                          JSON Schema
+==================================  ===============================================
+``str``, ``int``, ``float``,        ``string``, ``integer``, ``number``, ``boolean``
+``bool``
+``None``                            ``null``
+``list[T]``, ``tuple[T, ...]``,     ``array`` of ``T``
+``Sequence[T]``, ``set[T]``
+``dict[str, T]``, ``Mapping``       ``object`` with ``additionalProperties`` ``T``
+``Literal["a", 1]``                 ``enum``
+an ``enum.Enum`` subclass           ``enum`` of its values
+``X | Y``, ``Optional[X]``          ``anyOf``
+a ``TypedDict``                     ``object`` with its keys (``required`` as declared)
+``Annotated[T, "text"]``            ``T`` with ``description`` ``text``
+no annotation, ``Any``              any value (``{}``)
+==================================  ===============================================
+
+A parameter without a default is required; a default becomes ``default``. The
+description is the docstring's first paragraph; parameter descriptions come
+from a Google-style ``Args:`` section (or ``Annotated``). The handler receives
+the agent's input as keyword arguments: plain functions run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+__all__ = ["Tool", "tool"]
+
+_R = TypeVar("_R")
+_ARG_LINE = re.compile(r"^\s{0,8}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_ARG_SECTIONS = frozenset({"Args:", "Arguments:", "Parameters:"})
+
+
+class Tool:
+    """A custom tool: ``definition`` for the agent, and the handler for ``send(tools=...)``.
+
+    Build one with :func:`tool`. Calling it with the agent's input mapping runs
+    the function with that input as keyword arguments.
+    """
+
+    __slots__ = ("description", "function", "input_schema", "name")
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        if not callable(function):
+            raise TypeError(f"a tool needs a function, got {function!r}")
+        self.function = function
+        self.name = name or function.__name__
+        summary, params = _parse_docstring(inspect.getdoc(function) or "")
+        self.description = description if description is not None else summary
+        self.input_schema = _input_schema(function, params)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The agent's custom tool definition (``type``, ``name``, ``description``, schema)."""
+        return {
+            "type": "custom",
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+    async def __call__(self, args: Mapping[str, Any]) -> Any:
+        """Run the function with the agent's input (a plain function runs in a thread)."""
+        if inspect.iscoroutinefunction(self.function):
+            return await self.function(**args)
+        result = await asyncio.to_thread(self.function, **args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+@overload
+def tool(function: Callable[..., _R], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., _R]], Tool]: ...
+
+
+def tool(
+    function: Callable[..., _R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., _R]], Tool]:
+    """Turn a function into a :class:`Tool` (bare ``@tool`` or ``@tool(name=...)``)."""
+    if function is not None:
+        return Tool(function, name=name, description=description)
+
+    def wrap(fn: Callable[..., _R]) -> Tool:
+        return Tool(fn, name=name, description=description)
+
+    return wrap
+
+
+def tool_handlers(
+    tools: Mapping[str, Callable[[Mapping[str, Any]], Any]] | Sequence[Tool] | None,
+) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[Any] | Any]]:
+    """``send(tools=...)``'s argument as a name -> handler mapping (a list of tools too)."""
+    if tools is None:
+        return {}
+    if isinstance(tools, Mapping):
+        return dict(tools)
+    out: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+    for item in tools:
+        if not isinstance(item, Tool):
+            raise TypeError(f"tools= takes a mapping of handlers or Tool objects, got {item!r}")
+        out[item.name] = item
+    return out
+
+
+def definitions(tools: Sequence[Any]) -> list[Any]:
+    """An agent's ``tools`` list with every :class:`Tool` replaced by its definition."""
+    return [t.definition if isinstance(t, Tool) else t for t in tools]
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(the first paragraph, ``{param: description}`` from an ``Args:`` section)."""
+    paragraphs = doc.strip().split("\n\n")
+    summary = " ".join(paragraphs[0].split()) if paragraphs[0] else ""
+    params: dict[str, str] = {}
+    lines = doc.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() in _ARG_SECTIONS]
+    if not starts:
+        return summary, params
+    param_indent: int | None = None
+    current: str | None = None
+    for line in lines[starts[0] + 1 :]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            break  # the next section
+        found = _ARG_LINE.match(line)
+        if found and (param_indent is None or indent == param_indent):
+            param_indent = indent
+            current = found.group(1).lstrip("*")
+            params[current] = found.group(2).strip()
+        elif current is not None:
+            params[current] = f"{params[current]} {line.strip()}".strip()
+    return summary, params
+
+
+def _input_schema(function: Callable[..., Any], described: Mapping[str, str]) -> dict[str, Any]:
+    signature = inspect.signature(function)
+    try:
+        hints = typing.get_type_hints(function, include_extras=True)
+    except (NameError, TypeError):
+        hints = {}
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise TypeError(
+                f"tool {function.__name__}: parameter {param.name!r} is positional-only; "
+                "the agent's input arrives as keyword arguments"
+            )
+        schema = _schema(hints.get(param.name, Any))
+        if param.name in described and "description" not in schema:
+            schema = {**schema, "description": described[param.name]}
+        if param.default is param.empty:
+            required.append(param.name)
+        elif _jsonable(param.default):
+            schema = {**schema, "default": _json_value(param.default)}
+        properties[param.name] = schema
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def _jsonable(value: Any) -> bool:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_jsonable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
+    return False
+
+
+def _schema(annotation: Any) -> dict[str, Any]:
+    """The JSON Schema of one annotation (see the module table)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        schema = _schema(args[0])
+        text = next((a for a in args[1:] if isinstance(a, str)), None)
+        return {**schema, "description": text} if text else schema
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return {}
+    if annotation is None or annotation is type(None):
+        return {"type": "null"}
+    if annotation in _SCALARS:
+        return {"type": _SCALARS[annotation]}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"enum": [m.value for m in annotation]}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema(a) for a in args]}
+    if _is_typeddict(annotation):
+        hints = typing.get_type_hints(annotation, include_extras=True)
+        required = sorted(getattr(annotation, "__required_keys__", hints))
+        props = {key: _schema(value) for key, value in hints.items()}
+        out: dict[str, Any] = {"type": "object", "properties": props}
+        if required:
+            out["required"] = required
+        return out
+    container = origin or annotation
+    if container in (list, tuple, set, frozenset) or _subclass(container, Sequence):
+        if container is tuple and args and args[-1] is not Ellipsis:
+            return {
+                "type": "array",
+                "prefixItems": [_schema(a) for a in args],
+                "minItems": len(args),
+                "maxItems": len(args),
+            }
+        return {"type": "array", "items": _schema(args[0]) if args else {}}
+    if container is dict or _subclass(container, Mapping):
+        return {
+            "type": "object",
+            "additionalProperties": _schema(args[1]) if len(args) == 2 else {},
+        }
+    raise TypeError(f"no JSON Schema for the annotation {annotation!r}")
+
+
+def _subclass(cls: Any, parent: type) -> bool:
+    return isinstance(cls, type) and issubclass(cls, parent) and cls is not str
+
+
+def _is_typeddict(annotation: Any) -> bool:
+    return isinstance(annotation, type) and typing.is_typeddict(annotation)
