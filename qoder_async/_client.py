@@ -20,6 +20,7 @@ from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_STALL_TIMEOUT
 from ._http import HTTP, resolve_base_url, resolve_token
 from ._resources import Agents, Environments, Sessions
 from ._session import SessionHandle
+from ._tracing import tracer_for
 from ._transport import Timeout, transport_for
 
 __all__ = ["QoderClient"]
@@ -58,6 +59,10 @@ class QoderClient:
     * ``retry``: a :class:`RetryPolicy` (retries bounded by a deadline), or
       ``max_retries`` to bound their count; ``reconnect``: a
       :class:`ReconnectPolicy` for streams; ``default_headers``.
+    * ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for the turn and
+      tool spans (``pip install "qoder-async[otel]"``); without one, the
+      application's global provider, if any. Nothing is traced without
+      OpenTelemetry installed.
 
     Attributes: ``sessions`` (with ``sessions.events``), ``agents``,
     ``environments`` mirror the HTTP API; :meth:`session` starts the turn API;
@@ -83,6 +88,7 @@ class QoderClient:
         reconnect: ReconnectPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         policy = retry or RetryPolicy()
         if max_retries is not None:
@@ -101,6 +107,7 @@ class QoderClient:
             default_headers=default_headers,
         )
         self._reconnect = reconnect or ReconnectPolicy()
+        self._tracing = tracer_for(tracer_provider)
         self._setup()
 
     def _setup(self) -> None:
@@ -189,6 +196,7 @@ class QoderClient:
         twin = object.__new__(QoderClient)
         twin._http = self._http.copy(retry=policy, timeout=timeout)
         twin._reconnect = self._reconnect
+        twin._tracing = self._tracing
         twin._setup()
         return twin
 
@@ -246,6 +254,7 @@ class QoderClient:
             self.sessions,
             session_id,
             reconnect=self._reconnect,
+            tracing=self._tracing,
             **options,
         )
         self._handles[session_id] = handle

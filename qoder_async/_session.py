@@ -90,6 +90,7 @@ from ._models import (
 )
 from ._stream import PREVIEW_CLASSES
 from ._tools import Tool, tool_handlers
+from ._tracing import NO_SPAN, Tracing, TurnSpan
 from ._turns import (
     RECONNECTED,
     Item,
@@ -279,6 +280,7 @@ class Turn:
         accepted: Accepted,
         tools: Tools | None,
         on_tool_error: OnToolError = "report",
+        span: TurnSpan = NO_SPAN,
     ) -> None:
         if on_tool_error not in ("report", "raise"):
             raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
@@ -301,6 +303,7 @@ class Turn:
         self._resuming = False
         self._warned_pause = False
         self._turn_id = accepted.turn_id
+        self._span = span
 
     def __repr__(self) -> str:
         state = "done" if self._done else "running"
@@ -383,6 +386,15 @@ class Turn:
                 event=ev,
                 result=None,
             )
+        if self._span is not NO_SPAN:
+            result = self.snapshot()
+            self._span.ended(
+                turn_id=self.turn_id,
+                stop_reason=str(result.stop_reason) if result.stop_reason else None,
+                input_tokens=result.usage.input_tokens,
+                output_tokens=result.usage.output_tokens,
+                error=self._error,
+            )
 
     def _fail(self, exc: BaseException) -> None:
         if self._done:
@@ -390,12 +402,16 @@ class Turn:
         self._done = True
         self._error = exc
         self.session._turn_done(self)
+        self._span.ended(
+            turn_id=self.turn_id, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
+        )
         self._wake()
 
-    def _reconnected(self) -> None:
+    def _reconnected(self, cursor: str | None) -> None:
         if not self._done:
             self._items.append(RECONNECTED)
             self._live.feed(RECONNECTED)
+            self._span.reconnected(cursor)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -642,7 +658,8 @@ class Turn:
     async def _run_tool(self, call: ToolCall) -> tuple[ToolOutput, bool]:
         handler = self._tools[call.name]
         try:
-            return await _call_handler(handler, call.input), False
+            with self._span.tool(call.name, call.id):
+                return await _call_handler(handler, call.input), False
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -736,6 +753,7 @@ class SessionHandle:
         session_id: str,
         *,
         reconnect: ReconnectPolicy,
+        tracing: Tracing,
         event_deltas: tuple[str, ...],
         stall_timeout: float | None,
         max_stalls: int,
@@ -745,6 +763,7 @@ class SessionHandle:
         self._sessions = sessions
         self.id = session_id
         self._reconnect = reconnect
+        self._tracing = tracing
         self.options: dict[str, Any] = {
             "event_deltas": event_deltas,
             "stall_timeout": stall_timeout,
@@ -837,21 +856,28 @@ class SessionHandle:
         interrupted = False
         attempt = 0
         delay = 0.1
-        while True:
-            try:
-                # A busy 409 stored nothing, and a server may replay a cached 409 for the
-                # same key: each new attempt after one gets its own, derived key.
-                return await self._post_turn(
-                    events, f"{key}.{attempt}" if attempt else key, tools, on_tool_error
-                )
-            except SessionBusyError as exc:
-                attempt += 1
-                if on_busy == "raise":
-                    raise
-                if on_busy == "interrupt" and not interrupted:
-                    await self.interrupt()
-                    interrupted = True
-                delay = await self._wait_not_busy(deadline, delay, exc, attempt)
+        span = self._tracing.turn(self.id)
+        try:
+            while True:
+                try:
+                    # A busy 409 stored nothing, and a server may replay a cached 409 for
+                    # the same key: each new attempt after one gets its own, derived key.
+                    return await self._post_turn(
+                        events, f"{key}.{attempt}" if attempt else key, tools, on_tool_error, span
+                    )
+                except SessionBusyError as exc:
+                    attempt += 1
+                    if on_busy == "raise":
+                        raise
+                    if on_busy == "interrupt" and not interrupted:
+                        await self.interrupt()
+                        interrupted = True
+                    delay = await self._wait_not_busy(deadline, delay, exc, attempt)
+        except BaseException as exc:
+            span.ended(
+                turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
+            )
+            raise
 
     async def define_outcome(
         self,
@@ -876,6 +902,7 @@ class SessionHandle:
         key: str,
         tools: Tools | None,
         on_tool_error: OnToolError,
+        span: TurnSpan = NO_SPAN,
     ) -> Turn:
         self._http.check_open()
         router = self._router
@@ -910,7 +937,7 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            turn = Turn(self, accepted, tools, on_tool_error)
+            turn = Turn(self, accepted, tools, on_tool_error, span)
             deliveries = router.bind(
                 turn,
                 turn_id=accepted.turn_id,
@@ -1119,8 +1146,9 @@ class SessionHandle:
 
     def _on_reconnect(self) -> None:
         self._connected.clear()
+        cursor = self._stream.last_event_id if self._stream is not None else None
         for state in self._router.live:
-            state.key._reconnected()
+            state.key._reconnected(cursor)
 
     def _refresh_activity(self) -> None:
         stream = self._stream

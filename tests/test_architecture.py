@@ -8,7 +8,7 @@ layer                      modules
 =========================  ==============================================================
 the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
 the client                 ``_client``
-the turn API               ``_session``, ``_tools``
+the turn API               ``_session``, ``_tools``, ``_tracing``
 resources                  ``_resources``
 streams and pagination     ``_eventstream``, ``_pagination``
 the request layer          ``_http``
@@ -68,6 +68,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "fleet": {"_errors", "_lease"},
     "webhooks": {"_errors", "_models"},
     "_client": {
+        "_tracing",
         "_backoff",
         "_errors",
         "_eventstream",
@@ -77,6 +78,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_transport",
     },
     "_session": {
+        "_tracing",
         "_tools",
         "_backoff",
         "_errors",
@@ -105,6 +107,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
     "_tools": set(),
+    "_tracing": {"_version"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},
     "_lease": {"_backoff", "_errors"},

@@ -1,0 +1,119 @@
+"""OpenTelemetry spans for turns and tools, read back with the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from conftest import FAST, forever
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from qoder_async import QoderClient, TurnFailed
+from qoder_async.testing import FakeQoderServer, tool_script
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.clear()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+async def test_a_turn_is_an_invoke_agent_span_with_its_tools(
+    server: FakeQoderServer, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    server.script = tool_script("lookup", {"q": "x"})
+    sid = server.add_session()["id"]
+
+    async def lookup(args: Mapping[str, Any]) -> str:
+        return "42"
+
+    async with QoderClient(
+        token=server.token, base_url=server.base_url, tracer_provider=provider
+    ) as client:
+        turn = await client.session(sid).send("go", tools={"lookup": lookup})
+        await turn.result()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    agent, tool = spans["invoke_agent"], spans["execute_tool lookup"]
+    assert agent.kind is trace.SpanKind.CLIENT
+    assert agent.attributes is not None
+    assert agent.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert agent.attributes["gen_ai.provider.name"] == "qoder"
+    assert agent.attributes["gen_ai.conversation.id"] == sid
+    assert agent.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert agent.attributes["qoder.turn.id"] == turn.turn_id
+    assert agent.status.is_ok
+    assert tool.parent is not None
+    assert tool.parent.span_id == agent.context.span_id
+    assert tool.attributes is not None
+    assert tool.attributes["gen_ai.tool.name"] == "lookup"
+    assert tool.attributes["gen_ai.tool.call.id"] == turn.snapshot().tool_calls[0].id
+
+
+async def test_usage_reconnects_and_failures_are_recorded(
+    server: FakeQoderServer, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    sid = server.add_session()["id"]
+    server.faults.drop_after_events = 2
+    async with QoderClient(
+        token=server.token, base_url=server.base_url, tracer_provider=provider, reconnect=FAST
+    ) as client:
+        turn = await client.session(sid).send("hello")
+        result = await turn.result()
+        server.faults.drop_after_events = None
+        server.script = forever
+        doomed = await client.session(sid).send("again")
+        await client.session(sid).wait_connected()
+        await client.sessions.delete(sid)
+        with pytest.raises(TurnFailed):
+            await doomed.result()
+    first, second = [s for s in exporter.get_finished_spans() if s.name == "invoke_agent"]
+    assert first.attributes is not None
+    assert first.attributes["gen_ai.usage.input_tokens"] == result.usage.input_tokens
+    assert first.attributes["gen_ai.usage.output_tokens"] == result.usage.output_tokens
+    reconnects = [e for e in first.events if e.name == "qoder.stream.reconnect"]
+    assert reconnects
+    assert all(e.attributes and e.attributes["qoder.cursor"] for e in reconnects)
+    assert not second.status.is_ok
+    assert second.attributes is not None
+    assert second.attributes["error.type"] == "TurnFailed"
+
+
+def test_nothing_happens_without_opentelemetry() -> None:
+    """No OTel installed: no import, no spans, the client works."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["opentelemetry"] = None
+        import qoder_async
+        from qoder_async import _tracing
+        assert not _tracing.HAVE_OTEL
+        assert _tracing.tracer_for(None).turn("sess_x") is _tracing.NO_SPAN
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "ok"
+
+
+def test_no_global_provider_is_installed(provider: TracerProvider) -> None:
+    before = trace.get_tracer_provider()
+    QoderClient(token="t", tracer_provider=provider)
+    QoderClient(token="t")
+    assert trace.get_tracer_provider() is before
