@@ -3,11 +3,13 @@
     python examples/custom_tools.py                 # against a fake API started here
     QODER_PAT=pt-... python examples/custom_tools.py   # the real API
 
-The turn pauses with ``requires_action`` when the agent calls a custom tool.
-With ``tools={"name": handler}`` the client runs the handler (once per tool
-use, even across reconnects), posts its result and keeps streaming the same
-turn until the agent's final answer. A handler that raises is reported to the
-agent as an error result.
+``@tool`` turns a function into both halves of a custom tool: the definition
+the agent declares (name, description from the docstring, JSON schema from the
+type hints) and the handler. The turn pauses with ``requires_action`` when the
+agent calls it; with ``tools=[get_weather]`` the client runs the handler (once
+per tool use, even across reconnects), posts its result and keeps streaming the
+same turn until the agent's final answer. A handler that raises is reported to
+the agent as an error result (and logged at WARNING with its traceback).
 
 On the fake API, ``tool_script(...)`` plays an agent that calls
 ``get_weather`` once and then quotes the result. On the real API an agent
@@ -21,28 +23,21 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
-from qoder_async import AgentCustomToolUse, QoderClient, UserCustomToolResult
+from qoder_async import AgentCustomToolUse, QoderClient, UserCustomToolResult, tool
 from qoder_async.testing import FakeQoderServer, tool_script
 
-WEATHER_TOOL = {
-    "type": "custom",
-    "name": "get_weather",
-    "description": "Current weather for a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
 
+@tool
+async def get_weather(city: str) -> str:
+    """Current weather for a city.
 
-async def get_weather(tool_input: Mapping[str, Any]) -> str:
-    """The tool itself: any async code (an HTTP call, a database query...)."""
-    await asyncio.sleep(0.05)
-    return f"18°C and sunny in {tool_input.get('city', 'nowhere')}"
+    Args:
+        city: The city's name, e.g. "Paris".
+    """
+    await asyncio.sleep(0.05)  # any async code: an HTTP call, a database query...
+    return f"18°C and sunny in {city}"
 
 
 @contextlib.asynccontextmanager
@@ -73,16 +68,14 @@ async def main() -> None:
         agent_id = (
             args.agent
             or (
-                await client.agents.create(name="weather-agent", model="auto", tools=[WEATHER_TOOL])
+                await client.agents.create(name="weather-agent", model="auto", tools=[get_weather])
             ).id
         )
         env_id = args.environment or (await client.environments.create(name="weather")).id
         session = await client.sessions.create(agent=agent_id, environment_id=env_id)
         print(f"you: {args.message}")
 
-        turn = await client.session(session.id).send(
-            args.message, tools={"get_weather": get_weather}
-        )
+        turn = await client.session(session.id).send(args.message, tools=[get_weather])
         async for event in turn:
             if isinstance(event, AgentCustomToolUse):
                 print(f"agent calls {event.name}({json.dumps(dict(event.input))})")

@@ -28,3 +28,9 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = _run("mypy", "--strict", "qoder_async")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_examples_type_check_as_users_write_them() -> None:
+    """User code type-checks strictly against the public API (e.g. tool call ids are str)."""
+    result = _run("mypy", "--strict", "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
