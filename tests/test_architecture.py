@@ -14,7 +14,7 @@ streams and pagination     ``_eventstream``, ``_pagination``
 the request layer          ``_http``
 transports                 ``_transport``
 the core (sans-I/O)        ``_machine``, ``_turns``, ``_lease``, ``_stream``, ``_convert``,
-                           ``_backoff``, ``_models``, ``_errors``, ``_version``
+                           ``_backoff``, ``_models``, ``_params``, ``_errors``, ``_version``
 =========================  ==============================================================
 """
 
@@ -34,6 +34,7 @@ CORE = (
     "_lease.py",
     "_backoff.py",
     "_models.py",
+    "_params.py",
     "_convert.py",
     "_errors.py",
 )
@@ -108,6 +109,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_convert": {"_models"},
     "_backoff": set(),
     "_models": set(),
+    "_params": set(),
     "_errors": set(),
     "_version": set(),
 }
