@@ -10,7 +10,7 @@ the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``we
 the client                 ``_client``
 the turn API               ``_session``
 resources                  ``_resources``
-streams and pagination     ``_eventstream``, ``_pagination``
+streams, pages and files   ``_eventstream``, ``_pagination``, ``_files``
 the request layer          ``_http``
 transports                 ``_transport``
 the core (sans-I/O)        ``_machine``, ``_turns``, ``_lease``, ``_stream``, ``_convert``,
@@ -56,8 +56,11 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_client",
         "_errors",
         "_eventstream",
+        "_files",
         "_models",
         "_pagination",
+        "_params",
+        "_resources",
         "_session",
         "_transport",
         "_turns",
@@ -92,14 +95,17 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_convert",
         "_errors",
         "_eventstream",
+        "_files",
         "_http",
         "_models",
         "_pagination",
+        "_params",
         "_stream",
         "_transport",
     },
     "_eventstream": {"_backoff", "_errors", "_http", "_machine", "_models", "_stream"},
     "_pagination": {"_convert", "_errors", "_http"},
+    "_files": {"_errors", "_http", "_models", "_transport"},
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
