@@ -180,6 +180,8 @@ from ._transport import (
     Timeout,
 )
 from ._turns import (
+    CatchUp,
+    ThreadResult,
     ToolCall,
     TurnResult,
 )
@@ -225,6 +227,7 @@ __all__ = [
     "BudgetLimitParam",
     "BudgetReached",
     "CallOptions",
+    "CatchUp",
     "ClientClosedError",
     "CommitCheckoutParam",
     "ConfigurationError",
@@ -311,6 +314,7 @@ __all__ = [
     "StreamStalledError",
     "SystemMessage",
     "TextBlock",
+    "ThreadResult",
     "ThreadStats",
     "Timeout",
     "ToolCall",
