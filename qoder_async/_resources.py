@@ -452,12 +452,14 @@ class ThreadEvents(_Resource):
         The same :class:`EventStream` as a session's, on the thread's path (it is
         ``/stream``, not ``/events/stream``): only events of the thread come.
         The cursor travels in the ``Last-Event-ID`` header; newer servers ignore
-        ``event_deltas`` here.
+        ``event_deltas`` here. A ``cursor_store`` keeps this stream's cursor
+        under the thread's id (``stream.session_id`` is the thread's id too),
+        apart from the session's own.
         """
         self._http.check_open()
         return EventStream(
             self._http,
-            session_id,
+            thread_id,
             f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/stream",
             last_event_id=last_event_id,
             event_deltas=event_deltas,

@@ -24,6 +24,7 @@ from qoder_async import (
     EventStream,
     FileMetadata,
     GitHubRepositoryResourceParams,
+    MemoryCursorStore,
     ModelInfo,
     NotFoundError,
     OverloadedError,
@@ -119,6 +120,22 @@ async def test_thread_events_list_and_stream(client: QoderClient, server: FakeQo
             if isinstance(event, SessionThreadStatusIdle):
                 break
     assert rest == own[3:]
+
+
+async def test_a_thread_streams_cursor_is_kept_apart_from_the_sessions(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    session_id = await multiagent_session(client, server)
+    [thread] = server.threads(session_id)
+    store = MemoryCursorStore()
+    async with client.sessions.threads.events.stream(
+        session_id, thread["id"], cursor_store=store
+    ) as stream:
+        async for event in stream:
+            if isinstance(event, SessionThreadStatusIdle):
+                break
+    assert set(store.cursors) == {thread["id"]}
+    assert store.cursors[thread["id"]].event_id == event.id
 
 
 # --------------------------------------------------------------------------- session fields
