@@ -309,6 +309,18 @@ async def test_a_json_file_is_not_taken_for_a_link(
     assert not [r for r in server.requests if "example.invalid" in r.path]
 
 
+async def test_a_throttled_download_is_retried_before_its_body(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    server.faults.retry_after = 0.0
+    server.faults.throttle_status = 503
+    server.faults.throttle_first = 1
+    meta = server.add_file(b"after a 503", "x.txt")
+    assert await (await client.files.download(meta["id"])).read() == b"after a 503"
+    content = [r for r in server.requests if r.path.endswith("/content")]
+    assert len(content) == 2
+
+
 async def test_download_errors(client: QoderClient, server: FakeQoderServer) -> None:
     locked = server.add_file(b"x", "locked.txt", downloadable=False)
     with pytest.raises(PermissionDeniedError):
