@@ -18,7 +18,7 @@ from ._backoff import ReconnectPolicy, RetryPolicy
 from ._errors import ConfigurationError
 from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_STALL_TIMEOUT
 from ._http import HTTP, resolve_base_url, resolve_token
-from ._resources import Agents, Environments, Sessions
+from ._resources import Agents, Environments, Files, Models, Sessions
 from ._session import SessionHandle
 from ._tracing import tracer_for
 from ._transport import Timeout, transport_for
@@ -64,17 +64,24 @@ class QoderClient:
       application's global provider, if any. Nothing is traced without
       OpenTelemetry installed.
 
-    Attributes: ``sessions`` (with ``sessions.events``), ``agents``,
-    ``environments`` mirror the HTTP API; :meth:`session` starts the turn API;
+    Attributes: ``sessions`` (with ``sessions.events``, ``.threads``,
+    ``.resources``), ``agents`` (with ``.versions``), ``environments``,
+    ``files`` and ``models`` mirror the HTTP API (``.with_raw_response`` on
+    each gives the HTTP answers); :meth:`session` starts the turn API;
     :meth:`with_options` gives a copy with other retry or timeout settings.
     """
 
     sessions: Sessions
-    """Sessions: create, retrieve, update, list, cancel, archive, delete; ``.events``."""
+    """Sessions: create, retrieve, update, list, cancel, archive, delete; ``.events``,
+    ``.threads``, ``.resources``."""
     agents: Agents
-    """Agents: create, retrieve, update, list, archive."""
+    """Agents: create, retrieve, update, list, archive; ``.versions``."""
     environments: Environments
-    """Environments: create, retrieve, list, archive."""
+    """Environments: create, retrieve, update, list, archive, delete."""
+    files: Files
+    """Files: upload, retrieve, list, download, delete."""
+    models: Models
+    """Models: list."""
 
     def __init__(
         self,
@@ -117,6 +124,8 @@ class QoderClient:
         self.sessions = Sessions(self._http, self._reconnect)
         self.agents = Agents(self._http)
         self.environments = Environments(self._http)
+        self.files = Files(self._http)
+        self.models = Models(self._http)
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r})"
@@ -135,6 +144,7 @@ class QoderClient:
     def reconnect_policy(self, policy: ReconnectPolicy) -> None:
         self._reconnect = policy
         self.sessions.events._reconnect = policy
+        self.sessions.threads.events._reconnect = policy
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -19,6 +19,10 @@ wire variant                              typed shape
 ``user.custom_tool_result`` ``tool_use_id``  ``custom_tool_use_id``
 SSE ``id:``/``event:`` only                ``id``/``type`` filled into the object
 unknown ``type``                          ``UnknownEvent`` (raw kept)
+session ``environment_variables: "K=V"``  ``{"K": "V"}``
+session ``agent`` id or snapshot object   ``agent_id`` (and ``agent``: an ``Agent``)
+file ``content_type``                     ``FileMetadata.mime_type``
+thread ``agent.name``                     ``SessionThread.agent_name``
 ========================================  =========================================
 
 Everything goes through the single cattrs :data:`converter`:
@@ -72,7 +76,10 @@ from ._models import (
     BaseEvent,
     BudgetReached,
     ContentBlock,
+    DeletedEnvironment,
+    DeletedFile,
     DeletedSession,
+    DeletedSessionResource,
     DocumentBlock,
     EndTurn,
     Environment,
@@ -80,17 +87,21 @@ from ._models import (
     Event,
     EventDelta,
     EventStart,
+    FileMetadata,
     ImageBlock,
+    ModelInfo,
     OutboundEvent,
     RequiresAction,
     RetriesExhausted,
     Session,
     SessionDeletedEvent,
     SessionErrorEvent,
+    SessionResource,
     SessionStatusIdle,
     SessionStatusRescheduled,
     SessionStatusRunning,
     SessionStatusTerminated,
+    SessionThread,
     SessionThreadCreated,
     SessionThreadStatusIdle,
     SessionThreadStatusRescheduled,
@@ -106,6 +117,7 @@ from ._models import (
     StopReason,
     SystemMessage,
     TextBlock,
+    ThreadStats,
     UnknownBlock,
     UnknownEvent,
     UnknownStopReason,
@@ -126,9 +138,14 @@ __all__ = [
     "event_hooks",
     "fast_constructor",
     "structure_agent",
+    "structure_deleted",
     "structure_environment",
     "structure_event",
+    "structure_file",
+    "structure_model",
     "structure_session",
+    "structure_session_resource",
+    "structure_thread",
     "unstructure_event",
 ]
 
@@ -142,11 +159,25 @@ class ShapeError(ValueError):
     ``where`` names the field, ``expected`` what it must be.
     """
 
-    def __init__(self, where: str, expected: str, value: object) -> None:
+    def __init__(
+        self,
+        where: str,
+        expected: str,
+        value: object,
+        *,
+        got: str | None = None,
+        local: str | None = None,
+    ) -> None:
         self.where = where
         self.expected = expected
-        got = type(value).__name__
-        super().__init__(f"field {where!r} must be {expected}, got {got}")
+        self.got = got or type(value).__name__
+        # Where, inside the object being read, when ``where`` names that object's kind.
+        self.local = local
+        super().__init__(f"field {where!r} must be {expected}, got {self.got}")
+
+    def at(self, where: str) -> ShapeError:
+        """The same error, named at ``where``."""
+        return ShapeError(where, self.expected, None, got=self.got)
 
 
 # --------------------------------------------------------------------------- field readers
@@ -922,10 +953,10 @@ def unstructure_event(ev: OutboundEvent) -> dict[str, Any]:
 
 def _require_id(d: Any, kind: str) -> str:
     if not isinstance(d, Mapping):
-        raise ShapeError(kind, "a JSON object", d)
+        raise ShapeError(kind, "a JSON object", d, local="")
     ident = d.get("id")
     if not ident or not isinstance(ident, str):
-        raise ShapeError(f"{kind}.id", "a non-empty string", ident)
+        raise ShapeError(f"{kind}.id", "a non-empty string", ident, local="id")
     return ident
 
 
@@ -938,29 +969,86 @@ def _strict(expected: str, ok: Callable[[Any], bool]) -> Callable[[Any, Any], An
     return hook
 
 
+def _float(value: Any, _: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ShapeError("", "a number", value)
+
+
 def _shape_error(exc: BaseException, kind: str) -> ShapeError:
     """The :class:`ShapeError` for a cattrs validation error, naming the (first) field."""
     where, leaf = kind, exc
     while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
         leaf = leaf.exceptions[0]
         for note in getattr(leaf, "__notes__", ()):
-            name = getattr(note, "name", None)
+            name, index = getattr(note, "name", None), getattr(note, "index", None)
             if isinstance(name, str):
                 where = name if where == kind else f"{where}.{name}"
+            elif isinstance(index, int):
+                where = f"{where}[{index}]"
     if isinstance(leaf, ShapeError):
-        return ShapeError(where, leaf.expected, None) if not leaf.where else leaf
+        inner = leaf.where if leaf.local is None else leaf.local
+        if not inner:
+            return leaf.at(where)
+        if where == kind or inner == where or inner.startswith(where + "."):
+            return leaf
+        return leaf.at(f"{where}.{inner}")  # a field of a nested object
     return ShapeError(where, "a valid value", None)
 
 
+def _list(d: JSON, key: str) -> list[Any] | tuple[Any, ...]:
+    v = d.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list | tuple):
+        raise ShapeError(key, "a list", v)
+    return v
+
+
+def _field_of(obj: JSON, where: str, key: str) -> str | None:
+    """A string field of the nested object ``where``."""
+    try:
+        return _str(obj, key)
+    except ShapeError as exc:
+        raise exc.at(f"{where}.{key}") from None
+
+
+def _env_vars(d: JSON) -> Any:
+    """``environment_variables``: an object, or the ``"K=V"`` lines form."""
+    v = d.get("environment_variables")
+    if v is None:
+        return {}
+    if isinstance(v, str):
+        pairs = (line.partition("=") for line in v.splitlines() if line.strip())
+        return {k.strip(): value for k, _, value in pairs}
+    return v
+
+
 def _normalised_session(d: JSON) -> dict[str, Any]:
+    agent = d.get("agent")
     agent_id = _str(d, "agent_id")
     if agent_id is None:
-        agent = d.get("agent")
         if isinstance(agent, str):
             agent_id = agent
         elif isinstance(agent, Mapping):
-            agent_id = _str(agent, "id")
-    return {**d, "agent_id": agent_id}
+            agent_id = _field_of(agent, "agent", "id")
+    snapshot: Any = None
+    if isinstance(agent, Mapping):
+        if agent.get("id") is not None:
+            snapshot = agent
+        elif agent_id is not None:  # a snapshot without its id is the session's agent
+            snapshot = {**agent, "id": agent_id}
+    elif agent is not None and not isinstance(agent, str):
+        raise ShapeError("agent", "an agent id or an agent object", agent)
+    return {
+        **d,
+        "agent_id": agent_id,
+        "agent": snapshot,
+        "resources": _list(d, "resources"),
+        "vault_ids": _list(d, "vault_ids"),
+        "memory_store_ids": _list(d, "memory_store_ids"),
+        "environment_variables": _env_vars(d),
+    }
 
 
 def _normalised_agent(d: JSON) -> dict[str, Any]:
@@ -977,7 +1065,21 @@ def _normalised_agent(d: JSON) -> dict[str, Any]:
         "model": model,
         "system": _str(d, "system") or _str(d, "instructions"),
         "tools": tools,
+        "mcp_servers": _list(d, "mcp_servers"),
+        "skills": _list(d, "skills"),
     }
+
+
+def _normalised_thread(d: JSON) -> dict[str, Any]:
+    agent = _obj(d, "agent") or {}
+    name = _str(d, "agent_name")
+    if name is None:
+        name = _field_of(agent, "agent", "name")
+    return {**d, "agent": agent, "agent_name": name}
+
+
+def _normalised_file(d: JSON) -> dict[str, Any]:
+    return {**d, "mime_type": _str(d, "mime_type") or _str(d, "content_type")}
 
 
 def _as_is(d: JSON) -> JSON:
@@ -989,6 +1091,13 @@ _RESOURCES: dict[type, tuple[str, Callable[[JSON], JSON]]] = {
     Agent: ("agent", _normalised_agent),
     Environment: ("environment", _as_is),
     DeletedSession: ("deleted session", _as_is),
+    SessionResource: ("session resource", _as_is),
+    DeletedSessionResource: ("deleted session resource", _as_is),
+    SessionThread: ("thread", _normalised_thread),
+    FileMetadata: ("file", _normalised_file),
+    DeletedFile: ("deleted file", _as_is),
+    DeletedEnvironment: ("deleted environment", _as_is),
+    ModelInfo: ("model", _as_is),
 }
 
 
@@ -1035,6 +1144,39 @@ def structure_environment(d: Any) -> Environment:
     return converter.structure(d, Environment)
 
 
+def structure_thread(d: Any) -> SessionThread:
+    """A sub-agent thread; ``agent_name`` from ``agent_name`` or ``agent.name``."""
+    return converter.structure(d, SessionThread)
+
+
+def structure_session_resource(d: Any) -> SessionResource:
+    """A session resource (file, repository, memory store)."""
+    return converter.structure(d, SessionResource)
+
+
+def structure_file(d: Any) -> FileMetadata:
+    """A file's metadata; ``mime_type`` from ``mime_type`` or ``content_type``."""
+    return converter.structure(d, FileMetadata)
+
+
+def structure_model(d: Any) -> ModelInfo:
+    """A model of ``GET /models``."""
+    return converter.structure(d, ModelInfo)
+
+
+_T_deleted = TypeVar("_T_deleted", DeletedFile, DeletedSessionResource, DeletedEnvironment)
+
+
+def structure_deleted(cls: type[_T_deleted]) -> Callable[[Any], _T_deleted]:
+    """The structure function of a deletion answer of class ``cls``."""
+
+    def structure(d: Any) -> _T_deleted:
+        return converter.structure(d, cls)
+
+    structure.__name__ = f"structure_{cls.__name__.lower()}"
+    return structure
+
+
 def _structure_as(d: Any, cls: type[BaseEvent]) -> BaseEvent:
     ev = structure_event(d)
     if not isinstance(ev, cls):
@@ -1061,6 +1203,16 @@ def _is_mapping_type(t: Any) -> bool:
     )
 
 
+def _nested(d: Any, kind: str, generated: Callable[[Any, Any], _T]) -> Any:
+    """A small nested object (no id, no raw) through its generated hook."""
+    if not isinstance(d, Mapping):
+        raise ShapeError(kind, "an object", d)
+    try:
+        return generated(d, None)
+    except Exception as exc:
+        raise _shape_error(exc, kind) from None
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict("a string", lambda v: v.__class__ is str))
@@ -1076,6 +1228,9 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(cls, _checked(cls, hook))
     for resource in _RESOURCES:
         conv.register_structure_hook(resource, _resource_hook(conv, resource))
+    conv.register_structure_hook(float, _float)
+    stats = make_dict_structure_fn(ThreadStats, conv)
+    conv.register_structure_hook(ThreadStats, lambda d, _: _nested(d, "stats", stats))
     conv.register_structure_hook(Usage, lambda d, _: structure_usage(d))
     conv.register_structure_hook(StopReason, lambda d, _: structure_stop_reason(d))
     conv.register_structure_hook(ContentBlock, lambda d, _: structure_block(d))

@@ -19,6 +19,10 @@ connection failure or error status      retried by the :class:`RetryPolicy` (dea
 a stream answers 408/429/5xx            :class:`StreamRetry` (the stream reconnects)
 a stream answers another error, or      the typed error / :class:`StreamContentTypeError`
 not ``text/event-stream``               (fatal: reconnecting cannot fix it)
+:meth:`HTTP.open` (a download) answers  the typed error, as for a request; 2xx: the
+an error status, or 2xx                 body is read by the caller as it arrives
+:meth:`HTTP.fetch` (a link of another   only ``User-Agent`` and ``Accept`` go out: no
+origin)                                 token, no default headers, no client cookies
 used after ``aclose()``                 :class:`ClientClosedError`
 used from another event loop            :class:`WrongEventLoopError` (says what to do)
 ======================================  ===============================================
@@ -59,13 +63,14 @@ from ._errors import (
     scrub,
 )
 from ._models import json_dumps, json_loads
-from ._transport import StreamResponse, Timeout, Transport
+from ._transport import Content, StreamResponse, Timeout, Transport
 from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "HTTP",
     "APIResponse",
+    "RequestBody",
     "RequestOptions",
     "StreamRetry",
     "resolve_base_url",
@@ -185,6 +190,20 @@ class RequestOptions:
     extra_query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
     extra_body: Mapping[str, Any] | None = None
     timeout: float | Timeout | None = None
+
+
+@frozen
+class RequestBody:
+    """A request body that is not JSON (a multipart upload): its bytes and ``Content-Type``.
+
+    ``content`` may be an async iterable of chunks, streamed as they come; it is
+    iterated afresh by every attempt. ``length`` becomes ``Content-Length``
+    (``None``: sent chunked).
+    """
+
+    content: Content
+    content_type: str
+    length: int | None = None
 
 
 class APIResponse(NamedTuple):
@@ -388,8 +407,12 @@ class HTTP:
         starts_turn: bool = False,
         options: RequestOptions | None = None,
         retry: RetryPolicy | None = None,
+        body: RequestBody | None = None,
     ) -> APIResponse:
-        """One logical request with retries (see the module table)."""
+        """One logical request with retries (see the module table).
+
+        The body is ``json`` (serialised), or ``body`` (sent as it is).
+        """
         self._life.check()
         headers = dict(self._secret.headers)
         timeout = self.timeout
@@ -400,7 +423,7 @@ class HTTP:
                 extra = options.extra_query
                 pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
                 params = [*(params or ()), *pairs]
-            if options.extra_body:
+            if options.extra_body and body is None:
                 if json is None:
                     json = {}
                 if isinstance(json, Mapping):
@@ -408,10 +431,15 @@ class HTTP:
             timeout = _as_timeout(options.timeout, timeout)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
-        content: bytes | None = None
+        content: Content | None = None
         if json is not None:
             content = json_dumps(json)
             headers["Content-Type"] = "application/json"
+        elif body is not None:
+            content = body.content
+            headers["Content-Type"] = body.content_type
+            if body.length is not None:
+                headers["Content-Length"] = str(body.length)
         url = self.base_url + path
         policy = retry or self.retry
         debug = logger.isEnabledFor(logging.DEBUG)
@@ -562,3 +590,109 @@ class HTTP:
         except transport.errors:
             pass  # a truncated error body still names the status
         return b"".join(parts)[:ERROR_BODY_LIMIT]
+
+    # -- streamed answers that are not SSE (downloads)
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        options: RequestOptions | None = None,
+    ) -> AsyncIterator[StreamResponse]:
+        """A request whose 2xx answer's body is read as it arrives (a download).
+
+        Error statuses raise the typed error; connection failures and answers
+        worth retrying (see :class:`RetryPolicy`) are retried until the answer's
+        headers arrive, never after.
+        """
+        self._life.check()
+        headers = dict(self._secret.headers)
+        timeout = self.timeout
+        if options is not None:
+            if options.extra_headers:
+                headers.update(options.extra_headers)
+            if options.extra_query:
+                extra = options.extra_query
+                pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
+                params = [*(params or ()), *pairs]
+            timeout = _as_timeout(options.timeout, timeout)
+        url = self.base_url + path
+        transport = self.transport
+        first = self.clock()
+        attempt = 0
+        while True:
+            status: int | None = None
+            resp_headers: Mapping[str, str] = {}
+            error: BaseException
+            try:
+                async with transport.open(
+                    method, url, params=params, headers=headers, content=None, timeouts=timeout
+                ) as resp:
+                    status, resp_headers = resp.status, resp.headers
+                    if status < 300:
+                        yield resp
+                        return
+                    body = await self._read_limited(resp, transport)
+                error = self._error(
+                    status,
+                    body,
+                    resp_headers,
+                    method=method,
+                    path=path,
+                    idempotent=False,
+                    starts_turn=False,
+                )
+                retry_after = error.retry_after
+            except APIConnectionError as exc:
+                if status is not None:
+                    raise  # the body broke off: the caller had it, nothing to retry here
+                error = scrub(exc, self.secrets)
+                retry_after = None
+            delay = self.retry.delay(
+                attempt=attempt,
+                elapsed=self.clock() - first,
+                method=method,
+                idempotent=False,
+                status=status,
+                headers=resp_headers,
+                retry_after=retry_after,
+                rand=self.rand(),
+            )
+            if delay is None:
+                raise error
+            attempt += 1
+            await self.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def fetch(
+        self, url: str, *, timeouts: Timeout | None = None
+    ) -> AsyncIterator[StreamResponse]:
+        """GET an absolute URL of another origin (a download link) with no credentials.
+
+        Only ``User-Agent`` and ``Accept`` are sent: not the token, not the
+        client's default headers, not the HTTP library's own defaults or
+        cookies. Error statuses raise the typed error (the URL's query, which may
+        hold a signature, is not quoted).
+        """
+        self._life.check()
+        where = urlsplit(url).path
+        headers = {"User-Agent": self._secret.headers["User-Agent"], "Accept": "*/*"}
+        transport = self.transport
+        async with transport.open(
+            "GET",
+            url,
+            params=None,
+            headers=headers,
+            content=None,
+            timeouts=timeouts or self.timeout,
+            bare=True,
+        ) as resp:
+            if resp.status >= 300:
+                body = await self._read_limited(resp, transport)
+                raise error_from_response(
+                    resp.status, body, resp.headers, method="GET", url=where, secrets=self.secrets
+                )
+            yield resp

@@ -61,7 +61,10 @@ __all__ = [
     "BudgetReached",
     "ContentBlock",
     "Cursor",
+    "DeletedEnvironment",
+    "DeletedFile",
     "DeletedSession",
+    "DeletedSessionResource",
     "DocumentBlock",
     "EndTurn",
     "Environment",
@@ -69,17 +72,21 @@ __all__ = [
     "Event",
     "EventDelta",
     "EventStart",
+    "FileMetadata",
     "ImageBlock",
+    "ModelInfo",
     "OutboundEvent",
     "RequiresAction",
     "RetriesExhausted",
     "Session",
     "SessionDeletedEvent",
     "SessionErrorEvent",
+    "SessionResource",
     "SessionStatusIdle",
     "SessionStatusRescheduled",
     "SessionStatusRunning",
     "SessionStatusTerminated",
+    "SessionThread",
     "SessionThreadCreated",
     "SessionThreadStatusIdle",
     "SessionThreadStatusRescheduled",
@@ -95,6 +102,7 @@ __all__ = [
     "StopReason",
     "SystemMessage",
     "TextBlock",
+    "ThreadStats",
     "UnknownBlock",
     "UnknownEvent",
     "UnknownStopReason",
@@ -140,6 +148,11 @@ class ImageBlock:
         """An inline image: base64 ``data`` of ``media_type`` (e.g. ``image/png``)."""
         return cls({"type": "base64", "media_type": media_type, "data": data})
 
+    @classmethod
+    def from_file(cls, file_id: str) -> ImageBlock:
+        """An image uploaded with ``client.files.upload`` (``source.type`` ``file``)."""
+        return cls({"type": "file", "file_id": file_id})
+
 
 @frozen
 class DocumentBlock:
@@ -149,6 +162,13 @@ class DocumentBlock:
     source: Mapping[str, Any]
     title: str | None = None
     context: str | None = None
+
+    @classmethod
+    def from_file(
+        cls, file_id: str, *, title: str | None = None, context: str | None = None
+    ) -> DocumentBlock:
+        """A document uploaded with ``client.files.upload`` (``source.type`` ``file``)."""
+        return cls({"type": "file", "file_id": file_id}, title=title, context=context)
 
 
 @frozen
@@ -919,16 +939,75 @@ OutboundEvent: TypeAlias = (
 
 
 @frozen(kw_only=True)
+class Agent:
+    """An agent. ``model`` is the model id; ``system`` also reads ``instructions``.
+
+    ``tools``, ``mcp_servers`` and ``skills`` are the API's objects as sent.
+    """
+
+    id: str
+    name: str | None = None
+    model: str | None = None
+    system: str | None = None
+    description: str | None = None
+    version: int | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    mcp_servers: tuple[Mapping[str, Any], ...] = ()
+    skills: tuple[Mapping[str, Any], ...] = ()
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class SessionResource:
+    """Something mounted into a session's sandbox: a ``file``, a ``github_repository``
+    or a ``memory_store`` (``type``); the fields of the other types are ``None``.
+
+    A repository's ``checkout`` is ``{"type": "branch", "name": ...}`` or
+    ``{"type": "commit", "sha": ...}``; its token is write-only (never returned).
+    """
+
+    id: str
+    type: str | None = None
+    mount_path: str | None = None
+    file_id: str | None = None
+    url: str | None = None
+    checkout: Mapping[str, Any] | None = None
+    memory_store_id: str | None = None
+    access: str | None = None
+    name: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
 class Session:
     """A session. ``status`` is the server's string (idle, running, rescheduling, terminated,
-    or an older spelling); ``agent_id`` is read from ``agent_id`` or the agent snapshot."""
+    or an older spelling); ``agent_id`` is read from ``agent_id`` or the agent snapshot.
+
+    ``agent`` is the agent snapshot the session runs (overrides applied), when
+    the server sends one; ``environment_variables`` also reads the ``"K=V"``
+    lines form (its values may be secrets: not in the repr).
+    """
 
     id: str
     status: str | None = None
     title: str | None = None
     agent_id: str | None = None
+    agent: Agent | None = None
     environment_id: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict)
+    resources: tuple[SessionResource, ...] = ()
+    vault_ids: tuple[str, ...] = ()
+    memory_store_ids: tuple[str, ...] = ()
+    environment_variables: Mapping[str, str] = field(factory=dict, repr=False)
+    budget: Mapping[str, Any] | None = None
     archived_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
@@ -945,20 +1024,85 @@ class DeletedSession:
 
 
 @frozen(kw_only=True)
-class Agent:
-    """An agent. ``model`` is the model id; ``system`` also reads ``instructions``."""
+class DeletedSessionResource:
+    """The answer to ``DELETE /sessions/{id}/resources/{resource_id}``."""
 
     id: str
-    name: str | None = None
-    model: str | None = None
-    system: str | None = None
-    description: str | None = None
-    version: int | None = None
-    tools: tuple[Mapping[str, Any], ...] = ()
-    metadata: Mapping[str, Any] = field(factory=dict)
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class ThreadStats:
+    """Timing of a sub-agent thread, in seconds."""
+
+    active_seconds: float | None = None
+    duration_seconds: float | None = None
+    startup_seconds: float | None = None
+
+
+@frozen(kw_only=True)
+class SessionThread:
+    """A sub-agent thread of a multi-agent session (``sthr_...``).
+
+    ``agent_name`` is read from ``agent_name`` or the thread's ``agent`` object
+    (kept whole in ``agent``); ``parent_thread_id`` is ``None`` for a thread
+    the primary agent started.
+    """
+
+    id: str
+    session_id: str | None = None
+    agent_name: str | None = None
+    agent: Mapping[str, Any] = field(factory=dict)
+    parent_thread_id: str | None = None
+    status: str | None = None
+    stats: ThreadStats | None = None
+    usage: Usage | None = None
     archived_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class FileMetadata:
+    """An uploaded file (``file_...``); ``mime_type`` also reads ``content_type``.
+
+    Its bytes come from ``client.files.download(file.id)``; a message refers to
+    it with ``DocumentBlock.from_file(file.id)`` or ``ImageBlock.from_file(...)``.
+    """
+
+    id: str
+    filename: str | None = None
+    mime_type: str | None = None
+    size_bytes: int | None = None
+    purpose: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    status: str | None = None
+    downloadable: bool | None = None
+    scope: Mapping[str, Any] | None = None
+    expires_at: str | None = None
+    created_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class DeletedFile:
+    """The answer to ``DELETE /files/{id}``."""
+
+    id: str
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class ModelInfo:
+    """A model an agent can use (``GET /models``)."""
+
+    id: str
+    display_name: str | None = None
+    is_enabled: bool | None = None
+    max_input_tokens: int | None = None
+    max_tokens: int | None = None
+    created_at: str | None = None
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
 
@@ -975,6 +1119,14 @@ class Environment:
     archived_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class DeletedEnvironment:
+    """The answer to ``DELETE /environments/{id}``."""
+
+    id: str
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from ._convert import ShapeError
 from ._errors import APIResponseValidationError
-from ._http import HTTP, RequestOptions
+from ._http import HTTP, APIResponse, RequestOptions
 
 __all__ = ["AsyncPaginator", "list_params"]
 
@@ -75,20 +75,7 @@ class AsyncPaginator(Generic[_T]):
                 "GET", self._path, params=params, options=self._options
             )
             body = answer.body
-            if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
-                raise APIResponseValidationError(
-                    "a list answer must be an object with a 'data' array",
-                    method="GET",
-                    url=self._path,
-                    body=body,
-                )
-            try:
-                page = [self._item(raw) for raw in body["data"]]
-            except ShapeError as exc:
-                raise APIResponseValidationError(
-                    f"unexpected item in a list answer: {exc}", method="GET", url=self._path
-                ) from exc
-            yield page
+            yield self.parse_page(body)
             cursor = self._next_cursor(body)
             if cursor is None:
                 return
@@ -101,6 +88,28 @@ class AsyncPaginator(Generic[_T]):
             seen.add(cursor)
             params = [(k, v) for k, v in self._params if k not in ("page", "after_id")]
             params.append(cursor)
+
+    async def first_page(self) -> APIResponse:
+        """The answer of the first page request, unparsed (``with_raw_response``)."""
+        return await self._http.request(
+            "GET", self._path, params=list(self._params), options=self._options
+        )
+
+    def parse_page(self, body: Any) -> list[_T]:
+        """The items of one page's answer body; a wrong shape is a typed error."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+            raise APIResponseValidationError(
+                "a list answer must be an object with a 'data' array",
+                method="GET",
+                url=self._path,
+                body=body,
+            )
+        try:
+            return [self._item(raw) for raw in body["data"]]
+        except ShapeError as exc:
+            raise APIResponseValidationError(
+                f"unexpected item in a list answer: {exc}", method="GET", url=self._path
+            ) from exc
 
     def _next_cursor(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
         next_page = body.get("next_page")

@@ -1,27 +1,49 @@
 """SHELL: the resources, mirroring the HTTP API and the official SDK's names.
 
-``client.sessions`` (with ``.events``), ``client.agents``, ``client.environments``.
-Each method builds one request for the request layer (``_http.py``) and turns
-the answer into typed models through the converter (``_convert.py``). Every
-method takes the per-call options ``extra_headers``, ``extra_query``,
-``extra_body`` and ``timeout``.
+``client.sessions`` (with ``.events``, ``.threads`` (and ``.threads.events``)
+and ``.resources``), ``client.agents`` (with ``.versions``),
+``client.environments``, ``client.files`` and ``client.models``. Each method
+builds one request for the request layer (``_http.py``) and turns the answer
+into typed models through the converter (``_convert.py``).
+
+Every method takes the per-call options ``extra_headers``, ``extra_query``,
+``extra_body`` and ``timeout``; every write also takes ``idempotency_key``
+(the same key is sent on each retry, and makes a write retried on 5xx and
+connection errors, not only on 429). A child resource's methods take the
+parent's id first: ``threads.retrieve(session_id, thread_id)``; keyword calls
+(``session_id=``, ``thread_id=``) read the same as the official SDK's.
+
+``resource.with_raw_response.method(...)`` makes the same call and answers a
+:class:`RawResponse` (status, headers, request id, ``await .parse()``), as the
+official SDKs do; a list answers its first page.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import inspect
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypedDict, TypeVar, Unpack
+from pathlib import Path
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
-from ._backoff import ReconnectPolicy
+from ._backoff import ReconnectPolicy, RetryPolicy
 from ._convert import (
     ShapeError,
     converter,
     structure_agent,
+    structure_deleted,
     structure_deleted_session,
     structure_environment,
     structure_event,
+    structure_file,
+    structure_model,
     structure_session,
+    structure_session_resource,
+    structure_thread,
 )
 from ._errors import APIResponseValidationError, ConfigurationError
 from ._eventstream import (
@@ -31,32 +53,67 @@ from ._eventstream import (
     CursorStore,
     EventStream,
 )
+from ._files import (
+    DEFAULT_DOWNLOAD_READ_TIMEOUT,
+    FileDownload,
+    FileInput,
+    download_link,
+    prepare_upload,
+)
 from ._http import HTTP, APIResponse, RequestOptions, segment
 from ._models import (
     Accepted,
     Agent,
     Cursor,
+    DeletedEnvironment,
+    DeletedFile,
     DeletedSession,
+    DeletedSessionResource,
     Environment,
     Event,
+    FileMetadata,
+    ModelInfo,
     OutboundEvent,
     Session,
+    SessionResource,
+    SessionThread,
 )
 from ._pagination import AsyncPaginator, list_params
+from ._params import (
+    AgentParams,
+    AgentWithOverridesParams,
+    BudgetLimitParam,
+    SessionAgentUpdateParams,
+    SessionResourceParams,
+    SkillParams,
+    ToolParams,
+    URLMCPServerParams,
+)
 from ._stream import DEFAULT_MAX_EVENT_BYTES
 from ._tools import Tool, definitions
 from ._transport import Timeout
 
 __all__ = [
+    "AgentVersions",
     "Agents",
     "CallOptions",
     "Environments",
+    "Files",
+    "Models",
+    "RawResponse",
+    "RawResponses",
     "SessionEvents",
+    "SessionResources",
+    "SessionThreads",
     "Sessions",
+    "ThreadEvents",
 ]
 
 _T = TypeVar("_T")
 _TURN_STARTERS = ("user.message", "user.define_outcome")
+# Uploads may be large: unless the call says otherwise, an attempt may take this long.
+UPLOAD_TIMEOUT = 600.0
+_NO_RETRY = RetryPolicy(max_retries=0)
 
 
 class CallOptions(TypedDict, total=False):
@@ -77,12 +134,117 @@ def _options(options: CallOptions) -> RequestOptions | None:
 def _put(body: dict[str, Any], **values: Any) -> None:
     for key, value in values.items():
         if value is not None:
-            body[key] = dict(value) if isinstance(value, Mapping) else value
+            if isinstance(value, Mapping):
+                body[key] = dict(value)
+            elif isinstance(value, tuple):
+                body[key] = list(value)
+            else:
+                body[key] = value
+
+
+def _list_of(value: Iterable[Any] | None) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | Mapping):
+        raise ConfigurationError(f"expected a list, got {type(value).__name__}")
+    return [dict(v) if isinstance(v, Mapping) else v for v in value]
+
+
+# --------------------------------------------------------------------------- raw responses
+
+
+class RawResponse(Generic[_T]):
+    """The HTTP answer of a call made through ``with_raw_response``.
+
+    ``status_code``, ``headers`` (case-insensitive), ``request_id`` and
+    ``body`` (the parsed JSON) are there at once; ``await parse()`` gives what
+    the plain call returns (and raises :class:`APIResponseValidationError` if
+    the body is not what the API documents).
+    """
+
+    def __init__(self, answer: APIResponse, parse: Callable[[Any], _T]) -> None:
+        self.status_code = answer.status
+        self.headers: Mapping[str, str] = answer.headers
+        self.request_id = answer.request_id
+        self.body: Any = answer.body
+        self._parse = parse
+
+    def __repr__(self) -> str:
+        return f"<RawResponse {self.status_code} request_id={self.request_id}>"
+
+    async def parse(self) -> _T:
+        """The typed result, as the call without ``with_raw_response`` returns it."""
+        return self._parse(self.body)
+
+
+class RawResponses:
+    """``resource.with_raw_response``: the resource's methods, answering :class:`RawResponse`.
+
+    ``await client.sessions.with_raw_response.retrieve(id)``; child resources
+    too (``client.sessions.with_raw_response.events.send(...)``). A list gives
+    the raw answer of its first page. Methods whose answer is not one JSON
+    document (``events.stream``, ``files.download``) raise ``TypeError``: their
+    objects carry the status and headers themselves.
+    """
+
+    def __init__(self, resource: _Resource) -> None:
+        twin = copy.copy(resource)
+        twin._raw = True
+        self._resource = twin
+
+    def __repr__(self) -> str:
+        return f"<RawResponses of {type(self._resource).__name__}>"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._resource, name)
+        if isinstance(attr, _Resource):
+            return attr.with_raw_response
+        if name.startswith("_") or not callable(attr):
+            raise AttributeError(name)
+
+        @functools.wraps(attr)
+        async def call(*args: Any, **kwargs: Any) -> RawResponse[Any]:
+            out = attr(*args, **kwargs)
+            if isinstance(out, AsyncPaginator):
+                paginator: AsyncPaginator[Any] = out
+                return RawResponse(await paginator.first_page(), paginator.parse_page)
+            if inspect.isawaitable(out):
+                out = await out
+            if not isinstance(out, RawResponse):
+                if hasattr(out, "aclose"):
+                    await out.aclose()
+                raise TypeError(
+                    f"{name}() has no raw response: what it returns carries its own status "
+                    "and headers"
+                )
+            return out
+
+        return call
 
 
 class _Resource:
+    _raw = False
+
     def __init__(self, http: HTTP) -> None:
         self._http = http
+
+    @property
+    def with_raw_response(self) -> RawResponses:
+        """The same methods, answering :class:`RawResponse` (status, headers, ``parse()``)."""
+        return RawResponses(self)
+
+    def _answer(self, answer: APIResponse, item: Callable[[Any], _T], method: str, path: str) -> _T:
+        def parse(body: Any) -> _T:
+            try:
+                return item(body)
+            except ShapeError as exc:
+                raise APIResponseValidationError(
+                    f"unexpected answer: {exc}", method=method, url=path, body=body
+                ) from exc
+
+        if self._raw:
+            return cast(_T, RawResponse(answer, parse))
+        return parse(answer.body)
 
     async def _call(
         self,
@@ -103,12 +265,19 @@ class _Resource:
             idempotency_key=idempotency_key,
             options=_options(options),
         )
-        try:
-            return item(answer.body)
-        except ShapeError as exc:
-            raise APIResponseValidationError(
-                f"unexpected answer: {exc}", method=method, url=path, body=answer.body
-            ) from exc
+        return self._answer(answer, item, method, path)
+
+    def _list(
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        item: Callable[[Any], _T],
+        options: CallOptions,
+    ) -> AsyncPaginator[_T]:
+        return AsyncPaginator(self._http, path, params, item, options=_options(options))
+
+
+# --------------------------------------------------------------------------- session events
 
 
 def _event_json(ev: OutboundEvent | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -124,6 +293,10 @@ def _starts_turn(payload: Sequence[Mapping[str, Any]]) -> bool:
 
 class SessionEvents(_Resource):
     """``client.sessions.events``: send, list and stream a session's events."""
+
+    def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
+        super().__init__(http)
+        self._reconnect = reconnect
 
     async def send(
         self,
@@ -158,7 +331,7 @@ class SessionEvents(_Resource):
             starts_turn=_starts_turn(payload),
             options=_options(options),
         )
-        return _accepted(answer, key, path)
+        return self._answer(answer, functools.partial(_accepted, answer, key, path), "POST", path)
 
     def list(
         self,
@@ -175,12 +348,8 @@ class SessionEvents(_Resource):
         params = list_params(
             order=order, limit=limit, after_id=after_id, before_id=before_id, types=types
         )
-        return AsyncPaginator(
-            self._http,
-            f"/sessions/{segment(session_id)}/events",
-            params,
-            structure_event,
-            options=_options(options),
+        return self._list(
+            f"/sessions/{segment(session_id)}/events", params, structure_event, options
         )
 
     def stream(
@@ -221,13 +390,8 @@ class SessionEvents(_Resource):
             cursor_store=cursor_store,
         )
 
-    def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
-        super().__init__(http)
-        self._reconnect = reconnect
 
-
-def _accepted(answer: APIResponse, key: str, path: str) -> Accepted:
-    body = answer.body
+def _accepted(answer: APIResponse, key: str, path: str, body: Any) -> Accepted:
     data = body.get("data") if isinstance(body, Mapping) else body
     if not isinstance(data, list):
         raise APIResponseValidationError(
@@ -245,28 +409,253 @@ def _accepted(answer: APIResponse, key: str, path: str) -> Accepted:
     return Accepted(events=created, request_id=answer.request_id, idempotency_key=key)
 
 
+# --------------------------------------------------------------------------- threads
+
+
+class ThreadEvents(_Resource):
+    """``client.sessions.threads.events``: a sub-agent thread's events (history and SSE)."""
+
+    def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
+        super().__init__(http)
+        self._reconnect = reconnect
+
+    def list(
+        self,
+        session_id: str,
+        thread_id: str,
+        *,
+        limit: int | None = None,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> AsyncPaginator[Event]:
+        """Iterate the thread's stored events, oldest first, fetching pages as needed."""
+        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/events"
+        params = list_params(limit=limit, after_id=after_id, before_id=before_id)
+        return self._list(path, params, structure_event, options)
+
+    def stream(
+        self,
+        session_id: str,
+        thread_id: str,
+        *,
+        last_event_id: Cursor | str | None = None,
+        event_deltas: Iterable[str] = (),
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        max_stalls: int = DEFAULT_MAX_STALLS,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        reconnect: ReconnectPolicy | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        cursor_store: CursorStore | None = None,
+    ) -> EventStream:
+        """Follow one thread's events (``GET .../threads/{tid}/stream``), resuming by itself.
+
+        The same :class:`EventStream` as a session's, on the thread's path (it is
+        ``/stream``, not ``/events/stream``): only events of the thread come.
+        The cursor travels in the ``Last-Event-ID`` header; newer servers ignore
+        ``event_deltas`` here. A ``cursor_store`` keeps this stream's cursor
+        under the thread's id (``stream.session_id`` is the thread's id too),
+        apart from the session's own.
+        """
+        self._http.check_open()
+        return EventStream(
+            self._http,
+            thread_id,
+            f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/stream",
+            last_event_id=last_event_id,
+            event_deltas=event_deltas,
+            stall_timeout=stall_timeout,
+            max_stalls=max_stalls,
+            read_timeout=read_timeout,
+            reconnect=reconnect or self._reconnect,
+            max_event_bytes=max_event_bytes,
+            cursor_store=cursor_store,
+        )
+
+
+class SessionThreads(_Resource):
+    """``client.sessions.threads``: the sub-agent threads of a multi-agent session."""
+
+    def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
+        super().__init__(http)
+        self.events = ThreadEvents(http, reconnect)
+
+    def list(
+        self, session_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
+    ) -> AsyncPaginator[SessionThread]:
+        """Iterate the session's threads, oldest first."""
+        path = f"/sessions/{segment(session_id)}/threads"
+        return self._list(path, list_params(limit=limit), structure_thread, options)
+
+    async def retrieve(
+        self, session_id: str, thread_id: str, **options: Unpack[CallOptions]
+    ) -> SessionThread:
+        """Fetch a thread (its status, stats and usage)."""
+        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}"
+        return await self._call("GET", path, structure_thread, options)
+
+    async def archive(
+        self,
+        session_id: str,
+        thread_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> SessionThread:
+        """Archive a thread."""
+        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/archive"
+        return await self._call(
+            "POST", path, structure_thread, options, idempotency_key=idempotency_key
+        )
+
+
+# --------------------------------------------------------------------------- session resources
+
+
+class SessionResources(_Resource):
+    """``client.sessions.resources``: files, repositories and memory stores mounted in a session."""
+
+    def list(
+        self, session_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
+    ) -> AsyncPaginator[SessionResource]:
+        """Iterate the session's resources, oldest first."""
+        path = f"/sessions/{segment(session_id)}/resources"
+        return self._list(path, list_params(limit=limit), structure_session_resource, options)
+
+    async def add(
+        self,
+        session_id: str,
+        resource: SessionResourceParams | Mapping[str, Any] | None = None,
+        *,
+        type: str | None = None,
+        file_id: str | None = None,
+        mount_path: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> SessionResource:
+        """Mount a resource: a whole ``resource`` object, or the official SDK's keywords.
+
+        ``add(session_id, {"type": "github_repository", "url": ...})``, or
+        ``add(session_id, type="file", file_id=..., mount_path="/data/x.csv")``.
+        """
+        body: dict[str, Any] = dict(resource or {})
+        _put(body, type=type, file_id=file_id, mount_path=mount_path)
+        if "type" not in body:
+            body["type"] = "file"
+        path = f"/sessions/{segment(session_id)}/resources"
+        return await self._call(
+            "POST",
+            path,
+            structure_session_resource,
+            options,
+            json=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def retrieve(
+        self, session_id: str, resource_id: str, **options: Unpack[CallOptions]
+    ) -> SessionResource:
+        """Fetch one resource of the session."""
+        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
+        return await self._call("GET", path, structure_session_resource, options)
+
+    async def update(
+        self,
+        session_id: str,
+        resource_id: str,
+        *,
+        authorization_token: str | None = None,
+        password: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> SessionResource:
+        """Rotate a repository's credential (``authorization_token``, or ``password``)."""
+        body: dict[str, Any] = {}
+        _put(body, authorization_token=authorization_token, password=password)
+        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
+        return await self._call(
+            "POST",
+            path,
+            structure_session_resource,
+            options,
+            json=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def delete(
+        self,
+        session_id: str,
+        resource_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> DeletedSessionResource:
+        """Unmount a resource."""
+        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
+        return await self._call(
+            "DELETE",
+            path,
+            structure_deleted(DeletedSessionResource),
+            options,
+            idempotency_key=idempotency_key,
+        )
+
+
+# --------------------------------------------------------------------------- sessions
+
+
 class Sessions(_Resource):
-    """``client.sessions``: create, retrieve, update, list, cancel, archive, delete."""
+    """``client.sessions``: create, retrieve, update, list, cancel, archive, delete.
+
+    Children: ``events``, ``threads`` (sub-agents), ``resources`` (mounts).
+    """
 
     def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
         super().__init__(http)
         self.events = SessionEvents(http, reconnect)
+        self.threads = SessionThreads(http, reconnect)
+        self.resources = SessionResources(http)
 
     async def create(
         self,
         *,
-        agent: str | Mapping[str, Any],
+        agent: str | AgentParams | AgentWithOverridesParams | Mapping[str, Any],
         environment_id: str,
         title: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        resources: Sequence[SessionResourceParams | Mapping[str, Any]] | None = None,
+        vault_ids: Sequence[str] | None = None,
+        memory_store_ids: Sequence[str] | None = None,
+        environment_variables: Mapping[str, str] | None = None,
+        budget: BudgetLimitParam | Mapping[str, Any] | None = None,
         incremental_streaming_enabled: bool | None = None,
         initial_events: Sequence[OutboundEvent | Mapping[str, Any]] | None = None,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
     ) -> Session:
-        """Create a session; ``agent`` is an agent id or ``{"type": "agent", "id": ...}``."""
-        body: dict[str, Any] = {"agent": agent, "environment_id": environment_id}
+        """Create a session.
+
+        ``agent`` is an agent id (its latest version), ``{"type": "agent", "id":
+        ..., "version": 2}``, or ``{"type": "agent_with_overrides", "id": ...,
+        "system": ..., "model": ..., "tools": [...], ...}``. ``resources`` are
+        mounted at start: repositories (``GitHubRepositoryResourceParams``),
+        uploaded files (``FileResourceParams``), memory stores
+        (``MemoryStoreResourceParams``); ``budget`` caps the spend
+        (``{"type": "limit", "max_credit_cost": "5.00"}``).
+        """
+        body: dict[str, Any] = {
+            "agent": dict(agent) if isinstance(agent, Mapping) else agent,
+            "environment_id": environment_id,
+        }
         _put(body, title=title, metadata=metadata)
+        _put(
+            body,
+            resources=_list_of(resources),
+            vault_ids=_list_of(vault_ids),
+            memory_store_ids=_list_of(memory_store_ids),
+            environment_variables=environment_variables,
+            budget=budget,
+        )
         _put(body, incremental_streaming_enabled=incremental_streaming_enabled)
         if initial_events is not None:
             body["initial_events"] = [_event_json(e) for e in initial_events]
@@ -291,13 +680,32 @@ class Sessions(_Resource):
         *,
         title: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        agent: SessionAgentUpdateParams | Mapping[str, Any] | None = None,
+        environment_variables: Mapping[str, str] | None = None,
+        budget: BudgetLimitParam | Mapping[str, Any] | None = None,
+        vault_ids: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
     ) -> Session:
-        """Update a session's title, metadata or other fields (``extra_body``)."""
+        """Update a session: title, metadata, its agent's settings, variables, budget, vaults.
+
+        Fields left ``None`` are not sent (unchanged); ``extra_body`` sends others.
+        """
         body: dict[str, Any] = {}
-        _put(body, title=title, metadata=metadata)
+        _put(body, title=title, metadata=metadata, agent=agent)
+        _put(
+            body,
+            environment_variables=environment_variables,
+            budget=budget,
+            vault_ids=_list_of(vault_ids),
+        )
         return await self._call(
-            "POST", f"/sessions/{segment(session_id)}", structure_session, options, json=body
+            "POST",
+            f"/sessions/{segment(session_id)}",
+            structure_session,
+            options,
+            json=body,
+            idempotency_key=idempotency_key,
         )
 
     def list(
@@ -307,6 +715,8 @@ class Sessions(_Resource):
         order: Literal["asc", "desc"] | None = None,
         include_archived: bool | None = None,
         agent_id: str | None = None,
+        agent_version: int | None = None,
+        memory_store_id: str | None = None,
         statuses: Sequence[str] | None = None,
         **options: Unpack[CallOptions],
     ) -> AsyncPaginator[Session]:
@@ -316,33 +726,81 @@ class Sessions(_Resource):
             order=order,
             include_archived=include_archived,
             agent_id=agent_id,
+            agent_version=agent_version,
+            memory_store_id=memory_store_id,
             statuses=statuses,
         )
-        return AsyncPaginator(
-            self._http, "/sessions", params, structure_session, options=_options(options)
-        )
+        return self._list("/sessions", params, structure_session, options)
 
-    async def cancel(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
+    async def cancel(
+        self,
+        session_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Session:
         """Cancel the running turn, if any (a no-op on an idle session)."""
         return await self._call(
-            "POST", f"/sessions/{segment(session_id)}/cancel", structure_session, options
+            "POST",
+            f"/sessions/{segment(session_id)}/cancel",
+            structure_session,
+            options,
+            idempotency_key=idempotency_key,
         )
 
-    async def archive(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
+    async def archive(
+        self,
+        session_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Session:
         """Archive a session: it keeps its history and accepts no new events."""
         return await self._call(
-            "POST", f"/sessions/{segment(session_id)}/archive", structure_session, options
+            "POST",
+            f"/sessions/{segment(session_id)}/archive",
+            structure_session,
+            options,
+            idempotency_key=idempotency_key,
         )
 
-    async def delete(self, session_id: str, **options: Unpack[CallOptions]) -> DeletedSession:
+    async def delete(
+        self,
+        session_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> DeletedSession:
         """Delete a session (where the server supports it; otherwise archive it)."""
         return await self._call(
-            "DELETE", f"/sessions/{segment(session_id)}", structure_deleted_session, options
+            "DELETE",
+            f"/sessions/{segment(session_id)}",
+            structure_deleted_session,
+            options,
+            idempotency_key=idempotency_key,
         )
+
+
+# --------------------------------------------------------------------------- agents
+
+
+class AgentVersions(_Resource):
+    """``client.agents.versions``: every version of an agent."""
+
+    def list(
+        self, agent_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
+    ) -> AsyncPaginator[Agent]:
+        """Iterate the agent's versions, newest first."""
+        path = f"/agents/{segment(agent_id)}/versions"
+        return self._list(path, list_params(limit=limit), structure_agent, options)
 
 
 class Agents(_Resource):
-    """``client.agents``: create, retrieve, update, list, archive."""
+    """``client.agents``: create, retrieve, update, list, archive; ``versions``."""
+
+    def __init__(self, http: HTTP) -> None:
+        super().__init__(http)
+        self.versions = AgentVersions(http)
 
     async def create(
         self,
@@ -351,20 +809,29 @@ class Agents(_Resource):
         model: str | Mapping[str, Any],
         system: str | None = None,
         description: str | None = None,
-        tools: Sequence[Mapping[str, Any] | Tool] | None = None,
+        tools: Sequence[ToolParams | Mapping[str, Any] | Tool] | None = None,
+        mcp_servers: Sequence[URLMCPServerParams | Mapping[str, Any]] | None = None,
+        skills: Sequence[SkillParams | Mapping[str, Any]] | None = None,
         metadata: Mapping[str, str] | None = None,
+        multiagent: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
     ) -> Agent:
         """Create an agent (``model``: ``"auto"``, ``"ultimate"``... or ``{"id": ...}``).
 
-        ``tools`` are tool definitions (toolsets, MCP, custom) or :func:`tool`
-        functions, declared by their definition.
+        ``tools``: the built-in toolset, custom (client-side) tools (definitions,
+        or :func:`tool` functions) and MCP toolsets; ``mcp_servers``: the
+        servers those toolsets name; ``skills``.
         """
         body: dict[str, Any] = {"name": name, "model": model}
         _put(body, system=system, description=description, metadata=metadata)
-        if tools is not None:
-            body["tools"] = definitions(tools)
+        _put(
+            body,
+            tools=_list_of(definitions(tools) if tools is not None else None),
+            mcp_servers=_list_of(mcp_servers),
+            skills=_list_of(skills),
+            multiagent=multiagent,
+        )
         return await self._call(
             "POST", "/agents", structure_agent, options, json=body, idempotency_key=idempotency_key
         )
@@ -381,16 +848,44 @@ class Agents(_Resource):
             params=list_params(version=version),
         )
 
-    async def update(self, agent_id: str, **fields: Any) -> Agent:
-        """Update an agent; pass the current ``version`` for optimistic concurrency."""
-        options = CallOptions()
-        for name in ("extra_headers", "extra_query", "extra_body", "timeout"):
-            if name in fields:
-                options[name] = fields.pop(name)
-        if "tools" in fields:
-            fields["tools"] = definitions(fields["tools"])
+    async def update(
+        self,
+        agent_id: str,
+        *,
+        version: int | None = None,
+        name: str | None = None,
+        model: str | Mapping[str, Any] | None = None,
+        system: str | None = None,
+        description: str | None = None,
+        tools: Sequence[ToolParams | Mapping[str, Any] | Tool] | None = None,
+        mcp_servers: Sequence[URLMCPServerParams | Mapping[str, Any]] | None = None,
+        skills: Sequence[SkillParams | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        multiagent: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Agent:
+        """Update an agent (a new version); pass the current ``version`` to refuse a race.
+
+        With ``version`` the server answers 409 (:class:`ConflictError`) when the
+        agent changed since you read it. Fields left ``None`` are not sent.
+        """
+        body: dict[str, Any] = {}
+        _put(body, version=version, name=name, model=model, system=system)
+        _put(body, description=description, metadata=metadata, multiagent=multiagent)
+        _put(
+            body,
+            tools=_list_of(definitions(tools) if tools is not None else None),
+            mcp_servers=_list_of(mcp_servers),
+            skills=_list_of(skills),
+        )
         return await self._call(
-            "POST", f"/agents/{segment(agent_id)}", structure_agent, options, json=fields
+            "POST",
+            f"/agents/{segment(agent_id)}",
+            structure_agent,
+            options,
+            json=body,
+            idempotency_key=idempotency_key,
         )
 
     def list(
@@ -402,19 +897,30 @@ class Agents(_Resource):
     ) -> AsyncPaginator[Agent]:
         """Iterate agents, fetching pages as needed."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return AsyncPaginator(
-            self._http, "/agents", params, structure_agent, options=_options(options)
-        )
+        return self._list("/agents", params, structure_agent, options)
 
-    async def archive(self, agent_id: str, **options: Unpack[CallOptions]) -> Agent:
+    async def archive(
+        self,
+        agent_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Agent:
         """Archive an agent."""
         return await self._call(
-            "POST", f"/agents/{segment(agent_id)}/archive", structure_agent, options
+            "POST",
+            f"/agents/{segment(agent_id)}/archive",
+            structure_agent,
+            options,
+            idempotency_key=idempotency_key,
         )
+
+
+# --------------------------------------------------------------------------- environments
 
 
 class Environments(_Resource):
-    """``client.environments``: create, retrieve, list, archive."""
+    """``client.environments``: create, retrieve, update, list, archive, delete."""
 
     async def create(
         self,
@@ -444,6 +950,29 @@ class Environments(_Resource):
             "GET", f"/environments/{segment(environment_id)}", structure_environment, options
         )
 
+    async def update(
+        self,
+        environment_id: str,
+        *,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Environment:
+        """Update an environment's name, description, config or metadata."""
+        body: dict[str, Any] = {}
+        _put(body, name=name, config=config, description=description, metadata=metadata)
+        return await self._call(
+            "POST",
+            f"/environments/{segment(environment_id)}",
+            structure_environment,
+            options,
+            json=body,
+            idempotency_key=idempotency_key,
+        )
+
     def list(
         self,
         *,
@@ -453,15 +982,214 @@ class Environments(_Resource):
     ) -> AsyncPaginator[Environment]:
         """Iterate environments, fetching pages as needed."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return AsyncPaginator(
-            self._http, "/environments", params, structure_environment, options=_options(options)
-        )
+        return self._list("/environments", params, structure_environment, options)
 
-    async def archive(self, environment_id: str, **options: Unpack[CallOptions]) -> Environment:
+    async def archive(
+        self,
+        environment_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Environment:
         """Archive an environment."""
         return await self._call(
             "POST",
             f"/environments/{segment(environment_id)}/archive",
             structure_environment,
             options,
+            idempotency_key=idempotency_key,
         )
+
+    async def delete(
+        self,
+        environment_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> DeletedEnvironment:
+        """Delete an environment."""
+        return await self._call(
+            "DELETE",
+            f"/environments/{segment(environment_id)}",
+            structure_deleted(DeletedEnvironment),
+            options,
+            idempotency_key=idempotency_key,
+        )
+
+
+# --------------------------------------------------------------------------- files
+
+
+class Files(_Resource):
+    """``client.files``: upload, retrieve, list, download, delete.
+
+    See :mod:`qoder_async._files` for what uploads take and downloads handle.
+    """
+
+    async def upload(
+        self,
+        file: FileInput,
+        *,
+        filename: str | None = None,
+        purpose: str | None = None,
+        mime_type: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        expires_in_seconds: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> FileMetadata:
+        """Upload a file, streamed from where it is (``POST /files``, multipart).
+
+        ``file`` is a path, bytes, a binary file object, an async iterable of
+        bytes, or ``(filename, content[, mime_type])``. ``filename`` and
+        ``mime_type`` default to the path's or file object's name and a guess
+        from it; ``name`` (the official SDK's) is sent as a form field and
+        renames the stored file. An attempt may take ``timeout`` seconds
+        (600 s unless given). A body that cannot be read twice (a pipe, an
+        async iterable) is never retried.
+        """
+        extra = dict(options.pop("extra_body", {}))
+        fields: dict[str, Any] = {
+            "purpose": purpose,
+            "name": name,
+            "metadata": metadata,
+            "expires_in_seconds": expires_in_seconds,
+            **extra,
+        }
+        upload = await prepare_upload(file, filename=filename, mime_type=mime_type, fields=fields)
+        if "timeout" not in options:
+            options["timeout"] = Timeout(total=UPLOAD_TIMEOUT, connect=self._http.timeout.connect)
+        answer = await self._http.request(
+            "POST",
+            "/files",
+            body=upload.body(),
+            idempotency_key=idempotency_key,
+            options=_options(options),
+            retry=None if upload.replayable else _NO_RETRY,
+        )
+        return self._answer(answer, structure_file, "POST", "/files")
+
+    async def retrieve(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
+        """Fetch a file's metadata."""
+        return await self._call("GET", f"/files/{segment(file_id)}", structure_file, options)
+
+    async def retrieve_metadata(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
+        """The official SDK's name of :meth:`retrieve`."""
+        return await self.retrieve(file_id, **options)
+
+    def list(
+        self,
+        *,
+        limit: int | None = None,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        scope_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> AsyncPaginator[FileMetadata]:
+        """Iterate files, newest first (``ids``: only these; ``scope_id``: of one scope)."""
+        params = list_params(
+            limit=limit, after_id=after_id, before_id=before_id, scope_id=scope_id, ids=ids
+        )
+        return self._list("/files", params, structure_file, options)
+
+    @overload
+    async def download(
+        self,
+        file_id: str,
+        *,
+        to: None = None,
+        read_timeout: float | None = ...,
+        **options: Unpack[CallOptions],
+    ) -> FileDownload: ...
+
+    @overload
+    async def download(
+        self,
+        file_id: str,
+        *,
+        to: str | os.PathLike[str],
+        read_timeout: float | None = ...,
+        **options: Unpack[CallOptions],
+    ) -> Path: ...
+
+    async def download(
+        self,
+        file_id: str,
+        *,
+        to: str | os.PathLike[str] | None = None,
+        read_timeout: float | None = DEFAULT_DOWNLOAD_READ_TIMEOUT,
+        **options: Unpack[CallOptions],
+    ) -> FileDownload | Path:
+        """A file's bytes (``GET /files/{id}/content``), as they arrive.
+
+        With ``to=path`` the file is written there (returns the path); else a
+        :class:`FileDownload` to ``async for`` over (or ``read()``,
+        ``write_to_file()``; ``async with`` it if you may stop early). When the
+        API answers with a download link, the link is fetched without any
+        credentials. ``read_timeout``: seconds without a byte before
+        :class:`APITimeoutError`.
+        """
+        path = f"/files/{segment(file_id)}/content"
+        http = self._http
+        errors = http.transport.errors
+        stack = contextlib.AsyncExitStack()
+        try:
+            response = await stack.enter_async_context(
+                http.open("GET", path, options=_options(options))
+            )
+            link, prefix, chunks = await download_link(
+                response, errors=errors, url=http.url(path), read_timeout=read_timeout
+            )
+            url = http.url(path)
+            if link is not None:
+                await stack.aclose()
+                stack = contextlib.AsyncExitStack()
+                response = await stack.enter_async_context(http.fetch(link))
+                url, chunks = link, response.chunks.__aiter__()
+            download = FileDownload(
+                stack,
+                response,
+                prefix=prefix,
+                chunks=chunks,
+                errors=errors,
+                url=url,
+                read_timeout=read_timeout,
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        if to is None:
+            return download
+        await download.write_to_file(to)
+        return Path(to)
+
+    async def delete(
+        self,
+        file_id: str,
+        *,
+        idempotency_key: str | None = None,
+        **options: Unpack[CallOptions],
+    ) -> DeletedFile:
+        """Delete a file (later uses of its id are 404s)."""
+        return await self._call(
+            "DELETE",
+            f"/files/{segment(file_id)}",
+            structure_deleted(DeletedFile),
+            options,
+            idempotency_key=idempotency_key,
+        )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Models(_Resource):
+    """``client.models``: the models an agent can use."""
+
+    def list(
+        self, *, limit: int | None = None, **options: Unpack[CallOptions]
+    ) -> AsyncPaginator[ModelInfo]:
+        """Iterate the models (``is_enabled`` says which your account may use)."""
+        return self._list("/models", list_params(limit=limit), structure_model, options)

@@ -62,7 +62,7 @@ from ._errors import (
     StreamError,
     TurnFailed,
 )
-from ._eventstream import EventStream
+from ._eventstream import EventStream, as_cursor
 from ._http import HTTP, segment
 from ._machine import Dedupe
 from ._models import (
@@ -93,13 +93,16 @@ from ._tools import Tool, tool_handlers
 from ._tracing import NO_SPAN, Tracing, TurnSpan
 from ._turns import (
     RECONNECTED,
+    CatchUp,
     Item,
     LiveText,
+    ThreadResult,
     ToolCall,
     TurnResult,
     TurnRouter,
     ends_turn,
     fails_turn,
+    fold_history,
     fold_many,
     text_delta,
 )
@@ -337,6 +340,11 @@ class Turn:
     def pending_tool_calls(self) -> tuple[ToolCall, ...]:
         """The tool calls a ``requires_action`` pause waits for (empty otherwise)."""
         return self.snapshot().pending_tool_calls if self._paused else ()
+
+    @property
+    def threads(self) -> tuple[ThreadResult, ...]:
+        """What each sub-agent thread did in this turn so far (``text`` stays the primary's)."""
+        return self.snapshot().threads
 
     @property
     def expects_events(self) -> bool:
@@ -1009,6 +1017,25 @@ class SessionHandle:
             delay = min(delay * 2, _BUSY_BACKOFF_MAX)
             if idle:
                 return delay
+
+    # -- catching up (webhook-driven bots)
+
+    async def catch_up(self, *, after: Cursor | str | None = None, limit: int = 100) -> CatchUp:
+        """The turns since ``after`` (a :class:`Cursor` or an event id), from the history.
+
+        For bots that cannot hold a stream open (a webhook says "something
+        happened in this session"): lists the stored events after the cursor
+        (all of them when ``after`` is None), ``limit`` per page, and folds them
+        into the :class:`TurnResult` each turn's stream would give. Returns a
+        :class:`CatchUp`: the ``turns`` that ended, the ``pending`` one (running,
+        or paused for tool results) and the ``cursor`` to store and pass next
+        time. Opens no connection; safe to call again for the same webhook.
+        """
+        start = as_cursor(after)
+        listed = self._sessions.events.list(
+            self.id, order="asc", limit=limit, after_id=start.event_id if start else None
+        )
+        return fold_history([ev async for ev in listed], start)
 
     # -- listening
 

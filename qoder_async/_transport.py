@@ -14,6 +14,11 @@ when                       the default, or                  ``http_client=httpx.
 requests                   ``ClientSession.request``        ``AsyncClient.request``
 streams                    ``ClientSession.get`` +          ``httpx_sse.aconnect_sse`` +
                            ``content.iter_any()``           ``response.aiter_bytes()``
+other streamed answers     ``ClientSession.request`` +      ``AsyncClient.send(stream=True)``
+(``open``: downloads)      ``content.iter_any()``           + ``response.aiter_bytes()``
+streamed request bodies    ``data=`` an async iterable      ``content=`` an async iterable
+``bare`` requests (no      a session sharing the            an ``httpx.Request`` built
+client defaults)           connector, no cookies            directly, ``auth=None``
 redirects                  never followed                   never followed
 a borrowed client          never closed by us               never closed by us
 =========================  ===============================  =============================
@@ -30,8 +35,8 @@ import asyncio
 import contextlib
 import errno
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -48,6 +53,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 __all__ = [
     "AiohttpTransport",
+    "Content",
     "HttpxTransport",
     "Response",
     "StreamResponse",
@@ -57,6 +63,12 @@ __all__ = [
 ]
 
 Params = Sequence[tuple[str, str]]
+Content: TypeAlias = bytes | AsyncIterable[bytes]
+"""A request body: bytes, or an async iterable of chunks sent as they come.
+
+An iterable is iterated afresh (``__aiter__``) by every attempt, so a retry
+resends the whole body when the iterable can start over.
+"""
 
 
 @frozen
@@ -103,10 +115,28 @@ class Transport(Protocol):
         *,
         params: Params | None,
         headers: Mapping[str, str],
-        content: bytes | None,
+        content: Content | None,
         timeouts: Timeout,
     ) -> Response:
         """Send a request and read its whole answer."""
+        ...
+
+    def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: Content | None,
+        timeouts: Timeout,
+        bare: bool = False,
+    ) -> contextlib.AbstractAsyncContextManager[StreamResponse]:
+        """Send a request and read its answer's body as it arrives (not SSE: downloads).
+
+        ``bare`` sends ``headers`` and nothing else of the client's own defaults
+        (headers, auth, cookies): for URLs of another origin.
+        """
         ...
 
     def stream(
@@ -213,6 +243,7 @@ class AiohttpTransport:
         self._session = session
         self._owned = session is None
         self._timeouts: dict[Timeout, aiohttp.ClientTimeout] = {}
+        self._bare: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         session = self._session
@@ -238,7 +269,7 @@ class AiohttpTransport:
         *,
         params: Params | None,
         headers: Mapping[str, str],
-        content: bytes | None,
+        content: Content | None,
         timeouts: Timeout,
     ) -> Response:
         """Send a request and read its whole answer."""
@@ -283,12 +314,57 @@ class AiohttpTransport:
         finally:
             resp.close()
 
+    def _bare_client(self) -> aiohttp.ClientSession:
+        # The same connection pool, without the session's default headers, auth or cookies.
+        bare = self._bare
+        if bare is None:
+            bare = self._bare = aiohttp.ClientSession(
+                connector=self._client().connector,
+                connector_owner=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return bare
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: Content | None,
+        timeouts: Timeout,
+        bare: bool = False,
+    ) -> AsyncIterator[StreamResponse]:
+        """Send a request and read its answer's body as it arrives."""
+        client = self._bare_client() if bare else self._client()
+        try:
+            resp = await client.request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                data=content,
+                timeout=self._timeout(timeouts, stream=True),
+                allow_redirects=False,
+            )
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+        try:
+            yield StreamResponse(resp.status, resp.headers, resp.content.iter_any())
+        finally:
+            resp.close()
+
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
         """Our error for an aiohttp failure."""
         return _connection_error(exc, method, url)
 
     async def aclose(self) -> None:
         """Close the session if this transport created it."""
+        bare, self._bare = self._bare, None
+        if bare is not None:
+            await bare.close()
         session, self._session = self._session, None
         if session is not None and self._owned:
             await session.close()
@@ -325,7 +401,7 @@ class HttpxTransport:
         *,
         params: Params | None,
         headers: Mapping[str, str],
-        content: bytes | None,
+        content: Content | None,
         timeouts: Timeout,
     ) -> Response:
         """Send a request and read its whole answer (``total`` bounds the whole of it)."""
@@ -374,6 +450,54 @@ class HttpxTransport:
         finally:
             with contextlib.suppress(*self.errors):
                 await opener.__aexit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        headers: Mapping[str, str],
+        content: Content | None,
+        timeouts: Timeout,
+        bare: bool = False,
+    ) -> AsyncIterator[StreamResponse]:
+        """Send a request and read its answer's body with ``aiter_bytes()``."""
+        timeout = self._timeout(timeouts, stream=True)
+        if bare:
+            # Built directly: build_request would merge the client's headers and cookies.
+            request = httpx.Request(
+                method,
+                url,
+                params=list(params) if params is not None else None,
+                headers=headers,
+                content=content,
+                extensions={"timeout": timeout.as_dict()},
+            )
+        else:
+            request = self._client.build_request(
+                method,
+                url,
+                params=list(params) if params is not None else None,
+                headers=headers,
+                content=content,
+                timeout=timeout,
+            )
+        try:
+            if bare:
+                resp = await self._client.send(
+                    request, stream=True, follow_redirects=False, auth=None
+                )
+            else:
+                resp = await self._client.send(request, stream=True, follow_redirects=False)
+        except self.errors as exc:
+            raise _connection_error(exc, method, url) from exc
+        try:
+            yield StreamResponse(resp.status_code, resp.headers, resp.aiter_bytes())
+        finally:
+            with contextlib.suppress(*self.errors):
+                await resp.aclose()
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
         """Our error for an httpx failure."""

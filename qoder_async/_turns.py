@@ -73,6 +73,47 @@ a reconnect                                   open ``event_delta`` segments brea
 So the text only ever grows by appending (previews being prefixes of their
 message, as the API documents), and ``text_stream()`` chunks joined equal the
 final ``TurnResult.text`` whatever drops and replays happen.
+
+Sub-agent threads (``TurnResult.threads``): every event whose
+``session_thread_id`` names a thread belongs to that thread's
+:class:`ThreadResult` (in the order threads first appear); the turn's ``text``
+and ``messages`` stay the primary agent's.
+
+==========================================  ======================================
+thread event                                the thread's result
+==========================================  ======================================
+``session.thread_created``                  appears (``agent_name``)
+``session.thread_status_running``/``_idle``  ``status`` ``running``/``idle``
+/``_rescheduled``/``_terminated``           /``rescheduling``/``terminated``
+``session.thread_status_idle``              ``stop_reason``: its own reason
+``session.thread_status_running``           ``stop_reason`` cleared
+``agent.message``                           ``messages``; ``text`` their texts
+                                            joined by a blank line
+any other event of the thread               ``events`` (all of them, in order)
+==========================================  ======================================
+
+History (:func:`fold_history`, for a webhook bot catching up from a cursor):
+events listed after the cursor are cut into turns the way the router would
+cut a stream, and each is folded by :func:`fold_many`:
+
+=========================================  =======================================
+events after the cursor                    become
+=========================================  =======================================
+a ``user.message``/``user.define_outcome``  starts a turn (and is its first event)
+the events after it until the event that   that turn (``requires_action`` pauses,
+ends it (:func:`ends_turn`)                tool results and ``running`` included)
+events after a turn ended, before the      nobody's (``session.updated``...)
+next message
+events before the first message            the rest of the turn the cursor was
+                                           inside, when one of them is more than
+                                           session housekeeping; else nobody's
+a message while a turn has not ended       starts a new turn; the old one is
+                                           reported with ``ended=False``
+previews (``event_start``/``event_delta``)  dropped (history never holds them)
+=========================================  =======================================
+
+The new cursor is the last event before the turn still in progress (so it is
+folded whole next time), or the last event listed when every turn ended.
 """
 
 from __future__ import annotations
@@ -92,14 +133,23 @@ from ._models import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
+    Cursor,
     Event,
     EventDelta,
     EventStart,
     SessionDeletedEvent,
     SessionErrorEvent,
     SessionStatusIdle,
+    SessionStatusRescheduled,
     SessionStatusRunning,
     SessionStatusTerminated,
+    SessionThreadCreated,
+    SessionThreadStatusIdle,
+    SessionThreadStatusRescheduled,
+    SessionThreadStatusRunning,
+    SessionThreadStatusTerminated,
+    SessionUpdated,
+    SessionUsage,
     SpanModelRequestEnd,
     StopReason,
     Usage,
@@ -116,14 +166,17 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "MESSAGE_SEPARATOR",
     "RECONNECTED",
+    "CatchUp",
     "LiveText",
     "Reconnected",
+    "ThreadResult",
     "ToolCall",
     "TurnResult",
     "TurnRouter",
     "TurnState",
     "ends_turn",
     "fold",
+    "fold_history",
     "fold_many",
     "text_delta",
 ]
@@ -432,6 +485,82 @@ class ToolCall:
         return bool(r is not None and r.is_error)
 
 
+_THREAD_STATUS: dict[type, str] = {
+    SessionThreadStatusRunning: "running",
+    SessionThreadStatusIdle: "idle",
+    SessionThreadStatusRescheduled: "rescheduling",
+    SessionThreadStatusTerminated: "terminated",
+}
+_THREAD_NAMED = (SessionThreadCreated, *_THREAD_STATUS)
+
+
+@frozen(kw_only=True)
+class ThreadResult:
+    """What one sub-agent thread did in a turn (see the module table).
+
+    ``id`` is the thread (``sthr_...``); ``agent_name`` its agent; ``text`` its
+    own ``agent.message`` texts joined by a blank line (``messages``);
+    ``stop_reason`` the reason of its last ``session.thread_status_idle``
+    (``None`` while it runs); ``status`` its last status (``running``,
+    ``idle``, ``rescheduling``, ``terminated``; ``None`` when only created);
+    ``events`` every event of the thread in the turn.
+    """
+
+    id: str
+    agent_name: str | None = None
+    status: str | None = None
+    stop_reason: StopReason | None = None
+    text: str = ""
+    messages: tuple[AgentMessage, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+class _ThreadFold:
+    __slots__ = ("agent_name", "changed", "events", "id", "messages", "status", "stop")
+
+    def __init__(self, base: ThreadResult) -> None:
+        self.id = base.id
+        self.agent_name = base.agent_name
+        self.status = base.status
+        self.stop = base.stop_reason
+        self.messages = list(base.messages)
+        self.events = list(base.events)
+        self.changed = False
+
+    def feed(self, ev: Event) -> None:
+        self.changed = True
+        self.events.append(ev)
+        cls = type(ev)
+        if cls is AgentMessage:
+            self.messages.append(ev)  # type: ignore[arg-type]
+            return
+        if cls in _THREAD_NAMED:
+            name = ev.agent_name  # type: ignore[union-attr]
+            if name is not None:
+                self.agent_name = name
+        status = _THREAD_STATUS.get(cls)
+        if status is not None:
+            self.status = status
+            if cls is SessionThreadStatusIdle:
+                self.stop = ev.stop_reason  # type: ignore[union-attr]
+            elif cls is SessionThreadStatusRunning:
+                self.stop = None
+
+    def result(self, base: ThreadResult) -> ThreadResult:
+        if not self.changed:
+            return base
+        messages = tuple(self.messages)
+        return ThreadResult(
+            id=self.id,
+            agent_name=self.agent_name,
+            status=self.status,
+            stop_reason=self.stop,
+            text=MESSAGE_SEPARATOR.join(m.text for m in messages if m.text),
+            messages=messages,
+            events=tuple(self.events),
+        )
+
+
 @frozen(kw_only=True)
 class TurnResult:
     """What a turn produced, folded from its events.
@@ -443,7 +572,9 @@ class TurnResult:
     result; ``stop_reason`` the last idle's reason (``None`` while running);
     ``usage`` the sum of the model requests' usage; ``errors`` the
     ``session.error`` events; ``interrupted`` whether a ``user.interrupt`` came
-    before the end; ``events`` every event in order (no previews).
+    before the end; ``events`` every event in order (no previews);
+    ``threads`` what each sub-agent thread did (:class:`ThreadResult`, in the
+    order they appeared; empty in a single-agent session).
     """
 
     turn_id: str | None = None
@@ -457,6 +588,7 @@ class TurnResult:
     interrupted: bool = False
     ended: bool = False
     failed: bool = False
+    threads: tuple[ThreadResult, ...] = ()
     _live: LiveText | None = field(default=None, eq=False, repr=False, alias="_live")
 
     @property
@@ -498,6 +630,7 @@ def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
     stop, usage = base.stop_reason, base.usage
     turn_id, ended, failed = base.turn_id, base.ended, base.failed
     interrupted = base.interrupted
+    threads: dict[str, _ThreadFold] = {}
     for ev in events:
         live.feed(ev)
         if isinstance(ev, Reconnected) or type(ev) in PREVIEW_CLASSES:
@@ -505,6 +638,13 @@ def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
         new_events.append(ev)
         if turn_id is None and ev.turn_id is not None:
             turn_id = ev.turn_id
+        thread_id = ev.session_thread_id
+        if thread_id is not None:
+            acc = threads.get(thread_id)
+            if acc is None:
+                prior = next((t for t in base.threads if t.id == thread_id), None)
+                acc = threads[thread_id] = _ThreadFold(prior or ThreadResult(id=thread_id))
+            acc.feed(ev)
         if isinstance(ev, AgentMessage):
             if ev.session_thread_id is None:
                 messages.append(ev)
@@ -556,13 +696,95 @@ def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
         interrupted=interrupted,
         ended=ended,
         failed=failed,
+        threads=_threads(base.threads, threads),
         _live=live,
     )
+
+
+def _threads(
+    base: tuple[ThreadResult, ...], folds: dict[str, _ThreadFold]
+) -> tuple[ThreadResult, ...]:
+    if not folds:
+        return base
+    known = {t.id: t for t in base}
+    out = [folds[t.id].result(t) if t.id in folds else t for t in base]
+    out.extend(acc.result(ThreadResult(id=tid)) for tid, acc in folds.items() if tid not in known)
+    return tuple(out)
 
 
 def fold(prev: TurnResult | None, ev: Item) -> TurnResult:
     """``(TurnResult | None, event) -> TurnResult``: one step of the fold, pure."""
     return fold_many(prev, (ev,))
+
+
+# --------------------------------------------------------------------------- history
+
+# Session housekeeping between turns: not, by itself, the rest of a turn.
+_BETWEEN_TURNS = (
+    SessionUpdated,
+    SessionUsage,
+    SessionStatusRescheduled,
+    SessionStatusTerminated,
+    SessionDeletedEvent,
+)
+
+
+@frozen(kw_only=True)
+class CatchUp:
+    """What a session did since a cursor, folded into turns (``session.catch_up()``).
+
+    ``turns`` are the turns that ended since the cursor, oldest first, each the
+    :class:`TurnResult` its stream would give (starting with its own
+    ``user.message``); ``pending`` is the turn still running or paused for
+    tool results (``pending.pending_tool_calls``), or ``None``; ``cursor`` is
+    where to catch up from next time: store it (it stops before ``pending``,
+    which is then folded whole again).
+    """
+
+    turns: tuple[TurnResult, ...] = ()
+    pending: TurnResult | None = None
+    cursor: Cursor | None = None
+
+
+def _cursor_at(events: list[Event], end: int, default: Cursor | None) -> Cursor | None:
+    """A cursor on the last event with an id in ``events[:end]`` (else ``default``)."""
+    for ev in reversed(events[:end]):
+        if ev.id:
+            return Cursor(ev.id, ev.processed_at)
+    return default
+
+
+def fold_history(events: Iterable[Event], after: Cursor | None = None) -> CatchUp:
+    """Cut the events listed after the cursor ``after`` into turns (see the module table).
+
+    Pure: ``events`` in stored order (``events.list(order="asc", after_id=...)``).
+    """
+    seen: list[Event] = []
+    segments: list[tuple[int, list[Event]]] = [(0, [])]  # the turn the cursor was in, first
+    open_turn = True
+    for ev in events:
+        if type(ev) in PREVIEW_CLASSES:
+            continue
+        if isinstance(ev, _TURN_STARTERS):
+            segments.append((len(seen), [ev]))
+            open_turn = True
+        elif open_turn:
+            segments[-1][1].append(ev)
+        seen.append(ev)
+        if open_turn and ends_turn(ev):
+            open_turn = False
+    first = segments[0][1]
+    if not any(not isinstance(ev, _BETWEEN_TURNS) for ev in first):
+        segments.pop(0)
+        if len(segments) == 0:
+            open_turn = False
+    results = [(start, fold_many(None, evs)) for start, evs in segments]
+    pending: TurnResult | None = None
+    cursor = _cursor_at(seen, len(seen), after)
+    if results and open_turn:
+        start, pending = results.pop()
+        cursor = _cursor_at(seen, start, after)
+    return CatchUp(turns=tuple(r for _, r in results), pending=pending, cursor=cursor)
 
 
 # --------------------------------------------------------------------------- the router

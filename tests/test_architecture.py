@@ -10,11 +10,11 @@ the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``we
 the client                 ``_client``
 the turn API               ``_session``, ``_tools``, ``_tracing``
 resources                  ``_resources``
-streams and pagination     ``_eventstream``, ``_pagination``
+streams, pages and files   ``_eventstream``, ``_pagination``, ``_files``
 the request layer          ``_http``
 transports                 ``_transport``
 the core (sans-I/O)        ``_machine``, ``_turns``, ``_lease``, ``_stream``, ``_convert``,
-                           ``_backoff``, ``_models``, ``_errors``, ``_version``
+                           ``_backoff``, ``_models``, ``_params``, ``_errors``, ``_version``
 =========================  ==============================================================
 """
 
@@ -34,6 +34,7 @@ CORE = (
     "_lease.py",
     "_backoff.py",
     "_models.py",
+    "_params.py",
     "_convert.py",
     "_errors.py",
 )
@@ -56,8 +57,11 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_client",
         "_errors",
         "_eventstream",
+        "_files",
         "_models",
         "_pagination",
+        "_params",
+        "_resources",
         "_session",
         "_transport",
         "_turns",
@@ -96,14 +100,17 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_convert",
         "_errors",
         "_eventstream",
+        "_files",
         "_http",
         "_models",
         "_pagination",
+        "_params",
         "_stream",
         "_transport",
     },
     "_eventstream": {"_backoff", "_errors", "_http", "_machine", "_models", "_stream"},
     "_pagination": {"_convert", "_errors", "_http"},
+    "_files": {"_errors", "_http", "_models", "_transport"},
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
     "_tools": set(),
@@ -115,6 +122,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_convert": {"_models"},
     "_backoff": set(),
     "_models": set(),
+    "_params": set(),
     "_errors": set(),
     "_version": set(),
 }

@@ -1920,21 +1920,28 @@ def test_structure_session_with_agent_object() -> None:
 
 
 @pytest.mark.parametrize(
-    "agent_fields",
+    ("agent_fields", "snapshot"),
     [
-        pytest.param({"agent": {"type": "agent", "id": AGENT, "version": 2}}, id="object"),
-        pytest.param({"agent": {"id": AGENT}}, id="object_without_type"),
-        pytest.param({"agent": AGENT}, id="string"),
-        pytest.param({"agent_id": AGENT}, id="agent_id"),
+        pytest.param(
+            {"agent": {"type": "agent", "id": AGENT, "version": 2}},
+            Agent(id=AGENT, version=2),
+            id="object",
+        ),
+        pytest.param({"agent": {"id": AGENT}}, Agent(id=AGENT), id="object_without_type"),
+        pytest.param({"agent": AGENT}, None, id="string"),
+        pytest.param({"agent_id": AGENT}, None, id="agent_id"),
     ],
 )
-def test_structure_session_agent_variants(agent_fields: dict[str, Any]) -> None:
+def test_structure_session_agent_variants(
+    agent_fields: dict[str, Any], snapshot: Agent | None
+) -> None:
     session = structure_session({**SESSION_BASE, **agent_fields})
     assert session == Session(
         id=SESS,
         status="idle",
         title="Repo cleanup",
         agent_id=AGENT,
+        agent=snapshot,
         environment_id=ENV,
         metadata={"ticket": "OPS-12"},
         archived_at=None,

@@ -50,6 +50,14 @@ def test_webhook_bot_self_test() -> None:
     assert "self-test passed: 3 replies, 2 sessions" in result.stdout
 
 
+def test_webhook_bot_webhook_mode_self_test() -> None:
+    # Replies come from signed webhooks and catch-ups; no event stream is opened.
+    result = run_example("webhook_bot.py", "--webhooks", "--self-test")
+    assert result.returncode == 0, result.stderr
+    assert "webhook self-test passed: 3 replies, 2 sessions, no event stream" in result.stdout
+    assert "alice: ['Echo: first from alice" in result.stdout
+
+
 def test_custom_tools() -> None:
     result = run_example("custom_tools.py")
     assert result.returncode == 0, result.stderr
