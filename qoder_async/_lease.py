@@ -63,22 +63,22 @@ work goes to the least loaded. When its share stays zero while work waits for
 session a round anyway.
 
 Cursor order: event ids are opaque, so cursors are ordered by ``processed_at``
-(RFC 3339) through :func:`order_key`; a cursor without one is never refused as
-older.
+(RFC 3339) through :func:`order_key`, which reads it with the stream's own
+parser (``_stream.time_key``); a cursor without one is never refused as older.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
-import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from attrs import define, field, frozen
 
 from ._backoff import Backoff
 from ._errors import LeaseLostError
+from ._stream import time_key
 
 __all__ = [
     "Balancer",
@@ -99,37 +99,29 @@ __all__ = [
     "order_key",
 ]
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def order_key(processed_at: str | None) -> str | None:
     """A string that sorts like the instant ``processed_at`` names, or ``None``.
 
-    RFC 3339 timestamps with any offset and up to nanosecond precision become a
-    fixed-width UTC digit string (``YYYYMMDDhhmmssnnnnnnnnn``), so plain string
-    comparison (in Python or in a Redis Lua script) orders them. Anything
-    unparseable has no order (``None``).
+    The timestamp is read by :func:`qoder_async._stream.time_key`, the parser
+    the stream's replay floor uses (RFC 3339, any offset, any precision, a
+    missing offset read as UTC), so the coordinator and the stream agree on
+    what is older. The instant becomes a fixed-width UTC digit string
+    (``YYYYMMDDhhmmssnnnnnnnnn``), so plain string comparison (in Python or in
+    a Redis Lua script) orders them. Anything unparseable, or outside the
+    years 1-9999 once in UTC, has no order (``None``).
     """
-    if not processed_at:
+    key = time_key(processed_at)
+    if key is None:
         return None
-    m = _RFC3339.fullmatch(processed_at.strip())
-    if m is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    nanos = int((m.group(7) or "").ljust(9, "0"))
-    if m.group(8):
-        tz = UTC
-    else:
-        sign = -1 if m.group(9) == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
+    seconds, nanos = key
     try:
-        instant = datetime(year, month, day, hour, minute, second, tzinfo=tz).astimezone(UTC)
-    except (ValueError, OverflowError):  # day 31 of a short month, second 60...
+        instant = _EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
         return None
-    return f"{instant:%Y%m%d%H%M%S}{nanos:09d}"
+    return f"{instant.year:04d}{instant:%m%d%H%M%S}{nanos:09d}"
 
 
 @frozen

@@ -28,6 +28,7 @@ from qoder_async._lease import (
     fair_shares,
     order_key,
 )
+from qoder_async._stream import time_key
 from qoder_async.fleet import LeaseLostError
 
 
@@ -54,10 +55,24 @@ def test_order_key_normalises_offsets_and_precision() -> None:
     # digits past nanoseconds are dropped, not rounded into the next second
     assert order_key("2026-05-18T03:40:48.9999999999Z") == "20260518034048999999999"
     assert order_key("2026-05-17T23:00:00-05:00") == "20260518040000000000000"
+    assert order_key("2026-05-18T05:40:48+0200") == "20260518034048000000000"
+    # the stream's parser reads a missing offset as UTC; the coordinator agrees with it
+    assert order_key("2026-05-18T03:40:48") == "20260518034048000000000"
+
+
+def test_order_key_and_the_stream_floor_use_one_parser() -> None:
+    samples = ["2026-05-18T03:40:48.5+01:00", "1999-12-31T23:59:59.999999999Z", "garbage"]
+    for text in samples:
+        key = time_key(text)
+        assert (order_key(text) is None) == (key is None)
+    a, b = "2026-05-18T03:40:48.5+01:00", "2026-05-18T02:40:48.6Z"
+    assert (order_key(a) or "") < (order_key(b) or "")
+    assert (time_key(a) or (0, 0)) < (time_key(b) or (0, 0))
 
 
 @pytest.mark.parametrize(
-    "text", [None, "", "yesterday", "2026-05-18", "2026-02-30T00:00:00Z", "2026-05-18T03:40:48"]
+    "text",
+    [None, "", "yesterday", "2026-05-18", "2026-02-30T00:00:00Z", "9999-12-31T23:00:00-05:00"],
 )
 def test_order_key_of_something_unparseable_is_none(text: str | None) -> None:
     assert order_key(text) is None
