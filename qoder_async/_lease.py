@@ -78,12 +78,13 @@ from attrs import define, field, frozen
 
 from ._backoff import Backoff
 from ._errors import LeaseLostError
+from ._models import Cursor
 from ._stream import time_key
 
 __all__ = [
     "Balancer",
     "Claim",
-    "Cursor",
+    "FleetCursor",
     "InFlight",
     "Lease",
     "LeaseStatus",
@@ -125,8 +126,12 @@ def order_key(processed_at: str | None) -> str | None:
 
 
 @frozen
-class Cursor:
-    """Where delivery of a session stands: an event id and its ``processed_at``.
+class FleetCursor(Cursor):
+    """Where delivery of a session stands: a :class:`~qoder_async.Cursor` and two flags.
+
+    A subclass of the public cursor (``event_id``, ``processed_at``), so an
+    exclusive one (``inclusive=False``) can be passed as is to
+    ``client.sessions.events.stream(session_id, last_event_id=cursor)``.
 
     ``inclusive=False`` (a committed cursor): everything up to and including
     ``event_id`` was delivered. ``inclusive=True`` (the anchor a send sets): the
@@ -139,8 +144,6 @@ class Cursor:
     for more events.
     """
 
-    event_id: str
-    processed_at: str | None = None
     inclusive: bool = False
     ends_turn: bool = False
 
@@ -154,7 +157,7 @@ class Cursor:
         return order_key(self.processed_at)
 
 
-def cursor_may_advance(stored: Cursor | None, new: Cursor) -> bool:
+def cursor_may_advance(stored: FleetCursor | None, new: FleetCursor) -> bool:
     """Whether committing ``new`` over ``stored`` is not a step backwards."""
     if stored is None:
         return True
@@ -162,7 +165,7 @@ def cursor_may_advance(stored: Cursor | None, new: Cursor) -> bool:
     return old_key is None or new_key is None or new_key >= old_key
 
 
-def covers(cursor: Cursor | None, event_id: str, key: str | None) -> bool:
+def covers(cursor: FleetCursor | None, event_id: str, key: str | None) -> bool:
     """Whether the event (``event_id``, order ``key``) was delivered according to ``cursor``."""
     if cursor is None:
         return False
@@ -194,7 +197,7 @@ class Claim:
 
     session_id: str
     token: int
-    cursor: Cursor | None
+    cursor: FleetCursor | None
     inflight: InFlight | None = None
 
 
@@ -262,7 +265,7 @@ class SessionInfo:
     holder: str
     leased: bool
     token: int
-    cursor: Cursor | None
+    cursor: FleetCursor | None
     inflight: InFlight | None
     pending: tuple[str, ...]
 
@@ -275,7 +278,7 @@ class _Row:
     token: int = 0
     holder: str = ""
     lease_until: float | None = None
-    cursor: Cursor | None = None
+    cursor: FleetCursor | None = None
     inflight: InFlight | None = None
     pending: dict[str, str | None] = field(factory=dict)
     line: int | None = None  # place in the active line; None = inactive
@@ -336,7 +339,7 @@ class LeaseTable:
 
     # ------------------------------------------------------------ sessions
 
-    def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+    def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """Put ``session_id`` in the active line; ``anchor`` sets the cursor only if absent."""
         row = self._rows.setdefault(session_id, _Row())
         if anchor is not None:
@@ -402,7 +405,7 @@ class LeaseTable:
         row = self._valid(session_id, token)
         row.inflight = InFlight(event_id, token)
 
-    def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+    def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """Store ``cursor`` unless it is older; ``False`` when it was older."""
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")

@@ -63,7 +63,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
 from ._lease import (
     Claim,
-    Cursor,
+    FleetCursor,
     InFlight,
     LeaseTable,
     SessionInfo,
@@ -85,7 +85,7 @@ __all__ = [
     "Claim",
     "Coordinator",
     "CoordinatorUnavailableError",
-    "Cursor",
+    "FleetCursor",
     "InFlight",
     "LeaseLostError",
     "MemoryCoordinator",
@@ -122,11 +122,11 @@ class Coordinator(Protocol):
     (event ids are opaque): a cursor without one is never refused as older.
     """
 
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """Make ``session_id`` active fleet-wide, so some worker claims and follows it.
 
         ``anchor`` is where a send's own ``user.message`` sits
-        (``Cursor(message_id, processed_at, inclusive=True)``): it becomes the
+        (``FleetCursor(message_id, processed_at, inclusive=True)``): it becomes the
         session's cursor only if the session has none, so a send never moves a
         committed cursor. The message stays *pending* (the session cannot be
         released) until a commit covers it. A session already active keeps its
@@ -166,7 +166,7 @@ class Coordinator(Protocol):
         starts; :meth:`commit` clears it. Raises :class:`LeaseLostError` if stale."""
         ...
 
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """After the handler for ``cursor.event_id`` returned: store ``cursor``.
 
         Clears the in-flight record and the pending messages the cursor covers.
@@ -273,7 +273,7 @@ class MemoryCoordinator:
     ) -> None:
         await self.aclose()
 
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """See :meth:`Coordinator.mark_active`."""
         self.table.mark_active(session_id, anchor)
 
@@ -299,7 +299,7 @@ class MemoryCoordinator:
         """See :meth:`Coordinator.begin_handler`."""
         self.table.begin_handler(session_id, token, event_id)
 
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """See :meth:`Coordinator.commit`."""
         return self.table.commit(session_id, token, cursor)
 
@@ -615,10 +615,10 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> Cursor | None:
+def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> FleetCursor | None:
     if not event_id:
         return None
-    return Cursor(
+    return FleetCursor(
         event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
     )
 
@@ -743,7 +743,7 @@ class RedisCoordinator:
             raise LeaseLostError(session_id, token)
         return status
 
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """See :meth:`Coordinator.mark_active`."""
         if anchor is None:
             await self._run(self._mark_active, session_id, "0", "", "", "", "0")
@@ -794,7 +794,7 @@ class RedisCoordinator:
         """See :meth:`Coordinator.begin_handler`."""
         await self._checked(session_id, token, self._begin, event_id)
 
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """See :meth:`Coordinator.commit`."""
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")

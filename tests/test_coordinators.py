@@ -26,7 +26,7 @@ from qoder_async.fleet import (
     Claim,
     Coordinator,
     CoordinatorUnavailableError,
-    Cursor,
+    FleetCursor,
     InFlight,
     LeaseLostError,
     MemoryCoordinator,
@@ -46,12 +46,12 @@ def at(n: int) -> str:
     return f"2026-05-18T03:40:{n // 1000:02d}.{n % 1000:03d}000000Z"
 
 
-def cur(n: int) -> Cursor:
-    return Cursor(f"evt_{n:04d}", at(n))
+def cur(n: int) -> FleetCursor:
+    return FleetCursor(f"evt_{n:04d}", at(n))
 
 
-def anchor(n: int) -> Cursor:
-    return Cursor(f"evt_{n:04d}", at(n), inclusive=True)
+def anchor(n: int) -> FleetCursor:
+    return FleetCursor(f"evt_{n:04d}", at(n), inclusive=True)
 
 
 class FakeClock:
@@ -304,9 +304,9 @@ async def test_commit_never_moves_the_cursor_backwards(h: Harness) -> None:
     assert info.cursor == cur(20)
     assert await c.commit("s1", t, cur(30)) is True
     # without processed_at there is no order to check: taken as is
-    assert await c.commit("s1", t, Cursor("evt_x")) is True
+    assert await c.commit("s1", t, FleetCursor("evt_x")) is True
     info = await inspect(c, "s1")
-    assert info.cursor == Cursor("evt_x")
+    assert info.cursor == FleetCursor("evt_x")
     with pytest.raises(ValueError, match="inclusive"):
         await c.commit("s1", t, anchor(40))
 
@@ -315,8 +315,8 @@ async def test_cursor_order_follows_the_instant_not_the_text(h: Harness) -> None
     c = h.coordinator
     await c.mark_active("s1")
     t = (await claim_one(c, "w1")).token
-    later = Cursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
-    earlier = Cursor("evt_a", "2026-05-18T03:30:00.5Z")
+    later = FleetCursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
+    earlier = FleetCursor("evt_a", "2026-05-18T03:30:00.5Z")
     assert await c.commit("s1", t, later) is True
     assert await c.commit("s1", t, earlier) is True  # 03:30Z is after 03:00Z
     assert await c.commit("s1", t, later) is False
@@ -338,9 +338,9 @@ async def test_mark_active_sets_the_cursor_only_if_absent(h: Harness) -> None:
 
 async def test_processed_at_none_is_stored_as_none(h: Harness) -> None:
     c = h.coordinator
-    await c.mark_active("s1", Cursor("evt_1", None, inclusive=True))
+    await c.mark_active("s1", FleetCursor("evt_1", None, inclusive=True))
     claim = await claim_one(c, "w1")
-    assert claim.cursor == Cursor("evt_1", None, inclusive=True)
+    assert claim.cursor == FleetCursor("evt_1", None, inclusive=True)
 
 
 # --------------------------------------------------------------------------- release, pending
@@ -406,7 +406,7 @@ async def test_the_next_owner_learns_the_cursor_ended_a_turn(h: Harness) -> None
     c = h.coordinator
     await c.mark_active("s1", anchor(1))
     first = await claim_one(c, "w1")
-    idle = Cursor("evt_0009", at(9), ends_turn=True)
+    idle = FleetCursor("evt_0009", at(9), ends_turn=True)
     await c.commit("s1", first.token, idle)
     await c.hand_off("s1", first.token)
     heir = await claim_one(c, "w2")

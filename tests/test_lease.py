@@ -9,14 +9,17 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import qoder_async
 from qoder_async import Backoff, QoderError
+from qoder_async._eventstream import as_cursor
 from qoder_async._lease import (
     Balancer,
-    Cursor,
+    FleetCursor,
     Lease,
     LeaseStatus,
     LeaseTable,
@@ -110,24 +113,24 @@ def test_order_key_sorts_like_the_instants(
 
 
 def test_cursor_may_advance_by_processed_at_only() -> None:
-    early = Cursor("evt_b", "2026-05-18T03:00:00Z")
-    late = Cursor("evt_a", "2026-05-18T04:00:00Z")
+    early = FleetCursor("evt_b", "2026-05-18T03:00:00Z")
+    late = FleetCursor("evt_a", "2026-05-18T04:00:00Z")
     assert cursor_may_advance(None, early)
     assert cursor_may_advance(early, late)
     assert cursor_may_advance(early, early)
     assert not cursor_may_advance(late, early)
-    assert cursor_may_advance(late, Cursor("evt_c"))  # no order known: taken
-    assert cursor_may_advance(Cursor("evt_c"), early)
+    assert cursor_may_advance(late, FleetCursor("evt_c"))  # no order known: taken
+    assert cursor_may_advance(FleetCursor("evt_c"), early)
 
 
 def test_an_anchor_cannot_end_a_turn() -> None:
     with pytest.raises(ValueError, match="anchor"):
-        Cursor("evt_1", inclusive=True, ends_turn=True)
+        FleetCursor("evt_1", inclusive=True, ends_turn=True)
 
 
 def test_covers() -> None:
-    committed = Cursor("evt_5", "2026-05-18T03:00:05Z")
-    anchored = Cursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
+    committed = FleetCursor("evt_5", "2026-05-18T03:00:05Z")
+    anchored = FleetCursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
     key = order_key
     assert covers(committed, "evt_5", None)
     assert not covers(anchored, "evt_5", None)  # the anchor itself is still to deliver
@@ -135,7 +138,7 @@ def test_covers() -> None:
     assert covers(anchored, "evt_4", key("2026-05-18T03:00:04Z"))
     assert not covers(committed, "evt_6", key("2026-05-18T03:00:06Z"))
     assert not covers(committed, "evt_x", None)
-    assert not covers(Cursor("evt_5"), "evt_4", key("2026-05-18T03:00:04Z"))
+    assert not covers(FleetCursor("evt_5"), "evt_4", key("2026-05-18T03:00:04Z"))
     assert not covers(None, "evt_5", None)
 
 
@@ -421,7 +424,9 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
     for op, s, w, n in ops:
         sid, wid = f"s{s}", f"w{w}"
         if op == "mark":
-            table.mark_active(sid, Cursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z", inclusive=True))
+            table.mark_active(
+                sid, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z", inclusive=True)
+            )
             continue
         if op == "wait":
             clock.now += n / 4
@@ -442,10 +447,12 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
             if op == "renew":
                 table.renew(sid, token, ttl=5.0)
             elif op == "commit":
-                stored = table.commit(sid, token, Cursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z"))
+                stored = table.commit(
+                    sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z")
+                )
                 assert before is not None
                 assert stored == cursor_may_advance(
-                    before.cursor, Cursor("x", f"2026-01-01T00:00:{n:02d}Z")
+                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
                 )
             elif op == "begin":
                 table.begin_handler(sid, token, f"e{n}")
@@ -469,3 +476,17 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
         if before.cursor is not None and after.cursor is not None:
             assert cursor_may_advance(before.cursor, after.cursor)
     assert all(len(tokens) <= 1 for tokens in runners.values())
+
+
+def test_a_fleet_cursor_is_the_public_cursor_with_two_flags() -> None:
+    cursor = FleetCursor("evt_9", "2026-05-18T03:00:09Z", ends_turn=True)
+    assert isinstance(cursor, qoder_async.Cursor)
+    assert (cursor.event_id, cursor.processed_at, str(cursor)) == (
+        "evt_9",
+        cursor.processed_at,
+        "evt_9",
+    )
+    assert as_cursor(cursor) is cursor  # what client.sessions.events.stream() takes
+    assert cursor != qoder_async.Cursor("evt_9", "2026-05-18T03:00:09Z")  # the flags matter
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cursor.inclusive = True  # type: ignore[misc]
