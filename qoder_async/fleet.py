@@ -43,11 +43,12 @@ the gate says WAIT (the lease is past its     no handler starts; the task waits 
 local deadline: a pause, an outage)           renewal that confirms the lease, or loses it
 the handler raises                            logged; the event counts as delivered (a poison
                                               event must not wedge its session)
-a ``requires_action`` idle, with ``tools=``   after the handler, before the commit: every
-                                              named tool use with a handler goes through the
+a ``requires_action`` idle, with ``tools=``   in flight, before its handler: every named
+                                              tool use with a handler goes through the
                                               ledger (``tool_action``): run once fleet-wide,
                                               result stored, posted (echoing
-                                              ``session_thread_id``), marked posted
+                                              ``session_thread_id``), marked posted; a worker
+                                              dying meanwhile has not called the handler
 the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
                                               ended the turn); if it did, release: refused
                                               (a message is pending): keep following
@@ -738,17 +739,19 @@ class Fleet:
         if ident is not None:
             await self._gate(runner)
             await self._coordinate(runner, self.coordinator.begin_handler, sid, token, ident)
+        active = cls is not SessionStatusIdle
+        if isinstance(ev, AgentCustomToolUse) and ident is not None:
+            runner.uses[ident] = ev
+        elif self._tools and _requires_action(ev):
+            # Before the handler, inside the in-flight window: a worker that dies while
+            # its tools run has not called the handler of this event yet.
+            active = await self._answer_tools(runner, ev)  # type: ignore[arg-type]
         await self._gate(runner)
         redelivered = follow.redelivered(ident)
         delivery = Delivery(sid, ev, ev.turn_id, redelivered, token)
         self.delivered += 1
         self.redelivered += redelivered
         await self._call_handler(delivery)
-        active = cls is not SessionStatusIdle
-        if isinstance(ev, AgentCustomToolUse) and ident is not None:
-            runner.uses[ident] = ev
-        elif self._tools and _requires_action(ev):
-            active = await self._answer_tools(runner, ev)  # type: ignore[arg-type]
         if ident is None:
             return active
         turn_over = ends_turn(ev)
