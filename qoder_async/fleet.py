@@ -681,8 +681,9 @@ class Fleet:
                 )
                 await self._sleep(self.fatal_cooldown)
                 return
+            await self._stream_failed(runner, "the server ended the stream")  # [DONE]
 
-    async def _stream_failed(self, runner: _Runner, exc: Exception) -> None:
+    async def _stream_failed(self, runner: _Runner, exc: Exception | str) -> None:
         runner.stream_failures += 1
         delay = _STREAM_BACKOFF.delay(runner.stream_failures - 1, self._rand())
         logger.warning(
@@ -838,21 +839,31 @@ class Fleet:
         """Run or post what the pause waits for (through the ledger). Returns whether
         results were posted (the session then runs on)."""
         wanted = tuple(getattr(idle.stop_reason, "event_ids", ()))
+        failures = OutageBackoff(clock=self._clock, rand=self._rand)
         while True:
             try:
                 return await self._answer_tools_once(runner, wanted)
-            except (LeaseLostError, CoordinatorUnavailableError):
-                raise
-            except QoderError as exc:  # the API failed: try again, never re-run a tool
-                delay = runner.outage.failed()
-                logger.warning(
-                    "fleet %s: answering the tools of %s failed (%s); retrying in %.1fs",
-                    self.worker_id,
-                    runner.follow.session_id,
-                    exc,
-                    delay,
-                )
-                await self._sleep(delay)
+            except APIStatusError as exc:
+                if not isinstance(exc, _TRANSIENT):  # refused for good: leave it to others
+                    logger.error(
+                        "fleet %s: the tool results of %s were refused (%s); not retrying",
+                        self.worker_id,
+                        runner.follow.session_id,
+                        exc,
+                    )
+                    return False
+                error: APIError = exc
+            except APIError as exc:  # no answer: try again (a stored result is never re-run)
+                error = exc
+            delay = failures.failed()
+            logger.warning(
+                "fleet %s: answering the tools of %s failed (%s); retrying in %.1fs",
+                self.worker_id,
+                runner.follow.session_id,
+                error,
+                delay,
+            )
+            await self._sleep(delay)
 
     async def _answer_tools_once(self, runner: _Runner, wanted: Sequence[str]) -> bool:
         follow = runner.follow

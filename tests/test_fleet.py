@@ -34,6 +34,7 @@ from qoder_async.fleet import (
     RedisCoordinator,
 )
 from qoder_async.testing import (
+    CannedResponse,
     FakeQoderServer,
     TurnContext,
     subagent_tool_script,
@@ -314,9 +315,11 @@ async def test_faults_on_the_wire_change_nothing_delivered(
 # --------------------------------------------------------------------------- tools
 
 
+@pytest.mark.parametrize("turn_ids", [True, False], ids=["turn_ids", "no_turn_ids"])
 async def test_tools_run_once_and_their_results_are_posted(
-    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators, turn_ids: bool
 ) -> None:
+    server.dialect.turn_ids = turn_ids
     server.script = tool_script("get_weather", {"city": "Paris"})
     sids = [str(server.add_session()["id"]) for _ in range(3)]
     coordinator = coordinators()
@@ -371,6 +374,49 @@ async def test_a_sub_agent_tool_result_echoes_its_thread(
     assert result["session_thread_id"] == use["session_thread_id"]
     assert ran == ["x"]
     assert events[-2]["content"][0]["text"] == "worker reports: lookup returned: found x"
+
+
+async def test_a_refused_result_is_left_for_someone_else_to_answer(
+    server: FakeQoderServer, qc: QoderClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script = tool_script("get_weather", {"city": "Rome"})
+    sid = str(server.add_session()["id"])
+    coordinator = MemoryCoordinator()
+    refusal = json.dumps(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}
+    ).encode()
+
+    def get_weather(args: Mapping[str, Any]) -> str:
+        server.faults.respond_next.append(
+            CannedResponse("POST", r"/events$", 400, {"Content-Type": "application/json"}, refusal)
+        )
+        return "warm"
+
+    rec = Recorder()
+    async with Fleet(qc, coordinator, lease_ttl=TTL, tools={"get_weather": get_weather}) as fleet:
+        fleet.handler(rec)
+        async with serving(fleet):
+            await fleet.send(sid, "weather?")
+
+            async def paused_and_delivered() -> bool:
+                return any(d.event.type == "session.status_idle" for d in rec.deliveries)
+
+            await eventually(paused_and_delivered)
+            assert "were refused" in caplog.text
+            use = next(e for e in server.stored_events(sid) if e["type"] == "agent.custom_tool_use")
+            record = await coordinator.tool_record(sid, use["id"])
+            assert record is not None
+            assert record.state.value == "done"  # stored, never posted: not run again either
+            await qc.sessions.events.send(
+                sid,
+                {
+                    "type": "user.custom_tool_result",
+                    "custom_tool_use_id": use["id"],
+                    "content": "hot",
+                },
+            )
+            await released(coordinator, sid)
+    assert server.stored_events(sid)[-2]["content"][0]["text"] == "get_weather returned: hot"
 
 
 async def _dead_owner(
