@@ -665,6 +665,23 @@ async def test_redis_survives_a_lost_script_cache(redis_h: Harness) -> None:
     assert [x.session_id for x in await c.claim("w1", ttl=LONG)] == ["s1"]
 
 
+async def test_redis_calls_wait_for_a_free_connection_instead_of_failing(
+    redis_h: Harness,
+) -> None:
+    # A worker following hundreds of sessions makes more concurrent calls than the pool
+    # holds connections: they queue (never a "Too many connections" taken for an outage).
+    assert redis_h._redis_url
+    c = RedisCoordinator.from_url(
+        redis_h._redis_url, namespace=redis_h.namespace, max_connections=4
+    )
+    try:
+        await asyncio.gather(*(c.mark_active(f"s{i}") for i in range(300)))
+        infos = await asyncio.gather(*(c.inspect(f"s{i}") for i in range(300)))
+        assert all(info is not None and info.active for info in infos)
+    finally:
+        await c.aclose()
+
+
 def test_redis_namespace_is_checked() -> None:
     from qoder_async import ConfigurationError
 
