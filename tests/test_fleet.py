@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -762,3 +763,16 @@ async def test_a_busy_session_raises_or_waits(server: FakeQoderServer, qc: Qoder
     accepted = await fleet.send(sid, "second", on_busy="wait")
     assert accepted.events[0].type == "user.message"
     assert len(server.user_messages(sid)) == 2
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def test_the_readme_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Running many workers\n", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(snippet, "README.md#running-many-workers", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "reply for sess_" in out
+    assert out.strip().endswith(": get_weather returned: 18°C and sunny in Paris")
