@@ -78,7 +78,9 @@ async def server_role(args: argparse.Namespace) -> None:
     await server.start()
     ids = {k: [str(server.add_session()["id"]) for _ in range(args.sessions)] for k in ("d", "f")}
     print(json.dumps({"base_url": server.base_url, "token": server.token, **ids}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    async for command in lines():  # until EOF
+        if command == "cpu":
+            print(json.dumps(time.process_time()), flush=True)
     await server.close()
 
 
@@ -116,9 +118,19 @@ async def worker_role(args: argparse.Namespace) -> None:
 
         serving = asyncio.create_task(fleet.serve())
         print("ready", flush=True)
+        cpu = time.process_time()
         async for command in lines():
-            if command == "report":
-                report = {"latencies": latencies, "starts": starts, "held_max": held_max}
+            if command == "mark":
+                cpu = time.process_time()
+                print("{}", flush=True)
+            elif command == "report":
+                used = time.process_time() - cpu
+                report = {
+                    "latencies": latencies,
+                    "starts": starts,
+                    "held_max": held_max,
+                    "cpu": used,
+                }
                 print(json.dumps(report), flush=True)
                 latencies, starts, held_max = [], {}, 0
         serving.cancel()
@@ -147,10 +159,12 @@ async def direct_role(args: argparse.Namespace) -> None:
         print("ready", flush=True)
         async for command in lines():
             if command == "round":
+                cpu = time.process_time()
                 results = await asyncio.gather(*(one(sid) for sid in sessions))
                 report = {
                     "latencies": [x for got, _ in results for x in got],
                     "start_ms": [s for _, s in results],
+                    "cpu": time.process_time() - cpu,
                 }
                 print(json.dumps(report), flush=True)
 
@@ -225,6 +239,8 @@ async def fleet_round(
     front: Fleet, coordinator: RedisCoordinator, sessions: list[str], workers: list[Child]
 ) -> dict[str, Any]:
     sent: dict[str, float] = {}
+    for w in workers:
+        await w.ask("mark")
 
     async def send(sid: str) -> None:
         await front.send(sid, "go")
@@ -243,6 +259,7 @@ async def fleet_round(
     per_worker = [len(r["starts"]) for r in reports]
     result["sessions_per_worker"] = per_worker
     result["held_max"] = [r["held_max"] for r in reports]
+    result["cpu"] = sum(r["cpu"] for r in reports)
     return result
 
 
@@ -276,12 +293,15 @@ async def harness(args: argparse.Namespace) -> dict[str, Any]:
                 for r in range(args.rounds + 1):
                     for name in rotate(["direct", "fleet"], r):
                         began = time.perf_counter()
+                        server_cpu = await server.ask("cpu")
                         if name == "direct":
                             report = await direct.ask("round")
                             result = summary(report["latencies"], report["start_ms"])
                             result["sessions_per_worker"] = [args.sessions]
+                            result["cpu"] = report["cpu"]
                         else:
                             result = await fleet_round(front, coordinator, info["f"], workers)
+                        result["server_cpu"] = await server.ask("cpu") - server_cpu
                         result["seconds"] = time.perf_counter() - began
                         if result["events"] != expected:
                             raise SystemExit(f"{name}: {result['events']} events, not {expected}")
@@ -289,7 +309,9 @@ async def harness(args: argparse.Namespace) -> dict[str, Any]:
                         print(
                             f"  {label:8} {name:6} p50 {result['p50']:7.1f} ms  "
                             f"p99 {result['p99']:7.1f} ms  start p99 {result['start_p99']:7.1f} ms"
-                            f"  sessions/worker {result['sessions_per_worker']}",
+                            f"  client CPU {result['cpu']:5.2f} s  server CPU "
+                            f"{result['server_cpu']:5.2f} s  sessions/worker "
+                            f"{result['sessions_per_worker']}",
                             flush=True,
                         )
                         if r > 0:
@@ -311,7 +333,7 @@ def render(args: argparse.Namespace, rounds: dict[str, Any]) -> str:
         f"{args.events} events {args.interval:g} s apart, {args.workers} workers on Redis "
         f"vs one process (medians of {args.rounds} rounds; lower is better)",
         "   contender  sessions/worker  p50 ms  p99 ms  max ms  start p50 ms  start p99 ms"
-        "  x direct p99",
+        "  client CPU s  x direct p99",
     ]
     for name in ("direct", "fleet"):
         res = rounds[name]
@@ -321,7 +343,7 @@ def render(args: argparse.Namespace, rounds: dict[str, Any]) -> str:
         out.append(
             f"   {name:9}  {per:>15}  {med(res, 'p50'):6.1f}  {p99:6.1f}  {med(res, 'max'):6.1f}"
             f"  {med(res, 'start_p50'):12.1f}  {med(res, 'start_p99'):12.1f}"
-            f"  {p99 / direct_p99:12.2f}"
+            f"  {med(res, 'cpu'):12.2f}  {p99 / direct_p99:12.2f}"
         )
     return "\n".join(out)
 

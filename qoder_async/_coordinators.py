@@ -184,6 +184,17 @@ class Coordinator(Protocol):
         """
         ...
 
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """:meth:`commit` ``cursor`` and then :meth:`begin_handler` ``next_event_id``, as
+        one atomic step (one round trip per event while events queue up).
+
+        Returns what the commit returns; the in-flight record is made either way.
+        Raises :class:`LeaseLostError` if ``token`` is stale (and changes nothing).
+        """
+        ...
+
     async def release(self, session_id: str, token: int) -> bool:
         """The session's turn ended: stop following it.
 
@@ -308,6 +319,12 @@ class MemoryCoordinator:
     async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """See :meth:`Coordinator.commit`."""
         return self.table.commit(session_id, token, cursor)
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """See :meth:`Coordinator.advance`."""
+        return self.table.advance(session_id, token, cursor, next_event_id)
 
     async def release(self, session_id: str, token: int) -> bool:
         """See :meth:`Coordinator.release`."""
@@ -476,22 +493,36 @@ redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
 return 1
 """
 
+# The commit rule, shared by _COMMIT and _ADVANCE. 1 stored, 0 older.
+_COMMIT_FN = """
+local function commit(sid, id, at, key, ends)
+  local s = skey(sid)
+  local old = redis.call('HGET', s, 'c_key')
+  if old and old ~= '' and key ~= '' and key < old then return 0 end
+  redis.call('HSET', s, 'c_id', id, 'c_at', at, 'c_key', key, 'c_incl', '0', 'c_end', ends)
+  redis.call('HDEL', s, 'f_id', 'f_token')
+  local pending = redis.call('HGETALL', pkey(sid))
+  for i = 1, #pending, 2 do
+    if covers(id, '0', key, pending[i], pending[i + 1]) then
+      redis.call('HDEL', pkey(sid), pending[i])
+    end
+  end
+  return 1
+end
+"""
+
 # ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, 0 older, -1 lost.
 _COMMIT = """
-local sid, id, key = ARGV[2], ARGV[4], ARGV[6]
-if not valid(sid, ARGV[3]) then return -1 end
-local s = skey(sid)
-local old = redis.call('HGET', s, 'c_key')
-if old and old ~= '' and key ~= '' and key < old then return 0 end
-redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', key, 'c_incl', '0', 'c_end', ARGV[7])
-redis.call('HDEL', s, 'f_id', 'f_token')
-local pending = redis.call('HGETALL', pkey(sid))
-for i = 1, #pending, 2 do
-  if covers(id, '0', key, pending[i], pending[i + 1]) then
-    redis.call('HDEL', pkey(sid), pending[i])
-  end
-end
-return 1
+if not valid(ARGV[2], ARGV[3]) then return -1 end
+return commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+
+# ARGV: as _COMMIT, then the next event id. The commit's answer; the in-flight record is made.
+_ADVANCE = """
+if not valid(ARGV[2], ARGV[3]) then return -1 end
+local stored = commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[8], 'f_token', ARGV[3])
+return stored
 """
 
 # ARGV: prefix, session, token, release ("1") or hand off ("0"). 1 done, 0 busy, -1 lost.
@@ -630,6 +661,13 @@ def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) ->
     )
 
 
+def _commit_args(cursor: FleetCursor) -> tuple[str, str, str, str]:
+    if cursor.inclusive:
+        raise ValueError("a committed cursor is never inclusive")
+    end = "1" if cursor.ends_turn else "0"
+    return cursor.event_id, cursor.processed_at or "", cursor.order_key or "", end
+
+
 def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
     if len(reply) < 5:
         return None
@@ -686,7 +724,8 @@ class RedisCoordinator:
         self._claim = register(_LUA_PRELUDE + _CLAIM)
         self._renew = register(_LUA_PRELUDE + _RENEW)
         self._begin = register(_LUA_PRELUDE + _BEGIN)
-        self._commit = register(_LUA_PRELUDE + _COMMIT)
+        self._commit = register(_LUA_PRELUDE + _COMMIT_FN + _COMMIT)
+        self._advance = register(_LUA_PRELUDE + _COMMIT_FN + _ADVANCE)
         self._let_go = register(_LUA_PRELUDE + _LET_GO)
         self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
         self._tool_store = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_STORE)
@@ -861,13 +900,14 @@ class RedisCoordinator:
 
     async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """See :meth:`Coordinator.commit`."""
-        if cursor.inclusive:
-            raise ValueError("a committed cursor is never inclusive")
-        key = cursor.order_key or ""
-        at = cursor.processed_at or ""
-        end = "1" if cursor.ends_turn else "0"
-        status = await self._checked(session_id, token, self._commit, cursor.event_id, at, key, end)
-        return status == 1
+        return await self._checked(session_id, token, self._commit, *_commit_args(cursor)) == 1
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """See :meth:`Coordinator.advance`."""
+        args = (*_commit_args(cursor), next_event_id)
+        return await self._checked(session_id, token, self._advance, *args) == 1
 
     async def release(self, session_id: str, token: int) -> bool:
         """See :meth:`Coordinator.release`."""

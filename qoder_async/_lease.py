@@ -28,6 +28,8 @@ begin_handler(s, T, e)  valid: in-flight := (e, T), before the handler starts
 commit(s, T, c)         valid: unless ``c`` is older than the stored cursor (by
                         ``processed_at``, when both have one): cursor := c, in-flight
                         cleared, pending messages that ``c`` covers dropped. Older: no change
+advance(s, T, c, e)     commit(s, T, c) then begin_handler(s, T, e), as one step (the next
+                        event was already received: one round trip covers both)
 release(s, T)           valid, nothing pending, nothing in flight: ``s`` leaves the active
                         line and its lease ends; otherwise ``False`` and nothing changes
 hand_off(s, T)          valid: the lease ends, ``s`` stays active: claimable at once
@@ -74,7 +76,8 @@ before a handler (and again right        ``Gate.START`` while HELD; ``Gate.WAIT`
 before it starts)                        EXPIRED (wait for a renewal); ``Gate.STOP``
                                          once LOST or RELEASED
 the handler returned                     commit the event's cursor (``ends_turn`` when
-                                         it ended a turn)
+                                         it ended a turn); if the next event is already
+                                         here (``next_after``), ``advance`` instead
 the committed (or claimed) cursor ends   try to release; refused (a message is pending
 a turn                                   or a handler in flight): keep following
 a tool-ledger record (``tool_action``)   RUNNING under our token: RUN it; DONE: POST
@@ -449,6 +452,15 @@ class LeaseTable:
         row.pending = {i: k for i, k in row.pending.items() if not covers(cursor, i, k)}
         return True
 
+    def advance(self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str) -> bool:
+        """:meth:`commit` ``cursor``, then :meth:`begin_handler` ``next_event_id``, at once.
+
+        Returns what the commit returned; the in-flight record is made either way.
+        """
+        stored = self.commit(session_id, token, cursor)
+        self.begin_handler(session_id, token, next_event_id)
+        return stored
+
     def release(self, session_id: str, token: int) -> bool:
         """End the lease and leave the active line, if nothing is pending or in flight."""
         row = self._valid(session_id, token)
@@ -773,6 +785,13 @@ class Follow:
             return False
         key, anchor_key = order_key(processed_at), anchor.order_key
         return key is None or anchor_key is None or key <= anchor_key
+
+    def next_after(
+        self, cursor: FleetCursor, event_id: str | None, processed_at: str | None
+    ) -> bool:
+        """Whether an event already received is the next to deliver once ``cursor`` is
+        committed (so one ``advance`` may commit the one and record the other in flight)."""
+        return bool(event_id) and not covers(cursor, event_id or "", order_key(processed_at))
 
     def redelivered(self, event_id: str | None) -> bool:
         """Whether this event's handler may have run under an earlier owner."""

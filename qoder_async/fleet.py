@@ -50,8 +50,11 @@ a ``requires_action`` idle, with ``tools=``   in flight, before its handler: eve
                                               ``session_thread_id``), marked posted; a worker
                                               dying meanwhile has not called the handler
 the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
-                                              ended the turn); if it did, release: refused
-                                              (a message is pending): keep following
+                                              ended the turn); if the next event has arrived
+                                              already, ``advance`` (the commit and the next
+                                              in-flight record in one call); if the turn
+                                              ended, release: refused (a message is
+                                              pending): keep following
 the coordinator is unreachable                every call is retried after a capped, jittered
                                               backoff; leases run out locally, so no handler
                                               starts until the coordinator answers again and
@@ -103,6 +106,7 @@ import platform
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
@@ -171,10 +175,12 @@ from ._session import (
     _same_event,
     _tool_result,
 )
+from ._stream import PREVIEW_CLASSES
 from ._turns import ToolCall, ends_turn
 
 if TYPE_CHECKING:
     from ._client import QoderClient
+    from ._eventstream import EventStream
     from ._models import OutboundEvent
     from ._pagination import AsyncPaginator
 
@@ -238,7 +244,7 @@ Handler: TypeAlias = Callable[[Delivery], Awaitable[None] | None]
 class _Runner:
     """The driver's state for one followed session (the decisions are ``Follow``'s)."""
 
-    __slots__ = ("changed", "follow", "outage", "stream_failures", "task", "uses")
+    __slots__ = ("begun", "changed", "follow", "outage", "stream_failures", "task", "uses")
 
     def __init__(self, follow: Follow, outage: OutageBackoff) -> None:
         self.follow = follow
@@ -247,6 +253,68 @@ class _Runner:
         self.uses: dict[str, AgentCustomToolUse] = {}  # tool uses seen in this turn
         self.task: asyncio.Task[None] | None = None
         self.stream_failures = 0
+        self.begun: str | None = None  # the event an ``advance`` already recorded in flight
+
+
+class _Ahead:
+    """A session's stream, read by a task of its own into a small buffer.
+
+    The driver sees whether the next event has already arrived (:meth:`peek`);
+    then one ``advance`` commits this event and records the next in flight
+    (one round trip per event while events queue up, instead of two). The
+    buffer is bounded: a slow handler slows the reading down, as before.
+    """
+
+    __slots__ = ("_buffer", "_done", "_error", "_more", "_room", "_size", "_task")
+
+    def __init__(self, stream: EventStream, size: int = 32) -> None:
+        self._buffer: deque[Event] = deque()
+        self._size = size
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._done = False
+        self._error: Exception | None = None
+        self._task = asyncio.get_running_loop().create_task(
+            self._read(stream), name=f"qoder_async fleet reader {stream.session_id}"
+        )
+
+    async def _read(self, stream: EventStream) -> None:
+        try:
+            async for ev in stream:
+                self._buffer.append(ev)
+                self._more.set()
+                if len(self._buffer) >= self._size:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # raised to the driver by get(), after what came before it
+            self._error = exc
+        finally:
+            self._done = True
+            self._more.set()
+
+    def peek(self) -> Event | None:
+        """The next event if it has arrived already, else None (never waits)."""
+        return self._buffer[0] if self._buffer else None
+
+    async def get(self) -> Event | None:
+        """The next event; None once the stream ended; the stream's error, if it failed."""
+        while not self._buffer:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._more.clear()
+            await self._more.wait()
+        ev = self._buffer.popleft()
+        self._room.set()
+        return ev
+
+    async def aclose(self) -> None:
+        """Stop reading."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _default_worker_id() -> str:
@@ -648,14 +716,18 @@ class Fleet:
                 )
                 async with stream:
                     stream.expect_activity = True
-                    async for ev in stream:
-                        runner.stream_failures = 0
-                        if type(ev) in _ENDS_STREAM:
-                            ended = True
-                        outcome = await self._deliver(runner, ev)
-                        if outcome is None:
-                            return  # released
-                        stream.expect_activity = outcome
+                    ahead = _Ahead(stream)
+                    try:
+                        while (ev := await ahead.get()) is not None:
+                            runner.stream_failures = 0
+                            if type(ev) in _ENDS_STREAM:
+                                ended = True
+                            outcome = await self._deliver(runner, ev, ahead)
+                            if outcome is None:
+                                return  # released
+                            stream.expect_activity = outcome
+                    finally:
+                        await ahead.aclose()
             except _TRANSIENT as exc:
                 await self._stream_failed(runner, exc)
                 continue
@@ -729,7 +801,7 @@ class Fleet:
             )
         return None
 
-    async def _deliver(self, runner: _Runner, ev: Event) -> bool | None:
+    async def _deliver(self, runner: _Runner, ev: Event, ahead: _Ahead) -> bool | None:
         """Deliver one event. Returns whether the session is expected to be active next,
         or ``None`` once the session was released. Raises LeaseLostError when lost."""
         follow = runner.follow
@@ -737,9 +809,10 @@ class Fleet:
         if cls is EventDelta or cls is EventStart or not follow.admit(ev.id, ev.processed_at):
             return True
         sid, token, ident = follow.session_id, follow.token, ev.id
-        if ident is not None:
+        if ident is not None and ident != runner.begun:
             await self._gate(runner)
             await self._coordinate(runner, self.coordinator.begin_handler, sid, token, ident)
+        runner.begun = None
         active = cls is not SessionStatusIdle
         if isinstance(ev, AgentCustomToolUse) and ident is not None:
             runner.uses[ident] = ev
@@ -757,7 +830,20 @@ class Fleet:
             return active
         turn_over = ends_turn(ev)
         cursor = follow.delivered(ident, ev.processed_at, ends_turn=turn_over)
-        await self._coordinate(runner, self.coordinator.commit, sid, token, cursor)
+        after = ahead.peek()
+        if (
+            not turn_over
+            and after is not None
+            and type(after) not in PREVIEW_CLASSES
+            and follow.next_after(cursor, after.id, after.processed_at)
+        ):
+            # The next event is here: its in-flight record goes with this commit.
+            await self._gate(runner)
+            nxt = str(after.id)
+            await self._coordinate(runner, self.coordinator.advance, sid, token, cursor, nxt)
+            runner.begun = nxt
+        else:
+            await self._coordinate(runner, self.coordinator.commit, sid, token, cursor)
         follow.committed(cursor)
         if turn_over:
             runner.uses.clear()

@@ -212,6 +212,7 @@ async def test_stale_token_is_refused_everywhere(h: Harness) -> None:
         lambda: c.renew("s1", stale, ttl=LONG),
         lambda: c.begin_handler("s1", stale, "evt_1"),
         lambda: c.commit("s1", stale, cur(1)),
+        lambda: c.advance("s1", stale, cur(1), "evt_2"),
         lambda: c.release("s1", stale),
         lambda: c.hand_off("s1", stale),
         lambda: c.claim_tool("s1", stale, "tool_1"),
@@ -296,6 +297,29 @@ async def test_commit_never_moves_the_cursor_backwards(h: Harness) -> None:
     assert info.cursor == FleetCursor("evt_x")
     with pytest.raises(ValueError, match="inclusive"):
         await c.commit("s1", t, anchor(40))
+
+
+async def test_advance_commits_then_records_the_next_event_in_flight(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    t = (await claim_one(c, "w1")).token
+    await c.begin_handler("s1", t, "evt_0010")
+    assert await c.advance("s1", t, cur(10), "evt_0011") is True
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight, info.pending) == (cur(10), InFlight("evt_0011", t), ())
+    assert await c.release("s1", t) is False  # the next handler is in flight
+    assert await c.advance("s1", t, cur(5), "evt_0012") is False  # older: cursor kept...
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # ...record made
+    with pytest.raises(ValueError, match="inclusive"):
+        await c.advance("s1", t, anchor(13), "evt_0014")
+    await c.hand_off("s1", t)
+    heir = await claim_one(c, "w2")
+    assert heir.inflight == InFlight("evt_0012", t)  # what the heir redelivers
+    with pytest.raises(LeaseLostError):
+        await c.advance("s1", t, cur(12), "evt_0013")
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # unchanged
 
 
 async def test_cursor_order_follows_the_instant_not_the_text(h: Harness) -> None:

@@ -630,6 +630,53 @@ async def test_stopping_a_worker_hands_its_sessions_off(
     assert b.deliveries[0].redelivered
 
 
+class CountingCoordinator(MemoryCoordinator):
+    """A MemoryCoordinator that counts in-flight records made alone and with a commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = defaultdict(int)
+
+    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        self.calls["begin_handler"] += 1
+        await super().begin_handler(session_id, token, event_id)
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        self.calls["advance"] += 1
+        return await super().advance(session_id, token, cursor, next_event_id)
+
+
+async def burst(ctx: TurnContext) -> None:
+    for i in range(20):  # stored back to back: they arrive together
+        ctx.emit("agent.message", content=[{"type": "text", "text": f"burst {i}"}])
+
+
+async def test_events_that_arrive_together_cost_one_coordinator_call_each(
+    server: FakeQoderServer, qc: QoderClient
+) -> None:
+    server.script = burst
+    sid = str(server.add_session()["id"])
+    coordinator = CountingCoordinator()
+    rec = Recorder()
+
+    async def slow(d: Delivery) -> None:
+        await asyncio.sleep(0.001)  # the next events arrive meanwhile
+
+    rec.hook = slow
+    async with Fleet(qc, coordinator, lease_ttl=TTL) as fleet:
+        fleet.handler(rec)
+        async with serving(fleet):
+            await fleet.send(sid, "go")
+            await released(coordinator, sid)
+    first = server.user_messages(sid)[0]["id"]
+    assert rec.ids(sid) == stored_ids(server, sid, first)
+    # every event recorded in flight exactly once, most of them along with a commit
+    assert coordinator.calls["begin_handler"] + coordinator.calls["advance"] == len(rec.deliveries)
+    assert coordinator.calls["advance"] >= 10
+
+
 # --------------------------------------------------------------------------- Redis outage
 
 

@@ -54,10 +54,11 @@ Record = dict[str, Any]
 
 
 async def turn_script(ctx: TurnContext) -> None:
-    """About a second per turn; the tool turn pauses for get_weather."""
+    """About a second per turn, events alone and in pairs; the tool turn calls get_weather."""
     for i in range(3):
         await ctx.sleep(0.1)
         ctx.emit("agent.message", content=[{"type": "text", "text": f"step {i}"}])
+        ctx.emit("agent.thinking", thinking=f"and then {i}")  # arrives with the one before
     if "(tool)" in ctx.text:
         use = await ctx.custom_tool("get_weather", {"city": ctx.session_id})
         await ctx.require_action([use["id"]])

@@ -402,7 +402,18 @@ def test_table_tool_ledger_records_expire() -> None:
 table_ops = st.lists(
     st.tuples(
         st.sampled_from(
-            ["mark", "claim", "renew", "commit", "begin", "release", "hand_off", "tool", "wait"]
+            [
+                "mark",
+                "claim",
+                "renew",
+                "commit",
+                "advance",
+                "begin",
+                "release",
+                "hand_off",
+                "tool",
+                "wait",
+            ]
         ),
         st.integers(0, 2),  # session
         st.integers(0, 2),  # worker
@@ -454,6 +465,18 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
                 assert stored == cursor_may_advance(
                     before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
                 )
+            elif op == "advance":
+                stored = table.advance(
+                    sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z"), f"e{n + 1}"
+                )
+                assert before is not None
+                assert stored == cursor_may_advance(
+                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
+                )
+                after_advance = table.inspect(sid)
+                assert after_advance is not None
+                assert after_advance.inflight is not None
+                assert after_advance.inflight.event_id == f"e{n + 1}"
             elif op == "begin":
                 table.begin_handler(sid, token, f"e{n}")
             elif op == "release":
