@@ -20,7 +20,10 @@ which the server stored it. Every session gets one turn per round.
 
 Latency = ``time.time()`` when the handler (fleet) or the turn iterator
 (direct) got the event, minus the stored time in its text; every event of
-every session counts. "start" = from the send returning to the turn's first
+every session counts ("p99"); "steady p99" counts the events stored at least
+``STEADY_AFTER`` (1 s) after their turn's send, once both contenders follow
+the session (the fleet claims a session and opens its stream after the send;
+events stored meanwhile wait for that). "start" = from the send returning to the turn's first
 event reaching the handler: for the fleet its ``user.message`` (after the
 claim, the stream's connection and the in-flight record), for direct its
 ``session.status_running`` (the turn's stream opens after its own message).
@@ -84,8 +87,10 @@ async def server_role(args: argparse.Namespace) -> None:
     await server.close()
 
 
-def latency_ms(ev: AgentMessage, now: float) -> float:
-    return (now - float(ev.text)) * 1000.0
+def latency(ev: AgentMessage, now: float) -> tuple[float, float]:
+    """(stored at, delivery latency in ms) of a paced event."""
+    stored = float(ev.text)
+    return stored, (now - stored) * 1000.0
 
 
 async def lines() -> AsyncIterator[str]:
@@ -97,7 +102,7 @@ async def lines() -> AsyncIterator[str]:
 
 async def worker_role(args: argparse.Namespace) -> None:
     raise_nofile()
-    latencies: list[float] = []
+    latencies: list[tuple[str, float, float]] = []
     starts: dict[str, float] = {}
     held_max = 0
     async with (
@@ -111,7 +116,7 @@ async def worker_role(args: argparse.Namespace) -> None:
             nonlocal held_max
             ev, now = d.event, time.time()
             if isinstance(ev, AgentMessage):
-                latencies.append(latency_ms(ev, now))
+                latencies.append((d.session_id, *latency(ev, now)))
             elif isinstance(ev, UserMessage):
                 starts[d.session_id] = now
                 held_max = max(held_max, len(fleet.sessions))
@@ -143,18 +148,18 @@ async def direct_role(args: argparse.Namespace) -> None:
     sessions = args.session_ids.split(",")
     async with QoderClient(token=args.token, base_url=args.base_url) as client:
 
-        async def one(sid: str) -> tuple[list[float], float]:
+        async def one(sid: str) -> tuple[list[tuple[str, float, float]], float, float]:
             turn = await client.session(sid).send("go")
             sent = time.time()
-            got: list[float] = []
+            got: list[tuple[str, float, float]] = []
             start = float("nan")
             async for ev in turn:
                 now = time.time()
                 if start != start:  # the turn's first event (its echo is not streamed)
                     start = (now - sent) * 1000.0
                 if isinstance(ev, AgentMessage):
-                    got.append(latency_ms(ev, now))
-            return got, start
+                    got.append((sid, *latency(ev, now)))
+            return got, start, sent
 
         print("ready", flush=True)
         async for command in lines():
@@ -162,8 +167,11 @@ async def direct_role(args: argparse.Namespace) -> None:
                 cpu = time.process_time()
                 results = await asyncio.gather(*(one(sid) for sid in sessions))
                 report = {
-                    "latencies": [x for got, _ in results for x in got],
-                    "start_ms": [s for _, s in results],
+                    "latencies": [x for got, _, _ in results for x in got],
+                    "start_ms": [s for _, s, _ in results],
+                    "sent": {
+                        sid: sent for sid, (_, _, sent) in zip(sessions, results, strict=True)
+                    },
                     "cpu": time.process_time() - cpu,
                 }
                 print(json.dumps(report), flush=True)
@@ -222,14 +230,22 @@ def redis_url() -> Iterator[str]:
         yield str(server.connection_url)
 
 
-def summary(latencies: list[float], starts: list[float]) -> dict[str, float]:
-    lat = sorted(latencies)
+STEADY_AFTER = 1.0  # seconds after the send: by then both contenders follow the session
+
+
+def summary(
+    latencies: list[list[Any]], starts: list[float], sent: dict[str, float]
+) -> dict[str, Any]:
+    """Percentiles of every paced event, and of those stored STEADY_AFTER s past the send."""
+    lat = sorted(x[2] for x in latencies)
+    steady = sorted(x[2] for x in latencies if x[1] - sent[x[0]] >= STEADY_AFTER)
     st = sorted(s for s in starts if s == s)
     return {
         "events": len(lat),
         "p50": pct(lat, 0.50),
         "p99": pct(lat, 0.99),
         "max": lat[-1] if lat else float("nan"),
+        "steady_p99": pct(steady, 0.99),
         "start_p50": pct(st, 0.50),
         "start_p99": pct(st, 0.99),
     }
@@ -241,6 +257,7 @@ async def fleet_round(
     sent: dict[str, float] = {}
     for w in workers:
         await w.ask("mark")
+    front_cpu = time.process_time()
 
     async def send(sid: str) -> None:
         await front.send(sid, "go")
@@ -255,11 +272,12 @@ async def fleet_round(
     reports = [await w.ask("report") for w in workers]
     latencies = [x for r in reports for x in r["latencies"]]
     starts = [(r["starts"][sid] - sent[sid]) * 1000.0 for r in reports for sid in r["starts"]]
-    result = summary(latencies, starts)
+    result = summary(latencies, starts, sent)
     per_worker = [len(r["starts"]) for r in reports]
     result["sessions_per_worker"] = per_worker
     result["held_max"] = [r["held_max"] for r in reports]
     result["cpu"] = sum(r["cpu"] for r in reports)
+    result["front_cpu"] = time.process_time() - front_cpu  # this process: sends and polling
     return result
 
 
@@ -296,7 +314,9 @@ async def harness(args: argparse.Namespace) -> dict[str, Any]:
                         server_cpu = await server.ask("cpu")
                         if name == "direct":
                             report = await direct.ask("round")
-                            result = summary(report["latencies"], report["start_ms"])
+                            result = summary(
+                                report["latencies"], report["start_ms"], report["sent"]
+                            )
                             result["sessions_per_worker"] = [args.sessions]
                             result["cpu"] = report["cpu"]
                         else:
@@ -308,8 +328,11 @@ async def harness(args: argparse.Namespace) -> dict[str, Any]:
                         label = "warm-up" if r == 0 else f"round {r}"
                         print(
                             f"  {label:8} {name:6} p50 {result['p50']:7.1f} ms  "
-                            f"p99 {result['p99']:7.1f} ms  start p99 {result['start_p99']:7.1f} ms"
-                            f"  client CPU {result['cpu']:5.2f} s  server CPU "
+                            f"p99 {result['p99']:7.1f} ms  "
+                            f"steady p99 {result['steady_p99']:6.1f} ms"
+                            f"  start p99 {result['start_p99']:7.1f} ms"
+                            f"  client CPU {result['cpu']:5.2f} s"
+                            f" (front end {result.get('front_cpu', 0.0):4.2f} s)  server CPU "
                             f"{result['server_cpu']:5.2f} s  sessions/worker "
                             f"{result['sessions_per_worker']}",
                             flush=True,
@@ -328,22 +351,23 @@ def med(results: list[dict[str, Any]], key: str) -> float:
 
 def render(args: argparse.Namespace, rounds: dict[str, Any]) -> str:
     direct_p99 = med(rounds["direct"], "p99")
+    direct_steady = med(rounds["direct"], "steady_p99")
     out = [
         f"== fleet-{args.sessions}: delivery latency, {args.sessions:,} sessions x "
         f"{args.events} events {args.interval:g} s apart, {args.workers} workers on Redis "
         f"vs one process (medians of {args.rounds} rounds; lower is better)",
-        "   contender  sessions/worker  p50 ms  p99 ms  max ms  start p50 ms  start p99 ms"
-        "  client CPU s  x direct p99",
+        "   contender  sessions/worker  p50 ms  p99 ms  max ms  steady p99 ms  start p50 ms"
+        "  start p99 ms  client CPU s  x direct p99  x direct steady p99",
     ]
     for name in ("direct", "fleet"):
         res = rounds[name]
         spread = [n for r in res for n in r["sessions_per_worker"]]
         per = f"{min(spread)}..{max(spread)}" if name == "fleet" else f"{spread[0]} (1 process)"
-        p99 = med(res, "p99")
+        p99, steady = med(res, "p99"), med(res, "steady_p99")
         out.append(
             f"   {name:9}  {per:>15}  {med(res, 'p50'):6.1f}  {p99:6.1f}  {med(res, 'max'):6.1f}"
-            f"  {med(res, 'start_p50'):12.1f}  {med(res, 'start_p99'):12.1f}"
-            f"  {med(res, 'cpu'):12.2f}  {p99 / direct_p99:12.2f}"
+            f"  {steady:13.1f}  {med(res, 'start_p50'):12.1f}  {med(res, 'start_p99'):12.1f}"
+            f"  {med(res, 'cpu'):12.2f}  {p99 / direct_p99:12.2f}  {steady / direct_steady:19.2f}"
         )
     return "\n".join(out)
 

@@ -462,7 +462,7 @@ for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
     redis.call('SADD', hkey(wid), sid)
     local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
     out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
-                     c[6] or ''}
+                     c[6] or '', redis.call('EXISTS', pkey(sid))}
     room = room - 1
     if room == 0 then break end
   end
@@ -876,9 +876,10 @@ class RedisCoordinator:
         )
         claims = []
         for row in reply:
-            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token = (_text(x) for x in row)
+            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending = (_text(x) for x in row)
             inflight = InFlight(f_id, int(f_token)) if f_id else None
-            claims.append(Claim(sid, int(token), _cursor(c_id, c_at, c_incl, c_end), inflight))
+            cursor = _cursor(c_id, c_at, c_incl, c_end)
+            claims.append(Claim(sid, int(token), cursor, inflight, pending == "1"))
         return claims
 
     async def renew(self, session_id: str, token: int, *, ttl: float) -> None:

@@ -22,7 +22,8 @@ mark_active(s, a)       ``s`` joins the active line (an active session keeps its
 claim(w, ttl, n, max)   the ``n`` oldest active sessions with no live lease go to ``w``, each
                         with token = last token + 1 and a lease of ``ttl``; ``w`` never
                         holds more than ``max``; the claim reports the in-flight record
-                        left by the previous owner (to redeliver)
+                        left by the previous owner (to redeliver) and whether a sent
+                        message is pending
 renew(s, T, ttl)        valid: the lease now ends ``ttl`` from now
 begin_handler(s, T, e)  valid: in-flight := (e, T), before the handler starts
 commit(s, T, c)         valid: unless ``c`` is older than the stored cursor (by
@@ -78,8 +79,9 @@ before it starts)                        EXPIRED (wait for a renewal); ``Gate.ST
 the handler returned                     commit the event's cursor (``ends_turn`` when
                                          it ended a turn); if the next event is already
                                          here (``next_after``), ``advance`` instead
-the committed (or claimed) cursor ends   try to release; refused (a message is pending
-a turn                                   or a handler in flight): keep following
+the committed (or claimed) cursor ends   try to release (not when the claim said a
+a turn                                   message is pending); refused (a message is
+                                         pending or a handler in flight): keep following
 a tool-ledger record (``tool_action``)   RUNNING under our token: RUN it; DONE: POST
                                          the stored result; POSTED: SKIP; RUNNING under
                                          an older token: ORPHANED (its owner died
@@ -136,6 +138,7 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORDER_KEYS: dict[str, str | None] = {}
 
 
 def order_key(processed_at: str | None) -> str | None:
@@ -149,15 +152,24 @@ def order_key(processed_at: str | None) -> str | None:
     a Redis Lua script) orders them. Anything unparseable, or outside the
     years 1-9999 once in UTC, has no order (``None``).
     """
+    if processed_at is None:
+        return None
+    if processed_at in _ORDER_KEYS:
+        return _ORDER_KEYS[processed_at]
     key = time_key(processed_at)
-    if key is None:
-        return None
-    seconds, nanos = key
-    try:
-        instant = _EPOCH + timedelta(seconds=seconds)
-    except OverflowError:
-        return None
-    return f"{instant.year:04d}{instant:%m%d%H%M%S}{nanos:09d}"
+    found: str | None = None
+    if key is not None:
+        seconds, nanos = key
+        try:
+            instant = _EPOCH + timedelta(seconds=seconds)
+        except OverflowError:
+            pass
+        else:
+            found = f"{instant.year:04d}{instant:%m%d%H%M%S}{nanos:09d}"
+    if len(_ORDER_KEYS) >= 4096:  # each event's key is asked for a few times in a row
+        _ORDER_KEYS.clear()
+    _ORDER_KEYS[processed_at] = found
+    return found
 
 
 @frozen
@@ -228,12 +240,15 @@ class Claim:
     from the start of the session). ``inflight`` is the record a previous owner
     left: that event's handler may have run, so it is delivered again with
     ``redelivered=True``; every other event after the cursor is a first delivery.
+    ``pending`` says whether a sent message is still undelivered (a claimed
+    session whose cursor ended a turn is then not worth trying to release).
     """
 
     session_id: str
     token: int
     cursor: FleetCursor | None
     inflight: InFlight | None = None
+    pending: bool = False
 
 
 class ToolState(enum.Enum):
@@ -416,7 +431,7 @@ class LeaseTable:
             row.holder = worker_id
             row.lease_until = self._clock() + ttl
             self._held.setdefault(worker_id, set()).add(sid)
-            claims.append(Claim(sid, row.token, row.cursor, row.inflight))
+            claims.append(Claim(sid, row.token, row.cursor, row.inflight, bool(row.pending)))
         return claims
 
     def renew(self, session_id: str, token: int, *, ttl: float) -> None:
@@ -736,7 +751,7 @@ class Follow:
     :meth:`may_release` says so.
     """
 
-    __slots__ = ("_inflight", "cursor", "lease")
+    __slots__ = ("_inflight", "_pending", "cursor", "lease")
 
     def __init__(self, claim: Claim, lease: Lease) -> None:
         if (claim.session_id, claim.token) != (lease.session_id, lease.token):
@@ -744,6 +759,7 @@ class Follow:
         self.lease = lease
         self.cursor = claim.cursor
         self._inflight = claim.inflight.event_id if claim.inflight is not None else None
+        self._pending = claim.pending  # as claimed; commits may cover it later
 
     def __repr__(self) -> str:
         return f"<Follow {self.session_id} token={self.token} at {self.cursor}>"
@@ -814,12 +830,14 @@ class Follow:
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")
         self.cursor = cursor
+        self._pending = False  # the coordinator is asked again at the release
         if cursor.event_id == self._inflight:
             self._inflight = None
 
     def may_release(self) -> bool:
-        """Whether to try releasing the session: the cursor's event ended a turn."""
-        return self.cursor is not None and self.cursor.ends_turn
+        """Whether to try releasing the session: the cursor's event ended a turn (and,
+        right after the claim, no sent message was pending)."""
+        return self.cursor is not None and self.cursor.ends_turn and not self._pending
 
 
 class ToolAction(enum.Enum):

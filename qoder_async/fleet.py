@@ -354,7 +354,7 @@ class Fleet:
         lease_ttl: float = 10.0,
         tools: Mapping[str, ToolHandler] | None = None,
         max_sessions: int | None = None,
-        poll_interval: float = 0.25,
+        poll_interval: float = 0.1,
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
         max_stalls: int = DEFAULT_MAX_STALLS,
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,

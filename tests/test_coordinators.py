@@ -396,6 +396,10 @@ async def test_a_send_during_the_turn_end_keeps_the_session(h: Harness) -> None:
     claim = await claim_one(c, "w2")
     assert claim.token == t + 1
     assert claim.cursor == cur(25)
+    assert claim.pending  # so its new owner need not try to release it first
+    await c.commit("s1", claim.token, cur(40))
+    await c.hand_off("s1", claim.token)
+    assert not (await claim_one(c, "w3")).pending
 
 
 async def test_a_send_already_delivered_is_not_pending(h: Harness) -> None:
