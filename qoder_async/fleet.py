@@ -342,7 +342,8 @@ class Fleet:
     work. ``stall_timeout``, ``max_stalls`` and ``read_timeout`` go to each
     session's stream. ``clock`` (monotonic seconds), ``sleep`` and ``rand``
     are injectable for tests. The coordinator and the client are borrowed:
-    closing the fleet closes neither.
+    closing the fleet closes neither. ``delivered`` and ``redelivered`` count
+    the handler calls made by this worker.
     """
 
     def __init__(
