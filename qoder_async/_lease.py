@@ -22,12 +22,15 @@ mark_active(s, a)       ``s`` joins the active line (an active session keeps its
 claim(w, ttl, n, max)   the ``n`` oldest active sessions with no live lease go to ``w``, each
                         with token = last token + 1 and a lease of ``ttl``; ``w`` never
                         holds more than ``max``; the claim reports the in-flight record
-                        left by the previous owner (to redeliver)
+                        left by the previous owner (to redeliver) and whether a sent
+                        message is pending
 renew(s, T, ttl)        valid: the lease now ends ``ttl`` from now
 begin_handler(s, T, e)  valid: in-flight := (e, T), before the handler starts
 commit(s, T, c)         valid: unless ``c`` is older than the stored cursor (by
                         ``processed_at``, when both have one): cursor := c, in-flight
                         cleared, pending messages that ``c`` covers dropped. Older: no change
+advance(s, T, c, e)     commit(s, T, c) then begin_handler(s, T, e), as one step (the next
+                        event was already received: one round trip covers both)
 release(s, T)           valid, nothing pending, nothing in flight: ``s`` leaves the active
                         line and its lease ends; otherwise ``False`` and nothing changes
 hand_off(s, T)          valid: the lease ends, ``s`` stays active: claimable at once
@@ -55,6 +58,36 @@ renewal or commit refused                LOST, for good: stop delivering at once
 released / handed off                    RELEASED, for good
 =======================================  ==============================================
 
+Following a claimed session (:class:`Follow`, one per claim; the fleet's
+driver asks it before every step):
+
+=======================================  ==============================================
+situation                                rule
+=======================================  ==============================================
+the claim's cursor is ``None``           stream the session from its start
+the claim's cursor is inclusive (an      the anchor's event is the first to deliver:
+anchor: a send's own message)            stream from the event just before it
+the claim's cursor is exclusive          stream after it (``Last-Event-ID``)
+an event the cursor covers (its id, or   skipped: never delivered twice by one owner,
+``processed_at`` older than the cursor)  never older than the cursor
+the claim names an in-flight event       that event is delivered with
+                                         ``redelivered=True``; every other is a first
+                                         delivery
+before a handler (and again right        ``Gate.START`` while HELD; ``Gate.WAIT`` while
+before it starts)                        EXPIRED (wait for a renewal); ``Gate.STOP``
+                                         once LOST or RELEASED
+the handler returned                     commit the event's cursor (``ends_turn`` when
+                                         it ended a turn); if the next event is already
+                                         here (``next_after``), ``advance`` instead
+the committed (or claimed) cursor ends   try to release (not when the claim said a
+a turn                                   message is pending); refused (a message is
+                                         pending or a handler in flight): keep following
+a tool-ledger record (``tool_action``)   RUNNING under our token: RUN it; DONE: POST
+                                         the stored result; POSTED: SKIP; RUNNING under
+                                         an older token: ORPHANED (its owner died
+                                         mid-run: never run again, post an error)
+=======================================  ==============================================
+
 Balancing (:class:`Balancer`): claimable sessions are shared out one by one to
 the live worker with the fewest sessions (ties by worker id) that still has
 room under its ``max_sessions``; a worker claims only its own share, so new
@@ -63,33 +96,37 @@ work goes to the least loaded. When its share stays zero while work waits for
 session a round anyway.
 
 Cursor order: event ids are opaque, so cursors are ordered by ``processed_at``
-(RFC 3339) through :func:`order_key`; a cursor without one is never refused as
-older.
+(RFC 3339) through :func:`order_key`, which reads it with the stream's own
+parser (``_stream.time_key``); a cursor without one is never refused as older.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
-import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from attrs import define, field, frozen
 
 from ._backoff import Backoff
 from ._errors import LeaseLostError
+from ._models import Cursor
+from ._stream import time_key
 
 __all__ = [
     "Balancer",
     "Claim",
-    "Cursor",
+    "FleetCursor",
+    "Follow",
+    "Gate",
     "InFlight",
     "Lease",
     "LeaseStatus",
     "LeaseTable",
     "OutageBackoff",
     "SessionInfo",
+    "ToolAction",
     "ToolRecord",
     "ToolState",
     "WorkerLoad",
@@ -97,44 +134,51 @@ __all__ = [
     "cursor_may_advance",
     "fair_shares",
     "order_key",
+    "tool_action",
 ]
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORDER_KEYS: dict[str, str | None] = {}
 
 
 def order_key(processed_at: str | None) -> str | None:
     """A string that sorts like the instant ``processed_at`` names, or ``None``.
 
-    RFC 3339 timestamps with any offset and up to nanosecond precision become a
-    fixed-width UTC digit string (``YYYYMMDDhhmmssnnnnnnnnn``), so plain string
-    comparison (in Python or in a Redis Lua script) orders them. Anything
-    unparseable has no order (``None``).
+    The timestamp is read by :func:`qoder_async._stream.time_key`, the parser
+    the stream's replay floor uses (RFC 3339, any offset, any precision, a
+    missing offset read as UTC), so the coordinator and the stream agree on
+    what is older. The instant becomes a fixed-width UTC digit string
+    (``YYYYMMDDhhmmssnnnnnnnnn``), so plain string comparison (in Python or in
+    a Redis Lua script) orders them. Anything unparseable, or outside the
+    years 1-9999 once in UTC, has no order (``None``).
     """
-    if not processed_at:
+    if processed_at is None:
         return None
-    m = _RFC3339.fullmatch(processed_at.strip())
-    if m is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    nanos = int((m.group(7) or "").ljust(9, "0"))
-    if m.group(8):
-        tz = UTC
-    else:
-        sign = -1 if m.group(9) == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
-    try:
-        instant = datetime(year, month, day, hour, minute, second, tzinfo=tz).astimezone(UTC)
-    except (ValueError, OverflowError):  # day 31 of a short month, second 60...
-        return None
-    return f"{instant:%Y%m%d%H%M%S}{nanos:09d}"
+    if processed_at in _ORDER_KEYS:
+        return _ORDER_KEYS[processed_at]
+    key = time_key(processed_at)
+    found: str | None = None
+    if key is not None:
+        seconds, nanos = key
+        try:
+            instant = _EPOCH + timedelta(seconds=seconds)
+        except OverflowError:
+            pass
+        else:
+            found = f"{instant.year:04d}{instant:%m%d%H%M%S}{nanos:09d}"
+    if len(_ORDER_KEYS) >= 4096:  # each event's key is asked for a few times in a row
+        _ORDER_KEYS.clear()
+    _ORDER_KEYS[processed_at] = found
+    return found
 
 
 @frozen
-class Cursor:
-    """Where delivery of a session stands: an event id and its ``processed_at``.
+class FleetCursor(Cursor):
+    """Where delivery of a session stands: a :class:`~qoder_async.Cursor` and two flags.
+
+    A subclass of the public cursor (``event_id``, ``processed_at``), so an
+    exclusive one (``inclusive=False``) can be passed as is to
+    ``client.sessions.events.stream(session_id, last_event_id=cursor)``.
 
     ``inclusive=False`` (a committed cursor): everything up to and including
     ``event_id`` was delivered. ``inclusive=True`` (the anchor a send sets): the
@@ -147,8 +191,6 @@ class Cursor:
     for more events.
     """
 
-    event_id: str
-    processed_at: str | None = None
     inclusive: bool = False
     ends_turn: bool = False
 
@@ -162,7 +204,7 @@ class Cursor:
         return order_key(self.processed_at)
 
 
-def cursor_may_advance(stored: Cursor | None, new: Cursor) -> bool:
+def cursor_may_advance(stored: FleetCursor | None, new: FleetCursor) -> bool:
     """Whether committing ``new`` over ``stored`` is not a step backwards."""
     if stored is None:
         return True
@@ -170,7 +212,7 @@ def cursor_may_advance(stored: Cursor | None, new: Cursor) -> bool:
     return old_key is None or new_key is None or new_key >= old_key
 
 
-def covers(cursor: Cursor | None, event_id: str, key: str | None) -> bool:
+def covers(cursor: FleetCursor | None, event_id: str, key: str | None) -> bool:
     """Whether the event (``event_id``, order ``key``) was delivered according to ``cursor``."""
     if cursor is None:
         return False
@@ -198,12 +240,15 @@ class Claim:
     from the start of the session). ``inflight`` is the record a previous owner
     left: that event's handler may have run, so it is delivered again with
     ``redelivered=True``; every other event after the cursor is a first delivery.
+    ``pending`` says whether a sent message is still undelivered (a claimed
+    session whose cursor ended a turn is then not worth trying to release).
     """
 
     session_id: str
     token: int
-    cursor: Cursor | None
+    cursor: FleetCursor | None
     inflight: InFlight | None = None
+    pending: bool = False
 
 
 class ToolState(enum.Enum):
@@ -270,7 +315,7 @@ class SessionInfo:
     holder: str
     leased: bool
     token: int
-    cursor: Cursor | None
+    cursor: FleetCursor | None
     inflight: InFlight | None
     pending: tuple[str, ...]
 
@@ -283,7 +328,7 @@ class _Row:
     token: int = 0
     holder: str = ""
     lease_until: float | None = None
-    cursor: Cursor | None = None
+    cursor: FleetCursor | None = None
     inflight: InFlight | None = None
     pending: dict[str, str | None] = field(factory=dict)
     line: int | None = None  # place in the active line; None = inactive
@@ -344,7 +389,7 @@ class LeaseTable:
 
     # ------------------------------------------------------------ sessions
 
-    def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
+    def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """Put ``session_id`` in the active line; ``anchor`` sets the cursor only if absent."""
         row = self._rows.setdefault(session_id, _Row())
         if anchor is not None:
@@ -386,7 +431,7 @@ class LeaseTable:
             row.holder = worker_id
             row.lease_until = self._clock() + ttl
             self._held.setdefault(worker_id, set()).add(sid)
-            claims.append(Claim(sid, row.token, row.cursor, row.inflight))
+            claims.append(Claim(sid, row.token, row.cursor, row.inflight, bool(row.pending)))
         return claims
 
     def renew(self, session_id: str, token: int, *, ttl: float) -> None:
@@ -410,7 +455,7 @@ class LeaseTable:
         row = self._valid(session_id, token)
         row.inflight = InFlight(event_id, token)
 
-    def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
+    def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """Store ``cursor`` unless it is older; ``False`` when it was older."""
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")
@@ -421,6 +466,15 @@ class LeaseTable:
         row.inflight = None
         row.pending = {i: k for i, k in row.pending.items() if not covers(cursor, i, k)}
         return True
+
+    def advance(self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str) -> bool:
+        """:meth:`commit` ``cursor``, then :meth:`begin_handler` ``next_event_id``, at once.
+
+        Returns what the commit returned; the in-flight record is made either way.
+        """
+        stored = self.commit(session_id, token, cursor)
+        self.begin_handler(session_id, token, next_event_id)
+        return stored
 
     def release(self, session_id: str, token: int) -> bool:
         """End the lease and leave the active line, if nothing is pending or in flight."""
@@ -673,6 +727,142 @@ class Lease:
         self._outstanding = False
         if self._status is not LeaseStatus.LOST:
             self._status = LeaseStatus.RELEASED
+
+
+class Gate(enum.Enum):
+    """Whether a handler may start now on a followed session (:meth:`Follow.gate`)."""
+
+    START = "start"
+    """The lease is held and its deadline not reached: start the handler."""
+    WAIT = "wait"
+    """The lease ran out locally (a pause, an outage): start nothing until a renewal
+    confirms it again, or it is lost."""
+    STOP = "stop"
+    """The lease is lost or released: stop delivering this session at once."""
+
+
+class Follow:
+    """One claimed session as the worker following it decides (see the module's table).
+
+    Sans-I/O: the driver opens the stream where :attr:`anchor` or
+    :attr:`resume_cursor` says, asks :meth:`admit` about each event, waits on
+    :meth:`gate` before each handler, commits :meth:`delivered`'s cursor once the
+    handler returned, reports it with :meth:`committed`, and releases when
+    :meth:`may_release` says so.
+    """
+
+    __slots__ = ("_inflight", "_pending", "cursor", "lease")
+
+    def __init__(self, claim: Claim, lease: Lease) -> None:
+        if (claim.session_id, claim.token) != (lease.session_id, lease.token):
+            raise ValueError("the lease must be the claim's")
+        self.lease = lease
+        self.cursor = claim.cursor
+        self._inflight = claim.inflight.event_id if claim.inflight is not None else None
+        self._pending = claim.pending  # as claimed; commits may cover it later
+
+    def __repr__(self) -> str:
+        return f"<Follow {self.session_id} token={self.token} at {self.cursor}>"
+
+    @property
+    def session_id(self) -> str:
+        """The session followed."""
+        return self.lease.session_id
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the claim."""
+        return self.lease.token
+
+    @property
+    def anchor(self) -> FleetCursor | None:
+        """The inclusive cursor (a send's message, the first event to deliver), else None."""
+        cursor = self.cursor
+        return cursor if cursor is not None and cursor.inclusive else None
+
+    @property
+    def resume_cursor(self) -> FleetCursor | None:
+        """The exclusive cursor to stream after, else None (see :attr:`anchor`)."""
+        cursor = self.cursor
+        return cursor if cursor is not None and not cursor.inclusive else None
+
+    def admit(self, event_id: str | None, processed_at: str | None) -> bool:
+        """Whether an event is still to deliver: the cursor does not cover it."""
+        return not covers(self.cursor, event_id or "", order_key(processed_at))
+
+    def before_anchor(self, event_id: str | None, processed_at: str | None) -> bool:
+        """Whether an event may be the one just before the anchor (to stream after it).
+
+        Not the anchor itself and not later than it: a server that ignored the
+        query must not make the anchor's own message be skipped.
+        """
+        anchor = self.anchor
+        if anchor is None or not event_id or event_id == anchor.event_id:
+            return False
+        key, anchor_key = order_key(processed_at), anchor.order_key
+        return key is None or anchor_key is None or key <= anchor_key
+
+    def next_after(
+        self, cursor: FleetCursor, event_id: str | None, processed_at: str | None
+    ) -> bool:
+        """Whether an event already received is the next to deliver once ``cursor`` is
+        committed (so one ``advance`` may commit the one and record the other in flight)."""
+        return bool(event_id) and not covers(cursor, event_id or "", order_key(processed_at))
+
+    def redelivered(self, event_id: str | None) -> bool:
+        """Whether this event's handler may have run under an earlier owner."""
+        return event_id is not None and event_id == self._inflight
+
+    def gate(self) -> Gate:
+        """Whether a handler may start now (see :class:`Gate`)."""
+        if self.lease.done:
+            return Gate.STOP
+        if self.lease.may_start_handler():
+            return Gate.START
+        return Gate.WAIT
+
+    def delivered(self, event_id: str, processed_at: str | None, *, ends_turn: bool) -> FleetCursor:
+        """The cursor to commit once the handler for this event returned."""
+        return FleetCursor(event_id, processed_at, ends_turn=ends_turn)
+
+    def committed(self, cursor: FleetCursor) -> None:
+        """The coordinator stored ``cursor``: delivery stands there now."""
+        if cursor.inclusive:
+            raise ValueError("a committed cursor is never inclusive")
+        self.cursor = cursor
+        self._pending = False  # the coordinator is asked again at the release
+        if cursor.event_id == self._inflight:
+            self._inflight = None
+
+    def may_release(self) -> bool:
+        """Whether to try releasing the session: the cursor's event ended a turn (and,
+        right after the claim, no sent message was pending)."""
+        return self.cursor is not None and self.cursor.ends_turn and not self._pending
+
+
+class ToolAction(enum.Enum):
+    """What a follower does with a custom tool call, given its ledger record."""
+
+    RUN = "run"
+    """Claimed under our token with no result: run the tool (the only run, fleet-wide)."""
+    POST = "post"
+    """A result is stored: post it (never run the tool again)."""
+    ORPHANED = "orphaned"
+    """Claimed by an earlier owner that stopped while it ran: the outcome is unknown,
+    so never run it again; store and post an error result."""
+    SKIP = "skip"
+    """The result was posted already."""
+
+
+def tool_action(record: ToolRecord, token: int) -> ToolAction:
+    """The :class:`ToolAction` for ``record``, seen by the holder of ``token``."""
+    if record.state is ToolState.POSTED:
+        return ToolAction.SKIP
+    if record.state is ToolState.DONE:
+        return ToolAction.POST
+    if record.may_run(token):
+        return ToolAction.RUN
+    return ToolAction.ORPHANED
 
 
 def fair_shares(loads: Iterable[WorkerLoad], claimable: int) -> dict[str, int]:

