@@ -262,7 +262,8 @@ async def self_test() -> None:
                         session_of, _, _ = keys(namespace)
                         while True:
                             held = []
-                            for sid in (await bot.store.hgetall(session_of)).values():
+                            for raw in (await bot.store.hgetall(session_of)).values():
+                                sid = raw.decode() if isinstance(raw, bytes) else raw
                                 info = await bot.coordinator.inspect(sid)
                                 if info is not None and info.holder == "w1":
                                     held.append(sid)

@@ -15,7 +15,7 @@ maps all of them onto these shapes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from attrs import field, frozen
@@ -59,6 +59,7 @@ __all__ = [
     "AgentToolUse",
     "BaseEvent",
     "BudgetReached",
+    "Content",
     "ContentBlock",
     "Cursor",
     "DeletedEnvironment",
@@ -113,7 +114,9 @@ __all__ = [
     "UserMessage",
     "UserToolConfirmation",
     "UserToolResult",
+    "as_events",
     "blocks_text",
+    "is_copy_of",
     "to_blocks",
 ]
 
@@ -935,6 +938,30 @@ OutboundEvent: TypeAlias = (
 """The events a client may post to ``POST /sessions/{id}/events``."""
 
 
+Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
+"""What ``send()`` takes as a message: text, a content block, or a list of them."""
+
+
+def as_events(content: Content | OutboundEvent | Sequence[OutboundEvent]) -> list[OutboundEvent]:
+    """The events a ``send()`` posts: one ``user.message`` for content, or the events given."""
+    if isinstance(content, str | TextBlock | ImageBlock | DocumentBlock | UnknownBlock):
+        return [UserMessage(content)]
+    if isinstance(content, Sequence) and content and isinstance(content[0], BaseEvent):
+        return list(content)  # type: ignore[arg-type]
+    if isinstance(content, Sequence):
+        return [UserMessage(content)]  # type: ignore[arg-type]
+    return [content]
+
+
+def is_copy_of(stored: Event, sent: OutboundEvent) -> bool:
+    """True when ``stored`` is the server's copy of the message ``sent`` (same content)."""
+    if isinstance(sent, UserMessage):
+        return isinstance(stored, UserMessage) and stored.content == sent.content
+    if isinstance(sent, UserDefineOutcome):
+        return isinstance(stored, UserDefineOutcome) and stored.description == sent.description
+    return False
+
+
 # --------------------------------------------------------------------------- resources
 
 
@@ -1156,4 +1183,15 @@ class Accepted:
         for ev in reversed(self.events):
             if ev.id:
                 return ev.id
+        return None
+
+    @property
+    def anchor(self) -> Event | None:
+        """The created event a turn starts at: its ``user.message`` (or outcome), else the last."""
+        for ev in self.events:
+            if isinstance(ev, UserMessage | UserDefineOutcome) and ev.id:
+                return ev
+        for ev in reversed(self.events):
+            if ev.id:
+                return ev
         return None

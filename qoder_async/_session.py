@@ -69,7 +69,7 @@ from ._models import (
     Accepted,
     AgentCustomToolUse,
     BaseEvent,
-    ContentBlock,
+    Content,
     Cursor,
     DocumentBlock,
     Event,
@@ -87,9 +87,19 @@ from ._models import (
     UserDefineOutcome,
     UserInterrupt,
     UserMessage,
+    as_events,
+    is_copy_of,
 )
 from ._stream import PREVIEW_CLASSES
-from ._tools import Tool, tool_handlers
+from ._tools import (
+    ToolHandler,
+    ToolOutput,
+    Tools,
+    call_handler,
+    results_key,
+    tool_handlers,
+    tool_result,
+)
 from ._tracing import NO_SPAN, Tracing, TurnSpan
 from ._turns import (
     RECONNECTED,
@@ -122,21 +132,11 @@ __all__ = [
 
 logger = logging.getLogger("qoder_async")
 
-ToolOutput: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock] | UserCustomToolResult
-ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput] | ToolOutput]
-"""A custom tool: ``async def`` or plain ``def handler(input) -> str | blocks``.
-
-Plain functions run in a thread. Raising reports an error result to the agent
-(``on_tool_error="report"``) or raises it to the turn's reader (``"raise"``).
-"""
 
 EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 """A callback for :meth:`SessionHandle.on`: plain or async, called with each event."""
 
-Content: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock]
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
-Tools: TypeAlias = Mapping[str, ToolHandler] | Sequence[Tool]
-"""What ``send(tools=...)`` takes: :func:`tool` functions, or names mapped to handlers."""
 OnToolError: TypeAlias = Literal["report", "raise"]
 OnAction: TypeAlias = Literal["wait", "raise"]
 
@@ -233,32 +233,6 @@ class _Listener:
         fut = self._getter
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-
-def _tool_result(call: ToolCall, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
-    thread = call.session_thread_id
-    if isinstance(out, UserCustomToolResult):
-        if out.session_thread_id is None and thread is not None:
-            return UserCustomToolResult(
-                out.custom_tool_use_id, out.content, out.is_error, session_thread_id=thread
-            )
-        return out
-    return UserCustomToolResult(call.id, out, is_error, session_thread_id=thread)
-
-
-def _results_key(ids: Sequence[str]) -> str:
-    return ("tool-results-" + "-".join(sorted(ids)))[:255]
-
-
-async def _call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:
-    """Run a tool handler: coroutines (and :class:`Tool`) awaited, plain functions in a thread."""
-    if inspect.iscoroutinefunction(handler) or isinstance(handler, Tool):
-        out: Any = handler(args)
-    else:
-        out = await asyncio.to_thread(handler, args)
-    if inspect.isawaitable(out):
-        out = await out
-    return out  # type: ignore[no-any-return]
 
 
 class Turn:
@@ -598,10 +572,10 @@ class Turn:
             if call is None:
                 events.append(UserCustomToolResult(use_id, out, is_error))  # type: ignore[arg-type]
             else:
-                events.append(_tool_result(call, out, is_error))
+                events.append(tool_result(call, out, is_error))
         self._ran.update(results)
         accepted = await self.session.send_events(
-            events, idempotency_key=_results_key(list(results))
+            events, idempotency_key=results_key(list(results))
         )
         self._resuming = True
         self.session._refresh_activity()
@@ -641,8 +615,8 @@ class Turn:
             self._tool_error = exc
             self._wake()
             return
-        events = [_tool_result(c, out, err) for c, (out, err) in zip(calls, outputs, strict=True)]
-        self._unposted = (events, _results_key([c.id for c in calls]))
+        events = [tool_result(c, out, err) for c, (out, err) in zip(calls, outputs, strict=True)]
+        self._unposted = (events, results_key([c.id for c in calls]))
         self._running_calls = []
         await self._post_unposted(background=True)
 
@@ -667,7 +641,7 @@ class Turn:
         handler = self._tools[call.name]
         try:
             with self._span.tool(call.name, call.id):
-                return await _call_handler(handler, call.input), False
+                return await call_handler(handler, call.input), False
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -697,12 +671,12 @@ class Turn:
             calls, self._running_calls = self._running_calls, []
             if calls and not self.session.closed:
                 events = [
-                    _tool_result(c, "the client stopped running this tool", True) for c in calls
+                    tool_result(c, "the client stopped running this tool", True) for c in calls
                 ]
                 with contextlib.suppress(QoderError, TimeoutError):
                     async with asyncio.timeout(_CANCEL_POST_TIMEOUT):
                         await self.session.send_events(
-                            events, idempotency_key=_results_key([c.id for c in calls])
+                            events, idempotency_key=results_key([c.id for c in calls])
                         )
         if not self._done:
             self._fail(ClientClosedError("this turn was closed"))
@@ -713,37 +687,6 @@ class Turn:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _as_events(
-    content: Content | OutboundEvent | Sequence[OutboundEvent],
-) -> list[OutboundEvent]:
-    if isinstance(content, str | _BLOCKS):
-        return [UserMessage(content)]
-    if isinstance(content, Sequence) and content and not isinstance(content[0], str | _BLOCKS):
-        return list(content)  # type: ignore[arg-type]
-    if isinstance(content, Sequence):
-        return [UserMessage(content)]  # type: ignore[arg-type]
-    return [content]
-
-
-def _anchor(accepted: Accepted) -> Event | None:
-    """The created event a turn starts at: its user.message (or outcome), else the last one."""
-    for ev in accepted.events:
-        if isinstance(ev, UserMessage | UserDefineOutcome) and ev.id:
-            return ev
-    for ev in reversed(accepted.events):
-        if ev.id:
-            return ev
-    return None
-
-
-def _same_event(stored: Event, sent: OutboundEvent) -> bool:
-    if isinstance(sent, UserMessage):
-        return isinstance(stored, UserMessage) and stored.content == sent.content
-    if isinstance(sent, UserDefineOutcome):
-        return isinstance(stored, UserDefineOutcome) and stored.description == sent.description
-    return False
 
 
 class SessionHandle:
@@ -858,7 +801,7 @@ class SessionHandle:
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
-        events = _as_events(content)
+        events = as_events(content)
         key = idempotency_key or uuid.uuid4().hex
         deadline = None if busy_timeout is None else time.monotonic() + busy_timeout
         interrupted = False
@@ -921,7 +864,7 @@ class SessionHandle:
             self._refresh_activity()
             try:
                 accepted = await self._sessions.events.send(self.id, events, idempotency_key=key)
-                anchor = _anchor(accepted)
+                anchor = accepted.anchor
                 start_here = self._task is None
                 start: Cursor | None = None
                 if anchor is not None:
@@ -975,7 +918,7 @@ class SessionHandle:
             for ev in page:
                 if self._cursor is not None and ev.id == self._cursor.event_id:
                     return None
-                if _same_event(ev, sent):
+                if is_copy_of(ev, sent):
                     return ev
             return None
         return None

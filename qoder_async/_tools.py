@@ -51,11 +51,33 @@ import re
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeAlias, TypeVar, overload
 
-__all__ = ["Tool", "tool"]
+from ._models import ContentBlock, UserCustomToolResult
+from ._turns import ToolCall
+
+__all__ = [
+    "Tool",
+    "ToolHandler",
+    "ToolOutput",
+    "Tools",
+    "call_handler",
+    "results_key",
+    "tool",
+    "tool_handlers",
+    "tool_result",
+]
 
 _R = TypeVar("_R")
+
+ToolOutput: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock] | UserCustomToolResult
+"""What a tool handler returns: text, content blocks, or a ready-made result event."""
+ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput] | ToolOutput]
+"""A custom tool: ``async def`` or plain ``def handler(input) -> str | blocks``.
+
+Plain functions run in a thread. Raising reports an error result to the agent
+(``on_tool_error="report"``) or raises it to the turn's reader (``"raise"``).
+"""
 _ARG_LINE = re.compile(r"^\s{0,8}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 _SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ARG_SECTIONS = frozenset({"Args:", "Arguments:", "Parameters:"})
@@ -135,20 +157,50 @@ def tool(
     return wrap
 
 
-def tool_handlers(
-    tools: Mapping[str, Callable[[Mapping[str, Any]], Any]] | Sequence[Tool] | None,
-) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[Any] | Any]]:
+Tools: TypeAlias = Mapping[str, ToolHandler] | Sequence["Tool"]
+"""What ``tools=`` takes: :func:`tool` functions, or names mapped to handlers."""
+
+
+def tool_handlers(tools: Tools | None) -> dict[str, ToolHandler]:
     """``send(tools=...)``'s argument as a name -> handler mapping (a list of tools too)."""
     if tools is None:
         return {}
     if isinstance(tools, Mapping):
         return dict(tools)
-    out: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+    out: dict[str, ToolHandler] = {}
     for item in tools:
         if not isinstance(item, Tool):
             raise TypeError(f"tools= takes a mapping of handlers or Tool objects, got {item!r}")
         out[item.name] = item
     return out
+
+
+async def call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:
+    """Run a tool handler: coroutines (and :class:`Tool`) awaited, plain functions in a thread."""
+    if inspect.iscoroutinefunction(handler) or isinstance(handler, Tool):
+        out: Any = handler(args)
+    else:
+        out = await asyncio.to_thread(handler, args)
+    if inspect.isawaitable(out):
+        out = await out
+    return out  # type: ignore[no-any-return]
+
+
+def tool_result(call: ToolCall, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
+    """The ``user.custom_tool_result`` answering ``call`` (in its sub-agent's thread, if any)."""
+    thread = call.session_thread_id
+    if isinstance(out, UserCustomToolResult):
+        if out.session_thread_id is None and thread is not None:
+            return UserCustomToolResult(
+                out.custom_tool_use_id, out.content, out.is_error, session_thread_id=thread
+            )
+        return out
+    return UserCustomToolResult(call.id, out, is_error, session_thread_id=thread)
+
+
+def results_key(ids: Sequence[str]) -> str:
+    """The ``Idempotency-Key`` of the results for these tool uses (the same on every retry)."""
+    return ("tool-results-" + "-".join(sorted(ids)))[:255]
 
 
 def definitions(tools: Sequence[Any]) -> list[Any]:

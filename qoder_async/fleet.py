@@ -107,7 +107,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
@@ -155,6 +155,7 @@ from ._lease import (
 from ._models import (
     Accepted,
     AgentCustomToolUse,
+    Content,
     Cursor,
     Event,
     EventDelta,
@@ -164,18 +165,11 @@ from ._models import (
     SessionStatusTerminated,
     UserDefineOutcome,
     UserMessage,
-)
-from ._session import (
-    Content,
-    ToolHandler,
-    _anchor,
-    _as_events,
-    _call_handler,
-    _results_key,
-    _same_event,
-    _tool_result,
+    as_events,
+    is_copy_of,
 )
 from ._stream import PREVIEW_CLASSES
+from ._tools import Tools, call_handler, results_key, tool_handlers, tool_result
 from ._turns import ToolCall, ends_turn
 
 if TYPE_CHECKING:
@@ -353,7 +347,7 @@ class Fleet:
         *,
         worker_id: str | None = None,
         lease_ttl: float = 10.0,
-        tools: Mapping[str, ToolHandler] | None = None,
+        tools: Tools | None = None,
         max_sessions: int | None = None,
         poll_interval: float = 0.1,
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
@@ -381,7 +375,7 @@ class Fleet:
         self.poll_interval = poll_interval
         self.fatal_cooldown = fatal_cooldown
         self.outage_timeout = outage_timeout
-        self._tools = dict(tools or {})
+        self._tools = tool_handlers(tools)
         self._stream_options: dict[str, Any] = {
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
@@ -475,7 +469,7 @@ class Fleet:
         """
         if on_busy not in ("raise", "wait"):
             raise ConfigurationError("on_busy must be 'raise' or 'wait'")
-        events = _as_events(content)
+        events = as_events(content)
         key = idempotency_key or uuid.uuid4().hex
         deadline = None if busy_timeout is None else self._clock() + busy_timeout
         attempt, delay = 0, 0.1
@@ -494,7 +488,7 @@ class Fleet:
                 wait = delay if deadline is None else min(delay, deadline - self._clock())
                 await self._sleep(max(0.0, wait))
                 delay = min(delay * 2, _BUSY_BACKOFF_MAX)
-        created = _anchor(accepted)
+        created = accepted.anchor
         if created is None:
             created = await self._find_sent(session_id, events)
             if created is None:
@@ -520,7 +514,7 @@ class Fleet:
         async with contextlib.aclosing(pages) as it:
             async for page in it:
                 for ev in page:
-                    if _same_event(ev, sent):
+                    if is_copy_of(ev, sent):
                         return ev
                     seen += 1
                 if seen >= _LOOKUP_LIMIT:
@@ -1022,7 +1016,7 @@ class Fleet:
     async def _run_tool(self, runner: _Runner, call: ToolCall) -> str:
         await self._gate(runner)
         try:
-            out = await _call_handler(self._tools[call.name], call.input)
+            out = await call_handler(self._tools[call.name], call.input)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1043,13 +1037,13 @@ class Fleet:
         sid = runner.follow.session_id
         events = self._client.sessions.events
         try:
-            await events.send(sid, bodies, idempotency_key=_results_key([c.id for c in calls]))
+            await events.send(sid, bodies, idempotency_key=results_key([c.id for c in calls]))
         except ToolResultsNotAwaitedError:
             if len(calls) == 1:
                 return  # answered already (an earlier owner posted it)
             for call, body in zip(calls, bodies, strict=True):
                 with contextlib.suppress(ToolResultsNotAwaitedError):
-                    await events.send(sid, [body], idempotency_key=_results_key([call.id]))
+                    await events.send(sid, [body], idempotency_key=results_key([call.id]))
 
 
 def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None]:
@@ -1059,4 +1053,4 @@ def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None
 
 def _result_json(call: ToolCall, out: Any, is_error: bool) -> str:
     """A tool's result as the ledger stores it: the event to post, as JSON."""
-    return json.dumps(unstructure_event(_tool_result(call, out, is_error)))
+    return json.dumps(unstructure_event(tool_result(call, out, is_error)))
