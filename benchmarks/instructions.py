@@ -5,9 +5,12 @@ server, then runs each consumer twice under ``valgrind --tool=callgrind`` (with
 1 event and with N+1), client process only, and prints the difference divided
 by N: what one more event costs, startup excluded. Consumers: ``D`` (httpx +
 AiohttpTransport + httpx-sse + json.loads), ``stream`` (qoder_async typed
-stream), ``stream-keep`` (the same, keeping every event in a list) and ``turn``
-(the turn API, which keeps its events for ``result()``). ``--nogc`` turns the
-cyclic garbage collector off in the consumer, to see what it costs.
+stream), ``stream-httpx`` (the same on a borrowed ``httpx.AsyncClient`` with
+D's transport), ``stream-keep`` (the typed stream, keeping every event in a
+list) and ``turn`` (the turn API, which keeps its events for ``result()``).
+``--nogc`` turns the cyclic garbage collector off in the consumer, to see what
+it costs; ``--consumer NAME`` (repeatable) runs only those. ``D`` and
+``stream-httpx`` need ``pip install httpx-aiohttp`` and are skipped without it.
 Needs valgrind (``apt install valgrind``); takes a few minutes.
 """
 
@@ -16,13 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
+from typing import Any
 
-CONSUMERS = ("D", "stream", "stream-keep", "turn")
+CONSUMERS = ("D", "stream", "stream-httpx", "stream-keep", "turn")
+NEEDS_HTTPX_AIOHTTP = frozenset({"D", "stream-httpx"})
 
 
 async def consume(mode: str, base: str, n: int) -> None:
@@ -47,19 +53,33 @@ async def consume(mode: str, base: str, n: int) -> None:
         return
     from qoder_async import QoderClient
 
-    async with QoderClient(token="t", base_url=base) as client:
-        if mode == "turn":
-            turn = await client.session(turn_sid).send("hi")
-            async for _ in turn:
-                pass
-            return
-        kept = []
-        async with client.sessions.events.stream(burst) as stream:
-            async for ev in stream:
-                if mode == "stream-keep":
-                    kept.append(ev)
-                if ev.type == "session.status_idle":
-                    return
+    http_client = None
+    if mode == "stream-httpx":
+        import httpx
+        from httpx_aiohttp import AiohttpTransport
+
+        http_client = httpx.AsyncClient(transport=AiohttpTransport())
+    try:
+        async with QoderClient(token="t", base_url=base, http_client=http_client) as client:
+            await _qoder(client, mode, burst, turn_sid)
+    finally:
+        if http_client is not None:
+            await http_client.aclose()  # borrowed: QoderClient leaves it open
+
+
+async def _qoder(client: Any, mode: str, burst: str, turn_sid: str) -> None:
+    if mode == "turn":
+        turn = await client.session(turn_sid).send("hi")
+        async for _ in turn:
+            pass
+        return
+    kept = []
+    async with client.sessions.events.stream(burst) as stream:
+        async for ev in stream:
+            if mode == "stream-keep":
+                kept.append(ev)
+            if ev.type == "session.status_idle":
+                return
 
 
 def _count(mode: str, base: str, n: int, nogc: bool) -> int:
@@ -88,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__)
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--nogc", action="store_true")
+    parser.add_argument("--consumer", action="append", choices=CONSUMERS)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "BASE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -111,15 +132,25 @@ def main(argv: list[str] | None = None) -> None:
         port = json.loads(server.stdout.readline())["port"]
         base = f"http://127.0.0.1:{port}/api/v1/cloud"
         results = {}
-        for mode in CONSUMERS:
+        have_transport = importlib.util.find_spec("httpx_aiohttp") is not None
+        for mode in args.consumer or CONSUMERS:
+            if mode in NEEDS_HTTPX_AIOHTTP and not have_transport:
+                print(f"{mode:12s} unavailable: pip install httpx-aiohttp", flush=True)
+                continue
             extra = _count(mode, base, n + 1, args.nogc) - _count(mode, base, 1, args.nogc)
             results[mode] = extra / n
             print(f"{mode:12s} {results[mode]:10,.0f} instructions per event", flush=True)
-        print(
-            f"stream / D = {results['stream'] / results['D']:.2f}, "
-            f"turn / stream = {results['turn'] / results['stream']:.2f}, "
-            f"stream-keep / stream = {results['stream-keep'] / results['stream']:.2f}"
-        )
+        ratios = [
+            (a, b)
+            for a, b in (
+                ("stream", "D"),
+                ("stream-httpx", "D"),
+                ("turn", "stream"),
+                ("stream-keep", "stream"),
+            )
+            if a in results and b in results
+        ]
+        print(", ".join(f"{a} / {b} = {results[a] / results[b]:.2f}" for a, b in ratios))
     finally:
         if server.stdin is not None:
             server.stdin.close()

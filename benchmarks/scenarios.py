@@ -211,6 +211,8 @@ class Scenario:
     contenders: tuple[str, ...]
     extra: tuple[tuple[str, str, str], ...] = ()  # (key, label, fmt), medians over rounds
     param_cols: tuple[tuple[str, str], ...] = ()  # (params key, label)
+    # (key, ref, label): median of an extra column / the ref's median of it
+    extra_ratios: tuple[tuple[str, str, str], ...] = ()
     run: Callable[[Harness, Scenario, list[str]], Awaitable[SResult]] | None = None
 
 
@@ -555,6 +557,7 @@ STREAMERS = (
     "httpx-default",
     "qca",
     "qoder_async-stream",
+    "qoder_async-stream-httpx",
     "qoder_async-turn",
 )
 SIZE_NOTE = {"tiny": "~85 B", "medium": "~450 B", "large": "~4 KiB"}
@@ -583,8 +586,16 @@ for _c in (1, 50):
         fmt=",.0f",
         higher_is_better=True,
         refs=("raw", "qca"),
-        contenders=("raw", "D", "httpx-default", "qca", "qoder_async-stream"),
+        contenders=(
+            "raw",
+            "D",
+            "httpx-default",
+            "qca",
+            "qoder_async-stream",
+            "qoder_async-stream-httpx",
+        ),
         extra=(("p50_ms", "p50 ms", ".2f"), ("p99_ms", "p99 ms", ".2f")),
+        extra_ratios=(("p50_ms", "raw", "p50 x raw"),),
         param_cols=(("n", "reqs"),),
         run=_send(_c),
     )
@@ -609,7 +620,15 @@ SCENARIOS["idle-rss"] = Scenario(
     fmt=".1f",
     higher_is_better=False,
     refs=("raw", "D", "qca"),
-    contenders=("raw", "aiohttp-min", "D", "httpx-default", "qca", "qoder_async-stream"),
+    contenders=(
+        "raw",
+        "aiohttp-min",
+        "D",
+        "httpx-default",
+        "qca",
+        "qoder_async-stream",
+        "qoder_async-stream-httpx",
+    ),
     extra=(
         ("streams", "streams", ".0f"),
         ("rss0_mib", "RSS0 MiB", ".1f"),
@@ -626,7 +645,15 @@ SCENARIOS["latency-1000"] = Scenario(
     fmt=".2f",
     higher_is_better=False,
     refs=("raw", "D", "qca"),
-    contenders=("raw", "aiohttp-min", "D", "httpx-default", "qca", "qoder_async-stream"),
+    contenders=(
+        "raw",
+        "aiohttp-min",
+        "D",
+        "httpx-default",
+        "qca",
+        "qoder_async-stream",
+        "qoder_async-stream-httpx",
+    ),
     extra=(
         ("p50_ms", "p50 ms", ".2f"),
         ("max_ms", "max ms", ".1f"),
