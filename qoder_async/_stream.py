@@ -439,10 +439,21 @@ class EventDecoder:
         if name == "error" or kind == "error":
             raise error_from_envelope(obj)
         known = len(obj) if self._lazy_raw else -1
+        hooks = self._hooks
         try:
-            # Complete objects go straight to their hook; the general entry point
-            # also completes objects without id/type from the SSE lines.
-            hook = self._hooks.get(kind) if kind.__class__ is str and "id" in obj else None
+            # Complete objects go straight to their hook; so do objects of older
+            # servers, which name their type only in the `event:` line, once
+            # completed here as ``structure_event`` would; anything else takes the
+            # general entry point.
+            if kind.__class__ is str:
+                hook = hooks.get(kind) if "id" in obj else None
+            elif kind is None and name in hooks:
+                obj["type"] = name
+                if fid and "id" not in obj:
+                    obj["id"] = fid
+                hook = hooks[name]
+            else:
+                hook = None
             ev = hook(obj) if hook is not None else structure_event(obj, fid or None, name)
         except ShapeError as exc:
             raise self._error(
