@@ -13,7 +13,7 @@ when                       the default, or                  ``http_client=httpx.
                            ``http_client=aiohttp.ClientSession``  (proxies, hooks, mounts)
 requests                   ``ClientSession.request``        ``AsyncClient.request``
 streams                    ``ClientSession.get`` +          ``httpx_sse.aconnect_sse`` +
-                           ``content.iter_any()``           ``response.aiter_bytes()``
+                           ``content.iter_chunked(64 KiB)``  ``response.aiter_bytes()``
 redirects                  never followed                   never followed
 a borrowed client          never closed by us               never closed by us
 =========================  ===============================  =============================
@@ -197,6 +197,11 @@ def _connection_error(exc: BaseException, method: str, url: str) -> APIConnectio
 
 # Enough sockets for thousands of concurrent session streams (aiohttp's default is 100).
 _CONNECTOR_LIMIT = 0
+# Stream bodies are read at most this much at a time. ``iter_any()`` hands over
+# everything buffered (hundreds of KiB when a burst arrives): all of it is then
+# decoded into live events before the first is consumed, and the garbage
+# collector keeps traversing them (medium events: ~9% slower than 64 KiB reads).
+_STREAM_READ = 64 * 1024
 
 
 class AiohttpTransport:
@@ -279,7 +284,7 @@ class AiohttpTransport:
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
         try:
-            yield StreamResponse(resp.status, resp.headers, resp.content.iter_any())
+            yield StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))
         finally:
             resp.close()
 
