@@ -3,7 +3,8 @@
 ``python -m benchmarks.instructions [--events N] [--nogc]`` starts the benchmark
 server, then runs each consumer twice under ``valgrind --tool=callgrind`` (with
 1 event and with N+1), client process only, and prints the difference divided
-by N: what one more event costs, startup excluded. Consumers: ``D`` (httpx +
+by N: what one more event costs, startup excluded. Consumers: ``raw`` (aiohttp
+bytes only, counting frames: the floor every aiohttp-based client pays), ``D`` (httpx +
 AiohttpTransport + httpx-sse + json.loads), ``stream`` (qoder_async typed
 stream), ``stream-httpx`` (the same on a borrowed ``httpx.AsyncClient`` with
 D's transport), ``stream-keep`` (the typed stream, keeping every event in a
@@ -27,13 +28,25 @@ import subprocess
 import sys
 from typing import Any
 
-CONSUMERS = ("D", "stream", "stream-httpx", "stream-keep", "turn")
+CONSUMERS = ("raw", "D", "stream", "stream-httpx", "stream-keep", "turn")
 NEEDS_HTTPX_AIOHTTP = frozenset({"D", "stream-httpx"})
 
 
-async def consume(mode: str, base: str, n: int) -> None:
-    """Read ``n`` medium events the way ``mode`` does (runs inside valgrind)."""
-    burst, turn_sid = f"sess_burst-medium-{n}", f"sess_turn-medium-{n}"
+async def consume(mode: str, base: str, n: int, size: str = "medium") -> None:
+    """Read ``n`` events of ``size`` the way ``mode`` does (runs inside valgrind)."""
+    burst, turn_sid = f"sess_burst-{size}-{n}", f"sess_turn-{size}-{n}"
+    if mode == "raw":
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            url = f"{base}/sessions/{burst}/events/stream"
+            async with session.get(url, headers={"Authorization": "Bearer t"}) as resp:
+                count = 0
+                async for chunk in resp.content.iter_any():
+                    count += chunk.count(b"\n\n")  # no frame is split in a "\n" | "\n" way here
+                    if count >= n:
+                        return
+        return
     if mode == "D":
         import httpx
         import httpx_sse
@@ -82,7 +95,7 @@ async def _qoder(client: Any, mode: str, burst: str, turn_sid: str) -> None:
                 return
 
 
-def _count(mode: str, base: str, n: int, nogc: bool) -> int:
+def _count(mode: str, base: str, n: int, nogc: bool, size: str) -> int:
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -94,6 +107,8 @@ def _count(mode: str, base: str, n: int, nogc: bool) -> int:
         mode,
         base,
         str(n),
+        "--size",
+        size,
     ]
     if nogc:
         cmd.append("--nogc")
@@ -108,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__)
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--nogc", action="store_true")
+    parser.add_argument("--size", choices=("tiny", "medium", "large"), default="medium")
     parser.add_argument("--consumer", action="append", choices=CONSUMERS)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "BASE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -115,12 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         mode, base, n = args.child
         if args.nogc:
             gc.disable()
-        asyncio.run(consume(mode, base, int(n)))
+        asyncio.run(consume(mode, base, int(n), args.size))
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed")
     n = args.events
-    sids = [f"sess_{kind}-medium-{k}" for kind in ("burst", "turn") for k in (1, n + 1)]
+    sids = [f"sess_{kind}-{args.size}-{k}" for kind in ("burst", "turn") for k in (1, n + 1)]
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.server", *(f"--prepare={s}" for s in sids)],
         stdin=subprocess.PIPE,
@@ -137,12 +153,15 @@ def main(argv: list[str] | None = None) -> None:
             if mode in NEEDS_HTTPX_AIOHTTP and not have_transport:
                 print(f"{mode:12s} unavailable: pip install httpx-aiohttp", flush=True)
                 continue
-            extra = _count(mode, base, n + 1, args.nogc) - _count(mode, base, 1, args.nogc)
+            extra = _count(mode, base, n + 1, args.nogc, args.size) - _count(
+                mode, base, 1, args.nogc, args.size
+            )
             results[mode] = extra / n
             print(f"{mode:12s} {results[mode]:10,.0f} instructions per event", flush=True)
         ratios = [
             (a, b)
             for a, b in (
+                ("raw", "D"),
                 ("stream", "D"),
                 ("stream-httpx", "D"),
                 ("turn", "stream"),
