@@ -409,14 +409,61 @@ class EventDecoder:
             raise self.error
         frames = self._sse.feed(chunk)
         out: list[Event] = []
-        frame_event = self._frame
+        append = out.append
+        loads, hooks, lazy = self._loads, self._hooks, self._lazy_raw
         try:
+            # One frame per pass, inline: this loop runs for every event of a stream.
             for frame in frames:
                 if self.done:
                     break
-                ev = frame_event(frame)
-                if ev is not None:
-                    out.append(ev)
+                name, data, fid, retry = frame
+                if retry is not None:
+                    self.retry_ms = retry
+                if not data or name in _KEEPALIVE_EVENTS:
+                    self.heartbeats += 1
+                    continue
+                if data == b"[DONE]":
+                    self.done = True
+                    continue
+                try:
+                    obj = loads(data)
+                except ValueError as exc:  # orjson's and json's errors (and UnicodeDecodeError)
+                    bad_utf8 = isinstance(exc, UnicodeDecodeError) or "utf-8" in str(exc).lower()
+                    reason = "invalid UTF-8" if bad_utf8 else "invalid JSON"
+                    raise self._error(f"{reason} in SSE data", frame) from exc
+                if obj.__class__ is not dict:
+                    if name == "error":
+                        raise error_from_envelope({"error": obj})
+                    raise self._error(
+                        f"SSE data is not a JSON object (got {type(obj).__name__})", frame
+                    )
+                kind = obj.get("type")
+                if name == "error" or kind == "error":
+                    raise error_from_envelope(obj)
+                known = len(obj) if lazy else -1
+                try:
+                    # Complete objects go straight to their hook; so do objects of older
+                    # servers, which name their type only in the `event:` line, once
+                    # completed here as ``structure_event`` would; anything else takes
+                    # the general entry point.
+                    if kind.__class__ is str:
+                        hook = hooks.get(kind) if "id" in obj else None
+                    elif kind is None and name in hooks:
+                        obj["type"] = name
+                        if fid and "id" not in obj:
+                            obj["id"] = fid
+                        hook = hooks[name]
+                    else:
+                        hook = None
+                    ev = hook(obj) if hook is not None else structure_event(obj, fid or None, name)
+                except ShapeError as exc:
+                    raise self._error(
+                        f"malformed {obj.get('type') or name or 'event'}: {exc}", frame
+                    ) from exc
+                if len(obj) == known:  # not completed from the SSE lines: the bytes say it all
+                    _SET_RAW(ev, data)  # (lazy raw: events kept for long hold bytes, not dicts)
+                self.events += 1
+                append(ev)
             if self._sse.error is not None:
                 raise self._sse.error
         except (StreamDecodeError, APIStatusError) as exc:
@@ -432,55 +479,6 @@ class EventDecoder:
 
     def _error(self, reason: str, frame: Frame) -> StreamDecodeError:
         return StreamDecodeError(reason, frame=frame.data, event_id=frame.id or None)
-
-    def _frame(self, frame: Frame) -> Event | None:
-        name, data, fid, retry = frame
-        if retry is not None:
-            self.retry_ms = retry
-        if not data or name in _KEEPALIVE_EVENTS:
-            self.heartbeats += 1
-            return None
-        if data == b"[DONE]":
-            self.done = True
-            return None
-        try:
-            obj = self._loads(data)
-        except ValueError as exc:  # orjson's and json's errors (and UnicodeDecodeError)
-            bad_utf8 = isinstance(exc, UnicodeDecodeError) or "utf-8" in str(exc).lower()
-            reason = "invalid UTF-8" if bad_utf8 else "invalid JSON"
-            raise self._error(f"{reason} in SSE data", frame) from exc
-        if obj.__class__ is not dict:
-            if name == "error":
-                raise error_from_envelope({"error": obj})
-            raise self._error(f"SSE data is not a JSON object (got {type(obj).__name__})", frame)
-        kind = obj.get("type")
-        if name == "error" or kind == "error":
-            raise error_from_envelope(obj)
-        known = len(obj) if self._lazy_raw else -1
-        hooks = self._hooks
-        try:
-            # Complete objects go straight to their hook; so do objects of older
-            # servers, which name their type only in the `event:` line, once
-            # completed here as ``structure_event`` would; anything else takes the
-            # general entry point.
-            if kind.__class__ is str:
-                hook = hooks.get(kind) if "id" in obj else None
-            elif kind is None and name in hooks:
-                obj["type"] = name
-                if fid and "id" not in obj:
-                    obj["id"] = fid
-                hook = hooks[name]
-            else:
-                hook = None
-            ev = hook(obj) if hook is not None else structure_event(obj, fid or None, name)
-        except ShapeError as exc:
-            raise self._error(
-                f"malformed {obj.get('type') or name or 'event'}: {exc}", frame
-            ) from exc
-        if len(obj) == known:  # not completed from the SSE lines: the bytes say it all
-            _SET_RAW(ev, data)  # (lazy raw: events kept for long hold bytes, not dicts)
-        self.events += 1
-        return ev
 
 
 # --------------------------------------------------------------------------- time keys
