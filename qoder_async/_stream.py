@@ -34,7 +34,7 @@ timestamps of any precision and offset (a plain string comparison does not:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import chain
 from typing import Any, ClassVar, NamedTuple
@@ -405,11 +405,30 @@ class EventDecoder:
         it are returned and the error is raised by the next call (it is kept in
         ``error`` meanwhile).
         """
+        pending = self.error
+        if pending is not None:
+            raise pending
+        out = list(self.decode(chunk))
+        if not out and self.error is not None:
+            error, self.error = self.error, None  # raised now: not kept for the next call
+            raise error
+        return out
+
+    def decode(self, chunk: bytes) -> Iterator[Event]:
+        """:meth:`feed`, one event at a time; an error ends the iteration, kept in ``error``.
+
+        Each event is decoded when it is asked for: a consumer that is done with
+        one event before asking for the next keeps the objects alive at any time
+        to one event's, whatever the size of the chunk (a list of hundreds of
+        live events kept the garbage collector traversing them).
+        """
         if self.error is not None:
-            raise self.error
-        frames = self._sse.feed(chunk)
-        out: list[Event] = []
-        append = out.append
+            return
+        try:
+            frames = self._sse.feed(chunk)
+        except StreamDecodeError as exc:
+            self.error = exc
+            return
         loads, hooks, lazy = self._loads, self._hooks, self._lazy_raw
         try:
             # One frame per pass, inline: this loop runs for every event of a stream.
@@ -463,14 +482,12 @@ class EventDecoder:
                 if len(obj) == known:  # not completed from the SSE lines: the bytes say it all
                     _SET_RAW(ev, data)  # (lazy raw: events kept for long hold bytes, not dicts)
                 self.events += 1
-                append(ev)
-            if self._sse.error is not None:
-                raise self._sse.error
+                yield ev
         except (StreamDecodeError, APIStatusError) as exc:
-            if not out:
-                raise
             self.error = exc
-        return out
+            return
+        if self._sse.error is not None:
+            self.error = self._sse.error
 
     @property
     def keepalives(self) -> int:
