@@ -15,6 +15,9 @@ requests                   ``ClientSession.request``        ``AsyncClient.reques
 streams                    ``ClientSession.get`` +          ``httpx_sse.aconnect_sse`` +
                            ``content.iter_chunked(64 KiB)``  ``response.aiter_bytes()``
 redirects                  never followed                   never followed
+a request's total timeout  aiohttp's own timer under 5 s;   ``asyncio.timeout``
+                           from 5 s, one shared timer
+                           checks them once a second
 a borrowed client          never closed by us               never closed by us
 =========================  ===============================  =============================
 
