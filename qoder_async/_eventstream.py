@@ -327,7 +327,6 @@ class EventStream:
         take = machine.take
         store = self._cursor_store
         errors = http.transport.errors
-        url = http.url(self._path)
         while True:
             http.check_open()
             cause: Cause | None = None
@@ -352,6 +351,7 @@ class EventStream:
                             except StopAsyncIteration:
                                 break
                             except errors as exc:
+                                url = http.url(self._path)  # built on failure only
                                 raise http.transport.connection_error(exc, "GET", url) from exc
                             machine.chunks += 1
                             # Events are decoded one at a time, as the consumer asks for

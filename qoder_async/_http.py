@@ -37,7 +37,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -484,15 +485,26 @@ class HTTP:
 
     # -- streams
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         path: str,
         *,
         params: Sequence[tuple[str, str]] | None = None,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[StreamResponse]:
-        """Open an SSE stream; raises :class:`StreamRetry` for answers worth retrying."""
+    ) -> _OpenStream:
+        """Open an SSE stream; raises :class:`StreamRetry` for answers worth retrying.
+
+        Use as ``async with http.stream(path) as resp``.
+        """
+        return _OpenStream(self, path, params, last_event_id)
+
+    async def _open_stream(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] | None,
+        last_event_id: str | None,
+    ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
+        """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
         self._life.check()
         headers = dict(self._secret.headers)
         headers["Accept"] = "text/event-stream"
@@ -501,52 +513,63 @@ class HTTP:
             headers["Last-Event-ID"] = last_event_id
         started = self.clock()
         transport = self.transport
-        async with transport.stream(
+        opened = transport.stream(
             "GET",
             self.base_url + path,
             params=params,
             headers=headers,
             timeouts=self._stream_timeout,
-        ) as resp:
-            status, resp_headers = resp.status, resp.headers
-            request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
-            logger.debug(
-                "GET %s -> %d [%s] %.1fms (Last-Event-ID=%s)",
-                path,
+        )
+        resp = await opened.__aenter__()
+        try:
+            await self._check_stream(resp, path, last_event_id, started)
+        except BaseException as exc:
+            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return opened, resp
+
+    async def _check_stream(
+        self, resp: StreamResponse, path: str, last_event_id: str | None, started: float
+    ) -> None:
+        transport = self.transport
+        status, resp_headers = resp.status, resp.headers
+        request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
+        logger.debug(
+            "GET %s -> %d [%s] %.1fms (Last-Event-ID=%s)",
+            path,
+            status,
+            request_id,
+            (self.clock() - started) * 1000,
+            last_event_id,
+        )
+        ctype = resp_headers.get("content-type", "")
+        if status >= 300:
+            body = await self._read_limited(resp, transport)
+            err = self._error(
                 status,
-                request_id,
-                (self.clock() - started) * 1000,
-                last_event_id,
+                body,
+                resp_headers,
+                method="GET",
+                path=path,
+                idempotent=False,
+                starts_turn=False,
             )
-            ctype = resp_headers.get("content-type", "")
-            if status >= 300:
-                body = await self._read_limited(resp, transport)
-                err = self._error(
-                    status,
-                    body,
-                    resp_headers,
-                    method="GET",
-                    path=path,
-                    idempotent=False,
-                    starts_turn=False,
-                )
-                retryable = status in (408, 429) or status >= 500
-                if retryable and resp_headers.get("x-should-retry") != "false":
-                    raise StreamRetry(err)
-                raise err
-            if "text/event-stream" not in ctype.split(";")[0].strip().lower():
-                body = await self._read_limited(resp, transport)
-                raise scrub(
-                    StreamContentTypeError(
-                        ctype,
-                        status_code=status,
-                        body=body,
-                        request_id=request_id,
-                        last_event_id=last_event_id,
-                    ),
-                    self.secrets,
-                )
-            yield resp
+            retryable = status in (408, 429) or status >= 500
+            if retryable and resp_headers.get("x-should-retry") != "false":
+                raise StreamRetry(err)
+            raise err
+        if "text/event-stream" not in ctype.split(";")[0].strip().lower():
+            body = await self._read_limited(resp, transport)
+            raise scrub(
+                StreamContentTypeError(
+                    ctype,
+                    status_code=status,
+                    body=body,
+                    request_id=request_id,
+                    last_event_id=last_event_id,
+                ),
+                self.secrets,
+            )
 
     @staticmethod
     async def _read_limited(resp: StreamResponse, transport: Transport) -> bytes:
@@ -562,3 +585,46 @@ class HTTP:
         except transport.errors:
             pass  # a truncated error body still names the status
         return b"".join(parts)[:ERROR_BODY_LIMIT]
+
+
+class _OpenStream:
+    """:meth:`HTTP.stream`'s context manager.
+
+    A class rather than a generator: an open stream keeps the transport's
+    context and nothing else (a generator context manager keeps its frame, its
+    arguments and itself: ~1 KiB per idle stream, with thousands open).
+    """
+
+    __slots__ = ("_args", "_http", "_opened")
+
+    def __init__(
+        self,
+        http: HTTP,
+        path: str,
+        params: Sequence[tuple[str, str]] | None,
+        last_event_id: str | None,
+    ) -> None:
+        self._http = http
+        self._args: tuple[str, Sequence[tuple[str, str]] | None, str | None] | None = (
+            path,
+            params,
+            last_event_id,
+        )
+        self._opened: contextlib.AbstractAsyncContextManager[StreamResponse] | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        assert self._args is not None, "a stream context is entered once"
+        args, self._args = self._args, None
+        self._opened, resp = await self._http._open_stream(*args)
+        return resp
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return None
+        return await opened.__aexit__(exc_type, exc, tb)
