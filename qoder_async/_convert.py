@@ -203,6 +203,11 @@ def _obj(d: JSON, key: str) -> JSON | None:
 
 def structure_block(b: Any) -> ContentBlock:
     """One content block; unknown block types are kept as :class:`UnknownBlock`."""
+    if b.__class__ is dict and b.get("type") == "text":
+        # The usual block, as JSON decodes it: no ABC isinstance, no attrs __init__.
+        text = b.get("text")
+        if text.__class__ is str:
+            return _new_text_block(text)
     if not isinstance(b, Mapping):
         if isinstance(b, str):  # a bare string inside a content array
             return TextBlock(b)
@@ -364,6 +369,10 @@ def fast_constructor(cls: type[_T_event]) -> Callable[..., _T_event]:
     build.__name__ = f"new_{cls.__name__}"
     build.__doc__ = f"{cls.__name__}({', '.join(names)}), fields positional, unchecked."
     return build
+
+
+# Typed for events, but any attrs class with slots builds the same way.
+_new_text_block = fast_constructor(TextBlock)  # type: ignore[type-var]
 
 
 # --------------------------------------------------------------------------- events

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 Params = Sequence[tuple[str, str]]
+_new_tuple = tuple.__new__
 
 
 @frozen
@@ -349,7 +350,9 @@ class AiohttpTransport:
                 timeout=limits,
                 allow_redirects=False,
             ) as resp:
-                return Response(resp.status, resp.headers, await resp.read())
+                body = await resp.read()
+                # tuple.__new__: a NamedTuple's own __new__ is a Python function
+                return _new_tuple(Response, (resp.status, resp.headers, body))
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
 
