@@ -51,7 +51,9 @@ Sizes: ``tiny`` (~80 B frame: SSE ``id``/``event`` plus ``{"content":[{"type":
 "text","text":"ok"}]}``, the older doc shape without ``id``/``type`` in the JSON;
 60 B cannot hold a content block), ``medium`` (~450 B) and ``large`` (~4 KiB),
 both with ``id``, ``type``, ``session_id``, ``turn_id``, ``content``,
-``processed_at``.
+``processed_at``. ``processed_at`` follows the render order (1 us apart, never
+going back), as on the real API: a client may drop what a connection replays
+from before its cursor, and a turn's events are never older than its message.
 
 Rendering happens at startup (``--prepare SID``) or on the ``prepare`` command;
 an unprepared session is rendered on first use and counted in
