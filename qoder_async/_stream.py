@@ -22,7 +22,9 @@ a frame with ``data``                  its typed event (``id``/``type`` taken fr
                                        lacks them); ``retry:`` is kept in ``retry_ms``
 ``id:`` containing NUL                 ignored (SSE spec)
 a bad frame after good ones            the good ones are returned first; the error is
-                                       raised by the next call (nothing received is lost)
+                                       raised by the next call (nothing received is lost);
+                                       :meth:`EventDecoder.decode` yields them, then
+                                       stops with the error in ``error``
 a new connection (:meth:`reconnected`)  a frame cut by the drop is discarded
 =====================================  ============================================
 
