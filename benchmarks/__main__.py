@@ -110,6 +110,7 @@ def render(scn: Scenario, res: SResult) -> str:
     ]
     heads = ["contender", *[lab for _, lab in scn.param_cols], scn.label, "spread"]
     heads += [lab for _, lab, _ in scn.extra] + [f"x {r}" for r in scn.refs]
+    heads += [lab for _, _, lab in scn.extra_ratios]
     rows: list[list[str]] = []
     notes: list[str] = []
     ref_med = {
@@ -138,6 +139,11 @@ def render(scn: Scenario, res: SResult) -> str:
                 row.append(f"{med / ref:.3g}")
             else:
                 row.append("-")
+        for key, r, _ in scn.extra_ratios:
+            ref_cr = res.contenders.get(r)
+            ref = ref_cr.median(key) if ref_cr is not None and ref_cr.status == "ok" else None
+            val = cr.median(key)
+            row.append(f"{val / ref:.3g}" if val is not None and ref else "-")
         rows.append(row)
         if any(r.get("complete") is False for r in cr.rounds):
             notes.append(f"{name}: did not finish within its time budget (metrics are partial)")

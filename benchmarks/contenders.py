@@ -32,9 +32,21 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
-from httpx_sse import aconnect_sse
+
+# httpx and httpx-sse come with qoder_async's `test` extra; httpx-aiohttp (D's
+# transport, and the transport handed to qoder_async-stream-httpx) is no longer a
+# dependency of the package: `pip install httpx-aiohttp` for those contenders,
+# which are reported UNAVAILABLE without it.
+try:
+    import httpx
+    from httpx_sse import aconnect_sse
+except ImportError:  # pragma: no cover - depends on the environment
+    httpx = None  # type: ignore[assignment]
+    aconnect_sse = None  # type: ignore[assignment]
+try:
+    from httpx_aiohttp import AiohttpTransport
+except ImportError:  # pragma: no cover - depends on the environment
+    AiohttpTransport = None  # type: ignore[assignment,misc]
 
 TOKEN = "pt-benchmark-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -44,7 +56,7 @@ SEND_EVENTS: list[dict[str, Any]] = [
 SEND_BODY = json.dumps({"events": SEND_EVENTS}).encode()
 # Streams are read for longer than httpx's 5 s default read timeout allows when
 # heartbeats are 15 s apart; every SSE user raises it, so do we (no effect on speed).
-HTTPX_TIMEOUT = httpx.Timeout(60.0, connect=30.0)
+HTTPX_TIMEOUT = httpx.Timeout(60.0, connect=30.0) if httpx is not None else None
 
 
 class BenchFailure(Exception):
@@ -330,11 +342,34 @@ class AiohttpMin(_Aiohttp):
 # --------------------------------------------------------------------------- httpx + httpx-sse
 
 
+def need_httpx(aiohttp_transport: bool) -> None:
+    """Raise :class:`Unavailable` unless httpx (+ httpx-sse, + httpx-aiohttp) import."""
+    if httpx is None or aconnect_sse is None:
+        raise Unavailable("httpx / httpx-sse not installed (pip install -e '.[test]')")
+    if aiohttp_transport and AiohttpTransport is None:
+        raise Unavailable("httpx-aiohttp not installed (pip install httpx-aiohttp)")
+
+
+def d_transport(target: Target) -> Any:
+    """D's transport: httpx-aiohttp's ``AiohttpTransport``, pool lifted when needed.
+
+    AiohttpTransport ignores httpx's client-level limits and caps its aiohttp
+    connector at ``limits.max_connections`` (default 100; None also falls back
+    to aiohttp's 100), so pass the number we need.
+    """
+    if target.pool:
+        return AiohttpTransport(limits=httpx.Limits(max_connections=target.pool + 16))
+    return AiohttpTransport()
+
+
 class _HttpxSSE(Contender):
+    uses_aiohttp_transport: ClassVar[bool] = False
+
     def make_client(self, target: Target) -> httpx.AsyncClient:
         raise NotImplementedError
 
     async def setup(self, target: Target) -> None:
+        need_httpx(self.uses_aiohttp_transport)
         self.target = target
         self.c = self.make_client(target)
 
@@ -425,17 +460,10 @@ class D(_HttpxSSE):
     name = "D"
     summary = "httpx + AiohttpTransport + httpx_sse.aconnect_sse/aiter_sse + json.loads"
     kinds = frozenset({"stream", "send", "ttfe", "idle", "paced"})
+    uses_aiohttp_transport = True
 
     def make_client(self, target: Target) -> httpx.AsyncClient:
-        # AiohttpTransport ignores httpx's client-level limits and caps its
-        # aiohttp connector at limits.max_connections (default 100; None also
-        # falls back to aiohttp's 100), so pass the number we need.
-        transport = (
-            AiohttpTransport(limits=httpx.Limits(max_connections=target.pool + 16))
-            if target.pool
-            else AiohttpTransport()
-        )
-        return httpx.AsyncClient(transport=transport, timeout=HTTPX_TIMEOUT)
+        return httpx.AsyncClient(transport=d_transport(target), timeout=HTTPX_TIMEOUT)
 
 
 class HttpxDefault(_HttpxSSE):
@@ -459,6 +487,7 @@ class Qca(Contender):
     kinds = frozenset({"stream", "send", "ttfe", "idle", "paced"})
 
     async def setup(self, target: Target) -> None:
+        need_httpx(False)
         try:
             from qca import AsyncManaged
         except ImportError as exc:
@@ -549,7 +578,7 @@ class Qca(Contender):
 # two classes small and self-contained: adjust them here when the API lands.
 
 
-def _qoder_client(target: Target) -> Any:
+def _qoder_client(target: Target, http_client: Any = None) -> Any:
     try:
         from qoder_async import QoderClient
     except ImportError as exc:
@@ -557,7 +586,7 @@ def _qoder_client(target: Target) -> Any:
     # Library defaults on purpose, also for the 2,000-stream scenarios: its
     # default pool is meant for thousands of streams. If that ever changes,
     # the many-stream scenarios fail loudly ("only 100/2000 streams ...").
-    return QoderClient(token=TOKEN, base_url=target.api)
+    return QoderClient(token=TOKEN, base_url=target.api, http_client=http_client)
 
 
 class QoderStream(Contender):
@@ -613,6 +642,24 @@ class QoderStream(Contender):
         raise BenchFailure("qoder_async: paced stream ended early")
 
 
+class QoderStreamHttpx(QoderStream):
+    name = "qoder_async-stream-httpx"
+    summary = "qoder_async-stream on a borrowed httpx.AsyncClient(transport=D's AiohttpTransport)"
+    kinds = frozenset({"stream", "send", "idle", "paced"})
+
+    async def setup(self, target: Target) -> None:
+        need_httpx(True)
+        # The same client as D's (transport, pool limits, timeout): the only
+        # difference left is what reads the stream (qoder_async vs httpx-sse).
+        self.http = httpx.AsyncClient(transport=d_transport(target), timeout=HTTPX_TIMEOUT)
+        self.c = _qoder_client(target, self.http)
+        await self.c.__aenter__()
+
+    async def aclose(self) -> None:
+        await self.c.__aexit__(None, None, None)
+        await self.http.aclose()  # borrowed: the client leaves it open
+
+
 class QoderTurn(Contender):
     name = "qoder_async-turn"
     summary = "qoder_async turn API: turn = await client.session(sid).send(); async for ev in turn"
@@ -659,5 +706,16 @@ class QoderTurn(Contender):
 # --------------------------------------------------------------------------- registry
 
 REGISTRY: dict[str, type[Contender]] = {
-    c.name: c for c in (Sink, Raw, AiohttpMin, D, HttpxDefault, Qca, QoderStream, QoderTurn)
+    c.name: c
+    for c in (
+        Sink,
+        Raw,
+        AiohttpMin,
+        D,
+        HttpxDefault,
+        Qca,
+        QoderStream,
+        QoderStreamHttpx,
+        QoderTurn,
+    )
 }

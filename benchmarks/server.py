@@ -51,7 +51,9 @@ Sizes: ``tiny`` (~80 B frame: SSE ``id``/``event`` plus ``{"content":[{"type":
 "text","text":"ok"}]}``, the older doc shape without ``id``/``type`` in the JSON;
 60 B cannot hold a content block), ``medium`` (~450 B) and ``large`` (~4 KiB),
 both with ``id``, ``type``, ``session_id``, ``turn_id``, ``content``,
-``processed_at``.
+``processed_at``. ``processed_at`` follows the render order (1 us apart, never
+going back), as on the real API: a client may drop what a connection replays
+from before its cursor, and a turn's events are never older than its message.
 
 Rendering happens at startup (``--prepare SID``) or on the ``prepare`` command;
 an unprepared session is rendered on first use and counted in
@@ -110,8 +112,19 @@ def _sse(eid: str, event: str, data: bytes) -> bytes:
     return b"id: " + eid.encode() + b"\nevent: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def _processed_at(i: int) -> str:
-    return f"2026-05-18T03:40:48.{i % 1_000_000_000:09d}Z"
+_EPOCH = 1_779_075_648  # 2026-05-18T03:40:48Z
+
+
+def _processed_at(tick: int) -> str:
+    """The ``tick``-th timestamp the server hands out: 1 us apart, never going back.
+
+    Stamps follow the order frames are rendered in, so within a session (and
+    across the turns of one) a later event is never older than an earlier one,
+    as on the real API: clients may drop what is older than their cursor.
+    """
+    secs, micros = divmod(tick, 1_000_000)
+    day = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(_EPOCH + secs))
+    return f"{day}.{micros:06d}000Z"
 
 
 class Renderer:
@@ -120,6 +133,12 @@ class Renderer:
     def __init__(self, chunked: bool) -> None:
         self.chunked = chunked
         self._seq = 0x019E392C0D787CFAA21B0000
+        self._tick = 0
+
+    def stamp(self) -> str:
+        """The next ``processed_at`` (monotonic over everything rendered)."""
+        self._tick += 1
+        return _processed_at(self._tick)
 
     def wrap(self, frame: bytes) -> bytes:
         if not self.chunked:
@@ -139,7 +158,7 @@ class Renderer:
             "session_id": sid,
             "turn_id": turn_id,
             "content": [{"type": "text", "text": ""}],
-            "processed_at": _processed_at(i),
+            "processed_at": self.stamp(),
         }
         bare = len(_sse(eid, "agent.message", _dumps(obj)))
         text = f"[{i}] " + FILLER
@@ -162,7 +181,7 @@ class Renderer:
             "session_id": sid,
             "turn_id": turn_id,
             "stop_reason": {"type": "end_turn"},
-            "processed_at": _processed_at(self._seq & 0xFFFFFF),
+            "processed_at": self.stamp(),
         }
         return _sse(eid, "session.status_idle", _dumps(obj))
 
@@ -174,7 +193,7 @@ class Renderer:
             "session_id": sid,
             "turn_id": turn_id,
             "content": [{"type": "text", "text": "Help me analyze this code."}],
-            "processed_at": _processed_at(self._seq & 0xFFFFFF),
+            "processed_at": self.stamp(),
         }
         return eid, obj
 

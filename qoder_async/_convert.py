@@ -234,6 +234,11 @@ def _obj(d: JSON, key: str) -> JSON | None:
 
 def structure_block(b: Any) -> ContentBlock:
     """One content block; unknown block types are kept as :class:`UnknownBlock`."""
+    if b.__class__ is dict and b.get("type") == "text":
+        # The usual block, as JSON decodes it: no ABC isinstance, no attrs __init__.
+        text = b.get("text")
+        if text.__class__ is str:
+            return _new_text_block(text)
     if not isinstance(b, Mapping):
         if isinstance(b, str):  # a bare string inside a content array
             return TextBlock(b)
@@ -397,6 +402,10 @@ def fast_constructor(cls: type[_T_event]) -> Callable[..., _T_event]:
     return build
 
 
+# Typed for events, but any attrs class with slots builds the same way.
+_new_text_block = fast_constructor(TextBlock)  # type: ignore[type-var]
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -430,12 +439,28 @@ _new_agent_message = fast_constructor(AgentMessage)
 
 def _agent_message(d: JSON, _: object = None) -> AgentMessage:
     # The hot path: one text block is kept as its string (``content`` builds the
-    # block on access), a retained message is then one object for the GC.
-    content = d.get("content")
+    # block on access), a retained message is then one object for the GC. The
+    # checks of ``_head`` are inlined here: this runs for most events of a stream.
+    get = d.get
+    content = get("content")
     if content.__class__ is list and len(content) == 1:
         block = content[0]
         if block.__class__ is dict and block.get("type") == "text":
             text = block.get("text")
+            ident, turn, at, thread = (
+                get("id"),
+                get("turn_id"),
+                get("processed_at"),
+                get("session_thread_id"),
+            )
+            if (
+                text.__class__ is str
+                and (ident.__class__ is str or ident is None)
+                and (turn.__class__ is str or turn is None)
+                and (at.__class__ is str or at is None)
+                and (thread is None or thread.__class__ is str)
+            ):
+                return _new_agent_message(ident, turn, at, thread, d, text)
             if text.__class__ is str:
                 return _new_agent_message(*_head(d), text)
     return _new_agent_message(*_head(d), _blocks(d))
@@ -851,7 +876,10 @@ def event_hooks(conv: cattrs.Converter | None = None) -> dict[str, Callable[...,
     conv = conv or converter
     table: dict[str, Callable[..., Event]] = {}
     for kind, cls in EVENT_TYPES.items():
-        table[kind] = conv.get_structure_hook(cls)
+        hook = conv.get_structure_hook(cls)
+        # Our own hooks are registered behind a check that the object has their
+        # type; the table is looked up by that type, so it calls them directly.
+        table[kind] = _UNCHECKED.get(hook, hook)
     return table
 
 
@@ -1184,6 +1212,10 @@ def _structure_as(d: Any, cls: type[BaseEvent]) -> BaseEvent:
     return ev
 
 
+_UNCHECKED: dict[Callable[..., Event], Callable[..., Event]] = {}
+"""Each :func:`_checked` wrapper -> the hook it wraps (see :func:`event_hooks`)."""
+
+
 def _checked(cls: type[BaseEvent], hook: Callable[[JSON, object], Event]) -> Callable[..., Event]:
     """``hook`` for objects of ``cls``'s type; anything else through the general entry."""
     kinds = {kind for kind, c in EVENT_TYPES.items() if c is cls}
@@ -1194,6 +1226,7 @@ def _checked(cls: type[BaseEvent], hook: Callable[[JSON, object], Event]) -> Cal
         return _structure_as(d, cls)  # type: ignore[return-value]
 
     structure.__name__ = hook.__name__
+    _UNCHECKED[structure] = hook
     return structure
 
 

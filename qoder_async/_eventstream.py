@@ -327,7 +327,6 @@ class EventStream:
         take = machine.take
         store = self._cursor_store
         errors = http.transport.errors
-        url = http.url(self._path)
         while True:
             http.check_open()
             cause: Cause | None = None
@@ -352,13 +351,13 @@ class EventStream:
                             except StopAsyncIteration:
                                 break
                             except errors as exc:
+                                url = http.url(self._path)  # built on failure only
                                 raise http.transport.connection_error(exc, "GET", url) from exc
                             machine.chunks += 1
-                            try:
-                                events = decoder.feed(chunk)
-                            except StreamError as exc:
-                                raise self._prepared(exc) from exc.__cause__
-                            for ev in events:
+                            # Events are decoded one at a time, as the consumer asks for
+                            # them; a bad frame ends the iteration (after the events
+                            # before it) and waits in decoder.error.
+                            for ev in decoder.decode(chunk):
                                 if take(ev):
                                     machine.consumer_busy = True
                                     yield ev
@@ -367,8 +366,9 @@ class EventStream:
                                     machine.consumer_busy = False
                                     if type(ev) in _ENDS_STREAM:
                                         return
-                            if decoder.error is not None:
-                                raise self._prepared(decoder.error)  # after the events before it
+                            bad = decoder.error
+                            if bad is not None:
+                                raise self._prepared(bad) from bad.__cause__
                             if decoder.done:
                                 return
                     finally:

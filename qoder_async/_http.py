@@ -40,8 +40,10 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -152,8 +154,14 @@ def resolve_token(token: str | None) -> str:
     return value
 
 
+# What quote(safe="") leaves as it is: ids are made of these, and quote() costs ~2 us.
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
 def segment(value: str) -> str:
     """An id as one URL path segment (checked, percent-encoded)."""
+    if value.__class__ is str and _PLAIN_SEGMENT.fullmatch(value):
+        return value
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"an id must be a non-empty string, got {value!r}")
     return quote(value, safe="")
@@ -213,6 +221,10 @@ class APIResponse(NamedTuple):
     headers: Mapping[str, str]
     body: Any
     request_id: str | None
+
+
+_new_tuple = tuple.__new__
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class StreamRetry(Exception):
@@ -347,12 +359,15 @@ class HTTP:
         """A fresh copy of the headers every request carries (the token included)."""
         return dict(self._secret.headers)
 
-    def _parse(self, body: bytes, status: int, ctype: str | None, method: str, path: str) -> Any:
+    def _parse(
+        self, body: bytes, status: int, headers: Mapping[str, str], method: str, path: str
+    ) -> Any:
         if not body:
             return {}
         try:
             return json_loads(body)
         except ValueError as exc:
+            ctype = headers.get("content-type")
             raise APIResponseValidationError(
                 f"the answer is not JSON (status {status}, content-type {ctype!r})",
                 method=method,
@@ -394,6 +409,21 @@ class HTTP:
             )
         return err
 
+    def _apply(
+        self,
+        options: RequestOptions,
+        headers: dict[str, str],
+        params: Sequence[tuple[str, str]] | None,
+    ) -> tuple[Sequence[tuple[str, str]] | None, Timeout]:
+        """Apply a call's options to ``headers`` (in place): its query and timeout back."""
+        if options.extra_headers:
+            headers.update(options.extra_headers)
+        if options.extra_query:
+            extra = options.extra_query
+            pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
+            params = [*(params or ()), *pairs]
+        return params, _as_timeout(options.timeout, self.timeout)
+
     # -- JSON requests
 
     async def request(
@@ -417,18 +447,12 @@ class HTTP:
         headers = dict(self._secret.headers)
         timeout = self.timeout
         if options is not None:
-            if options.extra_headers:
-                headers.update(options.extra_headers)
-            if options.extra_query:
-                extra = options.extra_query
-                pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
-                params = [*(params or ()), *pairs]
+            params, timeout = self._apply(options, headers, params)
             if options.extra_body and body is None:
                 if json is None:
                     json = {}
                 if isinstance(json, Mapping):
                     json = {**json, **options.extra_body}
-            timeout = _as_timeout(options.timeout, timeout)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         content: Content | None = None
@@ -449,7 +473,7 @@ class HTTP:
         while True:
             started = clock()
             status: int | None = None
-            resp_headers: Mapping[str, str] = {}
+            resp_headers: Mapping[str, str] = _NO_HEADERS
             retry_after: float | None = None
             try:
                 resp = await self.transport.request(
@@ -471,10 +495,9 @@ class HTTP:
                         (clock() - started) * 1000,
                     )
                 if status < 300:
-                    body = self._parse(
-                        resp.body, status, resp_headers.get("content-type"), method, path
-                    )
-                    return APIResponse(status, resp_headers, body, request_id)
+                    body = self._parse(resp.body, status, resp_headers, method, path)
+                    # tuple.__new__: a NamedTuple's own __new__ is a Python function
+                    return _new_tuple(APIResponse, (status, resp_headers, body, request_id))
                 error = self._error(
                     status,
                     resp.body,
@@ -512,15 +535,26 @@ class HTTP:
 
     # -- streams
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         path: str,
         *,
         params: Sequence[tuple[str, str]] | None = None,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[StreamResponse]:
-        """Open an SSE stream; raises :class:`StreamRetry` for answers worth retrying."""
+    ) -> _OpenStream:
+        """Open an SSE stream; raises :class:`StreamRetry` for answers worth retrying.
+
+        Use as ``async with http.stream(path) as resp``.
+        """
+        return _OpenStream(self, path, params, last_event_id)
+
+    async def _open_stream(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] | None,
+        last_event_id: str | None,
+    ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
+        """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
         self._life.check()
         headers = dict(self._secret.headers)
         headers["Accept"] = "text/event-stream"
@@ -529,52 +563,63 @@ class HTTP:
             headers["Last-Event-ID"] = last_event_id
         started = self.clock()
         transport = self.transport
-        async with transport.stream(
+        opened = transport.stream(
             "GET",
             self.base_url + path,
             params=params,
             headers=headers,
             timeouts=self._stream_timeout,
-        ) as resp:
-            status, resp_headers = resp.status, resp.headers
-            request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
-            logger.debug(
-                "GET %s -> %d [%s] %.1fms (Last-Event-ID=%s)",
-                path,
+        )
+        resp = await opened.__aenter__()
+        try:
+            await self._check_stream(resp, path, last_event_id, started)
+        except BaseException as exc:
+            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return opened, resp
+
+    async def _check_stream(
+        self, resp: StreamResponse, path: str, last_event_id: str | None, started: float
+    ) -> None:
+        transport = self.transport
+        status, resp_headers = resp.status, resp.headers
+        request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
+        logger.debug(
+            "GET %s -> %d [%s] %.1fms (Last-Event-ID=%s)",
+            path,
+            status,
+            request_id,
+            (self.clock() - started) * 1000,
+            last_event_id,
+        )
+        ctype = resp_headers.get("content-type", "")
+        if status >= 300:
+            body = await self._read_limited(resp, transport)
+            err = self._error(
                 status,
-                request_id,
-                (self.clock() - started) * 1000,
-                last_event_id,
+                body,
+                resp_headers,
+                method="GET",
+                path=path,
+                idempotent=False,
+                starts_turn=False,
             )
-            ctype = resp_headers.get("content-type", "")
-            if status >= 300:
-                body = await self._read_limited(resp, transport)
-                err = self._error(
-                    status,
-                    body,
-                    resp_headers,
-                    method="GET",
-                    path=path,
-                    idempotent=False,
-                    starts_turn=False,
-                )
-                retryable = status in (408, 429) or status >= 500
-                if retryable and resp_headers.get("x-should-retry") != "false":
-                    raise StreamRetry(err)
-                raise err
-            if "text/event-stream" not in ctype.split(";")[0].strip().lower():
-                body = await self._read_limited(resp, transport)
-                raise scrub(
-                    StreamContentTypeError(
-                        ctype,
-                        status_code=status,
-                        body=body,
-                        request_id=request_id,
-                        last_event_id=last_event_id,
-                    ),
-                    self.secrets,
-                )
-            yield resp
+            retryable = status in (408, 429) or status >= 500
+            if retryable and resp_headers.get("x-should-retry") != "false":
+                raise StreamRetry(err)
+            raise err
+        if "text/event-stream" not in ctype.split(";")[0].strip().lower():
+            body = await self._read_limited(resp, transport)
+            raise scrub(
+                StreamContentTypeError(
+                    ctype,
+                    status_code=status,
+                    body=body,
+                    request_id=request_id,
+                    last_event_id=last_event_id,
+                ),
+                self.secrets,
+            )
 
     @staticmethod
     async def _read_limited(resp: StreamResponse, transport: Transport) -> bytes:
@@ -612,13 +657,7 @@ class HTTP:
         headers = dict(self._secret.headers)
         timeout = self.timeout
         if options is not None:
-            if options.extra_headers:
-                headers.update(options.extra_headers)
-            if options.extra_query:
-                extra = options.extra_query
-                pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
-                params = [*(params or ()), *pairs]
-            timeout = _as_timeout(options.timeout, timeout)
+            params, timeout = self._apply(options, headers, params)
         url = self.base_url + path
         transport = self.transport
         first = self.clock()
@@ -696,3 +735,46 @@ class HTTP:
                     resp.status, body, resp.headers, method="GET", url=where, secrets=self.secrets
                 )
             yield resp
+
+
+class _OpenStream:
+    """:meth:`HTTP.stream`'s context manager.
+
+    A class rather than a generator: an open stream keeps the transport's
+    context and nothing else (a generator context manager keeps its frame, its
+    arguments and itself: ~1 KiB per idle stream, with thousands open).
+    """
+
+    __slots__ = ("_args", "_http", "_opened")
+
+    def __init__(
+        self,
+        http: HTTP,
+        path: str,
+        params: Sequence[tuple[str, str]] | None,
+        last_event_id: str | None,
+    ) -> None:
+        self._http = http
+        self._args: tuple[str, Sequence[tuple[str, str]] | None, str | None] | None = (
+            path,
+            params,
+            last_event_id,
+        )
+        self._opened: contextlib.AbstractAsyncContextManager[StreamResponse] | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        assert self._args is not None, "a stream context is entered once"
+        args, self._args = self._args, None
+        self._opened, resp = await self._http._open_stream(*args)
+        return resp
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return None
+        return await opened.__aexit__(exc_type, exc, tb)

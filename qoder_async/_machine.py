@@ -133,10 +133,11 @@ class Dedupe:
     ids whenever it doubles: O(1) per event.
     """
 
-    __slots__ = ("_at", "_floor", "seen", "window")
+    __slots__ = ("_at", "_floor", "limit", "seen", "window")
 
     def __init__(self, window: int = DEFAULT_DEDUPE_WINDOW) -> None:
         self.window = max(1, window)
+        self.limit = 2 * self.window  # trimmed back to ``window`` when it grows past this
         self.seen: dict[str, None] = {}
         self._floor: tuple[int, int] | None = None
         self._at: str | None = None  # newest processed_at handed out, not yet parsed
@@ -144,7 +145,7 @@ class Dedupe:
     def remember(self, ident: str) -> None:
         """Mark ``ident`` as handed out."""
         self.seen[ident] = None
-        if len(self.seen) > 2 * self.window:
+        if len(self.seen) > self.limit:
             self.trim()
 
     def trim(self) -> None:
@@ -315,7 +316,8 @@ class StreamMachine:
             key = ev.event_id  # type: ignore[union-attr]
             return key is None or key not in dedupe.seen
         ident = ev.id
-        if ident is not None and ident in dedupe.seen:
+        seen = dedupe.seen
+        if ident is not None and ident in seen:
             self.duplicates += 1
             return False
         if self._checking:
@@ -328,7 +330,10 @@ class StreamMachine:
                 if at > floor:
                     self._checking = False
         if ident is not None:
-            dedupe.remember(ident)
+            # Dedupe.remember, inline: this runs for every event of every stream.
+            seen[ident] = None
+            if len(seen) > dedupe.limit:
+                dedupe.trim()
             self._cursor_id = ident
             self._cursor_at = ev.processed_at
         self.events += 1

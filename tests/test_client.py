@@ -8,10 +8,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+from urllib.parse import quote
 
 import httpx
 import pytest
 from conftest import forever
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qoder_async import (
     Accepted,
@@ -29,7 +32,7 @@ from qoder_async import (
     UserMessage,
     WrongEventLoopError,
 )
-from qoder_async._http import _Lifecycle
+from qoder_async._http import _Lifecycle, segment
 from qoder_async.testing import FakeQoderServer
 
 # ----------------------------------------------------------------------------- configuration
@@ -406,3 +409,8 @@ def test_httpx_is_optional(server_url: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["refused", "True"]
+
+
+@given(st.text(min_size=1))
+def test_an_id_becomes_the_path_segment_quote_makes_of_it(value: str) -> None:
+    assert segment(value) == quote(value, safe="")

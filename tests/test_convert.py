@@ -26,6 +26,7 @@ from qoder_async._convert import (
     converter,
     fast_constructor,
     structure_agent,
+    structure_block,
     structure_environment,
     structure_event,
     structure_session,
@@ -2445,3 +2446,11 @@ def test_outbound_events_go_through_the_converter() -> None:
         "type": "user.message",
         "content": [{"type": "text", "text": "hi"}],
     }
+
+
+def test_text_blocks_decoded_on_the_fast_path_equal_plain_ones() -> None:
+    block = structure_block({"type": "text", "text": "hi", "extra": 1})
+    assert type(block) is TextBlock
+    assert block == TextBlock("hi")
+    assert repr(block) == repr(TextBlock("hi"))
+    assert hash(block) == hash(TextBlock("hi"))

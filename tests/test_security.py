@@ -272,3 +272,22 @@ def test_qoder_log_env_var_switches_debug_logging_on(monkeypatch: pytest.MonkeyP
     finally:
         logger.setLevel(level)
         logger.handlers[:] = handlers
+
+
+@pytest.mark.parametrize("before", [b"", b'id: e0\nevent: agent.message\ndata: {"id":"e0"}\n\n'])
+async def test_an_error_event_on_a_stream_is_redacted(before: bytes) -> None:
+    """Whether or not other events of the same read come first."""
+    envelope = {"type": "error", "error": {"type": "api_error", "message": f"echo {CANARY}"}}
+    frame = before + b"event: error\ndata: " + json.dumps(envelope).encode() + b"\n\n"
+    async with FakeQoderServer(token=CANARY) as server:
+        sid = server.add_session()["id"]
+        server.faults.inject_frames = [frame]
+        async with QoderClient(token=CANARY, base_url=server.base_url) as client:
+            with pytest.raises(APIStatusError) as info:
+                async with client.sessions.events.stream(sid) as st:
+                    async for _ in st:
+                        pass
+    exc = info.value
+    text = "".join([str(exc), repr(exc), repr(vars(exc)), *traceback.format_exception(exc)])
+    assert CANARY not in text
+    assert "<redacted>" in text
