@@ -35,10 +35,6 @@ class Plan:
         default_factory=lambda: {"tiny": 1_000, "medium": 500, "large": 200}
     )
     tp_nmin: int = 200
-    # One turn of the turn API holds at most this many events: a turn is not a
-    # firehose, and the turn's live text costs O(messages) per message (RESULTS.md),
-    # so calibrating it like a stream would make its rounds take many seconds each.
-    tp_nmax_turn: int = 5_000
     tp_nmax: dict[str, int] = field(
         default_factory=lambda: {"tiny": 800_000, "medium": 400_000, "large": 80_000}
     )
@@ -401,8 +397,6 @@ def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable
         def calibrate(p: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
             n = round2(m["ev_s"] * plan.tp_target_s * 1.1)
             cap = plan.tp_nmax[size]
-            if p.get("contender") == "qoder_async-turn":
-                cap = min(cap, plan.tp_nmax_turn)
             return {"n": max(plan.tp_nmin, min(cap, n))}
 
         return await h.interleaved(

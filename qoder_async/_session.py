@@ -48,7 +48,6 @@ import contextlib
 import inspect
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
@@ -89,6 +88,7 @@ from ._models import (
     UserMessage,
     as_events,
     is_copy_of,
+    new_idempotency_key,
 )
 from ._stream import PREVIEW_CLASSES
 from ._tools import (
@@ -114,7 +114,6 @@ from ._turns import (
     fails_turn,
     fold_history,
     fold_many,
-    text_delta,
 )
 
 if TYPE_CHECKING:
@@ -521,28 +520,29 @@ class Turn:
         await self._post_unposted()
         loop = asyncio.get_running_loop()
         live = self._live
-        emitted = ""
+        reader = live.reader()
+        emitted, shown, delivered = "", -1, False  # with coalesce: what was last yielded
         next_at = 0.0
         while True:
             self._raise_tool_error()
             done = self._done
-            current = live.text
             now = loop.time()
             if coalesce is None:
-                chunk = text_delta(emitted, current)
-                emitted = current
+                chunk = reader.take()
                 if chunk:
                     yield chunk
-            elif current != emitted and (now >= next_at or done):
-                emitted = current
-                next_at = now + coalesce
-                yield current
-            elif done and not emitted:
-                yield current  # the final text is always delivered, even when empty
+            else:
+                if live.version != shown and (now >= next_at or done):
+                    shown, current = live.version, live.text
+                    if current != emitted:
+                        emitted, next_at, delivered = current, now + coalesce, True
+                        yield current
+                if done and not delivered:
+                    yield emitted  # the final text is always delivered, even when empty
             if done:
                 self._raise_error()
                 return
-            pending = coalesce is not None and current != emitted
+            pending = coalesce is not None and live.version != shown
             await self._wait(max(0.0, next_at - now) if pending else None)
 
     async def interrupt(self) -> Accepted | None:
@@ -802,7 +802,7 @@ class SessionHandle:
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
         events = as_events(content)
-        key = idempotency_key or uuid.uuid4().hex
+        key = idempotency_key or new_idempotency_key()
         deadline = None if busy_timeout is None else time.monotonic() + busy_timeout
         interrupted = False
         attempt = 0

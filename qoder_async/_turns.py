@@ -169,6 +169,7 @@ __all__ = [
     "CatchUp",
     "LiveText",
     "Reconnected",
+    "TextReader",
     "ThreadResult",
     "ToolCall",
     "TurnResult",
@@ -240,9 +241,10 @@ _OPEN, _BROKEN, _FINAL, _ENDED = 0, 1, 2, 3
 
 
 class _Segment:
-    __slots__ = ("incremental", "key", "state", "text")
+    __slots__ = ("incremental", "key", "n", "state", "text")
 
-    def __init__(self, key: str | None, text: str, state: int, incremental: bool) -> None:
+    def __init__(self, n: int, key: str | None, text: str, state: int, incremental: bool) -> None:
+        self.n = n  # position in the track (segments are never reordered)
         self.key = key
         self.text = text
         self.state = state
@@ -250,41 +252,97 @@ class _Segment:
 
 
 class _Track:
-    """Segments of one kind of text (reply or thinking), indexed for O(1) updates."""
+    """Segments of one kind of text (reply or thinking); every update is O(1).
 
-    __slots__ = ("_cache", "_cached_version", "by_key", "segments", "version")
+    ``parts`` joined is the text. A change that appends at the end of the text
+    adds a part; any other change (a final text that does not extend what was
+    shown, a retraction, a segment before the last one growing) rebuilds the
+    text into a *new* list, so a :class:`TextReader` holding the old one knows
+    the text was rewritten. Nothing scans the segments except such a rebuild.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_cache_n",
+        "_cache_parts",
+        "_dirty",
+        "_last",
+        "_open_incremental",
+        "_unsettled",
+        "by_key",
+        "parts",
+        "segments",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.segments: list[_Segment] = []
         self.by_key: dict[str, _Segment] = {}
         self.version = 0
+        self.parts: list[str] = []
+        self._dirty = False
+        self._last: _Segment | None = None  # the last segment with text (unless dirty)
+        self._open_incremental: deque[_Segment] = deque()  # oldest first, closed ones lazily
+        self._unsettled: list[_Segment] = []  # open or broken (and some settled since)
         self._cache = ""
-        self._cached_version = 0
+        self._cache_parts = self.parts
+        self._cache_n = 0
 
     def copy(self) -> _Track:
         other = _Track()
         for seg in self.segments:
-            twin = _Segment(seg.key, seg.text, seg.state, seg.incremental)
-            other.segments.append(twin)
-            if seg.key is not None and self.by_key.get(seg.key) is seg:
-                other.by_key[seg.key] = twin
+            other._add(_Segment(seg.n, seg.key, seg.text, seg.state, seg.incremental))
+        other.by_key = {k: other.segments[seg.n] for k, seg in self.by_key.items()}
         other.version = self.version
+        other._dirty = True
         return other
+
+    def _add(self, seg: _Segment) -> None:
+        self.segments.append(seg)
+        if seg.state in (_OPEN, _BROKEN):
+            self._unsettled.append(seg)
+            if seg.incremental and seg.state == _OPEN:
+                self._open_incremental.append(seg)
+
+    def _appended(self, seg: _Segment, had_text: bool, piece: str) -> None:
+        """``piece`` was appended to ``seg``'s text."""
+        self.version += 1
+        if self._dirty:
+            return
+        last = self._last
+        if seg is last:
+            self.parts.append(piece)
+        elif not had_text and (last is None or seg.n > last.n):
+            self.parts.append(piece if last is None else MESSAGE_SEPARATOR + piece)
+            self._last = seg
+        else:
+            self._dirty = True  # an earlier segment grew: the text is rewritten
+
+    def _sync(self) -> None:
+        if self._dirty:
+            text = MESSAGE_SEPARATOR.join(s.text for s in self.segments if s.text)
+            self.parts = [text] if text else []
+            self._last = next((s for s in reversed(self.segments) if s.text), None)
+            self._dirty = False
 
     @property
     def text(self) -> str:
-        if self._cached_version != self.version or not self.version:
-            self._cache = MESSAGE_SEPARATOR.join(s.text for s in self.segments if s.text)
-            self._cached_version = self.version
+        self._sync()
+        parts = self.parts
+        if self._cache_parts is not parts:
+            self._cache, self._cache_parts, self._cache_n = "".join(parts), parts, len(parts)
+        elif self._cache_n != len(parts):
+            self._cache += "".join(parts[self._cache_n :])
+            self._cache_n = len(parts)
         return self._cache
 
     def _new(self, key: str | None, text: str, state: int, incremental: bool) -> _Segment:
-        seg = _Segment(key, text, state, incremental)
-        self.segments.append(seg)
+        seg = _Segment(len(self.segments), key, text, state, incremental)
+        self._add(seg)
         if key is not None:
             self.by_key[key] = seg
         if text:
-            self.version += 1
+            self._appended(seg, False, text)
         return seg
 
     def start(self, key: str | None) -> None:
@@ -299,8 +357,9 @@ class _Track:
             seg = self._new(key, "", state, incremental)
         if seg.state != _OPEN or not text:
             return False
+        had_text = bool(seg.text)
         seg.text += text
-        self.version += 1
+        self._appended(seg, had_text, text)
         return True
 
     def final(self, key: str | None, text: str) -> bool:
@@ -308,40 +367,90 @@ class _Track:
         if seg is None:
             # The incremental dialect keys previews by message_id, not the event id:
             # the final message completes the oldest incremental preview still open.
-            seg = next((s for s in self.segments if s.incremental and s.state == _OPEN), None)
+            waiting = self._open_incremental
+            while waiting and waiting[0].state != _OPEN:
+                waiting.popleft()
+            seg = waiting.popleft() if waiting else None
             if seg is not None and seg.key is not None and self.by_key.get(seg.key) is seg:
                 del self.by_key[seg.key]
         if seg is None:
             self._new(key, text, _FINAL, False)
             return bool(text)
-        changed = seg.text != text
+        old = seg.text
         seg.text, seg.state, seg.key = text, _FINAL, key
         if key is not None:
             self.by_key[key] = seg
-        if changed:
+        if old == text:
+            return False
+        if text.startswith(old):
+            self._appended(seg, bool(old), text[len(old) :])
+        else:
             self.version += 1
-        return changed
+            self._dirty = True
+        return True
 
     def retract(self, key: str | None) -> bool:
         seg = self.by_key.pop(key, None) if key is not None else None
         if seg is None or seg.state == _FINAL:
             return False
-        self.segments.remove(seg)
+        old = seg.text
+        # Kept in place (positions stay valid), empty and closed: joins skip it.
+        seg.text, seg.state, seg.key = "", _ENDED, None
+        if not old:
+            return False
         self.version += 1
-        return bool(seg.text)
+        self._dirty = True
+        return True
 
     def settle(self, state_from: tuple[int, ...], to: int, *, incremental: bool | None) -> None:
-        for seg in self.segments:
+        still: list[_Segment] = []
+        for seg in self._unsettled:
             if seg.state in state_from and (incremental is None or seg.incremental == incremental):
                 seg.state = to
+            if seg.state in (_OPEN, _BROKEN):
+                still.append(seg)
+        self._unsettled = still
+
+
+class TextReader:
+    """What was added to a :class:`LiveText`'s reply since the last :meth:`take`.
+
+    O(size of the chunk) per call while the text only grows; when it was
+    rewritten (see :func:`text_delta`) the chunk is what follows the common
+    prefix of what was taken and the text now.
+    """
+
+    __slots__ = ("_n", "_parts", "_track")
+
+    def __init__(self, track: _Track) -> None:
+        track._sync()
+        self._track = track
+        self._parts = track.parts
+        self._n = 0
+
+    def take(self) -> str:
+        """The text added since the last call ("" if none); the first call returns it all."""
+        track = self._track
+        track._sync()
+        parts, n = track.parts, self._n
+        if parts is self._parts:
+            if n == len(parts):
+                return ""
+            self._n = len(parts)
+            return parts[n] if len(parts) == n + 1 else "".join(parts[n:])
+        taken = "".join(self._parts[:n])
+        self._parts, self._n = parts, len(parts)
+        return text_delta(taken, track.text)
 
 
 class LiveText:
     """The text of a turn as it is shown: final messages, and previews where none came.
 
     ``text`` is the main thread's reply (see the module table), ``thinking``
-    likewise for thinking. Every update is O(1); ``text`` is rebuilt only when
-    it changed (``version`` increases then).
+    likewise for thinking. Every update is O(1) (a rewrite of the text, which
+    previews that are prefixes of their message never cause, is O(segments)
+    once, when the text is next read); ``version`` increases whenever ``text``
+    changes; :meth:`reader` hands out only what was appended.
     """
 
     __slots__ = ("_reply", "_thinking")
@@ -371,6 +480,10 @@ class LiveText:
     def thinking(self) -> str:
         """The thinking so far."""
         return self._thinking.text
+
+    def reader(self) -> TextReader:
+        """A :class:`TextReader` of the reply, starting from the empty text."""
+        return TextReader(self._reply)
 
     def reconnected(self) -> None:
         """The connection was re-established: open per-connection previews break."""
