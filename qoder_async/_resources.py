@@ -25,7 +25,6 @@ import copy
 import functools
 import inspect
 import os
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, cast, overload
@@ -77,6 +76,7 @@ from ._models import (
     Session,
     SessionResource,
     SessionThread,
+    new_idempotency_key,
 )
 from ._pagination import AsyncPaginator, list_params
 from ._params import (
@@ -321,7 +321,7 @@ class SessionEvents(_Resource):
         if not events:
             raise ConfigurationError("send needs at least one event")
         payload = [_event_json(ev) for ev in events]
-        key = idempotency_key or uuid.uuid4().hex
+        key = idempotency_key or new_idempotency_key()
         path = f"/sessions/{segment(session_id)}/events"
         answer = await self._http.request(
             "POST",

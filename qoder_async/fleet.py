@@ -167,6 +167,7 @@ from ._models import (
     UserMessage,
     as_events,
     is_copy_of,
+    new_idempotency_key,
 )
 from ._stream import PREVIEW_CLASSES
 from ._tools import Tools, call_handler, results_key, tool_handlers, tool_result
@@ -470,7 +471,7 @@ class Fleet:
         if on_busy not in ("raise", "wait"):
             raise ConfigurationError("on_busy must be 'raise' or 'wait'")
         events = as_events(content)
-        key = idempotency_key or uuid.uuid4().hex
+        key = idempotency_key or new_idempotency_key()
         deadline = None if busy_timeout is None else self._clock() + busy_timeout
         attempt, delay = 0, 0.1
         while True:
