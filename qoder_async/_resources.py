@@ -63,6 +63,7 @@ from ._http import HTTP, APIResponse, RequestOptions, segment
 from ._models import (
     Accepted,
     Agent,
+    BaseEvent,
     Cursor,
     DeletedEnvironment,
     DeletedFile,
@@ -76,6 +77,7 @@ from ._models import (
     Session,
     SessionResource,
     SessionThread,
+    UserMessage,
     new_idempotency_key,
 )
 from ._pagination import AsyncPaginator, list_params
@@ -283,6 +285,11 @@ class _Resource:
 def _event_json(ev: OutboundEvent | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(ev, Mapping):
         return ev
+    if not isinstance(ev, BaseEvent):
+        raise ConfigurationError(
+            f"cannot send a {type(ev).__name__} as an event: give user.* event models "
+            "(UserMessage(...)), JSON objects, or a list of them"
+        )
     out: Mapping[str, Any] = converter.unstructure(ev)
     return out
 
@@ -301,7 +308,10 @@ class SessionEvents(_Resource):
     async def send(
         self,
         session_id: str,
-        events: OutboundEvent | Mapping[str, Any] | Sequence[OutboundEvent | Mapping[str, Any]],
+        events: str
+        | OutboundEvent
+        | Mapping[str, Any]
+        | Sequence[OutboundEvent | Mapping[str, Any]],
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
@@ -309,18 +319,24 @@ class SessionEvents(_Resource):
         """Post events (``POST /sessions/{id}/events``); returns the 202 handle.
 
         ``events`` is one event or a list: :class:`UserMessage` and the other
-        ``user.*`` models, or raw JSON objects. Every send carries an
+        ``user.*`` models, or raw JSON objects; a plain string is sent as one
+        ``user.message`` with that text. Every send carries an
         ``Idempotency-Key`` (yours, or a fresh one reused across retries), so a
         retried send is stored once. A busy session raises
         :class:`SessionBusyError` (never retried). An answer that names no
         created event (``"data": []``) is an ``Accepted`` with no events: the
         events were stored; follow the session from your cursor.
         """
-        if isinstance(events, Mapping) or not isinstance(events, Sequence):
-            events = [events]
-        if not events:
+        items: Sequence[OutboundEvent | Mapping[str, Any]]
+        if isinstance(events, str):
+            items = [UserMessage(events)]
+        elif isinstance(events, Mapping) or not isinstance(events, Sequence):
+            items = [events]
+        else:
+            items = cast("Sequence[OutboundEvent | Mapping[str, Any]]", events)
+        if not items:
             raise ConfigurationError("send needs at least one event")
-        payload = [_event_json(ev) for ev in events]
+        payload = [_event_json(ev) for ev in items]
         key = idempotency_key or new_idempotency_key()
         path = f"/sessions/{segment(session_id)}/events"
         answer = await self._http.request(

@@ -55,6 +55,17 @@ class TurnSpan:
         self._tracer = tracer
         self._span = span
 
+    @property
+    def recording(self) -> bool:
+        """True while the span records attributes (worth computing them for).
+
+        False for :data:`NO_SPAN`, after :meth:`ended`, and for the spans of a
+        tracer that drops them (OpenTelemetry installed but no provider set up,
+        or a sampler that left this turn out).
+        """
+        span = self._span
+        return span is not None and bool(span.is_recording())
+
     def reconnected(self, cursor: str | None) -> None:
         """The session's connection was re-established (from ``cursor``)."""
         if self._span is not None:

@@ -210,6 +210,21 @@ async def test_send_accepts_raw_json_and_a_single_event(
     await server.wait_idle(session_id)
 
 
+async def test_send_takes_a_string_as_a_message_and_refuses_what_is_no_event(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    acc = await client.sessions.events.send(session_id, "plain text")
+    (created,) = acc.events
+    assert isinstance(created, UserMessage)
+    assert created.text == "plain text"
+    await server.wait_idle(session_id)
+    before = len(server.user_messages(session_id))
+    for bad in ([UserMessage("ok"), 42], [b"bytes"], 3.5):
+        with pytest.raises(ConfigurationError, match=r"cannot send a .* as an event"):
+            await client.sessions.events.send(session_id, bad)  # type: ignore[arg-type]
+    assert len(server.user_messages(session_id)) == before  # nothing was posted
+
+
 # ----------------------------------------------------------------------------- errors
 
 

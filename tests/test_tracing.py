@@ -117,3 +117,37 @@ def test_no_global_provider_is_installed(provider: TracerProvider) -> None:
     QoderClient(token="t", tracer_provider=provider)
     QoderClient(token="t")
     assert trace.get_tracer_provider() is before
+
+
+async def test_a_turn_nobody_records_is_not_folded_again_at_its_end(
+    server: FakeQoderServer, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTel installed but the turn sampled out (or no provider set up): no span
+    attributes are wanted, so the end of a turn does not fold all its events again."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from qoder_async._session import Turn
+
+    sampled_out = TracerProvider(sampler=ALWAYS_OFF)
+    sampled_out.add_span_processor(SimpleSpanProcessor(exporter))
+    folds = 0
+    snapshot = Turn.snapshot
+
+    def counting(self: Turn) -> Any:
+        nonlocal folds
+        folds += 1
+        return snapshot(self)
+
+    monkeypatch.setattr(Turn, "snapshot", counting)
+    sid = server.add_session()["id"]
+    for provider, expected_folds in ((sampled_out, 0), (None, 0)):
+        folds = 0
+        async with QoderClient(
+            token=server.token, base_url=server.base_url, tracer_provider=provider
+        ) as client:
+            turn = await client.session(sid).send("hello")
+            async for _ in turn:
+                pass
+        assert turn.done
+        assert folds == expected_folds
+    assert exporter.get_finished_spans() == ()
