@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -83,6 +84,13 @@ async def server_role(args: argparse.Namespace) -> None:
     print(json.dumps({"base_url": server.base_url, "token": server.token, **ids}), flush=True)
     async for command in lines():  # until EOF
         if command == "cpu":
+            # Between rounds: the history the server keeps (every event of every
+            # session, as dicts) is frozen out of the garbage collector, whose
+            # full passes over it otherwise stall this process for 100-200 ms in
+            # the middle of a round (both contenders' p99 then measures the fake
+            # server, not the client).
+            gc.collect()
+            gc.freeze()
             print(json.dumps(time.process_time()), flush=True)
     await server.close()
 

@@ -117,6 +117,7 @@ _REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("qoder_fake_re
 _TURN_STARTERS = ("user.message", "user.define_outcome")
 _ANSWERS = ("user.custom_tool_result", "user.tool_confirmation", "user.tool_result")
 _TOOL_USES = ("agent.custom_tool_use", "agent.tool_use", "agent.mcp_tool_use")
+_LISTEN_BACKLOG = 4096
 
 
 @attrs.frozen
@@ -298,7 +299,10 @@ class FakeQoderServer:
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        # A deep accept queue: aiohttp's default (128) overflows when a fleet or a
+        # test opens hundreds of connections at once, and every dropped SYN costs
+        # its client a one-second retransmit. The kernel caps it at somaxconn.
+        site = web.TCPSite(runner, self.host, self.port, backlog=_LISTEN_BACKLOG)
         try:
             await site.start()
         except BaseException:
