@@ -39,6 +39,9 @@ key                             type    TTL              content
 ``{ns}:workers``                set     none             worker ids (pruned when their record is
                                                          gone)
 ``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit)
+``{ns}:work:quiet``             string  WORK_WINDOW      set when a notification went out on the
+                                                         ``{ns}:work`` channel (at most one per
+                                                         window)
 ``{ns}:tool:<session>:<use>``   hash    ledger ttl       ``state token result`` of one custom
                                                          tool call (default 7 days after its
                                                          last change)
@@ -56,12 +59,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ._backoff import Backoff
 from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
 from ._lease import (
     Claim,
@@ -88,6 +93,7 @@ except ImportError:  # the redis extra is not installed; RedisCoordinator says s
     NoScriptError = OSError  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = [
+    "WORK_WINDOW",
     "Claim",
     "Coordinator",
     "CoordinatorUnavailableError",
@@ -104,6 +110,11 @@ __all__ = [
 
 DEFAULT_LEDGER_TTL = 7 * 86400.0
 """How long tool-ledger records are kept after their last change: 7 days."""
+
+WORK_WINDOW = 0.02
+"""Seconds a watcher waits, once woken, before it looks for work: a shared
+coordinator notifies at most once per window (a burst of sends is one wake-up),
+so what the rest of the window brought is claimed in the same round."""
 
 
 @runtime_checkable
@@ -255,9 +266,44 @@ class Coordinator(Protocol):
         """A snapshot of what is known about ``session_id`` (``None``: never seen)."""
         ...
 
+    def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """``async with coordinator.watch() as work:``: ``work`` is set whenever a
+        session may have become claimable (marked active, handed off), by any
+        process sharing this coordinator.
+
+        A hint that lets workers claim at once instead of at their next poll:
+        it may be set for nothing, and a notification may be lost (a Redis
+        connection that dropped), so workers still poll. Clear it yourself
+        before looking for work, and once it is set wait :data:`WORK_WINDOW`
+        before looking: notifications may be throttled to one per window.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release the coordinator's own resources (a borrowed client stays open)."""
         ...
+
+
+class _Watchers:
+    """The events handed out by ``watch()``: set them all on a notification."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: set[asyncio.Event] = set()
+
+    def notify(self) -> None:
+        for event in self.events:
+            event.set()
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[asyncio.Event]:
+        event = asyncio.Event()
+        self.events.add(event)
+        try:
+            yield event
+        finally:
+            self.events.discard(event)
 
 
 class MemoryCoordinator:
@@ -275,6 +321,7 @@ class MemoryCoordinator:
         ledger_ttl: float = DEFAULT_LEDGER_TTL,
     ) -> None:
         self.table = LeaseTable(clock=clock, ledger_ttl=ledger_ttl)
+        self._watchers = _Watchers()
 
     def __repr__(self) -> str:
         return "MemoryCoordinator()"
@@ -293,6 +340,7 @@ class MemoryCoordinator:
     async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """See :meth:`Coordinator.mark_active`."""
         self.table.mark_active(session_id, anchor)
+        self._watchers.notify()
 
     async def claimable(self, limit: int | None = None) -> list[str]:
         """See :meth:`Coordinator.claimable`."""
@@ -333,6 +381,7 @@ class MemoryCoordinator:
     async def hand_off(self, session_id: str, token: int) -> None:
         """See :meth:`Coordinator.hand_off`."""
         self.table.hand_off(session_id, token)
+        self._watchers.notify()
 
     async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
         """See :meth:`Coordinator.claim_tool`."""
@@ -370,6 +419,10 @@ class MemoryCoordinator:
         """See :meth:`Coordinator.inspect`."""
         return self.table.inspect(session_id)
 
+    def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """See :meth:`Coordinator.watch` (set by this coordinator's own calls)."""
+        return self._watchers.watching()
+
     async def aclose(self) -> None:
         """Nothing to release."""
 
@@ -381,6 +434,7 @@ class MemoryCoordinator:
 # not known up front); the hash tag keeps them in one cluster slot.
 _LUA_PRELUDE = """
 local P = ARGV[1]
+local WORK_WINDOW = @WORK_WINDOW_MS@
 local function skey(sid) return P .. 's:' .. sid end
 local function lkey(sid) return P .. 'lease:' .. sid end
 local function pkey(sid) return P .. 'pending:' .. sid end
@@ -394,6 +448,13 @@ local function covers(c_id, c_incl, c_key, id, key)
   if c_id == id then return c_incl ~= '1' end
   return key ~= '' and c_key ~= false and c_key ~= '' and key < c_key
 end
+-- At most one notification per WORK_WINDOW ms: a watcher claims a window after
+-- it is woken, so what the window held without a notification is claimed too.
+local function notify_work()
+  if redis.call('SET', P .. 'work:quiet', '1', 'NX', 'PX', WORK_WINDOW) then
+    redis.call('PUBLISH', P .. 'work', '1')
+  end
+end
 local function count_held(wid)
   local held, n = hkey(wid), 0
   for _, sid in ipairs(redis.call('SMEMBERS', held)) do
@@ -405,7 +466,7 @@ local function count_held(wid)
   end
   return n
 end
-"""
+""".replace("@WORK_WINDOW_MS@", str(round(WORK_WINDOW * 1000)))
 
 # ARGV: prefix, session, has_anchor, id, processed_at, order key, inclusive
 _MARK_ACTIVE = """
@@ -425,6 +486,7 @@ end
 if not redis.call('ZSCORE', P .. 'line', sid) then
   redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
 end
+if redis.call('EXISTS', lkey(sid)) == 0 then notify_work() end
 return 1
 """
 
@@ -537,7 +599,11 @@ end
 redis.call('SREM', hkey(redis.call('HGET', s, 'holder')), sid)
 redis.call('HSET', s, 'holder', '')
 redis.call('DEL', lkey(sid))
-if release then redis.call('ZREM', P .. 'line', sid) end
+if release then
+  redis.call('ZREM', P .. 'line', sid)
+else
+  notify_work()
+end
 return 1
 """
 
@@ -639,6 +705,10 @@ return out
 
 _NAMESPACE = re.compile(r"[^\s{}]+")
 _MAX_BATCH = 500  # calls per pipelined round trip
+# The work channel: how long one read waits (below the pool's socket timeout), and
+# the pace of subscribing again after the connection failed.
+_WORK_READ_TIMEOUT = 1.0
+_WORK_RESUBSCRIBE = Backoff(initial=0.1, maximum=5.0)
 
 
 def _text(value: object) -> str:
@@ -713,6 +783,8 @@ class RedisCoordinator:
             )
         self._client = client
         self._owns_client = False
+        self._watchers = _Watchers()
+        self._subscriber: asyncio.Task[None] | None = None
         self._queue: list[tuple[Any, list[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.namespace = namespace
@@ -990,8 +1062,63 @@ class RedisCoordinator:
             pending=tuple(sorted(reply[10:])),
         )
 
+    def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """See :meth:`Coordinator.watch`.
+
+        While anybody watches, the coordinator holds one subscription to the
+        ``{ns}:work`` channel (a connection of its pool), on which the scripts
+        publish when they make a session claimable, at most once per
+        :data:`WORK_WINDOW` (``{ns}:work:quiet`` marks a window); after a dropped connection
+        it subscribes again with backoff and sets every watcher's event once
+        (notifications sent meanwhile are lost: workers poll anyway).
+        """
+        return self._watching()
+
+    @contextlib.asynccontextmanager
+    async def _watching(self) -> AsyncIterator[asyncio.Event]:
+        async with self._watchers.watching() as event:
+            if self._subscriber is None or self._subscriber.done():
+                self._subscriber = asyncio.get_running_loop().create_task(
+                    self._subscribe(), name=f"qoder_async {self!r} work channel"
+                )
+            try:
+                yield event
+            finally:
+                if self._watchers.events == {event}:  # the last watcher leaves
+                    await self._stop_subscriber()
+
+    async def _subscribe(self) -> None:
+        """Set the watchers' events on every notification, until cancelled."""
+        failures = 0
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.prefix + "work")
+                failures = 0
+                self._watchers.notify()  # what was published while not subscribed is lost
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_WORK_READ_TIMEOUT
+                    )
+                    if message is not None:
+                        self._watchers.notify()
+            except Exception:  # a lost connection (or anything else): only hints are lost
+                failures += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+            await asyncio.sleep(_WORK_RESUBSCRIBE.delay(failures - 1, random.random()))
+
+    async def _stop_subscriber(self) -> None:
+        task, self._subscriber = self._subscriber, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def aclose(self) -> None:
         """Close the client if this coordinator created it (``from_url``)."""
+        await self._stop_subscriber()
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
             flusher.cancel()

@@ -18,9 +18,9 @@ This module moves bytes and calls between them. Its rules:
 ============================================  ================================================
 situation                                     what the worker does
 ============================================  ================================================
-``serve()`` polls (every ``poll_interval``)   announces itself, then claims its share of the
-                                              claimable sessions (``Balancer``: new work goes
-                                              to the least loaded worker), never holding more
+``serve()`` polls (every ``poll_interval``,   announces itself, then claims its share of the
+and at once when the coordinator says a       claimable sessions (``Balancer``: new work goes
+session became claimable: ``watch()``)        to the least loaded worker), never holding more
                                               than ``max_sessions``
 a claim is answered                           a ``Lease`` counted from when the claim was
                                               *sent*; a task follows the session
@@ -33,8 +33,9 @@ renewals                                      each lease is renewed a third of `
                                               go in one ``renew_many``; a failed renewal is
                                               retried with backoff
 a renewal, commit or in-flight record is      the lease is LOST: the session's task is
-refused (stale token)                         cancelled at once (a running handler too); no
-                                              commit, no hand-off
+refused (stale token), or this worker claims  cancelled at once (a running handler too); no
+again a session whose lease of its own        commit, no hand-off
+lapsed
 an event arrives                              skipped if the cursor covers it; otherwise the
                                               gate is checked, ``begin_handler`` records it in
                                               flight, the gate is checked again and the
@@ -117,6 +118,7 @@ from ._backoff import Backoff
 from ._convert import unstructure_event
 from ._coordinators import (
     DEFAULT_LEDGER_TTL,
+    WORK_WINDOW,
     Coordinator,
     MemoryCoordinator,
     RedisCoordinator,
@@ -181,6 +183,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEDGER_TTL",
+    "WORK_WINDOW",
     "Claim",
     "Coordinator",
     "CoordinatorUnavailableError",
@@ -553,8 +556,8 @@ class Fleet:
             raise ConfigurationError("this fleet is already serving")
         self._serve_task = asyncio.current_task()
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._claim_loop(), name=f"qoder_async fleet claims {self}")
+            async with self.coordinator.watch() as work, asyncio.TaskGroup() as group:
+                group.create_task(self._claim_loop(work), name=f"qoder_async fleet claims {self}")
                 group.create_task(self._renew_loop(), name=f"qoder_async fleet renewals {self}")
         finally:
             await self._shutdown()
@@ -573,9 +576,10 @@ class Fleet:
                 await self.coordinator.retire(self.worker_id)
         self._announced_at = None
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, work: asyncio.Event) -> None:
         outage = OutageBackoff(clock=self._clock, rand=self._rand)
         while True:
+            work.clear()  # set again by whatever becomes claimable from now on
             try:
                 claims, sent_at = await self._claim_round()
             except CoordinatorUnavailableError as exc:
@@ -591,7 +595,24 @@ class Fleet:
             outage.recovered()
             for claim in claims:
                 self._follow(claim, sent_at)
-            await self._sleep(self.poll_interval)
+            await self._until_work(work)
+
+    async def _until_work(self, work: asyncio.Event) -> None:
+        """Wait ``poll_interval``, or less when the coordinator says work arrived
+        (then ``WORK_WINDOW`` more, so a burst of sends is claimed in one round)."""
+        if not work.is_set():
+            waits = {
+                asyncio.ensure_future(self._sleep(self.poll_interval)),
+                asyncio.ensure_future(work.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+        if work.is_set():
+            await self._sleep(WORK_WINDOW)
 
     async def _claim_round(self) -> tuple[list[Claim], float]:
         coordinator = self.coordinator
@@ -616,6 +637,13 @@ class Fleet:
         return claims, sent_at
 
     def _follow(self, claim: Claim, sent_at: float) -> None:
+        stale = self._runners.get(claim.session_id)
+        if stale is not None:
+            # Our own lease lapsed (a pause) and we claimed the session again: the
+            # old token is void, so its follower stops like one whose lease was lost.
+            stale.follow.lease.lost()
+            if stale.task is not None:
+                stale.task.cancel()
         lease = Lease(
             claim.session_id,
             claim.token,

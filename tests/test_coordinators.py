@@ -8,6 +8,7 @@ tests wait on conditions, never on durations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -29,6 +30,7 @@ from redis_server import (
 from qoder_async import QoderError
 from qoder_async._lease import Balancer
 from qoder_async.fleet import (
+    WORK_WINDOW,
     Claim,
     Coordinator,
     CoordinatorUnavailableError,
@@ -448,6 +450,23 @@ async def test_hand_off_keeps_the_session_active_and_claimable(h: Harness) -> No
         await c.hand_off("s1", first.token)
 
 
+async def test_watchers_hear_of_sessions_becoming_claimable_from_any_view(h: Harness) -> None:
+    """``watch()`` is set by a mark_active or hand-off made through any view of the
+    shared state (another process's connection, for Redis)."""
+    peer = h.another()
+    async with h.coordinator.watch() as work, h.coordinator.watch() as other:
+        await peer.mark_active("s1", anchor(1))
+        async with asyncio.timeout(10):
+            await work.wait()
+            await other.wait()
+        claim = await claim_one(peer, "w1")
+        await asyncio.sleep(2 * WORK_WINDOW)  # notifications: at most one per window
+        work.clear()
+        await peer.hand_off("s1", claim.token)
+        async with asyncio.timeout(10):
+            await work.wait()
+
+
 # --------------------------------------------------------------------------- redelivery
 
 
@@ -665,6 +684,8 @@ async def test_redis_keys_live_under_the_namespace_with_ttls(redis_h: Harness) -
         ttl = {k.removeprefix(ns): await raw.pttl(k) for k in keys}
     finally:
         await raw.aclose()
+    quiet = ttl.pop("work:quiet", None)  # the notification window, if still open
+    assert quiet is None or quiet > 0
     assert set(ttl) == {
         "line",
         "line:seq",
@@ -800,3 +821,33 @@ async def test_redis_outage_raises_unavailable_and_loses_nothing_committed(
         assert (await claim_one(c, "w2")).token == claim.token + 1  # tokens never repeat
     finally:
         await c.aclose()
+
+
+async def test_redis_watchers_are_notified_again_after_a_restart(
+    private_server: RedisServer,
+) -> None:
+    """The work channel's subscription comes back after Redis does (notifications
+    sent while it was down are lost: the watchers are set once on resubscribing)."""
+    c = RedisCoordinator.from_url(private_server.url, namespace="watch", socket_timeout=2.0)
+    peer = RedisCoordinator.from_url(private_server.url, namespace="watch", socket_timeout=2.0)
+    try:
+        async with c.watch() as work:
+            async with asyncio.timeout(10):  # subscribed, and hearing
+                while not work.is_set():
+                    await peer.mark_active("s0")
+                    await asyncio.sleep(0.05)
+            private_server.stop()
+            private_server.start()
+            for n in range(2):  # the first may be the resubscription's own
+                async with asyncio.timeout(20):
+                    while True:
+                        work.clear()
+                        with contextlib.suppress(CoordinatorUnavailableError):
+                            await peer.mark_active(f"s{n + 1}")
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.5):
+                                await work.wait()
+                                break
+    finally:
+        await c.aclose()
+        await peer.aclose()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -27,6 +29,7 @@ from redis_server import (
 
 from qoder_async import ConfigurationError, Cursor, QoderClient, SessionBusyError
 from qoder_async.fleet import (
+    WORK_WINDOW,
     Coordinator,
     Delivery,
     Fleet,
@@ -201,6 +204,27 @@ async def test_every_stored_event_once_in_order_then_released(
         )
     assert fleet.sessions == frozenset()
     assert fleet.delivered == len(rec.deliveries)
+
+
+async def test_a_send_from_another_process_wakes_an_idle_worker_at_once(
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+) -> None:
+    """Workers claim when the coordinator says a session became claimable, not
+    only when they poll: with an hour between polls, every turn is still served."""
+    sids = [str(server.add_session()["id"]) for _ in range(3)]
+    coordinator = coordinators()
+    rec = Recorder()
+    worker = Fleet(qc, coordinator, worker_id="w1", lease_ttl=TTL, poll_interval=3600)
+    front = Fleet(qc, coordinators(), worker_id="front", lease_ttl=TTL)  # never serves
+    worker.handler(rec)
+    async with worker, front, serving(worker):
+        for _ in range(2):
+            for sid in sids:
+                await front.send(sid, "hello", on_busy="wait")
+            await released(coordinator, *sids)
+    for sid in sids:
+        assert [d.event.type for d in rec.by_session[sid]].count("user.message") == 2
+        assert rec.by_session[sid][-1].event.type == "session.status_idle"
 
 
 async def test_history_before_the_first_fleet_send_is_not_delivered(
@@ -560,7 +584,9 @@ async def test_a_lapsed_lease_nobody_took_is_renewed_and_delivery_goes_on(
             clock.now += 3 * TTL
 
     rec.hook = pause
-    async with Fleet(qc, coordinator, lease_ttl=TTL, clock=clock) as fleet:
+    # Only the send wakes the claim loop (no poll meanwhile): nobody claims the
+    # lapsed lease, so the renewal revives it.
+    async with Fleet(qc, coordinator, lease_ttl=TTL, clock=clock, poll_interval=3600) as fleet:
         fleet.handler(rec)
         async with serving(fleet):
             await fleet.send(sid, "go")
@@ -568,6 +594,58 @@ async def test_a_lapsed_lease_nobody_took_is_renewed_and_delivery_goes_on(
     first = server.user_messages(sid)[0]["id"]
     assert rec.ids(sid) == stored_ids(server, sid, first)
     assert len({d.token for d in rec.deliveries}) == 1
+
+
+async def test_a_worker_that_claims_again_its_own_lapsed_session_drops_the_old_follower(
+    server: FakeQoderServer, qc: QoderClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Paused past its lease, a worker finds the session claimable and claims it
+    again itself before its renewal loop runs: the old token is void, its
+    follower (waiting at the gate for a renewal that will never include it)
+    stops, no task is left behind, and the new one goes on from the committed
+    cursor, every event once."""
+    server.script = slow_turn
+    sid = str(server.add_session()["id"])
+    clock = FakeClock()
+    coordinator = MemoryCoordinator(clock=clock)
+    renewals = asyncio.Event()
+    renewals.set()
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if seconds not in (WORK_WINDOW, 3600):  # the renewal loop's; the claim loop's pass
+            await renewals.wait()
+
+    rec = Recorder()
+
+    async def pause(d: Delivery) -> None:
+        if len(rec.deliveries) == 2:
+            renewals.clear()
+            clock.now += 3 * TTL
+            await coordinator.mark_active(sid)  # wakes the claim loop
+
+    rec.hook = pause
+    fleet = Fleet(qc, coordinator, lease_ttl=TTL, clock=clock, sleep=sleep, poll_interval=3600)
+    fleet.handler(rec)
+    async with fleet, serving(fleet):
+        await fleet.send(sid, "go")
+
+        async def reclaimed() -> bool:
+            info = await coordinator.inspect(sid)
+            return info is not None and info.token == 2
+
+        await eventually(reclaimed)
+        renewals.set()
+        await released(coordinator, sid)
+    gc.collect()  # an abandoned follower would be destroyed (and say so) here
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    first = server.user_messages(sid)[0]["id"]
+    fresh = [d for d in rec.deliveries if not d.redelivered]
+    assert [d.event.id for d in fresh] == stored_ids(server, sid, first)
+    assert len(rec.deliveries) - len(fresh) <= 1  # the handler the claim cut short, if any
+    tokens = [d.token for d in rec.deliveries]
+    assert tokens == sorted(tokens)
+    assert set(tokens) == {1, 2}
 
 
 async def test_a_refused_commit_stops_delivery_at_once(
