@@ -84,7 +84,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_tools",
         "_turns",
     },
-    "_coordinators": {"_errors", "_lease"},
+    "_coordinators": {"_backoff", "_errors", "_lease"},
     "webhooks": {"_errors", "_models"},
     "_client": {
         "_tracing",
