@@ -1395,6 +1395,29 @@ async def test_fault_silent_stream(http: httpx.AsyncClient, server: FakeQoderSer
     assert server.fault_counts == {"silent_stream": 1}
 
 
+async def test_fault_stuck_for_aborts_stalled_and_silent_connections(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    """``stuck_for``: a gateway's timeout ends a stuck connection (an abort, not a
+    clean end), whether it was sending heartbeats only or nothing at all."""
+    sid = server.add_session()["id"]
+    await run_turn(http, server, sid)
+    server.faults.stuck_for = 0.2
+    server.faults.stall_probability = 1.0
+    async with open_stream(http, sid) as stalled:
+        await stalled.to_end()
+    assert isinstance(stalled.error, httpx.TransportError)  # aborted, not ended
+    assert stalled.events == []
+    server.faults.stall_probability = 0.0
+    server.faults.silent_stream = True
+    async with open_stream(http, sid) as silent:
+        await silent.to_end()
+    assert isinstance(silent.error, httpx.TransportError)
+    assert silent.raw == b""
+    assert server.fault_counts["stuck_for"] == 2
+    assert server.open_streams == 0
+
+
 async def test_fault_empty_send_data(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
     sid = server.add_session()["id"]
     server.faults.empty_send_data = 1

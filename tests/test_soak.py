@@ -1,10 +1,16 @@
 """Soak: 100 sessions x 5 turns with every fault switch on at random (seeded).
 
-Runs twice in CI, once with ``turn_id`` on the wire and once without (the
-position-based path production may need), with the default client settings
-(retries, reconnects, stall rules) except a shorter stall timeout: a stalled
-fake connection would otherwise wait the default 120 s. Skip it locally with
-``pytest -m "not soak"``. It prints its counts.
+Runs four times in CI: with ``turn_id`` on the wire and without (the
+position-based path production may need), each
+
+* with the **default client settings** (retries, reconnects, stall rules, all
+  of them): stalled and silent connections are then ended by the server after
+  0.5 s (``Faults.stuck_for``, a gateway's timeout), since the client's own
+  stall timeout is 120 s by default;
+* and with a **1 s stall timeout**, every other setting default: stalled and
+  silent connections last until the client gives up on them itself.
+
+Skip it locally with ``pytest -m "not soak"``. It prints its counts.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ def rss_kib() -> int:
 @pytest.mark.soak
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("turn_ids", [True, False], ids=["turn-ids", "no-turn-ids"])
-async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool) -> None:
+@pytest.mark.parametrize("defaults", [True, False], ids=["client-defaults", "stall-timeout-1s"])
+async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool, defaults: bool) -> None:
     rng = random.Random(SEED)
 
     async def script(ctx: TurnContext) -> None:
@@ -64,6 +71,8 @@ async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool) -> None:
         f.retry_after = 0.02
         f.slow_seconds = 0.001
         f.close_after_idle = True
+        f.stuck_for = 0.5 if defaults else None
+        options = {} if defaults else {"stall_timeout": 1.0}
 
         async def chaos() -> None:
             # Faults that come and go: the ambiguous stored-then-500 send, answers
@@ -82,7 +91,7 @@ async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool) -> None:
             async with QoderClient(token=server.token, base_url=server.base_url) as client:
 
                 async def run(sid: str) -> list[tuple[str, list[str] | None]]:
-                    handle = client.session(sid, stall_timeout=1.0)
+                    handle = client.session(sid, **options)
                     out: list[tuple[str, list[str] | None]] = []
                     for i in range(TURNS):
                         text = f"{sid} #{i}"
@@ -134,7 +143,8 @@ async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool) -> None:
     failures = {k: v for k, v in counts.items() if k.startswith("failed:")}
     with capsys.disabled():
         print(
-            f"\nsoak ({'with' if turn_ids else 'without'} turn_id): {SESSIONS} sessions x "
+            f"\nsoak ({'with' if turn_ids else 'without'} turn_id, "
+            f"{'client defaults' if defaults else 'stall_timeout=1.0'}): {SESSIONS} sessions x "
             f"{TURNS} turns in {elapsed:.1f}s; events={counts['events']} lost={counts['lost']} "
             f"duplicated={counts['duplicated']} reordered={counts['reordered']} "
             f"foreign={counts['foreign']} failed_turns={counts['failed_turns']} {failures} "
@@ -166,5 +176,6 @@ async def test_soak(capsys: pytest.CaptureFixture[str], turn_ids: bool) -> None:
         "close_after_idle",
         "ignore_last_event_id",
         "silent_stream",
+        *(["stuck_for"] if defaults else []),
     ):
         assert faults.get(fault, 0) > 0, f"{fault} never fired"

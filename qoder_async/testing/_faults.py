@@ -73,6 +73,11 @@ class Faults:
       client leaves or the server closes. Counts such connections.
     * ``stall_probability`` -- per event frame, the connection stops sending
       events (that one included) and only sends heartbeats from then on.
+    * ``stuck_for`` -- a stalled (``stall_probability``) or silent
+      (``silent_stream``) connection is aborted by the server after this many
+      seconds, as a gateway's idle or upstream timeout would end it; ``None``
+      (the default) keeps it until the client leaves, so only the client's own
+      stall and read timeouts end it. Counts such aborts.
     * ``inject_frames`` -- raw bytes written once, after the replay, at the
       start of the next stream connection; then cleared. With
       ``close_after_inject`` that connection then ends cleanly.
@@ -106,6 +111,7 @@ class Faults:
     ignore_last_event_id: bool = False
     silent_stream: bool = False
     stall_probability: float = 0.0
+    stuck_for: float | None = None
     throttle_first: int = 0
     throttle_status: int = 429
     retry_after: float | None = 1.0

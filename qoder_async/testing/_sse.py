@@ -18,16 +18,19 @@ Rules this module keeps:
 * Resume re-sends (``duplicate_on_resume``) come first, before anything
   after the cursor; ``reorder_on_replay`` shuffles only them.
 * ``silent_stream`` writes nothing at all on its connection: no ``retry:``,
-  no heartbeat, no event.
+  no heartbeat, no event. A stalled or silent connection is aborted after
+  ``stuck_for`` seconds when that is set.
 * Ending: a clean end (the chunked body is terminated) on session delete,
   server close, ``close_after_idle`` and ``close_after_inject``; an abort of
-  the transport (no terminator, usually mid-frame) for the drop faults. A
-  silent stream ends only at server close (or when the client leaves).
+  the transport (no terminator, usually mid-frame) for the drop faults and
+  ``stuck_for``. Otherwise a silent stream ends only at server close (or when
+  the client leaves).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import web
@@ -111,8 +114,7 @@ class StreamConnection:
         try:
             if self.server.faults.silent_stream:
                 self.server._count_fault("silent_stream")
-                await self._silence()
-                return
+                await self._stuck(self._nothing)
             await self._run(cursor, start, stored_before)
         except (_Dropped, _Finished, ConnectionError):
             pass
@@ -150,8 +152,7 @@ class StreamConnection:
                 raise _Finished
         while not server._closing:
             if self.stalled:
-                await self._wait_and_heartbeat(ignore_events=True)
-                continue
+                await self._stuck(self._heartbeats_only)
             if pos < len(session.feed):
                 pos = await self._send(pos, len(session.feed))
                 continue
@@ -167,11 +168,25 @@ class StreamConnection:
             return item.thread_id == self.thread_id
         return item.event.get("session_thread_id") == self.thread_id
 
-    async def _silence(self) -> None:
+    async def _nothing(self) -> None:
         """Send nothing until the server closes (the client leaving cancels us)."""
         while not self.server._closing:
             self.waker.clear()
             await self.waker.wait()
+
+    async def _heartbeats_only(self) -> None:
+        """Heartbeats, never an event, until the server closes."""
+        while True:  # _Finished at server close
+            await self._wait_and_heartbeat(ignore_events=True)
+
+    async def _stuck(self, behaviour: Callable[[], Awaitable[None]]) -> NoReturn:
+        """Run a stuck connection's ``behaviour``; abort it after ``stuck_for`` seconds."""
+        try:
+            async with asyncio.timeout(self.server.faults.stuck_for):
+                await behaviour()
+        except TimeoutError:
+            await self._abort(b"", "stuck_for")
+        raise _Finished  # the server is closing
 
     async def _wait_and_heartbeat(self, *, ignore_events: bool) -> None:
         loop = asyncio.get_running_loop()
