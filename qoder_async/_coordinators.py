@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import re
 import time
@@ -107,6 +108,8 @@ __all__ = [
     "ToolState",
     "WorkerLoad",
 ]
+
+logger = logging.getLogger("qoder_async")
 
 DEFAULT_LEDGER_TTL = 7 * 86400.0
 """How long tool-ledger records are kept after their last change: 7 days."""
@@ -1102,8 +1105,15 @@ class RedisCoordinator:
                     )
                     if message is not None:
                         self._watchers.notify()
-            except Exception:  # a lost connection (or anything else): only hints are lost
+            except Exception as exc:  # a lost connection (or anything else): only hints are lost
                 failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "%r: the work channel failed (%s: %s); workers poll until it is back",
+                        self,
+                        type(exc).__name__,
+                        exc,
+                    )
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]

@@ -824,7 +824,7 @@ async def test_redis_outage_raises_unavailable_and_loses_nothing_committed(
 
 
 async def test_redis_watchers_are_notified_again_after_a_restart(
-    private_server: RedisServer,
+    private_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The work channel's subscription comes back after Redis does (notifications
     sent while it was down are lost: the watchers are set once on resubscribing)."""
@@ -837,6 +837,17 @@ async def test_redis_watchers_are_notified_again_after_a_restart(
                     await peer.mark_active("s0")
                     await asyncio.sleep(0.05)
             private_server.stop()
+
+            def warned() -> list[str]:
+                return [
+                    r.getMessage()
+                    for r in caplog.records
+                    if r.levelname == "WARNING" and "the work channel failed" in r.getMessage()
+                ]
+
+            async with asyncio.timeout(10):  # the subscription notices (and says so)
+                while not warned():
+                    await asyncio.sleep(0.02)
             private_server.start()
             for n in range(2):  # the first may be the resubscription's own
                 async with asyncio.timeout(20):
@@ -848,6 +859,7 @@ async def test_redis_watchers_are_notified_again_after_a_restart(
                             async with asyncio.timeout(0.5):
                                 await work.wait()
                                 break
+        assert len(warned()) == 1  # once per outage, not once per retry
     finally:
         await c.aclose()
         await peer.aclose()
