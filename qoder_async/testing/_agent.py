@@ -17,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._faults import ServerView
 from ._params import file_refs
 from ._state import SessionState, StopReasonJSON, ThreadState, Turn
 from ._wire import dumps, sse_frame, text_of
-
-if TYPE_CHECKING:
-    from ._server import FakeQoderServer
 
 __all__ = [
     "Script",
@@ -86,12 +84,13 @@ class TurnContext:
             ``None`` for the primary thread.
         agent_name: the name of the agent speaking (the session's agent, or
             the thread's).
-        server: the `FakeQoderServer` running the turn.
+        server: the `FakeQoderServer` running the turn (typed as the
+            `ServerView` of it that scripts use: ``faults``, ``dialect``...).
     """
 
     def __init__(
         self,
-        server: FakeQoderServer,
+        server: ServerView,
         session: SessionState,
         turn: Turn,
         thread: ThreadState | None = None,

@@ -8,12 +8,13 @@ next request sees it. Randomised faults draw from the server's own
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
-__all__ = ["CannedResponse", "Dialect", "Faults"]
+__all__ = ["CannedResponse", "Dialect", "Faults", "ServerView"]
 
 HeartbeatStyle = Literal["comment", "event", "ping"]
 FileContentStyle = Literal["negotiate", "bytes", "link"]
@@ -175,3 +176,21 @@ class Dialect:
     legacy_idle: bool = False
     thinking_field: str | None = "thinking"
     file_content: FileContentStyle = "negotiate"
+
+
+class ServerView(Protocol):
+    """What the stream writer and a turn's scripts use of the `FakeQoderServer`.
+
+    The server module imports theirs; naming this view instead of the server
+    class keeps the imports one way.
+    """
+
+    faults: Faults
+    dialect: Dialect
+    heartbeat_interval: float
+    _rng: random.Random
+    _closing: bool
+
+    def _count_fault(self, name: str, n: int = 1) -> None: ...
+
+    def _file_snapshot(self, file_id: Any) -> dict[str, Any] | None: ...

@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from aiohttp import web
 
+from ._faults import ServerView
 from ._state import Preview, SessionState, StoredEvent
 from ._wire import bad_request, heartbeat_frame
-
-if TYPE_CHECKING:
-    from ._server import FakeQoderServer
 
 _BATCH_BYTES = 64 * 1024
 
@@ -83,7 +81,7 @@ class StreamConnection:
 
     def __init__(
         self,
-        server: FakeQoderServer,
+        server: ServerView,
         session: SessionState,
         request: web.Request,
         response: web.StreamResponse,
