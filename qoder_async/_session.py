@@ -367,23 +367,15 @@ class Turn:
                 event=ev,
                 result=None,
             )
-        if self._span.recording:  # folding every event again is not free: only when kept
-            result = self.snapshot()
-            self._span.ended(
-                turn_id=self.turn_id,
-                stop_reason=str(result.stop_reason) if result.stop_reason else None,
-                input_tokens=result.usage.input_tokens,
-                output_tokens=result.usage.output_tokens,
-                error=self._error,
-            )
-        else:
-            self._span.ended(
-                turn_id=self.turn_id,
-                stop_reason=None,
-                input_tokens=None,
-                output_tokens=None,
-                error=self._error,
-            )
+        # Folding every event again is not free: only for a span that keeps the result.
+        result = self.snapshot() if self._span.recording else None
+        self._span.ended(
+            turn_id=self.turn_id,
+            stop_reason=str(result.stop_reason) if result and result.stop_reason else None,
+            input_tokens=result.usage.input_tokens if result else None,
+            output_tokens=result.usage.output_tokens if result else None,
+            error=self._error,
+        )
 
     def _fail(self, exc: BaseException) -> None:
         if self._done:

@@ -253,6 +253,12 @@ class _Runner:
         self.stream_failures = 0
         self.begun: str | None = None  # the event an ``advance`` already recorded in flight
 
+    def lost(self) -> None:
+        """The lease is no longer ours: no more deliveries, the task stops at once."""
+        self.follow.lease.lost()
+        if self.task is not None:
+            self.task.cancel()
+
 
 class _Ahead:
     """A session's stream, read by a task of its own into a small buffer.
@@ -641,9 +647,7 @@ class Fleet:
         if stale is not None:
             # Our own lease lapsed (a pause) and we claimed the session again: the
             # old token is void, so its follower stops like one whose lease was lost.
-            stale.follow.lease.lost()
-            if stale.task is not None:
-                stale.task.cancel()
+            stale.lost()
         lease = Lease(
             claim.session_id,
             claim.token,
@@ -685,15 +689,13 @@ class Fleet:
                 if lease.done:
                     continue
                 if lease.session_id in lost:
-                    lease.lost()
+                    r.lost()
                     logger.warning(
                         "fleet %s: lost the lease on %s (token %d); stopped delivering it",
                         self.worker_id,
                         lease.session_id,
                         lease.token,
                     )
-                    if r.task is not None:
-                        r.task.cancel()
                 else:
                     lease.renewed(sent[r])
         finally:
