@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal, TypedDict
 import pytest
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
 
-from qoder_async import ActionRequired, ImageBlock, QoderClient, TextBlock, Tool, tool
+from qoder_async import (
+    ActionRequired,
+    ImageBlock,
+    QoderClient,
+    TextBlock,
+    Tool,
+    UserCustomToolResult,
+    tool,
+)
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, tool_script
 
@@ -462,3 +470,16 @@ async def test_submit_tool_results_converts_the_same_way_and_refuses_before_post
     assert not [e for e in server.stored_events(session_id) if e["type"].startswith("user.cu")]
     await turn.submit_tool_results({call.id: {"answer": 42}})
     assert (await asyncio.wait_for(turn.result(), HANG)).text == 'calc returned: {"answer": 42}'
+
+
+async def test_a_ready_made_result_event_is_posted_as_it_is(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    server.script = tool_script("calc", {})
+    turn = await client.session(session_id).send("compute")
+    (call,) = await asyncio.wait_for(turn.wait_for_action(), HANG)
+    event = UserCustomToolResult(call.id, [TextBlock("over"), IMAGE], is_error=True)
+    await turn.submit_tool_results({call.id: event})
+    assert (await asyncio.wait_for(turn.result(), HANG)).text == "calc failed: over"
+    (posted,) = [e for e in server.stored_events(session_id) if e["type"].startswith("user.cu")]
+    assert (posted["content"], posted["is_error"]) == ([*text("over"), IMAGE_JSON], True)
