@@ -96,7 +96,9 @@ from ._tools import (
     ToolOutput,
     Tools,
     call_handler,
+    error_result,
     results_key,
+    tool_content,
     tool_handlers,
     tool_result,
 )
@@ -560,17 +562,20 @@ class Turn:
     ) -> Accepted:
         """Answer pending custom tool uses: ``{tool_use_id: output}``.
 
-        Outputs are strings, content blocks or ready-made
-        :class:`UserCustomToolResult` events. A sub-agent's tool use is answered
-        in its thread. Each answer's idempotency key is derived from the tool use
-        ids, so a retried submit is stored once.
+        Outputs are converted as a tool's return value is (a ``str`` as text,
+        blocks as they are, ``None`` empty, a ``dict`` or other JSON value as its
+        JSON text, a :class:`UserCustomToolResult` as it is); one with no
+        conversion raises ``TypeError``/``ValueError`` before anything is
+        posted. A sub-agent's tool use is answered in its thread. Each answer's
+        idempotency key is derived from the tool use ids, so a retried submit is
+        stored once.
         """
         calls = {c.id: c for c in self.snapshot().tool_calls}
         events = []
         for use_id, out in results.items():
             call = calls.get(use_id)
             if call is None:
-                events.append(UserCustomToolResult(use_id, out, is_error))  # type: ignore[arg-type]
+                events.append(UserCustomToolResult(use_id, tool_content(out), is_error))
             else:
                 events.append(tool_result(call, out, is_error))
         self._ran.update(results)
@@ -615,7 +620,7 @@ class Turn:
             self._tool_error = exc
             self._wake()
             return
-        events = [tool_result(c, out, err) for c, (out, err) in zip(calls, outputs, strict=True)]
+        events = list(outputs)
         self._unposted = (events, results_key([c.id for c in calls]))
         self._running_calls = []
         await self._post_unposted(background=True)
@@ -637,11 +642,11 @@ class Turn:
         self._resuming = True
         self.session._refresh_activity()
 
-    async def _run_tool(self, call: ToolCall) -> tuple[ToolOutput, bool]:
+    async def _run_tool(self, call: ToolCall) -> UserCustomToolResult:
         handler = self._tools[call.name]
-        try:
+        try:  # the conversion too: an output with none is the handler's error
             with self._span.tool(call.name, call.id):
-                return await call_handler(handler, call.input), False
+                return tool_result(call, await call_handler(handler, call.input), False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -655,7 +660,7 @@ class Turn:
                 self.session.id,
                 exc_info=exc,
             )
-            return f"{type(exc).__name__}: {exc}", True
+            return error_result(call, exc)
 
     async def aclose(self) -> None:
         """Stop following this turn (the session's connection closes if nobody else reads).

@@ -40,6 +40,38 @@ A parameter without a default is required; a default becomes ``default``. The
 description is the docstring's first paragraph; parameter descriptions come
 from a Google-style ``Args:`` section (or ``Annotated``). The handler receives
 the agent's input as keyword arguments: plain functions run in a thread.
+
+What a handler returns is posted as the ``content`` (a list of blocks) of its
+``user.custom_tool_result``, by one conversion (:func:`tool_result`) for the
+turn API (``send(tools=...)``, ``submit_tool_results``) and the fleet alike:
+
+=========================================  ================================================
+the handler returns                        the result posted
+=========================================  ================================================
+a ``str``                                  one text block holding it
+a content block (``TextBlock``,            that block, as it is
+``ImageBlock``, ``DocumentBlock``...)
+a list or tuple of content blocks and      its items in order, each ``str`` as a text
+``str``, with at least one block           block
+``None`` (an action tool)                  an empty success: no blocks
+a ``UserCustomToolResult``                 as it is (answering in the call's thread)
+any other JSON value: a ``dict`` with      one text block: its JSON text (``json.dumps``,
+``str`` keys, a list or tuple (of only     non-ASCII kept); a list of ``str`` is data
+``str`` too), an ``int``, ``float``,       (``'["a", "b"]'``), not text blocks; no size
+``bool``, nested                           limit here: the API's own body limit applies
+a NaN or infinite float, a ``dict`` key    an error result naming the value (``ValueError``
+that is not a ``str``, text with a lone    or ``TypeError: ...``); JSON has no NaN, and
+surrogate (not valid Unicode)              ``{1: ...}`` and ``{"1": ...}`` would collide
+anything else (``bytes``, a ``set``, an    an error result naming the type (``TypeError:
+object, a list mixing blocks with data)    ...``)
+the handler raises                         an error result ``"<Type>: <message>"``
+=========================================  ================================================
+
+An output that cannot be converted counts as the handler raising: the error
+result is posted and logged at WARNING with its traceback (the turn API's
+``on_tool_error="raise"`` raises it to the turn's reader instead). It never
+stops the tool runner: every call is answered. ``submit_tool_results`` raises
+it before posting anything.
 """
 
 from __future__ import annotations
@@ -47,13 +79,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import json
+import math
 import re
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, overload
 
-from ._models import ContentBlock, UserCustomToolResult
+from ._models import (
+    ContentBlock,
+    DocumentBlock,
+    ImageBlock,
+    TextBlock,
+    UnknownBlock,
+    UserCustomToolResult,
+)
 from ._turns import ToolCall
 
 __all__ = [
@@ -62,22 +103,38 @@ __all__ = [
     "ToolOutput",
     "Tools",
     "call_handler",
+    "error_result",
     "results_key",
     "tool",
+    "tool_content",
     "tool_handlers",
     "tool_result",
 ]
 
 _R = TypeVar("_R")
 
-ToolOutput: TypeAlias = str | ContentBlock | Sequence[str | ContentBlock] | UserCustomToolResult
-"""What a tool handler returns: text, content blocks, or a ready-made result event."""
+ToolOutput: TypeAlias = (
+    str
+    | ContentBlock
+    | list[Any]
+    | tuple[Any, ...]
+    | dict[str, Any]
+    | int
+    | float
+    | UserCustomToolResult
+    | None
+)
+"""What a tool handler returns: text, content blocks, ``None``, a JSON value, or a
+ready-made result event (see the conversion table of ``qoder_async._tools``)."""
 ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput] | ToolOutput]
-"""A custom tool: ``async def`` or plain ``def handler(input) -> str | blocks``.
+"""A custom tool: ``async def`` or plain ``def handler(input) -> ToolOutput``.
 
-Plain functions run in a thread. Raising reports an error result to the agent
+Plain functions run in a thread. What it returns is posted as the module table
+says (a ``dict`` as its JSON text, ``None`` as an empty success). Raising, or
+returning what has no conversion, reports an error result to the agent
 (``on_tool_error="report"``) or raises it to the turn's reader (``"raise"``).
 """
+_BLOCKS = (TextBlock, ImageBlock, DocumentBlock, UnknownBlock)
 _ARG_LINE = re.compile(r"^\s{0,8}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 _SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ARG_SECTIONS = frozenset({"Args:", "Arguments:", "Parameters:"})
@@ -87,7 +144,10 @@ class Tool:
     """A custom tool: ``definition`` for the agent, and the handler for ``send(tools=...)``.
 
     Build one with :func:`tool`. Calling it with the agent's input mapping runs
-    the function with that input as keyword arguments.
+    the function with that input as keyword arguments. What the function returns
+    is posted as the module table says: a ``str`` as text, content blocks as they
+    are, ``None`` as an empty success, other JSON values (``dict``, list, number,
+    ``bool``) as their JSON text; anything else is an error result naming its type.
     """
 
     __slots__ = ("description", "function", "input_schema", "name")
@@ -147,7 +207,14 @@ def tool(
     name: str | None = None,
     description: str | None = None,
 ) -> Tool | Callable[[Callable[..., _R]], Tool]:
-    """Turn a function into a :class:`Tool` (bare ``@tool`` or ``@tool(name=...)``)."""
+    """Turn a function into a :class:`Tool` (bare ``@tool`` or ``@tool(name=...)``).
+
+    The function may return a ``str`` (posted as text), content blocks (as they
+    are), ``None`` (an empty success) or any other JSON value (a ``dict``, list,
+    number or ``bool``: posted as its JSON text). Anything else, a NaN, or a
+    ``dict`` key that is not a ``str`` is reported to the agent as an error
+    naming it, and logged (see the table of ``qoder_async._tools``).
+    """
     if function is not None:
         return Tool(function, name=name, description=description)
 
@@ -186,16 +253,149 @@ async def call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOut
     return out  # type: ignore[no-any-return]
 
 
-def tool_result(call: ToolCall, out: ToolOutput, is_error: bool) -> UserCustomToolResult:
-    """The ``user.custom_tool_result`` answering ``call`` (in its sub-agent's thread, if any)."""
+def tool_result(call: ToolCall, out: object, is_error: bool) -> UserCustomToolResult:
+    """The ``user.custom_tool_result`` answering ``call`` with a handler's output
+    (converted as the module table says; in its sub-agent's thread, if any).
+
+    Raises ``TypeError`` or ``ValueError`` naming what has no conversion.
+    """
     thread = call.session_thread_id
     if isinstance(out, UserCustomToolResult):
+        for block in out.content:
+            _block(block)
         if out.session_thread_id is None and thread is not None:
             return UserCustomToolResult(
                 out.custom_tool_use_id, out.content, out.is_error, session_thread_id=thread
             )
         return out
-    return UserCustomToolResult(call.id, out, is_error, session_thread_id=thread)
+    return UserCustomToolResult(call.id, tool_content(out), is_error, session_thread_id=thread)
+
+
+def error_result(call: ToolCall, exc: BaseException) -> UserCustomToolResult:
+    """The error result reporting ``exc`` to the agent: ``"<Type>: <message>"``. Never raises."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # a broken __str__ still gets its error reported
+        text = type(exc).__name__
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return tool_result(call, text, True)
+
+
+def tool_content(out: object) -> tuple[ContentBlock, ...]:
+    """The content blocks a tool's output is posted as (the module table).
+
+    Raises ``TypeError`` or ``ValueError`` naming what has no conversion.
+    """
+    if out is None:
+        return ()
+    if isinstance(out, str):
+        return (TextBlock(_text(out, "")),)
+    if isinstance(out, _BLOCKS):
+        return (_block(out),)
+    if isinstance(out, list | tuple) and any(isinstance(item, _BLOCKS) for item in out):
+        return tuple(_content_item(item, i) for i, item in enumerate(out))
+    _check_json(out)
+    return (TextBlock(_text(json.dumps(out, ensure_ascii=False, allow_nan=False), "")),)
+
+
+def _content_item(item: object, index: int) -> ContentBlock:
+    if isinstance(item, str):
+        return TextBlock(_text(item, f"[{index}]"))
+    if isinstance(item, _BLOCKS):
+        return _block(item)
+    raise TypeError(
+        f"a tool output that mixes content blocks with a {type(item).__name__} (at [{index}]) "
+        "cannot be posted: return content blocks and str only, or the data alone (as JSON)"
+    )
+
+
+def _block(block: ContentBlock) -> ContentBlock:
+    """``block`` if it can be posted (its fields JSON values, its text valid Unicode)."""
+    if isinstance(block, TextBlock):
+        if not isinstance(block.text, str):
+            raise TypeError(f"a TextBlock's text must be a str, not {type(block.text).__name__}")
+        _text(block.text, "")
+    elif isinstance(block, ImageBlock | DocumentBlock):
+        if not isinstance(block.source, Mapping):
+            raise TypeError(f"a {type(block).__name__}'s source must be a mapping")
+        _check_json(dict(block.source))
+        if isinstance(block, DocumentBlock):
+            _check_json([block.title, block.context])
+    else:
+        _check_json(dict(block.raw))
+    return block
+
+
+def _text(text: str, where: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a tool output's text{_at(where)} is not valid Unicode "
+            f"(a lone surrogate at index {exc.start})"
+        ) from None
+    return text
+
+
+def _at(where: str) -> str:
+    return f" (at {where})" if where else ""
+
+
+_MAX_DEPTH = 500
+_Node: TypeAlias = tuple[object, str, Any, int]  # a value, its key, its parent node, its depth
+
+
+def _check_json(value: object) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the first part of ``value`` with no JSON text.
+
+    JSON values: ``None``, ``bool``, ``int``, finite ``float``, ``str`` (valid
+    Unicode), lists and tuples of them, ``dict`` with ``str`` keys. Iterative, so
+    a deep or cyclic value is refused instead of overflowing the stack.
+    """
+    stack: list[_Node] = [(value, "", None, 0)]
+
+    def where(node: _Node | None) -> str:
+        keys = []
+        while node is not None and node[1]:
+            keys.append(node[1])
+            node = node[2]
+        return "".join(reversed(keys))
+
+    while stack:
+        node = stack.pop()
+        v, _, _, depth = node
+        if v is None or isinstance(v, bool | int):
+            continue
+        if isinstance(v, str):
+            _text(v, where(node))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"a tool output holds {v!r}{_at(where(node))}, which JSON cannot represent"
+                )
+        elif depth >= _MAX_DEPTH:
+            raise ValueError(f"a tool output nested deeper than {_MAX_DEPTH} levels (or cyclic)")
+        elif isinstance(v, list | tuple):
+            stack.extend((item, f"[{i}]", node, depth + 1) for i, item in enumerate(v))
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"a tool output's dict key {key!r}{_at(where(node))} is of type "
+                        f"{type(key).__name__}, not str (JSON keys are strings: convert them)"
+                    )
+                stack.append((item, f"[{key!r}]", node, depth + 1))
+        else:
+            hint = (
+                " (decode it to str, or post it in an ImageBlock/DocumentBlock as base64)"
+                if isinstance(v, bytes | bytearray | memoryview)
+                else ""
+            )
+            raise TypeError(
+                f"a tool output of type {type(v).__name__}{_at(where(node))} cannot be posted"
+                f"{hint}; return a str, content blocks, None or JSON data (dict, list, number, "
+                "bool)"
+            )
 
 
 def results_key(ids: Sequence[str]) -> str:

@@ -165,6 +165,7 @@ from ._models import (
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
+    UserCustomToolResult,
     UserDefineOutcome,
     UserMessage,
     as_events,
@@ -172,7 +173,7 @@ from ._models import (
     new_idempotency_key,
 )
 from ._stream import PREVIEW_CLASSES
-from ._tools import Tools, call_handler, results_key, tool_handlers, tool_result
+from ._tools import Tools, call_handler, error_result, results_key, tool_handlers, tool_result
 from ._turns import ToolCall, ends_turn
 
 if TYPE_CHECKING:
@@ -1010,7 +1011,7 @@ class Fleet:
                         call.id,
                         sid,
                     )
-                    body = _result_json(call, _ORPHANED_TEXT, True)
+                    body = _result_json(tool_result(call, _ORPHANED_TEXT, True))
                 else:
                     body = results[call.id]
                 records[call.id] = await self._coordinate(
@@ -1046,8 +1047,9 @@ class Fleet:
 
     async def _run_tool(self, runner: _Runner, call: ToolCall) -> str:
         await self._gate(runner)
-        try:
+        try:  # the conversion too: an output with none is the handler's error
             out = await call_handler(self._tools[call.name], call.input)
+            return _result_json(tool_result(call, out, False))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1059,8 +1061,7 @@ class Fleet:
                 runner.follow.session_id,
                 exc_info=exc,
             )
-            return _result_json(call, f"{type(exc).__name__}: {exc}", True)
-        return _result_json(call, out, False)
+            return _result_json(error_result(call, exc))
 
     async def _post_results(
         self, runner: _Runner, calls: list[ToolCall], bodies: list[Any]
@@ -1082,6 +1083,6 @@ def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None
     return cast("AsyncGenerator[list[Event], None]", paginator.pages())
 
 
-def _result_json(call: ToolCall, out: Any, is_error: bool) -> str:
+def _result_json(result: UserCustomToolResult) -> str:
     """A tool's result as the ledger stores it: the event to post, as JSON."""
-    return json.dumps(unstructure_event(tool_result(call, out, is_error)))
+    return json.dumps(unstructure_event(result))
