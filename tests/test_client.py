@@ -451,4 +451,8 @@ def test_httpx_is_optional(server_url: str) -> None:
 
 @given(st.text(min_size=1))
 def test_an_id_becomes_the_path_segment_quote_makes_of_it(value: str) -> None:
-    assert segment(value) == quote(value, safe="")
+    if value in (".", "..") or any(c < " " or c == "\x7f" for c in value):
+        with pytest.raises(ConfigurationError):
+            segment(value)
+    else:
+        assert segment(value) == quote(value, safe="")
