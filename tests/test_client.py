@@ -183,7 +183,8 @@ async def test_paging_backwards_continues_before_the_first_id(
     gets = [r.query for r in server.requests if r.path.endswith("/events") and r.method == "GET"]
     assert len(gets) == len(pages) > 2
     for query, previous in zip(gets[1:], pages, strict=False):
-        assert "page" not in query and "after_id" not in query
+        assert "page" not in query
+        assert "after_id" not in query
         assert query["before_id"] == [previous[0]]
 
 
