@@ -57,6 +57,7 @@ from ._files import (
     FileDownload,
     FileInput,
     download_link,
+    fetch_link,
     prepare_upload,
 )
 from ._http import HTTP, APIResponse, RequestOptions, segment
@@ -1162,8 +1163,8 @@ class Files(_Resource):
             if link is not None:
                 await stack.aclose()
                 stack = contextlib.AsyncExitStack()
-                response = await stack.enter_async_context(http.fetch(link))
-                url, chunks = link, response.chunks.__aiter__()
+                url, response = await fetch_link(http, stack, link, source=url)
+                chunks = response.chunks.__aiter__()
             download = FileDownload(
                 stack,
                 response,
