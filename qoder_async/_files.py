@@ -16,6 +16,10 @@ an async iterable of ``bytes``         sent chunked as it comes, never retried
 ``(filename, file[, mime_type])``      the official SDK's form: any of the above
 =====================================  ==============================================
 
+A source that raises (a read error, a stream that goes away) fails the upload
+with that very exception, never taken for a connection failure and never
+retried, whatever the source.
+
 The body is ``multipart/form-data``: the text fields first, then the ``file``
 part. Nothing is read whole into memory. The filename defaults to the path's
 or the file object's name; the MIME type to a guess from the filename, else
@@ -68,7 +72,7 @@ from ._errors import (
 )
 from ._http import HTTP, RequestBody
 from ._models import json_dumps, json_loads
-from ._transport import StreamResponse
+from ._transport import SourceError, StreamResponse
 
 __all__ = [
     "DEFAULT_DOWNLOAD_READ_TIMEOUT",
@@ -228,8 +232,11 @@ class Upload:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         yield self._head
-        async for chunk in self._reader.chunks():
-            yield chunk
+        try:
+            async for chunk in self._reader.chunks():
+                yield chunk
+        except Exception as exc:  # the source's failure, not the connection's
+            raise SourceError(exc) from exc
         yield self._tail
 
 

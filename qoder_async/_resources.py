@@ -94,7 +94,7 @@ from ._params import (
 )
 from ._stream import DEFAULT_MAX_EVENT_BYTES
 from ._tools import Tool, definitions
-from ._transport import Timeout
+from ._transport import SourceError, Timeout
 
 __all__ = [
     "AgentVersions",
@@ -1077,15 +1077,20 @@ class Files(_Resource):
         upload = await prepare_upload(file, filename=filename, mime_type=mime_type, fields=fields)
         if "timeout" not in options:
             options["timeout"] = Timeout(total=UPLOAD_TIMEOUT, connect=self._http.timeout.connect)
-        answer = await self._http.request(
-            "POST",
-            "/files",
-            body=upload.body(),
-            idempotency_key=idempotency_key,
-            options=_options(options),
-            retry=None if upload.replayable else _NO_RETRY,
-        )
-        return self._answer(answer, structure_file, "POST", "/files")
+        try:
+            answer = await self._http.request(
+                "POST",
+                "/files",
+                body=upload.body(),
+                idempotency_key=idempotency_key,
+                options=_options(options),
+                retry=None if upload.replayable else _NO_RETRY,
+            )
+        except SourceError as exc:
+            failure = exc.error
+        else:
+            return self._answer(answer, structure_file, "POST", "/files")
+        raise failure  # the source's own error, raised outside the handler: no chain added
 
     async def retrieve(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
         """Fetch a file's metadata."""

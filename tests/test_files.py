@@ -184,6 +184,48 @@ async def test_a_throttled_upload_is_resent_whole_when_it_can_be(
     assert len(upload_requests(server)) == 3  # never retried
 
 
+class SourceGone(Exception):
+    """What a chat platform's stream raises when it goes away."""
+
+
+class FailingReader(CountingReader):
+    """A seekable file object whose second read fails (a disk error half-way)."""
+
+    calls = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(5, "Input/output error (the disk, not the network)")
+        return super().read(size)
+
+
+async def test_an_upload_source_that_fails_raises_its_own_error_and_is_never_retried(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    gone = SourceGone("the chat platform closed the attachment stream")
+    pulls = 0
+
+    async def attachment() -> AsyncIterator[bytes]:
+        nonlocal pulls
+        pulls += 1
+        yield BIG[:CHUNK_SIZE]
+        raise gone
+
+    with pytest.raises(SourceGone) as info:
+        await client.files.upload(attachment(), filename="a.bin", idempotency_key="up-1")
+    assert info.value is gone
+    assert pulls == 1
+    # A source that could be read again is not retried either once it failed half-way:
+    # the failure is the source's, not the connection's.
+    reader = FailingReader(BIG)
+    with pytest.raises(OSError, match="the disk, not the network") as failed:
+        await client.files.upload(reader, filename="b.bin", idempotency_key="up-2")
+    assert not isinstance(failed.value, APIConnectionError)
+    assert reader.calls == 2  # one attempt: the first read, then the failing one
+    assert [f async for f in client.files.list()] == []  # nothing half-sent was stored
+
+
 async def test_upload_refuses_what_is_not_a_file(client: QoderClient) -> None:
     with pytest.raises(TypeError, match="binary file object"):
         await client.files.upload(12345, filename="n")  # type: ignore[arg-type]
