@@ -203,7 +203,14 @@ class APIStatusError(APIError):
     def __str__(self) -> str:
         kind = f" {self.error_type}" if self.error_type else ""
         rid = f" [request_id={self.request_id}]" if self.request_id else ""
-        return f"{self.status_code}{kind}: {super().__str__()}{rid}"
+        text = super().__str__()
+        status = str(self.status_code)
+        after = text[len(status) : len(status) + 1]
+        if not kind and text.startswith(status) and not after.isdigit():
+            # a plain-text body that already leads with the status ("302: Found",
+            # "404 page not found"): said once
+            return f"{text}{rid}"
+        return f"{status}{kind}: {text}{rid}"
 
 
 class BadRequestError(APIStatusError):

@@ -16,6 +16,10 @@ an async iterable of ``bytes``         sent chunked as it comes, never retried
 ``(filename, file[, mime_type])``      the official SDK's form: any of the above
 =====================================  ==============================================
 
+A source that raises (a read error, a stream that goes away) fails the upload
+with that very exception, never taken for a connection failure and never
+retried, whatever the source.
+
 The body is ``multipart/form-data``: the text fields first, then the ``file``
 part. Nothing is read whole into memory. The filename defaults to the path's
 or the file object's name; the MIME type to a guess from the filename, else
@@ -31,10 +35,18 @@ an attachment)
 a small JSON object with a ``url``     that link is fetched with no credentials (no
 (a download link, what the SDKs        token, no default headers, no cookies): only
 expect)                                ``http(s)`` without user info is followed
+the link answers a redirect (301,      followed, under the same rules, with no
+302, 303, 307, 308)                    credentials either, at most ``MAX_REDIRECTS``
+                                       (5) times, else
+                                       :class:`APIResponseValidationError`
 an error status                        the typed error (as for any request)
 no byte for ``read_timeout`` seconds   :class:`APITimeoutError`
 the connection breaks off              :class:`APIConnectionError`
 =====================================  ==============================================
+
+Written to a path (``to=path``, ``write_to_file``), the bytes go to a temporary
+file beside it that replaces it only once complete: a download that fails or
+is cancelled leaves the path as it was, and no temporary file.
 """
 
 from __future__ import annotations
@@ -44,17 +56,23 @@ import contextlib
 import io
 import mimetypes
 import os
+import stat
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from email.message import Message
 from pathlib import Path
 from typing import IO, Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-from ._errors import APIConnectionError, APIResponseValidationError, APITimeoutError
-from ._http import RequestBody
+from ._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+)
+from ._http import HTTP, RequestBody
 from ._models import json_dumps, json_loads
-from ._transport import StreamResponse
+from ._transport import SourceError, StreamResponse
 
 __all__ = [
     "DEFAULT_DOWNLOAD_READ_TIMEOUT",
@@ -62,6 +80,7 @@ __all__ = [
     "FileInput",
     "Upload",
     "download_link",
+    "fetch_link",
     "prepare_upload",
 ]
 
@@ -69,6 +88,8 @@ CHUNK_SIZE = 256 * 1024
 DEFAULT_DOWNLOAD_READ_TIMEOUT = 60.0
 # A JSON answer larger than this is the file itself, not a download link.
 LINK_LIMIT = 64 * 1024
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 FileContent: TypeAlias = (
     str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | AsyncIterable[bytes]
@@ -211,8 +232,11 @@ class Upload:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         yield self._head
-        async for chunk in self._reader.chunks():
-            yield chunk
+        try:
+            async for chunk in self._reader.chunks():
+                yield chunk
+        except Exception as exc:  # the source's failure, not the connection's
+            raise SourceError(exc) from exc
         yield self._tail
 
 
@@ -396,16 +420,59 @@ class FileDownload:
         return b"".join([chunk async for chunk in self.iter_bytes()])
 
     async def write_to_file(self, path: str | os.PathLike[str]) -> int:
-        """Write the file to ``path`` as it arrives (in a worker thread); returns its size."""
-        f: IO[bytes] = await asyncio.to_thread(open, path, "wb")
+        """Write the file to ``path`` as it arrives (in a worker thread); returns its size.
+
+        The bytes go to a temporary file beside ``path`` that replaces it once
+        complete: a download that fails or is cancelled leaves ``path`` as it
+        was, and no temporary file.
+        """
+        opening = asyncio.ensure_future(asyncio.to_thread(_open_beside, path))
+        try:
+            temp, target, f = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_discard)  # the file is still being created
+            raise
         size = 0
         try:
             async for chunk in self.iter_bytes():
                 await asyncio.to_thread(f.write, chunk)
                 size += len(chunk)
-        finally:
-            await asyncio.to_thread(f.close)
+            await asyncio.to_thread(_commit, f, temp, target)
+        except BaseException:
+            # Synchronous: a cancelled task may not get to await the clean-up.
+            f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         return size
+
+
+def _open_beside(path: str | os.PathLike[str]) -> tuple[str, str, IO[bytes]]:
+    """(temporary path, final path, the temporary file open): beside ``path`` (a symlink's
+    target, as writing to it would), with the mode of the file it replaces."""
+    target = os.path.realpath(path)
+    directory, name = os.path.split(target)
+    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.part")
+    f = open(temp, "xb")  # noqa: SIM115 - closed by the caller
+    with contextlib.suppress(OSError):
+        os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
+    return temp, target, f
+
+
+def _discard(opening: asyncio.Future[tuple[str, str, IO[bytes]]]) -> None:
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    temp, _, f = opening.result()
+    f.close()
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+
+
+def _commit(f: IO[bytes], temp: str, target: str) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(temp, target)
 
 
 async def _next_chunk(
@@ -470,11 +537,34 @@ async def download_link(
     link = value.get("url") if isinstance(value, dict) else None
     if not isinstance(link, str):
         return None, data, chunks
-    parts_of = urlsplit(link)
-    if parts_of.scheme not in ("http", "https") or not parts_of.hostname or "@" in parts_of.netloc:
-        raise APIResponseValidationError(
-            "the download link is not an http(s) URL without credentials",
-            method="GET",
-            url=urlsplit(url).path,
-        )
     return link, b"", chunks
+
+
+async def fetch_link(
+    http: HTTP, stack: contextlib.AsyncExitStack, link: str, *, source: str
+) -> tuple[str, StreamResponse]:
+    """(the URL that answered, its answer) for a download link, redirects followed.
+
+    Every hop is checked as the link is (``http(s)``, no user info) and fetched
+    by :meth:`HTTP.fetch`, with no credentials; the answer is entered on
+    ``stack``. ``source`` is the API URL that gave the link (named in errors).
+    """
+    where = urlsplit(source).path
+    what = "the download link"
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(link)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise APIResponseValidationError(
+                f"{what} is not an http(s) URL without credentials", method="GET", url=where
+            )
+        try:
+            return link, await stack.enter_async_context(http.fetch(link))
+        except APIStatusError as exc:
+            location = next((v for k, v in exc.headers.items() if k.lower() == "location"), None)
+            if exc.status_code not in _REDIRECTS or not location:
+                raise
+        link = urljoin(link, location.strip())
+        what = "a redirect of the download link"
+    raise APIResponseValidationError(
+        f"the download link redirected more than {MAX_REDIRECTS} times", method="GET", url=where
+    )

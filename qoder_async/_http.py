@@ -156,14 +156,26 @@ def resolve_token(token: str | None) -> str:
 
 # What quote(safe="") leaves as it is: ids are made of these, and quote() costs ~2 us.
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
+# "." and ".." survive quote() and every URL library collapses them (yarl even turns
+# %2E back into "."): as an id they would retarget the request to another path.
+_DOT_SEGMENTS = (".", "..")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def segment(value: str) -> str:
-    """An id as one URL path segment (checked, percent-encoded)."""
-    if value.__class__ is str and _PLAIN_SEGMENT.fullmatch(value):
+    """An id as one URL path segment (checked, percent-encoded).
+
+    Refused with :class:`ConfigurationError`: a non-string or empty id, ``.`` and
+    ``..`` (they would name another path), and control characters (CR, LF, NUL...).
+    """
+    if value.__class__ is str and _PLAIN_SEGMENT.fullmatch(value) and value not in _DOT_SEGMENTS:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"an id must be a non-empty string, got {value!r}")
+    if value in _DOT_SEGMENTS:
+        raise ConfigurationError(f"{value!r} is not an id: it would retarget the request's path")
+    if _CONTROL.search(value):
+        raise ConfigurationError(f"an id must not contain control characters, got {value!r}")
     return quote(value, safe="")
 
 

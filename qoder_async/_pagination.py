@@ -3,14 +3,20 @@
 ==========================================  ======================================
 the page says                               next request
 ==========================================  ======================================
+neither ``has_more`` nor ``next_page``      the end
+paging backwards (the listing started       ``before_id=<first_id>`` (else the id
+with ``before_id``)                         of the first item)
 ``next_page`` (opaque cursor)               ``page=<next_page>``
 ``has_more`` and ``last_id``                ``after_id=<last_id>``
 ``has_more``, no ``last_id``                ``after_id=<id of the last item>``
-``has_more`` and no cursor at all           :class:`APIResponseValidationError`
+more, and no cursor at all                  :class:`APIResponseValidationError`
 a cursor already followed                   :class:`APIResponseValidationError`
                                             (it would loop forever)
-neither                                     the end
 ==========================================  ======================================
+
+Every next request keeps the listing's other parameters and replaces its
+cursor: the caller's ``after_id``/``before_id`` is never sent next to ``page``
+(the API refuses the two together).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ._http import HTTP, APIResponse, RequestOptions
 __all__ = ["AsyncPaginator", "list_params"]
 
 _T = TypeVar("_T")
+_CURSORS = frozenset({"page", "after_id", "before_id", "after", "before"})
 
 
 def list_params(**values: Any) -> list[tuple[str, str]]:
@@ -62,6 +69,7 @@ class AsyncPaginator(Generic[_T]):
         self._params = params
         self._item = item
         self._options = options
+        self._backward = any(key in ("before_id", "before") for key, _ in params)
 
     def __aiter__(self) -> AsyncIterator[_T]:
         return self._items()
@@ -86,7 +94,7 @@ class AsyncPaginator(Generic[_T]):
                     url=self._path,
                 )
             seen.add(cursor)
-            params = [(k, v) for k, v in self._params if k not in ("page", "after_id")]
+            params = [(k, v) for k, v in self._params if k not in _CURSORS]
             params.append(cursor)
 
     async def first_page(self) -> APIResponse:
@@ -113,16 +121,18 @@ class AsyncPaginator(Generic[_T]):
 
     def _next_cursor(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
         next_page = body.get("next_page")
-        if isinstance(next_page, str) and next_page:
+        if not isinstance(next_page, str) or not next_page:
+            next_page = None
+            if not body.get("has_more"):
+                return None
+        if self._backward:
+            first_id = _anchor(body, "first_id", 0)
+            if first_id is not None:
+                return ("before_id", first_id)
+        if next_page is not None:
             return ("page", next_page)
-        if not body.get("has_more"):
-            return None
-        last_id = body.get("last_id")
-        if not isinstance(last_id, str) or not last_id:
-            data = body.get("data") or []
-            last = data[-1] if data else None
-            last_id = last.get("id") if isinstance(last, Mapping) else None
-        if not isinstance(last_id, str) or not last_id:
+        last_id = None if self._backward else _anchor(body, "last_id", -1)
+        if last_id is None:
             raise APIResponseValidationError(
                 "has_more is true but the answer names no cursor", method="GET", url=self._path
             )
@@ -132,3 +142,13 @@ class AsyncPaginator(Generic[_T]):
         async for page in self.pages():
             for item in page:
                 yield item
+
+
+def _anchor(body: Mapping[str, Any], key: str, index: int) -> str | None:
+    """The page's ``first_id``/``last_id``, else the id of its first/last item."""
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        data = body.get("data") or []
+        item = data[index] if data else None
+        value = item.get("id") if isinstance(item, Mapping) else None
+    return value if isinstance(value, str) and value else None

@@ -57,6 +57,7 @@ from ._files import (
     FileDownload,
     FileInput,
     download_link,
+    fetch_link,
     prepare_upload,
 )
 from ._http import HTTP, APIResponse, RequestOptions, segment
@@ -93,7 +94,7 @@ from ._params import (
 )
 from ._stream import DEFAULT_MAX_EVENT_BYTES
 from ._tools import Tool, definitions
-from ._transport import Timeout
+from ._transport import SourceError, Timeout
 
 __all__ = [
     "AgentVersions",
@@ -1076,15 +1077,20 @@ class Files(_Resource):
         upload = await prepare_upload(file, filename=filename, mime_type=mime_type, fields=fields)
         if "timeout" not in options:
             options["timeout"] = Timeout(total=UPLOAD_TIMEOUT, connect=self._http.timeout.connect)
-        answer = await self._http.request(
-            "POST",
-            "/files",
-            body=upload.body(),
-            idempotency_key=idempotency_key,
-            options=_options(options),
-            retry=None if upload.replayable else _NO_RETRY,
-        )
-        return self._answer(answer, structure_file, "POST", "/files")
+        try:
+            answer = await self._http.request(
+                "POST",
+                "/files",
+                body=upload.body(),
+                idempotency_key=idempotency_key,
+                options=_options(options),
+                retry=None if upload.replayable else _NO_RETRY,
+            )
+        except SourceError as exc:
+            failure = exc.error
+        else:
+            return self._answer(answer, structure_file, "POST", "/files")
+        raise failure  # the source's own error, raised outside the handler: no chain added
 
     async def retrieve(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
         """Fetch a file's metadata."""
@@ -1162,8 +1168,8 @@ class Files(_Resource):
             if link is not None:
                 await stack.aclose()
                 stack = contextlib.AsyncExitStack()
-                response = await stack.enter_async_context(http.fetch(link))
-                url, chunks = link, response.chunks.__aiter__()
+                url, response = await fetch_link(http, stack, link, source=url)
+                chunks = response.chunks.__aiter__()
             download = FileDownload(
                 stack,
                 response,

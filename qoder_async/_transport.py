@@ -29,7 +29,10 @@ a borrowed client          never closed by us               never closed by us
 Connection failures become :class:`APIConnectionError` (or
 :class:`APITimeoutError`) with a message that says what happened (refused, DNS,
 TLS, timeout) and where (host and port); a caller never sees a library's
-exception.
+exception. A streamed request body whose own source failed raises
+:class:`SourceError` instead (aiohttp wraps it in a connection error, httpx lets
+it through: both adapters hand it on as it is), so it is never taken for the
+network's failure, nor retried.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "Content",
     "HttpxTransport",
     "Response",
+    "SourceError",
     "StreamResponse",
     "Timeout",
     "Transport",
@@ -216,6 +220,25 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
             return f"the answer from {where} was cut off", False
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"connection to {where} failed ({detail})", False
+
+
+class SourceError(Exception):
+    """Raised by a streamed request body when its source failed; ``error`` is the source's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _raise_source_error(exc: BaseException) -> None:
+    """Hand on the :class:`SourceError` a library wrapped as a connection failure, if any."""
+    current: BaseException | None = exc
+    for _ in range(6):
+        if current is None:
+            return
+        if isinstance(current, SourceError):
+            raise current from None
+        current = current.__cause__ or current.__context__
 
 
 def _connection_error(exc: BaseException, method: str, url: str) -> APIConnectionError:
@@ -386,6 +409,7 @@ class AiohttpTransport:
                 # tuple.__new__: a NamedTuple's own __new__ is a Python function
                 return _new_tuple(Response, (resp.status, resp.headers, body))
         except self.errors as exc:
+            _raise_source_error(exc)
             raise _connection_error(exc, method, url) from exc
 
     def stream(
@@ -436,6 +460,7 @@ class AiohttpTransport:
                 allow_redirects=False,
             )
         except self.errors as exc:
+            _raise_source_error(exc)
             raise _connection_error(exc, method, url) from exc
         try:
             yield StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))

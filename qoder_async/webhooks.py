@@ -16,21 +16,24 @@ The checks, in the order they run (the first failure raises):
      as is. Empty, or ``whsec_`` and bad base64, is refused
 2    ``Webhook-ID``, ``Webhook-Timestamp`` and ``Webhook-Signature``  ``WebhookHeaderError``
      are present and non-empty, in any case, in any mapping; a
-     header repeated with a different value is refused
-3    some ``v1,<base64>`` entry of ``Webhook-Signature`` (entries     ``WebhookSignatureError``
+     header repeated with a different value is refused; so is a
+     value with a lone surrogate (how servers pass a non-UTF-8 byte)
+3    a ``str`` body is encodable as UTF-8 (no lone surrogate: it      ``WebhookPayloadError``
+     cannot be the bytes Qoder sent)
+4    some ``v1,<base64>`` entry of ``Webhook-Signature`` (entries     ``WebhookSignatureError``
      are space-separated) equals HMAC-SHA256(key,
      ``{id}.{timestamp}.{raw body}``), compared in constant time;
      other versions and malformed entries are skipped
-4    ``Webhook-Timestamp`` is Unix seconds, within ``tolerance``      ``WebhookTimestampError``
+5    ``Webhook-Timestamp`` is Unix seconds, within ``tolerance``      ``WebhookTimestampError``
      (300 s) of ``now`` in either direction
-5    the body is a JSON object ``{"type": "event", "id",              ``WebhookPayloadError``
+6    the body is a JSON object ``{"type": "event", "id",              ``WebhookPayloadError``
      "created_at", "data": {"type", ...}}`` and the fields this
      module types have their documented JSON types
 ===  ===============================================================  =========================
 
 And what holds once an event is returned:
 
-* Nothing is parsed before the signature and timestamp pass (JSON is read at step 5).
+* Nothing is parsed before the signature and timestamp pass (JSON is read at step 6).
 * The signature is checked before the timestamp, so a ``WebhookTimestampError`` always
   concerns a message Qoder really sent: a replay, or a clock out of sync.
 * A negative or NaN ``tolerance``, or a ``now`` that is not finite, raises
@@ -242,6 +245,11 @@ def _headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
     for name, value in headers.items():
         values = found.get(name.lower()) if isinstance(name, str) else None
         if values is not None and isinstance(value, str) and value.strip():
+            if not _encodable(value):
+                raise WebhookHeaderError(
+                    f"header {_SPELLING[name.lower()]} is not UTF-8 text (a lone surrogate, "
+                    "or a non-UTF-8 byte passed on as one)"
+                )
             values.append(value.strip())
     webhook_id = found[_ID][0] if len(set(found[_ID])) == 1 else None
     missing = [_SPELLING[k] for k, v in found.items() if not v]
@@ -260,9 +268,23 @@ def _headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
     return found[_ID][0], found[_TIMESTAMP][0], " ".join(found[_SIGNATURE])
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _body_bytes(body: Body) -> bytes:
     if isinstance(body, str):
-        return body.encode("utf-8")
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WebhookPayloadError(
+                "the body is a str holding a lone surrogate, so not the bytes that were sent: "
+                "pass the raw request body (bytes)"
+            ) from None
     if isinstance(body, bytes):
         return body
     if isinstance(body, bytearray | memoryview):
@@ -293,7 +315,7 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> None:
-    """Check a delivery's signature and timestamp (rules 1-4 of the module table).
+    """Check a delivery's signature and timestamp (rules 1-5 of the module table).
 
     Returns nothing when the request is authentic and fresh, raises a
     :class:`WebhookVerificationError` subclass otherwise. ``body`` is the raw
@@ -481,7 +503,7 @@ def _parse(payload: Body | Mapping[str, Any], webhook_id: str | None) -> Webhook
 
 
 def parse(payload: Body | Mapping[str, Any]) -> WebhookEvent:
-    """Type a webhook payload WITHOUT verifying it (rule 5 of the module table only).
+    """Type a webhook payload WITHOUT verifying it (rules 3 and 6 of the module table only).
 
     For a body that was already verified, e.g. stored by your handler and read
     back from a queue later, when its timestamp is long stale. ``payload`` is the

@@ -164,6 +164,30 @@ async def test_pagination_stops_when_a_cursor_does_not_advance(
         [e async for e in client.environments.list()]
 
 
+async def test_paging_backwards_continues_before_the_first_id(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    # A listing that starts with before_id goes on with before_id=<first_id of the page>;
+    # the caller's before_id is never sent next to page= (the API answers that with a 400).
+    for n in range(3):
+        await (await client.session(session_id).send(f"hello {n}")).result()
+    stored = [e["id"] for e in server.stored_events(session_id)]
+    assert len(stored) > 7
+    pages = [
+        [ev.id for ev in page]
+        async for page in client.sessions.events.list(
+            session_id, order="asc", before_id=stored[-1], limit=3
+        ).pages()
+    ]
+    assert [i for page in reversed(pages) for i in page] == stored[:-1]
+    gets = [r.query for r in server.requests if r.path.endswith("/events") and r.method == "GET"]
+    assert len(gets) == len(pages) > 2
+    for query, previous in zip(gets[1:], pages, strict=False):
+        assert "page" not in query
+        assert "after_id" not in query
+        assert query["before_id"] == [previous[0]]
+
+
 async def test_event_history_is_typed_and_paginated(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -428,4 +452,8 @@ def test_httpx_is_optional(server_url: str) -> None:
 
 @given(st.text(min_size=1))
 def test_an_id_becomes_the_path_segment_quote_makes_of_it(value: str) -> None:
-    assert segment(value) == quote(value, safe="")
+    if value in (".", "..") or any(c < " " or c == "\x7f" for c in value):
+        with pytest.raises(ConfigurationError):
+            segment(value)
+    else:
+        assert segment(value) == quote(value, safe="")

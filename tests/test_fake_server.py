@@ -468,6 +468,8 @@ async def test_bad_requests(http: httpx.AsyncClient, server: FakeQoderServer) ->
     assert server.stored_events(sid) == []
     for params in (
         {"after_id": "a", "before_id": "b"},
+        {"page": "any", "before_id": "b"},  # the API refuses a cursor next to page=
+        {"page": "any", "after_id": "a"},
         {"limit": "0"},
         {"limit": "101"},
         {"limit": "many"},

@@ -12,13 +12,19 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 
 from qoder_async import (
+    APIConnectionError,
     APIResponseValidationError,
+    APIStatusError,
+    AuthenticationError,
     BadRequestError,
     DeletedFile,
     DocumentBlock,
@@ -31,6 +37,7 @@ from qoder_async import (
     RateLimitError,
     TextBlock,
 )
+from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
@@ -175,6 +182,48 @@ async def test_a_throttled_upload_is_resent_whole_when_it_can_be(
     with pytest.raises(RateLimitError):
         await client.files.upload(once(), filename="once.txt")
     assert len(upload_requests(server)) == 3  # never retried
+
+
+class SourceGone(Exception):
+    """What a chat platform's stream raises when it goes away."""
+
+
+class FailingReader(CountingReader):
+    """A seekable file object whose second read fails (a disk error half-way)."""
+
+    calls = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(5, "Input/output error (the disk, not the network)")
+        return super().read(size)
+
+
+async def test_an_upload_source_that_fails_raises_its_own_error_and_is_never_retried(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    gone = SourceGone("the chat platform closed the attachment stream")
+    pulls = 0
+
+    async def attachment() -> AsyncIterator[bytes]:
+        nonlocal pulls
+        pulls += 1
+        yield BIG[:CHUNK_SIZE]
+        raise gone
+
+    with pytest.raises(SourceGone) as info:
+        await client.files.upload(attachment(), filename="a.bin", idempotency_key="up-1")
+    assert info.value is gone
+    assert pulls == 1
+    # A source that could be read again is not retried either once it failed half-way:
+    # the failure is the source's, not the connection's.
+    reader = FailingReader(BIG)
+    with pytest.raises(OSError, match="the disk, not the network") as failed:
+        await client.files.upload(reader, filename="b.bin", idempotency_key="up-2")
+    assert not isinstance(failed.value, APIConnectionError)
+    assert reader.calls == 2  # one attempt: the first read, then the failing one
+    assert [f async for f in client.files.list()] == []  # nothing half-sent was stored
 
 
 async def test_upload_refuses_what_is_not_a_file(client: QoderClient) -> None:
@@ -335,6 +384,183 @@ async def test_download_errors(client: QoderClient, server: FakeQoderServer) -> 
         ]
         with pytest.raises(APIResponseValidationError, match="download link"):
             await client.files.download(meta["id"])
+
+
+class Storage:
+    """A storage server of our own for download links: redirects, a body that breaks off
+    half-way, one that stalls. Records each request's headers."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.sent_part = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def link_answer(self, path: str) -> CannedResponse:
+        """What the API answers on ``/content`` to point at ``path`` here (or a full URL)."""
+        url = path if "://" in path else self.base + path
+        body = json.dumps({"url": url}).encode()
+        return CannedResponse("GET", r"/content$", 200, {"Content-Type": "application/json"}, body)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.path_qs, dict(request.headers)))
+        parts = request.path.strip("/").split("/")
+        if parts[0] == "blob":
+            return web.Response(body=BIG, content_type="application/octet-stream")
+        if parts[0] == "hop":  # /hop/<status>/<hops left>: relative Locations
+            status, left = int(parts[1]), int(parts[2])
+            target = f"/hop/{status}/{left - 1}" if left else "/blob"
+            return web.Response(status=status, headers={"Location": target}, text=f"{status}")
+        if parts[0] == "to":  # /to/<status>?loc=<Location> (none: no Location header)
+            loc = request.query.get("loc")
+            headers = {"Location": loc} if loc is not None else {}
+            return web.Response(status=int(parts[1]), headers=headers, text=f"{parts[1]}: Found")
+        resp = web.StreamResponse(headers={"Content-Length": str(len(BIG))})
+        await resp.prepare(request)
+        await resp.write(BIG[: len(BIG) // 3])
+        self.sent_part.set()
+        if parts[0] == "broken":
+            assert request.transport is not None
+            request.transport.close()
+        else:  # "stall"
+            await self.release.wait()
+        return resp
+
+
+@pytest.fixture
+async def storage() -> AsyncIterator[Storage]:
+    store = Storage()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", store.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    store.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield store
+    store.release.set()
+    await runner.cleanup()
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_a_download_that_breaks_off_leaves_the_old_file_alone(
+    client: QoderClient, server: FakeQoderServer, storage: Storage, tmp_path: Path
+) -> None:
+    meta = server.add_file(b"x", "x.bin")
+    target = tmp_path / "report.bin"
+    target.write_bytes(b"the previous version")
+    server.faults.respond_next = [storage.link_answer("/broken")]
+    with pytest.raises(APIConnectionError):
+        await client.files.download(meta["id"], to=target)
+    assert target.read_bytes() == b"the previous version"
+    assert leftovers(tmp_path) == ["report.bin"]  # no temporary file left behind either
+    # and a complete one replaces it
+    server.faults.respond_next = [storage.link_answer("/blob")]
+    assert await client.files.download(meta["id"], to=target) == target
+    assert target.read_bytes() == BIG
+    assert leftovers(tmp_path) == ["report.bin"]
+
+
+async def test_a_cancelled_download_leaves_the_old_file_alone(
+    client: QoderClient, server: FakeQoderServer, storage: Storage, tmp_path: Path
+) -> None:
+    meta = server.add_file(b"x", "x.bin")
+    target = tmp_path / "report.bin"
+    target.write_bytes(b"the previous version")
+    server.faults.respond_next = [storage.link_answer("/stall")]
+    task = asyncio.create_task(client.files.download(meta["id"], to=target))
+    await asyncio.wait_for(storage.sent_part.wait(), 10)
+    await asyncio.sleep(0.05)  # let some bytes reach the file (no assertion depends on it)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert target.read_bytes() == b"the previous version"
+    assert leftovers(tmp_path) == ["report.bin"]
+
+
+async def test_a_download_cancelled_while_its_file_is_created_leaves_nothing(
+    client: QoderClient,
+    server: FakeQoderServer,
+    storage: Storage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered, go_on = threading.Event(), threading.Event()
+    real = files_module._open_beside
+
+    def slow_open(path: str | os.PathLike[str]) -> Any:
+        entered.set()
+        go_on.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(files_module, "_open_beside", slow_open)
+    meta = server.add_file(b"x", "x.bin")
+    server.faults.respond_next = [storage.link_answer("/blob")]
+    task = asyncio.create_task(client.files.download(meta["id"], to=tmp_path / "out.bin"))
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    async with asyncio.timeout(10):
+        while leftovers(tmp_path):  # the file the thread went on to create is removed
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_download_link_that_redirects_is_followed_without_credentials(
+    client: QoderClient, server: FakeQoderServer, storage: Storage, status: int
+) -> None:
+    meta = server.add_file(b"x", "x.bin")
+    server.faults.respond_next = [storage.link_answer(f"/hop/{status}/2")]
+    assert await (await client.files.download(meta["id"])).read() == BIG
+    assert [path for path, _ in storage.seen] == [
+        f"/hop/{status}/2",
+        f"/hop/{status}/1",
+        f"/hop/{status}/0",
+        "/blob",
+    ]
+    for _, headers in storage.seen:
+        assert "Authorization" not in headers
+        assert server.token not in json.dumps(headers)
+
+
+async def test_a_redirect_never_brings_the_token_back(
+    client: QoderClient, server: FakeQoderServer, storage: Storage
+) -> None:
+    # Storage that redirects to the API itself: the fetch goes there bare, and gets a 401.
+    meta = server.add_file(b"x", "x.bin")
+    api = f"{server.base_url}/files/{meta['id']}/content"
+    server.faults.respond_next = [storage.link_answer(f"/to/307?loc={quote(api, safe='')}")]
+    with pytest.raises(AuthenticationError):
+        await client.files.download(meta["id"])
+    last = [r for r in server.requests if r.path.endswith("/content")][-1]
+    assert "authorization" not in last.headers
+
+
+async def test_redirects_follow_the_rules_of_links(
+    client: QoderClient, server: FakeQoderServer, storage: Storage
+) -> None:
+    meta = server.add_file(b"x", "x.bin")
+    port = storage.base.rsplit(":", 1)[1]
+    for loc in ("ftp://127.0.0.1/blob", f"http://user:pw@127.0.0.1:{port}/blob", "file:///etc/x"):
+        server.faults.respond_next = [storage.link_answer(f"/to/302?loc={quote(loc, safe='')}")]
+        with pytest.raises(APIResponseValidationError, match="download link"):
+            await client.files.download(meta["id"])
+    server.faults.respond_next = [storage.link_answer("/hop/302/100")]
+    with pytest.raises(APIResponseValidationError, match="redirect"):
+        await client.files.download(meta["id"])
+    assert len(storage.seen) < 30  # bounded hops
+    # A redirect with no Location is the error it is, its status said once.
+    server.faults.respond_next = [storage.link_answer("/to/302")]
+    with pytest.raises(APIStatusError) as info:
+        await client.files.download(meta["id"])
+    assert info.value.status_code == 302
+    assert str(info.value).startswith("302: Found")
+    assert "302: 302" not in str(info.value)
 
 
 async def test_raw_response_of_a_download_says_to_use_the_download(

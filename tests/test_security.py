@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import ssl
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -20,11 +21,14 @@ from qoder_async import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
+    ConfigurationError,
     NotFoundError,
     QoderClient,
     QoderError,
     StreamDecodeError,
+    UserMessage,
 )
+from qoder_async._resources import _Resource
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
 CANARY = "pt-CANARY-7f3a9c1e5b2d4f60"
@@ -181,6 +185,60 @@ async def test_stream_redirects_are_not_followed_either() -> None:
                     await st.__anext__()
         assert info.value.status_code == 301
         assert evil.requests == []
+
+
+def methods_taking_ids(root: object) -> list[tuple[str, Callable[..., Any], list[str]]]:
+    """Every public method of every resource reachable from ``root`` with an ``*_id`` argument
+    passed by position (the ids that go into the URL path), found by walking the attributes:
+    a method added later is covered without touching this test."""
+    found: list[tuple[str, Callable[..., Any], list[str]]] = []
+    todo: list[tuple[str, object]] = [("client", root)]
+    seen: set[int] = set()
+    while todo:
+        name, obj = todo.pop()
+        for attr in dir(obj):
+            if attr.startswith("_"):
+                continue
+            value = getattr(obj, attr)
+            if isinstance(value, _Resource) and id(value) not in seen:
+                seen.add(id(value))
+                todo.append((f"{name}.{attr}", value))
+            elif isinstance(obj, _Resource) and inspect.ismethod(value):
+                params = inspect.signature(value).parameters.values()
+                ids = [
+                    p.name
+                    for p in params
+                    if p.name.endswith("_id") and p.kind is p.POSITIONAL_OR_KEYWORD
+                ]
+                if ids:
+                    found.append((f"{name}.{attr}", value, ids))
+    return found
+
+
+@pytest.mark.parametrize("bad", [".", "..", "a\r\nX-Evil: 1", "\n", "x\x00", "tab\there"])
+async def test_no_id_can_retarget_a_request(bad: str) -> None:
+    # "..": DELETE /sessions/{sid}/resources/.. would be DELETE /sessions/{sid}/ once any URL
+    # library (yarl, httpx) normalises the path; CR/LF/NUL have no business in an id either.
+    async with FakeQoderServer() as server:
+        async with QoderClient(token=server.token, base_url=server.base_url) as client:
+            methods = methods_taking_ids(client)
+            names = {name for name, _, _ in methods}
+            assert {"client.files.delete", "client.sessions.resources.delete"} <= names
+            assert len(methods) >= 25
+            for name, method, ids in methods:
+                extra = {"events": [UserMessage("hi")]} if name.endswith("events.send") else {}
+                for position in range(len(ids)):
+                    args = ["x_1"] * len(ids)
+                    args[position] = bad
+                    with pytest.raises(ConfigurationError, match="id") as info:
+                        result = method(*args, **extra)
+                        if inspect.isawaitable(result):
+                            await result
+                    assert repr(bad) in str(info.value), name
+            # and a session handle's requests
+            with pytest.raises(ConfigurationError, match="id"):
+                await client.session(bad).send("hi")
+        assert server.requests == []
 
 
 @pytest.fixture

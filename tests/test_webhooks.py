@@ -666,6 +666,59 @@ def test_arbitrary_requests_only_ever_raise_verification_errors(
         wh.unwrap(body, headers, SECRET, now=now)
 
 
+# Any code point, lone surrogates included: aiohttp hands a header's non-UTF-8 byte on as
+# one (surrogateescape), and a str body can hold one. (st.text() never draws surrogates.)
+any_char = st.integers(0, 0x10FFFF).map(chr) | st.sampled_from(["\udcff", "\ud83d", "7", "."])
+
+
+def any_text(max_size: int) -> st.SearchStrategy[str]:
+    return st.lists(any_char, max_size=max_size).map("".join)
+
+
+header_values = any_text(40) | st.binary(max_size=40)
+
+
+@PROPERTY_SETTINGS
+@given(
+    headers=st.fixed_dictionaries(
+        {"Webhook-ID": header_values, "Webhook-Timestamp": header_values},
+        optional={
+            "Webhook-Signature": header_values,
+            "webhook-id": header_values,
+            "X-Other": header_values,
+        },
+    ),
+    body=st.binary(max_size=200) | any_text(200),
+    now=st.floats(min_value=0, max_value=1e10),
+)
+def test_any_header_bytes_or_text_and_any_body_only_raise_verification_errors(
+    headers: dict[str, Any], body: bytes | str, now: float
+) -> None:
+    headers.setdefault("Webhook-Signature", hand_signature(KEY, "x", "1", b""))
+    with contextlib.suppress(WebhookVerificationError):
+        wh.unwrap(body, headers, SECRET, now=now)
+    with contextlib.suppress(WebhookPayloadError):
+        wh.parse(body)
+
+
+@pytest.mark.parametrize("field", ["Webhook-ID", "Webhook-Timestamp", "Webhook-Signature"])
+def test_a_header_byte_that_is_not_utf8_is_a_header_error(field: str) -> None:
+    body = body_of(SESSION_CREATED)
+    headers = oracle_headers(body)
+    headers[field] += b"\xff".decode("utf-8", "surrogateescape")  # as aiohttp passes it on
+    with pytest.raises(WebhookHeaderError, match=field) as info:
+        unwrap(body, headers)
+    assert info.value.webhook_id is None or info.value.webhook_id.isascii()
+
+
+def test_a_str_body_with_a_lone_surrogate_is_a_payload_error() -> None:
+    body = '{"type": "event", "note": "\udcff"}'
+    headers = oracle_headers(b"{}")
+    for call in (lambda: unwrap(body, headers), lambda: wh.parse(body)):  # type: ignore[arg-type]
+        with pytest.raises(WebhookPayloadError, match="surrogate"):
+            call()
+
+
 json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
 json_values = st.recursive(
     json_scalars,
