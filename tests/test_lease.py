@@ -19,15 +19,15 @@ from qoder_async import Backoff, QoderError
 from qoder_async._eventstream import as_cursor
 from qoder_async._lease import (
     Balancer,
+    Claim,
     FleetCursor,
+    Follow,
     Lease,
     LeaseStatus,
     LeaseTable,
     OutageBackoff,
     ToolState,
     WorkerLoad,
-    Claim,
-    Follow,
     covers,
     fair_shares,
     order_key,
