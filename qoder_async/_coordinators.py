@@ -18,7 +18,11 @@ Every rule they follow is written once, in the table of
 cases against both.
 
 Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
-tag, so a fleet's keys share one slot and its scripts may touch several):
+tag, so a fleet's keys share one slot and its scripts may touch several; the
+namespace holds no braces and comes first, so no id can forge another tag).
+Every key depends injectively on its parts: the kinds below differ before the
+first id, a key with one id ends with it, and the ledger's puts the length of
+the session id first:
 
 ==============================  ======  ===============  ==========================================
 key                             type    TTL              content
@@ -32,18 +36,22 @@ key                             type    TTL              content
                                                          handler ``f_id f_token``
 ``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
                                                          claimable when this key is gone
-``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids no commit
-                                                         covers yet -> their order key
+``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids not committed
+                                                         yet (by id) -> "1"
+``{ns}:recent:<session>``       list    none             the last ``RECENT_IDS`` committed event
+                                                         ids, newest first
 ``{ns}:held:<worker>``          set     none             sessions the worker claimed (pruned as
                                                          others claim them)
 ``{ns}:workers``                set     none             worker ids (pruned when their record is
                                                          gone)
-``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit)
+``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit),
+                                                         ``inst`` (the announcing process)
 ``{ns}:work:quiet``             string  WORK_WINDOW      set when a notification went out on the
                                                          ``{ns}:work`` channel (at most one per
                                                          window)
-``{ns}:tool:<session>:<use>``   hash    ledger ttl       ``state token result`` of one custom
-                                                         tool call (default 7 days after its
+``{ns}:tool:<n>:<session>:<u>`` hash    ledger ttl       ``state token result`` of custom tool
+                                                         call ``u``; ``n`` is the session id's
+                                                         length (default 7 days after its
                                                          last change)
 ==============================  ======  ===============  ==========================================
 
@@ -787,7 +795,7 @@ def _permanent(exc: BaseException) -> str | None:
     the namespace holding another type), else ``None`` (connection refused, timeouts,
     LOADING, READONLY and the other failover errors: retried)."""
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
-        return "authentication failed or missing (NOAUTH, WRONGPASS): check the URL's user and password"
+        return "authentication failed or missing (NOAUTH, WRONGPASS): check the URL's credentials"
     if isinstance(exc, AuthorizationError | NoPermissionError):
         return "NOPERM: the user lacks a permission (ACL) the fleet needs"
     if isinstance(exc, ResponseError):

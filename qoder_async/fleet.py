@@ -22,6 +22,14 @@ situation                                     what the worker does
 and at once when the coordinator says a       claimable sessions (``Balancer``: new work goes
 session became claimable: ``watch()``)        to the least loaded worker), never holding more
                                               than ``max_sessions``
+another live process announces the same       this one claims nothing; if the other's record
+``worker_id``                                 is still live a ``lease_ttl`` later, ``serve()``
+                                              raises ``ConfigurationError`` (a retiring twin
+                                              never deletes the live one's record)
+a permanent coordinator error                 ``serve()`` raises ``ConfigurationError`` naming
+(``ConfigurationError``: Redis AUTH, NOAUTH,  the cause, at once (only what can heal is
+NOPERM, a WRONGTYPE key in the namespace)     retried: connection refused, timeouts,
+                                              LOADING, failover)
 a claim is answered                           a ``Lease`` counted from when the claim was
                                               *sent*; a task follows the session
                                               (``Follow``): from the start, just before its
@@ -32,24 +40,45 @@ renewals                                      each lease is renewed a third of `
                                               after its last confirmation; all that are due
                                               go in one ``renew_many``; a failed renewal is
                                               retried with backoff
-a renewal, commit or in-flight record is      the lease is LOST: the session's task is
-refused (stale token), or this worker claims  cancelled at once (a running handler too); no
-again a session whose lease of its own        commit, no hand-off
-lapsed
-an event arrives                              skipped if the cursor covers it; otherwise the
-                                              gate is checked, ``begin_handler`` records it in
-                                              flight, the gate is checked again and the
-                                              handler starts
+a renewal, commit or in-flight record is      ``restore`` first: if the coordinator had no
+refused                                       record of the session (Redis flushed, restarted
+                                              without its data) it is registered again at
+                                              this worker's committed cursor and in-flight
+                                              event, and the call is made again: nothing
+                                              between is skipped, and a later send finds the
+                                              cursor (it does not anchor past the gap)
+the refusal stands (stale token), or this     the lease is LOST: the session's task is
+worker claims again a session whose lease of  cancelled at once (a running handler too); no
+its own lapsed                                commit, no hand-off
+an event arrives                              identity is the event id and the stored order,
+                                              never ``processed_at``: skipped only if this
+                                              follower delivered its id, or it is a replay
+                                              older than the cursor at the start of a
+                                              connection (``Follow``); a live event older
+                                              than the one before it is delivered. Otherwise
+                                              the gate is checked, ``begin_handler`` records
+                                              it in flight, the gate is checked again and
+                                              the handler starts
 the gate says WAIT (the lease is past its     no handler starts; the task waits for the
 local deadline: a pause, an outage)           renewal that confirms the lease, or loses it
-the handler raises                            logged; the event counts as delivered (a poison
-                                              event must not wedge its session)
-a ``requires_action`` idle, with ``tools=``   in flight, before its handler: every named
-                                              tool use with a handler goes through the
-                                              ledger (``tool_action``): run once fleet-wide,
-                                              result stored, posted (echoing
-                                              ``session_thread_id``), marked posted; a worker
-                                              dying meanwhile has not called the handler
+the handler raises (``asyncio.CancelledError``  logged at ERROR; the event counts as delivered
+included, unless the fleet itself cancelled   (a poison event must not wedge its session).
+the handler: a lost lease, shutdown)          A cancellation the fleet did not cause is the
+                                              handler's failure, not a crash
+following a session fails (a bug)             logged; the lease is kept for a backoff that
+                                              grows with each failure in a row of that
+                                              session (capped at ``fatal_cooldown``), then
+                                              handed off: no hot redelivery loop
+a ``requires_action`` idle, with ``tools=``   answered from when it is *read*, never behind
+                                              a running handler (a handler that sends to its
+                                              own session with ``on_busy="wait"`` would wait
+                                              on the tool for ever), and always before the
+                                              idle's own handler: every named tool use with
+                                              a handler goes through the ledger
+                                              (``tool_action``): run once fleet-wide, result
+                                              stored, posted (echoing ``session_thread_id``),
+                                              marked posted; a worker dying meanwhile has not
+                                              called the idle's handler
 the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
                                               ended the turn); if the next event has arrived
                                               already, ``advance`` (the commit and the next
@@ -445,8 +474,11 @@ class Fleet:
 
         Async or plain functions; one per fleet. It runs once per stored event
         of each followed session, in stored order, one event at a time per
-        session (sessions run concurrently). An exception it raises is logged
-        and the event counts as delivered.
+        session (sessions run concurrently). An exception it raises (an
+        ``asyncio.CancelledError`` the fleet did not cause included) is logged
+        and the event counts as delivered. It may ``await fleet.send(...)`` to
+        its own session, ``on_busy="wait"`` included: the session's tool calls
+        are answered meanwhile.
         """
         if self._handler is not None:
             raise ConfigurationError("this fleet already has a handler")
@@ -748,13 +780,21 @@ class Fleet:
                 logger.warning("fleet %s: renewals failed (%s)", self.worker_id, exc)
         else:
             gone = [r for r in due if r.follow.session_id in lost and not r.follow.lease.done]
-            back = await asyncio.gather(*(self._restored(r) for r in gone))
-            restored = {r for r, ok in zip(gone, back, strict=True) if ok}
+            back = await asyncio.gather(*(self._restored(r) for r in gone), return_exceptions=True)
+            for ok in back:
+                if isinstance(ok, BaseException) and not isinstance(
+                    ok, CoordinatorUnavailableError
+                ):
+                    raise ok  # e.g. a ConfigurationError: serve() fails with it
+            unknown = {r for r, ok in zip(gone, back, strict=True) if isinstance(ok, BaseException)}
+            restored = {r for r, ok in zip(gone, back, strict=True) if ok is True}
             for r in due:
                 lease = r.follow.lease
                 if lease.done:
                     continue
-                if lease.session_id in lost and r not in restored:
+                if r in unknown:  # the coordinator went away meanwhile: try again later
+                    lease.renewal_failed(sent[r])
+                elif lease.session_id in lost and r not in restored:
                     r.lost()
                     logger.warning(
                         "fleet %s: lost the lease on %s (token %d); stopped delivering it",
@@ -1043,8 +1083,12 @@ class Fleet:
             try:
                 result = await call(*args)
             except LeaseLostError:
-                if await self._restored(runner):
-                    continue
+                try:
+                    if await self._restored(runner):
+                        continue
+                except CoordinatorUnavailableError:
+                    await self._sleep(runner.outage.failed())
+                    continue  # the call again: refused again, or not
                 follow.lease.lost()
                 raise
             except CoordinatorUnavailableError as exc:
@@ -1067,31 +1111,25 @@ class Fleet:
         cursor, so nothing between is skipped (see ``Coordinator.restore``)."""
         follow = runner.follow
         sid, token = follow.session_id, follow.token
-        inflight = InFlight(runner.inflight, token) if runner.inflight else None
-        outage = OutageBackoff(clock=self._clock, rand=self._rand)
-        while not follow.lease.done:
-            try:
-                restored = await self.coordinator.restore(
-                    sid,
-                    token,
-                    self.worker_id,
-                    ttl=self.lease_ttl,
-                    cursor=follow.cursor,
-                    inflight=inflight,
-                )
-            except CoordinatorUnavailableError:
-                await self._sleep(outage.failed())
-                continue
-            if restored:
-                logger.warning(
-                    "fleet %s: the coordinator had lost %s (its data was lost); "
-                    "registered it again at this worker's cursor %s",
-                    self.worker_id,
-                    sid,
-                    follow.cursor,
-                )
-            return restored
-        return False
+        if follow.lease.done:
+            return False
+        restored = await self.coordinator.restore(
+            sid,
+            token,
+            self.worker_id,
+            ttl=self.lease_ttl,
+            cursor=follow.cursor,
+            inflight=InFlight(runner.inflight, token) if runner.inflight else None,
+        )
+        if restored:
+            logger.warning(
+                "fleet %s: the coordinator had lost %s (its data was lost); "
+                "registered it again at this worker's cursor %s",
+                self.worker_id,
+                sid,
+                follow.cursor,
+            )
+        return restored
 
     async def _release(self, runner: _Runner) -> bool:
         follow = runner.follow
