@@ -58,9 +58,11 @@ key                             type    TTL              content
 Durability: leases, cursors, tokens and the tool ledger are only as durable as
 the Redis holding them. Run it with AOF (``appendonly yes``,
 ``appendfsync always`` for the full guarantees): a Redis that restarts without
-its data forgets committed cursors (handlers see events again) and fencing
-tokens (a token could be issued twice). ``appendfsync everysec`` can lose the
-last second of writes on a crash of the host.
+its data (or is flushed) forgets cursors, pending sends, the ledger and fencing
+tokens. The workers following a session then ``restore`` it at their own
+cursors (nothing is skipped), but a token could be issued twice and a tool
+call run again. ``appendfsync everysec`` can lose the last second of writes on
+a crash of the host.
 """
 
 from __future__ import annotations
