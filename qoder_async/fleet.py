@@ -696,12 +696,13 @@ class Fleet:
         coordinator = self.coordinator
         now = self._clock()
         if self._announced_at is None or now - self._announced_at >= self.lease_ttl / 3:
-            if not await coordinator.announce(
+            announced = await coordinator.announce(
                 self.worker_id,
                 ttl=self.lease_ttl,
                 max_sessions=self.max_sessions,
                 instance=self._instance,
-            ):
+            )
+            if announced is False:  # (a coordinator answering None knows no instances)
                 self._twin(now)
                 return [], now
             self._announced_at = now
@@ -822,12 +823,15 @@ class Fleet:
                 follow.session_id,
                 follow.token,
             )
-        except asyncio.CancelledError:
-            raise
         except ConfigurationError as exc:  # permanent (e.g. a Redis ACL): serve() fails
             logger.error("fleet %s: %s", self.worker_id, exc)
             self._failed_for_good(exc)
-        except Exception:  # a bug: never leave the session stuck with us, nor hot
+        except (Exception, asyncio.CancelledError) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+                raise  # the fleet's own cancellation: lost lease, shutdown
+            # A bug, or a cancellation nobody asked for (a tool's own CancelledError):
+            # never leave the session stuck with us, nor redeliver it hot.
             crashes = self._crashes.get(follow.session_id, 0) + 1
             self._crashes[follow.session_id] = crashes
             delay = min(_STREAM_BACKOFF.delay(crashes - 1, self._rand()), self.fatal_cooldown)
