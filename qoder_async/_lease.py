@@ -96,9 +96,13 @@ the claim names an in-flight event       that event is delivered with
 before a handler (and again right        ``Gate.START`` while HELD; ``Gate.WAIT`` while
 before it starts)                        EXPIRED (wait for a renewal); ``Gate.STOP``
                                          once LOST or RELEASED
-the handler returned                     commit the event's cursor (``ends_turn`` when
-                                         it ended a turn); if the next event is already
-                                         here (``next_after``), ``advance`` instead
+the handler returned, or raised          commit the event's cursor (``ends_turn`` when
+(``asyncio.CancelledError`` included,    it ended a turn); if the next event is already
+unless the fleet cancelled it: a lost    here (``next_after``), ``advance`` instead. A
+lease, shutdown)                         raising handler is a handler failure, counted
+                                         as delivered, never a crash of the follower;
+                                         the fleet's own cancellation leaves the event
+                                         in flight (the next owner redelivers it)
 the committed (or claimed) cursor ends   try to release (not when the claim said a
 a turn                                   message is pending); refused (a message is
                                          pending or a handler in flight): keep following

@@ -970,3 +970,28 @@ async def test_a_missing_password_is_a_configuration_error(private_server: Redis
             await c.mark_active("s1")
     finally:
         await c.aclose()
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes (its first non-empty ``{...}``, else all)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start != -1 and end > start + 1 else key
+
+
+async def test_ids_holding_braces_cannot_move_a_key_to_another_slot(redis_h: Harness) -> None:
+    c = redis_h.coordinator
+    sid, use, worker = "}{evil}:x", "{tu}", "{w}"
+    await c.announce(worker, ttl=LONG)
+    await c.mark_active(sid, anchor(1))
+    t = (await claim_one(c, worker)).token
+    await c.claim_tool(sid, t, use)
+    await c.commit(sid, t, cur(1))
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url, decode_responses=True)
+    try:
+        keys = [k async for k in raw.scan_iter(match="{" + redis_h.namespace + "}:*")]
+    finally:
+        await raw.aclose()
+    assert any(k.endswith(":" + sid) for k in keys)
+    assert {hash_tag(k) for k in keys} == {redis_h.namespace}
