@@ -18,7 +18,11 @@ Every rule they follow is written once, in the table of
 cases against both.
 
 Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
-tag, so a fleet's keys share one slot and its scripts may touch several):
+tag, so a fleet's keys share one slot and its scripts may touch several; the
+namespace holds no braces and comes first, so no id can forge another tag).
+Every key depends injectively on its parts: the kinds below differ before the
+first id, a key with one id ends with it, and the ledger's puts the length of
+the session id first:
 
 ==============================  ======  ===============  ==========================================
 key                             type    TTL              content
@@ -32,27 +36,33 @@ key                             type    TTL              content
                                                          handler ``f_id f_token``
 ``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
                                                          claimable when this key is gone
-``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids no commit
-                                                         covers yet -> their order key
+``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids not committed
+                                                         yet (by id) -> "1"
+``{ns}:recent:<session>``       list    none             the last ``RECENT_IDS`` committed event
+                                                         ids, newest first
 ``{ns}:held:<worker>``          set     none             sessions the worker claimed (pruned as
                                                          others claim them)
 ``{ns}:workers``                set     none             worker ids (pruned when their record is
                                                          gone)
-``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit)
+``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit),
+                                                         ``inst`` (the announcing process)
 ``{ns}:work:quiet``             string  WORK_WINDOW      set when a notification went out on the
                                                          ``{ns}:work`` channel (at most one per
                                                          window)
-``{ns}:tool:<session>:<use>``   hash    ledger ttl       ``state token result`` of one custom
-                                                         tool call (default 7 days after its
+``{ns}:tool:<n>:<session>:<u>`` hash    ledger ttl       ``state token result`` of custom tool
+                                                         call ``u``; ``n`` is the session id's
+                                                         length (default 7 days after its
                                                          last change)
 ==============================  ======  ===============  ==========================================
 
 Durability: leases, cursors, tokens and the tool ledger are only as durable as
 the Redis holding them. Run it with AOF (``appendonly yes``,
 ``appendfsync always`` for the full guarantees): a Redis that restarts without
-its data forgets committed cursors (handlers see events again) and fencing
-tokens (a token could be issued twice). ``appendfsync everysec`` can lose the
-last second of writes on a crash of the host.
+its data (or is flushed) forgets cursors, pending sends, the ledger and fencing
+tokens. The workers following a session then ``restore`` it at their own
+cursors (nothing is skipped), but a token could be issued twice and a tool
+call run again. ``appendfsync everysec`` can lose the last second of writes on
+a crash of the host.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from ._backoff import Backoff
 from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
 from ._lease import (
+    RECENT_IDS,
     Claim,
     FleetCursor,
     InFlight,
@@ -85,13 +96,21 @@ try:  # mypy without the extra installed: these are Any, not errors
     from redis.asyncio.retry import Retry  # type: ignore[import-not-found,unused-ignore]
     from redis.backoff import NoBackoff  # type: ignore[import-not-found,unused-ignore]
     from redis.exceptions import (  # type: ignore[import-not-found,unused-ignore]
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        AuthorizationError,
+        NoPermissionError,
         NoScriptError,
         RedisError,
+        ResponseError,
     )
 except ImportError:  # the redis extra is not installed; RedisCoordinator says so
     redis_asyncio = None  # type: ignore[assignment,unused-ignore]
     RedisError = OSError  # type: ignore[assignment,misc,unused-ignore]
     NoScriptError = OSError  # type: ignore[assignment,misc,unused-ignore]
+    ResponseError = OSError  # type: ignore[assignment,misc,unused-ignore]
+    AuthenticationError = AuthenticationWrongNumberOfArgsError = ResponseError  # type: ignore[assignment,misc,unused-ignore]
+    AuthorizationError = NoPermissionError = ResponseError  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = [
     "WORK_WINDOW",
@@ -189,13 +208,32 @@ class Coordinator(Protocol):
     async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
         """After the handler for ``cursor.event_id`` returned: store ``cursor``.
 
-        Clears the in-flight record and the pending messages the cursor covers.
-        Returns ``False`` (and changes nothing) when ``cursor`` is older than
-        the stored one: a cursor never moves backwards. ``cursor.inclusive``
-        must be false; set ``cursor.ends_turn`` when the event ended a turn, so
-        a later owner knows it may release the session without new events.
-        Raises :class:`LeaseLostError` if ``token`` is stale.
+        Clears the in-flight record and the pending message with the cursor's
+        id, and remembers the id among the session's recent ones. Never
+        refused for its ``processed_at`` (only the valid holder commits, in
+        stored order; server clocks may disagree): returns ``True``.
+        ``cursor.inclusive`` must be false; set ``cursor.ends_turn`` when the
+        event ended a turn, so a later owner knows it may release the session
+        without new events. Raises :class:`LeaseLostError` if ``token`` is stale.
         """
+        ...
+
+    async def restore(
+        self,
+        session_id: str,
+        token: int,
+        worker_id: str,
+        *,
+        ttl: float,
+        cursor: FleetCursor | None,
+        inflight: InFlight | None = None,
+    ) -> bool:
+        """After an operation under ``token`` was refused: whether the store had lost
+        the session's record (none at all, or one whose token is below ``token``:
+        tokens never go down unless data was lost), in which case it is recreated,
+        atomically, held by ``worker_id`` under ``token`` with a lease of ``ttl``,
+        active, at ``cursor`` with ``inflight``. ``False`` and no change when the
+        record is there: the lease is really lost."""
         ...
 
     async def advance(
@@ -204,7 +242,7 @@ class Coordinator(Protocol):
         """:meth:`commit` ``cursor`` and then :meth:`begin_handler` ``next_event_id``, as
         one atomic step (one round trip per event while events queue up).
 
-        Returns what the commit returns; the in-flight record is made either way.
+        Returns what the commit returns.
         Raises :class:`LeaseLostError` if ``token`` is stale (and changes nothing).
         """
         ...
@@ -252,13 +290,16 @@ class Coordinator(Protocol):
         ...
 
     async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
-        """Register ``worker_id`` as alive for ``ttl`` seconds (call again well before)."""
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None, instance: str = ""
+    ) -> bool:
+        """Register ``worker_id`` (run by process ``instance``) as alive for ``ttl`` seconds
+        (call again well before). Returns ``False`` and changes nothing while a live
+        record of ``worker_id`` names another instance: two processes with one id."""
         ...
 
-    async def retire(self, worker_id: str) -> None:
-        """Remove ``worker_id``'s record at shutdown (hand its leases off first)."""
+    async def retire(self, worker_id: str, instance: str = "") -> None:
+        """Remove ``worker_id``'s record at shutdown (hand its leases off first), only if
+        it is ``instance``'s: a live twin's record stays."""
         ...
 
     async def workers(self) -> list[WorkerLoad]:
@@ -377,6 +418,21 @@ class MemoryCoordinator:
         """See :meth:`Coordinator.advance`."""
         return self.table.advance(session_id, token, cursor, next_event_id)
 
+    async def restore(
+        self,
+        session_id: str,
+        token: int,
+        worker_id: str,
+        *,
+        ttl: float,
+        cursor: FleetCursor | None,
+        inflight: InFlight | None = None,
+    ) -> bool:
+        """See :meth:`Coordinator.restore`."""
+        return self.table.restore(
+            session_id, token, worker_id, ttl=ttl, cursor=cursor, inflight=inflight
+        )
+
     async def release(self, session_id: str, token: int) -> bool:
         """See :meth:`Coordinator.release`."""
         return self.table.release(session_id, token)
@@ -405,14 +461,14 @@ class MemoryCoordinator:
         return self.table.tool_record(session_id, tool_use_id)
 
     async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None, instance: str = ""
+    ) -> bool:
         """See :meth:`Coordinator.announce`."""
-        self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions)
+        return self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions, instance=instance)
 
-    async def retire(self, worker_id: str) -> None:
+    async def retire(self, worker_id: str, instance: str = "") -> None:
         """See :meth:`Coordinator.retire`."""
-        self.table.retire(worker_id)
+        self.table.retire(worker_id, instance)
 
     async def workers(self) -> list[WorkerLoad]:
         """See :meth:`Coordinator.workers`."""
@@ -441,15 +497,12 @@ local WORK_WINDOW = @WORK_WINDOW_MS@
 local function skey(sid) return P .. 's:' .. sid end
 local function lkey(sid) return P .. 'lease:' .. sid end
 local function pkey(sid) return P .. 'pending:' .. sid end
+local function rkey(sid) return P .. 'recent:' .. sid end
 local function hkey(wid) return P .. 'held:' .. wid end
+local function tkey(sid, use) return P .. 'tool:' .. #sid .. ':' .. sid .. ':' .. use end
 local function valid(sid, token)
   local t = redis.call('HMGET', skey(sid), 'token', 'holder')
   return t[2] ~= false and t[2] ~= '' and t[1] == token
-end
-local function covers(c_id, c_incl, c_key, id, key)
-  if not c_id or c_id == '' then return false end
-  if c_id == id then return c_incl ~= '1' end
-  return key ~= '' and c_key ~= false and c_key ~= '' and key < c_key
 end
 -- At most one notification per WORK_WINDOW ms: a watcher claims a window after
 -- it is woken, so what the window held without a notification is claimed too.
@@ -481,10 +534,10 @@ if ARGV[3] == '1' then
     redis.call('HSET', s, 'c_id', ARGV[4], 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', ARGV[7],
                'c_end', '0')
   end
-  local c = redis.call('HMGET', s, 'c_id', 'c_incl', 'c_key')
-  if not covers(c[1], c[2], c[3], ARGV[4], ARGV[6]) then
-    redis.call('HSET', pkey(sid), ARGV[4], ARGV[6])
-  end
+  local c = redis.call('HMGET', s, 'c_id', 'c_incl')
+  local done = (c[1] == ARGV[4] and c[2] ~= '1')
+    or redis.call('LPOS', rkey(sid), ARGV[4]) ~= false
+  if not done then redis.call('HSET', pkey(sid), ARGV[4], '1') end
 end
 if not redis.call('ZSCORE', P .. 'line', sid) then
   redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
@@ -558,25 +611,45 @@ redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
 return 1
 """
 
-# The commit rule, shared by _COMMIT and _ADVANCE. 1 stored, 0 older.
+# The commit rule, shared by _COMMIT and _ADVANCE: never refused for its time
+# (identity is the id: only the valid holder commits, in stored order). Returns 1.
 _COMMIT_FN = """
 local function commit(sid, id, at, key, ends)
   local s = skey(sid)
-  local old = redis.call('HGET', s, 'c_key')
-  if old and old ~= '' and key ~= '' and key < old then return 0 end
   redis.call('HSET', s, 'c_id', id, 'c_at', at, 'c_key', key, 'c_incl', '0', 'c_end', ends)
   redis.call('HDEL', s, 'f_id', 'f_token')
-  local pending = redis.call('HGETALL', pkey(sid))
-  for i = 1, #pending, 2 do
-    if covers(id, '0', key, pending[i], pending[i + 1]) then
-      redis.call('HDEL', pkey(sid), pending[i])
-    end
-  end
+  redis.call('HDEL', pkey(sid), id)
+  redis.call('LPUSH', rkey(sid), id)
+  redis.call('LTRIM', rkey(sid), 0, @RECENT@ - 1)
   return 1
 end
+""".replace("@RECENT@", str(RECENT_IDS))
+
+# ARGV: prefix, session, token, worker, ttl ms, c_id, c_at, c_key, c_incl, c_end, f_id.
+# 1 restored, 0 the record is there (at this token or a newer one).
+_RESTORE = """
+local sid, token, wid = ARGV[2], ARGV[3], ARGV[4]
+local s = skey(sid)
+local t = redis.call('HGET', s, 'token')
+if t and tonumber(t) >= tonumber(token) then return 0 end
+local prev = redis.call('HGET', s, 'holder')
+if prev and prev ~= '' then redis.call('SREM', hkey(prev), sid) end
+redis.call('HSET', s, 'token', token, 'holder', wid, 'c_id', ARGV[6], 'c_at', ARGV[7],
+           'c_key', ARGV[8], 'c_incl', ARGV[9], 'c_end', ARGV[10])
+if ARGV[11] ~= '' then
+  redis.call('HSET', s, 'f_id', ARGV[11], 'f_token', token)
+else
+  redis.call('HDEL', s, 'f_id', 'f_token')
+end
+redis.call('SET', lkey(sid), wid, 'PX', ARGV[5])
+redis.call('SADD', hkey(wid), sid)
+if not redis.call('ZSCORE', P .. 'line', sid) then
+  redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
+end
+return 1
 """
 
-# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, 0 older, -1 lost.
+# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, -1 lost.
 _COMMIT = """
 if not valid(ARGV[2], ARGV[3]) then return -1 end
 return commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
@@ -622,7 +695,7 @@ end
 # ARGV: prefix, session, token, tool use id, ledger ttl ms
 _TOOL_CLAIM = """
 if not valid(ARGV[2], ARGV[3]) then return {-1} end
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
+local k = tkey(ARGV[2], ARGV[4])
 if redis.call('EXISTS', k) == 0 then
   redis.call('HSET', k, 'state', 'running', 'token', ARGV[3])
   redis.call('PEXPIRE', k, ARGV[5])
@@ -633,7 +706,7 @@ return record(k)
 # ARGV: prefix, session, token, tool use id, ledger ttl ms, result
 _TOOL_STORE = """
 if not valid(ARGV[2], ARGV[3]) then return {-1} end
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[4]
+local k = tkey(ARGV[2], ARGV[4])
 local state = redis.call('HGET', k, 'state')
 if not state or state == 'running' then
   local claimed = redis.call('HGET', k, 'token') or ARGV[3]
@@ -645,7 +718,7 @@ return record(k)
 
 # ARGV: prefix, session, tool use id, ledger ttl ms
 _TOOL_POSTED = """
-local k = P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3]
+local k = tkey(ARGV[2], ARGV[3])
 if redis.call('HGET', k, 'state') == 'done' then
   redis.call('HSET', k, 'state', 'posted')
   redis.call('PEXPIRE', k, ARGV[4])
@@ -655,21 +728,26 @@ return 1
 
 # ARGV: prefix, session, tool use id
 _TOOL_GET = """
-return record(P .. 'tool:' .. ARGV[2] .. ':' .. ARGV[3])
+return record(tkey(ARGV[2], ARGV[3]))
 """
 
-# ARGV: prefix, worker, ttl ms, max sessions ("" = none)
+# ARGV: prefix, worker, ttl ms, max sessions ("" = none), instance. 0: a live twin's record.
 _ANNOUNCE = """
 local k = P .. 'w:' .. ARGV[2]
-redis.call('HSET', k, 'max', ARGV[4])
+local inst = redis.call('HGET', k, 'inst')
+if inst and inst ~= ARGV[5] then return 0 end
+redis.call('HSET', k, 'max', ARGV[4], 'inst', ARGV[5])
 redis.call('PEXPIRE', k, ARGV[3])
 redis.call('SADD', P .. 'workers', ARGV[2])
 return 1
 """
 
-# ARGV: prefix, worker
+# ARGV: prefix, worker, instance
 _RETIRE = """
-redis.call('DEL', P .. 'w:' .. ARGV[2])
+local k = P .. 'w:' .. ARGV[2]
+local inst = redis.call('HGET', k, 'inst')
+if inst and inst ~= ARGV[3] then return 0 end
+redis.call('DEL', k)
 redis.call('SREM', P .. 'workers', ARGV[2])
 return 1
 """
@@ -712,6 +790,30 @@ _MAX_BATCH = 500  # calls per pipelined round trip
 # the pace of subscribing again after the connection failed.
 _WORK_READ_TIMEOUT = 1.0
 _WORK_RESUBSCRIBE = Backoff(initial=0.1, maximum=5.0)
+
+
+def _permanent(exc: BaseException) -> str | None:
+    """What is wrong when ``exc`` cannot heal by waiting (credentials, ACLs, a key of
+    the namespace holding another type), else ``None`` (connection refused, timeouts,
+    LOADING, READONLY and the other failover errors: retried)."""
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return "authentication failed or missing (NOAUTH, WRONGPASS): check the URL's credentials"
+    if isinstance(exc, AuthorizationError | NoPermissionError):
+        return "NOPERM: the user lacks a permission (ACL) the fleet needs"
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        for code, cause in (
+            ("NOAUTH", "authentication missing (NOAUTH): put the password in the URL"),
+            ("WRONGPASS", "authentication failed (WRONGPASS): check the URL's user and password"),
+            ("NOPERM", "NOPERM: the user lacks a permission (ACL) the fleet needs"),
+            (
+                "WRONGTYPE",
+                "WRONGTYPE: a key of the namespace holds another type (another program?)",
+            ),
+        ):
+            if code in text:
+                return cause
+    return None
 
 
 def _text(value: object) -> str:
@@ -802,6 +904,7 @@ class RedisCoordinator:
         self._commit = register(_LUA_PRELUDE + _COMMIT_FN + _COMMIT)
         self._advance = register(_LUA_PRELUDE + _COMMIT_FN + _ADVANCE)
         self._let_go = register(_LUA_PRELUDE + _LET_GO)
+        self._restore = register(_LUA_PRELUDE + _RESTORE)
         self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
         self._tool_store = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_STORE)
         self._tool_posted = register(_LUA_PRELUDE + _TOOL_POSTED)
@@ -877,6 +980,12 @@ class RedisCoordinator:
         try:
             return await fut
         except (RedisError, OSError) as exc:
+            cause = _permanent(exc)
+            if cause is not None:
+                raise ConfigurationError(
+                    f"Redis coordinator {self.namespace!r} is misconfigured ({cause}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             raise CoordinatorUnavailableError(
                 f"Redis coordinator {self.namespace!r} unavailable: {type(exc).__name__}: {exc}"
             ) from exc
@@ -985,6 +1094,33 @@ class RedisCoordinator:
         args = (*_commit_args(cursor), next_event_id)
         return await self._checked(session_id, token, self._advance, *args) == 1
 
+    async def restore(
+        self,
+        session_id: str,
+        token: int,
+        worker_id: str,
+        *,
+        ttl: float,
+        cursor: FleetCursor | None,
+        inflight: InFlight | None = None,
+    ) -> bool:
+        """See :meth:`Coordinator.restore`."""
+        if cursor is None:
+            c_args: tuple[str, ...] = ("", "", "", "0", "0")
+        else:
+            c_args = (
+                cursor.event_id,
+                cursor.processed_at or "",
+                cursor.order_key or "",
+                "1" if cursor.inclusive else "0",
+                "1" if cursor.ends_turn else "0",
+            )
+        f_id = inflight.event_id if inflight is not None else ""
+        reply = await self._run(
+            self._restore, session_id, str(token), worker_id, _ms(ttl), *c_args, f_id
+        )
+        return int(reply) == 1
+
     async def release(self, session_id: str, token: int) -> bool:
         """See :meth:`Coordinator.release`."""
         return await self._checked(session_id, token, self._let_go, "1") == 1
@@ -1030,15 +1166,15 @@ class RedisCoordinator:
         return _tool(tool_use_id, await self._run(self._tool_get, session_id, tool_use_id))
 
     async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None
-    ) -> None:
+        self, worker_id: str, *, ttl: float, max_sessions: int | None = None, instance: str = ""
+    ) -> bool:
         """See :meth:`Coordinator.announce`."""
         limit = "" if max_sessions is None else str(max_sessions)
-        await self._run(self._announce, worker_id, _ms(ttl), limit)
+        return int(await self._run(self._announce, worker_id, _ms(ttl), limit, instance)) == 1
 
-    async def retire(self, worker_id: str) -> None:
+    async def retire(self, worker_id: str, instance: str = "") -> None:
         """See :meth:`Coordinator.retire`."""
-        await self._run(self._retire, worker_id)
+        await self._run(self._retire, worker_id, instance)
 
     async def workers(self) -> list[WorkerLoad]:
         """See :meth:`Coordinator.workers`."""

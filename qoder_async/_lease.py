@@ -18,7 +18,9 @@ valid (s, T)            ``T`` is the last token issued for ``s`` and ``s`` was n
                         again is still valid (a renewal revives it). Invalid: LeaseLostError
 mark_active(s, a)       ``s`` joins the active line (an active session keeps its place);
                         the cursor becomes ``a`` only if ``s`` has none (a send never moves a
-                        cursor); ``a``'s message is *pending* until a commit covers it
+                        cursor); ``a``'s message is *pending* until a commit of its id,
+                        unless it is the cursor's own event or one of the last
+                        ``RECENT_IDS`` committed ids (identity by id, never by time)
 claim(w, ttl, n, max)   the ``n`` oldest active sessions with no live lease go to ``w``, each
                         with token = last token + 1 and a lease of ``ttl``; ``w`` never
                         holds more than ``max``; the claim reports the in-flight record
@@ -26,9 +28,14 @@ claim(w, ttl, n, max)   the ``n`` oldest active sessions with no live lease go t
                         message is pending
 renew(s, T, ttl)        valid: the lease now ends ``ttl`` from now
 begin_handler(s, T, e)  valid: in-flight := (e, T), before the handler starts
-commit(s, T, c)         valid: unless ``c`` is older than the stored cursor (by
-                        ``processed_at``, when both have one): cursor := c, in-flight
-                        cleared, pending messages that ``c`` covers dropped. Older: no change
+commit(s, T, c)         valid: cursor := c, in-flight cleared, the pending message with
+                        ``c``'s id dropped, ``c``'s id remembered among the recent ones.
+                        Never refused for its ``processed_at``: only the valid holder
+                        commits, in stored order (clocks of server writers may disagree)
+restore(s, T, w, c, f)  ``s`` has no record, or one with a token below ``T`` (the store lost
+                        its data: tokens never go down otherwise): recreate it held by ``w``
+                        under ``T``, active, at cursor ``c`` with in-flight ``f``; returns
+                        whether it did. A record at ``T`` or above: no change
 advance(s, T, c, e)     commit(s, T, c) then begin_handler(s, T, e), as one step (the next
                         event was already received: one round trip covers both)
 release(s, T)           valid, nothing pending, nothing in flight: ``s`` leaves the active
@@ -38,8 +45,11 @@ claim_tool(s, T, u)     valid: creates ``u`` RUNNING under ``T`` if absent; else
                         Run the tool iff the record is RUNNING under your own token
 store_tool_result       valid: RUNNING -> DONE(result); DONE and POSTED never change
 mark_tool_posted        DONE -> POSTED; no token needed (it records a fact)
-announce(w, ttl)        ``w``'s record lives ``ttl``; ``workers()`` lists the live ones with
-                        how many sessions each holds
+announce(w, i, ttl)     ``w``'s record (of process instance ``i``) lives ``ttl``; refused
+                        (``False``, no change) while a live record of ``w`` names another
+                        instance: one worker id, one process. ``workers()`` lists the live
+                        ones with how many sessions each holds
+retire(w, i)            deletes ``w``'s record only if it is instance ``i``'s
 ======================  ===================================================================
 
 Worker rules (:class:`Lease`, one per session held; ``confirmed`` is the time the
@@ -54,7 +64,9 @@ situation                                rule
                                          successful one makes it HELD again
 ``now >= confirmed + ttl * renew_at``    a renewal is due (default: a third of the ttl)
 renewal failed (coordinator down)        retry after a capped, jittered backoff
-renewal or commit refused                LOST, for good: stop delivering at once
+renewal or commit refused                LOST, for good: stop delivering at once; unless
+                                         ``restore`` says the coordinator had lost the
+                                         session's record (then the call is made again)
 released / handed off                    RELEASED, for good
 =======================================  ==============================================
 
@@ -68,17 +80,29 @@ the claim's cursor is ``None``           stream the session from its start
 the claim's cursor is inclusive (an      the anchor's event is the first to deliver:
 anchor: a send's own message)            stream from the event just before it
 the claim's cursor is exclusive          stream after it (``Last-Event-ID``)
-an event the cursor covers (its id, or   skipped: never delivered twice by one owner,
-``processed_at`` older than the cursor)  never older than the cursor
+identity                                 an event is its id and its place in the stored
+                                         order, never its ``processed_at`` (server
+                                         writers' clocks disagree; sub-agent threads)
+the cursor's own event (exclusive), or   skipped: never delivered twice by one owner
+an id this follower already delivered
+from a connection's start (and a follow  a *replay*: skipped while older than the cursor
+from the session's start towards an      (``processed_at``), until an event newer than it
+anchor), an event older than the cursor  or the cursor's own event arrives; from then on
+                                         every event of that connection is delivered,
+                                         older timestamps included (as the stream does)
 the claim names an in-flight event       that event is delivered with
                                          ``redelivered=True``; every other is a first
                                          delivery
 before a handler (and again right        ``Gate.START`` while HELD; ``Gate.WAIT`` while
 before it starts)                        EXPIRED (wait for a renewal); ``Gate.STOP``
                                          once LOST or RELEASED
-the handler returned                     commit the event's cursor (``ends_turn`` when
-                                         it ended a turn); if the next event is already
-                                         here (``next_after``), ``advance`` instead
+the handler returned, or raised          commit the event's cursor (``ends_turn`` when
+(``asyncio.CancelledError`` included,    it ended a turn); if the next event is already
+unless the fleet cancelled it: a lost    here (``next_after``), ``advance`` instead. A
+lease, shutdown)                         raising handler is a handler failure, counted
+                                         as delivered, never a crash of the follower;
+                                         the fleet's own cancellation leaves the event
+                                         in flight (the next owner redelivers it)
 the committed (or claimed) cursor ends   try to release (not when the claim said a
 a turn                                   message is pending); refused (a message is
                                          pending or a handler in flight): keep following
@@ -95,15 +119,17 @@ work goes to the least loaded. When its share stays zero while work waits for
 ``patience`` rounds (a peer that should take it does not), it claims one
 session a round anyway.
 
-Cursor order: event ids are opaque, so cursors are ordered by ``processed_at``
-(RFC 3339) through :func:`order_key`, which reads it with the stream's own
-parser (``_stream.time_key``); a cursor without one is never refused as older.
+Time order: ``processed_at`` (RFC 3339, read by :func:`order_key` with the
+stream's own parser ``_stream.time_key``) only ever tells a replay at the start
+of a connection from new events; it never orders commits and never decides
+whether a sent message was delivered (ids do).
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -115,6 +141,7 @@ from ._models import Cursor
 from ._stream import time_key
 
 __all__ = [
+    "RECENT_IDS",
     "Balancer",
     "Claim",
     "FleetCursor",
@@ -131,13 +158,15 @@ __all__ = [
     "ToolState",
     "WorkerLoad",
     "covers",
-    "cursor_may_advance",
     "fair_shares",
     "order_key",
     "tool_action",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RECENT_IDS = 256
+"""How many committed event ids a coordinator remembers per session (so a send
+whose message a follower committed before the sender marked it is not pending)."""
 _ORDER_KEYS: dict[str, str | None] = {}
 
 
@@ -204,22 +233,9 @@ class FleetCursor(Cursor):
         return order_key(self.processed_at)
 
 
-def cursor_may_advance(stored: FleetCursor | None, new: FleetCursor) -> bool:
-    """Whether committing ``new`` over ``stored`` is not a step backwards."""
-    if stored is None:
-        return True
-    old_key, new_key = stored.order_key, new.order_key
-    return old_key is None or new_key is None or new_key >= old_key
-
-
-def covers(cursor: FleetCursor | None, event_id: str, key: str | None) -> bool:
-    """Whether the event (``event_id``, order ``key``) was delivered according to ``cursor``."""
-    if cursor is None:
-        return False
-    if cursor.event_id == event_id:
-        return not cursor.inclusive
-    cursor_key = cursor.order_key
-    return key is not None and cursor_key is not None and key < cursor_key
+def covers(cursor: FleetCursor | None, event_id: str) -> bool:
+    """Whether ``cursor`` says its own event ``event_id`` was delivered (by id only)."""
+    return cursor is not None and cursor.event_id == event_id and not cursor.inclusive
 
 
 @frozen
@@ -330,14 +346,20 @@ class _Row:
     lease_until: float | None = None
     cursor: FleetCursor | None = None
     inflight: InFlight | None = None
-    pending: dict[str, str | None] = field(factory=dict)
+    pending: set[str] = field(factory=set)
     line: int | None = None  # place in the active line; None = inactive
+    recent: deque[str] = field(factory=lambda: deque(maxlen=RECENT_IDS))  # committed ids
+
+
+def _done(row: _Row, event_id: str) -> bool:
+    return covers(row.cursor, event_id) or event_id in row.recent
 
 
 @define
 class _Worker:
     until: float
     max_sessions: int | None
+    instance: str = ""
 
 
 def _check_ttl(ttl: float) -> None:
@@ -395,9 +417,8 @@ class LeaseTable:
         if anchor is not None:
             if row.cursor is None:
                 row.cursor = anchor
-            key = anchor.order_key
-            if not covers(row.cursor, anchor.event_id, key):
-                row.pending[anchor.event_id] = key
+            if not _done(row, anchor.event_id):
+                row.pending.add(anchor.event_id)
         if row.line is None:
             self._line += 1
             row.line = self._line
@@ -456,15 +477,41 @@ class LeaseTable:
         row.inflight = InFlight(event_id, token)
 
     def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
-        """Store ``cursor`` unless it is older; ``False`` when it was older."""
+        """Store ``cursor`` (never refused for its time); always ``True``."""
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")
         row = self._valid(session_id, token)
-        if not cursor_may_advance(row.cursor, cursor):
-            return False
         row.cursor = cursor
         row.inflight = None
-        row.pending = {i: k for i, k in row.pending.items() if not covers(cursor, i, k)}
+        row.pending.discard(cursor.event_id)
+        row.recent.append(cursor.event_id)
+        return True
+
+    def restore(
+        self,
+        session_id: str,
+        token: int,
+        worker_id: str,
+        *,
+        ttl: float,
+        cursor: FleetCursor | None,
+        inflight: InFlight | None = None,
+    ) -> bool:
+        """Recreate a record the store lost (see the rules); whether it did."""
+        _check_ttl(ttl)
+        row = self._rows.get(session_id)
+        if row is not None and row.token >= token:
+            return False
+        if row is None:
+            row = self._rows[session_id] = _Row()
+        if row.holder:
+            self._held.get(row.holder, set()).discard(session_id)
+        row.token, row.holder, row.cursor, row.inflight = token, worker_id, cursor, inflight
+        row.lease_until = self._clock() + ttl
+        self._held.setdefault(worker_id, set()).add(session_id)
+        if row.line is None:
+            self._line += 1
+            row.line = self._line
         return True
 
     def advance(self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str) -> bool:
@@ -555,14 +602,29 @@ class LeaseTable:
 
     # ------------------------------------------------------------ workers
 
-    def announce(self, worker_id: str, *, ttl: float, max_sessions: int | None = None) -> None:
-        """Register (or keep alive) ``worker_id`` for ``ttl`` seconds."""
+    def announce(
+        self,
+        worker_id: str,
+        *,
+        ttl: float,
+        max_sessions: int | None = None,
+        instance: str = "",
+    ) -> bool:
+        """Register (or keep alive) ``worker_id`` for ``ttl`` seconds; ``False`` (and no
+        change) while a live record of ``worker_id`` names another ``instance``."""
         _check_ttl(ttl)
-        self._workers[worker_id] = _Worker(self._clock() + ttl, max_sessions)
+        now = self._clock()
+        rec = self._workers.get(worker_id)
+        if rec is not None and now < rec.until and rec.instance != instance:
+            return False
+        self._workers[worker_id] = _Worker(now + ttl, max_sessions, instance)
+        return True
 
-    def retire(self, worker_id: str) -> None:
-        """Forget ``worker_id``'s record (its leases end on their own or by hand-off)."""
-        self._workers.pop(worker_id, None)
+    def retire(self, worker_id: str, instance: str = "") -> None:
+        """Forget ``worker_id``'s record if it is ``instance``'s (a live twin's stays)."""
+        rec = self._workers.get(worker_id)
+        if rec is not None and rec.instance == instance:
+            del self._workers[worker_id]
 
     def workers(self) -> list[WorkerLoad]:
         """Live workers with the number of sessions each holds, by worker id."""
@@ -751,7 +813,7 @@ class Follow:
     :meth:`may_release` says so.
     """
 
-    __slots__ = ("_inflight", "_pending", "cursor", "lease")
+    __slots__ = ("_floor", "_inflight", "_pending", "_replaying", "_seen", "cursor", "lease")
 
     def __init__(self, claim: Claim, lease: Lease) -> None:
         if (claim.session_id, claim.token) != (lease.session_id, lease.token):
@@ -760,6 +822,9 @@ class Follow:
         self.cursor = claim.cursor
         self._inflight = claim.inflight.event_id if claim.inflight is not None else None
         self._pending = claim.pending  # as claimed; commits may cover it later
+        self._seen: dict[str, None] = {}  # ids delivered by this follower (the last RECENT_IDS)
+        self._replaying = False
+        self._floor: str | None = None
 
     def __repr__(self) -> str:
         return f"<Follow {self.session_id} token={self.token} at {self.cursor}>"
@@ -786,9 +851,38 @@ class Follow:
         cursor = self.cursor
         return cursor if cursor is not None and not cursor.inclusive else None
 
+    def connecting(self) -> None:
+        """A connection is about to open: what arrives first may replay older events."""
+        cursor = self.cursor
+        self._floor = cursor.order_key if cursor is not None else None
+        self._replaying = self._floor is not None
+
+    def _new(self, event_id: str | None, key: str | None) -> bool:
+        if event_id:
+            if self.known(event_id):
+                return False
+            cursor = self.cursor
+            if cursor is not None and cursor.event_id == event_id:
+                return True  # the anchor: the first event to deliver
+        floor = self._floor
+        return not (self._replaying and key is not None and floor is not None and key < floor)
+
+    def known(self, event_id: str) -> bool:
+        """Whether this follower delivered ``event_id`` already (or the cursor is on it)."""
+        return event_id in self._seen or covers(self.cursor, event_id)
+
     def admit(self, event_id: str | None, processed_at: str | None) -> bool:
-        """Whether an event is still to deliver: the cursor does not cover it."""
-        return not covers(self.cursor, event_id or "", order_key(processed_at))
+        """Whether an event is still to deliver (see the table: by id, and replays)."""
+        key = order_key(processed_at)
+        new = self._new(event_id, key)
+        if self._replaying and new:
+            cursor = self.cursor
+            floor = self._floor
+            if (cursor is not None and event_id == cursor.event_id) or (
+                key is not None and floor is not None and key > floor
+            ):
+                self._replaying = False  # replays are over for this connection
+        return new
 
     def before_anchor(self, event_id: str | None, processed_at: str | None) -> bool:
         """Whether an event may be the one just before the anchor (to stream after it).
@@ -807,7 +901,11 @@ class Follow:
     ) -> bool:
         """Whether an event already received is the next to deliver once ``cursor`` is
         committed (so one ``advance`` may commit the one and record the other in flight)."""
-        return bool(event_id) and not covers(cursor, event_id or "", order_key(processed_at))
+        return (
+            bool(event_id)
+            and event_id != cursor.event_id
+            and self._new(event_id, order_key(processed_at))
+        )
 
     def redelivered(self, event_id: str | None) -> bool:
         """Whether this event's handler may have run under an earlier owner."""
@@ -830,6 +928,9 @@ class Follow:
         if cursor.inclusive:
             raise ValueError("a committed cursor is never inclusive")
         self.cursor = cursor
+        self._seen[cursor.event_id] = None
+        if len(self._seen) > RECENT_IDS:
+            del self._seen[next(iter(self._seen))]
         self._pending = False  # the coordinator is asked again at the release
         if cursor.event_id == self._inflight:
             self._inflight = None

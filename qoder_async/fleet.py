@@ -22,6 +22,14 @@ situation                                     what the worker does
 and at once when the coordinator says a       claimable sessions (``Balancer``: new work goes
 session became claimable: ``watch()``)        to the least loaded worker), never holding more
                                               than ``max_sessions``
+another live process announces the same       this one claims nothing; if the other's record
+``worker_id``                                 is still live a ``lease_ttl`` later, ``serve()``
+                                              raises ``ConfigurationError`` (a retiring twin
+                                              never deletes the live one's record)
+a permanent coordinator error                 ``serve()`` raises ``ConfigurationError`` naming
+(``ConfigurationError``: Redis AUTH, NOAUTH,  the cause, at once (only what can heal is
+NOPERM, a WRONGTYPE key in the namespace)     retried: connection refused, timeouts,
+                                              LOADING, failover)
 a claim is answered                           a ``Lease`` counted from when the claim was
                                               *sent*; a task follows the session
                                               (``Follow``): from the start, just before its
@@ -32,24 +40,45 @@ renewals                                      each lease is renewed a third of `
                                               after its last confirmation; all that are due
                                               go in one ``renew_many``; a failed renewal is
                                               retried with backoff
-a renewal, commit or in-flight record is      the lease is LOST: the session's task is
-refused (stale token), or this worker claims  cancelled at once (a running handler too); no
-again a session whose lease of its own        commit, no hand-off
-lapsed
-an event arrives                              skipped if the cursor covers it; otherwise the
-                                              gate is checked, ``begin_handler`` records it in
-                                              flight, the gate is checked again and the
-                                              handler starts
+a renewal, commit or in-flight record is      ``restore`` first: if the coordinator had no
+refused                                       record of the session (Redis flushed, restarted
+                                              without its data) it is registered again at
+                                              this worker's committed cursor and in-flight
+                                              event, and the call is made again: nothing
+                                              between is skipped, and a later send finds the
+                                              cursor (it does not anchor past the gap)
+the refusal stands (stale token), or this     the lease is LOST: the session's task is
+worker claims again a session whose lease of  cancelled at once (a running handler too); no
+its own lapsed                                commit, no hand-off
+an event arrives                              identity is the event id and the stored order,
+                                              never ``processed_at``: skipped only if this
+                                              follower delivered its id, or it is a replay
+                                              older than the cursor at the start of a
+                                              connection (``Follow``); a live event older
+                                              than the one before it is delivered. Otherwise
+                                              the gate is checked, ``begin_handler`` records
+                                              it in flight, the gate is checked again and
+                                              the handler starts
 the gate says WAIT (the lease is past its     no handler starts; the task waits for the
 local deadline: a pause, an outage)           renewal that confirms the lease, or loses it
-the handler raises                            logged; the event counts as delivered (a poison
-                                              event must not wedge its session)
-a ``requires_action`` idle, with ``tools=``   in flight, before its handler: every named
-                                              tool use with a handler goes through the
-                                              ledger (``tool_action``): run once fleet-wide,
-                                              result stored, posted (echoing
-                                              ``session_thread_id``), marked posted; a worker
-                                              dying meanwhile has not called the handler
+the handler raises (``asyncio.CancelledError``  logged at ERROR; the event counts as delivered
+included, unless the fleet itself cancelled   (a poison event must not wedge its session).
+the handler: a lost lease, shutdown)          A cancellation the fleet did not cause is the
+                                              handler's failure, not a crash
+following a session fails (a bug)             logged; the lease is kept for a backoff that
+                                              grows with each failure in a row of that
+                                              session (capped at ``fatal_cooldown``), then
+                                              handed off: no hot redelivery loop
+a ``requires_action`` idle, with ``tools=``   answered from when it is *read*, never behind
+                                              a running handler (a handler that sends to its
+                                              own session with ``on_busy="wait"`` would wait
+                                              on the tool for ever), and always before the
+                                              idle's own handler: every named tool use with
+                                              a handler goes through the ledger
+                                              (``tool_action``): run once fleet-wide, result
+                                              stored, posted (echoing ``session_thread_id``),
+                                              marked posted; a worker dying meanwhile has not
+                                              called the idle's handler
 the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
                                               ended the turn); if the next event has arrived
                                               already, ``advance`` (the commit and the next
@@ -205,6 +234,7 @@ __all__ = [
 logger = logging.getLogger("qoder_async")
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseException)
 _ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
 _TRANSIENT = (APIConnectionError, RateLimitError, InternalServerError)
 _BUSY_BACKOFF_MAX = 5.0
@@ -243,7 +273,17 @@ Handler: TypeAlias = Callable[[Delivery], Awaitable[None] | None]
 class _Runner:
     """The driver's state for one followed session (the decisions are ``Follow``'s)."""
 
-    __slots__ = ("begun", "changed", "follow", "outage", "stream_failures", "task", "uses")
+    __slots__ = (
+        "answering",
+        "begun",
+        "changed",
+        "follow",
+        "inflight",
+        "outage",
+        "stream_failures",
+        "task",
+        "uses",
+    )
 
     def __init__(self, follow: Follow, outage: OutageBackoff) -> None:
         self.follow = follow
@@ -253,6 +293,9 @@ class _Runner:
         self.task: asyncio.Task[None] | None = None
         self.stream_failures = 0
         self.begun: str | None = None  # the event an ``advance`` already recorded in flight
+        self.inflight: str | None = None  # recorded in flight and not committed yet
+        # requires_action pauses whose tools are being answered (from when they were read)
+        self.answering: dict[str, asyncio.Task[bool]] = {}
 
     def lost(self) -> None:
         """The lease is no longer ours: no more deliveries, the task stops at once."""
@@ -270,9 +313,12 @@ class _Ahead:
     buffer is bounded: a slow handler slows the reading down, as before.
     """
 
-    __slots__ = ("_buffer", "_done", "_error", "_more", "_room", "_size", "_task")
+    __slots__ = ("_buffer", "_done", "_error", "_more", "_on_read", "_room", "_size", "_task")
 
-    def __init__(self, stream: EventStream, size: int = 32) -> None:
+    def __init__(
+        self, stream: EventStream, on_read: Callable[[Event], None], size: int = 32
+    ) -> None:
+        self._on_read = on_read  # sees each event as it is read (before it is delivered)
         self._buffer: deque[Event] = deque()
         self._size = size
         self._more = asyncio.Event()
@@ -289,6 +335,7 @@ class _Ahead:
             async for ev in stream:
                 self._buffer.append(ev)
                 self._more.set()
+                self._on_read(ev)
                 if len(self._buffer) >= self._size:
                     self._room.clear()
                     await self._room.wait()
@@ -401,6 +448,10 @@ class Fleet:
         self._runners: dict[str, _Runner] = {}
         self._serve_task: asyncio.Task[None] | None = None
         self._announced_at: float | None = None
+        self._instance = uuid.uuid4().hex  # this process's claim on ``worker_id``
+        self._twin_since: float | None = None  # when a live twin first refused our record
+        self._fatal: asyncio.Future[None] | None = None  # set by a ConfigurationError
+        self._crashes: dict[str, int] = {}  # followers of a session that failed in a row
         self.delivered = 0
         self.redelivered = 0
 
@@ -424,8 +475,11 @@ class Fleet:
 
         Async or plain functions; one per fleet. It runs once per stored event
         of each followed session, in stored order, one event at a time per
-        session (sessions run concurrently). An exception it raises is logged
-        and the event counts as delivered.
+        session (sessions run concurrently). An exception it raises (an
+        ``asyncio.CancelledError`` the fleet did not cause included) is logged
+        and the event counts as delivered. It may ``await fleet.send(...)`` to
+        its own session, ``on_busy="wait"`` included: the session's tool calls
+        are answered meanwhile.
         """
         if self._handler is not None:
             raise ConfigurationError("this fleet already has a handler")
@@ -562,13 +616,30 @@ class Fleet:
         if self._serve_task is not None:
             raise ConfigurationError("this fleet is already serving")
         self._serve_task = asyncio.current_task()
+        self._fatal = asyncio.get_running_loop().create_future()
         try:
             async with self.coordinator.watch() as work, asyncio.TaskGroup() as group:
                 group.create_task(self._claim_loop(work), name=f"qoder_async fleet claims {self}")
                 group.create_task(self._renew_loop(), name=f"qoder_async fleet renewals {self}")
+                group.create_task(self._until_fatal(), name=f"qoder_async fleet guard {self}")
+        except BaseExceptionGroup as group_error:
+            fatal = _first(group_error, ConfigurationError)
+            if fatal is not None:
+                raise fatal from None  # permanent: the caller must fix the configuration
+            raise
         finally:
             await self._shutdown()
             self._serve_task = None
+            self._fatal = None
+
+    async def _until_fatal(self) -> None:
+        """Raise the first ConfigurationError a session's follower met (ends ``serve``)."""
+        assert self._fatal is not None
+        await self._fatal
+
+    def _failed_for_good(self, exc: ConfigurationError) -> None:
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(exc)
 
     async def _shutdown(self) -> None:
         runners = list(self._runners.values())
@@ -580,8 +651,9 @@ class Fleet:
         )
         with contextlib.suppress(QoderError, TimeoutError):
             async with asyncio.timeout(self.lease_ttl):
-                await self.coordinator.retire(self.worker_id)
+                await self.coordinator.retire(self.worker_id, self._instance)
         self._announced_at = None
+        self._twin_since = None
 
     async def _claim_loop(self, work: asyncio.Event) -> None:
         outage = OutageBackoff(clock=self._clock, rand=self._rand)
@@ -625,10 +697,17 @@ class Fleet:
         coordinator = self.coordinator
         now = self._clock()
         if self._announced_at is None or now - self._announced_at >= self.lease_ttl / 3:
-            await coordinator.announce(
-                self.worker_id, ttl=self.lease_ttl, max_sessions=self.max_sessions
+            announced = await coordinator.announce(
+                self.worker_id,
+                ttl=self.lease_ttl,
+                max_sessions=self.max_sessions,
+                instance=self._instance,
             )
+            if announced is False:  # (a coordinator answering None knows no instances)
+                self._twin(now)
+                return [], now
             self._announced_at = now
+            self._twin_since = None
         waiting = await coordinator.claimable()
         held = len(self._runners)
         if not waiting:
@@ -642,6 +721,23 @@ class Fleet:
             self.worker_id, ttl=self.lease_ttl, limit=wanted, max_sessions=self.max_sessions
         )
         return claims, sent_at
+
+    def _twin(self, now: float) -> None:
+        """Another live process announces our ``worker_id``: wait a lease for its record
+        to lapse (a predecessor that died), then refuse to run as its twin."""
+        if self._twin_since is None:
+            self._twin_since = now
+            logger.warning(
+                "fleet %s: another live process runs with this worker_id; claiming nothing "
+                "until its record lapses (up to %.1fs)",
+                self.worker_id,
+                self.lease_ttl,
+            )
+        elif now - self._twin_since >= self.lease_ttl:
+            raise ConfigurationError(
+                f"worker_id {self.worker_id!r} is in use by another live process: "
+                "give every worker process its own worker_id"
+            )
 
     def _follow(self, claim: Claim, sent_at: float) -> None:
         stale = self._runners.get(claim.session_id)
@@ -685,11 +781,22 @@ class Fleet:
             if any(r.follow.lease.failures == 1 for r in due):
                 logger.warning("fleet %s: renewals failed (%s)", self.worker_id, exc)
         else:
+            gone = [r for r in due if r.follow.session_id in lost and not r.follow.lease.done]
+            back = await asyncio.gather(*(self._restored(r) for r in gone), return_exceptions=True)
+            for ok in back:
+                if isinstance(ok, BaseException) and not isinstance(
+                    ok, CoordinatorUnavailableError
+                ):
+                    raise ok  # e.g. a ConfigurationError: serve() fails with it
+            unknown = {r for r, ok in zip(gone, back, strict=True) if isinstance(ok, BaseException)}
+            restored = {r for r, ok in zip(gone, back, strict=True) if ok is True}
             for r in due:
                 lease = r.follow.lease
                 if lease.done:
                     continue
-                if lease.session_id in lost:
+                if r in unknown:  # the coordinator went away meanwhile: try again later
+                    lease.renewal_failed(sent[r])
+                elif lease.session_id in lost and r not in restored:
                     r.lost()
                     logger.warning(
                         "fleet %s: lost the lease on %s (token %d); stopped delivering it",
@@ -717,11 +824,29 @@ class Fleet:
                 follow.session_id,
                 follow.token,
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug: never leave the session stuck with us
-            logger.exception("fleet %s: following %s failed", self.worker_id, follow.session_id)
+        except ConfigurationError as exc:  # permanent (e.g. a Redis ACL): serve() fails
+            logger.error("fleet %s: %s", self.worker_id, exc)
+            self._failed_for_good(exc)
+        except (Exception, asyncio.CancelledError) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+                raise  # the fleet's own cancellation: lost lease, shutdown
+            # A bug, or a cancellation nobody asked for (a tool's own CancelledError):
+            # never leave the session stuck with us, nor redeliver it hot.
+            crashes = self._crashes.get(follow.session_id, 0) + 1
+            self._crashes[follow.session_id] = crashes
+            delay = min(_STREAM_BACKOFF.delay(crashes - 1, self._rand()), self.fatal_cooldown)
+            logger.exception(
+                "fleet %s: following %s failed; handing it off in %.1fs",
+                self.worker_id,
+                follow.session_id,
+                delay,
+            )
+            await self._sleep(delay)  # the lease is kept meanwhile: no hot redelivery
         finally:
+            for answering in runner.answering.values():
+                answering.cancel()
+            await asyncio.gather(*runner.answering.values(), return_exceptions=True)
             if self._runners.get(follow.session_id) is runner:
                 del self._runners[follow.session_id]
             if not follow.lease.done:
@@ -743,7 +868,8 @@ class Fleet:
                 )
                 async with stream:
                     stream.expect_activity = True
-                    ahead = _Ahead(stream)
+                    follow.connecting()
+                    ahead = _Ahead(stream, lambda ev: self._read_ahead(runner, ev))
                     try:
                         while (ev := await ahead.get()) is not None:
                             runner.stream_failures = 0
@@ -839,14 +965,19 @@ class Fleet:
         if ident is not None and ident != runner.begun:
             await self._gate(runner)
             await self._coordinate(runner, self.coordinator.begin_handler, sid, token, ident)
+            runner.inflight = ident
         runner.begun = None
         active = cls is not SessionStatusIdle
         if isinstance(ev, AgentCustomToolUse) and ident is not None:
             runner.uses[ident] = ev
         elif self._tools and _requires_action(ev):
-            # Before the handler, inside the in-flight window: a worker that dies while
-            # its tools run has not called the handler of this event yet.
-            active = await self._answer_tools(runner, ev)  # type: ignore[arg-type]
+            # Answered from when the pause was read (never behind a running handler), and
+            # before this event's handler: a worker that dies while its tools run has not
+            # called the handler of this event yet.
+            answering = runner.answering.pop(ident or "", None)
+            if answering is None:
+                answering = self._start_answering(runner, ev)  # type: ignore[arg-type]
+            active = await answering
         await self._gate(runner)
         redelivered = follow.redelivered(ident)
         delivery = Delivery(sid, ev, ev.turn_id, redelivered, token)
@@ -868,10 +999,12 @@ class Fleet:
             await self._gate(runner)
             nxt = str(after.id)
             await self._coordinate(runner, self.coordinator.advance, sid, token, cursor, nxt)
-            runner.begun = nxt
+            runner.begun = runner.inflight = nxt
         else:
             await self._coordinate(runner, self.coordinator.commit, sid, token, cursor)
+            runner.inflight = None
         follow.committed(cursor)
+        self._crashes.pop(sid, None)
         if turn_over:
             runner.uses.clear()
         if follow.may_release():
@@ -880,6 +1013,29 @@ class Fleet:
             return True  # a message is pending: its turn is coming
         return active
 
+    def _read_ahead(self, runner: _Runner, ev: Event) -> None:
+        """An event was read (maybe while a handler runs): note its tool uses, and start
+        answering a ``requires_action`` pause now, so no tool waits behind a handler
+        (one that sends to its own session with ``on_busy="wait"`` would deadlock)."""
+        ident = ev.id
+        if not ident:
+            return
+        if isinstance(ev, AgentCustomToolUse):
+            runner.uses[ident] = ev
+        elif (
+            self._tools
+            and _requires_action(ev)
+            and ident not in runner.answering
+            and not runner.follow.known(ident)
+        ):
+            runner.answering[ident] = self._start_answering(runner, ev)  # type: ignore[arg-type]
+
+    def _start_answering(self, runner: _Runner, idle: SessionStatusIdle) -> asyncio.Task[bool]:
+        return asyncio.get_running_loop().create_task(
+            self._answer_tools(runner, idle),
+            name=f"qoder_async fleet tools {runner.follow.session_id} {idle.id}",
+        )
+
     async def _call_handler(self, delivery: Delivery) -> None:
         handler = self._handler
         assert handler is not None
@@ -887,15 +1043,25 @@ class Fleet:
             outcome = handler(delivery)
             if inspect.isawaitable(outcome):
                 await outcome
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the fleet's own cancellation (lost lease, shutdown)
+            # The handler awaited something that was cancelled: its failure, not ours.
+            self._handler_failed(delivery, "raised CancelledError (not the fleet's)")
         except Exception:
-            ev = delivery.event
-            logger.exception(
-                "fleet %s: the handler failed on %s %s of %s",
-                self.worker_id,
-                ev.type,
-                ev.id,
-                delivery.session_id,
-            )
+            self._handler_failed(delivery, "failed")
+
+    def _handler_failed(self, delivery: Delivery, what: str) -> None:
+        ev = delivery.event
+        logger.exception(
+            "fleet %s: the handler %s on %s %s of %s; counted as delivered",
+            self.worker_id,
+            what,
+            ev.type,
+            ev.id,
+            delivery.session_id,
+        )
 
     async def _gate(self, runner: _Runner) -> None:
         """Return when a handler may start; raise LeaseLostError when it never will."""
@@ -922,6 +1088,12 @@ class Fleet:
             try:
                 result = await call(*args)
             except LeaseLostError:
+                try:
+                    if await self._restored(runner):
+                        continue
+                except CoordinatorUnavailableError:
+                    await self._sleep(runner.outage.failed())
+                    continue  # the call again: refused again, or not
                 follow.lease.lost()
                 raise
             except CoordinatorUnavailableError as exc:
@@ -937,6 +1109,32 @@ class Fleet:
                 continue
             runner.outage.recovered()
             return result
+
+    async def _restored(self, runner: _Runner) -> bool:
+        """After a refusal: whether the coordinator had lost the session's record (Redis
+        flushed, or restarted without its data) and it is now recreated at our committed
+        cursor, so nothing between is skipped (see ``Coordinator.restore``)."""
+        follow = runner.follow
+        sid, token = follow.session_id, follow.token
+        if follow.lease.done:
+            return False
+        restored = await self.coordinator.restore(
+            sid,
+            token,
+            self.worker_id,
+            ttl=self.lease_ttl,
+            cursor=follow.cursor,
+            inflight=InFlight(runner.inflight, token) if runner.inflight else None,
+        )
+        if restored:
+            logger.warning(
+                "fleet %s: the coordinator had lost %s (its data was lost); "
+                "registered it again at this worker's cursor %s",
+                self.worker_id,
+                sid,
+                follow.cursor,
+            )
+        return restored
 
     async def _release(self, runner: _Runner) -> bool:
         follow = runner.follow
@@ -1076,6 +1274,18 @@ class Fleet:
             for call, body in zip(calls, bodies, strict=True):
                 with contextlib.suppress(ToolResultsNotAwaitedError):
                     await events.send(sid, [body], idempotency_key=results_key([call.id]))
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[_E]) -> _E | None:
+    """The first ``kind`` in ``group`` (nested groups included), else None."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None]:

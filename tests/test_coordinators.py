@@ -27,7 +27,7 @@ from redis_server import (
     redis_url_fixture,  # noqa: F401 (the redis_url fixture)
 )
 
-from qoder_async import QoderError
+from qoder_async import ConfigurationError, QoderError
 from qoder_async._lease import Balancer
 from qoder_async.fleet import (
     WORK_WINDOW,
@@ -283,15 +283,17 @@ async def test_ttl_must_be_positive(h: Harness) -> None:
 # --------------------------------------------------------------------------- cursors
 
 
-async def test_commit_never_moves_the_cursor_backwards(h: Harness) -> None:
+async def test_commit_is_never_refused_for_its_time(h: Harness) -> None:
+    # Identity is the id and the stored order: server writers' clocks may disagree, so an
+    # event stored after another may carry an earlier processed_at.
     c = h.coordinator
     await c.mark_active("s1")
     t = (await claim_one(c, "w1")).token
     assert await c.commit("s1", t, cur(20)) is True
     assert await c.commit("s1", t, cur(20)) is True  # a retried commit is harmless
-    assert await c.commit("s1", t, cur(10)) is False
+    assert await c.commit("s1", t, cur(10)) is True
     info = await inspect(c, "s1")
-    assert info.cursor == cur(20)
+    assert info.cursor == cur(10)
     assert await c.commit("s1", t, cur(30)) is True
     # without processed_at there is no order to check: taken as is
     assert await c.commit("s1", t, FleetCursor("evt_x")) is True
@@ -310,9 +312,9 @@ async def test_advance_commits_then_records_the_next_event_in_flight(h: Harness)
     info = await inspect(c, "s1")
     assert (info.cursor, info.inflight, info.pending) == (cur(10), InFlight("evt_0011", t), ())
     assert await c.release("s1", t) is False  # the next handler is in flight
-    assert await c.advance("s1", t, cur(5), "evt_0012") is False  # older: cursor kept...
+    assert await c.advance("s1", t, cur(11), "evt_0012") is True
     info = await inspect(c, "s1")
-    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # ...record made
+    assert (info.cursor, info.inflight) == (cur(11), InFlight("evt_0012", t))
     with pytest.raises(ValueError, match="inclusive"):
         await c.advance("s1", t, anchor(13), "evt_0014")
     await c.hand_off("s1", t)
@@ -321,18 +323,7 @@ async def test_advance_commits_then_records_the_next_event_in_flight(h: Harness)
     with pytest.raises(LeaseLostError):
         await c.advance("s1", t, cur(12), "evt_0013")
     info = await inspect(c, "s1")
-    assert (info.cursor, info.inflight) == (cur(10), InFlight("evt_0012", t))  # unchanged
-
-
-async def test_cursor_order_follows_the_instant_not_the_text(h: Harness) -> None:
-    c = h.coordinator
-    await c.mark_active("s1")
-    t = (await claim_one(c, "w1")).token
-    later = FleetCursor("evt_b", "2026-05-18T05:00:00+02:00")  # 03:00Z
-    earlier = FleetCursor("evt_a", "2026-05-18T03:30:00.5Z")
-    assert await c.commit("s1", t, later) is True
-    assert await c.commit("s1", t, earlier) is True  # 03:30Z is after 03:00Z
-    assert await c.commit("s1", t, later) is False
+    assert (info.cursor, info.inflight) == (cur(11), InFlight("evt_0012", t))  # unchanged
 
 
 async def test_mark_active_sets_the_cursor_only_if_absent(h: Harness) -> None:
@@ -389,6 +380,7 @@ async def test_a_send_during_the_turn_end_keeps_the_session(h: Harness) -> None:
     c = h.coordinator
     await c.mark_active("s1", anchor(10))
     t = (await claim_one(c, "w1")).token
+    await c.commit("s1", t, cur(10))
     await c.commit("s1", t, cur(19))  # ... up to the turn's closing idle event
     await c.mark_active("s1", anchor(25))  # another send lands before the release
     assert await c.release("s1", t) is False
@@ -409,11 +401,15 @@ async def test_a_send_already_delivered_is_not_pending(h: Harness) -> None:
     c = h.coordinator
     await c.mark_active("s1", anchor(10))
     t = (await claim_one(c, "w1")).token
-    await c.commit("s1", t, cur(30))
+    for n in (10, 20, 30):
+        await c.commit("s1", t, cur(n))
     await c.mark_active("s1", anchor(30))  # the same event, already committed
-    await c.mark_active("s1", anchor(20))  # older than the cursor
+    await c.mark_active("s1", anchor(20))  # committed a little before
     info = await inspect(c, "s1")
     assert info.pending == ()
+    await c.mark_active("s1", anchor(5))  # older by time, but never committed: pending
+    assert (await inspect(c, "s1")).pending == ("evt_0005",)
+    await c.commit("s1", t, cur(5))
     assert await c.release("s1", t) is True
 
 
@@ -423,6 +419,7 @@ async def test_the_next_owner_learns_the_cursor_ended_a_turn(h: Harness) -> None
     c = h.coordinator
     await c.mark_active("s1", anchor(1))
     first = await claim_one(c, "w1")
+    await c.commit("s1", first.token, cur(1))
     idle = FleetCursor("evt_0009", at(9), ends_turn=True)
     await c.commit("s1", first.token, idle)
     await c.hand_off("s1", first.token)
@@ -658,6 +655,64 @@ async def test_workers_report_live_members_and_their_load(h: Harness) -> None:
     assert await c.workers() == []
 
 
+async def test_tool_records_of_different_session_and_use_ids_never_collide(h: Harness) -> None:
+    # A key built by plain concatenation gives ("S:x", "T") and ("S", "x:T") one record.
+    c = h.coordinator
+    await c.mark_active("S:x")
+    await c.mark_active("S")
+    tokens = {claim.session_id: claim.token for claim in await c.claim("w1", ttl=LONG, limit=2)}
+    first = await c.claim_tool("S:x", tokens["S:x"], "T")
+    assert first.may_run(tokens["S:x"])
+    await c.store_tool_result("S:x", tokens["S:x"], "T", "for S:x")
+    second = await c.claim_tool("S", tokens["S"], "x:T")
+    assert second.state is ToolState.RUNNING  # its own record, not the other's result
+    assert (await c.tool_record("S", "x:T")) == second
+    assert (await c.tool_record("S:x", "T")) is not None
+    assert (await c.tool_record("S:x", "T")).result == "for S:x"  # type: ignore[union-attr]
+    for sid in ("{evil}", "a}b{c", "s:1:2"):  # braces and separators are just characters
+        await c.mark_active(sid)
+    assert {"{evil}", "a}b{c", "s:1:2"} <= set(await c.claimable())
+
+
+async def test_a_lost_record_is_restored_at_the_holders_cursor(h: Harness) -> None:
+    c = h.coordinator
+    await c.mark_active("s1", anchor(1))
+    t = (await claim_one(c, "w1")).token
+    await c.commit("s1", t, cur(1))
+    # A record at this token or a newer one: the lease is really lost, nothing changes.
+    assert await c.restore("s1", t, "w1", ttl=LONG, cursor=cur(5)) is False
+    assert (await inspect(c, "s1")).cursor == cur(1)
+    # Unknown session (the store lost everything): recreated, held, active, at our cursor.
+    restored = await c.restore(
+        "s2", 7, "w1", ttl=LONG, cursor=cur(3), inflight=InFlight("evt_0004", 7)
+    )
+    assert restored is True
+    info = await inspect(c, "s2")
+    assert (info.active, info.holder, info.leased, info.token) == (True, "w1", True, 7)
+    assert (info.cursor, info.inflight) == (cur(3), InFlight("evt_0004", 7))
+    await c.renew("s2", 7, ttl=LONG)  # valid again
+    await c.commit("s2", 7, cur(4))
+    # A send recreated the record after the loss (token 0, its anchor past the gap):
+    # the holder's token is higher, so its cursor wins and the send stays pending.
+    await c.mark_active("s3", anchor(50))
+    assert await c.restore("s3", 4, "w1", ttl=LONG, cursor=cur(40)) is True
+    info = await inspect(c, "s3")
+    assert (info.cursor, info.pending, info.token) == (cur(40), ("evt_0050",), 4)
+    assert await c.release("s3", 4) is False  # the send is still to deliver
+
+
+async def test_a_second_instance_of_a_worker_id_is_refused(h: Harness) -> None:
+    c, twin = h.coordinator, h.another()
+    assert await c.announce("w1", ttl=LONG, instance="a") is True
+    assert await c.announce("w1", ttl=LONG, instance="a") is True  # keeping itself alive
+    assert await twin.announce("w1", ttl=LONG, instance="b") is False
+    await twin.retire("w1", "b")  # the refused twin's clean shutdown...
+    assert [w.worker_id for w in await c.workers()] == ["w1"]  # ...keeps the live record
+    await c.retire("w1", "a")
+    assert await c.workers() == []
+    assert await twin.announce("w1", ttl=SHORT, instance="b") is True  # the id is free
+
+
 # --------------------------------------------------------------------------- Redis only
 
 
@@ -695,9 +750,9 @@ async def test_redis_keys_live_under_the_namespace_with_ttls(redis_h: Harness) -
         "held:w1",
         "workers",
         "w:w1",
-        "tool:s1:tu_1",
+        "tool:2:s1:tu_1",  # the session id's length first: parts never run together
     }
-    expiring = {"lease:s1", "w:w1", "tool:s1:tu_1"}
+    expiring = {"lease:s1", "w:w1", "tool:2:s1:tu_1"}
     assert all(ttl[k] > 0 for k in expiring)
     assert all(ttl[k] == -1 for k in set(ttl) - expiring)
 
@@ -863,3 +918,80 @@ async def test_redis_watchers_are_notified_again_after_a_restart(
     finally:
         await c.aclose()
         await peer.aclose()
+
+
+# --------------------------------------------------------------------------- misconfiguration
+
+
+async def test_a_key_of_the_namespace_with_another_type_is_a_configuration_error(
+    redis_h: Harness,
+) -> None:
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url)
+    try:
+        await raw.set("{" + redis_h.namespace + "}:line", "not a zset")
+    finally:
+        await raw.aclose()
+    with pytest.raises(ConfigurationError, match="WRONGTYPE") as info:
+        await redis_h.coordinator.claimable()
+    assert "another type" in str(info.value)
+
+
+async def test_bad_credentials_and_missing_permissions_are_configuration_errors(
+    redis_url: str,
+) -> None:
+    user = f"qtest-{uuid.uuid4().hex[:8]}"
+    raw = redis_asyncio.Redis.from_url(redis_url)
+    await raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-evalsha")
+    base = redis_url.removeprefix("redis://")
+    try:
+        for url, match in (
+            (f"redis://{user}:wrong@{base}", "authentication failed"),
+            (f"redis://{user}:pw@{base}", "permission"),
+        ):
+            c = RedisCoordinator.from_url(url, namespace="misconfigured")
+            try:
+                with pytest.raises(ConfigurationError, match=match):
+                    await c.announce("w1", ttl=LONG)
+            finally:
+                await c.aclose()
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)
+        await raw.aclose()
+
+
+async def test_a_missing_password_is_a_configuration_error(private_server: RedisServer) -> None:
+    raw = redis_asyncio.Redis.from_url(private_server.url)
+    await raw.config_set("requirepass", "secret")
+    await raw.aclose()
+    c = RedisCoordinator.from_url(private_server.url, namespace="noauth")
+    try:
+        with pytest.raises(ConfigurationError, match="authentication"):
+            await c.mark_active("s1")
+    finally:
+        await c.aclose()
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes (its first non-empty ``{...}``, else all)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start != -1 and end > start + 1 else key
+
+
+async def test_ids_holding_braces_cannot_move_a_key_to_another_slot(redis_h: Harness) -> None:
+    c = redis_h.coordinator
+    sid, use, worker = "}{evil}:x", "{tu}", "{w}"
+    await c.announce(worker, ttl=LONG)
+    await c.mark_active(sid, anchor(1))
+    t = (await claim_one(c, worker)).token
+    await c.claim_tool(sid, t, use)
+    await c.commit(sid, t, cur(1))
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url, decode_responses=True)
+    try:
+        keys = [k async for k in raw.scan_iter(match="{" + redis_h.namespace + "}:*")]
+    finally:
+        await raw.aclose()
+    assert any(k.endswith(":" + sid) for k in keys)
+    assert {hash_tag(k) for k in keys} == {redis_h.namespace}

@@ -12,14 +12,17 @@ import contextlib
 import gc
 import json
 import logging
+import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as redis_asyncio
 from redis_server import (
     RedisServer,
     drop_namespace,
@@ -465,9 +468,9 @@ async def _dead_owner(
     idle = next(e for e in events if e["type"] == "session.status_idle")
     before_idle = events[events.index(idle) - 1]
     (claim,) = await coordinator.claim("dead", ttl=60.0)
-    await coordinator.commit(
-        sid, claim.token, FleetCursor(before_idle["id"], before_idle["processed_at"])
-    )
+    sent = server.user_messages(sid)[0]
+    for ev in events[events.index(sent) : events.index(before_idle) + 1]:  # as a follower does
+        await coordinator.commit(sid, claim.token, FleetCursor(ev["id"], ev["processed_at"]))
     await coordinator.begin_handler(sid, claim.token, idle["id"])
     await coordinator.claim_tool(sid, claim.token, use["id"])
     if store is not None:
@@ -903,3 +906,202 @@ def test_the_readme_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "reply for sess_" in out
     assert out.strip().endswith(": get_weather returned: 18°C and sunny in Paris")
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def _earlier(processed_at: str, ms: int) -> str:
+    instant = datetime.fromisoformat(processed_at.replace("Z", "+00:00"))
+    return (instant - timedelta(milliseconds=ms)).isoformat().replace("+00:00", "Z")
+
+
+async def skewed_turn(ctx: TurnContext) -> None:
+    """Events stored in order, one stamped by a server writer whose clock is 50 ms behind."""
+    for i in range(4):
+        await ctx.sleep(0.02)
+        ev = ctx.emit("agent.message", content=[{"type": "text", "text": f"part {i}"}])
+        if i == 2:
+            stored = ctx._session.by_id[ev["id"]].event  # the server's own copy
+            stored["processed_at"] = _earlier(stored["processed_at"], 50)
+
+
+async def test_a_live_event_older_than_the_one_before_it_is_delivered(
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+) -> None:
+    server.script = skewed_turn
+    sid = str(server.add_session()["id"])
+    coordinator = coordinators()
+    rec = Recorder()
+    async with Fleet(qc, coordinator, worker_id="w1", lease_ttl=TTL) as fleet:
+        fleet.handler(rec)
+        async with serving(fleet):
+            first = str((await fleet.send(sid, "go")).last_event_id)
+            await released(coordinator, sid)
+            await fleet.send(sid, "again", on_busy="wait")
+            await released(coordinator, sid)
+    stored = stored_ids(server, sid, first)
+    times = [e["processed_at"] for e in server.stored_events(sid)]
+    assert times != sorted(times)  # the skew is there
+    assert rec.ids(sid) == stored  # every event, in stored order, once
+    info = await coordinator.inspect(sid)
+    assert info is not None
+    assert info.cursor is not None
+    assert info.cursor.event_id == stored[-1]
+
+
+async def test_a_handler_raising_cancelled_error_is_a_handler_failure(
+    server: FakeQoderServer,
+    qc: QoderClient,
+    coordinators: Coordinators,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.script = paced_turn
+    sid = str(server.add_session()["id"])
+    coordinator = coordinators()
+    rec = Recorder()
+    raised: list[str | None] = []
+
+    async def awaits_a_cancelled_task(d: Delivery) -> None:
+        if d.event.type == "agent.message" and not raised:
+            raised.append(d.event.id)
+            task = asyncio.ensure_future(asyncio.sleep(10))
+            task.cancel()
+            await task  # ordinary asyncio code: raises CancelledError in the handler
+
+    rec.hook = awaits_a_cancelled_task
+    async with Fleet(qc, coordinator, worker_id="w1", lease_ttl=TTL) as fleet:
+        fleet.handler(rec)
+        async with serving(fleet):
+            first = str((await fleet.send(sid, "go")).last_event_id)
+            await released(coordinator, sid)
+    assert rec.ids(sid) == stored_ids(server, sid, first)  # each once: no redelivery
+    assert not any(d.redelivered for d in rec.deliveries)
+    failures = [r for r in caplog.records if "CancelledError" in r.getMessage()]
+    assert failures
+    assert failures[0].levelno == logging.ERROR
+    assert raised[0] in failures[0].getMessage()
+
+
+class Crashing:
+    """A coordinator whose ``begin_handler`` fails with a bug for the first ``times`` calls."""
+
+    def __init__(self, inner: Coordinator, times: int) -> None:
+        self.inner = inner
+        self.times = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
+        if self.times > 0:
+            self.times -= 1
+            raise RuntimeError("a bug in the follower")
+        await self.inner.begin_handler(session_id, token, event_id)
+
+
+async def test_a_crashing_follower_hands_off_after_a_growing_backoff(
+    server: FakeQoderServer,
+    qc: QoderClient,
+    coordinators: Coordinators,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sid = str(server.add_session()["id"])
+    coordinator = coordinators()
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        await asyncio.sleep(min(delay, 0.05))
+
+    crashing = Crashing(coordinator, times=3)
+    rec = Recorder()
+    fleet = Fleet(qc, crashing, worker_id="w1", lease_ttl=TTL, sleep=sleep, rand=lambda: 0.5)  # type: ignore[arg-type]
+    fleet.handler(rec)
+    async with serving(fleet):
+        first = str((await fleet.send(sid, "go")).last_event_id)
+        await released(coordinator, sid)
+    delays = [
+        float(m.group(1))
+        for r in caplog.records
+        if (m := re.search(r"following \S+ failed; handing it off in ([\d.]+)s", r.getMessage()))
+    ]
+    assert len(delays) == 3
+    assert 0 < delays[0] < delays[1] < delays[2]  # backed off, never a hot loop
+    assert all(any(abs(d - s) < 0.06 for s in slept) for d in delays)  # and waited
+    assert rec.ids(sid) == stored_ids(server, sid, first)
+
+
+async def test_redis_losing_its_data_mid_turn_loses_no_event(
+    server: FakeQoderServer, qc: QoderClient, private_redis: RedisServer
+) -> None:
+    server.script = paced_turn
+    sid = str(server.add_session()["id"])
+    coordinator = RedisCoordinator.from_url(
+        private_redis.url, namespace="flushed", socket_timeout=0.5
+    )
+    raw = redis_asyncio.Redis.from_url(private_redis.url)
+    rec = Recorder()
+    fleet = Fleet(qc, coordinator, worker_id="w1", lease_ttl=1.0, poll_interval=0.05)
+    fleet.handler(rec)
+    try:
+        async with serving(fleet):
+            first = str((await fleet.send(sid, "go")).last_event_id)
+            await eventually(lambda: asyncio.sleep(0, len(rec.deliveries) >= 8))
+            await raw.flushdb()  # FLUSHDB, or a restart without persistence
+            await released(coordinator, sid)
+            await fleet.send(sid, "again", on_busy="wait")  # must not anchor past a gap
+            await released(coordinator, sid)
+    finally:
+        await raw.aclose()
+        await coordinator.aclose()
+    assert_once_in_order(rec.by_session[sid], stored_ids(server, sid, first))
+
+
+async def test_serve_fails_fast_on_a_permanent_redis_misconfiguration(
+    qc: QoderClient, redis_url: str
+) -> None:
+    bad = redis_url.replace("redis://", "redis://nobody:wrong@")
+    async with RedisCoordinator.from_url(bad, namespace="misconfigured") as coordinator:
+        fleet = Fleet(qc, coordinator, worker_id="w1", lease_ttl=TTL)
+        fleet.handler(Recorder())
+        with pytest.raises(ConfigurationError, match="authentication"):
+            await asyncio.wait_for(fleet.serve(), timeout=20)
+        assert not fleet.serving
+
+
+async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due(
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+) -> None:
+    server.script = tool_script("get_weather", {"city": "Oslo"})
+    sid = str(server.add_session()["id"])
+    coordinator = coordinators()
+    rec = Recorder()
+    sent: list[str] = []
+
+    async def follow_up(d: Delivery) -> None:
+        if d.event.type == "user.message" and not sent:
+            sent.append("pending")
+            # The turn is about to pause on get_weather: only this fleet answers it.
+            accepted = await fleet.send(sid, "and tomorrow?", on_busy="wait", busy_timeout=60)
+            sent[0] = str(accepted.last_event_id)
+
+    rec.hook = follow_up
+
+    async def get_weather(tool_input: Mapping[str, Any]) -> str:
+        return f"sunny in {tool_input['city']}"
+
+    fleet = Fleet(
+        qc, coordinator, worker_id="w1", lease_ttl=TTL, tools={"get_weather": get_weather}
+    )
+    fleet.handler(rec)
+    async with fleet, serving(fleet):
+        first = str((await fleet.send(sid, "weather?")).last_event_id)
+        async with asyncio.timeout(20):  # deadlocked until busy_timeout before the fix
+            while sent in ([], ["pending"]):
+                await asyncio.sleep(0.01)
+        await released(coordinator, sid)
+    assert len(server.user_messages(sid)) == 2
+    assert rec.ids(sid) == stored_ids(server, sid, first)
+    results = [e for e in server.stored_events(sid) if e["type"] == "user.custom_tool_result"]
+    assert len(results) == 2  # both turns' tool calls answered once

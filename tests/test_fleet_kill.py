@@ -407,3 +407,45 @@ def check(
         "tool calls answered as orphaned": orphaned,
         "faults": dict(server.fault_counts),
     }
+
+
+async def test_a_second_process_with_a_live_worker_id_is_refused(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two processes started with one worker_id: the second one stops with a
+    ConfigurationError; its shutdown leaves the live one's record, which goes on
+    delivering and is counted once."""
+    async with cluster(redis_url, tmp_path) as c:
+        sessions = [str(c.server.add_session()["id"]) for _ in range(4)]
+        w1 = await c.worker("w1")
+        async with RedisCoordinator.from_url(redis_url, namespace=c.namespace) as coordinator:
+
+            async def members() -> list[str]:
+                return [w.worker_id for w in await coordinator.workers()]
+
+            async with asyncio.timeout(30):
+                while await members() != ["w1"]:
+                    await asyncio.sleep(0.02)
+            twin = await c.start("twin", "worker", "--worker-id", "w1")
+            try:
+                async with asyncio.timeout(40):  # it waits one lease for a dead one's record
+                    code = await twin.process.wait()
+            except TimeoutError:
+                raise AssertionError("the twin kept running: " + c.log("twin")) from None
+            assert code != 0
+            assert "ConfigurationError" in c.log("twin")
+            assert "worker_id 'w1' is in use by another live process" in c.log("twin")
+            assert twin.records() == []  # it delivered nothing
+            assert w1.process.returncode is None
+            assert await members() == ["w1"]  # the twin's clean exit left w1's record
+            front = await c.start(
+                "front", "front", "--sessions", ",".join(sessions), "--turns", "1"
+            )
+            async with asyncio.timeout(60):
+                await front.process.wait()
+            assert front.process.returncode == 0, c.log("front")
+            await until(
+                lambda: sum(ends_turn(r) for r in w1.records("start")) >= len(sessions),
+                "w1 delivered every turn",
+            )
+            assert (await coordinator.workers())[0].worker_id == "w1"

@@ -19,7 +19,9 @@ from qoder_async import Backoff, QoderError
 from qoder_async._eventstream import as_cursor
 from qoder_async._lease import (
     Balancer,
+    Claim,
     FleetCursor,
+    Follow,
     Lease,
     LeaseStatus,
     LeaseTable,
@@ -27,7 +29,6 @@ from qoder_async._lease import (
     ToolState,
     WorkerLoad,
     covers,
-    cursor_may_advance,
     fair_shares,
     order_key,
 )
@@ -112,15 +113,50 @@ def test_order_key_sorts_like_the_instants(
     assert (key_a == key_b) == (instant_a == instant_b)
 
 
-def test_cursor_may_advance_by_processed_at_only() -> None:
-    early = FleetCursor("evt_b", "2026-05-18T03:00:00Z")
+def test_a_commit_is_never_refused_for_its_time() -> None:
+    # Two server writers with clocks apart: the stored order is the order, not processed_at.
+    table = LeaseTable(clock=Clock(0.0))
+    table.mark_active("s1")
+    (claim,) = table.claim("w1", ttl=5.0)
     late = FleetCursor("evt_a", "2026-05-18T04:00:00Z")
-    assert cursor_may_advance(None, early)
-    assert cursor_may_advance(early, late)
-    assert cursor_may_advance(early, early)
-    assert not cursor_may_advance(late, early)
-    assert cursor_may_advance(late, FleetCursor("evt_c"))  # no order known: taken
-    assert cursor_may_advance(FleetCursor("evt_c"), early)
+    early = FleetCursor("evt_b", "2026-05-18T03:00:00Z")  # stored after evt_a
+    assert table.commit("s1", claim.token, late)
+    assert table.commit("s1", claim.token, early)
+    info = table.inspect("s1")
+    assert info is not None
+    assert info.cursor == early
+
+
+def follower(cursor: FleetCursor | None) -> Follow:
+    clock = Clock(0.0)
+    lease = Lease("s1", 1, ttl=5.0, claimed_at=0.0, clock=clock, rand=half)
+    return Follow(Claim("s1", 1, cursor), lease)
+
+
+def test_a_live_event_older_than_the_cursor_is_delivered() -> None:
+    at = "2026-05-18T03:00:{:02d}Z".format
+    follow = follower(FleetCursor("evt_1", at(10)))
+    follow.connecting()
+    assert not follow.admit("evt_0", at(5))  # a replay from before the cursor
+    assert follow.admit("evt_2", at(11))  # newer: replays are over for this connection
+    follow.committed(follow.delivered("evt_2", at(11), ends_turn=False))
+    assert follow.next_after(FleetCursor("evt_2", at(11)), "evt_3", at(9))
+    assert follow.admit("evt_3", at(9))  # live, older than the one before it: delivered
+    follow.committed(follow.delivered("evt_3", at(9), ends_turn=False))
+    assert not follow.admit("evt_2", at(11))  # delivered by this follower: never twice
+    assert not follow.admit("evt_3", at(9))
+    follow.connecting()  # a new connection: replays older than the cursor dropped again
+    assert not follow.admit("evt_x", at(8))
+    assert follow.admit("evt_4", at(9))  # not older than the cursor
+
+
+def test_following_towards_an_anchor_skips_what_is_older_then_takes_everything() -> None:
+    at = "2026-05-18T03:00:{:02d}Z".format
+    follow = follower(FleetCursor("evt_5", at(10), inclusive=True))
+    follow.connecting()
+    assert not follow.admit("evt_1", at(2))
+    assert follow.admit("evt_5", at(10))  # the anchor itself: the first to deliver
+    assert follow.admit("evt_6", at(3))  # after the anchor, live: delivered
 
 
 def test_an_anchor_cannot_end_a_turn() -> None:
@@ -128,18 +164,13 @@ def test_an_anchor_cannot_end_a_turn() -> None:
         FleetCursor("evt_1", inclusive=True, ends_turn=True)
 
 
-def test_covers() -> None:
+def test_covers_is_by_id_only() -> None:
     committed = FleetCursor("evt_5", "2026-05-18T03:00:05Z")
     anchored = FleetCursor("evt_5", "2026-05-18T03:00:05Z", inclusive=True)
-    key = order_key
-    assert covers(committed, "evt_5", None)
-    assert not covers(anchored, "evt_5", None)  # the anchor itself is still to deliver
-    assert covers(committed, "evt_4", key("2026-05-18T03:00:04Z"))
-    assert covers(anchored, "evt_4", key("2026-05-18T03:00:04Z"))
-    assert not covers(committed, "evt_6", key("2026-05-18T03:00:06Z"))
-    assert not covers(committed, "evt_x", None)
-    assert not covers(FleetCursor("evt_5"), "evt_4", key("2026-05-18T03:00:04Z"))
-    assert not covers(None, "evt_5", None)
+    assert covers(committed, "evt_5")
+    assert not covers(anchored, "evt_5")  # the anchor itself is still to deliver
+    assert not covers(committed, "evt_4")  # older by time: not known to be delivered
+    assert not covers(None, "evt_5")
 
 
 # --------------------------------------------------------------------------- the worker's lease
@@ -461,18 +492,12 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
                 stored = table.commit(
                     sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z")
                 )
-                assert before is not None
-                assert stored == cursor_may_advance(
-                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
-                )
+                assert stored
             elif op == "advance":
                 stored = table.advance(
                     sid, token, FleetCursor(f"e{n}", f"2026-01-01T00:00:{n:02d}Z"), f"e{n + 1}"
                 )
-                assert before is not None
-                assert stored == cursor_may_advance(
-                    before.cursor, FleetCursor("x", f"2026-01-01T00:00:{n:02d}Z")
-                )
+                assert stored
                 after_advance = table.inspect(sid)
                 assert after_advance is not None
                 assert after_advance.inflight is not None
@@ -496,8 +521,8 @@ def test_table_fencing_holds_under_any_interleaving(ops: list[tuple[str, int, in
         after = table.inspect(sid)
         assert after is not None
         assert before is not None
-        if before.cursor is not None and after.cursor is not None:
-            assert cursor_may_advance(before.cursor, after.cursor)
+        if not valid:
+            assert after == before  # a refused call changes nothing
     assert all(len(tokens) <= 1 for tokens in runners.values())
 
 
