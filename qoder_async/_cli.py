@@ -63,7 +63,7 @@ from qoder_async import (
     APIError,
     APIStatusError,
     ConfigurationError,
-    DeletedSession,
+    Deleted,
     Environment,
     Event,
     EventDelta,
@@ -233,7 +233,7 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | Agent | Environment | DeletedSession) -> dict[str, Any]:
+def _raw(obj: Event | Session | Agent | Environment | Deleted) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}

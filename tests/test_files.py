@@ -20,7 +20,7 @@ import pytest
 from qoder_async import (
     APIResponseValidationError,
     BadRequestError,
-    DeletedFile,
+    Deleted,
     DocumentBlock,
     FileDownload,
     FileMetadata,
@@ -201,8 +201,7 @@ async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderSe
     only = [f.id async for f in client.files.list(ids=[first["id"]])]
     assert only == [first["id"]]
     deleted = await client.files.delete(first["id"])
-    assert isinstance(deleted, DeletedFile)
-    assert deleted.id == first["id"]
+    assert deleted == Deleted(id=first["id"], type="file_deleted")
     with pytest.raises(NotFoundError):
         await client.files.retrieve(first["id"])
 
