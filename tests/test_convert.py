@@ -194,22 +194,6 @@ def test_fixtures_cover_every_event_class() -> None:
 # --------------------------------------------------------------------------- user.*
 
 
-def test_user_message_string_content() -> None:
-    ev, data = structure("user_message_string_content")
-    assert_common(
-        ev,
-        data,
-        UserMessage,
-        "user.message",
-        event_id="evt_019e392c0a1b7c2d8e3f4a5b6c7d8e9f",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:40:41.120394857Z",
-    )
-    assert ev.content == (TextBlock("List the files in the repository root."),)
-    assert ev.text == "List the files in the repository root."
-    assert data["content"] == "List the files in the repository root."
-
-
 # --------------------------------------------------------------------------- fixture -> event
 
 
@@ -232,7 +216,12 @@ def case(
     expect: dict[str, Any] | None = None,
     id: str,
 ) -> Any:
-    """A row: fixture ``name`` decodes to ``cls``, these common fields, ``expect``ed values."""
+    """A row: fixture ``name`` decodes to ``cls`` with these common fields.
+
+    ``expect`` maps an attribute path (``"stop_reason.event_ids"``) to its value
+    (``Is(v)``: compared with ``is``), ``"type:<path>"`` to the attribute's
+    exact class and ``"raw:<key>"`` to a field of the object as given.
+    """
     common = {
         "event_id": event_id,
         "turn_id": turn_id,
@@ -243,6 +232,20 @@ def case(
 
 
 FIXTURE_CASES = [
+    case(
+        "user_message_string_content",
+        UserMessage,
+        "user.message",
+        "evt_019e392c0a1b7c2d8e3f4a5b6c7d8e9f",
+        TURN,
+        "2026-05-18T03:40:41.120394857Z",
+        expect={
+            "content": (TextBlock("List the files in the repository root."),),
+            "text": "List the files in the repository root.",
+            "raw:content": "List the files in the repository root.",
+        },
+        id="user_message_string_content",
+    ),
     case(
         "user_message_block_content",
         UserMessage,
@@ -292,6 +295,21 @@ FIXTURE_CASES = [
         "2026-05-18T03:40:45.210394857Z",
         expect={"tool_use_id": TOOL_USE_EVT, "result": "allow", "deny_message": Is(None)},
         id="user_tool_confirmation_result",
+    ),
+    case(
+        "user_tool_confirmation_decision",
+        UserToolConfirmation,
+        "user.tool_confirmation",
+        "evt_019e392c0c4f7e1a2b3c4d5e6f7a8b9c",
+        TURN,
+        "2026-05-18T03:40:45.210394857Z",
+        expect={
+            "tool_use_id": TOOL_USE_EVT,
+            "result": "allow",
+            "deny_message": Is(None),
+            "raw:decision": "approve",
+        },
+        id="user_tool_confirmation_decision_approve_reads_as_allow",
     ),
     case(
         "user_tool_confirmation_result_deny",
@@ -506,6 +524,64 @@ FIXTURE_CASES = [
         id="agent_artifact_delivered",
     ),
     case(
+        "session_status_idle_requires_action",
+        SessionStatusIdle,
+        "session.status_idle",
+        "evt_019e392c1e6f7a8b9c0d1e2f3a4b5c6d",
+        TURN,
+        "2026-05-18T03:40:47.530192837Z",
+        expect={
+            "type:stop_reason": RequiresAction,
+            "stop_reason.type": "requires_action",
+            "stop_reason.event_ids": (CUSTOM_USE_EVT, TOOL_USE_EVT),
+            "stop_reason.ends_turn": Is(False),
+        },
+        id="session_status_idle_requires_action",
+    ),
+    case(
+        "session_status_idle_retries_exhausted",
+        SessionStatusIdle,
+        "session.status_idle",
+        "evt_019e392c1f7a7b8c9d0e1f2a3b4c5d6e",
+        TURN,
+        "2026-05-18T03:42:10.887162534Z",
+        expect={
+            "type:stop_reason": RetriesExhausted,
+            "stop_reason.type": "retries_exhausted",
+            "stop_reason.ends_turn": Is(True),
+        },
+        id="session_status_idle_retries_exhausted",
+    ),
+    case(
+        "session_status_idle_budget_reached",
+        SessionStatusIdle,
+        "session.status_idle",
+        "evt_019e392c2a8b7c9d0e1f2a3b4c5d6e7f",
+        TURN,
+        "2026-05-18T03:43:00.019283746Z",
+        expect={
+            "type:stop_reason": BudgetReached,
+            "stop_reason.type": "budget_reached",
+            "stop_reason.ends_turn": Is(True),
+        },
+        id="session_status_idle_budget_reached",
+    ),
+    case(
+        "session_status_idle_unknown_reason",
+        SessionStatusIdle,
+        "session.status_idle",
+        "evt_019e392c2b9c7d0e1f2a3b4c5d6e7f8a",
+        TURN,
+        "2026-05-18T03:43:30.561728394Z",
+        expect={
+            "type:stop_reason": UnknownStopReason,
+            "stop_reason.type": "refusal",
+            "stop_reason.raw": {"type": "refusal", "stop_details": {"category": "policy"}},
+            "stop_reason.ends_turn": Is(True),
+        },
+        id="session_status_idle_unknown_reason",
+    ),
+    case(
         "session_status_rescheduled",
         SessionStatusRescheduled,
         "session.status_rescheduled",
@@ -525,6 +601,36 @@ FIXTURE_CASES = [
         id="session_status_terminated",
     ),
     case(
+        "terminated_legacy",
+        SessionStatusTerminated,
+        "session.status_terminated",
+        "evt_019e39400a1b7c2d3e4f5a6b7c8d9e0f",
+        None,
+        "2026-05-18T05:10:00.000192837Z",
+        expect={
+            "reason": "Session terminated after an unrecoverable runtime error.",
+            "raw:type": "terminated",
+        },
+        id="terminated_legacy_reads_as_session_status_terminated",
+    ),
+    case(
+        "session_error_string",
+        SessionErrorEvent,
+        "session.error",
+        "evt_019e392c2c0d7e1f2a3b4c5d6e7f8a9b",
+        TURN,
+        "2026-05-18T03:41:58.220193847Z",
+        expect={
+            "type:error": ErrorInfo,
+            "error.type": "model_overloaded_error",
+            "error.message": "The model is temporarily overloaded.",
+            "error.retry_status": Is(None),
+            "error.code": "model_overloaded_error",
+            "retrying": Is(False),
+        },
+        id="session_error_string",
+    ),
+    case(
         "session_thread_created",
         SessionThreadCreated,
         "session.thread_created",
@@ -534,6 +640,21 @@ FIXTURE_CASES = [
         thread=THREAD,
         expect={"agent_name": "researcher"},
         id="session_thread_created",
+    ),
+    case(
+        "session_thread_status_idle",
+        SessionThreadStatusIdle,
+        "session.thread_status_idle",
+        "evt_019e392d0c3d7e4f5a6b7c8d9e0f1a2b",
+        TURN,
+        "2026-05-18T03:41:12.440192837Z",
+        thread=THREAD,
+        expect={
+            "agent_name": "researcher",
+            "stop_reason": RequiresAction((CUSTOM_USE_EVT,)),
+            "type:stop_reason": RequiresAction,
+        },
+        id="session_thread_status_idle_has_its_own_stop_reason",
     ),
     case(
         "span_model_request_start",
@@ -758,6 +879,12 @@ def test_fixture_decodes(
     ev, data = structure(name)
     assert_common(ev, data, cls, event_type, **common)
     for path, want in expect.items():
+        if path.startswith("raw:"):  # a field of the object as given
+            assert data[path[4:]] == want, path
+            continue
+        if path.startswith("type:"):  # the exact class of an attribute
+            assert type(operator.attrgetter(path[5:])(ev)) is want, path
+            continue
         got = operator.attrgetter(path)(ev)
         if isinstance(want, Is):
             assert got is want.value, path
@@ -836,23 +963,6 @@ def test_user_define_outcome_content_as_blocks() -> None:
     assert type(ev) is UserDefineOutcome
     assert ev.description == "All unit tests pass."
     assert ev.raw is data
-
-
-def test_user_tool_confirmation_decision_approve_reads_as_allow() -> None:
-    ev, data = structure("user_tool_confirmation_decision")
-    assert_common(
-        ev,
-        data,
-        UserToolConfirmation,
-        "user.tool_confirmation",
-        event_id="evt_019e392c0c4f7e1a2b3c4d5e6f7a8b9c",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:40:45.210394857Z",
-    )
-    assert ev.tool_use_id == TOOL_USE_EVT
-    assert ev.result == "allow"
-    assert ev.deny_message is None
-    assert data["decision"] == "approve"
 
 
 @pytest.mark.parametrize(
@@ -1026,87 +1136,6 @@ def test_session_status_idle_end_turn(name: str) -> None:
     assert ev.stop_reason.ends_turn is True
 
 
-def test_session_status_idle_requires_action() -> None:
-    ev, data = structure("session_status_idle_requires_action")
-    assert_common(
-        ev,
-        data,
-        SessionStatusIdle,
-        "session.status_idle",
-        event_id="evt_019e392c1e6f7a8b9c0d1e2f3a4b5c6d",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:40:47.530192837Z",
-    )
-    assert type(ev.stop_reason) is RequiresAction
-    assert ev.stop_reason.type == "requires_action"
-    assert ev.stop_reason.event_ids == (CUSTOM_USE_EVT, TOOL_USE_EVT)
-    assert ev.stop_reason.ends_turn is False
-
-
-def test_session_status_idle_retries_exhausted() -> None:
-    ev, data = structure("session_status_idle_retries_exhausted")
-    assert_common(
-        ev,
-        data,
-        SessionStatusIdle,
-        "session.status_idle",
-        event_id="evt_019e392c1f7a7b8c9d0e1f2a3b4c5d6e",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:42:10.887162534Z",
-    )
-    assert type(ev.stop_reason) is RetriesExhausted
-    assert ev.stop_reason.type == "retries_exhausted"
-    assert ev.stop_reason.ends_turn is True
-
-
-def test_session_status_idle_budget_reached() -> None:
-    ev, data = structure("session_status_idle_budget_reached")
-    assert_common(
-        ev,
-        data,
-        SessionStatusIdle,
-        "session.status_idle",
-        event_id="evt_019e392c2a8b7c9d0e1f2a3b4c5d6e7f",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:43:00.019283746Z",
-    )
-    assert type(ev.stop_reason) is BudgetReached
-    assert ev.stop_reason.type == "budget_reached"
-    assert ev.stop_reason.ends_turn is True
-
-
-def test_session_status_idle_unknown_reason() -> None:
-    ev, data = structure("session_status_idle_unknown_reason")
-    assert_common(
-        ev,
-        data,
-        SessionStatusIdle,
-        "session.status_idle",
-        event_id="evt_019e392c2b9c7d0e1f2a3b4c5d6e7f8a",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:43:30.561728394Z",
-    )
-    assert type(ev.stop_reason) is UnknownStopReason
-    assert ev.stop_reason.type == "refusal"
-    assert ev.stop_reason.raw == {"type": "refusal", "stop_details": {"category": "policy"}}
-    assert ev.stop_reason.ends_turn is True
-
-
-def test_terminated_legacy_reads_as_session_status_terminated() -> None:
-    ev, data = structure("terminated_legacy")
-    assert_common(
-        ev,
-        data,
-        SessionStatusTerminated,
-        "session.status_terminated",
-        event_id="evt_019e39400a1b7c2d3e4f5a6b7c8d9e0f",
-        turn_id=None,
-        processed_at="2026-05-18T05:10:00.000192837Z",
-    )
-    assert ev.reason == "Session terminated after an unrecoverable runtime error."
-    assert data["type"] == "terminated"
-
-
 def test_session_error_structured() -> None:
     ev, data = structure("session_error_structured")
     assert_common(
@@ -1125,25 +1154,6 @@ def test_session_error_structured() -> None:
     assert ev.error.code is None
     assert ev.error.raw == data["error"]
     assert ev.retrying is True
-
-
-def test_session_error_string() -> None:
-    ev, data = structure("session_error_string")
-    assert_common(
-        ev,
-        data,
-        SessionErrorEvent,
-        "session.error",
-        event_id="evt_019e392c2c0d7e1f2a3b4c5d6e7f8a9b",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:41:58.220193847Z",
-    )
-    assert type(ev.error) is ErrorInfo
-    assert ev.error.type == "model_overloaded_error"
-    assert ev.error.message == "The model is temporarily overloaded."
-    assert ev.error.retry_status is None
-    assert ev.error.code == "model_overloaded_error"
-    assert ev.retrying is False
 
 
 def test_session_error_without_error_falls_back_to_unknown_error() -> None:
@@ -1251,23 +1261,6 @@ def test_session_thread_status(
         session_thread_id=THREAD,
     )
     assert ev.agent_name == "researcher"
-
-
-def test_session_thread_status_idle_has_its_own_stop_reason() -> None:
-    ev, data = structure("session_thread_status_idle")
-    assert_common(
-        ev,
-        data,
-        SessionThreadStatusIdle,
-        "session.thread_status_idle",
-        event_id="evt_019e392d0c3d7e4f5a6b7c8d9e0f1a2b",
-        turn_id=TURN,
-        processed_at="2026-05-18T03:41:12.440192837Z",
-        session_thread_id=THREAD,
-    )
-    assert ev.agent_name == "researcher"
-    assert ev.stop_reason == RequiresAction((CUSTOM_USE_EVT,))
-    assert type(ev.stop_reason) is RequiresAction
 
 
 # --------------------------------------------------------------------------- span.*
