@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import json
@@ -63,7 +64,7 @@ from qoder_async import (
     APIError,
     APIStatusError,
     ConfigurationError,
-    DeletedSession,
+    Deleted,
     Environment,
     Event,
     EventDelta,
@@ -233,7 +234,7 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | Agent | Environment | DeletedSession) -> dict[str, Any]:
+def _raw(obj: Event | Session | Agent | Environment | Deleted) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}
@@ -762,110 +763,152 @@ def _lister(line: Callable[[Any], str], ctx: _Context) -> Callable[[Any], None]:
     return show
 
 
-async def _cmd_sessions_list(args: argparse.Namespace, ctx: _Context) -> int:
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verb:
+    """One resource command: its argparse arguments and the client call it runs.
+
+    ``call(client, args)`` returns the async iterator to print (``list``), the
+    ``Deleted`` answer (``delete``), or the resource to show (any other verb).
+    """
+
+    resource: str
+    name: str
+    summary: str
+    example: str
+    call: Callable[[QoderClient, argparse.Namespace], Any]
+    args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+
+
+def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return flags, options
+
+
+def _limit(noun: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return _arg("--limit", type=_positive, metavar="N", help=f"print at most N {noun}")
+
+
+_SESSION_ID = _arg("session_id", metavar="SESSION_ID")
+_AGENT_ID = _arg("agent_id", metavar="AGENT_ID")
+_ENVIRONMENT_ID = _arg("environment_id", metavar="ENVIRONMENT_ID")
+
+_VERBS: tuple[_Verb, ...] = (
+    _Verb(
+        "sessions", "list", "list sessions", "--limit 10",
+        lambda c, a: c.sessions.list(
+            limit=_page_size(a.limit),
+            agent_id=a.agent,
+            include_archived=True if a.archived else None,
+        ),
+        (
+            _limit("sessions"),
+            _arg("--agent", metavar="ID", help="only sessions of this agent"),
+            _arg("--archived", action="store_true", help="include archived sessions"),
+        ),
+    ),
+    _Verb(
+        "sessions", "create", "create a session",
+        "--agent agent_01abc --environment env_01abc --title triage",
+        lambda c, a: c.sessions.create(
+            agent=a.agent, environment_id=a.environment, title=a.title
+        ),
+        (
+            _arg("--agent", required=True, metavar="ID", help="the agent id"),
+            _arg("--environment", required=True, metavar="ID", help="the environment id"),
+            _arg("--title", metavar="T", help="a title"),
+        ),
+    ),
+    _Verb(
+        "sessions", "get", "show a session", "sess_01abc",
+        lambda c, a: c.sessions.retrieve(a.session_id), (_SESSION_ID,),
+    ),
+    _Verb(
+        "sessions", "cancel", "cancel a session's running turn", "sess_01abc",
+        lambda c, a: c.sessions.cancel(a.session_id), (_SESSION_ID,),
+    ),
+    _Verb(
+        "sessions", "archive", "archive a session", "sess_01abc",
+        lambda c, a: c.sessions.archive(a.session_id), (_SESSION_ID,),
+    ),
+    _Verb(
+        "sessions", "delete", "delete a session and its events (cannot be undone)", "sess_01abc",
+        lambda c, a: c.sessions.delete(a.session_id), (_SESSION_ID,),
+    ),
+    _Verb(
+        "agents", "list", "list agents", "",
+        lambda c, a: c.agents.list(limit=_page_size(a.limit)), (_limit("agents"),),
+    ),
+    _Verb(
+        "agents", "create", "create an agent",
+        '--name reviewer --model auto --system "Review code."',
+        lambda c, a: c.agents.create(name=a.name, model=a.model, system=a.system),
+        (
+            _arg("--name", required=True, help="the agent's name"),
+            _arg("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate"),
+            _arg("--system", metavar="S", help="system prompt"),
+        ),
+    ),
+    _Verb(
+        "agents", "get", "show an agent", "agent_01abc --version 2",
+        lambda c, a: c.agents.retrieve(a.agent_id, version=a.version),
+        (
+            _AGENT_ID,
+            _arg("--version", type=_positive, metavar="N",
+                 help="this version (default: the latest)"),
+        ),
+    ),
+    _Verb(
+        "agents", "archive", "archive an agent", "agent_01abc",
+        lambda c, a: c.agents.archive(a.agent_id), (_AGENT_ID,),
+    ),
+    _Verb(
+        "environments", "list", "list environments", "",
+        lambda c, a: c.environments.list(limit=_page_size(a.limit)),
+        (_limit("environments"),),
+    ),
+    _Verb(
+        "environments", "create", "create an environment", "--name sandbox",
+        lambda c, a: c.environments.create(name=a.name),
+        (_arg("--name", required=True, help="the environment's name"),),
+    ),
+    _Verb(
+        "environments", "get", "show an environment", "env_01abc",
+        lambda c, a: c.environments.retrieve(a.environment_id), (_ENVIRONMENT_ID,),
+    ),
+    _Verb(
+        "environments", "archive", "archive an environment", "env_01abc",
+        lambda c, a: c.environments.archive(a.environment_id), (_ENVIRONMENT_ID,),
+    ),
+)  # fmt: skip
+"""Every resource command, in help order: the parser and :func:`_cmd_resource` read it."""
+
+_LINES: dict[str, Callable[[Any], str]] = {
+    "sessions": _session_line,
+    "agents": _agent_line,
+    "environments": _environment_line,
+}
+
+
+async def _cmd_resource(args: argparse.Namespace, ctx: _Context) -> int:
+    verb: _Verb = args.verb
     async with _client(args) as client:
-        sessions = client.sessions.list(
-            limit=_page_size(args.limit),
-            agent_id=args.agent,
-            include_archived=True if args.archived else None,
-        )
-        await _print_items(sessions, args.limit, _lister(_session_line, ctx))
-    return EXIT_OK
-
-
-async def _cmd_sessions_create(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        session = await client.sessions.create(
-            agent=args.agent, environment_id=args.environment, title=args.title
-        )
-    _show_resource(ctx, session)
-    return EXIT_OK
-
-
-async def _cmd_sessions_get(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        session = await client.sessions.retrieve(args.session_id)
-    _show_resource(ctx, session)
-    return EXIT_OK
-
-
-async def _cmd_sessions_cancel(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        session = await client.sessions.cancel(args.session_id)
-    _show_resource(ctx, session)
-    return EXIT_OK
-
-
-async def _cmd_sessions_archive(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        session = await client.sessions.archive(args.session_id)
-    _show_resource(ctx, session)
-    return EXIT_OK
-
-
-async def _cmd_sessions_delete(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        deleted = await client.sessions.delete(args.session_id)
-    if ctx.out.json_mode:
-        ctx.out.record(_raw(deleted))
+        answer = verb.call(client, args)
+        if verb.name == "list":
+            await _print_items(answer, args.limit, _lister(_LINES[verb.resource], ctx))
+            return EXIT_OK
+        obj = await answer
+    if verb.name != "delete":
+        _show_resource(ctx, obj)
+    elif ctx.out.json_mode:
+        ctx.out.record(_raw(obj))
     else:
-        ctx.out.line(f"deleted {deleted.id or args.session_id}")
-    return EXIT_OK
-
-
-async def _cmd_agents_list(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        agents = client.agents.list(limit=_page_size(args.limit))
-        await _print_items(agents, args.limit, _lister(_agent_line, ctx))
-    return EXIT_OK
-
-
-async def _cmd_agents_create(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        agent = await client.agents.create(name=args.name, model=args.model, system=args.system)
-    _show_resource(ctx, agent)
-    return EXIT_OK
-
-
-async def _cmd_agents_get(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        agent = await client.agents.retrieve(args.agent_id, version=args.version)
-    _show_resource(ctx, agent)
-    return EXIT_OK
-
-
-async def _cmd_agents_archive(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        agent = await client.agents.archive(args.agent_id)
-    _show_resource(ctx, agent)
-    return EXIT_OK
-
-
-async def _cmd_environments_list(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        environments = client.environments.list(limit=_page_size(args.limit))
-        await _print_items(environments, args.limit, _lister(_environment_line, ctx))
-    return EXIT_OK
-
-
-async def _cmd_environments_create(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        environment = await client.environments.create(name=args.name)
-    _show_resource(ctx, environment)
-    return EXIT_OK
-
-
-async def _cmd_environments_get(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        environment = await client.environments.retrieve(args.environment_id)
-    _show_resource(ctx, environment)
-    return EXIT_OK
-
-
-async def _cmd_environments_archive(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        environment = await client.environments.archive(args.environment_id)
-    _show_resource(ctx, environment)
+        ctx.out.line(f"deleted {obj.id}")
     return EXIT_OK
 
 
@@ -1051,13 +1094,6 @@ def _type_list(text: str) -> list[str]:
     return types
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 class _Builder:
     """Adds sub-commands that all share the global options and an ``Example:`` epilog."""
 
@@ -1172,95 +1208,22 @@ def build_parser() -> argparse.ArgumentParser:
         "separated by commas (--type a,b)",
     )
 
-    group = build.add(
-        commands,
-        "sessions",
-        "list, create, get, cancel, archive or delete sessions",
-        f"{PROG} sessions list",
-    )
-    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = build.add(
-        sub, "list", "list sessions", f"{PROG} sessions list --limit 10", _cmd_sessions_list
-    )
-    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N sessions")
-    p.add_argument("--agent", metavar="ID", help="only sessions of this agent")
-    p.add_argument("--archived", action="store_true", help="include archived sessions")
-    p = build.add(
-        sub,
-        "create",
-        "create a session",
-        f"{PROG} sessions create --agent agent_01abc --environment env_01abc --title triage",
-        _cmd_sessions_create,
-    )
-    p.add_argument("--agent", required=True, metavar="ID", help="the agent id")
-    p.add_argument("--environment", required=True, metavar="ID", help="the environment id")
-    p.add_argument("--title", metavar="T", help="a title")
-    for name, summary, func in (
-        ("get", "show a session", _cmd_sessions_get),
-        ("cancel", "cancel a session's running turn", _cmd_sessions_cancel),
-        ("archive", "archive a session", _cmd_sessions_archive),
-        ("delete", "delete a session and its events (cannot be undone)", _cmd_sessions_delete),
-    ):
-        p = build.add(sub, name, summary, f"{PROG} sessions {name} sess_01abc", func)
-        p.add_argument("session_id", metavar="SESSION_ID")
-
-    group = build.add(
-        commands, "agents", "list, create, get or archive agents", f"{PROG} agents list"
-    )
-    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = build.add(sub, "list", "list agents", f"{PROG} agents list", _cmd_agents_list)
-    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N agents")
-    p = build.add(
-        sub,
-        "create",
-        "create an agent",
-        f'{PROG} agents create --name reviewer --model auto --system "Review code."',
-        _cmd_agents_create,
-    )
-    p.add_argument("--name", required=True, help="the agent's name")
-    p.add_argument("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate")
-    p.add_argument("--system", metavar="S", help="system prompt")
-    p = build.add(
-        sub, "get", "show an agent", f"{PROG} agents get agent_01abc --version 2", _cmd_agents_get
-    )
-    p.add_argument("agent_id", metavar="AGENT_ID")
-    p.add_argument(
-        "--version", type=_positive, metavar="N", help="this version (default: the latest)"
-    )
-    p = build.add(
-        sub,
-        "archive",
-        "archive an agent",
-        f"{PROG} agents archive agent_01abc",
-        _cmd_agents_archive,
-    )
-    p.add_argument("agent_id", metavar="AGENT_ID")
-
-    group = build.add(
-        commands,
-        "environments",
-        "list, create, get or archive environments",
-        f"{PROG} environments list",
-    )
-    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = build.add(
-        sub, "list", "list environments", f"{PROG} environments list", _cmd_environments_list
-    )
-    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N environments")
-    p = build.add(
-        sub,
-        "create",
-        "create an environment",
-        f"{PROG} environments create --name sandbox",
-        _cmd_environments_create,
-    )
-    p.add_argument("--name", required=True, help="the environment's name")
-    for name, summary, func in (
-        ("get", "show an environment", _cmd_environments_get),
-        ("archive", "archive an environment", _cmd_environments_archive),
-    ):
-        p = build.add(sub, name, summary, f"{PROG} environments {name} env_01abc", func)
-        p.add_argument("environment_id", metavar="ENVIRONMENT_ID")
+    for resource in _LINES:
+        verbs = [v for v in _VERBS if v.resource == resource]
+        names = [v.name for v in verbs]
+        group = build.add(
+            commands,
+            resource,
+            f"{', '.join(names[:-1])} or {names[-1]} {resource}",
+            f"{PROG} {resource} list",
+        )
+        sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+        for verb in verbs:
+            example = f"{PROG} {resource} {verb.name} {verb.example}".rstrip()
+            p = build.add(sub, verb.name, verb.summary, example, _cmd_resource)
+            p.set_defaults(verb=verb)
+            for flags, options in verb.args:
+                p.add_argument(*flags, **options)
 
     p = build.add(
         commands,

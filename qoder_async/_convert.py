@@ -27,13 +27,15 @@ thread ``agent.name``                     ``SessionThread.agent_name``
 
 Everything goes through the single cattrs :data:`converter`:
 
-* inbound events: one hook per event class, registered on the converter (the
-  stream decoder takes its dispatch table from it, see :func:`event_hooks`).
-  They are hand-tuned because the variants above need code anyway and they
-  run for every event: each reads and checks its fields inline, then builds
-  the frozen instance with a *fast constructor* generated from
+* inbound events: one hook per wire ``type`` (:data:`EVENT_HOOKS`), the table
+  the stream decoder dispatches on. Each reads and checks its fields inline,
+  then builds the frozen instance with a *fast constructor* generated from
   ``attrs.fields()`` (:func:`fast_constructor`: the slots set directly, no
-  ``__init__``; a test holds every one equal to the plain constructor);
+  ``__init__``; a test holds every one equal to the plain constructor). Most
+  hooks only read each field: they are generated from one row of
+  ``_HOOK_SPECS`` each; the variants above are written out. The converter
+  structures an event class through the same table (``converter.structure(d,
+  AgentMessage)``), checking the object is of that class;
 * resources (sessions, agents, environments...): cattrs-generated hooks with
   strict scalars, after a small normalisation of their variants;
 * outbound events: unstructure hooks producing the canonical wire names.
@@ -51,6 +53,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import cattrs
+from attrs import evolve as attrs_evolve
 from attrs import fields as attrs_fields
 from cattrs.gen import make_dict_structure_fn, override
 
@@ -76,10 +79,7 @@ from ._models import (
     BaseEvent,
     BudgetReached,
     ContentBlock,
-    DeletedEnvironment,
-    DeletedFile,
-    DeletedSession,
-    DeletedSessionResource,
+    Deleted,
     DocumentBlock,
     EndTurn,
     Environment,
@@ -131,11 +131,11 @@ from ._models import (
 )
 
 __all__ = [
+    "EVENT_CLASSES",
     "EVENT_HOOKS",
     "EVENT_TYPES",
     "ShapeError",
     "converter",
-    "event_hooks",
     "fast_constructor",
     "structure_agent",
     "structure_deleted",
@@ -502,12 +502,142 @@ def _tool_input(d: JSON, *keys: str) -> Mapping[str, Any]:
     return {}
 
 
-def _tool_name(d: JSON) -> str:
-    name = _str(d, "name")
+def _tool_name(d: JSON, key: str = "name") -> str:
+    name = _str(d, key)
     if name is None:
         name = _str(d, "tool_name")
     return name or ""
 
+
+def _str_or_empty(d: JSON, key: str) -> str:
+    return _str(d, key) or ""
+
+
+def _int_or_zero(d: JSON, key: str) -> int:
+    return _int(d, key) or 0
+
+
+def _stop(d: JSON, key: str) -> StopReason:
+    return structure_stop_reason(d.get(key))
+
+
+def _usage(d: JSON, key: str) -> Usage | None:
+    return structure_usage(d.get(key), key)
+
+
+def _usage_or_empty(d: JSON, key: str) -> Usage:
+    return structure_usage(d.get(key), key) or Usage()
+
+
+def _error(d: JSON, _key: str) -> ErrorInfo:
+    return structure_error_info(d)
+
+
+def _str_in(d: JSON, obj_key: str, key: str) -> str | None:
+    """A string field of the nested object ``obj_key`` (absent object: ``None``)."""
+    return _str(_obj(d, obj_key) or {}, key)
+
+
+def _any_str(d: JSON, *keys: str) -> str:
+    """The first of ``keys`` that is a non-empty string, else ``""``."""
+    for key in keys:
+        v = _str(d, key)
+        if v:
+            return v
+    return ""
+
+
+Hook = Callable[..., Event]
+Reader = tuple[Any, ...]
+"""A field of a spec row: ``(read, *args)``, called as ``read(d, *args)``."""
+
+# The readers of the spec rows: string, string or "", int, int or 0, bool, content blocks.
+S, S_, N, N0, B, C = _str, _str_or_empty, _int, _int_or_zero, _bool, _blocks
+
+
+def _hook(cls: type[BaseEvent], *readers: Reader) -> Hook:
+    """The hook of ``cls``: ``new(*_head(d), read(d, *args), ...)``, one reader per field.
+
+    Generated as source, so it runs as fast as one written out by hand; the
+    readers must cover the class's fields after the head, in order.
+    """
+    names = [f.name for f in attrs_fields(cls)][5:]
+    if len(names) != len(readers):
+        raise TypeError(f"{cls.__name__}: readers for {names}, got {len(readers)}")
+    namespace: dict[str, Any] = {"new": fast_constructor(cls), "head": _head}
+    calls = []
+    for i, (read, *args) in enumerate(readers):
+        namespace[f"r{i}"] = read
+        calls.append(f"r{i}(d, {', '.join(map(repr, args))})")
+    source = f"def hook(d, _=None):\n    return new(*head(d), {', '.join(calls)})\n"
+    exec(source, namespace)
+    hook: Hook = namespace["hook"]
+    hook.__name__ = f"structure_{cls.__name__}"
+    return hook
+
+
+_HOOK_SPECS: tuple[tuple[type[BaseEvent], tuple[Reader, ...]], ...] = (
+    (UserMessage, ((C, "content"),)),
+    (SystemMessage, ((C, "content"),)),
+    (UserInterrupt, ((S, "reason"),)),
+    (UserToolResult, ((S_, "tool_use_id"), (C, "content"), (B, "is_error"))),
+    (
+        UserCustomToolResult,
+        ((_any_str, "custom_tool_use_id", "tool_use_id"), (C, "content"), (B, "is_error")),
+    ),
+    (AgentCustomToolUse, ((_tool_name, "name"), (_tool_input, "input", "tool_input"))),
+    (
+        AgentMCPToolUse,
+        ((S_, "name"), (_tool_input, "input"), (S, "mcp_server_name"), (S, "evaluated_permission")),
+    ),
+    (AgentMCPToolResult, ((S, "mcp_tool_use_id"), (C, "content"), (B, "is_error"))),
+    (AgentThreadMessageSent, ((C, "content"), (S, "to_session_thread_id"), (S, "to_agent_name"))),
+    (
+        AgentThreadMessageReceived,
+        ((C, "content"), (S, "from_session_thread_id"), (S, "from_agent_name")),
+    ),
+    (AgentThreadContextCompacted, ()),
+    (
+        AgentArtifactDelivered,
+        ((S, "file_id"), (S, "original_filename"), (N, "size"), (S, "content_type")),
+    ),
+    (SessionStatusRunning, ()),
+    (SessionStatusIdle, ((_stop, "stop_reason"),)),
+    (SessionStatusRescheduled, ()),
+    (SessionErrorEvent, ((_error, "error"),)),
+    (SessionUpdated, ()),
+    (SessionDeletedEvent, ()),
+    (SessionUsage, ((_usage_or_empty, "usage"), (_obj, "budget"))),
+    (SessionThreadCreated, ((S, "agent_name"),)),
+    (SessionThreadStatusRunning, ((S, "agent_name"),)),
+    (SessionThreadStatusIdle, ((S, "agent_name"), (_stop, "stop_reason"))),
+    (SessionThreadStatusRescheduled, ((S, "agent_name"),)),
+    (SessionThreadStatusTerminated, ((S, "agent_name"),)),
+    (SpanModelRequestStart, ((S, "model"), (S, "span_id"))),
+    (SpanOutcomeEvaluationStart, ((S, "outcome_id"), (N, "iteration"))),
+    (SpanOutcomeEvaluationOngoing, ((S, "outcome_id"), (N, "iteration"))),
+    (
+        SpanOutcomeEvaluationEnd,
+        (
+            (S, "outcome_id"),
+            (N, "iteration"),
+            (S, "result"),
+            (S, "explanation"),
+            (S, "outcome_evaluation_start_id"),
+        ),
+    ),
+    (
+        AgentContentBlockStart,
+        ((S, "message_id"), (N0, "index"), (_str_in, "content_block", "type")),
+    ),
+    (AgentContentBlockStop, ((S, "message_id"), (N0, "index"))),
+    (AgentMessageDelta, ((S, "message_id"), (_usage, "usage"))),
+    (AgentMessageStop, ((S, "message_id"),)),
+)
+"""The events whose hook only reads each field: one row each, ``(class, readers)``."""
+
+
+# --------------------------------------------------------------------------- hooks with code
 
 _new_tool_use = fast_constructor(AgentToolUse)
 
@@ -534,63 +664,7 @@ def _agent_tool_result(d: JSON, _: object = None) -> AgentToolResult:
     return _new_tool_result(*_head(d), _str(d, "tool_use_id"), content, _bool(d, "is_error"))
 
 
-_new_custom_tool_use = fast_constructor(AgentCustomToolUse)
-
-
-def _agent_custom_tool_use(d: JSON, _: object = None) -> AgentCustomToolUse:
-    return _new_custom_tool_use(*_head(d), _tool_name(d), _tool_input(d, "input", "tool_input"))
-
-
-_new_mcp_tool_use = fast_constructor(AgentMCPToolUse)
-
-
-def _agent_mcp_tool_use(d: JSON, _: object = None) -> AgentMCPToolUse:
-    return _new_mcp_tool_use(
-        *_head(d),
-        _str(d, "name") or "",
-        _tool_input(d, "input"),
-        _str(d, "mcp_server_name"),
-        _str(d, "evaluated_permission"),
-    )
-
-
-_new_mcp_tool_result = fast_constructor(AgentMCPToolResult)
-
-
-def _agent_mcp_tool_result(d: JSON, _: object = None) -> AgentMCPToolResult:
-    return _new_mcp_tool_result(
-        *_head(d), _str(d, "mcp_tool_use_id"), _blocks(d), _bool(d, "is_error")
-    )
-
-
-def _no_fields(cls: type[_T_event]) -> Callable[[JSON, object], _T_event]:
-    new = fast_constructor(cls)
-
-    def hook(d: JSON, _: object = None) -> _T_event:
-        return new(*_head(d))
-
-    return hook
-
-
-def _agent_name(cls: type[_T_event]) -> Callable[[JSON, object], _T_event]:
-    new = fast_constructor(cls)
-
-    def hook(d: JSON, _: object = None) -> _T_event:
-        return new(*_head(d), _str(d, "agent_name"))
-
-    return hook
-
-
-def _user_message(d: JSON, _: object = None) -> UserMessage:
-    return _new_user_message(*_head(d), _blocks(d))
-
-
-def _system_message(d: JSON, _: object = None) -> SystemMessage:
-    return _new_system_message(*_head(d), _blocks(d))
-
-
-def _user_interrupt(d: JSON, _: object = None) -> UserInterrupt:
-    return _new_user_interrupt(*_head(d), _str(d, "reason"))
+_new_define_outcome = fast_constructor(UserDefineOutcome)
 
 
 def _user_define_outcome(d: JSON, _: object = None) -> UserDefineOutcome:
@@ -606,6 +680,7 @@ def _user_define_outcome(d: JSON, _: object = None) -> UserDefineOutcome:
 
 
 _DECISIONS = {"approve": "allow", "approved": "allow", "allow": "allow", "deny": "deny"}
+_new_tool_confirmation = fast_constructor(UserToolConfirmation)
 
 
 def _user_tool_confirmation(d: JSON, _: object = None) -> UserToolConfirmation:
@@ -618,70 +693,7 @@ def _user_tool_confirmation(d: JSON, _: object = None) -> UserToolConfirmation:
     )
 
 
-def _user_custom_tool_result(d: JSON, _: object = None) -> UserCustomToolResult:
-    use_id = _str(d, "custom_tool_use_id") or _str(d, "tool_use_id") or ""
-    return _new_custom_tool_result(*_head(d), use_id, _blocks(d), _bool(d, "is_error"))
-
-
-def _user_tool_result(d: JSON, _: object = None) -> UserToolResult:
-    return _new_user_tool_result(
-        *_head(d), _str(d, "tool_use_id") or "", _blocks(d), _bool(d, "is_error")
-    )
-
-
-_new_user_message = fast_constructor(UserMessage)
-_new_system_message = fast_constructor(SystemMessage)
-_new_user_interrupt = fast_constructor(UserInterrupt)
-_new_define_outcome = fast_constructor(UserDefineOutcome)
-_new_tool_confirmation = fast_constructor(UserToolConfirmation)
-_new_custom_tool_result = fast_constructor(UserCustomToolResult)
-_new_user_tool_result = fast_constructor(UserToolResult)
-_new_thread_sent = fast_constructor(AgentThreadMessageSent)
-_new_thread_received = fast_constructor(AgentThreadMessageReceived)
-_new_artifact = fast_constructor(AgentArtifactDelivered)
-_new_idle = fast_constructor(SessionStatusIdle)
 _new_terminated = fast_constructor(SessionStatusTerminated)
-_new_session_error = fast_constructor(SessionErrorEvent)
-_new_session_usage = fast_constructor(SessionUsage)
-_new_thread_idle = fast_constructor(SessionThreadStatusIdle)
-_new_span_start = fast_constructor(SpanModelRequestStart)
-_new_span_end = fast_constructor(SpanModelRequestEnd)
-_new_outcome_end = fast_constructor(SpanOutcomeEvaluationEnd)
-_new_event_start = fast_constructor(EventStart)
-_new_event_delta = fast_constructor(EventDelta)
-_new_message_start = fast_constructor(AgentMessageStart)
-_new_block_start = fast_constructor(AgentContentBlockStart)
-_new_block_delta = fast_constructor(AgentContentBlockDelta)
-_new_block_stop = fast_constructor(AgentContentBlockStop)
-_new_message_delta = fast_constructor(AgentMessageDelta)
-_new_message_stop = fast_constructor(AgentMessageStop)
-_new_unknown = fast_constructor(UnknownEvent)
-
-
-def _thread_sent(d: JSON, _: object = None) -> AgentThreadMessageSent:
-    return _new_thread_sent(
-        *_head(d), _blocks(d), _str(d, "to_session_thread_id"), _str(d, "to_agent_name")
-    )
-
-
-def _thread_received(d: JSON, _: object = None) -> AgentThreadMessageReceived:
-    return _new_thread_received(
-        *_head(d), _blocks(d), _str(d, "from_session_thread_id"), _str(d, "from_agent_name")
-    )
-
-
-def _artifact(d: JSON, _: object = None) -> AgentArtifactDelivered:
-    return _new_artifact(
-        *_head(d),
-        _str(d, "file_id"),
-        _str(d, "original_filename"),
-        _int(d, "size"),
-        _str(d, "content_type"),
-    )
-
-
-def _status_idle(d: JSON, _: object = None) -> SessionStatusIdle:
-    return _new_idle(*_head(d), structure_stop_reason(d.get("stop_reason")))
 
 
 def _status_terminated(d: JSON, _: object = None) -> SessionStatusTerminated:
@@ -693,24 +705,7 @@ def _status_terminated(d: JSON, _: object = None) -> SessionStatusTerminated:
     return _new_terminated(*_head(d), reason)
 
 
-def _session_error(d: JSON, _: object = None) -> SessionErrorEvent:
-    return _new_session_error(*_head(d), structure_error_info(d))
-
-
-def _session_usage(d: JSON, _: object = None) -> SessionUsage:
-    return _new_session_usage(
-        *_head(d), structure_usage(d.get("usage")) or Usage(), _obj(d, "budget")
-    )
-
-
-def _thread_idle(d: JSON, _: object = None) -> SessionThreadStatusIdle:
-    return _new_thread_idle(
-        *_head(d), _str(d, "agent_name"), structure_stop_reason(d.get("stop_reason"))
-    )
-
-
-def _span_start(d: JSON, _: object = None) -> SpanModelRequestStart:
-    return _new_span_start(*_head(d), _str(d, "model"), _str(d, "span_id"))
+_new_span_end = fast_constructor(SpanModelRequestEnd)
 
 
 def _span_end(d: JSON, _: object = None) -> SpanModelRequestEnd:
@@ -723,24 +718,7 @@ def _span_end(d: JSON, _: object = None) -> SpanModelRequestEnd:
     )
 
 
-def _outcome(cls: type[_T_event]) -> Callable[[JSON, object], _T_event]:
-    new = fast_constructor(cls)
-
-    def hook(d: JSON, _: object = None) -> _T_event:
-        return new(*_head(d), _str(d, "outcome_id"), _int(d, "iteration"))
-
-    return hook
-
-
-def _outcome_end(d: JSON, _: object = None) -> SpanOutcomeEvaluationEnd:
-    return _new_outcome_end(
-        *_head(d),
-        _str(d, "outcome_id"),
-        _int(d, "iteration"),
-        _str(d, "result"),
-        _str(d, "explanation"),
-        _str(d, "outcome_evaluation_start_id"),
-    )
+_new_event_start = fast_constructor(EventStart)
 
 
 def _event_start(d: JSON, _: object = None) -> EventStart:
@@ -751,6 +729,9 @@ def _event_start(d: JSON, _: object = None) -> EventStart:
         ident if ident is not None else event_id, turn, at, thread, raw, event_id,
         _str(preview, "type"),
     )  # fmt: skip
+
+
+_new_event_delta = fast_constructor(EventDelta)
 
 
 def _event_delta(d: JSON, _: object = None) -> EventDelta:
@@ -771,6 +752,9 @@ def _event_delta(d: JSON, _: object = None) -> EventDelta:
     )
 
 
+_new_message_start = fast_constructor(AgentMessageStart)
+
+
 def _message_start(d: JSON, _: object = None) -> AgentMessageStart:
     message_id = _str(d, "message_id")
     if message_id is None:
@@ -778,11 +762,7 @@ def _message_start(d: JSON, _: object = None) -> AgentMessageStart:
     return _new_message_start(*_head(d), message_id)
 
 
-def _block_start(d: JSON, _: object = None) -> AgentContentBlockStart:
-    block = _obj(d, "content_block") or {}
-    return _new_block_start(
-        *_head(d), _str(d, "message_id"), _int(d, "index") or 0, _str(block, "type")
-    )
+_new_block_delta = fast_constructor(AgentContentBlockDelta)
 
 
 def _block_delta(d: JSON, _: object = None) -> AgentContentBlockDelta:
@@ -800,87 +780,36 @@ def _block_delta(d: JSON, _: object = None) -> AgentContentBlockDelta:
     )
 
 
-def _block_stop(d: JSON, _: object = None) -> AgentContentBlockStop:
-    return _new_block_stop(*_head(d), _str(d, "message_id"), _int(d, "index") or 0)
+_new_unknown = fast_constructor(UnknownEvent)
 
-
-def _message_delta(d: JSON, _: object = None) -> AgentMessageDelta:
-    return _new_message_delta(*_head(d), _str(d, "message_id"), structure_usage(d.get("usage")))
-
-
-def _message_stop(d: JSON, _: object = None) -> AgentMessageStop:
-    return _new_message_stop(*_head(d), _str(d, "message_id"))
-
-
-EVENT_HOOKS: dict[type[BaseEvent], Callable[[JSON, object], Event]] = {
-    UserMessage: _user_message,
-    UserInterrupt: _user_interrupt,
-    UserDefineOutcome: _user_define_outcome,
-    UserToolConfirmation: _user_tool_confirmation,
-    UserCustomToolResult: _user_custom_tool_result,
-    UserToolResult: _user_tool_result,
-    SystemMessage: _system_message,
+EVENT_CLASSES: dict[type[BaseEvent], Hook] = {
     AgentMessage: _agent_message,
     AgentThinking: _agent_thinking,
     AgentToolUse: _agent_tool_use,
     AgentToolResult: _agent_tool_result,
-    AgentCustomToolUse: _agent_custom_tool_use,
-    AgentMCPToolUse: _agent_mcp_tool_use,
-    AgentMCPToolResult: _agent_mcp_tool_result,
-    AgentThreadMessageSent: _thread_sent,
-    AgentThreadMessageReceived: _thread_received,
-    AgentThreadContextCompacted: _no_fields(AgentThreadContextCompacted),
-    AgentArtifactDelivered: _artifact,
-    SessionStatusRunning: _no_fields(SessionStatusRunning),
-    SessionStatusIdle: _status_idle,
-    SessionStatusRescheduled: _no_fields(SessionStatusRescheduled),
+    UserDefineOutcome: _user_define_outcome,
+    UserToolConfirmation: _user_tool_confirmation,
     SessionStatusTerminated: _status_terminated,
-    SessionErrorEvent: _session_error,
-    SessionUpdated: _no_fields(SessionUpdated),
-    SessionDeletedEvent: _no_fields(SessionDeletedEvent),
-    SessionUsage: _session_usage,
-    SessionThreadCreated: _agent_name(SessionThreadCreated),
-    SessionThreadStatusRunning: _agent_name(SessionThreadStatusRunning),
-    SessionThreadStatusIdle: _thread_idle,
-    SessionThreadStatusRescheduled: _agent_name(SessionThreadStatusRescheduled),
-    SessionThreadStatusTerminated: _agent_name(SessionThreadStatusTerminated),
-    SpanModelRequestStart: _span_start,
     SpanModelRequestEnd: _span_end,
-    SpanOutcomeEvaluationStart: _outcome(SpanOutcomeEvaluationStart),
-    SpanOutcomeEvaluationOngoing: _outcome(SpanOutcomeEvaluationOngoing),
-    SpanOutcomeEvaluationEnd: _outcome_end,
     EventStart: _event_start,
     EventDelta: _event_delta,
     AgentMessageStart: _message_start,
-    AgentContentBlockStart: _block_start,
     AgentContentBlockDelta: _block_delta,
-    AgentContentBlockStop: _block_stop,
-    AgentMessageDelta: _message_delta,
-    AgentMessageStop: _message_stop,
+    **{cls: _hook(cls, *readers) for cls, readers in _HOOK_SPECS},
 }
-"""The hand-tuned hook of every event class (registered on :data:`converter`)."""
+"""Every event class -> its hook (hand-written where a wire variant needs code)."""
+
+EVENT_HOOKS: dict[str, Hook] = {
+    **{cls.type: hook for cls, hook in EVENT_CLASSES.items()},  # type: ignore[misc]
+    "terminated": _status_terminated,  # the older catalog's name
+}
+"""The wire ``type`` -> hook table: the one the stream decoder and :func:`structure_event` run."""
 
 EVENT_TYPES: dict[str, type[BaseEvent]] = {
-    **{cls.type: cls for cls in EVENT_HOOKS},  # type: ignore[misc]
-    "terminated": SessionStatusTerminated,  # the older catalog's name
+    **{cls.type: cls for cls in EVENT_CLASSES},  # type: ignore[misc]
+    "terminated": SessionStatusTerminated,
 }
 """The wire ``type`` -> event class table."""
-
-
-def event_hooks(conv: cattrs.Converter | None = None) -> dict[str, Callable[..., Event]]:
-    """The ``type`` -> structure hook table, taken from the converter's registered hooks.
-
-    The stream decoder builds its dispatch table with this, so a hook registered
-    on the converter is the one that runs.
-    """
-    conv = conv or converter
-    table: dict[str, Callable[..., Event]] = {}
-    for kind, cls in EVENT_TYPES.items():
-        hook = conv.get_structure_hook(cls)
-        # Our own hooks are registered behind a check that the object has their
-        # type; the table is looked up by that type, so it calls them directly.
-        table[kind] = _UNCHECKED.get(hook, hook)
-    return table
 
 
 # SSE `event:` names that do not name an event type.
@@ -909,7 +838,7 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
     cls = EVENT_TYPES.get(t)
     if cls is None:
         return _new_unknown(*_head(data), t)
-    return converter.get_structure_hook(cls)(data, cls)  # type: ignore[no-any-return]
+    return EVENT_HOOKS[t](data, cls)
 
 
 # --------------------------------------------------------------------------- outbound
@@ -1118,13 +1047,10 @@ _RESOURCES: dict[type, tuple[str, Callable[[JSON], JSON]]] = {
     Session: ("session", _normalised_session),
     Agent: ("agent", _normalised_agent),
     Environment: ("environment", _as_is),
-    DeletedSession: ("deleted session", _as_is),
+    Deleted: ("deleted object", _as_is),
     SessionResource: ("session resource", _as_is),
-    DeletedSessionResource: ("deleted session resource", _as_is),
     SessionThread: ("thread", _normalised_thread),
     FileMetadata: ("file", _normalised_file),
-    DeletedFile: ("deleted file", _as_is),
-    DeletedEnvironment: ("deleted environment", _as_is),
     ModelInfo: ("model", _as_is),
 }
 
@@ -1152,82 +1078,50 @@ def _resource_hook(conv: cattrs.Converter, cls: type[_T]) -> Callable[[Any, Any]
     return structure
 
 
-def structure_session(d: Any) -> Session:
-    """A session object; ``agent_id`` from ``agent_id``, an agent object or an agent string."""
-    return converter.structure(d, Session)
-
-
-def structure_deleted_session(d: Any) -> DeletedSession:
-    """The answer to a session delete."""
-    return converter.structure(d, DeletedSession)
-
-
-def structure_agent(d: Any) -> Agent:
-    """An agent; ``model`` string or ``{"id": ...}``; ``system`` or ``instructions``."""
-    return converter.structure(d, Agent)
-
-
-def structure_environment(d: Any) -> Environment:
-    """An environment."""
-    return converter.structure(d, Environment)
-
-
-def structure_thread(d: Any) -> SessionThread:
-    """A sub-agent thread; ``agent_name`` from ``agent_name`` or ``agent.name``."""
-    return converter.structure(d, SessionThread)
-
-
-def structure_session_resource(d: Any) -> SessionResource:
-    """A session resource (file, repository, memory store)."""
-    return converter.structure(d, SessionResource)
-
-
-def structure_file(d: Any) -> FileMetadata:
-    """A file's metadata; ``mime_type`` from ``mime_type`` or ``content_type``."""
-    return converter.structure(d, FileMetadata)
-
-
-def structure_model(d: Any) -> ModelInfo:
-    """A model of ``GET /models``."""
-    return converter.structure(d, ModelInfo)
-
-
-_T_deleted = TypeVar("_T_deleted", DeletedFile, DeletedSessionResource, DeletedEnvironment)
-
-
-def structure_deleted(cls: type[_T_deleted]) -> Callable[[Any], _T_deleted]:
-    """The structure function of a deletion answer of class ``cls``."""
-
-    def structure(d: Any) -> _T_deleted:
+def _structurer(cls: type[_T], doc: str) -> Callable[[Any], _T]:
+    def structure(d: Any) -> _T:
         return converter.structure(d, cls)
 
     structure.__name__ = f"structure_{cls.__name__.lower()}"
+    structure.__doc__ = doc
+    return structure
+
+
+structure_session = _structurer(
+    Session, "A session; ``agent_id`` from ``agent_id``, an agent object or an agent string."
+)
+structure_agent = _structurer(
+    Agent, 'An agent; ``model`` string or ``{"id": ...}``; ``system`` or ``instructions``.'
+)
+structure_environment = _structurer(Environment, "An environment.")
+structure_thread = _structurer(
+    SessionThread, "A sub-agent thread; ``agent_name`` from ``agent_name`` or ``agent.name``."
+)
+structure_session_resource = _structurer(
+    SessionResource, "A session resource (file, repository, memory store)."
+)
+structure_file = _structurer(
+    FileMetadata, "A file's metadata; ``mime_type`` from ``mime_type`` or ``content_type``."
+)
+structure_model = _structurer(ModelInfo, "A model of ``GET /models``.")
+
+
+def structure_deleted(default_type: str) -> Callable[[Any], Deleted]:
+    """The structure function of a delete's answer; ``type`` is ``default_type`` if absent."""
+
+    def structure(d: Any) -> Deleted:
+        deleted = converter.structure(d, Deleted)
+        return deleted if deleted.type else attrs_evolve(deleted, type=default_type)
+
     return structure
 
 
 def _structure_as(d: Any, cls: type[BaseEvent]) -> BaseEvent:
+    """An event of class ``cls`` (``converter.structure(d, AgentMessage)``), else ShapeError."""
     ev = structure_event(d)
     if not isinstance(ev, cls):
         raise ShapeError("type", f"the type of {cls.__name__}", d.get("type"))
     return ev
-
-
-_UNCHECKED: dict[Callable[..., Event], Callable[..., Event]] = {}
-"""Each :func:`_checked` wrapper -> the hook it wraps (see :func:`event_hooks`)."""
-
-
-def _checked(cls: type[BaseEvent], hook: Callable[[JSON, object], Event]) -> Callable[..., Event]:
-    """``hook`` for objects of ``cls``'s type; anything else through the general entry."""
-    kinds = {kind for kind, c in EVENT_TYPES.items() if c is cls}
-
-    def structure(d: Any, _: object = None) -> Event:
-        if d.__class__ is dict and d.get("type") in kinds:
-            return hook(d, cls)
-        return _structure_as(d, cls)  # type: ignore[return-value]
-
-    structure.__name__ = hook.__name__
-    _UNCHECKED[structure] = hook
-    return structure
 
 
 def _is_mapping_type(t: Any) -> bool:
@@ -1257,8 +1151,7 @@ def _make_converter() -> cattrs.Converter:
         _is_mapping_type, _strict("an object", lambda v: isinstance(v, Mapping))
     )
     conv.register_structure_hook(Event, lambda d, _: structure_event(d))
-    for cls, hook in EVENT_HOOKS.items():
-        conv.register_structure_hook(cls, _checked(cls, hook))
+    conv.register_structure_hook_func(lambda t: t in EVENT_CLASSES, _structure_as)
     for resource in _RESOURCES:
         conv.register_structure_hook(resource, _resource_hook(conv, resource))
     conv.register_structure_hook(float, _float)

@@ -63,10 +63,7 @@ __all__ = [
     "Content",
     "ContentBlock",
     "Cursor",
-    "DeletedEnvironment",
-    "DeletedFile",
-    "DeletedSession",
-    "DeletedSessionResource",
+    "Deleted",
     "DocumentBlock",
     "EndTurn",
     "Environment",
@@ -1058,18 +1055,16 @@ class Session:
 
 
 @frozen(kw_only=True)
-class DeletedSession:
-    """The answer to ``DELETE /sessions/{id}``."""
+class Deleted:
+    """The answer to a delete: of a session, a file, an environment, a session resource.
+
+    ``type`` is the wire's type string (``"session_deleted"``, ``"file_deleted"``,
+    ``"environment_deleted"``, ``"session_resource_deleted"``, ...); when the
+    server omits it, the type the endpoint documents.
+    """
 
     id: str
-    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
-
-
-@frozen(kw_only=True)
-class DeletedSessionResource:
-    """The answer to ``DELETE /sessions/{id}/resources/{resource_id}``."""
-
-    id: str
+    type: str = ""
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
 
@@ -1128,14 +1123,6 @@ class FileMetadata:
 
 
 @frozen(kw_only=True)
-class DeletedFile:
-    """The answer to ``DELETE /files/{id}``."""
-
-    id: str
-    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
-
-
-@frozen(kw_only=True)
 class ModelInfo:
     """A model an agent can use (``GET /models``)."""
 
@@ -1161,14 +1148,6 @@ class Environment:
     archived_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
-    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
-
-
-@frozen(kw_only=True)
-class DeletedEnvironment:
-    """The answer to ``DELETE /environments/{id}``."""
-
-    id: str
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
 

@@ -35,7 +35,6 @@ from ._convert import (
     converter,
     structure_agent,
     structure_deleted,
-    structure_deleted_session,
     structure_environment,
     structure_event,
     structure_file,
@@ -66,10 +65,7 @@ from ._models import (
     Agent,
     BaseEvent,
     Cursor,
-    DeletedEnvironment,
-    DeletedFile,
-    DeletedSession,
-    DeletedSessionResource,
+    Deleted,
     Environment,
     Event,
     FileMetadata,
@@ -606,13 +602,13 @@ class SessionResources(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> DeletedSessionResource:
+    ) -> Deleted:
         """Unmount a resource."""
         path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
         return await self._call(
             "DELETE",
             path,
-            structure_deleted(DeletedSessionResource),
+            structure_deleted("session_resource_deleted"),
             options,
             idempotency_key=idempotency_key,
         )
@@ -787,12 +783,12 @@ class Sessions(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> DeletedSession:
+    ) -> Deleted:
         """Delete a session (where the server supports it; otherwise archive it)."""
         return await self._call(
             "DELETE",
             f"/sessions/{segment(session_id)}",
-            structure_deleted_session,
+            structure_deleted("session_deleted"),
             options,
             idempotency_key=idempotency_key,
         )
@@ -1023,12 +1019,12 @@ class Environments(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> DeletedEnvironment:
+    ) -> Deleted:
         """Delete an environment."""
         return await self._call(
             "DELETE",
             f"/environments/{segment(environment_id)}",
-            structure_deleted(DeletedEnvironment),
+            structure_deleted("environment_deleted"),
             options,
             idempotency_key=idempotency_key,
         )
@@ -1193,12 +1189,12 @@ class Files(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> DeletedFile:
+    ) -> Deleted:
         """Delete a file (later uses of its id are 404s)."""
         return await self._call(
             "DELETE",
             f"/files/{segment(file_id)}",
-            structure_deleted(DeletedFile),
+            structure_deleted("file_deleted"),
             options,
             idempotency_key=idempotency_key,
         )

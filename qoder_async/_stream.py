@@ -39,9 +39,9 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import chain
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
-from ._convert import ShapeError, event_hooks, structure_event
+from ._convert import EVENT_HOOKS, ShapeError, structure_event
 from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
 from ._models import BaseEvent, Event, EventDelta, EventStart, json_dumps, json_loads
 
@@ -331,24 +331,6 @@ class SSEDecoder:
         return []
 
 
-class _HookTable:
-    """The ``type`` -> hook table, one object shared by every decoder.
-
-    Rebuilt for each decoder (a hook registered on the converter later is used
-    by the streams opened after it) but kept only when it differs: a table is
-    ~1.5 KiB, per stream the largest object an idle stream held.
-    """
-
-    shared: ClassVar[dict[str, Callable[..., Event]]] = {}
-
-    @classmethod
-    def get(cls) -> dict[str, Callable[..., Event]]:
-        table = event_hooks()
-        if table != cls.shared:
-            cls.shared = table
-        return cls.shared
-
-
 class EventDecoder:
     """Frames -> typed events, across the connections of one logical stream.
 
@@ -383,7 +365,7 @@ class EventDecoder:
     ) -> None:
         self._loads = loads
         self._lazy_raw = lazy_raw
-        self._hooks = _HookTable.get()
+        self._hooks = EVENT_HOOKS
         self.error: StreamDecodeError | APIStatusError | None = None
         self._max = max_event_bytes
         self._sse = SSEDecoder(max_event_bytes)

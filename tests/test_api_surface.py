@@ -19,8 +19,7 @@ from qoder_async import (
     AgentMessage,
     APIResponseValidationError,
     ConflictError,
-    DeletedEnvironment,
-    DeletedSessionResource,
+    Deleted,
     EventStream,
     FileMetadata,
     GitHubRepositoryResourceParams,
@@ -277,8 +276,7 @@ async def test_session_resources(client: QoderClient, server: FakeQoderServer) -
     assert rotated.id == repo.id
     assert server.resource_secret(session_id, repo.id) == "ghp_second_token"
     deleted = await client.sessions.resources.delete(session_id, added.id)
-    assert isinstance(deleted, DeletedSessionResource)
-    assert deleted.id == added.id
+    assert deleted == Deleted(id=added.id, type="session_resource_deleted")
     with pytest.raises(NotFoundError):
         await client.sessions.resources.retrieve(session_id, added.id)
     session = await client.sessions.retrieve(session_id)
@@ -337,8 +335,7 @@ async def test_environments_update_and_delete(client: QoderClient) -> None:
     assert renamed.description == "first"
     assert renamed.config["networking"] == {"type": "limited"}
     gone = await client.environments.delete(env.id)
-    assert isinstance(gone, DeletedEnvironment)
-    assert gone.id == env.id
+    assert gone == Deleted(id=env.id, type="environment_deleted")
     with pytest.raises(NotFoundError):
         await client.environments.retrieve(env.id)
 
@@ -386,7 +383,7 @@ async def test_raw_responses_on_every_resource(
         (client.sessions.resources.with_raw_response.list(session_id), list),
         (client.agents.with_raw_response.retrieve(agent.id), Agent),
         (client.agents.versions.with_raw_response.list(agent.id), list),
-        (client.environments.with_raw_response.delete(env.id), DeletedEnvironment),
+        (client.environments.with_raw_response.delete(env.id), Deleted),
         (client.files.with_raw_response.retrieve(file["id"]), FileMetadata),
         (client.files.with_raw_response.retrieve_metadata(file["id"]), FileMetadata),
         (client.models.with_raw_response.list(), list),

@@ -130,7 +130,7 @@ async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer
     with pytest.raises(BadRequestError):
         await client.sessions.events.send(sess.id, UserMessage("late"))
     deleted = await client.sessions.delete(sess.id)
-    assert deleted.id == sess.id
+    assert (deleted.id, deleted.type) == (sess.id, "session_deleted")
     with pytest.raises(NotFoundError):
         await client.sessions.retrieve(sess.id)
     assert (await client.agents.archive(agent.id)).archived_at is not None

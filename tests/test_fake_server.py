@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from fake_dialects import OldWire
 
 from qoder_async.testing import (
     CannedResponse,
@@ -981,7 +982,7 @@ async def test_resume_from_an_in_progress_preview(
     ],
 )
 async def test_heartbeat_dialects(style: Any, frame: bytes) -> None:
-    dialect = Dialect(heartbeat=style, retry_ms=1500)
+    dialect = OldWire(heartbeat=style, retry_ms=1500)
     async with FakeQoderServer(dialect=dialect, heartbeat_interval=0.02) as server:
         sid = server.add_session()["id"]
         async with client_for(server) as http, open_stream(http, sid) as sse:
@@ -1073,7 +1074,7 @@ async def test_dialect_statuses() -> None:
 
 
 async def test_dialect_wire_shapes() -> None:
-    dialect = Dialect(
+    dialect = OldWire(
         turn_ids=False,
         data_ids=False,
         string_content=True,
@@ -1113,7 +1114,7 @@ async def test_dialect_wire_shapes() -> None:
 async def test_dialect_thinking_without_text(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
-    server.dialect.thinking_field = None
+    server.dialect = OldWire(thinking_field=None)
     sid = server.add_session()["id"]
     await run_turn(http, server, sid)
     history = (await http.get(f"sessions/{sid}/events")).json()["data"]

@@ -26,7 +26,7 @@ from qoder_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
-    DeletedFile,
+    Deleted,
     DocumentBlock,
     FileDownload,
     FileMetadata,
@@ -250,8 +250,7 @@ async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderSe
     only = [f.id async for f in client.files.list(ids=[first["id"]])]
     assert only == [first["id"]]
     deleted = await client.files.delete(first["id"])
-    assert isinstance(deleted, DeletedFile)
-    assert deleted.id == first["id"]
+    assert deleted == Deleted(id=first["id"], type="file_deleted")
     with pytest.raises(NotFoundError):
         await client.files.retrieve(first["id"])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fake_dialects import OldWire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -191,8 +192,7 @@ async def test_thread_folds_survive_wire_dialects(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
     server.script = multiagent_script
-    server.dialect.turn_ids = False
-    server.dialect.string_content = True
+    server.dialect = OldWire(turn_ids=False, string_content=True)
     result = await (await client.session(session_id).send("mars")).result()
     assert result.threads[0].text == "Research notes on: mars"
     # The same fold over the stored history, read through the converter.

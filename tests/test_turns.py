@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import FAST, forever, no_open_streams
+from fake_dialects import OldWire
 
 from qoder_async import (
     AgentCustomToolUse,
@@ -331,10 +332,10 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
     "dialect",
     [
         Dialect(turn_ids=False),
-        Dialect(data_ids=False),
-        Dialect(string_content=True, legacy_idle=True, thinking_field="content"),
-        Dialect(heartbeat="event", send_status=200, create_status=200, retry_ms=20),
-        Dialect(heartbeat="ping", turn_ids=False, data_ids=False, legacy_idle=True),
+        OldWire(data_ids=False),
+        OldWire(string_content=True, legacy_idle=True, thinking_field="content"),
+        OldWire(heartbeat="event", send_status=200, create_status=200, retry_ms=20),
+        OldWire(heartbeat="ping", turn_ids=False, data_ids=False, legacy_idle=True),
     ],
     ids=["no-turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
 )

@@ -9,8 +9,8 @@ sessions; optionally it sends signed webhooks. A scripted agent
 (`default_script`, `multiagent_script`, or your own `Script`) answers every
 turn. `Faults` makes it misbehave on purpose (dropped, silent or stalled
 streams, throttling, duplicated or reordered replays, ignored resume cursors,
-malformed frames...) and `Dialect` switches between the wire formats the docs
-have described over time.
+malformed frames...) and `Dialect` sets the documented status codes, whether
+events carry ``turn_id`` and how a file download answers.
 
 This package is standalone: it imports nothing from the rest of
 ``qoder_async``, so any HTTP client can be tested against it::

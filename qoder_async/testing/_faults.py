@@ -14,9 +14,10 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
+from ._wire import dumps, sse_frame
+
 __all__ = ["CannedResponse", "Dialect", "Faults", "ServerView"]
 
-HeartbeatStyle = Literal["comment", "event", "ping"]
 FileContentStyle = Literal["negotiate", "bytes", "link"]
 
 
@@ -129,30 +130,19 @@ class Faults:
 
 @attrs.define
 class Dialect:
-    """Wire-format switches, one per documented variant of the API.
+    """Wire switches: the documented status codes, ``turn_id``, the file download answer.
 
     * ``send_status`` -- status of ``POST /sessions/{id}/events`` (202 or 200).
     * ``create_status`` -- status of every ``POST`` that creates a resource
       (sessions, agents, environments): 201 or 200.
     * ``cancel_status`` -- status of ``POST /sessions/{id}/cancel`` when a turn
       was running (202; older docs: 200). An idle cancel is always 200.
-    * ``heartbeat`` -- ``"comment"`` (``: heartbeat``), ``"event"``
-      (``event: heartbeat`` + ``data: {}``) or ``"ping"`` (``event: ping``).
     * ``retry_ms`` -- when set, every stream starts with ``retry: <ms>``.
     * ``turn_ids`` -- ``False`` omits ``turn_id`` from every event on the wire
       (streams, lists and the send answer), as the official SDKs' wire
       fixtures do.
     * ``send_turn_ids`` -- ``False`` omits ``turn_id`` from the events in the
       ``POST .../events`` answer only; streamed and listed events keep it.
-    * ``data_ids`` -- ``False`` omits ``id`` and ``type`` from SSE ``data`` of
-      stored events; they then only travel in the ``id:``/``event:`` lines.
-    * ``string_content`` -- ``user.message``/``agent.message`` ``content`` as a
-      plain string instead of text blocks.
-    * ``legacy_idle`` -- ``session.status_idle`` as ``{"status": "idle"}``
-      without ``stop_reason`` (and ``session.status_running`` gains
-      ``"status": "running"``).
-    * ``thinking_field`` -- key of the ``agent.thinking`` text: ``"thinking"``,
-      ``"content"`` or ``None`` (no text at all).
     * ``file_content`` -- what ``GET /files/{id}/content`` answers: ``"bytes"``
       (the file, with its ``Content-Type``), ``"link"`` (JSON ``{"url": ...}``
       naming an unauthenticated download URL on this server, which is what
@@ -160,22 +150,38 @@ class Dialect:
       request's ``Accept`` is exactly ``application/json`` (as the SDKs
       send it), the bytes otherwise.
 
-    The server's own record (``stored_events``) is never affected: dialects
-    only change what goes over the wire.
+    The server's own record (``stored_events``) is never affected: a dialect
+    only changes what goes over the wire. A subclass may override
+    :meth:`render`, :meth:`frame` and :meth:`heartbeat_frame` to write other
+    wire generations; frames are cached per dialect class and field values.
     """
 
     send_status: int = 202
     create_status: int = 201
     cancel_status: int = 202
-    heartbeat: HeartbeatStyle = "comment"
     retry_ms: int | None = None
     turn_ids: bool = True
     send_turn_ids: bool = True
-    data_ids: bool = True
-    string_content: bool = False
-    legacy_idle: bool = False
-    thinking_field: str | None = "thinking"
     file_content: FileContentStyle = "negotiate"
+
+    def render(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored event as it goes over the wire (a new dict)."""
+        out = dict(event)
+        if not self.turn_ids:
+            out.pop("turn_id", None)
+        return out
+
+    def frame(self, event: Mapping[str, Any]) -> bytes:
+        """The SSE frame of a stored event."""
+        return sse_frame(event["id"], event["type"], dumps(self.render(event)))
+
+    def heartbeat_frame(self) -> bytes:
+        """The keep-alive frame (an SSE comment)."""
+        return b": heartbeat\n\n"
+
+    def key(self) -> tuple[Any, ...]:
+        """What a cached frame depends on: the class and every field's value."""
+        return (type(self), *attrs.astuple(self, recurse=False))
 
 
 class ServerView(Protocol):

@@ -94,7 +94,7 @@ from ._params import (
 from ._sse import StreamConnection, resume_position
 from ._state import SessionState, ThreadState
 from ._webhooks import WebhookDelivery, WebhookSender
-from ._wire import ApiError, Ids, bad_request, dumps, not_found, render_event
+from ._wire import ApiError, Ids, bad_request, dumps, not_found
 
 __all__ = ["FakeQoderServer", "RecordedRequest"]
 
@@ -1273,7 +1273,7 @@ class FakeQoderServer:
             raise bad_request("events must be a non-empty array", "events")
         checked = [validate_input_event(i, ev) for i, ev in enumerate(events)]
         stored = self._apply_events(state, checked)
-        data = [render_event(e, self.dialect) for e in stored]
+        data = [self.dialect.render(e) for e in stored]
         if not self.dialect.send_turn_ids:
             for event in data:
                 event.pop("turn_id", None)
@@ -1300,7 +1300,7 @@ class FakeQoderServer:
             default_order="asc",
             keep=(lambda e: e["type"] in types) if types else None,
         )
-        page["data"] = [render_event(e, self.dialect) for e in page["data"]]
+        page["data"] = [self.dialect.render(e) for e in page["data"]]
         return _json(200, page)
 
     async def _h_stream(self, request: web.Request) -> web.StreamResponse:
@@ -1376,7 +1376,7 @@ class FakeQoderServer:
         state, thread = self._thread(request)
         events = [s.event for s in state.log if s.event.get("session_thread_id") == thread.id]
         page = paginate(events, request.query, default_order="asc")
-        page["data"] = [render_event(e, self.dialect) for e in page["data"]]
+        page["data"] = [self.dialect.render(e) for e in page["data"]]
         return _json(200, page)
 
     async def _h_thread_stream(self, request: web.Request) -> web.StreamResponse:

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from ._faults import ServerView
 from ._state import Preview, SessionState, StoredEvent
-from ._wire import bad_request, heartbeat_frame
+from ._wire import bad_request
 
 _BATCH_BYTES = 64 * 1024
 
@@ -198,7 +198,7 @@ class StreamConnection:
             self.waker.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
-                await self._write(heartbeat_frame(self.server.dialect))
+                await self._write(self.server.dialect.heartbeat_frame())
                 return
             try:
                 async with asyncio.timeout(remaining):

@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from ._faults import Dialect
-from ._wire import Ids, render_key, stored_frame
+from ._wire import Ids
 
 StopReasonJSON = dict[str, Any]
 """A stop reason as plain JSON, e.g. ``{"type": "end_turn"}``.
@@ -52,10 +52,10 @@ class StoredEvent:
 
     def frame(self, dialect: Dialect) -> bytes:
         """The SSE frame in ``dialect``, encoded once per dialect."""
-        key = render_key(dialect)
+        key = dialect.key()
         frame = self.frames.get(key)
         if frame is None:
-            frame = self.frames[key] = stored_frame(self.event, dialect)
+            frame = self.frames[key] = dialect.frame(self.event)
         return frame
 
 

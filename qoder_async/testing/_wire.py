@@ -8,8 +8,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ._faults import Dialect
-
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 #: Event types a client may post to ``POST /sessions/{id}/events``.
@@ -111,48 +109,6 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def _only_text(content: list[Any]) -> bool:
-    return all(isinstance(b, dict) and b.get("type") == "text" for b in content)
-
-
-def render_key(dialect: Dialect) -> tuple[Any, ...]:
-    """The dialect switches that change how a stored event is written."""
-    return (
-        dialect.turn_ids,
-        dialect.data_ids,
-        dialect.string_content,
-        dialect.legacy_idle,
-        dialect.thinking_field,
-    )
-
-
-def render_event(event: dict[str, Any], dialect: Dialect) -> dict[str, Any]:
-    """A stored event as it goes over the wire in ``dialect`` (a new dict)."""
-    out = dict(event)
-    kind = out.get("type")
-    if not dialect.turn_ids:
-        out.pop("turn_id", None)
-    content = out.get("content")
-    if (
-        dialect.string_content
-        and kind in ("user.message", "agent.message")
-        and isinstance(content, list)
-        and _only_text(content)
-    ):
-        out["content"] = text_of(content)
-    if kind == "agent.thinking" and dialect.thinking_field != "thinking":
-        text = out.pop("thinking", "")
-        if dialect.thinking_field is not None:
-            out[dialect.thinking_field] = text
-    if dialect.legacy_idle:
-        if kind == "session.status_idle":
-            out.pop("stop_reason", None)
-            out["status"] = "idle"
-        elif kind == "session.status_running":
-            out["status"] = "running"
-    return out
-
-
 def sse_frame(event_id: str | None, event_type: str | None, data: str) -> bytes:
     """One SSE frame (``id``/``event``/``data`` lines and the blank line)."""
     lines = []
@@ -162,24 +118,3 @@ def sse_frame(event_id: str | None, event_type: str | None, data: str) -> bytes:
         lines.append(f"event: {event_type}\n")
     lines.append(f"data: {data}\n\n")
     return "".join(lines).encode()
-
-
-def stored_frame(event: dict[str, Any], dialect: Dialect) -> bytes:
-    """The SSE frame of a stored event in ``dialect``."""
-    data = render_event(event, dialect)
-    if not dialect.data_ids:
-        data.pop("id", None)
-        data.pop("type", None)
-    return sse_frame(event["id"], event["type"], dumps(data))
-
-
-_HEARTBEATS = {
-    "comment": b": heartbeat\n\n",
-    "event": b"event: heartbeat\ndata: {}\n\n",
-    "ping": b"event: ping\ndata: {}\n\n",
-}
-
-
-def heartbeat_frame(dialect: Dialect) -> bytes:
-    """The keep-alive frame of ``dialect``."""
-    return _HEARTBEATS.get(dialect.heartbeat, _HEARTBEATS["comment"])
