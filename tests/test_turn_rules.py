@@ -234,9 +234,12 @@ async def test_the_watchdog_watches_the_task_reading_now(
     async with stream:
         while (await next_in_a_task(stream)).type != "agent.message":
             pass
+        # Waited for without cancelling it: a cancel must not be what ends the read.
+        reading = asyncio.create_task(stream.__anext__())
+        await asyncio.wait([reading], timeout=20)
+        assert reading.done(), "a silent connection was never timed out"
         with pytest.raises(StreamStalledError):
-            async with asyncio.timeout(20):
-                await next_in_a_task(stream)
+            reading.result()
     await client.sessions.cancel(session_id)
 
 
@@ -327,11 +330,14 @@ async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
     done = await session.catch_up()
     assert len(done.turns) == 1
     nothing = await session.catch_up(after=done.cursor)
-    assert nothing.turns == () and nothing.pending is None and nothing.cursor == done.cursor
+    assert nothing.turns == ()
+    assert nothing.pending is None
+    assert nothing.cursor == done.cursor
     foreign = server.stored_events(other)[-1]["id"]
     with pytest.raises(UnknownCursorError) as info:  # the fake refuses it: 400 after_id
         await session.catch_up(after=foreign)
-    assert info.value.cursor == foreign and info.value.session_id == session_id
+    assert info.value.cursor == foreign
+    assert info.value.session_id == session_id
     # A server that answers an unknown after_id with an empty page.
     empty = {"data": [], "first_id": None, "last_id": None, "has_more": False}
     for cursor in (foreign, "evt_never_existed"):
