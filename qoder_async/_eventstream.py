@@ -5,7 +5,10 @@ to the consumer; every decision (is this event new, where to resume, is the
 connection dead, reconnect or give up) is the stream machine's
 (``_machine.py``, with its rule tables). A timer asks the machine about
 liveness while the stream waits on the network and cancels the read when the
-machine says so, the way ``asyncio.timeout`` does.
+machine says so, the way ``asyncio.timeout`` does: in the task reading now
+(each ``anext()`` may run in its own task), taking back only its own
+cancellation. ``aclose()`` from another task cancels the read the same way,
+and the iteration ends (no error) with the connection closed.
 
 The generator holds the connection; nothing else holds the generator strongly
 (the stream keeps a weak reference), so a consumer that breaks out of

@@ -17,9 +17,15 @@ a send while no connection is open             the connection opens right after 
 a send while the connection is open            the turn starts when its message is
                                                streamed (events racing the 202 answer
                                                are kept in a bounded backlog)
+every send (and every retry of it)             one ``Idempotency-Key``: the caller's
+                                               (argument, or an ``Idempotency-Key``
+                                               header in any case) or one generated
+                                               for this send; never a derived one
 a 202 that names no created event              the turn claims the next ``user.message``
                                                on the stream; with no connection open,
-                                               it is looked up in the recent history
+                                               it is looked up among the newest 100
+                                               events (one request, newest first,
+                                               stopping at the handle's cursor)
 the last turn, listener and callback left      the connection closes
 a requires_action pause with ``tools=``        the handlers run in a task of the turn
                                                (each tool use at most once, whatever
@@ -32,13 +38,35 @@ the turn is closed while a tool runs           the tool is cancelled and an erro
                                                left waiting
 a 409 busy with ``on_busy="wait"``             wait for the running turn (local, or the
                                                server's status), backing off up to 5 s
-                                               between attempts, until ``busy_timeout``
+                                               between attempts, until ``busy_timeout``;
+                                               each attempt under the same key (a busy
+                                               409 stored nothing): a later resend with
+                                               that key is the same message
+``submit_tool_results()`` fails (4xx, retries  the calls stay pending (``wait_for_action``
+exhausted)                                     returns them again); answered only once
+                                               the post succeeded
+a ``listen()`` reader's queue stays full       the slow-consumer policy: it is detached
+``listener_timeout`` seconds (30)              (WARNING, ``listener_overflows`` += 1);
+                                               it reads what was queued, then
+                                               :class:`ListenerOverflowError` with the
+                                               cursor of the last of those (resume from
+                                               it: no gap); turns and other listeners
+                                               go on
+the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure is logged
+(failed, terminated, deleted)                  once at ERROR and raised by
+                                               ``wait_handlers()``; the next ``on()``
+                                               starts a fresh dispatcher
+``catch_up(after=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
+session                                        ``after_id``, or an empty page while ``c``
+                                               is not among the newest 100 events);
+                                               nothing after ``c``: an empty result
 =============================================  ======================================
 
 Callbacks (``on()``) are fed through an unbounded queue, so a callback that
 sends and awaits a turn of its own session cannot block the connection that
-turn needs; ``listen()`` queues are bounded (a slow reader slows the
-connection instead of losing events).
+turn needs; ``listen()`` queues are bounded (``queue_size``), and a reader
+that stops reading is detached after a bounded wait instead of holding the
+whole session back.
 """
 
 from __future__ import annotations
@@ -48,7 +76,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from ._errors import (
@@ -1006,7 +1034,7 @@ class SessionHandle:
             async for ev in listening:
                 yield ev
 
-    async def _listen(self, size: int | None, previews: bool) -> AsyncIterator[Event]:
+    async def _listen(self, size: int | None, previews: bool) -> AsyncGenerator[Event, None]:
         self._http.check_open()
         listener = _Listener(size, previews)
         self._listeners.append(listener)
