@@ -355,7 +355,12 @@ class EventStream:
         self._reader = asyncio.current_task()
         try:
             http, machine, decoder = self._http, self._machine, self._decoder
-            await self._load()
+            try:
+                await self._load()
+            except asyncio.CancelledError:
+                if self._closed_by_aclose():
+                    return
+                raise
             timeouts = [t for t in (machine.read_timeout, machine.stall_timeout) if t]
             watchdog = _Watchdog(machine, min(timeouts) / 4) if timeouts else None
             take = machine.take

@@ -205,14 +205,20 @@ class _Listener:
     the last event queued (where a detached reader resumes without a gap).
     """
 
-    __slots__ = ("_end", "_queue", "closed", "cursor", "previews")
+    __slots__ = ("_end", "_last", "_queue", "closed", "previews")
 
     def __init__(self, size: int | None, previews: bool) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(0 if size is None else max(1, size))
         self._end: BaseException | None = None
         self.closed = False
         self.previews = previews
-        self.cursor: Cursor | None = None
+        self._last: Event | None = None  # the cursor, built only when asked for
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """The last event with an id queued here (previews never count)."""
+        ev = self._last
+        return None if ev is None or ev.id is None else Cursor(ev.id, ev.processed_at)
 
     def __len__(self) -> int:
         return self._queue.qsize()
@@ -234,8 +240,8 @@ class _Listener:
             self._queued(ev)
 
     def _queued(self, ev: Event) -> None:
-        if ev.id is not None and type(ev) not in PREVIEW_CLASSES:
-            self.cursor = Cursor(ev.id, ev.processed_at)
+        if type(ev) not in PREVIEW_CLASSES and ev.id is not None:
+            self._last = ev
 
     def close(self, error: BaseException | None = None) -> None:
         """End the queue: the reader gets what is queued, then the end (or ``error``)."""
@@ -733,7 +739,9 @@ class SessionHandle:
 
     ``await send(...)`` starts a turn; ``listen()`` and ``on()`` follow
     everything the session does. One SSE connection serves all of them and
-    closes when the last one is done.
+    closes when the last one is done. ``connections`` counts the connections
+    opened; ``listener_overflows`` the ``listen()`` readers detached because
+    they fell behind (the one place overflows are counted).
     """
 
     def __init__(
@@ -995,7 +1003,7 @@ class SessionHandle:
         try:
             events = [ev async for ev in listed]
         except BadRequestError as exc:
-            if start is None or exc.param != "after_id":
+            if start is None or "after_id" not in f"{exc.param} {exc.message}":
                 raise
             raise self._unknown_cursor(start.event_id) from exc
         if start is not None and not events:
