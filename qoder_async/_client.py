@@ -220,6 +220,7 @@ class QoderClient:
         stall_timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
         max_stalls: int | Literal[_Unset.UNSET] = _UNSET,
         queue_size: int | Literal[_Unset.UNSET] = _UNSET,
+        listener_timeout: float | Literal[_Unset.UNSET] = _UNSET,
     ) -> SessionHandle:
         """A handle on a session for the turn API (no I/O until you send or listen).
 
@@ -232,7 +233,10 @@ class QoderClient:
         ``max_stalls`` (default 5) are the connection's stall rules: a running
         turn may be silent ``stall_timeout * max_stalls`` seconds (10 minutes)
         before it fails with :class:`StreamStalledError`; ``queue_size`` (1024)
-        bounds each ``listen()`` queue.
+        bounds each ``listen()`` queue, and a reader whose queue stays full
+        ``listener_timeout`` seconds (30) is detached with
+        :class:`ListenerOverflowError` (the session's turns and other listeners
+        go on).
         """
         self._http.check_open()
         given: dict[str, Any] = {
@@ -240,6 +244,7 @@ class QoderClient:
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
             "queue_size": queue_size,
+            "listener_timeout": listener_timeout,
         }
         given = {k: v for k, v in given.items() if v is not _UNSET}
         handle = self._handles.get(session_id)
@@ -257,6 +262,7 @@ class QoderClient:
             "stall_timeout": DEFAULT_STALL_TIMEOUT,
             "max_stalls": DEFAULT_MAX_STALLS,
             "queue_size": 1024,
+            "listener_timeout": 30.0,
             **given,
         }
         handle = SessionHandle(

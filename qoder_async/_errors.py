@@ -36,9 +36,11 @@ quoted as short snippets, never whole.
     │   ├── StreamContentTypeError      the stream answered with something that is not SSE
     │   ├── StreamStalledError          no progress for too long, repeatedly
    │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
-    │   └── CursorStoreError            the cursor store failed (its error is __cause__)
+     │   ├── CursorStoreError            the cursor store failed (its error is __cause__)
+    │   └── ListenerOverflowError       a listen() reader fell behind and was detached (cursor)
     ├── WrongEventLoopError             the client was used from another event loop
     ├── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── UnknownCursorError              a catch_up() cursor that is no event of this session
     ├── LeaseLostError                  a fleet lease is not ours any more: stop delivering
     ├── CoordinatorUnavailableError     the fleet coordinator (Redis) did not answer; retry later
     └── WebhookVerificationError        a webhook request was refused (qoder_async.webhooks)
@@ -79,6 +81,7 @@ __all__ = [
     "IdempotencyConflictError",
     "InternalServerError",
     "LeaseLostError",
+    "ListenerOverflowError",
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
@@ -94,6 +97,7 @@ __all__ = [
     "StreamStalledError",
     "ToolResultsNotAwaitedError",
     "TurnFailed",
+    "UnknownCursorError",
     "UnprocessableEntityError",
     "WebhookHeaderError",
     "WebhookPayloadError",
@@ -444,6 +448,22 @@ class CursorStoreError(StreamError):
     """
 
 
+class ListenerOverflowError(StreamError):
+    """A ``listen()`` reader fell behind and was detached: the slow-consumer policy.
+
+    Its queue stayed full for ``listener_timeout`` seconds, so the session's
+    connection (its turns, its other listeners) would otherwise have waited for
+    it. The reader first gets every event queued for it, then this error:
+    ``cursor`` (a :class:`~qoder_async.Cursor`, also as ``last_event_id``) is the
+    last of them, so ``client.sessions.events.stream(session_id,
+    last_event_id=err.cursor)`` resumes without a gap.
+    """
+
+    def __init__(self, message: str, *, last_event_id: str | None, cursor: Any) -> None:
+        super().__init__(message, last_event_id=last_event_id)
+        self.cursor = cursor
+
+
 class WrongEventLoopError(QoderError, RuntimeError):
     """The client was used from an event loop other than the one it first ran in.
 
@@ -465,6 +485,20 @@ class TurnFailed(QoderError):
         self.reason = reason
         self.event = event
         self.result = result
+
+
+class UnknownCursorError(QoderError, LookupError):
+    """``catch_up(after=...)`` got a cursor that is not an event of this session.
+
+    Another session's cursor, or an id that never existed: an empty answer
+    would hand the same cursor back forever. ``session_id`` and ``cursor`` (the
+    id) say which.
+    """
+
+    def __init__(self, message: str, *, session_id: str, cursor: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.cursor = cursor
 
 
 class WebhookVerificationError(QoderError):

@@ -5,7 +5,10 @@ to the consumer; every decision (is this event new, where to resume, is the
 connection dead, reconnect or give up) is the stream machine's
 (``_machine.py``, with its rule tables). A timer asks the machine about
 liveness while the stream waits on the network and cancels the read when the
-machine says so, the way ``asyncio.timeout`` does.
+machine says so, the way ``asyncio.timeout`` does: in the task reading now
+(each ``anext()`` may run in its own task), taking back only its own
+cancellation. ``aclose()`` from another task cancels the read the same way,
+and the iteration ends (no error) with the connection closed.
 
 The generator holds the connection; nothing else holds the generator strongly
 (the stream keeps a weak reference), so a consumer that breaks out of
@@ -95,9 +98,12 @@ class _Watchdog:
     chunk: at thousands of chunks a second that was the largest single cost of
     a many-stream client). The cancellation is taken back with
     ``Task.uncancel`` by the reader, exactly like ``asyncio.timeout`` does.
+    ``task`` is the task reading *now* (each ``anext()`` may run in a task of
+    its own); ``cancelled`` the one it cancelled, so a cancellation of any
+    other task (or a second one of the same task) is never taken for its own.
     """
 
-    __slots__ = ("_handle", "_loop", "_machine", "_period", "fired", "task")
+    __slots__ = ("_handle", "_loop", "_machine", "_period", "cancelled", "fired", "task")
 
     def __init__(self, machine: StreamMachine, period: float) -> None:
         self._machine = machine
@@ -105,11 +111,12 @@ class _Watchdog:
         self._loop = asyncio.get_running_loop()
         self._handle: asyncio.Handle | None = None
         self.task: asyncio.Task[Any] | None = None
+        self.cancelled: asyncio.Task[Any] | None = None
         self.fired: Cause | None = None
 
     def start(self) -> None:
         self.task = asyncio.current_task()
-        self.fired = None
+        self.fired = self.cancelled = None
         self._arm()
 
     def _arm(self) -> None:
@@ -127,10 +134,11 @@ class _Watchdog:
     def _confirm(self, chunks: int) -> None:
         machine = self._machine
         verdict = machine.check() if machine.chunks == chunks else None
-        if verdict is not None and not machine.consumer_busy and self.task is not None:
+        task = self.task
+        if verdict is not None and not machine.consumer_busy and task is not None:
             self._handle = None
-            self.fired = verdict
-            self.task.cancel()
+            self.fired, self.cancelled = verdict, task
+            task.cancel()
             return
         self._arm()
 
@@ -207,6 +215,10 @@ class EventStream:
         self._iterator: weakref.ref[AsyncIterator[Event]] | None = None
         self._held: AsyncIterator[Event] | None = None  # only for direct __anext__ use
         self._closed = False
+        # The task inside the generator now (None while the consumer holds an event),
+        # and the one aclose() cancelled from another task to end the iteration.
+        self._reader: asyncio.Task[Any] | None = None
+        self._closing: asyncio.Task[Any] | None = None
         self.reconnects = 0
 
     def __repr__(self) -> str:
@@ -274,12 +286,20 @@ class EventStream:
         return await self._held.__anext__()
 
     async def aclose(self) -> None:
-        """Close the connection; iteration ends. Idempotent.
+        """Close the connection; iteration ends. Idempotent; from any task.
 
-        With a ``cursor_store``, the last event handed out is saved now: the
-        consumer that closes the stream is done with it.
+        Called from another task while a consumer iterates, the consumer's
+        iteration ends at once (its ``async for`` stops, no error) and the
+        connection is closed: a read in progress is cancelled, an event the
+        consumer holds is its last. With a ``cursor_store``, the last event
+        handed out is saved now: the consumer that closes the stream is done
+        with it.
         """
         self._closed = True
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task() and not reader.done():
+            self._closing = reader
+            reader.cancel()
         it = self._iterator() if self._iterator is not None else None
         self._iterator = self._held = None
         if it is not None:
@@ -319,89 +339,132 @@ class EventStream:
             exc.last_event_id = self._machine.last_event_id
         return scrub(exc, self._http.secrets)
 
+    def _stopped(self) -> bool:
+        """True once :meth:`aclose` was called (a method: the loop must re-read it)."""
+        return self._closed
+
+    def _closed_by_aclose(self) -> bool:
+        """True when the cancellation being handled is aclose()'s (from another task)."""
+        task = asyncio.current_task()
+        if task is None or task is not self._closing:
+            return False
+        self._closing = None
+        return task.uncancel() == 0
+
     async def _run(self) -> AsyncIterator[Event]:
-        http, machine, decoder = self._http, self._machine, self._decoder
-        await self._load()
-        timeouts = [t for t in (machine.read_timeout, machine.stall_timeout) if t]
-        watchdog = _Watchdog(machine, min(timeouts) / 4) if timeouts else None
-        take = machine.take
-        store = self._cursor_store
-        errors = http.transport.errors
-        while True:
-            http.check_open()
-            cause: Cause | None = None
-            error: BaseException | None = None
-            server_retry: float | None = None
-            resume = machine.connecting()
+        self._reader = asyncio.current_task()
+        try:
+            http, machine, decoder = self._http, self._machine, self._decoder
             try:
-                async with http.stream(
-                    self._path, params=self._params, last_event_id=resume
-                ) as resp:
-                    machine.connected()
-                    decoder.reconnected()
-                    if self._on_connect is not None:
-                        self._on_connect()
-                    chunks = resp.chunks
-                    if watchdog is not None:
-                        watchdog.start()
-                    try:
-                        while True:
-                            try:
-                                chunk = await chunks.__anext__()
-                            except StopAsyncIteration:
-                                break
-                            except errors as exc:
-                                url = http.url(self._path)  # built on failure only
-                                raise http.transport.connection_error(exc, "GET", url) from exc
-                            machine.chunks += 1
-                            # Events are decoded one at a time, as the consumer asks for
-                            # them; a bad frame ends the iteration (after the events
-                            # before it) and waits in decoder.error.
-                            for ev in decoder.decode(chunk):
-                                if take(ev):
-                                    machine.consumer_busy = True
-                                    yield ev
-                                    if store is not None:
-                                        await self._save(machine.cursor)
-                                    machine.consumer_busy = False
-                                    if type(ev) in _ENDS_STREAM:
-                                        return
-                            bad = decoder.error
-                            if bad is not None:
-                                raise self._prepared(bad) from bad.__cause__
-                            if decoder.done:
-                                return
-                    finally:
-                        if watchdog is not None:
-                            watchdog.stop()
-                cause = Cause.EOF
+                await self._load()
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if watchdog is None or watchdog.fired is None or task is None:
+                if self._closed_by_aclose():
+                    return
+                raise
+            timeouts = [t for t in (machine.read_timeout, machine.stall_timeout) if t]
+            watchdog = _Watchdog(machine, min(timeouts) / 4) if timeouts else None
+            take = machine.take
+            store = self._cursor_store
+            errors = http.transport.errors
+            while not self._closed:
+                http.check_open()
+                cause: Cause | None = None
+                error: BaseException | None = None
+                server_retry: float | None = None
+                resume = machine.connecting()
+                try:
+                    async with http.stream(
+                        self._path, params=self._params, last_event_id=resume
+                    ) as resp:
+                        machine.connected()
+                        decoder.reconnected()
+                        if self._on_connect is not None:
+                            self._on_connect()
+                        chunks = resp.chunks
+                        if watchdog is not None:
+                            watchdog.start()
+                        try:
+                            while True:
+                                try:
+                                    chunk = await chunks.__anext__()
+                                except StopAsyncIteration:
+                                    break
+                                except errors as exc:
+                                    url = http.url(self._path)  # built on failure only
+                                    raise http.transport.connection_error(exc, "GET", url) from exc
+                                machine.chunks += 1
+                                # Events are decoded one at a time, as the consumer asks for
+                                # them; a bad frame ends the iteration (after the events
+                                # before it) and waits in decoder.error.
+                                for ev in decoder.decode(chunk):
+                                    if take(ev):
+                                        machine.consumer_busy = True
+                                        self._reader = None
+                                        yield ev
+                                        # The next anext() may run in another task.
+                                        self._reader = reader = asyncio.current_task()
+                                        if watchdog is not None:
+                                            watchdog.task = reader
+                                        if self._stopped():
+                                            return
+                                        if store is not None:
+                                            await self._save(machine.cursor)
+                                        machine.consumer_busy = False
+                                        if type(ev) in _ENDS_STREAM:
+                                            return
+                                bad = decoder.error
+                                if bad is not None:
+                                    raise self._prepared(bad) from bad.__cause__
+                                if decoder.done:
+                                    return
+                        finally:
+                            if watchdog is not None:
+                                watchdog.stop()
+                    cause = Cause.EOF
+                except asyncio.CancelledError:
+                    if self._closed_by_aclose():
+                        return
+                    task = asyncio.current_task()
+                    if (
+                        task is None
+                        or watchdog is None
+                        or watchdog.fired is None
+                        or task is not watchdog.cancelled
+                    ):
+                        raise
+                    watchdog.cancelled = None
+                    if task.uncancel() > 0:
+                        raise
+                    cause, watchdog.fired = watchdog.fired, None
+                except StreamRetry as exc:
+                    cause, error, server_retry = Cause.STATUS, exc.cause, exc.retry_after
+                except APIConnectionError as exc:
+                    cause, error = Cause.ERROR, exc
+                if server_retry is None and decoder.retry_ms is not None:
+                    server_retry = decoder.retry_ms / 1000.0
+                decision = machine.failed(
+                    cause, server_retry=server_retry, heartbeats=self.heartbeats
+                )
+                if isinstance(decision, GiveUp):
+                    raise self._prepared(decision.error) from error
+                self.reconnects += 1
+                if self._on_reconnect is not None:
+                    self._on_reconnect()
+                logger.debug(
+                    "stream %s: %s (%s); reconnecting in %.2fs from %s (attempt %d, stalls %d)",
+                    self.session_id,
+                    cause.value,
+                    error,
+                    decision.delay,
+                    machine.last_event_id,
+                    machine.attempts,
+                    machine.stalls,
+                )
+                try:
+                    await self._sleep(decision.delay)
+                except asyncio.CancelledError:
+                    if self._closed_by_aclose():
+                        return
                     raise
-                if task.uncancel() > 0:
-                    raise
-                cause, watchdog.fired = watchdog.fired, None
-            except StreamRetry as exc:
-                cause, error, server_retry = Cause.STATUS, exc.cause, exc.retry_after
-            except APIConnectionError as exc:
-                cause, error = Cause.ERROR, exc
-            if server_retry is None and decoder.retry_ms is not None:
-                server_retry = decoder.retry_ms / 1000.0
-            decision = machine.failed(cause, server_retry=server_retry, heartbeats=self.heartbeats)
-            if isinstance(decision, GiveUp):
-                raise self._prepared(decision.error) from error
-            self.reconnects += 1
-            if self._on_reconnect is not None:
-                self._on_reconnect()
-            logger.debug(
-                "stream %s: %s (%s); reconnecting in %.2fs from %s (attempt %d, stalls %d)",
-                self.session_id,
-                cause.value,
-                error,
-                decision.delay,
-                machine.last_event_id,
-                machine.attempts,
-                machine.stalls,
-            )
-            await self._sleep(decision.delay)
+        finally:
+            self._reader = None

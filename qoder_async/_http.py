@@ -16,6 +16,9 @@ error envelope                          must end in ``/api/v1/cloud``)
 connection failure or error status      retried by the :class:`RetryPolicy` (deadline,
                                         ``Retry-After``), with the same headers and the
                                         same ``Idempotency-Key``
+an ``Idempotency-Key`` (or ``X-``) in   it is the request's one key, in any header
+``extra_headers``                       case; another key given too:
+                                        :class:`ConfigurationError`
 a stream answers 408/429/5xx            :class:`StreamRetry` (the stream reconnects)
 a stream answers another error, or      the typed error / :class:`StreamContentTypeError`
 not ``text/event-stream``               (fatal: reconnecting cannot fix it)
@@ -75,6 +78,7 @@ __all__ = [
     "RequestBody",
     "RequestOptions",
     "StreamRetry",
+    "idempotency_key_of",
     "resolve_base_url",
     "resolve_token",
     "segment",
@@ -210,6 +214,28 @@ class RequestOptions:
     extra_query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
     extra_body: Mapping[str, Any] | None = None
     timeout: float | Timeout | None = None
+
+
+_KEY_HEADERS = frozenset({"idempotency-key", "x-idempotency-key"})
+
+
+def idempotency_key_of(key: str | None, extra_headers: Mapping[str, str] | None) -> str | None:
+    """The one idempotency key of a call: ``idempotency_key=`` or an extra header's.
+
+    ``extra_headers`` may carry the key as ``Idempotency-Key`` or
+    ``X-Idempotency-Key`` in any case (the official SDK's form); the caller's
+    key always wins over a generated one. Two different keys for one call
+    raise :class:`ConfigurationError` (one message must never carry two).
+    """
+    found = {v for k, v in (extra_headers or {}).items() if k.lower() in _KEY_HEADERS}
+    if key is not None:
+        found.add(key)
+    if len(found) > 1:
+        raise ConfigurationError(
+            "two different idempotency keys for one request (idempotency_key= and an "
+            "Idempotency-Key header): pass it once, as idempotency_key="
+        )
+    return next(iter(found), None)
 
 
 @frozen
@@ -427,9 +453,15 @@ class HTTP:
         headers: dict[str, str],
         params: Sequence[tuple[str, str]] | None,
     ) -> tuple[Sequence[tuple[str, str]] | None, Timeout]:
-        """Apply a call's options to ``headers`` (in place): its query and timeout back."""
+        """Apply a call's options to ``headers`` (in place): its query and timeout back.
+
+        An idempotency key among the extra headers is left out: :meth:`request`
+        sends the one key of the request (:func:`idempotency_key_of`).
+        """
         if options.extra_headers:
-            headers.update(options.extra_headers)
+            headers.update(
+                (k, v) for k, v in options.extra_headers.items() if k.lower() not in _KEY_HEADERS
+            )
         if options.extra_query:
             extra = options.extra_query
             pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
@@ -459,6 +491,7 @@ class HTTP:
         headers = dict(self._secret.headers)
         timeout = self.timeout
         if options is not None:
+            idempotency_key = idempotency_key_of(idempotency_key, options.extra_headers)
             params, timeout = self._apply(options, headers, params)
             if options.extra_body and body is None:
                 if json is None:

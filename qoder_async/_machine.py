@@ -54,6 +54,15 @@ bytes (or while not active)
 ``attempts > max_attempts``, or failing for    :class:`ResumeExhaustedError`
 longer than ``max_elapsed``
 =============================================  =====================================
+
+The shell acts on a ``check`` verdict by cancelling the read in the task
+reading *now* (each ``anext()`` may run in a task of its own) and takes back
+only that cancellation: the caller's own ``cancel()`` of the reader, or
+``aclose()`` from another task (which ends the iteration), is never taken for
+a timeout. The machine is not told about consumers: ``listen()`` readers that
+fall behind are detached by the session (``_session.py``), never waited for
+without bound, so a slow consumer cannot hold the stream (and its stall
+clock) forever.
 """
 
 from __future__ import annotations

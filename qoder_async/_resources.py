@@ -25,7 +25,7 @@ import copy
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
@@ -43,7 +43,7 @@ from ._convert import (
     structure_session_resource,
     structure_thread,
 )
-from ._errors import APIResponseValidationError, ConfigurationError
+from ._errors import APIResponseValidationError, ConfigurationError, SessionBusyError
 from ._eventstream import (
     DEFAULT_MAX_STALLS,
     DEFAULT_READ_TIMEOUT,
@@ -59,7 +59,7 @@ from ._files import (
     fetch_link,
     prepare_upload,
 )
-from ._http import HTTP, APIResponse, RequestOptions, segment
+from ._http import HTTP, APIResponse, RequestOptions, idempotency_key_of, segment
 from ._models import (
     Accepted,
     Agent,
@@ -74,7 +74,9 @@ from ._models import (
     Session,
     SessionResource,
     SessionThread,
+    UserDefineOutcome,
     UserMessage,
+    is_copy_of,
     new_idempotency_key,
 )
 from ._pagination import AsyncPaginator, list_params
@@ -93,6 +95,7 @@ from ._tools import Tool, definitions
 from ._transport import SourceError, Timeout
 
 __all__ = [
+    "FIND_SENT_LIMIT",
     "AgentVersions",
     "Agents",
     "CallOptions",
@@ -106,6 +109,8 @@ __all__ = [
     "SessionThreads",
     "Sessions",
     "ThreadEvents",
+    "find_sent",
+    "send_retrying_busy",
 ]
 
 _T = TypeVar("_T")
@@ -334,7 +339,9 @@ class SessionEvents(_Resource):
         if not items:
             raise ConfigurationError("send needs at least one event")
         payload = [_event_json(ev) for ev in items]
-        key = idempotency_key or new_idempotency_key()
+        # The caller's key (argument or header, in any case) wins over a generated one.
+        key = idempotency_key_of(idempotency_key, options.get("extra_headers"))
+        key = key or new_idempotency_key()
         path = f"/sessions/{segment(session_id)}/events"
         answer = await self._http.request(
             "POST",
@@ -402,6 +409,95 @@ class SessionEvents(_Resource):
             max_event_bytes=max_event_bytes,
             cursor_store=cursor_store,
         )
+
+
+# --------------------------------------------------------------------------- a turn's send
+# Shared by SessionHandle.send and Fleet.send: one busy rule, one lookup rule.
+
+FIND_SENT_LIMIT = 100
+"""Stored events searched, newest first (one page), for a send whose answer named none."""
+_BUSY_BACKOFF_MAX = 5.0
+
+BusyPause = Callable[[float, int], Awaitable[bool | None]]
+"""``pause(seconds, attempt)`` waits up to ``seconds`` after a busy 409: True when the
+session may be free now (post again), False when still busy (back off), None when
+something moved (look again without backing off)."""
+
+
+async def send_retrying_busy(
+    post: Callable[[], Awaitable[_T]],
+    *,
+    on_busy: str,
+    busy_timeout: float | None,
+    clock: Callable[[], float],
+    pause: BusyPause,
+    interrupt: Callable[[], Awaitable[object]] | None = None,
+) -> _T:
+    """``post()`` again after each 409 busy, until it is accepted or ``busy_timeout`` passes.
+
+    ``post`` sends under the caller's idempotency key, and every attempt is the
+    same ``post``: a busy 409 stored nothing, so the same key on the next
+    attempt stores the message once, and a later resend with that key is
+    recognised as the same message (derived keys would store it twice).
+    ``on_busy``: ``"raise"`` the first 409, ``"wait"``, or ``"interrupt"`` the
+    running turn once, then wait. Backoff 0.1 s doubling to 5 s.
+    """
+    deadline = None if busy_timeout is None else clock() + busy_timeout
+    delay, attempt, interrupted = 0.1, 0, False
+    while True:
+        try:
+            return await post()
+        except SessionBusyError as exc:
+            if on_busy == "raise":
+                raise
+            busy, attempt = exc, attempt + 1
+        if on_busy == "interrupt" and not interrupted and interrupt is not None:
+            await interrupt()
+            interrupted = True
+        while True:
+            remaining = None if deadline is None else deadline - clock()
+            if remaining is not None and remaining <= 0:
+                raise SessionBusyError(
+                    "the session stayed busy past busy_timeout: if it reports idle, a turn is "
+                    "probably paused waiting for tool results (requires_action) — answer it "
+                    "(turn.submit_tool_results) or interrupt it (on_busy='interrupt')",
+                    status_code=409,
+                    error_type=busy.error_type,
+                    request_id=busy.request_id,
+                ) from busy
+            free = await pause(delay if remaining is None else min(delay, remaining), attempt)
+            if free is None:
+                continue
+            delay = min(delay * 2, _BUSY_BACKOFF_MAX)
+            if free:
+                break
+
+
+async def find_sent(
+    events: SessionEvents,
+    session_id: str,
+    sent: Sequence[OutboundEvent],
+    *,
+    stop_at: str | None = None,
+) -> Event | None:
+    """The stored copy of a send whose answer named no created event, or None.
+
+    One bounded rule for every caller: the newest :data:`FIND_SENT_LIMIT`
+    (100) events of the session, newest first, in one request, are searched
+    for a copy of the send's ``user.message``/``user.define_outcome``; the
+    search stops at ``stop_at`` (an event the caller saw before sending, so
+    older than the message).
+    """
+    message = next((e for e in sent if isinstance(e, UserMessage | UserDefineOutcome)), None)
+    if message is None:
+        return None
+    listing = events.list(session_id, order="desc", limit=FIND_SENT_LIMIT)
+    for ev in listing.parse_page((await listing.first_page()).body):
+        if stop_at is not None and ev.id == stop_at:
+            return None
+        if is_copy_of(ev, message):
+            return ev
+    return None
 
 
 def _accepted(answer: APIResponse, key: str, path: str, body: Any) -> Accepted:

@@ -17,9 +17,15 @@ a send while no connection is open             the connection opens right after 
 a send while the connection is open            the turn starts when its message is
                                                streamed (events racing the 202 answer
                                                are kept in a bounded backlog)
+every send (and every retry of it)             one ``Idempotency-Key``: the caller's
+                                               (argument, or an ``Idempotency-Key``
+                                               header in any case) or one generated
+                                               for this send; never a derived one
 a 202 that names no created event              the turn claims the next ``user.message``
                                                on the stream; with no connection open,
-                                               it is looked up in the recent history
+                                               it is looked up among the newest 100
+                                               events (one request, newest first,
+                                               stopping at the handle's cursor)
 the last turn, listener and callback left      the connection closes
 a requires_action pause with ``tools=``        the handlers run in a task of the turn
                                                (each tool use at most once, whatever
@@ -32,13 +38,35 @@ the turn is closed while a tool runs           the tool is cancelled and an erro
                                                left waiting
 a 409 busy with ``on_busy="wait"``             wait for the running turn (local, or the
                                                server's status), backing off up to 5 s
-                                               between attempts, until ``busy_timeout``
+                                               between attempts, until ``busy_timeout``;
+                                               each attempt under the same key (a busy
+                                               409 stored nothing): a later resend with
+                                               that key is the same message
+``submit_tool_results()`` fails (4xx, retries  the calls stay pending (``wait_for_action``
+exhausted)                                     returns them again); answered only once
+                                               the post succeeded
+a ``listen()`` reader's queue stays full       the slow-consumer policy: it is detached
+``listener_timeout`` seconds (30)              (WARNING, ``listener_overflows`` += 1);
+                                               it reads what was queued, then
+                                               :class:`ListenerOverflowError` with the
+                                               cursor of the last of those (resume from
+                                               it: no gap); turns and other listeners
+                                               go on
+the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure is logged
+(failed, terminated, deleted)                  once at ERROR and raised by
+                                               ``wait_handlers()``; the next ``on()``
+                                               starts a fresh dispatcher
+``catch_up(after=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
+session                                        ``after_id``, or an empty page while ``c``
+                                               is not among the newest 100 events);
+                                               nothing after ``c``: an empty result
 =============================================  ======================================
 
 Callbacks (``on()``) are fed through an unbounded queue, so a callback that
 sends and awaits a turn of its own session cannot block the connection that
-turn needs; ``listen()`` queues are bounded (a slow reader slows the
-connection instead of losing events).
+turn needs; ``listen()`` queues are bounded (``queue_size``), and a reader
+that stops reading is detached after a bounded wait instead of holding the
+whole session back.
 """
 
 from __future__ import annotations
@@ -48,18 +76,19 @@ import contextlib
 import inspect
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from ._errors import (
     APIResponseValidationError,
+    BadRequestError,
     ClientClosedError,
     ConfigurationError,
+    ListenerOverflowError,
     QoderError,
-    SessionBusyError,
     StreamError,
     TurnFailed,
+    UnknownCursorError,
 )
 from ._eventstream import EventStream, as_cursor
 from ._http import HTTP, segment
@@ -85,11 +114,10 @@ from ._models import (
     UserCustomToolResult,
     UserDefineOutcome,
     UserInterrupt,
-    UserMessage,
     as_events,
-    is_copy_of,
     new_idempotency_key,
 )
+from ._resources import FIND_SENT_LIMIT, find_sent, send_retrying_busy
 from ._stream import PREVIEW_CLASSES
 from ._tools import (
     ToolHandler,
@@ -147,7 +175,6 @@ _LIFECYCLE = frozenset(
     {SessionStatusIdle, SessionStatusRunning, SessionStatusTerminated, SessionDeletedEvent}
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
-_BUSY_BACKOFF_MAX = 5.0
 _CANCEL_POST_TIMEOUT = 10.0
 
 
@@ -164,76 +191,86 @@ class ActionRequired(QoderError):
         self.pending = pending
 
 
-class _Listener:
-    """A ``listen()``/``on()`` consumer's queue; ``size`` None is unbounded.
+_END: Any = object()  # the end of a listener's queue
 
-    A bounded queue makes a slow reader slow the pump down. Closing it (with or
-    without an error) never drops what is already queued: the reader gets
-    every queued event first, then the end (or the error).
+
+class _Listener:
+    """A ``listen()``/``on()`` consumer's queue (``asyncio.Queue``); ``size`` None is unbounded.
+
+    The pump ``offer()``s each event; a bounded queue that is full makes it
+    wait (``put()``), at most the session's ``listener_timeout``: then the
+    listener is detached (the slow-consumer policy). Ending it (``close``,
+    with or without an error) never drops what is already queued: the reader
+    gets every queued event first, then the end (or the error). ``cursor`` is
+    the last event queued (where a detached reader resumes without a gap).
     """
 
-    __slots__ = ("_end", "_getter", "_items", "_putters", "_size", "closed", "previews")
+    __slots__ = ("_end", "_last", "_queue", "closed", "previews")
 
     def __init__(self, size: int | None, previews: bool) -> None:
-        self._items: deque[Event] = deque()
-        self._size = None if size is None else max(1, size)
-        self._getter: asyncio.Future[None] | None = None
-        self._putters: deque[asyncio.Future[None]] = deque()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(0 if size is None else max(1, size))
         self._end: BaseException | None = None
         self.closed = False
         self.previews = previews
+        self._last: Event | None = None  # the cursor, built only when asked for
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """The last event with an id queued here (previews never count)."""
+        ev = self._last
+        return None if ev is None or ev.id is None else Cursor(ev.id, ev.processed_at)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._queue.qsize()
+
+    def offer(self, ev: Event) -> bool:
+        """Queue ``ev`` if there is room (or the reader left); False when full."""
+        if not self.closed:
+            try:
+                self._queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                return False
+            self._queued(ev)
+        return True
 
     async def put(self, ev: Event) -> None:
-        size = self._size
-        while size is not None and len(self._items) >= size and not self.closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._putters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._putters:
-                    self._putters.remove(fut)
-        if self.closed:
-            return
-        self._items.append(ev)
-        self._wake_getter()
+        """Wait for room, then queue ``ev`` (the caller bounds the wait)."""
+        if not self.offer(ev):
+            await self._queue.put(ev)
+            self._queued(ev)
+
+    def _queued(self, ev: Event) -> None:
+        if type(ev) not in PREVIEW_CLASSES and ev.id is not None:
+            self._last = ev
 
     def close(self, error: BaseException | None = None) -> None:
+        """End the queue: the reader gets what is queued, then the end (or ``error``)."""
         if self.closed:
             return
         self.closed = True
         self._end = error
-        self._wake_getter()
-        while self._putters:
-            fut = self._putters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_END)  # full: the reader sees the end once it drained
+
+    def leave(self) -> None:
+        """The reader left: drop what is queued, so a waiting ``put`` returns at once."""
+        self.close()
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     async def get(self) -> Event | None:
-        while not self._items:
-            if self.closed:
-                if self._end is not None:
-                    raise self._end
-                return None
-            self._getter = asyncio.get_running_loop().create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        ev = self._items.popleft()
-        if self._putters:
-            fut = self._putters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+        """The next event; None at the end; the closing error after the last event."""
+        queue = self._queue
+        if queue.empty() and self.closed:
+            item = _END
+        else:
+            item = await queue.get()
+        if item is _END:
+            if self._end is not None:
+                raise self._end
+            return None
+        ev: Event = item
         return ev
-
-    def _wake_getter(self) -> None:
-        fut = self._getter
-        if fut is not None and not fut.done():
-            fut.set_result(None)
 
 
 class Turn:
@@ -568,7 +605,9 @@ class Turn:
         conversion raises ``TypeError``/``ValueError`` before anything is
         posted. A sub-agent's tool use is answered in its thread. Each answer's
         idempotency key is derived from the tool use ids, so a retried submit is
-        stored once.
+        stored once. The calls count as answered once the post succeeded: after
+        a failure (raised here) they are still pending for
+        :meth:`wait_for_action` and ``result(on_action="raise")``.
         """
         calls = {c.id: c for c in self.snapshot().tool_calls}
         events = []
@@ -578,10 +617,11 @@ class Turn:
                 events.append(UserCustomToolResult(use_id, tool_content(out), is_error))
             else:
                 events.append(tool_result(call, out, is_error))
-        self._ran.update(results)
         accepted = await self.session.send_events(
             events, idempotency_key=results_key(list(results))
         )
+        # Answered only once the post succeeded: a failed one leaves them pending.
+        self._ran.update(results)
         self._resuming = True
         self.session._refresh_activity()
         return accepted
@@ -699,7 +739,9 @@ class SessionHandle:
 
     ``await send(...)`` starts a turn; ``listen()`` and ``on()`` follow
     everything the session does. One SSE connection serves all of them and
-    closes when the last one is done.
+    closes when the last one is done. ``connections`` counts the connections
+    opened; ``listener_overflows`` the ``listen()`` readers detached because
+    they fell behind (the one place overflows are counted).
     """
 
     def __init__(
@@ -714,6 +756,7 @@ class SessionHandle:
         stall_timeout: float | None,
         max_stalls: int,
         queue_size: int,
+        listener_timeout: float = 30.0,
     ) -> None:
         self._http = http
         self._sessions = sessions
@@ -725,6 +768,7 @@ class SessionHandle:
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
             "queue_size": queue_size,
+            "listener_timeout": listener_timeout,
         }
         self._router: TurnRouter[Turn] = TurnRouter()
         self._dedupe = Dedupe()
@@ -736,8 +780,10 @@ class SessionHandle:
         self._lock = asyncio.Lock()
         self._handlers: list[tuple[str | type[BaseEvent], EventHandler]] = []
         self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatched: asyncio.Task[None] | None = None  # the last one, for wait_handlers
         self._connected = asyncio.Event()
         self.connections = 0
+        self.listener_overflows = 0
 
     def __repr__(self) -> str:
         live, listeners = len(self._router.live), len(self._listeners)
@@ -808,27 +854,17 @@ class SessionHandle:
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
         events = as_events(content)
         key = idempotency_key or new_idempotency_key()
-        deadline = None if busy_timeout is None else time.monotonic() + busy_timeout
-        interrupted = False
-        attempt = 0
-        delay = 0.1
         span = self._tracing.turn(self.id)
         try:
-            while True:
-                try:
-                    # A busy 409 stored nothing, and a server may replay a cached 409 for
-                    # the same key: each new attempt after one gets its own, derived key.
-                    return await self._post_turn(
-                        events, f"{key}.{attempt}" if attempt else key, tools, on_tool_error, span
-                    )
-                except SessionBusyError as exc:
-                    attempt += 1
-                    if on_busy == "raise":
-                        raise
-                    if on_busy == "interrupt" and not interrupted:
-                        await self.interrupt()
-                        interrupted = True
-                    delay = await self._wait_not_busy(deadline, delay, exc, attempt)
+            # The same key on every attempt: a busy 409 stored nothing.
+            return await send_retrying_busy(
+                lambda: self._post_turn(events, key, tools, on_tool_error, span),
+                on_busy=on_busy,
+                busy_timeout=busy_timeout,
+                clock=time.monotonic,
+                pause=self._pause_busy,
+                interrupt=self.interrupt,
+            )
         except BaseException as exc:
             span.ended(
                 turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
@@ -877,7 +913,12 @@ class SessionHandle:
                 elif start_here:
                     # Stored, but the answer names no created event: find it, or follow
                     # the session from where this handle last was.
-                    anchor = await self._find_sent(events)
+                    anchor = await find_sent(
+                        self._sessions.events,
+                        self.id,
+                        events,
+                        stop_at=self._cursor.event_id if self._cursor else None,
+                    )
                     if anchor is not None:
                         start = Cursor(anchor.id or "", anchor.processed_at)
                     elif self._cursor is not None:
@@ -914,57 +955,27 @@ class SessionHandle:
             self._refresh_activity()
             return turn
 
-    async def _find_sent(self, events: list[OutboundEvent]) -> Event | None:
-        """The stored event of a send whose answer named none (newest first, recent only)."""
-        sent = next((e for e in events if isinstance(e, UserMessage | UserDefineOutcome)), None)
-        if sent is None:
+    async def _pause_busy(self, wait: float, attempt: int) -> bool | None:
+        """After a 409 busy: wait for the running turn (local, or the server's status)."""
+        local = [t for t in self._turns if not t.done and t.expects_events]
+        if local:
+            waits = [asyncio.ensure_future(t._wait()) for t in local]
+            _, pending = await asyncio.wait(waits, timeout=wait)
+            for w in pending:
+                w.cancel()
             return None
-        async for page in self._sessions.events.list(self.id, order="desc", limit=20).pages():
-            for ev in page:
-                if self._cursor is not None and ev.id == self._cursor.event_id:
-                    return None
-                if is_copy_of(ev, sent):
-                    return ev
-            return None
-        return None
-
-    async def _wait_not_busy(
-        self, deadline: float | None, delay: float, busy: SessionBusyError, attempt: int
-    ) -> float:
-        """Wait until the session may be idle; returns the next backoff delay."""
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise SessionBusyError(
-                    "the session stayed busy past busy_timeout: if it reports idle, a turn is "
-                    "probably paused waiting for tool results (requires_action) — answer it "
-                    "(turn.submit_tool_results) or interrupt it (on_busy='interrupt')",
-                    status_code=409,
-                    error_type=busy.error_type,
-                    request_id=busy.request_id,
-                )
-            local = [t for t in self._turns if not t.done and t.expects_events]
-            if local:
-                waits = [asyncio.ensure_future(t._wait()) for t in local]
-                _, pending = await asyncio.wait(waits, timeout=min(delay, remaining or delay))
-                for w in pending:
-                    w.cancel()
-                continue
-            session = await self._sessions.retrieve(self.id)
-            idle = (session.status or "idle") not in _BUSY_STATUSES
-            if idle and attempt == 2:
-                logger.warning(
-                    "session %s reports %r but refuses new messages (409): a turn is probably "
-                    "paused waiting for tool results; retrying with backoff until busy_timeout "
-                    "(answer it, or send with on_busy='interrupt')",
-                    self.id,
-                    session.status,
-                )
-            wait = delay if remaining is None else min(delay, remaining)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, _BUSY_BACKOFF_MAX)
-            if idle:
-                return delay
+        session = await self._sessions.retrieve(self.id)
+        idle = (session.status or "idle") not in _BUSY_STATUSES
+        if idle and attempt == 2:
+            logger.warning(
+                "session %s reports %r but refuses new messages (409): a turn is probably "
+                "paused waiting for tool results; retrying with backoff until busy_timeout "
+                "(answer it, or send with on_busy='interrupt')",
+                self.id,
+                session.status,
+            )
+        await asyncio.sleep(wait)
+        return idle
 
     # -- catching up (webhook-driven bots)
 
@@ -978,27 +989,60 @@ class SessionHandle:
         :class:`CatchUp`: the ``turns`` that ended, the ``pending`` one (running,
         or paused for tool results) and the ``cursor`` to store and pass next
         time. Opens no connection; safe to call again for the same webhook.
+
+        A cursor that is not an event of this session (another session's, or an
+        id that never existed) raises :class:`UnknownCursorError`, whether the
+        server refuses it (400 naming ``after_id``) or answers an empty page:
+        nothing after a cursor is told from a cursor that is not there by
+        finding it among the session's newest 100 events.
         """
         start = as_cursor(after)
         listed = self._sessions.events.list(
             self.id, order="asc", limit=limit, after_id=start.event_id if start else None
         )
-        return fold_history([ev async for ev in listed], start)
+        try:
+            events = [ev async for ev in listed]
+        except BadRequestError as exc:
+            if start is None or "after_id" not in f"{exc.param} {exc.message}":
+                raise
+            raise self._unknown_cursor(start.event_id) from exc
+        if start is not None and not events:
+            # Nothing after it: then it is the newest event (or was a moment ago).
+            newest = self._sessions.events.list(self.id, order="desc", limit=FIND_SENT_LIMIT)
+            page = newest.parse_page((await newest.first_page()).body)
+            if not any(ev.id == start.event_id for ev in page):
+                raise self._unknown_cursor(start.event_id)
+        return fold_history(events, start)
+
+    def _unknown_cursor(self, cursor: str) -> UnknownCursorError:
+        return UnknownCursorError(
+            f"catch_up(after={cursor!r}): that event is not in session {self.id} (another "
+            "session's cursor, or an id that never existed); catch up with after=None to "
+            "start from the beginning",
+            session_id=self.id,
+            cursor=cursor,
+        )
 
     # -- listening
 
     async def listen(self, *, previews: bool = False) -> AsyncIterator[Event]:
         """Every event of the session from now on (plus previews if asked).
 
-        Shares the session's connection with its turns. The queue is bounded:
-        a slow reader slows the connection instead of losing events (so do not
-        await a turn of this same session inside the loop: use :meth:`on`).
+        Shares the session's connection with its turns. The queue is bounded
+        (``queue_size``): a reader whose queue stays full ``listener_timeout``
+        seconds is detached (logged at WARNING, counted in
+        ``listener_overflows``): it gets the events queued for it, then
+        :class:`ListenerOverflowError` carrying the cursor of the last one, to
+        resume from without a gap; the turns and other listeners go on. So do
+        not await a turn of this same session inside the loop: use :meth:`on`.
         Breaking out of the loop (or cancelling the reader) detaches it.
         """
-        async for ev in self._listen(self.options["queue_size"], previews):
-            yield ev
+        listening = self._listen(self.options["queue_size"], previews)
+        async with contextlib.aclosing(listening):  # detached when this one closes
+            async for ev in listening:
+                yield ev
 
-    async def _listen(self, size: int | None, previews: bool) -> AsyncIterator[Event]:
+    async def _listen(self, size: int | None, previews: bool) -> AsyncGenerator[Event, None]:
         self._http.check_open()
         listener = _Listener(size, previews)
         self._listeners.append(listener)
@@ -1009,7 +1053,7 @@ class SessionHandle:
             while (item := await listener.get()) is not None:
                 yield item
         finally:
-            listener.close()
+            listener.leave()
             if listener in self._listeners:
                 self._listeners.remove(listener)
             self._maybe_stop()
@@ -1049,8 +1093,10 @@ class SessionHandle:
         one that raises is logged and the others keep running. A handler may
         send and await a turn of this same session. Usable as a decorator
         (``@session.on("agent.message")``). Runs on the session's shared
-        connection until :meth:`off` removes the last handler or the client
-        closes.
+        connection until :meth:`off` removes the last handler, the client
+        closes or the session's stream ends (terminated, deleted, or failed:
+        the failure is logged once at ERROR and raised by
+        :meth:`wait_handlers`); the next ``on()`` then starts them again.
         """
         if handler is None:
 
@@ -1062,9 +1108,11 @@ class SessionHandle:
         self._http.check_open()
         self._handlers.append((event, handler))
         if self._dispatcher is None:
-            self._dispatcher = asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self._dispatch(), name=f"qoder_async handlers {self.id}"
             )
+            task.add_done_callback(self._dispatch_done)
+            self._dispatcher = self._dispatched = task
         return handler
 
     def off(self, event: str | type[BaseEvent] = "*", handler: EventHandler | None = None) -> None:
@@ -1075,6 +1123,32 @@ class SessionHandle:
         if not self._handlers and self._dispatcher is not None:
             self._dispatcher.cancel()
             self._dispatcher = None
+
+    async def wait_handlers(self) -> None:
+        """Wait until the :meth:`on` callbacks stop; raise the error that stopped them.
+
+        Returns when :meth:`off` removed the last handler, or the session's
+        stream ended cleanly (terminated, deleted); raises the stream's error
+        when it failed. Returns at once when no callbacks ran.
+        """
+        task = self._dispatched
+        if task is None:
+            return
+        await asyncio.wait([task])
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+    def _dispatch_done(self, task: asyncio.Task[None]) -> None:
+        if self._dispatcher is task:
+            self._dispatcher = None  # the next on() starts a fresh dispatcher
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error(
+                "the on() callbacks of session %s stopped: its stream failed (%s); the "
+                "next on() starts them again",
+                self.id,
+                error,
+                exc_info=error,
+            )
 
     async def _dispatch(self) -> None:
         # Unbounded: a handler that awaits a turn of this session must not block the
@@ -1148,9 +1222,14 @@ class SessionHandle:
                     for target in route(ev):
                         target._deliver(ev)
                 if listeners:
+                    slow: list[_Listener] | None = None
                     for listener in listeners:
-                        if listener.previews or not preview:
-                            await listener.put(ev)
+                        if (listener.previews or not preview) and not listener.offer(ev):
+                            slow = [listener] if slow is None else [*slow, listener]
+                    if slow is not None:
+                        await self._wait_for(slow, ev)
+                        if not self._wanted():
+                            break
                 if cls in _LIFECYCLE:
                     # Consumers can only have changed now: a turn ended or the session did.
                     if cls is SessionDeletedEvent or cls is SessionStatusTerminated:
@@ -1173,6 +1252,40 @@ class SessionHandle:
                 self._stream = None
             await stream.aclose()
             self._end_consumers(error)
+
+    async def _wait_for(self, slow: list[_Listener], ev: Event) -> None:
+        """The slow-consumer policy: wait for room at most ``listener_timeout``, then detach."""
+        deadline = asyncio.get_running_loop().time() + self.options["listener_timeout"]
+        for listener in slow:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await listener.put(ev)
+            except TimeoutError:
+                self._overflowed(listener)
+
+    def _overflowed(self, listener: _Listener) -> None:
+        """Detach a listener whose queue stayed full; the one place overflows are counted."""
+        self.listener_overflows += 1
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        cursor = listener.cursor
+        logger.warning(
+            "session %s: a listen() reader took no event for %.1fs with %d queued; detached "
+            "with ListenerOverflowError (resume from %s without a gap); the session goes on",
+            self.id,
+            self.options["listener_timeout"],
+            len(listener),
+            cursor.event_id if cursor else None,
+        )
+        listener.close(
+            ListenerOverflowError(
+                f"this listen() reader of session {self.id} fell behind (its queue of "
+                f"{len(listener)} events stayed full for {self.options['listener_timeout']}s) "
+                "and was detached; resume from the error's cursor",
+                last_event_id=cursor.event_id if cursor else None,
+                cursor=cursor,
+            )
+        )
 
     def _end_consumers(self, error: BaseException | None) -> None:
         if self._task is not None:

@@ -113,7 +113,16 @@ previews (``event_start``/``event_delta``)  dropped (history never holds them)
 =========================================  =======================================
 
 The new cursor is the last event before the turn still in progress (so it is
-folded whole next time), or the last event listed when every turn ended.
+folded whole next time), or the last event listed when every turn ended. A
+cursor that is no event of the session never reaches the fold: the shell
+raises :class:`UnknownCursorError` instead of handing the same cursor back (an
+empty listing alone cannot tell "nothing new" from "not this session").
+
+Consumers other than turns (``listen()``, ``on()``) never hold a turn back:
+the router hands an event to its turn before any listener sees it, and a
+listener that stops reading is detached after a bounded wait (the session's
+slow-consumer policy). A turn is sent under one ``Idempotency-Key`` for every
+attempt, busy retries included, so a turn's ``user.message`` is stored once.
 """
 
 from __future__ import annotations

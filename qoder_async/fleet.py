@@ -108,14 +108,14 @@ situation                                     what ``send`` does
 every send                                    one ``Idempotency-Key`` (yours or a fresh one)
                                               for every HTTP retry: the message is stored once
 409 busy                                      raise (``on_busy="raise"``) or wait with backoff
-                                              and retry under a derived key (``"wait"``)
+                                              and retry under the same key (``"wait"``)
 the 202 names the created ``user.message``    ``mark_active`` with it as the *anchor*: the
                                               session's cursor starts just before it, only if
                                               the session has no cursor (a send never moves a
                                               committed cursor); it is *pending* until a
                                               commit covers it
-the 202 is ``"data": []``                     the stored message is looked up in the recent
-                                              history (newest first); not found: the session
+the 202 is ``"data": []``                     the stored message is looked up in the newest
+                                              100 events (one page); not found: the session
                                               is marked active without an anchor (logged)
 the coordinator is unreachable                retried with backoff for ``outage_timeout``
                                               seconds, then ``CoordinatorUnavailableError``
@@ -162,7 +162,6 @@ from ._errors import (
     LeaseLostError,
     QoderError,
     RateLimitError,
-    SessionBusyError,
     StreamError,
     ToolResultsNotAwaitedError,
 )
@@ -195,12 +194,10 @@ from ._models import (
     SessionStatusIdle,
     SessionStatusTerminated,
     UserCustomToolResult,
-    UserDefineOutcome,
-    UserMessage,
     as_events,
-    is_copy_of,
     new_idempotency_key,
 )
+from ._resources import find_sent, send_retrying_busy
 from ._stream import PREVIEW_CLASSES
 from ._tools import Tools, call_handler, error_result, results_key, tool_handlers, tool_result
 from ._turns import ToolCall, ends_turn
@@ -237,9 +234,8 @@ _T = TypeVar("_T")
 _E = TypeVar("_E", bound=BaseException)
 _ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
 _TRANSIENT = (APIConnectionError, RateLimitError, InternalServerError)
-_BUSY_BACKOFF_MAX = 5.0
 _STREAM_BACKOFF = Backoff(initial=0.5, maximum=10.0)
-_LOOKUP_LIMIT = 1000  # events scanned (newest first) to find a send's message or a tool use
+_LOOKUP_LIMIT = 1000  # events scanned (newest first) to find a tool use
 _ORPHANED_TEXT = (
     "the fleet worker running this tool stopped before it finished; its outcome is unknown "
     "and it was not run again"
@@ -536,26 +532,22 @@ class Fleet:
             raise ConfigurationError("on_busy must be 'raise' or 'wait'")
         events = as_events(content)
         key = idempotency_key or new_idempotency_key()
-        deadline = None if busy_timeout is None else self._clock() + busy_timeout
-        attempt, delay = 0, 0.1
-        while True:
-            try:
-                # A busy 409 stored nothing, and a server may replay a cached 409 for the
-                # same key: each new attempt after one gets its own, derived key.
-                accepted = await self._client.sessions.events.send(
-                    session_id, events, idempotency_key=f"{key}.{attempt}" if attempt else key
-                )
-                break
-            except SessionBusyError:
-                if on_busy == "raise" or (deadline is not None and self._clock() >= deadline):
-                    raise
-                attempt += 1
-                wait = delay if deadline is None else min(delay, deadline - self._clock())
-                await self._sleep(max(0.0, wait))
-                delay = min(delay * 2, _BUSY_BACKOFF_MAX)
+        sessions_events = self._client.sessions.events
+
+        async def pause(wait: float, attempt: int) -> bool:
+            await self._sleep(wait)
+            return True
+
+        accepted = await send_retrying_busy(
+            lambda: sessions_events.send(session_id, events, idempotency_key=key),
+            on_busy=on_busy,
+            busy_timeout=busy_timeout,
+            clock=self._clock,
+            pause=pause,
+        )
         created = accepted.anchor
         if created is None:
-            created = await self._find_sent(session_id, events)
+            created = await find_sent(sessions_events, session_id, events)
             if created is None:
                 logger.warning(
                     "fleet: the send to %s was stored but its answer names no created event "
@@ -568,23 +560,6 @@ class Fleet:
             anchor = FleetCursor(created.id, created.processed_at, inclusive=True)
         await self._mark_active(session_id, anchor, key)
         return accepted
-
-    async def _find_sent(self, session_id: str, events: list[OutboundEvent]) -> Event | None:
-        """The stored event of a send whose answer named none (newest first)."""
-        sent = next((e for e in events if isinstance(e, UserMessage | UserDefineOutcome)), None)
-        if sent is None:
-            return None
-        seen = 0
-        pages = _pages(self._client.sessions.events.list(session_id, order="desc", limit=100))
-        async with contextlib.aclosing(pages) as it:
-            async for page in it:
-                for ev in page:
-                    if is_copy_of(ev, sent):
-                        return ev
-                    seen += 1
-                if seen >= _LOOKUP_LIMIT:
-                    break
-        return None
 
     async def _mark_active(self, session_id: str, anchor: FleetCursor | None, key: str) -> None:
         outage = OutageBackoff(clock=self._clock, rand=self._rand)

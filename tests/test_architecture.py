@@ -80,6 +80,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_lease",
         "_models",
         "_pagination",
+        "_resources",
         "_stream",
         "_tools",
         "_turns",
