@@ -30,6 +30,9 @@ otherwise (history, other clients' or finished turns)      nobody
 
 A turn becomes *current* when it starts; it stops being current when it ends.
 A ``turn_id`` of a turn that ended is never adopted again.
+An event kept in the backlog goes by position (or adoption) only to a turn that
+had started before it arrived: an event older than a turn's own message is never
+that turn's, whichever later answer re-routes the backlog (by its ``turn_id`` only).
 
 Turn state, driven by the events routed to it:
 
@@ -922,7 +925,16 @@ class TurnState(Generic[K]):
     ``anchor_at`` its ``processed_at`` ordering key, when known.
     """
 
-    __slots__ = ("anchor_at", "anchor_id", "ended", "key", "pending", "started", "turn_id")
+    __slots__ = (
+        "anchor_at",
+        "anchor_id",
+        "ended",
+        "key",
+        "pending",
+        "since",
+        "started",
+        "turn_id",
+    )
 
     def __init__(
         self,
@@ -936,6 +948,7 @@ class TurnState(Generic[K]):
         self.anchor_id = anchor_id
         self.anchor_at = anchor_at
         self.started = False
+        self.since = -1  # the stream position of the event it started at
         self.ended = False
         self.pending: tuple[str, ...] = ()
 
@@ -965,13 +978,16 @@ class TurnRouter(Generic[K]):
         "_last_keys",
         "_last_turn",
         "_live",
+        "_seq",
         "_unstarted",
         "_waiting",
         "overflowed",
     )
 
     def __init__(self, backlog: int = DEFAULT_BACKLOG) -> None:
-        self._backlog: deque[Event] = deque(maxlen=backlog)
+        # Events kept for a send awaiting its answer, with their stream positions.
+        self._backlog: deque[tuple[int, Event]] = deque(maxlen=backlog)
+        self._seq = 0  # the stream position of the last event routed
         self._by_turn: dict[str, TurnState[K]] = {}
         self._live: list[TurnState[K]] = []
         self._current: TurnState[K] | None = None
@@ -1034,12 +1050,12 @@ class TurnRouter(Generic[K]):
             self._by_turn[turn_id] = state
         self._unstarted += 1
         if started:
-            self._start(state, current=True)
+            self._start(state, -1, current=True)  # the stream starts after its anchor
         out: list[tuple[K, Event]] = []
         backlog = list(self._backlog)
         self._backlog.clear()
-        for ev in backlog:
-            out.extend((k, ev) for k in self.route(ev))
+        for seq, ev in backlog:
+            out.extend((k, ev) for k in self._route(ev, seq))
         if not self._waiting:
             self._backlog.clear()
         return out
@@ -1053,20 +1069,29 @@ class TurnRouter(Generic[K]):
 
     def route(self, ev: Event) -> tuple[K, ...]:
         """The keys of the turns ``ev`` belongs to (usually one, or none)."""
-        cls = type(ev)
+        self._seq += 1
         # Fast path: the next event of the turn the previous one went to.
-        if ev.turn_id is not None and ev.turn_id == self._last_turn and cls not in _ROUTING_EVENTS:
+        if (
+            ev.turn_id is not None
+            and ev.turn_id == self._last_turn
+            and type(ev) not in _ROUTING_EVENTS
+        ):
             return self._last_keys
+        return self._route(ev, self._seq)
+
+    def _route(self, ev: Event, seq: int) -> tuple[K, ...]:
+        """Route ``ev``, at stream position ``seq`` (older than the last for the backlog)."""
+        cls = type(ev)
         if cls is SessionStatusTerminated or cls is SessionDeletedEvent:
             targets = tuple(self._live)
             for state in targets:
                 self._end(state)
             if not targets:
-                self._keep(ev)
+                self._keep(seq, ev)
             return tuple(s.key for s in targets)
-        target = self._target(ev)
+        target = self._target(ev, seq)
         if target is None:
-            self._keep(ev)
+            self._keep(seq, ev)
             return ()
         if cls is SessionStatusIdle:
             stop = ev.stop_reason  # type: ignore[union-attr]
@@ -1081,9 +1106,9 @@ class TurnRouter(Generic[K]):
             self._last_turn, self._last_keys = target.turn_id, keys
         return keys
 
-    def _target(self, ev: Event) -> TurnState[K] | None:
+    def _target(self, ev: Event, seq: int) -> TurnState[K] | None:
         if self._unstarted:
-            state = self._anchored(ev)
+            state = self._anchored(ev, seq)
             if state is not None:
                 return state
         tid = ev.turn_id
@@ -1094,8 +1119,11 @@ class TurnRouter(Generic[K]):
             owner = self._by_turn.get(tid)
             if owner is not None:
                 if not owner.started:
-                    self._start(owner)
+                    self._start(owner, seq)
                 return owner
+        if current is not None and current.since > seq:
+            current = None  # a kept event older than the current turn's start is not its
+        if tid is not None:
             if current is not None and current.turn_id is None and tid not in self._finished:
                 self._adopt(current, tid)
                 return current
@@ -1103,10 +1131,10 @@ class TurnRouter(Generic[K]):
         if current is not None:
             return current
         if self._unstarted:
-            return self._started_by_time(ev)
+            return self._started_by_time(ev, seq)
         return None
 
-    def _anchored(self, ev: Event) -> TurnState[K] | None:
+    def _anchored(self, ev: Event, seq: int) -> TurnState[K] | None:
         """The unstarted turn ``ev`` is the anchor of, started (or None)."""
         ident = ev.id
         starter = isinstance(ev, _TURN_STARTERS)
@@ -1118,13 +1146,13 @@ class TurnRouter(Generic[K]):
             ):
                 if state.anchor_id is None:
                     state.anchor_id = ident
-                self._start(state, current=True)
+                self._start(state, seq, current=True)
                 if ev.turn_id is not None and state.turn_id is None:
                     self._adopt(state, ev.turn_id)
                 return state
         return None
 
-    def _started_by_time(self, ev: Event) -> TurnState[K] | None:
+    def _started_by_time(self, ev: Event, seq: int) -> TurnState[K] | None:
         # The echo of a turn's own message never came, but this event is later than
         # it: the turn has begun. (Only events that would otherwise go nowhere.)
         at = time_key(ev.processed_at)
@@ -1132,7 +1160,7 @@ class TurnRouter(Generic[K]):
             return None
         for state in self._live:
             if not state.started and state.anchor_at is not None and at > state.anchor_at:
-                self._start(state)
+                self._start(state, seq)
                 return state
         return None
 
@@ -1142,21 +1170,23 @@ class TurnRouter(Generic[K]):
         state.turn_id = turn_id
         self._by_turn[turn_id] = state
 
-    def _start(self, state: TurnState[K], *, current: bool = False) -> None:
-        """``state`` starts; it becomes current if asked (its anchor) or if none is."""
+    def _start(self, state: TurnState[K], seq: int, *, current: bool = False) -> None:
+        """``state`` starts at stream position ``seq``; it becomes current if asked (its
+        anchor) or if none is."""
         state.started = True
+        state.since = seq
         self._unstarted -= 1
         if current or self._current is None or self._current.ended:
             self._current = state
 
-    def _keep(self, ev: Event) -> None:
+    def _keep(self, seq: int, ev: Event) -> None:
         # Only a send still awaiting its answer can claim an event later; anything
         # else unrouted is history replay, another client's turn or a finished one.
         if not self._waiting or (ev.turn_id is not None and ev.turn_id in self._finished):
             return
         if len(self._backlog) == self._backlog.maxlen:
             self.overflowed = True
-        self._backlog.append(ev)
+        self._backlog.append((seq, ev))
 
     def _end(self, state: TurnState[K]) -> None:
         if state.ended:

@@ -17,7 +17,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qoder_async import (
@@ -161,7 +161,17 @@ connection = st.tuples(
 )
 
 
+# A kept event older than the current turn reached it when a later answer re-routed the backlog.
+_OLDER_THAN_ITS_TURN: dict[str, Any] = {
+    "seed": 686, "ours": 4, "foreign": 0, "stamps": False, "from_anchor": False,
+    "connections": [], "lags": [0, 6, 4, -3], "chunk": 1,
+}  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(**_OLDER_THAN_ITS_TURN, turn_ids=False, answer_turn_ids=False)
+@example(**_OLDER_THAN_ITS_TURN, turn_ids=True, answer_turn_ids=True)
+@example(**_OLDER_THAN_ITS_TURN, turn_ids=True, answer_turn_ids=False)
 @given(
     seed=st.integers(0, 10_000),
     ours=st.integers(1, 4),
