@@ -43,6 +43,8 @@ from qoder_async.fleet import (
 from qoder_async.testing import (
     CannedResponse,
     FakeQoderServer,
+    Script,
+    StopReasonJSON,
     TurnContext,
     subagent_tool_script,
     tool_script,
@@ -1070,10 +1072,24 @@ async def test_serve_fails_fast_on_a_permanent_redis_misconfiguration(
         assert not fleet.serving
 
 
+def chatty_tool_script(before: int) -> Script:
+    """tool_script's turn with ``before`` agent messages stored before the tool call."""
+    call_tool = tool_script("get_weather", {"city": "Oslo"})
+
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
+        for n in range(before):
+            ctx.emit("agent.message", content=[{"type": "text", "text": f"thinking {n}"}])
+        return await call_tool(ctx)
+
+    return script
+
+
+# 40 events: more than the fleet reads ahead of a running handler (32).
+@pytest.mark.parametrize("before", [0, 40], ids=["tool-next", "tool-40-events-later"])
 async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due(
-    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators, before: int
 ) -> None:
-    server.script = tool_script("get_weather", {"city": "Oslo"})
+    server.script = chatty_tool_script(before)
     sid = str(server.add_session()["id"])
     coordinator = coordinators()
     rec = Recorder()
