@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -19,23 +20,32 @@ from qoder_async import Backoff, QoderClient, ReconnectPolicy
 from qoder_async.testing import FakeQoderServer, TurnContext
 
 
-async def settle(server: FakeQoderServer | None = None, timeout: float = 5.0) -> None:
-    """Let closing connections and tasks finish (a few loop turns, bounded)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            await asyncio.sleep(0.01)
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if not others and (server is None or server.open_streams == 0):
-                return
+async def eventually(
+    check: Callable[[], object], what: str | None = None, *, timeout: float = 15.0
+) -> None:
+    """Return as soon as ``check()`` (a function, or an async one) is true.
 
-
-async def no_open_streams(server: FakeQoderServer, timeout: float = 2.0) -> int:
-    """Wait (bounded) for the server to see every SSE connection closed; the count left."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            while server.open_streams:
+    Fails with an AssertionError naming ``what`` (or the check's source) if it
+    is still false after ``timeout`` seconds: a bound against hangs, not a timing.
+    """
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
                 await asyncio.sleep(0.01)
-    return server.open_streams
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the check's own timeout, not ours
+        if what is None:
+            try:
+                what = inspect.getsource(check).strip()
+            except (OSError, TypeError):
+                what = getattr(check, "__qualname__", repr(check))
+        raise AssertionError(f"timed out after {timeout} s waiting for: {what}") from None
 
 
 FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=50)
@@ -56,9 +66,10 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     """Set up first, torn down last: after the fake server and every client closed."""
     assert asyncio.get_running_loop().get_debug(), "tests must run in asyncio debug mode"
     yield
-    with contextlib.suppress(TimeoutError):
-        await settle()
-    assert leftover_tasks() == [], "a test leaked tasks"
+    try:
+        await eventually(lambda: not leftover_tasks(), "the test's tasks to end", timeout=5.0)
+    except AssertionError:
+        pytest.fail(f"a test leaked tasks: {leftover_tasks()}")
 
 
 @pytest.fixture
@@ -82,9 +93,11 @@ async def client(
             yield c
         if http_client is not None:
             assert not http_client.is_closed, "a borrowed client must never be closed"
-    with contextlib.suppress(TimeoutError):
-        await settle(server)
-    assert server.open_streams == 0, "a test left an SSE connection open"
+    # The server's own tasks (a turn's script) live on until it closes; its stream count
+    # is what says the client let go of every connection.
+    await eventually(
+        lambda: server.open_streams == 0, "the test's SSE connections to close", timeout=5.0
+    )
 
 
 @pytest.fixture

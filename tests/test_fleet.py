@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from conftest import eventually
 from redis_server import (
     RedisServer,
     drop_namespace,
@@ -121,12 +122,6 @@ class Recorder:
         return [d.event.id for d in self.by_session[session_id]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
-
-
 async def released(coordinator: Coordinator, *session_ids: str, timeout: float = 15.0) -> None:
     """Wait until every session left the active line (its turn ended, nothing pending)."""
 
@@ -137,7 +132,7 @@ async def released(coordinator: Coordinator, *session_ids: str, timeout: float =
                 return False
         return True
 
-    await eventually(check, timeout)
+    await eventually(check, timeout=timeout)
 
 
 @contextlib.asynccontextmanager

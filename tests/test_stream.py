@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import FAST, forever, no_open_streams
+from conftest import FAST, eventually, forever
 
 from qoder_async import (
     Accepted,
@@ -129,8 +129,7 @@ async def test_clean_end_after_idle_reconnects_for_the_next_turn(
             assert st.reconnects >= 1
 
     reader = asyncio.create_task(follow())
-    while server.open_streams == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.open_streams > 0, "the stream is open")
     for text in ("one", "two"):
         await client.sessions.events.send(session_id, UserMessage(text))
         await server.wait_idle(session_id)
@@ -303,7 +302,7 @@ async def test_breaking_out_closes_the_connection(
     async with client.sessions.events.stream(session_id) as st:
         async for _ in st:
             break
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_cancelling_the_reader_closes_the_connection(
@@ -315,12 +314,11 @@ async def test_cancelling_the_reader_closes_the_connection(
                 pass
 
     task = asyncio.create_task(read())
-    while server.open_streams == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.open_streams > 0, "the stream is open")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_read_timeout_is_independent_of_json_timeouts(
@@ -334,7 +332,7 @@ async def test_read_timeout_is_independent_of_json_timeouts(
                     async for _ in st:
                         pass
             assert st.reconnects == 0  # 0.5 s heartbeats never hit the 5 s read timeout
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_read_timeout_reconnects_a_silent_connection(
@@ -389,7 +387,7 @@ async def test_breaking_out_without_async_with_closes_the_connection(
     for _ in range(20):
         async for _ in client.sessions.events.stream(session_id):
             break
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     assert server.stream_connections >= 20
 
 
@@ -420,8 +418,7 @@ async def test_a_server_that_ignores_the_cursor_repeats_nothing(
     ) as st:
 
         async def heal() -> None:
-            while st.reconnects == 0:
-                await asyncio.sleep(0.005)
+            await eventually(lambda: st.reconnects > 0, "a reconnect", timeout=60)
             server.faults.drop_after_events = None
 
         healer = asyncio.create_task(heal())

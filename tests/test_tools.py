@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
+from conftest import eventually
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
 
 from qoder_async import (
@@ -238,9 +239,9 @@ async def test_waiting_on_a_pause_nobody_answers_says_why_once(
     turn = await client.session(session_id).send("compute")
     waiting = asyncio.create_task(turn.result())
     await turn.wait_for_action()
-    async with asyncio.timeout(5):  # result() notices the pause and says why
-        while not [r for r in caplog.records if r.levelno == logging.WARNING]:
-            await asyncio.sleep(0.01)
+    await eventually(  # result() notices the pause and says why
+        lambda: [r for r in caplog.records if r.levelno == logging.WARNING], "a warning"
+    )
     answers = {c.id: "42" for c in turn.pending_tool_calls}  # typed: dict[str, str]
     assert not waiting.done()
     await turn.submit_tool_results(answers)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, forever, no_open_streams
+from conftest import FAST, eventually, forever
 from fake_dialects import OldWire
 
 from qoder_async import (
@@ -305,7 +305,7 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     with pytest.raises(ClientClosedError):
         await listener.__anext__()
     await listener.aclose()
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_breaking_out_of_a_listener_closes_the_connection(
@@ -321,7 +321,7 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
     await handle.wait_connected()
     await (await handle.send("x")).result()
     await task
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     assert not handle.connected
 
 
@@ -398,7 +398,7 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
         assert server.fault_counts.get("drop_probability", 0) > 10
         assert server.fault_counts.get("duplicate_on_resume", 0) > 10
         assert server.fault_counts.get("stall_probability", 0) > 0
-        assert await no_open_streams(server) == 0
+        await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_callback_handlers_run_on_the_shared_connection(
