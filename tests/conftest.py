@@ -1,9 +1,11 @@
-"""Shared fixtures: the pytest plugin's fake Qoder server, and a client on each transport.
+"""Shared fixtures: the pytest plugin's fake Qoder server, and a client pointed at it.
 
 ``server`` is the plugin's ``qoder_fake_server`` (what users get); ``client``
-runs every test that uses it twice, on our aiohttp transport and on a borrowed
-httpx client. Every async test runs with asyncio debug mode on and fails if it
-leaves a task, an SSE connection or an unclosed socket behind.
+runs on our aiohttp transport, and on a borrowed httpx client as well where the
+test is marked ``both_transports`` (the tests whose outcome goes through the
+transport: requests, bodies, streams, timeouts, errors, downloads). Every async
+test runs with asyncio debug mode on and fails if it leaves a task, an SSE
+connection or an unclosed socket behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,23 @@ import pytest
 
 from qoder_async import Backoff, QoderClient, ReconnectPolicy
 from qoder_async.testing import FakeQoderServer, TurnContext
+
+TRANSPORTS = ("aiohttp", "httpx")
+"""What ``client`` runs on: the default first; all of them under ``both_transports``."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_transports: run the test's `client` on every transport (aiohttp and httpx)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "client" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_transports"
+    ):
+        metafunc.parametrize("client", TRANSPORTS, indirect=True)
 
 
 async def eventually(
@@ -78,14 +97,15 @@ def server(qoder_fake_server: FakeQoderServer) -> FakeQoderServer:
     return qoder_fake_server
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture
 async def client(
     server: FakeQoderServer, request: pytest.FixtureRequest
 ) -> AsyncIterator[QoderClient]:
-    """A client on each transport: our own aiohttp session, and a borrowed httpx client."""
+    """A client on our own aiohttp session; under ``both_transports``, on a borrowed httpx
+    client too."""
     async with contextlib.AsyncExitStack() as stack:
         http_client = None
-        if request.param == "httpx":
+        if getattr(request, "param", TRANSPORTS[0]) == "httpx":
             http_client = await stack.enter_async_context(httpx.AsyncClient())
         async with QoderClient(
             token=server.token, base_url=server.base_url, http_client=http_client

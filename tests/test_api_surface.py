@@ -350,6 +350,7 @@ async def test_models_list(client: QoderClient) -> None:
 # --------------------------------------------------------------------------- raw responses
 
 
+@pytest.mark.both_transports
 async def test_raw_responses_on_every_resource(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -425,6 +426,7 @@ async def test_raw_response_parse_names_a_wrong_field(
 # --------------------------------------------------------------------------- per-call options
 
 
+@pytest.mark.both_transports
 async def test_every_write_takes_an_idempotency_key(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -456,6 +458,7 @@ async def test_every_write_takes_an_idempotency_key(
         assert server.requests[-1].headers["idempotency-key"] == key
 
 
+@pytest.mark.both_transports
 async def test_per_call_options_on_the_new_methods(
     client: QoderClient, server: FakeQoderServer
 ) -> None:

@@ -94,6 +94,7 @@ async def test_use_after_close_is_a_clear_error(server: FakeQoderServer) -> None
 # ----------------------------------------------------------------------------- resources
 
 
+@pytest.mark.both_transports
 async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer) -> None:
     env = await client.environments.create(name="dev", description="d")
     assert env.id.startswith("env_")
@@ -137,6 +138,7 @@ async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer
     assert (await client.environments.archive(env.id)).archived_at is not None
 
 
+@pytest.mark.both_transports
 async def test_pagination_follows_cursors(client: QoderClient, server: FakeQoderServer) -> None:
     for i in range(45):
         server.add_environment(name=f"e{i}")
@@ -188,6 +190,7 @@ async def test_paging_backwards_continues_before_the_first_id(
         assert query["before_id"] == [previous[0]]
 
 
+@pytest.mark.both_transports
 async def test_event_history_is_typed_and_paginated(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -205,6 +208,7 @@ async def test_event_history_is_typed_and_paginated(
 # ----------------------------------------------------------------------------- send
 
 
+@pytest.mark.both_transports
 async def test_send_returns_the_202_handle(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -252,6 +256,7 @@ async def test_send_takes_a_string_as_a_message_and_refuses_what_is_no_event(
 # ----------------------------------------------------------------------------- errors
 
 
+@pytest.mark.both_transports
 async def test_error_mapping(client: QoderClient, server: FakeQoderServer, session_id: str) -> None:
     with pytest.raises(NotFoundError) as nf:
         await client.sessions.retrieve("sess_does_not_exist")
@@ -284,6 +289,7 @@ async def test_error_mapping(client: QoderClient, server: FakeQoderServer, sessi
         await client.sessions.events.send(session_id, UserMessage("b"), idempotency_key="k1")
 
 
+@pytest.mark.both_transports
 async def test_plain_text_404_route(client: QoderClient) -> None:
     with pytest.raises(NotFoundError) as info:
         await client._http.request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
@@ -390,6 +396,7 @@ async def test_a_throttling_gateway_does_not_lose_the_first_message(
     assert server.fault_counts["throttle_first"] == 6
 
 
+@pytest.mark.both_transports
 async def test_a_500_after_store_is_retried_with_the_same_key_and_stored_once(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

@@ -158,6 +158,7 @@ async def test_a_pause_for_tool_results_is_not_a_stall(
 
 
 async def test_a_silent_server_ends_the_turn_with_a_typed_error(
+@pytest.mark.both_transports
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
     server.faults.silent_stream = True  # headers, then not a byte, not even a heartbeat
@@ -173,6 +174,7 @@ async def test_a_silent_server_ends_the_turn_with_a_typed_error(
 
 
 async def test_cancelling_the_reader_while_a_tool_runs_does_not_strand_the_turn(
+@pytest.mark.both_transports
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
     server.script = tool_script("lookup", {"q": "x"})

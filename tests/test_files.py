@@ -1,6 +1,6 @@
 """client.files against the fake: streamed uploads of every kind of source, downloads of both
 answers the API may give (the bytes, or a link fetched without credentials), and files in
-messages. Every test that uses ``client`` runs on both transports.
+messages. Every test here runs on both transports.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from qoder_async import (
 from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
+
+pytestmark = pytest.mark.both_transports  # bodies streamed both ways
 
 BIG = bytes(range(256)) * 4096  # 1 MiB: several chunks
 

@@ -292,6 +292,7 @@ async def test_tls_is_verified_on_both_transports(
         assert not own.closed if transport == "aiohttp" else not own.is_closed
 
 
+@pytest.mark.both_transports
 async def test_normal_operation_logs_nothing_at_info_or_above(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -303,6 +304,7 @@ async def test_normal_operation_logs_nothing_at_info_or_above(
     assert [r for r in caplog.records if r.name.startswith("qoder_async")] == []
 
 
+@pytest.mark.both_transports
 async def test_debug_lines_say_what_happened(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

@@ -32,6 +32,8 @@ from qoder_async import (
 from qoder_async._models import Event
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 
+pytestmark = pytest.mark.both_transports  # every test here reads a stream
+
 
 async def _until_idle(stream: object, n_idle: int = 1) -> list[Event]:
     out: list[Event] = []

@@ -308,6 +308,7 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
+@pytest.mark.both_transports
 async def test_breaking_out_of_a_listener_closes_the_connection(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
