@@ -299,7 +299,7 @@ async def test_plain_text_404_route(client: QoderClient) -> None:
 
 
 async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQoderServer) -> None:
-    """Issue 11 item 17: a 404 that is not the API's envelope hints at the base URL."""
+    """A 404 that is not the API's envelope hints at the base URL."""
     root = server.base_url.removesuffix("/api/v1/cloud")
     async with QoderClient(token=server.token, base_url=root) as client:
         with pytest.raises(NotFoundError) as info:
@@ -309,7 +309,7 @@ async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQode
 
 
 async def test_copies_share_the_transport_and_close_nothing(server: FakeQoderServer) -> None:
-    """Issue 9 item 13: leaving a with_options() copy's context leaves the client open."""
+    """Leaving a with_options() copy's context leaves the client open."""
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         env = await client.environments.create(name="e")
         async with client.with_options(max_retries=5, timeout=5.0) as twin:
@@ -331,7 +331,7 @@ def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
-    """Issue 11 item 16: a QoderError that says what to do, not "Event loop is closed"."""
+    """A QoderError that says what to do, not "Event loop is closed"."""
     client = QoderClient(token="t", base_url=server_url, max_retries=0)
 
     async def use() -> None:
@@ -368,7 +368,7 @@ def server_url() -> str:
 
 
 async def test_connection_errors_say_what_happened(server_url: str) -> None:
-    """Issue 11 item 12: refused reads as refused, with the host and port."""
+    """Refused reads as refused, with the host and port."""
     async with QoderClient(token="t", base_url=server_url, max_retries=0) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
@@ -385,7 +385,7 @@ async def test_connection_errors_say_what_happened(server_url: str) -> None:
 async def test_a_throttling_gateway_does_not_lose_the_first_message(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 18: default settings ride out a gateway that throttles for a while."""
+    """Default settings ride out a gateway that throttles for a while."""
     server.faults.throttle_first = 6
     server.faults.throttle_status = 503
     server.faults.retry_after = 0.05

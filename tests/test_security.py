@@ -91,7 +91,7 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
 async def test_server_text_that_echoes_the_token_is_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue 9 item 19: a gateway that echoes request headers does not leak the token."""
+    """A gateway that echoes request headers does not leak the token."""
     caplog.set_level(logging.DEBUG, logger="qoder_async")
     echo = f"GET /x HTTP/1.1\r\nAuthorization: Bearer {CANARY}\r\nX-Token: {CANARY}"
     envelope = json.dumps(

@@ -353,7 +353,7 @@ async def test_read_timeout_reconnects_a_silent_connection(
 async def test_a_failing_cursor_store_surfaces_and_loses_nothing(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 12: a store error is not a network error; no event is skipped."""
+    """A store error is not a network error; no event is skipped."""
 
     class Flaky(MemoryCursorStore):
         def __init__(self) -> None:
@@ -384,7 +384,7 @@ async def test_a_failing_cursor_store_surfaces_and_loses_nothing(
 async def test_breaking_out_without_async_with_closes_the_connection(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 14: no socket leaks per abandoned stream."""
+    """No socket leaks per abandoned stream."""
     await (await client.session(session_id).send("x")).result()
     for _ in range(20):
         async for _ in client.sessions.events.stream(session_id):
@@ -396,7 +396,7 @@ async def test_breaking_out_without_async_with_closes_the_connection(
 async def test_a_server_that_ignores_the_cursor_repeats_nothing(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 items 2 and 3: a turn of over 1,000 events, a drop after more events than
+    """A turn of over 1,000 events, a drop after more events than
     the dedupe window holds, and a server that then replays the whole history: every
     event once, nothing from before the cursor."""
 

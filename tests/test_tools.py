@@ -145,7 +145,7 @@ def test_an_annotation_without_a_schema_is_refused_when_declared() -> None:
 async def test_declare_on_the_agent_then_handle_in_send(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
-    """The whole loop of issue 11 item 7: the agent declares the tool, the turn runs it."""
+    """The whole loop: the agent declares the tool, the turn runs it."""
     agent = await client.agents.create(name="forecaster", model="auto", tools=[get_weather])
     assert agent.tools[0]["name"] == "get_weather"
     assert agent.tools[0]["input_schema"] == get_weather.input_schema
@@ -210,7 +210,7 @@ async def test_on_tool_error_raise_gives_the_handlers_exception_to_the_reader(
 async def test_tools_without_a_handler_are_left_to_the_caller(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 11 items 2 and 6: nothing is sent for an unknown tool; the caller can wait for it."""
+    """Nothing is sent for an unknown tool; the caller can wait for it."""
     server.script = tool_script("handled_elsewhere", {"x": 1})
 
     async def other(args: Mapping[str, Any]) -> str:

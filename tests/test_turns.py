@@ -512,7 +512,7 @@ async def test_a_failed_result_post_is_retried_without_rerunning_the_tool(
 async def test_an_interrupted_turn_says_so_and_keeps_the_text_shown(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 11 item 1: not EndTurn() with '' after nine chunks were shown."""
+    """Interrupted after nine chunks were shown: not EndTurn() with ''."""
     shown = asyncio.Event()
 
     async def long_reply(ctx: TurnContext) -> None:
@@ -544,7 +544,7 @@ def test_stop_reasons_print_as_their_type() -> None:
 
 
 async def test_a_handle_asked_again_with_other_options_says_so(client: QoderClient) -> None:
-    """Issue 11 item 15: new options on an existing handle are not silently ignored."""
+    """New options on an existing handle are not silently ignored."""
     handle = client.session("sess_x", stall_timeout=30.0)
     assert client.session("sess_x") is handle  # no options: the same handle
     assert client.session("sess_x", stall_timeout=30.0) is handle
