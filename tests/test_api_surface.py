@@ -1,7 +1,9 @@
 """The rest of the API surface against the fake: threads, session resources and create/update
 fields, agent versions, environments, models, raw responses, idempotency keys, 413 and 529.
 
-Every test that uses ``client`` runs on both transports.
+The tests whose requests or answers go through the transport differently (raw
+responses and their headers, idempotency keys, per-call options, 413) run on both
+transports.
 """
 
 from __future__ import annotations

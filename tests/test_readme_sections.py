@@ -1,4 +1,4 @@
-"""The API sections of the README run as written, against the fake, on both transports.
+"""The API sections of the README run as written, against the fake.
 
 The sections "More of the API", "Threads", "Files" and "Webhook-driven turns"
 say their snippets run in the test suite: each section's ``python`` blocks run in
