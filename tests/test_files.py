@@ -19,6 +19,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from conftest import eventually
 
 from qoder_async import (
     APIConnectionError,
@@ -506,9 +507,8 @@ async def test_a_download_cancelled_while_its_file_is_created_leaves_nothing(
     go_on.set()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
-    async with asyncio.timeout(10):
-        while leftovers(tmp_path):  # the file the thread went on to create is removed
-            await asyncio.sleep(0.01)
+    # the file the thread went on to create is removed
+    await eventually(lambda: not leftovers(tmp_path), "no file left behind", timeout=10)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -903,7 +903,7 @@ def test_the_readme_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip().endswith(": get_weather returned: 18°C and sunny in Paris")
 
 
-# --------------------------------------------------------------------------- issue 20
+# ------------------------------ out-of-order events, failing handlers and followers, lost Redis
 
 
 def _earlier(processed_at: str, ms: int) -> str:
@@ -1092,9 +1092,8 @@ async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due
     fleet.handler(rec)
     async with fleet, serving(fleet):
         first = str((await fleet.send(sid, "weather?")).last_event_id)
-        async with asyncio.timeout(20):  # deadlocked until busy_timeout before the fix
-            while sent in ([], ["pending"]):
-                await asyncio.sleep(0.01)
+        # deadlocked until busy_timeout before the fix
+        await eventually(lambda: sent not in ([], ["pending"]), "the tool result sent", timeout=20)
         await released(coordinator, sid)
     assert len(server.user_messages(sid)) == 2
     assert rec.ids(sid) == stored_ids(server, sid, first)

@@ -412,9 +412,10 @@ async def test_a_second_process_with_a_live_worker_id_is_refused(
             async def members() -> list[str]:
                 return [w.worker_id for w in await coordinator.workers()]
 
-            async with asyncio.timeout(30):
-                while await members() != ["w1"]:
-                    await asyncio.sleep(0.02)
+            async def only_w1() -> bool:
+                return await members() == ["w1"]
+
+            await eventually(only_w1, "w1 the only live worker", timeout=30)
             twin = await c.start("twin", "worker", "--worker-id", "w1")
             try:
                 async with asyncio.timeout(40):  # it waits one lease for a dead one's record
@@ -433,8 +434,9 @@ async def test_a_second_process_with_a_live_worker_id_is_refused(
             async with asyncio.timeout(60):
                 await front.process.wait()
             assert front.process.returncode == 0, c.log("front")
-            await until(
+            await eventually(
                 lambda: sum(ends_turn(r) for r in w1.records("start")) >= len(sessions),
                 "w1 delivered every turn",
+                timeout=40,
             )
             assert (await coordinator.workers())[0].worker_id == "w1"

@@ -254,7 +254,7 @@ async def test_waiting_on_a_pause_nobody_answers_says_why_once(
 
 # ----------------------------------------------------------------------------- the conversion
 #
-# Issue 20 items 22 and 23: what a handler returns is posted by one conversion, in the turn
+# What a handler returns is posted by one conversion, in the turn
 # API and in the fleet (with a real Redis). Each row: the output, then the posted content
 # (a list of blocks) and is_error, or for an error row the start of its text and a fragment.
 
