@@ -441,7 +441,7 @@ async def test_callback_handlers_run_on_the_shared_connection(
 async def test_a_busy_retry_keeps_the_callers_idempotency_key(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 20 item 8: every attempt carries the caller's key; a resend is stored once."""
+    """Every attempt carries the caller's key; a resend is stored once."""
 
     async def slow(ctx: TurnContext) -> None:
         await ctx.sleep(0.2)
