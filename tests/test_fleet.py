@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from conftest import eventually
 from redis_server import (
     RedisServer,
     drop_namespace,
@@ -123,12 +124,6 @@ class Recorder:
         return [d.event.id for d in self.by_session[session_id]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
-
-
 async def released(coordinator: Coordinator, *session_ids: str, timeout: float = 15.0) -> None:
     """Wait until every session left the active line (its turn ended, nothing pending)."""
 
@@ -139,7 +134,7 @@ async def released(coordinator: Coordinator, *session_ids: str, timeout: float =
                 return False
         return True
 
-    await eventually(check, timeout)
+    await eventually(check, timeout=timeout)
 
 
 @contextlib.asynccontextmanager
@@ -910,7 +905,7 @@ def test_the_readme_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip().endswith(": get_weather returned: 18°C and sunny in Paris")
 
 
-# --------------------------------------------------------------------------- issue 20
+# ------------------------------ out-of-order events, failing handlers and followers, lost Redis
 
 
 def _earlier(processed_at: str, ms: int) -> str:
@@ -1113,9 +1108,8 @@ async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due
     fleet.handler(rec)
     async with fleet, serving(fleet):
         first = str((await fleet.send(sid, "weather?")).last_event_id)
-        async with asyncio.timeout(20):  # deadlocked until busy_timeout before the fix
-            while sent in ([], ["pending"]):
-                await asyncio.sleep(0.01)
+        # deadlocked until busy_timeout before the fix
+        await eventually(lambda: sent not in ([], ["pending"]), "the tool result sent", timeout=20)
         await released(coordinator, sid)
     assert len(server.user_messages(sid)) == 2
     assert rec.ids(sid) == stored_ids(server, sid, first)
