@@ -537,6 +537,31 @@ async def test_an_interrupted_turn_says_so_and_keeps_the_text_shown(
     assert str(result.stop_reason) == "end_turn"
 
 
+@pytest.mark.parametrize("coalesce", [None, 0.05])
+async def test_text_stream_ends_when_the_turn_ended_while_a_chunk_was_held(
+    client: QoderClient, server: FakeQoderServer, session_id: str, coalesce: float | None
+) -> None:
+    """The turn ends while the consumer holds a chunk (awaiting something else): no
+    wake-up comes after that, so the stream must look again before it waits."""
+
+    async def two_messages(ctx: TurnContext) -> None:
+        await ctx.message("first")
+        await ctx.sleep(0.3)
+        await ctx.message("second")
+
+    server.script = two_messages
+    turn = await client.session(session_id).send("hello")
+    chunks: list[str] = []
+    async with asyncio.timeout(20):  # hung for ever before the fix
+        async for chunk in turn.text_stream(coalesce=coalesce):
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                await turn.result()  # the rest of the turn arrives meanwhile
+    result = await turn.result()
+    assert result.text
+    assert (chunks[-1] if coalesce else "".join(chunks)) == result.text
+
+
 def test_stop_reasons_print_as_their_type() -> None:
     assert str(EndTurn()) == "end_turn"
     assert str(RequiresAction(("e1",))) == "requires_action"
