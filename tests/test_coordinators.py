@@ -684,8 +684,8 @@ async def test_redis_keys_live_under_the_namespace_with_ttls(redis_h: Harness) -
         ttl = {k.removeprefix(ns): await raw.pttl(k) for k in keys}
     finally:
         await raw.aclose()
-    quiet = ttl.pop("work:quiet", None)  # the notification window, if still open
-    assert quiet is None or quiet > 0
+    quiet = ttl.pop("work:quiet", None)  # the notification window (20 ms), if still open
+    assert quiet is None or quiet > 0 or quiet == -2  # -2: it closed between KEYS and PTTL
     assert set(ttl) == {
         "line",
         "line:seq",
