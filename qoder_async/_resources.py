@@ -392,7 +392,7 @@ class SessionEvents(_Resource):
         replays from before it). Without one (or a cursor in ``cursor_store``)
         the server first replays the whole history. ``event_deltas``
         (``"agent.message"``, ``"agent.thinking"``) adds live previews
-        (:class:`EventStart`, :class:`EventDelta`) to this connection. See
+        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection. See
         :class:`EventStream`.
         """
         self._http.check_open()

@@ -80,6 +80,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from ._errors import (
+    ActionRequiredError,
     APIResponseValidationError,
     BadRequestError,
     ClientClosedError,
@@ -87,7 +88,7 @@ from ._errors import (
     ListenerOverflowError,
     QoderError,
     StreamError,
-    TurnFailed,
+    TurnFailedError,
     UnknownCursorError,
 )
 from ._eventstream import EventStream, as_cursor
@@ -101,10 +102,10 @@ from ._models import (
     Cursor,
     DocumentBlock,
     Event,
-    EventDelta,
-    EventStart,
     ImageBlock,
     OutboundEvent,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -151,7 +152,6 @@ if TYPE_CHECKING:
     from ._resources import Sessions
 
 __all__ = [
-    "ActionRequired",
     "EventHandler",
     "OnBusy",
     "SessionHandle",
@@ -176,19 +176,6 @@ _LIFECYCLE = frozenset(
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
 _CANCEL_POST_TIMEOUT = 10.0
-
-
-class ActionRequired(QoderError):
-    """A turn is paused until the client answers tool uses no handler here answers.
-
-    Raised by ``turn.result(on_action="raise")``. ``pending`` are the tool calls
-    to answer (``turn.submit_tool_results``), ``turn_id`` the turn.
-    """
-
-    def __init__(self, message: str, *, turn_id: str | None, pending: tuple[ToolCall, ...]):
-        super().__init__(message)
-        self.turn_id = turn_id
-        self.pending = pending
 
 
 _END: Any = object()  # the end of a listener's queue
@@ -279,7 +266,7 @@ class Turn:
     ``async for ev in turn`` yields this turn's events only (first, possibly, the
     echo of your own ``user.message``), each once, ending with the event that
     closes the turn (a ``session.status_idle``). A turn that ends because the
-    session was terminated or deleted raises :class:`TurnFailed` after yielding
+    session was terminated or deleted raises :class:`TurnFailedError` after yielding
     that event. Several consumers may read one turn at once (each sees every
     event).
 
@@ -373,7 +360,7 @@ class Turn:
         if self._done:
             return
         cls = type(ev)
-        if cls is not EventDelta and cls is not EventStart:
+        if cls is not PreviewDelta and cls is not PreviewStart:
             ident = ev.id
             if ident is not None:
                 if ident in self._ids:
@@ -399,7 +386,7 @@ class Turn:
         self._paused = False
         self.session._turn_done(self)
         if fails_turn(ev):
-            self._error = TurnFailed(
+            self._error = TurnFailedError(
                 f"turn {self.turn_id} ended: {ev.type}",
                 turn_id=self.turn_id,
                 reason=ev.type,
@@ -479,7 +466,7 @@ class Turn:
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            if isinstance(self._error, TurnFailed):
+            if isinstance(self._error, TurnFailedError):
                 self._error.result = self.snapshot()
             raise self._error
 
@@ -507,7 +494,7 @@ class Turn:
             f"{len(pending)} tool result(s) ({names}) that no handler here answers"
         )
         if on_action == "raise":
-            raise ActionRequired(what, turn_id=self.turn_id, pending=pending)
+            raise ActionRequiredError(what, turn_id=self.turn_id, pending=pending)
         if not self._warned_pause:
             self._warned_pause = True
             logger.warning(
@@ -521,8 +508,8 @@ class Turn:
 
         A pause for tool uses nobody here answers is logged once at WARNING and
         waited out (answer it with :meth:`submit_tool_results` from elsewhere),
-        or raises :class:`ActionRequired` with ``on_action="raise"``. Raises
-        :class:`TurnFailed` (with ``result``) if the session was terminated or
+        or raises :class:`ActionRequiredError` with ``on_action="raise"``. Raises
+        :class:`TurnFailedError` (with ``result``) if the session was terminated or
         deleted, or the stream's error if following it failed.
         """
         async for _ in self._iterate(on_action):
@@ -1213,7 +1200,7 @@ class SessionHandle:
             route, listeners = router.route, self._listeners  # mutated in place, never rebound
             async for ev in stream:
                 cls = type(ev)
-                preview = cls is EventDelta or cls is EventStart
+                preview = cls is PreviewDelta or cls is PreviewStart
                 if preview:
                     current = router.current
                     if current is not None:

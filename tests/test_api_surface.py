@@ -17,29 +17,32 @@ import httpx
 import pytest
 
 from qoder_async import (
-    Agent,
-    AgentMessage,
     APIResponseValidationError,
     ConflictError,
-    Deleted,
     EventStream,
-    FileMetadata,
-    GitHubRepositoryResourceParams,
     MemoryCursorStore,
-    ModelInfo,
     NotFoundError,
     OverloadedError,
     QoderClient,
     RawResponse,
     RequestTooLargeError,
+    RetryPolicy,
+    UserMessage,
+)
+from qoder_async.testing import CannedResponse, FakeQoderServer, multiagent_script
+from qoder_async.types import (
+    Agent,
+    AgentMessage,
+    Deleted,
+    FileMetadata,
+    GitHubRepositoryResourceParams,
+    ModelInfo,
     Session,
     SessionResource,
     SessionThread,
     SessionThreadStatusIdle,
     ThreadStats,
-    UserMessage,
 )
-from qoder_async.testing import CannedResponse, FakeQoderServer, multiagent_script
 
 JSON = {"Content-Type": "application/json"}
 
@@ -526,7 +529,7 @@ async def test_529_is_overloaded_and_retried_when_safe(
 
     server.faults.throttle_first = 1
     with pytest.raises(OverloadedError) as excinfo:
-        [m async for m in client.with_options(max_retries=0).models.list()]
+        [m async for m in client.with_options(retry=RetryPolicy(max_retries=0)).models.list()]
     assert excinfo.value.status_code == 529
     assert excinfo.value.error_type == "overloaded_error"
     assert excinfo.value.retry_after == 0.0

@@ -10,32 +10,28 @@ from typing import Any
 
 import pytest
 
-from qoder_async import (
-    AgentCustomToolUse,
-    AgentMessage,
-    CatchUp,
-    Cursor,
-    EndTurn,
-    EventDelta,
-    EventStart,
-    QoderClient,
-    RequiresAction,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SessionStatusTerminated,
-    SessionUpdated,
-    TextBlock,
-    TurnResult,
-    UserCustomToolResult,
-    UserDefineOutcome,
-    UserMessage,
-)
+from qoder_async import CatchUp, Cursor, QoderClient, TurnResult, UserMessage
 from qoder_async._models import Event
 from qoder_async._turns import fold_history
 from qoder_async.testing import (
     FakeQoderServer,
     multiagent_script,
     tool_script,
+)
+from qoder_async.types import (
+    AgentCustomToolUse,
+    AgentMessage,
+    EndTurn,
+    PreviewDelta,
+    PreviewStart,
+    RequiresAction,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    SessionStatusTerminated,
+    SessionUpdated,
+    TextBlock,
+    UserCustomToolResult,
+    UserDefineOutcome,
 )
 
 
@@ -128,8 +124,8 @@ def test_a_cursor_inside_a_turn_gives_the_rest_of_that_turn() -> None:
 def test_previews_are_dropped_and_outcomes_start_turns() -> None:
     events: list[Event] = [
         UserDefineOutcome("all tests pass", id="o1"),
-        EventStart(id="m1", event_id="m1", event_type="agent.message"),
-        EventDelta(id="m1", event_id="m1", content=TextBlock("Wor")),
+        PreviewStart(id="m1", event_id="m1", event_type="agent.message"),
+        PreviewDelta(id="m1", event_id="m1", content=TextBlock("Wor")),
         AgentMessage((TextBlock("Working on it."),), id="m1"),
         SessionStatusIdle(EndTurn(), id="i1"),
     ]

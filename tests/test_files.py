@@ -27,20 +27,16 @@ from qoder_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
-    Deleted,
-    DocumentBlock,
     FileDownload,
-    FileMetadata,
-    ImageBlock,
     NotFoundError,
     PermissionDeniedError,
     QoderClient,
     RateLimitError,
-    TextBlock,
 )
 from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
+from qoder_async.types import Deleted, DocumentBlock, FileMetadata, ImageBlock, TextBlock
 
 pytestmark = pytest.mark.both_transports  # bodies streamed both ways
 

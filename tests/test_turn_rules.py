@@ -15,21 +15,20 @@ import pytest
 from conftest import eventually
 
 from qoder_async import (
-    ActionRequired,
+    ActionRequiredError,
     BadRequestError,
     ConfigurationError,
     Cursor,
-    Event,
     ListenerOverflowError,
     NotFoundError,
     QoderClient,
-    SessionStatusIdle,
     StreamStalledError,
     UnknownCursorError,
     UserMessage,
 )
 from qoder_async.fleet import Fleet
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext, tool_script
+from qoder_async.types import Event, SessionStatusIdle
 
 JSON = {"Content-Type": "application/json"}
 KEY_HEADERS = ("idempotency-key", "x-idempotency-key")
@@ -310,7 +309,7 @@ async def test_a_failed_submit_leaves_the_calls_pending(
         await turn.submit_tool_results({pending.id: "42"})
     async with asyncio.timeout(10):
         assert await turn.wait_for_action() == (pending,)
-        with pytest.raises(ActionRequired):
+        with pytest.raises(ActionRequiredError):
             await turn.result(on_action="raise")
     await turn.submit_tool_results({pending.id: "42"})
     assert (await turn.result()).text == "calc returned: 42"
