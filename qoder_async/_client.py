@@ -80,7 +80,7 @@ class QoderClient:
     environments: Environments
     """Environments: create, retrieve, update, list, archive, delete."""
     files: Files
-    """Files: upload, retrieve, list, download, delete."""
+    """Files: upload, retrieve_metadata, list, download, delete."""
     models: Models
     """Models: list."""
 

@@ -503,7 +503,7 @@ class ActionRequiredError(QoderError):
 
 
 class UnknownCursorError(QoderError, LookupError):
-    """``catch_up(after=...)`` got a cursor that is not an event of this session.
+    """``catch_up(last_event_id=...)`` got a cursor that is not an event of this session.
 
     Another session's cursor, or an id that never existed: an empty answer
     would hand the same cursor back forever. ``session_id`` and ``cursor`` (the

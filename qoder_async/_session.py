@@ -56,7 +56,7 @@ the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure 
 (failed, terminated, deleted)                  once at ERROR and raised by
                                                ``wait_handlers()``; the next ``on()``
                                                starts a fresh dispatcher
-``catch_up(after=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
+``catch_up(last_event_id=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
 session                                        ``after_id``, or an empty page while ``c``
                                                is not among the newest 100 events);
                                                nothing after ``c``: an empty result
@@ -77,7 +77,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, Unpack, overload
 
 from ._errors import (
     ActionRequiredError,
@@ -167,6 +167,18 @@ EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
 OnToolError: TypeAlias = Literal["report", "raise"]
+
+
+class SendOptions(TypedDict, total=False):
+    """The keyword options of :meth:`SessionHandle.send`, which every sending method takes."""
+
+    tools: Tools | None
+    on_tool_error: OnToolError
+    on_busy: OnBusy
+    busy_timeout: float | None
+    idempotency_key: str | None
+
+
 OnAction: TypeAlias = Literal["wait", "raise"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
@@ -864,12 +876,14 @@ class SessionHandle:
         *,
         rubric: Any = None,
         max_iterations: int | None = None,
-        on_busy: OnBusy = "raise",
+        **options: Unpack[SendOptions],
     ) -> Turn:
-        """Define an outcome for the agent to work towards (``user.define_outcome``)."""
-        return await self.send(
-            [UserDefineOutcome(description, rubric, max_iterations)], on_busy=on_busy
-        )
+        """Define an outcome for the agent to work towards (``user.define_outcome``).
+
+        A turn like any other: it takes every option of :meth:`send` (tools,
+        ``on_busy``, ``idempotency_key``...) and returns its :class:`Turn`.
+        """
+        return await self.send([UserDefineOutcome(description, rubric, max_iterations)], **options)
 
     async def interrupt(self) -> Accepted:
         """Interrupt whatever the session is running (``user.interrupt``)."""
@@ -966,12 +980,14 @@ class SessionHandle:
 
     # -- catching up (webhook-driven bots)
 
-    async def catch_up(self, *, after: Cursor | str | None = None, limit: int = 100) -> CatchUp:
-        """The turns since ``after`` (a :class:`Cursor` or an event id), from the history.
+    async def catch_up(
+        self, *, last_event_id: Cursor | str | None = None, limit: int = 100
+    ) -> CatchUp:
+        """The turns since ``last_event_id`` (a :class:`Cursor` or an event id), from the history.
 
         For bots that cannot hold a stream open (a webhook says "something
         happened in this session"): lists the stored events after the cursor
-        (all of them when ``after`` is None), ``limit`` per page, and folds them
+        (all of them when ``last_event_id`` is None), ``limit`` per page, and folds them
         into the :class:`TurnResult` each turn's stream would give. Returns a
         :class:`CatchUp`: the ``turns`` that ended, the ``pending`` one (running,
         or paused for tool results) and the ``cursor`` to store and pass next
@@ -983,7 +999,7 @@ class SessionHandle:
         nothing after a cursor is told from a cursor that is not there by
         finding it among the session's newest 100 events.
         """
-        start = as_cursor(after)
+        start = as_cursor(last_event_id)
         listed = self._sessions.events.list(
             self.id, order="asc", limit=limit, after_id=start.event_id if start else None
         )
@@ -1003,8 +1019,8 @@ class SessionHandle:
 
     def _unknown_cursor(self, cursor: str) -> UnknownCursorError:
         return UnknownCursorError(
-            f"catch_up(after={cursor!r}): that event is not in session {self.id} (another "
-            "session's cursor, or an id that never existed); catch up with after=None to "
+            f"catch_up(last_event_id={cursor!r}): that event is not in session {self.id} (another "
+            "session's cursor, or an id that never existed); catch up with last_event_id=None to "
             "start from the beginning",
             session_id=self.id,
             cursor=cursor,

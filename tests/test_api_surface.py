@@ -390,7 +390,6 @@ async def test_raw_responses_on_every_resource(
         (client.agents.with_raw_response.retrieve(agent.id), Agent),
         (client.agents.versions.with_raw_response.list(agent.id), list),
         (client.environments.with_raw_response.delete(env.id), Deleted),
-        (client.files.with_raw_response.retrieve(file["id"]), FileMetadata),
         (client.files.with_raw_response.retrieve_metadata(file["id"]), FileMetadata),
         (client.models.with_raw_response.list(), list),
     ]
@@ -568,7 +567,7 @@ async def test_wrong_types_in_answers_name_the_field(
     calls = {
         r"/threads/sthr_1$": lambda: client.sessions.threads.retrieve("s_1", "sthr_1"),
         r"/resources/r_1$": lambda: client.sessions.resources.retrieve("s_1", "r_1"),
-        r"/files/file_1$": lambda: client.files.retrieve("file_1"),
+        r"/files/file_1$": lambda: client.files.retrieve_metadata("file_1"),
         r"/sessions/s_1$": lambda: client.sessions.retrieve("s_1"),
     }
     with pytest.raises(APIResponseValidationError) as excinfo:

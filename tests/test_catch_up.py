@@ -188,11 +188,11 @@ async def test_catch_up_gives_the_turns_the_stream_gives(
     last = server.stored_events(session_id)[-1]
     assert caught.cursor == Cursor(last["id"], last["processed_at"])
     # From the cursor: nothing new, and the cursor stays.
-    again = await session.catch_up(after=caught.cursor)
+    again = await session.catch_up(last_event_id=caught.cursor)
     assert again == CatchUp(cursor=caught.cursor)
     # A plain event id works as well.
     third = await (await session.send("third")).result()
-    newer = await session.catch_up(after=caught.cursor.event_id)
+    newer = await session.catch_up(last_event_id=caught.cursor.event_id)
     [got] = newer.turns
     same_turn(got, third)
 
@@ -224,7 +224,7 @@ async def test_catch_up_with_a_paused_turn_then_its_answer(
     assert paused.cursor is None  # the pending turn is folded whole next time
     await session.send_events([UserCustomToolResult(call.id, "18°C")])
     await server.wait_idle(session_id)
-    done = await session.catch_up(after=paused.cursor)
+    done = await session.catch_up(last_event_id=paused.cursor)
     [result] = done.turns
     assert result.text == "get_weather returned: 18°C"
     assert result.tool_calls[0].output == "18°C"

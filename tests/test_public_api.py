@@ -305,3 +305,25 @@ def test_the_drawn_tree_is_read_as_drawn() -> None:
     assert tree["OverloadedError"] == "InternalServerError"
     assert tree["WebhookPayloadError"] == "WebhookVerificationError"
     assert len(tree) == len(set(tree)) >= 40
+
+
+def test_define_outcome_takes_every_option_of_send() -> None:
+    """One way to send: a wrapper takes what it wraps (``SendOptions`` is send's keywords)."""
+    from qoder_async._session import SendOptions, SessionHandle
+
+    keywords = {
+        name
+        for name, p in inspect.signature(SessionHandle.send).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert set(SendOptions.__annotations__) == keywords
+    outcome = inspect.signature(SessionHandle.define_outcome).parameters
+    assert outcome["options"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_a_method_has_one_name() -> None:
+    """Files follow the official SDK: ``retrieve_metadata``, without a second name."""
+    from qoder_async._resources import Files
+
+    assert hasattr(Files, "retrieve_metadata")
+    assert not hasattr(Files, "retrieve")
