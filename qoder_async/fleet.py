@@ -192,8 +192,8 @@ from ._models import (
     Content,
     Cursor,
     Event,
-    EventDelta,
-    EventStart,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -977,7 +977,7 @@ class Fleet:
         or ``None`` once the session was released. Raises LeaseLostError when lost."""
         follow = runner.follow
         cls = type(ev)
-        if cls is EventDelta or cls is EventStart or not follow.admit(ev.id, ev.processed_at):
+        if cls is PreviewDelta or cls is PreviewStart or not follow.admit(ev.id, ev.processed_at):
             return True
         sid, token, ident = follow.session_id, follow.token, ev.id
         if ident is not None and ident != runner.begun:

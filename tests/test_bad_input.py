@@ -21,6 +21,7 @@ from qoder_async import (
     QoderClient,
     ReconnectPolicy,
     ResumeExhaustedError,
+    RetryPolicy,
     StreamContentTypeError,
     StreamDecodeError,
 )
@@ -130,7 +131,7 @@ async def test_rest_html_error_page(client: QoderClient, server: FakeQoderServer
     page = b"<!doctype html><html><body><h1>503 Service Unavailable</h1>" + b"." * 100_000
     server.faults.respond_next = [CannedResponse("GET", "/sessions/", 503, HTML, page)] * 3
     with pytest.raises(InternalServerError) as info:
-        await client.with_options(max_retries=2).sessions.retrieve("sess_x")
+        await client.with_options(retry=RetryPolicy(max_retries=2)).sessions.retrieve("sess_x")
     assert info.value.status_code == 503
     assert info.value.error_type is None
     assert "503 Service Unavailable" in str(info.value)
@@ -174,7 +175,7 @@ async def test_rest_success_with_a_bad_body(
 
 async def test_connection_refused_is_a_connection_error() -> None:
     async with QoderClient(
-        token="t", base_url="http://127.0.0.1:9/api/v1/cloud", max_retries=1
+        token="t", base_url="http://127.0.0.1:9/api/v1/cloud", retry=RetryPolicy(max_retries=1)
     ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")

@@ -17,8 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qoder_async import (
-    Accepted,
-    AgentMessage,
     APIConnectionError,
     APITimeoutError,
     AuthenticationError,
@@ -28,12 +26,14 @@ from qoder_async import (
     IdempotencyConflictError,
     NotFoundError,
     QoderClient,
+    RetryPolicy,
     SessionBusyError,
     UserMessage,
     WrongEventLoopError,
 )
 from qoder_async._http import _Lifecycle, segment
 from qoder_async.testing import FakeQoderServer
+from qoder_async.types import Accepted, AgentMessage
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -312,7 +312,7 @@ async def test_copies_share_the_transport_and_close_nothing(server: FakeQoderSer
     """Leaving a with_options() copy's context leaves the client open."""
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         env = await client.environments.create(name="e")
-        async with client.with_options(max_retries=5, timeout=5.0) as twin:
+        async with client.with_options(retry=RetryPolicy(max_retries=5), timeout=5.0) as twin:
             assert twin.retry_policy.max_retries == 5
             assert (await twin.environments.retrieve(env.id)).id == env.id
         assert not client.closed
@@ -332,7 +332,7 @@ def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
     """A QoderError that says what to do, not "Event loop is closed"."""
-    client = QoderClient(token="t", base_url=server_url, max_retries=0)
+    client = QoderClient(token="t", base_url=server_url, retry=RetryPolicy(max_retries=0))
 
     async def use() -> None:
         with contextlib.suppress(APIConnectionError):
@@ -369,14 +369,18 @@ def server_url() -> str:
 
 async def test_connection_errors_say_what_happened(server_url: str) -> None:
     """Refused reads as refused, with the host and port."""
-    async with QoderClient(token="t", base_url=server_url, max_retries=0) as client:
+    async with QoderClient(
+        token="t", base_url=server_url, retry=RetryPolicy(max_retries=0)
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
     assert not isinstance(info.value, APITimeoutError)
     port = server_url.split(":")[2].split("/")[0]
     assert f"refused by 127.0.0.1:{port}" in str(info.value)
     async with QoderClient(
-        token="t", base_url="https://no-such-host.invalid/api/v1/cloud", max_retries=0
+        token="t",
+        base_url="https://no-such-host.invalid/api/v1/cloud",
+        retry=RetryPolicy(max_retries=0),
     ) as client:
         with pytest.raises(APIConnectionError, match=r"(?i)could not resolve the host"):
             await client.sessions.retrieve("sess_x")
@@ -437,7 +441,9 @@ def test_httpx_is_optional(server_url: str) -> None:
         import qoder_async
 
         async def main():
-            client = qoder_async.QoderClient(token="t", base_url={server_url!r}, max_retries=0)
+            client = qoder_async.QoderClient(
+                token="t", base_url={server_url!r}, retry=qoder_async.RetryPolicy(max_retries=0)
+            )
             async with client as c:
                 try:
                     await c.sessions.retrieve("sess_x")

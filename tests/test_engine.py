@@ -19,16 +19,13 @@ import pytest
 from conftest import FAST, forever
 
 from qoder_async import (
-    AgentMessage,
     ConflictError,
     IdempotencyConflictError,
     QoderClient,
     RequestInProgressError,
     SessionBusyError,
-    SessionStatusIdle,
     StreamStalledError,
     ToolResultsNotAwaitedError,
-    UserCustomToolResult,
     UserMessage,
 )
 from qoder_async._errors import conflict_class
@@ -40,6 +37,7 @@ from qoder_async.testing import (
     subagent_tool_script,
     tool_script,
 )
+from qoder_async.types import AgentMessage, SessionStatusIdle, UserCustomToolResult
 
 
 def stored_after(server: FakeQoderServer, sid: str, anchor: str | None) -> list[str]:

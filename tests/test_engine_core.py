@@ -21,20 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qoder_async import (
-    AgentContentBlockDelta,
-    AgentMessage,
     Cursor,
-    EndTurn,
-    EventDelta,
-    EventStart,
     ReconnectPolicy,
-    RequiresAction,
     ResumeExhaustedError,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SpanModelRequestEnd,
     StreamStalledError,
-    TextBlock,
     UserMessage,
 )
 from qoder_async._backoff import Backoff
@@ -42,6 +32,18 @@ from qoder_async._machine import Cause, Dedupe, GiveUp, Reconnect, StreamMachine
 from qoder_async._models import Event
 from qoder_async._stream import EventDecoder, time_key
 from qoder_async._turns import RECONNECTED, LiveText, TurnRouter, text_delta
+from qoder_async.types import (
+    AgentContentBlockDelta,
+    AgentMessage,
+    EndTurn,
+    PreviewDelta,
+    PreviewStart,
+    RequiresAction,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    SpanModelRequestEnd,
+    TextBlock,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -350,8 +352,8 @@ def test_dedupe_is_per_session_and_marks_at_hand_out() -> None:
 def test_previews_are_never_remembered_and_late_ones_are_dropped() -> None:
     machine = new_machine()
     machine.connecting()
-    start = EventStart(event_id="m1", event_type="agent.message", id="m1")
-    delta = EventDelta(event_id="m1", content=TextBlock("Hel"), id="m1")
+    start = PreviewStart(event_id="m1", event_type="agent.message", id="m1")
+    delta = PreviewDelta(event_id="m1", content=TextBlock("Hel"), id="m1")
     final = AgentMessage((TextBlock("Hello"),), id="m1")
     assert [machine.take(e) for e in (start, delta, final)] == [True, True, True]
     assert machine.last_event_id == "m1"
@@ -584,7 +586,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
                     items.append(RECONNECTED)  # stored events: a resume loses none
         else:
             if draw(st.booleans()):
-                items.append(EventStart(event_id=key, event_type="agent.message", id=key))
+                items.append(PreviewStart(event_id=key, event_type="agent.message", id=key))
             else:
                 broken = True  # connected in the middle: the start was missed
             for piece in pieces:
@@ -593,7 +595,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
                     broken = True
                 if broken and draw(st.booleans()):
                     continue  # a delta sent while the client was reconnecting: lost
-                items.append(EventDelta(event_id=key, content=TextBlock(piece), id=key))
+                items.append(PreviewDelta(event_id=key, content=TextBlock(piece), id=key))
                 if not broken:
                     shown += piece
         if aborted:
@@ -624,11 +626,11 @@ def test_live_text_only_grows_and_ends_as_shown(run: tuple[list[Any], str]) -> N
 def test_live_text_keeps_an_interrupted_preview_as_shown() -> None:
     live = LiveText()
     live.feed(AgentMessage((TextBlock("done"),), id="m0"))
-    live.feed(EventStart(event_id="m1", event_type="agent.message", id="m1"))
-    live.feed(EventDelta(event_id="m1", content=TextBlock("partial"), id="m1"))
+    live.feed(PreviewStart(event_id="m1", event_type="agent.message", id="m1"))
+    live.feed(PreviewDelta(event_id="m1", content=TextBlock("partial"), id="m1"))
     live.feed(SpanModelRequestEnd(id="s1"))  # the request died: no message stored
     assert live.text == "done\n\npartial"
-    live.feed(EventDelta(event_id="m1", content=TextBlock(" more"), id="m1"))
+    live.feed(PreviewDelta(event_id="m1", content=TextBlock(" more"), id="m1"))
     assert live.text == "done\n\npartial"  # closed: later fragments are not shown
 
 
@@ -639,7 +641,7 @@ def test_live_text_ignores_sub_thread_messages() -> None:
 
 
 def test_live_text_thinking_in_the_incremental_dialect() -> None:
-    from qoder_async import AgentThinking
+    from qoder_async.types import AgentThinking
 
     live = LiveText()
     live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="thinking_delta", text="hmm"))

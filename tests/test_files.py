@@ -27,20 +27,16 @@ from qoder_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
-    Deleted,
-    DocumentBlock,
     FileDownload,
-    FileMetadata,
-    ImageBlock,
     NotFoundError,
     PermissionDeniedError,
     QoderClient,
     RateLimitError,
-    TextBlock,
 )
 from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
+from qoder_async.types import Deleted, DocumentBlock, FileMetadata, ImageBlock, TextBlock
 
 pytestmark = pytest.mark.both_transports  # bodies streamed both ways
 
@@ -244,10 +240,9 @@ async def test_upload_refuses_what_is_not_a_file(client: QoderClient) -> None:
 async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderServer) -> None:
     first = server.add_file(b"1", "one.txt")
     second = server.add_file(b"2", "two.txt")
-    meta = await client.files.retrieve(first["id"])
+    meta = await client.files.retrieve_metadata(first["id"])
     assert meta.filename == "one.txt"
     assert meta.created_at is not None
-    assert (await client.files.retrieve_metadata(first["id"])) == meta
     listed = [f.id async for f in client.files.list(limit=1)]
     assert listed == [second["id"], first["id"]]  # newest first
     only = [f.id async for f in client.files.list(ids=[first["id"]])]
@@ -255,7 +250,7 @@ async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderSe
     deleted = await client.files.delete(first["id"])
     assert deleted == Deleted(id=first["id"], type="file_deleted")
     with pytest.raises(NotFoundError):
-        await client.files.retrieve(first["id"])
+        await client.files.retrieve_metadata(first["id"])
 
 
 # --------------------------------------------------------------------------- downloads

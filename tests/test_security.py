@@ -25,6 +25,7 @@ from qoder_async import (
     NotFoundError,
     QoderClient,
     QoderError,
+    RetryPolicy,
     StreamDecodeError,
     UserMessage,
 )
@@ -40,7 +41,9 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
     texts: list[str] = []
     async with FakeQoderServer(token=CANARY, heartbeat_interval=0.1) as server:
         sid = server.add_session()["id"]
-        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=1) as client:
+        async with QoderClient(
+            token=CANARY, base_url=server.base_url, retry=RetryPolicy(max_retries=1)
+        ) as client:
             texts += [repr(client), str(client), repr(vars(client))]
             session = client.session(sid)
             turn = await session.send("hello")
@@ -109,7 +112,9 @@ async def test_server_text_that_echoes_the_token_is_redacted(
             CannedResponse("GET", "/stream$", 200, {"Content-Type": "text/html"}, html),
         ]
         errors: list[BaseException] = []
-        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=0) as client:
+        async with QoderClient(
+            token=CANARY, base_url=server.base_url, retry=RetryPolicy(max_retries=0)
+        ) as client:
             for _ in range(3):
                 try:
                     await client.sessions.retrieve(sid)
@@ -272,7 +277,7 @@ async def test_tls_is_verified_on_both_transports(
         if transport == "httpx":
             borrowed = await stack.enter_async_context(httpx.AsyncClient())
         async with QoderClient(
-            token="t", base_url=base_url, max_retries=0, http_client=borrowed
+            token="t", base_url=base_url, retry=RetryPolicy(max_retries=0), http_client=borrowed
         ) as client:
             with pytest.raises(APIConnectionError, match=r"TLS certificate of 127\.0\.0\.1"):
                 await client.sessions.retrieve("sess_1")

@@ -8,22 +8,17 @@ import pytest
 from conftest import FAST, eventually, forever
 
 from qoder_async import (
-    Accepted,
-    AgentMessage,
     AuthenticationError,
     Backoff,
     BadRequestError,
     Cursor,
     CursorStoreError,
-    EventDelta,
-    EventStart,
     MemoryCursorStore,
     NotFoundError,
     QoderClient,
     RateLimitError,
     ReconnectPolicy,
     ResumeExhaustedError,
-    SessionStatusIdle,
     StreamContentTypeError,
     StreamDecodeError,
     StreamStalledError,
@@ -31,6 +26,7 @@ from qoder_async import (
 )
 from qoder_async._models import Event
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
+from qoder_async.types import Accepted, AgentMessage, PreviewDelta, PreviewStart, SessionStatusIdle
 
 pytestmark = pytest.mark.both_transports  # every test here reads a stream
 
@@ -88,8 +84,8 @@ async def test_previews_share_ids_and_are_not_deduplicated(
         session_id, last_event_id=acc.last_event_id, event_deltas=["agent.message"]
     ) as st:
         events = await _until_idle(st)
-    starts = [e for e in events if isinstance(e, EventStart)]
-    deltas = [e for e in events if isinstance(e, EventDelta)]
+    starts = [e for e in events if isinstance(e, PreviewStart)]
+    deltas = [e for e in events if isinstance(e, PreviewDelta)]
     final = [e for e in events if isinstance(e, AgentMessage)]
     assert len(starts) == 1
     assert len(deltas) == 3

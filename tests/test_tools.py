@@ -17,17 +17,10 @@ import pytest
 from conftest import eventually
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
 
-from qoder_async import (
-    ActionRequired,
-    ImageBlock,
-    QoderClient,
-    TextBlock,
-    Tool,
-    UserCustomToolResult,
-    tool,
-)
+from qoder_async import ActionRequiredError, QoderClient, Tool, tool
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, tool_script
+from qoder_async.types import ImageBlock, TextBlock, UserCustomToolResult
 
 # ----------------------------------------------------------------------------- definitions
 
@@ -222,7 +215,7 @@ async def test_tools_without_a_handler_are_left_to_the_caller(
     assert pending.id  # a str, always: usable as a dict key
     posted = [e for e in server.stored_events(session_id) if e["type"].startswith("user.custom")]
     assert posted == []
-    with pytest.raises(ActionRequired) as info:
+    with pytest.raises(ActionRequiredError) as info:
         await turn.result(on_action="raise")
     assert [c.name for c in info.value.pending] == ["handled_elsewhere"]
     await turn.submit_tool_results({pending.id: "done elsewhere"})

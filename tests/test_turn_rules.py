@@ -15,21 +15,20 @@ import pytest
 from conftest import eventually
 
 from qoder_async import (
-    ActionRequired,
+    ActionRequiredError,
     BadRequestError,
     ConfigurationError,
     Cursor,
-    Event,
     ListenerOverflowError,
     NotFoundError,
     QoderClient,
-    SessionStatusIdle,
     StreamStalledError,
     UnknownCursorError,
     UserMessage,
 )
 from qoder_async.fleet import Fleet
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext, tool_script
+from qoder_async.types import Event, SessionStatusIdle
 
 JSON = {"Content-Type": "application/json"}
 KEY_HEADERS = ("idempotency-key", "x-idempotency-key")
@@ -310,7 +309,7 @@ async def test_a_failed_submit_leaves_the_calls_pending(
         await turn.submit_tool_results({pending.id: "42"})
     async with asyncio.timeout(10):
         assert await turn.wait_for_action() == (pending,)
-        with pytest.raises(ActionRequired):
+        with pytest.raises(ActionRequiredError):
             await turn.result(on_action="raise")
     await turn.submit_tool_results({pending.id: "42"})
     assert (await turn.result()).text == "calc returned: 42"
@@ -330,13 +329,13 @@ async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
     session = client.session(session_id)
     done = await session.catch_up()
     assert len(done.turns) == 1
-    nothing = await session.catch_up(after=done.cursor)
+    nothing = await session.catch_up(last_event_id=done.cursor)
     assert nothing.turns == ()
     assert nothing.pending is None
     assert nothing.cursor == done.cursor
     foreign = server.stored_events(other)[-1]["id"]
     with pytest.raises(UnknownCursorError) as info:  # the fake refuses it: 400 after_id
-        await session.catch_up(after=foreign)
+        await session.catch_up(last_event_id=foreign)
     assert info.value.cursor == foreign
     assert info.value.session_id == session_id
     # A server that answers an unknown after_id with an empty page.
@@ -346,4 +345,4 @@ async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
             CannedResponse("GET", r"/events$", 200, JSON, json.dumps(empty).encode())
         ]
         with pytest.raises(UnknownCursorError, match="not in session"):
-            await session.catch_up(after=cursor)
+            await session.catch_up(last_event_id=cursor)

@@ -14,21 +14,23 @@ from conftest import FAST, eventually, forever
 from fake_dialects import OldWire
 
 from qoder_async import (
-    AgentCustomToolUse,
-    AgentMessage,
     ClientClosedError,
     ConfigurationError,
-    EndTurn,
     QoderClient,
-    RequiresAction,
     SessionBusyError,
-    SessionStatusIdle,
-    TurnFailed,
-    UnknownStopReason,
+    TurnFailedError,
     UserMessage,
 )
 from qoder_async._models import Event
 from qoder_async.testing import Dialect, FakeQoderServer, TurnContext, tool_script
+from qoder_async.types import (
+    AgentCustomToolUse,
+    AgentMessage,
+    EndTurn,
+    RequiresAction,
+    SessionStatusIdle,
+    UnknownStopReason,
+)
 
 
 async def test_turn_yields_exactly_its_events(
@@ -149,7 +151,7 @@ async def test_session_deleted_fails_the_turn(
     turn = await client.session(session_id).send("go")
     await client.session(session_id).wait_connected()
     await client.sessions.delete(session_id)
-    with pytest.raises(TurnFailed) as info:
+    with pytest.raises(TurnFailedError) as info:
         await turn.result()
     assert info.value.reason == "session.deleted"
     assert info.value.result is not None
