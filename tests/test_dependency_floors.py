@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from qoder_async import APIConnectionError, APITimeoutError, QoderClient
+from qoder_async import APIConnectionError, APITimeoutError, QoderClient, RetryPolicy
 
 
 class _NoSuchHost(AbstractResolver):
@@ -36,7 +36,9 @@ def aiohttp_before_3_10_10(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _failure(base_url: str, **kwargs: Any) -> APIConnectionError:
-    async with QoderClient(token="t", base_url=base_url, max_retries=0, **kwargs) as client:
+    async with QoderClient(
+        token="t", base_url=base_url, retry=RetryPolicy(max_retries=0), **kwargs
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
     return info.value
