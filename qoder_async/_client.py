@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ._backoff import ReconnectPolicy, RetryPolicy
 from ._errors import ConfigurationError
-from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_STALL_TIMEOUT
+from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
 from ._http import HTTP, resolve_base_url, resolve_token
 from ._resources import Agents, Environments, Files, Models, Sessions
 from ._session import SessionHandle
@@ -202,6 +202,7 @@ class QoderClient:
         session_id: str,
         *,
         event_deltas: Iterable[str] | Literal[_Unset.UNSET] = _UNSET,
+        read_timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
         stall_timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
         max_stalls: int | Literal[_Unset.UNSET] = _UNSET,
         queue_size: int | Literal[_Unset.UNSET] = _UNSET,
@@ -214,7 +215,9 @@ class QoderClient:
         different options raises :class:`ConfigurationError` (options not given
         are not compared). ``event_deltas`` selects the live previews its
         connection asks for (``text_stream()`` uses them; default
-        ``("agent.message",)``); ``stall_timeout`` (default 120 s) and
+        ``("agent.message",)``); ``read_timeout`` (default 90 s, as for
+        ``events.stream()``) bounds the wait for any byte, heartbeats included,
+        before the connection is dropped and resumed; ``stall_timeout`` (default 120 s) and
         ``max_stalls`` (default 5) are the connection's stall rules: a running
         turn may be silent ``stall_timeout * max_stalls`` seconds (10 minutes)
         before it fails with :class:`StreamStalledError`; ``queue_size`` (1024)
@@ -226,6 +229,7 @@ class QoderClient:
         self._http.check_open()
         given: dict[str, Any] = {
             "event_deltas": event_deltas if event_deltas is _UNSET else tuple(event_deltas),
+            "read_timeout": read_timeout,
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
             "queue_size": queue_size,
@@ -244,6 +248,7 @@ class QoderClient:
             return handle
         options: dict[str, Any] = {
             "event_deltas": ("agent.message",),
+            "read_timeout": DEFAULT_READ_TIMEOUT,
             "stall_timeout": DEFAULT_STALL_TIMEOUT,
             "max_stalls": DEFAULT_MAX_STALLS,
             "queue_size": 1024,

@@ -91,7 +91,7 @@ from ._errors import (
     TurnFailedError,
     UnknownCursorError,
 )
-from ._eventstream import EventStream, as_cursor
+from ._eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
 from ._http import HTTP, segment
 from ._machine import Dedupe
 from ._models import (
@@ -758,6 +758,7 @@ class SessionHandle:
         event_deltas: tuple[str, ...],
         stall_timeout: float | None,
         max_stalls: int,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
         queue_size: int,
         listener_timeout: float = 30.0,
     ) -> None:
@@ -768,6 +769,7 @@ class SessionHandle:
         self._tracing = tracing
         self.options: dict[str, Any] = {
             "event_deltas": event_deltas,
+            "read_timeout": read_timeout,
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
             "queue_size": queue_size,
@@ -1186,6 +1188,7 @@ class SessionHandle:
             last_event_id=cursor,
             event_deltas=opts["event_deltas"],
             reconnect=self._reconnect,
+            read_timeout=opts["read_timeout"],
             stall_timeout=opts["stall_timeout"],
             max_stalls=opts["max_stalls"],
             dedupe=self._dedupe,

@@ -570,6 +570,30 @@ def test_stop_reasons_print_as_their_type() -> None:
     assert f"{UnknownStopReason('refusal')}" == "refusal"
 
 
+async def test_a_session_handle_takes_the_streams_read_timeout(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """``client.session(read_timeout=)``, as ``events.stream()`` has: a connection
+    silent for longer (no heartbeat either) is dropped and resumed."""
+    server.heartbeat_interval = 60.0  # nothing at all on an idle stream
+    handle = client.session(session_id, read_timeout=0.3)
+    assert handle.options["read_timeout"] == 0.3
+
+    async def listen() -> None:
+        async for _ in handle.listen():
+            pass
+
+    listener = asyncio.create_task(listen())
+    try:
+        await eventually(
+            lambda: server.stream_connections >= 2, "a reconnect after 0.3 s of silence"
+        )
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
 async def test_a_handle_asked_again_with_other_options_says_so(client: QoderClient) -> None:
     """New options on an existing handle are not silently ignored."""
     handle = client.session("sess_x", stall_timeout=30.0)
