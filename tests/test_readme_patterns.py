@@ -2,12 +2,17 @@
 
 * "Turns": the aiohttp chat handler, served with ``handler_cancellation=True``;
   a caller that hangs up mid-reply stops the turn on the server.
+* "Tracing": the program, with nothing but the SDK the README names, exports
+  the turn's span.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +80,23 @@ async def test_the_aiohttp_chat_handler_stops_the_turn_of_a_caller_who_hung_up(
     finally:
         await runner.cleanup()
     assert interrupts() == 1
+
+
+async def test_the_tracing_program_exports_the_turns_span(tmp_path: Path) -> None:
+    program = tmp_path / "traced.py"
+    program.write_text(readme_block("ConsoleSpanExporter()"))
+    async with FakeQoderServer() as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QODER_")}
+        env.update(QODER_PAT=server.token, QODER_BASE_URL=server.base_url)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(program),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), HANG)
+    assert proc.returncode == 0, err.decode()
+    assert '"name": "invoke_agent"' in out.decode()
+    assert '"gen_ai.provider.name": "qoder"' in out.decode()
