@@ -24,9 +24,10 @@ session's stored cursor (``client.session(id).catch_up(last_event_id=cursor)``):
 turn that ended is a reply, kept for ``GET /chat/{chat_id}/replies`` (a real
 bot would post it to the chat platform). A message for a busy chat waits for
 the next catch-up. Whatever the event type, and however often a delivery is
-repeated, a catch-up from the cursor never answers twice. The fake API sends
-a webhook when a turn ends (a fake-only extension); the real service
-announces session lifecycle events (beta).
+repeated, a catch-up from the cursor never answers twice. Qoder (beta) and
+the fake API announce a session going idle (``session.status_idled``: a turn
+ended or paused) to an endpoint subscribed to it, besides the lifecycle
+events; every session event names its session as ``data.id``.
 
     python examples/webhook_bot.py --webhooks --self-test
 """

@@ -927,12 +927,39 @@ _DEMO_TOOL = "get_weather"
 _DEMO_TOOL_INPUT: Mapping[str, Any] = {"city": "Paris"}
 
 
-def _fake_server_script(name: str) -> Any:
+def _fake_tool(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The custom tool ``fake-server --script tools`` calls, and its input."""
+    if args.script != "tools" and (args.tool_name is not None or args.tool_input is not None):
+        raise ConfigurationError("--tool-name and --tool-input need --script tools")
+    name = _DEMO_TOOL if args.tool_name is None else args.tool_name
+    return name, dict(_DEMO_TOOL_INPUT if args.tool_input is None else args.tool_input)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--tool-input``: a JSON object, as a tool's input always is."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f'must be a JSON object such as \'{{"city": "Paris"}}\', got {text!r}'
+        )
+    return value
+
+
+def _tool_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the tool name is empty")
+    return text
+
+
+def _fake_server_script(args: argparse.Namespace) -> Any:
     """The scripted agent ``fake-server --script NAME`` runs."""
-    if name == "demo":
+    if args.script == "demo":
         return _demo_script()
-    if name == "tools":
-        return tool_script(_DEMO_TOOL, dict(_DEMO_TOOL_INPUT))
+    if args.script == "tools":
+        return tool_script(*_fake_tool(args))
     return default_script
 
 
@@ -993,9 +1020,10 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
         return True
 
     ctx.signals.handler = on_signal
+    tool_name, tool_input = _fake_tool(args)
     server = FakeQoderServer(
         token=args.token or FakeQoderServer.DEFAULT_TOKEN,
-        script=_fake_server_script(args.script),
+        script=_fake_server_script(args),
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat,
@@ -1032,10 +1060,10 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
             where = f"{bind}:{server.port}"
             ctx.out.note(f"serving the fake Qoder API on {where}; Ctrl-C stops it")
             if args.script == "tools":
-                call = tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)
+                call = tool_call(tool_name, tool_input)
                 ctx.out.note(
                     f"each message makes the agent call the custom tool {call} and wait for "
-                    f'the result: send(..., tools={{"{_DEMO_TOOL}": handler}}) answers it'
+                    f'the result: send(..., tools={{"{tool_name}": handler}}) answers it'
                 )
         await stop.wait()
     finally:
@@ -1250,8 +1278,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="the scripted agent: 'default' answers at once (a Read tool call, then a reply "
         "quoting you); 'demo' does the same paced for watching; 'tools' calls the custom tool "
-        f"{tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} and waits for your client to post its "
-        "result (chat runs no custom tools). Default: default",
+        f"{tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} (or --tool-name/--tool-input) and waits "
+        "for your client to post its result (chat runs no custom tools). Default: default",
+    )
+    p.add_argument(
+        "--tool-name",
+        type=_tool_name,
+        default=None,
+        metavar="NAME",
+        help=f"with --script tools: the custom tool the agent calls (default: {_DEMO_TOOL})",
+    )
+    p.add_argument(
+        "--tool-input",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="with --script tools: its input, a JSON object "
+        f"(default: '{json.dumps(dict(_DEMO_TOOL_INPUT))}')",
     )
     return parser
 

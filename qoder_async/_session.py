@@ -36,6 +36,14 @@ the turn's reader is cancelled                 tools keep running and post their
 the turn is closed while a tool runs           the tool is cancelled and an error result
                                                is posted for it, so the session is not
                                                left waiting
+``async with turn:`` left by an exception or   after the above, one ``user.interrupt``
+a cancellation, before the turn ended          (shielded, bounded by 5 s, failures
+                                               logged at DEBUG) so the server stops
+                                               working for nobody; not when the turn
+                                               ended (its idle, termination or deletion
+                                               was received), on a normal exit, with
+                                               ``send(..., interrupt_on_exit=False)``,
+                                               or once the client is closed
 a 409 busy with ``on_busy="wait"``             wait for the running turn (local, or the
                                                server's status), backing off up to 5 s
                                                between attempts, until ``busy_timeout``;
@@ -188,6 +196,8 @@ _LIFECYCLE = frozenset(
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
 _CANCEL_POST_TIMEOUT = 10.0
+_EXIT_INTERRUPT_TIMEOUT = 5.0  # leaving ``async with turn:`` early: the interrupt's bound
+_exit_interrupts: set[asyncio.Task[None]] = set()  # shielded posts outliving a second cancel
 
 
 _END: Any = object()  # the end of a listener's queue
@@ -286,7 +296,17 @@ class Turn:
     handlers of the named tools run (each tool use at most once) and their
     results are posted; tools without a handler here are left to you:
     :meth:`wait_for_action` returns them, :meth:`submit_tool_results` answers.
+
+    ``async with turn:`` closes the turn on the way out (see :meth:`aclose`).
+    Left by an exception or a cancellation (a web caller hung up) before the
+    turn ended, it also interrupts the turn on the server: one
+    ``user.interrupt``, shielded from a second cancellation and bounded (5 s),
+    so the agent does not go on working for nobody. ``interrupt_on_exit``
+    (``send(..., interrupt_on_exit=False)``) turns that off.
     """
+
+    interrupt_on_exit: bool = True
+    """Whether leaving ``async with`` early interrupts the turn on the server."""
 
     def __init__(
         self,
@@ -733,8 +753,28 @@ class Turn:
     async def __aenter__(self) -> Turn:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # Ended on the server: its idle, termination or deletion was received (a stream
+        # failure ends the turn here only: the server may still be running it).
+        ended = self._done and (self._error is None or isinstance(self._error, TurnFailed))
         await self.aclose()
+        if exc_type is None or ended or not self.interrupt_on_exit or self.session.closed:
+            return
+        # Shielded: a web framework may cancel the handler again while this runs; the
+        # post then goes on in the background, within the same bound.
+        task = asyncio.get_running_loop().create_task(self._interrupt_on_exit())
+        _exit_interrupts.add(task)
+        task.add_done_callback(_exit_interrupts.discard)
+        await asyncio.shield(task)
+
+    async def _interrupt_on_exit(self) -> None:
+        try:
+            async with asyncio.timeout(_EXIT_INTERRUPT_TIMEOUT):
+                await self.session.interrupt()
+        except (QoderError, TimeoutError) as exc:
+            logger.debug(
+                "could not interrupt the turn of session %s on leaving it: %r", self.session.id, exc
+            )
 
 
 class SessionHandle:
@@ -841,6 +881,7 @@ class SessionHandle:
         on_busy: OnBusy = "raise",
         busy_timeout: float | None = 600.0,
         idempotency_key: str | None = None,
+        interrupt_on_exit: bool = True,
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
@@ -854,6 +895,9 @@ class SessionHandle:
         ``busy_timeout`` s for the running turn to end, then send) or
         ``"interrupt"`` (interrupt it, wait, send). One ``Idempotency-Key``
         (yours or generated) covers every retry of the send.
+        ``interrupt_on_exit``: leaving ``async with turn:`` by an exception or a
+        cancellation before the turn ended interrupts it on the server (see
+        :class:`Turn`); ``False`` leaves it running.
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
@@ -862,7 +906,7 @@ class SessionHandle:
         span = self._tracing.turn(self.id)
         try:
             # The same key on every attempt: a busy 409 stored nothing.
-            return await send_retrying_busy(
+            turn = await send_retrying_busy(
                 lambda: self._post_turn(events, key, tools, on_tool_error, span),
                 on_busy=on_busy,
                 busy_timeout=busy_timeout,
@@ -875,6 +919,8 @@ class SessionHandle:
                 turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
             )
             raise
+        turn.interrupt_on_exit = interrupt_on_exit
+        return turn
 
     async def define_outcome(
         self,

@@ -121,10 +121,13 @@ Body: TypeAlias = bytes | bytearray | memoryview | str
 
 @frozen(kw_only=True)
 class SessionWebhookData:
-    """``data`` of ``session.created``, ``.updated``, ``.archived`` and ``.deleted``.
+    """``data`` of the session events: ``session.created``, ``.updated``, ``.archived``,
+    ``.deleted``, ``.status_run_started`` and ``.status_idled``.
 
-    ``id`` is the session's id (also readable as ``session_id``); fetch the session
-    with ``client.sessions.retrieve(data.session_id)`` for its current state.
+    ``data.id`` is the session's id (as Qoder spells it; ``session_id`` is an
+    alias). The payload carries ids only: ``client.sessions.retrieve(data.id)``
+    for the session's current state, ``client.session(data.id).catch_up(...)``
+    for what it did.
     """
 
     type: str
@@ -446,6 +449,8 @@ _DATA_BY_TYPE: dict[str, Callable[[_Reader, str, int | None], WebhookData]] = {
     "session.updated": _session_data,
     "session.archived": _session_data,
     "session.deleted": _session_data,
+    "session.status_run_started": _session_data,
+    "session.status_idled": _session_data,
     "forward.schedule_run.succeeded": _schedule_run_data,
 }
 

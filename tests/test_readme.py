@@ -14,7 +14,10 @@ anything else (a fragment)                         compiled (top-level ``await``
 
 An HTML comment right before a block can say more:
 ``<!-- readme: script=tools -->`` runs the fake agent's tool script for it
-(``default``, ``tools``, ``multiagent``), ``<!-- readme: skip reason -->`` skips it.
+(``default``, ``tools``, ``multiagent``), ``<!-- readme: skip reason -->`` skips it,
+``<!-- readme: processes -->`` marks a program run as several processes with
+arguments, as its section shows: ``test_readme_patterns.py`` runs it (its first
+line names it there).
 """
 
 from __future__ import annotations
@@ -85,7 +88,18 @@ def test_fragments_compile(block: Block) -> None:
     compile(block.code, f"README.md:{block.line}", "exec", flags=flags, dont_inherit=True)
 
 
-@pytest.mark.parametrize("block", [b for b in PYTHON if b.kind == "program"], ids=_ids)
+PROCESSES = [b for b in PYTHON if b.directive == "processes"]
+
+
+@pytest.mark.parametrize("block", PROCESSES, ids=_ids)
+def test_programs_of_several_processes_are_run_by_the_patterns_tests(block: Block) -> None:
+    name = block.code.splitlines()[0].strip('"')
+    assert name in (Path(__file__).parent / "test_readme_patterns.py").read_text()
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in PYTHON if b.kind == "program" and b not in PROCESSES], ids=_ids
+)
 async def test_programs_run_against_the_fake_server(block: Block, tmp_path: Path) -> None:
     if block.directive.startswith("skip"):
         pytest.skip(block.directive)

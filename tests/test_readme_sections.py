@@ -163,9 +163,10 @@ async def test_webhook_driven_turns(
     assert ns["cursors"][session_id].event_id == server.stored_events(session_id)[-1]["id"]
     assert server.stream_connections == 0
     kinds = [d.event_type for d in server.webhook_deliveries]
-    assert kinds == ["session.created", "session.idled", "session.idled"]
+    turn = ["session.status_run_started", "session.status_idled"]
+    assert kinds == ["session.created", *turn, *turn]
     assert all(d.delivered for d in server.webhook_deliveries)
-    assert statuses == [204, 204, 204]
+    assert statuses == [204] * 5
     # A delivery repeated (at least once) answers nothing twice.
     body = server.webhook_deliveries[-1].body
     await ns["on_webhook"](body, webhooks.sign(body, ns["QODER_WEBHOOK_SECRET"]))

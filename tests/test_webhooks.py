@@ -144,13 +144,22 @@ def test_a_delivery_signed_by_the_oracle_is_returned_typed() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["session.created", "session.updated", "session.archived", "session.deleted"]
+    "kind",
+    [
+        "session.created",
+        "session.updated",
+        "session.archived",
+        "session.deleted",
+        "session.status_run_started",  # the catalogue's status events: named unlike the
+        "session.status_idled",  # stream's, the same ids-only payload
+    ],
 )
 def test_every_session_event_type_carries_the_session_id(kind: str) -> None:
     body = body_of(envelope({"type": kind, "id": "sess_9", "schema_version": 1}))
     event = unwrap(body, oracle_headers(body))
     assert isinstance(event.data, SessionWebhookData)
-    assert (event.type, event.data.type, event.data.session_id) == (kind, kind, "sess_9")
+    assert (event.type, event.data.type, event.data.id) == (kind, kind, "sess_9")
+    assert event.data.session_id == event.data.id  # the alias
 
 
 def test_the_documented_schedule_run_delivery_is_typed_field_by_field() -> None:

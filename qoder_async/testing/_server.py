@@ -118,6 +118,11 @@ _TURN_STARTERS = ("user.message", "user.define_outcome")
 _ANSWERS = ("user.custom_tool_result", "user.tool_confirmation", "user.tool_result")
 _TOOL_USES = ("agent.custom_tool_use", "agent.tool_use", "agent.mcp_tool_use")
 _LISTEN_BACKLOG = 4096
+# Stored status events -> the webhook Qoder's catalogue sends for them (the primary thread's).
+_STATUS_WEBHOOKS = {
+    "session.status_running": "session.status_run_started",
+    "session.status_idle": "session.status_idled",
+}
 
 
 @attrs.frozen
@@ -180,11 +185,13 @@ class FakeQoderServer:
 
     With ``webhook_url`` the server also POSTs signed webhooks
     (``session.created``, ``.updated``, ``.archived``, ``.deleted``; see
-    ``_webhooks``) to that URL. ``webhook_events_on_turn_end`` adds two event
-    types of our own, **not** sent by the real service: ``session.idled``
-    when a turn ends and ``session.requires_action`` when it pauses for tool
-    results; their ``data`` also carries ``turn_id``, ``event_id`` (the
-    ``session.status_idle``) and ``stop_reason``.
+    ``_webhooks``) to that URL. ``webhook_events_on_turn_end`` adds the
+    session status webhooks of Qoder's catalogue, as an endpoint subscribed
+    to them gets them: ``session.status_run_started`` when the session starts
+    running (a turn starts, or resumes after tool results) and
+    ``session.status_idled`` when it goes idle (the turn ended, or paused for
+    tool results). Like every session webhook, their ``data`` is ``{"type",
+    "id": <session id>, "schema_version": 1}``: ids only, no event content.
 
     Args:
         token: the only accepted Bearer token.
@@ -201,8 +208,8 @@ class FakeQoderServer:
         webhook_url: where to POST webhooks (``None``: no webhooks).
         webhook_secret: the signing secret (``whsec_<base64>``); a fresh one
             when ``None`` (read it back from `webhook_secret`).
-        webhook_events_on_turn_end: also send our own ``session.idled`` and
-            ``session.requires_action`` (fake-only event types).
+        webhook_events_on_turn_end: also send ``session.status_run_started``
+            and ``session.status_idled``.
         webhook_retry_delays: seconds between delivery attempts; a delivery
             is given up after the last one.
     """
@@ -941,17 +948,10 @@ class FakeQoderServer:
             self._webhooks.send(event_type, session_id, **fields)
 
     def _on_store(self, state: SessionState, event: dict[str, Any]) -> None:
-        if not self.webhook_events_on_turn_end or event["type"] != "session.status_idle":
-            return
-        stop_reason = event.get("stop_reason") or {"type": "end_turn"}
-        paused = stop_reason.get("type") == "requires_action"
-        self._webhook(
-            "session.requires_action" if paused else "session.idled",
-            state.id,
-            turn_id=event.get("turn_id"),
-            event_id=event["id"],
-            stop_reason=copy.deepcopy(stop_reason),
-        )
+        if self.webhook_events_on_turn_end:
+            kind = _STATUS_WEBHOOKS.get(event["type"])
+            if kind is not None:
+                self._webhook(kind, state.id)
 
     @staticmethod
     def _agent_overrides(ref: Mapping[str, Any], param: str) -> dict[str, Any]:
