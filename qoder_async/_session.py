@@ -185,6 +185,7 @@ class SendOptions(TypedDict, total=False):
     on_busy: OnBusy
     busy_timeout: float | None
     idempotency_key: str | None
+    interrupt_on_exit: bool
 
 
 OnAction: TypeAlias = Literal["wait", "raise"]
@@ -756,7 +757,7 @@ class Turn:
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         # Ended on the server: its idle, termination or deletion was received (a stream
         # failure ends the turn here only: the server may still be running it).
-        ended = self._done and (self._error is None or isinstance(self._error, TurnFailed))
+        ended = self._done and (self._error is None or isinstance(self._error, TurnFailedError))
         await self.aclose()
         if exc_type is None or ended or not self.interrupt_on_exit or self.session.closed:
             return
