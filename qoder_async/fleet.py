@@ -199,7 +199,15 @@ from ._models import (
 )
 from ._resources import find_sent, send_retrying_busy
 from ._stream import PREVIEW_CLASSES
-from ._tools import Tools, call_handler, error_result, results_key, tool_handlers, tool_result
+from ._tools import (
+    Tools,
+    call_handler,
+    call_slots,
+    error_result,
+    results_key,
+    tool_handlers,
+    tool_result,
+)
 from ._turns import ToolCall, ends_turn
 
 if TYPE_CHECKING:
@@ -381,17 +389,18 @@ class Fleet:
     any process) and run :meth:`serve` in each worker. See the module's rule
     tables for what happens when.
 
-    ``coordinator``: shared state (:class:`MemoryCoordinator` when omitted:
-    one process). ``lease_ttl``: seconds a silent worker keeps its sessions
-    (the failover time; renewals go every third of it). ``tools``: custom
-    tool handlers (as in ``session.send(tools=...)``), run at most once
-    fleet-wide. ``max_sessions``: the most sessions this worker follows at
-    once (unbounded by default). ``poll_interval``: how often it looks for
-    work. ``stall_timeout``, ``max_stalls`` and ``read_timeout`` go to each
-    session's stream. ``clock`` (monotonic seconds), ``sleep`` and ``rand``
-    are injectable for tests. The coordinator and the client are borrowed:
-    closing the fleet closes neither. ``delivered`` and ``redelivered`` count
-    the handler calls made by this worker.
+    ``coordinator``: shared state (:class:`MemoryCoordinator` when omitted: one
+    process). ``lease_ttl``: seconds a silent worker keeps its sessions (the
+    failover time; renewals go every third of it). ``tools``: custom tool
+    handlers (as in ``session.send(tools=...)``), run at most once fleet-wide;
+    ``max_concurrent_calls``: the most tool handlers this worker runs at once,
+    across its sessions (``None``: no cap). ``max_sessions``: the most sessions
+    this worker follows at once (unbounded by default). ``poll_interval``: how
+    often it looks for work. ``stall_timeout``, ``max_stalls`` and
+    ``read_timeout`` go to each session's stream. ``clock`` (monotonic seconds),
+    ``sleep`` and ``rand`` are injectable for tests. The coordinator and the
+    client are borrowed: closing the fleet closes neither. ``delivered`` and
+    ``redelivered`` count the handler calls made by this worker.
     """
 
     def __init__(
@@ -402,6 +411,7 @@ class Fleet:
         worker_id: str | None = None,
         lease_ttl: float = 10.0,
         tools: Tools | None = None,
+        max_concurrent_calls: int | None = None,
         max_sessions: int | None = None,
         poll_interval: float = 0.1,
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
@@ -430,6 +440,7 @@ class Fleet:
         self.fatal_cooldown = fatal_cooldown
         self.outage_timeout = outage_timeout
         self._tools = tool_handlers(tools)
+        self._slots = call_slots(max_concurrent_calls)
         self._stream_options: dict[str, Any] = {
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
@@ -1219,22 +1230,23 @@ class Fleet:
                     return
 
     async def _run_tool(self, runner: _Runner, call: ToolCall) -> str:
-        await self._gate(runner)
-        try:  # the conversion too: an output with none is the handler's error
-            out = await call_handler(self._tools[call.name], call.input)
-            return _result_json(tool_result(call, out, False))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning(
-                "fleet %s: tool %r (%s) of %s failed; reporting the error to the agent",
-                self.worker_id,
-                call.name,
-                call.id,
-                runner.follow.session_id,
-                exc_info=exc,
-            )
-            return _result_json(error_result(call, exc))
+        async with self._slots:
+            await self._gate(runner)  # after the wait for a slot: the lease is checked now
+            try:  # the conversion too: an output with none is the handler's error
+                out = await call_handler(self._tools[call.name], call.input)
+                return _result_json(tool_result(call, out, False))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "fleet %s: tool %r (%s) of %s failed; reporting the error to the agent",
+                    self.worker_id,
+                    call.name,
+                    call.id,
+                    runner.follow.session_id,
+                    exc_info=exc,
+                )
+                return _result_json(error_result(call, exc))
 
     async def _post_results(
         self, runner: _Runner, calls: list[ToolCall], bodies: list[Any]
