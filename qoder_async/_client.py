@@ -56,7 +56,8 @@ class QoderClient:
       fails with :class:`AuthenticationError` (the server's 401, or, before any
       request, one of ours) whose ``__cause__`` is what it raised; a value that
       is not a non-empty ``str`` is a :class:`ConfigurationError`. Tokens (the
-      last 8 it returned) are redacted from every error; none is logged.
+      last 8 it returned) are redacted from every error; none is logged. A
+      plain function runs in the event loop: do I/O in an ``async`` one.
     * ``base_url``: else ``QODER_BASE_URL``, else
       ``https://api.qoder.com/api/v1/cloud``; plain ``http://`` only to loopback
       unless ``allow_insecure_http`` (or ``QODER_ALLOW_INSECURE_HTTP=1``).

@@ -34,7 +34,8 @@ not ``text/event-stream``               (fatal: reconnecting cannot fix it)
 an error status, or 2xx                 body is read by the caller as it arrives
 :meth:`HTTP.fetch` (a link of another   only ``User-Agent`` and ``Accept`` go out: no
 origin)                                 token, no default headers, no client cookies
-used after ``aclose()``                 :class:`ClientClosedError`
+used after ``aclose()``                 :class:`ClientClosedError` (a request waiting for
+                                        the token callable too: the call is cancelled)
 used from another event loop            :class:`WrongEventLoopError` (says what to do)
 ======================================  ===============================================
 
@@ -272,6 +273,11 @@ class _Secret:
             value = await value
         self._set(_checked(value))
 
+    def cancel(self) -> None:
+        """Cancel a call of the token callable in progress (the client is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def _fetched(self, task: asyncio.Future[None]) -> None:
         self._task = None
         if not task.cancelled():
@@ -461,6 +467,7 @@ class HTTP:
         if not self._owner or self._life.closed:
             return
         self._life.closed = True
+        self._secret.cancel()
         await self.transport.aclose()
 
     # -- building blocks
@@ -498,6 +505,14 @@ class HTTP:
     ) -> None:
         try:
             await self._secret.refresh(seen)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._life.closed and task is not None and not task.cancelling():
+                # The call was cancelled by aclose(), not this request's task.
+                raise ClientClosedError(
+                    "this QoderClient was closed while its token callable ran"
+                ) from None
+            raise
         except ConfigurationError:
             raise
         except Exception as exc:

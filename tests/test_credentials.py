@@ -17,7 +17,13 @@ import httpx
 import pytest
 from conftest import FAST
 
-from qoder_async import AuthenticationError, BadRequestError, ConfigurationError, QoderClient
+from qoder_async import (
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    QoderClient,
+)
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 
 TOKEN_A = "sa-token-AAAAAAAAAAAAAAAA"
@@ -252,3 +258,19 @@ async def test_every_token_the_callable_returned_is_redacted_from_server_text(
         for token in (TOKEN_A, TOKEN_B, TOKEN_C):
             assert token not in text
         assert "<redacted>" in text
+
+
+async def test_closing_the_client_cancels_a_token_call_in_progress(
+    server: FakeQoderServer,
+) -> None:
+    vault = Vault(TOKEN_A)
+    vault.gate = asyncio.Event()  # the vault never answers
+    client = QoderClient(token=vault.fetch, base_url=server.base_url)
+    request = asyncio.create_task(client.sessions.retrieve("sess_1"))
+    async with asyncio.timeout(10):
+        while client._http._secret._task is None:
+            await asyncio.sleep(0.01)
+        await client.aclose()
+        with pytest.raises(ClientClosedError):
+            await request
+    assert server.requests == []
