@@ -571,16 +571,20 @@ class Turn:
             self._raise_tool_error()
             done = self._done
             now = loop.time()
+            # After each yield, look again: while the consumer held the chunk (awaiting
+            # an interrupt, say), the turn may have moved on, or ended, with nobody waiting.
             if coalesce is None:
                 chunk = reader.take()
                 if chunk:
                     yield chunk
+                    continue
             else:
                 if live.version != shown and (now >= next_at or done):
                     shown, current = live.version, live.text
                     if current != emitted:
                         emitted, next_at, delivered = current, now + coalesce, True
                         yield current
+                        continue
                 if done and not delivered:
                     yield emitted  # the final text is always delivered, even when empty
             if done:

@@ -1,7 +1,9 @@
 """The rest of the API surface against the fake: threads, session resources and create/update
 fields, agent versions, environments, models, raw responses, idempotency keys, 413 and 529.
 
-Every test that uses ``client`` runs on both transports.
+The tests whose requests or answers go through the transport differently (raw
+responses and their headers, idempotency keys, per-call options, 413) run on both
+transports.
 """
 
 from __future__ import annotations
@@ -350,6 +352,7 @@ async def test_models_list(client: QoderClient) -> None:
 # --------------------------------------------------------------------------- raw responses
 
 
+@pytest.mark.both_transports
 async def test_raw_responses_on_every_resource(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -425,6 +428,7 @@ async def test_raw_response_parse_names_a_wrong_field(
 # --------------------------------------------------------------------------- per-call options
 
 
+@pytest.mark.both_transports
 async def test_every_write_takes_an_idempotency_key(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -456,6 +460,7 @@ async def test_every_write_takes_an_idempotency_key(
         assert server.requests[-1].headers["idempotency-key"] == key
 
 
+@pytest.mark.both_transports
 async def test_per_call_options_on_the_new_methods(
     client: QoderClient, server: FakeQoderServer
 ) -> None:

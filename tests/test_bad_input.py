@@ -28,6 +28,8 @@ from qoder_async._models import Event
 from qoder_async._stream import EventDecoder
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
+pytestmark = pytest.mark.both_transports  # what each transport hands up from bad bytes
+
 # Gives up quickly: these tests are about what the error says.
 QUICK_GIVE_UP = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.02), max_attempts=3)
 JSON = {"Content-Type": "application/json"}

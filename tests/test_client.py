@@ -94,6 +94,7 @@ async def test_use_after_close_is_a_clear_error(server: FakeQoderServer) -> None
 # ----------------------------------------------------------------------------- resources
 
 
+@pytest.mark.both_transports
 async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer) -> None:
     env = await client.environments.create(name="dev", description="d")
     assert env.id.startswith("env_")
@@ -137,6 +138,7 @@ async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer
     assert (await client.environments.archive(env.id)).archived_at is not None
 
 
+@pytest.mark.both_transports
 async def test_pagination_follows_cursors(client: QoderClient, server: FakeQoderServer) -> None:
     for i in range(45):
         server.add_environment(name=f"e{i}")
@@ -188,6 +190,7 @@ async def test_paging_backwards_continues_before_the_first_id(
         assert query["before_id"] == [previous[0]]
 
 
+@pytest.mark.both_transports
 async def test_event_history_is_typed_and_paginated(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -205,6 +208,7 @@ async def test_event_history_is_typed_and_paginated(
 # ----------------------------------------------------------------------------- send
 
 
+@pytest.mark.both_transports
 async def test_send_returns_the_202_handle(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -252,6 +256,7 @@ async def test_send_takes_a_string_as_a_message_and_refuses_what_is_no_event(
 # ----------------------------------------------------------------------------- errors
 
 
+@pytest.mark.both_transports
 async def test_error_mapping(client: QoderClient, server: FakeQoderServer, session_id: str) -> None:
     with pytest.raises(NotFoundError) as nf:
         await client.sessions.retrieve("sess_does_not_exist")
@@ -284,6 +289,7 @@ async def test_error_mapping(client: QoderClient, server: FakeQoderServer, sessi
         await client.sessions.events.send(session_id, UserMessage("b"), idempotency_key="k1")
 
 
+@pytest.mark.both_transports
 async def test_plain_text_404_route(client: QoderClient) -> None:
     with pytest.raises(NotFoundError) as info:
         await client._http.request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
@@ -293,7 +299,7 @@ async def test_plain_text_404_route(client: QoderClient) -> None:
 
 
 async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQoderServer) -> None:
-    """Issue 11 item 17: a 404 that is not the API's envelope hints at the base URL."""
+    """A 404 that is not the API's envelope hints at the base URL."""
     root = server.base_url.removesuffix("/api/v1/cloud")
     async with QoderClient(token=server.token, base_url=root) as client:
         with pytest.raises(NotFoundError) as info:
@@ -303,7 +309,7 @@ async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQode
 
 
 async def test_copies_share_the_transport_and_close_nothing(server: FakeQoderServer) -> None:
-    """Issue 9 item 13: leaving a with_options() copy's context leaves the client open."""
+    """Leaving a with_options() copy's context leaves the client open."""
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         env = await client.environments.create(name="e")
         async with client.with_options(max_retries=5, timeout=5.0) as twin:
@@ -325,7 +331,7 @@ def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
-    """Issue 11 item 16: a QoderError that says what to do, not "Event loop is closed"."""
+    """A QoderError that says what to do, not "Event loop is closed"."""
     client = QoderClient(token="t", base_url=server_url, max_retries=0)
 
     async def use() -> None:
@@ -362,7 +368,7 @@ def server_url() -> str:
 
 
 async def test_connection_errors_say_what_happened(server_url: str) -> None:
-    """Issue 11 item 12: refused reads as refused, with the host and port."""
+    """Refused reads as refused, with the host and port."""
     async with QoderClient(token="t", base_url=server_url, max_retries=0) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
@@ -379,7 +385,7 @@ async def test_connection_errors_say_what_happened(server_url: str) -> None:
 async def test_a_throttling_gateway_does_not_lose_the_first_message(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 18: default settings ride out a gateway that throttles for a while."""
+    """Default settings ride out a gateway that throttles for a while."""
     server.faults.throttle_first = 6
     server.faults.throttle_status = 503
     server.faults.retry_after = 0.05
@@ -390,6 +396,7 @@ async def test_a_throttling_gateway_does_not_lose_the_first_message(
     assert server.fault_counts["throttle_first"] == 6
 
 
+@pytest.mark.both_transports
 async def test_a_500_after_store_is_retried_with_the_same_key_and_stored_once(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

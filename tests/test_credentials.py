@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
-from conftest import FAST
+from conftest import FAST, eventually
 
 from qoder_async import (
     AuthenticationError,
@@ -130,10 +130,11 @@ async def test_twenty_concurrent_401s_share_one_refresh(
         rotate(server, vault, TOKEN_B)
         vault.gate = asyncio.Event()
         refused = [asyncio.create_task(client.sessions.retrieve(sid)) for _ in range(20)]
+        await eventually(  # every one of the 20 was refused
+            lambda: sum(1 for t in authorizations(server) if t == TOKEN_A) == 40, timeout=30
+        )
+        vault.gate.set()
         async with asyncio.timeout(30):
-            while sum(1 for t in authorizations(server) if t == TOKEN_A) < 40:
-                await asyncio.sleep(0.01)  # every one of the 20 was refused
-            vault.gate.set()
             results = await asyncio.gather(*refused)
         assert all(s.id == sid for s in results)
         assert vault.calls == 2
@@ -267,9 +268,8 @@ async def test_closing_the_client_cancels_a_token_call_in_progress(
     vault.gate = asyncio.Event()  # the vault never answers
     client = QoderClient(token=vault.fetch, base_url=server.base_url)
     request = asyncio.create_task(client.sessions.retrieve("sess_1"))
+    await eventually(lambda: client._http._secret._task is not None)
     async with asyncio.timeout(10):
-        while client._http._secret._task is None:
-            await asyncio.sleep(0.01)
         await client.aclose()
         with pytest.raises(ClientClosedError):
             await request

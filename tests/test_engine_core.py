@@ -313,7 +313,7 @@ def test_every_turn_gets_exactly_its_events_whatever_the_server_replays(
 
 
 def test_a_stale_replay_cannot_end_a_new_turn_without_turn_ids() -> None:
-    """Issue 9 item 1, exactly: the previous turn's tail is replayed before the cursor."""
+    """The previous turn's tail is replayed before the cursor."""
     history, _ = _history(seed=7, ours=2, foreign=0, stamps=True)
     for ev in history:
         ev.pop("turn_id", None)
@@ -375,7 +375,7 @@ def test_equal_or_missing_timestamps_fall_back_to_ids() -> None:
 
 
 def test_a_stall_is_bounded_across_reconnects() -> None:
-    """Issue 9 item 7: reconnects do not restart the stall clock; the bound is exact."""
+    """Reconnects do not restart the stall clock; the bound is exact."""
     clock = Clock()
     m = new_machine(clock, stall_timeout=10.0, max_stalls=3, read_timeout=100.0)
     m.expecting = True  # a send awaits its turn
@@ -424,7 +424,7 @@ def test_a_silent_server_ends_a_turn_within_the_bound() -> None:
 
 
 def test_a_pause_for_the_client_is_not_a_stall() -> None:
-    """Issue 9 item 6: requires_action makes the session idle; silence is expected then."""
+    """``requires_action`` makes the session idle; silence is expected then."""
     clock = Clock()
     m = new_machine(clock, stall_timeout=10.0, max_stalls=2, read_timeout=None)
     m.connecting()
@@ -520,7 +520,7 @@ def test_the_server_retry_is_a_floor() -> None:
 
 
 def test_a_turn_adopts_the_first_turn_id_after_its_message() -> None:
-    """Issue 9 item 4: the 202 carried no turn_id, the stream does."""
+    """The 202 carried no turn_id, the stream does."""
     router: TurnRouter[str] = TurnRouter()
     router.bind("t", turn_id=None, anchor_id="u1", started=True, expected=False)
     assert router.route(SessionStatusRunning(id="r", turn_id="turn_9")) == ("t",)
@@ -534,7 +534,7 @@ def test_a_turn_adopts_the_first_turn_id_after_its_message() -> None:
 
 
 def test_a_turn_without_an_anchor_claims_the_next_message() -> None:
-    """Issue 9 item 17: a 202 with "data": [] -- the turn follows from the cursor."""
+    """A 202 with "data": [] -- the turn follows from the cursor."""
     router: TurnRouter[str] = TurnRouter()
     router.expect()
     router.bind("t", turn_id=None, anchor_id=None)
@@ -609,7 +609,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
 @settings(max_examples=300, deadline=None)
 @given(message_runs())
 def test_live_text_only_grows_and_ends_as_shown(run: tuple[list[Any], str]) -> None:
-    """Issue 9 item 5: text_stream's chunks joined equal result().text, whatever drops."""
+    """``text_stream``'s chunks joined equal result().text, whatever drops."""
     items, final = run
     live = LiveText()
     seen = [""]

@@ -1,6 +1,6 @@
 """client.files against the fake: streamed uploads of every kind of source, downloads of both
 answers the API may give (the bytes, or a link fetched without credentials), and files in
-messages. Every test that uses ``client`` runs on both transports.
+messages. Every test here runs on both transports.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from conftest import eventually
 
 from qoder_async import (
     APIConnectionError,
@@ -40,6 +41,8 @@ from qoder_async import (
 from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
+
+pytestmark = pytest.mark.both_transports  # bodies streamed both ways
 
 BIG = bytes(range(256)) * 4096  # 1 MiB: several chunks
 
@@ -504,9 +507,8 @@ async def test_a_download_cancelled_while_its_file_is_created_leaves_nothing(
     go_on.set()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
-    async with asyncio.timeout(10):
-        while leftovers(tmp_path):  # the file the thread went on to create is removed
-            await asyncio.sleep(0.01)
+    # the file the thread went on to create is removed
+    await eventually(lambda: not leftovers(tmp_path), "no file left behind", timeout=10)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

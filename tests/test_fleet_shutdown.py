@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
-from test_fleet_kill import Cluster, Proc, Record, until
+from test_fleet_kill import Cluster, Proc, Record
 
 from qoder_async import QoderClient
 from qoder_async.fleet import Delivery, Fleet, MemoryCoordinator, RedisCoordinator
@@ -82,9 +83,11 @@ async def test_sigterm_finishes_running_handlers_and_hands_off_at_once(
         w1 = await graceful_worker(c, "w1")
         w2 = await graceful_worker(c, "w2")
         async with RedisCoordinator.from_url(redis_url, namespace=c.namespace) as coordinator:
-            async with asyncio.timeout(30):
-                while len(await coordinator.workers()) < 2:
-                    await asyncio.sleep(0.02)
+
+            async def both_live() -> bool:
+                return len(await coordinator.workers()) == 2
+
+            await eventually(both_live, "both workers announced", timeout=30)
             front = await c.start(
                 "front",
                 "front",
@@ -95,7 +98,9 @@ async def test_sigterm_finishes_running_handlers_and_hands_off_at_once(
                 "--tool-turn",
                 "0",
             )
-            await until(lambda: len(w1.records("start")) >= 2 and running(w1), "w1 busy")
+            await eventually(
+                lambda: len(w1.records("start")) >= 2 and running(w1), "w1 busy", timeout=40
+            )
             interrupted = running(w1)
             held = {r["s"] for r in w1.records("start")}
             w1.signal(signal.SIGTERM)
@@ -119,9 +124,8 @@ async def test_sigterm_finishes_running_handlers_and_hands_off_at_once(
                         return False
                 return True
 
-            async with asyncio.timeout(40):  # a lease expiry would take 60 s
-                while not await all_done():
-                    await asyncio.sleep(0.05)
+            # A lease expiry would take 60 s: only a hand-off gets there in time.
+            await eventually(all_done, "every turn done", timeout=40)
             assert await front.process.wait() == 0, c.log("front")
             # w2 finished the turns w1 had begun (w1's leases were handed off).
             taken = {r["s"] for r in w2.records("start") if r["at"] > stopped_at}
@@ -186,8 +190,10 @@ async def test_stop_cancels_handlers_past_the_grace_and_their_events_come_again(
                 assert not info.leased  # handed off, not left to expire
                 other = asyncio.create_task(second.serve())
                 try:
-                    while not any(d.event.type == "session.status_idle" for d in seen):
-                        await asyncio.sleep(0.02)
+                    await eventually(
+                        lambda: any(d.event.type == "session.status_idle" for d in seen),
+                        "w2 delivered the turn's end",
+                    )
                 finally:
                     second.stop()
                     await other

@@ -91,7 +91,7 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
 async def test_server_text_that_echoes_the_token_is_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue 9 item 19: a gateway that echoes request headers does not leak the token."""
+    """A gateway that echoes request headers does not leak the token."""
     caplog.set_level(logging.DEBUG, logger="qoder_async")
     echo = f"GET /x HTTP/1.1\r\nAuthorization: Bearer {CANARY}\r\nX-Token: {CANARY}"
     envelope = json.dumps(
@@ -292,6 +292,7 @@ async def test_tls_is_verified_on_both_transports(
         assert not own.closed if transport == "aiohttp" else not own.is_closed
 
 
+@pytest.mark.both_transports
 async def test_normal_operation_logs_nothing_at_info_or_above(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -303,6 +304,7 @@ async def test_normal_operation_logs_nothing_at_info_or_above(
     assert [r for r in caplog.records if r.name.startswith("qoder_async")] == []
 
 
+@pytest.mark.both_transports
 async def test_debug_lines_say_what_happened(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from conftest import eventually
 
 from qoder_async import ConfigurationError, QoderClient
 from qoder_async.fleet import Fleet, MemoryCoordinator
@@ -102,21 +103,17 @@ async def test_a_fleet_worker_runs_at_most_max_concurrent_calls_handlers_at_once
 
         task = asyncio.create_task(fleet.serve())
         try:
-            async with asyncio.timeout(30):
-                for sid in sids:
-                    await fleet.send(sid, "go")
-                while any(
-                    len(
-                        [
-                            e
-                            for e in server.stored_events(sid)
-                            if e["type"] == "user.custom_tool_result"
-                        ]
-                    )
-                    < CALLS
-                    for sid in sids
-                ):
-                    await asyncio.sleep(0.02)
+            for sid in sids:
+                await fleet.send(sid, "go")
+
+            def answered() -> bool:
+                return all(
+                    sum(e["type"] == "user.custom_tool_result" for e in server.stored_events(s))
+                    == CALLS
+                    for s in sids
+                )
+
+            await eventually(answered, "every tool call answered", timeout=30)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

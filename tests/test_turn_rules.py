@@ -1,4 +1,4 @@
-"""Issue 20 items 8-14 and 16: turns, listeners and streams under a hostile server or consumer.
+"""Turns, listeners and streams under a hostile server or consumer.
 
 Each test fails on the code before the fix (a second stored copy, a hang, a
 swallowed cancel, a silently empty catch-up) and runs against the fake server.
@@ -12,7 +12,7 @@ import json
 import logging
 
 import pytest
-from conftest import no_open_streams
+from conftest import eventually
 
 from qoder_async import (
     ActionRequired,
@@ -51,7 +51,7 @@ def ends(ev: Event) -> bool:
     return isinstance(ev, SessionStatusIdle) and ev.stop_reason != "requires_action"
 
 
-# --------------------------------------------------------------------------- item 8
+# ----------------------------------------------------------- a busy retry's key
 
 
 async def test_a_fleet_busy_retry_keeps_the_callers_idempotency_key(
@@ -92,7 +92,7 @@ async def test_a_send_without_created_events_is_found_by_one_rule(
     assert lookups[0] == lookups[1] == {"order": ["desc"], "limit": ["100"]}
 
 
-# --------------------------------------------------------------------------- item 9
+# --------------------------------------------------- the Idempotency-Key header
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ async def test_an_idempotency_key_header_is_the_one_key(
     await server.wait_idle(session_id)
 
 
-# --------------------------------------------------------------------------- item 10
+# ---------------------------------------------- callbacks after a failed stream
 
 
 async def test_callbacks_start_again_after_their_stream_failed(
@@ -157,7 +157,7 @@ async def test_callbacks_start_again_after_their_stream_failed(
     await server.wait_idle(session_id)
 
 
-# --------------------------------------------------------------------------- item 11
+# -------------------------------------------------------------- stuck listeners
 
 
 async def test_a_stuck_listener_is_detached_with_its_cursor(
@@ -186,8 +186,7 @@ async def test_a_stuck_listener_is_detached_with_its_cursor(
 
     reading = asyncio.create_task(reader())
     async with asyncio.timeout(20):
-        while session.listeners < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: session.listeners >= 2, "both listeners attached")
         await session.wait_connected()
         turn = await session.send("talk")
         result = await turn.result()  # the stuck reader does not hold the turn back
@@ -213,7 +212,7 @@ async def test_a_stuck_listener_is_detached_with_its_cursor(
     assert got == good  # resumed from the cursor: nothing lost, nothing twice
 
 
-# --------------------------------------------------------------------------- item 12
+# ----------------------------------------------------------------- the watchdog
 
 
 async def chat_then_silence(ctx: TurnContext) -> None:
@@ -225,6 +224,7 @@ async def next_in_a_task(stream: object) -> Event:
     return await asyncio.create_task(stream.__anext__())  # type: ignore[attr-defined]
 
 
+@pytest.mark.both_transports
 async def test_the_watchdog_watches_the_task_reading_now(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -243,6 +243,7 @@ async def test_the_watchdog_watches_the_task_reading_now(
     await client.sessions.cancel(session_id)
 
 
+@pytest.mark.both_transports
 async def test_the_watchdog_never_swallows_the_callers_cancel(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -253,9 +254,8 @@ async def test_the_watchdog_never_swallows_the_callers_cancel(
         while (await next_in_a_task(stream)).type != "agent.message":
             pass
         reading = asyncio.create_task(stream.__anext__())
-        async with asyncio.timeout(10):
-            while stream.connections < 3:  # stalls were noticed, in this very task
-                await asyncio.sleep(0.01)
+        # stalls were noticed, in this very task
+        await eventually(lambda: stream.connections >= 3, "two stalls noticed", timeout=10)
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             async with asyncio.timeout(10):
@@ -263,9 +263,10 @@ async def test_the_watchdog_never_swallows_the_callers_cancel(
     await client.sessions.cancel(session_id)
 
 
-# --------------------------------------------------------------------------- item 13
+# ----------------------------------------------------- aclose from another task
 
 
+@pytest.mark.both_transports
 async def test_aclose_from_another_task_ends_the_iteration_and_the_connection(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -288,11 +289,11 @@ async def test_aclose_from_another_task_ends_the_iteration_and_the_connection(
         await stream.aclose()
         await consumer  # ended, without an error
     assert seen[-1] == "agent.message"
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     await client.sessions.cancel(session_id)
 
 
-# --------------------------------------------------------------------------- item 14
+# --------------------------------------------------------------- failed submits
 
 
 async def test_a_failed_submit_leaves_the_calls_pending(
@@ -315,7 +316,7 @@ async def test_a_failed_submit_leaves_the_calls_pending(
     assert (await turn.result()).text == "calc returned: 42"
 
 
-# --------------------------------------------------------------------------- item 16
+# ----------------------------------------------- catch-up from a foreign cursor
 
 
 async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
