@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ._backoff import ReconnectPolicy, RetryPolicy
 from ._errors import ConfigurationError
 from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
-from ._http import HTTP, resolve_base_url, resolve_token
+from ._http import HTTP, TokenSource, resolve_base_url, resolve_token
 from ._resources import Agents, Environments, Files, Models, Sessions
 from ._session import SessionHandle
 from ._tracing import tracer_for
@@ -47,7 +47,17 @@ class QoderClient:
 
     Arguments:
 
-    * ``token``: else ``QODER_PAT``, else ``QODER_ACCESS_TOKEN``.
+    * ``token``: else ``QODER_PAT``, else ``QODER_ACCESS_TOKEN``. Or a callable
+      (plain or ``async``) returning the current token (a service account's
+      short-lived token, a secret from a vault): called before the first
+      request, and again when a request or a stream reconnect is answered 401;
+      that request is then sent once more with the new token. Requests refused
+      with the same token share one call. If the callable raises, the request
+      fails with :class:`AuthenticationError` (the server's 401, or, before any
+      request, one of ours) whose ``__cause__`` is what it raised; a value that
+      is not a non-empty ``str`` is a :class:`ConfigurationError`. Tokens (the
+      last 8 it returned) are redacted from every error; none is logged. A
+      plain function runs in the event loop: do I/O in an ``async`` one.
     * ``base_url``: else ``QODER_BASE_URL``, else
       ``https://api.qoder.com/api/v1/cloud``; plain ``http://`` only to loopback
       unless ``allow_insecure_http`` (or ``QODER_ALLOW_INSECURE_HTTP=1``).
@@ -86,7 +96,7 @@ class QoderClient:
 
     def __init__(
         self,
-        token: str | None = None,
+        token: TokenSource | None = None,
         base_url: str | None = None,
         *,
         http_client: Any = None,

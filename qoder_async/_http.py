@@ -10,9 +10,17 @@ situation                               what happens
                                         a non-JSON body is APIResponseValidationError
 error status                            the typed error (``_errors.error_from_response``,
                                         409s by the conflict table), server text
-                                        redacted of the token
+                                        redacted of the token (and the last tokens
+                                        a token callable returned)
 404 whose body is not the API's         the error says the base URL may be wrong (it
 error envelope                          must end in ``/api/v1/cloud``)
+a token callable, no token yet          called before the request (one call shared by
+                                        the requests waiting for it)
+401 with a token callable (a request,   the callable is called once for every request
+a download, a stream (re)connect)       refused with that token, and the request sent
+                                        again once with the new token; the callable
+                                        raises: the 401 is raised, its ``__cause__``
+                                        what the callable raised
 connection failure or error status      retried by the :class:`RetryPolicy` (deadline,
                                         ``Retry-After``), with the same headers and the
                                         same ``Idempotency-Key``
@@ -26,7 +34,8 @@ not ``text/event-stream``               (fatal: reconnecting cannot fix it)
 an error status, or 2xx                 body is read by the caller as it arrives
 :meth:`HTTP.fetch` (a link of another   only ``User-Agent`` and ``Accept`` go out: no
 origin)                                 token, no default headers, no client cookies
-used after ``aclose()``                 :class:`ClientClosedError`
+used after ``aclose()``                 :class:`ClientClosedError` (a request waiting for
+                                        the token callable too: the call is cancelled)
 used from another event loop            :class:`WrongEventLoopError` (says what to do)
 ======================================  ===============================================
 
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import logging
 import os
@@ -47,7 +57,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 from urllib.parse import quote, urlsplit
 
 from attrs import frozen
@@ -57,6 +67,7 @@ from ._errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
+    AuthenticationError,
     ClientClosedError,
     ConfigurationError,
     NotFoundError,
@@ -78,6 +89,7 @@ __all__ = [
     "RequestBody",
     "RequestOptions",
     "StreamRetry",
+    "TokenSource",
     "idempotency_key_of",
     "resolve_base_url",
     "resolve_token",
@@ -145,12 +157,27 @@ def resolve_base_url(base_url: str | None, allow_insecure_http: bool | None) -> 
     return url
 
 
-def resolve_token(token: str | None) -> str:
-    """The token: the argument, else ``QODER_PAT``, else ``QODER_ACCESS_TOKEN``; checked."""
+TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]]
+"""``QoderClient(token=...)``: the token, or a callable (sync or async) returning it."""
+
+
+def resolve_token(token: TokenSource | None) -> TokenSource:
+    """The token: the argument (a callable as it is), else ``QODER_PAT``, else
+    ``QODER_ACCESS_TOKEN``; checked."""
+    if callable(token):
+        return token
     value = token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
     if not value or not value.strip():
         raise ConfigurationError(
             "no Qoder access token: pass token=..., or set QODER_PAT (or QODER_ACCESS_TOKEN)"
+        )
+    return _checked(value)
+
+
+def _checked(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f"the token callable must return a non-empty str, got {type(value).__name__}"
         )
     value = value.strip()
     if any(c in value for c in "\r\n\x00"):
@@ -184,20 +211,80 @@ def segment(value: str) -> str:
 
 
 class _Secret:
-    """Holds the token and the headers that carry it; its repr never shows it."""
+    """Holds the token (or the callable giving it) and the headers that carry it; its
+    repr never shows it.
 
-    __slots__ = ("_value", "headers", "variants")
+    ``generation`` counts the tokens set (0: none yet, a callable not called).
+    :meth:`refresh` asks the callable once for all the requests refused with one
+    token (single flight); ``variants`` are the last ``_KEPT`` tokens, as sent,
+    for redaction.
+    """
 
-    def __init__(self, value: str, headers: Mapping[str, str]) -> None:
-        self._value = value
-        self.headers = {**headers, "Authorization": f"Bearer {value}"}
-        encoded = quote(value, safe="")
-        self.variants = (value,) if encoded == value else (value, encoded)
+    __slots__ = ("_base", "_source", "_task", "generation", "headers", "variants")
+
+    def __init__(self, source: TokenSource, headers: Mapping[str, str]) -> None:
+        self._base = dict(headers)
+        self.headers = self._base
+        self.variants: tuple[str, ...] = ()
+        self.generation = 0
+        self._task: asyncio.Future[None] | None = None
+        self._source: Callable[[], str | Awaitable[str]] | None = None
+        if callable(source):
+            self._source = source
+        else:
+            self._set(source)
 
     def __repr__(self) -> str:
         return "<redacted>"
 
     __str__ = __repr__
+
+    @property
+    def refreshable(self) -> bool:
+        """Whether a 401 may be answered by asking the callable for a new token."""
+        return self._source is not None
+
+    def _set(self, value: str) -> None:
+        self.headers = {**self._base, "Authorization": f"Bearer {value}"}
+        encoded = quote(value, safe="")
+        new = (value,) if encoded == value else (value, encoded)
+        self.variants = tuple(dict.fromkeys(new + self.variants))[: 2 * _KEPT]
+        self.generation += 1
+
+    async def refresh(self, seen: int) -> None:
+        """A token newer than generation ``seen``: the callable is called unless another
+        request got one already or is getting it (then that call is awaited).
+
+        Raises what the callable raised, or :class:`ConfigurationError` for a value
+        that is not a token.
+        """
+        if self.generation != seen:
+            return
+        task = self._task
+        if task is None:
+            task = self._task = asyncio.ensure_future(self._fetch())
+            task.add_done_callback(self._fetched)
+        await asyncio.shield(task)  # a cancelled waiter leaves the call to the others
+
+    async def _fetch(self) -> None:
+        assert self._source is not None
+        value = self._source()
+        if inspect.isawaitable(value):
+            value = await value
+        self._set(_checked(value))
+
+    def cancel(self) -> None:
+        """Cancel a call of the token callable in progress (the client is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def _fetched(self, task: asyncio.Future[None]) -> None:
+        self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have been cancelled
+
+
+_KEPT = 8  # tokens remembered for redaction (the current one and the 7 before it)
 
 
 # --------------------------------------------------------------------------- requests
@@ -320,7 +407,7 @@ class HTTP:
     def __init__(
         self,
         *,
-        token: str,
+        token: TokenSource,
         base_url: str,
         transport: Transport,
         timeout: float | Timeout | None = None,
@@ -380,6 +467,7 @@ class HTTP:
         if not self._owner or self._life.closed:
             return
         self._life.closed = True
+        self._secret.cancel()
         await self.transport.aclose()
 
     # -- building blocks
@@ -396,6 +484,49 @@ class HTTP:
     def headers(self) -> dict[str, str]:
         """A fresh copy of the headers every request carries (the token included)."""
         return dict(self._secret.headers)
+
+    async def _first_token(self, method: str, path: str) -> None:
+        """Call the token callable before the first request (once, shared)."""
+        await self._renewed(None, 0, method, path)
+
+    async def _reauthorize(
+        self, refused: APIStatusError, seen: int, headers: dict[str, str], method: str, path: str
+    ) -> int:
+        """After a 401 to a request sent with token generation ``seen``: a newer token
+        in ``headers`` (one call of the callable for every request refused with
+        that token); its generation back."""
+        await self._renewed(refused, seen, method, path)
+        secret = self._secret
+        headers["Authorization"] = secret.headers["Authorization"]
+        return secret.generation
+
+    async def _renewed(
+        self, refused: APIStatusError | None, seen: int, method: str, path: str
+    ) -> None:
+        try:
+            await self._secret.refresh(seen)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._life.closed and task is not None and not task.cancelling():
+                # The call was cancelled by aclose(), not this request's task.
+                raise ClientClosedError(
+                    "this QoderClient was closed while its token callable ran"
+                ) from None
+            raise
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            # The request fails as refused: the server's 401, or (no token yet, nothing
+            # sent) one of ours; the callable's error is the cause. Never its text.
+            if refused is None:
+                refused = AuthenticationError(
+                    f"the token callable raised {type(exc).__name__}; the request was not sent",
+                    status_code=401,
+                    error_type="authentication_error",
+                    method=method,
+                    url=path,
+                )
+            raise refused from exc
 
     def _parse(
         self, body: bytes, status: int, headers: Mapping[str, str], method: str, path: str
@@ -488,7 +619,11 @@ class HTTP:
         The body is ``json`` (serialised), or ``body`` (sent as it is).
         """
         self._life.check()
-        headers = dict(self._secret.headers)
+        secret = self._secret
+        if not secret.generation:
+            await self._first_token(method, path)
+        headers = dict(secret.headers)
+        token_at, reauthorized = secret.generation, not secret.refreshable
         timeout = self.timeout
         if options is not None:
             idempotency_key = idempotency_key_of(idempotency_key, options.extra_headers)
@@ -552,6 +687,10 @@ class HTTP:
                     idempotent=idempotency_key is not None,
                     starts_turn=starts_turn,
                 )
+                if status == 401 and not reauthorized:  # once per request, with a new token
+                    reauthorized = True
+                    token_at = await self._reauthorize(error, token_at, headers, method, path)
+                    continue
                 retry_after = error.retry_after
             delay = policy.delay(
                 attempt=attempt,
@@ -601,27 +740,39 @@ class HTTP:
     ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
         """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
         self._life.check()
-        headers = dict(self._secret.headers)
+        secret = self._secret
+        if not secret.generation:
+            await self._first_token("GET", path)
+        headers = dict(secret.headers)
         headers["Accept"] = "text/event-stream"
         headers["Cache-Control"] = "no-store"
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        started = self.clock()
+        token_at, reauthorized = secret.generation, not secret.refreshable
         transport = self.transport
-        opened = transport.stream(
-            "GET",
-            self.base_url + path,
-            params=params,
-            headers=headers,
-            timeouts=self._stream_timeout,
-        )
-        resp = await opened.__aenter__()
-        try:
-            await self._check_stream(resp, path, last_event_id, started)
-        except BaseException as exc:
-            await opened.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return opened, resp
+        while True:
+            started = self.clock()
+            opened = transport.stream(
+                "GET",
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                timeouts=self._stream_timeout,
+            )
+            resp = await opened.__aenter__()
+            try:
+                await self._check_stream(resp, path, last_event_id, started)
+            except AuthenticationError as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                if reauthorized:
+                    raise
+                reauthorized = True  # once per connection, with a new token
+                token_at = await self._reauthorize(exc, token_at, headers, "GET", path)
+                continue
+            except BaseException as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            return opened, resp
 
     async def _check_stream(
         self, resp: StreamResponse, path: str, last_event_id: str | None, started: float
@@ -699,7 +850,11 @@ class HTTP:
         headers arrive, never after.
         """
         self._life.check()
-        headers = dict(self._secret.headers)
+        secret = self._secret
+        if not secret.generation:
+            await self._first_token(method, path)
+        headers = dict(secret.headers)
+        token_at, reauthorized = secret.generation, not secret.refreshable
         timeout = self.timeout
         if options is not None:
             params, timeout = self._apply(options, headers, params)
@@ -729,6 +884,10 @@ class HTTP:
                     idempotent=False,
                     starts_turn=False,
                 )
+                if status == 401 and not reauthorized:
+                    reauthorized = True
+                    token_at = await self._reauthorize(error, token_at, headers, method, path)
+                    continue
                 retry_after = error.retry_after
             except APIConnectionError as exc:
                 if status is not None:

@@ -30,7 +30,9 @@ the last turn, listener and callback left      the connection closes
 a requires_action pause with ``tools=``        the handlers run in a task of the turn
                                                (each tool use at most once, whatever
                                                the reader does), results posted with a
-                                               key derived from the tool use ids
+                                               key derived from the tool use ids; with
+                                               ``max_concurrent_calls=N`` at most N of
+                                               the turn's handlers run at once
 the turn's reader is cancelled                 tools keep running and post their
                                                results; the turn still finishes
 the turn is closed while a tool runs           the tool is cancelled and an error result
@@ -133,6 +135,7 @@ from ._tools import (
     ToolOutput,
     Tools,
     call_handler,
+    call_slots,
     error_result,
     results_key,
     tool_content,
@@ -186,6 +189,7 @@ class SendOptions(TypedDict, total=False):
     busy_timeout: float | None
     idempotency_key: str | None
     interrupt_on_exit: bool
+    max_concurrent_calls: int | None
 
 
 OnAction: TypeAlias = Literal["wait", "raise"]
@@ -316,12 +320,14 @@ class Turn:
         tools: Tools | None,
         on_tool_error: OnToolError = "report",
         span: TurnSpan = NO_SPAN,
+        slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
     ) -> None:
         if on_tool_error not in ("report", "raise"):
             raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
         self.session = session
         self.accepted = accepted
         self._tools = tool_handlers(tools)
+        self._slots = slots if slots is not None else call_slots(None)
         self._on_tool_error = on_tool_error
         self._items: list[Item] = []
         self._ids: set[str] = set()
@@ -709,8 +715,9 @@ class Turn:
     async def _run_tool(self, call: ToolCall) -> UserCustomToolResult:
         handler = self._tools[call.name]
         try:  # the conversion too: an output with none is the handler's error
-            with self._span.tool(call.name, call.id):
-                return tool_result(call, await call_handler(handler, call.input), False)
+            async with self._slots:
+                with self._span.tool(call.name, call.id):
+                    return tool_result(call, await call_handler(handler, call.input), False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -883,6 +890,7 @@ class SessionHandle:
         busy_timeout: float | None = 600.0,
         idempotency_key: str | None = None,
         interrupt_on_exit: bool = True,
+        max_concurrent_calls: int | None = None,
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
@@ -899,16 +907,19 @@ class SessionHandle:
         ``interrupt_on_exit``: leaving ``async with turn:`` by an exception or a
         cancellation before the turn ended interrupts it on the server (see
         :class:`Turn`); ``False`` leaves it running.
+        ``max_concurrent_calls``: the most tool handlers of this turn running at
+        once, across its threads (the others wait their turn; ``None``: no cap).
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
+        slots = call_slots(max_concurrent_calls)
         events = as_events(content)
         key = idempotency_key or new_idempotency_key()
         span = self._tracing.turn(self.id)
         try:
             # The same key on every attempt: a busy 409 stored nothing.
             turn = await send_retrying_busy(
-                lambda: self._post_turn(events, key, tools, on_tool_error, span),
+                lambda: self._post_turn(events, key, tools, on_tool_error, span, slots),
                 on_busy=on_busy,
                 busy_timeout=busy_timeout,
                 clock=time.monotonic,
@@ -949,6 +960,7 @@ class SessionHandle:
         tools: Tools | None,
         on_tool_error: OnToolError,
         span: TurnSpan = NO_SPAN,
+        slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
     ) -> Turn:
         self._http.check_open()
         router = self._router
@@ -988,7 +1000,7 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            turn = Turn(self, accepted, tools, on_tool_error, span)
+            turn = Turn(self, accepted, tools, on_tool_error, span, slots)
             deliveries = router.bind(
                 turn,
                 turn_id=accepted.turn_id,

@@ -77,6 +77,7 @@ it before posting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import json
@@ -87,6 +88,7 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, overload
 
+from ._errors import ConfigurationError
 from ._models import (
     ContentBlock,
     DocumentBlock,
@@ -103,6 +105,7 @@ __all__ = [
     "ToolOutput",
     "Tools",
     "call_handler",
+    "call_slots",
     "error_result",
     "results_key",
     "tool",
@@ -240,6 +243,22 @@ def tool_handlers(tools: Tools | None) -> dict[str, ToolHandler]:
             raise TypeError(f"tools= takes a mapping of handlers or Tool objects, got {item!r}")
         out[item.name] = item
     return out
+
+
+def call_slots(max_concurrent_calls: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What a tool handler runs inside: at most ``max_concurrent_calls`` at once (``None``:
+    no cap). Anything but ``None`` or a positive ``int`` is a :class:`ConfigurationError`."""
+    if max_concurrent_calls is None:
+        return contextlib.nullcontext()
+    if (
+        not isinstance(max_concurrent_calls, int)
+        or isinstance(max_concurrent_calls, bool)
+        or max_concurrent_calls < 1
+    ):
+        raise ConfigurationError(
+            f"max_concurrent_calls must be a positive int or None, got {max_concurrent_calls!r}"
+        )
+    return asyncio.Semaphore(max_concurrent_calls)
 
 
 async def call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:

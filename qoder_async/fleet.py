@@ -81,7 +81,10 @@ a ``requires_action`` idle, with ``tools=``   answered from when it is *read*, n
                                               (``tool_action``): run once fleet-wide, result
                                               stored, posted (echoing ``session_thread_id``),
                                               marked posted; a worker dying meanwhile has not
-                                              called the idle's handler
+                                              called the idle's handler; at most
+                                              ``max_concurrent_calls`` tool handlers of the
+                                              worker run at once (the lease is checked
+                                              when one gets its slot)
 the handler (and the tools) finished          commit the event's cursor (``ends_turn`` when it
                                               ended the turn); if the next event has arrived
                                               already, ``advance`` (the commit and the next
@@ -97,6 +100,14 @@ bad input)                                    backoff; the lease is kept
 the stream fails for good (400/401/403/404),  logged; the lease is kept ``fatal_cooldown``
 or the session ended with something pending   seconds (so workers do not bounce it), then
                                               handed off
+``stop()``, or SIGTERM while ``serve()``      no more claims; each session stops between two
+runs in the main thread (and the application  events: idle ones at once, a running handler
+set no SIGTERM handler of its own)            (and the tools of a pause read ahead) finishes,
+                                              is committed (never ``advance``: nothing more
+                                              is recorded in flight), then the lease is
+                                              handed off; handlers still running after
+                                              ``shutdown_grace`` are cancelled as below;
+                                              the worker retires and ``serve()`` returns
 ``serve()`` is cancelled, ``aclose()``        running handlers are cancelled (their events
                                               stay in flight: the next owner redelivers
                                               them), every lease is handed off, the worker
@@ -138,6 +149,8 @@ import logging
 import os
 import platform
 import random
+import signal
+import threading
 import time
 import uuid
 from collections import deque
@@ -203,7 +216,15 @@ from ._models import (
 )
 from ._resources import find_sent, send_retrying_busy
 from ._stream import PREVIEW_CLASSES
-from ._tools import Tools, call_handler, error_result, results_key, tool_handlers, tool_result
+from ._tools import (
+    Tools,
+    call_handler,
+    call_slots,
+    error_result,
+    results_key,
+    tool_handlers,
+    tool_result,
+)
 from ._turns import ToolCall, ends_turn
 
 if TYPE_CHECKING:
@@ -284,6 +305,7 @@ class _Runner:
         "answering",
         "begun",
         "changed",
+        "delivering",
         "follow",
         "inflight",
         "outage",
@@ -303,6 +325,7 @@ class _Runner:
         self.inflight: str | None = None  # recorded in flight and not committed yet
         # requires_action pauses whose tools are being answered (from when they were read)
         self.answering: dict[str, asyncio.Task[bool]] = {}
+        self.delivering = False  # between reading an event and committing it
         self.ahead: _Ahead | None = None  # the stream being read, while one is
 
     def lost(self) -> None:
@@ -400,6 +423,39 @@ class _Ahead:
             await self._task
 
 
+_SIGTERM_FLEETS: set[Fleet] = set()
+_SIGTERM_INSTALLED: list[asyncio.AbstractEventLoop] = []
+
+
+def _on_sigterm(fleet: Fleet, serving: bool) -> None:
+    """SIGTERM calls ``stop()`` on every fleet serving in the main thread, unless the
+    application handles SIGTERM itself (its handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    if serving:
+        _SIGTERM_FLEETS.add(fleet)
+        if _SIGTERM_INSTALLED or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        try:
+            loop.add_signal_handler(signal.SIGTERM, _stop_all)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows)
+            return
+        _SIGTERM_INSTALLED.append(loop)
+        return
+    _SIGTERM_FLEETS.discard(fleet)
+    if not _SIGTERM_FLEETS and _SIGTERM_INSTALLED:
+        installed = _SIGTERM_INSTALLED.pop()
+        if not installed.is_closed():
+            installed.remove_signal_handler(signal.SIGTERM)
+
+
+def _stop_all() -> None:
+    logger.info("SIGTERM: stopping %d fleet(s)", len(_SIGTERM_FLEETS))
+    for fleet in list(_SIGTERM_FLEETS):
+        fleet.stop()
+
+
 def _default_worker_id() -> str:
     return f"{platform.node() or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -416,17 +472,19 @@ class Fleet:
     any process) and run :meth:`serve` in each worker. See the module's rule
     tables for what happens when.
 
-    ``coordinator``: shared state (:class:`MemoryCoordinator` when omitted:
-    one process). ``lease_ttl``: seconds a silent worker keeps its sessions
-    (the failover time; renewals go every third of it). ``tools``: custom
-    tool handlers (as in ``session.send(tools=...)``), run at most once
-    fleet-wide. ``max_sessions``: the most sessions this worker follows at
-    once (unbounded by default). ``poll_interval``: how often it looks for
-    work. ``stall_timeout``, ``max_stalls`` and ``read_timeout`` go to each
-    session's stream. ``clock`` (monotonic seconds), ``sleep`` and ``rand``
-    are injectable for tests. The coordinator and the client are borrowed:
-    closing the fleet closes neither. ``delivered`` and ``redelivered`` count
-    the handler calls made by this worker.
+    ``coordinator``: shared state (:class:`MemoryCoordinator` when omitted: one
+    process). ``lease_ttl``: seconds a silent worker keeps its sessions (the
+    failover time; renewals go every third of it). ``tools``: custom tool
+    handlers (as in ``session.send(tools=...)``), run at most once fleet-wide;
+    ``max_concurrent_calls``: the most tool handlers this worker runs at once,
+    across its sessions (``None``: no cap). ``max_sessions``: the most sessions
+    this worker follows at once (unbounded by default). ``poll_interval``: how
+    often it looks for work. ``shutdown_grace``: seconds running handlers may
+    take to finish after :meth:`stop` (or SIGTERM). ``stall_timeout``, ``max_stalls`` and
+    ``read_timeout`` go to each session's stream. ``clock`` (monotonic seconds),
+    ``sleep`` and ``rand`` are injectable for tests. The coordinator and the
+    client are borrowed: closing the fleet closes neither. ``delivered`` and
+    ``redelivered`` count the handler calls made by this worker.
     """
 
     def __init__(
@@ -437,6 +495,7 @@ class Fleet:
         worker_id: str | None = None,
         lease_ttl: float = 10.0,
         tools: Tools | None = None,
+        max_concurrent_calls: int | None = None,
         max_sessions: int | None = None,
         poll_interval: float = 0.1,
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
@@ -444,6 +503,7 @@ class Fleet:
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
         fatal_cooldown: float = 30.0,
         outage_timeout: float | None = 30.0,
+        shutdown_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
@@ -452,6 +512,8 @@ class Fleet:
             raise ConfigurationError(f"lease_ttl must be positive, got {lease_ttl!r}")
         if not poll_interval > 0:
             raise ConfigurationError(f"poll_interval must be positive, got {poll_interval!r}")
+        if not shutdown_grace >= 0:
+            raise ConfigurationError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
         if max_sessions is not None and max_sessions < 0:
             raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
         self._client = client
@@ -464,7 +526,10 @@ class Fleet:
         self.poll_interval = poll_interval
         self.fatal_cooldown = fatal_cooldown
         self.outage_timeout = outage_timeout
+        self.shutdown_grace = shutdown_grace
+        self._stopping = asyncio.Event()  # stop(): finish what runs, hand off, return
         self._tools = tool_handlers(tools)
+        self._slots = call_slots(max_concurrent_calls)
         self._stream_options: dict[str, Any] = {
             "stall_timeout": stall_timeout,
             "max_stalls": max_stalls,
@@ -528,8 +593,22 @@ class Fleet:
     ) -> None:
         await self.aclose()
 
+    def stop(self) -> None:
+        """Ask :meth:`serve` to stop gracefully (from any task, or a signal handler).
+
+        It claims nothing more, lets running handlers (and their tools) finish
+        for up to ``shutdown_grace`` seconds, commits them, hands every lease
+        off (another worker claims those sessions at once, not a ``lease_ttl``
+        later) and returns. Handlers still running after the grace are
+        cancelled; their events stay in flight and the next owner redelivers
+        them (``redelivered=True``). Called before :meth:`serve`, that
+        ``serve()`` returns at once.
+        """
+        self._stopping.set()
+
     async def aclose(self) -> None:
-        """Stop serving (if :meth:`serve` runs in another task): hand every lease off.
+        """Stop serving now (if :meth:`serve` runs in another task): running handlers
+        are cancelled, every lease is handed off. :meth:`stop` is the graceful way.
 
         The client and the coordinator stay open (they are borrowed).
         """
@@ -623,10 +702,15 @@ class Fleet:
     # ------------------------------------------------------------------ serving
 
     async def serve(self) -> None:
-        """Claim, follow and deliver until cancelled (or :meth:`aclose`).
+        """Claim, follow and deliver until :meth:`stop` (or SIGTERM), or cancelled.
 
-        Returns only by cancellation, after handing every lease off. Raises
-        :class:`ConfigurationError` when no handler is registered.
+        After :meth:`stop` it returns once running handlers finished (within
+        ``shutdown_grace``) and every lease was handed off. While it runs in the
+        main thread, SIGTERM calls :meth:`stop` (unless the application set its
+        own SIGTERM handler); SIGTERM's handling is restored when it returns.
+        Cancelled (or :meth:`aclose`), it stops at once: handlers are cancelled,
+        leases handed off. Raises :class:`ConfigurationError` when no handler is
+        registered.
         """
         if self._handler is None:
             raise ConfigurationError("register a handler with @fleet.handler before serve()")
@@ -634,20 +718,61 @@ class Fleet:
             raise ConfigurationError("this fleet is already serving")
         self._serve_task = asyncio.current_task()
         self._fatal = asyncio.get_running_loop().create_future()
+        _on_sigterm(self, True)
         try:
             async with self.coordinator.watch() as work, asyncio.TaskGroup() as group:
-                group.create_task(self._claim_loop(work), name=f"qoder_async fleet claims {self}")
-                group.create_task(self._renew_loop(), name=f"qoder_async fleet renewals {self}")
-                group.create_task(self._until_fatal(), name=f"qoder_async fleet guard {self}")
+                claims = group.create_task(
+                    self._claim_loop(work), name=f"qoder_async fleet claims {self}"
+                )
+                others = (
+                    group.create_task(self._renew_loop(), name=f"qoder_async renewals {self}"),
+                    group.create_task(self._until_fatal(), name=f"qoder_async guard {self}"),
+                )
+                group.create_task(
+                    self._until_stopped(claims, others), name=f"qoder_async fleet stop {self}"
+                )
         except BaseExceptionGroup as group_error:
             fatal = _first(group_error, ConfigurationError)
             if fatal is not None:
                 raise fatal from None  # permanent: the caller must fix the configuration
             raise
         finally:
+            _on_sigterm(self, False)
             await self._shutdown()
             self._serve_task = None
             self._fatal = None
+            self._stopping.clear()
+
+    async def _until_stopped(
+        self, claims: asyncio.Task[None], others: tuple[asyncio.Task[None], ...]
+    ) -> None:
+        """After :meth:`stop`: no more claims; each session stops between two events
+        (idle ones at once), running handlers get ``shutdown_grace`` seconds; then
+        ``serve`` ends (its shutdown hands off what is left and retires)."""
+        await self._stopping.wait()
+        await claims  # it ends after its round: a claim in flight is never abandoned
+        logger.info(
+            "fleet %s: stopping; %d session(s), up to %.1fs for running handlers",
+            self.worker_id,
+            len(self._runners),
+            self.shutdown_grace,
+        )
+        for runner in list(self._runners.values()):
+            if not runner.delivering and runner.task is not None:
+                runner.task.cancel()  # nothing runs: hand it off now
+        tasks = [r.task for r in self._runners.values() if r.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+            if late:
+                logger.warning(
+                    "fleet %s: %d handler(s) still running after %.1fs; cancelling them "
+                    "(their events will be redelivered)",
+                    self.worker_id,
+                    len(late),
+                    self.shutdown_grace,
+                )
+        for task in others:
+            task.cancel()
 
     async def _until_fatal(self) -> None:
         """Raise the first ConfigurationError a session's follower met (ends ``serve``)."""
@@ -674,7 +799,7 @@ class Fleet:
 
     async def _claim_loop(self, work: asyncio.Event) -> None:
         outage = OutageBackoff(clock=self._clock, rand=self._rand)
-        while True:
+        while not self._stopping.is_set():
             work.clear()  # set again by whatever becomes claimable from now on
             try:
                 claims, sent_at = await self._claim_round()
@@ -682,7 +807,7 @@ class Fleet:
                 delay = outage.failed()
                 if outage.attempts == 1:
                     logger.warning("fleet %s: coordinator unavailable (%s)", self.worker_id, exc)
-                await self._sleep(delay)
+                await self._until_work(None, delay)
                 continue
             if outage.down:
                 logger.warning(
@@ -691,23 +816,26 @@ class Fleet:
             outage.recovered()
             for claim in claims:
                 self._follow(claim, sent_at)
-            await self._until_work(work)
+            await self._until_work(work, self.poll_interval)
 
-    async def _until_work(self, work: asyncio.Event) -> None:
-        """Wait ``poll_interval``, or less when the coordinator says work arrived
-        (then ``WORK_WINDOW`` more, so a burst of sends is claimed in one round)."""
-        if not work.is_set():
+    async def _until_work(self, work: asyncio.Event | None, wait: float) -> None:
+        """Wait ``wait`` seconds, or less when the coordinator says work arrived
+        (then ``WORK_WINDOW`` more, so a burst of sends is claimed in one round),
+        or :meth:`stop` was called."""
+        if work is None or not work.is_set():
             waits = {
-                asyncio.ensure_future(self._sleep(self.poll_interval)),
-                asyncio.ensure_future(work.wait()),
+                asyncio.ensure_future(self._sleep(wait)),
+                asyncio.ensure_future(self._stopping.wait()),
             }
+            if work is not None:
+                waits.add(asyncio.ensure_future(work.wait()))
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in waits:
                     task.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
-        if work.is_set():
+        if work is not None and work.is_set() and not self._stopping.is_set():
             await self._sleep(WORK_WINDOW)
 
     async def _claim_round(self) -> tuple[list[Claim], float]:
@@ -889,12 +1017,22 @@ class Fleet:
                     ahead = runner.ahead = _Ahead(stream, lambda ev: self._read_ahead(runner, ev))
                     try:
                         while (ev := await ahead.get()) is not None:
+                            if self._stopping.is_set():
+                                await self._stopped(runner)
+                                return
                             runner.stream_failures = 0
                             if type(ev) in _ENDS_STREAM:
                                 ended = True
-                            outcome = await self._deliver(runner, ev, ahead)
+                            runner.delivering = True
+                            try:
+                                outcome = await self._deliver(runner, ev, ahead)
+                            finally:
+                                runner.delivering = False
                             if outcome is None:
                                 return  # released
+                            if self._stopping.is_set():
+                                await self._stopped(runner)
+                                return
                             stream.expect_activity = outcome
                     finally:
                         runner.ahead = None
@@ -925,6 +1063,11 @@ class Fleet:
                 await self._sleep(self.fatal_cooldown)
                 return
             await self._stream_failed(runner, "the server ended the stream")  # [DONE]
+
+    async def _stopped(self, runner: _Runner) -> None:
+        """Graceful stop, between two events: tools answering a pause read ahead finish
+        (within the grace), then the caller hands the lease off."""
+        await asyncio.gather(*runner.answering.values(), return_exceptions=True)
 
     async def _stream_failed(self, runner: _Runner, exc: Exception | str) -> None:
         runner.stream_failures += 1
@@ -1009,6 +1152,7 @@ class Fleet:
         after = ahead.peek()
         if (
             not turn_over
+            and not self._stopping.is_set()  # stopping: commit only, nothing more in flight
             and after is not None
             and type(after) not in PREVIEW_CLASSES
             and follow.next_after(cursor, after.id, after.processed_at)
@@ -1265,22 +1409,23 @@ class Fleet:
                     return
 
     async def _run_tool(self, runner: _Runner, call: ToolCall) -> str:
-        await self._gate(runner)
-        try:  # the conversion too: an output with none is the handler's error
-            out = await call_handler(self._tools[call.name], call.input)
-            return _result_json(tool_result(call, out, False))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning(
-                "fleet %s: tool %r (%s) of %s failed; reporting the error to the agent",
-                self.worker_id,
-                call.name,
-                call.id,
-                runner.follow.session_id,
-                exc_info=exc,
-            )
-            return _result_json(error_result(call, exc))
+        async with self._slots:
+            await self._gate(runner)  # after the wait for a slot: the lease is checked now
+            try:  # the conversion too: an output with none is the handler's error
+                out = await call_handler(self._tools[call.name], call.input)
+                return _result_json(tool_result(call, out, False))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "fleet %s: tool %r (%s) of %s failed; reporting the error to the agent",
+                    self.worker_id,
+                    call.name,
+                    call.id,
+                    runner.follow.session_id,
+                    exc_info=exc,
+                )
+                return _result_json(error_result(call, exc))
 
     async def _post_results(
         self, runner: _Runner, calls: list[ToolCall], bodies: list[Any]

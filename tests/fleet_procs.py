@@ -11,7 +11,9 @@ buffered. ``at`` is ``time.monotonic()``, one clock for every process of the
 host.
 
 Worker records: ``start`` (a handler began: session, event, type, token,
-redelivered), ``done`` (it returned), ``tool`` (the get_weather tool ran).
+redelivered), ``done`` (it returned), ``tool`` (the get_weather tool ran),
+``returned`` (``serve()`` returned). SIGTERM cancels ``serve()``, or with
+``--graceful`` stops it gracefully (``Fleet.serve``'s own SIGTERM handling).
 Front-end records: ``sent`` (a turn's message was accepted). With
 ``--gate-dir`` the front end sends turn N (N > 1) only once the file
 ``go-N`` exists there, so a test can finish one failure before the next.
@@ -70,6 +72,7 @@ async def worker(args: argparse.Namespace) -> None:
             tools={"get_weather": get_weather},
             poll_interval=0.1,
             stall_timeout=1.0,
+            shutdown_grace=args.shutdown_grace,
         )
 
         @fleet.handler
@@ -91,11 +94,14 @@ async def worker(args: argparse.Namespace) -> None:
             journal.write(k="done", w=wid, s=d.session_id, e=ev.id, t=d.token)
 
         serve = asyncio.create_task(fleet.serve())
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, serve.cancel)
+        if args.graceful:
+            await asyncio.sleep(0)  # serve() starts: SIGTERM now calls fleet.stop()
+        else:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serve.cancel)
         print("serving", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await serve
+            journal.write(k="returned", w=wid)  # serve() returned (a graceful stop)
 
 
 async def front(args: argparse.Namespace) -> None:
@@ -135,6 +141,8 @@ def main() -> None:
     parser.add_argument("--sessions", default="")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--tool-turn", type=int, default=2)
+    parser.add_argument("--graceful", action="store_true", help="SIGTERM: fleet.stop()")
+    parser.add_argument("--shutdown-grace", type=float, default=30.0)
     parser.add_argument("--gate-dir", default="", help="wait for <dir>/go-<turn> before turns 2+")
     args = parser.parse_args()
     logging.basicConfig(

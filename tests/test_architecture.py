@@ -129,7 +129,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_files": {"_errors", "_http", "_models", "_transport"},
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
-    "_tools": {"_models", "_turns"},
+    "_tools": {"_errors", "_models", "_turns"},
     "_tracing": {"_version"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},

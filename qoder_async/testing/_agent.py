@@ -495,7 +495,7 @@ async def default_script(ctx: TurnContext) -> StopReasonJSON | None:
     return None
 
 
-def tool_script(tool_name: str, tool_input: dict[str, Any]) -> Script:
+def tool_script(tool_name: str, tool_input: dict[str, Any], *, calls: int = 1) -> Script:
     """A script that calls one client-side (custom) tool, then reports its result.
 
     The turn stores ``agent.custom_tool_use`` (``name=tool_name``,
@@ -503,19 +503,25 @@ def tool_script(tool_name: str, tool_input: dict[str, Any]) -> Script:
     the client posts ``user.custom_tool_result`` replies with an
     ``agent.message`` ``"<tool_name> returned: <result text>"`` (``"<tool_name>
     failed: ..."`` when ``is_error``; ``"<tool_name> was denied"`` for a denied
-    ``user.tool_confirmation``).
+    ``user.tool_confirmation``). ``calls=N`` stores N such tool uses and
+    pauses once for all of them (parallel tool calls), then replies one line
+    per answer, in the order of the uses.
     """
 
     async def script(ctx: TurnContext) -> StopReasonJSON | None:
-        use = await ctx.custom_tool(tool_name, tool_input)
-        answers = await ctx.require_action([use["id"]])
-        answer = answers[0] if answers else {}
-        if answer.get("result") == "deny" or answer.get("decision") == "deny":
-            await ctx.message(f"{tool_name} was denied")
-        elif answer.get("is_error"):
-            await ctx.message(f"{tool_name} failed: {text_of(answer.get('content'))}")
-        else:
-            await ctx.message(f"{tool_name} returned: {text_of(answer.get('content'))}")
+        uses = [await ctx.custom_tool(tool_name, tool_input) for _ in range(calls)]
+        answers = await ctx.require_action([use["id"] for use in uses])
+        by_use = {a.get("custom_tool_use_id") or a.get("tool_use_id"): a for a in answers}
+        lines = []
+        for use in uses:
+            answer = by_use.get(use["id"], {})
+            if answer.get("result") == "deny" or answer.get("decision") == "deny":
+                lines.append(f"{tool_name} was denied")
+            elif answer.get("is_error"):
+                lines.append(f"{tool_name} failed: {text_of(answer.get('content'))}")
+            else:
+                lines.append(f"{tool_name} returned: {text_of(answer.get('content'))}")
+        await ctx.message("\n".join(lines))
         return None
 
     script.__name__ = script.__qualname__ = f"tool_script({tool_name!r})"
