@@ -55,9 +55,9 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
-import tempfile
 import textwrap
 import time
 import traceback
@@ -1156,9 +1156,14 @@ def _download_target(output: str | None, filename: str | None, file_id: str) -> 
 
 
 def _temp_beside(target: str) -> tuple[str, IO[bytes]]:
-    """A new temporary file in ``target``'s directory (replaced into it once complete)."""
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, temp = tempfile.mkstemp(prefix=".qoder-download-", dir=directory)
+    """A new temporary file in ``target``'s directory (replaced into it once complete).
+
+    Created with the mode any new file gets here (the umask's), not private.
+    """
+    directory, name = os.path.split(os.path.abspath(target))
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temp, flags, 0o666)
     return temp, os.fdopen(fd, "wb")
 
 
