@@ -47,9 +47,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from qoder_async import AgentMessage, QoderClient, UserMessage
+from qoder_async import QoderClient, UserMessage
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, TurnContext
+from qoder_async.types import AgentMessage
 
 from .scenarios import pct, rotate
 from .server import raise_nofile

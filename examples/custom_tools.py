@@ -25,8 +25,9 @@ import json
 import os
 from collections.abc import AsyncIterator
 
-from qoder_async import AgentCustomToolUse, QoderClient, UserCustomToolResult, tool
+from qoder_async import QoderClient, tool
 from qoder_async.testing import FakeQoderServer, tool_script
+from qoder_async.types import AgentCustomToolUse, UserCustomToolResult
 
 
 @tool

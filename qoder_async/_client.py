@@ -56,8 +56,9 @@ class QoderClient:
       Without one, an aiohttp session of our own.
     * ``timeout``: seconds (or a :class:`Timeout`) for each JSON request attempt;
       streams use their own ``read_timeout``/``stall_timeout``.
-    * ``retry``: a :class:`RetryPolicy` (retries bounded by a deadline), or
-      ``max_retries`` to bound their count; ``reconnect``: a
+    * ``retry``: a :class:`RetryPolicy`, the one retry setting (retries are
+      bounded by a deadline, ``timeout``; ``max_retries`` bounds their count
+      too, ``RetryPolicy(max_retries=0)`` turns them off); ``reconnect``: a
       :class:`ReconnectPolicy` for streams; ``default_headers``.
     * ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for the turn and
       tool spans (``pip install "qoder-async[otel]"``); without one, the
@@ -79,7 +80,7 @@ class QoderClient:
     environments: Environments
     """Environments: create, retrieve, update, list, archive, delete."""
     files: Files
-    """Files: upload, retrieve, list, download, delete."""
+    """Files: upload, retrieve_metadata, list, download, delete."""
     models: Models
     """Models: list."""
 
@@ -90,7 +91,6 @@ class QoderClient:
         *,
         http_client: Any = None,
         timeout: float | Timeout | None = None,
-        max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         reconnect: ReconnectPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
@@ -98,13 +98,6 @@ class QoderClient:
         tracer_provider: Any = None,
     ) -> None:
         policy = retry or RetryPolicy()
-        if max_retries is not None:
-            policy = RetryPolicy(
-                max_retries=max_retries,
-                timeout=policy.timeout,
-                backoff=policy.backoff,
-                max_retry_after=policy.max_retry_after,
-            )
         self._http = HTTP(
             token=resolve_token(token),
             base_url=resolve_base_url(base_url, allow_insecure_http),
@@ -185,24 +178,16 @@ class QoderClient:
     def with_options(
         self,
         *,
-        max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | Timeout | None = None,
     ) -> QoderClient:
         """A client sharing this one's connections, with other retry or timeout settings.
 
-        ``await client.with_options(max_retries=5).sessions.retrieve(id)``.
+        ``await client.with_options(retry=RetryPolicy(max_retries=5)).sessions.retrieve(id)``.
         Closing the copy (or leaving ``async with``) does not close the shared
         connections.
         """
         policy = retry or self._http.retry
-        if max_retries is not None:
-            policy = RetryPolicy(
-                max_retries=max_retries,
-                timeout=policy.timeout,
-                backoff=policy.backoff,
-                max_retry_after=policy.max_retry_after,
-            )
         twin = object.__new__(QoderClient)
         twin._http = self._http.copy(retry=policy, timeout=timeout)
         twin._reconnect = self._reconnect

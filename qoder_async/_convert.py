@@ -85,12 +85,12 @@ from ._models import (
     Environment,
     ErrorInfo,
     Event,
-    EventDelta,
-    EventStart,
     FileMetadata,
     ImageBlock,
     ModelInfo,
     OutboundEvent,
+    PreviewDelta,
+    PreviewStart,
     RequiresAction,
     RetriesExhausted,
     Session,
@@ -718,10 +718,10 @@ def _span_end(d: JSON, _: object = None) -> SpanModelRequestEnd:
     )
 
 
-_new_event_start = fast_constructor(EventStart)
+_new_event_start = fast_constructor(PreviewStart)
 
 
-def _event_start(d: JSON, _: object = None) -> EventStart:
+def _event_start(d: JSON, _: object = None) -> PreviewStart:
     preview = _obj(d, "event") or {}
     ident, turn, at, thread, raw = _head(d)
     event_id = _str(preview, "id") or ident
@@ -731,10 +731,10 @@ def _event_start(d: JSON, _: object = None) -> EventStart:
     )  # fmt: skip
 
 
-_new_event_delta = fast_constructor(EventDelta)
+_new_event_delta = fast_constructor(PreviewDelta)
 
 
-def _event_delta(d: JSON, _: object = None) -> EventDelta:
+def _event_delta(d: JSON, _: object = None) -> PreviewDelta:
     delta = _obj(d, "delta") or {}
     ident, turn, at, thread, raw = _head(d)
     event_id = _str(d, "event_id") or ident
@@ -791,8 +791,8 @@ EVENT_CLASSES: dict[type[BaseEvent], Hook] = {
     UserToolConfirmation: _user_tool_confirmation,
     SessionStatusTerminated: _status_terminated,
     SpanModelRequestEnd: _span_end,
-    EventStart: _event_start,
-    EventDelta: _event_delta,
+    PreviewStart: _event_start,
+    PreviewDelta: _event_delta,
     AgentMessageStart: _message_start,
     AgentContentBlockDelta: _block_delta,
     **{cls: _hook(cls, *readers) for cls, readers in _HOOK_SPECS},

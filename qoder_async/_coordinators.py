@@ -942,7 +942,9 @@ class RedisCoordinator:
                 'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
             )
         redis_options.setdefault("socket_connect_timeout", socket_timeout)
-        redis_options.setdefault("retry", Retry(NoBackoff(), 1))
+        # redis < 5.0.8 leaves NoBackoff.__init__ unannotated (mypy --strict: no-untyped-call).
+        no_backoff = NoBackoff()  # type: ignore[no-untyped-call,unused-ignore]
+        redis_options.setdefault("retry", Retry(no_backoff, 1))
         pool = redis_asyncio.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,

@@ -35,11 +35,12 @@ quoted as short snippets, never whole.
     │   │   └── FrameTooLargeError      a line/frame larger than max_event_bytes
     │   ├── StreamContentTypeError      the stream answered with something that is not SSE
     │   ├── StreamStalledError          no progress for too long, repeatedly
-   │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
-     │   ├── CursorStoreError            the cursor store failed (its error is __cause__)
+    │   ├── ResumeExhaustedError        reconnecting gave up (the last failure is __cause__)
+    │   ├── CursorStoreError            the cursor store failed (its error is __cause__)
     │   └── ListenerOverflowError       a listen() reader fell behind and was detached (cursor)
     ├── WrongEventLoopError             the client was used from another event loop
-    ├── TurnFailed                      a turn ended without finishing (terminated, deleted)
+    ├── TurnFailedError                 a turn ended without finishing (terminated, deleted)
+    ├── ActionRequiredError             a turn waits on tool results nobody here answers
     ├── UnknownCursorError              a catch_up() cursor that is no event of this session
     ├── LeaseLostError                  a fleet lease is not ours any more: stop delivering
     ├── CoordinatorUnavailableError     the fleet coordinator (Redis) did not answer; retry later
@@ -72,6 +73,7 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "ActionRequiredError",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -98,7 +100,7 @@ __all__ = [
     "StreamError",
     "StreamStalledError",
     "ToolResultsNotAwaitedError",
-    "TurnFailed",
+    "TurnFailedError",
     "UnknownCursorError",
     "UnprocessableEntityError",
     "WebhookHeaderError",
@@ -494,7 +496,7 @@ class WrongEventLoopError(QoderError, RuntimeError):
     """
 
 
-class TurnFailed(QoderError):
+class TurnFailedError(QoderError):
     """A turn ended without finishing: the session was terminated or deleted.
 
     ``turn_id``; ``reason`` (the ending event's type); ``event`` (that event);
@@ -509,8 +511,21 @@ class TurnFailed(QoderError):
         self.result = result
 
 
+class ActionRequiredError(QoderError):
+    """A turn is paused until the client answers tool uses no handler here answers.
+
+    Raised by ``turn.result(on_action="raise")``. ``pending`` are the tool calls
+    to answer (``turn.submit_tool_results``: each a ``ToolCall``), ``turn_id`` the turn.
+    """
+
+    def __init__(self, message: str, *, turn_id: str | None, pending: tuple[Any, ...]):
+        super().__init__(message)
+        self.turn_id = turn_id
+        self.pending = pending
+
+
 class UnknownCursorError(QoderError, LookupError):
-    """``catch_up(after=...)`` got a cursor that is not an event of this session.
+    """``catch_up(last_event_id=...)`` got a cursor that is not an event of this session.
 
     Another session's cursor, or an id that never existed: an empty answer
     would hand the same cursor back forever. ``session_id`` and ``cursor`` (the

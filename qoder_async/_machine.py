@@ -77,8 +77,8 @@ from ._errors import ResumeExhaustedError, StreamError, StreamStalledError
 from ._models import (
     Cursor,
     Event,
-    EventDelta,
-    EventStart,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusRescheduled,
@@ -321,7 +321,7 @@ class StreamMachine:
         """True when ``ev`` is to be handed out now (it is then remembered); False to drop it."""
         cls = type(ev)
         dedupe = self._dedupe
-        if cls is EventDelta or cls is EventStart:
+        if cls is PreviewDelta or cls is PreviewStart:
             key = ev.event_id  # type: ignore[union-attr]
             return key is None or key not in dedupe.seen
         ident = ev.id

@@ -69,12 +69,12 @@ __all__ = [
     "Environment",
     "ErrorInfo",
     "Event",
-    "EventDelta",
-    "EventStart",
     "FileMetadata",
     "ImageBlock",
     "ModelInfo",
     "OutboundEvent",
+    "PreviewDelta",
+    "PreviewStart",
     "RequiresAction",
     "RetriesExhausted",
     "Session",
@@ -782,7 +782,7 @@ class SpanOutcomeEvaluationEnd(BaseEvent):
 
 
 @frozen
-class EventStart(BaseEvent):
+class PreviewStart(BaseEvent):
     """``event_start``: a preview of event ``event_id`` (of type ``event_type``) begins.
 
     Previews are best-effort and never stored; the buffered event with the same
@@ -795,7 +795,7 @@ class EventStart(BaseEvent):
 
 
 @frozen
-class EventDelta(BaseEvent):
+class PreviewDelta(BaseEvent):
     """``event_delta``: a fragment of content block ``index`` of previewed event ``event_id``."""
 
     type: ClassVar[Literal["event_delta"]] = "event_delta"
@@ -917,8 +917,8 @@ Event: TypeAlias = (
     | SpanOutcomeEvaluationStart
     | SpanOutcomeEvaluationOngoing
     | SpanOutcomeEvaluationEnd
-    | EventStart
-    | EventDelta
+    | PreviewStart
+    | PreviewDelta
     | AgentMessageStart
     | AgentContentBlockStart
     | AgentContentBlockDelta

@@ -392,7 +392,7 @@ class SessionEvents(_Resource):
         replays from before it). Without one (or a cursor in ``cursor_store``)
         the server first replays the whole history. ``event_deltas``
         (``"agent.message"``, ``"agent.thinking"``) adds live previews
-        (:class:`EventStart`, :class:`EventDelta`) to this connection. See
+        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection. See
         :class:`EventStream`.
         """
         self._http.check_open()
@@ -1184,13 +1184,9 @@ class Files(_Resource):
             return self._answer(answer, structure_file, "POST", "/files")
         raise failure  # the source's own error, raised outside the handler: no chain added
 
-    async def retrieve(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
-        """Fetch a file's metadata."""
-        return await self._call("GET", f"/files/{segment(file_id)}", structure_file, options)
-
     async def retrieve_metadata(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
-        """The official SDK's name of :meth:`retrieve`."""
-        return await self.retrieve(file_id, **options)
+        """Fetch a file's metadata (the official SDK's name: the content is :meth:`download`)."""
+        return await self._call("GET", f"/files/{segment(file_id)}", structure_file, options)
 
     def list(
         self,

@@ -56,7 +56,7 @@ the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure 
 (failed, terminated, deleted)                  once at ERROR and raised by
                                                ``wait_handlers()``; the next ``on()``
                                                starts a fresh dispatcher
-``catch_up(after=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
+``catch_up(last_event_id=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
 session                                        ``after_id``, or an empty page while ``c``
                                                is not among the newest 100 events);
                                                nothing after ``c``: an empty result
@@ -77,9 +77,10 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, Unpack, overload
 
 from ._errors import (
+    ActionRequiredError,
     APIResponseValidationError,
     BadRequestError,
     ClientClosedError,
@@ -87,7 +88,7 @@ from ._errors import (
     ListenerOverflowError,
     QoderError,
     StreamError,
-    TurnFailed,
+    TurnFailedError,
     UnknownCursorError,
 )
 from ._eventstream import EventStream, as_cursor
@@ -101,10 +102,10 @@ from ._models import (
     Cursor,
     DocumentBlock,
     Event,
-    EventDelta,
-    EventStart,
     ImageBlock,
     OutboundEvent,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -151,7 +152,6 @@ if TYPE_CHECKING:
     from ._resources import Sessions
 
 __all__ = [
-    "ActionRequired",
     "EventHandler",
     "OnBusy",
     "SessionHandle",
@@ -167,6 +167,18 @@ EventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 
 OnBusy: TypeAlias = Literal["raise", "wait", "interrupt"]
 OnToolError: TypeAlias = Literal["report", "raise"]
+
+
+class SendOptions(TypedDict, total=False):
+    """The keyword options of :meth:`SessionHandle.send`, which every sending method takes."""
+
+    tools: Tools | None
+    on_tool_error: OnToolError
+    on_busy: OnBusy
+    busy_timeout: float | None
+    idempotency_key: str | None
+
+
 OnAction: TypeAlias = Literal["wait", "raise"]
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
@@ -176,19 +188,6 @@ _LIFECYCLE = frozenset(
 )
 _BLOCKS = TextBlock | ImageBlock | DocumentBlock | UnknownBlock
 _CANCEL_POST_TIMEOUT = 10.0
-
-
-class ActionRequired(QoderError):
-    """A turn is paused until the client answers tool uses no handler here answers.
-
-    Raised by ``turn.result(on_action="raise")``. ``pending`` are the tool calls
-    to answer (``turn.submit_tool_results``), ``turn_id`` the turn.
-    """
-
-    def __init__(self, message: str, *, turn_id: str | None, pending: tuple[ToolCall, ...]):
-        super().__init__(message)
-        self.turn_id = turn_id
-        self.pending = pending
 
 
 _END: Any = object()  # the end of a listener's queue
@@ -279,7 +278,7 @@ class Turn:
     ``async for ev in turn`` yields this turn's events only (first, possibly, the
     echo of your own ``user.message``), each once, ending with the event that
     closes the turn (a ``session.status_idle``). A turn that ends because the
-    session was terminated or deleted raises :class:`TurnFailed` after yielding
+    session was terminated or deleted raises :class:`TurnFailedError` after yielding
     that event. Several consumers may read one turn at once (each sees every
     event).
 
@@ -373,7 +372,7 @@ class Turn:
         if self._done:
             return
         cls = type(ev)
-        if cls is not EventDelta and cls is not EventStart:
+        if cls is not PreviewDelta and cls is not PreviewStart:
             ident = ev.id
             if ident is not None:
                 if ident in self._ids:
@@ -399,7 +398,7 @@ class Turn:
         self._paused = False
         self.session._turn_done(self)
         if fails_turn(ev):
-            self._error = TurnFailed(
+            self._error = TurnFailedError(
                 f"turn {self.turn_id} ended: {ev.type}",
                 turn_id=self.turn_id,
                 reason=ev.type,
@@ -479,7 +478,7 @@ class Turn:
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            if isinstance(self._error, TurnFailed):
+            if isinstance(self._error, TurnFailedError):
                 self._error.result = self.snapshot()
             raise self._error
 
@@ -507,7 +506,7 @@ class Turn:
             f"{len(pending)} tool result(s) ({names}) that no handler here answers"
         )
         if on_action == "raise":
-            raise ActionRequired(what, turn_id=self.turn_id, pending=pending)
+            raise ActionRequiredError(what, turn_id=self.turn_id, pending=pending)
         if not self._warned_pause:
             self._warned_pause = True
             logger.warning(
@@ -521,8 +520,8 @@ class Turn:
 
         A pause for tool uses nobody here answers is logged once at WARNING and
         waited out (answer it with :meth:`submit_tool_results` from elsewhere),
-        or raises :class:`ActionRequired` with ``on_action="raise"``. Raises
-        :class:`TurnFailed` (with ``result``) if the session was terminated or
+        or raises :class:`ActionRequiredError` with ``on_action="raise"``. Raises
+        :class:`TurnFailedError` (with ``result``) if the session was terminated or
         deleted, or the stream's error if following it failed.
         """
         async for _ in self._iterate(on_action):
@@ -566,16 +565,20 @@ class Turn:
             self._raise_tool_error()
             done = self._done
             now = loop.time()
+            # After each yield, look again: while the consumer held the chunk (awaiting
+            # an interrupt, say), the turn may have moved on, or ended, with nobody waiting.
             if coalesce is None:
                 chunk = reader.take()
                 if chunk:
                     yield chunk
+                    continue
             else:
                 if live.version != shown and (now >= next_at or done):
                     shown, current = live.version, live.text
                     if current != emitted:
                         emitted, next_at, delivered = current, now + coalesce, True
                         yield current
+                        continue
                 if done and not delivered:
                     yield emitted  # the final text is always delivered, even when empty
             if done:
@@ -877,12 +880,14 @@ class SessionHandle:
         *,
         rubric: Any = None,
         max_iterations: int | None = None,
-        on_busy: OnBusy = "raise",
+        **options: Unpack[SendOptions],
     ) -> Turn:
-        """Define an outcome for the agent to work towards (``user.define_outcome``)."""
-        return await self.send(
-            [UserDefineOutcome(description, rubric, max_iterations)], on_busy=on_busy
-        )
+        """Define an outcome for the agent to work towards (``user.define_outcome``).
+
+        A turn like any other: it takes every option of :meth:`send` (tools,
+        ``on_busy``, ``idempotency_key``...) and returns its :class:`Turn`.
+        """
+        return await self.send([UserDefineOutcome(description, rubric, max_iterations)], **options)
 
     async def interrupt(self) -> Accepted:
         """Interrupt whatever the session is running (``user.interrupt``)."""
@@ -979,12 +984,14 @@ class SessionHandle:
 
     # -- catching up (webhook-driven bots)
 
-    async def catch_up(self, *, after: Cursor | str | None = None, limit: int = 100) -> CatchUp:
-        """The turns since ``after`` (a :class:`Cursor` or an event id), from the history.
+    async def catch_up(
+        self, *, last_event_id: Cursor | str | None = None, limit: int = 100
+    ) -> CatchUp:
+        """The turns since ``last_event_id`` (a :class:`Cursor` or an event id), from the history.
 
         For bots that cannot hold a stream open (a webhook says "something
         happened in this session"): lists the stored events after the cursor
-        (all of them when ``after`` is None), ``limit`` per page, and folds them
+        (all of them when ``last_event_id`` is None), ``limit`` per page, and folds them
         into the :class:`TurnResult` each turn's stream would give. Returns a
         :class:`CatchUp`: the ``turns`` that ended, the ``pending`` one (running,
         or paused for tool results) and the ``cursor`` to store and pass next
@@ -996,7 +1003,7 @@ class SessionHandle:
         nothing after a cursor is told from a cursor that is not there by
         finding it among the session's newest 100 events.
         """
-        start = as_cursor(after)
+        start = as_cursor(last_event_id)
         listed = self._sessions.events.list(
             self.id, order="asc", limit=limit, after_id=start.event_id if start else None
         )
@@ -1016,8 +1023,8 @@ class SessionHandle:
 
     def _unknown_cursor(self, cursor: str) -> UnknownCursorError:
         return UnknownCursorError(
-            f"catch_up(after={cursor!r}): that event is not in session {self.id} (another "
-            "session's cursor, or an id that never existed); catch up with after=None to "
+            f"catch_up(last_event_id={cursor!r}): that event is not in session {self.id} (another "
+            "session's cursor, or an id that never existed); catch up with last_event_id=None to "
             "start from the beginning",
             session_id=self.id,
             cursor=cursor,
@@ -1213,7 +1220,7 @@ class SessionHandle:
             route, listeners = router.route, self._listeners  # mutated in place, never rebound
             async for ev in stream:
                 cls = type(ev)
-                preview = cls is EventDelta or cls is EventStart
+                preview = cls is PreviewDelta or cls is PreviewStart
                 if preview:
                     current = router.current
                     if current is not None:

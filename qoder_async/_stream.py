@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from ._convert import EVENT_HOOKS, ShapeError, structure_event
 from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
-from ._models import BaseEvent, Event, EventDelta, EventStart, json_dumps, json_loads
+from ._models import BaseEvent, Event, PreviewDelta, PreviewStart, json_dumps, json_loads
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
-PREVIEW_CLASSES: frozenset[type] = frozenset({EventStart, EventDelta})
+PREVIEW_CLASSES: frozenset[type] = frozenset({PreviewStart, PreviewDelta})
 PREVIEW_TYPES = frozenset({"event_start", "event_delta"})
 _KEEPALIVE_EVENTS = frozenset({"heartbeat", "ping"})
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeAlias
@@ -182,6 +183,9 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
     while current is not None and len(chain) < 6:
         chain.append(current)
         current = current.__cause__ or current.__context__
+    # aiohttp < 3.10.10 has no ClientConnectorDNSError: there a failed lookup is a plain
+    # ClientConnectorError caused by the resolver's socket.gaierror (found by name below).
+    dns_error: type[Exception] = getattr(aiohttp, "ClientConnectorDNSError", socket.gaierror)
     for err in chain:
         if isinstance(err, ssl.SSLCertVerificationError):
             why = getattr(err, "verify_message", None) or getattr(
@@ -192,7 +196,7 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
             return f"TLS handshake with {where} failed ({err.reason or err})", False
         if isinstance(err, aiohttp.ClientSSLError):
             return f"TLS handshake with {where} failed", False
-        if isinstance(err, aiohttp.ClientConnectorDNSError) or "gaierror" in type(err).__name__:
+        if isinstance(err, dns_error) or "gaierror" in type(err).__name__:
             return f"could not resolve the host {urlsplit(url).hostname!r} (DNS)", False
         if isinstance(err, ConnectionRefusedError) or getattr(err, "errno", None) == (
             errno.ECONNREFUSED
@@ -214,7 +218,7 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
             httpx is not None and isinstance(err, httpx.RemoteProtocolError)
         ):
             return f"{where} closed the connection", False
-        if isinstance(err, ConnectionResetError | aiohttp.ClientConnectionResetError):
+        if isinstance(err, ConnectionResetError):  # aiohttp's ClientConnectionResetError too
             return f"the connection to {where} was reset", False
         if isinstance(err, aiohttp.ClientPayloadError):
             return f"the answer from {where} was cut off", False

@@ -147,8 +147,8 @@ from ._models import (
     AgentToolUse,
     Cursor,
     Event,
-    EventDelta,
-    EventStart,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionErrorEvent,
     SessionStatusIdle,
@@ -505,7 +505,7 @@ class LiveText:
     def feed(self, ev: Item) -> bool:
         """Fold one event (or a reconnect marker); returns True when ``text`` changed."""
         cls = type(ev)
-        if cls is EventDelta:
+        if cls is PreviewDelta:
             key = ev.event_id  # type: ignore[union-attr]
             if key is not None and key in self._thinking.by_key:
                 return False
@@ -514,7 +514,7 @@ class LiveText:
             if ev.session_thread_id is not None:  # type: ignore[union-attr]
                 return self._reply.retract(ev.id)  # type: ignore[union-attr]
             return self._reply.final(ev.id, ev.text)  # type: ignore[union-attr]
-        if cls is EventStart:
+        if cls is PreviewStart:
             kind = ev.event_type  # type: ignore[union-attr]
             if kind == "agent.thinking":
                 self._thinking.start(ev.event_id)  # type: ignore[union-attr]

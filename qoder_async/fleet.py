@@ -72,7 +72,10 @@ following a session fails (a bug)             logged; the lease is kept for a ba
 a ``requires_action`` idle, with ``tools=``   answered from when it is *read*, never behind
                                               a running handler (a handler that sends to its
                                               own session with ``on_busy="wait"`` would wait
-                                              on the tool for ever), and always before the
+                                              on the tool for ever; while it waits, the
+                                              stream is read past the 32-event read-ahead
+                                              bound so the pause is seen however far ahead
+                                              it is), and always before the
                                               idle's own handler: every named tool use with
                                               a handler goes through the ledger
                                               (``tool_action``): run once fleet-wide, result
@@ -128,6 +131,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import json
 import logging
@@ -137,7 +141,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
@@ -188,8 +192,8 @@ from ._models import (
     Content,
     Cursor,
     Event,
-    EventDelta,
-    EventStart,
+    PreviewDelta,
+    PreviewStart,
     SessionDeletedEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -266,10 +270,17 @@ Handler: TypeAlias = Callable[[Delivery], Awaitable[None] | None]
 """A fleet handler: ``async def`` or plain ``def handler(delivery) -> None``."""
 
 
+_HANDLING: contextvars.ContextVar[_Runner | None] = contextvars.ContextVar(
+    "qoder_async_fleet_handling", default=None
+)
+"""The followed session whose handler runs in this context (what a send from it may lift)."""
+
+
 class _Runner:
     """The driver's state for one followed session (the decisions are ``Follow``'s)."""
 
     __slots__ = (
+        "ahead",
         "answering",
         "begun",
         "changed",
@@ -292,6 +303,7 @@ class _Runner:
         self.inflight: str | None = None  # recorded in flight and not committed yet
         # requires_action pauses whose tools are being answered (from when they were read)
         self.answering: dict[str, asyncio.Task[bool]] = {}
+        self.ahead: _Ahead | None = None  # the stream being read, while one is
 
     def lost(self) -> None:
         """The lease is no longer ours: no more deliveries, the task stops at once."""
@@ -309,7 +321,17 @@ class _Ahead:
     buffer is bounded: a slow handler slows the reading down, as before.
     """
 
-    __slots__ = ("_buffer", "_done", "_error", "_more", "_on_read", "_room", "_size", "_task")
+    __slots__ = (
+        "_buffer",
+        "_done",
+        "_error",
+        "_lifted",
+        "_more",
+        "_on_read",
+        "_room",
+        "_size",
+        "_task",
+    )
 
     def __init__(
         self, stream: EventStream, on_read: Callable[[Event], None], size: int = 32
@@ -322,6 +344,7 @@ class _Ahead:
         self._room.set()
         self._done = False
         self._error: Exception | None = None
+        self._lifted = 0  # > 0: read on whatever the buffer holds (see lifted())
         self._task = asyncio.get_running_loop().create_task(
             self._read(stream), name=f"qoder_async fleet reader {stream.session_id}"
         )
@@ -332,7 +355,7 @@ class _Ahead:
                 self._buffer.append(ev)
                 self._more.set()
                 self._on_read(ev)
-                if len(self._buffer) >= self._size:
+                while len(self._buffer) >= self._size and not self._lifted:
                     self._room.clear()
                     await self._room.wait()
         except Exception as exc:  # raised to the driver by get(), after what came before it
@@ -340,6 +363,18 @@ class _Ahead:
         finally:
             self._done = True
             self._more.set()
+
+    @contextlib.contextmanager
+    def lifted(self) -> Iterator[None]:
+        """Read on past the bound meanwhile: the handler being run waits on this session
+        (a send with ``on_busy="wait"``), so the pause it waits behind must be read
+        to be answered, however many events come first."""
+        self._lifted += 1
+        self._room.set()
+        try:
+            yield
+        finally:
+            self._lifted -= 1
 
     def peek(self) -> Event | None:
         """The next event if it has arrived already, else None (never waits)."""
@@ -538,13 +573,20 @@ class Fleet:
             await self._sleep(wait)
             return True
 
-        accepted = await send_retrying_busy(
-            lambda: sessions_events.send(session_id, events, idempotency_key=key),
-            on_busy=on_busy,
-            busy_timeout=busy_timeout,
-            clock=self._clock,
-            pause=pause,
-        )
+        # A handler waiting to send to its own session: the pause the running turn
+        # waits on must be read (and its fleet tools answered) however far ahead it is.
+        handling = _HANDLING.get()
+        ahead = None
+        if on_busy == "wait" and handling is not None and handling.follow.session_id == session_id:
+            ahead = handling.ahead
+        with ahead.lifted() if ahead is not None else contextlib.nullcontext():
+            accepted = await send_retrying_busy(
+                lambda: sessions_events.send(session_id, events, idempotency_key=key),
+                on_busy=on_busy,
+                busy_timeout=busy_timeout,
+                clock=self._clock,
+                pause=pause,
+            )
         created = accepted.anchor
         if created is None:
             created = await find_sent(sessions_events, session_id, events)
@@ -844,7 +886,7 @@ class Fleet:
                 async with stream:
                     stream.expect_activity = True
                     follow.connecting()
-                    ahead = _Ahead(stream, lambda ev: self._read_ahead(runner, ev))
+                    ahead = runner.ahead = _Ahead(stream, lambda ev: self._read_ahead(runner, ev))
                     try:
                         while (ev := await ahead.get()) is not None:
                             runner.stream_failures = 0
@@ -855,6 +897,7 @@ class Fleet:
                                 return  # released
                             stream.expect_activity = outcome
                     finally:
+                        runner.ahead = None
                         await ahead.aclose()
             except _TRANSIENT as exc:
                 await self._stream_failed(runner, exc)
@@ -934,7 +977,7 @@ class Fleet:
         or ``None`` once the session was released. Raises LeaseLostError when lost."""
         follow = runner.follow
         cls = type(ev)
-        if cls is EventDelta or cls is EventStart or not follow.admit(ev.id, ev.processed_at):
+        if cls is PreviewDelta or cls is PreviewStart or not follow.admit(ev.id, ev.processed_at):
             return True
         sid, token, ident = follow.session_id, follow.token, ev.id
         if ident is not None and ident != runner.begun:
@@ -958,7 +1001,7 @@ class Fleet:
         delivery = Delivery(sid, ev, ev.turn_id, redelivered, token)
         self.delivered += 1
         self.redelivered += redelivered
-        await self._call_handler(delivery)
+        await self._call_handler(runner, delivery)
         if ident is None:
             return active
         turn_over = ends_turn(ev)
@@ -1011,9 +1054,10 @@ class Fleet:
             name=f"qoder_async fleet tools {runner.follow.session_id} {idle.id}",
         )
 
-    async def _call_handler(self, delivery: Delivery) -> None:
+    async def _call_handler(self, runner: _Runner, delivery: Delivery) -> None:
         handler = self._handler
         assert handler is not None
+        handling = _HANDLING.set(runner)
         try:
             outcome = handler(delivery)
             if inspect.isawaitable(outcome):
@@ -1026,6 +1070,8 @@ class Fleet:
             self._handler_failed(delivery, "raised CancelledError (not the fleet's)")
         except Exception:
             self._handler_failed(delivery, "failed")
+        finally:
+            _HANDLING.reset(handling)
 
     def _handler_failed(self, delivery: Delivery, what: str) -> None:
         ev = delivery.event

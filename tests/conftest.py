@@ -1,16 +1,19 @@
-"""Shared fixtures: the pytest plugin's fake Qoder server, and a client on each transport.
+"""Shared fixtures: the pytest plugin's fake Qoder server, and a client pointed at it.
 
 ``server`` is the plugin's ``qoder_fake_server`` (what users get); ``client``
-runs every test that uses it twice, on our aiohttp transport and on a borrowed
-httpx client. Every async test runs with asyncio debug mode on and fails if it
-leaves a task, an SSE connection or an unclosed socket behind.
+runs on our aiohttp transport, and on a borrowed httpx client as well where the
+test is marked ``both_transports`` (the tests whose outcome goes through the
+transport: requests, bodies, streams, timeouts, errors, downloads). Every async
+test runs with asyncio debug mode on and fails if it leaves a task, an SSE
+connection or an unclosed socket behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -18,24 +21,50 @@ import pytest
 from qoder_async import Backoff, QoderClient, ReconnectPolicy
 from qoder_async.testing import FakeQoderServer, TurnContext
 
-
-async def settle(server: FakeQoderServer | None = None, timeout: float = 5.0) -> None:
-    """Let closing connections and tasks finish (a few loop turns, bounded)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            await asyncio.sleep(0.01)
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if not others and (server is None or server.open_streams == 0):
-                return
+TRANSPORTS = ("aiohttp", "httpx")
+"""What ``client`` runs on: the default first; all of them under ``both_transports``."""
 
 
-async def no_open_streams(server: FakeQoderServer, timeout: float = 2.0) -> int:
-    """Wait (bounded) for the server to see every SSE connection closed; the count left."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            while server.open_streams:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_transports: run the test's `client` on every transport (aiohttp and httpx)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "client" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_transports"
+    ):
+        metafunc.parametrize("client", TRANSPORTS, indirect=True)
+
+
+async def eventually(
+    check: Callable[[], object], what: str | None = None, *, timeout: float = 15.0
+) -> None:
+    """Return as soon as ``check()`` (a function, or an async one) is true.
+
+    Fails with an AssertionError naming ``what`` (or the check's source) if it
+    is still false after ``timeout`` seconds: a bound against hangs, not a timing.
+    """
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
                 await asyncio.sleep(0.01)
-    return server.open_streams
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the check's own timeout, not ours
+        if what is None:
+            try:
+                what = inspect.getsource(check).strip()
+            except (OSError, TypeError):
+                what = getattr(check, "__qualname__", repr(check))
+        raise AssertionError(f"timed out after {timeout} s waiting for: {what}") from None
 
 
 FAST = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.05), max_attempts=50)
@@ -56,9 +85,10 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     """Set up first, torn down last: after the fake server and every client closed."""
     assert asyncio.get_running_loop().get_debug(), "tests must run in asyncio debug mode"
     yield
-    with contextlib.suppress(TimeoutError):
-        await settle()
-    assert leftover_tasks() == [], "a test leaked tasks"
+    try:
+        await eventually(lambda: not leftover_tasks(), "the test's tasks to end", timeout=5.0)
+    except AssertionError:
+        pytest.fail(f"a test leaked tasks: {leftover_tasks()}")
 
 
 @pytest.fixture
@@ -67,14 +97,15 @@ def server(qoder_fake_server: FakeQoderServer) -> FakeQoderServer:
     return qoder_fake_server
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture
 async def client(
     server: FakeQoderServer, request: pytest.FixtureRequest
 ) -> AsyncIterator[QoderClient]:
-    """A client on each transport: our own aiohttp session, and a borrowed httpx client."""
+    """A client on our own aiohttp session; under ``both_transports``, on a borrowed httpx
+    client too."""
     async with contextlib.AsyncExitStack() as stack:
         http_client = None
-        if request.param == "httpx":
+        if getattr(request, "param", TRANSPORTS[0]) == "httpx":
             http_client = await stack.enter_async_context(httpx.AsyncClient())
         async with QoderClient(
             token=server.token, base_url=server.base_url, http_client=http_client
@@ -82,9 +113,11 @@ async def client(
             yield c
         if http_client is not None:
             assert not http_client.is_closed, "a borrowed client must never be closed"
-    with contextlib.suppress(TimeoutError):
-        await settle(server)
-    assert server.open_streams == 0, "a test left an SSE connection open"
+    # The server's own tasks (a turn's script) live on until it closes; its stream count
+    # is what says the client let go of every connection.
+    await eventually(
+        lambda: server.open_streams == 0, "the test's SSE connections to close", timeout=5.0
+    )
 
 
 @pytest.fixture

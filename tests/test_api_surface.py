@@ -1,7 +1,9 @@
 """The rest of the API surface against the fake: threads, session resources and create/update
 fields, agent versions, environments, models, raw responses, idempotency keys, 413 and 529.
 
-Every test that uses ``client`` runs on both transports.
+The tests whose requests or answers go through the transport differently (raw
+responses and their headers, idempotency keys, per-call options, 413) run on both
+transports.
 """
 
 from __future__ import annotations
@@ -15,29 +17,32 @@ import httpx
 import pytest
 
 from qoder_async import (
-    Agent,
-    AgentMessage,
     APIResponseValidationError,
     ConflictError,
-    Deleted,
     EventStream,
-    FileMetadata,
-    GitHubRepositoryResourceParams,
     MemoryCursorStore,
-    ModelInfo,
     NotFoundError,
     OverloadedError,
     QoderClient,
     RawResponse,
     RequestTooLargeError,
+    RetryPolicy,
+    UserMessage,
+)
+from qoder_async.testing import CannedResponse, FakeQoderServer, multiagent_script
+from qoder_async.types import (
+    Agent,
+    AgentMessage,
+    Deleted,
+    FileMetadata,
+    GitHubRepositoryResourceParams,
+    ModelInfo,
     Session,
     SessionResource,
     SessionThread,
     SessionThreadStatusIdle,
     ThreadStats,
-    UserMessage,
 )
-from qoder_async.testing import CannedResponse, FakeQoderServer, multiagent_script
 
 JSON = {"Content-Type": "application/json"}
 
@@ -350,6 +355,7 @@ async def test_models_list(client: QoderClient) -> None:
 # --------------------------------------------------------------------------- raw responses
 
 
+@pytest.mark.both_transports
 async def test_raw_responses_on_every_resource(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -384,7 +390,6 @@ async def test_raw_responses_on_every_resource(
         (client.agents.with_raw_response.retrieve(agent.id), Agent),
         (client.agents.versions.with_raw_response.list(agent.id), list),
         (client.environments.with_raw_response.delete(env.id), Deleted),
-        (client.files.with_raw_response.retrieve(file["id"]), FileMetadata),
         (client.files.with_raw_response.retrieve_metadata(file["id"]), FileMetadata),
         (client.models.with_raw_response.list(), list),
     ]
@@ -425,6 +430,7 @@ async def test_raw_response_parse_names_a_wrong_field(
 # --------------------------------------------------------------------------- per-call options
 
 
+@pytest.mark.both_transports
 async def test_every_write_takes_an_idempotency_key(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -456,6 +462,7 @@ async def test_every_write_takes_an_idempotency_key(
         assert server.requests[-1].headers["idempotency-key"] == key
 
 
+@pytest.mark.both_transports
 async def test_per_call_options_on_the_new_methods(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
@@ -521,7 +528,7 @@ async def test_529_is_overloaded_and_retried_when_safe(
 
     server.faults.throttle_first = 1
     with pytest.raises(OverloadedError) as excinfo:
-        [m async for m in client.with_options(max_retries=0).models.list()]
+        [m async for m in client.with_options(retry=RetryPolicy(max_retries=0)).models.list()]
     assert excinfo.value.status_code == 529
     assert excinfo.value.error_type == "overloaded_error"
     assert excinfo.value.retry_after == 0.0
@@ -560,7 +567,7 @@ async def test_wrong_types_in_answers_name_the_field(
     calls = {
         r"/threads/sthr_1$": lambda: client.sessions.threads.retrieve("s_1", "sthr_1"),
         r"/resources/r_1$": lambda: client.sessions.resources.retrieve("s_1", "r_1"),
-        r"/files/file_1$": lambda: client.files.retrieve("file_1"),
+        r"/files/file_1$": lambda: client.files.retrieve_metadata("file_1"),
         r"/sessions/s_1$": lambda: client.sessions.retrieve("s_1"),
     }
     with pytest.raises(APIResponseValidationError) as excinfo:

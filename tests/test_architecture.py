@@ -6,7 +6,7 @@ no I/O:
 =========================  ==============================================================
 layer                      modules
 =========================  ==============================================================
-the top                    ``__init__``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
+the top                    ``__init__``, ``types``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
 the fleet's coordinators   ``_coordinators`` (memory, Redis)
 the client                 ``_client``
 the turn API               ``_session``, ``_tools``, ``_tracing``
@@ -61,15 +61,15 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_files",
         "_models",
         "_pagination",
-        "_params",
         "_resources",
         "_session",
         "_transport",
         "_turns",
         "_version",
     },
+    "types": {"_models", "_params"},
     "__main__": {"_cli"},
-    "_cli": {"qoder_async", "qoder_async.testing"},
+    "_cli": {"qoder_async", "qoder_async.testing", "qoder_async.types"},
     "fleet": {
         "_backoff",
         "_client",

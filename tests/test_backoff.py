@@ -66,7 +66,7 @@ def test_retry_budget_and_headers() -> None:
 
 
 def test_retries_are_bounded_by_a_deadline_not_a_count() -> None:
-    """Issue 9 item 18: a throttling gateway is retried as long as the deadline allows."""
+    """A throttling gateway is retried as long as the deadline allows."""
     p = RetryPolicy(timeout=60.0, backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0))
     kw = {"method": "POST", "idempotent": True, "status": 503}
     elapsed, attempt = 0.0, 0

@@ -21,12 +21,15 @@ from qoder_async import (
     QoderClient,
     ReconnectPolicy,
     ResumeExhaustedError,
+    RetryPolicy,
     StreamContentTypeError,
     StreamDecodeError,
 )
 from qoder_async._models import Event
 from qoder_async._stream import EventDecoder
 from qoder_async.testing import CannedResponse, FakeQoderServer
+
+pytestmark = pytest.mark.both_transports  # what each transport hands up from bad bytes
 
 # Gives up quickly: these tests are about what the error says.
 QUICK_GIVE_UP = ReconnectPolicy(backoff=Backoff(initial=0.01, maximum=0.02), max_attempts=3)
@@ -128,7 +131,7 @@ async def test_rest_html_error_page(client: QoderClient, server: FakeQoderServer
     page = b"<!doctype html><html><body><h1>503 Service Unavailable</h1>" + b"." * 100_000
     server.faults.respond_next = [CannedResponse("GET", "/sessions/", 503, HTML, page)] * 3
     with pytest.raises(InternalServerError) as info:
-        await client.with_options(max_retries=2).sessions.retrieve("sess_x")
+        await client.with_options(retry=RetryPolicy(max_retries=2)).sessions.retrieve("sess_x")
     assert info.value.status_code == 503
     assert info.value.error_type is None
     assert "503 Service Unavailable" in str(info.value)
@@ -172,7 +175,7 @@ async def test_rest_success_with_a_bad_body(
 
 async def test_connection_refused_is_a_connection_error() -> None:
     async with QoderClient(
-        token="t", base_url="http://127.0.0.1:9/api/v1/cloud", max_retries=1
+        token="t", base_url="http://127.0.0.1:9/api/v1/cloud", retry=RetryPolicy(max_retries=1)
     ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")

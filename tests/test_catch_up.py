@@ -10,32 +10,28 @@ from typing import Any
 
 import pytest
 
-from qoder_async import (
-    AgentCustomToolUse,
-    AgentMessage,
-    CatchUp,
-    Cursor,
-    EndTurn,
-    EventDelta,
-    EventStart,
-    QoderClient,
-    RequiresAction,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SessionStatusTerminated,
-    SessionUpdated,
-    TextBlock,
-    TurnResult,
-    UserCustomToolResult,
-    UserDefineOutcome,
-    UserMessage,
-)
+from qoder_async import CatchUp, Cursor, QoderClient, TurnResult, UserMessage
 from qoder_async._models import Event
 from qoder_async._turns import fold_history
 from qoder_async.testing import (
     FakeQoderServer,
     multiagent_script,
     tool_script,
+)
+from qoder_async.types import (
+    AgentCustomToolUse,
+    AgentMessage,
+    EndTurn,
+    PreviewDelta,
+    PreviewStart,
+    RequiresAction,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    SessionStatusTerminated,
+    SessionUpdated,
+    TextBlock,
+    UserCustomToolResult,
+    UserDefineOutcome,
 )
 
 
@@ -128,8 +124,8 @@ def test_a_cursor_inside_a_turn_gives_the_rest_of_that_turn() -> None:
 def test_previews_are_dropped_and_outcomes_start_turns() -> None:
     events: list[Event] = [
         UserDefineOutcome("all tests pass", id="o1"),
-        EventStart(id="m1", event_id="m1", event_type="agent.message"),
-        EventDelta(id="m1", event_id="m1", content=TextBlock("Wor")),
+        PreviewStart(id="m1", event_id="m1", event_type="agent.message"),
+        PreviewDelta(id="m1", event_id="m1", content=TextBlock("Wor")),
         AgentMessage((TextBlock("Working on it."),), id="m1"),
         SessionStatusIdle(EndTurn(), id="i1"),
     ]
@@ -192,11 +188,11 @@ async def test_catch_up_gives_the_turns_the_stream_gives(
     last = server.stored_events(session_id)[-1]
     assert caught.cursor == Cursor(last["id"], last["processed_at"])
     # From the cursor: nothing new, and the cursor stays.
-    again = await session.catch_up(after=caught.cursor)
+    again = await session.catch_up(last_event_id=caught.cursor)
     assert again == CatchUp(cursor=caught.cursor)
     # A plain event id works as well.
     third = await (await session.send("third")).result()
-    newer = await session.catch_up(after=caught.cursor.event_id)
+    newer = await session.catch_up(last_event_id=caught.cursor.event_id)
     [got] = newer.turns
     same_turn(got, third)
 
@@ -228,7 +224,7 @@ async def test_catch_up_with_a_paused_turn_then_its_answer(
     assert paused.cursor is None  # the pending turn is folded whole next time
     await session.send_events([UserCustomToolResult(call.id, "18°C")])
     await server.wait_idle(session_id)
-    done = await session.catch_up(after=paused.cursor)
+    done = await session.catch_up(last_event_id=paused.cursor)
     [result] = done.turns
     assert result.text == "get_weather returned: 18°C"
     assert result.tool_calls[0].output == "18°C"

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from conftest import eventually
 
 from qoder_async import QoderClient
 from qoder_async._cli import PROG, _connect_host, _is_loopback, main
@@ -423,9 +424,10 @@ async def test_tail_from_an_event_with_deltas_as_json(
     cli = await Cli.start(
         "tail", session_id, "--from", cursor, "--deltas", "--json", env=server_env(server)
     )
-    async with asyncio.timeout(TIMEOUT):  # previews are live only: wait for the connection
-        while server.stream_connections == connections:
-            await asyncio.sleep(0.02)
+    # previews are live only: wait for the connection
+    await eventually(
+        lambda: server.stream_connections > connections, "tail's stream open", timeout=TIMEOUT
+    )
     await finished_turn(client, session_id, "new turn")
     await cli.wait_line(lambda line: json.loads(line)["type"] == "session.status_idle")
     cli.signal(signal.SIGINT)

@@ -17,8 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qoder_async import (
-    Accepted,
-    AgentMessage,
     APIConnectionError,
     APITimeoutError,
     AuthenticationError,
@@ -28,12 +26,14 @@ from qoder_async import (
     IdempotencyConflictError,
     NotFoundError,
     QoderClient,
+    RetryPolicy,
     SessionBusyError,
     UserMessage,
     WrongEventLoopError,
 )
 from qoder_async._http import _Lifecycle, segment
 from qoder_async.testing import FakeQoderServer
+from qoder_async.types import Accepted, AgentMessage
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -94,6 +94,7 @@ async def test_use_after_close_is_a_clear_error(server: FakeQoderServer) -> None
 # ----------------------------------------------------------------------------- resources
 
 
+@pytest.mark.both_transports
 async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer) -> None:
     env = await client.environments.create(name="dev", description="d")
     assert env.id.startswith("env_")
@@ -137,6 +138,7 @@ async def test_resources_round_trip(client: QoderClient, server: FakeQoderServer
     assert (await client.environments.archive(env.id)).archived_at is not None
 
 
+@pytest.mark.both_transports
 async def test_pagination_follows_cursors(client: QoderClient, server: FakeQoderServer) -> None:
     for i in range(45):
         server.add_environment(name=f"e{i}")
@@ -188,6 +190,7 @@ async def test_paging_backwards_continues_before_the_first_id(
         assert query["before_id"] == [previous[0]]
 
 
+@pytest.mark.both_transports
 async def test_event_history_is_typed_and_paginated(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -205,6 +208,7 @@ async def test_event_history_is_typed_and_paginated(
 # ----------------------------------------------------------------------------- send
 
 
+@pytest.mark.both_transports
 async def test_send_returns_the_202_handle(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -252,6 +256,7 @@ async def test_send_takes_a_string_as_a_message_and_refuses_what_is_no_event(
 # ----------------------------------------------------------------------------- errors
 
 
+@pytest.mark.both_transports
 async def test_error_mapping(client: QoderClient, server: FakeQoderServer, session_id: str) -> None:
     with pytest.raises(NotFoundError) as nf:
         await client.sessions.retrieve("sess_does_not_exist")
@@ -284,6 +289,7 @@ async def test_error_mapping(client: QoderClient, server: FakeQoderServer, sessi
         await client.sessions.events.send(session_id, UserMessage("b"), idempotency_key="k1")
 
 
+@pytest.mark.both_transports
 async def test_plain_text_404_route(client: QoderClient) -> None:
     with pytest.raises(NotFoundError) as info:
         await client._http.request("POST", "/sessions/sess_x/turns/turn_y/resolve", json={})
@@ -293,7 +299,7 @@ async def test_plain_text_404_route(client: QoderClient) -> None:
 
 
 async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQoderServer) -> None:
-    """Issue 11 item 17: a 404 that is not the API's envelope hints at the base URL."""
+    """A 404 that is not the API's envelope hints at the base URL."""
     root = server.base_url.removesuffix("/api/v1/cloud")
     async with QoderClient(token=server.token, base_url=root) as client:
         with pytest.raises(NotFoundError) as info:
@@ -303,10 +309,10 @@ async def test_a_wrong_base_path_says_what_the_base_url_must_be(server: FakeQode
 
 
 async def test_copies_share_the_transport_and_close_nothing(server: FakeQoderServer) -> None:
-    """Issue 9 item 13: leaving a with_options() copy's context leaves the client open."""
+    """Leaving a with_options() copy's context leaves the client open."""
     async with QoderClient(token=server.token, base_url=server.base_url) as client:
         env = await client.environments.create(name="e")
-        async with client.with_options(max_retries=5, timeout=5.0) as twin:
+        async with client.with_options(retry=RetryPolicy(max_retries=5), timeout=5.0) as twin:
             assert twin.retry_policy.max_retries == 5
             assert (await twin.environments.retrieve(env.id)).id == env.id
         assert not client.closed
@@ -325,8 +331,8 @@ def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
-    """Issue 11 item 16: a QoderError that says what to do, not "Event loop is closed"."""
-    client = QoderClient(token="t", base_url=server_url, max_retries=0)
+    """A QoderError that says what to do, not "Event loop is closed"."""
+    client = QoderClient(token="t", base_url=server_url, retry=RetryPolicy(max_retries=0))
 
     async def use() -> None:
         with contextlib.suppress(APIConnectionError):
@@ -362,15 +368,19 @@ def server_url() -> str:
 
 
 async def test_connection_errors_say_what_happened(server_url: str) -> None:
-    """Issue 11 item 12: refused reads as refused, with the host and port."""
-    async with QoderClient(token="t", base_url=server_url, max_retries=0) as client:
+    """Refused reads as refused, with the host and port."""
+    async with QoderClient(
+        token="t", base_url=server_url, retry=RetryPolicy(max_retries=0)
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.sessions.retrieve("sess_x")
     assert not isinstance(info.value, APITimeoutError)
     port = server_url.split(":")[2].split("/")[0]
     assert f"refused by 127.0.0.1:{port}" in str(info.value)
     async with QoderClient(
-        token="t", base_url="https://no-such-host.invalid/api/v1/cloud", max_retries=0
+        token="t",
+        base_url="https://no-such-host.invalid/api/v1/cloud",
+        retry=RetryPolicy(max_retries=0),
     ) as client:
         with pytest.raises(APIConnectionError, match=r"(?i)could not resolve the host"):
             await client.sessions.retrieve("sess_x")
@@ -379,7 +389,7 @@ async def test_connection_errors_say_what_happened(server_url: str) -> None:
 async def test_a_throttling_gateway_does_not_lose_the_first_message(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 18: default settings ride out a gateway that throttles for a while."""
+    """Default settings ride out a gateway that throttles for a while."""
     server.faults.throttle_first = 6
     server.faults.throttle_status = 503
     server.faults.retry_after = 0.05
@@ -390,6 +400,7 @@ async def test_a_throttling_gateway_does_not_lose_the_first_message(
     assert server.fault_counts["throttle_first"] == 6
 
 
+@pytest.mark.both_transports
 async def test_a_500_after_store_is_retried_with_the_same_key_and_stored_once(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -430,7 +441,9 @@ def test_httpx_is_optional(server_url: str) -> None:
         import qoder_async
 
         async def main():
-            client = qoder_async.QoderClient(token="t", base_url={server_url!r}, max_retries=0)
+            client = qoder_async.QoderClient(
+                token="t", base_url={server_url!r}, retry=qoder_async.RetryPolicy(max_retries=0)
+            )
             async with client as c:
                 try:
                     await c.sessions.retrieve("sess_x")

@@ -64,10 +64,10 @@ from qoder_async._models import (
     Environment,
     ErrorInfo,
     Event,
-    EventDelta,
-    EventStart,
     ImageBlock,
     OutboundEvent,
+    PreviewDelta,
+    PreviewStart,
     RequiresAction,
     RetriesExhausted,
     Session,
@@ -711,7 +711,7 @@ FIXTURE_CASES = [
     ),
     case(
         "event_start",
-        EventStart,
+        PreviewStart,
         "event_start",
         PREVIEW_EVT,
         None,
@@ -721,7 +721,7 @@ FIXTURE_CASES = [
     ),
     case(
         "event_start_thinking",
-        EventStart,
+        PreviewStart,
         "event_start",
         "evt_019e392c0b3d7e2f1a0b9c8d7e6f5a4b",
         None,
@@ -731,7 +731,7 @@ FIXTURE_CASES = [
     ),
     case(
         "event_delta",
-        EventDelta,
+        PreviewDelta,
         "event_delta",
         PREVIEW_EVT,
         None,
@@ -1348,7 +1348,7 @@ def test_span_outcome_evaluation_progress(
 def test_event_start_without_sse_id_takes_the_previewed_id() -> None:
     data = {"type": "event_start", "event": {"id": PREVIEW_EVT, "type": "agent.message"}}
     ev = structure_event(data)
-    assert type(ev) is EventStart
+    assert type(ev) is PreviewStart
     assert ev.id == PREVIEW_EVT
     assert ev.event_id == PREVIEW_EVT
     assert ev.event_type == "agent.message"
@@ -1361,7 +1361,7 @@ def test_event_delta_without_sse_id_takes_the_event_id() -> None:
         "delta": {"type": "content_delta", "index": 2, "content": {"type": "text", "text": "lo"}},
     }
     ev = structure_event(data)
-    assert type(ev) is EventDelta
+    assert type(ev) is PreviewDelta
     assert ev.id == PREVIEW_EVT
     assert ev.event_id == PREVIEW_EVT
     assert ev.index == 2

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_asyncio
+from conftest import eventually
 from redis_server import (
     URL_VARIABLE,
     RedisServer,
@@ -858,13 +859,10 @@ async def test_redis_outage_raises_unavailable_and_loses_nothing_committed(
             try:
                 await c.inspect("s1")
             except CoordinatorUnavailableError:
-                await asyncio.sleep(0.01)
                 return False
             return True
 
-        async with asyncio.timeout(10):
-            while not await answers():
-                pass
+        await eventually(answers, "the coordinator answers again", timeout=10)
         info2 = await inspect(c, "s1")
         assert info2.cursor == cur(1)
         assert info2.holder == "w1"
@@ -901,9 +899,8 @@ async def test_redis_watchers_are_notified_again_after_a_restart(
                     if r.levelname == "WARNING" and "the work channel failed" in r.getMessage()
                 ]
 
-            async with asyncio.timeout(10):  # the subscription notices (and says so)
-                while not warned():
-                    await asyncio.sleep(0.02)
+            # the subscription notices (and says so)
+            await eventually(warned, "a warning that the work channel failed", timeout=10)
             private_server.start()
             for n in range(2):  # the first may be the resubscription's own
                 async with asyncio.timeout(20):

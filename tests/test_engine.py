@@ -1,9 +1,10 @@
-"""Issue 9, item by item, against the fake server: each test failed on the old engine.
+"""The turn engine against the fake server: each test failed on the old engine.
 
 The rules themselves are proven exhaustively in ``test_engine_core.py`` (sans
 I/O); these show the whole client keeps them on a real HTTP + SSE connection.
-Items 2, 3 and 12 are in ``test_stream.py``, 13 and 18 in ``test_client.py``,
-19 in ``test_security.py``.
+Long turns, a server that ignores the cursor and a failing cursor store are in
+``test_stream.py``; client lifetimes and throttling gateways in ``test_client.py``;
+a gateway echoing the token in ``test_security.py``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ import pytest
 from conftest import FAST, forever
 
 from qoder_async import (
-    AgentMessage,
     ConflictError,
     IdempotencyConflictError,
     QoderClient,
     RequestInProgressError,
     SessionBusyError,
-    SessionStatusIdle,
     StreamStalledError,
     ToolResultsNotAwaitedError,
-    UserCustomToolResult,
     UserMessage,
 )
 from qoder_async._errors import conflict_class
@@ -39,6 +37,7 @@ from qoder_async.testing import (
     subagent_tool_script,
     tool_script,
 )
+from qoder_async.types import AgentMessage, SessionStatusIdle, UserCustomToolResult
 
 
 def stored_after(server: FakeQoderServer, sid: str, anchor: str | None) -> list[str]:
@@ -53,7 +52,7 @@ def turn_record(server: FakeQoderServer, sid: str, anchor: str) -> list[str]:
     return [e["id"] for e in events if e.get("turn_id") == turn_id and e["id"] != anchor]
 
 
-# ----------------------------------------------------------------------------- item 1
+# ------------------------------------------------------------- replayed history
 
 
 async def test_without_turn_ids_a_replayed_tail_does_not_end_the_next_turn(
@@ -97,7 +96,7 @@ async def test_a_new_listener_hears_no_old_history_as_new(
     assert server.fault_counts["ignore_last_event_id"] >= 1
 
 
-# ----------------------------------------------------------------------------- item 4
+# --------------------------------------------------------------------- turn ids
 
 
 async def test_an_answer_without_turn_id_adopts_the_streamed_one(
@@ -113,7 +112,7 @@ async def test_an_answer_without_turn_id_adopts_the_streamed_one(
     assert {e.turn_id for e in events} == {turn.turn_id}
 
 
-# ----------------------------------------------------------------------------- item 5
+# ----------------------------------------------------------------- text streams
 
 
 @pytest.mark.parametrize("incremental", [False, True], ids=["event-deltas", "incremental"])
@@ -141,7 +140,7 @@ async def test_text_stream_after_reconnects_mid_message_joins_to_the_text(
     assert server.fault_counts["drop_probability"] > 0
 
 
-# ----------------------------------------------------------------------------- items 6 and 7
+# ----------------------------------------------------------------------- stalls
 
 
 async def test_a_pause_for_tool_results_is_not_a_stall(
@@ -157,6 +156,7 @@ async def test_a_pause_for_tool_results_is_not_a_stall(
     assert result.text == "calc returned: 42"
 
 
+@pytest.mark.both_transports
 async def test_a_silent_server_ends_the_turn_with_a_typed_error(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -169,9 +169,10 @@ async def test_a_silent_server_ends_the_turn_with_a_typed_error(
     assert server.stream_connections >= 2  # it reconnected in between
 
 
-# ----------------------------------------------------------------------------- item 8
+# ----------------------------------------------------------------- cancellation
 
 
+@pytest.mark.both_transports
 async def test_cancelling_the_reader_while_a_tool_runs_does_not_strand_the_turn(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -219,7 +220,7 @@ async def test_closing_a_turn_while_its_tool_runs_posts_an_error_result(
     assert "stopped" in result["content"][0]["text"]
 
 
-# ----------------------------------------------------------------------------- item 9
+# ------------------------------------------------------------------- interrupts
 
 
 async def test_interrupting_a_finished_turn_is_a_no_op(
@@ -237,7 +238,7 @@ async def test_interrupting_a_finished_turn_is_a_no_op(
     assert (await nxt.result()).interrupted
 
 
-# ----------------------------------------------------------------------------- item 10
+# -------------------------------------------------------------------- callbacks
 
 
 async def test_a_callback_may_send_and_await_a_turn_on_its_own_session(
@@ -270,7 +271,7 @@ async def test_a_callback_may_send_and_await_a_turn_on_its_own_session(
     session.off()
 
 
-# ----------------------------------------------------------------------------- item 11
+# ---------------------------------------------------------------- busy sessions
 
 
 async def test_waiting_on_a_session_paused_elsewhere_backs_off_and_says_why(
@@ -287,7 +288,7 @@ async def test_waiting_on_a_session_paused_elsewhere_backs_off_and_says_why(
     assert posts < 12  # it backed off; the old loop spun thousands of times
 
 
-# ----------------------------------------------------------------------------- item 14
+# -------------------------------------------------------------- session handles
 
 
 async def test_unused_session_handles_are_released(client: QoderClient) -> None:
@@ -298,7 +299,7 @@ async def test_unused_session_handles_are_released(client: QoderClient) -> None:
     assert client.session("sess_kept") is kept  # still one handle while in use
 
 
-# ----------------------------------------------------------------------------- item 15
+# -------------------------------------------------------------- conflicts (409)
 
 
 @pytest.mark.parametrize(
@@ -368,7 +369,7 @@ async def test_a_request_still_in_progress_is_waited_for_not_failed(
     assert len(server.user_messages(session_id)) == 1
 
 
-# ----------------------------------------------------------------------------- item 16
+# ---------------------------------------------------------------------- threads
 
 
 async def test_a_sub_agents_tool_result_is_answered_in_its_thread(
@@ -388,7 +389,7 @@ async def test_a_sub_agents_tool_result_is_answered_in_its_thread(
     assert posted["session_thread_id"] is not None
 
 
-# ----------------------------------------------------------------------------- item 17
+# ----------------------------------------------- answers without created events
 
 
 @pytest.mark.parametrize("listening", [False, True], ids=["new-connection", "open-connection"])

@@ -21,20 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qoder_async import (
-    AgentContentBlockDelta,
-    AgentMessage,
     Cursor,
-    EndTurn,
-    EventDelta,
-    EventStart,
     ReconnectPolicy,
-    RequiresAction,
     ResumeExhaustedError,
-    SessionStatusIdle,
-    SessionStatusRunning,
-    SpanModelRequestEnd,
     StreamStalledError,
-    TextBlock,
     UserMessage,
 )
 from qoder_async._backoff import Backoff
@@ -42,6 +32,18 @@ from qoder_async._machine import Cause, Dedupe, GiveUp, Reconnect, StreamMachine
 from qoder_async._models import Event
 from qoder_async._stream import EventDecoder, time_key
 from qoder_async._turns import RECONNECTED, LiveText, TurnRouter, text_delta
+from qoder_async.types import (
+    AgentContentBlockDelta,
+    AgentMessage,
+    EndTurn,
+    PreviewDelta,
+    PreviewStart,
+    RequiresAction,
+    SessionStatusIdle,
+    SessionStatusRunning,
+    SpanModelRequestEnd,
+    TextBlock,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -313,7 +315,7 @@ def test_every_turn_gets_exactly_its_events_whatever_the_server_replays(
 
 
 def test_a_stale_replay_cannot_end_a_new_turn_without_turn_ids() -> None:
-    """Issue 9 item 1, exactly: the previous turn's tail is replayed before the cursor."""
+    """The previous turn's tail is replayed before the cursor."""
     history, _ = _history(seed=7, ours=2, foreign=0, stamps=True)
     for ev in history:
         ev.pop("turn_id", None)
@@ -350,8 +352,8 @@ def test_dedupe_is_per_session_and_marks_at_hand_out() -> None:
 def test_previews_are_never_remembered_and_late_ones_are_dropped() -> None:
     machine = new_machine()
     machine.connecting()
-    start = EventStart(event_id="m1", event_type="agent.message", id="m1")
-    delta = EventDelta(event_id="m1", content=TextBlock("Hel"), id="m1")
+    start = PreviewStart(event_id="m1", event_type="agent.message", id="m1")
+    delta = PreviewDelta(event_id="m1", content=TextBlock("Hel"), id="m1")
     final = AgentMessage((TextBlock("Hello"),), id="m1")
     assert [machine.take(e) for e in (start, delta, final)] == [True, True, True]
     assert machine.last_event_id == "m1"
@@ -375,7 +377,7 @@ def test_equal_or_missing_timestamps_fall_back_to_ids() -> None:
 
 
 def test_a_stall_is_bounded_across_reconnects() -> None:
-    """Issue 9 item 7: reconnects do not restart the stall clock; the bound is exact."""
+    """Reconnects do not restart the stall clock; the bound is exact."""
     clock = Clock()
     m = new_machine(clock, stall_timeout=10.0, max_stalls=3, read_timeout=100.0)
     m.expecting = True  # a send awaits its turn
@@ -424,7 +426,7 @@ def test_a_silent_server_ends_a_turn_within_the_bound() -> None:
 
 
 def test_a_pause_for_the_client_is_not_a_stall() -> None:
-    """Issue 9 item 6: requires_action makes the session idle; silence is expected then."""
+    """``requires_action`` makes the session idle; silence is expected then."""
     clock = Clock()
     m = new_machine(clock, stall_timeout=10.0, max_stalls=2, read_timeout=None)
     m.connecting()
@@ -520,7 +522,7 @@ def test_the_server_retry_is_a_floor() -> None:
 
 
 def test_a_turn_adopts_the_first_turn_id_after_its_message() -> None:
-    """Issue 9 item 4: the 202 carried no turn_id, the stream does."""
+    """The 202 carried no turn_id, the stream does."""
     router: TurnRouter[str] = TurnRouter()
     router.bind("t", turn_id=None, anchor_id="u1", started=True, expected=False)
     assert router.route(SessionStatusRunning(id="r", turn_id="turn_9")) == ("t",)
@@ -534,7 +536,7 @@ def test_a_turn_adopts_the_first_turn_id_after_its_message() -> None:
 
 
 def test_a_turn_without_an_anchor_claims_the_next_message() -> None:
-    """Issue 9 item 17: a 202 with "data": [] -- the turn follows from the cursor."""
+    """A 202 with "data": [] -- the turn follows from the cursor."""
     router: TurnRouter[str] = TurnRouter()
     router.expect()
     router.bind("t", turn_id=None, anchor_id=None)
@@ -584,7 +586,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
                     items.append(RECONNECTED)  # stored events: a resume loses none
         else:
             if draw(st.booleans()):
-                items.append(EventStart(event_id=key, event_type="agent.message", id=key))
+                items.append(PreviewStart(event_id=key, event_type="agent.message", id=key))
             else:
                 broken = True  # connected in the middle: the start was missed
             for piece in pieces:
@@ -593,7 +595,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
                     broken = True
                 if broken and draw(st.booleans()):
                     continue  # a delta sent while the client was reconnecting: lost
-                items.append(EventDelta(event_id=key, content=TextBlock(piece), id=key))
+                items.append(PreviewDelta(event_id=key, content=TextBlock(piece), id=key))
                 if not broken:
                     shown += piece
         if aborted:
@@ -609,7 +611,7 @@ def message_runs(draw: st.DrawFn) -> tuple[list[Any], str]:
 @settings(max_examples=300, deadline=None)
 @given(message_runs())
 def test_live_text_only_grows_and_ends_as_shown(run: tuple[list[Any], str]) -> None:
-    """Issue 9 item 5: text_stream's chunks joined equal result().text, whatever drops."""
+    """``text_stream``'s chunks joined equal result().text, whatever drops."""
     items, final = run
     live = LiveText()
     seen = [""]
@@ -624,11 +626,11 @@ def test_live_text_only_grows_and_ends_as_shown(run: tuple[list[Any], str]) -> N
 def test_live_text_keeps_an_interrupted_preview_as_shown() -> None:
     live = LiveText()
     live.feed(AgentMessage((TextBlock("done"),), id="m0"))
-    live.feed(EventStart(event_id="m1", event_type="agent.message", id="m1"))
-    live.feed(EventDelta(event_id="m1", content=TextBlock("partial"), id="m1"))
+    live.feed(PreviewStart(event_id="m1", event_type="agent.message", id="m1"))
+    live.feed(PreviewDelta(event_id="m1", content=TextBlock("partial"), id="m1"))
     live.feed(SpanModelRequestEnd(id="s1"))  # the request died: no message stored
     assert live.text == "done\n\npartial"
-    live.feed(EventDelta(event_id="m1", content=TextBlock(" more"), id="m1"))
+    live.feed(PreviewDelta(event_id="m1", content=TextBlock(" more"), id="m1"))
     assert live.text == "done\n\npartial"  # closed: later fragments are not shown
 
 
@@ -639,7 +641,7 @@ def test_live_text_ignores_sub_thread_messages() -> None:
 
 
 def test_live_text_thinking_in_the_incremental_dialect() -> None:
-    from qoder_async import AgentThinking
+    from qoder_async.types import AgentThinking
 
     live = LiveText()
     live.feed(AgentContentBlockDelta(message_id="msg1", delta_type="thinking_delta", text="hmm"))

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from conftest import eventually
 from fake_dialects import OldWire
 
 from qoder_async.testing import (
@@ -1008,13 +1009,7 @@ async def test_delete_closes_streams(http: httpx.AsyncClient, server: FakeQoderS
     assert sse.events[-1].event == "session.deleted"
     assert server.stored_events(sid)[-1]["type"] == "session.deleted"
     assert (await http.get(f"sessions/{sid}/events")).status_code == 404
-    await wait_for(lambda: server.open_streams == 0)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_open_streams_drop_to_zero_after_disconnect() -> None:
@@ -1025,7 +1020,7 @@ async def test_open_streams_drop_to_zero_after_disconnect() -> None:
             async with open_stream(http, sid) as sse:
                 await sse.until(has("session.status_idle"))
                 assert server.open_streams >= 1
-        await wait_for(lambda: server.open_streams == 0)
+        await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
         assert server.stream_connections == 3
 
 
@@ -1036,7 +1031,7 @@ async def test_close_is_idempotent_and_ends_streams() -> None:
     await server.start()
     sid = server.add_session()["id"]
     async with client_for(server) as http, open_stream(http, sid) as sse:
-        await wait_for(lambda: server.open_streams == 1)
+        await eventually(lambda: server.open_streams == 1, "one SSE connection open")
         await server.close()
         await sse.to_end()
     assert server.open_streams == 0

@@ -1,6 +1,6 @@
 """client.files against the fake: streamed uploads of every kind of source, downloads of both
 answers the API may give (the bytes, or a link fetched without credentials), and files in
-messages. Every test that uses ``client`` runs on both transports.
+messages. Every test here runs on both transports.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from conftest import eventually
 
 from qoder_async import (
     APIConnectionError,
@@ -26,20 +27,18 @@ from qoder_async import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
-    Deleted,
-    DocumentBlock,
     FileDownload,
-    FileMetadata,
-    ImageBlock,
     NotFoundError,
     PermissionDeniedError,
     QoderClient,
     RateLimitError,
-    TextBlock,
 )
 from qoder_async import _files as files_module
 from qoder_async._files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
+from qoder_async.types import Deleted, DocumentBlock, FileMetadata, ImageBlock, TextBlock
+
+pytestmark = pytest.mark.both_transports  # bodies streamed both ways
 
 BIG = bytes(range(256)) * 4096  # 1 MiB: several chunks
 
@@ -241,10 +240,9 @@ async def test_upload_refuses_what_is_not_a_file(client: QoderClient) -> None:
 async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderServer) -> None:
     first = server.add_file(b"1", "one.txt")
     second = server.add_file(b"2", "two.txt")
-    meta = await client.files.retrieve(first["id"])
+    meta = await client.files.retrieve_metadata(first["id"])
     assert meta.filename == "one.txt"
     assert meta.created_at is not None
-    assert (await client.files.retrieve_metadata(first["id"])) == meta
     listed = [f.id async for f in client.files.list(limit=1)]
     assert listed == [second["id"], first["id"]]  # newest first
     only = [f.id async for f in client.files.list(ids=[first["id"]])]
@@ -252,7 +250,7 @@ async def test_retrieve_list_and_delete(client: QoderClient, server: FakeQoderSe
     deleted = await client.files.delete(first["id"])
     assert deleted == Deleted(id=first["id"], type="file_deleted")
     with pytest.raises(NotFoundError):
-        await client.files.retrieve(first["id"])
+        await client.files.retrieve_metadata(first["id"])
 
 
 # --------------------------------------------------------------------------- downloads
@@ -504,9 +502,8 @@ async def test_a_download_cancelled_while_its_file_is_created_leaves_nothing(
     go_on.set()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
-    async with asyncio.timeout(10):
-        while leftovers(tmp_path):  # the file the thread went on to create is removed
-            await asyncio.sleep(0.01)
+    # the file the thread went on to create is removed
+    await eventually(lambda: not leftovers(tmp_path), "no file left behind", timeout=10)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from conftest import eventually
 from redis_server import (
     RedisServer,
     drop_namespace,
@@ -43,6 +44,8 @@ from qoder_async.fleet import (
 from qoder_async.testing import (
     CannedResponse,
     FakeQoderServer,
+    Script,
+    StopReasonJSON,
     TurnContext,
     subagent_tool_script,
     tool_script,
@@ -121,12 +124,6 @@ class Recorder:
         return [d.event.id for d in self.by_session[session_id]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
-
-
 async def released(coordinator: Coordinator, *session_ids: str, timeout: float = 15.0) -> None:
     """Wait until every session left the active line (its turn ended, nothing pending)."""
 
@@ -137,7 +134,7 @@ async def released(coordinator: Coordinator, *session_ids: str, timeout: float =
                 return False
         return True
 
-    await eventually(check, timeout)
+    await eventually(check, timeout=timeout)
 
 
 @contextlib.asynccontextmanager
@@ -908,7 +905,7 @@ def test_the_readme_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.strip().endswith(": get_weather returned: 18°C and sunny in Paris")
 
 
-# --------------------------------------------------------------------------- issue 20
+# ------------------------------ out-of-order events, failing handlers and followers, lost Redis
 
 
 def _earlier(processed_at: str, ms: int) -> str:
@@ -1070,10 +1067,24 @@ async def test_serve_fails_fast_on_a_permanent_redis_misconfiguration(
         assert not fleet.serving
 
 
+def chatty_tool_script(before: int) -> Script:
+    """tool_script's turn with ``before`` agent messages stored before the tool call."""
+    call_tool = tool_script("get_weather", {"city": "Oslo"})
+
+    async def script(ctx: TurnContext) -> StopReasonJSON | None:
+        for n in range(before):
+            ctx.emit("agent.message", content=[{"type": "text", "text": f"thinking {n}"}])
+        return await call_tool(ctx)
+
+    return script
+
+
+# 40 events: more than the fleet reads ahead of a running handler (32).
+@pytest.mark.parametrize("before", [0, 40], ids=["tool-next", "tool-40-events-later"])
 async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due(
-    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators
+    server: FakeQoderServer, qc: QoderClient, coordinators: Coordinators, before: int
 ) -> None:
-    server.script = tool_script("get_weather", {"city": "Oslo"})
+    server.script = chatty_tool_script(before)
     sid = str(server.add_session()["id"])
     coordinator = coordinators()
     rec = Recorder()
@@ -1097,9 +1108,8 @@ async def test_a_handler_may_wait_to_send_to_its_own_session_while_a_tool_is_due
     fleet.handler(rec)
     async with fleet, serving(fleet):
         first = str((await fleet.send(sid, "weather?")).last_event_id)
-        async with asyncio.timeout(20):  # deadlocked until busy_timeout before the fix
-            while sent in ([], ["pending"]):
-                await asyncio.sleep(0.01)
+        # deadlocked until busy_timeout before the fix
+        await eventually(lambda: sent not in ([], ["pending"]), "the tool result sent", timeout=20)
         await released(coordinator, sid)
     assert len(server.user_messages(sid)) == 2
     assert rec.ids(sid) == stored_ids(server, sid, first)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
 
 from qoder_async.fleet import RedisCoordinator
@@ -162,15 +163,6 @@ class Cluster:
                 await proc.process.wait()
 
 
-async def until(check: Any, what: str, timeout: float = 40.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for: {what}") from None
-
-
 @contextlib.asynccontextmanager
 async def cluster(redis_url: str, tmp: Path) -> AsyncIterator[Cluster]:
     async with FakeQoderServer(script=turn_script, heartbeat_interval=0.2, seed=11) as server:
@@ -236,27 +228,27 @@ async def test_killed_and_paused_workers_lose_nothing(
                 return True
 
             async def next_turn(turn: int) -> float:
-                async with asyncio.timeout(60):
-                    while not await turn_done(turn - 1):
-                        await asyncio.sleep(0.05)
+                await eventually(lambda: turn_done(turn - 1), f"turn {turn - 1} done", timeout=60)
                 (tmp_path / f"go-{turn}").touch()
-                await until(lambda: sent(turn) >= SESSIONS // 2, f"half of turn {turn} sent")
+                await eventually(
+                    lambda: sent(turn) >= SESSIONS // 2, f"half of turn {turn} sent", timeout=40
+                )
                 return time.monotonic()
 
             # kill 1, in turn 1
-            await until(lambda: busy_since(w1, 0.0, 8), "w1 delivering")
+            await eventually(lambda: busy_since(w1, 0.0, 8), "w1 delivering", timeout=40)
             kills = [("w1", w1.signal(signal.SIGKILL))]
             await c.worker("w4")
 
             # kill 2, in turn 2 (the tool turn)
             mark = await next_turn(2)
-            await until(lambda: busy_since(w2, mark, 4), "w2 delivering turn 2")
+            await eventually(lambda: busy_since(w2, mark, 4), "w2 delivering turn 2", timeout=40)
             kills.append(("w2", w2.signal(signal.SIGKILL)))
             await c.worker("w5")
 
             # pause w3 past its leases, in turn 3
             mark = await next_turn(3)
-            await until(lambda: busy_since(w3, mark, 4), "w3 delivering turn 3")
+            await eventually(lambda: busy_since(w3, mark, 4), "w3 delivering turn 3", timeout=40)
             stopped_at = w3.signal(signal.SIGSTOP)
             held = [
                 sid
@@ -272,15 +264,12 @@ async def test_killed_and_paused_workers_lose_nothing(
                         return False
                 return time.monotonic() > stopped_at + TTL
 
-            async with asyncio.timeout(30):
-                while not await taken_over():
-                    await asyncio.sleep(0.05)
+            await eventually(taken_over, "w3's sessions taken over", timeout=30)
             resumed_at = w3.signal(signal.SIGCONT)
 
             async with asyncio.timeout(60):
                 assert await front.process.wait() == 0, c.log("front")
-                while not await turn_done(TURNS):
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: turn_done(TURNS), "every turn done", timeout=60)
         finished_at = time.monotonic()
         await c.stop_all()
         starts = c.starts()
@@ -423,9 +412,10 @@ async def test_a_second_process_with_a_live_worker_id_is_refused(
             async def members() -> list[str]:
                 return [w.worker_id for w in await coordinator.workers()]
 
-            async with asyncio.timeout(30):
-                while await members() != ["w1"]:
-                    await asyncio.sleep(0.02)
+            async def only_w1() -> bool:
+                return await members() == ["w1"]
+
+            await eventually(only_w1, "w1 the only live worker", timeout=30)
             twin = await c.start("twin", "worker", "--worker-id", "w1")
             try:
                 async with asyncio.timeout(40):  # it waits one lease for a dead one's record
@@ -444,8 +434,9 @@ async def test_a_second_process_with_a_live_worker_id_is_refused(
             async with asyncio.timeout(60):
                 await front.process.wait()
             assert front.process.returncode == 0, c.log("front")
-            await until(
+            await eventually(
                 lambda: sum(ends_turn(r) for r in w1.records("start")) >= len(sessions),
                 "w1 delivered every turn",
+                timeout=40,
             )
             assert (await coordinator.workers())[0].worker_id == "w1"

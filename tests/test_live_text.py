@@ -15,16 +15,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qoder_async import (
+from qoder_async._turns import MESSAGE_SEPARATOR, RECONNECTED, LiveText, _Track, text_delta
+from qoder_async.types import (
     AgentContentBlockDelta,
     AgentMessage,
     AgentThinking,
-    EventDelta,
-    EventStart,
+    PreviewDelta,
+    PreviewStart,
     SpanModelRequestEnd,
     TextBlock,
 )
-from qoder_async._turns import MESSAGE_SEPARATOR, RECONNECTED, LiveText, _Track, text_delta
 
 OPEN, BROKEN, FINAL, ENDED = 0, 1, 2, 3
 
@@ -95,7 +95,7 @@ class RefLive:
         if ev is RECONNECTED:
             self.reply.settle((OPEN,), BROKEN, False)
             self.thinking.settle((OPEN,), BROKEN, False)
-        elif isinstance(ev, EventDelta):
+        elif isinstance(ev, PreviewDelta):
             if ev.event_id is None or ev.event_id not in self.thinking.by_key:
                 self.reply.delta(ev.event_id, ev.text, False)
         elif isinstance(ev, AgentMessage):
@@ -103,7 +103,7 @@ class RefLive:
                 self.reply.retract(ev.id)
             else:
                 self.reply.final(ev.id, ev.text)
-        elif isinstance(ev, EventStart):
+        elif isinstance(ev, PreviewStart):
             if ev.event_type == "agent.thinking":
                 self.thinking.start(ev.event_id)
             elif ev.event_type in (None, "agent.message"):
@@ -136,13 +136,13 @@ def live_inputs(draw: st.DrawFn) -> Any:
     if kind == 0:
         return RECONNECTED
     if kind == 1:
-        return EventStart(
+        return PreviewStart(
             event_id=key,
             event_type=draw(st.sampled_from([None, "agent.message", "agent.thinking"])),
             id=key,
         )
     if kind == 2:
-        return EventDelta(event_id=key, content=TextBlock(text), id=key)
+        return PreviewDelta(event_id=key, content=TextBlock(text), id=key)
     if kind == 3:
         delta_type = draw(
             st.sampled_from(["text_delta", "thinking_delta", None, "input_json_delta"])
@@ -229,8 +229,8 @@ def test_updates_never_walk_the_segments() -> None:
         live.feed(AgentContentBlockDelta(message_id=f"m{i}", delta_type="text_delta", text="Hi"))
         live.feed(AgentMessage((TextBlock(f"Hi {i}"),), id=f"ev{i}"))  # no preview keyed ev{i}
         live.feed(AgentMessage((TextBlock(f"note {i}"),), id=f"n{i}"))
-        live.feed(EventStart(event_id=f"p{i}", event_type="agent.message", id=f"p{i}"))
-        live.feed(EventDelta(event_id=f"p{i}", content=TextBlock("tail"), id=f"p{i}"))
+        live.feed(PreviewStart(event_id=f"p{i}", event_type="agent.message", id=f"p{i}"))
+        live.feed(PreviewDelta(event_id=f"p{i}", content=TextBlock("tail"), id=f"p{i}"))
         live.feed(AgentMessage((TextBlock("tail end"),), id=f"p{i}"))
         live.feed(SpanModelRequestEnd(id=f"s{i}"))
         if i % 10 == 0:

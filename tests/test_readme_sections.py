@@ -1,4 +1,4 @@
-"""The API sections of the README run as written, against the fake, on both transports.
+"""The API sections of the README run as written, against the fake.
 
 The sections "More of the API", "Threads", "Files" and "Webhook-driven turns"
 say their snippets run in the test suite: each section's ``python`` blocks run in
@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
 
@@ -112,12 +111,12 @@ async def test_files(
     assert f"contract.pdf ({file_id})" in reply
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
-async def webhook_setup(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[FakeQoderServer, QoderClient, dict[str, Any], list[int]]]:
+@pytest.fixture
+async def webhook_setup() -> AsyncIterator[
+    tuple[FakeQoderServer, QoderClient, dict[str, Any], list[int]]
+]:
     """A fake posting signed webhooks (turn ends included) to a receiver that runs the
-    README's ``on_webhook``; a client on each transport."""
+    README's ``on_webhook``; a client pointed at the fake."""
     secret = "whsec_" + base64.b64encode(b"readme-webhook-secret-bytes!").decode()
     namespace: dict[str, Any] = {}
     statuses: list[int] = []
@@ -141,11 +140,8 @@ async def webhook_setup(
                 webhook_events_on_turn_end=True,
             )
         )
-        http_client = None
-        if request.param == "httpx":
-            http_client = await stack.enter_async_context(httpx.AsyncClient())
         client = await stack.enter_async_context(
-            QoderClient(token=server.token, base_url=server.base_url, http_client=http_client)
+            QoderClient(token=server.token, base_url=server.base_url)
         )
         namespace.update(client=client, QODER_WEBHOOK_SECRET=secret)
         yield server, client, namespace, statuses

@@ -25,6 +25,7 @@ from qoder_async import (
     NotFoundError,
     QoderClient,
     QoderError,
+    RetryPolicy,
     StreamDecodeError,
     UserMessage,
 )
@@ -40,7 +41,9 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
     texts: list[str] = []
     async with FakeQoderServer(token=CANARY, heartbeat_interval=0.1) as server:
         sid = server.add_session()["id"]
-        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=1) as client:
+        async with QoderClient(
+            token=CANARY, base_url=server.base_url, retry=RetryPolicy(max_retries=1)
+        ) as client:
             texts += [repr(client), str(client), repr(vars(client))]
             session = client.session(sid)
             turn = await session.send("hello")
@@ -91,7 +94,7 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
 async def test_server_text_that_echoes_the_token_is_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue 9 item 19: a gateway that echoes request headers does not leak the token."""
+    """A gateway that echoes request headers does not leak the token."""
     caplog.set_level(logging.DEBUG, logger="qoder_async")
     echo = f"GET /x HTTP/1.1\r\nAuthorization: Bearer {CANARY}\r\nX-Token: {CANARY}"
     envelope = json.dumps(
@@ -109,7 +112,9 @@ async def test_server_text_that_echoes_the_token_is_redacted(
             CannedResponse("GET", "/stream$", 200, {"Content-Type": "text/html"}, html),
         ]
         errors: list[BaseException] = []
-        async with QoderClient(token=CANARY, base_url=server.base_url, max_retries=0) as client:
+        async with QoderClient(
+            token=CANARY, base_url=server.base_url, retry=RetryPolicy(max_retries=0)
+        ) as client:
             for _ in range(3):
                 try:
                     await client.sessions.retrieve(sid)
@@ -272,7 +277,7 @@ async def test_tls_is_verified_on_both_transports(
         if transport == "httpx":
             borrowed = await stack.enter_async_context(httpx.AsyncClient())
         async with QoderClient(
-            token="t", base_url=base_url, max_retries=0, http_client=borrowed
+            token="t", base_url=base_url, retry=RetryPolicy(max_retries=0), http_client=borrowed
         ) as client:
             with pytest.raises(APIConnectionError, match=r"TLS certificate of 127\.0\.0\.1"):
                 await client.sessions.retrieve("sess_1")
@@ -292,6 +297,7 @@ async def test_tls_is_verified_on_both_transports(
         assert not own.closed if transport == "aiohttp" else not own.is_closed
 
 
+@pytest.mark.both_transports
 async def test_normal_operation_logs_nothing_at_info_or_above(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -303,6 +309,7 @@ async def test_normal_operation_logs_nothing_at_info_or_above(
     assert [r for r in caplog.records if r.name.startswith("qoder_async")] == []
 
 
+@pytest.mark.both_transports
 async def test_debug_lines_say_what_happened(
     caplog: pytest.LogCaptureFixture, client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

@@ -11,17 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qoder_async import (
-    AgentMessage,
     AuthenticationError,
-    EventDelta,
-    EventStart,
     FrameTooLargeError,
     InternalServerError,
     RateLimitError,
     StreamDecodeError,
-    UnknownEvent,
 )
 from qoder_async._stream import EventDecoder, Frame, SSEDecoder
+from qoder_async.types import AgentMessage, PreviewDelta, PreviewStart, UnknownEvent
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -233,7 +230,7 @@ def test_events_and_previews(loads: Callable[[bytes], Any]) -> None:
         )
     )
     evs = dec.feed(stream)
-    assert [type(e) for e in evs] == [AgentMessage, EventStart, EventDelta]
+    assert [type(e) for e in evs] == [AgentMessage, PreviewStart, PreviewDelta]
     evs = dec.feed(frame_bytes("e2", "agent.message", ev_json("e2", text="Hello")))
     assert [e.id for e in evs] == ["e2"]
 

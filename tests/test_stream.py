@@ -5,25 +5,20 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import FAST, forever, no_open_streams
+from conftest import FAST, eventually, forever
 
 from qoder_async import (
-    Accepted,
-    AgentMessage,
     AuthenticationError,
     Backoff,
     BadRequestError,
     Cursor,
     CursorStoreError,
-    EventDelta,
-    EventStart,
     MemoryCursorStore,
     NotFoundError,
     QoderClient,
     RateLimitError,
     ReconnectPolicy,
     ResumeExhaustedError,
-    SessionStatusIdle,
     StreamContentTypeError,
     StreamDecodeError,
     StreamStalledError,
@@ -31,6 +26,9 @@ from qoder_async import (
 )
 from qoder_async._models import Event
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
+from qoder_async.types import Accepted, AgentMessage, PreviewDelta, PreviewStart, SessionStatusIdle
+
+pytestmark = pytest.mark.both_transports  # every test here reads a stream
 
 
 async def _until_idle(stream: object, n_idle: int = 1) -> list[Event]:
@@ -86,8 +84,8 @@ async def test_previews_share_ids_and_are_not_deduplicated(
         session_id, last_event_id=acc.last_event_id, event_deltas=["agent.message"]
     ) as st:
         events = await _until_idle(st)
-    starts = [e for e in events if isinstance(e, EventStart)]
-    deltas = [e for e in events if isinstance(e, EventDelta)]
+    starts = [e for e in events if isinstance(e, PreviewStart)]
+    deltas = [e for e in events if isinstance(e, PreviewDelta)]
     final = [e for e in events if isinstance(e, AgentMessage)]
     assert len(starts) == 1
     assert len(deltas) == 3
@@ -129,8 +127,7 @@ async def test_clean_end_after_idle_reconnects_for_the_next_turn(
             assert st.reconnects >= 1
 
     reader = asyncio.create_task(follow())
-    while server.open_streams == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.open_streams > 0, "the stream is open")
     for text in ("one", "two"):
         await client.sessions.events.send(session_id, UserMessage(text))
         await server.wait_idle(session_id)
@@ -303,7 +300,7 @@ async def test_breaking_out_closes_the_connection(
     async with client.sessions.events.stream(session_id) as st:
         async for _ in st:
             break
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_cancelling_the_reader_closes_the_connection(
@@ -315,12 +312,11 @@ async def test_cancelling_the_reader_closes_the_connection(
                 pass
 
     task = asyncio.create_task(read())
-    while server.open_streams == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.open_streams > 0, "the stream is open")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_read_timeout_is_independent_of_json_timeouts(
@@ -334,7 +330,7 @@ async def test_read_timeout_is_independent_of_json_timeouts(
                     async for _ in st:
                         pass
             assert st.reconnects == 0  # 0.5 s heartbeats never hit the 5 s read timeout
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_read_timeout_reconnects_a_silent_connection(
@@ -353,7 +349,7 @@ async def test_read_timeout_reconnects_a_silent_connection(
 async def test_a_failing_cursor_store_surfaces_and_loses_nothing(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 12: a store error is not a network error; no event is skipped."""
+    """A store error is not a network error; no event is skipped."""
 
     class Flaky(MemoryCursorStore):
         def __init__(self) -> None:
@@ -384,19 +380,19 @@ async def test_a_failing_cursor_store_surfaces_and_loses_nothing(
 async def test_breaking_out_without_async_with_closes_the_connection(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 item 14: no socket leaks per abandoned stream."""
+    """No socket leaks per abandoned stream."""
     await (await client.session(session_id).send("x")).result()
     for _ in range(20):
         async for _ in client.sessions.events.stream(session_id):
             break
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     assert server.stream_connections >= 20
 
 
 async def test_a_server_that_ignores_the_cursor_repeats_nothing(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 9 items 2 and 3: a turn of over 1,000 events, a drop after more events than
+    """A turn of over 1,000 events, a drop after more events than
     the dedupe window holds, and a server that then replays the whole history: every
     event once, nothing from before the cursor."""
 
@@ -420,8 +416,7 @@ async def test_a_server_that_ignores_the_cursor_repeats_nothing(
     ) as st:
 
         async def heal() -> None:
-            while st.reconnects == 0:
-                await asyncio.sleep(0.005)
+            await eventually(lambda: st.reconnects > 0, "a reconnect", timeout=60)
             server.faults.drop_after_events = None
 
         healer = asyncio.create_task(heal())

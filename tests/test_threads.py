@@ -12,14 +12,18 @@ from fake_dialects import OldWire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qoder_async import (
+from qoder_async import QoderClient, ThreadResult, UserMessage
+from qoder_async._convert import structure_event
+from qoder_async._models import Event
+from qoder_async._turns import MESSAGE_SEPARATOR, fold, fold_many
+from qoder_async.testing import FakeQoderServer, multiagent_script, subagent_tool_script
+from qoder_async.types import (
     AgentMessage,
     AgentThreadMessageReceived,
     AgentThreadMessageSent,
     EndTurn,
-    EventDelta,
-    EventStart,
-    QoderClient,
+    PreviewDelta,
+    PreviewStart,
     RequiresAction,
     SessionStatusIdle,
     SessionStatusRunning,
@@ -29,13 +33,7 @@ from qoder_async import (
     SessionThreadStatusRunning,
     SessionThreadStatusTerminated,
     TextBlock,
-    ThreadResult,
-    UserMessage,
 )
-from qoder_async._convert import structure_event
-from qoder_async._models import Event
-from qoder_async._turns import MESSAGE_SEPARATOR, fold, fold_many
-from qoder_async.testing import FakeQoderServer, multiagent_script, subagent_tool_script
 
 A, B = "sthr_a", "sthr_b"
 
@@ -113,8 +111,8 @@ def test_a_thread_paused_for_a_tool_then_resumed() -> None:
 def test_previews_of_a_thread_are_not_its_text() -> None:
     events: list[Event] = [
         UserMessage("go", id="u1"),
-        EventStart(id="ma", event_id="ma", event_type="agent.message", session_thread_id=A),
-        EventDelta(id="ma", event_id="ma", content=TextBlock("draf"), session_thread_id=A),
+        PreviewStart(id="ma", event_id="ma", event_type="agent.message", session_thread_id=A),
+        PreviewDelta(id="ma", event_id="ma", content=TextBlock("draf"), session_thread_id=A),
         AgentMessage((TextBlock("draft done"),), id="ma", session_thread_id=A),
     ]
     result = fold_many(None, events)

@@ -14,19 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
+from conftest import eventually
 from redis_server import drop_namespace, redis_url_fixture  # noqa: F401 (the redis_url fixture)
 
-from qoder_async import (
-    ActionRequired,
-    ImageBlock,
-    QoderClient,
-    TextBlock,
-    Tool,
-    UserCustomToolResult,
-    tool,
-)
+from qoder_async import ActionRequiredError, QoderClient, Tool, tool
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, tool_script
+from qoder_async.types import ImageBlock, TextBlock, UserCustomToolResult
 
 # ----------------------------------------------------------------------------- definitions
 
@@ -144,7 +138,7 @@ def test_an_annotation_without_a_schema_is_refused_when_declared() -> None:
 async def test_declare_on_the_agent_then_handle_in_send(
     client: QoderClient, server: FakeQoderServer
 ) -> None:
-    """The whole loop of issue 11 item 7: the agent declares the tool, the turn runs it."""
+    """The whole loop: the agent declares the tool, the turn runs it."""
     agent = await client.agents.create(name="forecaster", model="auto", tools=[get_weather])
     assert agent.tools[0]["name"] == "get_weather"
     assert agent.tools[0]["input_schema"] == get_weather.input_schema
@@ -209,7 +203,7 @@ async def test_on_tool_error_raise_gives_the_handlers_exception_to_the_reader(
 async def test_tools_without_a_handler_are_left_to_the_caller(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 11 items 2 and 6: nothing is sent for an unknown tool; the caller can wait for it."""
+    """Nothing is sent for an unknown tool; the caller can wait for it."""
     server.script = tool_script("handled_elsewhere", {"x": 1})
 
     async def other(args: Mapping[str, Any]) -> str:
@@ -221,7 +215,7 @@ async def test_tools_without_a_handler_are_left_to_the_caller(
     assert pending.id  # a str, always: usable as a dict key
     posted = [e for e in server.stored_events(session_id) if e["type"].startswith("user.custom")]
     assert posted == []
-    with pytest.raises(ActionRequired) as info:
+    with pytest.raises(ActionRequiredError) as info:
         await turn.result(on_action="raise")
     assert [c.name for c in info.value.pending] == ["handled_elsewhere"]
     await turn.submit_tool_results({pending.id: "done elsewhere"})
@@ -238,9 +232,9 @@ async def test_waiting_on_a_pause_nobody_answers_says_why_once(
     turn = await client.session(session_id).send("compute")
     waiting = asyncio.create_task(turn.result())
     await turn.wait_for_action()
-    async with asyncio.timeout(5):  # result() notices the pause and says why
-        while not [r for r in caplog.records if r.levelno == logging.WARNING]:
-            await asyncio.sleep(0.01)
+    await eventually(  # result() notices the pause and says why
+        lambda: [r for r in caplog.records if r.levelno == logging.WARNING], "a warning"
+    )
     answers = {c.id: "42" for c in turn.pending_tool_calls}  # typed: dict[str, str]
     assert not waiting.done()
     await turn.submit_tool_results(answers)
@@ -253,7 +247,7 @@ async def test_waiting_on_a_pause_nobody_answers_says_why_once(
 
 # ----------------------------------------------------------------------------- the conversion
 #
-# Issue 20 items 22 and 23: what a handler returns is posted by one conversion, in the turn
+# What a handler returns is posted by one conversion, in the turn
 # API and in the fleet (with a real Redis). Each row: the output, then the posted content
 # (a list of blocks) and is_error, or for an error row the start of its text and a fragment.
 

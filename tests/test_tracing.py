@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from qoder_async import QoderClient, TurnFailed
+from qoder_async import QoderClient, TurnFailedError
 from qoder_async.testing import FakeQoderServer, tool_script
 
 
@@ -79,7 +79,7 @@ async def test_usage_reconnects_and_failures_are_recorded(
         doomed = await client.session(sid).send("again")
         await client.session(sid).wait_connected()
         await client.sessions.delete(sid)
-        with pytest.raises(TurnFailed):
+        with pytest.raises(TurnFailedError):
             await doomed.result()
     first, second = [s for s in exporter.get_finished_spans() if s.name == "invoke_agent"]
     assert first.attributes is not None
@@ -90,7 +90,7 @@ async def test_usage_reconnects_and_failures_are_recorded(
     assert all(e.attributes and e.attributes["qoder.cursor"] for e in reconnects)
     assert not second.status.is_ok
     assert second.attributes is not None
-    assert second.attributes["error.type"] == "TurnFailed"
+    assert second.attributes["error.type"] == "TurnFailedError"
 
 
 def test_nothing_happens_without_opentelemetry() -> None:

@@ -1,4 +1,4 @@
-"""Issue 20 items 8-14 and 16: turns, listeners and streams under a hostile server or consumer.
+"""Turns, listeners and streams under a hostile server or consumer.
 
 Each test fails on the code before the fix (a second stored copy, a hang, a
 swallowed cancel, a silently empty catch-up) and runs against the fake server.
@@ -12,24 +12,23 @@ import json
 import logging
 
 import pytest
-from conftest import no_open_streams
+from conftest import eventually
 
 from qoder_async import (
-    ActionRequired,
+    ActionRequiredError,
     BadRequestError,
     ConfigurationError,
     Cursor,
-    Event,
     ListenerOverflowError,
     NotFoundError,
     QoderClient,
-    SessionStatusIdle,
     StreamStalledError,
     UnknownCursorError,
     UserMessage,
 )
 from qoder_async.fleet import Fleet
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext, tool_script
+from qoder_async.types import Event, SessionStatusIdle
 
 JSON = {"Content-Type": "application/json"}
 KEY_HEADERS = ("idempotency-key", "x-idempotency-key")
@@ -51,7 +50,7 @@ def ends(ev: Event) -> bool:
     return isinstance(ev, SessionStatusIdle) and ev.stop_reason != "requires_action"
 
 
-# --------------------------------------------------------------------------- item 8
+# ----------------------------------------------------------- a busy retry's key
 
 
 async def test_a_fleet_busy_retry_keeps_the_callers_idempotency_key(
@@ -92,7 +91,7 @@ async def test_a_send_without_created_events_is_found_by_one_rule(
     assert lookups[0] == lookups[1] == {"order": ["desc"], "limit": ["100"]}
 
 
-# --------------------------------------------------------------------------- item 9
+# --------------------------------------------------- the Idempotency-Key header
 
 
 @pytest.mark.parametrize(
@@ -122,7 +121,7 @@ async def test_an_idempotency_key_header_is_the_one_key(
     await server.wait_idle(session_id)
 
 
-# --------------------------------------------------------------------------- item 10
+# ---------------------------------------------- callbacks after a failed stream
 
 
 async def test_callbacks_start_again_after_their_stream_failed(
@@ -157,7 +156,7 @@ async def test_callbacks_start_again_after_their_stream_failed(
     await server.wait_idle(session_id)
 
 
-# --------------------------------------------------------------------------- item 11
+# -------------------------------------------------------------- stuck listeners
 
 
 async def test_a_stuck_listener_is_detached_with_its_cursor(
@@ -186,8 +185,7 @@ async def test_a_stuck_listener_is_detached_with_its_cursor(
 
     reading = asyncio.create_task(reader())
     async with asyncio.timeout(20):
-        while session.listeners < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: session.listeners >= 2, "both listeners attached")
         await session.wait_connected()
         turn = await session.send("talk")
         result = await turn.result()  # the stuck reader does not hold the turn back
@@ -213,7 +211,7 @@ async def test_a_stuck_listener_is_detached_with_its_cursor(
     assert got == good  # resumed from the cursor: nothing lost, nothing twice
 
 
-# --------------------------------------------------------------------------- item 12
+# ----------------------------------------------------------------- the watchdog
 
 
 async def chat_then_silence(ctx: TurnContext) -> None:
@@ -225,6 +223,7 @@ async def next_in_a_task(stream: object) -> Event:
     return await asyncio.create_task(stream.__anext__())  # type: ignore[attr-defined]
 
 
+@pytest.mark.both_transports
 async def test_the_watchdog_watches_the_task_reading_now(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -243,6 +242,7 @@ async def test_the_watchdog_watches_the_task_reading_now(
     await client.sessions.cancel(session_id)
 
 
+@pytest.mark.both_transports
 async def test_the_watchdog_never_swallows_the_callers_cancel(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -253,9 +253,8 @@ async def test_the_watchdog_never_swallows_the_callers_cancel(
         while (await next_in_a_task(stream)).type != "agent.message":
             pass
         reading = asyncio.create_task(stream.__anext__())
-        async with asyncio.timeout(10):
-            while stream.connections < 3:  # stalls were noticed, in this very task
-                await asyncio.sleep(0.01)
+        # stalls were noticed, in this very task
+        await eventually(lambda: stream.connections >= 3, "two stalls noticed", timeout=10)
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             async with asyncio.timeout(10):
@@ -263,9 +262,10 @@ async def test_the_watchdog_never_swallows_the_callers_cancel(
     await client.sessions.cancel(session_id)
 
 
-# --------------------------------------------------------------------------- item 13
+# ----------------------------------------------------- aclose from another task
 
 
+@pytest.mark.both_transports
 async def test_aclose_from_another_task_ends_the_iteration_and_the_connection(
     server: FakeQoderServer, client: QoderClient, session_id: str
 ) -> None:
@@ -288,11 +288,11 @@ async def test_aclose_from_another_task_ends_the_iteration_and_the_connection(
         await stream.aclose()
         await consumer  # ended, without an error
     assert seen[-1] == "agent.message"
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     await client.sessions.cancel(session_id)
 
 
-# --------------------------------------------------------------------------- item 14
+# --------------------------------------------------------------- failed submits
 
 
 async def test_a_failed_submit_leaves_the_calls_pending(
@@ -309,13 +309,13 @@ async def test_a_failed_submit_leaves_the_calls_pending(
         await turn.submit_tool_results({pending.id: "42"})
     async with asyncio.timeout(10):
         assert await turn.wait_for_action() == (pending,)
-        with pytest.raises(ActionRequired):
+        with pytest.raises(ActionRequiredError):
             await turn.result(on_action="raise")
     await turn.submit_tool_results({pending.id: "42"})
     assert (await turn.result()).text == "calc returned: 42"
 
 
-# --------------------------------------------------------------------------- item 16
+# ----------------------------------------------- catch-up from a foreign cursor
 
 
 async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
@@ -329,13 +329,13 @@ async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
     session = client.session(session_id)
     done = await session.catch_up()
     assert len(done.turns) == 1
-    nothing = await session.catch_up(after=done.cursor)
+    nothing = await session.catch_up(last_event_id=done.cursor)
     assert nothing.turns == ()
     assert nothing.pending is None
     assert nothing.cursor == done.cursor
     foreign = server.stored_events(other)[-1]["id"]
     with pytest.raises(UnknownCursorError) as info:  # the fake refuses it: 400 after_id
-        await session.catch_up(after=foreign)
+        await session.catch_up(last_event_id=foreign)
     assert info.value.cursor == foreign
     assert info.value.session_id == session_id
     # A server that answers an unknown after_id with an empty page.
@@ -345,4 +345,4 @@ async def test_catch_up_tells_nothing_new_from_a_cursor_of_elsewhere(
             CannedResponse("GET", r"/events$", 200, JSON, json.dumps(empty).encode())
         ]
         with pytest.raises(UnknownCursorError, match="not in session"):
-            await session.catch_up(after=cursor)
+            await session.catch_up(last_event_id=cursor)

@@ -10,25 +10,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, forever, no_open_streams
+from conftest import FAST, eventually, forever
 from fake_dialects import OldWire
 
 from qoder_async import (
-    AgentCustomToolUse,
-    AgentMessage,
     ClientClosedError,
     ConfigurationError,
-    EndTurn,
     QoderClient,
-    RequiresAction,
     SessionBusyError,
-    SessionStatusIdle,
-    TurnFailed,
-    UnknownStopReason,
+    TurnFailedError,
     UserMessage,
 )
 from qoder_async._models import Event
 from qoder_async.testing import Dialect, FakeQoderServer, TurnContext, tool_script
+from qoder_async.types import (
+    AgentCustomToolUse,
+    AgentMessage,
+    EndTurn,
+    RequiresAction,
+    SessionStatusIdle,
+    UnknownStopReason,
+)
 
 
 async def test_turn_yields_exactly_its_events(
@@ -149,7 +151,7 @@ async def test_session_deleted_fails_the_turn(
     turn = await client.session(session_id).send("go")
     await client.session(session_id).wait_connected()
     await client.sessions.delete(session_id)
-    with pytest.raises(TurnFailed) as info:
+    with pytest.raises(TurnFailedError) as info:
         await turn.result()
     assert info.value.reason == "session.deleted"
     assert info.value.result is not None
@@ -305,9 +307,10 @@ async def test_leaving_the_client_context_closes_everything(server: FakeQoderSer
     with pytest.raises(ClientClosedError):
         await listener.__anext__()
     await listener.aclose()
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
+@pytest.mark.both_transports
 async def test_breaking_out_of_a_listener_closes_the_connection(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
@@ -321,7 +324,7 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
     await handle.wait_connected()
     await (await handle.send("x")).result()
     await task
-    assert await no_open_streams(server) == 0
+    await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
     assert not handle.connected
 
 
@@ -398,7 +401,7 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
         assert server.fault_counts.get("drop_probability", 0) > 10
         assert server.fault_counts.get("duplicate_on_resume", 0) > 10
         assert server.fault_counts.get("stall_probability", 0) > 0
-        assert await no_open_streams(server) == 0
+        await eventually(lambda: server.open_streams == 0, "every SSE connection closed")
 
 
 async def test_callback_handlers_run_on_the_shared_connection(
@@ -440,7 +443,7 @@ async def test_callback_handlers_run_on_the_shared_connection(
 async def test_a_busy_retry_keeps_the_callers_idempotency_key(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 20 item 8: every attempt carries the caller's key; a resend is stored once."""
+    """Every attempt carries the caller's key; a resend is stored once."""
 
     async def slow(ctx: TurnContext) -> None:
         await ctx.sleep(0.2)
@@ -511,7 +514,7 @@ async def test_a_failed_result_post_is_retried_without_rerunning_the_tool(
 async def test_an_interrupted_turn_says_so_and_keeps_the_text_shown(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
-    """Issue 11 item 1: not EndTurn() with '' after nine chunks were shown."""
+    """Interrupted after nine chunks were shown: not EndTurn() with ''."""
     shown = asyncio.Event()
 
     async def long_reply(ctx: TurnContext) -> None:
@@ -536,6 +539,31 @@ async def test_an_interrupted_turn_says_so_and_keeps_the_text_shown(
     assert str(result.stop_reason) == "end_turn"
 
 
+@pytest.mark.parametrize("coalesce", [None, 0.05])
+async def test_text_stream_ends_when_the_turn_ended_while_a_chunk_was_held(
+    client: QoderClient, server: FakeQoderServer, session_id: str, coalesce: float | None
+) -> None:
+    """The turn ends while the consumer holds a chunk (awaiting something else): no
+    wake-up comes after that, so the stream must look again before it waits."""
+
+    async def two_messages(ctx: TurnContext) -> None:
+        await ctx.message("first")
+        await ctx.sleep(0.3)
+        await ctx.message("second")
+
+    server.script = two_messages
+    turn = await client.session(session_id).send("hello")
+    chunks: list[str] = []
+    async with asyncio.timeout(20):  # hung for ever before the fix
+        async for chunk in turn.text_stream(coalesce=coalesce):
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                await turn.result()  # the rest of the turn arrives meanwhile
+    result = await turn.result()
+    assert result.text
+    assert (chunks[-1] if coalesce else "".join(chunks)) == result.text
+
+
 def test_stop_reasons_print_as_their_type() -> None:
     assert str(EndTurn()) == "end_turn"
     assert str(RequiresAction(("e1",))) == "requires_action"
@@ -543,7 +571,7 @@ def test_stop_reasons_print_as_their_type() -> None:
 
 
 async def test_a_handle_asked_again_with_other_options_says_so(client: QoderClient) -> None:
-    """Issue 11 item 15: new options on an existing handle are not silently ignored."""
+    """New options on an existing handle are not silently ignored."""
     handle = client.session("sess_x", stall_timeout=30.0)
     assert client.session("sess_x") is handle  # no options: the same handle
     assert client.session("sess_x", stall_timeout=30.0) is handle

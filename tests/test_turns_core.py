@@ -6,7 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qoder_async import (
+from qoder_async import UserMessage
+from qoder_async._convert import structure_event
+from qoder_async._models import ErrorInfo, Event
+from qoder_async._turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
+from qoder_async.types import (
     AgentCustomToolUse,
     AgentMessage,
     AgentToolResult,
@@ -24,11 +28,7 @@ from qoder_async import (
     UnknownStopReason,
     Usage,
     UserCustomToolResult,
-    UserMessage,
 )
-from qoder_async._convert import structure_event
-from qoder_async._models import ErrorInfo, Event
-from qoder_async._turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
 
 # ----------------------------------------------------------------------------- end rules
 
@@ -231,7 +231,7 @@ def test_fold_is_pure_and_stepwise_equals_batch(cut_a: int, cut_b: int) -> None:
 
 
 def test_fold_ignores_previews() -> None:
-    from qoder_async import EventDelta
+    from qoder_async.types import PreviewDelta
 
-    result = fold(None, EventDelta(event_id="m", content=TextBlock("x")))
+    result = fold(None, PreviewDelta(event_id="m", content=TextBlock("x")))
     assert result.events == ()

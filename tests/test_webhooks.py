@@ -8,7 +8,6 @@ waited on.
 from __future__ import annotations
 
 import ast
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
@@ -820,8 +820,8 @@ async def test_the_readme_handler_queues_answers_fast_and_dedupes(
         response = await client.post("/webhooks/qoder", data=body + b" ", headers=headers)
         assert response.status == 400
         queue = app[namespace["QUEUE"]]
-        while not queue.empty():  # the worker prints as soon as it takes an event
-            await asyncio.sleep(0.01)
+        # the worker prints as soon as it takes an event
+        await eventually(queue.empty, "the worker took every event")
     out = capsys.readouterr().out.splitlines()
     assert out.count("session.created: sess_01abc") == 1  # the retry was deduplicated
     assert [line for line in out if line.startswith("refused: ")] == [
