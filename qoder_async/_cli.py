@@ -1441,7 +1441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its events, manage sessions, agents and environments, or run a fake API locally.",
         epilog=f"Example:\n  {PROG} demo\n\n"
         "Exit codes: 0 ok, 1 API or stream error, 2 usage or configuration error, "
-        "130 interrupted (Ctrl-C).",
+        "130 interrupted (Ctrl-C), 141 stdout closed early (| head), 143 SIGTERM.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
