@@ -9,25 +9,37 @@
     qoder-async sessions list|create|get|cancel|archive|delete
     qoder-async agents list|create|get|archive
     qoder-async environments list|create|get|archive
+    qoder-async files upload ./report.pdf | files download file_... [-o PATH]
     qoder-async fake-server --port 8765 [--script default|demo|tools]
 
 Global options, accepted before or after the command: ``--base-url`` (else
 ``QODER_BASE_URL``, else the library default), ``--token`` (else ``QODER_PAT``,
 else ``QODER_ACCESS_TOKEN``), ``--allow-insecure-http`` (else
 ``QODER_ALLOW_INSECURE_HTTP=1``: plain ``http://`` to a host that is not
-loopback), ``--json`` and ``-v`` (debug logs on stderr).
+loopback), ``--retry-timeout S`` (retries stop once the next one would start
+more than S seconds, default 10, after the first attempt; each retry is a line
+on stderr), ``--json`` and ``-v`` (debug logs on stderr).
+
+A note on stderr (a retry, the Ctrl-C note) starts on its own line when stdout
+and stderr go to the same place (a terminal, ``2>&1``), even in the middle of
+a streamed reply. File uploads and downloads show their progress (bytes, rate,
+ETA) on stderr when it is a terminal, never with ``--json``.
 
 ``--json``: stdout is JSON Lines (one JSON object per line, for ``jq``);
 events are printed as received; ``chat`` and ``demo`` end with
 ``{"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}``;
 an error is one ``{"error": {"type", "message", "status_code", "error_type",
-"request_id"[, "hint"]}}`` line on stderr.
+"request_id"[, "hint"]}}`` line on stderr, after a ``{"log": {"level",
+"message"}}`` line per retry.
 
-Exit codes: 0 ok; 1 API or stream error (one line on stderr, with the request
-id when there is one); 2 usage or configuration error (no token...); 130
-interrupted by Ctrl-C; 143 stopped by SIGTERM. ``chat`` handles the first
-Ctrl-C itself: it interrupts the turn, keeps streaming until the turn ends and
-exits 0; a second Ctrl-C exits 130. ``fake-server`` exits 0 on Ctrl-C/SIGTERM.
+Exit codes: 0 ok; 1 API or stream error, connection errors included (one line
+on stderr, with the request id when there is one); 2 usage or configuration
+error (no token, a file that cannot be read...); 130 interrupted by Ctrl-C; 141
+stdout closed early (``| head``: quietly, the code a shell gives a tool killed
+by SIGPIPE, so ``set -o pipefail`` scripts see it as they see ``cat``'s); 143
+stopped by SIGTERM. ``chat`` handles the first Ctrl-C itself: it interrupts the
+turn, keeps streaming until the turn ends, prints the summary and exits 130; a
+second Ctrl-C exits 130 at once. ``fake-server`` exits 0 on Ctrl-C/SIGTERM.
 
 This module uses only the public API (``qoder_async`` and ``qoder_async.testing``).
 """
@@ -43,13 +55,15 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import textwrap
 import time
 import traceback
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TextIO, TypeAlias, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any, TextIO, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from qoder_async import (
@@ -59,6 +73,7 @@ from qoder_async import (
     QoderClient,
     QoderError,
     ResumeExhaustedError,
+    RetryPolicy,
     SessionBusyError,
     Turn,
     TurnResult,
@@ -78,6 +93,7 @@ from qoder_async.types import (
     Deleted,
     Environment,
     Event,
+    FileMetadata,
     PreviewDelta,
     PreviewStart,
     RequiresAction,
@@ -93,13 +109,26 @@ from qoder_async.types import (
     UserCustomToolResult,
 )
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PIPE",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "progress_line",
+]
 
 PROG = "qoder-async"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 128 + 13  # SIGPIPE
+
+#: Seconds the CLI retries a request for (``--retry-timeout``): a refused port fails fast.
+DEFAULT_RETRY_TIMEOUT = 10.0
 
 #: Environment variable that does what ``--allow-insecure-http`` does (``1``, ``true``, ``yes``).
 _INSECURE_ENV = "QODER_ALLOW_INSECURE_HTTP"
@@ -249,8 +278,10 @@ class _Output:
     """Everything the CLI prints: lines, live text, JSON records, notes and a TTY spinner.
 
     Human lines go to stdout; a line always starts on a fresh line even if reply
-    text was being streamed. The spinner exists only when stdout is a terminal
-    and is wiped before anything else is written.
+    text was being streamed, and so does a note on stderr when both streams go
+    to the same place. The spinner exists only when stdout is a terminal and is
+    wiped before anything else is written; progress bars only when stderr is a
+    terminal (and not in ``--json`` mode).
     """
 
     def __init__(self, *, json_mode: bool, stdout: TextIO, stderr: TextIO) -> None:
@@ -258,6 +289,8 @@ class _Output:
         self.stdout = stdout
         self.stderr = stderr
         self.tty = _isatty(stdout)
+        self.shared = _same_place(stdout, stderr)
+        self.progress = _isatty(stderr) and not json_mode
         self.color = self.tty and "NO_COLOR" not in os.environ
         self.secret: str | None = None
         self._at_line_start = True
@@ -313,8 +346,21 @@ class _Output:
         return text
 
     def note(self, text: str) -> None:
-        """A message for the human, on stderr."""
+        """A message for the human, on stderr, on a line of its own."""
+        if self.shared:
+            self.end_line()  # the reply's line, open on the same terminal or file
+            self._clear_status()
+            self.stdout.flush()
         self.stderr.write(f"{PROG}: {self._redact(text)}\n")
+        self.stderr.flush()
+
+    def log(self, level: str, text: str) -> None:
+        """A log record of the library (a retry...): a note, or a ``{"log": ...}`` line."""
+        if not self.json_mode:
+            self.note(f"{level}: {text}")
+            return
+        record = {"log": {"level": level, "message": self._redact(text)}}
+        self.stderr.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self.stderr.flush()
 
     def error(
@@ -388,6 +434,31 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+def _same_place(a: TextIO, b: TextIO) -> bool:
+    """Whether two streams write to the same file, pipe or terminal (``2>&1``)."""
+    try:
+        one, two = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
+class _LogToOutput(logging.Handler):
+    """The ``qoder_async`` logger's records, through :meth:`_Output.log` (stderr)."""
+
+    def __init__(self, out: _Output, level: int) -> None:
+        super().__init__(level)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.out.log(record.levelname.lower(), record.getMessage())
+        except BrokenPipeError:
+            pass  # stderr went away: nowhere to say it
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
 # --------------------------------------------------------------------------- signals
 
 
@@ -445,6 +516,9 @@ class _Context:
 class _TurnView:
     """Prints one turn as it streams, and turns the first Ctrl-C into an interrupt.
 
+    The turn interrupted by a Ctrl-C still ends with its summary; the exit code
+    is then 130 (a turn interrupted by someone else exits 0).
+
     Two readers share the turn: the events (tool calls, thinking, errors) and
     ``turn.text_stream()`` (the reply, live). Then a summary line: done or
     interrupted, stop reason, usage, time; in ``--json`` mode a ``{"result": ...}``
@@ -485,7 +559,7 @@ class _TurnView:
             self.out.note(f"could not interrupt the turn: {_error_text(exc)}")
 
     async def follow(self, turn: Turn) -> int:
-        """Stream ``turn`` to the output; the exit code once it ended."""
+        """Stream ``turn`` to the output; the exit code once it ended (130 after a Ctrl-C)."""
         self.turn = turn
         self._started = time.monotonic()
         if self.interrupt_requested:
@@ -507,7 +581,7 @@ class _TurnView:
             if self._interrupt_task is not None:
                 await asyncio.gather(self._interrupt_task, return_exceptions=True)
         self._summary(await turn.result())
-        return EXIT_OK
+        return EXIT_INTERRUPTED if self.interrupt_requested else EXIT_OK
 
     async def _text(self, turn: Turn) -> None:
         # The event loop in follow() reports a failed turn; this reader just stops.
@@ -589,8 +663,11 @@ def _client(args: argparse.Namespace) -> QoderClient:
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
     allow = _allow_insecure_http(args)
+    retry = RetryPolicy(timeout=args.retry_timeout)
     try:
-        return QoderClient(token=args.token, base_url=args.base_url, allow_insecure_http=allow)
+        return QoderClient(
+            token=args.token, base_url=args.base_url, allow_insecure_http=allow, retry=retry
+        )
     except ConfigurationError as exc:
         base_url = args.base_url or os.environ.get("QODER_BASE_URL") or ""
         parts = urlsplit(base_url.strip())
@@ -914,6 +991,219 @@ async def _cmd_resource(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- files
+
+
+def _size(count: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.0 MiB``: a byte count for people."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(done: int, total: int | None, elapsed: float) -> str:
+    """``1.5 MiB / 4.0 MiB (37%) · 2.1 MiB/s · ETA 1s``: a transfer's progress.
+
+    Without a known ``total``: the bytes so far and the rate; the ETA only once
+    there is a rate to go by.
+    """
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if total:
+        parts = [f"{_size(done)} / {_size(total)} ({min(100, done * 100 // total)}%)"]
+    else:
+        parts = [_size(done)]
+    parts.append(f"{_size(rate)}/s")
+    if total and rate > 0 and done < total:
+        parts.append(f"ETA {_duration((total - done) / rate)}")
+    return " · ".join(parts)
+
+
+class _Progress:
+    """A transfer's progress line on stderr, redrawn in place a few times a second.
+
+    Drawn only when stderr is a terminal and not in ``--json`` mode
+    (:attr:`_Output.progress`); ``done`` may be set from a worker thread.
+    """
+
+    def __init__(self, out: _Output, label: str, total: int | None) -> None:
+        self.out = out
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Progress:
+        self._started = time.monotonic()
+        if self.out.progress:
+            self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._draw(end="\n" if exc_type is None else "")
+            if exc_type is not None:
+                self.out.stderr.write("\r\x1b[K")  # the error line takes its place
+                self.out.stderr.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            self._draw()
+            await asyncio.sleep(0.2)
+
+    def _draw(self, end: str = "") -> None:
+        line = progress_line(self.done, self.total, time.monotonic() - self._started)
+        self.out.stderr.write(f"\r\x1b[K{self.label} {line}{end}")
+        self.out.stderr.flush()
+
+
+class _CountedFile:
+    """A binary file whose reads move a :class:`_Progress` (a retry reads from the start again).
+
+    What ``client.files.upload`` takes as a seekable file object: sized, and
+    retried by seeking back.
+    """
+
+    def __init__(self, f: IO[bytes], progress: _Progress) -> None:
+        self._f = f
+        self.name = f.name
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._progress.done = self._f.tell()
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+
+def _show_file(ctx: _Context, meta: FileMetadata) -> None:
+    if ctx.out.json_mode:
+        ctx.out.record(dict(meta.raw) or {"id": meta.id})
+        return
+    fields = {
+        "id": meta.id,
+        "filename": meta.filename,
+        "mime_type": meta.mime_type,
+        "size": _size(meta.size_bytes) if meta.size_bytes is not None else None,
+        "created_at": meta.created_at,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            ctx.out.line(f"{key + ':':<13}{value}")
+
+
+async def _cmd_files_upload(args: argparse.Namespace, ctx: _Context) -> int:
+    try:
+        f = open(args.path, "rb")  # noqa: SIM115, ASYNC230 - closed below; a local file
+    except OSError as exc:
+        ctx.out.error(type(exc).__name__, f"cannot read {args.path}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        async with _client(args) as client:
+            progress = _Progress(ctx.out, f"uploading {os.path.basename(args.path)}", total)
+            async with progress:
+                meta = await client.files.upload(
+                    cast(IO[bytes], _CountedFile(f, progress)),  # what upload reads of one
+                    purpose=args.purpose,
+                    name=args.name,
+                )
+    _show_file(ctx, meta)
+    return EXIT_OK
+
+
+def _download_target(output: str | None, filename: str | None, file_id: str) -> str:
+    """Where a download goes: ``-o``, else the file's name if harmless, else its id."""
+    if output:
+        return output
+    harmless = (
+        filename
+        and not filename.startswith(".")
+        and os.sep not in filename
+        and (os.altsep is None or os.altsep not in filename)
+    )
+    name = filename if harmless and filename else file_id
+    if os.path.lexists(name):  # a name the server chose never replaces a file
+        raise ConfigurationError(f"{name} exists: name another path with -o PATH")
+    return name
+
+
+def _temp_beside(target: str) -> tuple[str, IO[bytes]]:
+    """A new temporary file in ``target``'s directory (replaced into it once complete).
+
+    Created with the mode any new file gets here (the umask's), not private.
+    """
+    directory, name = os.path.split(os.path.abspath(target))
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temp, flags, 0o666)
+    return temp, os.fdopen(fd, "wb")
+
+
+async def _cmd_files_download(args: argparse.Namespace, ctx: _Context) -> int:
+    async with _client(args) as client:
+        download = await client.files.download(args.file_id)
+        async with download:
+            target = _download_target(args.output, download.filename, args.file_id)
+            to_stdout = target == "-"
+            label = f"downloading {'to stdout' if to_stdout else os.path.basename(target)}"
+            progress = _Progress(ctx.out, label, download.content_length)
+            if to_stdout:
+                sink: IO[bytes] = sys.stdout.buffer
+            else:
+                temp, sink = await asyncio.to_thread(_temp_beside, target)
+            try:
+                async with progress:
+                    async for chunk in download:
+                        await asyncio.to_thread(sink.write, chunk)
+                        progress.done += len(chunk)
+                if not to_stdout:
+                    sink.close()
+                    os.replace(temp, target)  # complete: only now does the path change
+            except BaseException:
+                if not to_stdout:
+                    sink.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp)
+                raise
+    if to_stdout:
+        sys.stdout.buffer.flush()
+    elif ctx.out.json_mode:
+        ctx.out.record({"id": args.file_id, "path": target, "bytes": progress.done})
+    else:
+        ctx.out.line(f"saved {target} ({_size(progress.done)})")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- the fake server
 
 _DEMO_README = (
@@ -1101,6 +1391,15 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         f"travels unencrypted (default: ${_INSECURE_ENV}=1)",
     )
     group.add_argument(
+        "--retry-timeout",
+        type=_seconds,
+        metavar="S",
+        default=default(DEFAULT_RETRY_TIMEOUT),
+        help="stop retrying a failed request (refused connection, 5xx, 429) once the next "
+        f"retry would start more than S seconds after the first attempt (default: "
+        f"{DEFAULT_RETRY_TIMEOUT:g}); each retry is printed on stderr",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=default(False),
@@ -1114,6 +1413,16 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(False),
         help="debug logs of the qoder_async logger on stderr",
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _type_list(text: str) -> list[str]:
@@ -1160,7 +1469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its events, manage sessions, agents and environments, or run a fake API locally.",
         epilog=f"Example:\n  {PROG} demo\n\n"
         "Exit codes: 0 ok, 1 API or stream error, 2 usage or configuration error, "
-        "130 interrupted (Ctrl-C).",
+        "130 interrupted (Ctrl-C), 141 stdout closed early (| head), 143 SIGTERM.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
@@ -1190,8 +1499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints the reply as it arrives, one line per tool call and result, then a summary: "
         "done or interrupted, the stop reason and usage. With --json: each event of the turn, "
         'then {"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}. The '
-        "first Ctrl-C interrupts the turn (streaming goes on until it ends, exit 0); a second "
-        "Ctrl-C quits (exit 130). A 409 means a turn is already running: see --on-busy. "
+        "first Ctrl-C interrupts the turn (streaming goes on until it ends, then exit 130); a "
+        "second Ctrl-C quits at once (exit 130). A 409 means a turn is already running: see "
+        "--on-busy. "
         "MESSAGE '-' reads stdin.",
     )
     p.add_argument("session_id", metavar="SESSION_ID")
@@ -1254,6 +1564,39 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(verb=verb)
             for flags, options in verb.args:
                 p.add_argument(*flags, **options)
+
+    group = build.add(
+        commands,
+        "files",
+        "upload or download files (progress on a terminal)",
+        f"{PROG} files upload ./report.pdf",
+    )
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = build.add(
+        sub,
+        "upload",
+        "upload a file (POST /files); prints its metadata",
+        f"{PROG} files upload ./report.pdf --purpose user_data",
+        _cmd_files_upload,
+        "The file is streamed from disk; progress (bytes, rate, ETA) is shown on stderr when "
+        "it is a terminal and not with --json. With --json: the file's metadata as one JSON "
+        "object.",
+    )
+    p.add_argument("path", metavar="PATH", help="the file to upload")
+    p.add_argument("--purpose", help="the file's purpose (sent as a form field)")
+    p.add_argument("--name", help="store the file under this name")
+    p = build.add(
+        sub,
+        "download",
+        "download a file's content (GET /files/{id}/content)",
+        f"{PROG} files download file_01abc -o report.pdf",
+        _cmd_files_download,
+        "Writes to -o PATH (- for stdout), else to the file's own name in the current "
+        "directory (never over an existing file), else to its id. The path changes only once "
+        "the download is complete. Progress as for upload.",
+    )
+    p.add_argument("file_id", metavar="FILE_ID")
+    p.add_argument("-o", "--output", metavar="PATH", help="where to write it (- for stdout)")
 
     p = build.add(
         commands,
@@ -1325,14 +1668,21 @@ async def _run(args: argparse.Namespace, out: _Output) -> int:
         signals.uninstall()
 
 
-def _setup_logging(verbose: bool) -> None:
-    if not verbose:
-        return
+@contextlib.contextmanager
+def _logs_to(out: _Output, verbose: bool) -> Iterator[None]:
+    """The library's WARNINGs (retries...) on stderr; with ``-v`` its DEBUG lines too."""
     logger = logging.getLogger("qoder_async")
-    logger.setLevel(logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    level = logging.DEBUG if verbose else logging.WARNING
+    handler = _LogToOutput(out, level)
+    before = logger.level
+    if verbose:
+        logger.setLevel(level)
     logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1356,9 +1706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = _Output(json_mode=True, stdout=sys.stdout, stderr=sys.stderr)
             out.error("UsageError", message, hints=[f"{PROG} --help shows the usage"])
         return code
-    _setup_logging(args.verbose)
     out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
     out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+    with _logs_to(out, args.verbose):
+        return _main(args, out)
+
+
+def _main(args: argparse.Namespace, out: _Output) -> int:
     try:
         return asyncio.run(_run(args, out))
     except KeyboardInterrupt:  # a Ctrl-C the event loop did not see (startup, Windows)
@@ -1369,10 +1723,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QoderError as exc:
         out.exception(exc)
         return EXIT_ERROR
-    except BrokenPipeError:  # `qoder-async events ... | head`
+    except BrokenPipeError:  # `qoder-async events ... | head`: quietly, as `cat` would
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_ERROR
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit has nowhere to fail
+        return EXIT_PIPE
     except Exception as exc:  # a bug: still one line, the traceback only with -v
         if args.verbose:
             traceback.print_exc()

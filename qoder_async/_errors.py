@@ -64,8 +64,10 @@ import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 __all__ = [
+    "API_ROOT",
     "APIConnectionError",
     "APIError",
     "APIResponseValidationError",
@@ -111,6 +113,7 @@ __all__ = [
     "conflict_class",
     "error_from_response",
     "redact",
+    "request_path",
     "snippet",
 ]
 
@@ -143,11 +146,30 @@ class ClientClosedError(QoderError, RuntimeError):
     """The client, stream or session was used after it was closed."""
 
 
+#: The path of the API under its host (a base URL ends in it).
+API_ROOT = "/api/v1/cloud"
+
+
+def request_path(url: str) -> str:
+    """How an error names a request: its API path, as the API reference writes it.
+
+    ``https://host/api/v1/cloud/sessions/s1?x=1`` and ``/api/v1/cloud/sessions/s1``
+    are both ``/sessions/s1``: the part after :data:`API_ROOT` when the path has
+    it, else the whole path; never the scheme, host or query (a query may hold
+    a signature).
+    """
+    path = urlsplit(url).path
+    at = path.find(API_ROOT + "/")
+    return path[at + len(API_ROOT) :] if at >= 0 else path
+
+
 class APIError(QoderError):
     """Something went wrong talking to the Qoder API.
 
-    ``method`` and ``url`` name the request (never its headers), ``body`` is the
-    parsed JSON body when there was one, else the text (or ``None``).
+    ``method`` and ``url`` name the request (never its headers): ``url`` is the
+    API path (``/sessions/sess_1/events``, see :func:`request_path`), in every
+    error alike. ``body`` is the parsed JSON body when there was one, else the
+    text (or ``None``).
     """
 
     def __init__(
@@ -161,7 +183,7 @@ class APIError(QoderError):
         super().__init__(message)
         self.message = message
         self.method = method
-        self.url = url
+        self.url = request_path(url) if url else url
         self.body = body
 
     def __str__(self) -> str:

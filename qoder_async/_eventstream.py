@@ -14,6 +14,11 @@ The generator holds the connection; nothing else holds the generator strongly
 (the stream keeps a weak reference), so a consumer that breaks out of
 ``async for`` without ``async with`` still gets its connection closed as soon
 as the generator is dropped.
+
+Each reconnect is logged on ``qoder_async``: at DEBUG when an open stream
+ended or broke off (resumed from its cursor as a matter of course), at WARNING
+when the stream could not be opened (a connection failure, a retryable
+status) or went silent (read timeout, stall).
 """
 
 from __future__ import annotations
@@ -372,11 +377,13 @@ class EventStream:
                 error: BaseException | None = None
                 server_retry: float | None = None
                 resume = machine.connecting()
+                opened = False
                 try:
                     async with http.stream(
                         self._path, params=self._params, last_event_id=resume
                     ) as resp:
                         machine.connected()
+                        opened = True
                         decoder.reconnected()
                         if self._on_connect is not None:
                             self._on_connect()
@@ -450,7 +457,11 @@ class EventStream:
                 self.reconnects += 1
                 if self._on_reconnect is not None:
                     self._on_reconnect()
-                logger.debug(
+                # An open stream that ended or broke off is resumed as a matter of course
+                # (proxies cut long responses); failing to get a stream back is a WARNING.
+                routine = cause is Cause.EOF or (cause is Cause.ERROR and opened)
+                logger.log(
+                    logging.DEBUG if routine else logging.WARNING,
                     "stream %s: %s (%s); reconnecting in %.2fs from %s (attempt %d, stalls %d)",
                     self.session_id,
                     cause.value,

@@ -23,7 +23,9 @@ a download, a stream (re)connect)       refused with that token, and the request
                                         what the callable raised
 connection failure or error status      retried by the :class:`RetryPolicy` (deadline,
                                         ``Retry-After``), with the same headers and the
-                                        same ``Idempotency-Key``
+                                        same ``Idempotency-Key``; each retry logged at
+                                        WARNING (method, path, what failed, attempt,
+                                        delay, deadline left; no header, no query)
 an ``Idempotency-Key`` (or ``X-``) in   it is the request's one key, in any header
 ``extra_headers``                       case; another key given too:
                                         :class:`ConfigurationError`
@@ -65,6 +67,7 @@ from attrs import frozen
 from ._backoff import RetryPolicy
 from ._errors import (
     APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APIStatusError,
     AuthenticationError,
@@ -692,30 +695,74 @@ class HTTP:
                     token_at = await self._reauthorize(error, token_at, headers, method, path)
                     continue
                 retry_after = error.retry_after
-            delay = policy.delay(
+            delay = self._retry_delay(
+                policy,
+                error,
                 attempt=attempt,
-                elapsed=clock() - first,
+                first=first,
                 method=method,
+                path=path,
                 idempotent=idempotency_key is not None,
                 status=status,
                 headers=resp_headers,
                 retry_after=retry_after,
-                rand=self.rand(),
-                in_progress=isinstance(error, RequestInProgressError),
             )
             if delay is None:
                 raise error
             attempt += 1
-            logger.debug(
-                "retrying %s %s in %.2fs (retry %d, %.1fs since the first attempt) after %s",
+            await self.sleep(delay)
+
+    def _retry_delay(
+        self,
+        policy: RetryPolicy,
+        error: BaseException,
+        *,
+        attempt: int,
+        first: float,
+        method: str,
+        path: str,
+        idempotent: bool,
+        status: int | None,
+        headers: Mapping[str, str],
+        retry_after: float | None,
+    ) -> float | None:
+        """The one place a failed attempt is retried or not: seconds to wait, or ``None``.
+
+        A retry is logged at WARNING: the request (method and path: never a
+        header or the query), what failed, the attempt, the delay and how much
+        of the retry deadline is left.
+        """
+        elapsed = self.clock() - first
+        delay = policy.delay(
+            attempt=attempt,
+            elapsed=elapsed,
+            method=method,
+            idempotent=idempotent,
+            status=status,
+            headers=headers,
+            retry_after=retry_after,
+            rand=self.rand(),
+            in_progress=isinstance(error, RequestInProgressError),
+        )
+        if delay is not None:
+            what = error.message if isinstance(error, APIError) else type(error).__name__
+            if status is not None:
+                what = f"{status}: {what}"
+            left = (
+                "no retry deadline"
+                if policy.timeout is None
+                else f"{max(0.0, policy.timeout - elapsed):.1f}s of the retry deadline left"
+            )
+            logger.warning(
+                "%s %s failed (attempt %d): %s; retrying in %.2fs (%s)",
                 method,
                 path,
+                attempt + 1,
+                " ".join(what.split())[:300],
                 delay,
-                attempt,
-                clock() - first,
-                status if status is not None else type(error).__name__,
+                left,
             )
-            await self.sleep(delay)
+        return delay
 
     # -- streams
 
@@ -894,15 +941,17 @@ class HTTP:
                     raise  # the body broke off: the caller had it, nothing to retry here
                 error = scrub(exc, self.secrets)
                 retry_after = None
-            delay = self.retry.delay(
+            delay = self._retry_delay(
+                self.retry,
+                error,
                 attempt=attempt,
-                elapsed=self.clock() - first,
+                first=first,
                 method=method,
+                path=path,
                 idempotent=False,
                 status=status,
                 headers=resp_headers,
                 retry_after=retry_after,
-                rand=self.rand(),
             )
             if delay is None:
                 raise error

@@ -11,8 +11,10 @@ import asyncio
 import ipaddress
 import json
 import os
+import pty
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,7 +25,7 @@ import pytest
 from conftest import eventually
 
 from qoder_async import QoderClient
-from qoder_async._cli import _connect_host, _is_loopback, main
+from qoder_async._cli import PROG, _connect_host, _is_loopback, main
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 
 TIMEOUT = 30.0
@@ -284,7 +286,7 @@ async def forever(ctx: TurnContext) -> None:
     await ctx.sleep(60)
 
 
-async def test_first_ctrl_c_interrupts_the_turn_and_keeps_streaming(
+async def test_first_ctrl_c_interrupts_the_turn_keeps_streaming_and_exits_130(
     server: FakeQoderServer, session_id: str
 ) -> None:
     server.script = forever
@@ -292,7 +294,7 @@ async def test_first_ctrl_c_interrupts_the_turn_and_keeps_streaming(
     await server.wait_for_event(session_id, "agent.message")  # the reply is mid-line now
     cli.signal(signal.SIGINT)
     result = await cli.finish()
-    assert result.code == 0, result
+    assert result.code == 130, result
     assert "interrupting" in result.err
     assert result.lines[-1].startswith("■ interrupted · stop: end_turn")
     assert "user.interrupt" in [e["type"] for e in server.stored_events(session_id)]
@@ -316,13 +318,46 @@ async def test_chat_json_interrupted_turn_reports_the_partial_text(server: FakeQ
     await cli.wait_line(lambda line: "of an answer" in line)  # the CLI has the text
     cli.signal(signal.SIGINT)
     result = await cli.finish()
-    assert result.code == 0, result
+    assert result.code == 130, result
     assert "interrupting" in result.err
     *events, last = [json.loads(line) for line in result.lines]
     assert "user.interrupt" in [e.get("type") for e in events]
     assert last["result"]["interrupted"] is True
     assert last["result"]["text"] == "The first half of an answer"
     assert last["result"]["stop_reason"] == "end_turn"
+
+
+async def test_the_ctrl_c_note_is_a_line_of_its_own_in_a_shared_terminal(
+    server: FakeQoderServer, session_id: str
+) -> None:
+    """stdout and stderr to one place (a terminal, ``2>&1``): the note never splits the reply."""
+    server.script = forever
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qoder_async",
+        "chat",
+        session_id,
+        "long job",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=server_env(server),
+    )
+    assert proc.stdout is not None
+    seen = b""
+    async with asyncio.timeout(TIMEOUT):
+        while b"Working on it..." not in seen:  # printed, with no newline after it yet
+            chunk = await proc.stdout.read(4096)
+            assert chunk, seen
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, _ = await proc.communicate()
+    lines = (seen + rest).decode().splitlines()
+    assert proc.returncode == 130, lines
+    assert "Working on it..." in lines
+    assert f"{PROG}: interrupting the turn... (press Ctrl-C again to quit)" in lines
+    assert lines[-1].startswith("■ interrupted · stop: end_turn"), lines
 
 
 async def test_second_ctrl_c_quits_with_130(server: FakeQoderServer, session_id: str) -> None:
@@ -657,7 +692,7 @@ async def test_fake_server_tools_script_calls_a_custom_tool() -> None:
     assert "→ get_weather(city=Paris)" in chat.seen["out"]
     chat.signal(signal.SIGINT)
     chatted = await chat.finish()
-    assert chatted.code == 0, chatted
+    assert chatted.code == 130, chatted
     assert chatted.lines[-1].startswith("■ interrupted")
 
     cli.signal(signal.SIGINT)
@@ -875,6 +910,9 @@ COMMANDS = [
     ["environments", "create"],
     ["environments", "get"],
     ["environments", "archive"],
+    ["files"],
+    ["files", "upload"],
+    ["files", "download"],
     ["fake-server"],
 ]
 
@@ -916,3 +954,195 @@ async def test_global_options_go_before_or_after_the_command(
     result = await run(*args, env=clean_env())
     assert result.code == 0, result
     assert json.loads(result.out)["name"] == "placed"
+
+
+# --------------------------------------------------------------------------- retries, pipes
+
+
+def refused_url() -> str:
+    """A base URL on a loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api/v1/cloud"
+
+
+def test_the_cli_retries_for_10_seconds_by_default() -> None:
+    from qoder_async._cli import build_parser
+
+    assert build_parser().parse_args(["environments", "list"]).retry_timeout == 10.0
+    args = build_parser().parse_args(["environments", "list", "--retry-timeout", "2.5"])
+    assert args.retry_timeout == 2.5
+
+
+async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1() -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+    result = await run("--retry-timeout", "1", "environments", "get", "env_1", env=env)
+    assert result.code == 1, result
+    *retries, error = result.err.strip().splitlines()
+    assert retries, result.err
+    for number, line in enumerate(retries, start=1):
+        assert line.startswith(
+            f"{PROG}: warning: GET /environments/env_1 failed (attempt {number})"
+        )
+        assert "retrying in" in line
+        assert "of the retry deadline left" in line
+    assert error.startswith(f"{PROG}: error: Connection refused")
+    assert "pat_secret_0123456789" not in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_json_mode_retries_are_log_objects_before_the_error() -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+    result = await run("--json", "--retry-timeout", "1", "sessions", "get", "s1", env=env)
+    assert result.code == 1, result
+    *logs, error = [json.loads(line) for line in result.err.strip().splitlines()]
+    assert logs
+    assert all(entry["log"]["level"] == "warning" for entry in logs), logs
+    assert error["error"]["type"] == "APIConnectionError"
+
+
+async def test_a_closed_pipe_exits_141_quietly(server: FakeQoderServer, tmp_path: Any) -> None:
+    """``qoder-async files download F -o - | head -c 10``: 141 like ``cat``, no traceback."""
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        meta = await client.files.upload(("big.bin", os.urandom(1 << 20)))
+
+    def run_and_hang_up() -> tuple[int, bytes]:
+        with subprocess.Popen(
+            [sys.executable, "-m", "qoder_async", "files", "download", meta.id, "-o", "-"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=server_env(server),
+            cwd=tmp_path,
+        ) as proc:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            assert len(proc.stdout.read(10)) == 10
+            proc.stdout.close()  # the reader hangs up, as `head` does
+            err = proc.stderr.read()
+            return proc.wait(timeout=TIMEOUT), err
+
+    code, err = await asyncio.wait_for(asyncio.to_thread(run_and_hang_up), TIMEOUT)
+    assert code == 141, err
+    assert err == b"", err
+
+
+# --------------------------------------------------------------------------- files
+
+
+async def test_files_upload_then_download(server: FakeQoderServer, tmp_path: Any) -> None:
+    data = os.urandom(300_000)
+    (tmp_path / "report.bin").write_bytes(data)
+    env = server_env(server)
+    up = await run("--json", "files", "upload", str(tmp_path / "report.bin"), env=env)
+    assert up.code == 0, up
+    assert up.err == ""  # no progress when stderr is not a terminal
+    meta = json.loads(up.out)
+    assert meta["filename"] == "report.bin"
+    assert meta["size_bytes"] == len(data)
+
+    target = tmp_path / "copy.bin"
+    down = await run("files", "download", meta["id"], "-o", str(target), env=env)
+    assert down.code == 0, down
+    assert down.err == ""
+    assert target.read_bytes() == data
+    assert down.out.startswith(f"saved {target}")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+    raw = await Cli.start("files", "download", meta["id"], "-o", "-", env=env)
+    out, _ = await raw.proc.communicate()
+    assert out == data
+
+
+async def test_files_download_never_replaces_a_file_by_the_servers_name(
+    server: FakeQoderServer, tmp_path: Any
+) -> None:
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        meta = await client.files.upload(("notes.txt", b"from the server"))
+    (tmp_path / "notes.txt").write_bytes(b"mine")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qoder_async",
+        "files",
+        "download",
+        meta.id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=server_env(server),
+        cwd=tmp_path,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode == 2, err
+    assert b"notes.txt exists" in err
+    assert (tmp_path / "notes.txt").read_bytes() == b"mine"
+
+
+async def test_files_upload_of_a_missing_file_is_a_usage_error(server: FakeQoderServer) -> None:
+    result = await run("files", "upload", "/nonexistent/file.bin", env=server_env(server))
+    assert_clean_error(result, 2)
+    assert "cannot read /nonexistent/file.bin" in result.err
+
+
+def run_with_stderr_on_a_terminal(args: list[str], env: Mapping[str, str]) -> tuple[int, bytes]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe); (exit code, terminal bytes)."""
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qoder_async", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            env=dict(env),
+        )
+    finally:
+        os.close(secondary)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(primary)
+    return proc.wait(timeout=TIMEOUT), seen
+
+
+async def test_files_progress_is_drawn_on_a_terminal_only(
+    server: FakeQoderServer, tmp_path: Any
+) -> None:
+    (tmp_path / "big.bin").write_bytes(os.urandom(1 << 20))
+    env = server_env(server)
+    args = ["files", "upload", str(tmp_path / "big.bin")]
+    code, terminal = await asyncio.wait_for(
+        asyncio.to_thread(run_with_stderr_on_a_terminal, args, env), TIMEOUT
+    )
+    assert code == 0, terminal
+    text = terminal.decode()
+    assert "\r\x1b[Kuploading big.bin " in text
+    assert "1.0 MiB / 1.0 MiB (100%)" in text
+    assert "/s" in text
+    assert text.endswith("\r\n")  # the finished bar stays, on its own line
+
+    code, terminal = await asyncio.wait_for(
+        asyncio.to_thread(run_with_stderr_on_a_terminal, ["--json", *args], env), TIMEOUT
+    )
+    assert code == 0, terminal
+    assert terminal == b""  # --json: nothing but what was asked for
+
+
+def test_progress_line_says_bytes_rate_and_eta() -> None:
+    from qoder_async._cli import progress_line
+
+    mib = 1 << 20
+    assert progress_line(mib, 4 * mib, 2.0) == "1.0 MiB / 4.0 MiB (25%) · 512.0 KiB/s · ETA 6s"
+    assert progress_line(0, 4 * mib, 0.0) == "0 B / 4.0 MiB (0%) · 0 B/s"
+    assert progress_line(4 * mib, 4 * mib, 1.0) == "4.0 MiB / 4.0 MiB (100%) · 4.0 MiB/s"
+    assert progress_line(300, None, 1.0) == "300 B · 300 B/s"  # size unknown: no ETA
+    assert progress_line(mib, 100 * mib, 1.0).endswith("ETA 1m39s")

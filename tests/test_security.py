@@ -320,7 +320,7 @@ async def test_debug_lines_say_what_happened(
         await client.sessions.retrieve("sess_nope")
     messages = [r.getMessage() for r in caplog.records]
     assert any("-> 429" in m for m in messages)
-    assert any(m.startswith("retrying GET /sessions/sess_nope") for m in messages)
+    assert any(m.startswith("GET /sessions/sess_nope failed (attempt 1): 429") for m in messages)
     assert any("-> 404 [req_" in m and "ms" in m for m in messages)
 
 

@@ -2,7 +2,8 @@
 
 Request path through the app, in order (one middleware does it all):
 
-1. record the request (``server.requests``) and give it an ``x-request-id``;
+1. record the request (``server.requests``) and give it an ``x-request-id``
+   (random: unique across servers, whatever their seeds);
    a body over ``max_body_bytes`` is recorded empty and answered 413
    ``request_too_large`` right away;
 2. a matching canned response (``faults.respond_next``) wins outright;
@@ -202,7 +203,8 @@ class FakeQoderServer:
             a heartbeat.
         host: interface to listen on.
         port: port to listen on; 0 picks a free port.
-        seed: seed of the server's ``random.Random`` (random faults, ids).
+        seed: seed of the server's ``random.Random`` (random faults, resource
+            ids; request ids are random whatever the seed).
         record_requests: keep every request in `requests`.
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
         webhook_url: where to POST webhooks (``None``: no webhooks).
