@@ -205,7 +205,12 @@ async def test_retries_are_counted_by_reason(
     assert total(reader, "qoder.http.retries", **{"qoder.retry.reason": "429"}) == 2
     assert total(reader, "qoder.http.retries", **{"qoder.retry.reason": "5xx"}) == 1
     assert total(reader, "qoder.http.retries") == 3
-    assert_private(reader, sid, server.token)
+    meta = server.add_file(b"report", "report.txt")
+    server.faults.throttle_first, server.faults.throttle_status = 1, 429
+    async with await metered.files.download(meta["id"]) as download:  # a streamed answer
+        assert await download.read() == b"report"
+    assert total(reader, "qoder.http.retries", **{"qoder.retry.reason": "429"}) == 3
+    assert_private(reader, sid, server.token, meta["id"])
 
 
 def test_retry_reasons_are_a_closed_set() -> None:
