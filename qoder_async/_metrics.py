@@ -74,6 +74,16 @@ _TPOC = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5
 _TOKENS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
 
 
+def _histogram(meter: Any, name: str, unit: str, description: str, buckets: Any) -> Any:
+    """A histogram with the conventions' advisory buckets where the API takes them."""
+    try:
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:  # an older opentelemetry-api: the SDK's default buckets
+        return meter.create_histogram(name, unit=unit, description=description)
+
+
 def retry_reason(error: BaseException, status: int | None) -> str:
     """Why a request is retried, from a small closed set (a metric attribute)."""
     if isinstance(error, RequestInProgressError):
@@ -143,30 +153,33 @@ class _Recording(Metrics):
         # ``pending``: the global provider's stand-in while none is set (turns are not
         # measured until the application sets one; counters go through it for free).
         self._pending = pending
-        histogram = meter.create_histogram
-        self._duration = histogram(
+        self._duration = _histogram(
+            meter,
             "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=_TURN_SECONDS,
+            "s",
+            "GenAI operation duration",
+            _TURN_SECONDS,
         )
-        self._tokens = histogram(
+        self._tokens = _histogram(
+            meter,
             "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=_TOKENS,
+            "{token}",
+            "Number of input and output tokens used",
+            _TOKENS,
         )
-        self._ttfc = histogram(
+        self._ttfc = _histogram(
+            meter,
             "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to receive the first chunk of the reply",
-            explicit_bucket_boundaries_advisory=_TTFC,
+            "s",
+            "Time to receive the first chunk of the reply",
+            _TTFC,
         )
-        self._tpoc = histogram(
+        self._tpoc = _histogram(
+            meter,
             "gen_ai.client.operation.time_per_output_chunk",
-            unit="s",
-            description="Time between chunks of the reply",
-            explicit_bucket_boundaries_advisory=_TPOC,
+            "s",
+            "Time between chunks of the reply",
+            _TPOC,
         )
         counter = meter.create_counter
         self._reconnects = counter("qoder.stream.reconnects", description="Stream reconnects")
