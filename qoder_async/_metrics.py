@@ -37,9 +37,10 @@ instrument                                        what it measures, and its attr
 ``qoder.fleet.leases`` (up-down counter)          the sessions a fleet worker follows now
 ================================================  ===============================================
 
-The turn's instruments cost one ``time.monotonic()`` per text chunk while a
-provider is set up; with none (OpenTelemetry absent, or no global provider
-yet) a turn costs nothing more than without metrics.
+The turn's instruments cost one ``time.monotonic()`` per text chunk and one
+fold of the turn's events at its end while a provider is set up; with none
+(OpenTelemetry absent, or no global provider yet) a turn takes no timestamps
+and folds nothing.
 """
 
 from __future__ import annotations
