@@ -29,7 +29,7 @@ from qoder_async import (
     NotFoundError,
     QoderClient,
     RequestInProgressError,
-    TurnFailed,
+    TurnFailedError,
 )
 from qoder_async._metrics import NO_METRICS, retry_reason
 from qoder_async._turns import LiveText
@@ -42,7 +42,7 @@ ALLOWED: dict[str, set[Any]] = {
     "gen_ai.operation.name": {"invoke_agent"},
     "gen_ai.provider.name": {"qoder"},
     "gen_ai.token.type": {"input", "output"},
-    "error.type": {"TurnFailed", "NotFoundError", "StreamStalledError", "CancelledError"},
+    "error.type": {"TurnFailedError", "NotFoundError", "StreamStalledError", "CancelledError"},
     "qoder.retry.reason": {
         "connection_error",
         "timeout",
@@ -160,12 +160,12 @@ async def test_failed_turns_and_sends_carry_the_error_type(
     doomed = await metered.session(sid).send("again")
     await metered.session(sid).wait_connected()
     await metered.sessions.delete(sid)
-    with pytest.raises(TurnFailed):
+    with pytest.raises(TurnFailedError):
         await doomed.result()
     with pytest.raises(NotFoundError):
         await metered.session("sess_missing").send("anyone?")
     duration = "gen_ai.client.operation.duration"
-    assert total(reader, duration, **{"error.type": "TurnFailed"}) == 1
+    assert total(reader, duration, **{"error.type": "TurnFailedError"}) == 1
     assert total(reader, duration, **{"error.type": "NotFoundError"}) == 1
     assert total(reader, duration) == 2
     assert "gen_ai.client.token.usage" not in points(reader)  # failed turns have no result
@@ -383,4 +383,4 @@ def test_an_explicit_no_op_provider_costs_nothing() -> None:
     client = QoderClient(token="t", meter_provider=NoOpMeterProvider())
     assert client._metrics is NO_METRICS
     assert client._http.observer is NO_METRICS
-    assert client.with_options(max_retries=1)._metrics is NO_METRICS
+    assert client.with_options(timeout=5.0)._metrics is NO_METRICS
