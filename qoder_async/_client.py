@@ -18,6 +18,7 @@ from ._backoff import ReconnectPolicy, RetryPolicy
 from ._errors import ConfigurationError
 from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
 from ._http import HTTP, TokenSource, resolve_base_url, resolve_token
+from ._metrics import metrics_for
 from ._resources import Agents, Environments, Files, Models, Sessions
 from ._session import SessionHandle
 from ._tracing import tracer_for
@@ -74,6 +75,10 @@ class QoderClient:
       tool spans (``pip install "qoder-async[otel]"``); without one, the
       application's global provider, if any. Nothing is traced without
       OpenTelemetry installed.
+    * ``meter_provider``: an OpenTelemetry ``MeterProvider`` for the client's
+      metrics (turn durations, tokens, retries, reconnects...); without one, the
+      application's global provider. Nothing is measured without OpenTelemetry
+      installed.
 
     Attributes: ``sessions`` (with ``sessions.events``, ``.threads``,
     ``.resources``), ``agents`` (with ``.versions``), ``environments``,
@@ -106,6 +111,7 @@ class QoderClient:
         default_headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool | None = None,
         tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         policy = retry or RetryPolicy()
         self._http = HTTP(
@@ -117,7 +123,8 @@ class QoderClient:
             default_headers=default_headers,
         )
         self._reconnect = reconnect or ReconnectPolicy()
-        self._tracing = tracer_for(tracer_provider)
+        self._http.observer = self._metrics = metrics_for(meter_provider)
+        self._tracing = tracer_for(tracer_provider, self._metrics)
         self._setup()
 
     def _setup(self) -> None:
@@ -202,6 +209,7 @@ class QoderClient:
         twin._http = self._http.copy(retry=policy, timeout=timeout)
         twin._reconnect = self._reconnect
         twin._tracing = self._tracing
+        twin._metrics = self._metrics
         twin._setup()
         return twin
 

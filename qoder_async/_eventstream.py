@@ -452,6 +452,7 @@ class EventStream:
                 decision = machine.failed(
                     cause, server_retry=server_retry, heartbeats=self.heartbeats
                 )
+                http.observer.stream_dropped(cause is Cause.STALL, not isinstance(decision, GiveUp))
                 if isinstance(decision, GiveUp):
                     raise self._prepared(decision.error) from error
                 self.reconnects += 1

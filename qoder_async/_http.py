@@ -89,6 +89,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "HTTP",
     "APIResponse",
+    "Observer",
     "RequestBody",
     "RequestOptions",
     "StreamRetry",
@@ -364,6 +365,23 @@ class StreamRetry(Exception):
         self.retry_after = cause.retry_after
 
 
+class Observer:
+    """What the request layer and the streams report (retries, dropped connections).
+
+    This one ignores it; ``QoderClient`` puts its metrics (``_metrics.Metrics``) in
+    ``HTTP.observer``. Called only off the hot path (a retry, a reconnect).
+    """
+
+    __slots__ = ()
+
+    def retrying(self, error: BaseException, status: int | None) -> None:
+        """A request failed (``status`` when the server answered) and will be retried."""
+
+    def stream_dropped(self, stalled: bool, reconnecting: bool) -> None:
+        """A stream's connection ended (``stalled``: no event for ``stall_timeout``); it
+        reconnects unless it gives up (``reconnecting`` False)."""
+
+
 class _Lifecycle:
     """Shared by an :class:`HTTP` and its copies: open or closed, and the event loop used."""
 
@@ -406,6 +424,8 @@ class HTTP:
 
     ``clock``, ``sleep`` and ``rand`` are injectable so retry tests need no real waiting.
     """
+
+    observer: Observer = Observer()  # the client's metrics replace it (shared by copies)
 
     def __init__(
         self,
@@ -709,6 +729,7 @@ class HTTP:
             )
             if delay is None:
                 raise error
+            self.observer.retrying(error, status)
             attempt += 1
             await self.sleep(delay)
 
@@ -955,6 +976,7 @@ class HTTP:
             )
             if delay is None:
                 raise error
+            self.observer.retrying(error, status)
             attempt += 1
             await self.sleep(delay)
 

@@ -408,7 +408,8 @@ class Turn:
             if self._turn_id is None and ev.turn_id is not None:
                 self._turn_id = ev.turn_id
         self._items.append(ev)
-        self._live.feed(ev)
+        if self._live.feed(ev) and self._span.chunks is not None:
+            self._span.chunks.append(time.monotonic())  # a text chunk, for the metrics
         if cls in _TURN_ENDERS:
             if ends_turn(ev):
                 self._finish(ev)
@@ -1335,6 +1336,7 @@ class SessionHandle:
     def _overflowed(self, listener: _Listener) -> None:
         """Detach a listener whose queue stayed full; the one place overflows are counted."""
         self.listener_overflows += 1
+        self._tracing.metrics.overflowed()
         if listener in self._listeners:
             self._listeners.remove(listener)
         cursor = listener.cursor

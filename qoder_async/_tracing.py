@@ -1,4 +1,4 @@
-"""SHELL: optional OpenTelemetry spans (``pip install "qoder-async[otel]"``).
+"""SHELL: optional OpenTelemetry spans (``pip install "qoder-async[otel]"``), and a turn's metrics.
 
 Without ``opentelemetry-api`` nothing happens and nothing is imported. With it,
 spans go to the tracer provider the application configured (or the one given
@@ -24,14 +24,19 @@ span / event                    when, and its attributes
                                 ``gen_ai.tool.type`` = ``function``; an error status when
                                 the handler raised
 ==============================  ===========================================================
+
+A :class:`TurnSpan` also carries the turn's metrics (``_metrics``): when the
+turn starts, when each text chunk arrived (``chunks``), and its end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
+from ._metrics import NO_METRICS, Metrics
 from ._version import __version__
 
 try:  # the optional extra: pip install "qoder-async[otel]"
@@ -47,24 +52,32 @@ _PROVIDER = "qoder"
 
 
 class TurnSpan:
-    """The span of one turn (a no-op when tracing is off)."""
+    """The span and the metrics of one turn (a no-op when both are off).
 
-    __slots__ = ("_span", "_tracer")
+    ``chunks`` is None unless the turn is measured: then the turn appends the
+    ``time.monotonic()`` of each text chunk as it arrives.
+    """
 
-    def __init__(self, tracer: Any = None, span: Any = None) -> None:
+    __slots__ = ("_metrics", "_span", "_started", "_tracer", "chunks")
+
+    def __init__(self, tracer: Any = None, span: Any = None, metrics: Metrics | None = None):
         self._tracer = tracer
         self._span = span
+        self._metrics = metrics
+        self._started = time.monotonic() if metrics is not None else 0.0
+        self.chunks: list[float] | None = [] if metrics is not None else None
 
     @property
     def recording(self) -> bool:
-        """True while the span records attributes (worth computing them for).
+        """True while the span records attributes or the turn is measured (worth
+        computing the result for).
 
         False for :data:`NO_SPAN`, after :meth:`ended`, and for the spans of a
         tracer that drops them (OpenTelemetry installed but no provider set up,
-        or a sampler that left this turn out).
+        or a sampler that left this turn out) when no metrics are wanted.
         """
         span = self._span
-        return span is not None and bool(span.is_recording())
+        return self._metrics is not None or (span is not None and bool(span.is_recording()))
 
     def reconnected(self, cursor: str | None) -> None:
         """The session's connection was re-established (from ``cursor``)."""
@@ -108,7 +121,11 @@ class TurnSpan:
         output_tokens: int | None,
         error: BaseException | None,
     ) -> None:
-        """The turn ended (``error`` when it failed); ends the span."""
+        """The turn ended (``error`` when it failed); ends the span, records the metrics."""
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            chunks = self.chunks or ()
+            metrics.turn_ended(self._started, chunks, error, input_tokens, output_tokens)
         span, self._span = self._span, None
         if span is None or not HAVE_OTEL:
             return
@@ -132,17 +149,22 @@ NO_SPAN = TurnSpan()
 
 
 class Tracing:
-    """Starts turn spans on a tracer, or does nothing (no OpenTelemetry, or none set up)."""
+    """Starts turn spans on a tracer, or does nothing (no OpenTelemetry, or none set up).
 
-    __slots__ = ("_tracer",)
+    ``metrics``: the client's metrics (:data:`NO_METRICS` when off).
+    """
 
-    def __init__(self, tracer: Any) -> None:
+    __slots__ = ("_tracer", "metrics")
+
+    def __init__(self, tracer: Any, metrics: Metrics = NO_METRICS) -> None:
         self._tracer = tracer
+        self.metrics = metrics
 
     def turn(self, session_id: str) -> TurnSpan:
-        """A started ``invoke_agent`` span for a new turn of ``session_id``."""
+        """A started ``invoke_agent`` span (and the metrics) of a new turn of ``session_id``."""
+        measured = self.metrics if self.metrics.turn_started() else None
         if self._tracer is None or not HAVE_OTEL:
-            return NO_SPAN
+            return NO_SPAN if measured is None else TurnSpan(metrics=measured)
         span = self._tracer.start_span(
             "invoke_agent",
             kind=otel_trace.SpanKind.CLIENT,
@@ -152,13 +174,13 @@ class Tracing:
                 "gen_ai.conversation.id": session_id,
             },
         )
-        return TurnSpan(self._tracer, span)
+        return TurnSpan(self._tracer, span, measured)
 
 
-def tracer_for(provider: Any = None) -> Tracing:
+def tracer_for(provider: Any = None, metrics: Metrics = NO_METRICS) -> Tracing:
     """Tracing on ``provider`` (else the application's global one), or off without OTel."""
     if not HAVE_OTEL:
-        return Tracing(None)
+        return Tracing(None, metrics)
     if provider is not None:
-        return Tracing(provider.get_tracer("qoder_async", __version__))
-    return Tracing(otel_trace.get_tracer("qoder_async", __version__))
+        return Tracing(provider.get_tracer("qoder_async", __version__), metrics)
+    return Tracing(otel_trace.get_tracer("qoder_async", __version__), metrics)

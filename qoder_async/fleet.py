@@ -959,6 +959,7 @@ class Fleet:
 
     async def _run(self, runner: _Runner) -> None:
         follow = runner.follow
+        self._client._metrics.leases(1)
         try:
             await self._follow_session(runner)
         except LeaseLostError:
@@ -989,6 +990,7 @@ class Fleet:
             )
             await self._sleep(delay)  # the lease is kept meanwhile: no hot redelivery
         finally:
+            self._client._metrics.leases(-1)
             for answering in runner.answering.values():
                 answering.cancel()
             await asyncio.gather(*runner.answering.values(), return_exceptions=True)
@@ -999,6 +1001,7 @@ class Fleet:
                 with contextlib.suppress(QoderError, TimeoutError):
                     async with asyncio.timeout(self.lease_ttl):
                         await self.coordinator.hand_off(follow.session_id, follow.token)
+                        self._client._metrics.handed_off()
 
     async def _follow_session(self, runner: _Runner) -> None:
         follow = runner.follow
@@ -1142,6 +1145,7 @@ class Fleet:
         await self._gate(runner)
         redelivered = follow.redelivered(ident)
         delivery = Delivery(sid, ev, ev.turn_id, redelivered, token)
+        self._client._metrics.delivered(redelivered)
         self.delivered += 1
         self.redelivered += redelivered
         await self._call_handler(runner, delivery)

@@ -9,7 +9,7 @@ layer                      modules
 the top                    ``__init__``, ``types``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
 the fleet's coordinators   ``_coordinators`` (memory, Redis)
 the client                 ``_client``
-the turn API               ``_session``, ``_tools``, ``_tracing``
+the turn API               ``_session``, ``_tools``, ``_tracing``, ``_metrics``
 resources                  ``_resources``
 streams, pages and files   ``_eventstream``, ``_pagination``, ``_files``
 the request layer          ``_http``
@@ -89,6 +89,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "webhooks": {"_errors", "_models"},
     "_client": {
         "_tracing",
+        "_metrics",
         "_backoff",
         "_errors",
         "_eventstream",
@@ -130,7 +131,8 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
     "_transport": {"_errors"},
     "_tools": {"_errors", "_models", "_turns"},
-    "_tracing": {"_version"},
+    "_tracing": {"_metrics", "_version"},
+    "_metrics": {"_errors", "_http", "_version"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},
     "_lease": {"_backoff", "_errors", "_models", "_stream"},
