@@ -1,44 +1,84 @@
 """Rules of the code base that a reviewer would otherwise have to remember.
 
-The package is layered, imports run one way (top to bottom), and the core does
-no I/O:
+The package is layered, imports run one way (top to bottom: a module imports
+only from its own layer or a lower one), and the core does no I/O. Modules are
+named by their dotted path inside ``qoder_async`` (``fleet._lease`` is
+``qoder_async/fleet/_lease.py``; a package by its folder, the top one as
+``__init__``). The table is ``render_layers(LAYERS)`` (a test checks it):
 
-=========================  ==============================================================
-layer                      modules
-=========================  ==============================================================
-the top                    ``__init__``, ``types``, ``_cli``, ``__main__``, ``fleet``, ``webhooks``
-the fleet's coordinators   ``_coordinators`` (memory, Redis)
-the client                 ``_client``
-the turn API               ``_session``, ``_tools``, ``_tracing``, ``_metrics``
-resources                  ``_resources``
-streams, pages and files   ``_eventstream``, ``_pagination``, ``_files``
-the request layer          ``_http``
-transports                 ``_transport``
-the core (sans-I/O)        ``_machine``, ``_turns``, ``_lease``, ``_stream``, ``_convert``,
-                           ``_backoff``, ``_models``, ``_params``, ``_errors``, ``_version``
-=========================  ==============================================================
+==========================  ======================================================================
+layer                       modules
+==========================  ======================================================================
+the command line            ``__main__``, ``_cli``
+testing                     ``testing``, ``testing._agent``, ``testing._faults``,
+                            ``testing._files``, ``testing._params``, ``testing._server``,
+                            ``testing._sse``, ``testing._state``, ``testing._webhooks``,
+                            ``testing._wire``, ``testing.pytest_plugin``
+the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
+the fleet                   ``fleet._fleet``, ``fleet._coordinators``
+the client                  ``_client``
+the turn API                ``_session``, ``_tracing``, ``_metrics``
+resources                   ``_resources``
+custom tools                ``_tools``
+streams, pages and files    ``_eventstream``, ``_pagination``, ``_files``
+the request layer           ``_http``
+transports                  ``_transport``
+the core (sans-I/O)         ``_machine``, ``_turns``, ``fleet._lease``, ``_stream``, ``_convert``,
+                            ``_backoff``, ``_models``, ``_params``, ``_errors``, ``_version``
+==========================  ======================================================================
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import textwrap
 from pathlib import Path
 
 import qoder_async
 
 PACKAGE = Path(qoder_async.__file__).parent
-CORE = (
-    "_stream.py",
-    "_turns.py",
-    "_machine.py",
-    "_lease.py",
-    "_backoff.py",
-    "_models.py",
-    "_params.py",
-    "_convert.py",
-    "_errors.py",
-)
+
+# The layers, top to bottom (the docstring's table is ``render_layers(LAYERS)``).
+LAYERS: dict[str, tuple[str, ...]] = {
+    "the command line": ("__main__", "_cli"),
+    # The fake server imports nothing of the client; its pytest plugin hands one out.
+    "testing": (
+        "testing",
+        "testing._agent",
+        "testing._faults",
+        "testing._files",
+        "testing._params",
+        "testing._server",
+        "testing._sse",
+        "testing._state",
+        "testing._webhooks",
+        "testing._wire",
+        "testing.pytest_plugin",
+    ),
+    "the public modules": ("__init__", "types", "webhooks", "fleet"),
+    "the fleet": ("fleet._fleet", "fleet._coordinators"),
+    "the client": ("_client",),
+    "the turn API": ("_session", "_tracing", "_metrics"),
+    "resources": ("_resources",),
+    "custom tools": ("_tools",),  # agents are created with tool definitions: below resources
+    "streams, pages and files": ("_eventstream", "_pagination", "_files"),
+    "the request layer": ("_http",),
+    "transports": ("_transport",),
+    "the core (sans-I/O)": (
+        "_machine",
+        "_turns",
+        "fleet._lease",
+        "_stream",
+        "_convert",
+        "_backoff",
+        "_models",
+        "_params",
+        "_errors",
+        "_version",
+    ),
+}
+CORE = LAYERS["the core (sans-I/O)"]
 IO_MODULES = {
     "httpx",
     "httpx_sse",
@@ -49,6 +89,20 @@ IO_MODULES = {
     "socket",
     "redis",
 }
+
+
+def render_layers(layers: dict[str, tuple[str, ...]]) -> str:
+    """The reStructuredText table of ``layers``, as the module docstring shows it."""
+    left, right = 26, 70
+    rule = f"{'=' * left}  {'=' * right}"
+    rows = [rule, f"{'layer':<{left}}  modules", rule]
+    for layer, modules in layers.items():
+        cells = ", ".join(f"``{m}``" for m in modules)
+        for i, line in enumerate(textwrap.wrap(cells, right, break_on_hyphens=False)):
+            rows.append(f"{layer if i == 0 else '':<{left}}  {line}".rstrip())
+    rows.append(rule)
+    return "\n".join(rows)
+
 
 # Every import edge inside the package, exactly: a new one is a design decision.
 ALLOWED_EDGES: dict[str, set[str]] = {
@@ -69,23 +123,44 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     },
     "types": {"_models", "_params"},
     "__main__": {"_cli"},
-    "_cli": {"qoder_async", "qoder_async.testing", "qoder_async.types"},
-    "fleet": {
+    "_cli": {"__init__", "testing", "types"},
+    "testing": {"testing._agent", "testing._faults", "testing._server", "testing._webhooks"},
+    "testing._agent": {"testing._faults", "testing._params", "testing._state", "testing._wire"},
+    "testing._faults": {"testing._wire"},
+    "testing._files": {"testing._params", "testing._wire"},
+    "testing._params": {"testing._wire"},
+    "testing._server": {
+        "testing._agent",
+        "testing._faults",
+        "testing._files",
+        "testing._params",
+        "testing._sse",
+        "testing._state",
+        "testing._webhooks",
+        "testing._wire",
+    },
+    "testing._sse": {"testing._faults", "testing._state", "testing._wire"},
+    "testing._state": {"testing._faults", "testing._wire"},
+    "testing._webhooks": {"testing._wire"},
+    "testing._wire": set(),
+    "testing.pytest_plugin": {"__init__", "testing"},
+    "fleet": {"_errors", "fleet._coordinators", "fleet._fleet", "fleet._lease"},
+    "fleet._fleet": {
         "_backoff",
         "_client",
         "_convert",
-        "_coordinators",
         "_errors",
         "_eventstream",
-        "_lease",
         "_models",
         "_pagination",
         "_resources",
         "_stream",
         "_tools",
         "_turns",
+        "fleet._coordinators",
+        "fleet._lease",
     },
-    "_coordinators": {"_backoff", "_errors", "_lease"},
+    "fleet._coordinators": {"_backoff", "_errors", "fleet._lease"},
     "webhooks": {"_errors", "_models"},
     "_client": {
         "_tracing",
@@ -135,7 +210,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_metrics": {"_errors", "_http", "_version"},
     "_machine": {"_backoff", "_errors", "_models", "_stream"},
     "_turns": {"_models", "_stream"},
-    "_lease": {"_backoff", "_errors", "_models", "_stream"},
+    "fleet._lease": {"_backoff", "_errors", "_models", "_stream"},
     "_stream": {"_convert", "_errors", "_models"},
     "_convert": {"_models"},
     "_backoff": set(),
@@ -159,31 +234,78 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _module_name(path: Path) -> str:
+    """``fleet/_lease.py`` -> ``fleet._lease``; a package's ``__init__.py`` -> its folder."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _ours(absolute: str) -> str | None:
+    """The module name of an absolute import, or ``None`` when it is not ours."""
+    if absolute == "qoder_async":
+        return "__init__"
+    if absolute.startswith("qoder_async."):
+        return absolute.removeprefix("qoder_async.")
+    return None
+
+
 def _package_edges(path: Path) -> set[str]:
+    """The modules of the package that ``path`` imports, by module name (absolute or relative)."""
+    package = path.relative_to(PACKAGE).parent.parts  # the package the file's ``.`` means
     edges: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            relative = node.level == 1 and node.module
-            ours = node.level == 0 and (node.module or "").startswith("qoder_async")
-            if (relative or ours) and node.module:
-                edges.add(node.module)
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package[: len(package) - (node.level - 1)]
+            targets = [node.module] if node.module else [a.name for a in node.names]
+            for target in targets:
+                edges.add(_ours(".".join(("qoder_async", *base, target))) or "")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            edges.add(_ours(node.module) or "")
         elif isinstance(node, ast.Import):
-            edges.update(a.name for a in node.names if a.name.startswith("qoder_async"))
+            edges.update(_ours(a.name) or "" for a in node.names)
+    edges.discard("")
     return edges
 
 
 def test_core_modules_do_no_io() -> None:
     for name in CORE:
-        leaked = _imports(PACKAGE / name) & IO_MODULES
+        leaked = _imports(MODULES[name]) & IO_MODULES
         assert not leaked, f"{name} imports {leaked}: the core must stay sans-I/O"
 
 
 def test_imports_follow_the_table_of_allowed_edges() -> None:
-    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
-    assert set(modules) == set(ALLOWED_EDGES), "a module was added or removed: update the table"
-    for name, path in modules.items():
+    assert set(MODULES) == set(ALLOWED_EDGES), "a module was added or removed: update the table"
+    for name, path in MODULES.items():
         edges = _package_edges(path)
         assert edges == ALLOWED_EDGES[name], f"{name} imports {sorted(edges)}"
+
+
+def test_every_module_is_in_exactly_one_layer() -> None:
+    placed = [m for modules in LAYERS.values() for m in modules]
+    assert len(placed) == len(set(placed)), "a module is in two layers"
+    assert set(placed) == set(MODULES), "a module was added or removed: put it in a layer"
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    rank = {m: i for i, modules in enumerate(LAYERS.values()) for m in modules}
+    layer = {m: name for name, modules in LAYERS.items() for m in modules}
+    for name, path in MODULES.items():
+        for imported in _package_edges(path):
+            assert rank[imported] >= rank[name], (
+                f"{name} ({layer[name]}) imports {imported} ({layer[imported]}), "
+                "a higher layer: imports only go down"
+            )
+
+
+def test_the_docstring_table_is_the_layers() -> None:
+    assert render_layers(LAYERS) in (__doc__ or ""), (
+        "the layer table in this docstring is not LAYERS: paste render_layers(LAYERS)"
+    )
 
 
 def test_the_import_graph_has_no_cycle() -> None:
@@ -209,7 +331,7 @@ def test_no_import_hides_inside_a_function() -> None:
     in every project where qoder-async is installed, so its fixtures import the
     client only when a test uses them.
     """
-    for path in [*PACKAGE.glob("*.py"), *(PACKAGE / "testing").glob("*.py")]:
+    for path in MODULES.values():
         if path.name == "pytest_plugin.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -29,7 +29,6 @@ from redis_server import (
 )
 
 from qoder_async import ConfigurationError, QoderError
-from qoder_async._lease import Balancer
 from qoder_async.fleet import (
     WORK_WINDOW,
     Claim,
@@ -44,6 +43,7 @@ from qoder_async.fleet import (
     ToolState,
     WorkerLoad,
 )
+from qoder_async.fleet._lease import Balancer
 
 LONG = 60.0  # a lease that does not run out during a test
 SHORT = 0.25  # a lease a test waits out (real seconds with Redis)
@@ -800,12 +800,13 @@ def test_fleet_imports_without_redis_and_says_what_to_install() -> None:
     code = (
         "import sys\n"
         "sys.modules['redis'] = None\n"
+        "import qoder_async\n"
         "import qoder_async.fleet as fleet\n"
-        "import qoder_async._coordinators as coordinators\n"
+        "import qoder_async.fleet._coordinators as coordinators\n"
         "assert coordinators.redis_asyncio is None\n"
         "try:\n"
         "    fleet.RedisCoordinator.from_url('redis://127.0.0.1:1/0')\n"
-        "except fleet.ConfigurationError as exc:\n"
+        "except qoder_async.ConfigurationError as exc:\n"
         "    assert 'qoder-async[redis]' in str(exc), exc\n"
         "else:\n"
         "    raise SystemExit('no error')\n"

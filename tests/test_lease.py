@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 import qoder_async
 from qoder_async import Backoff, QoderError
 from qoder_async._eventstream import as_cursor
-from qoder_async._lease import (
+from qoder_async._stream import time_key
+from qoder_async.fleet import LeaseLostError
+from qoder_async.fleet._lease import (
     Balancer,
     Claim,
     FleetCursor,
@@ -32,8 +34,6 @@ from qoder_async._lease import (
     fair_shares,
     order_key,
 )
-from qoder_async._stream import time_key
-from qoder_async.fleet import LeaseLostError
 
 
 class Clock:

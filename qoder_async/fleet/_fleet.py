@@ -6,10 +6,10 @@ committed cursor and calls your handler once per stored event, in stored
 order. Workers share their state through a coordinator
 (:class:`MemoryCoordinator` in one process, :class:`RedisCoordinator` across
 processes and hosts; the coordinator contract and its Redis keys are in
-``qoder_async._coordinators``).
+``qoder_async.fleet._coordinators``).
 
 The fleet is a thin driver. Every decision is the sans-I/O core's
-(``qoder_async._lease``): whether a renewal is due and whether a handler may
+(``qoder_async.fleet._lease``): whether a renewal is due and whether a handler may
 start (``Lease``, ``Follow.gate``), what to skip and what is a redelivery
 (``Follow``), how many sessions to claim (``Balancer``), how long to wait out
 an outage (``OutageBackoff``), what to do with a tool call (``tool_action``).
@@ -160,16 +160,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
 from attrs import frozen
 
-from ._backoff import Backoff
-from ._convert import unstructure_event
-from ._coordinators import (
-    DEFAULT_LEDGER_TTL,
-    WORK_WINDOW,
-    Coordinator,
-    MemoryCoordinator,
-    RedisCoordinator,
-)
-from ._errors import (
+from qoder_async._backoff import Backoff
+from qoder_async._convert import unstructure_event
+from qoder_async._errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -182,24 +175,8 @@ from ._errors import (
     StreamError,
     ToolResultsNotAwaitedError,
 )
-from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
-from ._lease import (
-    Balancer,
-    Claim,
-    FleetCursor,
-    Follow,
-    Gate,
-    InFlight,
-    Lease,
-    OutageBackoff,
-    SessionInfo,
-    ToolAction,
-    ToolRecord,
-    ToolState,
-    WorkerLoad,
-    tool_action,
-)
-from ._models import (
+from qoder_async._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
+from qoder_async._models import (
     Accepted,
     AgentCustomToolUse,
     Content,
@@ -214,9 +191,9 @@ from ._models import (
     as_events,
     new_idempotency_key,
 )
-from ._resources import find_sent, send_retrying_busy
-from ._stream import PREVIEW_CLASSES
-from ._tools import (
+from qoder_async._resources import find_sent, send_retrying_busy
+from qoder_async._stream import PREVIEW_CLASSES
+from qoder_async._tools import (
     Tools,
     call_handler,
     call_slots,
@@ -225,33 +202,31 @@ from ._tools import (
     tool_handlers,
     tool_result,
 )
-from ._turns import ToolCall, ends_turn
+from qoder_async._turns import ToolCall, ends_turn
+
+from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator
+from ._lease import (
+    Balancer,
+    Claim,
+    FleetCursor,
+    Follow,
+    Gate,
+    InFlight,
+    Lease,
+    OutageBackoff,
+    ToolAction,
+    ToolRecord,
+    ToolState,
+    tool_action,
+)
 
 if TYPE_CHECKING:
-    from ._client import QoderClient
-    from ._eventstream import EventStream
-    from ._models import OutboundEvent
-    from ._pagination import AsyncPaginator
+    from qoder_async._client import QoderClient
+    from qoder_async._eventstream import EventStream
+    from qoder_async._models import OutboundEvent
+    from qoder_async._pagination import AsyncPaginator
 
-__all__ = [
-    "DEFAULT_LEDGER_TTL",
-    "WORK_WINDOW",
-    "Claim",
-    "Coordinator",
-    "CoordinatorUnavailableError",
-    "Delivery",
-    "Fleet",
-    "FleetCursor",
-    "Handler",
-    "InFlight",
-    "LeaseLostError",
-    "MemoryCoordinator",
-    "RedisCoordinator",
-    "SessionInfo",
-    "ToolRecord",
-    "ToolState",
-    "WorkerLoad",
-]
+__all__ = ["Delivery", "Fleet", "Handler"]
 
 logger = logging.getLogger("qoder_async")
 

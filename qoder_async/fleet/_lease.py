@@ -135,10 +135,10 @@ from datetime import UTC, datetime, timedelta
 
 from attrs import define, field, frozen
 
-from ._backoff import Backoff
-from ._errors import LeaseLostError
-from ._models import Cursor
-from ._stream import time_key
+from qoder_async._backoff import Backoff
+from qoder_async._errors import LeaseLostError
+from qoder_async._models import Cursor
+from qoder_async._stream import time_key
 
 __all__ = [
     "RECENT_IDS",

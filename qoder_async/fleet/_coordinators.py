@@ -14,7 +14,7 @@ two implementations ship:
   server, ``pip install "qoder-async[redis]"``.
 
 Every rule they follow is written once, in the table of
-``qoder_async._lease`` (the sans-I/O core); the contract tests run the same
+``qoder_async.fleet._lease`` (the sans-I/O core); the contract tests run the same
 cases against both.
 
 Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
@@ -77,8 +77,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from ._backoff import Backoff
-from ._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+from qoder_async._backoff import Backoff
+from qoder_async._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+
 from ._lease import (
     RECENT_IDS,
     Claim,
