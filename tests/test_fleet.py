@@ -124,6 +124,23 @@ class Recorder:
         return [d.event.id for d in self.by_session[session_id]]
 
 
+def hooked(
+    fleet: Fleet,
+    *,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    rand: Callable[[], float] | None = None,
+) -> Fleet:
+    """``fleet`` on a test's clock, sleep or random source (not constructor options)."""
+    if clock is not None:
+        fleet._clock = clock
+    if sleep is not None:
+        fleet._sleep = sleep
+    if rand is not None:
+        fleet._rand = rand
+    return fleet
+
+
 async def released(coordinator: Coordinator, *session_ids: str, timeout: float = 15.0) -> None:
     """Wait until every session left the active line (its turn ended, nothing pending)."""
 
@@ -551,8 +568,8 @@ async def test_an_owner_past_its_lease_starts_nothing_and_the_heir_redelivers(
             heir_has_it.set()
 
     a.hook, b.hook = pause_in_third, note
-    fleet_a = Fleet(qc, coordinator, worker_id="a", lease_ttl=TTL, clock=clock)
-    fleet_b = Fleet(qc, coordinator, worker_id="b", lease_ttl=TTL, clock=clock)
+    fleet_a = hooked(Fleet(qc, coordinator, worker_id="a", lease_ttl=TTL), clock=clock)
+    fleet_b = hooked(Fleet(qc, coordinator, worker_id="b", lease_ttl=TTL), clock=clock)
     fleet_a.handler(a)
     fleet_b.handler(b)
     async with serving(fleet_a):
@@ -586,7 +603,9 @@ async def test_a_lapsed_lease_nobody_took_is_renewed_and_delivery_goes_on(
     rec.hook = pause
     # Only the send wakes the claim loop (no poll meanwhile): nobody claims the
     # lapsed lease, so the renewal revives it.
-    async with Fleet(qc, coordinator, lease_ttl=TTL, clock=clock, poll_interval=3600) as fleet:
+    async with hooked(
+        Fleet(qc, coordinator, lease_ttl=TTL, poll_interval=3600), clock=clock
+    ) as fleet:
         fleet.handler(rec)
         async with serving(fleet):
             await fleet.send(sid, "go")
@@ -625,7 +644,9 @@ async def test_a_worker_that_claims_again_its_own_lapsed_session_drops_the_old_f
             await coordinator.mark_active(sid)  # wakes the claim loop
 
     rec.hook = pause
-    fleet = Fleet(qc, coordinator, lease_ttl=TTL, clock=clock, sleep=sleep, poll_interval=3600)
+    fleet = hooked(
+        Fleet(qc, coordinator, lease_ttl=TTL, poll_interval=3600), clock=clock, sleep=sleep
+    )
     fleet.handler(rec)
     async with fleet, serving(fleet):
         await fleet.send(sid, "go")
@@ -665,7 +686,9 @@ async def test_a_refused_commit_stops_delivery_at_once(
             stolen.append(claim.token)
 
     rec.hook = steal
-    async with Fleet(qc, coordinator, worker_id="honest", lease_ttl=TTL, clock=clock) as fleet:
+    async with hooked(
+        Fleet(qc, coordinator, worker_id="honest", lease_ttl=TTL), clock=clock
+    ) as fleet:
         fleet.handler(rec)
         async with serving(fleet):
             await fleet.send(sid, "go")
@@ -1013,7 +1036,9 @@ async def test_a_crashing_follower_hands_off_after_a_growing_backoff(
 
     crashing = Crashing(coordinator, times=3)
     rec = Recorder()
-    fleet = Fleet(qc, crashing, worker_id="w1", lease_ttl=TTL, sleep=sleep, rand=lambda: 0.5)  # type: ignore[arg-type]
+    fleet = hooked(
+        Fleet(qc, crashing, worker_id="w1", lease_ttl=TTL), sleep=sleep, rand=lambda: 0.5
+    )  # type: ignore[arg-type]
     fleet.handler(rec)
     async with serving(fleet):
         first = str((await fleet.send(sid, "go")).last_event_id)

@@ -456,8 +456,7 @@ class Fleet:
     this worker follows at once (unbounded by default). ``poll_interval``: how
     often it looks for work. ``shutdown_grace``: seconds running handlers may
     take to finish after :meth:`stop` (or SIGTERM). ``stall_timeout``, ``max_stalls`` and
-    ``read_timeout`` go to each session's stream. ``clock`` (monotonic seconds),
-    ``sleep`` and ``rand`` are injectable for tests. The coordinator and the
+    ``read_timeout`` go to each session's stream. The coordinator and the
     client are borrowed: closing the fleet closes neither. ``delivered`` and
     ``redelivered`` count the handler calls made by this worker.
     """
@@ -479,9 +478,6 @@ class Fleet:
         fatal_cooldown: float = 30.0,
         outage_timeout: float | None = 30.0,
         shutdown_grace: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
     ) -> None:
         if not lease_ttl > 0:
             raise ConfigurationError(f"lease_ttl must be positive, got {lease_ttl!r}")
@@ -493,7 +489,7 @@ class Fleet:
             raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
         self._client = client
         self.coordinator: Coordinator = (
-            coordinator if coordinator is not None else (MemoryCoordinator(clock=clock))
+            coordinator if coordinator is not None else MemoryCoordinator()
         )
         self.worker_id = worker_id or _default_worker_id()
         self.lease_ttl = lease_ttl
@@ -510,9 +506,10 @@ class Fleet:
             "max_stalls": max_stalls,
             "read_timeout": read_timeout,
         }
-        self._clock = clock
-        self._sleep = sleep
-        self._rand = rand
+        # Time and chance, replaced by tests only (not constructor options).
+        self._clock: Callable[[], float] = time.monotonic
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._rand: Callable[[], float] = random.random
         self._tick = min(lease_ttl / 10, 1.0)
         self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)
         self._handler: Handler | None = None
