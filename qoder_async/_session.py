@@ -703,7 +703,7 @@ class Turn:
         events, key = self._unposted
         try:
             await self.session.send_events(events, idempotency_key=key)
-        except QoderError as exc:
+        except Exception as exc:  # any failure, not only ours: the reader must hear of it
             if not background:
                 raise
             self._tool_error = exc

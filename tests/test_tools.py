@@ -477,3 +477,21 @@ async def test_a_ready_made_result_event_is_posted_as_it_is(
     assert (await asyncio.wait_for(turn.result(), HANG)).text == "calc failed: over"
     (posted,) = [e for e in server.stored_events(session_id) if e["type"].startswith("user.cu")]
     assert (posted["content"], posted["is_error"]) == ([*text("over"), IMAGE_JSON], True)
+
+
+async def test_a_result_post_failing_with_any_exception_reaches_the_reader(
+    client: QoderClient, server: FakeQoderServer, session_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posting the tools' results raised something that is not a QoderError (a
+    transport library's bug, a warning turned error): the tool task ended, nothing
+    was posted, and result() waited for ever. The reader gets the error instead."""
+    server.script = tool_script("lookup", {"q": "x"})
+    handle = client.session(session_id)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the post broke")
+
+    monkeypatch.setattr(handle, "send_events", broken)
+    turn = await handle.send("go", tools={"lookup": lambda args: "found"})
+    with pytest.raises(RuntimeError, match="the post broke"):
+        await asyncio.wait_for(turn.result(), HANG)
