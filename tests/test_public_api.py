@@ -5,8 +5,10 @@ CHANGELOG). The top level holds what a program types (the client, handles,
 results, errors, a few helpers: at most 80 names); events, content blocks,
 resources and params live in ``qoder_async.types``.
 
-Every exception is defined in ``qoder_async._errors``, appears in the tree
-drawn in its docstring under its real base class, and ends in ``Error``.
+Every public exception (exported, or defined in ``qoder_async._errors``) is
+defined in ``_errors``, appears in the tree drawn in its docstring under its
+real base class, and ends in ``Error``; private control-flow exceptions
+(``_convert.ShapeError``, ``_http.StreamRetry``...) never reach a caller.
 """
 
 from __future__ import annotations
