@@ -50,7 +50,7 @@ def _qoder_version() -> str:
     v = _version("qoder-async")
     if v != "-":
         return v
-    src = ROOT / "qoder_async" / "_version.py"
+    src = ROOT / "qoder_async" / "_core/version.py"
     m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", src.read_text()) if src.exists() else None
     return f"{m.group(1)} (source tree)" if m else "-"
 

@@ -18,15 +18,20 @@ params TypedDicts are in :mod:`qoder_async.types`; the fleet is in
 server in :mod:`qoder_async.testing`. The ``_``-prefixed modules are private.
 """
 
-from ._backoff import (
+from qoder_async._api.resources import (
+    CallOptions,
+    RawResponse,
+)
+from qoder_async._api.tools import (
+    Tool,
+    tool,
+)
+from qoder_async._core.backoff import (
     Backoff,
     ReconnectPolicy,
     RetryPolicy,
 )
-from ._client import (
-    QoderClient,
-)
-from ._errors import (
+from qoder_async._core.errors import (
     ActionRequiredError,
     APIConnectionError,
     APIError,
@@ -62,47 +67,43 @@ from ._errors import (
     UnprocessableEntityError,
     WrongEventLoopError,
 )
-from ._eventstream import (
-    CursorStore,
-    EventStream,
-    MemoryCursorStore,
-)
-from ._files import (
-    FileDownload,
-    FileInput,
-)
-from ._models import (
+from qoder_async._core.models import (
     Cursor,
     UserMessage,
 )
-from ._pagination import (
-    AsyncPaginator,
-)
-from ._resources import (
-    CallOptions,
-    RawResponse,
-)
-from ._session import (
-    EventHandler,
-    SessionHandle,
-    ToolHandler,
-    Turn,
-)
-from ._tools import (
-    Tool,
-    tool,
-)
-from ._transport import (
-    Timeout,
-)
-from ._turns import (
+from qoder_async._core.turns import (
     CatchUp,
     ThreadResult,
     ToolCall,
     TurnResult,
 )
-from ._version import (
+from qoder_async._core.version import (
     __version__,
+)
+from qoder_async._shell.eventstream import (
+    CursorStore,
+    EventStream,
+    MemoryCursorStore,
+)
+from qoder_async._shell.files import (
+    FileDownload,
+    FileInput,
+)
+from qoder_async._shell.pagination import (
+    AsyncPaginator,
+)
+from qoder_async._shell.transport import (
+    Timeout,
+)
+from qoder_async._turn.session import (
+    EventHandler,
+    SessionHandle,
+    ToolHandler,
+    Turn,
+)
+
+from ._client import (
+    QoderClient,
 )
 
 __all__ = [

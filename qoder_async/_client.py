@@ -14,15 +14,19 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from ._backoff import ReconnectPolicy, RetryPolicy
-from ._errors import ConfigurationError
-from ._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
-from ._http import HTTP, TokenSource, resolve_base_url, resolve_token
-from ._metrics import metrics_for
-from ._resources import Agents, Environments, Files, Models, Sessions
-from ._session import SessionHandle
-from ._tracing import tracer_for
-from ._transport import Timeout, transport_for
+from qoder_async._api.resources import Agents, Environments, Files, Models, Sessions
+from qoder_async._core.backoff import ReconnectPolicy, RetryPolicy
+from qoder_async._core.errors import ConfigurationError
+from qoder_async._shell.eventstream import (
+    DEFAULT_MAX_STALLS,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+)
+from qoder_async._shell.http import HTTP, TokenSource, resolve_base_url, resolve_token
+from qoder_async._shell.transport import Timeout, transport_for
+from qoder_async._turn.metrics import metrics_for
+from qoder_async._turn.session import SessionHandle
+from qoder_async._turn.tracing import tracer_for
 
 __all__ = ["QoderClient"]
 

@@ -13,7 +13,7 @@ What a program types to drive the API (the client, turns, results, errors) is
 in ``qoder_async`` itself.
 """
 
-from ._models import (
+from qoder_async._core.models import (
     Accepted,
     Agent,
     AgentArtifactDelivered,
@@ -86,7 +86,7 @@ from ._models import (
     UserToolConfirmation,
     UserToolResult,
 )
-from ._params import (
+from qoder_async._core.params import (
     AgentParams,
     AgentToolsetParams,
     AgentWithOverridesParams,

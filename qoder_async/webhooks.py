@@ -66,7 +66,7 @@ from typing import Any, TypeAlias
 
 from attrs import field, frozen
 
-from ._errors import (
+from qoder_async._core.errors import (
     ConfigurationError,
     WebhookHeaderError,
     WebhookPayloadError,
@@ -76,7 +76,7 @@ from ._errors import (
     WebhookVerificationError,
     snippet,
 )
-from ._models import json_loads
+from qoder_async._core.models import json_loads
 
 __all__ = [
     "DEFAULT_TOLERANCE",

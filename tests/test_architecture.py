@@ -4,7 +4,9 @@ The package is layered, imports run one way (top to bottom: a module imports
 only from its own layer or a lower one), and the core does no I/O. Modules are
 named by their dotted path inside ``qoder_async`` (``fleet._lease`` is
 ``qoder_async/fleet/_lease.py``; a package by its folder, the top one as
-``__init__``). The table is ``render_layers(LAYERS)`` (a test checks it):
+``__init__``). The private layers live in folders (``_core/`` sans-I/O,
+``_shell/`` I/O, ``_api/`` resources, ``_turn/`` the turn API; ``FOLDERS``).
+The table is ``render_layers(LAYERS)`` (a test checks it):
 
 ==========================  ======================================================================
 layer                       modules
@@ -17,14 +19,15 @@ testing                     ``testing``, ``testing._agent``, ``testing._faults``
 the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
-the turn API                ``_session``, ``_tracing``, ``_metrics``
-resources                   ``_resources``
-custom tools                ``_tools``
-streams, pages and files    ``_eventstream``, ``_pagination``, ``_files``
-the request layer           ``_http``
-transports                  ``_transport``
-the core (sans-I/O)         ``_machine``, ``_turns``, ``fleet._lease``, ``_stream``, ``_convert``,
-                            ``_backoff``, ``_models``, ``_params``, ``_errors``, ``_version``
+the turn API                ``_turn``, ``_turn.session``, ``_turn.tracing``, ``_turn.metrics``
+resources                   ``_api.resources``
+custom tools                ``_api``, ``_api.tools``
+streams, pages and files    ``_shell.eventstream``, ``_shell.pagination``, ``_shell.files``
+the request layer           ``_shell.http``
+transports                  ``_shell``, ``_shell.transport``
+the core (sans-I/O)         ``_core``, ``_core.machine``, ``_core.turns``, ``fleet._lease``,
+                            ``_core.sse``, ``_core.convert``, ``_core.backoff``, ``_core.models``,
+                            ``_core.params``, ``_core.errors``, ``_core.version``
 ==========================  ======================================================================
 """
 
@@ -59,23 +62,27 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "the public modules": ("__init__", "types", "webhooks", "fleet"),
     "the fleet": ("fleet._fleet", "fleet._coordinators"),
     "the client": ("_client",),
-    "the turn API": ("_session", "_tracing", "_metrics"),
-    "resources": ("_resources",),
-    "custom tools": ("_tools",),  # agents are created with tool definitions: below resources
-    "streams, pages and files": ("_eventstream", "_pagination", "_files"),
-    "the request layer": ("_http",),
-    "transports": ("_transport",),
+    "the turn API": ("_turn", "_turn.session", "_turn.tracing", "_turn.metrics"),
+    "resources": ("_api.resources",),
+    "custom tools": (
+        "_api",
+        "_api.tools",
+    ),  # agents are created with tool definitions: below resources
+    "streams, pages and files": ("_shell.eventstream", "_shell.pagination", "_shell.files"),
+    "the request layer": ("_shell.http",),
+    "transports": ("_shell", "_shell.transport"),
     "the core (sans-I/O)": (
-        "_machine",
-        "_turns",
+        "_core",
+        "_core.machine",
+        "_core.turns",
         "fleet._lease",
-        "_stream",
-        "_convert",
-        "_backoff",
-        "_models",
-        "_params",
-        "_errors",
-        "_version",
+        "_core.sse",
+        "_core.convert",
+        "_core.backoff",
+        "_core.models",
+        "_core.params",
+        "_core.errors",
+        "_core.version",
     ),
 }
 CORE = LAYERS["the core (sans-I/O)"]
@@ -107,21 +114,21 @@ def render_layers(layers: dict[str, tuple[str, ...]]) -> str:
 # Every import edge inside the package, exactly: a new one is a design decision.
 ALLOWED_EDGES: dict[str, set[str]] = {
     "__init__": {
-        "_tools",
-        "_backoff",
+        "_api.tools",
+        "_core.backoff",
         "_client",
-        "_errors",
-        "_eventstream",
-        "_files",
-        "_models",
-        "_pagination",
-        "_resources",
-        "_session",
-        "_transport",
-        "_turns",
-        "_version",
+        "_core.errors",
+        "_shell.eventstream",
+        "_shell.files",
+        "_core.models",
+        "_shell.pagination",
+        "_api.resources",
+        "_turn.session",
+        "_shell.transport",
+        "_core.turns",
+        "_core.version",
     },
-    "types": {"_models", "_params"},
+    "types": {"_core.models", "_core.params"},
     "__main__": {"_cli"},
     "_cli": {"__init__", "testing", "types"},
     "testing": {"testing._agent", "testing._faults", "testing._server", "testing._webhooks"},
@@ -144,80 +151,97 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "testing._webhooks": {"testing._wire"},
     "testing._wire": set(),
     "testing.pytest_plugin": {"__init__", "testing"},
-    "fleet": {"_errors", "fleet._coordinators", "fleet._fleet", "fleet._lease"},
+    "fleet": {"_core.errors", "fleet._coordinators", "fleet._fleet", "fleet._lease"},
     "fleet._fleet": {
-        "_backoff",
+        "_core.backoff",
         "_client",
-        "_convert",
-        "_errors",
-        "_eventstream",
-        "_models",
-        "_pagination",
-        "_resources",
-        "_stream",
-        "_tools",
-        "_turns",
+        "_core.convert",
+        "_core.errors",
+        "_shell.eventstream",
+        "_core.models",
+        "_shell.pagination",
+        "_api.resources",
+        "_core.sse",
+        "_api.tools",
+        "_core.turns",
         "fleet._coordinators",
         "fleet._lease",
     },
-    "fleet._coordinators": {"_backoff", "_errors", "fleet._lease"},
-    "webhooks": {"_errors", "_models"},
+    "fleet._coordinators": {"_core.backoff", "_core.errors", "fleet._lease"},
+    "webhooks": {"_core.errors", "_core.models"},
     "_client": {
-        "_tracing",
-        "_metrics",
-        "_backoff",
-        "_errors",
-        "_eventstream",
-        "_http",
-        "_resources",
-        "_session",
-        "_transport",
+        "_turn.tracing",
+        "_turn.metrics",
+        "_core.backoff",
+        "_core.errors",
+        "_shell.eventstream",
+        "_shell.http",
+        "_api.resources",
+        "_turn.session",
+        "_shell.transport",
     },
-    "_session": {
-        "_tracing",
-        "_tools",
-        "_backoff",
-        "_errors",
-        "_eventstream",
-        "_http",
-        "_machine",
-        "_models",
-        "_resources",
-        "_stream",
-        "_turns",
+    "_turn.session": {
+        "_turn.tracing",
+        "_api.tools",
+        "_core.backoff",
+        "_core.errors",
+        "_shell.eventstream",
+        "_shell.http",
+        "_core.machine",
+        "_core.models",
+        "_api.resources",
+        "_core.sse",
+        "_core.turns",
     },
-    "_resources": {
-        "_tools",
-        "_backoff",
-        "_convert",
-        "_errors",
-        "_eventstream",
-        "_files",
-        "_http",
-        "_models",
-        "_pagination",
-        "_params",
-        "_stream",
-        "_transport",
+    "_api.resources": {
+        "_api.tools",
+        "_core.backoff",
+        "_core.convert",
+        "_core.errors",
+        "_shell.eventstream",
+        "_shell.files",
+        "_shell.http",
+        "_core.models",
+        "_shell.pagination",
+        "_core.params",
+        "_core.sse",
+        "_shell.transport",
     },
-    "_eventstream": {"_backoff", "_errors", "_http", "_machine", "_models", "_stream"},
-    "_pagination": {"_convert", "_errors", "_http"},
-    "_files": {"_errors", "_http", "_models", "_transport"},
-    "_http": {"_backoff", "_errors", "_models", "_transport", "_version"},
-    "_transport": {"_errors"},
-    "_tools": {"_errors", "_models", "_turns"},
-    "_tracing": {"_metrics", "_version"},
-    "_metrics": {"_errors", "_http", "_version"},
-    "_machine": {"_backoff", "_errors", "_models", "_stream"},
-    "_turns": {"_models", "_stream"},
-    "fleet._lease": {"_backoff", "_errors", "_models", "_stream"},
-    "_stream": {"_convert", "_errors", "_models"},
-    "_convert": {"_models"},
-    "_backoff": set(),
-    "_models": set(),
-    "_params": set(),
-    "_errors": set(),
-    "_version": set(),
+    "_shell.eventstream": {
+        "_core.backoff",
+        "_core.errors",
+        "_shell.http",
+        "_core.machine",
+        "_core.models",
+        "_core.sse",
+    },
+    "_shell.pagination": {"_core.convert", "_core.errors", "_shell.http"},
+    "_shell.files": {"_core.errors", "_shell.http", "_core.models", "_shell.transport"},
+    "_shell.http": {
+        "_core.backoff",
+        "_core.errors",
+        "_core.models",
+        "_shell.transport",
+        "_core.version",
+    },
+    "_shell.transport": {"_core.errors"},
+    "_api.tools": {"_core.errors", "_core.models", "_core.turns"},
+    "_turn.tracing": {"_turn.metrics", "_core.version"},
+    "_turn.metrics": {"_core.errors", "_shell.http", "_core.version"},
+    "_core.machine": {"_core.backoff", "_core.errors", "_core.models", "_core.sse"},
+    "_core.turns": {"_core.models", "_core.sse"},
+    "fleet._lease": {"_core.backoff", "_core.errors", "_core.models", "_core.sse"},
+    "_core.sse": {"_core.convert", "_core.errors", "_core.models"},
+    "_core.convert": {"_core.models"},
+    "_core.backoff": set(),
+    "_core.models": set(),
+    "_core.params": set(),
+    "_core.errors": set(),
+    "_core.version": set(),
+    "_core": set(),
+    "_shell": set(),
+    "_api": set(),
+    "_turn": set(),
 }
 
 
@@ -270,6 +294,35 @@ def _package_edges(path: Path) -> set[str]:
             edges.update(_ours(a.name) or "" for a in node.names)
     edges.discard("")
     return edges
+
+
+# Each private folder holds a run of adjacent layers, so the tree shows the architecture.
+FOLDERS: dict[str, tuple[str, ...]] = {
+    "_turn": ("the turn API",),
+    "_api": ("resources", "custom tools"),
+    "_shell": ("streams, pages and files", "the request layer", "transports"),
+    "_core": ("the core (sans-I/O)",),
+    "fleet": ("the public modules", "the fleet", "the core (sans-I/O)"),
+    "testing": ("testing",),
+}
+
+
+def test_the_folders_show_the_layers() -> None:
+    order = list(LAYERS)
+    layer = {m: name for name, modules in LAYERS.items() for m in modules}
+    for folder, layers in FOLDERS.items():
+        ranks = [order.index(name) for name in layers]
+        assert ranks == sorted(ranks), f"{folder}: list its layers top to bottom"
+        inside = [m for m in MODULES if m == folder or m.startswith(folder + ".")]
+        assert inside, folder
+        for module in inside:
+            assert layer[module] in layers, (
+                f"{module} is in {layer[module]!r}, not a layer of {folder}/"
+            )
+    for name in ("the core (sans-I/O)", "the turn API", "resources", "transports"):
+        # the private layers live in their folders; only the public face stays at the top
+        for module in LAYERS[name]:
+            assert "." in module or module in FOLDERS, f"{module} belongs in a folder"
 
 
 def test_core_modules_do_no_io() -> None:

@@ -25,8 +25,8 @@ from qoder_async import (
     StreamContentTypeError,
     StreamDecodeError,
 )
-from qoder_async._models import Event
-from qoder_async._stream import EventDecoder
+from qoder_async._core.models import Event
+from qoder_async._core.sse import EventDecoder
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
 pytestmark = pytest.mark.both_transports  # what each transport hands up from bad bytes

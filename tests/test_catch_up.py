@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from qoder_async import CatchUp, Cursor, QoderClient, TurnResult, UserMessage
-from qoder_async._models import Event
-from qoder_async._turns import fold_history
+from qoder_async._core.models import Event
+from qoder_async._core.turns import fold_history
 from qoder_async.testing import (
     FakeQoderServer,
     multiagent_script,

@@ -31,7 +31,7 @@ from qoder_async import (
     UserMessage,
     WrongEventLoopError,
 )
-from qoder_async._http import _Lifecycle, segment
+from qoder_async._shell.http import _Lifecycle, segment
 from qoder_async.testing import FakeQoderServer
 from qoder_async.types import Accepted, AgentMessage
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qoder_async import QoderClient
-from qoder_async._convert import (
+from qoder_async._core.convert import (
     EVENT_CLASSES,
     EVENT_HOOKS,
     ShapeError,
@@ -36,8 +36,8 @@ from qoder_async._convert import (
     structure_session,
     unstructure_event,
 )
-from qoder_async._convert import S as str_reader
-from qoder_async._models import (
+from qoder_async._core.convert import S as str_reader
+from qoder_async._core.models import (
     Agent,
     AgentArtifactDelivered,
     AgentContentBlockDelta,
@@ -103,7 +103,7 @@ from qoder_async._models import (
     UserToolConfirmation,
     UserToolResult,
 )
-from qoder_async._stream import EventDecoder
+from qoder_async._core.sse import EventDecoder
 from qoder_async.testing import FakeQoderServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"

@@ -28,8 +28,8 @@ from qoder_async import (
     ToolResultsNotAwaitedError,
     UserMessage,
 )
-from qoder_async._errors import conflict_class
-from qoder_async._models import Event
+from qoder_async._core.errors import conflict_class
+from qoder_async._core.models import Event
 from qoder_async.testing import (
     Dialect,
     FakeQoderServer,

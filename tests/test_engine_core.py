@@ -27,11 +27,11 @@ from qoder_async import (
     StreamStalledError,
     UserMessage,
 )
-from qoder_async._backoff import Backoff
-from qoder_async._machine import Cause, Dedupe, GiveUp, Reconnect, StreamMachine
-from qoder_async._models import Event
-from qoder_async._stream import EventDecoder, time_key
-from qoder_async._turns import RECONNECTED, LiveText, TurnRouter, text_delta
+from qoder_async._core.backoff import Backoff
+from qoder_async._core.machine import Cause, Dedupe, GiveUp, Reconnect, StreamMachine
+from qoder_async._core.models import Event
+from qoder_async._core.sse import EventDecoder, time_key
+from qoder_async._core.turns import RECONNECTED, LiveText, TurnRouter, text_delta
 from qoder_async.types import (
     AgentContentBlockDelta,
     AgentMessage,

@@ -33,8 +33,8 @@ from qoder_async import (
     QoderClient,
     RateLimitError,
 )
-from qoder_async import _files as files_module
-from qoder_async._files import CHUNK_SIZE
+from qoder_async._shell import files as files_module
+from qoder_async._shell.files import CHUNK_SIZE
 from qoder_async.testing import CannedResponse, FakeQoderServer
 from qoder_async.types import Deleted, DocumentBlock, FileMetadata, ImageBlock, TextBlock
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import qoder_async
 from qoder_async import Backoff, QoderError
-from qoder_async._eventstream import as_cursor
-from qoder_async._stream import time_key
+from qoder_async._core.sse import time_key
+from qoder_async._shell.eventstream import as_cursor
 from qoder_async.fleet import LeaseLostError
 from qoder_async.fleet._lease import (
     Balancer,

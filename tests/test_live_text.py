@@ -1,6 +1,6 @@
 """LiveText against a reference model, and the cost of its updates.
 
-The reference is the plain reading of the live-text table in ``_turns.py``:
+The reference is the plain reading of the live-text table in ``_core/turns.py``:
 a list of segments scanned on every update (what the first version shipped).
 ``LiveText`` keeps indexes instead so that a turn of any length folds in O(1)
 per event; these tests pin that both give the same text for any sequence of
@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qoder_async._turns import MESSAGE_SEPARATOR, RECONNECTED, LiveText, _Track, text_delta
+from qoder_async._core.turns import MESSAGE_SEPARATOR, RECONNECTED, LiveText, _Track, text_delta
 from qoder_async.types import (
     AgentContentBlockDelta,
     AgentMessage,

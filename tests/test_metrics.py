@@ -31,8 +31,8 @@ from qoder_async import (
     RequestInProgressError,
     TurnFailedError,
 )
-from qoder_async._metrics import NO_METRICS, retry_reason
-from qoder_async._turns import LiveText
+from qoder_async._core.turns import LiveText
+from qoder_async._turn.metrics import NO_METRICS, retry_reason
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, TurnContext
 
@@ -341,7 +341,8 @@ def test_nothing_happens_without_opentelemetry() -> None:
     code = """
         import sys
         sys.modules["opentelemetry"] = None
-        from qoder_async import _metrics, QoderClient
+        from qoder_async import QoderClient
+        from qoder_async._turn import metrics as _metrics
         assert not _metrics.HAVE_OTEL
         client = QoderClient(token="t")
         assert client._metrics is _metrics.NO_METRICS

@@ -5,7 +5,7 @@ CHANGELOG). The top level holds what a program types (the client, handles,
 results, errors, a few helpers: at most 80 names); events, content blocks,
 resources and params live in ``qoder_async.types``.
 
-Every public exception (exported, or defined in ``qoder_async._errors``) is
+Every public exception (exported, or defined in ``qoder_async._core.errors``) is
 defined in ``_errors``, appears in the tree drawn in its docstring under its
 real base class, and ends in ``Error``; private control-flow exceptions
 (``_convert.ShapeError``, ``_http.StreamRetry``...) never reach a caller.
@@ -19,7 +19,7 @@ import re
 
 import pytest
 
-from qoder_async import _errors
+from qoder_async._core import errors as _errors
 
 PINNED: dict[str, list[str]] = {
     "qoder_async": [
@@ -311,7 +311,7 @@ def test_the_drawn_tree_is_read_as_drawn() -> None:
 
 def test_define_outcome_takes_every_option_of_send() -> None:
     """One way to send: a wrapper takes what it wraps (``SendOptions`` is send's keywords)."""
-    from qoder_async._session import SendOptions, SessionHandle
+    from qoder_async._turn.session import SendOptions, SessionHandle
 
     keywords = {
         name
@@ -325,7 +325,7 @@ def test_define_outcome_takes_every_option_of_send() -> None:
 
 def test_a_method_has_one_name() -> None:
     """Files follow the official SDK: ``retrieve_metadata``, without a second name."""
-    from qoder_async._resources import Files
+    from qoder_async._api.resources import Files
 
     assert hasattr(Files, "retrieve_metadata")
     assert not hasattr(Files, "retrieve")

@@ -147,7 +147,7 @@ async def test_an_open_stream_that_breaks_off_resumes_without_a_warning(
 
 
 def test_request_path_is_the_api_path() -> None:
-    from qoder_async._errors import request_path
+    from qoder_async._core.errors import request_path
 
     assert request_path("/sessions/s1/events") == "/sessions/s1/events"
     assert request_path("/api/v1/cloud/sessions/s1/events") == "/sessions/s1/events"

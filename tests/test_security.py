@@ -29,7 +29,7 @@ from qoder_async import (
     StreamDecodeError,
     UserMessage,
 )
-from qoder_async._resources import _Resource
+from qoder_async._api.resources import _Resource
 from qoder_async.testing import CannedResponse, FakeQoderServer
 
 CANARY = "pt-CANARY-7f3a9c1e5b2d4f60"
@@ -325,7 +325,7 @@ async def test_debug_lines_say_what_happened(
 
 
 def test_qoder_log_env_var_switches_debug_logging_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qoder_async._http import _setup_logging
+    from qoder_async._shell.http import _setup_logging
 
     logger = logging.getLogger("qoder_async")
     level, handlers = logger.level, list(logger.handlers)

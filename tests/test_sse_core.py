@@ -17,7 +17,7 @@ from qoder_async import (
     RateLimitError,
     StreamDecodeError,
 )
-from qoder_async._stream import EventDecoder, Frame, SSEDecoder
+from qoder_async._core.sse import EventDecoder, Frame, SSEDecoder
 from qoder_async.types import AgentMessage, PreviewDelta, PreviewStart, UnknownEvent
 
 # ----------------------------------------------------------------------------- helpers

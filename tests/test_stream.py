@@ -24,7 +24,7 @@ from qoder_async import (
     StreamStalledError,
     UserMessage,
 )
-from qoder_async._models import Event
+from qoder_async._core.models import Event
 from qoder_async.testing import CannedResponse, FakeQoderServer, TurnContext
 from qoder_async.types import Accepted, AgentMessage, PreviewDelta, PreviewStart, SessionStatusIdle
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qoder_async import QoderClient, ThreadResult, UserMessage
-from qoder_async._convert import structure_event
-from qoder_async._models import Event
-from qoder_async._turns import MESSAGE_SEPARATOR, fold, fold_many
+from qoder_async._core.convert import structure_event
+from qoder_async._core.models import Event
+from qoder_async._core.turns import MESSAGE_SEPARATOR, fold, fold_many
 from qoder_async.testing import FakeQoderServer, multiagent_script, subagent_tool_script
 from qoder_async.types import (
     AgentMessage,

@@ -100,7 +100,7 @@ def test_nothing_happens_without_opentelemetry() -> None:
         import sys
         sys.modules["opentelemetry"] = None
         import qoder_async
-        from qoder_async import _tracing
+        from qoder_async._turn import tracing as _tracing
         assert not _tracing.HAVE_OTEL
         assert _tracing.tracer_for(None).turn("sess_x") is _tracing.NO_SPAN
         print("ok")
@@ -126,7 +126,7 @@ async def test_a_turn_nobody_records_is_not_folded_again_at_its_end(
     attributes are wanted, so the end of a turn does not fold all its events again."""
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    from qoder_async._session import Turn
+    from qoder_async._turn.session import Turn
 
     sampled_out = TracerProvider(sampler=ALWAYS_OFF)
     sampled_out.add_span_processor(SimpleSpanProcessor(exporter))

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from qoder_async import APITimeoutError
-from qoder_async import _transport as transport_module
-from qoder_async._transport import AiohttpTransport, Timeout
+from qoder_async._shell import transport as transport_module
+from qoder_async._shell.transport import AiohttpTransport, Timeout
 
 
 @pytest.fixture

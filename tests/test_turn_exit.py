@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from qoder_async import QoderClient, tool
-from qoder_async import _session as session_module
+from qoder_async._turn import session as session_module
 from qoder_async.testing import FakeQoderServer, TurnContext, tool_script
 
 HANG = 30.0  # seconds: only a hang takes this long

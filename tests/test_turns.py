@@ -21,7 +21,7 @@ from qoder_async import (
     TurnFailedError,
     UserMessage,
 )
-from qoder_async._models import Event
+from qoder_async._core.models import Event
 from qoder_async.testing import Dialect, FakeQoderServer, TurnContext, tool_script
 from qoder_async.types import (
     AgentCustomToolUse,

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qoder_async import UserMessage
-from qoder_async._convert import structure_event
-from qoder_async._models import ErrorInfo, Event
-from qoder_async._turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
+from qoder_async._core.convert import structure_event
+from qoder_async._core.models import ErrorInfo, Event
+from qoder_async._core.turns import TurnResult, TurnRouter, ends_turn, fold, fold_many
 from qoder_async.types import (
     AgentCustomToolUse,
     AgentMessage,

@@ -15,7 +15,7 @@ module                              holds
 ==================================  ==============================================================
 """
 
-from qoder_async._errors import CoordinatorUnavailableError, LeaseLostError
+from qoder_async._core.errors import CoordinatorUnavailableError, LeaseLostError
 
 from ._coordinators import (
     DEFAULT_LEDGER_TTL,

@@ -77,8 +77,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from qoder_async._backoff import Backoff
-from qoder_async._errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+from qoder_async._core.backoff import Backoff
+from qoder_async._core.errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
 
 from ._lease import (
     RECENT_IDS,

@@ -160,9 +160,19 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
 from attrs import frozen
 
-from qoder_async._backoff import Backoff
-from qoder_async._convert import unstructure_event
-from qoder_async._errors import (
+from qoder_async._api.resources import find_sent, send_retrying_busy
+from qoder_async._api.tools import (
+    Tools,
+    call_handler,
+    call_slots,
+    error_result,
+    results_key,
+    tool_handlers,
+    tool_result,
+)
+from qoder_async._core.backoff import Backoff
+from qoder_async._core.convert import unstructure_event
+from qoder_async._core.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -175,8 +185,7 @@ from qoder_async._errors import (
     StreamError,
     ToolResultsNotAwaitedError,
 )
-from qoder_async._eventstream import DEFAULT_MAX_STALLS, DEFAULT_READ_TIMEOUT, DEFAULT_STALL_TIMEOUT
-from qoder_async._models import (
+from qoder_async._core.models import (
     Accepted,
     AgentCustomToolUse,
     Content,
@@ -191,18 +200,13 @@ from qoder_async._models import (
     as_events,
     new_idempotency_key,
 )
-from qoder_async._resources import find_sent, send_retrying_busy
-from qoder_async._stream import PREVIEW_CLASSES
-from qoder_async._tools import (
-    Tools,
-    call_handler,
-    call_slots,
-    error_result,
-    results_key,
-    tool_handlers,
-    tool_result,
+from qoder_async._core.sse import PREVIEW_CLASSES
+from qoder_async._core.turns import ToolCall, ends_turn
+from qoder_async._shell.eventstream import (
+    DEFAULT_MAX_STALLS,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
 )
-from qoder_async._turns import ToolCall, ends_turn
 
 from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator
 from ._lease import (
@@ -222,9 +226,9 @@ from ._lease import (
 
 if TYPE_CHECKING:
     from qoder_async._client import QoderClient
-    from qoder_async._eventstream import EventStream
-    from qoder_async._models import OutboundEvent
-    from qoder_async._pagination import AsyncPaginator
+    from qoder_async._core.models import OutboundEvent
+    from qoder_async._shell.eventstream import EventStream
+    from qoder_async._shell.pagination import AsyncPaginator
 
 __all__ = ["Delivery", "Fleet", "Handler"]
 

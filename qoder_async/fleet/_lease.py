@@ -135,10 +135,10 @@ from datetime import UTC, datetime, timedelta
 
 from attrs import define, field, frozen
 
-from qoder_async._backoff import Backoff
-from qoder_async._errors import LeaseLostError
-from qoder_async._models import Cursor
-from qoder_async._stream import time_key
+from qoder_async._core.backoff import Backoff
+from qoder_async._core.errors import LeaseLostError
+from qoder_async._core.models import Cursor
+from qoder_async._core.sse import time_key
 
 __all__ = [
     "RECENT_IDS",
@@ -173,7 +173,7 @@ _ORDER_KEYS: dict[str, str | None] = {}
 def order_key(processed_at: str | None) -> str | None:
     """A string that sorts like the instant ``processed_at`` names, or ``None``.
 
-    The timestamp is read by :func:`qoder_async._stream.time_key`, the parser
+    The timestamp is read by :func:`qoder_async._core.sse.time_key`, the parser
     the stream's replay floor uses (RFC 3339, any offset, any precision, a
     missing offset read as UTC), so the coordinator and the stream agree on
     what is older. The instant becomes a fixed-width UTC digit string

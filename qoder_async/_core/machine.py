@@ -1,7 +1,7 @@
 """CORE (sans-I/O): the stream machine. What is new, where the cursor is, when to give up.
 
 One :class:`StreamMachine` drives one logical event stream across its
-connections. The shell (``_eventstream.py``) only moves bytes: it asks the
+connections. The shell (``_shell/eventstream.py``) only moves bytes: it asks the
 machine where to resume (:meth:`~StreamMachine.connecting`), hands it every
 decoded event (:meth:`~StreamMachine.take`: deliver or drop), lets a timer ask
 it whether the connection is dead (:meth:`~StreamMachine.check`) and asks it
@@ -60,7 +60,7 @@ reading *now* (each ``anext()`` may run in a task of its own) and takes back
 only that cancellation: the caller's own ``cancel()`` of the reader, or
 ``aclose()`` from another task (which ends the iteration), is never taken for
 a timeout. The machine is not told about consumers: ``listen()`` readers that
-fall behind are detached by the session (``_session.py``), never waited for
+fall behind are detached by the session (``_turn/session.py``), never waited for
 without bound, so a slow consumer cannot hold the stream (and its stall
 clock) forever.
 """
@@ -72,9 +72,9 @@ from collections.abc import Callable
 
 from attrs import frozen
 
-from ._backoff import ReconnectPolicy
-from ._errors import ResumeExhaustedError, StreamError, StreamStalledError
-from ._models import (
+from qoder_async._core.backoff import ReconnectPolicy
+from qoder_async._core.errors import ResumeExhaustedError, StreamError, StreamStalledError
+from qoder_async._core.models import (
     Cursor,
     Event,
     PreviewDelta,
@@ -85,7 +85,7 @@ from ._models import (
     SessionStatusRunning,
     SessionStatusTerminated,
 )
-from ._stream import time_key
+from qoder_async._core.sse import time_key
 
 __all__ = [
     "DEFAULT_DEDUPE_WINDOW",

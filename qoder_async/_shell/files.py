@@ -64,15 +64,15 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
-from ._errors import (
+from qoder_async._core.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
 )
-from ._http import HTTP, RequestBody
-from ._models import json_dumps, json_loads
-from ._transport import SourceError, StreamResponse
+from qoder_async._core.models import json_dumps, json_loads
+from qoder_async._shell.http import HTTP, RequestBody
+from qoder_async._shell.transport import SourceError, StreamResponse
 
 __all__ = [
     "DEFAULT_DOWNLOAD_READ_TIMEOUT",

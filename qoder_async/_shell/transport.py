@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from attrs import frozen
 
-from ._errors import APIConnectionError, APITimeoutError
+from qoder_async._core.errors import APIConnectionError, APITimeoutError
 
 try:  # the optional transport: pip install "qoder-async[httpx]"
     import httpx

@@ -5,7 +5,7 @@ connection, its history). The :class:`TurnRouter` hands each event to the turn
 it belongs to; :class:`LiveText` folds a turn's text as it is shown, previews
 included; :func:`fold_many` folds a turn's events into a :class:`TurnResult`.
 Events reach the router only once and never from before the stream's cursor:
-the stream machine (``_machine.py``) drops duplicates and replays first.
+the stream machine (``_core/machine.py``) drops duplicates and replays first.
 
 Routing, in order (the first rule that applies wins):
 
@@ -136,7 +136,7 @@ from typing import Generic, TypeVar
 
 from attrs import evolve, field, frozen
 
-from ._models import (
+from qoder_async._core.models import (
     AgentContentBlockDelta,
     AgentCustomToolUse,
     AgentMCPToolResult,
@@ -172,7 +172,7 @@ from ._models import (
     UserToolConfirmation,
     UserToolResult,
 )
-from ._stream import PREVIEW_CLASSES, time_key
+from qoder_async._core.sse import PREVIEW_CLASSES, time_key
 
 __all__ = [
     "DEFAULT_BACKLOG",

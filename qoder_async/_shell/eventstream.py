@@ -3,7 +3,7 @@
 The loop below moves bytes from the transport into the decoder and events out
 to the consumer; every decision (is this event new, where to resume, is the
 connection dead, reconnect or give up) is the stream machine's
-(``_machine.py``, with its rule tables). A timer asks the machine about
+(``_core/machine.py``, with its rule tables). A timer asks the machine about
 liveness while the stream waits on the network and cancels the read when the
 machine says so, the way ``asyncio.timeout`` does: in the task reading now
 (each ``anext()`` may run in its own task), taking back only its own
@@ -30,12 +30,18 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from ._backoff import ReconnectPolicy
-from ._errors import APIConnectionError, ClientClosedError, CursorStoreError, StreamError, scrub
-from ._http import HTTP, StreamRetry
-from ._machine import DEFAULT_DEDUPE_WINDOW, Cause, Dedupe, GiveUp, StreamMachine
-from ._models import Cursor, Event, SessionDeletedEvent, SessionStatusTerminated
-from ._stream import DEFAULT_MAX_EVENT_BYTES, EventDecoder
+from qoder_async._core.backoff import ReconnectPolicy
+from qoder_async._core.errors import (
+    APIConnectionError,
+    ClientClosedError,
+    CursorStoreError,
+    StreamError,
+    scrub,
+)
+from qoder_async._core.machine import DEFAULT_DEDUPE_WINDOW, Cause, Dedupe, GiveUp, StreamMachine
+from qoder_async._core.models import Cursor, Event, SessionDeletedEvent, SessionStatusTerminated
+from qoder_async._core.sse import DEFAULT_MAX_EVENT_BYTES, EventDecoder
+from qoder_async._shell.http import HTTP, StreamRetry
 
 __all__ = [
     "DEFAULT_MAX_STALLS",

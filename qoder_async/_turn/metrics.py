@@ -50,9 +50,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._errors import APITimeoutError, RequestInProgressError
-from ._http import Observer
-from ._version import __version__
+from qoder_async._core.errors import APITimeoutError, RequestInProgressError
+from qoder_async._core.version import __version__
+from qoder_async._shell.http import Observer
 
 try:  # the optional extra: pip install "qoder-async[otel]"
     from opentelemetry import metrics as otel_metrics

@@ -57,7 +57,7 @@ from attrs import evolve as attrs_evolve
 from attrs import fields as attrs_fields
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._models import (
+from qoder_async._core.models import (
     Agent,
     AgentArtifactDelivered,
     AgentContentBlockDelta,

@@ -24,7 +24,7 @@ would start more than ``timeout`` seconds after the first attempt (a deadline,
 not a count: a gateway that throttles for 20 s does not lose the message).
 
 Stream reconnects (:class:`ReconnectPolicy`) are decided by the stream machine
-(``_machine.py``), which holds their rule table.
+(``_core/machine.py``), which holds their rule table.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class RetryPolicy:
 class ReconnectPolicy:
     """How a stream reconnects. ``None`` bounds mean "no bound".
 
-    See the stream machine (``_machine.py``) for how the attempts are counted.
+    See the stream machine (``_core/machine.py``) for how the attempts are counted.
     """
 
     backoff: Backoff = field(factory=lambda: Backoff(initial=0.5, maximum=10.0))

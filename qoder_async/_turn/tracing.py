@@ -36,8 +36,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._metrics import NO_METRICS, Metrics
-from ._version import __version__
+from qoder_async._core.version import __version__
+from qoder_async._turn.metrics import NO_METRICS, Metrics
 
 try:  # the optional extra: pip install "qoder-async[otel]"
     from opentelemetry import trace as otel_trace

@@ -3,8 +3,8 @@
 ``client.sessions`` (with ``.events``, ``.threads`` (and ``.threads.events``)
 and ``.resources``), ``client.agents`` (with ``.versions``),
 ``client.environments``, ``client.files`` and ``client.models``. Each method
-builds one request for the request layer (``_http.py``) and turns the answer
-into typed models through the converter (``_convert.py``).
+builds one request for the request layer (``_shell/http.py``) and turns the answer
+into typed models through the converter (``_core/convert.py``).
 
 Every method takes the per-call options ``extra_headers``, ``extra_query``,
 ``extra_body`` and ``timeout``; every write also takes ``idempotency_key``
@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
-from ._backoff import ReconnectPolicy, RetryPolicy
-from ._convert import (
+from qoder_async._api.tools import Tool, definitions
+from qoder_async._core.backoff import ReconnectPolicy, RetryPolicy
+from qoder_async._core.convert import (
     ShapeError,
     converter,
     structure_agent,
@@ -43,24 +44,12 @@ from ._convert import (
     structure_session_resource,
     structure_thread,
 )
-from ._errors import APIResponseValidationError, ConfigurationError, SessionBusyError
-from ._eventstream import (
-    DEFAULT_MAX_STALLS,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_STALL_TIMEOUT,
-    CursorStore,
-    EventStream,
+from qoder_async._core.errors import (
+    APIResponseValidationError,
+    ConfigurationError,
+    SessionBusyError,
 )
-from ._files import (
-    DEFAULT_DOWNLOAD_READ_TIMEOUT,
-    FileDownload,
-    FileInput,
-    download_link,
-    fetch_link,
-    prepare_upload,
-)
-from ._http import HTTP, APIResponse, RequestOptions, idempotency_key_of, segment
-from ._models import (
+from qoder_async._core.models import (
     Accepted,
     Agent,
     BaseEvent,
@@ -79,8 +68,7 @@ from ._models import (
     is_copy_of,
     new_idempotency_key,
 )
-from ._pagination import AsyncPaginator, list_params
-from ._params import (
+from qoder_async._core.params import (
     AgentParams,
     AgentWithOverridesParams,
     BudgetLimitParam,
@@ -90,9 +78,25 @@ from ._params import (
     ToolParams,
     URLMCPServerParams,
 )
-from ._stream import DEFAULT_MAX_EVENT_BYTES
-from ._tools import Tool, definitions
-from ._transport import SourceError, Timeout
+from qoder_async._core.sse import DEFAULT_MAX_EVENT_BYTES
+from qoder_async._shell.eventstream import (
+    DEFAULT_MAX_STALLS,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+    CursorStore,
+    EventStream,
+)
+from qoder_async._shell.files import (
+    DEFAULT_DOWNLOAD_READ_TIMEOUT,
+    FileDownload,
+    FileInput,
+    download_link,
+    fetch_link,
+    prepare_upload,
+)
+from qoder_async._shell.http import HTTP, APIResponse, RequestOptions, idempotency_key_of, segment
+from qoder_async._shell.pagination import AsyncPaginator, list_params
+from qoder_async._shell.transport import SourceError, Timeout
 
 __all__ = [
     "FIND_SENT_LIMIT",
@@ -1132,7 +1136,7 @@ class Environments(_Resource):
 class Files(_Resource):
     """``client.files``: upload, retrieve, list, download, delete.
 
-    See :mod:`qoder_async._files` for what uploads take and downloads handle.
+    See :mod:`qoder_async._shell.files` for what uploads take and downloads handle.
     """
 
     async def upload(

@@ -64,8 +64,8 @@ from urllib.parse import quote, urlsplit
 
 from attrs import frozen
 
-from ._backoff import RetryPolicy
-from ._errors import (
+from qoder_async._core.backoff import RetryPolicy
+from qoder_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseValidationError,
@@ -81,9 +81,9 @@ from ._errors import (
     redact,
     scrub,
 )
-from ._models import json_dumps, json_loads
-from ._transport import Content, StreamResponse, Timeout, Transport
-from ._version import __version__
+from qoder_async._core.models import json_dumps, json_loads
+from qoder_async._core.version import __version__
+from qoder_async._shell.transport import Content, StreamResponse, Timeout, Transport
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -8,7 +8,7 @@ read naturally: ``UserMessage("hi")``, ``UserCustomToolResult(tool_use_id, "42")
 
 Events whose type this version does not know arrive as :class:`UnknownEvent`
 with the raw object, never dropped and never an error. The wire format has
-several generations (see ``qoder-api.md`` §11); :mod:`qoder_async._convert`
+several generations (see ``qoder-api.md`` §11); :mod:`qoder_async._core.convert`
 maps all of them onto these shapes.
 """
 

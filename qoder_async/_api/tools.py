@@ -88,8 +88,8 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, overload
 
-from ._errors import ConfigurationError
-from ._models import (
+from qoder_async._core.errors import ConfigurationError
+from qoder_async._core.models import (
     ContentBlock,
     DocumentBlock,
     ImageBlock,
@@ -97,7 +97,7 @@ from ._models import (
     UnknownBlock,
     UserCustomToolResult,
 )
-from ._turns import ToolCall
+from qoder_async._core.turns import ToolCall
 
 __all__ = [
     "Tool",
@@ -128,7 +128,7 @@ ToolOutput: TypeAlias = (
     | None
 )
 """What a tool handler returns: text, content blocks, ``None``, a JSON value, or a
-ready-made result event (see the conversion table of ``qoder_async._tools``)."""
+ready-made result event (see the conversion table of ``qoder_async._api.tools``)."""
 ToolHandler: TypeAlias = Callable[[Mapping[str, Any]], Awaitable[ToolOutput] | ToolOutput]
 """A custom tool: ``async def`` or plain ``def handler(input) -> ToolOutput``.
 
@@ -216,7 +216,7 @@ def tool(
     are), ``None`` (an empty success) or any other JSON value (a ``dict``, list,
     number or ``bool``: posted as its JSON text). Anything else, a NaN, or a
     ``dict`` key that is not a ``str`` is reported to the agent as an error
-    naming it, and logged (see the table of ``qoder_async._tools``).
+    naming it, and logged (see the table of ``qoder_async._api.tools``).
     """
     if function is not None:
         return Tool(function, name=name, description=description)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from ._convert import ShapeError
-from ._errors import APIResponseValidationError
-from ._http import HTTP, APIResponse, RequestOptions
+from qoder_async._core.convert import ShapeError
+from qoder_async._core.errors import APIResponseValidationError
+from qoder_async._shell.http import HTTP, APIResponse, RequestOptions
 
 __all__ = ["AsyncPaginator", "list_params"]
 

@@ -3,7 +3,7 @@
 Nothing here does I/O or imports an HTTP or async library; the shell feeds
 bytes in and gets events out, so every rule below is tested exhaustively.
 Which events are new (dedupe, replays from before the cursor) and where the
-cursor is are decided by the stream machine (``_machine.py``), not here.
+cursor is are decided by the stream machine (``_core/machine.py``), not here.
 
 Rules this module keeps (qoder-api.md §4, §6):
 
@@ -41,9 +41,21 @@ from datetime import datetime
 from itertools import chain
 from typing import Any, NamedTuple
 
-from ._convert import EVENT_HOOKS, ShapeError, structure_event
-from ._errors import APIStatusError, FrameTooLargeError, StreamDecodeError, error_from_envelope
-from ._models import BaseEvent, Event, PreviewDelta, PreviewStart, json_dumps, json_loads
+from qoder_async._core.convert import EVENT_HOOKS, ShapeError, structure_event
+from qoder_async._core.errors import (
+    APIStatusError,
+    FrameTooLargeError,
+    StreamDecodeError,
+    error_from_envelope,
+)
+from qoder_async._core.models import (
+    BaseEvent,
+    Event,
+    PreviewDelta,
+    PreviewStart,
+    json_dumps,
+    json_loads,
+)
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",

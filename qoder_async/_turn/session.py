@@ -4,7 +4,7 @@
 posts the event and returns a :class:`Turn` bound to the 202 answer (its
 ``turn_id`` and the created event). A single pump task per session reads the
 session's stream and hands every event to the
-:class:`~qoder_async._turns.TurnRouter`, which routes it to the turn it belongs
+:class:`~qoder_async._core.turns.TurnRouter`, which routes it to the turn it belongs
 to, and to the session's listeners (``handle.listen()``, ``handle.on()``).
 
 =============================================  ======================================
@@ -89,7 +89,20 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, Unpack, overload
 
-from ._errors import (
+from qoder_async._api.resources import FIND_SENT_LIMIT, find_sent, send_retrying_busy
+from qoder_async._api.tools import (
+    ToolHandler,
+    ToolOutput,
+    Tools,
+    call_handler,
+    call_slots,
+    error_result,
+    results_key,
+    tool_content,
+    tool_handlers,
+    tool_result,
+)
+from qoder_async._core.errors import (
     ActionRequiredError,
     APIResponseValidationError,
     BadRequestError,
@@ -101,10 +114,8 @@ from ._errors import (
     TurnFailedError,
     UnknownCursorError,
 )
-from ._eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
-from ._http import HTTP, segment
-from ._machine import Dedupe
-from ._models import (
+from qoder_async._core.machine import Dedupe
+from qoder_async._core.models import (
     Accepted,
     AgentCustomToolUse,
     BaseEvent,
@@ -128,22 +139,8 @@ from ._models import (
     as_events,
     new_idempotency_key,
 )
-from ._resources import FIND_SENT_LIMIT, find_sent, send_retrying_busy
-from ._stream import PREVIEW_CLASSES
-from ._tools import (
-    ToolHandler,
-    ToolOutput,
-    Tools,
-    call_handler,
-    call_slots,
-    error_result,
-    results_key,
-    tool_content,
-    tool_handlers,
-    tool_result,
-)
-from ._tracing import NO_SPAN, Tracing, TurnSpan
-from ._turns import (
+from qoder_async._core.sse import PREVIEW_CLASSES
+from qoder_async._core.turns import (
     RECONNECTED,
     CatchUp,
     Item,
@@ -157,10 +154,13 @@ from ._turns import (
     fold_history,
     fold_many,
 )
+from qoder_async._shell.eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
+from qoder_async._shell.http import HTTP, segment
+from qoder_async._turn.tracing import NO_SPAN, Tracing, TurnSpan
 
 if TYPE_CHECKING:
-    from ._backoff import ReconnectPolicy
-    from ._resources import Sessions
+    from qoder_async._api.resources import Sessions
+    from qoder_async._core.backoff import ReconnectPolicy
 
 __all__ = [
     "EventHandler",

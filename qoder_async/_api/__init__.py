@@ -1,0 +1,1 @@
+"""The REST resources (sessions, agents, environments, files, models) and custom tools."""

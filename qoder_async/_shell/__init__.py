@@ -1,0 +1,1 @@
+"""The I/O shell: transports, the request layer, event streams, pages and files."""

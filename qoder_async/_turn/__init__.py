@@ -1,0 +1,1 @@
+"""The turn API: session handles, turns, listeners, tracing and metrics."""
