@@ -744,17 +744,17 @@ async def test_redis_keys_live_under_the_namespace_with_ttls(redis_h: Harness) -
     quiet = ttl.pop("work:quiet", None)
     assert quiet is None or quiet > 0 or quiet == -2
     assert set(ttl) == {
-        "line",
-        "line:seq",
+        "v2:line",
+        "v2:line:seq",
+        "v2:leases",  # s1's lease deadline (v2:ready is empty: nothing claimable)
         "s:s1",
-        "lease:s1",
         "pending:s1",
-        "held:w1",
-        "workers",
-        "w:w1",
+        "v2:held:w1",
+        "v2:workers",
+        "v2:w:w1",
         "tool:2:s1:tu_1",  # the session id's length first: parts never run together
     }
-    expiring = {"lease:s1", "w:w1", "tool:2:s1:tu_1"}
+    expiring = {"v2:w:w1", "tool:2:s1:tu_1"}
     assert all(ttl[k] > 0 for k in expiring)
     assert all(ttl[k] == -1 for k in set(ttl) - expiring)
 
@@ -994,3 +994,79 @@ async def test_ids_holding_braces_cannot_move_a_key_to_another_slot(redis_h: Har
         await raw.aclose()
     assert any(k.endswith(":" + sid) for k in keys)
     assert {hash_tag(k) for k in keys} == {redis_h.namespace}
+
+
+async def _script_commands(raw: redis_asyncio.Redis, call: Awaitable[object]) -> dict[str, int]:
+    """The Redis commands (by name) that ``call`` made the server run, scripts' own included."""
+    await raw.config_resetstat()
+    await call
+    stats = await raw.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+async def test_a_poll_costs_the_same_however_many_sessions_are_leased(
+    private_server: RedisServer,
+) -> None:
+    # A poll (claimable, then a claim) must not walk the active line: the commands the
+    # server runs for it are the same with 10 and with 400 leased sessions.
+    c = RedisCoordinator.from_url(private_server.url, namespace="poll")
+    raw = redis_asyncio.Redis.from_url(private_server.url)
+    try:
+        await c.claimable(1)  # the scripts are loaded: no NOSCRIPT round below
+        await c.claim("w", ttl=LONG, limit=0)
+        counts = []
+        for total in (10, 400):
+            await asyncio.gather(*(c.mark_active(f"s{i}") for i in range(len(counts) * 10, total)))
+            while await c.claim("busy", ttl=LONG, limit=500):
+                pass
+            await c.mark_active(f"new{total}")
+            polled = await _script_commands(raw, c.claimable(256))
+            claimed = await _script_commands(raw, c.claim("w", ttl=LONG, limit=1))
+            counts.append((polled, claimed))
+        assert counts[0] == counts[1]
+    finally:
+        await raw.aclose()
+        await c.aclose()
+
+
+async def test_workers_of_the_old_key_layout_are_refused_then_their_sessions_move(
+    redis_h: Harness,
+) -> None:
+    # A namespace written by the layout before v2 (an active line walked by every claim,
+    # a key per lease): while one of its workers lives, a new worker refuses to run
+    # beside it (the two would both follow a session); once none lives, its active
+    # sessions move over at their committed cursors, and their old leases end.
+    c = redis_h.coordinator
+    ns = "{" + redis_h.namespace + "}:"
+    assert redis_h._redis_url
+    raw = redis_asyncio.Redis.from_url(redis_h._redis_url, decode_responses=True)
+    try:
+        await raw.zadd(ns + "line", {"old1": 1, "old2": 2})
+        await raw.set(ns + "line:seq", 2)
+        await raw.hset(
+            ns + "s:old1",
+            mapping={"token": 3, "holder": "w-old", "c_id": "e1", "c_at": "", "c_key": ""}
+            | {"c_incl": "0", "c_end": "0"},
+        )
+        await raw.hset(ns + "s:old2", mapping={"token": 0, "holder": ""})
+        await raw.set(ns + "lease:old1", "w-old", px=60_000)
+        await raw.sadd(ns + "held:w-old", "old1")
+        await raw.sadd(ns + "workers", "w-old")
+        await raw.hset(ns + "w:w-old", mapping={"max": "", "inst": "x"})
+        await raw.pexpire(ns + "w:w-old", 60_000)
+        await c.mark_active("new1")  # a front end of this version, meanwhile
+
+        with pytest.raises(ConfigurationError, match="earlier qoder_async"):
+            await c.announce("w-new", ttl=LONG)
+        assert await c.claimable() == ["new1"]  # the old line stays the old workers'
+
+        await raw.delete(ns + "w:w-old")  # the old worker stopped (or its record lapsed)
+        assert await c.announce("w-new", ttl=LONG)
+        assert await c.claimable() == ["new1", "old1", "old2"]
+        claims = {x.session_id: x for x in await c.claim("w-new", ttl=LONG, limit=3)}
+        assert claims["old1"].token == 4 and claims["old1"].cursor == FleetCursor("e1", None)
+        assert claims["old2"].token == 1 and claims["old2"].cursor is None
+        left = {k.removeprefix(ns) for k in await raw.keys(ns + "*")}
+        assert not left & {"line", "line:seq", "workers", "lease:old1", "held:w-old"}
+    finally:
+        await raw.aclose()

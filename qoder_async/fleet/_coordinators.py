@@ -22,29 +22,34 @@ tag, so a fleet's keys share one slot and its scripts may touch several; the
 namespace holds no braces and comes first, so no id can forge another tag).
 Every key depends injectively on its parts: the kinds below differ before the
 first id, a key with one id ends with it, and the ledger's puts the length of
-the session id first:
+the session id first. No script walks the active line: lease deadlines (the
+server's own clock, ``TIME``) sit in a sorted set, so a poll, a claim, a
+renewal and a commit each cost O(log n) in the active sessions, plus what they
+claim; a lease that ran out moves to the ready line once, at the next poll:
 
 ==============================  ======  ===============  ==========================================
 key                             type    TTL              content
 ==============================  ======  ===============  ==========================================
-``{ns}:line``                   zset    none             active sessions; score = place in line
+``{ns}:v2:line``                zset    none             active sessions; score = place in line
                                                          (first activation first)
-``{ns}:line:seq``               string  none             counter giving places in line
+``{ns}:v2:line:seq``            string  none             counter giving places in line
+``{ns}:v2:ready``               zset    none             active sessions without a live lease (the
+                                                         claimable ones); score = place in line
+``{ns}:v2:leases``              zset    none             active sessions with a lease; score = its
+                                                         deadline (server ms); each active session
+                                                         is in exactly one of ready and leases
 ``{ns}:s:<session>``            hash    none             ``token`` (last issued), ``holder``
                                                          (worker, "" when none), committed cursor
                                                          ``c_id c_at c_key c_incl c_end``, in-flight
                                                          handler ``f_id f_token``
-``{ns}:lease:<session>``        string  lease ttl        the holder's worker id; the session is
-                                                         claimable when this key is gone
 ``{ns}:pending:<session>``      hash    none             sent ``user.message`` ids not committed
                                                          yet (by id) -> "1"
 ``{ns}:recent:<session>``       list    none             the last ``RECENT_IDS`` committed event
                                                          ids, newest first
-``{ns}:held:<worker>``          set     none             sessions the worker claimed (pruned as
-                                                         others claim them)
-``{ns}:workers``                set     none             worker ids (pruned when their record is
+``{ns}:v2:held:<worker>``       set     none             sessions whose holder is the worker
+``{ns}:v2:workers``             set     none             worker ids (pruned when their record is
                                                          gone)
-``{ns}:w:<worker>``             hash    worker ttl       ``max`` sessions ("" = no limit),
+``{ns}:v2:w:<worker>``          hash    worker ttl       ``max`` sessions ("" = no limit),
                                                          ``inst`` (the announcing process)
 ``{ns}:work:quiet``             string  WORK_WINDOW      set when a notification went out on the
                                                          ``{ns}:work`` channel (at most one per
@@ -54,6 +59,21 @@ key                             type    TTL              content
                                                          length (default 7 days after its
                                                          last change)
 ==============================  ======  ===============  ==========================================
+
+Upgrading from the layout before ``v2`` (``{ns}:line`` walked by every claim,
+a ``{ns}:lease:<session>`` key per lease, ``{ns}:workers``): the per-session
+keys (``s:``, ``pending:``, ``recent:``, ``tool:``) are shared, the rest is
+not, so old and new workers must never run together in one namespace. A
+worker of this version refuses to start (``announce`` raises
+``ConfigurationError``: ``serve()`` fails at once) while a worker of the old
+layout is alive there; once none is (stop them, or wait a lease), its first
+``announce`` moves the old active line over (at the old places in line,
+cursors, pending sends, tokens and tool records kept; the old leases end, so
+each session is claimed again and its in-flight event redelivered) and
+deletes the old keys. ``claimable`` does the same move when an old front end
+marked sessions active meanwhile. Stop the old workers before starting new
+ones (front ends may be upgraded in any order: an old front end's sends move
+over at the next poll).
 
 Durability: leases, cursors, tokens and the tool ledger are only as durable as
 the Redis holding them. Run it with AOF (``appendonly yes``,
@@ -490,20 +510,43 @@ class MemoryCoordinator:
 # --------------------------------------------------------------------------- Redis
 
 # Shared by every script: ARGV[1] is the key prefix "{ns}:". Scripts build the
-# per-session key names themselves (they scan the active line, so the keys are
-# not known up front); the hash tag keeps them in one cluster slot.
+# per-session key names themselves; the hash tag keeps them in one cluster slot.
+# Lease deadlines are the server's own clock (TIME, in ms): workers' clocks
+# never decide who holds a session. No script walks the active line: each one
+# costs O(log n) in the active sessions, plus what it claims or reaps.
 _LUA_PRELUDE = """
 local P = ARGV[1]
 local WORK_WINDOW = @WORK_WINDOW_MS@
+local LINE, SEQ = P .. 'v2:line', P .. 'v2:line:seq'
+local READY, LEASES = P .. 'v2:ready', P .. 'v2:leases'
+local WORKERS = P .. 'v2:workers'
 local function skey(sid) return P .. 's:' .. sid end
-local function lkey(sid) return P .. 'lease:' .. sid end
 local function pkey(sid) return P .. 'pending:' .. sid end
 local function rkey(sid) return P .. 'recent:' .. sid end
-local function hkey(wid) return P .. 'held:' .. wid end
+local function hkey(wid) return P .. 'v2:held:' .. wid end
+local function wkey(wid) return P .. 'v2:w:' .. wid end
 local function tkey(sid, use) return P .. 'tool:' .. #sid .. ':' .. sid .. ':' .. use end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function valid(sid, token)
   local t = redis.call('HMGET', skey(sid), 'token', 'holder')
   return t[2] ~= false and t[2] ~= '' and t[1] == token
+end
+local function leased(sid, now)
+  local d = redis.call('ZSCORE', LEASES, sid)
+  return d ~= false and tonumber(d) > now
+end
+-- Leases that ran out join the ready line at their place (each one once).
+local function reap(now)
+  local gone = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now)
+  if #gone == 0 then return end
+  for _, sid in ipairs(gone) do
+    local place = redis.call('ZSCORE', LINE, sid)
+    if place then redis.call('ZADD', READY, place, sid) end
+  end
+  redis.call('ZREMRANGEBYSCORE', LEASES, '-inf', now)
 end
 -- At most one notification per WORK_WINDOW ms: a watcher claims a window after
 -- it is woken, so what the window held without a notification is claimed too.
@@ -512,16 +555,30 @@ local function notify_work()
     redis.call('PUBLISH', P .. 'work', '1')
   end
 end
-local function count_held(wid)
-  local held, n = hkey(wid), 0
-  for _, sid in ipairs(redis.call('SMEMBERS', held)) do
-    if redis.call('HGET', skey(sid), 'holder') == wid then
-      n = n + 1
-    else
-      redis.call('SREM', held, sid)
+-- The key layout before v2 (a sorted line walked by every claim, a key per
+-- lease): while a worker of that version is alive, refuse (false); once none
+-- is, move its active sessions into this layout (their leases end; cursors,
+-- pending sends, tokens and the tool ledger are shared keys and stay).
+local function upgrade()
+  local old_line, old_workers = P .. 'line', P .. 'workers'
+  if redis.call('EXISTS', old_line, old_workers) == 0 then return true end
+  local wids = redis.call('SMEMBERS', old_workers)
+  for _, wid in ipairs(wids) do
+    if redis.call('EXISTS', P .. 'w:' .. wid) == 1 then return false end
+  end
+  for _, wid in ipairs(wids) do redis.call('DEL', P .. 'held:' .. wid) end
+  for _, sid in ipairs(redis.call('ZRANGE', old_line, 0, -1)) do
+    redis.call('DEL', P .. 'lease:' .. sid)
+    if not redis.call('ZSCORE', LINE, sid) then
+      redis.call('HSET', skey(sid), 'holder', '')
+      local place = redis.call('INCR', SEQ)
+      redis.call('ZADD', LINE, place, sid)
+      redis.call('ZADD', READY, place, sid)
     end
   end
-  return n
+  redis.call('DEL', old_line, P .. 'line:seq', old_workers)
+  notify_work()
+  return true
 end
 """.replace("@WORK_WINDOW_MS@", str(round(WORK_WINDOW * 1000)))
 
@@ -540,24 +597,24 @@ if ARGV[3] == '1' then
     or redis.call('LPOS', rkey(sid), ARGV[4]) ~= false
   if not done then redis.call('HSET', pkey(sid), ARGV[4], '1') end
 end
-if not redis.call('ZSCORE', P .. 'line', sid) then
-  redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
+if not redis.call('ZSCORE', LINE, sid) then
+  local place = redis.call('INCR', SEQ)
+  redis.call('ZADD', LINE, place, sid)
+  redis.call('ZADD', READY, place, sid)
+  notify_work()
+elseif not leased(sid, now_ms()) then
+  notify_work()
 end
-if redis.call('EXISTS', lkey(sid)) == 0 then notify_work() end
 return 1
 """
 
 # ARGV: prefix, limit (-1: all)
 _CLAIMABLE = """
-local limit, out = tonumber(ARGV[2]), {}
-if limit == 0 then return out end
-for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
-  if redis.call('EXISTS', lkey(sid)) == 0 then
-    out[#out + 1] = sid
-    if #out == limit then break end
-  end
-end
-return out
+local limit = tonumber(ARGV[2])
+if limit == 0 then return {} end
+upgrade()
+reap(now_ms())
+return redis.call('ZRANGE', READY, 0, limit < 0 and -1 or limit - 1)
 """
 
 # ARGV: prefix, worker, ttl ms, limit, max sessions (-1: none)
@@ -565,26 +622,26 @@ _CLAIM = """
 local wid = ARGV[2]
 local room, max = tonumber(ARGV[4]), tonumber(ARGV[5])
 if max >= 0 then
-  local left = max - count_held(wid)
+  local left = max - redis.call('SCARD', hkey(wid))
   if left < room then room = left end
 end
 local out = {}
 if room <= 0 then return out end
-for _, sid in ipairs(redis.call('ZRANGE', P .. 'line', 0, -1)) do
-  if redis.call('EXISTS', lkey(sid)) == 0 then
-    local s = skey(sid)
-    local prev = redis.call('HGET', s, 'holder')
-    if prev and prev ~= '' then redis.call('SREM', hkey(prev), sid) end
-    local token = redis.call('HINCRBY', s, 'token', 1)
-    redis.call('HSET', s, 'holder', wid)
-    redis.call('SET', lkey(sid), wid, 'PX', ARGV[3])
-    redis.call('SADD', hkey(wid), sid)
-    local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
-    out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
-                     c[6] or '', redis.call('EXISTS', pkey(sid))}
-    room = room - 1
-    if room == 0 then break end
-  end
+local now = now_ms()
+reap(now)
+local deadline = now + tonumber(ARGV[3])
+for _, sid in ipairs(redis.call('ZRANGE', READY, 0, room - 1)) do
+  local s = skey(sid)
+  local prev = redis.call('HGET', s, 'holder')
+  if prev and prev ~= '' then redis.call('SREM', hkey(prev), sid) end
+  local token = redis.call('HINCRBY', s, 'token', 1)
+  redis.call('HSET', s, 'holder', wid)
+  redis.call('ZREM', READY, sid)
+  redis.call('ZADD', LEASES, deadline, sid)
+  redis.call('SADD', hkey(wid), sid)
+  local c = redis.call('HMGET', s, 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id', 'f_token')
+  out[#out + 1] = {sid, token, c[1] or '', c[2] or '', c[3] or '', c[4] or '', c[5] or '',
+                   c[6] or '', redis.call('EXISTS', pkey(sid))}
 end
 return out
 """
@@ -592,12 +649,12 @@ return out
 # ARGV: prefix, ttl ms, then pairs of session, token. Returns the lost sessions.
 _RENEW = """
 local lost = {}
+local deadline = now_ms() + tonumber(ARGV[2])
 for i = 3, #ARGV, 2 do
   local sid = ARGV[i]
   if valid(sid, ARGV[i + 1]) then
-    local wid = redis.call('HGET', skey(sid), 'holder')
-    redis.call('SET', lkey(sid), wid, 'PX', ARGV[2])
-    redis.call('SADD', hkey(wid), sid)
+    redis.call('ZADD', LEASES, deadline, sid)
+    redis.call('ZREM', READY, sid)
   else
     lost[#lost + 1] = sid
   end
@@ -642,10 +699,11 @@ if ARGV[11] ~= '' then
 else
   redis.call('HDEL', s, 'f_id', 'f_token')
 end
-redis.call('SET', lkey(sid), wid, 'PX', ARGV[5])
+redis.call('ZADD', LEASES, now_ms() + tonumber(ARGV[5]), sid)
+redis.call('ZREM', READY, sid)
 redis.call('SADD', hkey(wid), sid)
-if not redis.call('ZSCORE', P .. 'line', sid) then
-  redis.call('ZADD', P .. 'line', redis.call('INCR', P .. 'line:seq'), sid)
+if not redis.call('ZSCORE', LINE, sid) then
+  redis.call('ZADD', LINE, redis.call('INCR', SEQ), sid)
 end
 return 1
 """
@@ -675,10 +733,13 @@ if release and (redis.call('EXISTS', pkey(sid)) == 1 or redis.call('HEXISTS', s,
 end
 redis.call('SREM', hkey(redis.call('HGET', s, 'holder')), sid)
 redis.call('HSET', s, 'holder', '')
-redis.call('DEL', lkey(sid))
+redis.call('ZREM', LEASES, sid)
 if release then
-  redis.call('ZREM', P .. 'line', sid)
+  redis.call('ZREM', LINE, sid)
+  redis.call('ZREM', READY, sid)
 else
+  local place = redis.call('ZSCORE', LINE, sid)
+  if place then redis.call('ZADD', READY, place, sid) end
   notify_work()
 end
 return 1
@@ -732,37 +793,38 @@ _TOOL_GET = """
 return record(tkey(ARGV[2], ARGV[3]))
 """
 
-# ARGV: prefix, worker, ttl ms, max sessions ("" = none), instance. 0: a live twin's record.
+# ARGV: prefix, worker, ttl ms, max sessions ("" = none), instance. 0: a live twin's record;
+# -2: workers of the previous key layout are alive (see upgrade()).
 _ANNOUNCE = """
-local k = P .. 'w:' .. ARGV[2]
+if not upgrade() then return -2 end
+local k = wkey(ARGV[2])
 local inst = redis.call('HGET', k, 'inst')
 if inst and inst ~= ARGV[5] then return 0 end
 redis.call('HSET', k, 'max', ARGV[4], 'inst', ARGV[5])
 redis.call('PEXPIRE', k, ARGV[3])
-redis.call('SADD', P .. 'workers', ARGV[2])
+redis.call('SADD', WORKERS, ARGV[2])
 return 1
 """
 
 # ARGV: prefix, worker, instance
 _RETIRE = """
-local k = P .. 'w:' .. ARGV[2]
+local k = wkey(ARGV[2])
 local inst = redis.call('HGET', k, 'inst')
 if inst and inst ~= ARGV[3] then return 0 end
 redis.call('DEL', k)
-redis.call('SREM', P .. 'workers', ARGV[2])
+redis.call('SREM', WORKERS, ARGV[2])
 return 1
 """
 
 # ARGV: prefix. Returns {worker, sessions held, max} for live workers.
 _WORKERS = """
 local out = {}
-for _, wid in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
-  local max = redis.call('HGET', P .. 'w:' .. wid, 'max')
-  local n = count_held(wid)
+for _, wid in ipairs(redis.call('SMEMBERS', WORKERS)) do
+  local max = redis.call('HGET', wkey(wid), 'max')
   if max then
-    out[#out + 1] = {wid, n, max}
+    out[#out + 1] = {wid, redis.call('SCARD', hkey(wid)), max}
   else
-    redis.call('SREM', P .. 'workers', wid)
+    redis.call('SREM', WORKERS, wid)
   end
 end
 return out
@@ -776,10 +838,10 @@ local s = skey(sid)
 if redis.call('EXISTS', s) == 0 then return {} end
 local f = redis.call('HMGET', s, 'token', 'holder', 'c_id', 'c_at', 'c_incl', 'c_end', 'f_id',
                      'f_token')
-local active = redis.call('ZSCORE', P .. 'line', sid) and 1 or 0
+local active = redis.call('ZSCORE', LINE, sid) and 1 or 0
 local holder = f[2] or ''
-local leased = (holder ~= '' and redis.call('EXISTS', lkey(sid)) == 1) and 1 or 0
-local out = {active, holder, leased, f[1] or '0', f[3] or '', f[4] or '', f[5] or '',
+local live = (holder ~= '' and leased(sid, now_ms())) and 1 or 0
+local out = {active, holder, live, f[1] or '0', f[3] or '', f[4] or '', f[5] or '',
              f[6] or '', f[7] or '', f[8] or ''}
 for _, id in ipairs(redis.call('HKEYS', pkey(sid))) do out[#out + 1] = id end
 return out
@@ -787,6 +849,7 @@ return out
 
 _NAMESPACE = re.compile(r"[^\s{}]+")
 _MAX_BATCH = 500  # calls per pipelined round trip
+_OLD_LAYOUT_ALIVE = -2  # _ANNOUNCE's answer while workers of the pre-v2 layout live
 # The work channel: how long one read waits (below the pool's socket timeout), and
 # the pace of subscribing again after the connection failed.
 _WORK_READ_TIMEOUT = 1.0
@@ -1173,7 +1236,15 @@ class RedisCoordinator:
     ) -> bool:
         """See :meth:`Coordinator.announce`."""
         limit = "" if max_sessions is None else str(max_sessions)
-        return int(await self._run(self._announce, worker_id, _ms(ttl), limit, instance)) == 1
+        status = int(await self._run(self._announce, worker_id, _ms(ttl), limit, instance))
+        if status == _OLD_LAYOUT_ALIVE:
+            raise ConfigurationError(
+                f"Redis coordinator {self.namespace!r}: workers of an earlier qoder_async "
+                "(the key layout before v2) are still alive in this namespace; stop them "
+                "before starting this version (their active sessions then move over), or "
+                "give this fleet another namespace"
+            )
+        return status == 1
 
     async def retire(self, worker_id: str, instance: str = "") -> None:
         """See :meth:`Coordinator.retire`."""

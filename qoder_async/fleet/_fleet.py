@@ -240,6 +240,10 @@ _ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
 _TRANSIENT = (APIConnectionError, RateLimitError, InternalServerError)
 _STREAM_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 _LOOKUP_LIMIT = 1000  # events scanned (newest first) to find a tool use
+_CLAIM_BATCH = 256
+"""The most claimable sessions one claim round looks at (and shares out): a round
+costs the coordinator the same however many sessions are active; when it saw a
+full batch, the next round runs at once."""
 _ORPHANED_TEXT = (
     "the fleet worker running this tool stopped before it finished; its outcome is unknown "
     "and it was not run again"
@@ -778,7 +782,7 @@ class Fleet:
         while not self._stopping.is_set():
             work.clear()  # set again by whatever becomes claimable from now on
             try:
-                claims, sent_at = await self._claim_round()
+                claims, sent_at, more = await self._claim_round()
             except CoordinatorUnavailableError as exc:
                 delay = outage.failed()
                 if outage.attempts == 1:
@@ -792,7 +796,8 @@ class Fleet:
             outage.recovered()
             for claim in claims:
                 self._follow(claim, sent_at)
-            await self._until_work(work, self.poll_interval)
+            if not (more and claims):  # a full batch that we took part of: look again at once
+                await self._until_work(work, self.poll_interval)
 
     async def _until_work(self, work: asyncio.Event | None, wait: float) -> None:
         """Wait ``wait`` seconds, or less when the coordinator says work arrived
@@ -814,7 +819,10 @@ class Fleet:
         if work is not None and work.is_set() and not self._stopping.is_set():
             await self._sleep(WORK_WINDOW)
 
-    async def _claim_round(self) -> tuple[list[Claim], float]:
+    async def _claim_round(self) -> tuple[list[Claim], float, bool]:
+        """Announce (every third of a lease), then claim this worker's share of the
+        first ``_CLAIM_BATCH`` claimable sessions: (claims, when the claim was
+        sent, whether the batch was full)."""
         coordinator = self.coordinator
         now = self._clock()
         if self._announced_at is None or now - self._announced_at >= self.lease_ttl / 3:
@@ -826,22 +834,23 @@ class Fleet:
             )
             if announced is False:  # (a coordinator answering None knows no instances)
                 self._twin(now)
-                return [], now
+                return [], now, False
             self._announced_at = now
             self._twin_since = None
-        waiting = await coordinator.claimable()
+        waiting = await coordinator.claimable(_CLAIM_BATCH)
         held = len(self._runners)
         if not waiting:
             self._balancer.quota(held, (), 0)
-            return [], now
+            return [], now, False
+        more = len(waiting) >= _CLAIM_BATCH
         wanted = self._balancer.quota(held, await coordinator.workers(), len(waiting))
         if wanted <= 0:
-            return [], now
+            return [], now, more
         sent_at = self._clock()
         claims = await coordinator.claim(
             self.worker_id, ttl=self.lease_ttl, limit=wanted, max_sessions=self.max_sessions
         )
-        return claims, sent_at
+        return claims, sent_at, more
 
     def _twin(self, now: float) -> None:
         """Another live process announces our ``worker_id``: wait a lease for its record

