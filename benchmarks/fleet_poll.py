@@ -74,7 +74,7 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
     namespace = f"bench-poll-{uuid.uuid4().hex[:8]}"
     async with (
         QoderClient(token="unused", base_url="http://127.0.0.1:9") as client,
-        RedisCoordinator.from_url(url, namespace=namespace) as coordinator,
+        RedisCoordinator.from_url(url, namespace=namespace, socket_timeout=60.0) as coordinator,
     ):
         raw = coordinator._client
         fleets = [
@@ -82,7 +82,10 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
         ]
         for start in range(0, sessions, 1000):
             await asyncio.gather(
-                *(coordinator.mark_active(f"s{i}") for i in range(start, min(sessions, start + 1000)))
+                *(
+                    coordinator.mark_active(f"s{i}")
+                    for i in range(start, min(sessions, start + 1000))
+                )
             )
         for i, fleet in enumerate(fleets):
             await coordinator.announce(fleet.worker_id, ttl=600.0, instance=fleet._instance)
@@ -131,7 +134,8 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
             await raw.delete(*keys[start : start + 1000])
     return (
         f"| {sessions:,} | {workers} | {per_poll:,.0f} | {calls / (polls * workers):.1f} "
-        f"| {wall / (polls * workers) * 1000:.2f} | {pct(times, 0.5):.2f} | {pct(times, 0.99):.2f} |"
+        f"| {wall / (polls * workers) * 1000:.2f} | {pct(times, 0.5):.2f} "
+        f"| {pct(times, 0.99):.2f} |"
     )
 
 

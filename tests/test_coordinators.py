@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import subprocess
 import sys
@@ -1064,9 +1065,115 @@ async def test_workers_of_the_old_key_layout_are_refused_then_their_sessions_mov
         assert await c.announce("w-new", ttl=LONG)
         assert await c.claimable() == ["new1", "old1", "old2"]
         claims = {x.session_id: x for x in await c.claim("w-new", ttl=LONG, limit=3)}
-        assert claims["old1"].token == 4 and claims["old1"].cursor == FleetCursor("e1", None)
-        assert claims["old2"].token == 1 and claims["old2"].cursor is None
+        assert (claims["old1"].token, claims["old1"].cursor) == (4, FleetCursor("e1", None))
+        assert (claims["old2"].token, claims["old2"].cursor) == (1, None)
         left = {k.removeprefix(ns) for k in await raw.keys(ns + "*")}
         assert not left & {"line", "line:seq", "workers", "lease:old1", "held:w-old"}
     finally:
         await raw.aclose()
+
+
+# --------------------------------------------------------------------------- one table, twice
+
+
+async def _apply(c: Coordinator, op: tuple[str, int, int, int, int]) -> object:
+    """Run one generated operation; its answer, or the name of what it raised."""
+    name, sid, w, n, k = op
+    s, worker = f"s{sid}", f"w{w}"
+    token = (info.token if (info := await c.inspect(s)) is not None else 0) + k - 1  # stale..ahead
+    try:
+        if name == "mark":
+            return await c.mark_active(s, anchor(n) if n else None)
+        if name == "claim":
+            max_sessions = k if k < 3 else None
+            got = await c.claim(worker, ttl=LONG, limit=n + 1, max_sessions=max_sessions)
+            return sorted((x.session_id, x.token, x.cursor, x.inflight, x.pending) for x in got)
+        if name == "renew":
+            return await c.renew_many({s: token, "s9": 1}, ttl=LONG)
+        if name == "begin":
+            return await c.begin_handler(s, token, f"evt_{n:04d}")
+        if name == "commit":
+            return await c.commit(s, token, FleetCursor(f"evt_{n:04d}", at(n), ends_turn=k == 1))
+        if name == "advance":
+            return await c.advance(s, token, cur(n), f"evt_{n + 1:04d}")
+        if name == "release":
+            return await c.release(s, token)
+        if name == "hand_off":
+            return await c.hand_off(s, token)
+        if name == "restore":
+            return await c.restore(s, token + 1, worker, ttl=LONG, cursor=cur(n))
+        if name == "tool":
+            return await c.claim_tool(s, token, f"tu{n}")
+        if name == "store":
+            return await c.store_tool_result(s, token, f"tu{n}", f"r{w}")
+        if name == "posted":
+            return await c.mark_tool_posted(s, f"tu{n}")
+        if name == "announce":
+            return await c.announce(worker, ttl=LONG, max_sessions=n or None)
+        if name == "retire":
+            return await c.retire(worker)
+        raise AssertionError(name)
+    except LeaseLostError:
+        return "lost"
+
+
+async def _state(c: Coordinator) -> object:
+    return await asyncio.gather(  # one pipelined round trip for Redis
+        *(c.inspect(f"s{i}") for i in range(4)),
+        *(c.tool_record(f"s{i}", f"tu{n}") for i in range(4) for n in range(3)),
+        c.claimable(),
+        c.workers(),
+    )
+
+
+# Each operation row of the coordinator table (``fleet._lease``'s docstring) and the
+# names the differential test below gives it.
+_TABLE_OPS = {
+    "mark_active": "mark",
+    "claim": "claim",
+    "renew": "renew",
+    "begin_handler": "begin",
+    "commit": "commit",
+    "restore": "restore",
+    "advance": "advance",
+    "release": "release",
+    "hand_off": "hand_off",
+    "claim_tool": "tool",
+    "store_tool_result": "store",
+    "mark_tool_posted": "posted",
+    "announce": "announce",
+    "retire": "retire",
+}
+
+
+def test_every_row_of_the_coordinator_table_is_run_against_both_coordinators() -> None:
+    from qoder_async.fleet import _lease
+
+    doc = _lease.__doc__ or ""
+    table = doc.split("Coordinator rules", 1)[1].split("Worker rules", 1)[0]
+    rows = {m.group(1) for m in re.finditer(r"^([a-z_]+)[ (]", table, re.MULTILINE)}
+    rows -= {"operation", "valid"}  # the header, and the token check every row uses
+    assert rows == set(_TABLE_OPS)
+    assert all(callable(getattr(Coordinator, name, None)) for name in rows)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_memory_and_redis_coordinators_answer_alike(redis_url: str, seed: int) -> None:
+    # The same random operations (leases never run out here: expiry has its own cases
+    # above), applied to both coordinators, get the same answers and leave the same state.
+    rng = random.Random(seed)
+    names = sorted(_TABLE_OPS.values())
+    ops = [
+        (rng.choice(names), rng.randrange(4), rng.randrange(3), rng.randrange(3), rng.randrange(4))
+        for _ in range(120)
+    ]
+    memory = MemoryCoordinator()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    redis = RedisCoordinator.from_url(redis_url, namespace=namespace)
+    try:
+        for i, op in enumerate(ops):
+            assert await _apply(memory, op) == await _apply(redis, op), (i, op)
+            assert await _state(memory) == await _state(redis), (i, op)
+    finally:
+        await redis.aclose()
+        await drop_namespace(redis_url, namespace)

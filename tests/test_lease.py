@@ -18,13 +18,17 @@ import qoder_async
 from qoder_async import Backoff, QoderError
 from qoder_async._core.sse import time_key
 from qoder_async._shell.eventstream import as_cursor
-from qoder_async.fleet import LeaseLostError
+from qoder_async.fleet import LeaseLostError, _lease
 from qoder_async.fleet._lease import (
+    GATES,
+    LEASE_RULES,
     Balancer,
     Claim,
     FleetCursor,
     Follow,
+    Gate,
     Lease,
+    LeaseEvent,
     LeaseStatus,
     LeaseTable,
     OutageBackoff,
@@ -33,6 +37,7 @@ from qoder_async.fleet._lease import (
     covers,
     fair_shares,
     order_key,
+    render_rules,
 )
 
 
@@ -254,6 +259,77 @@ def test_a_refused_lease_is_lost_for_good() -> None:
     assert lease.status is LeaseStatus.LOST
     assert not lease.may_start_handler()
     assert lease.next_renewal_at() == float("inf")
+
+
+# --------------------------------------------------------------------------- the lease table
+
+
+def test_the_docstring_shows_the_lease_rules_the_code_runs() -> None:
+    assert _lease.__doc__ is not None
+    assert render_rules() in _lease.__doc__
+
+
+def lease_in(status: LeaseStatus, clock: Clock) -> Lease:
+    """A lease (ttl 9, claimed at 0) driven into ``status`` the way a worker gets there."""
+    lease = make_lease(clock)
+    if status is LeaseStatus.EXPIRED:
+        clock.now = 9.0
+    elif status is LeaseStatus.LOST:
+        lease.lost()
+    elif status is LeaseStatus.RELEASED:
+        lease.released()
+    assert lease.status is status
+    return lease
+
+
+def answer(lease: Lease, event: LeaseEvent) -> None:
+    sent = lease.renewal_started()
+    {
+        LeaseEvent.RENEWED: lambda: lease.renewed(sent),
+        LeaseEvent.RENEWAL_FAILED: lambda: lease.renewal_failed(sent),
+        LeaseEvent.REFUSED: lease.lost,
+        LeaseEvent.RELEASED: lease.released,
+    }[event]()
+
+
+@pytest.mark.parametrize(
+    ("rule", "status"),
+    [(rule, status) for rule in LEASE_RULES for status in LeaseStatus if status in rule.before],
+    ids=lambda x: x.event.name if isinstance(x, tuple) else x.name,
+)
+def test_each_lease_rule(rule: _lease.LeaseRule, status: LeaseStatus) -> None:
+    clock = Clock(0.0)
+    lease = lease_in(status, clock)
+    answer(lease, rule.event)
+    assert lease.status is (status if rule.after is None else rule.after)
+    if rule.event is LeaseEvent.RENEWED:  # counted from the renewal's send time
+        assert (lease.confirmed_at, lease.failures) == (clock.now, 0)
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        (event, status)
+        for event in LeaseEvent
+        for status in LeaseStatus
+        if not any(r.event is event and status in r.before for r in LEASE_RULES)
+    ],
+    ids=lambda x: x.name,
+)
+def test_an_answer_no_rule_names_changes_nothing(event: LeaseEvent, status: LeaseStatus) -> None:
+    clock = Clock(0.0)
+    lease = lease_in(status, clock)
+    answer(lease, event)
+    assert lease.status is status
+
+
+@pytest.mark.parametrize("status", list(LeaseStatus), ids=lambda s: s.name)
+def test_each_gate_rule(status: LeaseStatus) -> None:
+    clock = Clock(0.0)
+    lease = lease_in(status, clock)
+    follow = Follow(Claim("s1", 7, None), lease)
+    assert follow.gate() is GATES[status]
+    assert (follow.gate() is Gate.START) is lease.may_start_handler()
 
 
 def test_a_released_lease_is_done() -> None:

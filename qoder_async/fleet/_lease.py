@@ -63,12 +63,27 @@ situation                                rule
                                          outage outlived the lease); renewals go on and a
                                          successful one makes it HELD again
 ``now >= confirmed + ttl * renew_at``    a renewal is due (default: a third of the ttl)
-renewal failed (coordinator down)        retry after a capped, jittered backoff
-renewal or commit refused                LOST, for good: stop delivering at once; unless
-                                         ``restore`` says the coordinator had lost the
-                                         session's record (then the call is made again)
-released / handed off                    RELEASED, for good
+a renewal, commit or in-flight record    ``restore`` first: if the coordinator had lost
+is refused                               the session's record, the call is made again;
+                                         otherwise the lease is *refused* (below)
 =======================================  ==============================================
+
+What each answer of the coordinator does to the lease (:data:`LEASE_RULES`, the
+table :class:`Lease` runs, and :data:`GATES`, the one :meth:`Follow.gate` runs;
+this text is ``render_rules()``, checked by a test):
+
+====================  =======================  =========  ======================================
+event                 lease was                becomes    and then
+====================  =======================  =========  ======================================
+renewed               HELD, EXPIRED            HELD       ``confirmed`` := its send time
+renewal failed        HELD, EXPIRED            unchanged  retry after a capped, jittered backoff
+refused               HELD, EXPIRED, RELEASED  LOST       for good: stop delivering at once
+released              HELD, EXPIRED            RELEASED   for good
+a handler may start?  HELD                                ``Gate.START``
+a handler may start?  EXPIRED                             ``Gate.WAIT``
+a handler may start?  LOST                                ``Gate.STOP``
+a handler may start?  RELEASED                            ``Gate.STOP``
+====================  =======================  =========  ======================================
 
 Following a claimed session (:class:`Follow`, one per claim; the fleet's
 driver asks it before every step):
@@ -130,8 +145,9 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from attrs import define, field, frozen
 
@@ -141,6 +157,8 @@ from qoder_async._core.models import Cursor
 from qoder_async._core.sse import time_key
 
 __all__ = [
+    "GATES",
+    "LEASE_RULES",
     "RECENT_IDS",
     "Balancer",
     "Claim",
@@ -149,6 +167,8 @@ __all__ = [
     "Gate",
     "InFlight",
     "Lease",
+    "LeaseEvent",
+    "LeaseRule",
     "LeaseStatus",
     "LeaseTable",
     "OutageBackoff",
@@ -160,6 +180,7 @@ __all__ = [
     "covers",
     "fair_shares",
     "order_key",
+    "render_rules",
     "tool_action",
 ]
 
@@ -649,6 +670,84 @@ class LeaseStatus(enum.Enum):
     RELEASED = "released"
 
 
+class LeaseEvent(enum.Enum):
+    """What the coordinator answered about a lease (the rows of :data:`LEASE_RULES`)."""
+
+    RENEWED = "renewed"
+    """A renewal succeeded."""
+    RENEWAL_FAILED = "renewal failed"
+    """A renewal got no answer (the coordinator is down)."""
+    REFUSED = "refused"
+    """A renewal, commit or in-flight record was refused (and ``restore`` did not help)."""
+    RELEASED = "released"
+    """The lease was released or handed off."""
+
+
+class LeaseRule(NamedTuple):
+    """One row of :data:`LEASE_RULES`: on ``event``, a lease in one of ``before``
+    becomes ``after`` (``None``: stays as it is); ``then`` says what else happens."""
+
+    event: LeaseEvent
+    before: frozenset[LeaseStatus]
+    after: LeaseStatus | None
+    then: str
+
+
+_LIVE = frozenset({LeaseStatus.HELD, LeaseStatus.EXPIRED})
+LEASE_RULES: tuple[LeaseRule, ...] = (
+    LeaseRule(
+        LeaseEvent.RENEWED,
+        _LIVE,
+        LeaseStatus.HELD,
+        "``confirmed`` := its send time",
+    ),
+    LeaseRule(
+        LeaseEvent.RENEWAL_FAILED,
+        _LIVE,
+        None,
+        "retry after a capped, jittered backoff",
+    ),
+    LeaseRule(
+        LeaseEvent.REFUSED,
+        _LIVE | {LeaseStatus.RELEASED},
+        LeaseStatus.LOST,
+        "for good: stop delivering at once",
+    ),
+    LeaseRule(LeaseEvent.RELEASED, _LIVE, LeaseStatus.RELEASED, "for good"),
+)
+"""How a :class:`Lease` answers the coordinator, first matching row wins; an
+event no row names for the lease's status changes nothing (LOST and RELEASED
+are final but for a refusal, which makes a released lease LOST)."""
+
+
+def render_rules() -> str:
+    """:data:`LEASE_RULES` and :data:`GATES` as the module docstring's table shows them."""
+    rows = [
+        (
+            f"{rule.event.value}",
+            ", ".join(s.name for s in LeaseStatus if s in rule.before),
+            "unchanged" if rule.after is None else rule.after.name,
+            rule.then,
+        )
+        for rule in LEASE_RULES
+    ]
+    rows += [
+        ("a handler may start?", status.name, "", f"``Gate.{gate.name}``")
+        for status, gate in GATES.items()
+    ]
+    return _rst_table(("event", "lease was", "becomes", "and then"), rows)
+
+
+def _rst_table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    rule = "  ".join("=" * w for w in widths)
+    return "\n".join([rule, line(headers), rule, *map(line, rows), rule])
+
+
 class Lease:
     """One session's lease as the worker holding it sees it (sans-I/O).
 
@@ -761,19 +860,27 @@ class Lease:
         self._outstanding = True
         return self._clock()
 
+    def _on(self, event: LeaseEvent) -> bool:
+        """Apply :data:`LEASE_RULES` to ``event``; whether a row matched."""
+        self._outstanding = False
+        status = self.status
+        for rule in LEASE_RULES:
+            if rule.event is event and status in rule.before:
+                if rule.after is not None:
+                    self._status = rule.after
+                return True
+        return False
+
     def renewed(self, sent_at: float) -> None:
         """The renewal sent at ``sent_at`` succeeded."""
-        self._outstanding = False
-        if self.done:
-            return
-        self._confirmed = max(self._confirmed, sent_at)
-        self._failures = 0
-        self._retry_at = None
-        self._status = LeaseStatus.HELD
+        if self._on(LeaseEvent.RENEWED):
+            self._confirmed = max(self._confirmed, sent_at)
+            self._failures = 0
+            self._retry_at = None
 
     def renewal_failed(self, sent_at: float) -> float:
         """The renewal sent at ``sent_at`` got no answer; the delay before retrying."""
-        self._outstanding = False
+        self._on(LeaseEvent.RENEWAL_FAILED)
         delay = self._backoff.delay(self._failures, self._rand())
         self._failures += 1
         self._retry_at = self._clock() + delay
@@ -781,14 +888,11 @@ class Lease:
 
     def lost(self) -> None:
         """The coordinator refused the token: stop delivering, for good."""
-        self._outstanding = False
-        self._status = LeaseStatus.LOST
+        self._on(LeaseEvent.REFUSED)
 
     def released(self) -> None:
         """The lease was released or handed off: nothing more to do, for good."""
-        self._outstanding = False
-        if self._status is not LeaseStatus.LOST:
-            self._status = LeaseStatus.RELEASED
+        self._on(LeaseEvent.RELEASED)
 
 
 class Gate(enum.Enum):
@@ -801,6 +905,15 @@ class Gate(enum.Enum):
     confirms it again, or it is lost."""
     STOP = "stop"
     """The lease is lost or released: stop delivering this session at once."""
+
+
+GATES = {
+    LeaseStatus.HELD: Gate.START,
+    LeaseStatus.EXPIRED: Gate.WAIT,
+    LeaseStatus.LOST: Gate.STOP,
+    LeaseStatus.RELEASED: Gate.STOP,
+}
+"""Whether a handler may start, by the lease's status (:meth:`Follow.gate`)."""
 
 
 class Follow:
@@ -912,12 +1025,8 @@ class Follow:
         return event_id is not None and event_id == self._inflight
 
     def gate(self) -> Gate:
-        """Whether a handler may start now (see :class:`Gate`)."""
-        if self.lease.done:
-            return Gate.STOP
-        if self.lease.may_start_handler():
-            return Gate.START
-        return Gate.WAIT
+        """Whether a handler may start now (:data:`GATES`)."""
+        return GATES[self.lease.status]
 
     def delivered(self, event_id: str, processed_at: str | None, *, ends_turn: bool) -> FleetCursor:
         """The cursor to commit once the handler for this event returned."""
