@@ -14,7 +14,8 @@ sessions and nothing is claimable, the steady state of a busy fleet. Then:
   ``INFO commandstats`` (``CONFIG RESETSTAT`` first), so client and network
   time are not in it. "us/poll" = the server's microseconds over all
   commands / polls.
-* **handoff**: while the workers poll in the background (every 10 ms each),
+* **handoff**: while ``--workers`` other workers poll (every 10 ms each, from
+  another process),
   ``--handoffs`` times a new session is marked active (a send), claimed,
   renewed, committed at a turn's end and released: the coordinator's part of
   delivering a turn. The client-side time of claim + renew + commit (three
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import sys
 import time
@@ -70,6 +72,28 @@ async def server_usec(raw: Any) -> tuple[float, int]:
     return float(sum(v["usec"] for v in scripts)), int(sum(v["calls"] for v in scripts))
 
 
+def poll_in_background(url: str, namespace: str, workers: int, stop: Any) -> None:
+    """The workers' polls (each every 10 ms), in another process as a fleet's other
+    workers are: the handoffs' client is not slowed by them, only Redis is. They
+    have no room (``max_sessions=0``): they look for work, see the handoff's
+    session, and leave it to the handoff."""
+
+    async def run() -> None:
+        async with (
+            QoderClient(token="unused", base_url="http://127.0.0.1:9") as client,
+            RedisCoordinator.from_url(url, namespace=namespace, socket_timeout=60.0) as c,
+        ):
+            fleets = [
+                Fleet(client, c, worker_id=f"bg{i}", lease_ttl=600.0, max_sessions=0)
+                for i in range(workers)
+            ]
+            while not stop.is_set():
+                await asyncio.gather(*(f._claim_round() for f in fleets))
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+
+
 async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: int) -> str:
     namespace = f"bench-poll-{uuid.uuid4().hex[:8]}"
     async with (
@@ -105,14 +129,11 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
         usec, calls = await server_usec(raw)
         per_poll = usec / (polls * workers)
 
-        stop = asyncio.Event()
-
-        async def poller(fleet: Fleet) -> None:
-            while not stop.is_set():
-                await fleet._claim_round()
-                await asyncio.sleep(0.01)
-
-        background = [asyncio.create_task(poller(f)) for f in fleets]
+        spawn = multiprocessing.get_context("spawn")
+        stop = spawn.Event()
+        pollers = spawn.Process(target=poll_in_background, args=(url, namespace, workers, stop))
+        pollers.start()
+        await asyncio.sleep(2.0)  # the pollers' process is up and polling
         times: list[float] = []
         try:
             for n in range(handoffs):
@@ -128,7 +149,7 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
                 assert await coordinator.release(sid, claim.token)
         finally:
             stop.set()
-            await asyncio.gather(*background)
+            pollers.join()
         keys = [k async for k in raw.scan_iter(match="{" + namespace + "}:*", count=1000)]
         for start in range(0, len(keys), 1000):
             await raw.delete(*keys[start : start + 1000])

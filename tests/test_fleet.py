@@ -883,6 +883,33 @@ async def test_claims_respect_max_sessions_and_go_to_the_least_loaded(
     assert loads == {"w1": 4, "w2": 3} or loads == {"w1": 3, "w2": 4}
 
 
+async def test_a_full_claim_batch_is_followed_by_another_round_at_once(
+    qc: QoderClient, coordinators: Coordinators, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A round looks at a bounded batch of claimable sessions; when the batch was full
+    # and it claimed some, the next round runs at once, not a poll_interval later.
+    from qoder_async.fleet import _fleet
+
+    monkeypatch.setattr(_fleet, "_CLAIM_BATCH", 2)
+    coordinator = coordinators()
+    sids = [f"s{i}" for i in range(5)]
+    for sid in sids:
+        await coordinator.mark_active(sid)
+    for claim in await coordinator.claim("setup", ttl=TTL, limit=5):  # each at a turn's end
+        ended = FleetCursor(f"e-{claim.session_id}", None, ends_turn=True)
+        await coordinator.commit(claim.session_id, claim.token, ended)
+        await coordinator.hand_off(claim.session_id, claim.token)
+    fleet = Fleet(qc, coordinator, worker_id="w1", lease_ttl=TTL, poll_interval=3600.0)
+    fleet.handler(Recorder())
+
+    async def all_released() -> bool:
+        infos = [await coordinator.inspect(sid) for sid in sids]
+        return not any(info is None or info.active for info in infos)
+
+    async with serving(fleet):
+        await eventually(all_released)
+
+
 # --------------------------------------------------------------------------- configuration
 
 

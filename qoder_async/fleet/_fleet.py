@@ -19,9 +19,12 @@ This module moves bytes and calls between them. Its rules:
 situation                                     what the worker does
 ============================================  ================================================
 ``serve()`` polls (every ``poll_interval``,   announces itself, then claims its share of the
-and at once when the coordinator says a       claimable sessions (``Balancer``: new work goes
-session became claimable: ``watch()``)        to the least loaded worker), never holding more
-                                              than ``max_sessions``
+and at once when the coordinator says a       first 256 claimable sessions (``Balancer``: new
+session became claimable: ``watch()``)        work goes to the least loaded worker), never
+                                              holding more than ``max_sessions``; when it
+                                              saw 256 and claimed some, it polls again at
+                                              once (a poll costs the same however many
+                                              sessions are active)
 another live process announces the same       this one claims nothing; if the other's record
 ``worker_id``                                 is still live a ``lease_ttl`` later, ``serve()``
                                               raises ``ConfigurationError`` (a retiring twin
