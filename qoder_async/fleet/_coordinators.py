@@ -15,7 +15,8 @@ two implementations ship:
 
 Every rule they follow is written once, in the table of
 ``qoder_async.fleet._lease`` (the sans-I/O core); the contract tests run the same
-cases against both.
+cases against both, and run random sequences of every operation of that table
+on both, comparing each answer and the state after it.
 
 Redis keys (``ns`` is the namespace; the braces make it a Redis Cluster hash
 tag, so a fleet's keys share one slot and its scripts may touch several; the
