@@ -253,6 +253,22 @@ async def test_expired_lease_is_taken_over_and_the_old_token_refused(h: Harness)
         await c.commit("s1", old.token, cur(6))
 
 
+async def test_every_lease_of_a_dead_worker_becomes_claimable(h: Harness) -> None:
+    # More leases than one poll moves to the ready line (256) run out together: they
+    # all become claimable, over a few polls at most, and are claimed once each.
+    c = h.coordinator
+    sids = [f"s{i:03d}" for i in range(300)]
+    await asyncio.gather(*(c.mark_active(sid) for sid in sids))
+    assert len(await c.claim("dead", ttl=SHORT, limit=300)) == 300
+
+    async def all_claimable() -> bool:
+        return len(await c.claimable()) == 300
+
+    await h.eventually(all_claimable)
+    taken = [x.session_id for x in await c.claim("heir", ttl=LONG, limit=300)]
+    assert sorted(taken) == sids
+
+
 async def test_lapsed_lease_nobody_claimed_is_revived_by_renewal(h: Harness) -> None:
     c = h.coordinator
     await c.mark_active("s1")

@@ -26,7 +26,10 @@ first id, a key with one id ends with it, and the ledger's puts the length of
 the session id first. No script walks the active line: lease deadlines (the
 server's own clock, ``TIME``) sit in a sorted set, so a poll, a claim, a
 renewal and a commit each cost O(log n) in the active sessions, plus what they
-claim; a lease that ran out moves to the ready line once, at the next poll:
+claim. A lease that ran out moves to the ready line once, at the next poll or
+claim, at most 256 per call, soonest deadline first (when more than 256 leases
+run out together, a worker holding them died: its sessions become claimable
+over a few polls, each batch oldest activation first):
 
 ==============================  ======  ===============  ==========================================
 key                             type    TTL              content
@@ -539,15 +542,17 @@ local function leased(sid, now)
   local d = redis.call('ZSCORE', LEASES, sid)
   return d ~= false and tonumber(d) > now
 end
--- Leases that ran out join the ready line at their place (each one once).
+-- Leases that ran out join the ready line at their place (each one once; at
+-- most REAP a call, soonest deadline first: no script is long, even when a
+-- worker holding thousands of sessions dies).
 local function reap(now)
-  local gone = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now)
+  local gone = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, @REAP@)
   if #gone == 0 then return end
   for _, sid in ipairs(gone) do
     local place = redis.call('ZSCORE', LINE, sid)
     if place then redis.call('ZADD', READY, place, sid) end
   end
-  redis.call('ZREMRANGEBYSCORE', LEASES, '-inf', now)
+  redis.call('ZREM', LEASES, unpack(gone))
 end
 -- At most one notification per WORK_WINDOW ms: a watcher claims a window after
 -- it is woken, so what the window held without a notification is claimed too.
@@ -581,7 +586,7 @@ local function upgrade()
   notify_work()
   return true
 end
-""".replace("@WORK_WINDOW_MS@", str(round(WORK_WINDOW * 1000)))
+""".replace("@WORK_WINDOW_MS@", str(round(WORK_WINDOW * 1000))).replace("@REAP@", "256")
 
 # ARGV: prefix, session, has_anchor, id, processed_at, order key, inclusive
 _MARK_ACTIVE = """
