@@ -427,7 +427,9 @@ class EventStream:
                                         if self._stopped():
                                             return
                                         if store is not None:
-                                            self._reader = current_task()
+                                            self._reader = reader = current_task()
+                                            if watchdog is not None:
+                                                watchdog.task = reader
                                             await self._save(machine.cursor)
                                         machine.consumer_busy = False
                                         if type(ev) in _ENDS_STREAM:
