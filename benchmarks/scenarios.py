@@ -51,7 +51,7 @@ class Plan:
     lat_servers: int = 1
     # scale-*: the same measurements at growing numbers of simultaneous streams
     scale_streams: tuple[int, ...] = (1000, 2000, 5000)
-    scale_rate: float = 2.0  # events/s per live stream (10,000 ev/s at 5,000 streams)
+    scale_rate: float = 0.5  # events/s per live stream (2,500 ev/s at 5,000 streams)
     scale_duration: float = 10.0
     server_impl: str = "proto"
 
