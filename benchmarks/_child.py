@@ -112,6 +112,8 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
     pacing; every stream ends with an idle frame carrying its ``sent_count``.
     """
     sid, n, duration = spec["sid"], spec["streams"], spec["duration"]
+    # Latency scenarios stop a client that falls behind; cost scenarios (scale-*) measure on.
+    abort_late = spec.get("abort_late", True)
     sent_at_log = array("d")
     lat = array("d")
     window = [float("inf"), float("inf")]
@@ -140,7 +142,7 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
             if window[0] <= sent_at < window[1]:
                 lat.append(now - sent_at)
                 sent_at_log.append(sent_at)
-            if now - sent_at > SATURATED_S:
+            if abort_late and now - sent_at > SATURATED_S:
                 # Raised right here: a saturated loop runs every stream's
                 # backlog before a watchdog task would get a turn.
                 raise Saturated
