@@ -75,6 +75,7 @@ class Plan:
             lat_streams=200,
             lat_duration=1.5,
             scale_streams=(100, 200, 300),
+            scale_rate=2.0,  # at 0.5 ev/s a 1.5 s window may hold no event at all
             scale_duration=1.5,
         )
 
