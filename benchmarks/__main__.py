@@ -207,6 +207,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="K",
         help="server processes (SO_REUSEPORT) for latency-1000 (default 1)",
     )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help='draw the results as PNG charts into DIR (needs pip install -e ".[bench]")',
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="with --plot: draw saved --json results (repeatable, merged) instead of running",
+    )
     p.add_argument("--list", action="store_true", help="list scenarios and contenders")
     return p.parse_args(argv)
 
@@ -271,6 +284,11 @@ async def amain(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "scenarios": results}, indent=1))
         print(f"raw results: {args.json}")
+    if args.plot:
+        from .plot import plot
+
+        for path in plot(results, args.plot):
+            print(f"chart: {path}")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -285,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for c in REGISTRY.values():
             print(f"{c.name:20} {c.summary}")
+        return 0
+    if args.from_json:
+        if not args.plot:
+            raise SystemExit("--from-json draws saved results: give --plot DIR too")
+        from .plot import load, plot
+
+        for path in plot(load(args.from_json), args.plot):
+            print(f"chart: {path}")
         return 0
     return asyncio.run(amain(args))
 

@@ -112,10 +112,14 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
     pacing; every stream ends with an idle frame carrying its ``sent_count``.
     """
     sid, n, duration = spec["sid"], spec["streams"], spec["duration"]
+    # Latency scenarios stop a client that falls behind; cost scenarios (scale-*) measure on.
+    abort_late = spec.get("abort_late", True)
     sent_at_log = array("d")
     lat = array("d")
     window = [float("inf"), float("inf")]
     cpu = [0.0, 0.0]
+    rss = [vmrss_kib(), 0]  # before any stream, then at the window's end (streams live)
+    in_window = 0  # every event received inside the window (the CPU's denominator)
     opened = 0
     t_start = time.time()
     all_open = asyncio.Event()
@@ -124,8 +128,10 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
         first = True
 
         def on_event(sent_at: float) -> None:
-            nonlocal first, opened
+            nonlocal first, opened, in_window
             now = time.time()
+            if window[0] <= now < window[1]:
+                in_window += 1
             if first:
                 first = False
                 opened += 1
@@ -136,7 +142,7 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
             if window[0] <= sent_at < window[1]:
                 lat.append(now - sent_at)
                 sent_at_log.append(sent_at)
-            if now - sent_at > SATURATED_S:
+            if abort_late and now - sent_at > SATURATED_S:
                 # Raised right here: a saturated loop runs every stream's
                 # backlog before a watchdog task would get a turn.
                 raise Saturated
@@ -148,6 +154,7 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
         say("WINDOW_START")
         await asyncio.sleep(max(0.0, window[1] - time.time()))
         cpu[1] = cpu_s()
+        rss[1] = vmrss_kib()
         say("WINDOW_END")
 
     status = "ok"
@@ -180,6 +187,10 @@ async def paced(c: Contender, spec: dict[str, Any]) -> dict[str, Any]:
         "opened": opened,
         "open_s": (window[0] if all_open.is_set() else time.time()) - t_start,
         "cpu_pct": 100 * (cpu[1] - cpu[0]) / duration if cpu[1] else None,
+        "cpu_us_per_event": 1e6 * (cpu[1] - cpu[0]) / in_window if cpu[1] and in_window else None,
+        "events": in_window,
+        "kib_per_stream": (rss[1] - rss[0]) / n if rss[1] else None,
+        "streams": n,
         "complete": status == "ok",
         "end": status,
     }

@@ -49,6 +49,10 @@ class Plan:
     lat_rate: float = 10.0
     lat_duration: float = 10.0
     lat_servers: int = 1
+    # scale-*: the same measurements at growing numbers of simultaneous streams
+    scale_streams: tuple[int, ...] = (1000, 2000, 5000)
+    scale_rate: float = 0.5  # events/s per live stream (2,500 ev/s at 5,000 streams)
+    scale_duration: float = 10.0
     server_impl: str = "proto"
 
     @classmethod
@@ -70,6 +74,9 @@ class Plan:
             idle_streams=200,
             lat_streams=200,
             lat_duration=1.5,
+            scale_streams=(100, 200, 300),
+            scale_rate=2.0,  # at 0.5 ev/s a 1.5 s window may hold no event at all
+            scale_duration=1.5,
         )
 
 
@@ -548,6 +555,55 @@ async def _latency(h: Harness, scn: Scenario, names: list[str]) -> SResult:
     return res
 
 
+# --- 6. scale: live and idle streams, 1,000 to 5,000 at once -------------------------
+
+
+def _scale_live(i: int) -> Callable[[Harness, Scenario, list[str]], Awaitable[SResult]]:
+    async def run(h: Harness, scn: Scenario, names: list[str]) -> SResult:
+        plan = h.plan
+        streams = plan.scale_streams[i]
+        count = int(plan.scale_rate * (plan.scale_duration + 180))
+        sid = f"sess_paced-medium-{plan.scale_rate:g}-{count}"
+        await h.server.prepare([sid])
+        spec = {
+            "mode": "paced",
+            "root": h.server.root,
+            "sid": sid,
+            "streams": streams,
+            "duration": plan.scale_duration,
+            "abort_late": False,
+        }
+        res = await h.in_children(scn, names, spec, limit_s=240 + 4 * plan.scale_duration)
+        res.notes.append(
+            f"{streams:,} live streams x {plan.scale_rate:g} ev/s (~450 B events); client CPU "
+            f"per event received in the {plan.scale_duration:g} s window that starts once every "
+            "stream delivered its first event; KiB/stream = VmRSS growth from before the first "
+            "stream to the window's end, per stream; a client that falls behind is measured on "
+            "(the p99 says by how much)"
+        )
+        return res
+
+    return run
+
+
+def _scale_idle(i: int) -> Callable[[Harness, Scenario, list[str]], Awaitable[SResult]]:
+    async def run(h: Harness, scn: Scenario, names: list[str]) -> SResult:
+        streams = h.plan.scale_streams[i]
+        await h.server.prepare(["sess_idle"])
+        spec = {
+            "mode": "idle",
+            "root": h.server.root,
+            "sid": "sess_idle",
+            "streams": streams,
+            "settle_s": h.plan.settle_s,
+        }
+        res = await h.in_children(scn, names, spec, limit_s=300)
+        res.notes.append(f"{streams:,} idle streams per fresh subprocess (as idle-rss)")
+        return res
+
+    return run
+
+
 # --------------------------------------------------------------------------- registry
 
 STREAMERS = (
@@ -665,3 +721,38 @@ SCENARIOS["latency-1000"] = Scenario(
     ),
     run=_latency,
 )
+
+
+# scale-*-1k/2k/5k: plan.scale_streams[0/1/2] streams (1,000, 2,000, 5,000; quick 100..300)
+for _i, _n in enumerate(("1k", "2k", "5k")):
+    SCENARIOS[f"scale-live-{_n}"] = Scenario(
+        name=f"scale-live-{_n}",
+        title="client CPU per event and RSS per stream, paced live streams (fresh subprocess)",
+        primary="cpu_us_per_event",
+        label="CPU us/event",
+        fmt=".1f",
+        higher_is_better=False,
+        refs=("raw",),
+        contenders=("raw", "qoder_async-stream"),
+        extra=(
+            ("kib_per_stream", "KiB/stream", ".1f"),
+            ("streams", "streams", ".0f"),
+            ("events", "events", ",.0f"),
+            ("cpu_pct", "client CPU%", ".0f"),
+            ("p99_ms", "p99 ms", ".1f"),
+        ),
+        extra_ratios=(("kib_per_stream", "raw", "KiB x raw"),),
+        run=_scale_live(_i),
+    )
+    SCENARIOS[f"scale-idle-{_n}"] = Scenario(
+        name=f"scale-idle-{_n}",
+        title="RSS per idle open stream (fresh subprocess per contender and round)",
+        primary="kib_per_stream",
+        label="KiB/stream",
+        fmt=".1f",
+        higher_is_better=False,
+        refs=("raw",),
+        contenders=("raw", "qoder_async-stream"),
+        extra=(("streams", "streams", ".0f"), ("open_s", "open s", ".2f")),
+        run=_scale_idle(_i),
+    )

@@ -176,6 +176,30 @@ async def test_heartbeat_only_stall_recovers(
     assert st.stalls > 0
 
 
+async def test_a_stall_is_caught_when_each_event_is_read_by_its_own_task(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    # The watchdog cancels the task reading *now*: with every anext() in a task of
+    # its own and a cursor saved between events, a stale task (done, so cancel() does
+    # nothing) would leave a stalled connection unnoticed until the timeout below.
+    handle = client.session(session_id)
+    await (await handle.send("warm up")).result()
+    server.faults.stall_probability = 0.5
+    store = MemoryCursorStore()
+    events: list[Event] = []
+    async with client.sessions.events.stream(
+        session_id, stall_timeout=0.3, max_stalls=50, reconnect=FAST, cursor_store=store
+    ) as st:
+        st.expect_activity = True
+        async with asyncio.timeout(30):
+            while not events or not isinstance(events[-1], SessionStatusIdle):
+                events.append(await asyncio.create_task(st.__anext__()))
+    server.faults.stall_probability = 0
+    assert [e.id for e in events] == _stored_ids(server, session_id)
+    assert server.fault_counts["stall_probability"] > 0
+    assert store.cursors[session_id].event_id == events[-1].id
+
+
 async def test_idle_session_silence_is_not_a_stall(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:

@@ -376,6 +376,7 @@ class EventStream:
             watchdog = _Watchdog(machine, min(timeouts) / 4) if timeouts else None
             take = machine.take
             store = self._cursor_store
+            current_task = asyncio.current_task
             errors = http.transport.errors
             while not self._closed:
                 http.check_open()
@@ -398,6 +399,12 @@ class EventStream:
                             watchdog.start()
                         try:
                             while True:
+                                if self._reader is None:
+                                    # The first read since an event was handed out: the
+                                    # consumer's anext() may run in another task.
+                                    self._reader = reader = current_task()
+                                    if watchdog is not None:
+                                        watchdog.task = reader
                                 try:
                                     chunk = await chunks.__anext__()
                                 except StopAsyncIteration:
@@ -414,13 +421,15 @@ class EventStream:
                                         machine.consumer_busy = True
                                         self._reader = None
                                         yield ev
-                                        # The next anext() may run in another task.
-                                        self._reader = reader = asyncio.current_task()
-                                        if watchdog is not None:
-                                            watchdog.task = reader
+                                        # The reader (the next anext() may run in another
+                                        # task) is looked up before the next await only:
+                                        # nothing can cancel it while it runs.
                                         if self._stopped():
                                             return
                                         if store is not None:
+                                            self._reader = reader = current_task()
+                                            if watchdog is not None:
+                                                watchdog.task = reader
                                             await self._save(machine.cursor)
                                         machine.consumer_busy = False
                                         if type(ev) in _ENDS_STREAM:
