@@ -184,6 +184,7 @@ __all__ = [
     "TextReader",
     "ThreadResult",
     "ToolCall",
+    "TurnFold",
     "TurnResult",
     "TurnRouter",
     "TurnState",
@@ -641,20 +642,22 @@ class ThreadResult:
 
 
 class _ThreadFold:
-    __slots__ = ("agent_name", "changed", "events", "id", "messages", "status", "stop")
+    __slots__ = ("agent_name", "changed", "events", "id", "keep", "messages", "status", "stop")
 
-    def __init__(self, base: ThreadResult) -> None:
+    def __init__(self, base: ThreadResult, keep_events: bool = True) -> None:
         self.id = base.id
         self.agent_name = base.agent_name
         self.status = base.status
         self.stop = base.stop_reason
         self.messages = list(base.messages)
-        self.events = list(base.events)
+        self.keep = keep_events
+        self.events = list(base.events) if keep_events else []
         self.changed = False
 
     def feed(self, ev: Event) -> None:
         self.changed = True
-        self.events.append(ev)
+        if self.keep:
+            self.events.append(ev)
         cls = type(ev)
         if cls is AgentMessage:
             self.messages.append(ev)  # type: ignore[arg-type]
@@ -738,92 +741,185 @@ def _result_key(ev: ToolOutcome) -> str | None:
     return ev.tool_use_id
 
 
+# The fold's step per event class (exact classes, resolved once per class by isinstance).
+_PLAIN, _MESSAGE, _USE, _OUTCOME, _SPAN, _ERROR, _INTERRUPT, _IDLE, _RUNNING, _FAIL = range(10)
+_KIND_OF: tuple[tuple[type | tuple[type, ...], int], ...] = (
+    (AgentMessage, _MESSAGE),
+    ((AgentToolUse, AgentCustomToolUse, AgentMCPToolUse), _USE),
+    (
+        (AgentToolResult, AgentMCPToolResult, UserCustomToolResult, UserToolResult),
+        _OUTCOME,
+    ),
+    (UserToolConfirmation, _OUTCOME),
+    (SpanModelRequestEnd, _SPAN),
+    (SessionErrorEvent, _ERROR),
+    (UserInterrupt, _INTERRUPT),
+    (SessionStatusIdle, _IDLE),
+    (SessionStatusRunning, _RUNNING),
+    ((SessionStatusTerminated, SessionDeletedEvent), _FAIL),
+)
+_KINDS: dict[type, int] = {}
+# What changes the live text (LiveText.feed dispatches on these exact classes).
+_LIVE_CLASSES = frozenset(
+    {
+        PreviewDelta,
+        PreviewStart,
+        AgentMessage,
+        AgentContentBlockDelta,
+        AgentThinking,
+        SpanModelRequestEnd,
+        Reconnected,
+    }
+)
+_SKIPPED = frozenset({*PREVIEW_CLASSES, Reconnected})  # folded into the text only
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = next((k for types, k in _KIND_OF if issubclass(cls, types)), _PLAIN)
+        _KINDS[cls] = kind
+    return kind
+
+
+class TurnFold:
+    """A turn's fold, fed one item at a time: O(1) per event, nothing folded twice.
+
+    :meth:`feed` takes each event (previews and reconnect markers included);
+    :meth:`result` builds the :class:`TurnResult` so far from what was kept (a
+    copy of the lists, no second pass over the events). ``keep_events=False``
+    keeps no events: ``result().events`` and each thread's ``events`` stay
+    empty, everything else (text, messages, tool calls, errors, usage, state)
+    is the same. ``events`` is the list of kept events, in order (no previews).
+    """
+
+    __slots__ = (
+        "_base",
+        "_calls",
+        "_ended",
+        "_errors",
+        "_failed",
+        "_index",
+        "_interrupted",
+        "_messages",
+        "_stop",
+        "_threads",
+        "_turn_id",
+        "_usage",
+        "events",
+        "keep_events",
+        "live",
+    )
+
+    def __init__(self, prev: TurnResult | None = None, *, keep_events: bool = True) -> None:
+        base = prev if prev is not None else TurnResult()
+        self._base = base
+        self.keep_events = keep_events
+        self.live = base._live.copy() if base._live is not None else LiveText()
+        self.events: list[Event] = list(base.events) if keep_events else []
+        self._messages = list(base.messages)
+        self._calls = list(base.tool_calls)
+        self._errors = list(base.errors)
+        index = {c.id: i for i, c in enumerate(self._calls) if c.id}
+        index.update({c.use.id: i for i, c in enumerate(self._calls) if c.use.id is not None})
+        self._index = index
+        self._stop, self._usage = base.stop_reason, base.usage
+        self._turn_id, self._ended, self._failed = base.turn_id, base.ended, base.failed
+        self._interrupted = base.interrupted
+        self._threads: dict[str, _ThreadFold] = {}
+
+    def feed(self, ev: Item) -> bool:
+        """Fold one item; returns True when the text changed."""
+        cls = type(ev)
+        changed = self.live.feed(ev) if cls in _LIVE_CLASSES else False
+        if cls in _SKIPPED:
+            return changed
+        if self.keep_events:
+            self.events.append(ev)  # type: ignore[arg-type]
+        if self._turn_id is None and ev.turn_id is not None:  # type: ignore[union-attr]
+            self._turn_id = ev.turn_id  # type: ignore[union-attr]
+        thread_id = ev.session_thread_id  # type: ignore[union-attr]
+        if thread_id is not None:
+            acc = self._threads.get(thread_id)
+            if acc is None:
+                prior = next((t for t in self._base.threads if t.id == thread_id), None)
+                acc = _ThreadFold(prior or ThreadResult(id=thread_id), self.keep_events)
+                self._threads[thread_id] = acc
+            acc.feed(ev)  # type: ignore[arg-type]
+        kind = _KINDS.get(cls)
+        if kind is None:
+            kind = _kind(cls)
+        if kind == _PLAIN:
+            return changed
+        if kind == _MESSAGE:
+            if thread_id is None:
+                self._messages.append(ev)  # type: ignore[arg-type]
+        elif kind == _USE:
+            calls, index = self._calls, self._index
+            call = ToolCall(ev)  # type: ignore[arg-type]
+            calls.append(call)
+            for key in {call.id, ev.id}:  # type: ignore[union-attr]
+                if key:
+                    index[key] = len(calls) - 1
+        elif kind == _OUTCOME:
+            key = _result_key(ev)  # type: ignore[arg-type]
+            i = self._index.get(key) if key is not None else None
+            calls = self._calls
+            if i is not None and (
+                calls[i].result is None or not isinstance(ev, UserToolConfirmation)
+            ):
+                calls[i] = evolve(calls[i], result=ev)  # type: ignore[arg-type]
+        elif kind == _SPAN:
+            if ev.model_usage is not None:  # type: ignore[union-attr]
+                self._usage = self._usage + ev.model_usage  # type: ignore[union-attr]
+        elif kind == _ERROR:
+            self._errors.append(ev)  # type: ignore[arg-type]
+        elif kind == _INTERRUPT:
+            if not self._ended:
+                self._interrupted = True
+        elif kind == _IDLE:
+            self._stop = ev.stop_reason  # type: ignore[union-attr]
+            self._ended = self._stop.ends_turn
+        elif kind == _RUNNING:
+            if self._stop is not None and not self._stop.ends_turn:
+                self._stop = None
+        else:
+            self._ended = self._failed = True
+        return changed
+
+    def result(self, *, last: bool = False) -> TurnResult:
+        """The :class:`TurnResult` of what was fed so far.
+
+        ``last``: nothing will be fed after this (the result may then share the
+        fold's live text instead of a copy, which folding on from it needs).
+        """
+        return TurnResult(
+            turn_id=self._turn_id,
+            events=tuple(self.events),
+            messages=tuple(self._messages),
+            tool_calls=tuple(self._calls),
+            stop_reason=self._stop,
+            usage=self._usage,
+            errors=tuple(self._errors),
+            text=self.live.text,
+            interrupted=self._interrupted,
+            ended=self._ended,
+            failed=self._failed,
+            threads=_threads(self._base.threads, self._threads),
+            _live=self.live if last else self.live.copy(),
+        )
+
+
 def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
     """Fold ``events`` (previews and reconnect markers included) into ``prev``.
 
     Never mutates its input; ``fold_many(None, evs)`` equals folding the events
-    one by one with :func:`fold`, in one pass.
+    one by one with :func:`fold`, in one pass (a :class:`TurnFold`).
     """
-    base = prev if prev is not None else TurnResult()
-    live = base._live.copy() if base._live is not None else LiveText()
-    new_events = list(base.events)
-    messages = list(base.messages)
-    calls = list(base.tool_calls)
-    errors = list(base.errors)
-    index = {c.id: i for i, c in enumerate(calls) if c.id}
-    index.update({c.use.id: i for i, c in enumerate(calls) if c.use.id is not None})
-    stop, usage = base.stop_reason, base.usage
-    turn_id, ended, failed = base.turn_id, base.ended, base.failed
-    interrupted = base.interrupted
-    threads: dict[str, _ThreadFold] = {}
+    acc = TurnFold(prev)
     for ev in events:
-        live.feed(ev)
-        if isinstance(ev, Reconnected) or type(ev) in PREVIEW_CLASSES:
-            continue
-        new_events.append(ev)
-        if turn_id is None and ev.turn_id is not None:
-            turn_id = ev.turn_id
-        thread_id = ev.session_thread_id
-        if thread_id is not None:
-            acc = threads.get(thread_id)
-            if acc is None:
-                prior = next((t for t in base.threads if t.id == thread_id), None)
-                acc = threads[thread_id] = _ThreadFold(prior or ThreadResult(id=thread_id))
-            acc.feed(ev)
-        if isinstance(ev, AgentMessage):
-            if ev.session_thread_id is None:
-                messages.append(ev)
-        elif isinstance(ev, AgentToolUse | AgentCustomToolUse | AgentMCPToolUse):
-            call = ToolCall(ev)
-            calls.append(call)
-            for key in {call.id, ev.id}:
-                if key:
-                    index[key] = len(calls) - 1
-        elif isinstance(
-            ev,
-            AgentToolResult
-            | AgentMCPToolResult
-            | UserCustomToolResult
-            | UserToolResult
-            | UserToolConfirmation,
-        ):
-            key = _result_key(ev)
-            i = index.get(key) if key is not None else None
-            if i is not None and (
-                calls[i].result is None or not isinstance(ev, UserToolConfirmation)
-            ):
-                calls[i] = evolve(calls[i], result=ev)
-        elif isinstance(ev, SpanModelRequestEnd):
-            if ev.model_usage is not None:
-                usage = usage + ev.model_usage
-        elif isinstance(ev, SessionErrorEvent):
-            errors.append(ev)
-        elif isinstance(ev, UserInterrupt):
-            if not ended:
-                interrupted = True
-        elif isinstance(ev, SessionStatusIdle):
-            stop = ev.stop_reason
-            ended = stop.ends_turn
-        elif isinstance(ev, SessionStatusRunning):
-            if stop is not None and not stop.ends_turn:
-                stop = None
-        elif isinstance(ev, SessionStatusTerminated | SessionDeletedEvent):
-            ended = failed = True
-    return TurnResult(
-        turn_id=turn_id,
-        events=tuple(new_events),
-        messages=tuple(messages),
-        tool_calls=tuple(calls),
-        stop_reason=stop,
-        usage=usage,
-        errors=tuple(errors),
-        text=live.text,
-        interrupted=interrupted,
-        ended=ended,
-        failed=failed,
-        threads=_threads(base.threads, threads),
-        _live=live,
-    )
+        acc.feed(ev)
+    return acc.result(last=True)
 
 
 def _threads(

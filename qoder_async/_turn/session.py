@@ -114,7 +114,7 @@ from qoder_async._core.errors import (
     TurnFailedError,
     UnknownCursorError,
 )
-from qoder_async._core.machine import Dedupe
+from qoder_async._core.machine import DEFAULT_DEDUPE_WINDOW, Dedupe
 from qoder_async._core.models import (
     Accepted,
     AgentCustomToolUse,
@@ -143,16 +143,14 @@ from qoder_async._core.sse import PREVIEW_CLASSES
 from qoder_async._core.turns import (
     RECONNECTED,
     CatchUp,
-    Item,
-    LiveText,
     ThreadResult,
     ToolCall,
+    TurnFold,
     TurnResult,
     TurnRouter,
     ends_turn,
     fails_turn,
     fold_history,
-    fold_many,
 )
 from qoder_async._shell.eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
 from qoder_async._shell.http import HTTP, segment
@@ -206,6 +204,7 @@ _exit_interrupts: set[asyncio.Task[None]] = set()  # shielded posts outliving a 
 
 
 _END: Any = object()  # the end of a listener's queue
+_IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its ids past this
 
 
 class _Listener:
@@ -321,6 +320,8 @@ class Turn:
         on_tool_error: OnToolError = "report",
         span: TurnSpan = NO_SPAN,
         slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        *,
+        keep_events: bool = True,
     ) -> None:
         if on_tool_error not in ("report", "raise"):
             raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
@@ -329,9 +330,15 @@ class Turn:
         self._tools = tool_handlers(tools)
         self._slots = slots if slots is not None else call_slots(None)
         self._on_tool_error = on_tool_error
-        self._items: list[Item] = []
-        self._ids: set[str] = set()
-        self._live = LiveText()
+        # Each event is folded once, as it is delivered; the fold's kept events are
+        # what readers iterate (with keep_events=False there are none to iterate).
+        self._fold = TurnFold(keep_events=keep_events)
+        self._items = self._fold.events
+        self._live = self._fold.live
+        # The ids delivered (a dict: the cyclic GC does not traverse it); without kept
+        # events, only the newest DEFAULT_DEDUPE_WINDOW (as the session's own dedupe).
+        self._ids: dict[str, None] = {}
+        self._result: TurnResult | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._done = False
         self._error: BaseException | None = None
@@ -361,13 +368,14 @@ class Turn:
         return self._done
 
     @property
+    def keep_events(self) -> bool:
+        """Whether the turn keeps its events (``send(..., keep_events=False)`` keeps none)."""
+        return self._fold.keep_events
+
+    @property
     def events(self) -> tuple[Event, ...]:
-        """The turn's events received so far (no previews)."""
-        return tuple(
-            ev  # type: ignore[misc]
-            for ev in self._items
-            if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES
-        )
+        """The turn's events received so far (no previews; none with ``keep_events=False``)."""
+        return tuple(self._items)
 
     @property
     def text(self) -> str:
@@ -390,8 +398,12 @@ class Turn:
         return not self._done and (not self._paused or self._resuming)
 
     def snapshot(self) -> TurnResult:
-        """The result folded from the events received so far."""
-        return fold_many(None, self._items)
+        """The result folded from the events received so far (each event was folded once)."""
+        if self._done:
+            if self._result is None:  # nothing is folded after the end: build it once
+                self._result = self._fold.result(last=True)
+            return self._result
+        return self._fold.result()
 
     # -- delivery (called by the pump)
 
@@ -402,13 +414,15 @@ class Turn:
         if cls is not PreviewDelta and cls is not PreviewStart:
             ident = ev.id
             if ident is not None:
-                if ident in self._ids:
+                ids = self._ids
+                if ident in ids:
                     return  # never twice, whatever the server replays
-                self._ids.add(ident)
+                ids[ident] = None
+                if len(ids) > _IDS_LIMIT and not self._fold.keep_events:
+                    self._ids = dict.fromkeys(list(ids)[-DEFAULT_DEDUPE_WINDOW:])
             if self._turn_id is None and ev.turn_id is not None:
                 self._turn_id = ev.turn_id
-        self._items.append(ev)
-        if self._live.feed(ev) and self._span.chunks is not None:
+        if self._fold.feed(ev) and self._span.chunks is not None:
             self._span.chunks.append(time.monotonic())  # a text chunk, for the metrics
         if cls in _TURN_ENDERS:
             if ends_turn(ev):
@@ -456,8 +470,7 @@ class Turn:
 
     def _reconnected(self, cursor: str | None) -> None:
         if not self._done:
-            self._items.append(RECONNECTED)
-            self._live.feed(RECONNECTED)
+            self._fold.feed(RECONNECTED)
             self._span.reconnected(cursor)
 
     def _wake(self) -> None:
@@ -486,23 +499,32 @@ class Turn:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
 
-    async def _iterate(self, on_action: OnAction = "wait") -> AsyncIterator[Event]:
+    async def _iterate(self) -> AsyncIterator[Event]:
+        if not self._fold.keep_events:
+            raise ConfigurationError(
+                "this turn was sent with keep_events=False: it keeps no events to iterate; "
+                "read text_stream() and result(), or the session's listen()/on()"
+            )
         await self._post_unposted()
         i = 0
+        items = self._items
         while True:
-            items = self._items
             while i < len(items):
-                ev = items[i]
                 i += 1
-                if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES:
-                    yield ev  # type: ignore[misc]
-            self._raise_tool_error()
-            if self._done:
-                self._raise_error()
+                yield items[i - 1]
+            if not await self._settle("wait"):
                 return
-            if self._paused and not self._tool_task_running():
-                self._pause_waiting(on_action)
-            await self._wait()
+
+    async def _settle(self, on_action: OnAction) -> bool:
+        """Raise what ended the turn, or wait for more; False once it ended cleanly."""
+        self._raise_tool_error()
+        if self._done:
+            self._raise_error()
+            return False
+        if self._paused and not self._tool_task_running():
+            self._pause_waiting(on_action)
+        await self._wait()
+        return True
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -552,7 +574,8 @@ class Turn:
         :class:`TurnFailedError` (with ``result``) if the session was terminated or
         deleted, or the stream's error if following it failed.
         """
-        async for _ in self._iterate(on_action):
+        await self._post_unposted()
+        while await self._settle(on_action):
             pass
         return self.snapshot()
 
