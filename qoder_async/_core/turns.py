@@ -377,6 +377,21 @@ class _Track:
 
     def final(self, key: str | None, text: str) -> bool:
         seg = self.by_key.get(key) if key is not None else None
+        if seg is None and not self._open_incremental:
+            # The common case (a stored message nobody previewed): a new last segment,
+            # what _new and _appended do, inlined: this runs for every message.
+            segments = self.segments
+            seg = _Segment(len(segments), key, text, _FINAL, False)
+            segments.append(seg)
+            if key is not None:
+                self.by_key[key] = seg
+            if not text:
+                return False
+            self.version += 1
+            if not self._dirty:
+                self.parts.append(text if self._last is None else MESSAGE_SEPARATOR + text)
+                self._last = seg
+            return True
         if seg is None:
             # The incremental dialect keys previews by message_id, not the event id:
             # the final message completes the oldest incremental preview still open.
