@@ -188,6 +188,7 @@ class SendOptions(TypedDict, total=False):
     idempotency_key: str | None
     interrupt_on_exit: bool
     max_concurrent_calls: int | None
+    keep_events: bool
 
 
 OnAction: TypeAlias = Literal["wait", "raise"]
@@ -915,6 +916,7 @@ class SessionHandle:
         idempotency_key: str | None = None,
         interrupt_on_exit: bool = True,
         max_concurrent_calls: int | None = None,
+        keep_events: bool = True,
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
@@ -933,6 +935,13 @@ class SessionHandle:
         :class:`Turn`); ``False`` leaves it running.
         ``max_concurrent_calls``: the most tool handlers of this turn running at
         once, across its threads (the others wait their turn; ``None``: no cap).
+        ``keep_events``: ``False`` keeps none of the turn's events, for a caller
+        that wants the text (``text_stream()``, ``result().text``): memory then
+        stays bounded by the messages, tool calls and errors ``result()``
+        returns, whatever the turn's length; ``result().events`` and each
+        thread's ``events`` are empty and iterating the turn raises
+        :class:`ConfigurationError`. By default a turn keeps every event (no
+        previews), which ``result().events`` returns.
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
@@ -943,7 +952,9 @@ class SessionHandle:
         try:
             # The same key on every attempt: a busy 409 stored nothing.
             turn = await send_retrying_busy(
-                lambda: self._post_turn(events, key, tools, on_tool_error, span, slots),
+                lambda: self._post_turn(
+                    events, key, tools, on_tool_error, span, slots, keep_events=keep_events
+                ),
                 on_busy=on_busy,
                 busy_timeout=busy_timeout,
                 clock=time.monotonic,
@@ -985,6 +996,8 @@ class SessionHandle:
         on_tool_error: OnToolError,
         span: TurnSpan = NO_SPAN,
         slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        *,
+        keep_events: bool = True,
     ) -> Turn:
         self._http.check_open()
         router = self._router
@@ -1024,7 +1037,7 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            turn = Turn(self, accepted, tools, on_tool_error, span, slots)
+            turn = Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events)
             deliveries = router.bind(
                 turn,
                 turn_id=accepted.turn_id,
