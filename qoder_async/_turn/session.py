@@ -27,6 +27,11 @@ a 202 that names no created event              the turn claims the next ``user.m
                                                events (one request, newest first,
                                                stopping at the handle's cursor)
 the last turn, listener and callback left      the connection closes
+``send(..., keep_events=False)``               the turn keeps none of its events (each is
+                                               folded once, as it arrives): ``result()``
+                                               has the text, messages, tool calls and
+                                               errors, ``events`` empty; iterating the
+                                               turn raises :class:`ConfigurationError`
 a requires_action pause with ``tools=``        the handlers run in a task of the turn
                                                (each tool use at most once, whatever
                                                the reader does), results posted with a
