@@ -703,6 +703,46 @@ class QoderTurn(Contender):
         return first, total
 
 
+class QoderTurnResult(QoderTurn):
+    name = "qoder_async-turn-result"
+    summary = "qoder_async turn API as a user reads it: send(); async for ev in turn; result()"
+    kinds = frozenset({"stream"})
+
+    async def read_stream(self, sid: str, n: int) -> None:
+        turn_sid = sid.replace("sess_burst-", "sess_turn-", 1)
+        turn = await self.c.session(turn_sid).send("Help me analyze this code.")
+        count, done = 0, False
+        async for ev in turn:
+            if ev.type == "agent.message":
+                check(bool(ev.content), "qoder_async: empty content")
+                count += 1
+            elif ev.type == "session.status_idle":
+                done = True
+        check_turn(count, n, done, self.name)
+        result = await turn.result()
+        check(len(result.messages) == n, f"{self.name}: result() has {len(result.messages)}")
+
+
+class QoderTurnText(QoderTurn):
+    name = "qoder_async-turn-text"
+    summary = (
+        "qoder_async turn API for a chat UI: send(); async for chunk in text_stream(); result()"
+    )
+    kinds = frozenset({"stream"})
+
+    async def read_stream(self, sid: str, n: int) -> None:
+        turn_sid = sid.replace("sess_burst-", "sess_turn-", 1)
+        turn = await self.c.session(turn_sid).send("Help me analyze this code.")
+        chunks: list[str] = []
+        async for chunk in turn.text_stream():
+            chunks.append(chunk)
+        result = await turn.result()
+        check("".join(chunks) == result.text, f"{self.name}: the chunks are not the text")
+        check(bool(result.text), f"{self.name}: no text")
+        count, done = len(result.messages), result.stop_reason is not None
+        check_turn(count, n, done, self.name)
+
+
 # --------------------------------------------------------------------------- registry
 
 REGISTRY: dict[str, type[Contender]] = {
@@ -717,5 +757,7 @@ REGISTRY: dict[str, type[Contender]] = {
         QoderStream,
         QoderStreamHttpx,
         QoderTurn,
+        QoderTurnResult,
+        QoderTurnText,
     )
 }

@@ -32,11 +32,16 @@ class Plan:
     sub_rounds: int = 2  # measured rounds, one-subprocess-per-run scenarios
     tp_target_s: float = 0.4  # each contender reads >= this long per throughput round
     tp_n0: dict[str, int] = field(  # warm-up round size, used to calibrate N per contender
-        default_factory=lambda: {"tiny": 1_000, "medium": 500, "large": 200}
+        default_factory=lambda: {"tiny": 1_000, "small": 1_000, "medium": 500, "large": 200}
     )
     tp_nmin: int = 200
     tp_nmax: dict[str, int] = field(
-        default_factory=lambda: {"tiny": 800_000, "medium": 400_000, "large": 80_000}
+        default_factory=lambda: {
+            "tiny": 800_000,
+            "small": 800_000,
+            "medium": 400_000,
+            "large": 80_000,
+        }
     )
     send_target_s: float = 0.4
     send_m0: int = 200
@@ -64,7 +69,7 @@ class Plan:
             rounds=2,
             sub_rounds=1,
             tp_target_s=0.05,
-            tp_n0={"tiny": 300, "medium": 200, "large": 100},
+            tp_n0={"tiny": 300, "small": 300, "medium": 200, "large": 100},
             tp_nmin=50,
             send_target_s=0.05,
             send_m0=50,
@@ -413,6 +418,38 @@ def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable
     return run
 
 
+def _turn_api(size: str, tag: str) -> Callable[[Harness, Scenario, list[str]], Awaitable[SResult]]:
+    """The typed stream vs the turn API on the same frames (``tag``: ``-noturnid`` or "")."""
+
+    async def run(h: Harness, scn: Scenario, names: list[str]) -> SResult:
+        plan = h.plan
+
+        def sids(p: dict[str, Any]) -> list[str]:
+            mode = "turn" if p.get("contender", "").startswith("qoder_async-turn") else "burst"
+            return [f"sess_{mode}-{size}-{p['n']}{tag}"]
+
+        async def measure(c: Contender, p: dict[str, Any]) -> dict[str, Any]:
+            n = p["n"]
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await c.read_stream(f"sess_burst-{size}-{n}{tag}", n)
+            dt = time.perf_counter() - t0
+            # The client's own CPU per event (the server is another process): steadier
+            # than the wall clock on a loaded machine.
+            cpu_us = (time.process_time() - cpu0) / n * 1e6
+            return {"ev_s": n / dt, "n": n, "s": dt, "cpu_us": cpu_us}
+
+        def calibrate(p: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+            n = round2(m["ev_s"] * plan.tp_target_s * 1.1)
+            cap = plan.tp_nmax[size]
+            return {"n": max(plan.tp_nmin, min(cap, n))}
+
+        return await h.interleaved(
+            scn, names, h.target(), {"n": plan.tp_n0[size]}, sids, measure, calibrate
+        )
+
+    return run
+
+
 # --- 2. send -----------------------------------------------------------------------
 
 
@@ -617,7 +654,7 @@ STREAMERS = (
     "qoder_async-stream-httpx",
     "qoder_async-turn",
 )
-SIZE_NOTE = {"tiny": "~85 B", "medium": "~450 B", "large": "~4 KiB"}
+SIZE_NOTE = {"tiny": "~85 B", "small": "~150 B", "medium": "~450 B", "large": "~4 KiB"}
 
 SCENARIOS: dict[str, Scenario] = {}
 for _size in ("tiny", "medium", "large"):
@@ -634,6 +671,27 @@ for _size in ("tiny", "medium", "large"):
         param_cols=(("n", "N"),),
         run=_throughput(_size),
     )
+TURN_API = ("qoder_async-stream", "qoder_async-turn-result", "qoder_async-turn-text")
+for _size in ("small", "medium", "large"):
+    for _tag in ("", "-noturnid"):
+        _name = f"turn-api-{_size}{_tag}"
+        SCENARIOS[_name] = Scenario(
+            name=_name,
+            title=(
+                f"events/s of the turn API vs the typed stream, same frames "
+                f"({SIZE_NOTE[_size]}, {'no turn_id' if _tag else 'with turn_id'})"
+            ),
+            primary="ev_s",
+            label="events/s",
+            fmt=",.0f",
+            higher_is_better=True,
+            refs=("qoder_async-stream",),
+            contenders=TURN_API,
+            extra=(("cpu_us", "client CPU us/ev", ".2f"),),
+            extra_ratios=(("cpu_us", "qoder_async-stream", "CPU x stream"),),
+            param_cols=(("n", "N"),),
+            run=_turn_api(_size, _tag),
+        )
 for _c in (1, 50):
     SCENARIOS[f"send-c{_c}"] = Scenario(
         name=f"send-c{_c}",

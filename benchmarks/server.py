@@ -49,11 +49,15 @@ anything else (e.g. ``sess_send``)
 
 Sizes: ``tiny`` (~80 B frame: SSE ``id``/``event`` plus ``{"content":[{"type":
 "text","text":"ok"}]}``, the older doc shape without ``id``/``type`` in the JSON;
-60 B cannot hold a content block), ``medium`` (~450 B) and ``large`` (~4 KiB),
-both with ``id``, ``type``, ``session_id``, ``turn_id``, ``content``,
-``processed_at``. ``processed_at`` follows the render order (1 us apart, never
-going back), as on the real API: a client may drop what a connection replays
-from before its cursor, and a turn's events are never older than its message.
+60 B cannot hold a content block), ``small`` (the smallest full event: an 8-character
+text), ``medium`` (~450 B) and ``large`` (~4 KiB), all three with ``id``, ``type``,
+``session_id``, ``turn_id``, ``content``, ``processed_at``. A ``noturnid`` tag
+(``sess_turn-medium-1000-noturnid``) leaves ``turn_id`` out of every event and
+POST answer of a ``burst``/``turn`` session (a server without turn ids: turns
+are then correlated by stream position). ``processed_at`` follows the render
+order (1 us apart, never going back), as on the real API: a client may drop
+what a connection replays from before its cursor, and a turn's events are never
+older than its message.
 
 Rendering happens at startup (``--prepare SID``) or on the ``prepare`` command;
 an unprepared session is rendered on first use and counted in
@@ -83,8 +87,8 @@ from typing import Any, Protocol
 
 API_PREFIX = "/api/v1/cloud/sessions/"
 HEARTBEAT = b": heartbeat\n\n"
-SIZES = ("tiny", "medium", "large")
-FRAME_TARGET = {"medium": 450, "large": 4096}
+SIZES = ("tiny", "small", "medium", "large")
+FRAME_TARGET = {"small": 50, "medium": 450, "large": 4096}
 TURN_POOL_MAX = 1024
 SENT_AT_LEN = len(f"{time.time():.6f}")
 FILLER = (
@@ -149,7 +153,7 @@ class Renderer:
         self._seq += 1
         return f"evt_{self._seq:032x}"
 
-    def agent_json(self, size: str, sid: str, turn_id: str, eid: str, i: int) -> bytes:
+    def agent_json(self, size: str, sid: str, turn_id: str | None, eid: str, i: int) -> bytes:
         if size == "tiny":
             return b'{"content":[{"type":"text","text":"ok"}]}'
         obj: dict[str, Any] = {
@@ -160,12 +164,14 @@ class Renderer:
             "content": [{"type": "text", "text": ""}],
             "processed_at": self.stamp(),
         }
+        if turn_id is None:
+            del obj["turn_id"]
         bare = len(_sse(eid, "agent.message", _dumps(obj)))
         text = f"[{i}] " + FILLER
         obj["content"][0]["text"] = text[: max(8, FRAME_TARGET[size] - bare)]
         return _dumps(obj)
 
-    def agent_frame(self, size: str, sid: str, turn_id: str, i: int) -> bytes:
+    def agent_frame(self, size: str, sid: str, turn_id: str | None, i: int) -> bytes:
         if size == "tiny":
             self._seq += 1
             eid = f"evt_{self._seq & 0xFFFFFFF:x}"
@@ -173,7 +179,7 @@ class Renderer:
             eid = self.next_id()
         return _sse(eid, "agent.message", self.agent_json(size, sid, turn_id, eid, i))
 
-    def idle_frame(self, sid: str, turn_id: str) -> bytes:
+    def idle_frame(self, sid: str, turn_id: str | None) -> bytes:
         eid = self.next_id()
         obj = {
             "id": eid,
@@ -183,9 +189,11 @@ class Renderer:
             "stop_reason": {"type": "end_turn"},
             "processed_at": self.stamp(),
         }
+        if turn_id is None:
+            del obj["turn_id"]
         return _sse(eid, "session.status_idle", _dumps(obj))
 
-    def user_message(self, sid: str, turn_id: str) -> tuple[str, dict[str, Any]]:
+    def user_message(self, sid: str, turn_id: str | None) -> tuple[str, dict[str, Any]]:
         eid = self.next_id()
         obj = {
             "id": eid,
@@ -195,6 +203,8 @@ class Renderer:
             "content": [{"type": "text", "text": "Help me analyze this code."}],
             "processed_at": self.stamp(),
         }
+        if turn_id is None:
+            del obj["turn_id"]
         return eid, obj
 
 
@@ -284,8 +294,8 @@ class PostOnly(Session):
 
 
 class Burst(Session):
-    def __init__(self, r: Renderer, sid: str, size: str, n: int) -> None:
-        turn = "turn_01j9zb0000burst0000000000"
+    def __init__(self, r: Renderer, sid: str, size: str, n: int, ids: bool = True) -> None:
+        turn = "turn_01j9zb0000burst0000000000" if ids else None
         self.post_response = PostOnly(r, sid).post_response
         self.frames = [r.wrap(r.agent_frame(size, sid, turn, i)) for i in range(n)]
         self.frames.append(r.wrap(r.idle_frame(sid, turn)))
@@ -296,14 +306,14 @@ class Burst(Session):
 
 
 class Turns(Session):
-    def __init__(self, r: Renderer, sid: str, size: str, n: int) -> None:
+    def __init__(self, r: Renderer, sid: str, size: str, n: int, ids: bool = True) -> None:
         pool = max(4, min(TURN_POOL_MAX, 200_000 // (n + 2)))
         self.posts: list[bytes] = []
         self.echo: list[bytes] = []
         self.frames: list[list[bytes]] = []
         self.by_id: dict[str, int] = {}
         for k in range(pool):
-            turn = f"turn_{k:026x}"
+            turn = f"turn_{k:026x}" if ids else None
             eid, obj = r.user_message(sid, turn)
             self.by_id[eid] = k
             self.posts.append(_dumps({"data": [obj]}))
@@ -439,7 +449,9 @@ class Store:
             size, n = spec[1], int(spec[2])
             if size not in SIZES:
                 raise ValueError(f"unknown size {size!r} in {sid!r}")
-            s = Burst(self.r, sid, size, n) if mode == "burst" else Turns(self.r, sid, size, n)
+            ids = "noturnid" not in spec[3:]
+            kind = Burst if mode == "burst" else Turns
+            s = kind(self.r, sid, size, n, ids)
         elif mode == "idle":
             s = Idle(self.r, sid)
         elif mode == "paced":

@@ -33,6 +33,7 @@ from qoder_async import (
 )
 from qoder_async._core.turns import LiveText
 from qoder_async._turn.metrics import NO_METRICS, retry_reason
+from qoder_async._turn.session import Turn
 from qoder_async.fleet import Delivery, Fleet, RedisCoordinator
 from qoder_async.testing import FakeQoderServer, TurnContext
 
@@ -110,7 +111,10 @@ def assert_private(reader: InMemoryMetricReader, *secrets: str) -> None:
 
 
 async def test_a_turn_records_its_duration_tokens_and_chunks(
-    server: FakeQoderServer, metered: QoderClient, reader: InMemoryMetricReader
+    server: FakeQoderServer,
+    metered: QoderClient,
+    reader: InMemoryMetricReader,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def two_messages(ctx: TurnContext) -> None:
         await ctx.sleep(0.1)  # previews are live only: most reach the connection
@@ -124,12 +128,20 @@ async def test_a_turn_records_its_duration_tokens_and_chunks(
 
     server.script = two_messages
     sid = server.add_session()["id"]
+    delivered: list[Any] = []  # what reached the turn, previews included (it keeps none)
+    deliver = Turn._deliver
+
+    def recording(turn: Turn, ev: Any) -> None:
+        delivered.append(ev)
+        deliver(turn, ev)
+
+    monkeypatch.setattr(Turn, "_deliver", recording)
     turn = await metered.session(sid).send("hello there")
     result = await turn.result()
     assert (result.usage.input_tokens, result.usage.output_tokens) == (12, 34)
     # The text chunks the turn saw: every event that changed its text.
     live = LiveText()
-    chunks = sum(live.feed(ev) for ev in turn._items)
+    chunks = sum(live.feed(ev) for ev in delivered)
     assert chunks >= 2
     found = points(reader)
     (duration,) = found["gen_ai.client.operation.duration"]

@@ -7,26 +7,27 @@ included; :func:`fold_many` folds a turn's events into a :class:`TurnResult`.
 Events reach the router only once and never from before the stream's cursor:
 the stream machine (``_core/machine.py``) drops duplicates and replays first.
 
-Routing, in order (the first rule that applies wins):
+Routing, in order (the first rule that applies wins; the rows are
+:data:`ROUTING_RULES`, which the router runs):
 
-=========================================================  ============================
-event                                                      goes to
-=========================================================  ============================
-``session.status_terminated``/``session.deleted``          every live turn (each fails)
-its ``id`` is a bound turn's anchor (its own user.message)  that turn, which starts here
-                                                           (and adopts its ``turn_id``)
-a ``user.message``/``user.define_outcome`` while a turn    that turn: it was answered
-bound without an anchor id waits for one                   without created events
-a ``turn_id`` of a live turn                               that turn (it starts if needed)
-a ``turn_id`` no turn has, while the current turn has none  the current turn, which adopts
-                                                           it (the 202 carried none)
-no ``turn_id``, a turn is positionally current             the current turn
-``processed_at`` later than an unstarted turn's anchor's,  that turn, which starts (its
-and no turn is current                                     echo was never streamed)
-anything else, while a send awaits its answer              the backlog (bounded); claimed
-                                                           when the answer binds its turn
-otherwise (history, other clients' or finished turns)      nobody
-=========================================================  ============================
+==========================================================  ======================================
+event                                                       goes to
+==========================================================  ======================================
+``session.status_terminated``/``session.deleted``           every live turn (each fails)
+its ``id`` is a bound turn's anchor (its own user.message)  that turn, which starts here (and
+                                                            adopts its ``turn_id``)
+a ``user.message``/``user.define_outcome`` while a turn     that turn: it was answered without
+bound without an anchor id waits for one                    created events
+a ``turn_id`` of a live turn                                that turn (it starts if needed)
+a ``turn_id`` no turn has, while the current turn has none  the current turn, which adopts it (the
+                                                            202 carried none)
+no ``turn_id``, a turn is positionally current              the current turn
+no ``turn_id``, ``processed_at`` later than an unstarted    that turn, which starts (its echo was
+turn's anchor's, and no turn is current                     never streamed)
+anything else, while a send awaits its answer               the backlog (bounded); claimed when
+                                                            the answer binds its turn
+otherwise (history, other clients' or finished turns)       nobody
+==========================================================  ======================================
 
 A turn becomes *current* when it starts; it stops being current when it ends.
 A ``turn_id`` of a turn that ended is never adopted again.
@@ -34,21 +35,23 @@ An event kept in the backlog goes by position (or adoption) only to a turn that
 had started before it arrived: an event older than a turn's own message is never
 that turn's, whichever later answer re-routes the backlog (by its ``turn_id`` only).
 
-Turn state, driven by the events routed to it:
+Turn state, driven by the events routed to it (every row that applies acts; the rows
+are :data:`TURN_STATE_RULES`, which the router runs):
 
-==============================================================  ==========================
-event                                                           turn
-==============================================================  ==========================
-``session.status_idle`` with ``end_turn``, ``retries_exhausted``,  ends (finished)
-``budget_reached``, an unknown reason, or none (older servers)
-``session.status_idle`` with ``requires_action``                paused: ``pending`` =
-                                                                its ``event_ids``
-``session.status_running``                                      running (pause cleared)
-``session.status_terminated``, ``session.deleted``              ends (failed)
-``session.error`` (``retrying``, ``exhausted``, ``terminal``)    no change: an idle or a
-                                                                termination follows
-``session.thread_status_idle``                                  no change (a sub-thread)
-==============================================================  ==========================
+=====================================================  ===================================
+event                                                  turn
+=====================================================  ===================================
+``session.status_idle`` with ``end_turn``,             ends (finished)
+``retries_exhausted``, ``budget_reached``, an unknown
+reason, or none (older servers)
+``session.status_idle`` with ``requires_action``       paused: ``pending`` = its
+                                                       ``event_ids``
+``session.status_running``                             running (pause cleared)
+``session.status_terminated``, ``session.deleted``     ends (failed)
+``session.error`` (``retrying``, ``exhausted``,        no change: an idle or a termination
+``terminal``)                                          follows
+``session.thread_status_idle``                         no change (a sub-thread)
+=====================================================  ===================================
 
 Live text (:class:`LiveText`), main thread only; the text is the segments joined
 by a blank line, each segment one message:
@@ -130,9 +133,11 @@ attempt, busy retries included, so a turn's ``user.message`` is stored once.
 
 from __future__ import annotations
 
+import itertools
+import textwrap
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from attrs import evolve, field, frozen
 
@@ -178,19 +183,26 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "MESSAGE_SEPARATOR",
     "RECONNECTED",
+    "ROUTING_RULES",
+    "TURN_STATE_RULES",
     "CatchUp",
     "LiveText",
     "Reconnected",
+    "RoutingRule",
     "TextReader",
     "ThreadResult",
     "ToolCall",
+    "TurnFold",
     "TurnResult",
     "TurnRouter",
     "TurnState",
+    "TurnStateRule",
     "ends_turn",
     "fold",
     "fold_history",
     "fold_many",
+    "render_table",
+    "rule_tables",
     "text_delta",
 ]
 
@@ -376,6 +388,21 @@ class _Track:
 
     def final(self, key: str | None, text: str) -> bool:
         seg = self.by_key.get(key) if key is not None else None
+        if seg is None and not self._open_incremental:
+            # The common case (a stored message nobody previewed): a new last segment,
+            # what _new and _appended do, inlined: this runs for every message.
+            segments = self.segments
+            seg = _Segment(len(segments), key, text, _FINAL, False)
+            segments.append(seg)
+            if key is not None:
+                self.by_key[key] = seg
+            if not text:
+                return False
+            self.version += 1
+            if not self._dirty:
+                self.parts.append(text if self._last is None else MESSAGE_SEPARATOR + text)
+                self._last = seg
+            return True
         if seg is None:
             # The incremental dialect keys previews by message_id, not the event id:
             # the final message completes the oldest incremental preview still open.
@@ -641,20 +668,22 @@ class ThreadResult:
 
 
 class _ThreadFold:
-    __slots__ = ("agent_name", "changed", "events", "id", "messages", "status", "stop")
+    __slots__ = ("agent_name", "changed", "events", "id", "keep", "messages", "status", "stop")
 
-    def __init__(self, base: ThreadResult) -> None:
+    def __init__(self, base: ThreadResult, keep_events: bool = True) -> None:
         self.id = base.id
         self.agent_name = base.agent_name
         self.status = base.status
         self.stop = base.stop_reason
         self.messages = list(base.messages)
-        self.events = list(base.events)
+        self.keep = keep_events
+        self.events = list(base.events) if keep_events else []
         self.changed = False
 
     def feed(self, ev: Event) -> None:
         self.changed = True
-        self.events.append(ev)
+        if self.keep:
+            self.events.append(ev)
         cls = type(ev)
         if cls is AgentMessage:
             self.messages.append(ev)  # type: ignore[arg-type]
@@ -738,92 +767,185 @@ def _result_key(ev: ToolOutcome) -> str | None:
     return ev.tool_use_id
 
 
+# The fold's step per event class (exact classes, resolved once per class by isinstance).
+_PLAIN, _MESSAGE, _USE, _OUTCOME, _SPAN, _ERROR, _INTERRUPT, _IDLE, _RUNNING, _FAIL = range(10)
+_KIND_OF: tuple[tuple[type | tuple[type, ...], int], ...] = (
+    (AgentMessage, _MESSAGE),
+    ((AgentToolUse, AgentCustomToolUse, AgentMCPToolUse), _USE),
+    (
+        (AgentToolResult, AgentMCPToolResult, UserCustomToolResult, UserToolResult),
+        _OUTCOME,
+    ),
+    (UserToolConfirmation, _OUTCOME),
+    (SpanModelRequestEnd, _SPAN),
+    (SessionErrorEvent, _ERROR),
+    (UserInterrupt, _INTERRUPT),
+    (SessionStatusIdle, _IDLE),
+    (SessionStatusRunning, _RUNNING),
+    ((SessionStatusTerminated, SessionDeletedEvent), _FAIL),
+)
+_KINDS: dict[type, int] = {}
+# What changes the live text (LiveText.feed dispatches on these exact classes).
+_LIVE_CLASSES = frozenset(
+    {
+        PreviewDelta,
+        PreviewStart,
+        AgentMessage,
+        AgentContentBlockDelta,
+        AgentThinking,
+        SpanModelRequestEnd,
+        Reconnected,
+    }
+)
+_SKIPPED = frozenset({*PREVIEW_CLASSES, Reconnected})  # folded into the text only
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = next((k for types, k in _KIND_OF if issubclass(cls, types)), _PLAIN)
+        _KINDS[cls] = kind
+    return kind
+
+
+class TurnFold:
+    """A turn's fold, fed one item at a time: O(1) per event, nothing folded twice.
+
+    :meth:`feed` takes each event (previews and reconnect markers included);
+    :meth:`result` builds the :class:`TurnResult` so far from what was kept (a
+    copy of the lists, no second pass over the events). ``keep_events=False``
+    keeps no events: ``result().events`` and each thread's ``events`` stay
+    empty, everything else (text, messages, tool calls, errors, usage, state)
+    is the same. ``events`` is the list of kept events, in order (no previews).
+    """
+
+    __slots__ = (
+        "_base",
+        "_calls",
+        "_ended",
+        "_errors",
+        "_failed",
+        "_index",
+        "_interrupted",
+        "_messages",
+        "_stop",
+        "_threads",
+        "_turn_id",
+        "_usage",
+        "events",
+        "keep_events",
+        "live",
+    )
+
+    def __init__(self, prev: TurnResult | None = None, *, keep_events: bool = True) -> None:
+        base = prev if prev is not None else TurnResult()
+        self._base = base
+        self.keep_events = keep_events
+        self.live = base._live.copy() if base._live is not None else LiveText()
+        self.events: list[Event] = list(base.events) if keep_events else []
+        self._messages = list(base.messages)
+        self._calls = list(base.tool_calls)
+        self._errors = list(base.errors)
+        index = {c.id: i for i, c in enumerate(self._calls) if c.id}
+        index.update({c.use.id: i for i, c in enumerate(self._calls) if c.use.id is not None})
+        self._index = index
+        self._stop, self._usage = base.stop_reason, base.usage
+        self._turn_id, self._ended, self._failed = base.turn_id, base.ended, base.failed
+        self._interrupted = base.interrupted
+        self._threads: dict[str, _ThreadFold] = {}
+
+    def feed(self, ev: Item) -> bool:
+        """Fold one item; returns True when the text changed."""
+        cls = type(ev)
+        changed = self.live.feed(ev) if cls in _LIVE_CLASSES else False
+        if cls in _SKIPPED:
+            return changed
+        if self.keep_events:
+            self.events.append(ev)  # type: ignore[arg-type]
+        if self._turn_id is None and ev.turn_id is not None:  # type: ignore[union-attr]
+            self._turn_id = ev.turn_id  # type: ignore[union-attr]
+        thread_id = ev.session_thread_id  # type: ignore[union-attr]
+        if thread_id is not None:
+            acc = self._threads.get(thread_id)
+            if acc is None:
+                prior = next((t for t in self._base.threads if t.id == thread_id), None)
+                acc = _ThreadFold(prior or ThreadResult(id=thread_id), self.keep_events)
+                self._threads[thread_id] = acc
+            acc.feed(ev)  # type: ignore[arg-type]
+        kind = _KINDS.get(cls)
+        if kind is None:
+            kind = _kind(cls)
+        if kind == _PLAIN:
+            return changed
+        if kind == _MESSAGE:
+            if thread_id is None:
+                self._messages.append(ev)  # type: ignore[arg-type]
+        elif kind == _USE:
+            calls, index = self._calls, self._index
+            call = ToolCall(ev)  # type: ignore[arg-type]
+            calls.append(call)
+            for key in {call.id, ev.id}:  # type: ignore[union-attr]
+                if key:
+                    index[key] = len(calls) - 1
+        elif kind == _OUTCOME:
+            key = _result_key(ev)  # type: ignore[arg-type]
+            i = self._index.get(key) if key is not None else None
+            calls = self._calls
+            if i is not None and (
+                calls[i].result is None or not isinstance(ev, UserToolConfirmation)
+            ):
+                calls[i] = evolve(calls[i], result=ev)  # type: ignore[arg-type]
+        elif kind == _SPAN:
+            if ev.model_usage is not None:  # type: ignore[union-attr]
+                self._usage = self._usage + ev.model_usage  # type: ignore[union-attr]
+        elif kind == _ERROR:
+            self._errors.append(ev)  # type: ignore[arg-type]
+        elif kind == _INTERRUPT:
+            if not self._ended:
+                self._interrupted = True
+        elif kind == _IDLE:
+            self._stop = ev.stop_reason  # type: ignore[union-attr]
+            self._ended = self._stop.ends_turn
+        elif kind == _RUNNING:
+            if self._stop is not None and not self._stop.ends_turn:
+                self._stop = None
+        else:
+            self._ended = self._failed = True
+        return changed
+
+    def result(self, *, last: bool = False) -> TurnResult:
+        """The :class:`TurnResult` of what was fed so far.
+
+        ``last``: nothing will be fed after this (the result may then share the
+        fold's live text instead of a copy, which folding on from it needs).
+        """
+        return TurnResult(
+            turn_id=self._turn_id,
+            events=tuple(self.events),
+            messages=tuple(self._messages),
+            tool_calls=tuple(self._calls),
+            stop_reason=self._stop,
+            usage=self._usage,
+            errors=tuple(self._errors),
+            text=self.live.text,
+            interrupted=self._interrupted,
+            ended=self._ended,
+            failed=self._failed,
+            threads=_threads(self._base.threads, self._threads),
+            _live=self.live if last else self.live.copy(),
+        )
+
+
 def fold_many(prev: TurnResult | None, events: Iterable[Item]) -> TurnResult:
     """Fold ``events`` (previews and reconnect markers included) into ``prev``.
 
     Never mutates its input; ``fold_many(None, evs)`` equals folding the events
-    one by one with :func:`fold`, in one pass.
+    one by one with :func:`fold`, in one pass (a :class:`TurnFold`).
     """
-    base = prev if prev is not None else TurnResult()
-    live = base._live.copy() if base._live is not None else LiveText()
-    new_events = list(base.events)
-    messages = list(base.messages)
-    calls = list(base.tool_calls)
-    errors = list(base.errors)
-    index = {c.id: i for i, c in enumerate(calls) if c.id}
-    index.update({c.use.id: i for i, c in enumerate(calls) if c.use.id is not None})
-    stop, usage = base.stop_reason, base.usage
-    turn_id, ended, failed = base.turn_id, base.ended, base.failed
-    interrupted = base.interrupted
-    threads: dict[str, _ThreadFold] = {}
+    acc = TurnFold(prev)
     for ev in events:
-        live.feed(ev)
-        if isinstance(ev, Reconnected) or type(ev) in PREVIEW_CLASSES:
-            continue
-        new_events.append(ev)
-        if turn_id is None and ev.turn_id is not None:
-            turn_id = ev.turn_id
-        thread_id = ev.session_thread_id
-        if thread_id is not None:
-            acc = threads.get(thread_id)
-            if acc is None:
-                prior = next((t for t in base.threads if t.id == thread_id), None)
-                acc = threads[thread_id] = _ThreadFold(prior or ThreadResult(id=thread_id))
-            acc.feed(ev)
-        if isinstance(ev, AgentMessage):
-            if ev.session_thread_id is None:
-                messages.append(ev)
-        elif isinstance(ev, AgentToolUse | AgentCustomToolUse | AgentMCPToolUse):
-            call = ToolCall(ev)
-            calls.append(call)
-            for key in {call.id, ev.id}:
-                if key:
-                    index[key] = len(calls) - 1
-        elif isinstance(
-            ev,
-            AgentToolResult
-            | AgentMCPToolResult
-            | UserCustomToolResult
-            | UserToolResult
-            | UserToolConfirmation,
-        ):
-            key = _result_key(ev)
-            i = index.get(key) if key is not None else None
-            if i is not None and (
-                calls[i].result is None or not isinstance(ev, UserToolConfirmation)
-            ):
-                calls[i] = evolve(calls[i], result=ev)
-        elif isinstance(ev, SpanModelRequestEnd):
-            if ev.model_usage is not None:
-                usage = usage + ev.model_usage
-        elif isinstance(ev, SessionErrorEvent):
-            errors.append(ev)
-        elif isinstance(ev, UserInterrupt):
-            if not ended:
-                interrupted = True
-        elif isinstance(ev, SessionStatusIdle):
-            stop = ev.stop_reason
-            ended = stop.ends_turn
-        elif isinstance(ev, SessionStatusRunning):
-            if stop is not None and not stop.ends_turn:
-                stop = None
-        elif isinstance(ev, SessionStatusTerminated | SessionDeletedEvent):
-            ended = failed = True
-    return TurnResult(
-        turn_id=turn_id,
-        events=tuple(new_events),
-        messages=tuple(messages),
-        tool_calls=tuple(calls),
-        stop_reason=stop,
-        usage=usage,
-        errors=tuple(errors),
-        text=live.text,
-        interrupted=interrupted,
-        ended=ended,
-        failed=failed,
-        threads=_threads(base.threads, threads),
-        _live=live,
-    )
+        acc.feed(ev)
+    return acc.result(last=True)
 
 
 def _threads(
@@ -930,6 +1052,7 @@ class TurnState(Generic[K]):
         "anchor_id",
         "ended",
         "key",
+        "keys",
         "pending",
         "since",
         "started",
@@ -944,6 +1067,7 @@ class TurnState(Generic[K]):
         anchor_at: tuple[int, int] | None,
     ) -> None:
         self.key = key
+        self.keys = (key,)  # what the router returns for an event of this turn alone
         self.turn_id = turn_id
         self.anchor_id = anchor_id
         self.anchor_at = anchor_at
@@ -1070,99 +1194,141 @@ class TurnRouter(Generic[K]):
     def route(self, ev: Event) -> tuple[K, ...]:
         """The keys of the turns ``ev`` belongs to (usually one, or none)."""
         self._seq += 1
-        # Fast path: the next event of the turn the previous one went to.
-        if (
-            ev.turn_id is not None
-            and ev.turn_id == self._last_turn
-            and type(ev) not in _ROUTING_EVENTS
-        ):
-            return self._last_keys
+        # Fast paths for what no state rule acts on (the rules' outcome, without the walk):
+        tid = ev.turn_id
+        if type(ev) not in _ROUTING_EVENTS:
+            if tid is None:
+                cur = self._current  # "no turn_id, a turn is positionally current"
+                if cur is not None and not cur.ended and not self._unstarted:
+                    return cur.keys
+            elif tid == self._last_turn:  # the next event of the previous one's turn
+                return self._last_keys
         return self._route(ev, self._seq)
 
     def _route(self, ev: Event, seq: int) -> tuple[K, ...]:
-        """Route ``ev``, at stream position ``seq`` (older than the last for the backlog)."""
-        cls = type(ev)
-        if cls is SessionStatusTerminated or cls is SessionDeletedEvent:
-            targets = tuple(self._live)
-            for state in targets:
-                self._end(state)
-            if not targets:
-                self._keep(seq, ev)
-            return tuple(s.key for s in targets)
-        target = self._target(ev, seq)
-        if target is None:
-            self._keep(seq, ev)
+        """Route ``ev``, at stream position ``seq`` (older than the last for the backlog).
+
+        The first row of :data:`ROUTING_RULES` that applies picks the turns; the
+        rows of :data:`TURN_STATE_RULES` for the event then act on each of them.
+        """
+        targets: tuple[TurnState[K], ...] = ()
+        for rule in ROUTING_RULES:
+            found = rule.route(self, ev, seq)
+            if found is not None:
+                targets = found
+                break
+        if not targets:
             return ()
-        if cls is SessionStatusIdle:
-            stop = ev.stop_reason  # type: ignore[union-attr]
-            if stop.ends_turn:
-                self._end(target)
-            else:
-                target.pending = tuple(getattr(stop, "event_ids", ()))
-        elif cls is SessionStatusRunning:
-            target.pending = ()
-        keys = (target.key,)
+        for row in _STATE_RULES.get(type(ev), ()):
+            effect = row.effect
+            if effect is not None and row.when(ev):
+                for state in targets:
+                    effect(self, state, ev)
+        if len(targets) > 1:
+            return tuple(s.key for s in targets)
+        target = targets[0]
         if target.started and not target.ended and ev.turn_id == target.turn_id is not None:
-            self._last_turn, self._last_keys = target.turn_id, keys
-        return keys
+            self._last_turn, self._last_keys = target.turn_id, target.keys
+        return target.keys
 
-    def _target(self, ev: Event, seq: int) -> TurnState[K] | None:
-        if self._unstarted:
-            state = self._anchored(ev, seq)
-            if state is not None:
-                return state
-        tid = ev.turn_id
-        current = self._current
-        if current is not None and current.ended:
-            current = self._current = None
-        if tid is not None:
-            owner = self._by_turn.get(tid)
-            if owner is not None:
-                if not owner.started:
-                    self._start(owner, seq)
-                return owner
-        if current is not None and current.since > seq:
-            current = None  # a kept event older than the current turn's start is not its
-        if tid is not None:
-            if current is not None and current.turn_id is None and tid not in self._finished:
-                self._adopt(current, tid)
-                return current
-            return None
-        if current is not None:
-            return current
-        if self._unstarted:
-            return self._started_by_time(ev, seq)
+    # -- the routing rules (ROUTING_RULES): None when the rule does not apply
+
+    def _to_every_live_turn(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        cls = type(ev)
+        if (cls is SessionStatusTerminated or cls is SessionDeletedEvent) and self._live:
+            return tuple(self._live)
         return None
 
-    def _anchored(self, ev: Event, seq: int) -> TurnState[K] | None:
-        """The unstarted turn ``ev`` is the anchor of, started (or None)."""
+    def _to_anchored(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
         ident = ev.id
-        starter = isinstance(ev, _TURN_STARTERS)
-        for state in self._live:
-            if state.started:
-                continue
-            if (ident is not None and state.anchor_id == ident) or (
-                starter and state.anchor_id is None
-            ):
-                if state.anchor_id is None:
-                    state.anchor_id = ident
-                self._start(state, seq, current=True)
-                if ev.turn_id is not None and state.turn_id is None:
-                    self._adopt(state, ev.turn_id)
-                return state
+        if self._unstarted and ident is not None:
+            for state in self._live:
+                if not state.started and state.anchor_id == ident:
+                    return self._starts_at(state, ev, seq)
         return None
 
-    def _started_by_time(self, ev: Event, seq: int) -> TurnState[K] | None:
+    def _to_unanchored(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        if self._unstarted and isinstance(ev, _TURN_STARTERS):
+            for state in self._live:
+                if not state.started and state.anchor_id is None:
+                    state.anchor_id = ev.id
+                    return self._starts_at(state, ev, seq)
+        return None
+
+    def _starts_at(self, state: TurnState[K], ev: Event, seq: int) -> tuple[TurnState[K], ...]:
+        """``ev`` is ``state``'s own message: the turn starts here, as the current one."""
+        self._start(state, seq, current=True)
+        if ev.turn_id is not None and state.turn_id is None:
+            self._adopt(state, ev.turn_id)
+        return (state,)
+
+    def _to_turn_id(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        tid = ev.turn_id
+        owner = self._by_turn.get(tid) if tid is not None else None
+        if owner is None:
+            return None
+        if not owner.started:
+            self._start(owner, seq)
+        return (owner,)
+
+    def _positional(self, seq: int) -> TurnState[K] | None:
+        """The current turn, unless ``seq`` (a kept event) is older than its start."""
+        cur = self._current
+        if cur is None or cur.ended or cur.since > seq:
+            return None
+        return cur
+
+    def _to_adopter(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        tid = ev.turn_id
+        if tid is None or tid in self._finished:
+            return None
+        cur = self._positional(seq)
+        if cur is None or cur.turn_id is not None:
+            return None
+        self._adopt(cur, tid)
+        return (cur,)
+
+    def _to_current(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        cur = self._positional(seq) if ev.turn_id is None else None
+        return None if cur is None else (cur,)
+
+    def _to_started_by_time(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
         # The echo of a turn's own message never came, but this event is later than
-        # it: the turn has begun. (Only events that would otherwise go nowhere.)
+        # it: the turn has begun.
+        if ev.turn_id is not None or not self._unstarted or self._positional(seq) is not None:
+            return None
         at = time_key(ev.processed_at)
         if at is None:
             return None
         for state in self._live:
             if not state.started and state.anchor_at is not None and at > state.anchor_at:
                 self._start(state, seq)
-                return state
+                return (state,)
         return None
+
+    def _to_backlog(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        # Only a send still awaiting its answer can claim an event later; anything
+        # else unrouted is history replay, another client's turn or a finished one.
+        if not self._waiting or (ev.turn_id is not None and ev.turn_id in self._finished):
+            return None
+        if len(self._backlog) == self._backlog.maxlen:
+            self.overflowed = True
+        self._backlog.append((seq, ev))
+        return ()
+
+    def _to_nobody(self, ev: Event, seq: int) -> tuple[TurnState[K], ...] | None:
+        return ()
+
+    # -- the turn state rules (TURN_STATE_RULES)
+
+    def _pause(self, state: TurnState[K], ev: Event) -> None:
+        state.pending = tuple(getattr(ev.stop_reason, "event_ids", ()))  # type: ignore[union-attr]
+
+    def _resume(self, state: TurnState[K], ev: Event) -> None:
+        state.pending = ()
+
+    def _ends(self, state: TurnState[K], ev: Event) -> None:
+        self._end(state)
 
     def _adopt(self, state: TurnState[K], turn_id: str) -> None:
         if turn_id in self._finished or turn_id in self._by_turn:
@@ -1178,15 +1344,6 @@ class TurnRouter(Generic[K]):
         self._unstarted -= 1
         if current or self._current is None or self._current.ended:
             self._current = state
-
-    def _keep(self, seq: int, ev: Event) -> None:
-        # Only a send still awaiting its answer can claim an event later; anything
-        # else unrouted is history replay, another client's turn or a finished one.
-        if not self._waiting or (ev.turn_id is not None and ev.turn_id in self._finished):
-            return
-        if len(self._backlog) == self._backlog.maxlen:
-            self.overflowed = True
-        self._backlog.append((seq, ev))
 
     def _end(self, state: TurnState[K]) -> None:
         if state.ended:
@@ -1204,3 +1361,173 @@ class TurnRouter(Generic[K]):
             self._finished.append(state.turn_id)
         if self._current is state:
             self._current = None
+
+
+# --------------------------------------------------------------------------- the rule tables
+
+_RouteFn = Callable[[TurnRouter[Any], Event, int], "tuple[TurnState[Any], ...] | None"]
+_EffectFn = Callable[[TurnRouter[Any], TurnState[Any], Event], None]
+
+
+class RoutingRule(NamedTuple):
+    """A row of the routing table: ``route`` gives the turns (None: the row does not apply)."""
+
+    event: str
+    goes_to: str
+    route: _RouteFn
+
+
+ROUTING_RULES: tuple[RoutingRule, ...] = (
+    RoutingRule(
+        "``session.status_terminated``/``session.deleted``",
+        "every live turn (each fails)",
+        TurnRouter._to_every_live_turn,
+    ),
+    RoutingRule(
+        "its ``id`` is a bound turn's anchor (its own user.message)",
+        "that turn, which starts here (and adopts its ``turn_id``)",
+        TurnRouter._to_anchored,
+    ),
+    RoutingRule(
+        "a ``user.message``/``user.define_outcome`` while a turn bound without an anchor id "
+        "waits for one",
+        "that turn: it was answered without created events",
+        TurnRouter._to_unanchored,
+    ),
+    RoutingRule(
+        "a ``turn_id`` of a live turn", "that turn (it starts if needed)", TurnRouter._to_turn_id
+    ),
+    RoutingRule(
+        "a ``turn_id`` no turn has, while the current turn has none",
+        "the current turn, which adopts it (the 202 carried none)",
+        TurnRouter._to_adopter,
+    ),
+    RoutingRule(
+        "no ``turn_id``, a turn is positionally current", "the current turn", TurnRouter._to_current
+    ),
+    RoutingRule(
+        "no ``turn_id``, ``processed_at`` later than an unstarted turn's anchor's, and no turn "
+        "is current",
+        "that turn, which starts (its echo was never streamed)",
+        TurnRouter._to_started_by_time,
+    ),
+    RoutingRule(
+        "anything else, while a send awaits its answer",
+        "the backlog (bounded); claimed when the answer binds its turn",
+        TurnRouter._to_backlog,
+    ),
+    RoutingRule(
+        "otherwise (history, other clients' or finished turns)", "nobody", TurnRouter._to_nobody
+    ),
+)
+"""The routing table (see the module docstring): the first row that applies wins."""
+
+
+def _always(ev: Event) -> bool:
+    return True
+
+
+def _idle_ends(ev: Event) -> bool:
+    return bool(ev.stop_reason.ends_turn)  # type: ignore[union-attr]
+
+
+def _idle_pauses(ev: Event) -> bool:
+    return not ev.stop_reason.ends_turn  # type: ignore[union-attr]
+
+
+class TurnStateRule(NamedTuple):
+    """A row of the turn state table: ``effect`` (None: no change) on each turn routed to."""
+
+    event: str
+    turn: str
+    classes: tuple[type, ...]
+    when: Callable[[Event], bool]
+    effect: _EffectFn | None
+
+
+TURN_STATE_RULES: tuple[TurnStateRule, ...] = (
+    TurnStateRule(
+        "``session.status_idle`` with ``end_turn``, ``retries_exhausted``, ``budget_reached``, "
+        "an unknown reason, or none (older servers)",
+        "ends (finished)",
+        (SessionStatusIdle,),
+        _idle_ends,
+        TurnRouter._ends,
+    ),
+    TurnStateRule(
+        "``session.status_idle`` with ``requires_action``",
+        "paused: ``pending`` = its ``event_ids``",
+        (SessionStatusIdle,),
+        _idle_pauses,
+        TurnRouter._pause,
+    ),
+    TurnStateRule(
+        "``session.status_running``",
+        "running (pause cleared)",
+        (SessionStatusRunning,),
+        _always,
+        TurnRouter._resume,
+    ),
+    TurnStateRule(
+        "``session.status_terminated``, ``session.deleted``",
+        "ends (failed)",
+        (SessionStatusTerminated, SessionDeletedEvent),
+        _always,
+        TurnRouter._ends,
+    ),
+    TurnStateRule(
+        "``session.error`` (``retrying``, ``exhausted``, ``terminal``)",
+        "no change: an idle or a termination follows",
+        (SessionErrorEvent,),
+        _always,
+        None,
+    ),
+    TurnStateRule(
+        "``session.thread_status_idle``",
+        "no change (a sub-thread)",
+        (SessionThreadStatusIdle,),
+        _always,
+        None,
+    ),
+)
+"""The turn state table (see the module docstring): every row that applies acts."""
+
+
+def _state_index(rules: Iterable[TurnStateRule]) -> dict[type, tuple[TurnStateRule, ...]]:
+    """The rows that act, by exact class (the router's fast paths skip these classes)."""
+    index: dict[type, list[TurnStateRule]] = {}
+    for rule in rules:
+        if rule.effect is not None:
+            for cls in rule.classes:
+                index.setdefault(cls, []).append(rule)
+    return {cls: tuple(rows) for cls, rows in index.items()}
+
+
+_STATE_RULES = _state_index(TURN_STATE_RULES)
+
+
+def render_table(header: tuple[str, str], rows: Iterable[tuple[str, str]]) -> str:
+    """A two-column reStructuredText table, as the module docstring holds the rule tables."""
+
+    def wrap(text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+    cells = [(wrap(a, 58), wrap(b, 38)) for a, b in (header, *rows)]
+    left = max(len(x) for a, _ in cells for x in a)
+    right = max(len(y) for _, b in cells for y in b)
+    rule = "=" * left + "  " + "=" * right
+    out = [rule]
+    for i, (a, b) in enumerate(cells):
+        pairs = itertools.zip_longest(a, b, fillvalue="")
+        out.extend(f"{x:<{left}}  {y}".rstrip() for x, y in pairs)
+        if i == 0:
+            out.append(rule)
+    out.append(rule)
+    return "\n".join(out)
+
+
+def rule_tables() -> tuple[str, str]:
+    """The routing and turn state tables of the module docstring, rendered from the rules."""
+    routing = render_table(("event", "goes to"), ((r.event, r.goes_to) for r in ROUTING_RULES))
+    state = render_table(("event", "turn"), ((r.event, r.turn) for r in TURN_STATE_RULES))
+    return routing, state

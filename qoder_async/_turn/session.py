@@ -27,6 +27,11 @@ a 202 that names no created event              the turn claims the next ``user.m
                                                events (one request, newest first,
                                                stopping at the handle's cursor)
 the last turn, listener and callback left      the connection closes
+``send(..., keep_events=False)``               the turn keeps none of its events (each is
+                                               folded once, as it arrives): ``result()``
+                                               has the text, messages, tool calls and
+                                               errors, ``events`` empty; iterating the
+                                               turn raises :class:`ConfigurationError`
 a requires_action pause with ``tools=``        the handlers run in a task of the turn
                                                (each tool use at most once, whatever
                                                the reader does), results posted with a
@@ -114,7 +119,7 @@ from qoder_async._core.errors import (
     TurnFailedError,
     UnknownCursorError,
 )
-from qoder_async._core.machine import Dedupe
+from qoder_async._core.machine import DEFAULT_DEDUPE_WINDOW, Dedupe
 from qoder_async._core.models import (
     Accepted,
     AgentCustomToolUse,
@@ -143,16 +148,14 @@ from qoder_async._core.sse import PREVIEW_CLASSES
 from qoder_async._core.turns import (
     RECONNECTED,
     CatchUp,
-    Item,
-    LiveText,
     ThreadResult,
     ToolCall,
+    TurnFold,
     TurnResult,
     TurnRouter,
     ends_turn,
     fails_turn,
     fold_history,
-    fold_many,
 )
 from qoder_async._shell.eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
 from qoder_async._shell.http import HTTP, segment
@@ -190,6 +193,7 @@ class SendOptions(TypedDict, total=False):
     idempotency_key: str | None
     interrupt_on_exit: bool
     max_concurrent_calls: int | None
+    keep_events: bool
 
 
 OnAction: TypeAlias = Literal["wait", "raise"]
@@ -206,6 +210,7 @@ _exit_interrupts: set[asyncio.Task[None]] = set()  # shielded posts outliving a 
 
 
 _END: Any = object()  # the end of a listener's queue
+_IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its ids past this
 
 
 class _Listener:
@@ -321,6 +326,8 @@ class Turn:
         on_tool_error: OnToolError = "report",
         span: TurnSpan = NO_SPAN,
         slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        *,
+        keep_events: bool = True,
     ) -> None:
         if on_tool_error not in ("report", "raise"):
             raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
@@ -329,9 +336,15 @@ class Turn:
         self._tools = tool_handlers(tools)
         self._slots = slots if slots is not None else call_slots(None)
         self._on_tool_error = on_tool_error
-        self._items: list[Item] = []
-        self._ids: set[str] = set()
-        self._live = LiveText()
+        # Each event is folded once, as it is delivered; the fold's kept events are
+        # what readers iterate (with keep_events=False there are none to iterate).
+        self._fold = TurnFold(keep_events=keep_events)
+        self._items = self._fold.events
+        self._live = self._fold.live
+        # The ids delivered (a dict: the cyclic GC does not traverse it); without kept
+        # events, only the newest DEFAULT_DEDUPE_WINDOW (as the session's own dedupe).
+        self._ids: dict[str, None] = {}
+        self._result: TurnResult | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._done = False
         self._error: BaseException | None = None
@@ -361,13 +374,14 @@ class Turn:
         return self._done
 
     @property
+    def keep_events(self) -> bool:
+        """Whether the turn keeps its events (``send(..., keep_events=False)`` keeps none)."""
+        return self._fold.keep_events
+
+    @property
     def events(self) -> tuple[Event, ...]:
-        """The turn's events received so far (no previews)."""
-        return tuple(
-            ev  # type: ignore[misc]
-            for ev in self._items
-            if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES
-        )
+        """The turn's events received so far (no previews; none with ``keep_events=False``)."""
+        return tuple(self._items)
 
     @property
     def text(self) -> str:
@@ -390,8 +404,12 @@ class Turn:
         return not self._done and (not self._paused or self._resuming)
 
     def snapshot(self) -> TurnResult:
-        """The result folded from the events received so far."""
-        return fold_many(None, self._items)
+        """The result folded from the events received so far (each event was folded once)."""
+        if self._done:
+            if self._result is None:  # nothing is folded after the end: build it once
+                self._result = self._fold.result(last=True)
+            return self._result
+        return self._fold.result()
 
     # -- delivery (called by the pump)
 
@@ -402,13 +420,15 @@ class Turn:
         if cls is not PreviewDelta and cls is not PreviewStart:
             ident = ev.id
             if ident is not None:
-                if ident in self._ids:
+                ids = self._ids
+                if ident in ids:
                     return  # never twice, whatever the server replays
-                self._ids.add(ident)
+                ids[ident] = None
+                if len(ids) > _IDS_LIMIT and not self._fold.keep_events:
+                    self._ids = dict.fromkeys(list(ids)[-DEFAULT_DEDUPE_WINDOW:])
             if self._turn_id is None and ev.turn_id is not None:
                 self._turn_id = ev.turn_id
-        self._items.append(ev)
-        if self._live.feed(ev) and self._span.chunks is not None:
+        if self._fold.feed(ev) and self._span.chunks is not None:
             self._span.chunks.append(time.monotonic())  # a text chunk, for the metrics
         if cls in _TURN_ENDERS:
             if ends_turn(ev):
@@ -456,8 +476,7 @@ class Turn:
 
     def _reconnected(self, cursor: str | None) -> None:
         if not self._done:
-            self._items.append(RECONNECTED)
-            self._live.feed(RECONNECTED)
+            self._fold.feed(RECONNECTED)
             self._span.reconnected(cursor)
 
     def _wake(self) -> None:
@@ -486,23 +505,32 @@ class Turn:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
 
-    async def _iterate(self, on_action: OnAction = "wait") -> AsyncIterator[Event]:
+    async def _iterate(self) -> AsyncIterator[Event]:
+        if not self._fold.keep_events:
+            raise ConfigurationError(
+                "this turn was sent with keep_events=False: it keeps no events to iterate; "
+                "read text_stream() and result(), or the session's listen()/on()"
+            )
         await self._post_unposted()
         i = 0
+        items = self._items
         while True:
-            items = self._items
             while i < len(items):
-                ev = items[i]
                 i += 1
-                if ev is not RECONNECTED and type(ev) not in PREVIEW_CLASSES:
-                    yield ev  # type: ignore[misc]
-            self._raise_tool_error()
-            if self._done:
-                self._raise_error()
+                yield items[i - 1]
+            if not await self._settle("wait"):
                 return
-            if self._paused and not self._tool_task_running():
-                self._pause_waiting(on_action)
-            await self._wait()
+
+    async def _settle(self, on_action: OnAction) -> bool:
+        """Raise what ended the turn, or wait for more; False once it ended cleanly."""
+        self._raise_tool_error()
+        if self._done:
+            self._raise_error()
+            return False
+        if self._paused and not self._tool_task_running():
+            self._pause_waiting(on_action)
+        await self._wait()
+        return True
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -552,7 +580,8 @@ class Turn:
         :class:`TurnFailedError` (with ``result``) if the session was terminated or
         deleted, or the stream's error if following it failed.
         """
-        async for _ in self._iterate(on_action):
+        await self._post_unposted()
+        while await self._settle(on_action):
             pass
         return self.snapshot()
 
@@ -892,6 +921,7 @@ class SessionHandle:
         idempotency_key: str | None = None,
         interrupt_on_exit: bool = True,
         max_concurrent_calls: int | None = None,
+        keep_events: bool = True,
     ) -> Turn:
         """Post a message (text, blocks, or events) and return its :class:`Turn`.
 
@@ -910,6 +940,13 @@ class SessionHandle:
         :class:`Turn`); ``False`` leaves it running.
         ``max_concurrent_calls``: the most tool handlers of this turn running at
         once, across its threads (the others wait their turn; ``None``: no cap).
+        ``keep_events``: ``False`` keeps none of the turn's events, for a caller
+        that wants the text (``text_stream()``, ``result().text``): memory then
+        stays bounded by the messages, tool calls and errors ``result()``
+        returns, whatever the turn's length; ``result().events`` and each
+        thread's ``events`` are empty and iterating the turn raises
+        :class:`ConfigurationError`. By default a turn keeps every event (no
+        previews), which ``result().events`` returns.
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
@@ -920,7 +957,9 @@ class SessionHandle:
         try:
             # The same key on every attempt: a busy 409 stored nothing.
             turn = await send_retrying_busy(
-                lambda: self._post_turn(events, key, tools, on_tool_error, span, slots),
+                lambda: self._post_turn(
+                    events, key, tools, on_tool_error, span, slots, keep_events=keep_events
+                ),
                 on_busy=on_busy,
                 busy_timeout=busy_timeout,
                 clock=time.monotonic,
@@ -962,6 +1001,8 @@ class SessionHandle:
         on_tool_error: OnToolError,
         span: TurnSpan = NO_SPAN,
         slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        *,
+        keep_events: bool = True,
     ) -> Turn:
         self._http.check_open()
         router = self._router
@@ -1001,7 +1042,7 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            turn = Turn(self, accepted, tools, on_tool_error, span, slots)
+            turn = Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events)
             deliveries = router.bind(
                 turn,
                 turn_id=accepted.turn_id,
