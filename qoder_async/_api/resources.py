@@ -41,6 +41,7 @@ from qoder_async._core.convert import (
     structure_file,
     structure_model,
     structure_session,
+    structure_session_cancel,
     structure_session_resource,
     structure_thread,
 )
@@ -61,6 +62,7 @@ from qoder_async._core.models import (
     ModelInfo,
     OutboundEvent,
     Session,
+    SessionCancel,
     SessionResource,
     SessionThread,
     UserDefineOutcome,
@@ -851,12 +853,16 @@ class Sessions(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> Session:
-        """Cancel the running turn, if any (a no-op on an idle session)."""
+    ) -> SessionCancel:
+        """Cancel the running turn, if any (a no-op on an idle session).
+
+        ``POST /sessions/{id}/cancel`` answers only the id and ``status``
+        (``"canceling"``), not the whole session: :class:`SessionCancel`.
+        """
         return await self._call(
             "POST",
             f"/sessions/{segment(session_id)}/cancel",
-            structure_session,
+            structure_session_cancel,
             options,
             idempotency_key=idempotency_key,
         )

@@ -169,7 +169,8 @@ def _json(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> we
 
 
 def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
-    return _json(error.status, error.body(), headers)
+    # The envelope names the request (required, the x-request-id value), as the service's does.
+    return _json(error.status, error.body(_REQUEST_ID.get("") or None), headers)
 
 
 class FakeQoderServer:
