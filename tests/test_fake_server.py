@@ -589,7 +589,7 @@ async def test_event_history_list(http: httpx.AsyncClient, server: FakeQoderServ
     stored = server.stored_events(sid)
     assert len(stored) == 2 * len(DEFAULT_ORDER)
     listed = (await http.get(f"sessions/{sid}/events", params={"limit": "100"})).json()
-    assert listed["data"] == stored
+    assert listed["data"] == [server.dialect.render(e) for e in stored]
     assert listed["has_more"] is False
     walked: list[str] = []
     query: dict[str, str] = {"limit": "5"}
@@ -620,6 +620,7 @@ async def test_event_history_list(http: httpx.AsyncClient, server: FakeQoderServ
 async def test_default_turn_order_and_turn_ids(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
+    server.dialect.turn_ids = True
     sid = server.add_session()["id"]
     echo = await run_turn(http, server, sid, "what is in the repo?")
     assert echo["type"] == "user.message"
@@ -672,6 +673,7 @@ async def test_string_content_and_initial_events(
 
 
 async def test_define_outcome_turn(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     sid = server.add_session()["id"]
     outcome = {
         "type": "user.define_outcome",
@@ -698,13 +700,15 @@ async def test_define_outcome_turn(http: httpx.AsyncClient, server: FakeQoderSer
 
 
 async def test_requires_action_round_trip(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = tool_script("lookup", {"q": "answer"})
     sid = server.add_session()["id"]
     async with open_stream(http, sid) as sse:
         sent = await send(http, sid, user_message("use the tool"))
         await sse.until(has("session.status_idle"))
         idle = next(f for f in sse.events if f.event == "session.status_idle").json()
-        use = next(f for f in sse.events if f.event == "agent.custom_tool_use").json()
+        use_frame = next(f for f in sse.events if f.event == "agent.custom_tool_use")
+        use = {**use_frame.json(), "id": use_frame.id}
         assert use["name"] == "lookup"
         assert use["input"] == {"q": "answer"}
         assert idle["stop_reason"] == {"type": "requires_action", "event_ids": [use["id"]]}
@@ -760,6 +764,7 @@ async def test_requires_action_partial_answers(
 
 
 async def test_interrupt(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = gated(asyncio.Event())
     sid = server.add_session()["id"]
     idle_interrupt = await send(http, sid, {"type": "user.interrupt"})
@@ -792,6 +797,7 @@ async def test_interrupt(http: httpx.AsyncClient, server: FakeQoderServer) -> No
 
 
 async def test_cancel_running_turn(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = gated(asyncio.Event())
     sid = server.add_session()["id"]
     sent = await send(http, sid, user_message())
@@ -873,9 +879,8 @@ async def test_stream_replays_history_then_stays_open(
         assert [f.id for f in sse.events] == [e["id"] for e in stored]
         for frame in sse.events:
             data = frame.json()
-            assert data["id"] == frame.id
+            assert "id" not in data  # the SSE id: line is the only id (the default wire)
             assert data["type"] == frame.event
-            assert data["turn_id"] == stored[0]["turn_id"]
         assert b": heartbeat\n\n" in sse.raw
         # Live: a new turn arrives on the same connection.
         await send(http, sid, user_message("live"))
@@ -1438,6 +1443,7 @@ async def test_dialect_turn_ids_everywhere_and_send_turn_ids(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
     sid = server.add_session()["id"]
+    server.dialect.turn_ids = True
     server.dialect.send_turn_ids = False
     sent = await send(http, sid, user_message())
     assert "turn_id" not in sent.json()["data"][0]
@@ -1458,6 +1464,39 @@ async def test_dialect_turn_ids_everywhere_and_send_turn_ids(
     async with open_stream(http, sid) as sse:
         await sse.until(has("session.status_idle", 2))
     assert all("turn_id" not in f.json() for f in sse.events)
+
+
+async def test_default_wire_is_what_production_sends(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    """No turn_id, session_id, schema_version or created_at on events; no id in frame data.
+
+    Each switch brings its fields back; the server's own record keeps them all.
+    """
+    metadata = {"turn_id", "session_id", "schema_version", "created_at"}
+    sid = server.add_session()["id"]
+    sent = (await send(http, sid, user_message())).json()["data"]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle"))
+    streamed = [f.json() for f in sse.events]
+    assert set(sent[0]) == {"id", "type", "content", "processed_at"}  # as the capture
+    assert not any(metadata & set(e) for e in [*sent, *listed, *streamed])
+    assert all("id" in e for e in listed)
+    assert not any("id" in e for e in streamed)
+    assert all(metadata <= set(e) for e in server.stored_events(sid))
+
+    server.dialect.turn_ids = True
+    server.dialect.event_metadata = True
+    server.dialect.stream_data_ids = True
+    sent = (await send(http, sid, user_message())).json()["data"]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle", 2))
+    assert all(metadata <= set(e) for e in [*sent, *listed])
+    assert all(metadata | {"id"} <= set(f.json()) for f in sse.events)
 
 
 async def test_paused_session_reports_idle_but_refuses_messages(
