@@ -39,6 +39,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("client", TRANSPORTS, indirect=True)
 
 
+def turn_record(server: FakeQoderServer, sid: str, anchor: str) -> list[str]:
+    """The stored events of the turn whose user.message is ``anchor``, after it.
+
+    Read from the server's own record (which keeps every event's ``turn_id``
+    whatever the wire sends), so it holds under any dialect.
+    """
+    events = server.stored_events(sid)
+    turn_id = next(e["turn_id"] for e in events if e["id"] == anchor)
+    return [e["id"] for e in events if e.get("turn_id") == turn_id and e["id"] != anchor]
+
+
 async def eventually(
     check: Callable[[], object], what: str | None = None, *, timeout: float = 15.0
 ) -> None:

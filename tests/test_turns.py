@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, eventually, forever
+from conftest import FAST, eventually, forever, turn_record
 from fake_dialects import OldWire
 
 from qoder_async import (
@@ -33,18 +33,20 @@ from qoder_async.types import (
 )
 
 
+@pytest.mark.parametrize("turn_ids", [False, True], ids=["production-wire", "turn-ids"])
 async def test_turn_yields_exactly_its_events(
-    client: QoderClient, server: FakeQoderServer, session_id: str
+    client: QoderClient, server: FakeQoderServer, session_id: str, turn_ids: bool
 ) -> None:
+    server.dialect.turn_ids = turn_ids
     session = client.session(session_id)
     assert client.session(session_id) is session
     turn = await session.send("Help me analyze this code.")
-    assert turn.turn_id is not None
+    assert (turn.turn_id is not None) == turn_ids
     assert turn.accepted.events[0].id == turn.accepted.last_event_id
     events = [ev async for ev in turn]
-    record = server.turn_events(session_id, turn.turn_id)
     # the stream starts after our own user.message, so the echo is not repeated
-    assert [e.id for e in events] == [e["id"] for e in record[1:]]
+    record = turn_record(server, session_id, turn.accepted.last_event_id or "")
+    assert [e.id for e in events] == record
     assert isinstance(events[-1], SessionStatusIdle)
     result = await turn.result()
     assert "Help me analyze this code." in result.text
@@ -234,6 +236,7 @@ async def test_parallel_turns_and_a_listener_share_one_connection_per_session(
         await ctx.message(f"reply to {ctx.text}")
 
     server.script = slow
+    server.dialect.turn_ids = True  # the record of each run is found by its turn id
     s1, s2 = server.add_session()["id"], server.add_session()["id"]
     h1, h2 = client.session(s1), client.session(s2)
     heard: list[Event] = []
@@ -334,13 +337,14 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
 @pytest.mark.parametrize(
     "dialect",
     [
-        Dialect(turn_ids=False),
-        OldWire(data_ids=False),
-        OldWire(string_content=True, legacy_idle=True, thinking_field="content"),
-        OldWire(heartbeat="event", send_status=200, create_status=200, retry_ms=20),
-        OldWire(heartbeat="ping", turn_ids=False, data_ids=False, legacy_idle=True),
+        Dialect(),
+        Dialect(turn_ids=True, event_metadata=True, stream_data_ids=True),
+        OldWire(turn_ids=True, data_ids=False),
+        OldWire(turn_ids=True, string_content=True, legacy_idle=True, thinking_field="content"),
+        OldWire(turn_ids=True, heartbeat="event", send_status=200, create_status=200, retry_ms=20),
+        OldWire(heartbeat="ping", data_ids=False, legacy_idle=True),
     ],
-    ids=["no-turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
+    ids=["production", "turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
 )
 async def test_every_wire_dialect_gives_the_same_turn(
     client: QoderClient, server: FakeQoderServer, session_id: str, dialect: Dialect
@@ -389,14 +393,13 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
                 for i in range(5):
                     turn = await handle.send(f"{sid} #{i}")
                     got = [ev.id or "" async for ev in turn]
-                    out.append((turn.turn_id or "", got))
+                    out.append((turn.accepted.last_event_id or "", got))
                 return out
 
             results = await asyncio.gather(*(run(s) for s in sids))
         for sid, turns in zip(sids, results, strict=True):
-            for turn_id, got in turns:
-                record = [e["id"] for e in server.turn_events(sid, turn_id)]
-                assert got == record[1:], f"{sid} {turn_id}"
+            for anchor, got in turns:
+                assert got == turn_record(server, sid, anchor), f"{sid} {anchor}"
             assert len(server.user_messages(sid)) == 5
         assert server.fault_counts.get("drop_probability", 0) > 10
         assert server.fault_counts.get("duplicate_on_resume", 0) > 10
