@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from conftest import eventually
+from conftest import eventually, held_message
 from fake_dialects import OldWire
 
 from qoder_async.testing import (
@@ -977,6 +978,55 @@ async def test_resume_from_an_in_progress_preview(
         "span.model_request_end",
         "session.status_idle",
     ]
+
+
+async def test_a_preview_in_flight_reaches_late_and_resumed_connections(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    """The documented resume rule, and a late joiner gets the open preview whole.
+
+    Connections opened while a preview is in flight: a fresh one and one
+    resuming from before the preview get it from its ``event_start``; one
+    resuming from the preview's own id gets only the deltas sent after it
+    connected; none repeats a frame, and a closed preview is never replayed.
+    """
+    pieces = ["Hel", "lo ", "wor", "ld"]
+    gate = asyncio.Event()
+    server.script = held_message(pieces, 2, gate)
+    sid = server.add_session()["id"]
+    sent = (await send(http, sid, user_message())).json()["data"][0]
+    state = server._sessions[sid]
+    await eventually(lambda: len(state.feed) - len(state.log) >= 3, "the held preview")
+    preview_id = state.feed[-1].event_id  # type: ignore[union-attr]
+    deltas = ["agent.message"]
+    async with contextlib.AsyncExitStack() as stack:
+        late = await stack.enter_async_context(open_stream(http, sid, deltas=deltas))
+        before = await stack.enter_async_context(
+            open_stream(http, sid, last_event_id=sent["id"], deltas=deltas)
+        )
+        own = await stack.enter_async_context(
+            open_stream(http, sid, last_event_id=preview_id, deltas=deltas)
+        )
+        plain = await stack.enter_async_context(open_stream(http, sid))
+        gate.set()
+        for sse in (late, before, own, plain):
+            await sse.until(has("session.status_idle"))
+
+    def preview(sse: SSE) -> tuple[list[str], str]:
+        frames = [f for f in sse.frames if f.id == preview_id]
+        text = "".join(
+            f.json()["delta"]["content"]["text"] for f in frames if f.event == "event_delta"
+        )
+        return [f.event or "" for f in frames], text
+
+    whole = ["event_start", *["event_delta"] * 4, "agent.message"]
+    assert preview(late) == (whole, "Hello world")
+    assert preview(before) == (whole, "Hello world")
+    assert preview(own) == (["event_delta", "event_delta", "agent.message"], "world")
+    assert preview(plain) == (["agent.message"], "")
+    async with open_stream(http, sid, deltas=deltas) as after:
+        await after.until(has("session.status_idle"))
+    assert preview(after) == (["agent.message"], "")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, eventually, forever, turn_record
+from conftest import FAST, eventually, forever, held_message, turn_record
 from fake_dialects import OldWire
 
 from qoder_async import (
@@ -223,6 +223,31 @@ async def test_failing_or_missing_tool_is_reported_to_the_agent(
     (call,) = result.tool_calls
     assert call.is_error
     assert "no such city" in (call.output or "")
+
+
+async def test_live_text_of_a_reply_that_began_before_the_turn_connected(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """The turn's connection (opened after the 202) still gets the preview from its start.
+
+    The agent starts answering before the stream connects (the connection is
+    slowed); its first fragments are live text, not lost until the message.
+    """
+    gate = asyncio.Event()
+    server.script = held_message(["Hel", "lo ", "wor", "ld"], 2, gate)
+    server.faults.slow_stream_seconds = 0.2
+    turn = await client.session(session_id).send("go")
+    chunks: list[str] = []
+
+    async def read() -> None:
+        async for chunk in turn.text_stream():
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    await eventually(lambda: "".join(chunks) == "Hello ", "the live text sent before connecting")
+    gate.set()
+    await reader
+    assert "".join(chunks) == (await turn.result()).text == "Hello world"
 
 
 # ----------------------------------------------------------------------------- sharing

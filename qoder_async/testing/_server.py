@@ -1345,7 +1345,9 @@ class FakeQoderServer:
                     "x-request-id": _REQUEST_ID.get(""),
                 },
             )
-            connection = StreamConnection(self, state, request, response, deltas, thread_id)
+            connection = StreamConnection(
+                self, state, request, response, deltas, thread_id, cursor=cursor
+            )
             await response.prepare(request)
             await connection.run(cursor, start, stored_before)
             return response
