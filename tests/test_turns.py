@@ -225,6 +225,38 @@ async def test_failing_or_missing_tool_is_reported_to_the_agent(
     assert "no such city" in (call.output or "")
 
 
+async def test_the_event_deltas_default_follows_the_reader(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    """The turn API asks for ``agent.message`` previews; the event streams ask for none.
+
+    A session created with incremental streaming needs no asking: its live text
+    comes from its incremental events even on a handle that asks for no previews.
+    """
+    reply = "incremental words, one by one, " * 3
+
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.1)
+        await ctx.message(reply, chunks=6, delay=0.01)
+
+    server.script = slow
+    plain = server.add_session()["id"]
+    await (await client.session(plain).send("go")).result()
+    async with client.sessions.events.stream(plain) as stream:
+        async for ev in stream:
+            if isinstance(ev, SessionStatusIdle):
+                break
+    streams = [r for r in server.requests if r.path.endswith("/events/stream")]
+    assert [r.query.get("event_deltas[]") for r in streams] == [["agent.message"], None]
+
+    incremental = server.add_session(incremental_streaming_enabled=True)["id"]
+    assert (await client.sessions.retrieve(incremental)).incremental_streaming_enabled is True
+    turn = await client.session(incremental, event_deltas=()).send("go")
+    chunks = [c async for c in turn.text_stream()]
+    assert len(chunks) > 1  # live, not only the final message
+    assert "".join(chunks) == (await turn.result()).text == reply
+
+
 async def test_live_text_of_a_reply_that_began_before_the_turn_connected(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
