@@ -257,6 +257,7 @@ async def test_the_fake_answers_like_the_captures(client: QoderClient) -> None:
     env = await client.environments.create(name="captured")
     agent = await client.agents.create(name="captured", model="auto")
     session = await client.sessions.create(agent=agent.id, environment_id=env.id)
+    assert {"deployment_id", "outcome_evaluations"} <= set(session.raw)
     cancelled = await client.sessions.cancel(session.id)
     assert isinstance(cancelled, SessionCancel)
     assert (cancelled.id, cancelled.status) == (session.id, "canceling")
@@ -266,3 +267,12 @@ async def test_the_fake_answers_like_the_captures(client: QoderClient) -> None:
     assert isinstance(body, dict)
     headers = {k.lower(): v for k, v in caught.value.headers.items()}
     assert body["request_id"] == headers["x-request-id"] == caught.value.request_id
+
+
+def test_the_readme_lists_every_free_form_field() -> None:
+    """The README's "Deliberately untyped" paragraph names each field of FREE_FORM."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("Deliberately untyped:")
+    paragraph = readme[start : readme.index("\n\n", start)]
+    for _, attr in sorted(FREE_FORM):
+        assert f"`{attr}`" in paragraph or f".{attr}`" in paragraph, attr

@@ -398,8 +398,11 @@ class SessionEvents(_Resource):
         replays from before it). Without one (or a cursor in ``cursor_store``)
         the server first replays the whole history. ``event_deltas``
         (``"agent.message"``, ``"agent.thinking"``) adds live previews
-        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection. See
-        :class:`EventStream`.
+        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection;
+        none by default (a reader asks for the previews it shows; the turn
+        API's ``text_stream()`` asks for ``agent.message``). A session created
+        with ``incremental_streaming_enabled`` sends its incremental events
+        with no parameter. See :class:`EventStream`.
         """
         self._http.check_open()
         return EventStream(

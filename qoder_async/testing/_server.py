@@ -1073,6 +1073,8 @@ class FakeQoderServer:
             "metadata": metadata,
             "incremental_streaming_enabled": incremental,
             **extras,
+            "deployment_id": None,
+            "outcome_evaluations": [],
             "archived_at": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
             "created_at": now,
