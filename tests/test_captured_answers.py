@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 
-from qoder_async import APIStatusError, NotFoundError, QoderClient
+from qoder_async import APIResponseValidationError, APIStatusError, NotFoundError, QoderClient
 from qoder_async._core.convert import (
     structure_agent,
     structure_deleted,
@@ -276,3 +276,17 @@ def test_the_readme_lists_every_free_form_field() -> None:
     paragraph = readme[start : readme.index("\n\n", start)]
     for _, attr in sorted(FREE_FORM):
         assert f"`{attr}`" in paragraph or f".{attr}`" in paragraph, attr
+
+
+def test_a_version_listing_never_pages_by_its_agent_id() -> None:
+    """Version numbers are cursors (also as JSON numbers); an item's id stands in only if unique."""
+    paginator = _paginator(structure_agent)
+    same_agent = [{"id": "agent_x", "version": 2}, {"id": "agent_x", "version": 1}]
+    assert paginator._next_cursor({"data": same_agent, "has_more": True, "last_id": 1}) == (
+        "after_id",
+        "1",
+    )
+    with pytest.raises(APIResponseValidationError, match="names no cursor"):
+        paginator._next_cursor({"data": same_agent, "has_more": True})
+    distinct = [{"id": "agent_a"}, {"id": "agent_b"}]
+    assert paginator._next_cursor({"data": distinct, "has_more": True}) == ("after_id", "agent_b")
