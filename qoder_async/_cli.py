@@ -98,6 +98,7 @@ from qoder_async.types import (
     PreviewStart,
     RequiresAction,
     Session,
+    SessionCancel,
     SessionErrorEvent,
     SessionStatusIdle,
     SessionStatusTerminated,
@@ -265,7 +266,7 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | Agent | Environment | Deleted) -> dict[str, Any]:
+def _raw(obj: Event | Session | SessionCancel | Agent | Environment | Deleted) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}
@@ -792,13 +793,15 @@ def _environment_line(e: Environment) -> str:
     return "  ".join([e.id, e.name or "-", e.status or "-", e.created_at or ""]).rstrip()
 
 
-def _show_resource(ctx: _Context, obj: Session | Agent | Environment) -> None:
+def _show_resource(ctx: _Context, obj: Session | SessionCancel | Agent | Environment) -> None:
     out = ctx.out
     if out.json_mode:
         out.record(_raw(obj))
         return
-    if isinstance(obj, Session):
-        fields: dict[str, object] = {
+    if isinstance(obj, SessionCancel):
+        fields: dict[str, object] = {"id": obj.id, "status": obj.status}
+    elif isinstance(obj, Session):
+        fields = {
             "id": obj.id,
             "status": obj.status,
             "title": obj.title,

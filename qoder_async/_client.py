@@ -236,8 +236,10 @@ class QoderClient:
         is in use: asking again returns the same handle. Asking again with
         different options raises :class:`ConfigurationError` (options not given
         are not compared). ``event_deltas`` selects the live previews its
-        connection asks for (``text_stream()`` uses them; default
-        ``("agent.message",)``); ``read_timeout`` (default 90 s, as for
+        connection asks for (default ``("agent.message",)``: a reader asks for
+        the previews it shows, and ``text_stream()`` shows them; a session
+        created with ``incremental_streaming_enabled`` needs none, its
+        incremental events come anyway); ``read_timeout`` (default 90 s, as for
         ``events.stream()``) bounds the wait for any byte, heartbeats included,
         before the connection is dropped and resumed; ``stall_timeout`` (default 120 s) and
         ``max_stalls`` (default 5) are the connection's stall rules: a running

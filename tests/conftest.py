@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
 from qoder_async import Backoff, QoderClient, ReconnectPolicy
 from qoder_async.testing import FakeQoderServer, TurnContext
+from qoder_async.testing._wire import dumps, sse_frame
 
 TRANSPORTS = ("aiohttp", "httpx")
 """What ``client`` runs on: the default first; all of them under ``both_transports``."""
@@ -37,6 +38,61 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "both_transports"
     ):
         metafunc.parametrize("client", TRANSPORTS, indirect=True)
+
+
+def turn_record(server: FakeQoderServer, sid: str, anchor: str) -> list[str]:
+    """The stored events of the turn whose user.message is ``anchor``, after it.
+
+    Read from the server's own record (which keeps every event's ``turn_id``
+    whatever the wire sends), so it holds under any dialect.
+    """
+    events = server.stored_events(sid)
+    turn_id = next(e["turn_id"] for e in events if e["id"] == anchor)
+    return [e["id"] for e in events if e.get("turn_id") == turn_id and e["id"] != anchor]
+
+
+def held_message(
+    pieces: list[str], held: int, gate: asyncio.Event
+) -> Callable[[TurnContext], Awaitable[None]]:
+    """A turn script whose ``agent.message`` preview stays in flight.
+
+    It publishes the preview's ``event_start`` and its first ``held`` deltas at
+    once, waits for ``gate``, then the other deltas and the stored message.
+    (Reaches into the fake's session state: a test of the fake's preview rules.)
+    """
+
+    async def script(ctx: TurnContext) -> None:
+        session = ctx._session
+        event_id = session.ids.event()
+        start = {"type": "event_start", "event": {"id": event_id, "type": "agent.message"}}
+        session.publish_preview(
+            event_id, "agent.message", sse_frame(event_id, "event_start", dumps(start))
+        )
+
+        def delta(piece: str) -> None:
+            data = {
+                "type": "event_delta",
+                "event_id": event_id,
+                "delta": {
+                    "type": "content_delta",
+                    "index": 0,
+                    "content": {"type": "text", "text": piece},
+                },
+            }
+            session.publish_preview(
+                event_id, "agent.message", sse_frame(event_id, "event_delta", dumps(data))
+            )
+
+        for piece in pieces[:held]:
+            delta(piece)
+        await gate.wait()
+        for piece in pieces[held:]:
+            delta(piece)
+        ctx._store(
+            "agent.message", {"content": [{"type": "text", "text": "".join(pieces)}]}, event_id
+        )
+
+    return script
 
 
 async def eventually(

@@ -215,7 +215,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_core.models",
         "_core.sse",
     },
-    "_shell.pagination": {"_core.convert", "_core.errors", "_shell.http"},
+    "_shell.pagination": {"_core.convert", "_core.errors", "_core.models", "_shell.http"},
     "_shell.files": {"_core.errors", "_shell.http", "_core.models", "_shell.transport"},
     "_shell.http": {
         "_core.backoff",

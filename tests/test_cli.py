@@ -181,6 +181,7 @@ async def test_chat_streams_tools_then_the_reply_then_the_stop_reason(
 async def test_chat_json_prints_one_event_per_line_then_the_result(
     server: FakeQoderServer, session_id: str
 ) -> None:
+    server.dialect.turn_ids = True  # the result names the turn id the events carry
     result = await run("chat", session_id, "hi", "--json", env=server_env(server))
     assert result.code == 0, result
     *events, last = [json.loads(line) for line in result.lines]

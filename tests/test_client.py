@@ -209,16 +209,21 @@ async def test_event_history_is_typed_and_paginated(
 
 
 @pytest.mark.both_transports
+@pytest.mark.parametrize("turn_ids", [False, True], ids=["production-wire", "turn-ids"])
 async def test_send_returns_the_202_handle(
-    client: QoderClient, server: FakeQoderServer, session_id: str
+    client: QoderClient, server: FakeQoderServer, session_id: str, turn_ids: bool
 ) -> None:
+    server.dialect.turn_ids = turn_ids
     acc = await client.sessions.events.send(session_id, [UserMessage("hi")])
     assert isinstance(acc, Accepted)
     (created,) = acc.events
     assert isinstance(created, UserMessage)
     assert created.text == "hi"
-    assert acc.turn_id is not None
-    assert acc.turn_id.startswith("turn_")
+    if turn_ids:
+        assert acc.turn_id is not None
+        assert acc.turn_id.startswith("turn_")
+    else:
+        assert acc.turn_id is None
     assert acc.last_event_id == created.id
     assert acc.request_id
     stored = server.user_messages(session_id)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, forever
+from conftest import FAST, forever, turn_record
 
 from qoder_async import (
     ConflictError,
@@ -43,13 +43,6 @@ from qoder_async.types import AgentMessage, SessionStatusIdle, UserCustomToolRes
 def stored_after(server: FakeQoderServer, sid: str, anchor: str | None) -> list[str]:
     ids = [e["id"] for e in server.stored_events(sid)]
     return ids[ids.index(anchor) + 1 :] if anchor else ids
-
-
-def turn_record(server: FakeQoderServer, sid: str, anchor: str) -> list[str]:
-    """The stored events of the turn whose user.message is ``anchor``, after it."""
-    events = server.stored_events(sid)
-    turn_id = next(e["turn_id"] for e in events if e["id"] == anchor)
-    return [e["id"] for e in events if e.get("turn_id") == turn_id and e["id"] != anchor]
 
 
 # ------------------------------------------------------------- replayed history
@@ -102,6 +95,7 @@ async def test_a_new_listener_hears_no_old_history_as_new(
 async def test_an_answer_without_turn_id_adopts_the_streamed_one(
     client: QoderClient, server: FakeQoderServer, session_id: str
 ) -> None:
+    server.dialect.turn_ids = True  # streamed and listed; the send answer has none
     server.dialect.send_turn_ids = False
     session = client.session(session_id, stall_timeout=5.0, max_stalls=1)
     turn = await session.send("hello")

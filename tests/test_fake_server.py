@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from conftest import eventually
+from conftest import eventually, held_message
 from fake_dialects import OldWire
 
 from qoder_async.testing import (
@@ -589,7 +590,7 @@ async def test_event_history_list(http: httpx.AsyncClient, server: FakeQoderServ
     stored = server.stored_events(sid)
     assert len(stored) == 2 * len(DEFAULT_ORDER)
     listed = (await http.get(f"sessions/{sid}/events", params={"limit": "100"})).json()
-    assert listed["data"] == stored
+    assert listed["data"] == [server.dialect.render(e) for e in stored]
     assert listed["has_more"] is False
     walked: list[str] = []
     query: dict[str, str] = {"limit": "5"}
@@ -620,6 +621,7 @@ async def test_event_history_list(http: httpx.AsyncClient, server: FakeQoderServ
 async def test_default_turn_order_and_turn_ids(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
+    server.dialect.turn_ids = True
     sid = server.add_session()["id"]
     echo = await run_turn(http, server, sid, "what is in the repo?")
     assert echo["type"] == "user.message"
@@ -672,6 +674,7 @@ async def test_string_content_and_initial_events(
 
 
 async def test_define_outcome_turn(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     sid = server.add_session()["id"]
     outcome = {
         "type": "user.define_outcome",
@@ -698,13 +701,15 @@ async def test_define_outcome_turn(http: httpx.AsyncClient, server: FakeQoderSer
 
 
 async def test_requires_action_round_trip(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = tool_script("lookup", {"q": "answer"})
     sid = server.add_session()["id"]
     async with open_stream(http, sid) as sse:
         sent = await send(http, sid, user_message("use the tool"))
         await sse.until(has("session.status_idle"))
         idle = next(f for f in sse.events if f.event == "session.status_idle").json()
-        use = next(f for f in sse.events if f.event == "agent.custom_tool_use").json()
+        use_frame = next(f for f in sse.events if f.event == "agent.custom_tool_use")
+        use = {**use_frame.json(), "id": use_frame.id}
         assert use["name"] == "lookup"
         assert use["input"] == {"q": "answer"}
         assert idle["stop_reason"] == {"type": "requires_action", "event_ids": [use["id"]]}
@@ -760,6 +765,7 @@ async def test_requires_action_partial_answers(
 
 
 async def test_interrupt(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = gated(asyncio.Event())
     sid = server.add_session()["id"]
     idle_interrupt = await send(http, sid, {"type": "user.interrupt"})
@@ -792,6 +798,7 @@ async def test_interrupt(http: httpx.AsyncClient, server: FakeQoderServer) -> No
 
 
 async def test_cancel_running_turn(http: httpx.AsyncClient, server: FakeQoderServer) -> None:
+    server.dialect.turn_ids = True
     server.script = gated(asyncio.Event())
     sid = server.add_session()["id"]
     sent = await send(http, sid, user_message())
@@ -873,9 +880,8 @@ async def test_stream_replays_history_then_stays_open(
         assert [f.id for f in sse.events] == [e["id"] for e in stored]
         for frame in sse.events:
             data = frame.json()
-            assert data["id"] == frame.id
+            assert "id" not in data  # the SSE id: line is the only id (the default wire)
             assert data["type"] == frame.event
-            assert data["turn_id"] == stored[0]["turn_id"]
         assert b": heartbeat\n\n" in sse.raw
         # Live: a new turn arrives on the same connection.
         await send(http, sid, user_message("live"))
@@ -972,6 +978,55 @@ async def test_resume_from_an_in_progress_preview(
         "span.model_request_end",
         "session.status_idle",
     ]
+
+
+async def test_a_preview_in_flight_reaches_late_and_resumed_connections(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    """The documented resume rule, and a late joiner gets the open preview whole.
+
+    Connections opened while a preview is in flight: a fresh one and one
+    resuming from before the preview get it from its ``event_start``; one
+    resuming from the preview's own id gets only the deltas sent after it
+    connected; none repeats a frame, and a closed preview is never replayed.
+    """
+    pieces = ["Hel", "lo ", "wor", "ld"]
+    gate = asyncio.Event()
+    server.script = held_message(pieces, 2, gate)
+    sid = server.add_session()["id"]
+    sent = (await send(http, sid, user_message())).json()["data"][0]
+    state = server._sessions[sid]
+    await eventually(lambda: len(state.feed) - len(state.log) >= 3, "the held preview")
+    preview_id = state.feed[-1].event_id  # type: ignore[union-attr]
+    deltas = ["agent.message"]
+    async with contextlib.AsyncExitStack() as stack:
+        late = await stack.enter_async_context(open_stream(http, sid, deltas=deltas))
+        before = await stack.enter_async_context(
+            open_stream(http, sid, last_event_id=sent["id"], deltas=deltas)
+        )
+        own = await stack.enter_async_context(
+            open_stream(http, sid, last_event_id=preview_id, deltas=deltas)
+        )
+        plain = await stack.enter_async_context(open_stream(http, sid))
+        gate.set()
+        for sse in (late, before, own, plain):
+            await sse.until(has("session.status_idle"))
+
+    def preview(sse: SSE) -> tuple[list[str], str]:
+        frames = [f for f in sse.frames if f.id == preview_id]
+        text = "".join(
+            f.json()["delta"]["content"]["text"] for f in frames if f.event == "event_delta"
+        )
+        return [f.event or "" for f in frames], text
+
+    whole = ["event_start", *["event_delta"] * 4, "agent.message"]
+    assert preview(late) == (whole, "Hello world")
+    assert preview(before) == (whole, "Hello world")
+    assert preview(own) == (["event_delta", "event_delta", "agent.message"], "world")
+    assert preview(plain) == (["agent.message"], "")
+    async with open_stream(http, sid, deltas=deltas) as after:
+        await after.until(has("session.status_idle"))
+    assert preview(after) == (["agent.message"], "")
 
 
 @pytest.mark.parametrize(
@@ -1438,6 +1493,7 @@ async def test_dialect_turn_ids_everywhere_and_send_turn_ids(
     http: httpx.AsyncClient, server: FakeQoderServer
 ) -> None:
     sid = server.add_session()["id"]
+    server.dialect.turn_ids = True
     server.dialect.send_turn_ids = False
     sent = await send(http, sid, user_message())
     assert "turn_id" not in sent.json()["data"][0]
@@ -1458,6 +1514,39 @@ async def test_dialect_turn_ids_everywhere_and_send_turn_ids(
     async with open_stream(http, sid) as sse:
         await sse.until(has("session.status_idle", 2))
     assert all("turn_id" not in f.json() for f in sse.events)
+
+
+async def test_default_wire_is_what_production_sends(
+    http: httpx.AsyncClient, server: FakeQoderServer
+) -> None:
+    """No turn_id, session_id, schema_version or created_at on events; no id in frame data.
+
+    Each switch brings its fields back; the server's own record keeps them all.
+    """
+    metadata = {"turn_id", "session_id", "schema_version", "created_at"}
+    sid = server.add_session()["id"]
+    sent = (await send(http, sid, user_message())).json()["data"]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle"))
+    streamed = [f.json() for f in sse.events]
+    assert set(sent[0]) == {"id", "type", "content", "processed_at"}  # as the capture
+    assert not any(metadata & set(e) for e in [*sent, *listed, *streamed])
+    assert all("id" in e for e in listed)
+    assert not any("id" in e for e in streamed)
+    assert all(metadata <= set(e) for e in server.stored_events(sid))
+
+    server.dialect.turn_ids = True
+    server.dialect.event_metadata = True
+    server.dialect.stream_data_ids = True
+    sent = (await send(http, sid, user_message())).json()["data"]
+    await server.wait_idle(sid)
+    listed = (await http.get(f"sessions/{sid}/events")).json()["data"]
+    async with open_stream(http, sid) as sse:
+        await sse.until(has("session.status_idle", 2))
+    assert all(metadata <= set(e) for e in [*sent, *listed])
+    assert all(metadata | {"id"} <= set(f.json()) for f in sse.events)
 
 
 async def test_paused_session_reports_idle_but_refuses_messages(

@@ -37,6 +37,7 @@ async def test_a_turn_is_an_invoke_agent_span_with_its_tools(
     server: FakeQoderServer, provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     server.script = tool_script("lookup", {"q": "x"})
+    server.dialect.turn_ids = True  # the span names the turn id when the server sends one
     sid = server.add_session()["id"]
 
     async def lookup(args: Mapping[str, Any]) -> str:

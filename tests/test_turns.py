@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, eventually, forever
+from conftest import FAST, eventually, forever, held_message, turn_record
 from fake_dialects import OldWire
 
 from qoder_async import (
@@ -33,18 +33,20 @@ from qoder_async.types import (
 )
 
 
+@pytest.mark.parametrize("turn_ids", [False, True], ids=["production-wire", "turn-ids"])
 async def test_turn_yields_exactly_its_events(
-    client: QoderClient, server: FakeQoderServer, session_id: str
+    client: QoderClient, server: FakeQoderServer, session_id: str, turn_ids: bool
 ) -> None:
+    server.dialect.turn_ids = turn_ids
     session = client.session(session_id)
     assert client.session(session_id) is session
     turn = await session.send("Help me analyze this code.")
-    assert turn.turn_id is not None
+    assert (turn.turn_id is not None) == turn_ids
     assert turn.accepted.events[0].id == turn.accepted.last_event_id
     events = [ev async for ev in turn]
-    record = server.turn_events(session_id, turn.turn_id)
     # the stream starts after our own user.message, so the echo is not repeated
-    assert [e.id for e in events] == [e["id"] for e in record[1:]]
+    record = turn_record(server, session_id, turn.accepted.last_event_id or "")
+    assert [e.id for e in events] == record
     assert isinstance(events[-1], SessionStatusIdle)
     result = await turn.result()
     assert "Help me analyze this code." in result.text
@@ -223,6 +225,63 @@ async def test_failing_or_missing_tool_is_reported_to_the_agent(
     assert "no such city" in (call.output or "")
 
 
+async def test_the_event_deltas_default_follows_the_reader(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    """The turn API asks for ``agent.message`` previews; the event streams ask for none.
+
+    A session created with incremental streaming needs no asking: its live text
+    comes from its incremental events even on a handle that asks for no previews.
+    """
+    reply = "incremental words, one by one, " * 3
+
+    async def slow(ctx: TurnContext) -> None:
+        await ctx.sleep(0.1)
+        await ctx.message(reply, chunks=6, delay=0.01)
+
+    server.script = slow
+    plain = server.add_session()["id"]
+    await (await client.session(plain).send("go")).result()
+    async with client.sessions.events.stream(plain) as stream:
+        async for ev in stream:
+            if isinstance(ev, SessionStatusIdle):
+                break
+    streams = [r for r in server.requests if r.path.endswith("/events/stream")]
+    assert [r.query.get("event_deltas[]") for r in streams] == [["agent.message"], None]
+
+    incremental = server.add_session(incremental_streaming_enabled=True)["id"]
+    assert (await client.sessions.retrieve(incremental)).incremental_streaming_enabled is True
+    turn = await client.session(incremental, event_deltas=()).send("go")
+    chunks = [c async for c in turn.text_stream()]
+    assert len(chunks) > 1  # live, not only the final message
+    assert "".join(chunks) == (await turn.result()).text == reply
+
+
+async def test_live_text_of_a_reply_that_began_before_the_turn_connected(
+    client: QoderClient, server: FakeQoderServer, session_id: str
+) -> None:
+    """The turn's connection (opened after the 202) still gets the preview from its start.
+
+    The agent starts answering before the stream connects (the connection is
+    slowed); its first fragments are live text, not lost until the message.
+    """
+    gate = asyncio.Event()
+    server.script = held_message(["Hel", "lo ", "wor", "ld"], 2, gate)
+    server.faults.slow_stream_seconds = 0.2
+    turn = await client.session(session_id).send("go")
+    chunks: list[str] = []
+
+    async def read() -> None:
+        async for chunk in turn.text_stream():
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(read())
+    await eventually(lambda: "".join(chunks) == "Hello ", "the live text sent before connecting")
+    gate.set()
+    await reader
+    assert "".join(chunks) == (await turn.result()).text == "Hello world"
+
+
 # ----------------------------------------------------------------------------- sharing
 
 
@@ -234,6 +293,7 @@ async def test_parallel_turns_and_a_listener_share_one_connection_per_session(
         await ctx.message(f"reply to {ctx.text}")
 
     server.script = slow
+    server.dialect.turn_ids = True  # the record of each run is found by its turn id
     s1, s2 = server.add_session()["id"], server.add_session()["id"]
     h1, h2 = client.session(s1), client.session(s2)
     heard: list[Event] = []
@@ -334,13 +394,14 @@ async def test_breaking_out_of_a_listener_closes_the_connection(
 @pytest.mark.parametrize(
     "dialect",
     [
-        Dialect(turn_ids=False),
-        OldWire(data_ids=False),
-        OldWire(string_content=True, legacy_idle=True, thinking_field="content"),
-        OldWire(heartbeat="event", send_status=200, create_status=200, retry_ms=20),
-        OldWire(heartbeat="ping", turn_ids=False, data_ids=False, legacy_idle=True),
+        Dialect(),
+        Dialect(turn_ids=True, event_metadata=True, stream_data_ids=True),
+        OldWire(turn_ids=True, data_ids=False),
+        OldWire(turn_ids=True, string_content=True, legacy_idle=True, thinking_field="content"),
+        OldWire(turn_ids=True, heartbeat="event", send_status=200, create_status=200, retry_ms=20),
+        OldWire(heartbeat="ping", data_ids=False, legacy_idle=True),
     ],
-    ids=["no-turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
+    ids=["production", "turn-ids", "no-data-ids", "old-shapes", "heartbeat-events", "oldest"],
 )
 async def test_every_wire_dialect_gives_the_same_turn(
     client: QoderClient, server: FakeQoderServer, session_id: str, dialect: Dialect
@@ -389,14 +450,13 @@ async def test_many_sessions_under_faults_match_the_server_record() -> None:
                 for i in range(5):
                     turn = await handle.send(f"{sid} #{i}")
                     got = [ev.id or "" async for ev in turn]
-                    out.append((turn.turn_id or "", got))
+                    out.append((turn.accepted.last_event_id or "", got))
                 return out
 
             results = await asyncio.gather(*(run(s) for s in sids))
         for sid, turns in zip(sids, results, strict=True):
-            for turn_id, got in turns:
-                record = [e["id"] for e in server.turn_events(sid, turn_id)]
-                assert got == record[1:], f"{sid} {turn_id}"
+            for anchor, got in turns:
+                assert got == turn_record(server, sid, anchor), f"{sid} {anchor}"
             assert len(server.user_messages(sid)) == 5
         assert server.fault_counts.get("drop_probability", 0) > 10
         assert server.fault_counts.get("duplicate_on_resume", 0) > 10

@@ -41,6 +41,7 @@ from qoder_async._core.convert import (
     structure_file,
     structure_model,
     structure_session,
+    structure_session_cancel,
     structure_session_resource,
     structure_thread,
 )
@@ -61,6 +62,7 @@ from qoder_async._core.models import (
     ModelInfo,
     OutboundEvent,
     Session,
+    SessionCancel,
     SessionResource,
     SessionThread,
     UserDefineOutcome,
@@ -396,8 +398,11 @@ class SessionEvents(_Resource):
         replays from before it). Without one (or a cursor in ``cursor_store``)
         the server first replays the whole history. ``event_deltas``
         (``"agent.message"``, ``"agent.thinking"``) adds live previews
-        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection. See
-        :class:`EventStream`.
+        (:class:`PreviewStart`, :class:`PreviewDelta`) to this connection;
+        none by default (a reader asks for the previews it shows; the turn
+        API's ``text_stream()`` asks for ``agent.message``). A session created
+        with ``incremental_streaming_enabled`` sends its incremental events
+        with no parameter. See :class:`EventStream`.
         """
         self._http.check_open()
         return EventStream(
@@ -851,12 +856,16 @@ class Sessions(_Resource):
         *,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
-    ) -> Session:
-        """Cancel the running turn, if any (a no-op on an idle session)."""
+    ) -> SessionCancel:
+        """Cancel the running turn, if any (a no-op on an idle session).
+
+        ``POST /sessions/{id}/cancel`` answers only the id and ``status``
+        (``"canceling"``), not the whole session: :class:`SessionCancel`.
+        """
         return await self._call(
             "POST",
             f"/sessions/{segment(session_id)}/cancel",
-            structure_session,
+            structure_session_cancel,
             options,
             idempotency_key=idempotency_key,
         )

@@ -21,6 +21,9 @@ SSE ``id:``/``event:`` only                ``id``/``type`` filled into the objec
 unknown ``type``                          ``UnknownEvent`` (raw kept)
 session ``environment_variables: "K=V"``  ``{"K": "V"}``
 session ``agent`` id or snapshot object   ``agent_id`` (and ``agent``: an ``Agent``)
+agent ``model`` id, or object with id    ``model`` the id; ``model_config`` both
+usage ``total_credits``                   ``Usage.credits``
+thread ``agent`` reference or snapshot    ``agent`` as sent; ``agent_snapshot``
 file ``content_type``                     ``FileMetadata.mime_type``
 thread ``agent.name``                     ``SessionThread.agent_name``
 ========================================  =========================================
@@ -87,6 +90,7 @@ from qoder_async._core.models import (
     Event,
     FileMetadata,
     ImageBlock,
+    ModelConfig,
     ModelInfo,
     OutboundEvent,
     PreviewDelta,
@@ -94,6 +98,7 @@ from qoder_async._core.models import (
     RequiresAction,
     RetriesExhausted,
     Session,
+    SessionCancel,
     SessionDeletedEvent,
     SessionErrorEvent,
     SessionResource,
@@ -144,6 +149,7 @@ __all__ = [
     "structure_file",
     "structure_model",
     "structure_session",
+    "structure_session_cancel",
     "structure_session_resource",
     "structure_thread",
     "unstructure_event",
@@ -1005,21 +1011,42 @@ def _normalised_session(d: JSON) -> dict[str, Any]:
         "vault_ids": _list(d, "vault_ids"),
         "memory_store_ids": _list(d, "memory_store_ids"),
         "environment_variables": _env_vars(d),
+        "outcome_evaluations": _list(d, "outcome_evaluations"),
     }
 
 
-def _normalised_agent(d: JSON) -> dict[str, Any]:
-    model = d.get("model")
-    if isinstance(model, Mapping):
-        model = _str(model, "id")
-    elif model is not None and not isinstance(model, str):
+def _model_config(model: Any) -> ModelConfig | None:
+    """An agent's ``model``: an id string or an ``{id, effective_context_window}`` object."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        return ModelConfig(id=model, raw={"id": model})
+    if not isinstance(model, Mapping):
         raise ShapeError("model", "a string or an object", model)
+    return ModelConfig(
+        id=_field_of(model, "model", "id"),
+        effective_context_window=_int_of(model, "model", "effective_context_window"),
+        raw=model,
+    )
+
+
+def _int_of(obj: JSON, where: str, key: str) -> int | None:
+    """An integer field of the nested object ``where``."""
+    try:
+        return _int(obj, key)
+    except ShapeError as exc:
+        raise exc.at(f"{where}.{key}") from None
+
+
+def _normalised_agent(d: JSON) -> dict[str, Any]:
+    config = _model_config(d.get("model"))
     tools = d.get("tools") or ()
     if not isinstance(tools, list | tuple):
         raise ShapeError("tools", "a list", tools)
     return {
         **d,
-        "model": model,
+        "model": None if config is None else config.id,
+        "model_config": config,
         "system": _str(d, "system") or _str(d, "instructions"),
         "tools": tools,
         "mcp_servers": _list(d, "mcp_servers"),
@@ -1032,7 +1059,16 @@ def _normalised_thread(d: JSON) -> dict[str, Any]:
     name = _str(d, "agent_name")
     if name is None:
         name = _field_of(agent, "agent", "name")
-    return {**d, "agent": agent, "agent_name": name}
+    snapshot = agent if agent.get("id") is not None else None
+    return {**d, "agent": agent, "agent_name": name, "agent_snapshot": snapshot}
+
+
+def _normalised_model(d: JSON) -> dict[str, Any]:
+    return {
+        **d,
+        "efforts": _list(d, "efforts"),
+        "available_context_windows": _list(d, "available_context_windows"),
+    }
 
 
 def _normalised_file(d: JSON) -> dict[str, Any]:
@@ -1051,7 +1087,8 @@ _RESOURCES: dict[type, tuple[str, Callable[[JSON], JSON]]] = {
     SessionResource: ("session resource", _as_is),
     SessionThread: ("thread", _normalised_thread),
     FileMetadata: ("file", _normalised_file),
-    ModelInfo: ("model", _as_is),
+    ModelInfo: ("model", _normalised_model),
+    SessionCancel: ("cancelled session", _as_is),
 }
 
 
@@ -1104,6 +1141,9 @@ structure_file = _structurer(
     FileMetadata, "A file's metadata; ``mime_type`` from ``mime_type`` or ``content_type``."
 )
 structure_model = _structurer(ModelInfo, "A model of ``GET /models``.")
+structure_session_cancel = _structurer(
+    SessionCancel, "The answer of ``POST /sessions/{id}/cancel`` (``id``, ``status``)."
+)
 
 
 def structure_deleted(default_type: str) -> Callable[[Any], Deleted]:
@@ -1155,6 +1195,9 @@ def _make_converter() -> cattrs.Converter:
     for resource in _RESOURCES:
         conv.register_structure_hook(resource, _resource_hook(conv, resource))
     conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(
+        ModelConfig, lambda d, _: d if isinstance(d, ModelConfig) else _model_config(d)
+    )
     stats = make_dict_structure_fn(ThreadStats, conv)
     conv.register_structure_hook(ThreadStats, lambda d, _: _nested(d, "stats", stats))
     conv.register_structure_hook(Usage, lambda d, _: structure_usage(d))

@@ -197,7 +197,8 @@ class APIStatusError(APIError):
     Attributes: ``status_code``; ``error_type`` (the envelope's ``error.type``,
     e.g. ``"invalid_request_error"``, or ``None`` for a non-JSON body);
     ``code`` (``error.code`` when sent); ``message``; ``param``; ``request_id``
-    (``x-request-id``/``request-id`` header or the body's ``request_id``);
+    (the envelope's top-level ``request_id``, else the ``x-request-id``/
+    ``request-id`` header: the envelope names the request the server logged);
     ``body``; ``headers`` (the response headers);
     ``retry_after`` (seconds the server asked to wait, when it said so).
     """
@@ -806,8 +807,7 @@ def error_from_response(
     turn-starting event). Every server string is redacted of ``secrets``.
     """
     body = _decode_body(content)
-    error_type = code = param = message = None
-    request_id = headers.get("x-request-id") or headers.get("request-id")
+    error_type = code = param = message = request_id = None
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
@@ -819,8 +819,9 @@ def error_from_response(
             message = err
         if message is None:
             message = _str_or_none(body.get("message"))
-        if request_id is None:
-            request_id = _str_or_none(body.get("request_id"))
+        request_id = _str_or_none(body.get("request_id")) or None
+    if request_id is None:
+        request_id = headers.get("x-request-id") or headers.get("request-id")
     if message is None:
         text = snippet(content)
         message = text or f"HTTP {status_code} with an empty body"

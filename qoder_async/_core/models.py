@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar
 
 from attrs import field, frozen
 
@@ -71,13 +71,16 @@ __all__ = [
     "Event",
     "FileMetadata",
     "ImageBlock",
+    "ModelConfig",
     "ModelInfo",
     "OutboundEvent",
+    "Page",
     "PreviewDelta",
     "PreviewStart",
     "RequiresAction",
     "RetriesExhausted",
     "Session",
+    "SessionCancel",
     "SessionDeletedEvent",
     "SessionErrorEvent",
     "SessionResource",
@@ -326,6 +329,46 @@ class Cursor:
 
     def __str__(self) -> str:
         return self.event_id
+
+
+# --------------------------------------------------------------------------- pages
+
+_T = TypeVar("_T")
+
+
+class Page(list[_T]):
+    """One page of a list answer: its items (it is a list) and the page's cursors.
+
+    ``first_id``/``last_id`` are the ids of its first and last items (on
+    ``GET /agents/{id}/versions`` the version numbers, as strings);
+    ``next_page`` the opaque cursor of the next page; ``has_more`` whether one
+    follows. A cursor the answer does not send is ``None`` (``GET /models``
+    sends none).
+    """
+
+    __slots__ = ("first_id", "has_more", "last_id", "next_page")
+
+    def __init__(
+        self,
+        items: Iterable[_T] = (),
+        *,
+        first_id: str | None = None,
+        last_id: str | None = None,
+        has_more: bool = False,
+        next_page: str | None = None,
+    ) -> None:
+        super().__init__(items)
+        self.first_id = first_id
+        self.last_id = last_id
+        self.has_more = has_more
+        self.next_page = next_page
+
+    def __repr__(self) -> str:
+        return (
+            f"Page({list.__repr__(self)}, first_id={self.first_id!r}, "
+            f"last_id={self.last_id!r}, has_more={self.has_more!r}, "
+            f"next_page={self.next_page!r})"
+        )
 
 
 # --------------------------------------------------------------------------- events
@@ -978,21 +1021,41 @@ def is_copy_of(stored: Event, sent: OutboundEvent) -> bool:
 
 
 @frozen(kw_only=True)
+class ModelConfig:
+    """An agent's model: its ``id``, and the context window the session runs it with.
+
+    Top-level agents (``GET /agents/{id}``) send the model as a plain id; the
+    agent snapshot inside a session or thread answer sends an object
+    ``{"id", "effective_context_window"}``. Both forms read as this class.
+    """
+
+    id: str | None = None
+    effective_context_window: int | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
 class Agent:
     """An agent. ``model`` is the model id; ``system`` also reads ``instructions``.
 
-    ``tools``, ``mcp_servers`` and ``skills`` are the API's objects as sent.
+    ``model_config`` types both wire forms of the model (a string on
+    ``/agents``, an object with ``effective_context_window`` in session and
+    thread snapshots); ``model`` stays its id. ``tools``, ``mcp_servers``,
+    ``skills`` and ``multiagent`` are the API's objects as sent.
     """
 
+    type: ClassVar[Literal["agent"]] = "agent"
     id: str
     name: str | None = None
     model: str | None = None
+    model_config: ModelConfig | None = None
     system: str | None = None
     description: str | None = None
     version: int | None = None
     tools: tuple[Mapping[str, Any], ...] = ()
     mcp_servers: tuple[Mapping[str, Any], ...] = ()
     skills: tuple[Mapping[str, Any], ...] = ()
+    multiagent: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] = field(factory=dict)
     archived_at: str | None = None
     created_at: str | None = None
@@ -1032,9 +1095,14 @@ class Session:
 
     ``agent`` is the agent snapshot the session runs (overrides applied), when
     the server sends one; ``environment_variables`` also reads the ``"K=V"``
-    lines form (its values may be secrets: not in the repr).
+    lines form (its values may be secrets: not in the repr). ``stats`` is its
+    timing, ``usage.credits`` its cost so far (``usage.total_credits``),
+    ``deployment_id`` the deployment that started it (else ``None``),
+    ``outcome_evaluations`` the gradings of its defined outcomes (objects as
+    sent).
     """
 
+    type: ClassVar[Literal["session"]] = "session"
     id: str
     status: str | None = None
     title: str | None = None
@@ -1047,10 +1115,28 @@ class Session:
     memory_store_ids: tuple[str, ...] = ()
     environment_variables: Mapping[str, str] = field(factory=dict, repr=False)
     budget: Mapping[str, Any] | None = None
+    incremental_streaming_enabled: bool | None = None
+    deployment_id: str | None = None
+    outcome_evaluations: tuple[Mapping[str, Any], ...] = ()
+    stats: ThreadStats | None = None
     archived_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
     usage: Usage | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class SessionCancel:
+    """The answer to ``POST /sessions/{id}/cancel``: only ``id`` and ``status``.
+
+    ``status`` is ``"canceling"`` while the running turn winds down (the
+    session's events say when it stopped); not a full :class:`Session`.
+    """
+
+    type: ClassVar[Literal["session"]] = "session"
+    id: str
+    status: str | None = None
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
 
@@ -1070,7 +1156,7 @@ class Deleted:
 
 @frozen(kw_only=True)
 class ThreadStats:
-    """Timing of a sub-agent thread, in seconds."""
+    """Timing of a session or a sub-agent thread, in seconds (``startup_seconds``: threads)."""
 
     active_seconds: float | None = None
     duration_seconds: float | None = None
@@ -1082,14 +1168,17 @@ class SessionThread:
     """A sub-agent thread of a multi-agent session (``sthr_...``).
 
     ``agent_name`` is read from ``agent_name`` or the thread's ``agent`` object
-    (kept whole in ``agent``); ``parent_thread_id`` is ``None`` for a thread
-    the primary agent started.
+    (kept whole in ``agent``, typed in ``agent_snapshot``: a reference
+    ``{id, type, version}`` or a full snapshot); ``parent_thread_id`` is
+    ``None`` for a thread the primary agent started.
     """
 
+    type: ClassVar[Literal["session_thread"]] = "session_thread"
     id: str
     session_id: str | None = None
     agent_name: str | None = None
     agent: Mapping[str, Any] = field(factory=dict)
+    agent_snapshot: Agent | None = None
     parent_thread_id: str | None = None
     status: str | None = None
     stats: ThreadStats | None = None
@@ -1108,6 +1197,7 @@ class FileMetadata:
     it with ``DocumentBlock.from_file(file.id)`` or ``ImageBlock.from_file(...)``.
     """
 
+    type: ClassVar[Literal["file"]] = "file"
     id: str
     filename: str | None = None
     mime_type: str | None = None
@@ -1124,13 +1214,28 @@ class FileMetadata:
 
 @frozen(kw_only=True)
 class ModelInfo:
-    """A model an agent can use (``GET /models``)."""
+    """A model an agent can use (``GET /models``).
 
+    ``source`` is ``"system"`` for the service's own models; ``price_factor``
+    multiplies its credit cost; ``efforts`` are the reasoning efforts it takes
+    (``default_effort`` when none is asked); ``available_context_windows``
+    the context windows it offers, in tokens (``default_context_window``
+    unless the agent picks one).
+    """
+
+    type: ClassVar[Literal["model"]] = "model"
     id: str
     display_name: str | None = None
+    source: str | None = None
     is_enabled: bool | None = None
+    is_new: bool | None = None
+    price_factor: float | None = None
+    efforts: tuple[str, ...] = ()
+    default_effort: str | None = None
     max_input_tokens: int | None = None
     max_tokens: int | None = None
+    default_context_window: int | None = None
+    available_context_windows: tuple[int, ...] = ()
     created_at: str | None = None
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
 
@@ -1139,6 +1244,7 @@ class ModelInfo:
 class Environment:
     """An environment (where the agent's sandbox runs)."""
 
+    type: ClassVar[Literal["environment"]] = "environment"
     id: str
     name: str | None = None
     description: str | None = None

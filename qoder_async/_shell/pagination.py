@@ -14,6 +14,13 @@ a cursor already followed                   :class:`APIResponseValidationError`
                                             (it would loop forever)
 ==========================================  ======================================
 
+Each page is a :class:`Page`: its items, plus the ``first_id``, ``last_id``,
+``has_more`` and ``next_page`` the answer sent (a number, as the version
+numbers of ``GET /agents/{id}/versions``, reads as its string; an item's
+``id`` stands in for a missing ``first_id``/``last_id`` only when the items'
+ids are distinct, so never on a version listing, where every item is the
+same agent).
+
 Every next request keeps the listing's other parameters and replaces its
 cursor: the caller's ``after_id``/``before_id`` is never sent next to ``page``
 (the API refuses the two together).
@@ -26,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from qoder_async._core.convert import ShapeError
 from qoder_async._core.errors import APIResponseValidationError
+from qoder_async._core.models import Page
 from qoder_async._shell.http import HTTP, APIResponse, RequestOptions
 
 __all__ = ["AsyncPaginator", "list_params"]
@@ -74,7 +82,7 @@ class AsyncPaginator(Generic[_T]):
     def __aiter__(self) -> AsyncIterator[_T]:
         return self._items()
 
-    async def pages(self) -> AsyncIterator[list[_T]]:
+    async def pages(self) -> AsyncIterator[Page[_T]]:
         """Iterate page by page."""
         params = list(self._params)
         seen: set[tuple[str, str]] = set()
@@ -103,8 +111,8 @@ class AsyncPaginator(Generic[_T]):
             "GET", self._path, params=list(self._params), options=self._options
         )
 
-    def parse_page(self, body: Any) -> list[_T]:
-        """The items of one page's answer body; a wrong shape is a typed error."""
+    def parse_page(self, body: Any) -> Page[_T]:
+        """One page's answer body as a :class:`Page`; a wrong shape is a typed error."""
         if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
             raise APIResponseValidationError(
                 "a list answer must be an object with a 'data' array",
@@ -113,11 +121,19 @@ class AsyncPaginator(Generic[_T]):
                 body=body,
             )
         try:
-            return [self._item(raw) for raw in body["data"]]
+            items = [self._item(raw) for raw in body["data"]]
         except ShapeError as exc:
             raise APIResponseValidationError(
                 f"unexpected item in a list answer: {exc}", method="GET", url=self._path
             ) from exc
+        next_page = body.get("next_page")
+        return Page(
+            items,
+            first_id=_cursor(body.get("first_id")),
+            last_id=_cursor(body.get("last_id")),
+            has_more=body.get("has_more") is True,
+            next_page=next_page if isinstance(next_page, str) and next_page else None,
+        )
 
     def _next_cursor(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
         next_page = body.get("next_page")
@@ -144,11 +160,24 @@ class AsyncPaginator(Generic[_T]):
                 yield item
 
 
-def _anchor(body: Mapping[str, Any], key: str, index: int) -> str | None:
-    """The page's ``first_id``/``last_id``, else the id of its first/last item."""
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        data = body.get("data") or []
-        item = data[index] if data else None
-        value = item.get("id") if isinstance(item, Mapping) else None
+def _cursor(value: Any) -> str | None:
+    """A page cursor as a string: a non-empty string, or an integer (a version number)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return value if isinstance(value, str) and value else None
+
+
+def _anchor(body: Mapping[str, Any], key: str, index: int) -> str | None:
+    """The page's ``first_id``/``last_id``, else the id of its first/last item.
+
+    An item id stands in only when the page's items have distinct ids: the
+    items of a version listing all carry their agent's id, which would ask
+    for the same page again.
+    """
+    value = _cursor(body.get(key))
+    if value is None:
+        data = body.get("data") or []
+        ids = [item.get("id") if isinstance(item, Mapping) else None for item in data]
+        if data and len(set(ids)) == len(ids):
+            value = _cursor(ids[index])
+    return value

@@ -20,6 +20,9 @@ __all__ = ["CannedResponse", "Dialect", "Faults", "ServerView"]
 
 FileContentStyle = Literal["negotiate", "bytes", "link"]
 
+#: What the store records on every event and production does not send.
+_EVENT_METADATA = ("session_id", "schema_version", "created_at")
+
 
 class CannedResponse(NamedTuple):
     """A raw response served once, instead of the real one, to the next matching request.
@@ -132,17 +135,28 @@ class Faults:
 class Dialect:
     """Wire switches: the documented status codes, ``turn_id``, the file download answer.
 
+    The default wire is what production sends (the official SDK's captured
+    answers, the cookbook's recorded stream): events carry no ``turn_id``,
+    ``session_id``, ``schema_version`` or ``created_at`` (in streams, lists
+    and the send answer alike), and a stream frame's ``data`` has no ``id``
+    (the SSE ``id:`` line is the only one). Switches turn each back on.
+
     * ``send_status`` -- status of ``POST /sessions/{id}/events`` (202 or 200).
     * ``create_status`` -- status of every ``POST`` that creates a resource
       (sessions, agents, environments): 201 or 200.
     * ``cancel_status`` -- status of ``POST /sessions/{id}/cancel`` when a turn
       was running (202; older docs: 200). An idle cancel is always 200.
     * ``retry_ms`` -- when set, every stream starts with ``retry: <ms>``.
-    * ``turn_ids`` -- ``False`` omits ``turn_id`` from every event on the wire
-      (streams, lists and the send answer), as the official SDKs' wire
-      fixtures do.
-    * ``send_turn_ids`` -- ``False`` omits ``turn_id`` from the events in the
-      ``POST .../events`` answer only; streamed and listed events keep it.
+    * ``turn_ids`` -- ``True`` adds ``turn_id`` to every event on the wire
+      (streams, lists and the send answer), as older documentation pages
+      show it; the default (``False``) sends none, as production does.
+    * ``send_turn_ids`` -- with ``turn_ids``: ``False`` omits ``turn_id``
+      from the events in the ``POST .../events`` answer only; streamed and
+      listed events keep it.
+    * ``event_metadata`` -- ``True`` adds ``session_id``, ``schema_version``
+      and ``created_at`` to every event on the wire.
+    * ``stream_data_ids`` -- ``True`` also writes the event's ``id`` inside
+      each stream frame's ``data``.
     * ``file_content`` -- what ``GET /files/{id}/content`` answers: ``"bytes"``
       (the file, with its ``Content-Type``), ``"link"`` (JSON ``{"url": ...}``
       naming an unauthenticated download URL on this server, which is what
@@ -160,8 +174,10 @@ class Dialect:
     create_status: int = 201
     cancel_status: int = 202
     retry_ms: int | None = None
-    turn_ids: bool = True
+    turn_ids: bool = False
     send_turn_ids: bool = True
+    event_metadata: bool = False
+    stream_data_ids: bool = False
     file_content: FileContentStyle = "negotiate"
 
     def render(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,11 +185,17 @@ class Dialect:
         out = dict(event)
         if not self.turn_ids:
             out.pop("turn_id", None)
+        if not self.event_metadata:
+            for key in _EVENT_METADATA:
+                out.pop(key, None)
         return out
 
     def frame(self, event: Mapping[str, Any]) -> bytes:
-        """The SSE frame of a stored event."""
-        return sse_frame(event["id"], event["type"], dumps(self.render(event)))
+        """The SSE frame of a stored event (its id in the ``id:`` line)."""
+        data = self.render(event)
+        if not self.stream_data_ids:
+            data.pop("id", None)
+        return sse_frame(event["id"], event["type"], dumps(data))
 
     def heartbeat_frame(self) -> bytes:
         """The keep-alive frame (an SSE comment)."""

@@ -169,7 +169,8 @@ def _json(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> we
 
 
 def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
-    return _json(error.status, error.body(), headers)
+    # The envelope names the request (required, the x-request-id value), as the service's does.
+    return _json(error.status, error.body(_REQUEST_ID.get("") or None), headers)
 
 
 class FakeQoderServer:
@@ -1072,6 +1073,8 @@ class FakeQoderServer:
             "metadata": metadata,
             "incremental_streaming_enabled": incremental,
             **extras,
+            "deployment_id": None,
+            "outcome_evaluations": [],
             "archived_at": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
             "created_at": now,
@@ -1344,7 +1347,9 @@ class FakeQoderServer:
                     "x-request-id": _REQUEST_ID.get(""),
                 },
             )
-            connection = StreamConnection(self, state, request, response, deltas, thread_id)
+            connection = StreamConnection(
+                self, state, request, response, deltas, thread_id, cursor=cursor
+            )
             await response.prepare(request)
             await connection.run(cursor, start, stored_before)
             return response

@@ -3,8 +3,13 @@
 Rules this module keeps:
 
 * A connection is a position in its session's feed. It first replays what
-  was stored before it connected (previews published before it connected
-  are skipped: previews are never replayed), then follows the feed live.
+  was stored before it connected, then follows the feed live. Of the
+  previews published before it connected, only those still open (in flight)
+  then are replayed, from their first frame, in their feed position: a late
+  joiner or a connection resuming from before a preview gets it whole. A
+  connection resuming from an open preview's own id skips that preview's
+  frames sent before it connected. A closed preview is never replayed (its
+  stored event stands for it).
 * A thread's stream is the same walk, skipping everything whose
   ``session_thread_id`` is not that thread; its resume cursor must be one of
   the thread's events.
@@ -87,6 +92,7 @@ class StreamConnection:
         response: web.StreamResponse,
         deltas: frozenset[str],
         thread_id: str | None = None,
+        cursor: str | None = None,
     ) -> None:
         self.server = server
         self.session = session
@@ -97,8 +103,10 @@ class StreamConnection:
         self.written = 0
         self.event_frames = 0
         self.stalled = False
-        # Previews published before this point are never sent to this connection.
+        # Previews published before this point are sent only if still open now,
+        # and not the one this connection resumes from (its deltas were sent).
         self.live_from = len(session.feed)
+        self.replayed_previews = frozenset(p for p in session.open_previews if p != cursor)
         self.waker = asyncio.Event()
 
     async def run(self, cursor: str | None, start: int, stored_before: int) -> None:
@@ -220,7 +228,9 @@ class StreamConnection:
             if not self._visible(item):
                 continue
             if isinstance(item, Preview):
-                if pos - 1 < self.live_from or item.kind not in self.deltas:
+                if item.kind not in self.deltas or (
+                    pos - 1 < self.live_from and item.event_id not in self.replayed_previews
+                ):
                     continue
                 frame = item.frame
             else:

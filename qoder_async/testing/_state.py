@@ -8,6 +8,9 @@ Rules this module keeps:
   preview frames (``event_start``/``event_delta``), in publish order. A
   connection is just an index into it, so an idle connection costs one
   ``asyncio.Event``; publishing appends and sets every connection's event.
+* A preview is *open* (``open_previews``) from its first frame until the
+  event with its id is stored, or a ``span.model_request_end`` of its thread
+  (the request died before its message) or the turn's idle closes it.
 * At most one turn runs at a time. A turn ends exactly once, in
   ``finish_turn``: it stores the closing ``session.status_idle`` and marks the
   turn ended *before* the script task is cancelled, so nothing a cancelled
@@ -144,6 +147,8 @@ class SessionState:
         self.feed: list[FeedItem] = []
         # preview event id -> (feed position of its first frame, stored events before it)
         self.preview_start: dict[str, tuple[int, int]] = {}
+        # previews in flight: event id -> its thread id (None: the primary thread)
+        self.open_previews: dict[str, str | None] = {}
         self.wakers: set[asyncio.Event] = set()
         self.turn: Turn | None = None
         self.idle = asyncio.Event()
@@ -204,6 +209,7 @@ class SessionState:
         self.log.append(stored)
         self.by_id[event["id"]] = stored
         self.feed.append(stored)
+        self._close_previews(event)
         self.resource["updated_at"] = now
         if event_type.startswith("session.thread_status_"):
             thread = self.threads.get(event.get("session_thread_id") or "")
@@ -219,9 +225,25 @@ class SessionState:
         self, event_id: str, kind: str, frame: bytes, thread_id: str | None = None
     ) -> None:
         """Publish a preview frame for the not-yet-stored event ``event_id``."""
-        self.preview_start.setdefault(event_id, (len(self.feed), len(self.log)))
+        if event_id not in self.preview_start:
+            self.preview_start[event_id] = (len(self.feed), len(self.log))
+            self.open_previews[event_id] = thread_id
         self.feed.append(Preview(event_id, kind, frame, thread_id))
         self.notify()
+
+    def _close_previews(self, event: dict[str, Any]) -> None:
+        """Close the previews ``event`` ends: its own, or its thread's dead request's."""
+        if not self.open_previews:
+            return
+        self.open_previews.pop(event["id"], None)
+        kind = event["type"]
+        if kind == "session.status_idle":
+            self.open_previews.clear()
+        elif kind == "span.model_request_end":
+            thread = event.get("session_thread_id")
+            for event_id, owner in list(self.open_previews.items()):
+                if owner == thread:
+                    del self.open_previews[event_id]
 
     def add_thread(
         self, agent_name: str, parent_thread_id: str | None, agent: dict[str, Any]

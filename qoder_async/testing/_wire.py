@@ -37,12 +37,15 @@ class ApiError(Exception):
         self.message = message
         self.param = param
 
-    def body(self) -> dict[str, Any]:
-        """The error envelope."""
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        """The error envelope (with the top-level ``request_id`` when given)."""
         error: dict[str, Any] = {"type": self.error_type, "message": self.message}
         if self.param is not None:
             error["param"] = self.param
-        return {"type": "error", "error": error}
+        out: dict[str, Any] = {"type": "error", "error": error}
+        if request_id is not None:
+            out["request_id"] = request_id
+        return out
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
