@@ -20,7 +20,7 @@ the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
 the turn API                ``_turn``, ``_turn.session``, ``_turn.tracing``, ``_turn.metrics``
-resources                   ``_api.resources``
+resources                   ``_api.resources``, ``_api.deployments``
 custom tools                ``_api``, ``_api.tools``
 streams, pages and files    ``_shell.eventstream``, ``_shell.pagination``, ``_shell.files``
 the request layer           ``_shell.http``
@@ -63,7 +63,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "the fleet": ("fleet._fleet", "fleet._coordinators"),
     "the client": ("_client",),
     "the turn API": ("_turn", "_turn.session", "_turn.tracing", "_turn.metrics"),
-    "resources": ("_api.resources",),
+    "resources": ("_api.resources", "_api.deployments"),
     "custom tools": (
         "_api",
         "_api.tools",
@@ -170,6 +170,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "fleet._coordinators": {"_core.backoff", "_core.errors", "fleet._lease"},
     "webhooks": {"_core.errors", "_core.models"},
     "_client": {
+        "_api.deployments",
         "_turn.tracing",
         "_turn.metrics",
         "_core.backoff",
@@ -192,6 +193,16 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_api.resources",
         "_core.sse",
         "_core.turns",
+    },
+    "_api.deployments": {
+        "_api.resources",
+        "_core.convert",
+        "_core.errors",
+        "_core.models",
+        "_core.params",
+        "_shell.http",
+        "_shell.pagination",
+        "_shell.transport",
     },
     "_api.resources": {
         "_api.tools",
