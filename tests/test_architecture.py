@@ -13,9 +13,9 @@ layer                       modules
 ==========================  ======================================================================
 the command line            ``__main__``, ``_cli``
 testing                     ``testing``, ``testing._agent``, ``testing._faults``,
-                            ``testing._files``, ``testing._params``, ``testing._server``,
-                            ``testing._sse``, ``testing._state``, ``testing._webhooks``,
-                            ``testing._wire``, ``testing.pytest_plugin``
+                            ``testing._files``, ``testing._managed``, ``testing._params``,
+                            ``testing._server``, ``testing._sse``, ``testing._state``,
+                            ``testing._webhooks``, ``testing._wire``, ``testing.pytest_plugin``
 the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "testing._agent",
         "testing._faults",
         "testing._files",
+        "testing._managed",
         "testing._params",
         "testing._server",
         "testing._sse",
@@ -135,11 +136,13 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "testing._agent": {"testing._faults", "testing._params", "testing._state", "testing._wire"},
     "testing._faults": {"testing._wire"},
     "testing._files": {"testing._params", "testing._wire"},
+    "testing._managed": {"testing._params", "testing._wire"},
     "testing._params": {"testing._wire"},
     "testing._server": {
         "testing._agent",
         "testing._faults",
         "testing._files",
+        "testing._managed",
         "testing._params",
         "testing._sse",
         "testing._state",

@@ -1256,7 +1256,18 @@ def _nested_hook(kind: str, generated: Callable[[Any, Any], Any], d: Any, _: Any
     return _nested(d, kind, generated)
 
 
+def _strings(value: Any, _: Any) -> tuple[str, ...]:
+    """A list of strings (not a string, whose characters cattrs would take as items)."""
+    if not isinstance(value, list | tuple):
+        raise ShapeError("", "a list", value)
+    for item in value:
+        if item.__class__ is not str:
+            raise ShapeError("", "a list of strings", value)
+    return tuple(value)
+
+
 def _register_managed(conv: cattrs.Converter) -> None:
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
     for cls, where in _NESTED.items():
         generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
         conv.register_structure_hook(cls, functools.partial(_nested_hook, where, generated))
