@@ -30,7 +30,7 @@ from qoder_async._core.convert import (
     structure_work_heartbeat,
     structure_work_queue_stats,
 )
-from qoder_async.testing import FakeQoderServer
+from qoder_async.testing import CannedResponse, FakeQoderServer
 from qoder_async.types import (
     AgentReference,
     BaseEvent,
@@ -155,6 +155,30 @@ def test_env_lines() -> None:
     for bad in ({"A\nB": "1"}, {"": "1"}, {"A=B": "1"}, {"A": "1\nB=2"}):
         with pytest.raises(ConfigurationError):
             env_lines(bad)
+
+
+def _capture(capture_id: str) -> Any:
+    [capture] = [c for c in CAPTURES if c["id"] == capture_id]
+    return capture["response"]
+
+
+async def test_captured_pages_page_as_they_say(
+    client: QoderClient, server: FakeQoderServer
+) -> None:
+    json_headers = {"Content-Type": "application/json"}
+    runs, dreams = _capture("deploymentRuns.list"), _capture("dreams.list")
+    last = json.dumps({"data": [], "has_more": False, "next_page": None}).encode()
+    server.faults.respond_next = [
+        CannedResponse("GET", "/deployment_runs$", 200, json_headers, json.dumps(runs).encode()),
+        CannedResponse("GET", "/deployment_runs$", 200, json_headers, last),
+        CannedResponse("GET", "/dreams$", 200, json_headers, json.dumps(dreams).encode()),
+    ]
+    got = [r.id async for r in client.deployment_runs.list(limit=2)]
+    assert got == [r["id"] for r in runs["data"]]
+    assert server.requests[-1].query["page"] == [runs["next_page"]]  # next_page, as sent
+    assert [d.id async for d in client.dreams.list()] == [dreams["data"][0]["id"]]  # no cursor
+    assert server.faults.respond_next == []
+    assert len([r for r in server.requests if r.path.endswith("/dreams")]) == 1
 
 
 # --------------------------------------------------------------------------- the fake
