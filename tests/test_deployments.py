@@ -252,11 +252,25 @@ async def test_a_deployment_is_checked_like_a_session(
         await client.deployments.create(**{**good, "environment_variables": "no equals sign"})
     with pytest.raises(BadRequestError, match="schedule"):
         await client.deployments.create(**{**good, "schedule": {"type": "cron"}})
+    with pytest.raises(BadRequestError, match=r"resources\[0\]"):
+        await client.deployments.create(**{**good, "resources": [{"type": "floppy"}]})
     pinned = await client.deployments.create(
         **{**good, "agent": {"type": "agent", "id": agent_id, "version": 1}}
     )
     assert pinned.agent is not None
     assert pinned.agent.version == 1
+    repo = {
+        "type": "github_repository",
+        "url": "https://github.com/o/r",
+        "authorization_token": "ghp_secret",
+    }
+    with_repo = await client.deployments.create(**{**good, "resources": [repo]})
+    assert "ghp_secret" not in json.dumps(with_repo.raw)  # write-only
+    assert with_repo.resources[0]["url"] == "https://github.com/o/r"
+    run = await client.deployments.run(with_repo.id)
+    assert run.session_id is not None
+    [mounted] = [r async for r in client.sessions.resources.list(run.session_id)]
+    assert server.resource_secret(run.session_id, mounted.id) == "ghp_secret"
 
 
 async def test_a_run_starts_a_session_whose_turn_follow_yields(

@@ -51,6 +51,7 @@ from ._params import (
     check_list,
     check_metadata,
     check_object,
+    check_resource,
     check_str,
     check_str_list,
     paginate,
@@ -117,7 +118,8 @@ class ManagedResources:
         self._session_exists = session_exists
         self._create_status = create_status
         self.deployments: dict[str, dict[str, Any]] = {}
-        self._deployment_inputs: dict[str, dict[str, Any]] = {}  # as given (secrets kept)
+        # Each deployment's resources as given (repository secrets are write-only).
+        self._resource_inputs: dict[str, list[Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.dreams: dict[str, dict[str, Any]] = {}
         self.work: dict[str, dict[str, Any]] = {}
@@ -221,8 +223,12 @@ class ManagedResources:
         check_env_vars(body)  # the lines parse
         return str(body["environment_variables"])
 
-    def _deployment_fields(self, body: Mapping[str, Any], *, create: bool) -> dict[str, Any]:
+    def _deployment_fields(
+        self, body: Mapping[str, Any], *, create: bool
+    ) -> tuple[dict[str, Any], list[Any] | None]:
+        """The fields to set, and the resources as given (with their write-only secrets)."""
         out: dict[str, Any] = {}
+        given: list[Any] | None = None
         if create or "name" in body:
             out["name"] = check_str(body, "name", required=True)
         if create or "agent" in body:
@@ -241,28 +247,20 @@ class ManagedResources:
         if "schedule" in body:
             out["schedule"] = self._schedule(body)
         if "resources" in body or create:
-            out["resources"] = check_list(body, "resources") or []
+            given = check_list(body, "resources") or []
+            checked = [check_resource(v, f"resources[{i}]") for i, v in enumerate(given)]
+            out["resources"] = [public for public, _secret in checked]
         if "vault_ids" in body or create:
             out["vault_ids"] = check_str_list(body, "vault_ids") or []
         if "metadata" in body or create:
             out["metadata"] = check_metadata(body) or {}
         if "budget" in body:
             out["budget"] = check_object(body, "budget")
-        return out
-
-    @staticmethod
-    def _public(dep: dict[str, Any]) -> dict[str, Any]:
-        # Repository resources' secrets are write-only.
-        shown = copy.deepcopy(dep)
-        for res in shown["resources"]:
-            if isinstance(res, dict):
-                res.pop("authorization_token", None)
-                res.pop("password", None)
-        return shown
+        return out, given
 
     async def _h_create_deployment(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        fields = self._deployment_fields(body, create=True)
+        fields, given = self._deployment_fields(body, create=True)
         now = self._ids.now()
         dep: dict[str, Any] = {
             "id": self._ids.resource("dep"),
@@ -276,7 +274,8 @@ class ManagedResources:
             "updated_at": now,
         }
         self.deployments[dep["id"]] = dep
-        return _json(self._create_status(), self._public(dep))
+        self._resource_inputs[dep["id"]] = given or []
+        return _json(self._create_status(), dep)
 
     async def _h_list_deployments(self, request: web.Request) -> web.Response:
         query = request.query
@@ -293,11 +292,10 @@ class ManagedResources:
             )
 
         page = paginate(list(self.deployments.values()), query, default_order="desc", keep=keep)
-        page["data"] = [self._public(d) for d in page["data"]]
         return _json(200, page)
 
     async def _h_get_deployment(self, request: web.Request) -> web.Response:
-        return _json(200, self._public(self._deployment(request.match_info["id"])))
+        return _json(200, self._deployment(request.match_info["id"]))
 
     def _live(self, dep_id: str) -> dict[str, Any]:
         dep = self._deployment(dep_id)
@@ -307,10 +305,12 @@ class ManagedResources:
 
     async def _h_update_deployment(self, request: web.Request) -> web.Response:
         dep = self._live(request.match_info["id"])
-        fields = self._deployment_fields(await self._body(request), create=False)
+        fields, given = self._deployment_fields(await self._body(request), create=False)
         dep.update(fields)
+        if given is not None:
+            self._resource_inputs[dep["id"]] = given
         dep["updated_at"] = self._ids.now()
-        return _json(200, self._public(dep))
+        return _json(200, dep)
 
     async def _h_deployment_action(self, request: web.Request) -> web.Response:
         action = request.path.rsplit("/", 1)[1]
@@ -320,14 +320,14 @@ class ManagedResources:
                 dep["archived_at"] = dep["updated_at"] = self._ids.now()
                 if dep["schedule"] is not None:
                     dep["schedule"]["upcoming_runs_at"] = []
-            return _json(200, self._public(dep))
+            return _json(200, dep)
         self._live(dep["id"])
         if action == "pause":
             dep.update(status="paused", paused_reason={"type": "manual"})
         else:
             dep.update(status="active", paused_reason=None)
         dep["updated_at"] = self._ids.now()
-        return _json(200, self._public(dep))
+        return _json(200, dep)
 
     async def _h_run_deployment(self, request: web.Request) -> web.Response:
         dep = self._live(request.match_info["id"])
@@ -347,7 +347,7 @@ class ManagedResources:
             "environment_id": dep["environment_id"],
             "initial_events": copy.deepcopy(dep["initial_events"]),
             "environment_variables": dep["environment_variables"],
-            "resources": copy.deepcopy(dep["resources"]),
+            "resources": copy.deepcopy(self._resource_inputs.get(dep["id"], [])),
             "vault_ids": dep["vault_ids"],
             "metadata": dep["metadata"],
         }
