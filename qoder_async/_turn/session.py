@@ -66,6 +66,14 @@ the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure 
 (failed, terminated, deleted)                  once at ERROR and raised by
                                                ``wait_handlers()``; the next ``on()``
                                                starts a fresh dispatcher
+``follow()``: the turn of a message this       the session's first ``user.message``
+client did not send (a deployment run's)       (or outcome) among its oldest 100
+                                               events (one request); the connection
+                                               opens right after it; none stored yet:
+                                               it opens at the session's beginning
+                                               and the turn claims the first one; a
+                                               connection already open:
+                                               :class:`ConfigurationError`
 ``catch_up(last_event_id=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
 session                                        ``after_id``, or an empty page while ``c``
                                                is not among the newest 100 events);
