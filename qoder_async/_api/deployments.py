@@ -44,7 +44,14 @@ from qoder_async._core.models import (
     WorkHeartbeat,
     WorkQueueStats,
 )
-from qoder_async._core.params import BudgetLimitParam, SessionResourceParams
+from qoder_async._core.params import (
+    BudgetLimitParam,
+    DreamInputParams,
+    DreamModelParams,
+    OutputBehaviorParams,
+    ScheduleParams,
+    SessionResourceParams,
+)
 from qoder_async._shell.http import HTTP, segment
 from qoder_async._shell.pagination import AsyncPaginator, list_params
 from qoder_async._shell.transport import Timeout
@@ -137,7 +144,7 @@ class Deployments(_Resource):
         initial_events: InitialEvents,
         description: str | None = None,
         environment_variables: str | Mapping[str, str] | None = None,
-        schedule: Mapping[str, Any] | None = None,
+        schedule: ScheduleParams | Mapping[str, Any] | None = None,
         resources: Sequence[SessionResourceParams | Mapping[str, Any]] | None = None,
         vault_ids: Sequence[str] | None = None,
         budget: BudgetLimitParam | Mapping[str, Any] | None = None,
@@ -194,7 +201,7 @@ class Deployments(_Resource):
         initial_events: InitialEvents | None = None,
         description: str | None = None,
         environment_variables: str | Mapping[str, str] | None = None,
-        schedule: Mapping[str, Any] | None = None,
+        schedule: ScheduleParams | Mapping[str, Any] | None = None,
         resources: Sequence[SessionResourceParams | Mapping[str, Any]] | None = None,
         vault_ids: Sequence[str] | None = None,
         budget: BudgetLimitParam | Mapping[str, Any] | None = None,
@@ -337,10 +344,10 @@ class Dreams(_Resource):
     async def create(
         self,
         *,
-        inputs: Sequence[Mapping[str, Any]],
-        model: str | Mapping[str, Any],
+        inputs: Sequence[DreamInputParams | Mapping[str, Any]],
+        model: str | DreamModelParams | Mapping[str, Any],
         instructions: str | None = None,
-        output_behavior: Mapping[str, Any] | None = None,
+        output_behavior: OutputBehaviorParams | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         **options: Unpack[CallOptions],
     ) -> Dream:
