@@ -436,6 +436,11 @@ async def test_environment_work_queue(client: QoderClient, server: FakeQoderServ
     assert (await work.retrieve(env.id, item.id)).state == "stopping"
     with pytest.raises(NotFoundError):
         await work.retrieve(env.id, "work_missing")
+    sent = len(server.requests)
+    for bad in ("w\r\nX-Evil: 1", ""):
+        with pytest.raises(ConfigurationError, match="worker_id"):
+            await work.poll(env.id, worker_id=bad)
+    assert len(server.requests) == sent
 
 
 async def test_seeded_work_and_a_forced_stop(client: QoderClient, server: FakeQoderServer) -> None:

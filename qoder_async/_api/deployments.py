@@ -429,10 +429,13 @@ class EnvironmentWork(_Resource):
         """Long-poll for the next work item (``GET /environments/{id}/work/poll``).
 
         ``block_ms``: how long the server may hold the request; ``worker_id``
-        is sent as ``Worker-ID``; ``reclaim_older_than_ms`` also hands out
-        items polled that long ago and never acknowledged. ``None``: no work.
+        is sent as ``Worker-ID`` (printable text, else :class:`ConfigurationError`);
+        ``reclaim_older_than_ms`` also hands out items polled that long ago and
+        never acknowledged. ``None``: no work.
         """
         if worker_id is not None:
+            if not isinstance(worker_id, str) or not worker_id.isprintable() or not worker_id:
+                raise ConfigurationError(f"worker_id must be printable text, got {worker_id!r}")
             headers = {**options.get("extra_headers", {}), "Worker-ID": worker_id}
             options = {**options, "extra_headers": headers}
         base = self._http.timeout
