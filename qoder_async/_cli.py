@@ -9,6 +9,7 @@
     qoder-async sessions list|create|get|cancel|archive|delete
     qoder-async agents list|create|get|archive
     qoder-async environments list|create|get|archive
+    qoder-async deployments list | deployments run dep_... [--follow]
     qoder-async files upload ./report.pdf | files download file_... [-o PATH]
     qoder-async fake-server --port 8765 [--script default|demo|tools]
 
@@ -91,6 +92,8 @@ from qoder_async.types import (
     AgentToolResult,
     AgentToolUse,
     Deleted,
+    Deployment,
+    DeploymentRun,
     Environment,
     Event,
     FileMetadata,
@@ -266,7 +269,16 @@ def event_line(event: Event) -> str:
     return f"{head}  {summary}".rstrip() if summary else head.rstrip()
 
 
-def _raw(obj: Event | Session | SessionCancel | Agent | Environment | Deleted) -> dict[str, Any]:
+def _raw(
+    obj: Event
+    | Session
+    | SessionCancel
+    | Agent
+    | Environment
+    | Deleted
+    | Deployment
+    | DeploymentRun,
+) -> dict[str, Any]:
     if obj.raw:
         return dict(obj.raw)
     return {"id": obj.id, "type": getattr(obj, "type", None)}
@@ -793,7 +805,18 @@ def _environment_line(e: Environment) -> str:
     return "  ".join([e.id, e.name or "-", e.status or "-", e.created_at or ""]).rstrip()
 
 
-def _show_resource(ctx: _Context, obj: Session | SessionCancel | Agent | Environment) -> None:
+def _deployment_line(d: Deployment) -> str:
+    schedule = d.schedule.expression if d.schedule and d.schedule.expression else "-"
+    return "  ".join(
+        [d.id, d.name or "-", f"{d.status or '-':<7}", f"schedule={schedule}"]
+        + ([f"archived={d.archived_at}"] if d.archived_at else [])
+        + [d.created_at or ""]
+    ).rstrip()
+
+
+def _show_resource(
+    ctx: _Context, obj: Session | SessionCancel | Agent | Environment | DeploymentRun
+) -> None:
     out = ctx.out
     if out.json_mode:
         out.record(_raw(obj))
@@ -809,6 +832,15 @@ def _show_resource(ctx: _Context, obj: Session | SessionCancel | Agent | Environ
             "environment": obj.environment_id,
             "usage": usage_text(obj.usage) if obj.usage else None,
             "archived_at": obj.archived_at,
+            "created_at": obj.created_at,
+        }
+    elif isinstance(obj, DeploymentRun):
+        fields = {
+            "id": obj.id,
+            "deployment": obj.deployment_id,
+            "session": obj.session_id,
+            "trigger": obj.trigger_context.type if obj.trigger_context else None,
+            "error": f"{obj.error.type}: {obj.error.message}" if obj.error else None,
             "created_at": obj.created_at,
         }
     elif isinstance(obj, Agent):
@@ -857,7 +889,9 @@ class _Verb:
     """One resource command: its argparse arguments and the client call it runs.
 
     ``call(client, args)`` returns the async iterator to print (``list``), the
-    ``Deleted`` answer (``delete``), or the resource to show (any other verb).
+    ``Deleted`` answer (``delete``), or the resource to show (any other verb);
+    ``then(client, args, answer, ctx)``, when given, runs after it is shown and
+    gives the exit code.
     """
 
     resource: str
@@ -866,6 +900,7 @@ class _Verb:
     example: str
     call: Callable[[QoderClient, argparse.Namespace], Any]
     args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+    then: Callable[[QoderClient, argparse.Namespace, Any, _Context], Awaitable[int]] | None = None
 
 
 def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -879,6 +914,20 @@ def _limit(noun: str) -> tuple[tuple[str, ...], dict[str, Any]]:
 _SESSION_ID = _arg("session_id", metavar="SESSION_ID")
 _AGENT_ID = _arg("agent_id", metavar="AGENT_ID")
 _ENVIRONMENT_ID = _arg("environment_id", metavar="ENVIRONMENT_ID")
+_DEPLOYMENT_ID = _arg("deployment_id", metavar="DEPLOYMENT_ID")
+
+
+async def _follow_run(
+    client: QoderClient, args: argparse.Namespace, run: DeploymentRun, ctx: _Context
+) -> int:
+    """``deployments run --follow``: stream the run's turn as ``chat`` does."""
+    if run.session_id is None:  # the run failed to start a session (its error was shown)
+        return EXIT_ERROR
+    if not args.follow:
+        return EXIT_OK
+    view = _TurnView(ctx)  # before the lookup: a Ctrl-C from here on interrupts the turn
+    return await view.follow(await client.session(run.session_id).follow())
+
 
 _VERBS: tuple[_Verb, ...] = (
     _Verb(
@@ -967,6 +1016,26 @@ _VERBS: tuple[_Verb, ...] = (
         "environments", "archive", "archive an environment", "env_01abc",
         lambda c, a: c.environments.archive(a.environment_id), (_ENVIRONMENT_ID,),
     ),
+    _Verb(
+        "deployments", "list", "list deployments", "--status paused",
+        lambda c, a: c.deployments.list(limit=_page_size(a.limit), status=a.status),
+        (
+            _limit("deployments"),
+            _arg("--status", choices=("active", "paused"), help="only deployments in this status"),
+        ),
+    ),
+    _Verb(
+        "deployments", "run",
+        "run a deployment now: prints the run and its session (exit 1 if it started none)",
+        "dep_01abc --follow",
+        lambda c, a: c.deployments.run(a.deployment_id),
+        (
+            _DEPLOYMENT_ID,
+            _arg("--follow", action="store_true",
+                 help="then stream the run's turn, as chat does"),
+        ),
+        _follow_run,
+    ),
 )  # fmt: skip
 """Every resource command, in help order: the parser and :func:`_cmd_resource` read it."""
 
@@ -974,6 +1043,7 @@ _LINES: dict[str, Callable[[Any], str]] = {
     "sessions": _session_line,
     "agents": _agent_line,
     "environments": _environment_line,
+    "deployments": _deployment_line,
 }
 
 
@@ -985,12 +1055,14 @@ async def _cmd_resource(args: argparse.Namespace, ctx: _Context) -> int:
             await _print_items(answer, args.limit, _lister(_LINES[verb.resource], ctx))
             return EXIT_OK
         obj = await answer
-    if verb.name != "delete":
-        _show_resource(ctx, obj)
-    elif ctx.out.json_mode:
-        ctx.out.record(_raw(obj))
-    else:
-        ctx.out.line(f"deleted {obj.id}")
+        if verb.name != "delete":
+            _show_resource(ctx, obj)
+        elif ctx.out.json_mode:
+            ctx.out.record(_raw(obj))
+        else:
+            ctx.out.line(f"deleted {obj.id}")
+        if verb.then is not None:
+            return await verb.then(client, args, obj, ctx)
     return EXIT_OK
 
 

@@ -14,7 +14,13 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from qoder_async._api.resources import Agents, Environments, Files, Models, Sessions
+from qoder_async._api.deployments import (
+    DeploymentRuns,
+    Deployments,
+    Dreams,
+    EnvironmentsWithWork,
+)
+from qoder_async._api.resources import Agents, Files, Models, Sessions
 from qoder_async._core.backoff import ReconnectPolicy, RetryPolicy
 from qoder_async._core.errors import ConfigurationError
 from qoder_async._shell.eventstream import (
@@ -85,8 +91,9 @@ class QoderClient:
       installed.
 
     Attributes: ``sessions`` (with ``sessions.events``, ``.threads``,
-    ``.resources``), ``agents`` (with ``.versions``), ``environments``,
-    ``files`` and ``models`` mirror the HTTP API (``.with_raw_response`` on
+    ``.resources``), ``agents`` (with ``.versions``), ``environments`` (with
+    ``.work``), ``files``, ``models``, ``deployments`` (with ``.runs``),
+    ``deployment_runs`` and ``dreams`` mirror the HTTP API (``.with_raw_response`` on
     each gives the HTTP answers); :meth:`session` starts the turn API;
     :meth:`with_options` gives a copy with other retry or timeout settings.
     """
@@ -96,12 +103,19 @@ class QoderClient:
     ``.threads``, ``.resources``."""
     agents: Agents
     """Agents: create, retrieve, update, list, archive; ``.versions``."""
-    environments: Environments
-    """Environments: create, retrieve, update, list, archive, delete."""
+    environments: EnvironmentsWithWork
+    """Environments: create, retrieve, update, list, archive, delete; ``.work`` (a self-hosted
+    environment's queue)."""
     files: Files
     """Files: upload, retrieve_metadata, list, download, delete."""
     models: Models
     """Models: list."""
+    deployments: Deployments
+    """Deployments: create, retrieve, update, list, archive, pause, unpause, run; ``.runs``."""
+    deployment_runs: DeploymentRuns
+    """Deployment runs: retrieve, list."""
+    dreams: Dreams
+    """Dreams: create, retrieve, list, archive, cancel."""
 
     def __init__(
         self,
@@ -137,9 +151,12 @@ class QoderClient:
         )
         self.sessions = Sessions(self._http, self._reconnect)
         self.agents = Agents(self._http)
-        self.environments = Environments(self._http)
+        self.environments = EnvironmentsWithWork(self._http)
         self.files = Files(self._http)
         self.models = Models(self._http)
+        self.deployments = Deployments(self._http)
+        self.deployment_runs = DeploymentRuns(self._http)
+        self.dreams = Dreams(self._http)
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r})"

@@ -13,14 +13,14 @@ layer                       modules
 ==========================  ======================================================================
 the command line            ``__main__``, ``_cli``
 testing                     ``testing``, ``testing._agent``, ``testing._faults``,
-                            ``testing._files``, ``testing._params``, ``testing._server``,
-                            ``testing._sse``, ``testing._state``, ``testing._webhooks``,
-                            ``testing._wire``, ``testing.pytest_plugin``
+                            ``testing._files``, ``testing._managed``, ``testing._params``,
+                            ``testing._server``, ``testing._sse``, ``testing._state``,
+                            ``testing._webhooks``, ``testing._wire``, ``testing.pytest_plugin``
 the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
 the turn API                ``_turn``, ``_turn.session``, ``_turn.tracing``, ``_turn.metrics``
-resources                   ``_api.resources``
+resources                   ``_api.resources``, ``_api.deployments``
 custom tools                ``_api``, ``_api.tools``
 streams, pages and files    ``_shell.eventstream``, ``_shell.pagination``, ``_shell.files``
 the request layer           ``_shell.http``
@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "testing._agent",
         "testing._faults",
         "testing._files",
+        "testing._managed",
         "testing._params",
         "testing._server",
         "testing._sse",
@@ -63,7 +64,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "the fleet": ("fleet._fleet", "fleet._coordinators"),
     "the client": ("_client",),
     "the turn API": ("_turn", "_turn.session", "_turn.tracing", "_turn.metrics"),
-    "resources": ("_api.resources",),
+    "resources": ("_api.resources", "_api.deployments"),
     "custom tools": (
         "_api",
         "_api.tools",
@@ -135,11 +136,13 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "testing._agent": {"testing._faults", "testing._params", "testing._state", "testing._wire"},
     "testing._faults": {"testing._wire"},
     "testing._files": {"testing._params", "testing._wire"},
+    "testing._managed": {"testing._params", "testing._wire"},
     "testing._params": {"testing._wire"},
     "testing._server": {
         "testing._agent",
         "testing._faults",
         "testing._files",
+        "testing._managed",
         "testing._params",
         "testing._sse",
         "testing._state",
@@ -170,6 +173,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "fleet._coordinators": {"_core.backoff", "_core.errors", "fleet._lease"},
     "webhooks": {"_core.errors", "_core.models"},
     "_client": {
+        "_api.deployments",
         "_turn.tracing",
         "_turn.metrics",
         "_core.backoff",
@@ -192,6 +196,16 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_api.resources",
         "_core.sse",
         "_core.turns",
+    },
+    "_api.deployments": {
+        "_api.resources",
+        "_core.convert",
+        "_core.errors",
+        "_core.models",
+        "_core.params",
+        "_shell.http",
+        "_shell.pagination",
+        "_shell.transport",
     },
     "_api.resources": {
         "_api.tools",

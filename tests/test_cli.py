@@ -628,6 +628,56 @@ async def test_environments_commands(server: FakeQoderServer) -> None:
     assert "sandbox" in listed.lines[0]
 
 
+async def test_deployments_list_and_run(server: FakeQoderServer) -> None:
+    env = server_env(server)
+    agent_id, env_id = server.add_agent()["id"], server.add_environment()["id"]
+    async with QoderClient(token=server.token, base_url=server.base_url) as client:
+        dep = await client.deployments.create(
+            name="nightly",
+            agent=agent_id,
+            environment_id=env_id,
+            initial_events=[{"type": "user.message", "content": "status report"}],
+            schedule={"type": "cron", "expression": "0 9 * * *", "timezone": "UTC"},
+        )
+        other = await client.deployments.create(
+            name="broken",
+            agent=agent_id,
+            environment_id=server.add_environment()["id"],
+            initial_events=[{"type": "user.message", "content": "x"}],
+        )
+        await client.environments.archive(other.environment_id or "")
+        await client.deployments.pause(other.id)
+
+    listed = await run("deployments", "list", env=env)
+    assert listed.code == 0, listed
+    assert [line.split()[:3] for line in listed.lines] == [
+        [other.id, "broken", "paused"],
+        [dep.id, "nightly", "active"],
+    ]
+    assert "schedule=0 9 * * *" in listed.lines[1]
+    paused = await run("--json", "deployments", "list", "--status", "paused", env=env)
+    assert [json.loads(line)["id"] for line in paused.lines] == [other.id]
+
+    started = await run("deployments", "run", dep.id, env=env)
+    assert started.code == 0, started
+    [session_line] = [line for line in started.lines if line.startswith("session:")]
+    session_id = session_line.split()[1]
+    await server.wait_idle(session_id)
+
+    followed = await run("--json", "deployments", "run", dep.id, "--follow", env=env)
+    assert followed.code == 0, followed
+    records = [json.loads(line) for line in followed.lines]
+    assert records[0]["type"] == "deployment_run"
+    assert 'You said: "status report"' in records[-1]["result"]["text"]
+
+    failed = await run("deployments", "run", other.id, "--follow", env=env)
+    assert failed.code == 1, failed
+    assert any(line.startswith("error:") for line in failed.lines), failed.lines
+
+    missing = await run("deployments", "run", "dep_missing", env=env)
+    assert_clean_error(missing, 1)
+
+
 # --------------------------------------------------------------------------- fake-server
 
 
@@ -911,6 +961,9 @@ COMMANDS = [
     ["environments", "create"],
     ["environments", "get"],
     ["environments", "archive"],
+    ["deployments"],
+    ["deployments", "list"],
+    ["deployments", "run"],
     ["files"],
     ["files", "upload"],
     ["files", "download"],

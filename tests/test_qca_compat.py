@@ -501,3 +501,117 @@ async def test_versions_environments_and_models_through_the_sdk(
     models = [m async for m in client.models.list()]
     assert {m.id for m in models} >= {"ultimate"}
     assert all(m.is_enabled for m in models)
+
+
+async def test_deployments_and_their_runs_through_the_sdk(
+    client: AsyncManaged, server: FakeQoderServer
+) -> None:
+    env = await client.environments.create(name="e", config={"type": "cloud"})
+    agent = await client.agents.create(name="a", model={"id": "ultimate"})
+    assert env.id is not None
+    assert agent.id is not None
+    dep = await client.deployments.create(
+        agent=agent.id,
+        environment_id=env.id,
+        initial_events=[hello("status report")],
+        name="nightly",
+        environment_variables="FEATURE_FLAG=on\nLOG_LEVEL=info",
+        schedule={"type": "cron", "expression": "0 9 * * *", "timezone": "Asia/Shanghai"},
+        metadata={"team": "platform"},
+    )
+    assert dep.id is not None
+    assert dep.id.startswith("dep_")
+    assert dep.type == "deployment"
+    assert dep.environment_variables == "FEATURE_FLAG=on\nLOG_LEVEL=info"
+    assert dep.agent is not None
+    assert (dep.agent.id, dep.agent.version) == (agent.id, 1)
+    assert dep.schedule is not None
+    assert dep.schedule.timezone == "Asia/Shanghai"
+    assert isinstance(dep.created_at, datetime)
+    assert (await client.deployments.retrieve(dep.id)).name == "nightly"
+    assert (await client.deployments.update(dep.id, name="v2")).name == "v2"
+    paused = await client.deployments.pause(dep.id)
+    assert paused.status == "paused"
+    assert paused.paused_reason is not None
+    assert paused.paused_reason.type == "manual"
+    assert (await client.deployments.unpause(dep.id)).status == "active"
+    assert [d.id async for d in client.deployments.list(limit=1)] == [dep.id]
+
+    run = await client.deployments.run(dep.id)
+    assert run.type == "deployment_run"
+    assert run.deployment_id == dep.id
+    assert run.trigger_context is not None
+    assert run.trigger_context.type == "manual"
+    assert run.session_id is not None
+    await server.wait_idle(run.session_id)
+    assert (await client.deployment_runs.retrieve(run.id or "")).session_id == run.session_id
+    assert [r.id async for r in client.deployment_runs.list(deployment_id=dep.id)] == [run.id]
+    assert [r.id async for r in client.deployments.runs.list(dep.id)] == [run.id]
+    scoped = await client.deployments.runs.retrieve(run.id or "", deployment_id=dep.id)
+    assert scoped.id == run.id
+    archived = await client.deployments.archive(dep.id)
+    assert archived.archived_at is not None
+
+
+async def test_dreams_through_the_sdk(client: AsyncManaged, server: FakeQoderServer) -> None:
+    session_id = str(server.add_session()["id"])
+    dream = await client.dreams.create(
+        inputs=[
+            {"type": "memory_store", "memory_store_id": "memstore_1"},
+            {"type": "sessions", "session_ids": [session_id]},
+        ],
+        model={"id": "auto", "speed": "fast"},
+        output_behavior={"type": "create_new"},
+    )
+    assert dream.id is not None
+    assert (dream.type, dream.status) == ("dream", "pending")
+    assert dream.model is not None
+    assert (dream.model.id, dream.model.speed) == ("auto", "fast")
+    assert dream.output_behavior is not None
+    assert dream.output_behavior.type == "create_new"
+    assert dream.usage is not None
+    assert dream.usage.input_tokens == 0
+    assert (await client.dreams.retrieve(dream.id)).status == "pending"
+    assert [d.id async for d in client.dreams.list(statuses=["pending"])] == [dream.id]
+    canceled = await client.dreams.cancel(dream.id)
+    assert canceled.status == "canceled"
+    assert isinstance(canceled.ended_at, datetime)
+    assert (await client.dreams.archive(dream.id)).archived_at is not None
+    with pytest.raises(NotFoundError):
+        await client.dreams.retrieve("drm_missing")
+
+
+async def test_environment_work_through_the_sdk(
+    client: AsyncManaged, server: FakeQoderServer
+) -> None:
+    env = await client.environments.create(name="byoc", config={"type": "self_hosted"})
+    assert env.id is not None
+    work = client.environments.work
+    assert await work.poll(env.id) is None
+    agent = await client.agents.create(name="a", model={"id": "ultimate"})
+    assert agent.id is not None
+    session = await client.sessions.create(environment_id=env.id, agent=agent.id)
+    stats = await work.stats(env.id)
+    assert (stats.type, stats.depth, stats.pending) == ("work_queue_stats", 1, 0)
+    item = await work.poll(env.id, block_ms=1000, worker_id="worker-1")
+    assert item is not None
+    assert item.id is not None
+    assert item.data is not None
+    assert (item.type, item.state, item.data.id) == ("work", "queued", session.id)
+    assert item.secret
+    assert server.requests[-1].headers["worker-id"] == "worker-1"
+    acked = await work.ack(item.id, environment_id=env.id)
+    assert acked.state == "starting"
+    beat = await work.heartbeat(item.id, environment_id=env.id, desired_ttl_seconds=45)
+    assert (beat.type, beat.state, beat.lease_extended, beat.ttl_seconds) == (
+        "work_heartbeat",
+        "active",
+        True,
+        45,
+    )
+    updated = await work.update(item.id, environment_id=env.id, metadata={"worker": "w1"})
+    assert updated.metadata == {"worker": "w1"}
+    assert (await work.retrieve(item.id, environment_id=env.id)).state == "active"
+    assert [w.id async for w in work.list(env.id)] == [item.id]
+    stopped = await work.stop(item.id, environment_id=env.id, force=False)
+    assert stopped.state == "stopping"

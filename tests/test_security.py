@@ -228,10 +228,21 @@ async def test_no_id_can_retarget_a_request(bad: str) -> None:
         async with QoderClient(token=server.token, base_url=server.base_url) as client:
             methods = methods_taking_ids(client)
             names = {name for name, _, _ in methods}
-            assert {"client.files.delete", "client.sessions.resources.delete"} <= names
-            assert len(methods) >= 25
+            assert {
+                "client.files.delete",
+                "client.sessions.resources.delete",
+                "client.deployments.runs.retrieve",
+                "client.deployment_runs.retrieve",
+                "client.dreams.cancel",
+                "client.environments.work.heartbeat",
+            } <= names
+            assert len(methods) >= 45
+            required = {
+                "events.send": {"events": [UserMessage("hi")]},
+                "work.update": {"metadata": {}},
+            }
             for name, method, ids in methods:
-                extra = {"events": [UserMessage("hi")]} if name.endswith("events.send") else {}
+                extra = next((v for k, v in required.items() if name.endswith(k)), {})
                 for position in range(len(ids)):
                     args = ["x_1"] * len(ids)
                     args[position] = bad

@@ -51,6 +51,7 @@ answer). Unknown fields are ignored (``raw`` keeps them).
 from __future__ import annotations
 
 import collections.abc
+import functools
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -73,6 +74,7 @@ from qoder_async._core.models import (
     AgentMessageDelta,
     AgentMessageStart,
     AgentMessageStop,
+    AgentReference,
     AgentThinking,
     AgentThreadContextCompacted,
     AgentThreadMessageReceived,
@@ -83,7 +85,13 @@ from qoder_async._core.models import (
     BudgetReached,
     ContentBlock,
     Deleted,
+    Deployment,
+    DeploymentRun,
     DocumentBlock,
+    Dream,
+    DreamInput,
+    DreamModel,
+    DreamOutput,
     EndTurn,
     Environment,
     ErrorInfo,
@@ -93,10 +101,13 @@ from qoder_async._core.models import (
     ModelConfig,
     ModelInfo,
     OutboundEvent,
+    PausedReason,
     PreviewDelta,
     PreviewStart,
     RequiresAction,
     RetriesExhausted,
+    RunError,
+    Schedule,
     Session,
     SessionCancel,
     SessionDeletedEvent,
@@ -123,6 +134,7 @@ from qoder_async._core.models import (
     SystemMessage,
     TextBlock,
     ThreadStats,
+    TriggerContext,
     UnknownBlock,
     UnknownEvent,
     UnknownStopReason,
@@ -133,6 +145,10 @@ from qoder_async._core.models import (
     UserMessage,
     UserToolConfirmation,
     UserToolResult,
+    Work,
+    WorkData,
+    WorkHeartbeat,
+    WorkQueueStats,
 )
 
 __all__ = [
@@ -144,6 +160,9 @@ __all__ = [
     "fast_constructor",
     "structure_agent",
     "structure_deleted",
+    "structure_deployment",
+    "structure_deployment_run",
+    "structure_dream",
     "structure_environment",
     "structure_event",
     "structure_file",
@@ -152,6 +171,9 @@ __all__ = [
     "structure_session_cancel",
     "structure_session_resource",
     "structure_thread",
+    "structure_work",
+    "structure_work_heartbeat",
+    "structure_work_queue_stats",
     "unstructure_event",
 ]
 
@@ -1212,3 +1234,99 @@ def _make_converter() -> cattrs.Converter:
 
 converter: cattrs.Converter = _make_converter()
 """The single converter: ``converter.structure(obj, Event)``, ``converter.unstructure(ev)``."""
+
+
+# --- deployments, runs, dreams, environment work
+# The same strict hooks as the other resources; the nested records go through
+# ``_nested`` (an object, or a ShapeError naming the field). A heartbeat's and the
+# queue stats' answers have no id.
+
+
+def _normalised_deployment(d: JSON) -> dict[str, Any]:
+    env = d.get("environment_variables")
+    if env is not None and not isinstance(env, str):
+        raise ShapeError("environment_variables", 'a "K=V" lines string', env)
+    return {
+        **d,
+        "environment_variables": env or "",
+        "initial_events": _list(d, "initial_events"),
+        "resources": _list(d, "resources"),
+        "vault_ids": _list(d, "vault_ids"),
+    }
+
+
+def _normalised_dream(d: JSON) -> dict[str, Any]:
+    return {**d, "inputs": _list(d, "inputs"), "outputs": _list(d, "outputs")}
+
+
+_RESOURCES.update(
+    {
+        Deployment: ("deployment", _normalised_deployment),
+        DeploymentRun: ("deployment run", _as_is),
+        Dream: ("dream", _normalised_dream),
+        Work: ("work", _as_is),
+    }
+)
+_NESTED: dict[type, str] = {
+    AgentReference: "agent",
+    Schedule: "schedule",
+    RunError: "error",
+    PausedReason: "paused_reason",
+    TriggerContext: "trigger_context",
+    DreamInput: "input",
+    DreamOutput: "output",
+    DreamModel: "model",
+    WorkData: "data",
+}
+
+
+def _answer_hook(cls: type[_T], kind: str) -> Callable[[Any, Any], _T]:
+    """An answer without an id (a heartbeat, queue stats): an object, ``raw`` kept."""
+    generated = make_dict_structure_fn(cls, converter, raw=override(struct_hook=lambda v, _: v))
+
+    def structure(d: Any, _: Any = None) -> _T:
+        if not isinstance(d, Mapping):
+            raise ShapeError(kind, "a JSON object", d, local="")
+        try:
+            return generated({**d, "raw": d}, cls)
+        except Exception as exc:
+            raise _shape_error(exc, kind) from None
+
+    return structure
+
+
+def _nested_hook(kind: str, generated: Callable[[Any, Any], Any], d: Any, _: Any) -> Any:
+    return _nested(d, kind, generated)
+
+
+def _strings(value: Any, _: Any) -> tuple[str, ...]:
+    """A list of strings (not a string, whose characters cattrs would take as items)."""
+    if not isinstance(value, list | tuple):
+        raise ShapeError("", "a list", value)
+    for item in value:
+        if item.__class__ is not str:
+            raise ShapeError("", "a list of strings", value)
+    return tuple(value)
+
+
+def _register_managed(conv: cattrs.Converter) -> None:
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
+    for cls, where in _NESTED.items():
+        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
+        conv.register_structure_hook(cls, functools.partial(_nested_hook, where, generated))
+    for resource in (Deployment, DeploymentRun, Dream, Work):
+        conv.register_structure_hook(resource, _resource_hook(conv, resource))
+    conv.register_structure_hook(WorkHeartbeat, _answer_hook(WorkHeartbeat, "work heartbeat"))
+    conv.register_structure_hook(WorkQueueStats, _answer_hook(WorkQueueStats, "work queue stats"))
+
+
+_register_managed(converter)
+
+structure_deployment = _structurer(
+    Deployment, 'A deployment; ``environment_variables`` stays the ``"K=V"`` lines string.'
+)
+structure_deployment_run = _structurer(DeploymentRun, "A deployment run.")
+structure_dream = _structurer(Dream, "A dream.")
+structure_work = _structurer(Work, "A work item of a self-hosted environment.")
+structure_work_heartbeat = _structurer(WorkHeartbeat, "The answer to a work item's heartbeat.")
+structure_work_queue_stats = _structurer(WorkQueueStats, "A work queue's statistics.")

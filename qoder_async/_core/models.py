@@ -52,6 +52,7 @@ __all__ = [
     "AgentMessageDelta",
     "AgentMessageStart",
     "AgentMessageStop",
+    "AgentReference",
     "AgentThinking",
     "AgentThreadContextCompacted",
     "AgentThreadMessageReceived",
@@ -64,7 +65,13 @@ __all__ = [
     "ContentBlock",
     "Cursor",
     "Deleted",
+    "Deployment",
+    "DeploymentRun",
     "DocumentBlock",
+    "Dream",
+    "DreamInput",
+    "DreamModel",
+    "DreamOutput",
     "EndTurn",
     "Environment",
     "ErrorInfo",
@@ -75,10 +82,13 @@ __all__ = [
     "ModelInfo",
     "OutboundEvent",
     "Page",
+    "PausedReason",
     "PreviewDelta",
     "PreviewStart",
     "RequiresAction",
     "RetriesExhausted",
+    "RunError",
+    "Schedule",
     "Session",
     "SessionCancel",
     "SessionDeletedEvent",
@@ -105,6 +115,7 @@ __all__ = [
     "SystemMessage",
     "TextBlock",
     "ThreadStats",
+    "TriggerContext",
     "UnknownBlock",
     "UnknownEvent",
     "UnknownStopReason",
@@ -115,6 +126,10 @@ __all__ = [
     "UserMessage",
     "UserToolConfirmation",
     "UserToolResult",
+    "Work",
+    "WorkData",
+    "WorkHeartbeat",
+    "WorkQueueStats",
     "as_events",
     "blocks_text",
     "is_copy_of",
@@ -1295,3 +1310,219 @@ class Accepted:
             if ev.id:
                 return ev
         return None
+
+
+# --- deployments, runs, dreams, environment work
+# Shapes: the official SDK's captured answers (qoder-api.md §15) and its types where a
+# capture is empty. Nested objects are small records without ``raw``; the top-level
+# answers keep theirs.
+
+
+@frozen(kw_only=True)
+class AgentReference:
+    """An agent pinned by id and version (``{"id", "type": "agent", "version"}``)."""
+
+    id: str | None = None
+    type: str | None = None
+    version: int | None = None
+
+
+@frozen(kw_only=True)
+class Schedule:
+    """A deployment's schedule: ``type`` ``"cron"``, its ``expression`` and ``timezone``.
+
+    ``upcoming_runs_at`` are the next run times the server computed (empty once
+    archived); ``last_run_at`` is absent before the first run.
+    """
+
+    type: str | None = None
+    expression: str | None = None
+    timezone: str | None = None
+    upcoming_runs_at: tuple[str, ...] = ()
+    last_run_at: str | None = None
+
+
+@frozen(kw_only=True)
+class RunError:
+    """Why a deployment run or a dream failed: ``type`` and ``message``."""
+
+    type: str | None = None
+    message: str | None = None
+
+
+@frozen(kw_only=True)
+class PausedReason:
+    """Why a deployment is paused: ``type`` ``"manual"``, or ``"error"`` with ``error.type``."""
+
+    type: str | None = None
+    error: RunError | None = None
+
+
+@frozen(kw_only=True)
+class Deployment:
+    """A deployment (``dep_...``): an agent, an environment and initial events, run on a
+    schedule or on demand (``POST /deployments/{id}/run``).
+
+    ``status`` is ``"active"`` or ``"paused"`` (then ``paused_reason`` says why).
+    ``environment_variables`` is the API's ``"K=V"`` lines string, as sent (a
+    session's is an object); its values may be secrets: not in the repr.
+    ``initial_events`` are the events each run's session starts with (typed,
+    without ids); ``resources`` the session resource configs, as sent.
+    """
+
+    id: str
+    type: str | None = None
+    name: str | None = None
+    description: str | None = None
+    agent: AgentReference | None = None
+    environment_id: str | None = None
+    environment_variables: str = field(default="", repr=False)
+    initial_events: tuple[Event, ...] = ()
+    resources: tuple[Mapping[str, Any], ...] = ()
+    vault_ids: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    status: str | None = None
+    paused_reason: PausedReason | None = None
+    budget: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class TriggerContext:
+    """What started a deployment run: ``type`` ``"manual"`` or ``"schedule"`` (with
+    ``scheduled_at``)."""
+
+    type: str | None = None
+    scheduled_at: str | None = None
+
+
+@frozen(kw_only=True)
+class DeploymentRun:
+    """One run of a deployment (``drun_...``): the session it started, or its ``error``.
+
+    Follow the run's turn with ``await client.session(run.session_id).follow()``.
+    """
+
+    id: str
+    type: str | None = None
+    deployment_id: str | None = None
+    session_id: str | None = None
+    agent: AgentReference | None = None
+    trigger_context: TriggerContext | None = None
+    error: RunError | None = None
+    created_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class DreamInput:
+    """What a dream reads: a ``memory_store`` (``memory_store_id``) or ``sessions``
+    (``session_ids``)."""
+
+    type: str | None = None
+    memory_store_id: str | None = None
+    session_ids: tuple[str, ...] = ()
+
+
+@frozen(kw_only=True)
+class DreamOutput:
+    """What a dream wrote: a memory store and the files it touched there."""
+
+    type: str | None = None
+    memory_store_id: str | None = None
+    files_touched: tuple[str, ...] = ()
+
+
+@frozen(kw_only=True)
+class DreamModel:
+    """The model a dream runs on (``id``; ``speed`` ``"standard"`` or ``"fast"``)."""
+
+    id: str | None = None
+    speed: str | None = None
+
+
+@frozen(kw_only=True)
+class Dream:
+    """A dream (``drm_...``): an agent run that distils sessions or a memory store into a
+    memory store. ``status``: pending, running, completed, failed or canceled.
+
+    ``output_behavior`` is ``{"type": "create_new"}`` or ``{"type":
+    "update_existing", "memory_store_id": ...}`` when the server sends it.
+    """
+
+    id: str
+    type: str | None = None
+    status: str | None = None
+    inputs: tuple[DreamInput, ...] = ()
+    outputs: tuple[DreamOutput, ...] = ()
+    model: DreamModel | None = None
+    instructions: str | None = None
+    output_behavior: Mapping[str, Any] | None = None
+    session_id: str | None = None
+    usage: Usage | None = None
+    error: RunError | None = None
+    created_at: str | None = None
+    ended_at: str | None = None
+    archived_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class WorkData:
+    """What a work item is about: ``type`` ``"session"`` and its ``id``."""
+
+    type: str | None = None
+    id: str | None = None
+
+
+@frozen(kw_only=True)
+class Work:
+    """A work item of a self-hosted environment's queue (``work_...``).
+
+    ``state``: queued, starting (acknowledged), active (heartbeating), stopping,
+    stopped. ``secret`` (what a worker uses to run the session) is not in the repr.
+    """
+
+    id: str
+    type: str | None = None
+    environment_id: str | None = None
+    data: WorkData | None = None
+    state: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    secret: str | None = field(default=None, repr=False)
+    created_at: str | None = None
+    acknowledged_at: str | None = None
+    started_at: str | None = None
+    latest_heartbeat_at: str | None = None
+    stop_requested_at: str | None = None
+    stopped_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class WorkHeartbeat:
+    """The answer to a work item's heartbeat: whether the lease was extended, for how long."""
+
+    type: str | None = None
+    state: str | None = None
+    last_heartbeat: str | None = None
+    lease_extended: bool | None = None
+    ttl_seconds: int | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class WorkQueueStats:
+    """A self-hosted environment's queue: ``depth`` (queued), ``pending`` (handed out, not
+    acknowledged), ``oldest_queued_at``, ``workers_polling``."""
+
+    type: str | None = None
+    depth: int | None = None
+    pending: int | None = None
+    oldest_queued_at: str | None = None
+    workers_polling: int | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)

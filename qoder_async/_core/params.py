@@ -21,6 +21,11 @@ parameter                           shapes
 ``mcp_servers=``                    :class:`URLMCPServerParams`
 ``skills=``                         :class:`CustomSkillParams`,
                                     :class:`QoderSkillParams`
+``deployments.create(schedule=)``   :class:`ScheduleParams`
+``dreams.create(inputs=...)``       :class:`DreamMemoryStoreInputParams`,
+                                    :class:`DreamSessionsInputParams`
+``dreams.create(model=...)``        a model id or :class:`DreamModelParams`
+``output_behavior=`` (dreams)        :class:`OutputBehaviorParams`
 ==================================  ===========================================
 """
 
@@ -37,11 +42,17 @@ __all__ = [
     "CommitCheckoutParam",
     "CustomSkillParams",
     "CustomToolParams",
+    "DreamInputParams",
+    "DreamMemoryStoreInputParams",
+    "DreamModelParams",
+    "DreamSessionsInputParams",
     "FileResourceParams",
     "GitHubRepositoryResourceParams",
     "MCPToolsetParams",
     "MemoryStoreResourceParams",
+    "OutputBehaviorParams",
     "QoderSkillParams",
+    "ScheduleParams",
     "SessionAgentUpdateParams",
     "SessionResourceParams",
     "SkillParams",
@@ -200,3 +211,47 @@ class SessionAgentUpdateParams(TypedDict, total=False):
     tools: list[ToolParams]
     mcp_servers: list[URLMCPServerParams]
     skills: list[SkillParams]
+
+
+# --- deployments, dreams
+
+
+class ScheduleParams(TypedDict):
+    """A deployment's schedule: ``{"type": "cron", "expression": "0 9 * * *", "timezone": ...}``."""
+
+    type: Literal["cron"]
+    expression: str
+    timezone: str
+
+
+class DreamMemoryStoreInputParams(TypedDict):
+    """A dream reads a memory store: ``{"type": "memory_store", "memory_store_id": ...}``."""
+
+    type: Literal["memory_store"]
+    memory_store_id: str
+
+
+class DreamSessionsInputParams(TypedDict):
+    """A dream reads sessions: ``{"type": "sessions", "session_ids": [...]}``."""
+
+    type: Literal["sessions"]
+    session_ids: list[str]
+
+
+DreamInputParams: TypeAlias = DreamMemoryStoreInputParams | DreamSessionsInputParams
+"""Any entry of a dream's ``inputs``."""
+
+
+class DreamModelParams(TypedDict, total=False):
+    """A dream's model: ``{"id": "auto", "speed": "fast"}``."""
+
+    id: Required[str]
+    speed: Literal["standard", "fast"]
+
+
+class OutputBehaviorParams(TypedDict, total=False):
+    """Where a dream writes: ``{"type": "create_new"}`` or ``{"type": "update_existing",
+    "memory_store_id": ...}``."""
+
+    type: Required[Literal["create_new", "update_existing"]]
+    memory_store_id: str

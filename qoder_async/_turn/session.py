@@ -71,6 +71,14 @@ the stream ends under the ``on()`` callbacks   their dispatcher ends; a failure 
 (failed, terminated, deleted)                  once at ERROR and raised by
                                                ``wait_handlers()``; the next ``on()``
                                                starts a fresh dispatcher
+``follow()``: the turn of a message this       the session's first ``user.message``
+client did not send (a deployment run's)       (or outcome) among its oldest 100
+                                               events (one request); the connection
+                                               opens right after it; none stored yet:
+                                               it opens at the session's beginning
+                                               and the turn claims the first one; a
+                                               connection already open:
+                                               :class:`ConfigurationError`
 ``catch_up(last_event_id=c)``, ``c`` no event of this  :class:`UnknownCursorError` (a 400 naming
 session                                        ``after_id``, or an empty page while ``c``
                                                is not among the newest 100 events);
@@ -141,6 +149,7 @@ from qoder_async._core.models import (
     UserCustomToolResult,
     UserDefineOutcome,
     UserInterrupt,
+    UserMessage,
     as_events,
     new_idempotency_key,
 )
@@ -1042,26 +1051,87 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            turn = Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events)
-            deliveries = router.bind(
-                turn,
-                turn_id=accepted.turn_id,
-                anchor_id=anchor.id if anchor is not None else None,
-                anchor_at=anchor.processed_at if anchor is not None else None,
-                started=start_here,
+            return self._bind(
+                Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events),
+                anchor,
+                start,
+                start_here,
             )
-            self._turns.append(turn)
-            overflowed, router.overflowed = router.overflowed, False
-            for target, ev in deliveries:
-                target._deliver(ev)
-            if self._task is None and start is not None:
-                self._start_pump(start)
-            elif overflowed:
-                turn._fail(
-                    StreamError("events of this turn were dropped while its send was pending")
+
+    def _bind(self, turn: Turn, anchor: Event | None, start: Cursor | None, started: bool) -> Turn:
+        """Bind an expected turn to its anchor (under the lock) and start the pump at ``start``.
+
+        ``start`` ``None`` with no pump running: the pump starts at the session's
+        beginning (a followed turn whose message is not stored yet).
+        """
+        router = self._router
+        deliveries = router.bind(
+            turn,
+            turn_id=turn.accepted.turn_id,
+            anchor_id=anchor.id if anchor is not None else None,
+            anchor_at=anchor.processed_at if anchor is not None else None,
+            started=started,
+        )
+        self._turns.append(turn)
+        overflowed, router.overflowed = router.overflowed, False
+        for target, ev in deliveries:
+            target._deliver(ev)
+        if self._task is None:
+            self._start_pump(start)
+        elif overflowed:
+            turn._fail(StreamError("events of this turn were dropped while its send was pending"))
+        self._refresh_activity()
+        return turn
+
+    async def follow(
+        self,
+        *,
+        tools: Tools | None = None,
+        on_tool_error: OnToolError = "report",
+        max_concurrent_calls: int | None = None,
+        interrupt_on_exit: bool = False,
+    ) -> Turn:
+        """The :class:`Turn` of a message this client did not send: the session's first
+        ``user.message`` (or ``user.define_outcome``), such as a deployment run's
+        initial events (``await client.session(run.session_id).follow()``).
+
+        The message is looked up among the session's oldest 100 events (one
+        request); when it is not stored yet, the turn claims the first one the
+        stream brings, the stream then starting at the session's beginning.
+        ``tools`` and the other options are :meth:`send`'s; ``interrupt_on_exit``
+        is off by default (the turn is not this caller's). The session's
+        connection must not be open yet (before :meth:`listen`, :meth:`on` or a
+        :meth:`send`): else :class:`ConfigurationError`, since its message may
+        already have gone by.
+        """
+        self._http.check_open()
+        slots = call_slots(max_concurrent_calls)
+        span = self._tracing.turn(self.id)
+        async with self._lock:
+            if self._task is not None:
+                raise ConfigurationError(
+                    "follow() needs the session's connection closed: call it before listen(), "
+                    "on() or send() on this handle"
                 )
-            self._refresh_activity()
-            return turn
+            self._router.expect()
+            try:
+                listing = self._sessions.events.list(self.id, order="asc", limit=FIND_SENT_LIMIT)
+                oldest = listing.parse_page((await listing.first_page()).body)
+            except BaseException as exc:
+                self._router.cancel_expect()
+                span.ended(
+                    turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
+                )
+                raise
+            anchor = next(
+                (ev for ev in oldest if isinstance(ev, UserMessage | UserDefineOutcome) and ev.id),
+                None,
+            )
+            start = Cursor(anchor.id or "", anchor.processed_at) if anchor is not None else None
+            accepted = Accepted(events=(anchor,) if anchor is not None else ())
+            turn = Turn(self, accepted, tools, on_tool_error, span, slots)
+            turn.interrupt_on_exit = interrupt_on_exit
+            return self._bind(turn, anchor, start, started=anchor is not None)
 
     async def _pause_busy(self, wait: float, attempt: int) -> bool | None:
         """After a 409 busy: wait for the running turn (local, or the server's status)."""

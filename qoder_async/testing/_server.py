@@ -74,6 +74,7 @@ from aiohttp.typedefs import Handler
 from ._agent import Script, TurnContext, default_script, run_turn
 from ._faults import CannedResponse, Dialect, Faults
 from ._files import FileStore
+from ._managed import ManagedResources
 from ._params import (
     RESOURCE_SECRETS,
     answer_ref,
@@ -180,7 +181,8 @@ class FakeQoderServer:
     one) under ``/api/v1/cloud``: sessions (with resources and sub-agent
     threads), events (send, list, SSE stream with ``Last-Event-ID`` replay
     and ``event_deltas[]`` previews), thread events and streams, files,
-    agents (with versions), environments and models. Each turn is played by
+    agents (with versions), environments and models; deployments (with
+    runs), dreams and self-hosted work queues (``_managed``). Each turn is played by
     ``script`` (`default_script` when ``None``). ``faults`` and ``dialect``
     can be changed at any time. Use it as an async context manager, or call
     `start` and `close`.
@@ -258,6 +260,15 @@ class FakeQoderServer:
         self._agents: dict[str, list[dict[str, Any]]] = {}
         self._sessions: dict[str, SessionState] = {}
         self._files = FileStore(self._ids, random.Random(seed + 2))
+        self._managed = ManagedResources(
+            self._ids,
+            body=self._body,
+            create_session=self._create_session,
+            agent=self._agent,
+            environment=self._environment,
+            session_exists=lambda sid: sid in self._sessions and not self._sessions[sid].deleted,
+            create_status=lambda: self.dialect.create_status,
+        )
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
         self._webhooks: WebhookSender | None = None
         if webhook_url is not None:
@@ -536,6 +547,17 @@ class FakeQoderServer:
                 raise KeyError(exc.message) from None
             raise ValueError(exc.message) from None
 
+    def add_work(
+        self, environment_id: str, session_id: str, metadata: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Queue a work item for ``session_id`` on a self-hosted environment's queue.
+
+        (A session created in an environment whose ``config.type`` is
+        ``"self_hosted"`` is queued by itself.) Returns the item as ``GET
+        .../work/{id}`` would.
+        """
+        return copy.deepcopy(self._managed.add_work(environment_id, session_id, metadata))
+
     # ------------------------------------------------------------------ faults
 
     def _count_fault(self, name: str, n: int = 1) -> None:
@@ -726,6 +748,7 @@ class FakeQoderServer:
         app.router.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
         app.router.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
         app.router.add_get(f"{b}/models", self._h_models)
+        self._managed.add_routes(app, b)
 
     @staticmethod
     async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -1087,6 +1110,7 @@ class FakeQoderServer:
             if secret is not None:
                 state.resource_secrets[item["id"]] = secret
         self._sessions[state.id] = state
+        self._managed.session_created(resource)
         self._webhook("session.created", state.id)
         if initial_events:
             self._apply_events(state, initial_events)
