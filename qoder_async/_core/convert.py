@@ -58,6 +58,7 @@ from attrs import fields as attrs_fields
 from cattrs.gen import make_dict_structure_fn, override
 
 from qoder_async._core.models import (
+    Actor,
     Agent,
     AgentArtifactDelivered,
     AgentContentBlockDelta,
@@ -79,6 +80,9 @@ from qoder_async._core.models import (
     BaseEvent,
     BudgetReached,
     ContentBlock,
+    CredentialAuth,
+    CredentialRefreshCheck,
+    CredentialValidation,
     Deleted,
     DocumentBlock,
     EndTurn,
@@ -87,10 +91,16 @@ from qoder_async._core.models import (
     Event,
     FileMetadata,
     ImageBlock,
+    MCPProbe,
+    Memory,
+    MemoryPrefix,
+    MemoryStore,
+    MemoryVersion,
     ModelInfo,
     OutboundEvent,
     PreviewDelta,
     PreviewStart,
+    ProbeHTTPResponse,
     RequiresAction,
     RetriesExhausted,
     Session,
@@ -109,6 +119,8 @@ from qoder_async._core.models import (
     SessionThreadStatusTerminated,
     SessionUpdated,
     SessionUsage,
+    Skill,
+    SkillVersion,
     SpanModelRequestEnd,
     SpanModelRequestStart,
     SpanOutcomeEvaluationEnd,
@@ -128,9 +140,12 @@ from qoder_async._core.models import (
     UserMessage,
     UserToolConfirmation,
     UserToolResult,
+    Vault,
+    VaultCredential,
 )
 
 __all__ = [
+    "CREDENTIAL_SECRETS",
     "EVENT_CLASSES",
     "EVENT_HOOKS",
     "EVENT_TYPES",
@@ -138,14 +153,23 @@ __all__ = [
     "converter",
     "fast_constructor",
     "structure_agent",
+    "structure_credential",
+    "structure_credential_validation",
     "structure_deleted",
     "structure_environment",
     "structure_event",
     "structure_file",
+    "structure_memory",
+    "structure_memory_item",
+    "structure_memory_store",
+    "structure_memory_version",
     "structure_model",
     "structure_session",
     "structure_session_resource",
+    "structure_skill",
+    "structure_skill_version",
     "structure_thread",
+    "structure_vault",
     "unstructure_event",
 ]
 
@@ -1169,3 +1193,119 @@ def _make_converter() -> cattrs.Converter:
 
 converter: cattrs.Converter = _make_converter()
 """The single converter: ``converter.structure(obj, Event)``, ``converter.unstructure(ev)``."""
+
+
+# --- vaults, skills, memory stores -----------------------------------------------------
+# Resources of ``client.vaults``, ``client.skills`` and ``client.memory_stores``,
+# through the same generated, strict hooks as the others. A credential's
+# write-only secrets are dropped before its ``auth`` is typed (``raw`` keeps
+# the answer as received, out of the repr).
+
+#: Secret fields of a credential's ``auth`` (and its ``refresh``) that requests carry.
+CREDENTIAL_SECRETS = frozenset(
+    {"token", "access_token", "refresh_token", "secret_value", "client_secret", "password"}
+)
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v) for k, v in value.items() if k not in CREDENTIAL_SECRETS}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def _normalised_credential(d: JSON) -> dict[str, Any]:
+    auth = d.get("auth")
+    return {**d, "auth": _without_secrets(auth) if isinstance(auth, Mapping) else auth}
+
+
+def _normalised_vault(d: JSON) -> dict[str, Any]:
+    return {**d, "credentials": _list(d, "credentials")}
+
+
+def _normalised_skill(d: JSON) -> dict[str, Any]:
+    source = d.get("source")
+    if isinstance(source, Mapping):  # the SDK's types allow ``{"type": "custom"}``
+        source = _field_of(source, "source", "type")
+    return {**d, "source": source}
+
+
+_RESOURCES.update(
+    {
+        VaultCredential: ("vault credential", _normalised_credential),
+        Vault: ("vault", _normalised_vault),
+        Skill: ("skill", _normalised_skill),
+        SkillVersion: ("skill version", _as_is),
+        MemoryStore: ("memory store", _as_is),
+        Memory: ("memory", _as_is),
+        MemoryVersion: ("memory version", _as_is),
+    }
+)
+
+
+def _sub_hook(cls: type[_T]) -> Callable[[Any, Any], _T]:
+    """The hook of a small nested object (no id, no ``raw``): a field names its errors."""
+    generated = make_dict_structure_fn(cls, converter)
+
+    def hook(d: Any, _: Any = None) -> _T:
+        if not isinstance(d, Mapping):
+            raise ShapeError("", "an object", d)
+        try:
+            return generated(d, cls)
+        except ShapeError:
+            raise
+        except Exception as exc:
+            raise _shape_error(exc, "") from None
+
+    return hook
+
+
+def _register_managed(conv: cattrs.Converter) -> None:
+    # Inner types first: a generated hook looks up its fields' hooks when made.
+    for sub in (CredentialAuth, ProbeHTTPResponse, CredentialRefreshCheck, MCPProbe, Actor):
+        conv.register_structure_hook(sub, _sub_hook(sub))
+    for resource in (VaultCredential, Vault, Skill, SkillVersion, MemoryStore, Memory):
+        conv.register_structure_hook(resource, _resource_hook(conv, resource))
+    conv.register_structure_hook(MemoryVersion, _resource_hook(conv, MemoryVersion))
+    validation = make_dict_structure_fn(
+        CredentialValidation, conv, raw=override(struct_hook=lambda v, _: v)
+    )
+
+    def structure_validation(d: Any, _: Any = None) -> CredentialValidation:
+        if not isinstance(d, Mapping):
+            raise ShapeError("credential validation", "a JSON object", d, local="")
+        try:
+            return validation({**d, "raw": d}, CredentialValidation)
+        except ShapeError:
+            raise
+        except Exception as exc:
+            raise _shape_error(exc, "credential validation") from None
+
+    conv.register_structure_hook(CredentialValidation, structure_validation)
+
+
+_register_managed(converter)
+
+structure_vault = _structurer(Vault, "A vault (``GET /vaults/{vault_id}``).")
+structure_credential = _structurer(
+    VaultCredential, "A vault credential; secrets in its ``auth`` are dropped."
+)
+structure_credential_validation = _structurer(
+    CredentialValidation, "The answer of a credential's ``mcp_oauth_validate``."
+)
+structure_skill = _structurer(Skill, 'A skill; ``source`` a string or ``{"type": ...}``.')
+structure_skill_version = _structurer(SkillVersion, "A skill version.")
+structure_memory_store = _structurer(MemoryStore, "A memory store.")
+structure_memory = _structurer(Memory, "A memory (``content`` is None in the basic view).")
+structure_memory_version = _structurer(MemoryVersion, "A memory version.")
+
+
+def structure_memory_item(d: Any) -> Memory | MemoryPrefix:
+    """An item of ``GET /memory_stores/{id}/memories``: a memory, or a ``memory_prefix``."""
+    if isinstance(d, Mapping) and d.get("type") == "memory_prefix":
+        path = d.get("path")
+        if not isinstance(path, str):
+            raise ShapeError("memory_prefix.path", "a string", path)
+        return MemoryPrefix(path=path, raw=d)
+    return structure_memory(d)
