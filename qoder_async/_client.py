@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from qoder_async._api.resources import Agents, Environments, Files, Models, Sessions
+from qoder_async._api.vaults import MemoryStores, Skills, Vaults
 from qoder_async._core.backoff import ReconnectPolicy, RetryPolicy
 from qoder_async._core.errors import ConfigurationError
 from qoder_async._shell.eventstream import (
@@ -86,7 +87,9 @@ class QoderClient:
 
     Attributes: ``sessions`` (with ``sessions.events``, ``.threads``,
     ``.resources``), ``agents`` (with ``.versions``), ``environments``,
-    ``files`` and ``models`` mirror the HTTP API (``.with_raw_response`` on
+    ``files``, ``models``, ``vaults`` (with ``.credentials``), ``skills`` (with
+    ``.versions``) and ``memory_stores`` (with ``.memories``,
+    ``.memory_versions``) mirror the HTTP API (``.with_raw_response`` on
     each gives the HTTP answers); :meth:`session` starts the turn API;
     :meth:`with_options` gives a copy with other retry or timeout settings.
     """
@@ -102,6 +105,13 @@ class QoderClient:
     """Files: upload, retrieve_metadata, list, download, delete."""
     models: Models
     """Models: list."""
+    vaults: Vaults
+    """Vaults: create, retrieve, list, delete, archive; ``.credentials``."""
+    skills: Skills
+    """Skills: create, retrieve, list, delete; ``.versions``."""
+    memory_stores: MemoryStores
+    """Memory stores: create, retrieve, update, list, delete, archive; ``.memories``,
+    ``.memory_versions``."""
 
     def __init__(
         self,
@@ -140,6 +150,9 @@ class QoderClient:
         self.environments = Environments(self._http)
         self.files = Files(self._http)
         self.models = Models(self._http)
+        self.vaults = Vaults(self._http)
+        self.skills = Skills(self._http)
+        self.memory_stores = MemoryStores(self._http)
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r})"
