@@ -94,6 +94,7 @@ from ._params import (
 )
 from ._sse import StreamConnection, resume_position
 from ._state import SessionState, ThreadState
+from ._vaults import ManagedStore
 from ._webhooks import WebhookDelivery, WebhookSender
 from ._wire import ApiError, Ids, bad_request, dumps, not_found
 
@@ -179,7 +180,8 @@ class FakeQoderServer:
     one) under ``/api/v1/cloud``: sessions (with resources and sub-agent
     threads), events (send, list, SSE stream with ``Last-Event-ID`` replay
     and ``event_deltas[]`` previews), thread events and streams, files,
-    agents (with versions), environments and models. Each turn is played by
+    agents (with versions), environments, models, and (`managed`) vaults with
+    credentials, skills with versions, memory stores with memories. Each turn is played by
     ``script`` (`default_script` when ``None``). ``faults`` and ``dialect``
     can be changed at any time. Use it as an async context manager, or call
     `start` and `close`.
@@ -258,6 +260,8 @@ class FakeQoderServer:
         self._sessions: dict[str, SessionState] = {}
         self._files = FileStore(self._ids, random.Random(seed + 2))
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        #: Vaults (with credentials), skills and memory stores (see ``_vaults``).
+        self.managed = ManagedStore(self._ids, self._body, lambda: self.dialect.create_status)
         self._webhooks: WebhookSender | None = None
         if webhook_url is not None:
             if webhook_secret is None:
@@ -725,6 +729,7 @@ class FakeQoderServer:
         app.router.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
         app.router.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
         app.router.add_get(f"{b}/models", self._h_models)
+        self.managed.add_routes(app.router, b)
 
     @staticmethod
     async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
