@@ -23,6 +23,7 @@ from qoder_async._core.convert import (
     structure_credential,
     structure_credential_validation,
     structure_deleted,
+    structure_memory_item,
     structure_skill,
     structure_skill_version,
     structure_vault,
@@ -137,6 +138,17 @@ def test_a_credential_secret_never_shows_in_its_model() -> None:
     for shown in (repr(cred), str(cred), repr(cred.auth), str(typed)):
         assert CANARY not in shown
     assert cred.raw is raw  # the answer as received: not in the repr
+
+
+def test_the_wire_variants_of_the_rule_table() -> None:
+    assert structure_skill({"id": "skill_1", "source": {"type": "qoder"}}).source == "qoder"
+    assert structure_skill({"id": "skill_1", "source": "custom"}).source == "custom"
+    prefix = {"type": "memory_prefix", "path": "/projects/"}
+    assert structure_memory_item(prefix) == MemoryPrefix(path="/projects/")
+    memory = structure_memory_item({"id": "mem_1", "type": "memory", "path": "/a.md"})
+    assert isinstance(memory, Memory)
+    with pytest.raises(ShapeError, match="path"):
+        structure_memory_item({"type": "memory_prefix"})
 
 
 def test_a_wrong_nested_field_is_named() -> None:
@@ -258,6 +270,13 @@ async def test_skills_and_versions_round_trip(client: QoderClient, tmp_path: Pat
     assert (await client.skills.retrieve(skill.id)).latest_version == first
     assert [s.id async for s in client.skills.list(source="custom")] == [skill.id]
     assert await client.skills.delete(skill.id) == Deleted(id=skill.id, type="skill_deleted")
+
+
+async def test_skill_files_must_be_a_list(client: QoderClient, server: FakeQoderServer) -> None:
+    for files in ([], ("SKILL.md", SKILL_MD), b"SKILL.md"):
+        with pytest.raises(TypeError, match="files must be a non-empty list"):
+            await client.skills.create(files=files)  # type: ignore[arg-type]
+    assert server.requests == []
 
 
 async def test_memory_stores_memories_and_versions(client: QoderClient) -> None:

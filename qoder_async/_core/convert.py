@@ -22,6 +22,9 @@ unknown ``type``                          ``UnknownEvent`` (raw kept)
 session ``environment_variables: "K=V"``  ``{"K": "V"}``
 session ``agent`` id or snapshot object   ``agent_id`` (and ``agent``: an ``Agent``)
 file ``content_type``                     ``FileMetadata.mime_type``
+skill ``source: {"type": ...}``           ``Skill.source`` (the type string)
+credential ``auth`` secrets (``token``...)  left out (only ``raw``, not in the repr)
+memory list item ``memory_prefix``        ``MemoryPrefix`` (it has no id)
 thread ``agent.name``                     ``SessionThread.agent_name``
 ========================================  =========================================
 

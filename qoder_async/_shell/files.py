@@ -21,8 +21,9 @@ with that very exception, never taken for a connection failure and never
 retried, whatever the source.
 
 The body is ``multipart/form-data``: the text fields first, then the ``file``
-part. Nothing is read whole into memory. The filename defaults to the path's
-or the file object's name; the MIME type to a guess from the filename, else
+part (a skill's files: one ``files`` part each, in the order given). Nothing
+is read whole into memory. The filename defaults to the path's or the file
+object's name; the MIME type to a guess from the filename, else
 ``application/octet-stream``.
 
 Downloads (``client.files.download``), what ``GET /files/{id}/content`` may answer:
