@@ -16,8 +16,9 @@ import attrs
 import pytest
 from qca import AsyncManaged, ConflictError, NotFoundError
 
+from qoder_async import BadRequestError, QoderClient
 from qoder_async import ConflictError as QoderConflictError
-from qoder_async import QoderClient
+from qoder_async import NotFoundError as QoderNotFoundError
 from qoder_async._core.convert import (
     ShapeError,
     structure_credential,
@@ -180,6 +181,7 @@ async def test_vaults_and_credentials_round_trip(
     caplog.set_level(logging.DEBUG)
     vaults = [await client.vaults.create(display_name=f"v{i}") for i in range(3)]
     assert all(isinstance(v, Vault) for v in vaults)
+    assert vaults[0].raw["credentials"] == []  # only the create answer lists them
     listed = [v.id async for v in client.vaults.list(limit=1)]  # three pages
     assert listed == [v.id for v in reversed(vaults)]
     vault = vaults[0]
@@ -321,6 +323,34 @@ async def test_memory_stores_memories_and_versions(client: QoderClient) -> None:
     assert [s.id async for s in client.memory_stores.list(include_archived=True)] == [store.id]
     gone = await client.memory_stores.delete(store.id)
     assert gone == Deleted(id=store.id, type="memory_store_deleted")
+
+
+async def test_the_fake_refuses_what_the_api_refuses(client: QoderClient) -> None:
+    vault = await client.vaults.create(display_name="v")
+    bearer = {"type": "static_bearer", "token": "t", "mcp_server_url": "https://x.example"}
+    cred = await client.vaults.credentials.create(vault.id, auth=bearer)
+    with pytest.raises(BadRequestError, match="cannot change"):
+        await client.vaults.credentials.update(vault.id, cred.id, auth={"type": "mcp_oauth"})
+    with pytest.raises(BadRequestError, match=r"SKILL\.md"):
+        await client.skills.create(files=[("notes.txt", b"no manifest")])
+    skill = await client.skills.create(files=[("s/SKILL.md", SKILL_MD)])
+    assert skill.latest_version is not None
+    await client.skills.delete(skill.id)
+    with pytest.raises(QoderNotFoundError):
+        await client.skills.versions.retrieve(skill.id, skill.latest_version)
+    store = await client.memory_stores.create(name="m")
+    memories = client.memory_stores.memories
+    with pytest.raises(BadRequestError, match="path"):
+        await memories.create(store.id, path="relative.md", content="x")
+    note = await memories.create(store.id, path="/a.md", content="x")
+    with pytest.raises(QoderConflictError, match=r"/a\.md"):
+        await memories.create(store.id, path="/a.md", content="y")
+    with pytest.raises(QoderConflictError, match="precondition"):
+        await memories.delete(store.id, note.id, expected_content_sha256="0" * 64)
+    await client.memory_stores.archive(store.id)
+    with pytest.raises(BadRequestError, match="archived"):
+        await memories.update(store.id, note.id, content="z")
+    assert (await memories.retrieve(store.id, note.id)).content == "x"
 
 
 # --------------------------------------------------------------------------- the official SDK
