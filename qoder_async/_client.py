@@ -21,6 +21,7 @@ from qoder_async._api.deployments import (
     EnvironmentsWithWork,
 )
 from qoder_async._api.resources import Agents, Files, Models, Sessions
+from qoder_async._api.vaults import MemoryStores, Skills, Vaults
 from qoder_async._core.backoff import ReconnectPolicy, RetryPolicy
 from qoder_async._core.errors import ConfigurationError
 from qoder_async._shell.eventstream import (
@@ -93,7 +94,9 @@ class QoderClient:
     Attributes: ``sessions`` (with ``sessions.events``, ``.threads``,
     ``.resources``), ``agents`` (with ``.versions``), ``environments`` (with
     ``.work``), ``files``, ``models``, ``deployments`` (with ``.runs``),
-    ``deployment_runs`` and ``dreams`` mirror the HTTP API (``.with_raw_response`` on
+    ``deployment_runs``, ``dreams``, ``vaults`` (with ``.credentials``), ``skills``
+    (with ``.versions``) and ``memory_stores`` (with ``.memories``,
+    ``.memory_versions``) mirror the HTTP API (``.with_raw_response`` on
     each gives the HTTP answers); :meth:`session` starts the turn API;
     :meth:`with_options` gives a copy with other retry or timeout settings.
     """
@@ -116,6 +119,13 @@ class QoderClient:
     """Deployment runs: retrieve, list."""
     dreams: Dreams
     """Dreams: create, retrieve, list, archive, cancel."""
+    vaults: Vaults
+    """Vaults: create, retrieve, list, delete, archive; ``.credentials``."""
+    skills: Skills
+    """Skills: create, retrieve, list, delete; ``.versions``."""
+    memory_stores: MemoryStores
+    """Memory stores: create, retrieve, update, list, delete, archive; ``.memories``,
+    ``.memory_versions``."""
 
     def __init__(
         self,
@@ -157,6 +167,9 @@ class QoderClient:
         self.deployments = Deployments(self._http)
         self.deployment_runs = DeploymentRuns(self._http)
         self.dreams = Dreams(self._http)
+        self.vaults = Vaults(self._http)
+        self.skills = Skills(self._http)
+        self.memory_stores = MemoryStores(self._http)
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r})"

@@ -13,14 +13,15 @@ layer                       modules
 ==========================  ======================================================================
 the command line            ``__main__``, ``_cli``
 testing                     ``testing``, ``testing._agent``, ``testing._faults``,
-                            ``testing._files``, ``testing._managed``, ``testing._params``,
+                            ``testing._files``, ``testing._deployments``, ``testing._params``,
                             ``testing._server``, ``testing._sse``, ``testing._state``,
-                            ``testing._webhooks``, ``testing._wire``, ``testing.pytest_plugin``
+                            ``testing._vaults``, ``testing._webhooks``, ``testing._wire``,
+                            ``testing.pytest_plugin``
 the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
 the turn API                ``_turn``, ``_turn.session``, ``_turn.tracing``, ``_turn.metrics``
-resources                   ``_api.resources``, ``_api.deployments``
+resources                   ``_api.resources``, ``_api.deployments``, ``_api.vaults``
 custom tools                ``_api``, ``_api.tools``
 streams, pages and files    ``_shell.eventstream``, ``_shell.pagination``, ``_shell.files``
 the request layer           ``_shell.http``
@@ -51,11 +52,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "testing._agent",
         "testing._faults",
         "testing._files",
-        "testing._managed",
+        "testing._deployments",
         "testing._params",
         "testing._server",
         "testing._sse",
         "testing._state",
+        "testing._vaults",
         "testing._webhooks",
         "testing._wire",
         "testing.pytest_plugin",
@@ -64,7 +66,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "the fleet": ("fleet._fleet", "fleet._coordinators"),
     "the client": ("_client",),
     "the turn API": ("_turn", "_turn.session", "_turn.tracing", "_turn.metrics"),
-    "resources": ("_api.resources", "_api.deployments"),
+    "resources": ("_api.resources", "_api.deployments", "_api.vaults"),
     "custom tools": (
         "_api",
         "_api.tools",
@@ -136,21 +138,23 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "testing._agent": {"testing._faults", "testing._params", "testing._state", "testing._wire"},
     "testing._faults": {"testing._wire"},
     "testing._files": {"testing._params", "testing._wire"},
-    "testing._managed": {"testing._params", "testing._wire"},
+    "testing._deployments": {"testing._params", "testing._wire"},
     "testing._params": {"testing._wire"},
     "testing._server": {
         "testing._agent",
         "testing._faults",
         "testing._files",
-        "testing._managed",
+        "testing._deployments",
         "testing._params",
         "testing._sse",
         "testing._state",
+        "testing._vaults",
         "testing._webhooks",
         "testing._wire",
     },
     "testing._sse": {"testing._faults", "testing._state", "testing._wire"},
     "testing._state": {"testing._faults", "testing._wire"},
+    "testing._vaults": {"testing._params", "testing._wire"},
     "testing._webhooks": {"testing._wire"},
     "testing._wire": set(),
     "testing.pytest_plugin": {"__init__", "testing"},
@@ -174,6 +178,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "webhooks": {"_core.errors", "_core.models"},
     "_client": {
         "_api.deployments",
+        "_api.vaults",
         "_turn.tracing",
         "_turn.metrics",
         "_core.backoff",
@@ -206,6 +211,14 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_shell.http",
         "_shell.pagination",
         "_shell.transport",
+    },
+    "_api.vaults": {
+        "_api.resources",
+        "_core.convert",
+        "_core.models",
+        "_shell.files",
+        "_shell.http",
+        "_shell.pagination",
     },
     "_api.resources": {
         "_api.tools",

@@ -379,7 +379,7 @@ async def test_dreams(client: QoderClient, server: FakeQoderServer) -> None:
         )
     with pytest.raises(BadRequestError, match="inputs"):
         await client.dreams.create(inputs=[], model="auto")
-    server_side = server._managed.dreams[dream.id]
+    server_side = server._deployments.dreams[dream.id]
     server_side["status"] = "completed"
     with pytest.raises(ConflictError):
         await client.dreams.cancel(dream.id)

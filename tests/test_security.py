@@ -193,9 +193,10 @@ async def test_stream_redirects_are_not_followed_either() -> None:
 
 
 def methods_taking_ids(root: object) -> list[tuple[str, Callable[..., Any], list[str]]]:
-    """Every public method of every resource reachable from ``root`` with an ``*_id`` argument
-    passed by position (the ids that go into the URL path), found by walking the attributes:
-    a method added later is covered without touching this test."""
+    """Every public method of every resource reachable from ``root`` with an ``*_id`` (or a
+    skill's ``version``) argument passed by position (the ids that go into the URL path),
+    found by walking the attributes: a method added later is covered without touching
+    this test."""
     found: list[tuple[str, Callable[..., Any], list[str]]] = []
     todo: list[tuple[str, object]] = [("client", root)]
     seen: set[int] = set()
@@ -213,11 +214,22 @@ def methods_taking_ids(root: object) -> list[tuple[str, Callable[..., Any], list
                 ids = [
                     p.name
                     for p in params
-                    if p.name.endswith("_id") and p.kind is p.POSITIONAL_OR_KEYWORD
+                    if (p.name.endswith("_id") or p.name == "version")
+                    and p.kind is p.POSITIONAL_OR_KEYWORD
                 ]
                 if ids:
                     found.append((f"{name}.{attr}", value, ids))
     return found
+
+
+# The keyword arguments some id-taking methods require (``resource.method``).
+REQUIRED_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "events.send": {"events": [UserMessage("hi")]},
+    "credentials.create": {"auth": {"type": "static_bearer", "token": "t"}},
+    "versions.create": {"files": [("SKILL.md", b"x")]},
+    "memories.create": {"path": "/x.md", "content": "x"},
+    "work.update": {"metadata": {}},
+}
 
 
 @pytest.mark.parametrize("bad", [".", "..", "a\r\nX-Evil: 1", "\n", "x\x00", "tab\there"])
@@ -235,14 +247,14 @@ async def test_no_id_can_retarget_a_request(bad: str) -> None:
                 "client.deployment_runs.retrieve",
                 "client.dreams.cancel",
                 "client.environments.work.heartbeat",
+                "client.vaults.credentials.mcp_oauth_validate",
+                "client.skills.versions.create",
+                "client.memory_stores.memories.delete",
+                "client.memory_stores.memory_versions.redact",
             } <= names
-            assert len(methods) >= 45
-            required = {
-                "events.send": {"events": [UserMessage("hi")]},
-                "work.update": {"metadata": {}},
-            }
+            assert len(methods) >= 70
             for name, method, ids in methods:
-                extra = next((v for k, v in required.items() if name.endswith(k)), {})
+                extra = REQUIRED_ARGUMENTS.get(".".join(name.split(".")[-2:]), {})
                 for position in range(len(ids)):
                     args = ["x_1"] * len(ids)
                     args[position] = bad

@@ -92,6 +92,7 @@ from qoder_async._shell.files import (
     DEFAULT_DOWNLOAD_READ_TIMEOUT,
     FileDownload,
     FileInput,
+    Upload,
     download_link,
     fetch_link,
     prepare_upload,
@@ -285,6 +286,73 @@ class _Resource:
         options: CallOptions,
     ) -> AsyncPaginator[_T]:
         return AsyncPaginator(self._http, path, params, item, options=_options(options))
+
+    async def _upload(
+        self,
+        path: str,
+        upload: Upload,
+        item: Callable[[Any], _T],
+        idempotency_key: str | None,
+        options: CallOptions,
+    ) -> _T:
+        """POST a multipart body; an attempt may take 600 s unless ``timeout`` says otherwise."""
+        if "timeout" not in options:
+            options["timeout"] = Timeout(total=UPLOAD_TIMEOUT, connect=self._http.timeout.connect)
+        try:
+            answer = await self._http.request(
+                "POST",
+                path,
+                body=upload.body(),
+                idempotency_key=idempotency_key,
+                options=_options(options),
+                retry=None if upload.replayable else _NO_RETRY,
+            )
+        except SourceError as exc:
+            failure = exc.error
+        else:
+            return self._answer(answer, item, "POST", path)
+        raise failure  # the source's own error, raised outside the handler: no chain added
+
+    async def _download(
+        self,
+        path: str,
+        to: str | os.PathLike[str] | None,
+        read_timeout: float | None,
+        options: CallOptions,
+    ) -> FileDownload | Path:
+        """The bytes at ``path`` as they arrive (a download link is followed, credential-free)."""
+        http = self._http
+        errors = http.transport.errors
+        stack = contextlib.AsyncExitStack()
+        try:
+            response = await stack.enter_async_context(
+                http.open("GET", path, options=_options(options))
+            )
+            link, prefix, chunks = await download_link(
+                response, errors=errors, url=http.url(path), read_timeout=read_timeout
+            )
+            url = http.url(path)
+            if link is not None:
+                await stack.aclose()
+                stack = contextlib.AsyncExitStack()
+                url, response = await fetch_link(http, stack, link, source=url)
+                chunks = response.chunks.__aiter__()
+            download = FileDownload(
+                stack,
+                response,
+                prefix=prefix,
+                chunks=chunks,
+                errors=errors,
+                url=url,
+                read_timeout=read_timeout,
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        if to is None:
+            return download
+        await download.write_to_file(to)
+        return Path(to)
 
 
 # --------------------------------------------------------------------------- session events
@@ -1180,22 +1248,7 @@ class Files(_Resource):
             **extra,
         }
         upload = await prepare_upload(file, filename=filename, mime_type=mime_type, fields=fields)
-        if "timeout" not in options:
-            options["timeout"] = Timeout(total=UPLOAD_TIMEOUT, connect=self._http.timeout.connect)
-        try:
-            answer = await self._http.request(
-                "POST",
-                "/files",
-                body=upload.body(),
-                idempotency_key=idempotency_key,
-                options=_options(options),
-                retry=None if upload.replayable else _NO_RETRY,
-            )
-        except SourceError as exc:
-            failure = exc.error
-        else:
-            return self._answer(answer, structure_file, "POST", "/files")
-        raise failure  # the source's own error, raised outside the handler: no chain added
+        return await self._upload("/files", upload, structure_file, idempotency_key, options)
 
     async def retrieve_metadata(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
         """Fetch a file's metadata (the official SDK's name: the content is :meth:`download`)."""
@@ -1255,38 +1308,7 @@ class Files(_Resource):
         :class:`APITimeoutError`.
         """
         path = f"/files/{segment(file_id)}/content"
-        http = self._http
-        errors = http.transport.errors
-        stack = contextlib.AsyncExitStack()
-        try:
-            response = await stack.enter_async_context(
-                http.open("GET", path, options=_options(options))
-            )
-            link, prefix, chunks = await download_link(
-                response, errors=errors, url=http.url(path), read_timeout=read_timeout
-            )
-            url = http.url(path)
-            if link is not None:
-                await stack.aclose()
-                stack = contextlib.AsyncExitStack()
-                url, response = await fetch_link(http, stack, link, source=url)
-                chunks = response.chunks.__aiter__()
-            download = FileDownload(
-                stack,
-                response,
-                prefix=prefix,
-                chunks=chunks,
-                errors=errors,
-                url=url,
-                read_timeout=read_timeout,
-            )
-        except BaseException:
-            await stack.aclose()
-            raise
-        if to is None:
-            return download
-        await download.write_to_file(to)
-        return Path(to)
+        return await self._download(path, to, read_timeout, options)
 
     async def delete(
         self,

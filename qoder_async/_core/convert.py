@@ -25,6 +25,9 @@ agent ``model`` id, or object with id    ``model`` the id; ``model_config`` both
 usage ``total_credits``                   ``Usage.credits``
 thread ``agent`` reference or snapshot    ``agent`` as sent; ``agent_snapshot``
 file ``content_type``                     ``FileMetadata.mime_type``
+skill ``source: {"type": ...}``           ``Skill.source`` (the type string)
+credential ``auth`` secrets (``token``...)  left out (only ``raw``, not in the repr)
+memory list item ``memory_prefix``        ``MemoryPrefix`` (it has no id)
 thread ``agent.name``                     ``SessionThread.agent_name``
 ========================================  =========================================
 
@@ -62,6 +65,7 @@ from attrs import fields as attrs_fields
 from cattrs.gen import make_dict_structure_fn, override
 
 from qoder_async._core.models import (
+    Actor,
     Agent,
     AgentArtifactDelivered,
     AgentContentBlockDelta,
@@ -84,6 +88,9 @@ from qoder_async._core.models import (
     BaseEvent,
     BudgetReached,
     ContentBlock,
+    CredentialAuth,
+    CredentialRefreshCheck,
+    CredentialValidation,
     Deleted,
     Deployment,
     DeploymentRun,
@@ -98,12 +105,18 @@ from qoder_async._core.models import (
     Event,
     FileMetadata,
     ImageBlock,
+    MCPProbe,
+    Memory,
+    MemoryPrefix,
+    MemoryStore,
+    MemoryVersion,
     ModelConfig,
     ModelInfo,
     OutboundEvent,
     PausedReason,
     PreviewDelta,
     PreviewStart,
+    ProbeHTTPResponse,
     RequiresAction,
     RetriesExhausted,
     RunError,
@@ -125,6 +138,8 @@ from qoder_async._core.models import (
     SessionThreadStatusTerminated,
     SessionUpdated,
     SessionUsage,
+    Skill,
+    SkillVersion,
     SpanModelRequestEnd,
     SpanModelRequestStart,
     SpanOutcomeEvaluationEnd,
@@ -145,6 +160,8 @@ from qoder_async._core.models import (
     UserMessage,
     UserToolConfirmation,
     UserToolResult,
+    Vault,
+    VaultCredential,
     Work,
     WorkData,
     WorkHeartbeat,
@@ -152,6 +169,7 @@ from qoder_async._core.models import (
 )
 
 __all__ = [
+    "CREDENTIAL_SECRETS",
     "EVENT_CLASSES",
     "EVENT_HOOKS",
     "EVENT_TYPES",
@@ -159,6 +177,8 @@ __all__ = [
     "converter",
     "fast_constructor",
     "structure_agent",
+    "structure_credential",
+    "structure_credential_validation",
     "structure_deleted",
     "structure_deployment",
     "structure_deployment_run",
@@ -166,11 +186,18 @@ __all__ = [
     "structure_environment",
     "structure_event",
     "structure_file",
+    "structure_memory",
+    "structure_memory_item",
+    "structure_memory_store",
+    "structure_memory_version",
     "structure_model",
     "structure_session",
     "structure_session_cancel",
     "structure_session_resource",
+    "structure_skill",
+    "structure_skill_version",
     "structure_thread",
+    "structure_vault",
     "structure_work",
     "structure_work_heartbeat",
     "structure_work_queue_stats",
@@ -1259,12 +1286,55 @@ def _normalised_dream(d: JSON) -> dict[str, Any]:
     return {**d, "inputs": _list(d, "inputs"), "outputs": _list(d, "outputs")}
 
 
+# --- vaults, skills, memory stores -----------------------------------------------------
+# Resources of ``client.vaults``, ``client.skills`` and ``client.memory_stores``,
+# through the same generated, strict hooks as the others. A credential's
+# write-only secrets are dropped before its ``auth`` is typed (``raw`` keeps
+# the answer as received, out of the repr).
+
+#: Secret fields of a credential's ``auth`` (and its ``refresh``) that requests carry.
+CREDENTIAL_SECRETS = frozenset(
+    {"token", "access_token", "refresh_token", "secret_value", "client_secret", "password"}
+)
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v) for k, v in value.items() if k not in CREDENTIAL_SECRETS}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def _normalised_credential(d: JSON) -> dict[str, Any]:
+    auth = d.get("auth")
+    return {**d, "auth": _without_secrets(auth) if isinstance(auth, Mapping) else auth}
+
+
+def _normalised_vault(d: JSON) -> dict[str, Any]:
+    return {**d, "credentials": _list(d, "credentials")}
+
+
+def _normalised_skill(d: JSON) -> dict[str, Any]:
+    source = d.get("source")
+    if isinstance(source, Mapping):  # the SDK's types allow ``{"type": "custom"}``
+        source = _field_of(source, "source", "type")
+    return {**d, "source": source}
+
+
 _RESOURCES.update(
     {
         Deployment: ("deployment", _normalised_deployment),
         DeploymentRun: ("deployment run", _as_is),
         Dream: ("dream", _normalised_dream),
         Work: ("work", _as_is),
+        VaultCredential: ("vault credential", _normalised_credential),
+        Vault: ("vault", _normalised_vault),
+        Skill: ("skill", _normalised_skill),
+        SkillVersion: ("skill version", _as_is),
+        MemoryStore: ("memory store", _as_is),
+        Memory: ("memory", _as_is),
+        MemoryVersion: ("memory version", _as_is),
     }
 )
 _NESTED: dict[type, str] = {
@@ -1309,7 +1379,7 @@ def _strings(value: Any, _: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _register_managed(conv: cattrs.Converter) -> None:
+def _register_deployments(conv: cattrs.Converter) -> None:
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
     for cls, where in _NESTED.items():
         generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
@@ -1320,7 +1390,28 @@ def _register_managed(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(WorkQueueStats, _answer_hook(WorkQueueStats, "work queue stats"))
 
 
-_register_managed(converter)
+def _register_vaults(conv: cattrs.Converter) -> None:
+    # Inner types first: a generated hook looks up its fields' hooks when made.
+    for sub in (CredentialAuth, ProbeHTTPResponse, CredentialRefreshCheck, MCPProbe, Actor):
+        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(sub, conv)
+        conv.register_structure_hook(sub, functools.partial(_nested_hook, "", generated))
+    for resource in (
+        VaultCredential,
+        Vault,
+        Skill,
+        SkillVersion,
+        MemoryStore,
+        Memory,
+        MemoryVersion,
+    ):
+        conv.register_structure_hook(resource, _resource_hook(conv, resource))
+    conv.register_structure_hook(
+        CredentialValidation, _answer_hook(CredentialValidation, "credential validation")
+    )
+
+
+_register_deployments(converter)
+_register_vaults(converter)
 
 structure_deployment = _structurer(
     Deployment, 'A deployment; ``environment_variables`` stays the ``"K=V"`` lines string.'
@@ -1330,3 +1421,25 @@ structure_dream = _structurer(Dream, "A dream.")
 structure_work = _structurer(Work, "A work item of a self-hosted environment.")
 structure_work_heartbeat = _structurer(WorkHeartbeat, "The answer to a work item's heartbeat.")
 structure_work_queue_stats = _structurer(WorkQueueStats, "A work queue's statistics.")
+structure_vault = _structurer(Vault, "A vault (``GET /vaults/{vault_id}``).")
+structure_credential = _structurer(
+    VaultCredential, "A vault credential; secrets in its ``auth`` are dropped."
+)
+structure_credential_validation = _structurer(
+    CredentialValidation, "The answer of a credential's ``mcp_oauth_validate``."
+)
+structure_skill = _structurer(Skill, 'A skill; ``source`` a string or ``{"type": ...}``.')
+structure_skill_version = _structurer(SkillVersion, "A skill version.")
+structure_memory_store = _structurer(MemoryStore, "A memory store.")
+structure_memory = _structurer(Memory, "A memory (``content`` is None in the basic view).")
+structure_memory_version = _structurer(MemoryVersion, "A memory version.")
+
+
+def structure_memory_item(d: Any) -> Memory | MemoryPrefix:
+    """An item of ``GET /memory_stores/{id}/memories``: a memory, or a ``memory_prefix``."""
+    if isinstance(d, Mapping) and d.get("type") == "memory_prefix":
+        path = d.get("path")
+        if not isinstance(path, str):
+            raise ShapeError("memory_prefix.path", "a string", path)
+        return MemoryPrefix(path=path, raw=d)
+    return structure_memory(d)

@@ -40,6 +40,7 @@ else:
 
 __all__ = [
     "Accepted",
+    "Actor",
     "Agent",
     "AgentArtifactDelivered",
     "AgentContentBlockDelta",
@@ -63,6 +64,9 @@ __all__ = [
     "BudgetReached",
     "Content",
     "ContentBlock",
+    "CredentialAuth",
+    "CredentialRefreshCheck",
+    "CredentialValidation",
     "Cursor",
     "Deleted",
     "Deployment",
@@ -78,6 +82,11 @@ __all__ = [
     "Event",
     "FileMetadata",
     "ImageBlock",
+    "MCPProbe",
+    "Memory",
+    "MemoryPrefix",
+    "MemoryStore",
+    "MemoryVersion",
     "ModelConfig",
     "ModelInfo",
     "OutboundEvent",
@@ -85,6 +94,7 @@ __all__ = [
     "PausedReason",
     "PreviewDelta",
     "PreviewStart",
+    "ProbeHTTPResponse",
     "RequiresAction",
     "RetriesExhausted",
     "RunError",
@@ -106,6 +116,8 @@ __all__ = [
     "SessionThreadStatusTerminated",
     "SessionUpdated",
     "SessionUsage",
+    "Skill",
+    "SkillVersion",
     "SpanModelRequestEnd",
     "SpanModelRequestStart",
     "SpanOutcomeEvaluationEnd",
@@ -126,6 +138,8 @@ __all__ = [
     "UserMessage",
     "UserToolConfirmation",
     "UserToolResult",
+    "Vault",
+    "VaultCredential",
     "Work",
     "WorkData",
     "WorkHeartbeat",
@@ -1525,4 +1539,236 @@ class WorkQueueStats:
     pending: int | None = None
     oldest_queued_at: str | None = None
     workers_polling: int | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+# --- vaults, skills, memory stores -----------------------------------------------------
+# (``client.vaults``, ``client.skills``, ``client.memory_stores``; decoded in
+# ``_core/convert.py``'s block of the same name.) Deletions answer :class:`Deleted`.
+
+
+@frozen(kw_only=True)
+class CredentialAuth:
+    """How a vault credential authenticates (its ``auth``), as the API answers it.
+
+    ``type`` is ``static_bearer``, ``mcp_oauth`` or ``environment_variable``.
+    The secrets a create or update sends (``token``, ``access_token``,
+    ``refresh_token``, ``secret_value``, ``client_secret``) are write-only:
+    never kept here, even if a server echoed them (``raw`` is not in the repr).
+    ``refresh`` is an OAuth credential's refresh settings (``client_id``,
+    ``token_endpoint``, ``token_endpoint_auth``, ``resource``, ``scope``).
+    """
+
+    type: str | None = None
+    mcp_server_url: str | None = None
+    expires_at: str | None = None
+    secret_name: str | None = None
+    injection_location: Mapping[str, Any] | None = None
+    networking: Mapping[str, Any] | None = None
+    refresh: Mapping[str, Any] | None = None
+
+
+@frozen(kw_only=True)
+class VaultCredential:
+    """A credential in a vault (``vcred_...``; ``/vaults/{vault_id}/credentials``)."""
+
+    id: str
+    type: str | None = None
+    vault_id: str | None = None
+    auth: CredentialAuth | None = None
+    display_name: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Vault:
+    """A vault (``vault_...``; ``/vaults``): credentials a session may use (``vault_ids``).
+
+    ``credentials`` holds the credentials when the answer lists them (the
+    create answer does), else it is empty: list them with
+    ``client.vaults.credentials.list(vault_id)``.
+    """
+
+    id: str
+    type: str | None = None
+    display_name: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    credentials: tuple[VaultCredential, ...] = ()
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class ProbeHTTPResponse:
+    """An HTTP answer a credential check received (its body may be truncated)."""
+
+    status_code: int | None = None
+    content_type: str | None = None
+    body: str | None = None
+    body_truncated: bool | None = None
+
+
+@frozen(kw_only=True)
+class CredentialRefreshCheck:
+    """The token refresh a credential check tried (``status``: e.g. ``no_refresh_token``)."""
+
+    status: str | None = None
+    http_response: ProbeHTTPResponse | None = None
+
+
+@frozen(kw_only=True)
+class MCPProbe:
+    """The MCP request a credential check sent to the server (``method``: ``initialize``)."""
+
+    method: str | None = None
+    http_response: ProbeHTTPResponse | None = None
+
+
+@frozen(kw_only=True)
+class CredentialValidation:
+    """The answer of ``POST /vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate``.
+
+    ``status`` is the verdict (``valid``, ``invalid``...); ``refresh`` and
+    ``mcp_probe`` say what was tried.
+    """
+
+    credential_id: str | None = None
+    vault_id: str | None = None
+    type: str | None = None
+    status: str | None = None
+    validated_at: str | None = None
+    has_refresh_token: bool | None = None
+    refresh: CredentialRefreshCheck | None = None
+    mcp_probe: MCPProbe | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Skill:
+    """A skill (``skill_...``; ``/skills``); ``source`` is ``custom`` or ``qoder``.
+
+    ``latest_version`` is the newest version's number (a string); its files
+    are versions (``client.skills.versions``).
+    """
+
+    id: str
+    type: str | None = None
+    display_title: str | None = None
+    source: str | None = None
+    latest_version: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class SkillVersion:
+    """One uploaded version of a skill (``skillver_...``; ``/skills/{skill_id}/versions``).
+
+    ``version`` (a string of digits) names it in the version endpoints;
+    ``name``, ``description`` and ``directory`` come from its ``SKILL.md``.
+    """
+
+    id: str
+    type: str | None = None
+    skill_id: str | None = None
+    version: str | None = None
+    name: str | None = None
+    description: str | None = None
+    directory: str | None = None
+    created_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class MemoryStore:
+    """A memory store (``memstore_...``; ``/memory_stores``): files an agent remembers."""
+
+    id: str
+    type: str | None = None
+    name: str | None = None
+    description: str | None = None
+    status: str | None = None
+    entry_count: int | None = None
+    total_size: int | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    archived_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Memory:
+    """A memory (``mem_...``): a text file at ``path`` in a memory store.
+
+    ``content`` is ``None`` in the ``basic`` view (lists, creates and updates
+    answer it unless ``view="full"``); ``memory_version_id`` is its newest version.
+    """
+
+    id: str
+    type: str | None = None
+    memory_store_id: str | None = None
+    memory_version_id: str | None = None
+    path: str | None = None
+    content: str | None = None
+    content_sha256: str | None = None
+    content_size_bytes: int | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    created_at: str | None = None
+    updated_at: str | None = None
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class MemoryPrefix:
+    """A folder in a memory listing with ``depth`` (``type: "memory_prefix"``): no id.
+
+    List again with ``path_prefix=prefix.path`` to see inside it.
+    """
+
+    path: str
+    type: str = "memory_prefix"
+    raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class Actor:
+    """Who made or redacted a memory version (``type``: ``session_actor``, ``api_actor``...)."""
+
+    type: str | None = None
+    session_id: str | None = None
+    api_key_id: str | None = None
+    user_id: str | None = None
+    service_account_id: str | None = None
+
+
+@frozen(kw_only=True)
+class MemoryVersion:
+    """One change to a memory (``memver_...``; ``/memory_stores/{id}/memory_versions``).
+
+    ``operation`` is ``created``, ``modified`` or ``deleted``; a redacted
+    version has ``redacted_at`` and no ``content``.
+    """
+
+    id: str
+    type: str | None = None
+    memory_id: str | None = None
+    memory_store_id: str | None = None
+    operation: str | None = None
+    path: str | None = None
+    content: str | None = None
+    content_sha256: str | None = None
+    content_size_bytes: int | None = None
+    created_by: Actor | None = None
+    redacted_at: str | None = None
+    redacted_by: Actor | None = None
+    created_at: str | None = None
     raw: Mapping[str, Any] = field(default=_EMPTY, eq=False, repr=False)

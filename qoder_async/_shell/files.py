@@ -21,8 +21,9 @@ with that very exception, never taken for a connection failure and never
 retried, whatever the source.
 
 The body is ``multipart/form-data``: the text fields first, then the ``file``
-part. Nothing is read whole into memory. The filename defaults to the path's
-or the file object's name; the MIME type to a guess from the filename, else
+part (a skill's files: one ``files`` part each, in the order given). Nothing
+is read whole into memory. The filename defaults to the path's or the file
+object's name; the MIME type to a guess from the filename, else
 ``application/octet-stream``.
 
 Downloads (``client.files.download``), what ``GET /files/{id}/content`` may answer:
@@ -81,6 +82,7 @@ __all__ = [
     "Upload",
     "download_link",
     "fetch_link",
+    "prepare_files",
     "prepare_upload",
 ]
 
@@ -169,25 +171,20 @@ def _file_disposition(field: str, filename: str) -> str:
 
 
 class Upload:
-    """A ``multipart/form-data`` body streamed from its file (an async iterable of bytes).
+    """A ``multipart/form-data`` body streamed from its files (an async iterable of bytes).
 
-    Each ``async for`` produces the whole body again (a retry), reading the file
-    afresh where that is possible (:attr:`replayable`).
+    The text fields come first, then one part per file, in order. Each ``async
+    for`` produces the whole body again (a retry), reading the files afresh
+    where that is possible (:attr:`replayable`).
     """
 
     def __init__(
         self,
-        reader: _Reader,
+        files: Sequence[tuple[str, str, str, _Reader]],
         *,
-        filename: str,
-        mime_type: str,
         fields: Sequence[tuple[str, str]],
-        field: str = "file",
     ) -> None:
-        self._reader = reader
         self.boundary = f"qoder-async-{uuid.uuid4().hex}"
-        self.filename = filename
-        self.mime_type = mime_type
         head = b"".join(
             (
                 f"--{self.boundary}\r\n"
@@ -197,14 +194,15 @@ class Upload:
             + b"\r\n"
             for name, value in fields
         )
-        self._head = (
-            head
-            + (
-                f"--{self.boundary}\r\n"
+        self._parts: list[tuple[bytes, _Reader]] = []
+        for i, (field, filename, mime_type, reader) in enumerate(files):
+            sep = "" if i == 0 else "\r\n"  # the line break that ends the file before
+            part_head = (
+                f"{sep}--{self.boundary}\r\n"
                 f"Content-Disposition: {_file_disposition(field, filename)}\r\n"
                 f"Content-Type: {mime_type}\r\n\r\n"
             ).encode()
-        )
+            self._parts.append(((head if i == 0 else b"") + part_head, reader))
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
 
     @property
@@ -214,14 +212,18 @@ class Upload:
 
     @property
     def length(self) -> int | None:
-        """The body's size in bytes, when the file's size is known."""
-        size = self._reader.length
-        return None if size is None else len(self._head) + size + len(self._tail)
+        """The body's size in bytes, when every file's size is known."""
+        total = len(self._tail)
+        for head, reader in self._parts:
+            if reader.length is None:
+                return None
+            total += len(head) + reader.length
+        return total
 
     @property
     def replayable(self) -> bool:
         """Whether the body can be sent again (a retry)."""
-        return self._reader.replayable
+        return all(reader.replayable for _, reader in self._parts)
 
     def body(self) -> RequestBody:
         """The request body for the request layer."""
@@ -231,12 +233,13 @@ class Upload:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        yield self._head
-        try:
-            async for chunk in self._reader.chunks():
-                yield chunk
-        except Exception as exc:  # the source's failure, not the connection's
-            raise SourceError(exc) from exc
+        for head, reader in self._parts:
+            yield head
+            try:
+                async for chunk in reader.chunks():
+                    yield chunk
+            except Exception as exc:  # the source's failure, not the connection's
+                raise SourceError(exc) from exc
         yield self._tail
 
 
@@ -278,14 +281,9 @@ async def _measure(source: Any) -> tuple[int | None, int | None]:
     return await asyncio.to_thread(measure)
 
 
-async def prepare_upload(
-    file: FileInput,
-    *,
-    filename: str | None,
-    mime_type: str | None,
-    fields: Mapping[str, Any],
-) -> Upload:
-    """The multipart body of an upload (see the module table); ``None`` fields are left out."""
+async def _file_part(
+    field: str, file: FileInput, filename: str | None, mime_type: str | None
+) -> tuple[str, str, str, _Reader]:
     source: Any = file
     if isinstance(file, tuple):
         if not 2 <= len(file) <= 3 or not isinstance(file[0], str):
@@ -297,6 +295,10 @@ async def prepare_upload(
     size, start = await _measure(source)
     name = filename or _name_of(source) or "upload"
     mime = mime_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return field, name, mime, _Reader(source, size, start)
+
+
+def _form(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     form: list[tuple[str, str]] = []
     for key, value in fields.items():
         if value is None:
@@ -308,7 +310,30 @@ async def prepare_upload(
         else:
             text = str(value)
         form.append((key, text))
-    return Upload(_Reader(source, size, start), filename=name, mime_type=mime, fields=form)
+    return form
+
+
+async def prepare_upload(
+    file: FileInput,
+    *,
+    filename: str | None,
+    mime_type: str | None,
+    fields: Mapping[str, Any],
+) -> Upload:
+    """The multipart body of an upload (see the module table); ``None`` fields are left out."""
+    part = await _file_part("file", file, filename, mime_type)
+    return Upload([part], fields=_form(fields))
+
+
+async def prepare_files(
+    field: str, files: Sequence[FileInput], *, fields: Mapping[str, Any]
+) -> Upload:
+    """A multipart body with one ``field`` part per file (a skill's ``files``), each
+    taken as :func:`prepare_upload` takes one."""
+    if isinstance(files, str | bytes | bytearray | memoryview | tuple) or not files:
+        raise TypeError(f"{field} must be a non-empty list of files")
+    parts = [await _file_part(field, f, None, None) for f in files]
+    return Upload(parts, fields=_form(fields))
 
 
 # --------------------------------------------------------------------------- downloads

@@ -72,9 +72,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ._agent import Script, TurnContext, default_script, run_turn
+from ._deployments import DeploymentStore
 from ._faults import CannedResponse, Dialect, Faults
 from ._files import FileStore
-from ._managed import ManagedResources
 from ._params import (
     RESOURCE_SECRETS,
     answer_ref,
@@ -95,6 +95,7 @@ from ._params import (
 )
 from ._sse import StreamConnection, resume_position
 from ._state import SessionState, ThreadState
+from ._vaults import ManagedStore
 from ._webhooks import WebhookDelivery, WebhookSender
 from ._wire import ApiError, Ids, bad_request, dumps, not_found
 
@@ -182,7 +183,9 @@ class FakeQoderServer:
     threads), events (send, list, SSE stream with ``Last-Event-ID`` replay
     and ``event_deltas[]`` previews), thread events and streams, files,
     agents (with versions), environments and models; deployments (with
-    runs), dreams and self-hosted work queues (``_managed``). Each turn is played by
+    runs), dreams and self-hosted work queues (``_deployments``); vaults with
+    credentials, skills with versions, memory stores with memories (``managed``,
+    ``_vaults``). Each turn is played by
     ``script`` (`default_script` when ``None``). ``faults`` and ``dialect``
     can be changed at any time. Use it as an async context manager, or call
     `start` and `close`.
@@ -260,7 +263,7 @@ class FakeQoderServer:
         self._agents: dict[str, list[dict[str, Any]]] = {}
         self._sessions: dict[str, SessionState] = {}
         self._files = FileStore(self._ids, random.Random(seed + 2))
-        self._managed = ManagedResources(
+        self._deployments = DeploymentStore(
             self._ids,
             body=self._body,
             create_session=self._create_session,
@@ -270,6 +273,8 @@ class FakeQoderServer:
             create_status=lambda: self.dialect.create_status,
         )
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        #: Vaults (with credentials), skills and memory stores (see ``_vaults``).
+        self.managed = ManagedStore(self._ids, self._body, lambda: self.dialect.create_status)
         self._webhooks: WebhookSender | None = None
         if webhook_url is not None:
             if webhook_secret is None:
@@ -556,7 +561,7 @@ class FakeQoderServer:
         ``"self_hosted"`` is queued by itself.) Returns the item as ``GET
         .../work/{id}`` would.
         """
-        return copy.deepcopy(self._managed.add_work(environment_id, session_id, metadata))
+        return copy.deepcopy(self._deployments.add_work(environment_id, session_id, metadata))
 
     # ------------------------------------------------------------------ faults
 
@@ -748,7 +753,8 @@ class FakeQoderServer:
         app.router.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
         app.router.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
         app.router.add_get(f"{b}/models", self._h_models)
-        self._managed.add_routes(app, b)
+        self._deployments.add_routes(app, b)
+        self.managed.add_routes(app.router, b)
 
     @staticmethod
     async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -1110,7 +1116,7 @@ class FakeQoderServer:
             if secret is not None:
                 state.resource_secrets[item["id"]] = secret
         self._sessions[state.id] = state
-        self._managed.session_created(resource)
+        self._deployments.session_created(resource)
         self._webhook("session.created", state.id)
         if initial_events:
             self._apply_events(state, initial_events)

@@ -33,7 +33,7 @@ request                                  what the fake does
 =======================================  ===============================================
 
 Work items are queued when a session is created in a ``self_hosted``
-environment, or by :meth:`ManagedResources.add_work`.
+environment, or by :meth:`DeploymentStore.add_work`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from ._params import (
 )
 from ._wire import ApiError, Ids, bad_request, dumps, not_found
 
-__all__ = ["ManagedResources"]
+__all__ = ["DeploymentStore"]
 
 _TURN_STARTERS = ("user.message", "user.define_outcome")
 _DREAM_STATUSES = ("pending", "running", "completed", "failed", "canceled")
@@ -90,7 +90,7 @@ def _int_param(query: Mapping[str, str], name: str) -> int | None:
     return value
 
 
-class ManagedResources:
+class DeploymentStore:
     """The state and handlers of deployments, runs, dreams and work queues of one fake.
 
     ``create_session`` creates a session from a ``POST /sessions`` body;
