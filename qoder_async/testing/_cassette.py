@@ -279,7 +279,8 @@ class Replay:
         kinds: dict[str, str] = {}
         for rec in records:
             kind = rec["type"]
-            if kind == "stream" and int(rec.get("status", 0)) < 300 and "path" in rec:
+            answered = isinstance(rec.get("status"), int) and rec["status"] < 300
+            if kind == "stream" and answered and "path" in rec:
                 path = str(rec["path"])
                 paths[rec["stream"]] = path
                 last_t[rec["stream"]] = 0.0

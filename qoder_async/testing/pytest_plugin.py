@@ -176,6 +176,11 @@ async def qoder_fake_server(
     if cassette is not None and _recording(request):
         yield None
         return
+    if cassette is not None and not cassette.exists():
+        pytest.fail(
+            f"no cassette {cassette}: record it with pytest --qoder-record "
+            "(QODER_PAT and QODER_BASE_URL set)"
+        )
     async with FakeQoderServer(
         heartbeat_interval=HEARTBEAT_INTERVAL, cassette=cassette, speed=0.0
     ) as server:
