@@ -212,9 +212,16 @@ async def test_no_secret_reaches_the_cassette(tmp_path: Path) -> None:
                 echo,
             )
         )
-        leak = {"id": "x1", "type": "agent.message", "content": [{"type": "text", "text": TOKEN}]}
-        frame = f"id: x1\nevent: agent.message\ndata: {json.dumps(leak)}\n\n"
+        hidden = "".join(f"\\u{ord(c):04x}" for c in TOKEN)  # the token behind JSON escapes
+        leak = f'{{"id": "x1", "type": "agent.message", "content": "{hidden}"}}'
+        frame = f"id: x1\nevent: agent.message\ndata: {leak}\n\n"
         server.faults.inject_frames.append(frame.encode())
+        lower = quote(TOKEN, safe="").replace("%2F", "%2f")  # lower-case escapes
+        server.faults.respond_next.append(
+            CannedResponse(
+                "GET", r"/environments$", 502, {"Content-Type": "text/plain"}, lower.encode()
+            )
+        )
         async with (
             QoderClient(token=TOKEN, base_url=server.base_url, reconnect=FAST) as client,
             record(client, path, bodies=True),
@@ -228,6 +235,9 @@ async def test_no_secret_reaches_the_cassette(tmp_path: Path) -> None:
             )
             with pytest.raises(APIStatusError):
                 await client.sessions.retrieve(f"sess_{TOKEN}")
+            with pytest.raises(APIStatusError):
+                no_retry = client.with_options(retry=RetryPolicy(max_retries=0))
+                [e async for e in no_retry.environments.list()]
             assert await (await client.files.download(file_id)).read() == (
                 f"the file says {TOKEN}".encode()
             )
@@ -236,8 +246,13 @@ async def test_no_secret_reaches_the_cassette(tmp_path: Path) -> None:
                 async for _ in stream:
                     break
     text = path.read_text()
-    for form in (TOKEN, quote(TOKEN, safe=""), "SECRET-4711"):
+    for form in (TOKEN, quote(TOKEN, safe=""), "SECRET-4711", hidden[:30]):
         assert form not in text
+    for record_ in lines(path):  # nor in an SSE frame's data, once its JSON is decoded
+        with contextlib.suppress(ValueError, TypeError):
+            assert "SECRET-4711" not in json.dumps(
+                json.loads(record_.get("data")), ensure_ascii=False
+            )
     assert "<redacted>" in text
     records = lines(path)
     assert records[0]["version"] == 1

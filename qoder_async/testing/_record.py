@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from ._cassette import FORMAT, REDACTED, VERSION
 
@@ -80,6 +80,7 @@ class _Writer:
         parts = urlsplit(self.base_url)
         self.shown_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self.secrets: set[str] = set()
+        self.patterns: list[re.Pattern[str]] = []
         self.seq = 0
         self.streams = 0
         self._file: IO[str] | None = open(path, "w", encoding="utf-8")  # noqa: SIM115
@@ -103,21 +104,33 @@ class _Writer:
             if name.lower() not in _SECRET_HEADERS or not value:
                 continue
             token = value.split(" ", 1)[1].strip() if " " in value else value.strip()
-            for variant in (value, token, quote(token, safe=""), quote_plus(token)):
-                if len(variant) >= 4:
-                    self.secrets.add(variant)
+            for secret in (value.strip(), token):
+                if len(secret) >= 4 and secret not in self.secrets:
+                    self.secrets.add(secret)
+                    self.patterns.append(_pattern(secret))
 
     def redact(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in sorted(self.secrets, key=len, reverse=True):
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
+            for pattern in self.patterns:
+                value = pattern.sub(REDACTED, value)
             return value
         if isinstance(value, dict):
             return {self.redact(k): self.redact(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.redact(v) for v in value]
         return value
+
+    def redact_json_text(self, text: str) -> str:
+        """``text``; when it is JSON hiding a secret behind escapes (``\\u0074ok``),
+        that JSON with the secret redacted (re-encoded)."""
+        if not self.secrets or "\\" not in text:
+            return text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        redacted = self.redact(value)
+        return text if redacted == value else json.dumps(redacted, ensure_ascii=False)
 
     def redact_bytes(self, data: bytes) -> bytes:
         for secret in self.secrets:
@@ -187,6 +200,22 @@ class _Writer:
         if self.bodies and size is None:
             out["base64"] = base64.b64encode(self.redact_bytes(data)).decode()
         return out
+
+
+def _pattern(secret: str) -> re.Pattern[str]:
+    """``secret`` as sent or percent-encoded, escapes in any case (``%2F``, ``%2f``, ``+``)."""
+    parts: list[str] = []
+    for char in secret:
+        if char.isascii() and (char.isalnum() or char in "-._~"):
+            parts.append(re.escape(char))
+            continue
+        encoded = "".join(
+            f"%[{b[0].upper()}{b[0].lower()}][{b[1].upper()}{b[1].lower()}]"
+            for b in (f"{byte:02x}" for byte in char.encode())
+        )
+        forms = [re.escape(char), encoded] + (["\\+"] if char == " " else [])
+        parts.append(f"(?:{'|'.join(forms)})")
+    return re.compile("".join(parts))
 
 
 class _Body:
@@ -356,6 +385,8 @@ class _StreamTap:
             return chunk
         t = self.exchange.elapsed()
         for frame in self.frames.feed(chunk):
+            if "data" in frame:
+                frame["data"] = writer.redact_json_text(frame["data"])
             writer.write(
                 {"type": "frame", "stream": self.number, "seq": writer.next_seq(), "t": t, **frame}
             )
