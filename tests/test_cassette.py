@@ -508,3 +508,17 @@ async def test_the_pytest_marker_records_then_replays(tmp_path: Path) -> None:
     )
     assert code != 0
     assert "set QODER_PAT and QODER_BASE_URL" in out
+
+
+@pytest.mark.both_transports
+async def test_record_and_replay_on_every_transport(
+    client: QoderClient, server: FakeQoderServer, session_id: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "transport.jsonl"
+    async with record(client, path):
+        recorded = await (await client.session(session_id).send("Hello")).result()
+    async with FakeQoderServer(cassette=path, speed=0) as replay:
+        async with QoderClient(token=replay.token, base_url=replay.base_url) as again:
+            replayed = await (await again.session(session_id).send("Hello")).result()
+    assert same(replayed) == same(recorded)
+    assert any(r.get("type") == "frame" for r in lines(path))
