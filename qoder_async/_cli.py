@@ -4,6 +4,7 @@
 
     qoder-async demo                               # one turn against the bundled fake server
     qoder-async chat sess_... "Help me analyze this code." [--on-busy wait|interrupt]
+    qoder-async record -o hello.jsonl sess_... "Hello"   # chat, recorded to a cassette
     qoder-async tail sess_... --deltas             # follow a session's events
     qoder-async events --type agent.message --type agent.tool_use sess_...
     qoder-async sessions list|create|get|cancel|archive|delete
@@ -81,7 +82,7 @@ from qoder_async import (
     UserMessage,
     __version__,
 )
-from qoder_async.testing import FakeQoderServer, TurnContext, default_script, tool_script
+from qoder_async.testing import FakeQoderServer, TurnContext, default_script, record, tool_script
 from qoder_async.types import (
     Agent,
     AgentCustomToolUse,
@@ -729,7 +730,7 @@ async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
     if not text.strip():
         raise ConfigurationError("the message is empty")
     view = _TurnView(ctx)
-    async with _client(args) as client:
+    async with _client(args) as client, _recorded(client, getattr(args, "output", None)):
         try:
             turn = await client.session(args.session_id).send(text, on_busy=args.on_busy)
         except SessionBusyError as exc:
@@ -740,6 +741,20 @@ async def _cmd_chat(args: argparse.Namespace, ctx: _Context) -> int:
                 )
             raise
         return await view.follow(turn)
+
+
+def _recorded(
+    client: QoderClient, output: str | None
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """``record`` to ``output`` (the ``record`` command), or nothing (``chat``)."""
+    if output is None:
+        return contextlib.nullcontext()
+    try:
+        with open(output, "a", encoding="utf-8"):
+            pass  # a path that cannot be written is a usage error, before anything is sent
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write the cassette {output!r}: {exc}") from None
+    return record(client, output)
 
 
 async def _cmd_tail(args: argparse.Namespace, ctx: _Context) -> int:
@@ -1579,6 +1594,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--on-busy. "
         "MESSAGE '-' reads stdin.",
     )
+    p.add_argument("session_id", metavar="SESSION_ID")
+    p.add_argument("message", metavar="MESSAGE", nargs="+")
+    p.add_argument(
+        "--on-busy",
+        choices=("raise", "wait", "interrupt"),
+        default="raise",
+        help="if a turn is already running: fail (default), wait for it, or interrupt it",
+    )
+
+    p = build.add(
+        commands,
+        "record",
+        "chat, recording the turn to a cassette (replay it with FakeQoderServer(cassette=))",
+        f'{PROG} record -o tests/cassettes/hello.jsonl sess_01abc "Hello"',
+        _cmd_chat,
+        "Runs one turn exactly as chat does and writes every request, answer and SSE frame "
+        "to FILE as JSON Lines (the token and cookies redacted; file bodies as size and "
+        "hash). Works against the real API or any --base-url.",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the cassette to write")
     p.add_argument("session_id", metavar="SESSION_ID")
     p.add_argument("message", metavar="MESSAGE", nargs="+")
     p.add_argument(

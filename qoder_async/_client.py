@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from qoder_async._api.deployments import (
@@ -30,7 +30,7 @@ from qoder_async._shell.eventstream import (
     DEFAULT_STALL_TIMEOUT,
 )
 from qoder_async._shell.http import HTTP, TokenSource, resolve_base_url, resolve_token
-from qoder_async._shell.transport import Timeout, transport_for
+from qoder_async._shell.transport import Timeout, Transport, transport_for
 from qoder_async._turn.metrics import metrics_for
 from qoder_async._turn.session import SessionHandle
 from qoder_async._turn.tracing import tracer_for
@@ -199,6 +199,17 @@ class QoderClient:
     def timeout(self) -> Timeout:
         """The timeouts of JSON requests."""
         return self._http.timeout
+
+    def _tap_transport(self, wrap: Callable[[Transport], Transport]) -> Callable[[], None]:
+        """Not public API: the hook ``qoder_async.testing.record`` uses (duck-typed).
+
+        Every request of this client and its ``with_options`` copies goes through
+        ``wrap(transport)`` until the returned function is called (see
+        ``HTTP.tap``). The transport protocol is ``_shell.transport.Transport``:
+        ``request``, ``open``, ``stream``, ``connection_error``, ``aclose`` and
+        ``errors``.
+        """
+        return self._http.tap(wrap)
 
     # -- lifecycle
 

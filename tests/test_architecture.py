@@ -12,11 +12,11 @@ The table is ``render_layers(LAYERS)`` (a test checks it):
 layer                       modules
 ==========================  ======================================================================
 the command line            ``__main__``, ``_cli``
-testing                     ``testing``, ``testing._agent``, ``testing._faults``,
-                            ``testing._files``, ``testing._deployments``, ``testing._params``,
-                            ``testing._server``, ``testing._sse``, ``testing._state``,
-                            ``testing._vaults``, ``testing._webhooks``, ``testing._wire``,
-                            ``testing.pytest_plugin``
+testing                     ``testing``, ``testing._agent``, ``testing._cassette``,
+                            ``testing._faults``, ``testing._files``, ``testing._deployments``,
+                            ``testing._params``, ``testing._record``, ``testing._server``,
+                            ``testing._sse``, ``testing._state``, ``testing._vaults``,
+                            ``testing._webhooks``, ``testing._wire``, ``testing.pytest_plugin``
 the public modules          ``__init__``, ``types``, ``webhooks``, ``fleet``
 the fleet                   ``fleet._fleet``, ``fleet._coordinators``
 the client                  ``_client``
@@ -50,10 +50,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "testing": (
         "testing",
         "testing._agent",
+        "testing._cassette",
         "testing._faults",
         "testing._files",
         "testing._deployments",
         "testing._params",
+        "testing._record",
         "testing._server",
         "testing._sse",
         "testing._state",
@@ -134,7 +136,15 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "types": {"_core.models", "_core.params"},
     "__main__": {"_cli"},
     "_cli": {"__init__", "testing", "types"},
-    "testing": {"testing._agent", "testing._faults", "testing._server", "testing._webhooks"},
+    "testing": {
+        "testing._agent",
+        "testing._faults",
+        "testing._record",
+        "testing._server",
+        "testing._webhooks",
+    },
+    "testing._cassette": {"testing._faults", "testing._state", "testing._wire"},
+    "testing._record": {"testing._cassette"},
     "testing._agent": {"testing._faults", "testing._params", "testing._state", "testing._wire"},
     "testing._faults": {"testing._wire"},
     "testing._files": {"testing._params", "testing._wire"},
@@ -142,6 +152,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "testing._params": {"testing._wire"},
     "testing._server": {
         "testing._agent",
+        "testing._cassette",
         "testing._faults",
         "testing._files",
         "testing._deployments",

@@ -352,7 +352,7 @@ def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -
     finally:
         first.close()
     # and once the first loop is gone (asyncio.run() called twice):
-    lifecycle = _Lifecycle()
+    lifecycle = _Lifecycle(client._http.transport)
     dead = asyncio.new_event_loop()
     lifecycle.loop = dead
     dead.close()

@@ -33,6 +33,7 @@ def test_examples_are_documented() -> None:
         "custom_tools.py",
         "fleet_bot.py",
         "many_sessions.py",
+        "replay_cassette.py",
         "webhook_bot.py",
     ]
     for script in scripts:
@@ -48,6 +49,22 @@ def test_chat() -> None:
     assert lines[2].startswith('You said: "What does app.py do?"')
     assert lines[3] == "stop reason: end_turn; tool calls: ['Read']"
     assert re.fullmatch(r"usage: \d+ in / \d+ out tokens", lines[4])
+
+
+def test_replay_cassette_replays_the_committed_cassette() -> None:
+    result = run_example("replay_cassette.py")
+    assert result.returncode == 0, result.stderr
+    reply = "It is 18 C, light rain in Paris: take a light raincoat and an umbrella."
+    assert result.stdout.splitlines() == [
+        f"replayed: {reply}",
+        "  tool: get_weather({'city': 'Paris'}) -> Paris: 18 C, light rain",
+        "  stop reason: end_turn; events: 8",
+        f"replayed with drops and duplicates: {reply}",
+        "  tool: get_weather({'city': 'Paris'}) -> Paris: 18 C, light rain",
+        "  stop reason: end_turn; events: 8",
+        "same turn both times: True",
+    ]
+    assert "QODER_" not in result.stderr
 
 
 def test_webhook_bot_self_test() -> None:

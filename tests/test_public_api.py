@@ -263,6 +263,7 @@ PINNED: dict[str, list[str]] = {
         "WebhookDelivery",
         "default_script",
         "multiagent_script",
+        "record",
         "subagent_tool_script",
         "tool_script",
     ],

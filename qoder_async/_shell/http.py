@@ -39,6 +39,10 @@ origin)                                 token, no default headers, no client coo
 used after ``aclose()``                 :class:`ClientClosedError` (a request waiting for
                                         the token callable too: the call is cancelled)
 used from another event loop            :class:`WrongEventLoopError` (says what to do)
+:meth:`HTTP.tap` (a recorder, e.g.      every request of the client and its copies goes
+``qoder_async.testing.record``)         through the wrapped transport until undone; no
+                                        cost when none is installed (one attribute read
+                                        per request, none per chunk); one at a time
 ======================================  ===============================================
 
 Copies made by :meth:`HTTP.copy` (``client.with_options(...)``) share the
@@ -383,13 +387,16 @@ class Observer:
 
 
 class _Lifecycle:
-    """Shared by an :class:`HTTP` and its copies: open or closed, and the event loop used."""
+    """Shared by an :class:`HTTP` and its copies: open or closed, the event loop used,
+    and the transport (a recorder's wrapper while one is installed)."""
 
-    __slots__ = ("closed", "loop")
+    __slots__ = ("closed", "loop", "tapped", "transport")
 
-    def __init__(self) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport = transport
+        self.tapped = False
 
     def check(self) -> None:
         if self.closed:
@@ -441,7 +448,6 @@ class HTTP:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.base_url = base_url
-        self.transport = transport
         self.timeout = _as_timeout(timeout, DEFAULT_TIMEOUT)
         self.retry = retry or RetryPolicy()
         self._secret = _Secret(
@@ -455,7 +461,7 @@ class HTTP:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
-        self._life = _Lifecycle()
+        self._life = _Lifecycle(transport)
         self._owner = True
         self._stream_timeout = Timeout(total=None, connect=self.timeout.connect)
 
@@ -473,6 +479,31 @@ class HTTP:
         twin._stream_timeout = Timeout(total=None, connect=twin.timeout.connect)
         twin._owner = False
         return twin
+
+    @property
+    def transport(self) -> Transport:
+        """The transport every request goes through (shared by the copies)."""
+        return self._life.transport
+
+    def tap(self, wrap: Callable[[Transport], Transport]) -> Callable[[], None]:
+        """Send every request of this client and its copies through ``wrap(transport)``.
+
+        The hook of ``qoder_async.testing.record`` (a recorder wraps the
+        transport and sees each exchange, its bytes included, as the transport
+        moves them). Requests and streams opened from now on use the wrapper;
+        the returned function puts the transport back. One tap at a time:
+        a second raises :class:`ConfigurationError`.
+        """
+        life = self._life
+        if life.tapped:
+            raise ConfigurationError("this client is already being recorded (one tap at a time)")
+        inner = life.transport
+        life.transport, life.tapped = wrap(inner), True
+
+        def undo() -> None:
+            life.transport, life.tapped = inner, False
+
+        return undo
 
     # -- lifecycle
 

@@ -12,6 +12,10 @@ streams, throttling, duplicated or reordered replays, ignored resume cursors,
 malformed frames...) and `Dialect` sets the documented status codes, whether
 events carry ``turn_id`` and how a file download answers.
 
+`record` writes what a ``QoderClient`` says and hears (requests, answers,
+every SSE frame with its timing) to a cassette, secrets redacted;
+``FakeQoderServer(cassette=path)`` answers from it, ``faults`` on top.
+
 This package is standalone: it imports nothing from the rest of
 ``qoder_async``, so any HTTP client can be tested against it::
 
@@ -51,6 +55,7 @@ from ._agent import (
     tool_script,
 )
 from ._faults import CannedResponse, Dialect, Faults
+from ._record import record
 from ._server import FakeQoderServer, RecordedRequest
 from ._webhooks import WebhookDelivery
 
@@ -66,6 +71,7 @@ __all__ = [
     "WebhookDelivery",
     "default_script",
     "multiagent_script",
+    "record",
     "subagent_tool_script",
     "tool_script",
 ]

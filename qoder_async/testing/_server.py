@@ -61,6 +61,7 @@ import copy
 import hashlib
 import hmac
 import json
+import os
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ._agent import Script, TurnContext, default_script, run_turn
+from ._cassette import ORIGIN_PATH, Replay, load_cassette
 from ._deployments import DeploymentStore
 from ._faults import CannedResponse, Dialect, Faults
 from ._files import FileStore
@@ -220,6 +222,12 @@ class FakeQoderServer:
             and ``session.status_idled``.
         webhook_retry_delays: seconds between delivery attempts; a delivery
             is given up after the last one.
+        cassette: a cassette written by `record`: the server answers from it
+            instead of running an agent (the rules: ``_cassette``); ``faults``
+            still apply on top. Raises ``ValueError`` when it is not a cassette
+            (another version, a bad line).
+        speed: with ``cassette``, streams replay at ``speed`` times the recorded
+            pace (2.0: twice as fast); 0 sends every frame without waiting.
     """
 
     #: The token accepted when none is given.
@@ -242,6 +250,8 @@ class FakeQoderServer:
         webhook_secret: str | None = None,
         webhook_events_on_turn_end: bool = False,
         webhook_retry_delays: Sequence[float] = (0.05, 0.25, 1.0, 5.0),
+        cassette: str | os.PathLike[str] | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.token = token
         self.script: Script | None = script
@@ -275,6 +285,11 @@ class FakeQoderServer:
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
         #: Vaults (with credentials), skills and memory stores (see ``_vaults``).
         self.managed = ManagedStore(self._ids, self._body, lambda: self.dialect.create_status)
+        self._replay = (
+            Replay(load_cassette(cassette), speed=speed, ids=self._ids)
+            if cassette is not None
+            else None
+        )
         self._webhooks: WebhookSender | None = None
         if webhook_url is not None:
             if webhook_secret is None:
@@ -357,6 +372,8 @@ class FakeQoderServer:
                 session.turn = None
                 session.idle.set()
             session.notify()
+        for state in self._replay.states() if self._replay is not None else ():
+            state.notify()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -650,6 +667,12 @@ class FakeQoderServer:
         throttled = self._throttle()
         if throttled is not None:
             return throttled
+        if self._replay is not None:
+            if request.path.startswith(ORIGIN_PATH + "/"):  # another origin: no credentials
+                index = request.path.removeprefix(ORIGIN_PATH + "/")
+                return self._replay.answer_origin(index, request.method)
+            self._authenticate(request)
+            return await self._replayed(request, body, self._replay)
         if request.match_info.http_exception is not None:
             return web.Response(
                 status=404, text="404 page not found", content_type="text/plain", charset="utf-8"
@@ -659,6 +682,22 @@ class FakeQoderServer:
         if key and request.method in ("POST", "PUT", "DELETE"):
             return await self._idempotent(request, handler, body, key)
         return await handler(request)
+
+    async def _replayed(
+        self, request: web.Request, body: bytes, replay: Replay
+    ) -> web.StreamResponse:
+        path = request.path.removeprefix(BASE_PATH)
+        if request.method == "GET" and replay.is_stream(path):
+            state = replay.state(path)
+            if path not in replay.feeders:
+                task = asyncio.create_task(replay.feed(path))
+                replay.feeders[path] = task
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            cursor = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+            return await self._serve_stream(request, state, cursor or None, None)
+        origin = f"{request.scheme}://{request.host}"
+        return replay.answer(request.method, path, body, request.content_type, origin)
 
     def _authenticate(self, request: web.Request) -> None:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")

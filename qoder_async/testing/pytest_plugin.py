@@ -42,12 +42,30 @@ Fixtures (both function-scoped):
 ``qoder_client``
     A :class:`~qoder_async.QoderClient` pointed at ``qoder_fake_server``;
     closed after the test.
+
+Cassettes
+=========
+
+``@pytest.mark.qoder_cassette("cassettes/hello.jsonl")`` (the path relative to
+the test file) makes ``qoder_fake_server`` replay that cassette
+(``FakeQoderServer(cassette=..., speed=0)``: no waiting) instead of running an
+agent. With ``pytest --qoder-record`` such a test records it instead:
+``qoder_client`` talks to ``QODER_BASE_URL`` with ``QODER_PAT`` (both must be
+set) inside :func:`~qoder_async.testing.record`, and ``qoder_fake_server`` is
+``None`` (there is no fake)::
+
+    @pytest.mark.qoder_cassette("cassettes/hello.jsonl")
+    async def test_hello(qoder_client):
+        turn = await qoder_client.session(SESSION_ID).send("Hello")
+        assert (await turn.result()).stop_reason.type == "end_turn"
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -63,7 +81,13 @@ if TYPE_CHECKING:
     from qoder_async import QoderClient
     from qoder_async.testing import FakeQoderServer
 
-__all__ = ["pytest_pycollect_makeitem", "qoder_client", "qoder_fake_server"]
+__all__ = [
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_pycollect_makeitem",
+    "qoder_client",
+    "qoder_fake_server",
+]
 
 #: Heartbeat interval of ``qoder_fake_server``: short, so stalls show up quickly.
 HEARTBEAT_INTERVAL = 0.2
@@ -104,20 +128,89 @@ def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> None:
         pytest.mark.asyncio(obj)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--qoder-record``: tests marked ``qoder_cassette`` record their cassette."""
+    parser.addoption(
+        "--qoder-record",
+        action="store_true",
+        default=False,
+        help="tests marked qoder_cassette record their cassette against QODER_BASE_URL "
+        "with QODER_PAT instead of replaying it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``qoder_cassette`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "qoder_cassette(path): qoder_fake_server replays this cassette (relative to the test "
+        "file); with --qoder-record the test records it",
+    )
+
+
+def _cassette(request: pytest.FixtureRequest) -> Path | None:
+    """The cassette of the test (its ``qoder_cassette`` marker), or ``None``."""
+    marker = request.node.get_closest_marker("qoder_cassette")
+    if marker is None:
+        return None
+    if len(marker.args) != 1 or not isinstance(marker.args[0], str | os.PathLike):
+        pytest.fail("@pytest.mark.qoder_cassette takes one path, e.g. 'cassettes/hello.jsonl'")
+    return Path(request.path).parent / marker.args[0]
+
+
+def _recording(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--qoder-record", default=False))
+
+
 @_async_fixture
-async def qoder_fake_server() -> AsyncIterator[FakeQoderServer]:
-    """A started fake Qoder API on 127.0.0.1 (heartbeat every 0.2 s); closed after the test."""
+async def qoder_fake_server(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[FakeQoderServer | None]:
+    """A started fake Qoder API on 127.0.0.1 (heartbeat every 0.2 s); closed after the test.
+
+    Replays the test's ``qoder_cassette`` when it has one (``None`` while recording it).
+    """
     from qoder_async.testing import FakeQoderServer
 
-    async with FakeQoderServer(heartbeat_interval=HEARTBEAT_INTERVAL) as server:
+    cassette = _cassette(request)
+    if cassette is not None and _recording(request):
+        yield None
+        return
+    if cassette is not None and not cassette.exists():
+        pytest.fail(
+            f"no cassette {cassette}: record it with pytest --qoder-record "
+            "(QODER_PAT and QODER_BASE_URL set)"
+        )
+    async with FakeQoderServer(
+        heartbeat_interval=HEARTBEAT_INTERVAL, cassette=cassette, speed=0.0
+    ) as server:
         yield server
 
 
 @_async_fixture
-async def qoder_client(qoder_fake_server: FakeQoderServer) -> AsyncIterator[QoderClient]:
-    """A ``QoderClient`` pointed at ``qoder_fake_server``; closed after the test."""
-    from qoder_async import QoderClient
+async def qoder_client(
+    request: pytest.FixtureRequest, qoder_fake_server: FakeQoderServer | None
+) -> AsyncIterator[QoderClient]:
+    """A ``QoderClient`` pointed at ``qoder_fake_server``; closed after the test.
 
+    While recording a cassette (``--qoder-record``): a client of ``QODER_BASE_URL``
+    with ``QODER_PAT``, recorded to the cassette.
+    """
+    from qoder_async import QoderClient
+    from qoder_async.testing import record
+
+    if qoder_fake_server is None:
+        cassette = _cassette(request)
+        assert cassette is not None
+        token = os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+        if not token or not os.environ.get("QODER_BASE_URL"):
+            pytest.fail(
+                "--qoder-record records against the real API: set QODER_PAT and QODER_BASE_URL"
+            )
+        cassette.parent.mkdir(parents=True, exist_ok=True)
+        async with QoderClient(token=token) as client, record(client, cassette):
+            yield client
+        return
     async with QoderClient(
         token=qoder_fake_server.token, base_url=qoder_fake_server.base_url
     ) as client:
