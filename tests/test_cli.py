@@ -1,13 +1,16 @@
-"""The ``qoder-async`` command line, run as a subprocess against a fake server in this process.
+"""The ``qoder-async`` command line against a fake server in this process.
 
-Every command runs as ``python -m qoder_async ...`` with ``QODER_BASE_URL`` and
-``QODER_PAT`` pointing at the ``server`` fixture. Timeouts only guard against
-hangs; nothing here measures time.
+Commands run to completion by :func:`run`: ``main()`` in a thread (its own event
+loop), with ``QODER_BASE_URL`` and ``QODER_PAT`` pointing at the ``server``
+fixture. What only a real process shows (Ctrl-C, signals, exit status, a closed
+pipe, a terminal) runs as ``python -m qoder_async ...`` (:class:`Cli`).
+Timeouts only guard against hangs; nothing here measures time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import os
@@ -16,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -104,9 +108,45 @@ class Cli:
         return Result(self.proc.returncode, before_out + out.decode(), before_err + err.decode())
 
 
+def _stream() -> io.TextIOWrapper:
+    """A stdout or stderr like a pipe's: text over bytes (``.buffer``), never a terminal."""
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="", write_through=True)
+
+
+def _text(stream: io.TextIOWrapper) -> str:
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue().decode()
+
+
+_IN_PROCESS = threading.Lock()
+
+
+def _main_in_this_process(args: tuple[str, ...], env: Mapping[str, str]) -> Result:
+    """``main(args)`` with ``env`` as the environment and pipes for stdin, stdout and stderr."""
+    with _IN_PROCESS:
+        saved = dict(os.environ)
+        streams = sys.stdin, sys.stdout, sys.stderr
+        out, err = _stream(), _stream()
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), out, err
+            code = main(list(args))
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = streams
+            os.environ.clear()
+            os.environ.update(saved)
+        return Result(code, _text(out), _text(err))
+
+
 async def run(*args: str, env: Mapping[str, str]) -> Result:
-    """Run the CLI to completion."""
-    return await (await Cli.start(*args, env=env)).finish()
+    """Run the CLI to completion: ``main()`` in a thread of this process (its own event loop).
+
+    What only a process shows (signals, exit status, a closed pipe, a terminal) is
+    tested with :class:`Cli`, a real ``python -m qoder_async``.
+    """
+    return await asyncio.to_thread(_main_in_this_process, args, env)
 
 
 def assert_clean_error(result: Result, code: int) -> None:
