@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -999,12 +999,17 @@ async def test_global_options_go_before_or_after_the_command(
 # --------------------------------------------------------------------------- retries, pipes
 
 
-def refused_url() -> str:
-    """A base URL on a loopback port nobody listens on."""
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A base URL on a loopback port nobody listens on.
+
+    The port stays bound (not listening) for the whole test: a freed port may be
+    taken by any server on the machine before the CLI connects.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/v1/cloud"
+        yield f"http://127.0.0.1:{port}/api/v1/cloud"
 
 
 def test_the_cli_retries_for_10_seconds_by_default() -> None:
@@ -1015,8 +1020,8 @@ def test_the_cli_retries_for_10_seconds_by_default() -> None:
     assert args.retry_timeout == 2.5
 
 
-async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1() -> None:
-    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1(refused_url: str) -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url, "QODER_PAT": "pat_secret_0123456789"})
     result = await run("--retry-timeout", "1", "environments", "get", "env_1", env=env)
     assert result.code == 1, result
     *retries, error = result.err.strip().splitlines()
@@ -1032,8 +1037,8 @@ async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1() -> None:
     assert "Traceback" not in result.err
 
 
-async def test_json_mode_retries_are_log_objects_before_the_error() -> None:
-    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+async def test_json_mode_retries_are_log_objects_before_the_error(refused_url: str) -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url, "QODER_PAT": "pat_secret_0123456789"})
     result = await run("--json", "--retry-timeout", "1", "sessions", "get", "s1", env=env)
     assert result.code == 1, result
     *logs, error = [json.loads(line) for line in result.err.strip().splitlines()]
