@@ -1,13 +1,16 @@
-"""The ``qoder-async`` command line, run as a subprocess against a fake server in this process.
+"""The ``qoder-async`` command line against a fake server in this process.
 
-Every command runs as ``python -m qoder_async ...`` with ``QODER_BASE_URL`` and
-``QODER_PAT`` pointing at the ``server`` fixture. Timeouts only guard against
-hangs; nothing here measures time.
+Commands run to completion by :func:`run`: ``main()`` in a thread (its own event
+loop), with ``QODER_BASE_URL`` and ``QODER_PAT`` pointing at the ``server``
+fixture. What only a real process shows (Ctrl-C, signals, exit status, a closed
+pipe, a terminal) runs as ``python -m qoder_async ...`` (:class:`Cli`).
+Timeouts only guard against hangs; nothing here measures time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import os
@@ -16,7 +19,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -104,9 +108,45 @@ class Cli:
         return Result(self.proc.returncode, before_out + out.decode(), before_err + err.decode())
 
 
+def _stream() -> io.TextIOWrapper:
+    """A stdout or stderr like a pipe's: text over bytes (``.buffer``), never a terminal."""
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="", write_through=True)
+
+
+def _text(stream: io.TextIOWrapper) -> str:
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue().decode()
+
+
+_IN_PROCESS = threading.Lock()
+
+
+def _main_in_this_process(args: tuple[str, ...], env: Mapping[str, str]) -> Result:
+    """``main(args)`` with ``env`` as the environment and pipes for stdin, stdout and stderr."""
+    with _IN_PROCESS:
+        saved = dict(os.environ)
+        streams = sys.stdin, sys.stdout, sys.stderr
+        out, err = _stream(), _stream()
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), out, err
+            code = main(list(args))
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = streams
+            os.environ.clear()
+            os.environ.update(saved)
+        return Result(code, _text(out), _text(err))
+
+
 async def run(*args: str, env: Mapping[str, str]) -> Result:
-    """Run the CLI to completion."""
-    return await (await Cli.start(*args, env=env)).finish()
+    """Run the CLI to completion: ``main()`` in a thread of this process (its own event loop).
+
+    What only a process shows (signals, exit status, a closed pipe, a terminal) is
+    tested with :class:`Cli`, a real ``python -m qoder_async``.
+    """
+    return await asyncio.to_thread(_main_in_this_process, args, env)
 
 
 def assert_clean_error(result: Result, code: int) -> None:
@@ -1013,12 +1053,17 @@ async def test_global_options_go_before_or_after_the_command(
 # --------------------------------------------------------------------------- retries, pipes
 
 
-def refused_url() -> str:
-    """A base URL on a loopback port nobody listens on."""
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A base URL on a loopback port nobody listens on.
+
+    The port stays bound (not listening) for the whole test: a freed port may be
+    taken by any server on the machine before the CLI connects.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/v1/cloud"
+        yield f"http://127.0.0.1:{port}/api/v1/cloud"
 
 
 def test_the_cli_retries_for_10_seconds_by_default() -> None:
@@ -1029,8 +1074,8 @@ def test_the_cli_retries_for_10_seconds_by_default() -> None:
     assert args.retry_timeout == 2.5
 
 
-async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1() -> None:
-    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1(refused_url: str) -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url, "QODER_PAT": "pat_secret_0123456789"})
     result = await run("--retry-timeout", "1", "environments", "get", "env_1", env=env)
     assert result.code == 1, result
     *retries, error = result.err.strip().splitlines()
@@ -1046,8 +1091,8 @@ async def test_each_retry_is_a_line_on_stderr_then_the_error_exits_1() -> None:
     assert "Traceback" not in result.err
 
 
-async def test_json_mode_retries_are_log_objects_before_the_error() -> None:
-    env = clean_env({"QODER_BASE_URL": refused_url(), "QODER_PAT": "pat_secret_0123456789"})
+async def test_json_mode_retries_are_log_objects_before_the_error(refused_url: str) -> None:
+    env = clean_env({"QODER_BASE_URL": refused_url, "QODER_PAT": "pat_secret_0123456789"})
     result = await run("--json", "--retry-timeout", "1", "sessions", "get", "s1", env=env)
     assert result.code == 1, result
     *logs, error = [json.loads(line) for line in result.err.strip().splitlines()]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -27,8 +29,18 @@ from qoder_async import (
     StreamStalledError,
     UserMessage,
 )
+from qoder_async._core import machine as machine_module
 from qoder_async._core.backoff import Backoff
-from qoder_async._core.machine import Cause, Dedupe, GiveUp, Reconnect, StreamMachine
+from qoder_async._core.machine import (
+    FAILURE_RULES,
+    LIVENESS_RULES,
+    Cause,
+    Dedupe,
+    GiveUp,
+    Reconnect,
+    Rule,
+    StreamMachine,
+)
 from qoder_async._core.models import Event
 from qoder_async._core.sse import EventDecoder, time_key
 from qoder_async._core.turns import RECONNECTED, LiveText, TurnRouter, text_delta
@@ -667,3 +679,91 @@ def test_text_delta_chunks_join_to_the_text(run: tuple[list[Any], str]) -> None:
         if chunk:
             chunks.append(chunk)
     assert "".join(chunks) == final
+
+
+# ----------------------------------------------------------------------------- the machine's tables
+
+
+def render_rules(rules: tuple[Rule[Any, Any], ...], left: str, right: str) -> str:
+    """A rule table as the machine's docstring shows it (45 + 45 columns, wrapped)."""
+    width = 45
+    border = f"{'=' * width}  {'=' * width}"
+    lines = [border, f"{left:<{width}}  {right}", border]
+    for rule in rules:
+        a = textwrap.wrap(rule.situation, width, break_on_hyphens=False)
+        b = textwrap.wrap(rule.decision, width, break_on_hyphens=False)
+        for i in range(max(len(a), len(b))):
+            row = f"{a[i] if i < len(a) else '':<{width}}  {b[i] if i < len(b) else ''}"
+            lines.append(row.rstrip())
+    lines.append(border)
+    return "\n".join(lines)
+
+
+def test_the_machine_docstring_shows_the_tables_the_code_runs() -> None:
+    doc = machine_module.__doc__ or ""
+    for rules, left, right in (
+        (LIVENESS_RULES, "while connected (check)", "verdict"),
+        (FAILURE_RULES, "a connection ended (failed)", "decision"),
+    ):
+        table = render_rules(rules, left, right)
+        assert table in doc, f"the machine's docstring lost this table; paste:\n{table}"
+
+
+def _liveness(rule: int) -> Cause | None:
+    """A connected machine (stall_timeout 10, read_timeout 20) in the situation of row ``rule``."""
+    clock = Clock()
+    m = new_machine(clock, stall_timeout=10.0, read_timeout=20.0)
+    m.connecting()
+    m.connected()
+    if rule == 0:  # busy consumer: silent for longer than both timeouts, yet fine
+        m.expecting = True
+        m.consumer_busy = True
+        clock.advance(60.0)
+    elif rule == 1:  # active, heartbeats only
+        m.expecting = True
+        for _ in range(9):
+            clock.advance(1.0)
+            m.chunks += 1
+            assert m.check() is None
+        clock.advance(1.0)
+        m.chunks += 1
+    else:  # not active (idle, requires_action): only the read clock runs
+        assert m.take(SessionStatusIdle(RequiresAction(("t1",)), id="i"))
+        clock.advance(20.0)
+    return m.check()
+
+
+@pytest.mark.parametrize(("row", "verdict"), [(0, None), (1, Cause.STALL), (2, Cause.READ_TIMEOUT)])
+def test_each_liveness_row(row: int, verdict: Cause | None) -> None:
+    assert len(LIVENESS_RULES) == 3, "a new row needs its case here"
+    assert _liveness(row) is verdict
+
+
+def _failure(row: int) -> Reconnect | GiveUp:
+    """A machine whose connection ends in the situation of FAILURE_RULES[row]."""
+    clock = Clock()
+    policy = ReconnectPolicy(backoff=Backoff(initial=1.0, jitter=0.0), max_attempts=2)
+    m = new_machine(clock, policy=policy, stall_timeout=10.0, max_stalls=2)
+    m.expecting = True
+    failures = {0: [Cause.STALL, Cause.STALL], 1: [Cause.STALL], 2: [Cause.ERROR] * 3}
+    outcome: Reconnect | GiveUp | None = None
+    for cause in failures.get(row, [Cause.ERROR, Cause.EOF]):
+        m.connecting()
+        m.connected()
+        outcome = m.failed(cause, server_retry=3.0 if row == 3 else None)
+    assert outcome is not None
+    return outcome
+
+
+def test_each_failure_row() -> None:
+    assert len(FAILURE_RULES) == 4, "a new row needs its case here"
+    stalled = _failure(0)
+    assert isinstance(stalled, GiveUp)
+    assert isinstance(stalled.error, StreamStalledError)
+    assert stalled.error.stalls == 2
+    assert _failure(1) == Reconnect(1.0)  # backoff(0): a stall is no failed attempt
+    exhausted = _failure(2)
+    assert isinstance(exhausted, GiveUp)
+    assert isinstance(exhausted.error, ResumeExhaustedError)
+    assert exhausted.error.attempts == 2
+    assert _failure(3) == Reconnect(3.0)  # backoff(1) is 2.0; the server's retry is the floor

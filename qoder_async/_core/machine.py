@@ -29,31 +29,45 @@ any other event                                delivered: its id is remembered *
                                                cursor and the floor move to it
 =============================================  =====================================
 
-Liveness (``check``, called by a timer while connected) and failures:
+Liveness and failures are the tables :data:`LIVENESS_RULES` and
+:data:`FAILURE_RULES`, which the code runs (first match wins; a test renders
+them here). ``check`` is called by a timer while connected; first the clocks
+move: bytes restart the read clock, an event the stall clock (a reconnect does
+not), and a session that is not active keeps the stall clock at now.
 
-=============================================  =====================================
-situation                                      decision
-=============================================  =====================================
-the consumer holds an event (``consumer_busy``)  no clock runs against the stream
+=============================================  =============================================
+while connected (check)                        verdict
+=============================================  =============================================
+the consumer holds an event                    fine: no clock runs against the stream (both
+(``consumer_busy``)                            restart)
+*active* (the session runs, or a send awaits   ``STALL``: reconnect
+its turn) and no event for ``stall_timeout``:
+heartbeats are not progress; a session paused
+on ``requires_action`` or idle waits on the
+client and is not active
 no bytes for ``read_timeout``                  ``READ_TIMEOUT``: reconnect
-*active* (the session runs, or a send awaits   ``STALL`` after ``stall_timeout`` without
-its turn) and no event: heartbeats are not     an event: reconnect. The clock does not
-progress                                       restart on reconnect, only on an event;
-                                               ``max_stalls`` stalls in a row:
-                                               :class:`StreamStalledError`. So an active
-                                               stream is silent at most
-                                               ``stall_timeout * max_stalls`` seconds
-paused on ``requires_action`` / idle            not active: the session waits on the
-                                               client, silence is not a stall
-a connection fails, ends or times out          reconnect after ``backoff(attempts)``
-                                               (never before the server's ``retry:`` or
-                                               ``Retry-After``); ``attempts`` += 1
-an event arrived on the failed connection,     ``attempts`` starts again from 0
-or it lived ``healthy_after`` seconds with
-bytes (or while not active)
+=============================================  =============================================
+
+``failed`` is called when a connection ends:
+
+=============================================  =============================================
+a connection ended (failed)                    decision
+=============================================  =============================================
+``STALL`` for the ``max_stalls``-th time in a  :class:`StreamStalledError`: an active stream
+row (the stall clock restarts on an event,     is silent for at most ``max_stalls`` stall
+never on a reconnect)                          timeouts
+``STALL``                                      reconnect after ``backoff(0)``
 ``attempts > max_attempts``, or failing for    :class:`ResumeExhaustedError`
 longer than ``max_elapsed``
-=============================================  =====================================
+the connection failed, ended or timed out      reconnect after ``backoff(attempts)``, never
+                                               before the server's
+                                               ``retry:``/``Retry-After``
+=============================================  =============================================
+
+Counting: each failure but a ``STALL`` adds 1 to ``attempts``; ``attempts``
+(and the ``max_elapsed`` clock) starts again from 0 when an event arrived on the
+failed connection, or when it lived ``healthy_after`` seconds with bytes (or
+while not active). ``max_stalls`` counts stalls in a row: an event resets it.
 
 The shell acts on a ``check`` verdict by cancelling the read in the task
 reading *now* (each ``anext()`` may run in a task of its own) and takes back
@@ -69,6 +83,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Generic, NamedTuple, TypeVar
 
 from attrs import frozen
 
@@ -89,14 +104,20 @@ from qoder_async._core.sse import time_key
 
 __all__ = [
     "DEFAULT_DEDUPE_WINDOW",
+    "FAILURE_RULES",
+    "LIVENESS_RULES",
     "Cause",
     "Dedupe",
+    "Ended",
     "GiveUp",
     "Reconnect",
+    "Rule",
     "StreamMachine",
 ]
 
 DEFAULT_DEDUPE_WINDOW = 1024
+_Facts = TypeVar("_Facts")
+_Verdict = TypeVar("_Verdict")
 
 # What status events say about the session: True running, False not.
 _RUNNING: dict[type, bool] = {
@@ -130,6 +151,26 @@ class GiveUp:
     """Stop: raise ``error`` (chained to the last failure)."""
 
     error: StreamError
+
+
+class Ended(NamedTuple):
+    """What :data:`FAILURE_RULES` see of a connection that ended."""
+
+    cause: Cause
+    idle: float  # seconds without an event (the stall clock)
+    elapsed: float  # seconds failing since the last healthy connection
+    server_retry: float | None
+    heartbeats: int
+
+
+@frozen
+class Rule(Generic[_Facts, _Verdict]):
+    """A row of a decision table: when ``applies``, ``decide``; the docstring shows the text."""
+
+    situation: str
+    decision: str
+    applies: Callable[[StreamMachine, _Facts], bool]
+    decide: Callable[[StreamMachine, _Facts], _Verdict]
 
 
 class Dedupe:
@@ -354,7 +395,12 @@ class StreamMachine:
     # -- liveness
 
     def check(self) -> Cause | None:
-        """Called periodically while connected: ``READ_TIMEOUT``, ``STALL`` or None (fine)."""
+        """Called periodically while connected: ``READ_TIMEOUT``, ``STALL`` or None (fine).
+
+        The clocks move first (bytes restart the read clock, an event the stall clock,
+        a session that is not active the stall clock), then :data:`LIVENESS_RULES`
+        decide: the first row that applies wins.
+        """
         now = self._clock()
         if self.chunks != self._seen_chunks:
             self._seen_chunks = self.chunks
@@ -363,16 +409,11 @@ class StreamMachine:
             self._seen_events = self.events
             self._stall_from = now
             self.stalls = 0
-        if self.consumer_busy:
-            self._last_bytes = self._stall_from = now
-            return None
         if not self.active:
             self._stall_from = now
-        elif self.stall_timeout and now - self._stall_from >= self.stall_timeout:
-            return Cause.STALL
-        if self.read_timeout and now - self._last_bytes >= self.read_timeout:
-            return Cause.READ_TIMEOUT
-        return None
+        return next(
+            (rule.decide(self, now) for rule in LIVENESS_RULES if rule.applies(self, now)), None
+        )
 
     def silent_for(self) -> float:
         """Seconds since the last event (or stall, or since the session became active)."""
@@ -383,7 +424,11 @@ class StreamMachine:
     def failed(
         self, cause: Cause, *, server_retry: float | None = None, heartbeats: int = 0
     ) -> Reconnect | GiveUp:
-        """The connection ended (``cause``): reconnect after a delay, or give up."""
+        """The connection ended (``cause``): reconnect after a delay, or give up.
+
+        The counters move first (see "Counting" in the module docstring), then
+        :data:`FAILURE_RULES` decide: the first row that applies wins.
+        """
         now = self._clock()
         policy = self.policy
         lived = now - self._connected_at if self._connected_at is not None else None
@@ -391,42 +436,128 @@ class StreamMachine:
         if self.events != self._events_at_connect:
             self._progress(now)
         self._connected_at = None
+        idle = now - self._stall_from
         if cause is Cause.STALL:
             self.stalls += 1
-            idle = now - self._stall_from
             self._stall_from = now
-            if self.stalls >= self.max_stalls:
-                return GiveUp(
-                    StreamStalledError(
-                        stalls=self.stalls,
-                        stall_timeout=self.stall_timeout or 0.0,
-                        idle_seconds=idle,
-                        heartbeats=heartbeats,
-                        last_event_id=self._cursor_id,
-                    )
-                )
-            return Reconnect(policy.backoff.delay(0, self._rand(), server_retry))
-        if lived is not None and lived >= policy.healthy_after and (got_bytes or not self.active):
-            # A healthy connection: failures start counting again (the stall clock,
-            # though, only restarts on an event).
-            self.attempts = 0
-            self._failing_since = None
-        if self._failing_since is None:
-            self._failing_since = now
-        self.attempts += 1
-        elapsed = now - self._failing_since
-        if (policy.max_attempts is not None and self.attempts > policy.max_attempts) or (
-            policy.max_elapsed is not None and elapsed > policy.max_elapsed
-        ):
-            return GiveUp(
-                ResumeExhaustedError(
-                    attempts=self.attempts - 1, elapsed=elapsed, last_event_id=self._cursor_id
-                )
-            )
-        return Reconnect(policy.backoff.delay(self.attempts - 1, self._rand(), server_retry))
+        else:
+            if (
+                lived is not None
+                and lived >= policy.healthy_after
+                and (got_bytes or not self.active)
+            ):
+                # A healthy connection: failures start counting again (the stall clock,
+                # though, only restarts on an event).
+                self.attempts = 0
+                self._failing_since = None
+            if self._failing_since is None:
+                self._failing_since = now
+            self.attempts += 1
+        since = self._failing_since
+        end = Ended(cause, idle, 0.0 if since is None else now - since, server_retry, heartbeats)
+        return next(rule.decide(self, end) for rule in FAILURE_RULES if rule.applies(self, end))
 
     def _progress(self, now: float) -> None:
         self.attempts = 0
         self._failing_since = None
         self.stalls = 0
         self._stall_from = now
+
+
+def _hold(m: StreamMachine, now: float) -> None:
+    m._last_bytes = m._stall_from = now  # both clocks restart when the consumer lets go
+
+
+def _stalled(m: StreamMachine, now: float) -> bool:
+    return bool(m.active and m.stall_timeout and now - m._stall_from >= m.stall_timeout)
+
+
+def _no_bytes(m: StreamMachine, now: float) -> bool:
+    return bool(m.read_timeout and now - m._last_bytes >= m.read_timeout)
+
+
+def _exhausted(m: StreamMachine, end: Ended) -> bool:
+    policy = m.policy
+    return (policy.max_attempts is not None and m.attempts > policy.max_attempts) or (
+        policy.max_elapsed is not None and end.elapsed > policy.max_elapsed
+    )
+
+
+def _stalled_error(m: StreamMachine, end: Ended) -> GiveUp:
+    return GiveUp(
+        StreamStalledError(
+            stalls=m.stalls,
+            stall_timeout=m.stall_timeout or 0.0,
+            idle_seconds=end.idle,
+            heartbeats=end.heartbeats,
+            last_event_id=m._cursor_id,
+        )
+    )
+
+
+def _exhausted_error(m: StreamMachine, end: Ended) -> GiveUp:
+    return GiveUp(
+        ResumeExhaustedError(
+            attempts=m.attempts - 1, elapsed=end.elapsed, last_event_id=m._cursor_id
+        )
+    )
+
+
+def _backoff(m: StreamMachine, attempt: int, end: Ended) -> Reconnect:
+    return Reconnect(m.policy.backoff.delay(attempt, m._rand(), end.server_retry))
+
+
+LIVENESS_RULES: tuple[Rule[float, Cause | None], ...] = (
+    Rule(
+        "the consumer holds an event (``consumer_busy``)",
+        "fine: no clock runs against the stream (both restart)",
+        lambda m, now: m.consumer_busy,
+        _hold,
+    ),
+    Rule(
+        "*active* (the session runs, or a send awaits its turn) and no event for "
+        "``stall_timeout``: heartbeats are not progress; a session paused on "
+        "``requires_action`` or idle waits on the client and is not active",
+        "``STALL``: reconnect",
+        _stalled,
+        lambda m, now: Cause.STALL,
+    ),
+    Rule(
+        "no bytes for ``read_timeout``",
+        "``READ_TIMEOUT``: reconnect",
+        _no_bytes,
+        lambda m, now: Cause.READ_TIMEOUT,
+    ),
+)
+"""What :meth:`StreamMachine.check` says (the module docstring renders it); first match wins."""
+
+FAILURE_RULES: tuple[Rule[Ended, Reconnect | GiveUp], ...] = (
+    Rule(
+        "``STALL`` for the ``max_stalls``-th time in a row (the stall clock restarts on an "
+        "event, never on a reconnect)",
+        ":class:`StreamStalledError`: an active stream is silent for at most "
+        "``max_stalls`` stall timeouts",
+        lambda m, end: end.cause is Cause.STALL and m.stalls >= m.max_stalls,
+        _stalled_error,
+    ),
+    Rule(
+        "``STALL``",
+        "reconnect after ``backoff(0)``",
+        lambda m, end: end.cause is Cause.STALL,
+        lambda m, end: _backoff(m, 0, end),
+    ),
+    Rule(
+        "``attempts > max_attempts``, or failing for longer than ``max_elapsed``",
+        ":class:`ResumeExhaustedError`",
+        _exhausted,
+        _exhausted_error,
+    ),
+    Rule(
+        "the connection failed, ended or timed out",
+        "reconnect after ``backoff(attempts)``, never before the server's "
+        "``retry:``/``Retry-After``",
+        lambda m, end: True,
+        lambda m, end: _backoff(m, m.attempts - 1, end),
+    ),
+)
+"""What :meth:`StreamMachine.failed` decides (the module docstring renders it); first match wins."""
