@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -24,6 +26,39 @@ from qoder_async.testing._wire import dumps, sse_frame
 
 TRANSPORTS = ("aiohttp", "httpx")
 """What ``client`` runs on: the default first; all of them under ``both_transports``."""
+
+
+_T = TypeVar("_T")
+
+
+def run_elsewhere(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread of its own, for sync tests that run an event loop.
+
+    ``asyncio.run()`` on the main thread unsets the thread's current loop when
+    it ends; a loop pytest-asyncio left there is then dropped unclosed and its
+    sockets reach a later, unrelated test as a ResourceWarning
+    (pytest-dev/pytest-asyncio#724). A thread has no current loop to lose.
+    """
+    box: list[_T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn(*args))
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def run_loop_elsewhere(coro: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(coro)`` in a thread of its own (see :func:`run_elsewhere`)."""
+    return run_elsewhere(asyncio.run, coro)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import FAST, eventually
+from conftest import FAST, eventually, run_loop_elsewhere
 from test_cli import clean_env, run, server_env
 
 from qoder_async import (
@@ -96,7 +96,7 @@ async def record_conversation(path: Path) -> tuple[str, tuple[TurnResult, TurnRe
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, tuple[Any, ...]]:
     path = tmp_path_factory.mktemp("cassettes") / "conversation.jsonl"
-    session_id, results = asyncio.run(record_conversation(path))
+    session_id, results = run_loop_elsewhere(record_conversation(path))
     return path, session_id, tuple(same(r) for r in results)
 
 

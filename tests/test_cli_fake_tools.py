@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from conftest import run_elsewhere
 
 from qoder_async import QoderClient
 from qoder_async._cli import EXIT_USAGE, main
@@ -90,14 +91,14 @@ async def test_the_fake_calls_the_tool_named_with_the_input_given() -> None:
 def test_a_bad_tool_option_is_a_usage_error(
     args: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["fake-server", "--script", "tools", *args]) == EXIT_USAGE
+    assert run_elsewhere(main, ["fake-server", "--script", "tools", *args]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert said in err
     assert "Traceback" not in err
 
 
 def test_tool_options_need_the_tools_script(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fake-server", "--tool-name", "lookup_order"]) == EXIT_USAGE
+    assert run_elsewhere(main, ["fake-server", "--tool-name", "lookup_order"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--tool-name and --tool-input need --script tools" in err
     assert len(err.strip().splitlines()) == 1, err

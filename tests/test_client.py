@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import forever
+from conftest import forever, run_elsewhere
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -337,6 +337,10 @@ def test_insecure_http_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_client_used_in_a_second_event_loop_says_what_to_do(server_url: str) -> None:
     """A QoderError that says what to do, not "Event loop is closed"."""
+    run_elsewhere(_second_loop, server_url)  # loops of its own, off pytest-asyncio's thread
+
+
+def _second_loop(server_url: str) -> None:
     client = QoderClient(token="t", base_url=server_url, retry=RetryPolicy(max_retries=0))
 
     async def use() -> None:
