@@ -138,19 +138,11 @@ except ImportError:  # the redis extra is not installed; RedisCoordinator says s
     AuthorizationError = NoPermissionError = ResponseError  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = [
+    "DEFAULT_LEDGER_TTL",
     "WORK_WINDOW",
-    "Claim",
     "Coordinator",
-    "CoordinatorUnavailableError",
-    "FleetCursor",
-    "InFlight",
-    "LeaseLostError",
     "MemoryCoordinator",
     "RedisCoordinator",
-    "SessionInfo",
-    "ToolRecord",
-    "ToolState",
-    "WorkerLoad",
 ]
 
 logger = logging.getLogger("qoder_async")
