@@ -11,9 +11,9 @@ connection or an unclosed socket behind.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -39,21 +39,8 @@ def run_elsewhere(fn: Callable[..., _T], *args: Any) -> _T:
     sockets reach a later, unrelated test as a ResourceWarning
     (pytest-dev/pytest-asyncio#724). A thread has no current loop to lose.
     """
-    box: list[_T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(fn(*args))
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def run_loop_elsewhere(coro: Coroutine[Any, Any, _T]) -> _T:
