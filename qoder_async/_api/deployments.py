@@ -3,11 +3,9 @@
 ``client.deployments`` (with ``.runs``, one deployment's runs),
 ``client.deployment_runs``, ``client.dreams`` and ``client.environments.work``,
 under the official SDK's names. Endpoints and shapes: ``qoder-api.md`` §15 (the
-official SDK's captured answers; its types where a capture is empty). Like every
-resource: per-call options, ``idempotency_key`` on writes, ``with_raw_response``,
-ids checked by ``segment()``; a child resource takes its parent's id first
-(``deployments.runs.retrieve(deployment_id, run_id)``,
-``environments.work.ack(environment_id, work_id)``).
+official SDK's captured answers; its types where a capture is empty). They work
+as every resource of :mod:`qoder_async._api.resources` does
+(``deployments.runs.retrieve(deployment_id, run_id)``).
 
 A run answers a :class:`DeploymentRun` naming the session it started; its
 turn is followed with ``await client.session(run.session_id).follow()``.
@@ -21,7 +19,7 @@ from typing import Any, Literal, Unpack
 from qoder_async._api.resources import (
     CallOptions,
     Environments,
-    _event_json,
+    _events,
     _list_of,
     _put,
     _Resource,
@@ -87,14 +85,6 @@ def env_lines(value: str | Mapping[str, str] | None) -> str | None:
             raise ConfigurationError(f"the value of {key} must be a string on one line")
         lines.append(f"{key}={val}")
     return "\n".join(lines)
-
-
-def _events(value: InitialEvents | None) -> list[Mapping[str, Any]] | None:
-    if value is None:
-        return None
-    if isinstance(value, str | Mapping):
-        raise ConfigurationError("initial_events must be a list of events")
-    return [_event_json(ev) for ev in value]
 
 
 # --------------------------------------------------------------------------- deployments

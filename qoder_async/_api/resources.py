@@ -11,7 +11,8 @@ Every method takes the per-call options ``extra_headers``, ``extra_query``,
 (the same key is sent on each retry, and makes a write retried on 5xx and
 connection errors, not only on 429). A child resource's methods take the
 parent's id first: ``threads.retrieve(session_id, thread_id)``; keyword calls
-(``session_id=``, ``thread_id=``) read the same as the official SDK's.
+(``session_id=``, ``thread_id=``) read the same as the official SDK's. Every id
+is checked as one path segment before any request.
 
 ``resource.with_raw_response.method(...)`` makes the same call and answers a
 :class:`RawResponse` (status, headers, request id, ``await .parse()``), as the
@@ -357,10 +358,10 @@ class _Resource:
             response = await stack.enter_async_context(
                 http.open("GET", path, options=_options(options))
             )
-            link, prefix, chunks = await download_link(
-                response, errors=errors, url=http.url(path), read_timeout=read_timeout
-            )
             url = http.url(path)
+            link, prefix, chunks = await download_link(
+                response, errors=errors, url=url, read_timeout=read_timeout
+            )
             if link is not None:
                 await stack.aclose()
                 stack = contextlib.AsyncExitStack()
@@ -397,6 +398,15 @@ def _event_json(ev: OutboundEvent | Mapping[str, Any]) -> Mapping[str, Any]:
         )
     out: Mapping[str, Any] = converter.unstructure(ev)
     return out
+
+
+def _events(value: Sequence[OutboundEvent | Mapping[str, Any]] | None) -> list[Any] | None:
+    """``initial_events`` as sent (a session's or a deployment's)."""
+    if value is None:
+        return None
+    if isinstance(value, str | Mapping):
+        raise ConfigurationError("initial_events must be a list of events")
+    return [_event_json(ev) for ev in value]
 
 
 def _starts_turn(payload: Sequence[Mapping[str, Any]]) -> bool:
@@ -759,13 +769,9 @@ class SessionResources(_Resource):
         """
         body = _put(dict(resource or {}), type=type, file_id=file_id, mount_path=mount_path)
         body.setdefault("type", "file")
+        path = self._path(session_id)
         return await self._call(
-            "POST",
-            self._path(session_id),
-            structure_session_resource,
-            options,
-            idempotency_key,
-            json=body,
+            "POST", path, structure_session_resource, options, idempotency_key, json=body
         )
 
     async def retrieve(
@@ -862,9 +868,8 @@ class Sessions(_Resource):
             environment_variables=environment_variables,
             budget=budget,
             incremental_streaming_enabled=incremental_streaming_enabled,
+            initial_events=_events(initial_events),
         )
-        if initial_events is not None:
-            body["initial_events"] = [_event_json(e) for e in initial_events]
         return await self._call(
             "POST", self._path(), structure_session, options, idempotency_key, json=body
         )

@@ -2,10 +2,8 @@
 
 ``client.vaults`` (with ``.credentials``), ``client.skills`` (with
 ``.versions``) and ``client.memory_stores`` (with ``.memories`` and
-``.memory_versions``), named and shaped as the official SDK's. They work as
-the resources of :mod:`qoder_async._api.resources` do: the same per-call
-options, ``idempotency_key`` on every write, ``with_raw_response``, ids checked
-as one path segment, and a child resource's methods take the parent's id first
+``.memory_versions``), named and shaped as the official SDK's, working as
+every resource of :mod:`qoder_async._api.resources` does
 (``credentials.retrieve(vault_id, credential_id)``).
 
 A credential's secrets (``token``, ``access_token``, ``refresh_token``,
