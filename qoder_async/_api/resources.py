@@ -409,10 +409,6 @@ def _events(value: Sequence[OutboundEvent | Mapping[str, Any]] | None) -> list[A
     return [_event_json(ev) for ev in value]
 
 
-def _starts_turn(payload: Sequence[Mapping[str, Any]]) -> bool:
-    return any(ev.get("type") in _TURN_STARTERS for ev in payload)
-
-
 class SessionEvents(_Resource):
     """``client.sessions.events``: send, list and stream a session's events."""
 
@@ -463,10 +459,10 @@ class SessionEvents(_Resource):
             path,
             json={"events": payload},
             idempotency_key=key,
-            starts_turn=_starts_turn(payload),
+            starts_turn=any(ev.get("type") in _TURN_STARTERS for ev in payload),
             options=_options(options),
         )
-        return self._answer(answer, functools.partial(_accepted, answer, key, path), "POST", path)
+        return self._answer(answer, functools.partial(_accepted, answer, key), "POST", path)
 
     def list(
         self,
@@ -616,21 +612,12 @@ async def find_sent(
     return None
 
 
-def _accepted(answer: APIResponse, key: str, path: str, body: Any) -> Accepted:
+def _accepted(answer: APIResponse, key: str, body: Any) -> Accepted:
+    """A send's answer; a ShapeError is an :class:`APIResponseValidationError` (``_answer``)."""
     data = body.get("data") if isinstance(body, Mapping) else body
     if not isinstance(data, list):
-        raise APIResponseValidationError(
-            "a send answer must carry the created events in 'data'",
-            method="POST",
-            url=path,
-            body=body,
-        )
-    try:
-        created = tuple(structure_event(item) for item in data)
-    except ShapeError as exc:
-        raise APIResponseValidationError(
-            f"unexpected event in a send answer: {exc}", method="POST", url=path, body=body
-        ) from exc
+        raise ShapeError("data", "the list of the created events", data)
+    created = tuple(structure_event(item) for item in data)
     return Accepted(events=created, request_id=answer.request_id, idempotency_key=key)
 
 
