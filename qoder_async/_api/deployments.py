@@ -230,12 +230,6 @@ class Deployments(_Resource):
         )
         return self._list(self._path(), params, structure_deployment, options)
 
-    async def _action(
-        self, deployment_id: str, action: str, idempotency_key: str | None, options: CallOptions
-    ) -> Deployment:
-        path = self._path(deployment_id, action=action)
-        return await self._call("POST", path, structure_deployment, options, idempotency_key)
-
     async def archive(
         self,
         deployment_id: str,
@@ -244,7 +238,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Archive a deployment (``POST /deployments/{id}/archive``): no more runs."""
-        return await self._action(deployment_id, "archive", idempotency_key, options)
+        path = self._path(deployment_id, action="archive")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def pause(
         self,
@@ -254,7 +249,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Pause a deployment's schedule (``POST /deployments/{id}/pause``)."""
-        return await self._action(deployment_id, "pause", idempotency_key, options)
+        path = self._path(deployment_id, action="pause")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def unpause(
         self,
@@ -264,7 +260,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Resume a paused deployment (``POST /deployments/{id}/unpause``)."""
-        return await self._action(deployment_id, "unpause", idempotency_key, options)
+        path = self._path(deployment_id, action="unpause")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def run(
         self,

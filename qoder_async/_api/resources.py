@@ -1176,7 +1176,7 @@ class Environments(_Resource):
 
 
 class Files(_Resource):
-    """``client.files``: upload, retrieve, list, download, delete.
+    """``client.files``: upload, retrieve_metadata, list, download, delete.
 
     See :mod:`qoder_async._shell.files` for what uploads take and downloads handle.
     """
