@@ -3,11 +3,9 @@
 ``client.deployments`` (with ``.runs``, one deployment's runs),
 ``client.deployment_runs``, ``client.dreams`` and ``client.environments.work``,
 under the official SDK's names. Endpoints and shapes: ``qoder-api.md`` §15 (the
-official SDK's captured answers; its types where a capture is empty). Like every
-resource: per-call options, ``idempotency_key`` on writes, ``with_raw_response``,
-ids checked by ``segment()``; a child resource takes its parent's id first
-(``deployments.runs.retrieve(deployment_id, run_id)``,
-``environments.work.ack(environment_id, work_id)``).
+official SDK's captured answers; its types where a capture is empty). They work
+as every resource of :mod:`qoder_async._api.resources` does
+(``deployments.runs.retrieve(deployment_id, run_id)``).
 
 A run answers a :class:`DeploymentRun` naming the session it started; its
 turn is followed with ``await client.session(run.session_id).follow()``.
@@ -21,7 +19,7 @@ from typing import Any, Literal, Unpack
 from qoder_async._api.resources import (
     CallOptions,
     Environments,
-    _event_json,
+    _events,
     _list_of,
     _put,
     _Resource,
@@ -52,7 +50,7 @@ from qoder_async._core.params import (
     ScheduleParams,
     SessionResourceParams,
 )
-from qoder_async._shell.http import HTTP, segment
+from qoder_async._shell.http import HTTP
 from qoder_async._shell.pagination import AsyncPaginator, list_params
 from qoder_async._shell.transport import Timeout
 
@@ -89,19 +87,13 @@ def env_lines(value: str | Mapping[str, str] | None) -> str | None:
     return "\n".join(lines)
 
 
-def _events(value: InitialEvents | None) -> list[Mapping[str, Any]] | None:
-    if value is None:
-        return None
-    if isinstance(value, str | Mapping):
-        raise ConfigurationError("initial_events must be a list of events")
-    return [_event_json(ev) for ev in value]
-
-
 # --------------------------------------------------------------------------- deployments
 
 
 class DeploymentScopedRuns(_Resource):
     """``client.deployments.runs``: one deployment's runs."""
+
+    _base = "/deployments/{}/runs"
 
     def list(
         self,
@@ -116,20 +108,21 @@ class DeploymentScopedRuns(_Resource):
         params = list_params(
             limit=limit, triggered_after=triggered_after, triggered_before=triggered_before
         )
-        path = f"/deployments/{segment(deployment_id)}/runs"
-        return self._list(path, params, structure_deployment_run, options)
+        return self._list(self._path(deployment_id), params, structure_deployment_run, options)
 
     async def retrieve(
         self, deployment_id: str, run_id: str, **options: Unpack[CallOptions]
     ) -> DeploymentRun:
         """Fetch one of its runs (``GET /deployments/{id}/runs/{run_id}``)."""
-        path = f"/deployments/{segment(deployment_id)}/runs/{segment(run_id)}"
+        path = self._path(deployment_id, run_id)
         return await self._call("GET", path, structure_deployment_run, options)
 
 
 class Deployments(_Resource):
     """``client.deployments``: create, retrieve, update, list, archive, pause, unpause, run;
     ``runs`` (one deployment's runs)."""
+
+    _base = "/deployments"
 
     def __init__(self, http: HTTP) -> None:
         super().__init__(http)
@@ -161,14 +154,13 @@ class Deployments(_Resource):
         asked); ``environment_variables``: ``"K=V"`` lines or a mapping (see
         :func:`env_lines`).
         """
-        body: dict[str, Any] = {
-            "name": name,
-            "agent": agent,
-            "environment_id": environment_id,
-            "initial_events": _events(initial_events),
-        }
-        _put(
-            body,
+        body = _put(
+            {
+                "name": name,
+                "agent": agent,
+                "environment_id": environment_id,
+                "initial_events": _events(initial_events),
+            },
             description=description,
             environment_variables=env_lines(environment_variables),
             schedule=schedule,
@@ -178,18 +170,12 @@ class Deployments(_Resource):
             metadata=metadata,
         )
         return await self._call(
-            "POST",
-            "/deployments",
-            structure_deployment,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", self._path(), structure_deployment, options, idempotency_key, json=body
         )
 
     async def retrieve(self, deployment_id: str, **options: Unpack[CallOptions]) -> Deployment:
         """Fetch a deployment (``GET /deployments/{id}``)."""
-        path = f"/deployments/{segment(deployment_id)}"
-        return await self._call("GET", path, structure_deployment, options)
+        return await self._call("GET", self._path(deployment_id), structure_deployment, options)
 
     async def update(
         self,
@@ -210,9 +196,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Update a deployment (``POST /deployments/{id}``): only the fields given."""
-        body: dict[str, Any] = {}
-        _put(
-            body,
+        body = _put(
+            {},
             name=name,
             agent=agent,
             environment_id=environment_id,
@@ -225,13 +210,9 @@ class Deployments(_Resource):
             budget=budget,
             metadata=metadata,
         )
+        path = self._path(deployment_id)
         return await self._call(
-            "POST",
-            f"/deployments/{segment(deployment_id)}",
-            structure_deployment,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_deployment, options, idempotency_key, json=body
         )
 
     def list(
@@ -247,18 +228,7 @@ class Deployments(_Resource):
         params = list_params(
             limit=limit, agent_id=agent_id, status=status, include_archived=include_archived
         )
-        return self._list("/deployments", params, structure_deployment, options)
-
-    async def _action(
-        self, deployment_id: str, action: str, idempotency_key: str | None, options: CallOptions
-    ) -> Deployment:
-        return await self._call(
-            "POST",
-            f"/deployments/{segment(deployment_id)}/{action}",
-            structure_deployment,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        return self._list(self._path(), params, structure_deployment, options)
 
     async def archive(
         self,
@@ -268,7 +238,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Archive a deployment (``POST /deployments/{id}/archive``): no more runs."""
-        return await self._action(deployment_id, "archive", idempotency_key, options)
+        path = self._path(deployment_id, action="archive")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def pause(
         self,
@@ -278,7 +249,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Pause a deployment's schedule (``POST /deployments/{id}/pause``)."""
-        return await self._action(deployment_id, "pause", idempotency_key, options)
+        path = self._path(deployment_id, action="pause")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def unpause(
         self,
@@ -288,7 +260,8 @@ class Deployments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deployment:
         """Resume a paused deployment (``POST /deployments/{id}/unpause``)."""
-        return await self._action(deployment_id, "unpause", idempotency_key, options)
+        path = self._path(deployment_id, action="unpause")
+        return await self._call("POST", path, structure_deployment, options, idempotency_key)
 
     async def run(
         self,
@@ -300,23 +273,20 @@ class Deployments(_Resource):
         """Run a deployment now (``POST /deployments/{id}/run``): a new session with its
         initial events. Follow that turn with
         ``await client.session(run.session_id).follow()``."""
-        return await self._call(
-            "POST",
-            f"/deployments/{segment(deployment_id)}/run",
-            structure_deployment_run,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(deployment_id, action="run")
+        return await self._call("POST", path, structure_deployment_run, options, idempotency_key)
 
 
 class DeploymentRuns(_Resource):
     """``client.deployment_runs``: every deployment's runs."""
 
+    _base = "/deployment_runs"
+
     async def retrieve(
         self, deployment_run_id: str, **options: Unpack[CallOptions]
     ) -> DeploymentRun:
         """Fetch a run (``GET /deployment_runs/{id}``)."""
-        path = f"/deployment_runs/{segment(deployment_run_id)}"
+        path = self._path(deployment_run_id)
         return await self._call("GET", path, structure_deployment_run, options)
 
     def list(
@@ -332,7 +302,7 @@ class DeploymentRuns(_Resource):
         params = list_params(
             limit=limit, deployment_id=deployment_id, trigger_type=trigger_type, has_error=has_error
         )
-        return self._list("/deployment_runs", params, structure_deployment_run, options)
+        return self._list(self._path(), params, structure_deployment_run, options)
 
 
 # --------------------------------------------------------------------------- dreams
@@ -340,6 +310,8 @@ class DeploymentRuns(_Resource):
 
 class Dreams(_Resource):
     """``client.dreams``: create, retrieve, list, archive, cancel."""
+
+    _base = "/dreams"
 
     async def create(
         self,
@@ -358,15 +330,18 @@ class Dreams(_Resource):
         ``{"id", "speed"}``; ``output_behavior``: ``{"type": "create_new"}`` or
         ``{"type": "update_existing", "memory_store_id"}``.
         """
-        body: dict[str, Any] = {"inputs": _list_of(inputs), "model": model}
-        _put(body, instructions=instructions, output_behavior=output_behavior)
+        body = _put(
+            {"inputs": _list_of(inputs), "model": model},
+            instructions=instructions,
+            output_behavior=output_behavior,
+        )
         return await self._call(
-            "POST", "/dreams", structure_dream, options, json=body, idempotency_key=idempotency_key
+            "POST", self._path(), structure_dream, options, idempotency_key, json=body
         )
 
     async def retrieve(self, dream_id: str, **options: Unpack[CallOptions]) -> Dream:
         """Fetch a dream (``GET /dreams/{id}``)."""
-        return await self._call("GET", f"/dreams/{segment(dream_id)}", structure_dream, options)
+        return await self._call("GET", self._path(dream_id), structure_dream, options)
 
     def list(
         self,
@@ -378,25 +353,21 @@ class Dreams(_Resource):
     ) -> AsyncPaginator[Dream]:
         """Iterate dreams (``GET /dreams``), newest first; ``statuses`` filters."""
         params = list_params(limit=limit, statuses=statuses, include_archived=include_archived)
-        return self._list("/dreams", params, structure_dream, options)
+        return self._list(self._path(), params, structure_dream, options)
 
     async def archive(
         self, dream_id: str, *, idempotency_key: str | None = None, **options: Unpack[CallOptions]
     ) -> Dream:
         """Archive a dream (``POST /dreams/{id}/archive``)."""
-        path = f"/dreams/{segment(dream_id)}/archive"
-        return await self._call(
-            "POST", path, structure_dream, options, idempotency_key=idempotency_key
-        )
+        path = self._path(dream_id, action="archive")
+        return await self._call("POST", path, structure_dream, options, idempotency_key)
 
     async def cancel(
         self, dream_id: str, *, idempotency_key: str | None = None, **options: Unpack[CallOptions]
     ) -> Dream:
         """Cancel a pending or running dream (``POST /dreams/{id}/cancel``)."""
-        path = f"/dreams/{segment(dream_id)}/cancel"
-        return await self._call(
-            "POST", path, structure_dream, options, idempotency_key=idempotency_key
-        )
+        path = self._path(dream_id, action="cancel")
+        return await self._call("POST", path, structure_dream, options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- environment work
@@ -411,11 +382,7 @@ class EnvironmentWork(_Resource):
     ``list`` and ``stats`` inspect the queue.
     """
 
-    def _path(self, environment_id: str, work_id: str | None = None, action: str = "") -> str:
-        path = f"/environments/{segment(environment_id)}/work"
-        if work_id is not None:
-            path += f"/{segment(work_id)}"
-        return f"{path}/{action}" if action else path
+    _base = "/environments/{}/work"
 
     async def poll(
         self,
@@ -450,9 +417,8 @@ class EnvironmentWork(_Resource):
         def item(body: Any) -> Work | None:
             return None if body is None else structure_work(body)
 
-        return await self._call(
-            "GET", self._path(environment_id, action="poll"), item, options, params=params
-        )
+        path = self._path(environment_id, action="poll")
+        return await self._call("GET", path, item, options, params=params)
 
     async def ack(
         self,
@@ -463,13 +429,8 @@ class EnvironmentWork(_Resource):
         **options: Unpack[CallOptions],
     ) -> Work:
         """Take a polled item (``POST .../work/{work_id}/ack``): queued -> starting."""
-        return await self._call(
-            "POST",
-            self._path(environment_id, work_id, "ack"),
-            structure_work,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(environment_id, work_id, action="ack")
+        return await self._call("POST", path, structure_work, options, idempotency_key)
 
     async def heartbeat(
         self,
@@ -490,13 +451,9 @@ class EnvironmentWork(_Resource):
             desired_ttl_seconds=desired_ttl_seconds,
             expected_last_heartbeat=expected_last_heartbeat,
         )
+        path = self._path(environment_id, work_id, action="heartbeat")
         return await self._call(
-            "POST",
-            self._path(environment_id, work_id, "heartbeat"),
-            structure_work_heartbeat,
-            options,
-            params=params,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_work_heartbeat, options, idempotency_key, params=params
         )
 
     async def stop(
@@ -509,16 +466,9 @@ class EnvironmentWork(_Resource):
         **options: Unpack[CallOptions],
     ) -> Work:
         """Stop an item (``POST .../work/{work_id}/stop``), gracefully unless ``force``."""
-        body: dict[str, Any] = {}
-        _put(body, force=force)
-        return await self._call(
-            "POST",
-            self._path(environment_id, work_id, "stop"),
-            structure_work,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(environment_id, work_id, action="stop")
+        body = _put({}, force=force)
+        return await self._call("POST", path, structure_work, options, idempotency_key, json=body)
 
     async def retrieve(
         self, environment_id: str, work_id: str, **options: Unpack[CallOptions]
@@ -536,28 +486,21 @@ class EnvironmentWork(_Resource):
         **options: Unpack[CallOptions],
     ) -> Work:
         """Merge ``metadata`` into a work item's (``POST .../work/{work_id}``)."""
-        return await self._call(
-            "POST",
-            self._path(environment_id, work_id),
-            structure_work,
-            options,
-            json={"metadata": dict(metadata)},
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(environment_id, work_id)
+        body = {"metadata": dict(metadata)}
+        return await self._call("POST", path, structure_work, options, idempotency_key, json=body)
 
     def list(
         self, environment_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[Work]:
         """Iterate an environment's work items (``GET /environments/{id}/work``)."""
-        return self._list(
-            self._path(environment_id), list_params(limit=limit), structure_work, options
-        )
+        params = list_params(limit=limit)
+        return self._list(self._path(environment_id), params, structure_work, options)
 
     async def stats(self, environment_id: str, **options: Unpack[CallOptions]) -> WorkQueueStats:
         """The queue's statistics (``GET /environments/{id}/work/stats``)."""
-        return await self._call(
-            "GET", self._path(environment_id, action="stats"), structure_work_queue_stats, options
-        )
+        path = self._path(environment_id, action="stats")
+        return await self._call("GET", path, structure_work_queue_stats, options)
 
 
 class EnvironmentsWithWork(Environments):

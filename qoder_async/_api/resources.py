@@ -11,7 +11,8 @@ Every method takes the per-call options ``extra_headers``, ``extra_query``,
 (the same key is sent on each retry, and makes a write retried on 5xx and
 connection errors, not only on 429). A child resource's methods take the
 parent's id first: ``threads.retrieve(session_id, thread_id)``; keyword calls
-(``session_id=``, ``thread_id=``) read the same as the official SDK's.
+(``session_id=``, ``thread_id=``) read the same as the official SDK's. Every id
+is checked as one path segment before any request.
 
 ``resource.with_raw_response.method(...)`` makes the same call and answers a
 :class:`RawResponse` (status, headers, request id, ``await .parse()``), as the
@@ -142,7 +143,8 @@ def _options(options: CallOptions) -> RequestOptions | None:
     return RequestOptions(**options)
 
 
-def _put(body: dict[str, Any], **values: Any) -> None:
+def _put(body: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """``body`` with every value that is not None added (mappings and tuples copied)."""
     for key, value in values.items():
         if value is not None:
             if isinstance(value, Mapping):
@@ -151,6 +153,7 @@ def _put(body: dict[str, Any], **values: Any) -> None:
                 body[key] = list(value)
             else:
                 body[key] = value
+    return body
 
 
 def _list_of(value: Iterable[Any] | None) -> list[Any] | None:
@@ -159,6 +162,11 @@ def _list_of(value: Iterable[Any] | None) -> list[Any] | None:
     if isinstance(value, str | bytes | Mapping):
         raise ConfigurationError(f"expected a list, got {type(value).__name__}")
     return [dict(v) if isinstance(v, Mapping) else v for v in value]
+
+
+def _tools(tools: Sequence[ToolParams | Mapping[str, Any] | Tool] | None) -> list[Any] | None:
+    """An agent's ``tools`` as sent: every :class:`Tool` given as its definition."""
+    return None if tools is None else _list_of(definitions(tools))
 
 
 # --------------------------------------------------------------------------- raw responses
@@ -235,9 +243,19 @@ class RawResponses:
 
 class _Resource:
     _raw = False
+    _base = ""
+    """The collection's path; each ``{}`` takes a parent's id (``"/vaults/{}/credentials"``)."""
 
     def __init__(self, http: HTTP) -> None:
         self._http = http
+
+    def _path(self, *ids: str, action: str = "") -> str:
+        """The parents' ids in ``_base``, then an item's id and ``action`` if given; every id
+        checked as one path segment (:func:`segment`)."""
+        parents = self._base.count("{}")
+        path = self._base.format(*map(segment, ids[:parents]))
+        path += "".join(f"/{segment(item)}" for item in ids[parents:])
+        return f"{path}/{action}" if action else path
 
     @property
     def with_raw_response(self) -> RawResponses:
@@ -263,10 +281,10 @@ class _Resource:
         path: str,
         item: Callable[[Any], _T],
         options: CallOptions,
+        idempotency_key: str | None = None,
         *,
         json: Any = None,
         params: list[tuple[str, str]] | None = None,
-        idempotency_key: str | None = None,
     ) -> _T:
         answer = await self._http.request(
             method,
@@ -277,6 +295,18 @@ class _Resource:
             options=_options(options),
         )
         return self._answer(answer, item, method, path)
+
+    async def _delete(
+        self,
+        path: str,
+        kind: str,
+        options: CallOptions,
+        idempotency_key: str | None,
+        params: list[tuple[str, str]] | None = None,
+    ) -> Deleted:
+        """``DELETE path``, answered by a :class:`Deleted` of type ``kind``."""
+        deleted = structure_deleted(kind)
+        return await self._call("DELETE", path, deleted, options, idempotency_key, params=params)
 
     def _list(
         self,
@@ -328,10 +358,10 @@ class _Resource:
             response = await stack.enter_async_context(
                 http.open("GET", path, options=_options(options))
             )
-            link, prefix, chunks = await download_link(
-                response, errors=errors, url=http.url(path), read_timeout=read_timeout
-            )
             url = http.url(path)
+            link, prefix, chunks = await download_link(
+                response, errors=errors, url=url, read_timeout=read_timeout
+            )
             if link is not None:
                 await stack.aclose()
                 stack = contextlib.AsyncExitStack()
@@ -370,12 +400,19 @@ def _event_json(ev: OutboundEvent | Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
-def _starts_turn(payload: Sequence[Mapping[str, Any]]) -> bool:
-    return any(ev.get("type") in _TURN_STARTERS for ev in payload)
+def _events(value: Sequence[OutboundEvent | Mapping[str, Any]] | None) -> list[Any] | None:
+    """``initial_events`` as sent (a session's or a deployment's)."""
+    if value is None:
+        return None
+    if isinstance(value, str | Mapping):
+        raise ConfigurationError("initial_events must be a list of events")
+    return [_event_json(ev) for ev in value]
 
 
 class SessionEvents(_Resource):
     """``client.sessions.events``: send, list and stream a session's events."""
+
+    _base = "/sessions/{}/events"
 
     def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
         super().__init__(http)
@@ -416,16 +453,16 @@ class SessionEvents(_Resource):
         # The caller's key (argument or header, in any case) wins over a generated one.
         key = idempotency_key_of(idempotency_key, options.get("extra_headers"))
         key = key or new_idempotency_key()
-        path = f"/sessions/{segment(session_id)}/events"
+        path = self._path(session_id)
         answer = await self._http.request(
             "POST",
             path,
             json={"events": payload},
             idempotency_key=key,
-            starts_turn=_starts_turn(payload),
+            starts_turn=any(ev.get("type") in _TURN_STARTERS for ev in payload),
             options=_options(options),
         )
-        return self._answer(answer, functools.partial(_accepted, answer, key, path), "POST", path)
+        return self._answer(answer, functools.partial(_accepted, answer, key), "POST", path)
 
     def list(
         self,
@@ -442,9 +479,7 @@ class SessionEvents(_Resource):
         params = list_params(
             order=order, limit=limit, after_id=after_id, before_id=before_id, types=types
         )
-        return self._list(
-            f"/sessions/{segment(session_id)}/events", params, structure_event, options
-        )
+        return self._list(self._path(session_id), params, structure_event, options)
 
     def stream(
         self,
@@ -476,7 +511,7 @@ class SessionEvents(_Resource):
         return EventStream(
             self._http,
             session_id,
-            f"/sessions/{segment(session_id)}/events/stream",
+            self._path(session_id, action="stream"),
             last_event_id=last_event_id,
             event_deltas=event_deltas,
             stall_timeout=stall_timeout,
@@ -577,21 +612,12 @@ async def find_sent(
     return None
 
 
-def _accepted(answer: APIResponse, key: str, path: str, body: Any) -> Accepted:
+def _accepted(answer: APIResponse, key: str, body: Any) -> Accepted:
+    """A send's answer; a ShapeError is an :class:`APIResponseValidationError` (``_answer``)."""
     data = body.get("data") if isinstance(body, Mapping) else body
     if not isinstance(data, list):
-        raise APIResponseValidationError(
-            "a send answer must carry the created events in 'data'",
-            method="POST",
-            url=path,
-            body=body,
-        )
-    try:
-        created = tuple(structure_event(item) for item in data)
-    except ShapeError as exc:
-        raise APIResponseValidationError(
-            f"unexpected event in a send answer: {exc}", method="POST", url=path, body=body
-        ) from exc
+        raise ShapeError("data", "the list of the created events", data)
+    created = tuple(structure_event(item) for item in data)
     return Accepted(events=created, request_id=answer.request_id, idempotency_key=key)
 
 
@@ -600,6 +626,8 @@ def _accepted(answer: APIResponse, key: str, path: str, body: Any) -> Accepted:
 
 class ThreadEvents(_Resource):
     """``client.sessions.threads.events``: a sub-agent thread's events (history and SSE)."""
+
+    _base = "/sessions/{}/threads/{}"
 
     def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
         super().__init__(http)
@@ -616,7 +644,7 @@ class ThreadEvents(_Resource):
         **options: Unpack[CallOptions],
     ) -> AsyncPaginator[Event]:
         """Iterate the thread's stored events, oldest first, fetching pages as needed."""
-        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/events"
+        path = self._path(session_id, thread_id, action="events")
         params = list_params(limit=limit, after_id=after_id, before_id=before_id)
         return self._list(path, params, structure_event, options)
 
@@ -647,7 +675,7 @@ class ThreadEvents(_Resource):
         return EventStream(
             self._http,
             thread_id,
-            f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/stream",
+            self._path(session_id, thread_id, action="stream"),
             last_event_id=last_event_id,
             event_deltas=event_deltas,
             stall_timeout=stall_timeout,
@@ -662,6 +690,8 @@ class ThreadEvents(_Resource):
 class SessionThreads(_Resource):
     """``client.sessions.threads``: the sub-agent threads of a multi-agent session."""
 
+    _base = "/sessions/{}/threads"
+
     def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
         super().__init__(http)
         self.events = ThreadEvents(http, reconnect)
@@ -670,15 +700,15 @@ class SessionThreads(_Resource):
         self, session_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[SessionThread]:
         """Iterate the session's threads, oldest first."""
-        path = f"/sessions/{segment(session_id)}/threads"
-        return self._list(path, list_params(limit=limit), structure_thread, options)
+        return self._list(
+            self._path(session_id), list_params(limit=limit), structure_thread, options
+        )
 
     async def retrieve(
         self, session_id: str, thread_id: str, **options: Unpack[CallOptions]
     ) -> SessionThread:
         """Fetch a thread (its status, stats and usage)."""
-        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}"
-        return await self._call("GET", path, structure_thread, options)
+        return await self._call("GET", self._path(session_id, thread_id), structure_thread, options)
 
     async def archive(
         self,
@@ -689,10 +719,8 @@ class SessionThreads(_Resource):
         **options: Unpack[CallOptions],
     ) -> SessionThread:
         """Archive a thread."""
-        path = f"/sessions/{segment(session_id)}/threads/{segment(thread_id)}/archive"
-        return await self._call(
-            "POST", path, structure_thread, options, idempotency_key=idempotency_key
-        )
+        path = self._path(session_id, thread_id, action="archive")
+        return await self._call("POST", path, structure_thread, options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- session resources
@@ -701,12 +729,14 @@ class SessionThreads(_Resource):
 class SessionResources(_Resource):
     """``client.sessions.resources``: files, repositories and memory stores mounted in a session."""
 
+    _base = "/sessions/{}/resources"
+
     def list(
         self, session_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[SessionResource]:
         """Iterate the session's resources, oldest first."""
-        path = f"/sessions/{segment(session_id)}/resources"
-        return self._list(path, list_params(limit=limit), structure_session_resource, options)
+        params = list_params(limit=limit)
+        return self._list(self._path(session_id), params, structure_session_resource, options)
 
     async def add(
         self,
@@ -724,25 +754,18 @@ class SessionResources(_Resource):
         ``add(session_id, {"type": "github_repository", "url": ...})``, or
         ``add(session_id, type="file", file_id=..., mount_path="/data/x.csv")``.
         """
-        body: dict[str, Any] = dict(resource or {})
-        _put(body, type=type, file_id=file_id, mount_path=mount_path)
-        if "type" not in body:
-            body["type"] = "file"
-        path = f"/sessions/{segment(session_id)}/resources"
+        body = _put(dict(resource or {}), type=type, file_id=file_id, mount_path=mount_path)
+        body.setdefault("type", "file")
+        path = self._path(session_id)
         return await self._call(
-            "POST",
-            path,
-            structure_session_resource,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_session_resource, options, idempotency_key, json=body
         )
 
     async def retrieve(
         self, session_id: str, resource_id: str, **options: Unpack[CallOptions]
     ) -> SessionResource:
         """Fetch one resource of the session."""
-        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
+        path = self._path(session_id, resource_id)
         return await self._call("GET", path, structure_session_resource, options)
 
     async def update(
@@ -756,16 +779,10 @@ class SessionResources(_Resource):
         **options: Unpack[CallOptions],
     ) -> SessionResource:
         """Rotate a repository's credential (``authorization_token``, or ``password``)."""
-        body: dict[str, Any] = {}
-        _put(body, authorization_token=authorization_token, password=password)
-        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
+        body = _put({}, authorization_token=authorization_token, password=password)
+        path = self._path(session_id, resource_id)
         return await self._call(
-            "POST",
-            path,
-            structure_session_resource,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_session_resource, options, idempotency_key, json=body
         )
 
     async def delete(
@@ -777,14 +794,8 @@ class SessionResources(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Unmount a resource."""
-        path = f"/sessions/{segment(session_id)}/resources/{segment(resource_id)}"
-        return await self._call(
-            "DELETE",
-            path,
-            structure_deleted("session_resource_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(session_id, resource_id)
+        return await self._delete(path, "session_resource_deleted", options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- sessions
@@ -795,6 +806,8 @@ class Sessions(_Resource):
 
     Children: ``events``, ``threads`` (sub-agents), ``resources`` (mounts).
     """
+
+    _base = "/sessions"
 
     def __init__(self, http: HTTP, reconnect: ReconnectPolicy) -> None:
         super().__init__(http)
@@ -829,36 +842,28 @@ class Sessions(_Resource):
         (``MemoryStoreResourceParams``); ``budget`` caps the spend
         (``{"type": "limit", "max_credit_cost": "5.00"}``).
         """
-        body: dict[str, Any] = {
-            "agent": dict(agent) if isinstance(agent, Mapping) else agent,
-            "environment_id": environment_id,
-        }
-        _put(body, title=title, metadata=metadata)
-        _put(
-            body,
+        body = _put(
+            {
+                "agent": dict(agent) if isinstance(agent, Mapping) else agent,
+                "environment_id": environment_id,
+            },
+            title=title,
+            metadata=metadata,
             resources=_list_of(resources),
             vault_ids=_list_of(vault_ids),
             memory_store_ids=_list_of(memory_store_ids),
             environment_variables=environment_variables,
             budget=budget,
+            incremental_streaming_enabled=incremental_streaming_enabled,
+            initial_events=_events(initial_events),
         )
-        _put(body, incremental_streaming_enabled=incremental_streaming_enabled)
-        if initial_events is not None:
-            body["initial_events"] = [_event_json(e) for e in initial_events]
         return await self._call(
-            "POST",
-            "/sessions",
-            structure_session,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", self._path(), structure_session, options, idempotency_key, json=body
         )
 
     async def retrieve(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
         """Fetch a session."""
-        return await self._call(
-            "GET", f"/sessions/{segment(session_id)}", structure_session, options
-        )
+        return await self._call("GET", self._path(session_id), structure_session, options)
 
     async def update(
         self,
@@ -877,21 +882,18 @@ class Sessions(_Resource):
 
         Fields left ``None`` are not sent (unchanged); ``extra_body`` sends others.
         """
-        body: dict[str, Any] = {}
-        _put(body, title=title, metadata=metadata, agent=agent)
-        _put(
-            body,
+        body = _put(
+            {},
+            title=title,
+            metadata=metadata,
+            agent=agent,
             environment_variables=environment_variables,
             budget=budget,
             vault_ids=_list_of(vault_ids),
         )
+        path = self._path(session_id)
         return await self._call(
-            "POST",
-            f"/sessions/{segment(session_id)}",
-            structure_session,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_session, options, idempotency_key, json=body
         )
 
     def list(
@@ -916,7 +918,7 @@ class Sessions(_Resource):
             memory_store_id=memory_store_id,
             statuses=statuses,
         )
-        return self._list("/sessions", params, structure_session, options)
+        return self._list(self._path(), params, structure_session, options)
 
     async def cancel(
         self,
@@ -930,13 +932,8 @@ class Sessions(_Resource):
         ``POST /sessions/{id}/cancel`` answers only the id and ``status``
         (``"canceling"``), not the whole session: :class:`SessionCancel`.
         """
-        return await self._call(
-            "POST",
-            f"/sessions/{segment(session_id)}/cancel",
-            structure_session_cancel,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(session_id, action="cancel")
+        return await self._call("POST", path, structure_session_cancel, options, idempotency_key)
 
     async def archive(
         self,
@@ -946,13 +943,8 @@ class Sessions(_Resource):
         **options: Unpack[CallOptions],
     ) -> Session:
         """Archive a session: it keeps its history and accepts no new events."""
-        return await self._call(
-            "POST",
-            f"/sessions/{segment(session_id)}/archive",
-            structure_session,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(session_id, action="archive")
+        return await self._call("POST", path, structure_session, options, idempotency_key)
 
     async def delete(
         self,
@@ -962,12 +954,8 @@ class Sessions(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete a session (where the server supports it; otherwise archive it)."""
-        return await self._call(
-            "DELETE",
-            f"/sessions/{segment(session_id)}",
-            structure_deleted("session_deleted"),
-            options,
-            idempotency_key=idempotency_key,
+        return await self._delete(
+            self._path(session_id), "session_deleted", options, idempotency_key
         )
 
 
@@ -977,16 +965,19 @@ class Sessions(_Resource):
 class AgentVersions(_Resource):
     """``client.agents.versions``: every version of an agent."""
 
+    _base = "/agents/{}/versions"
+
     def list(
         self, agent_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[Agent]:
         """Iterate the agent's versions, newest first."""
-        path = f"/agents/{segment(agent_id)}/versions"
-        return self._list(path, list_params(limit=limit), structure_agent, options)
+        return self._list(self._path(agent_id), list_params(limit=limit), structure_agent, options)
 
 
 class Agents(_Resource):
     """``client.agents``: create, retrieve, update, list, archive; ``versions``."""
+
+    _base = "/agents"
 
     def __init__(self, http: HTTP) -> None:
         super().__init__(http)
@@ -1013,29 +1004,27 @@ class Agents(_Resource):
         or :func:`tool` functions) and MCP toolsets; ``mcp_servers``: the
         servers those toolsets name; ``skills``.
         """
-        body: dict[str, Any] = {"name": name, "model": model}
-        _put(body, system=system, description=description, metadata=metadata)
-        _put(
-            body,
-            tools=_list_of(definitions(tools) if tools is not None else None),
+        body = _put(
+            {"name": name, "model": model},
+            system=system,
+            description=description,
+            metadata=metadata,
+            tools=_tools(tools),
             mcp_servers=_list_of(mcp_servers),
             skills=_list_of(skills),
             multiagent=multiagent,
         )
         return await self._call(
-            "POST", "/agents", structure_agent, options, json=body, idempotency_key=idempotency_key
+            "POST", self._path(), structure_agent, options, idempotency_key, json=body
         )
 
     async def retrieve(
         self, agent_id: str, *, version: int | None = None, **options: Unpack[CallOptions]
     ) -> Agent:
         """Fetch an agent (its latest version unless ``version`` is given)."""
+        params = list_params(version=version)
         return await self._call(
-            "GET",
-            f"/agents/{segment(agent_id)}",
-            structure_agent,
-            options,
-            params=list_params(version=version),
+            "GET", self._path(agent_id), structure_agent, options, params=params
         )
 
     async def update(
@@ -1060,23 +1049,21 @@ class Agents(_Resource):
         With ``version`` the server answers 409 (:class:`ConflictError`) when the
         agent changed since you read it. Fields left ``None`` are not sent.
         """
-        body: dict[str, Any] = {}
-        _put(body, version=version, name=name, model=model, system=system)
-        _put(body, description=description, metadata=metadata, multiagent=multiagent)
-        _put(
-            body,
-            tools=_list_of(definitions(tools) if tools is not None else None),
+        body = _put(
+            {},
+            version=version,
+            name=name,
+            model=model,
+            system=system,
+            description=description,
+            metadata=metadata,
+            multiagent=multiagent,
+            tools=_tools(tools),
             mcp_servers=_list_of(mcp_servers),
             skills=_list_of(skills),
         )
-        return await self._call(
-            "POST",
-            f"/agents/{segment(agent_id)}",
-            structure_agent,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(agent_id)
+        return await self._call("POST", path, structure_agent, options, idempotency_key, json=body)
 
     def list(
         self,
@@ -1087,7 +1074,7 @@ class Agents(_Resource):
     ) -> AsyncPaginator[Agent]:
         """Iterate agents, fetching pages as needed."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return self._list("/agents", params, structure_agent, options)
+        return self._list(self._path(), params, structure_agent, options)
 
     async def archive(
         self,
@@ -1097,13 +1084,8 @@ class Agents(_Resource):
         **options: Unpack[CallOptions],
     ) -> Agent:
         """Archive an agent."""
-        return await self._call(
-            "POST",
-            f"/agents/{segment(agent_id)}/archive",
-            structure_agent,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(agent_id, action="archive")
+        return await self._call("POST", path, structure_agent, options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- environments
@@ -1111,6 +1093,8 @@ class Agents(_Resource):
 
 class Environments(_Resource):
     """``client.environments``: create, retrieve, update, list, archive, delete."""
+
+    _base = "/environments"
 
     async def create(
         self,
@@ -1123,22 +1107,18 @@ class Environments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Environment:
         """Create an environment (``config`` defaults to ``{"type": "cloud"}``)."""
-        body: dict[str, Any] = {"name": name, "config": dict(config or {"type": "cloud"})}
-        _put(body, description=description, metadata=metadata)
+        body = _put(
+            {"name": name, "config": dict(config or {"type": "cloud"})},
+            description=description,
+            metadata=metadata,
+        )
         return await self._call(
-            "POST",
-            "/environments",
-            structure_environment,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", self._path(), structure_environment, options, idempotency_key, json=body
         )
 
     async def retrieve(self, environment_id: str, **options: Unpack[CallOptions]) -> Environment:
         """Fetch an environment."""
-        return await self._call(
-            "GET", f"/environments/{segment(environment_id)}", structure_environment, options
-        )
+        return await self._call("GET", self._path(environment_id), structure_environment, options)
 
     async def update(
         self,
@@ -1152,15 +1132,10 @@ class Environments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Environment:
         """Update an environment's name, description, config or metadata."""
-        body: dict[str, Any] = {}
-        _put(body, name=name, config=config, description=description, metadata=metadata)
+        body = _put({}, name=name, config=config, description=description, metadata=metadata)
+        path = self._path(environment_id)
         return await self._call(
-            "POST",
-            f"/environments/{segment(environment_id)}",
-            structure_environment,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", path, structure_environment, options, idempotency_key, json=body
         )
 
     def list(
@@ -1172,7 +1147,7 @@ class Environments(_Resource):
     ) -> AsyncPaginator[Environment]:
         """Iterate environments, fetching pages as needed."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return self._list("/environments", params, structure_environment, options)
+        return self._list(self._path(), params, structure_environment, options)
 
     async def archive(
         self,
@@ -1182,13 +1157,8 @@ class Environments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Environment:
         """Archive an environment."""
-        return await self._call(
-            "POST",
-            f"/environments/{segment(environment_id)}/archive",
-            structure_environment,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(environment_id, action="archive")
+        return await self._call("POST", path, structure_environment, options, idempotency_key)
 
     async def delete(
         self,
@@ -1198,23 +1168,20 @@ class Environments(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete an environment."""
-        return await self._call(
-            "DELETE",
-            f"/environments/{segment(environment_id)}",
-            structure_deleted("environment_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(environment_id)
+        return await self._delete(path, "environment_deleted", options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- files
 
 
 class Files(_Resource):
-    """``client.files``: upload, retrieve, list, download, delete.
+    """``client.files``: upload, retrieve_metadata, list, download, delete.
 
     See :mod:`qoder_async._shell.files` for what uploads take and downloads handle.
     """
+
+    _base = "/files"
 
     async def upload(
         self,
@@ -1248,11 +1215,11 @@ class Files(_Resource):
             **extra,
         }
         upload = await prepare_upload(file, filename=filename, mime_type=mime_type, fields=fields)
-        return await self._upload("/files", upload, structure_file, idempotency_key, options)
+        return await self._upload(self._path(), upload, structure_file, idempotency_key, options)
 
     async def retrieve_metadata(self, file_id: str, **options: Unpack[CallOptions]) -> FileMetadata:
         """Fetch a file's metadata (the official SDK's name: the content is :meth:`download`)."""
-        return await self._call("GET", f"/files/{segment(file_id)}", structure_file, options)
+        return await self._call("GET", self._path(file_id), structure_file, options)
 
     def list(
         self,
@@ -1268,7 +1235,7 @@ class Files(_Resource):
         params = list_params(
             limit=limit, after_id=after_id, before_id=before_id, scope_id=scope_id, ids=ids
         )
-        return self._list("/files", params, structure_file, options)
+        return self._list(self._path(), params, structure_file, options)
 
     @overload
     async def download(
@@ -1307,7 +1274,7 @@ class Files(_Resource):
         credentials. ``read_timeout``: seconds without a byte before
         :class:`APITimeoutError`.
         """
-        path = f"/files/{segment(file_id)}/content"
+        path = self._path(file_id, action="content")
         return await self._download(path, to, read_timeout, options)
 
     async def delete(
@@ -1318,13 +1285,7 @@ class Files(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete a file (later uses of its id are 404s)."""
-        return await self._call(
-            "DELETE",
-            f"/files/{segment(file_id)}",
-            structure_deleted("file_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        return await self._delete(self._path(file_id), "file_deleted", options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- models
@@ -1333,8 +1294,10 @@ class Files(_Resource):
 class Models(_Resource):
     """``client.models``: the models an agent can use."""
 
+    _base = "/models"
+
     def list(
         self, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[ModelInfo]:
         """Iterate the models (``is_enabled`` says which your account may use)."""
-        return self._list("/models", list_params(limit=limit), structure_model, options)
+        return self._list(self._path(), list_params(limit=limit), structure_model, options)

@@ -79,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import inspect
 import json
 import math
@@ -218,13 +219,8 @@ def tool(
     ``dict`` key that is not a ``str`` is reported to the agent as an error
     naming it, and logged (see the table of ``qoder_async._api.tools``).
     """
-    if function is not None:
-        return Tool(function, name=name, description=description)
-
-    def wrap(fn: Callable[..., _R]) -> Tool:
-        return Tool(fn, name=name, description=description)
-
-    return wrap
+    wrap = functools.partial(Tool, name=name, description=description)
+    return wrap if function is None else wrap(function)
 
 
 Tools: TypeAlias = Mapping[str, ToolHandler] | Sequence["Tool"]

@@ -2,10 +2,8 @@
 
 ``client.vaults`` (with ``.credentials``), ``client.skills`` (with
 ``.versions``) and ``client.memory_stores`` (with ``.memories`` and
-``.memory_versions``), named and shaped as the official SDK's. They work as
-the resources of :mod:`qoder_async._api.resources` do: the same per-call
-options, ``idempotency_key`` on every write, ``with_raw_response``, ids checked
-as one path segment, and a child resource's methods take the parent's id first
+``.memory_versions``), named and shaped as the official SDK's, working as
+every resource of :mod:`qoder_async._api.resources` does
 (``credentials.retrieve(vault_id, credential_id)``).
 
 A credential's secrets (``token``, ``access_token``, ``refresh_token``,
@@ -24,7 +22,6 @@ from qoder_async._api.resources import CallOptions, _put, _Resource
 from qoder_async._core.convert import (
     structure_credential,
     structure_credential_validation,
-    structure_deleted,
     structure_memory,
     structure_memory_item,
     structure_memory_store,
@@ -51,7 +48,7 @@ from qoder_async._shell.files import (
     FileInput,
     prepare_files,
 )
-from qoder_async._shell.http import HTTP, segment
+from qoder_async._shell.http import HTTP
 from qoder_async._shell.pagination import AsyncPaginator, list_params
 
 __all__ = [
@@ -84,6 +81,8 @@ class VaultCredentials(_Resource):
     params).
     """
 
+    _base = "/vaults/{}/credentials"
+
     async def create(
         self,
         vault_id: str,
@@ -95,18 +94,17 @@ class VaultCredentials(_Resource):
         **options: Unpack[CallOptions],
     ) -> VaultCredential:
         """Add a credential to a vault (``POST /vaults/{vault_id}/credentials``)."""
-        body: dict[str, Any] = {"auth": dict(auth)}
-        _put(body, display_name=display_name, metadata=metadata)
-        path = f"/vaults/{segment(vault_id)}/credentials"
+        body = _put({"auth": dict(auth)}, display_name=display_name, metadata=metadata)
+        path = self._path(vault_id)
         return await self._call(
-            "POST", path, structure_credential, options, json=body, idempotency_key=idempotency_key
+            "POST", path, structure_credential, options, idempotency_key, json=body
         )
 
     async def retrieve(
         self, vault_id: str, credential_id: str, **options: Unpack[CallOptions]
     ) -> VaultCredential:
         """Fetch a credential (``GET /vaults/{vault_id}/credentials/{credential_id}``)."""
-        path = f"/vaults/{segment(vault_id)}/credentials/{segment(credential_id)}"
+        path = self._path(vault_id, credential_id)
         return await self._call("GET", path, structure_credential, options)
 
     async def update(
@@ -120,11 +118,10 @@ class VaultCredentials(_Resource):
         **options: Unpack[CallOptions],
     ) -> VaultCredential:
         """Rotate a credential's secret or change its metadata (``POST .../{credential_id}``)."""
-        body: dict[str, Any] = {}
-        _put(body, auth=auth, metadata=metadata)
-        path = f"/vaults/{segment(vault_id)}/credentials/{segment(credential_id)}"
+        body = _put({}, auth=auth, metadata=metadata)
+        path = self._path(vault_id, credential_id)
         return await self._call(
-            "POST", path, structure_credential, options, json=body, idempotency_key=idempotency_key
+            "POST", path, structure_credential, options, idempotency_key, json=body
         )
 
     def list(
@@ -137,8 +134,7 @@ class VaultCredentials(_Resource):
     ) -> AsyncPaginator[VaultCredential]:
         """Iterate a vault's credentials (``GET /vaults/{vault_id}/credentials``)."""
         params = list_params(limit=limit, include_archived=include_archived)
-        path = f"/vaults/{segment(vault_id)}/credentials"
-        return self._list(path, params, structure_credential, options)
+        return self._list(self._path(vault_id), params, structure_credential, options)
 
     async def delete(
         self,
@@ -149,14 +145,8 @@ class VaultCredentials(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete a credential (``DELETE``): ``type`` ``vault_credential_deleted``."""
-        path = f"/vaults/{segment(vault_id)}/credentials/{segment(credential_id)}"
-        return await self._call(
-            "DELETE",
-            path,
-            structure_deleted("vault_credential_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(vault_id, credential_id)
+        return await self._delete(path, "vault_credential_deleted", options, idempotency_key)
 
     async def archive(
         self,
@@ -167,10 +157,8 @@ class VaultCredentials(_Resource):
         **options: Unpack[CallOptions],
     ) -> VaultCredential:
         """Archive a credential (``POST .../{credential_id}/archive``)."""
-        path = f"/vaults/{segment(vault_id)}/credentials/{segment(credential_id)}/archive"
-        return await self._call(
-            "POST", path, structure_credential, options, idempotency_key=idempotency_key
-        )
+        path = self._path(vault_id, credential_id, action="archive")
+        return await self._call("POST", path, structure_credential, options, idempotency_key)
 
     async def mcp_oauth_validate(
         self,
@@ -181,12 +169,9 @@ class VaultCredentials(_Resource):
         **options: Unpack[CallOptions],
     ) -> CredentialValidation:
         """Check an MCP credential against its server (``POST .../mcp_oauth_validate``)."""
-        path = (
-            f"/vaults/{segment(vault_id)}/credentials/{segment(credential_id)}/mcp_oauth_validate"
-        )
-        return await self._call(
-            "POST", path, structure_credential_validation, options, idempotency_key=idempotency_key
-        )
+        path = self._path(vault_id, credential_id, action="mcp_oauth_validate")
+        validation = structure_credential_validation
+        return await self._call("POST", path, validation, options, idempotency_key)
 
 
 class Vaults(_Resource):
@@ -194,6 +179,8 @@ class Vaults(_Resource):
 
     A session uses a vault's credentials when created with ``vault_ids=[...]``.
     """
+
+    _base = "/vaults"
 
     def __init__(self, http: HTTP) -> None:
         super().__init__(http)
@@ -208,15 +195,14 @@ class Vaults(_Resource):
         **options: Unpack[CallOptions],
     ) -> Vault:
         """Create a vault (``POST /vaults``)."""
-        body: dict[str, Any] = {"display_name": display_name}
-        _put(body, metadata=metadata)
+        body = _put({"display_name": display_name}, metadata=metadata)
         return await self._call(
-            "POST", "/vaults", structure_vault, options, json=body, idempotency_key=idempotency_key
+            "POST", self._path(), structure_vault, options, idempotency_key, json=body
         )
 
     async def retrieve(self, vault_id: str, **options: Unpack[CallOptions]) -> Vault:
         """Fetch a vault (``GET /vaults/{vault_id}``)."""
-        return await self._call("GET", f"/vaults/{segment(vault_id)}", structure_vault, options)
+        return await self._call("GET", self._path(vault_id), structure_vault, options)
 
     def list(
         self,
@@ -227,31 +213,20 @@ class Vaults(_Resource):
     ) -> AsyncPaginator[Vault]:
         """Iterate vaults (``GET /vaults``)."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return self._list("/vaults", params, structure_vault, options)
+        return self._list(self._path(), params, structure_vault, options)
 
     async def delete(
         self, vault_id: str, *, idempotency_key: str | None = None, **options: Unpack[CallOptions]
     ) -> Deleted:
         """Delete a vault and its credentials (``DELETE /vaults/{vault_id}``)."""
-        return await self._call(
-            "DELETE",
-            f"/vaults/{segment(vault_id)}",
-            structure_deleted("vault_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        return await self._delete(self._path(vault_id), "vault_deleted", options, idempotency_key)
 
     async def archive(
         self, vault_id: str, *, idempotency_key: str | None = None, **options: Unpack[CallOptions]
     ) -> Vault:
         """Archive a vault (``POST /vaults/{vault_id}/archive``)."""
-        return await self._call(
-            "POST",
-            f"/vaults/{segment(vault_id)}/archive",
-            structure_vault,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(vault_id, action="archive")
+        return await self._call("POST", path, structure_vault, options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- skills
@@ -260,6 +235,8 @@ class Vaults(_Resource):
 class SkillVersions(_Resource):
     """``client.skills.versions``: ``/skills/{skill_id}/versions``; a version is named by
     its ``version`` string."""
+
+    _base = "/skills/{}/versions"
 
     async def create(
         self,
@@ -273,7 +250,7 @@ class SkillVersions(_Resource):
 
         ``files`` as for :meth:`Skills.create`.
         """
-        path = f"/skills/{segment(skill_id)}/versions"
+        path = self._path(skill_id)
         upload = await prepare_files("files", files, fields=dict(options.pop("extra_body", {})))
         return await self._upload(path, upload, structure_skill_version, idempotency_key, options)
 
@@ -281,15 +258,15 @@ class SkillVersions(_Resource):
         self, skill_id: str, version: str, **options: Unpack[CallOptions]
     ) -> SkillVersion:
         """Fetch a version (``GET /skills/{skill_id}/versions/{version}``)."""
-        path = f"/skills/{segment(skill_id)}/versions/{segment(version)}"
+        path = self._path(skill_id, version)
         return await self._call("GET", path, structure_skill_version, options)
 
     def list(
         self, skill_id: str, *, limit: int | None = None, **options: Unpack[CallOptions]
     ) -> AsyncPaginator[SkillVersion]:
         """Iterate a skill's versions, newest first (``GET /skills/{skill_id}/versions``)."""
-        path = f"/skills/{segment(skill_id)}/versions"
-        return self._list(path, list_params(limit=limit), structure_skill_version, options)
+        params = list_params(limit=limit)
+        return self._list(self._path(skill_id), params, structure_skill_version, options)
 
     async def delete(
         self,
@@ -300,14 +277,8 @@ class SkillVersions(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete a version (``DELETE``); the answer's ``id`` is the version string."""
-        path = f"/skills/{segment(skill_id)}/versions/{segment(version)}"
-        return await self._call(
-            "DELETE",
-            path,
-            structure_deleted("skill_version_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(skill_id, version)
+        return await self._delete(path, "skill_version_deleted", options, idempotency_key)
 
     @overload
     async def download(
@@ -342,7 +313,7 @@ class SkillVersions(_Resource):
     ) -> FileDownload | Path:
         """A version's files as a zip (``GET /skills/{skill_id}/versions/{version}/content``),
         handled as ``client.files.download`` handles a file."""
-        path = f"/skills/{segment(skill_id)}/versions/{segment(version)}/content"
+        path = self._path(skill_id, version, action="content")
         return await self._download(path, to, read_timeout, options)
 
 
@@ -351,6 +322,8 @@ class Skills(_Resource):
 
     An agent uses one with ``skills=[{"type": "custom", "skill_id": ...}]``.
     """
+
+    _base = "/skills"
 
     def __init__(self, http: HTTP) -> None:
         super().__init__(http)
@@ -374,11 +347,11 @@ class Skills(_Resource):
         fields = {"display_title": display_title, "metadata": metadata}
         fields.update(options.pop("extra_body", {}))
         upload = await prepare_files("files", files, fields=fields)
-        return await self._upload("/skills", upload, structure_skill, idempotency_key, options)
+        return await self._upload(self._path(), upload, structure_skill, idempotency_key, options)
 
     async def retrieve(self, skill_id: str, **options: Unpack[CallOptions]) -> Skill:
         """Fetch a skill (``GET /skills/{skill_id}``)."""
-        return await self._call("GET", f"/skills/{segment(skill_id)}", structure_skill, options)
+        return await self._call("GET", self._path(skill_id), structure_skill, options)
 
     def list(
         self,
@@ -389,19 +362,13 @@ class Skills(_Resource):
     ) -> AsyncPaginator[Skill]:
         """Iterate skills (``GET /skills``); ``source``: ``custom`` or ``qoder`` only."""
         params = list_params(limit=limit, source=source)
-        return self._list("/skills", params, structure_skill, options)
+        return self._list(self._path(), params, structure_skill, options)
 
     async def delete(
         self, skill_id: str, *, idempotency_key: str | None = None, **options: Unpack[CallOptions]
     ) -> Deleted:
         """Delete a skill (``DELETE /skills/{skill_id}``): ``type`` ``skill_deleted``."""
-        return await self._call(
-            "DELETE",
-            f"/skills/{segment(skill_id)}",
-            structure_deleted("skill_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        return await self._delete(self._path(skill_id), "skill_deleted", options, idempotency_key)
 
 
 # --------------------------------------------------------------------------- memory stores
@@ -413,6 +380,8 @@ class MemoryStoreMemories(_Resource):
     ``view="full"`` answers each memory with its ``content``; ``"basic"``
     (what lists, creates and updates answer by default) without.
     """
+
+    _base = "/memory_stores/{}/memories"
 
     async def create(
         self,
@@ -426,17 +395,10 @@ class MemoryStoreMemories(_Resource):
         **options: Unpack[CallOptions],
     ) -> Memory:
         """Write a memory at ``path`` (``POST``); a path in use is a 409."""
-        body: dict[str, Any] = {"path": path, "content": content}
-        _put(body, metadata=metadata)
-        url = f"/memory_stores/{segment(memory_store_id)}/memories"
+        body = _put({"path": path, "content": content}, metadata=metadata)
+        url = self._path(memory_store_id)
         return await self._call(
-            "POST",
-            url,
-            structure_memory,
-            options,
-            json=body,
-            params=_view(view),
-            idempotency_key=idempotency_key,
+            "POST", url, structure_memory, options, idempotency_key, json=body, params=_view(view)
         )
 
     async def retrieve(
@@ -448,7 +410,7 @@ class MemoryStoreMemories(_Resource):
         **options: Unpack[CallOptions],
     ) -> Memory:
         """Read a memory, with its content unless ``view="basic"`` (``GET``)."""
-        url = f"/memory_stores/{segment(memory_store_id)}/memories/{segment(memory_id)}"
+        url = self._path(memory_store_id, memory_id)
         return await self._call("GET", url, structure_memory, options, params=_view(view))
 
     async def update(
@@ -469,17 +431,12 @@ class MemoryStoreMemories(_Resource):
         With ``content_sha256`` the change is made only if the memory's
         content still has that hash (else a 409): a safe read-modify-write.
         """
-        body: dict[str, Any] = {}
-        _put(body, content=content, path=path, metadata=metadata, content_sha256=content_sha256)
-        url = f"/memory_stores/{segment(memory_store_id)}/memories/{segment(memory_id)}"
+        body = _put(
+            {}, content=content, path=path, metadata=metadata, content_sha256=content_sha256
+        )
+        url = self._path(memory_store_id, memory_id)
         return await self._call(
-            "POST",
-            url,
-            structure_memory,
-            options,
-            json=body,
-            params=_view(view),
-            idempotency_key=idempotency_key,
+            "POST", url, structure_memory, options, idempotency_key, json=body, params=_view(view)
         )
 
     def list(
@@ -495,8 +452,7 @@ class MemoryStoreMemories(_Resource):
         """Iterate memories in path order (``GET``); with ``depth``, deeper ones are rolled up
         into :class:`MemoryPrefix` items."""
         params = list_params(path_prefix=path_prefix, depth=depth, limit=limit, view=view)
-        url = f"/memory_stores/{segment(memory_store_id)}/memories"
-        return self._list(url, params, structure_memory_item, options)
+        return self._list(self._path(memory_store_id), params, structure_memory_item, options)
 
     async def delete(
         self,
@@ -509,21 +465,16 @@ class MemoryStoreMemories(_Resource):
     ) -> Deleted:
         """Delete a memory (``DELETE``), only if its content has ``expected_content_sha256``
         when given (else a 409)."""
-        url = f"/memory_stores/{segment(memory_store_id)}/memories/{segment(memory_id)}"
+        url = self._path(memory_store_id, memory_id)
         params = list_params(expected_content_sha256=expected_content_sha256) or None
-        return await self._call(
-            "DELETE",
-            url,
-            structure_deleted("memory_deleted"),
-            options,
-            params=params,
-            idempotency_key=idempotency_key,
-        )
+        return await self._delete(url, "memory_deleted", options, idempotency_key, params)
 
 
 class MemoryStoreMemoryVersions(_Resource):
     """``client.memory_stores.memory_versions``: the history of a store's memories
     (``/memory_stores/{memory_store_id}/memory_versions``)."""
+
+    _base = "/memory_stores/{}/memory_versions"
 
     async def retrieve(
         self,
@@ -534,10 +485,7 @@ class MemoryStoreMemoryVersions(_Resource):
         **options: Unpack[CallOptions],
     ) -> MemoryVersion:
         """Fetch a version (``GET .../memory_versions/{memory_version_id}``)."""
-        url = (
-            f"/memory_stores/{segment(memory_store_id)}/memory_versions/"
-            f"{segment(memory_version_id)}"
-        )
+        url = self._path(memory_store_id, memory_version_id)
         return await self._call("GET", url, structure_memory_version, options, params=_view(view))
 
     def list(
@@ -555,8 +503,7 @@ class MemoryStoreMemoryVersions(_Resource):
         params = list_params(
             memory_id=memory_id, operation=operation, session_id=session_id, limit=limit, view=view
         )
-        url = f"/memory_stores/{segment(memory_store_id)}/memory_versions"
-        return self._list(url, params, structure_memory_version, options)
+        return self._list(self._path(memory_store_id), params, structure_memory_version, options)
 
     async def redact(
         self,
@@ -567,18 +514,15 @@ class MemoryStoreMemoryVersions(_Resource):
         **options: Unpack[CallOptions],
     ) -> MemoryVersion:
         """Erase a version's content for good (``POST .../{memory_version_id}/redact``)."""
-        url = (
-            f"/memory_stores/{segment(memory_store_id)}/memory_versions/"
-            f"{segment(memory_version_id)}/redact"
-        )
-        return await self._call(
-            "POST", url, structure_memory_version, options, idempotency_key=idempotency_key
-        )
+        url = self._path(memory_store_id, memory_version_id, action="redact")
+        return await self._call("POST", url, structure_memory_version, options, idempotency_key)
 
 
 class MemoryStores(_Resource):
     """``client.memory_stores``: create, retrieve, update, list, delete, archive
     (``/memory_stores``); a session mounts one as a ``memory_store`` resource."""
+
+    _base = "/memory_stores"
 
     def __init__(self, http: HTTP) -> None:
         super().__init__(http)
@@ -595,21 +539,14 @@ class MemoryStores(_Resource):
         **options: Unpack[CallOptions],
     ) -> MemoryStore:
         """Create a memory store (``POST /memory_stores``)."""
-        body: dict[str, Any] = {"name": name}
-        _put(body, description=description, metadata=metadata)
+        body = _put({"name": name}, description=description, metadata=metadata)
         return await self._call(
-            "POST",
-            "/memory_stores",
-            structure_memory_store,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", self._path(), structure_memory_store, options, idempotency_key, json=body
         )
 
     async def retrieve(self, memory_store_id: str, **options: Unpack[CallOptions]) -> MemoryStore:
         """Fetch a memory store (``GET /memory_stores/{memory_store_id}``)."""
-        url = f"/memory_stores/{segment(memory_store_id)}"
-        return await self._call("GET", url, structure_memory_store, options)
+        return await self._call("GET", self._path(memory_store_id), structure_memory_store, options)
 
     async def update(
         self,
@@ -623,16 +560,10 @@ class MemoryStores(_Resource):
     ) -> MemoryStore:
         """Rename a store or change its description or metadata (``POST``; a ``None`` metadata
         value deletes that key)."""
-        body: dict[str, Any] = {}
-        _put(body, name=name, description=description, metadata=metadata)
-        url = f"/memory_stores/{segment(memory_store_id)}"
+        body = _put({}, name=name, description=description, metadata=metadata)
+        url = self._path(memory_store_id)
         return await self._call(
-            "POST",
-            url,
-            structure_memory_store,
-            options,
-            json=body,
-            idempotency_key=idempotency_key,
+            "POST", url, structure_memory_store, options, idempotency_key, json=body
         )
 
     def list(
@@ -644,7 +575,7 @@ class MemoryStores(_Resource):
     ) -> AsyncPaginator[MemoryStore]:
         """Iterate memory stores (``GET /memory_stores``)."""
         params = list_params(limit=limit, include_archived=include_archived)
-        return self._list("/memory_stores", params, structure_memory_store, options)
+        return self._list(self._path(), params, structure_memory_store, options)
 
     async def delete(
         self,
@@ -654,13 +585,8 @@ class MemoryStores(_Resource):
         **options: Unpack[CallOptions],
     ) -> Deleted:
         """Delete a store with its memories and versions (``DELETE``)."""
-        return await self._call(
-            "DELETE",
-            f"/memory_stores/{segment(memory_store_id)}",
-            structure_deleted("memory_store_deleted"),
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(memory_store_id)
+        return await self._delete(path, "memory_store_deleted", options, idempotency_key)
 
     async def archive(
         self,
@@ -670,10 +596,5 @@ class MemoryStores(_Resource):
         **options: Unpack[CallOptions],
     ) -> MemoryStore:
         """Archive a store: read-only from then on (``POST .../archive``)."""
-        return await self._call(
-            "POST",
-            f"/memory_stores/{segment(memory_store_id)}/archive",
-            structure_memory_store,
-            options,
-            idempotency_key=idempotency_key,
-        )
+        path = self._path(memory_store_id, action="archive")
+        return await self._call("POST", path, structure_memory_store, options, idempotency_key)
