@@ -375,10 +375,8 @@ class _Output:
         """A log record of the library (a retry...): a note, or a ``{"log": ...}`` line."""
         if not self.json_mode:
             self.note(f"{level}: {text}")
-            return
-        record = {"log": {"level": level, "message": self._redact(text)}}
-        self.stderr.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self.stderr.flush()
+        else:
+            self._stderr_record("log", {"level": level, "message": text})
 
     def error(
         self,
@@ -407,8 +405,11 @@ class _Output:
         record.update(fields or {})
         if hint:
             record["hint"] = hint
+        self._stderr_record("error", record)
+
+    def _stderr_record(self, key: str, record: Mapping[str, object]) -> None:
         redacted = {k: self._redact(v) if isinstance(v, str) else v for k, v in record.items()}
-        self.stderr.write(json.dumps({"error": redacted}, ensure_ascii=False, default=str) + "\n")
+        self.stderr.write(json.dumps({key: redacted}, ensure_ascii=False, default=str) + "\n")
         self.stderr.flush()
 
     def exception(self, exc: BaseException, *, prefix: str = "") -> None:
@@ -515,16 +516,13 @@ class _Signals:
             self.received = signum
         self.task.cancel()
 
-    def exit_code(self) -> int:
-        return 128 + (self.received or signal.SIGINT)
 
-
+@dataclasses.dataclass(frozen=True)
 class _Context:
     """What a command gets besides its arguments: the output and the signal switch."""
 
-    def __init__(self, out: _Output, signals: _Signals) -> None:
-        self.out = out
-        self.signals = signals
+    out: _Output
+    signals: _Signals
 
 
 # --------------------------------------------------------------------------- a turn, live
@@ -674,12 +672,17 @@ class _TurnView:
 # --------------------------------------------------------------------------- commands
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+
+
 def _client(args: argparse.Namespace) -> QoderClient:
-    if not (args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")):
+    if not _token(args):
         raise ConfigurationError(
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
-    allow = _allow_insecure_http(args)
+    insecure_env = os.environ.get(_INSECURE_ENV, "").strip().lower()
+    allow = bool(args.allow_insecure_http) or insecure_env in ("1", "true", "yes", "on")
     retry = RetryPolicy(timeout=args.retry_timeout)
     try:
         return QoderClient(
@@ -691,14 +694,6 @@ def _client(args: argparse.Namespace) -> QoderClient:
         if not allow and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
             exc.add_note(f"from the shell: --allow-insecure-http, or {_INSECURE_ENV}=1")
         raise
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _allow_insecure_http(args: argparse.Namespace) -> bool:
-    return bool(args.allow_insecure_http) or _env_flag(_INSECURE_ENV)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1149,15 +1144,6 @@ def _tool_name(text: str) -> str:
     return text
 
 
-def _fake_server_script(args: argparse.Namespace) -> Any:
-    """The scripted agent ``fake-server --script NAME`` runs."""
-    if args.script == "demo":
-        return _demo_script()
-    if args.script == "tools":
-        return tool_script(*_fake_tool(args))
-    return default_script
-
-
 def _demo_script() -> Any:
     """The scripted agent of ``demo`` and ``fake-server``: a turn with visible pacing."""
 
@@ -1216,9 +1202,14 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
 
     ctx.signals.handler = on_signal
     tool_name, tool_input = _fake_tool(args)
+    scripts = {
+        "default": default_script,
+        "demo": _demo_script(),
+        "tools": tool_script(tool_name, tool_input),
+    }
     server = FakeQoderServer(
         token=args.token or FakeQoderServer.DEFAULT_TOKEN,
-        script=_fake_server_script(args),
+        script=scripts[args.script],
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat,
@@ -1698,7 +1689,7 @@ async def _run(args: argparse.Namespace, out: _Output) -> int:
     except asyncio.CancelledError:
         if signals.received is None:
             raise
-        return signals.exit_code()
+        return 128 + signals.received  # 130 for Ctrl-C, 143 for SIGTERM
     finally:
         signals.uninstall()
 
@@ -1742,7 +1733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.error("UsageError", message, hints=[f"{PROG} --help shows the usage"])
         return code
     out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
-    out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+    out.secret = _token(args)
     with _logs_to(out, args.verbose):
         return _main(args, out)
 
