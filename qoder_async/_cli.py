@@ -346,12 +346,15 @@ class _Output:
         if self.json_mode:
             self._write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
 
+    def show(self, record: Mapping[str, Any], *lines: str) -> None:
+        """``record`` in ``--json`` mode, else ``lines``."""
+        self.record(record)
+        for text in lines:
+            self.line(text)
+
     def event(self, event: Event) -> None:
         """An event: its raw JSON in ``--json`` mode, else one readable line."""
-        if self.json_mode:
-            self.record(_raw(event))
-        else:
-            self.line(event_line(event))
+        self.show(_raw(event), event_line(event))
 
     def _redact(self, text: str) -> str:
         # A few characters are no secret worth hiding, and hiding them garbles every word.
@@ -372,10 +375,8 @@ class _Output:
         """A log record of the library (a retry...): a note, or a ``{"log": ...}`` line."""
         if not self.json_mode:
             self.note(f"{level}: {text}")
-            return
-        record = {"log": {"level": level, "message": self._redact(text)}}
-        self.stderr.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self.stderr.flush()
+        else:
+            self._stderr_record("log", {"level": level, "message": text})
 
     def error(
         self,
@@ -404,8 +405,11 @@ class _Output:
         record.update(fields or {})
         if hint:
             record["hint"] = hint
+        self._stderr_record("error", record)
+
+    def _stderr_record(self, key: str, record: Mapping[str, object]) -> None:
         redacted = {k: self._redact(v) if isinstance(v, str) else v for k, v in record.items()}
-        self.stderr.write(json.dumps({"error": redacted}, ensure_ascii=False, default=str) + "\n")
+        self.stderr.write(json.dumps({key: redacted}, ensure_ascii=False, default=str) + "\n")
         self.stderr.flush()
 
     def exception(self, exc: BaseException, *, prefix: str = "") -> None:
@@ -512,16 +516,13 @@ class _Signals:
             self.received = signum
         self.task.cancel()
 
-    def exit_code(self) -> int:
-        return 128 + (self.received or signal.SIGINT)
 
-
+@dataclasses.dataclass(frozen=True)
 class _Context:
     """What a command gets besides its arguments: the output and the signal switch."""
 
-    def __init__(self, out: _Output, signals: _Signals) -> None:
-        self.out = out
-        self.signals = signals
+    out: _Output
+    signals: _Signals
 
 
 # --------------------------------------------------------------------------- a turn, live
@@ -671,12 +672,17 @@ class _TurnView:
 # --------------------------------------------------------------------------- commands
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+
+
 def _client(args: argparse.Namespace) -> QoderClient:
-    if not (args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")):
+    if not _token(args):
         raise ConfigurationError(
             "no access token: pass --token, or set QODER_PAT (or QODER_ACCESS_TOKEN)"
         )
-    allow = _allow_insecure_http(args)
+    insecure_env = os.environ.get(_INSECURE_ENV, "").strip().lower()
+    allow = bool(args.allow_insecure_http) or insecure_env in ("1", "true", "yes", "on")
     retry = RetryPolicy(timeout=args.retry_timeout)
     try:
         return QoderClient(
@@ -688,14 +694,6 @@ def _client(args: argparse.Namespace) -> QoderClient:
         if not allow and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
             exc.add_note(f"from the shell: --allow-insecure-http, or {_INSECURE_ENV}=1")
         raise
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _allow_insecure_http(args: argparse.Namespace) -> bool:
-    return bool(args.allow_insecure_http) or _env_flag(_INSECURE_ENV)
 
 
 def _is_loopback(host: str) -> bool:
@@ -775,18 +773,6 @@ async def _cmd_tail(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
-async def _cmd_events(args: argparse.Namespace, ctx: _Context) -> int:
-    async with _client(args) as client:
-        events = client.sessions.events.list(
-            args.session_id,
-            order=args.order,
-            limit=_page_size(args.limit),
-            types=args.types or None,
-        )
-        await _print_items(events, args.limit, ctx.out.event)
-    return EXIT_OK
-
-
 def _page_size(limit: int | None) -> int | None:
     return None if limit is None else min(limit, 100)
 
@@ -829,13 +815,8 @@ def _deployment_line(d: Deployment) -> str:
     ).rstrip()
 
 
-def _show_resource(
-    ctx: _Context, obj: Session | SessionCancel | Agent | Environment | DeploymentRun
-) -> None:
-    out = ctx.out
-    if out.json_mode:
-        out.record(_raw(obj))
-        return
+def _fields(obj: Session | SessionCancel | Agent | Environment | DeploymentRun) -> list[str]:
+    """What ``get`` and the other verbs show of a resource: ``key:  value`` lines."""
     if isinstance(obj, SessionCancel):
         fields: dict[str, object] = {"id": obj.id, "status": obj.status}
     elif isinstance(obj, Session):
@@ -877,59 +858,11 @@ def _show_resource(
             "archived_at": obj.archived_at,
             "created_at": obj.created_at,
         }
-    for key, value in fields.items():
-        if value is not None:
-            out.line(f"{key + ':':<13}{value}")
+    return _field_lines(fields)
 
 
-def _lister(line: Callable[[Any], str], ctx: _Context) -> Callable[[Any], None]:
-    def show(obj: Any) -> None:
-        if ctx.out.json_mode:
-            ctx.out.record(_raw(obj))
-        else:
-            ctx.out.line(line(obj))
-
-    return show
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class _Verb:
-    """One resource command: its argparse arguments and the client call it runs.
-
-    ``call(client, args)`` returns the async iterator to print (``list``), the
-    ``Deleted`` answer (``delete``), or the resource to show (any other verb);
-    ``then(client, args, answer, ctx)``, when given, runs after it is shown and
-    gives the exit code.
-    """
-
-    resource: str
-    name: str
-    summary: str
-    example: str
-    call: Callable[[QoderClient, argparse.Namespace], Any]
-    args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
-    then: Callable[[QoderClient, argparse.Namespace, Any, _Context], Awaitable[int]] | None = None
-
-
-def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
-    return flags, options
-
-
-def _limit(noun: str) -> tuple[tuple[str, ...], dict[str, Any]]:
-    return _arg("--limit", type=_positive, metavar="N", help=f"print at most N {noun}")
-
-
-_SESSION_ID = _arg("session_id", metavar="SESSION_ID")
-_AGENT_ID = _arg("agent_id", metavar="AGENT_ID")
-_ENVIRONMENT_ID = _arg("environment_id", metavar="ENVIRONMENT_ID")
-_DEPLOYMENT_ID = _arg("deployment_id", metavar="DEPLOYMENT_ID")
+def _field_lines(fields: Mapping[str, object]) -> list[str]:
+    return [f"{key + ':':<13}{value}" for key, value in fields.items() if value is not None]
 
 
 async def _follow_run(
@@ -944,140 +877,23 @@ async def _follow_run(
     return await view.follow(await client.session(run.session_id).follow())
 
 
-_VERBS: tuple[_Verb, ...] = (
-    _Verb(
-        "sessions", "list", "list sessions", "--limit 10",
-        lambda c, a: c.sessions.list(
-            limit=_page_size(a.limit),
-            agent_id=a.agent,
-            include_archived=True if a.archived else None,
-        ),
-        (
-            _limit("sessions"),
-            _arg("--agent", metavar="ID", help="only sessions of this agent"),
-            _arg("--archived", action="store_true", help="include archived sessions"),
-        ),
-    ),
-    _Verb(
-        "sessions", "create", "create a session",
-        "--agent agent_01abc --environment env_01abc --title triage",
-        lambda c, a: c.sessions.create(
-            agent=a.agent, environment_id=a.environment, title=a.title
-        ),
-        (
-            _arg("--agent", required=True, metavar="ID", help="the agent id"),
-            _arg("--environment", required=True, metavar="ID", help="the environment id"),
-            _arg("--title", metavar="T", help="a title"),
-        ),
-    ),
-    _Verb(
-        "sessions", "get", "show a session", "sess_01abc",
-        lambda c, a: c.sessions.retrieve(a.session_id), (_SESSION_ID,),
-    ),
-    _Verb(
-        "sessions", "cancel", "cancel a session's running turn", "sess_01abc",
-        lambda c, a: c.sessions.cancel(a.session_id), (_SESSION_ID,),
-    ),
-    _Verb(
-        "sessions", "archive", "archive a session", "sess_01abc",
-        lambda c, a: c.sessions.archive(a.session_id), (_SESSION_ID,),
-    ),
-    _Verb(
-        "sessions", "delete", "delete a session and its events (cannot be undone)", "sess_01abc",
-        lambda c, a: c.sessions.delete(a.session_id), (_SESSION_ID,),
-    ),
-    _Verb(
-        "agents", "list", "list agents", "",
-        lambda c, a: c.agents.list(limit=_page_size(a.limit)), (_limit("agents"),),
-    ),
-    _Verb(
-        "agents", "create", "create an agent",
-        '--name reviewer --model auto --system "Review code."',
-        lambda c, a: c.agents.create(name=a.name, model=a.model, system=a.system),
-        (
-            _arg("--name", required=True, help="the agent's name"),
-            _arg("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate"),
-            _arg("--system", metavar="S", help="system prompt"),
-        ),
-    ),
-    _Verb(
-        "agents", "get", "show an agent", "agent_01abc --version 2",
-        lambda c, a: c.agents.retrieve(a.agent_id, version=a.version),
-        (
-            _AGENT_ID,
-            _arg("--version", type=_positive, metavar="N",
-                 help="this version (default: the latest)"),
-        ),
-    ),
-    _Verb(
-        "agents", "archive", "archive an agent", "agent_01abc",
-        lambda c, a: c.agents.archive(a.agent_id), (_AGENT_ID,),
-    ),
-    _Verb(
-        "environments", "list", "list environments", "",
-        lambda c, a: c.environments.list(limit=_page_size(a.limit)),
-        (_limit("environments"),),
-    ),
-    _Verb(
-        "environments", "create", "create an environment", "--name sandbox",
-        lambda c, a: c.environments.create(name=a.name),
-        (_arg("--name", required=True, help="the environment's name"),),
-    ),
-    _Verb(
-        "environments", "get", "show an environment", "env_01abc",
-        lambda c, a: c.environments.retrieve(a.environment_id), (_ENVIRONMENT_ID,),
-    ),
-    _Verb(
-        "environments", "archive", "archive an environment", "env_01abc",
-        lambda c, a: c.environments.archive(a.environment_id), (_ENVIRONMENT_ID,),
-    ),
-    _Verb(
-        "deployments", "list", "list deployments", "--status paused",
-        lambda c, a: c.deployments.list(limit=_page_size(a.limit), status=a.status),
-        (
-            _limit("deployments"),
-            _arg("--status", choices=("active", "paused"), help="only deployments in this status"),
-        ),
-    ),
-    _Verb(
-        "deployments", "run",
-        "run a deployment now: prints the run and its session (exit 1 if it started none)",
-        "dep_01abc --follow",
-        lambda c, a: c.deployments.run(a.deployment_id),
-        (
-            _DEPLOYMENT_ID,
-            _arg("--follow", action="store_true",
-                 help="then stream the run's turn, as chat does"),
-        ),
-        _follow_run,
-    ),
-)  # fmt: skip
-"""Every resource command, in help order: the parser and :func:`_cmd_resource` read it."""
-
-_LINES: dict[str, Callable[[Any], str]] = {
-    "sessions": _session_line,
-    "agents": _agent_line,
-    "environments": _environment_line,
-    "deployments": _deployment_line,
-}
-
-
 async def _cmd_resource(args: argparse.Namespace, ctx: _Context) -> int:
-    verb: _Verb = args.verb
+    command: _Command = args.verb
+    assert command.call is not None  # the parser runs this only for a command with a call
+    out = ctx.out
     async with _client(args) as client:
-        answer = verb.call(client, args)
-        if verb.name == "list":
-            await _print_items(answer, args.limit, _lister(_LINES[verb.resource], ctx))
+        answer = command.call(client, args)
+        if command.line is not None:
+            line = command.line
+            await _print_items(answer, args.limit, lambda item: out.show(_raw(item), line(item)))
             return EXIT_OK
         obj = await answer
-        if verb.name != "delete":
-            _show_resource(ctx, obj)
-        elif ctx.out.json_mode:
-            ctx.out.record(_raw(obj))
+        if isinstance(obj, Deleted):
+            out.show(_raw(obj), f"deleted {obj.id}")
         else:
-            ctx.out.line(f"deleted {obj.id}")
-        if verb.then is not None:
-            return await verb.then(client, args, obj, ctx)
+            out.show(_raw(obj), *_fields(obj))
+        if command.then is not None:
+            return await command.then(client, args, obj, ctx)
     return EXIT_OK
 
 
@@ -1196,9 +1012,6 @@ class _CountedFile:
 
 
 def _show_file(ctx: _Context, meta: FileMetadata) -> None:
-    if ctx.out.json_mode:
-        ctx.out.record(dict(meta.raw) or {"id": meta.id})
-        return
     fields = {
         "id": meta.id,
         "filename": meta.filename,
@@ -1206,9 +1019,7 @@ def _show_file(ctx: _Context, meta: FileMetadata) -> None:
         "size": _size(meta.size_bytes) if meta.size_bytes is not None else None,
         "created_at": meta.created_at,
     }
-    for key, value in fields.items():
-        if value is not None:
-            ctx.out.line(f"{key + ':':<13}{value}")
+    ctx.out.show(dict(meta.raw) or {"id": meta.id}, *_field_lines(fields))
 
 
 async def _cmd_files_upload(args: argparse.Namespace, ctx: _Context) -> int:
@@ -1287,10 +1098,9 @@ async def _cmd_files_download(args: argparse.Namespace, ctx: _Context) -> int:
                 raise
     if to_stdout:
         sys.stdout.buffer.flush()
-    elif ctx.out.json_mode:
-        ctx.out.record({"id": args.file_id, "path": target, "bytes": progress.done})
     else:
-        ctx.out.line(f"saved {target} ({_size(progress.done)})")
+        saved = {"id": args.file_id, "path": target, "bytes": progress.done}
+        ctx.out.show(saved, f"saved {target} ({_size(progress.done)})")
     return EXIT_OK
 
 
@@ -1332,15 +1142,6 @@ def _tool_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the tool name is empty")
     return text
-
-
-def _fake_server_script(args: argparse.Namespace) -> Any:
-    """The scripted agent ``fake-server --script NAME`` runs."""
-    if args.script == "demo":
-        return _demo_script()
-    if args.script == "tools":
-        return tool_script(*_fake_tool(args))
-    return default_script
 
 
 def _demo_script() -> Any:
@@ -1401,9 +1202,14 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
 
     ctx.signals.handler = on_signal
     tool_name, tool_input = _fake_tool(args)
+    scripts = {
+        "default": default_script,
+        "demo": _demo_script(),
+        "tools": tool_script(tool_name, tool_input),
+    }
     server = FakeQoderServer(
         token=args.token or FakeQoderServer.DEFAULT_TOKEN,
-        script=_fake_server_script(args),
+        script=scripts[args.script],
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat,
@@ -1453,56 +1259,18 @@ async def _cmd_fake_server(args: argparse.Namespace, ctx: _Context) -> int:
 
 # --------------------------------------------------------------------------- the parser
 
+_Arg: TypeAlias = tuple[tuple[str, ...], dict[str, Any]]
 
-def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """The global options. Sub-parsers use SUPPRESS so they never reset a value given earlier."""
 
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if suppress else value
+def _arg(*flags: str, **options: Any) -> _Arg:
+    return flags, options
 
-    group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=default(None),
-        help="API base URL (default: $QODER_BASE_URL, else https://api.qoder.com/api/v1/cloud)",
-    )
-    group.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=default(None),
-        help="access token (default: $QODER_PAT, else $QODER_ACCESS_TOKEN)",
-    )
-    group.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        default=default(False),
-        help="allow a plain http:// base URL to a host that is not loopback; the token then "
-        f"travels unencrypted (default: ${_INSECURE_ENV}=1)",
-    )
-    group.add_argument(
-        "--retry-timeout",
-        type=_seconds,
-        metavar="S",
-        default=default(DEFAULT_RETRY_TIMEOUT),
-        help="stop retrying a failed request (refused connection, 5xx, 429) once the next "
-        f"retry would start more than S seconds after the first attempt (default: "
-        f"{DEFAULT_RETRY_TIMEOUT:g}); each retry is printed on stderr",
-    )
-    group.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="machine-readable mode: output is JSON Lines (one JSON object per line) on "
-        "stdout, and an error is one JSON object on stderr",
-    )
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=default(False),
-        help="debug logs of the qoder_async logger on stderr",
-    )
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -1523,32 +1291,345 @@ def _type_list(text: str) -> list[str]:
     return types
 
 
-class _Builder:
-    """Adds sub-commands that all share the global options and an ``Example:`` epilog."""
+_GLOBAL_OPTIONS: tuple[_Arg, ...] = (
+    _arg(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help="API base URL (default: $QODER_BASE_URL, else https://api.qoder.com/api/v1/cloud)",
+    ),
+    _arg(
+        "--token",
+        metavar="TOKEN",
+        default=None,
+        help="access token (default: $QODER_PAT, else $QODER_ACCESS_TOKEN)",
+    ),
+    _arg(
+        "--allow-insecure-http",
+        action="store_true",
+        default=False,
+        help="allow a plain http:// base URL to a host that is not loopback; the token then "
+        f"travels unencrypted (default: ${_INSECURE_ENV}=1)",
+    ),
+    _arg(
+        "--retry-timeout",
+        type=_seconds,
+        metavar="S",
+        default=DEFAULT_RETRY_TIMEOUT,
+        help="stop retrying a failed request (refused connection, 5xx, 429) once the next "
+        f"retry would start more than S seconds after the first attempt (default: "
+        f"{DEFAULT_RETRY_TIMEOUT:g}); each retry is printed on stderr",
+    ),
+    _arg(
+        "--json",
+        action="store_true",
+        default=False,
+        help="machine-readable mode: output is JSON Lines (one JSON object per line) on "
+        "stdout, and an error is one JSON object on stderr",
+    ),
+    _arg(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False,
+        help="debug logs of the qoder_async logger on stderr",
+    ),
+)
 
-    def __init__(self) -> None:
-        self.common = argparse.ArgumentParser(add_help=False)
-        _add_common(self.common, suppress=True)
 
-    def add(
-        self,
-        subparsers: Any,
-        name: str,
-        summary: str,
-        example: str,
-        func: Command | None = None,
-        details: str = "",
-    ) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(
-            name,
-            help=summary,
-            description=summary + ("\n\n" + textwrap.fill(details, 79) if details else ""),
-            epilog=f"Example:\n  {example}",
-            parents=[self.common],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        parser.set_defaults(func=func)
-        return parser
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The global options. Sub-parsers use SUPPRESS so they never reset a value given earlier."""
+    group = parser.add_argument_group("global options")
+    for flags, options in _GLOBAL_OPTIONS:
+        default = argparse.SUPPRESS if suppress else options["default"]
+        group.add_argument(*flags, **{**options, "default": default})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    """One command (or group of commands: no ``run``, no ``call``) of the parser.
+
+    ``path`` is its words after ``qoder-async``, ``example`` the words after
+    those, ``details`` a paragraph of its ``--help``. A resource command has a
+    ``call(client, args)`` that :func:`_cmd_resource` runs: it returns the async
+    iterator of items to print one ``line(item)`` each (when ``line`` is given),
+    else the resource to show; ``then(client, args, answer, ctx)``, when given,
+    runs after it is shown and gives the exit code.
+    """
+
+    path: str
+    summary: str
+    example: str
+    run: Command | None = None
+    args: tuple[_Arg, ...] = ()
+    details: str = ""
+    call: Callable[[QoderClient, argparse.Namespace], Any] | None = None
+    line: Callable[[Any], str] | None = None
+    then: Callable[[QoderClient, argparse.Namespace, Any, _Context], Awaitable[int]] | None = None
+
+
+def _limit(noun: str) -> _Arg:
+    return _arg("--limit", type=_positive, metavar="N", help=f"print at most N {noun}")
+
+
+_SESSION_ID = _arg("session_id", metavar="SESSION_ID")
+_AGENT_ID = _arg("agent_id", metavar="AGENT_ID")
+_ENVIRONMENT_ID = _arg("environment_id", metavar="ENVIRONMENT_ID")
+_DEPLOYMENT_ID = _arg("deployment_id", metavar="DEPLOYMENT_ID")
+_TURN_ARGS = (
+    _SESSION_ID,
+    _arg("message", metavar="MESSAGE", nargs="+"),
+    _arg(
+        "--on-busy",
+        choices=("raise", "wait", "interrupt"),
+        default="raise",
+        help="if a turn is already running: fail (default), wait for it, or interrupt it",
+    ),
+)
+
+_COMMANDS: tuple[_Command, ...] = (
+    _Command(
+        "demo",
+        "run one turn against a fake API started in this process (no token, no network)",
+        "--message 'What is in this repository?'",
+        _cmd_demo,
+        (
+            _arg("--message", default="Give me a tour of this project.",
+                 help="what to say to the agent"),
+        ),
+        "Creates an environment, an agent and a session on the fake server, sends a message "
+        "and prints the turn as it streams. --base-url and --token are ignored.",
+    ),
+    _Command(
+        "chat",
+        "send a message to a session and stream the turn live",
+        'sess_01abc "Help me analyze this code."',
+        _cmd_chat,
+        _TURN_ARGS,
+        "Prints the reply as it arrives, one line per tool call and result, then a summary: "
+        "done or interrupted, the stop reason and usage. With --json: each event of the turn, "
+        'then {"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}. The '
+        "first Ctrl-C interrupts the turn (streaming goes on until it ends, then exit 130); a "
+        "second Ctrl-C quits at once (exit 130). A 409 means a turn is already running: see "
+        "--on-busy. MESSAGE '-' reads stdin.",
+    ),
+    _Command(
+        "record",
+        "chat, recording the turn to a cassette (replay it with FakeQoderServer(cassette=))",
+        '-o tests/cassettes/hello.jsonl sess_01abc "Hello"',
+        _cmd_chat,
+        (
+            _arg("-o", "--output", metavar="FILE", required=True, help="the cassette to write"),
+            *_TURN_ARGS,
+        ),
+        "Runs one turn exactly as chat does and writes every request, answer and SSE frame "
+        "to FILE as JSON Lines (the token and cookies redacted; file bodies as size and "
+        "hash). Works against the real API or any --base-url.",
+    ),
+    _Command(
+        "tail",
+        "follow a session's events live (resuming across dropped connections)",
+        "sess_01abc --from evt_0042 --deltas",
+        _cmd_tail,
+        (
+            _SESSION_ID,
+            _arg("--from", dest="from_id", metavar="EVENT_ID", help="start after this event"),
+            _arg("--deltas", action="store_true",
+                 help="also print live previews (event_start/event_delta)"),
+        ),
+        "Without --from the whole history is replayed first. Runs until Ctrl-C (exit 130) "
+        "or until the session ends.",
+    ),
+    _Command(
+        "events", "list a session's stored events (history)",
+        "--type agent.message --type agent.tool_use sess_01abc --limit 20",
+        args=(
+            _SESSION_ID,
+            _limit("events"),
+            _arg("--order", choices=("asc", "desc"), help="oldest first (asc) or newest first"),
+            _arg("--type", dest="types", action="extend", type=_type_list, metavar="TYPE",
+                 help="only events of this type; repeat it (--type a --type b) or list types "
+                 "separated by commas (--type a,b)"),
+        ),
+        call=lambda c, a: c.sessions.events.list(
+            a.session_id, order=a.order, limit=_page_size(a.limit), types=a.types or None
+        ),
+        line=event_line,
+    ),
+    _Command("sessions", "list, create, get, cancel, archive or delete sessions", "list"),
+    _Command(
+        "sessions list", "list sessions", "--limit 10",
+        args=(
+            _limit("sessions"),
+            _arg("--agent", metavar="ID", help="only sessions of this agent"),
+            _arg("--archived", action="store_true", help="include archived sessions"),
+        ),
+        call=lambda c, a: c.sessions.list(
+            limit=_page_size(a.limit),
+            agent_id=a.agent,
+            include_archived=True if a.archived else None,
+        ),
+        line=_session_line,
+    ),
+    _Command(
+        "sessions create", "create a session",
+        "--agent agent_01abc --environment env_01abc --title triage",
+        args=(
+            _arg("--agent", required=True, metavar="ID", help="the agent id"),
+            _arg("--environment", required=True, metavar="ID", help="the environment id"),
+            _arg("--title", metavar="T", help="a title"),
+        ),
+        call=lambda c, a: c.sessions.create(
+            agent=a.agent, environment_id=a.environment, title=a.title
+        ),
+    ),
+    _Command(
+        "sessions get", "show a session", "sess_01abc", args=(_SESSION_ID,),
+        call=lambda c, a: c.sessions.retrieve(a.session_id),
+    ),
+    _Command(
+        "sessions cancel", "cancel a session's running turn", "sess_01abc", args=(_SESSION_ID,),
+        call=lambda c, a: c.sessions.cancel(a.session_id),
+    ),
+    _Command(
+        "sessions archive", "archive a session", "sess_01abc", args=(_SESSION_ID,),
+        call=lambda c, a: c.sessions.archive(a.session_id),
+    ),
+    _Command(
+        "sessions delete", "delete a session and its events (cannot be undone)", "sess_01abc",
+        args=(_SESSION_ID,), call=lambda c, a: c.sessions.delete(a.session_id),
+    ),
+    _Command("agents", "list, create, get or archive agents", "list"),
+    _Command(
+        "agents list", "list agents", "", args=(_limit("agents"),),
+        call=lambda c, a: c.agents.list(limit=_page_size(a.limit)), line=_agent_line,
+    ),
+    _Command(
+        "agents create", "create an agent", '--name reviewer --model auto --system "Review code."',
+        args=(
+            _arg("--name", required=True, help="the agent's name"),
+            _arg("--model", required=True, metavar="M", help="model id, e.g. auto or ultimate"),
+            _arg("--system", metavar="S", help="system prompt"),
+        ),
+        call=lambda c, a: c.agents.create(name=a.name, model=a.model, system=a.system),
+    ),
+    _Command(
+        "agents get", "show an agent", "agent_01abc --version 2",
+        args=(
+            _AGENT_ID,
+            _arg("--version", type=_positive, metavar="N",
+                 help="this version (default: the latest)"),
+        ),
+        call=lambda c, a: c.agents.retrieve(a.agent_id, version=a.version),
+    ),
+    _Command(
+        "agents archive", "archive an agent", "agent_01abc", args=(_AGENT_ID,),
+        call=lambda c, a: c.agents.archive(a.agent_id),
+    ),
+    _Command("environments", "list, create, get or archive environments", "list"),
+    _Command(
+        "environments list", "list environments", "", args=(_limit("environments"),),
+        call=lambda c, a: c.environments.list(limit=_page_size(a.limit)),
+        line=_environment_line,
+    ),
+    _Command(
+        "environments create", "create an environment", "--name sandbox",
+        args=(_arg("--name", required=True, help="the environment's name"),),
+        call=lambda c, a: c.environments.create(name=a.name),
+    ),
+    _Command(
+        "environments get", "show an environment", "env_01abc", args=(_ENVIRONMENT_ID,),
+        call=lambda c, a: c.environments.retrieve(a.environment_id),
+    ),
+    _Command(
+        "environments archive", "archive an environment", "env_01abc", args=(_ENVIRONMENT_ID,),
+        call=lambda c, a: c.environments.archive(a.environment_id),
+    ),
+    _Command("deployments", "list or run deployments", "list"),
+    _Command(
+        "deployments list", "list deployments", "--status paused",
+        args=(
+            _limit("deployments"),
+            _arg("--status", choices=("active", "paused"), help="only deployments in this status"),
+        ),
+        call=lambda c, a: c.deployments.list(limit=_page_size(a.limit), status=a.status),
+        line=_deployment_line,
+    ),
+    _Command(
+        "deployments run",
+        "run a deployment now: prints the run and its session (exit 1 if it started none)",
+        "dep_01abc --follow",
+        args=(
+            _DEPLOYMENT_ID,
+            _arg("--follow", action="store_true",
+                 help="then stream the run's turn, as chat does"),
+        ),
+        call=lambda c, a: c.deployments.run(a.deployment_id),
+        then=_follow_run,
+    ),
+    _Command("files", "upload or download files (progress on a terminal)", "upload ./report.pdf"),
+    _Command(
+        "files upload",
+        "upload a file (POST /files); prints its metadata",
+        "./report.pdf --purpose user_data",
+        _cmd_files_upload,
+        (
+            _arg("path", metavar="PATH", help="the file to upload"),
+            _arg("--purpose", help="the file's purpose (sent as a form field)"),
+            _arg("--name", help="store the file under this name"),
+        ),
+        "The file is streamed from disk; progress (bytes, rate, ETA) is shown on stderr when "
+        "it is a terminal and not with --json. With --json: the file's metadata as one JSON "
+        "object.",
+    ),
+    _Command(
+        "files download",
+        "download a file's content (GET /files/{id}/content)",
+        "file_01abc -o report.pdf",
+        _cmd_files_download,
+        (
+            _arg("file_id", metavar="FILE_ID"),
+            _arg("-o", "--output", metavar="PATH", help="where to write it (- for stdout)"),
+        ),
+        "Writes to -o PATH (- for stdout), else to the file's own name in the current "
+        "directory (never over an existing file), else to its id. The path changes only once "
+        "the download is complete. Progress as for upload.",
+    ),
+    _Command(
+        "fake-server",
+        "serve the fake Qoder API (qoder_async.testing) until Ctrl-C",
+        "--port 8765 --script tools",
+        _cmd_fake_server,
+        (
+            _arg("--port", type=int, default=0, help="port to listen on (default: a free one)"),
+            _arg("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)"),
+            _arg("--heartbeat", type=float, default=15.0, metavar="S",
+                 help="heartbeat interval (seconds)"),
+            _arg(
+                "--script",
+                choices=("default", "demo", "tools"),
+                default="default",
+                help="the scripted agent: 'default' answers at once (a Read tool call, then a "
+                "reply quoting you); 'demo' does the same paced for watching; 'tools' calls the "
+                f"custom tool {tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} (or --tool-name/"
+                "--tool-input) and waits for your client to post its result (chat runs no "
+                "custom tools). Default: default",
+            ),
+            _arg("--tool-name", type=_tool_name, default=None, metavar="NAME",
+                 help="with --script tools: the custom tool the agent calls "
+                 f"(default: {_DEMO_TOOL})"),
+            _arg("--tool-input", type=_json_object, default=None, metavar="JSON",
+                 help="with --script tools: its input, a JSON object "
+                 f"(default: '{json.dumps(dict(_DEMO_TOOL_INPUT))}')"),
+        ),
+        "Prints base_url=, token= and session_id= lines (a session is created for you) and "
+        "export lines to paste into another shell. --token sets the token it accepts. With "
+        "--host 0.0.0.0 (or ::) the printed URL names this machine's loopback address; with "
+        f"another host that is not loopback an 'export {_INSECURE_ENV}=1' line is added, "
+        "since the client refuses plain http:// to it otherwise.",
+    ),
+)  # fmt: skip
+"""Every command, in help order: :func:`build_parser` and :func:`_cmd_resource` read it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1564,191 +1645,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    build = _Builder()
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = build.add(
-        commands,
-        "demo",
-        "run one turn against a fake API started in this process (no token, no network)",
-        f"{PROG} demo --message 'What is in this repository?'",
-        _cmd_demo,
-        "Creates an environment, an agent and a session on the fake server, sends a message "
-        "and prints the turn as it streams. --base-url and --token are ignored.",
-    )
-    p.add_argument(
-        "--message", default="Give me a tour of this project.", help="what to say to the agent"
-    )
-
-    p = build.add(
-        commands,
-        "chat",
-        "send a message to a session and stream the turn live",
-        f'{PROG} chat sess_01abc "Help me analyze this code."',
-        _cmd_chat,
-        "Prints the reply as it arrives, one line per tool call and result, then a summary: "
-        "done or interrupted, the stop reason and usage. With --json: each event of the turn, "
-        'then {"result": {"turn_id", "text", "stop_reason", "usage", "interrupted"}}. The '
-        "first Ctrl-C interrupts the turn (streaming goes on until it ends, then exit 130); a "
-        "second Ctrl-C quits at once (exit 130). A 409 means a turn is already running: see "
-        "--on-busy. "
-        "MESSAGE '-' reads stdin.",
-    )
-    p.add_argument("session_id", metavar="SESSION_ID")
-    p.add_argument("message", metavar="MESSAGE", nargs="+")
-    p.add_argument(
-        "--on-busy",
-        choices=("raise", "wait", "interrupt"),
-        default="raise",
-        help="if a turn is already running: fail (default), wait for it, or interrupt it",
-    )
-
-    p = build.add(
-        commands,
-        "record",
-        "chat, recording the turn to a cassette (replay it with FakeQoderServer(cassette=))",
-        f'{PROG} record -o tests/cassettes/hello.jsonl sess_01abc "Hello"',
-        _cmd_chat,
-        "Runs one turn exactly as chat does and writes every request, answer and SSE frame "
-        "to FILE as JSON Lines (the token and cookies redacted; file bodies as size and "
-        "hash). Works against the real API or any --base-url.",
-    )
-    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the cassette to write")
-    p.add_argument("session_id", metavar="SESSION_ID")
-    p.add_argument("message", metavar="MESSAGE", nargs="+")
-    p.add_argument(
-        "--on-busy",
-        choices=("raise", "wait", "interrupt"),
-        default="raise",
-        help="if a turn is already running: fail (default), wait for it, or interrupt it",
-    )
-
-    p = build.add(
-        commands,
-        "tail",
-        "follow a session's events live (resuming across dropped connections)",
-        f"{PROG} tail sess_01abc --from evt_0042 --deltas",
-        _cmd_tail,
-        "Without --from the whole history is replayed first. Runs until Ctrl-C (exit 130) "
-        "or until the session ends.",
-    )
-    p.add_argument("session_id", metavar="SESSION_ID")
-    p.add_argument("--from", dest="from_id", metavar="EVENT_ID", help="start after this event")
-    p.add_argument(
-        "--deltas", action="store_true", help="also print live previews (event_start/event_delta)"
-    )
-
-    p = build.add(
-        commands,
-        "events",
-        "list a session's stored events (history)",
-        f"{PROG} events --type agent.message --type agent.tool_use sess_01abc --limit 20",
-        _cmd_events,
-    )
-    p.add_argument("session_id", metavar="SESSION_ID")
-    p.add_argument("--limit", type=_positive, metavar="N", help="print at most N events")
-    p.add_argument("--order", choices=("asc", "desc"), help="oldest first (asc) or newest first")
-    p.add_argument(
-        "--type",
-        dest="types",
-        action="extend",
-        type=_type_list,
-        metavar="TYPE",
-        help="only events of this type; repeat it (--type a --type b) or list types "
-        "separated by commas (--type a,b)",
-    )
-
-    for resource in _LINES:
-        verbs = [v for v in _VERBS if v.resource == resource]
-        names = [v.name for v in verbs]
-        group = build.add(
-            commands,
-            resource,
-            f"{', '.join(names[:-1])} or {names[-1]} {resource}",
-            f"{PROG} {resource} list",
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppress=True)
+    groups = {"": parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
+    for command in _COMMANDS:
+        group, _, name = command.path.rpartition(" ")
+        details = "\n\n" + textwrap.fill(command.details, 79) if command.details else ""
+        p = groups[group].add_parser(
+            name,
+            help=command.summary,
+            description=command.summary + details,
+            epilog=f"Example:\n  {PROG} {command.path} {command.example}".rstrip(),
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-        for verb in verbs:
-            example = f"{PROG} {resource} {verb.name} {verb.example}".rstrip()
-            p = build.add(sub, verb.name, verb.summary, example, _cmd_resource)
-            p.set_defaults(verb=verb)
-            for flags, options in verb.args:
-                p.add_argument(*flags, **options)
-
-    group = build.add(
-        commands,
-        "files",
-        "upload or download files (progress on a terminal)",
-        f"{PROG} files upload ./report.pdf",
-    )
-    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = build.add(
-        sub,
-        "upload",
-        "upload a file (POST /files); prints its metadata",
-        f"{PROG} files upload ./report.pdf --purpose user_data",
-        _cmd_files_upload,
-        "The file is streamed from disk; progress (bytes, rate, ETA) is shown on stderr when "
-        "it is a terminal and not with --json. With --json: the file's metadata as one JSON "
-        "object.",
-    )
-    p.add_argument("path", metavar="PATH", help="the file to upload")
-    p.add_argument("--purpose", help="the file's purpose (sent as a form field)")
-    p.add_argument("--name", help="store the file under this name")
-    p = build.add(
-        sub,
-        "download",
-        "download a file's content (GET /files/{id}/content)",
-        f"{PROG} files download file_01abc -o report.pdf",
-        _cmd_files_download,
-        "Writes to -o PATH (- for stdout), else to the file's own name in the current "
-        "directory (never over an existing file), else to its id. The path changes only once "
-        "the download is complete. Progress as for upload.",
-    )
-    p.add_argument("file_id", metavar="FILE_ID")
-    p.add_argument("-o", "--output", metavar="PATH", help="where to write it (- for stdout)")
-
-    p = build.add(
-        commands,
-        "fake-server",
-        "serve the fake Qoder API (qoder_async.testing) until Ctrl-C",
-        f"{PROG} fake-server --port 8765 --script tools",
-        _cmd_fake_server,
-        "Prints base_url=, token= and session_id= lines (a session is created for you) and "
-        "export lines to paste into another shell. --token sets the token it accepts. With "
-        "--host 0.0.0.0 (or ::) the printed URL names this machine's loopback address; with "
-        f"another host that is not loopback an 'export {_INSECURE_ENV}=1' line is added, "
-        "since the client refuses plain http:// to it otherwise.",
-    )
-    p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
-    p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    p.add_argument(
-        "--heartbeat", type=float, default=15.0, metavar="S", help="heartbeat interval (seconds)"
-    )
-    p.add_argument(
-        "--script",
-        choices=("default", "demo", "tools"),
-        default="default",
-        help="the scripted agent: 'default' answers at once (a Read tool call, then a reply "
-        "quoting you); 'demo' does the same paced for watching; 'tools' calls the custom tool "
-        f"{tool_call(_DEMO_TOOL, _DEMO_TOOL_INPUT)} (or --tool-name/--tool-input) and waits "
-        "for your client to post its result (chat runs no custom tools). Default: default",
-    )
-    p.add_argument(
-        "--tool-name",
-        type=_tool_name,
-        default=None,
-        metavar="NAME",
-        help=f"with --script tools: the custom tool the agent calls (default: {_DEMO_TOOL})",
-    )
-    p.add_argument(
-        "--tool-input",
-        type=_json_object,
-        default=None,
-        metavar="JSON",
-        help="with --script tools: its input, a JSON object "
-        f"(default: '{json.dumps(dict(_DEMO_TOOL_INPUT))}')",
-    )
+        if command.run is None and command.call is None:
+            groups[command.path] = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+        run = _cmd_resource if command.call is not None else command.run
+        p.set_defaults(func=run, verb=command)
+        for flags, options in command.args:
+            p.add_argument(*flags, **options)
     return parser
 
 
@@ -1773,7 +1689,7 @@ async def _run(args: argparse.Namespace, out: _Output) -> int:
     except asyncio.CancelledError:
         if signals.received is None:
             raise
-        return signals.exit_code()
+        return 128 + signals.received  # 130 for Ctrl-C, 143 for SIGTERM
     finally:
         signals.uninstall()
 
@@ -1817,7 +1733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.error("UsageError", message, hints=[f"{PROG} --help shows the usage"])
         return code
     out = _Output(json_mode=args.json, stdout=sys.stdout, stderr=sys.stderr)
-    out.secret = args.token or os.environ.get("QODER_PAT") or os.environ.get("QODER_ACCESS_TOKEN")
+    out.secret = _token(args)
     with _logs_to(out, args.verbose):
         return _main(args, out)
 
