@@ -415,10 +415,6 @@ class StreamMachine:
             (rule.decide(self, now) for rule in LIVENESS_RULES if rule.applies(self, now)), None
         )
 
-    def silent_for(self) -> float:
-        """Seconds since the last event (or stall, or since the session became active)."""
-        return self._clock() - self._stall_from
-
     # -- failures
 
     def failed(

@@ -1180,8 +1180,6 @@ class TurnRouter(Generic[K]):
         self._backlog.clear()
         for seq, ev in backlog:
             out.extend((k, ev) for k in self._route(ev, seq))
-        if not self._waiting:
-            self._backlog.clear()
         return out
 
     def release(self, key: K) -> None:

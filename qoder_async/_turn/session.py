@@ -222,6 +222,14 @@ _END: Any = object()  # the end of a listener's queue
 _IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its ids past this
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to end, whatever it ends with."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 class _Listener:
     """A ``listen()``/``on()`` consumer's queue (``asyncio.Queue``); ``size`` None is unbounded.
 
@@ -478,9 +486,7 @@ class Turn:
         self._done = True
         self._error = exc
         self.session._turn_done(self)
-        self._span.ended(
-            turn_id=self.turn_id, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
-        )
+        self._span.ended(turn_id=self.turn_id, error=exc)
         self._wake()
 
     def _reconnected(self, cursor: str | None) -> None:
@@ -532,14 +538,19 @@ class Turn:
 
     async def _settle(self, on_action: OnAction) -> bool:
         """Raise what ended the turn, or wait for more; False once it ended cleanly."""
+        if self._ended():
+            return False
+        if pending := self._unanswered():
+            self._pause_waiting(pending, on_action)
+        await self._wait()
+        return True
+
+    def _ended(self) -> bool:
+        """Raise a tool's error, or what ended the turn; True once it ended cleanly."""
         self._raise_tool_error()
         if self._done:
             self._raise_error()
-            return False
-        if self._paused and not self._tool_task_running():
-            self._pause_waiting(on_action)
-        await self._wait()
-        return True
+        return self._done
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -554,6 +565,8 @@ class Turn:
 
     def _unanswered(self) -> tuple[ToolCall, ...]:
         """Pending calls no handler of this turn answers (yours to answer)."""
+        if not self._paused or self._tool_task_running():
+            return ()
         return tuple(
             c
             for c in self.pending_tool_calls
@@ -561,10 +574,7 @@ class Turn:
             and not (isinstance(c.use, AgentCustomToolUse) and c.name in self._tools)
         )
 
-    def _pause_waiting(self, on_action: OnAction) -> None:
-        pending = self._unanswered()
-        if not pending:
-            return
+    def _pause_waiting(self, pending: tuple[ToolCall, ...], on_action: OnAction) -> None:
         names = ", ".join(sorted({c.name for c in pending}))
         what = (
             f"turn {self.turn_id} of session {self.session.id} is paused: the agent waits for "
@@ -600,16 +610,11 @@ class Turn:
         Returns those tool calls (empty when the turn ended instead): answer
         them with :meth:`submit_tool_results`.
         """
-        while True:
-            self._raise_tool_error()
-            if self._done:
-                self._raise_error()
-                return ()
-            if self._paused and not self._tool_task_running():
-                pending = self._unanswered()
-                if pending:
-                    return pending
+        while not self._ended():
+            if pending := self._unanswered():
+                return pending
             await self._wait()
+        return ()
 
     async def text_stream(self, *, coalesce: float | None = None) -> AsyncIterator[str]:
         """The reply's text as it arrives; the chunks joined equal ``result().text``.
@@ -700,6 +705,14 @@ class Turn:
     def _tool_task_running(self) -> bool:
         return self._tool_task is not None and not self._tool_task.done()
 
+    async def _stop_tools(self) -> list[ToolCall]:
+        """Cancel the tool task if it runs; returns the calls it had not answered."""
+        if not self._tool_task_running():
+            return []
+        await _cancel(self._tool_task)
+        calls, self._running_calls = self._running_calls, []
+        return calls
+
     def _start_tools(self) -> None:
         if not self._tools or self._tool_task_running():
             return
@@ -778,21 +791,14 @@ class Turn:
         A tool still running is cancelled and an error result posted for it, so
         the session does not wait for it forever.
         """
-        task = self._tool_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            calls, self._running_calls = self._running_calls, []
-            if calls and not self.session.closed:
-                events = [
-                    tool_result(c, "the client stopped running this tool", True) for c in calls
-                ]
-                with contextlib.suppress(QoderError, TimeoutError):
-                    async with asyncio.timeout(_CANCEL_POST_TIMEOUT):
-                        await self.session.send_events(
-                            events, idempotency_key=results_key([c.id for c in calls])
-                        )
+        calls = await self._stop_tools()
+        if calls and not self.session.closed:
+            events = [tool_result(c, "the client stopped running this tool", True) for c in calls]
+            with contextlib.suppress(QoderError, TimeoutError):
+                async with asyncio.timeout(_CANCEL_POST_TIMEOUT):
+                    await self.session.send_events(
+                        events, idempotency_key=results_key([c.id for c in calls])
+                    )
         if not self._done:
             self._fail(ClientClosedError("this turn was closed"))
         self.session._release_turn(self)
@@ -963,12 +969,14 @@ class SessionHandle:
         events = as_events(content)
         key = idempotency_key or new_idempotency_key()
         span = self._tracing.turn(self.id)
+
+        def new_turn(accepted: Accepted) -> Turn:
+            return Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events)
+
         try:
             # The same key on every attempt: a busy 409 stored nothing.
             turn = await send_retrying_busy(
-                lambda: self._post_turn(
-                    events, key, tools, on_tool_error, span, slots, keep_events=keep_events
-                ),
+                lambda: self._post_turn(events, key, new_turn),
                 on_busy=on_busy,
                 busy_timeout=busy_timeout,
                 clock=time.monotonic,
@@ -976,9 +984,7 @@ class SessionHandle:
                 interrupt=self.interrupt,
             )
         except BaseException as exc:
-            span.ended(
-                turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
-            )
+            span.ended(error=exc)
             raise
         turn.interrupt_on_exit = interrupt_on_exit
         return turn
@@ -1003,15 +1009,7 @@ class SessionHandle:
         return await self.send_events([UserInterrupt()])
 
     async def _post_turn(
-        self,
-        events: list[OutboundEvent],
-        key: str,
-        tools: Tools | None,
-        on_tool_error: OnToolError,
-        span: TurnSpan = NO_SPAN,
-        slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
-        *,
-        keep_events: bool = True,
+        self, events: list[OutboundEvent], key: str, new_turn: Callable[[Accepted], Turn]
     ) -> Turn:
         self._http.check_open()
         router = self._router
@@ -1024,10 +1022,8 @@ class SessionHandle:
                 accepted = await self._sessions.events.send(self.id, events, idempotency_key=key)
                 anchor = accepted.anchor
                 start_here = self._task is None
-                start: Cursor | None = None
-                if anchor is not None:
-                    start = Cursor(anchor.id or "", anchor.processed_at)
-                elif start_here:
+                resume: Cursor | None = None
+                if anchor is None and start_here:
                     # Stored, but the answer names no created event: find it, or follow
                     # the session from where this handle last was.
                     anchor = await find_sent(
@@ -1036,11 +1032,9 @@ class SessionHandle:
                         events,
                         stop_at=self._cursor.event_id if self._cursor else None,
                     )
-                    if anchor is not None:
-                        start = Cursor(anchor.id or "", anchor.processed_at)
-                    elif self._cursor is not None:
-                        start, start_here = self._cursor, False
-                    else:
+                    if anchor is None and self._cursor is not None:
+                        resume, start_here = self._cursor, False
+                    elif anchor is None:
                         raise APIResponseValidationError(
                             "the send was accepted but its answer names no created event and "
                             "it is not in the recent history: its turn cannot be followed",
@@ -1051,18 +1045,16 @@ class SessionHandle:
                 router.cancel_expect()
                 self._maybe_stop()
                 raise
-            return self._bind(
-                Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events),
-                anchor,
-                start,
-                start_here,
-            )
+            return self._bind(new_turn(accepted), anchor, start_here, resume)
 
-    def _bind(self, turn: Turn, anchor: Event | None, start: Cursor | None, started: bool) -> Turn:
-        """Bind an expected turn to its anchor (under the lock) and start the pump at ``start``.
+    def _bind(
+        self, turn: Turn, anchor: Event | None, started: bool, resume: Cursor | None = None
+    ) -> Turn:
+        """Bind an expected turn to its anchor (under the lock); start the pump if none runs.
 
-        ``start`` ``None`` with no pump running: the pump starts at the session's
-        beginning (a followed turn whose message is not stored yet).
+        The pump starts right after the anchor; without one, at ``resume``, and
+        with neither at the session's beginning (a followed turn whose message
+        is not stored yet).
         """
         router = self._router
         deliveries = router.bind(
@@ -1077,6 +1069,7 @@ class SessionHandle:
         for target, ev in deliveries:
             target._deliver(ev)
         if self._task is None:
+            start = Cursor(anchor.id or "", anchor.processed_at) if anchor is not None else resume
             self._start_pump(start)
         elif overflowed:
             turn._fail(StreamError("events of this turn were dropped while its send was pending"))
@@ -1119,19 +1112,16 @@ class SessionHandle:
                 oldest = listing.parse_page((await listing.first_page()).body)
             except BaseException as exc:
                 self._router.cancel_expect()
-                span.ended(
-                    turn_id=None, stop_reason=None, input_tokens=None, output_tokens=None, error=exc
-                )
+                span.ended(error=exc)
                 raise
             anchor = next(
                 (ev for ev in oldest if isinstance(ev, UserMessage | UserDefineOutcome) and ev.id),
                 None,
             )
-            start = Cursor(anchor.id or "", anchor.processed_at) if anchor is not None else None
             accepted = Accepted(events=(anchor,) if anchor is not None else ())
             turn = Turn(self, accepted, tools, on_tool_error, span, slots)
             turn.interrupt_on_exit = interrupt_on_exit
-            return self._bind(turn, anchor, start, started=anchor is not None)
+            return self._bind(turn, anchor, started=anchor is not None)
 
     async def _pause_busy(self, wait: float, attempt: int) -> bool | None:
         """After a 409 busy: wait for the running turn (local, or the server's status)."""
@@ -1428,9 +1418,7 @@ class SessionHandle:
         finally:
             self._cursor = stream.cursor or self._cursor
             if self._task is asyncio.current_task():
-                self._connected.clear()
-                self._task = None
-                self._stream = None
+                self._detach()
             await stream.aclose()
             self._end_consumers(error)
 
@@ -1483,12 +1471,16 @@ class SessionHandle:
 
     def _maybe_stop(self) -> None:
         if self._task is not None and not self._wanted():
-            task, self._task = self._task, None
-            self._connected.clear()
-            if self._stream is not None:
-                self._cursor = self._stream.cursor or self._cursor
-            self._stream = None
+            task = self._task
+            self._detach()
             task.cancel()
+
+    def _detach(self) -> None:
+        """The pump is no longer this handle's; the cursor stays where its stream was."""
+        if self._stream is not None:
+            self._cursor = self._stream.cursor or self._cursor
+        self._task = self._stream = None
+        self._connected.clear()
 
     def _turn_done(self, turn: Turn) -> None:
         if turn in self._turns:
@@ -1496,34 +1488,22 @@ class SessionHandle:
 
     def _release_turn(self, turn: Turn) -> None:
         self._router.release(turn)
-        if turn in self._turns:
-            self._turns.remove(turn)
+        self._turn_done(turn)
         self._maybe_stop()
 
     async def aclose(self) -> None:
         """Stop the pump and close the connection; live turns and listeners end."""
         dispatcher, self._dispatcher = self._dispatcher, None
         self._handlers.clear()
-        if dispatcher is not None:
-            dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await dispatcher
-        task, self._task = self._task, None
-        self._stream = None
-        self._connected.clear()
+        await _cancel(dispatcher)
+        task = self._task
+        self._detach()
         for turn in list(self._turns):
-            tool_task = turn._tool_task
-            if tool_task is not None and not tool_task.done():
-                tool_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await tool_task
+            await turn._stop_tools()
             turn._fail(ClientClosedError("the client was closed"))
         self._turns.clear()
         for state in self._router.live:
             self._router.release(state.key)
         for listener in list(self._listeners):
             listener.close(ClientClosedError("the client was closed"))
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel(task)

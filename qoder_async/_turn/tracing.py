@@ -115,11 +115,11 @@ class TurnSpan:
     def ended(
         self,
         *,
-        turn_id: str | None,
-        stop_reason: str | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        error: BaseException | None,
+        turn_id: str | None = None,
+        stop_reason: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """The turn ended (``error`` when it failed); ends the span, records the metrics."""
         metrics, self._metrics = self._metrics, None
