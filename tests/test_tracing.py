@@ -9,13 +9,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from conftest import FAST, forever
+from conftest import FAST, eventually, forever
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from qoder_async import QoderClient, TurnFailedError
+from qoder_async import ConfigurationError, QoderClient, TurnFailedError
 from qoder_async.testing import FakeQoderServer, tool_script
 
 
@@ -152,3 +152,34 @@ async def test_a_turn_nobody_records_is_not_folded_again_at_its_end(
         assert turn.done
         assert folds == expected_folds
     assert exporter.get_finished_spans() == ()
+
+
+async def test_a_refused_follow_leaves_no_span_open(server: FakeQoderServer) -> None:
+    """follow() on a handle whose connection is open is refused: the refusal starts no
+    span that never ends (every span started is ended)."""
+    from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+    class Counter(SpanProcessor):
+        def __init__(self) -> None:
+            self.open: set[int] = set()
+
+        def on_start(self, span: Span, parent_context: object = None) -> None:
+            self.open.add(id(span))
+
+        def on_end(self, span: ReadableSpan) -> None:
+            self.open.discard(id(span))
+
+    counter = Counter()
+    provider = TracerProvider()
+    provider.add_span_processor(counter)
+    sid = server.add_session()["id"]
+    async with QoderClient(
+        token=server.token, base_url=server.base_url, tracer_provider=provider
+    ) as client:
+        handle = client.session(sid)
+        handle.on("*", lambda event: None)
+        await eventually(lambda: handle.connected, "the session's connection is open")
+        with pytest.raises(ConfigurationError, match="follow"):
+            await handle.follow()
+        assert counter.open == set()
+        await handle.aclose()

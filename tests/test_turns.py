@@ -670,3 +670,33 @@ def test_help_documents_what_the_client_has() -> None:
     for knob in ("token", "base_url", "http_client", "timeout", "retry", "reconnect"):
         assert knob in (QoderClient.__doc__ or "")
     assert "stream_read_timeout" not in doc  # no argument of that name exists
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"on_tool_error": "ignore"}, ConfigurationError),
+        ({"tools": [object()]}, TypeError),
+        ({"max_concurrent_calls": 0}, ConfigurationError),
+    ],
+    ids=["on_tool_error", "tools", "max_concurrent_calls"],
+)
+async def test_bad_tool_options_are_refused_before_anything_is_posted(
+    client: QoderClient,
+    server: FakeQoderServer,
+    session_id: str,
+    options: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    """A refused option posts no message (the agent would run a turn nobody follows) and
+    leaves the handle as it was: its next send is followed as usual."""
+    handle = client.session(session_id)
+    with pytest.raises(error):
+        await handle.send("hello", **options)
+    with pytest.raises(error):
+        await handle.follow(**options)
+    posts = [r for r in server.requests if r.method == "POST" and r.path.endswith("/events")]
+    assert posts == []
+    assert handle._router.waiting == 0
+    result = await asyncio.wait_for((await handle.send("hello")).result(), 30)
+    assert result.stop_reason == EndTurn()

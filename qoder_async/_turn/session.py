@@ -168,7 +168,7 @@ from qoder_async._core.turns import (
 )
 from qoder_async._shell.eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
 from qoder_async._shell.http import HTTP, segment
-from qoder_async._turn.tracing import NO_SPAN, Tracing, TurnSpan
+from qoder_async._turn.tracing import Tracing, TurnSpan
 
 if TYPE_CHECKING:
     from qoder_async._api.resources import Sessions
@@ -206,6 +206,16 @@ class SendOptions(TypedDict, total=False):
 
 
 OnAction: TypeAlias = Literal["wait", "raise"]
+
+
+def _tool_options(
+    tools: Tools | None, on_tool_error: OnToolError, max_concurrent_calls: int | None
+) -> tuple[dict[str, ToolHandler], contextlib.AbstractAsyncContextManager[Any]]:
+    """``send()``'s and ``follow()``'s tool options, checked before anything is posted."""
+    if on_tool_error not in ("report", "raise"):
+        raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
+    return tool_handlers(tools), call_slots(max_concurrent_calls)
+
 
 _BUSY_STATUSES = frozenset({"running", "processing", "rescheduling", "canceling"})
 _TURN_ENDERS = frozenset({SessionStatusIdle, SessionStatusTerminated, SessionDeletedEvent})
@@ -339,19 +349,17 @@ class Turn:
         self,
         session: SessionHandle,
         accepted: Accepted,
-        tools: Tools | None,
-        on_tool_error: OnToolError = "report",
-        span: TurnSpan = NO_SPAN,
-        slots: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        tools: Mapping[str, ToolHandler],
+        on_tool_error: OnToolError,
+        span: TurnSpan,
+        slots: contextlib.AbstractAsyncContextManager[Any],
         *,
         keep_events: bool = True,
     ) -> None:
-        if on_tool_error not in ("report", "raise"):
-            raise ConfigurationError("on_tool_error must be 'report' or 'raise'")
         self.session = session
         self.accepted = accepted
-        self._tools = tool_handlers(tools)
-        self._slots = slots if slots is not None else call_slots(None)
+        self._tools = tools
+        self._slots = slots
         self._on_tool_error = on_tool_error
         # Each event is folded once, as it is delivered; the fold's kept events are
         # what readers iterate (with keep_events=False there are none to iterate).
@@ -965,13 +973,15 @@ class SessionHandle:
         """
         if on_busy not in ("raise", "wait", "interrupt"):
             raise ConfigurationError("on_busy must be 'raise', 'wait' or 'interrupt'")
-        slots = call_slots(max_concurrent_calls)
+        handlers, slots = _tool_options(tools, on_tool_error, max_concurrent_calls)
         events = as_events(content)
         key = idempotency_key or new_idempotency_key()
         span = self._tracing.turn(self.id)
 
         def new_turn(accepted: Accepted) -> Turn:
-            return Turn(self, accepted, tools, on_tool_error, span, slots, keep_events=keep_events)
+            return Turn(
+                self, accepted, handlers, on_tool_error, span, slots, keep_events=keep_events
+            )
 
         try:
             # The same key on every attempt: a busy 409 stored nothing.
@@ -1098,14 +1108,14 @@ class SessionHandle:
         already have gone by.
         """
         self._http.check_open()
-        slots = call_slots(max_concurrent_calls)
-        span = self._tracing.turn(self.id)
+        handlers, slots = _tool_options(tools, on_tool_error, max_concurrent_calls)
         async with self._lock:
             if self._task is not None:
                 raise ConfigurationError(
                     "follow() needs the session's connection closed: call it before listen(), "
                     "on() or send() on this handle"
                 )
+            span = self._tracing.turn(self.id)
             self._router.expect()
             try:
                 listing = self._sessions.events.list(self.id, order="asc", limit=FIND_SENT_LIMIT)
@@ -1119,7 +1129,7 @@ class SessionHandle:
                 None,
             )
             accepted = Accepted(events=(anchor,) if anchor is not None else ())
-            turn = Turn(self, accepted, tools, on_tool_error, span, slots)
+            turn = Turn(self, accepted, handlers, on_tool_error, span, slots)
             turn.interrupt_on_exit = interrupt_on_exit
             return self._bind(turn, anchor, started=anchor is not None)
 
