@@ -97,9 +97,9 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, runtime_checkable
 
 from qoder_async._core.backoff import Backoff
 from qoder_async._core.errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
@@ -146,6 +146,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("qoder_async")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 DEFAULT_LEDGER_TTL = 7 * 86400.0
 """How long tool-ledger records are kept after their last change: 7 days."""
@@ -367,12 +370,28 @@ class _Watchers:
             self.events.discard(event)
 
 
+def _on_table(
+    method: Callable[Concatenate[LeaseTable, _P], _R],
+) -> Callable[Concatenate[MemoryCoordinator, _P], Coroutine[Any, Any, _R]]:
+    """``LeaseTable``'s ``method`` as a coroutine method of :class:`MemoryCoordinator`."""
+
+    async def call(self: MemoryCoordinator, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return method(self.table, *args, **kwargs)
+
+    name = method.__name__
+    call.__name__, call.__qualname__ = name, f"MemoryCoordinator.{name}"
+    call.__doc__ = f"See :meth:`Coordinator.{name}`."
+    return call
+
+
 class MemoryCoordinator:
     """A :class:`Coordinator` in this process's memory: no server, same rules.
 
     The default when every worker is an asyncio task of one process, and the
     coordinator of tests: pass ``clock`` (seconds, monotonic) to move lease
     time by hand. ``ledger_ttl`` is how long tool-ledger records are kept.
+    Every method is :class:`LeaseTable`'s (``table``); ``mark_active`` and
+    ``hand_off`` also wake the watchers.
     """
 
     def __init__(
@@ -403,97 +422,28 @@ class MemoryCoordinator:
         self.table.mark_active(session_id, anchor)
         self._watchers.notify()
 
-    async def claimable(self, limit: int | None = None) -> list[str]:
-        """See :meth:`Coordinator.claimable`."""
-        return self.table.claimable(limit)
-
-    async def claim(
-        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
-    ) -> list[Claim]:
-        """See :meth:`Coordinator.claim`."""
-        return self.table.claim(worker_id, ttl=ttl, limit=limit, max_sessions=max_sessions)
-
-    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
-        """See :meth:`Coordinator.renew`."""
-        self.table.renew(session_id, token, ttl=ttl)
-
-    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
-        """See :meth:`Coordinator.renew_many`."""
-        return self.table.renew_many(tokens, ttl=ttl)
-
-    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
-        """See :meth:`Coordinator.begin_handler`."""
-        self.table.begin_handler(session_id, token, event_id)
-
-    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
-        """See :meth:`Coordinator.commit`."""
-        return self.table.commit(session_id, token, cursor)
-
-    async def advance(
-        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
-    ) -> bool:
-        """See :meth:`Coordinator.advance`."""
-        return self.table.advance(session_id, token, cursor, next_event_id)
-
-    async def restore(
-        self,
-        session_id: str,
-        token: int,
-        worker_id: str,
-        *,
-        ttl: float,
-        cursor: FleetCursor | None,
-        inflight: InFlight | None = None,
-    ) -> bool:
-        """See :meth:`Coordinator.restore`."""
-        return self.table.restore(
-            session_id, token, worker_id, ttl=ttl, cursor=cursor, inflight=inflight
-        )
-
-    async def release(self, session_id: str, token: int) -> bool:
-        """See :meth:`Coordinator.release`."""
-        return self.table.release(session_id, token)
-
     async def hand_off(self, session_id: str, token: int) -> None:
         """See :meth:`Coordinator.hand_off`."""
         self.table.hand_off(session_id, token)
         self._watchers.notify()
 
-    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
-        """See :meth:`Coordinator.claim_tool`."""
-        return self.table.claim_tool(session_id, token, tool_use_id)
-
-    async def store_tool_result(
-        self, session_id: str, token: int, tool_use_id: str, result: str
-    ) -> ToolRecord:
-        """See :meth:`Coordinator.store_tool_result`."""
-        return self.table.store_tool_result(session_id, token, tool_use_id, result)
-
-    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
-        """See :meth:`Coordinator.mark_tool_posted`."""
-        self.table.mark_tool_posted(session_id, tool_use_id)
-
-    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
-        """See :meth:`Coordinator.tool_record`."""
-        return self.table.tool_record(session_id, tool_use_id)
-
-    async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None, instance: str = ""
-    ) -> bool:
-        """See :meth:`Coordinator.announce`."""
-        return self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions, instance=instance)
-
-    async def retire(self, worker_id: str, instance: str = "") -> None:
-        """See :meth:`Coordinator.retire`."""
-        self.table.retire(worker_id, instance)
-
-    async def workers(self) -> list[WorkerLoad]:
-        """See :meth:`Coordinator.workers`."""
-        return self.table.workers()
-
-    async def inspect(self, session_id: str) -> SessionInfo | None:
-        """See :meth:`Coordinator.inspect`."""
-        return self.table.inspect(session_id)
+    claimable = _on_table(LeaseTable.claimable)
+    claim = _on_table(LeaseTable.claim)
+    renew = _on_table(LeaseTable.renew)
+    renew_many = _on_table(LeaseTable.renew_many)
+    begin_handler = _on_table(LeaseTable.begin_handler)
+    commit = _on_table(LeaseTable.commit)
+    advance = _on_table(LeaseTable.advance)
+    restore = _on_table(LeaseTable.restore)
+    release = _on_table(LeaseTable.release)
+    claim_tool = _on_table(LeaseTable.claim_tool)
+    store_tool_result = _on_table(LeaseTable.store_tool_result)
+    mark_tool_posted = _on_table(LeaseTable.mark_tool_posted)
+    tool_record = _on_table(LeaseTable.tool_record)
+    announce = _on_table(LeaseTable.announce)
+    retire = _on_table(LeaseTable.retire)
+    workers = _on_table(LeaseTable.workers)
+    inspect = _on_table(LeaseTable.inspect)
 
     def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         """See :meth:`Coordinator.watch` (set by this coordinator's own calls)."""
