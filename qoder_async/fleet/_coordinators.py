@@ -828,6 +828,13 @@ def _permanent(exc: BaseException) -> str | None:
     return None
 
 
+def _require_redis() -> None:
+    if redis_asyncio is None:
+        raise ConfigurationError(
+            'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
+        )
+
+
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode()
@@ -848,11 +855,24 @@ def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) ->
     )
 
 
+def _cursor_args(cursor: FleetCursor | None) -> tuple[str, str, str, str, str]:
+    """``cursor`` as the scripts store it: ``c_id c_at c_key c_incl c_end`` (no id: none)."""
+    if cursor is None:
+        return "", "", "", "0", "0"
+    return (
+        cursor.event_id,
+        cursor.processed_at or "",
+        cursor.order_key or "",
+        "1" if cursor.inclusive else "0",
+        "1" if cursor.ends_turn else "0",
+    )
+
+
 def _commit_args(cursor: FleetCursor) -> tuple[str, str, str, str]:
     if cursor.inclusive:
         raise ValueError("a committed cursor is never inclusive")
-    end = "1" if cursor.ends_turn else "0"
-    return cursor.event_id, cursor.processed_at or "", cursor.order_key or "", end
+    c_id, c_at, c_key, _, c_end = _cursor_args(cursor)
+    return c_id, c_at, c_key, c_end
 
 
 def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
@@ -890,10 +910,7 @@ class RedisCoordinator:
         namespace: str = "qoder",
         ledger_ttl: float = DEFAULT_LEDGER_TTL,
     ) -> None:
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
+        _require_redis()
         if not _NAMESPACE.fullmatch(namespace):
             raise ConfigurationError(
                 f"namespace must be non-empty without spaces or braces, got {namespace!r}"
@@ -949,10 +966,7 @@ class RedisCoordinator:
         a busy pool for an outage. ``redis_options`` go to the connections
         (``redis.asyncio.BlockingConnectionPool.from_url``).
         """
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
+        _require_redis()
         redis_options.setdefault("socket_connect_timeout", socket_timeout)
         # redis < 5.0.8 leaves NoBackoff.__init__ unannotated (mypy --strict: no-untyped-call).
         no_backoff = NoBackoff()  # type: ignore[no-untyped-call,unused-ignore]
@@ -1047,18 +1061,8 @@ class RedisCoordinator:
 
     async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """See :meth:`Coordinator.mark_active`."""
-        if anchor is None:
-            await self._run(self._mark_active, session_id, "0", "", "", "", "0")
-        else:
-            await self._run(
-                self._mark_active,
-                session_id,
-                "1",
-                anchor.event_id,
-                anchor.processed_at or "",
-                anchor.order_key or "",
-                "1" if anchor.inclusive else "0",
-            )
+        has_anchor = "0" if anchor is None else "1"
+        await self._run(self._mark_active, session_id, has_anchor, *_cursor_args(anchor)[:4])
 
     async def claimable(self, limit: int | None = None) -> list[str]:
         """See :meth:`Coordinator.claimable`."""
@@ -1119,16 +1123,7 @@ class RedisCoordinator:
         inflight: InFlight | None = None,
     ) -> bool:
         """See :meth:`Coordinator.restore`."""
-        if cursor is None:
-            c_args: tuple[str, ...] = ("", "", "", "0", "0")
-        else:
-            c_args = (
-                cursor.event_id,
-                cursor.processed_at or "",
-                cursor.order_key or "",
-                "1" if cursor.inclusive else "0",
-                "1" if cursor.ends_turn else "0",
-            )
+        c_args = _cursor_args(cursor)
         f_id = inflight.event_id if inflight is not None else ""
         reply = await self._run(
             self._restore, session_id, str(token), worker_id, _ms(ttl), *c_args, f_id

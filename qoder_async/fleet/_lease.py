@@ -767,12 +767,10 @@ class Lease:
     """
 
     __slots__ = (
-        "_backoff",
         "_clock",
         "_confirmed",
-        "_failures",
+        "_outage",
         "_outstanding",
-        "_rand",
         "_retry_at",
         "_status",
         "renew_at",
@@ -801,10 +799,9 @@ class Lease:
         self.ttl = ttl
         self.renew_at = renew_at
         self._clock = clock
-        self._rand = rand
-        self._backoff = backoff or Backoff(initial=ttl / 20, maximum=ttl * renew_at)
+        backoff = backoff or Backoff(initial=ttl / 20, maximum=ttl * renew_at)
+        self._outage = OutageBackoff(backoff, clock=clock, rand=rand)
         self._confirmed = claimed_at
-        self._failures = 0
         self._retry_at: float | None = None
         self._outstanding = False
         self._status = LeaseStatus.HELD
@@ -829,7 +826,7 @@ class Lease:
     @property
     def failures(self) -> int:
         """Renewals in a row that got no answer from the coordinator."""
-        return self._failures
+        return self._outage.attempts
 
     def may_start_handler(self) -> bool:
         """Whether a handler may start now: the lease is held and its deadline not reached."""
@@ -872,14 +869,13 @@ class Lease:
         """The renewal sent at ``sent_at`` succeeded."""
         if self._on(LeaseEvent.RENEWED):
             self._confirmed = max(self._confirmed, sent_at)
-            self._failures = 0
+            self._outage.recovered()
             self._retry_at = None
 
     def renewal_failed(self, sent_at: float) -> float:
         """The renewal sent at ``sent_at`` got no answer; the delay before retrying."""
         self._on(LeaseEvent.RENEWAL_FAILED)
-        delay = self._backoff.delay(self._failures, self._rand())
-        self._failures += 1
+        delay = self._outage.failed()
         self._retry_at = self._clock() + delay
         return delay
 
@@ -1120,9 +1116,7 @@ class Balancer:
 
     def room(self, held: int) -> int | None:
         """How many more sessions this worker may hold (``None``: no limit)."""
-        if self.max_sessions is None:
-            return None
-        return max(0, self.max_sessions - held)
+        return WorkerLoad(self.worker_id, held, self.max_sessions).room
 
     def quota(self, held: int, loads: Iterable[WorkerLoad], claimable: int) -> int:
         """Sessions to claim now, given ``held`` by this worker and ``claimable`` waiting."""
@@ -1132,8 +1126,7 @@ class Balancer:
         if share > 0 or claimable == 0:
             self._waiting = 0
             return share
-        room = self.room(held)
-        if room == 0:
+        if me.room == 0:
             return 0
         self._waiting += 1
         if self._waiting >= self.patience:
