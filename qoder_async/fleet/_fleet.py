@@ -158,7 +158,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
 
 from attrs import frozen
@@ -568,12 +567,7 @@ class Fleet:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def stop(self) -> None:
@@ -921,15 +915,15 @@ class Fleet:
                     ok, CoordinatorUnavailableError
                 ):
                     raise ok  # e.g. a ConfigurationError: serve() fails with it
-            unknown = {r for r, ok in zip(gone, back, strict=True) if isinstance(ok, BaseException)}
-            restored = {r for r, ok in zip(gone, back, strict=True) if ok is True}
+            restored = dict(zip(gone, back, strict=True))
             for r in due:
                 lease = r.follow.lease
+                ok = restored.get(r, True)  # not lost: renewed
                 if lease.done:
                     continue
-                if r in unknown:  # the coordinator went away meanwhile: try again later
+                if isinstance(ok, BaseException):  # the coordinator went away meanwhile
                     lease.renewal_failed(sent[r])
-                elif lease.session_id in lost and r not in restored:
+                elif not ok:
                     r.lost()
                     logger.warning(
                         "fleet %s: lost the lease on %s (token %d); stopped delivering it",
