@@ -798,6 +798,14 @@ _WORK_READ_TIMEOUT = 1.0
 _WORK_RESUBSCRIBE = Backoff(initial=0.1, maximum=5.0)
 
 
+_PERMANENT = {  # an error code in a Redis reply, and what it means
+    "NOAUTH": "authentication missing (NOAUTH): put the password in the URL",
+    "WRONGPASS": "authentication failed (WRONGPASS): check the URL's user and password",
+    "NOPERM": "NOPERM: the user lacks a permission (ACL) the fleet needs",
+    "WRONGTYPE": "WRONGTYPE: a key of the namespace holds another type (another program?)",
+}
+
+
 def _permanent(exc: BaseException) -> str | None:
     """What is wrong when ``exc`` cannot heal by waiting (credentials, ACLs, a key of
     the namespace holding another type), else ``None`` (connection refused, timeouts,
@@ -805,20 +813,9 @@ def _permanent(exc: BaseException) -> str | None:
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
         return "authentication failed or missing (NOAUTH, WRONGPASS): check the URL's credentials"
     if isinstance(exc, AuthorizationError | NoPermissionError):
-        return "NOPERM: the user lacks a permission (ACL) the fleet needs"
+        return _PERMANENT["NOPERM"]
     if isinstance(exc, ResponseError):
-        text = str(exc)
-        for code, cause in (
-            ("NOAUTH", "authentication missing (NOAUTH): put the password in the URL"),
-            ("WRONGPASS", "authentication failed (WRONGPASS): check the URL's user and password"),
-            ("NOPERM", "NOPERM: the user lacks a permission (ACL) the fleet needs"),
-            (
-                "WRONGTYPE",
-                "WRONGTYPE: a key of the namespace holds another type (another program?)",
-            ),
-        ):
-            if code in text:
-                return cause
+        return next((cause for code, cause in _PERMANENT.items() if code in str(exc)), None)
     return None
 
 
@@ -841,12 +838,13 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> FleetCursor | None:
-    if not event_id:
-        return None
-    return FleetCursor(
-        event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
-    )
+def _position(fields: Sequence[str]) -> tuple[FleetCursor | None, InFlight | None]:
+    """The cursor and the in-flight record of the fields ``c_id c_at c_incl c_end f_id f_token``."""
+    c_id, c_at, c_incl, c_end, f_id, f_token = fields
+    cursor = None
+    if c_id:
+        cursor = FleetCursor(c_id, c_at or None, inclusive=c_incl == "1", ends_turn=c_end == "1")
+    return cursor, InFlight(f_id, int(f_token)) if f_id else None
 
 
 def _cursor_args(cursor: FleetCursor | None) -> tuple[str, str, str, str, str]:
@@ -1067,10 +1065,8 @@ class RedisCoordinator:
         )
         claims = []
         for row in reply:
-            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending = (_text(x) for x in row)
-            inflight = InFlight(f_id, int(f_token)) if f_id else None
-            cursor = _cursor(c_id, c_at, c_incl, c_end)
-            claims.append(Claim(sid, int(token), cursor, inflight, pending == "1"))
+            sid, token, *position, pending = (_text(x) for x in row)
+            claims.append(Claim(sid, int(token), *_position(position), pending == "1"))
         return claims
 
     async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
@@ -1195,15 +1191,16 @@ class RedisCoordinator:
         reply = [_text(x) for x in await self._run(self._inspect, session_id)]
         if not reply:
             return None
-        active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token = reply[:10]
+        active, holder, leased, token = reply[:4]
+        cursor, inflight = _position(reply[4:10])
         return SessionInfo(
             session_id=session_id,
             active=active == "1",
             holder=holder,
             leased=leased == "1",
             token=int(token),
-            cursor=_cursor(c_id, c_at, c_incl, c_end),
-            inflight=InFlight(f_id, int(f_token)) if f_id else None,
+            cursor=cursor,
+            inflight=inflight,
             pending=tuple(sorted(reply[10:])),
         )
 
