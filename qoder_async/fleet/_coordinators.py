@@ -611,19 +611,6 @@ redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
 return 1
 """
 
-# The commit rule, shared by _COMMIT and _ADVANCE: never refused for its time
-# (identity is the id: only the valid holder commits, in stored order). Returns 1.
-_COMMIT_FN = """
-local function commit(sid, id, at, key, ends)
-  local s = skey(sid)
-  redis.call('HSET', s, 'c_id', id, 'c_at', at, 'c_key', key, 'c_incl', '0', 'c_end', ends)
-  redis.call('HDEL', s, 'f_id', 'f_token')
-  redis.call('HDEL', pkey(sid), id)
-  redis.call('LPUSH', rkey(sid), id)
-  redis.call('LTRIM', rkey(sid), 0, @RECENT@ - 1)
-  return 1
-end
-""".replace("@RECENT@", str(RECENT_IDS))
 
 # ARGV: prefix, session, token, worker, ttl ms, c_id, c_at, c_key, c_incl, c_end, f_id.
 # 1 restored, 0 the record is there (at this token or a newer one).
@@ -650,19 +637,22 @@ end
 return 1
 """
 
-# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, -1 lost.
+# The commit rule: never refused for its time (identity is the id: only the valid holder
+# commits, in stored order). ARGV: prefix, session, token, id, processed_at, order key,
+# ends turn, then (an advance) the next event id, recorded in flight. 1 stored, -1 lost.
 _COMMIT = """
-if not valid(ARGV[2], ARGV[3]) then return -1 end
-return commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-"""
-
-# ARGV: as _COMMIT, then the next event id. The commit's answer; the in-flight record is made.
-_ADVANCE = """
-if not valid(ARGV[2], ARGV[3]) then return -1 end
-local stored = commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[8], 'f_token', ARGV[3])
-return stored
-"""
+local sid, token, id = ARGV[2], ARGV[3], ARGV[4]
+if not valid(sid, token) then return -1 end
+local s = skey(sid)
+redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', '0',
+           'c_end', ARGV[7])
+redis.call('HDEL', s, 'f_id', 'f_token')
+redis.call('HDEL', pkey(sid), id)
+redis.call('LPUSH', rkey(sid), id)
+redis.call('LTRIM', rkey(sid), 0, @RECENT@ - 1)
+if ARGV[8] then redis.call('HSET', s, 'f_id', ARGV[8], 'f_token', token) end
+return 1
+""".replace("@RECENT@", str(RECENT_IDS))
 
 # ARGV: prefix, session, token, release ("1") or hand off ("0"). 1 done, 0 busy, -1 lost.
 _LET_GO = """
@@ -922,8 +912,7 @@ class RedisCoordinator:
         self._claim = register(_LUA_PRELUDE + _CLAIM)
         self._renew = register(_LUA_PRELUDE + _RENEW)
         self._begin = register(_LUA_PRELUDE + _BEGIN)
-        self._commit = register(_LUA_PRELUDE + _COMMIT_FN + _COMMIT)
-        self._advance = register(_LUA_PRELUDE + _COMMIT_FN + _ADVANCE)
+        self._commit = register(_LUA_PRELUDE + _COMMIT)
         self._let_go = register(_LUA_PRELUDE + _LET_GO)
         self._restore = register(_LUA_PRELUDE + _RESTORE)
         self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
@@ -1095,7 +1084,7 @@ class RedisCoordinator:
     ) -> bool:
         """See :meth:`Coordinator.advance`."""
         args = (*_commit_args(cursor), next_event_id)
-        return await self._checked(session_id, token, self._advance, *args) == 1
+        return await self._checked(session_id, token, self._commit, *args) == 1
 
     async def restore(
         self,
