@@ -449,11 +449,9 @@ class MemoryCoordinator:
 
 # --------------------------------------------------------------------------- Redis
 
-# Shared by every script: ARGV[1] is the key prefix "{ns}:". Scripts build the
-# per-session key names themselves; the hash tag keeps them in one cluster slot.
-# Lease deadlines are the server's own clock (TIME, in ms): workers' clocks
-# never decide who holds a session. No script walks the active line: each one
-# costs O(log n) in the active sessions, plus what it claims or reaps.
+# Shared by every script: ARGV[1] is the key prefix "{ns}:" (the keys, and what each
+# script costs: the module docstring). Lease deadlines are the server's own clock
+# (TIME, in ms): workers' clocks never decide who holds a session.
 _LUA_PRELUDE = """
 local P = ARGV[1]
 local WORK_WINDOW = @WORK_WINDOW_MS@
