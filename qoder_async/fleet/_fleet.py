@@ -158,7 +158,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeGuard, TypeVar, cast
 
 from attrs import frozen
 
@@ -444,7 +444,7 @@ def _default_worker_id() -> str:
     return f"{platform.node() or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _requires_action(ev: Event) -> bool:
+def _requires_action(ev: Event) -> TypeGuard[SessionStatusIdle]:
     return isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn
 
 
@@ -1120,7 +1120,7 @@ class Fleet:
             # called the handler of this event yet.
             answering = runner.answering.pop(ident or "", None)
             if answering is None:
-                answering = self._start_answering(runner, ev)  # type: ignore[arg-type]
+                answering = self._start_answering(runner, ev)
             active = await answering
         await self._gate(runner)
         redelivered = follow.redelivered(ident)
@@ -1174,7 +1174,7 @@ class Fleet:
             and ident not in runner.answering
             and not runner.follow.known(ident)
         ):
-            runner.answering[ident] = self._start_answering(runner, ev)  # type: ignore[arg-type]
+            runner.answering[ident] = self._start_answering(runner, ev)
 
     def _start_answering(self, runner: _Runner, idle: SessionStatusIdle) -> asyncio.Task[bool]:
         return asyncio.get_running_loop().create_task(

@@ -829,8 +829,8 @@ class Lease:
         return self._outage.attempts
 
     def may_start_handler(self) -> bool:
-        """Whether a handler may start now: the lease is held and its deadline not reached."""
-        return self.status is LeaseStatus.HELD
+        """Whether a handler may start now (:data:`GATES`: held, its deadline not reached)."""
+        return GATES[self.status] is Gate.START
 
     @property
     def done(self) -> bool:
