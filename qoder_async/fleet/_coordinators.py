@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -377,9 +378,9 @@ def _on_table(
     async def call(self: MemoryCoordinator, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return method(self.table, *args, **kwargs)
 
-    name = method.__name__
-    call.__name__, call.__qualname__ = name, f"MemoryCoordinator.{name}"
-    call.__doc__ = f"See :meth:`Coordinator.{name}`."
+    functools.update_wrapper(call, method, ("__name__",))  # and __wrapped__: its signature
+    call.__qualname__ = f"MemoryCoordinator.{method.__name__}"
+    call.__doc__ = f"See :meth:`Coordinator.{method.__name__}`."
     return call
 
 
