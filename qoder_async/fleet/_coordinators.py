@@ -93,13 +93,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, runtime_checkable
 
 from qoder_async._core.backoff import Backoff
 from qoder_async._core.errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
@@ -146,6 +146,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("qoder_async")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 DEFAULT_LEDGER_TTL = 7 * 86400.0
 """How long tool-ledger records are kept after their last change: 7 days."""
@@ -367,12 +370,28 @@ class _Watchers:
             self.events.discard(event)
 
 
+def _on_table(
+    method: Callable[Concatenate[LeaseTable, _P], _R],
+) -> Callable[Concatenate[MemoryCoordinator, _P], Coroutine[Any, Any, _R]]:
+    """``LeaseTable``'s ``method`` as a coroutine method of :class:`MemoryCoordinator`."""
+
+    async def call(self: MemoryCoordinator, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return method(self.table, *args, **kwargs)
+
+    functools.update_wrapper(call, method, ("__name__",))  # and __wrapped__: its signature
+    call.__qualname__ = f"MemoryCoordinator.{method.__name__}"
+    call.__doc__ = f"See :meth:`Coordinator.{method.__name__}`."
+    return call
+
+
 class MemoryCoordinator:
     """A :class:`Coordinator` in this process's memory: no server, same rules.
 
     The default when every worker is an asyncio task of one process, and the
     coordinator of tests: pass ``clock`` (seconds, monotonic) to move lease
     time by hand. ``ledger_ttl`` is how long tool-ledger records are kept.
+    Every method is :class:`LeaseTable`'s (``table``); ``mark_active`` and
+    ``hand_off`` also wake the watchers.
     """
 
     def __init__(
@@ -390,12 +409,7 @@ class MemoryCoordinator:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
@@ -403,97 +417,28 @@ class MemoryCoordinator:
         self.table.mark_active(session_id, anchor)
         self._watchers.notify()
 
-    async def claimable(self, limit: int | None = None) -> list[str]:
-        """See :meth:`Coordinator.claimable`."""
-        return self.table.claimable(limit)
-
-    async def claim(
-        self, worker_id: str, *, ttl: float, limit: int = 1, max_sessions: int | None = None
-    ) -> list[Claim]:
-        """See :meth:`Coordinator.claim`."""
-        return self.table.claim(worker_id, ttl=ttl, limit=limit, max_sessions=max_sessions)
-
-    async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
-        """See :meth:`Coordinator.renew`."""
-        self.table.renew(session_id, token, ttl=ttl)
-
-    async def renew_many(self, tokens: Mapping[str, int], *, ttl: float) -> set[str]:
-        """See :meth:`Coordinator.renew_many`."""
-        return self.table.renew_many(tokens, ttl=ttl)
-
-    async def begin_handler(self, session_id: str, token: int, event_id: str) -> None:
-        """See :meth:`Coordinator.begin_handler`."""
-        self.table.begin_handler(session_id, token, event_id)
-
-    async def commit(self, session_id: str, token: int, cursor: FleetCursor) -> bool:
-        """See :meth:`Coordinator.commit`."""
-        return self.table.commit(session_id, token, cursor)
-
-    async def advance(
-        self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str
-    ) -> bool:
-        """See :meth:`Coordinator.advance`."""
-        return self.table.advance(session_id, token, cursor, next_event_id)
-
-    async def restore(
-        self,
-        session_id: str,
-        token: int,
-        worker_id: str,
-        *,
-        ttl: float,
-        cursor: FleetCursor | None,
-        inflight: InFlight | None = None,
-    ) -> bool:
-        """See :meth:`Coordinator.restore`."""
-        return self.table.restore(
-            session_id, token, worker_id, ttl=ttl, cursor=cursor, inflight=inflight
-        )
-
-    async def release(self, session_id: str, token: int) -> bool:
-        """See :meth:`Coordinator.release`."""
-        return self.table.release(session_id, token)
-
     async def hand_off(self, session_id: str, token: int) -> None:
         """See :meth:`Coordinator.hand_off`."""
         self.table.hand_off(session_id, token)
         self._watchers.notify()
 
-    async def claim_tool(self, session_id: str, token: int, tool_use_id: str) -> ToolRecord:
-        """See :meth:`Coordinator.claim_tool`."""
-        return self.table.claim_tool(session_id, token, tool_use_id)
-
-    async def store_tool_result(
-        self, session_id: str, token: int, tool_use_id: str, result: str
-    ) -> ToolRecord:
-        """See :meth:`Coordinator.store_tool_result`."""
-        return self.table.store_tool_result(session_id, token, tool_use_id, result)
-
-    async def mark_tool_posted(self, session_id: str, tool_use_id: str) -> None:
-        """See :meth:`Coordinator.mark_tool_posted`."""
-        self.table.mark_tool_posted(session_id, tool_use_id)
-
-    async def tool_record(self, session_id: str, tool_use_id: str) -> ToolRecord | None:
-        """See :meth:`Coordinator.tool_record`."""
-        return self.table.tool_record(session_id, tool_use_id)
-
-    async def announce(
-        self, worker_id: str, *, ttl: float, max_sessions: int | None = None, instance: str = ""
-    ) -> bool:
-        """See :meth:`Coordinator.announce`."""
-        return self.table.announce(worker_id, ttl=ttl, max_sessions=max_sessions, instance=instance)
-
-    async def retire(self, worker_id: str, instance: str = "") -> None:
-        """See :meth:`Coordinator.retire`."""
-        self.table.retire(worker_id, instance)
-
-    async def workers(self) -> list[WorkerLoad]:
-        """See :meth:`Coordinator.workers`."""
-        return self.table.workers()
-
-    async def inspect(self, session_id: str) -> SessionInfo | None:
-        """See :meth:`Coordinator.inspect`."""
-        return self.table.inspect(session_id)
+    claimable = _on_table(LeaseTable.claimable)
+    claim = _on_table(LeaseTable.claim)
+    renew = _on_table(LeaseTable.renew)
+    renew_many = _on_table(LeaseTable.renew_many)
+    begin_handler = _on_table(LeaseTable.begin_handler)
+    commit = _on_table(LeaseTable.commit)
+    advance = _on_table(LeaseTable.advance)
+    restore = _on_table(LeaseTable.restore)
+    release = _on_table(LeaseTable.release)
+    claim_tool = _on_table(LeaseTable.claim_tool)
+    store_tool_result = _on_table(LeaseTable.store_tool_result)
+    mark_tool_posted = _on_table(LeaseTable.mark_tool_posted)
+    tool_record = _on_table(LeaseTable.tool_record)
+    announce = _on_table(LeaseTable.announce)
+    retire = _on_table(LeaseTable.retire)
+    workers = _on_table(LeaseTable.workers)
+    inspect = _on_table(LeaseTable.inspect)
 
     def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         """See :meth:`Coordinator.watch` (set by this coordinator's own calls)."""
@@ -505,11 +450,9 @@ class MemoryCoordinator:
 
 # --------------------------------------------------------------------------- Redis
 
-# Shared by every script: ARGV[1] is the key prefix "{ns}:". Scripts build the
-# per-session key names themselves; the hash tag keeps them in one cluster slot.
-# Lease deadlines are the server's own clock (TIME, in ms): workers' clocks
-# never decide who holds a session. No script walks the active line: each one
-# costs O(log n) in the active sessions, plus what it claims or reaps.
+# Shared by every script: ARGV[1] is the key prefix "{ns}:" (the keys, and what each
+# script costs: the module docstring). Lease deadlines are the server's own clock
+# (TIME, in ms): workers' clocks never decide who holds a session.
 _LUA_PRELUDE = """
 local P = ARGV[1]
 local WORK_WINDOW = @WORK_WINDOW_MS@
@@ -667,19 +610,6 @@ redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[4], 'f_token', ARGV[3])
 return 1
 """
 
-# The commit rule, shared by _COMMIT and _ADVANCE: never refused for its time
-# (identity is the id: only the valid holder commits, in stored order). Returns 1.
-_COMMIT_FN = """
-local function commit(sid, id, at, key, ends)
-  local s = skey(sid)
-  redis.call('HSET', s, 'c_id', id, 'c_at', at, 'c_key', key, 'c_incl', '0', 'c_end', ends)
-  redis.call('HDEL', s, 'f_id', 'f_token')
-  redis.call('HDEL', pkey(sid), id)
-  redis.call('LPUSH', rkey(sid), id)
-  redis.call('LTRIM', rkey(sid), 0, @RECENT@ - 1)
-  return 1
-end
-""".replace("@RECENT@", str(RECENT_IDS))
 
 # ARGV: prefix, session, token, worker, ttl ms, c_id, c_at, c_key, c_incl, c_end, f_id.
 # 1 restored, 0 the record is there (at this token or a newer one).
@@ -706,19 +636,22 @@ end
 return 1
 """
 
-# ARGV: prefix, session, token, id, processed_at, order key, ends turn. 1 stored, -1 lost.
+# The commit rule: never refused for its time (identity is the id: only the valid holder
+# commits, in stored order). ARGV: prefix, session, token, id, processed_at, order key,
+# ends turn, then (an advance) the next event id, recorded in flight. 1 stored, -1 lost.
 _COMMIT = """
-if not valid(ARGV[2], ARGV[3]) then return -1 end
-return commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-"""
-
-# ARGV: as _COMMIT, then the next event id. The commit's answer; the in-flight record is made.
-_ADVANCE = """
-if not valid(ARGV[2], ARGV[3]) then return -1 end
-local stored = commit(ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-redis.call('HSET', skey(ARGV[2]), 'f_id', ARGV[8], 'f_token', ARGV[3])
-return stored
-"""
+local sid, token, id = ARGV[2], ARGV[3], ARGV[4]
+if not valid(sid, token) then return -1 end
+local s = skey(sid)
+redis.call('HSET', s, 'c_id', id, 'c_at', ARGV[5], 'c_key', ARGV[6], 'c_incl', '0',
+           'c_end', ARGV[7])
+redis.call('HDEL', s, 'f_id', 'f_token')
+redis.call('HDEL', pkey(sid), id)
+redis.call('LPUSH', rkey(sid), id)
+redis.call('LTRIM', rkey(sid), 0, @RECENT@ - 1)
+if ARGV[8] then redis.call('HSET', s, 'f_id', ARGV[8], 'f_token', token) end
+return 1
+""".replace("@RECENT@", str(RECENT_IDS))
 
 # ARGV: prefix, session, token, release ("1") or hand off ("0"). 1 done, 0 busy, -1 lost.
 _LET_GO = """
@@ -854,6 +787,14 @@ _WORK_READ_TIMEOUT = 1.0
 _WORK_RESUBSCRIBE = Backoff(initial=0.1, maximum=5.0)
 
 
+_PERMANENT = {  # an error code in a Redis reply, and what it means
+    "NOAUTH": "authentication missing (NOAUTH): put the password in the URL",
+    "WRONGPASS": "authentication failed (WRONGPASS): check the URL's user and password",
+    "NOPERM": "NOPERM: the user lacks a permission (ACL) the fleet needs",
+    "WRONGTYPE": "WRONGTYPE: a key of the namespace holds another type (another program?)",
+}
+
+
 def _permanent(exc: BaseException) -> str | None:
     """What is wrong when ``exc`` cannot heal by waiting (credentials, ACLs, a key of
     the namespace holding another type), else ``None`` (connection refused, timeouts,
@@ -861,21 +802,17 @@ def _permanent(exc: BaseException) -> str | None:
     if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
         return "authentication failed or missing (NOAUTH, WRONGPASS): check the URL's credentials"
     if isinstance(exc, AuthorizationError | NoPermissionError):
-        return "NOPERM: the user lacks a permission (ACL) the fleet needs"
+        return _PERMANENT["NOPERM"]
     if isinstance(exc, ResponseError):
-        text = str(exc)
-        for code, cause in (
-            ("NOAUTH", "authentication missing (NOAUTH): put the password in the URL"),
-            ("WRONGPASS", "authentication failed (WRONGPASS): check the URL's user and password"),
-            ("NOPERM", "NOPERM: the user lacks a permission (ACL) the fleet needs"),
-            (
-                "WRONGTYPE",
-                "WRONGTYPE: a key of the namespace holds another type (another program?)",
-            ),
-        ):
-            if code in text:
-                return cause
+        return next((cause for code, cause in _PERMANENT.items() if code in str(exc)), None)
     return None
+
+
+def _require_redis() -> None:
+    if redis_asyncio is None:
+        raise ConfigurationError(
+            'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
+        )
 
 
 def _text(value: object) -> str:
@@ -890,19 +827,33 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _cursor(event_id: str, processed_at: str, inclusive: str, ends_turn: str) -> FleetCursor | None:
-    if not event_id:
-        return None
-    return FleetCursor(
-        event_id, processed_at or None, inclusive=inclusive == "1", ends_turn=ends_turn == "1"
+def _position(fields: Sequence[str]) -> tuple[FleetCursor | None, InFlight | None]:
+    """The cursor and the in-flight record of the fields ``c_id c_at c_incl c_end f_id f_token``."""
+    c_id, c_at, c_incl, c_end, f_id, f_token = fields
+    cursor = None
+    if c_id:
+        cursor = FleetCursor(c_id, c_at or None, inclusive=c_incl == "1", ends_turn=c_end == "1")
+    return cursor, InFlight(f_id, int(f_token)) if f_id else None
+
+
+def _cursor_args(cursor: FleetCursor | None) -> tuple[str, str, str, str, str]:
+    """``cursor`` as the scripts store it: ``c_id c_at c_key c_incl c_end`` (no id: none)."""
+    if cursor is None:
+        return "", "", "", "0", "0"
+    return (
+        cursor.event_id,
+        cursor.processed_at or "",
+        cursor.order_key or "",
+        "1" if cursor.inclusive else "0",
+        "1" if cursor.ends_turn else "0",
     )
 
 
 def _commit_args(cursor: FleetCursor) -> tuple[str, str, str, str]:
     if cursor.inclusive:
         raise ValueError("a committed cursor is never inclusive")
-    end = "1" if cursor.ends_turn else "0"
-    return cursor.event_id, cursor.processed_at or "", cursor.order_key or "", end
+    c_id, c_at, c_key, _, c_end = _cursor_args(cursor)
+    return c_id, c_at, c_key, c_end
 
 
 def _tool(tool_use_id: str, reply: Sequence[object]) -> ToolRecord | None:
@@ -940,10 +891,7 @@ class RedisCoordinator:
         namespace: str = "qoder",
         ledger_ttl: float = DEFAULT_LEDGER_TTL,
     ) -> None:
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
+        _require_redis()
         if not _NAMESPACE.fullmatch(namespace):
             raise ConfigurationError(
                 f"namespace must be non-empty without spaces or braces, got {namespace!r}"
@@ -963,8 +911,7 @@ class RedisCoordinator:
         self._claim = register(_LUA_PRELUDE + _CLAIM)
         self._renew = register(_LUA_PRELUDE + _RENEW)
         self._begin = register(_LUA_PRELUDE + _BEGIN)
-        self._commit = register(_LUA_PRELUDE + _COMMIT_FN + _COMMIT)
-        self._advance = register(_LUA_PRELUDE + _COMMIT_FN + _ADVANCE)
+        self._commit = register(_LUA_PRELUDE + _COMMIT)
         self._let_go = register(_LUA_PRELUDE + _LET_GO)
         self._restore = register(_LUA_PRELUDE + _RESTORE)
         self._tool_claim = register(_LUA_PRELUDE + _TOOL_READ + _TOOL_CLAIM)
@@ -999,10 +946,7 @@ class RedisCoordinator:
         a busy pool for an outage. ``redis_options`` go to the connections
         (``redis.asyncio.BlockingConnectionPool.from_url``).
         """
-        if redis_asyncio is None:
-            raise ConfigurationError(
-                'RedisCoordinator needs the redis package: pip install "qoder-async[redis]"'
-            )
+        _require_redis()
         redis_options.setdefault("socket_connect_timeout", socket_timeout)
         # redis < 5.0.8 leaves NoBackoff.__init__ unannotated (mypy --strict: no-untyped-call).
         no_backoff = NoBackoff()  # type: ignore[no-untyped-call,unused-ignore]
@@ -1025,12 +969,7 @@ class RedisCoordinator:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def _run(self, script: Any, *args: object) -> Any:
@@ -1097,18 +1036,8 @@ class RedisCoordinator:
 
     async def mark_active(self, session_id: str, anchor: FleetCursor | None = None) -> None:
         """See :meth:`Coordinator.mark_active`."""
-        if anchor is None:
-            await self._run(self._mark_active, session_id, "0", "", "", "", "0")
-        else:
-            await self._run(
-                self._mark_active,
-                session_id,
-                "1",
-                anchor.event_id,
-                anchor.processed_at or "",
-                anchor.order_key or "",
-                "1" if anchor.inclusive else "0",
-            )
+        has_anchor = "0" if anchor is None else "1"
+        await self._run(self._mark_active, session_id, has_anchor, *_cursor_args(anchor)[:4])
 
     async def claimable(self, limit: int | None = None) -> list[str]:
         """See :meth:`Coordinator.claimable`."""
@@ -1124,10 +1053,8 @@ class RedisCoordinator:
         )
         claims = []
         for row in reply:
-            sid, token, c_id, c_at, c_incl, c_end, f_id, f_token, pending = (_text(x) for x in row)
-            inflight = InFlight(f_id, int(f_token)) if f_id else None
-            cursor = _cursor(c_id, c_at, c_incl, c_end)
-            claims.append(Claim(sid, int(token), cursor, inflight, pending == "1"))
+            sid, token, *position, pending = (_text(x) for x in row)
+            claims.append(Claim(sid, int(token), *_position(position), pending == "1"))
         return claims
 
     async def renew(self, session_id: str, token: int, *, ttl: float) -> None:
@@ -1156,7 +1083,7 @@ class RedisCoordinator:
     ) -> bool:
         """See :meth:`Coordinator.advance`."""
         args = (*_commit_args(cursor), next_event_id)
-        return await self._checked(session_id, token, self._advance, *args) == 1
+        return await self._checked(session_id, token, self._commit, *args) == 1
 
     async def restore(
         self,
@@ -1169,16 +1096,7 @@ class RedisCoordinator:
         inflight: InFlight | None = None,
     ) -> bool:
         """See :meth:`Coordinator.restore`."""
-        if cursor is None:
-            c_args: tuple[str, ...] = ("", "", "", "0", "0")
-        else:
-            c_args = (
-                cursor.event_id,
-                cursor.processed_at or "",
-                cursor.order_key or "",
-                "1" if cursor.inclusive else "0",
-                "1" if cursor.ends_turn else "0",
-            )
+        c_args = _cursor_args(cursor)
         f_id = inflight.event_id if inflight is not None else ""
         reply = await self._run(
             self._restore, session_id, str(token), worker_id, _ms(ttl), *c_args, f_id
@@ -1261,15 +1179,16 @@ class RedisCoordinator:
         reply = [_text(x) for x in await self._run(self._inspect, session_id)]
         if not reply:
             return None
-        active, holder, leased, token, c_id, c_at, c_incl, c_end, f_id, f_token = reply[:10]
+        active, holder, leased, token = reply[:4]
+        cursor, inflight = _position(reply[4:10])
         return SessionInfo(
             session_id=session_id,
             active=active == "1",
             holder=holder,
             leased=leased == "1",
             token=int(token),
-            cursor=_cursor(c_id, c_at, c_incl, c_end),
-            inflight=InFlight(f_id, int(f_token)) if f_id else None,
+            cursor=cursor,
+            inflight=inflight,
             pending=tuple(sorted(reply[10:])),
         )
 

@@ -158,8 +158,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeGuard, TypeVar, cast
 
 from attrs import frozen
 
@@ -238,7 +237,6 @@ __all__ = ["Delivery", "Fleet", "Handler"]
 logger = logging.getLogger("qoder_async")
 
 _T = TypeVar("_T")
-_E = TypeVar("_E", bound=BaseException)
 _ENDS_STREAM = (SessionStatusTerminated, SessionDeletedEvent)
 _TRANSIENT = (APIConnectionError, RateLimitError, InternalServerError)
 _STREAM_BACKOFF = Backoff(initial=0.5, maximum=10.0)
@@ -300,12 +298,13 @@ class _Runner:
         "uses",
     )
 
+    task: asyncio.Task[None]  # the follower (set by ``Fleet._follow`` as it makes the runner)
+
     def __init__(self, follow: Follow, outage: OutageBackoff) -> None:
         self.follow = follow
         self.outage = outage
         self.changed = asyncio.Event()  # set after each renewal answer for this lease
         self.uses: dict[str, AgentCustomToolUse] = {}  # tool uses seen in this turn
-        self.task: asyncio.Task[None] | None = None
         self.stream_failures = 0
         self.begun: str | None = None  # the event an ``advance`` already recorded in flight
         self.inflight: str | None = None  # recorded in flight and not committed yet
@@ -317,8 +316,7 @@ class _Runner:
     def lost(self) -> None:
         """The lease is no longer ours: no more deliveries, the task stops at once."""
         self.follow.lease.lost()
-        if self.task is not None:
-            self.task.cancel()
+        self.task.cancel()
 
 
 class _Ahead:
@@ -446,7 +444,7 @@ def _default_worker_id() -> str:
     return f"{platform.node() or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _requires_action(ev: Event) -> bool:
+def _requires_action(ev: Event) -> TypeGuard[SessionStatusIdle]:
     return isinstance(ev, SessionStatusIdle) and not ev.stop_reason.ends_turn
 
 
@@ -568,12 +566,7 @@ class Fleet:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def stop(self) -> None:
@@ -715,8 +708,10 @@ class Fleet:
                     self._until_stopped(claims, others), name=f"qoder_async fleet stop {self}"
                 )
         except BaseExceptionGroup as group_error:
-            fatal = _first(group_error, ConfigurationError)
+            fatal: BaseException | None = group_error.subgroup(ConfigurationError)
             if fatal is not None:
+                while isinstance(fatal, BaseExceptionGroup):  # the first one, however nested
+                    fatal = fatal.exceptions[0]
                 raise fatal from None  # permanent: the caller must fix the configuration
             raise
         finally:
@@ -741,9 +736,9 @@ class Fleet:
             self.shutdown_grace,
         )
         for runner in list(self._runners.values()):
-            if not runner.delivering and runner.task is not None:
+            if not runner.delivering:
                 runner.task.cancel()  # nothing runs: hand it off now
-        tasks = [r.task for r in self._runners.values() if r.task is not None]
+        tasks = [r.task for r in self._runners.values()]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.shutdown_grace)
             if late:
@@ -769,11 +764,8 @@ class Fleet:
     async def _shutdown(self) -> None:
         runners = list(self._runners.values())
         for runner in runners:
-            if runner.task is not None:
-                runner.task.cancel()
-        await asyncio.gather(
-            *(r.task for r in runners if r.task is not None), return_exceptions=True
-        )
+            runner.task.cancel()
+        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
         with contextlib.suppress(QoderError, TimeoutError):
             async with asyncio.timeout(self.lease_ttl):
                 await self.coordinator.retire(self.worker_id, self._instance)
@@ -887,10 +879,10 @@ class Fleet:
             rand=self._rand,
         )
         runner = _Runner(Follow(claim, lease), OutageBackoff(clock=self._clock, rand=self._rand))
-        self._runners[claim.session_id] = runner
         runner.task = asyncio.get_running_loop().create_task(
             self._run(runner), name=f"qoder_async fleet {claim.session_id}"
         )
+        self._runners[claim.session_id] = runner
 
     # ------------------------------------------------------------------ renewals
 
@@ -921,15 +913,15 @@ class Fleet:
                     ok, CoordinatorUnavailableError
                 ):
                     raise ok  # e.g. a ConfigurationError: serve() fails with it
-            unknown = {r for r, ok in zip(gone, back, strict=True) if isinstance(ok, BaseException)}
-            restored = {r for r, ok in zip(gone, back, strict=True) if ok is True}
+            restored = dict(zip(gone, back, strict=True))
             for r in due:
                 lease = r.follow.lease
+                ok = restored.get(r, True)  # not lost: renewed
                 if lease.done:
                     continue
-                if r in unknown:  # the coordinator went away meanwhile: try again later
+                if isinstance(ok, BaseException):  # the coordinator went away meanwhile
                     lease.renewal_failed(sent[r])
-                elif lease.session_id in lost and r not in restored:
+                elif not ok:
                     r.lost()
                     logger.warning(
                         "fleet %s: lost the lease on %s (token %d); stopped delivering it",
@@ -1128,7 +1120,7 @@ class Fleet:
             # called the handler of this event yet.
             answering = runner.answering.pop(ident or "", None)
             if answering is None:
-                answering = self._start_answering(runner, ev)  # type: ignore[arg-type]
+                answering = self._start_answering(runner, ev)
             active = await answering
         await self._gate(runner)
         redelivered = follow.redelivered(ident)
@@ -1182,7 +1174,7 @@ class Fleet:
             and ident not in runner.answering
             and not runner.follow.known(ident)
         ):
-            runner.answering[ident] = self._start_answering(runner, ev)  # type: ignore[arg-type]
+            runner.answering[ident] = self._start_answering(runner, ev)
 
     def _start_answering(self, runner: _Runner, idle: SessionStatusIdle) -> asyncio.Task[bool]:
         return asyncio.get_running_loop().create_task(
@@ -1432,18 +1424,6 @@ class Fleet:
             for call, body in zip(calls, bodies, strict=True):
                 with contextlib.suppress(ToolResultsNotAwaitedError):
                     await events.send(sid, [body], idempotency_key=results_key([call.id]))
-
-
-def _first(group: BaseExceptionGroup[Any], kind: type[_E]) -> _E | None:
-    """The first ``kind`` in ``group`` (nested groups included), else None."""
-    for exc in group.exceptions:
-        if isinstance(exc, kind):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first(exc, kind)
-            if found is not None:
-                return found
-    return None
 
 
 def _pages(paginator: AsyncPaginator[Event]) -> AsyncGenerator[list[Event], None]:

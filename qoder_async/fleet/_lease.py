@@ -416,19 +416,27 @@ class LeaseTable:
     def _leased(self, row: _Row) -> bool:
         return row.lease_until is not None and self._clock() < row.lease_until
 
-    def _held_by(self, worker_id: str) -> set[str]:
-        held = self._held.get(worker_id, set())
-        held = {s for s in held if self._rows[s].holder == worker_id}
-        if held:
-            self._held[worker_id] = held
-        else:
-            self._held.pop(worker_id, None)
-        return held
+    def _held_by(self, worker_id: str) -> int:
+        return len(self._held.get(worker_id, ()))
+
+    def _hold(self, session_id: str, row: _Row, worker_id: str, ttl: float) -> None:
+        """``worker_id`` holds ``session_id`` for ``ttl`` seconds (``_held`` names exactly
+        the sessions each worker holds)."""
+        self._drop_lease(session_id, row)
+        row.holder = worker_id
+        row.lease_until = self._clock() + ttl
+        self._held.setdefault(worker_id, set()).add(session_id)
 
     def _drop_lease(self, session_id: str, row: _Row) -> None:
         self._held.get(row.holder, set()).discard(session_id)
         row.holder = ""
         row.lease_until = None
+
+    def _activate(self, row: _Row) -> None:
+        """Put ``row`` at the end of the active line, unless it is in it."""
+        if row.line is None:
+            self._line += 1
+            row.line = self._line
 
     # ------------------------------------------------------------ sessions
 
@@ -440,9 +448,7 @@ class LeaseTable:
                 row.cursor = anchor
             if not _done(row, anchor.event_id):
                 row.pending.add(anchor.event_id)
-        if row.line is None:
-            self._line += 1
-            row.line = self._line
+        self._activate(row)
 
     def claimable(self, limit: int | None = None) -> list[str]:
         """Active sessions with no live lease, oldest activation first."""
@@ -461,18 +467,14 @@ class LeaseTable:
         _check_ttl(ttl)
         room = limit
         if max_sessions is not None:
-            room = min(room, max_sessions - len(self._held_by(worker_id)))
+            room = min(room, max_sessions - self._held_by(worker_id))
         if room <= 0:
             return []
         claims = []
         for sid in self.claimable(room):
             row = self._rows[sid]
-            if row.holder:
-                self._held.get(row.holder, set()).discard(sid)
             row.token += 1
-            row.holder = worker_id
-            row.lease_until = self._clock() + ttl
-            self._held.setdefault(worker_id, set()).add(sid)
+            self._hold(sid, row, worker_id, ttl)
             claims.append(Claim(sid, row.token, row.cursor, row.inflight, bool(row.pending)))
         return claims
 
@@ -525,14 +527,9 @@ class LeaseTable:
             return False
         if row is None:
             row = self._rows[session_id] = _Row()
-        if row.holder:
-            self._held.get(row.holder, set()).discard(session_id)
-        row.token, row.holder, row.cursor, row.inflight = token, worker_id, cursor, inflight
-        row.lease_until = self._clock() + ttl
-        self._held.setdefault(worker_id, set()).add(session_id)
-        if row.line is None:
-            self._line += 1
-            row.line = self._line
+        row.token, row.cursor, row.inflight = token, cursor, inflight
+        self._hold(session_id, row, worker_id, ttl)
+        self._activate(row)
         return True
 
     def advance(self, session_id: str, token: int, cursor: FleetCursor, next_event_id: str) -> bool:
@@ -653,7 +650,7 @@ class LeaseTable:
         for wid in [w for w, rec in self._workers.items() if now >= rec.until]:
             del self._workers[wid]
         return [
-            WorkerLoad(wid, len(self._held_by(wid)), rec.max_sessions)
+            WorkerLoad(wid, self._held_by(wid), rec.max_sessions)
             for wid, rec in sorted(self._workers.items())
         ]
 
@@ -770,12 +767,10 @@ class Lease:
     """
 
     __slots__ = (
-        "_backoff",
         "_clock",
         "_confirmed",
-        "_failures",
+        "_outage",
         "_outstanding",
-        "_rand",
         "_retry_at",
         "_status",
         "renew_at",
@@ -804,10 +799,9 @@ class Lease:
         self.ttl = ttl
         self.renew_at = renew_at
         self._clock = clock
-        self._rand = rand
-        self._backoff = backoff or Backoff(initial=ttl / 20, maximum=ttl * renew_at)
+        backoff = backoff or Backoff(initial=ttl / 20, maximum=ttl * renew_at)
+        self._outage = OutageBackoff(backoff, clock=clock, rand=rand)
         self._confirmed = claimed_at
-        self._failures = 0
         self._retry_at: float | None = None
         self._outstanding = False
         self._status = LeaseStatus.HELD
@@ -832,11 +826,11 @@ class Lease:
     @property
     def failures(self) -> int:
         """Renewals in a row that got no answer from the coordinator."""
-        return self._failures
+        return self._outage.attempts
 
     def may_start_handler(self) -> bool:
-        """Whether a handler may start now: the lease is held and its deadline not reached."""
-        return self.status is LeaseStatus.HELD
+        """Whether a handler may start now (:data:`GATES`: held, its deadline not reached)."""
+        return GATES[self.status] is Gate.START
 
     @property
     def done(self) -> bool:
@@ -875,14 +869,13 @@ class Lease:
         """The renewal sent at ``sent_at`` succeeded."""
         if self._on(LeaseEvent.RENEWED):
             self._confirmed = max(self._confirmed, sent_at)
-            self._failures = 0
+            self._outage.recovered()
             self._retry_at = None
 
     def renewal_failed(self, sent_at: float) -> float:
         """The renewal sent at ``sent_at`` got no answer; the delay before retrying."""
         self._on(LeaseEvent.RENEWAL_FAILED)
-        delay = self._backoff.delay(self._failures, self._rand())
-        self._failures += 1
+        delay = self._outage.failed()
         self._retry_at = self._clock() + delay
         return delay
 
@@ -1123,9 +1116,7 @@ class Balancer:
 
     def room(self, held: int) -> int | None:
         """How many more sessions this worker may hold (``None``: no limit)."""
-        if self.max_sessions is None:
-            return None
-        return max(0, self.max_sessions - held)
+        return WorkerLoad(self.worker_id, held, self.max_sessions).room
 
     def quota(self, held: int, loads: Iterable[WorkerLoad], claimable: int) -> int:
         """Sessions to claim now, given ``held`` by this worker and ``claimable`` waiting."""
@@ -1135,8 +1126,7 @@ class Balancer:
         if share > 0 or claimable == 0:
             self._waiting = 0
             return share
-        room = self.room(held)
-        if room == 0:
+        if me.room == 0:
             return 0
         self._waiting += 1
         if self._waiting >= self.patience:
