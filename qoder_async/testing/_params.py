@@ -1,4 +1,5 @@
-"""Request parsing of the fake server: bodies, fields, input events, pagination.
+"""Request parsing of the fake server: bodies, fields, input events, pagination,
+and the handlers every kind of resource has alike (show, list, archive).
 
 Every check raises a 400 ``invalid_request_error`` whose ``param`` names the
 offending field; values are copied, never kept by reference.
@@ -12,12 +13,18 @@ import copy
 import email.parser
 import email.policy
 import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
+from aiohttp import web
 from multidict import MultiMapping
 
-from ._wire import INPUT_EVENT_TYPES, bad_request, dumps
+from ._wire import INPUT_EVENT_TYPES, Ids, bad_request, dumps, json_response
+
+_T = TypeVar("_T")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+#: The resource a request's path names (raising its 404).
+Finder = Callable[[web.Request], dict[str, Any]]
 
 _SERVER_FIELDS = ("id", "session_id", "turn_id", "schema_version", "created_at", "processed_at")
 _DELTA_KINDS = frozenset({"agent.message", "agent.thinking"})
@@ -52,6 +59,36 @@ def bool_param(query: MultiMapping[str], name: str) -> bool:
     raise bad_request(f"{name} must be true or false", name)
 
 
+def int_param(query: Mapping[str, str], name: str, *, minimum: int | None = None) -> int | None:
+    """An integer query parameter (``None`` when absent); not one, or below ``minimum``: 400."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer", name) from None
+    if minimum is not None and value < minimum:
+        raise bad_request(f"{name} must not be negative", name)
+    return value
+
+
+async def read_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The JSON object of a request body (``{}`` when empty and not ``required``)."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise bad_request("Request body is required")
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise bad_request("Malformed JSON body") from None
+    if not isinstance(value, dict):
+        raise bad_request("Request body must be a JSON object")
+    return value
+
+
 def _item_id(item: dict[str, Any]) -> str | None:
     value = item.get("id")
     return value if isinstance(value, str) else None
@@ -65,14 +102,17 @@ def paginate(
     keep: Callable[[dict[str, Any]], bool] | None = None,
     key: Callable[[dict[str, Any]], str | None] = _item_id,
     aliases: bool = False,
+    archivable: bool = False,
 ) -> dict[str, Any]:
     """One page of ``items`` (oldest first) per the list query parameters.
 
     ``key`` names an item for the cursors (``after_id``, ``before_id``,
     ``first_id``, ``last_id`` and the ``page`` token): its ``id`` unless the
     items share ids (agent versions). ``aliases`` also accepts ``after`` and
-    ``before`` (files).
+    ``before`` (files). ``archivable`` leaves out archived items unless
+    ``include_archived`` is true.
     """
+    live_only = archivable and not bool_param(query, "include_archived")
     raw_limit = query.get("limit", "20")
     try:
         limit = int(raw_limit)
@@ -94,7 +134,11 @@ def paginate(
         direction, anchor = _read_page_token(page)
         after, before = (anchor, None) if direction == "a" else (None, anchor)
     seq = items if order == "asc" else items[::-1]
-    wanted = keep or (lambda _item: True)
+
+    def wanted(item: dict[str, Any]) -> bool:
+        if live_only and item["archived_at"] is not None:
+            return False
+        return keep is None or keep(item)
 
     def position(anchor: str, param: str) -> int:
         for i, item in enumerate(seq):
@@ -130,6 +174,51 @@ def paginate(
         "has_more": has_more,
         "next_page": next_page,
     }
+
+
+def path_id(lookup: Callable[[str], _T]) -> Callable[[web.Request], _T]:
+    """The finder calling ``lookup`` with the path's ``{id}``."""
+    return lambda request: lookup(request.match_info["id"])
+
+
+def show(find: Finder) -> Handler:
+    """The handler answering the resource ``find`` finds (``GET /things/{id}``)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(200, find(request))
+
+    return handler
+
+
+def lister(
+    items: Callable[[web.Request], list[dict[str, Any]]],
+    *,
+    order: str,
+    archivable: bool = False,
+    key: Callable[[dict[str, Any]], str | None] = _item_id,
+) -> Handler:
+    """The handler answering a page of ``items`` (see `paginate`)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        page = paginate(
+            items(request), request.query, default_order=order, archivable=archivable, key=key
+        )
+        return json_response(200, page)
+
+    return handler
+
+
+def archiver(find: Finder, ids: Ids, **changes: str) -> Handler:
+    """The handler archiving what ``find`` finds, once (with ``changes``), and answering it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        item = find(request)
+        if item["archived_at"] is None:
+            item["archived_at"] = item["updated_at"] = ids.now()
+            item.update(changes)
+        return json_response(200, item)
+
+    return handler
 
 
 def check_str(
