@@ -46,6 +46,7 @@ from typing import Any
 from aiohttp import web
 
 from ._params import (
+    agent_ref,
     bool_param,
     check_env_vars,
     check_list,
@@ -76,7 +77,8 @@ class DeploymentStore:
     """The state and handlers of deployments, runs, dreams and work queues of one fake.
 
     ``create_session`` creates a session from a ``POST /sessions`` body;
-    ``agent``/``environment`` look one up (raising the 404); ``session_exists``
+    ``agent`` (by id and version, ``None``: the latest) and ``environment``
+    look one up (raising the 404); ``session_exists``
     answers whether a session id is known; ``create_status`` is the dialect's
     status of a create.
     """
@@ -86,7 +88,7 @@ class DeploymentStore:
         ids: Ids,
         *,
         create_session: Callable[[Mapping[str, Any]], dict[str, Any]],
-        agent: Callable[[str], dict[str, Any]],
+        agent: Callable[[str, int | None], dict[str, Any]],
         environment: Callable[[str], dict[str, Any]],
         session_exists: Callable[[str], bool],
         create_status: Callable[[], int],
@@ -142,20 +144,8 @@ class DeploymentStore:
         return find(self.deployments, dep_id, "deployment")
 
     def _agent_ref(self, value: Any) -> dict[str, Any]:
-        version = None
-        if isinstance(value, dict):
-            if value.get("type", "agent") != "agent":
-                raise bad_request("agent.type must be 'agent'", "agent")
-            version = value.get("version")
-            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-                raise bad_request("agent.version must be an integer", "agent")
-            value = value.get("id")
-        if not isinstance(value, str) or not value:
-            raise bad_request("agent must be an agent id or an agent reference object", "agent")
-        agent = self._agent(value)
-        if version is not None and not 1 <= version <= agent["version"]:
-            raise not_found("agent version", f"{value} v{version}")
-        return {"id": agent["id"], "type": "agent", "version": version or agent["version"]}
+        agent = self._agent(*agent_ref(value))
+        return {"id": agent["id"], "type": "agent", "version": agent["version"]}
 
     @staticmethod
     def _initial_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -209,8 +199,6 @@ class DeploymentStore:
         if create or "name" in body:
             out["name"] = check_str(body, "name", required=True)
         if create or "agent" in body:
-            if body.get("agent") is None:
-                raise bad_request("Missing required field: agent", "agent")
             out["agent"] = self._agent_ref(body["agent"])
         if create or "environment_id" in body:
             env_id = check_str(body, "environment_id", required=True)

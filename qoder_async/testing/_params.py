@@ -221,6 +221,27 @@ def archiver(find: Finder, ids: Ids, **changes: str) -> Handler:
     return handler
 
 
+def agent_ref(value: Any, kinds: tuple[str, ...] = ("agent",)) -> tuple[str, int | None]:
+    """The id and version (``None``: the latest) of an agent id or reference object.
+
+    A reference is ``{"type", "id", "version"}``, its ``type`` one of ``kinds``.
+    """
+    version = None
+    if isinstance(value, dict):
+        if value.get("type", "agent") not in kinds:
+            names = " or ".join(repr(kind) for kind in kinds)
+            raise bad_request(f"agent.type must be {names}", "agent")
+        version = value.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise bad_request("agent.version must be an integer", "agent")
+        value = value.get("id")
+    if value is None:
+        raise bad_request("Missing required field: agent", "agent")
+    if not isinstance(value, str) or not value:
+        raise bad_request("agent must be an agent id or an agent reference object", "agent")
+    return value, version
+
+
 def check_str(
     obj: Mapping[str, Any], name: str, *, required: bool = False, within: str | None = None
 ) -> str | None:

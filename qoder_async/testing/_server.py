@@ -79,6 +79,7 @@ from ._faults import CannedResponse, Dialect, Faults
 from ._files import FileStore
 from ._params import (
     RESOURCE_SECRETS,
+    agent_ref,
     answer_ref,
     archiver,
     check_env_vars,
@@ -988,24 +989,8 @@ class FakeQoderServer:
 
     def _create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ref = body.get("agent")
-        version: int | None = None
-        overrides: dict[str, Any] = {}
-        if isinstance(ref, dict):
-            if ref.get("type", "agent") not in ("agent", "agent_with_overrides"):
-                raise bad_request("agent.type must be 'agent' or 'agent_with_overrides'", "agent")
-            agent_id = ref.get("id")
-            raw_version = ref.get("version")
-            if raw_version is not None:
-                if not isinstance(raw_version, int) or isinstance(raw_version, bool):
-                    raise bad_request("agent.version must be an integer", "agent")
-                version = raw_version
-            overrides = self._agent_overrides(ref, "agent")
-        else:
-            agent_id = ref
-        if agent_id is None:
-            raise bad_request("Missing required field: agent", "agent")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise bad_request("agent must be an agent id or an agent reference object", "agent")
+        agent_id, version = agent_ref(ref, ("agent", "agent_with_overrides"))
+        overrides = self._agent_overrides(ref, "agent") if isinstance(ref, dict) else {}
         environment_id = check_str(body, "environment_id", required=True)
         assert environment_id is not None
         title = check_str(body, "title") or ""
