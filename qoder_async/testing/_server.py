@@ -368,12 +368,7 @@ class FakeQoderServer:
             return
         self._closing = True
         for session in self._sessions.values():
-            turn = session.turn
-            if turn is not None:
-                # The server dies mid-turn: no closing idle, but no waiter hangs.
-                turn.ended = True
-                session.turn = None
-                session.idle.set()
+            session.drop_turn()  # the server dies mid-turn: no closing idle, no waiter hangs
             session.notify()
         for state in self._replay.states() if self._replay is not None else ():
             state.notify()
@@ -785,7 +780,7 @@ class FakeQoderServer:
         )
         r.add_post(f"{b}/sessions", self._h_create_session)
         r.add_get(f"{b}/sessions", self._h_list_sessions)
-        r.add_get(f"{b}/sessions/{{id}}", self._h_get_session)
+        r.add_get(f"{b}/sessions/{{id}}", show(lambda request: session(request).snapshot()))
         r.add_post(f"{b}/sessions/{{id}}", self._h_update_session)
         r.add_delete(f"{b}/sessions/{{id}}", self._h_delete_session)
         r.add_post(f"{b}/sessions/{{id}}/cancel", self._h_cancel_session)
@@ -1046,10 +1041,7 @@ class FakeQoderServer:
             )
         }
         snapshot.update(overrides)
-        now = self._ids.now()
-        resource: dict[str, Any] = {
-            "id": self._ids.resource("sess"),
-            "type": "session",
+        fields = {
             "agent": snapshot,
             "agent_id": agent["id"],
             "environment_id": env["id"],
@@ -1059,11 +1051,9 @@ class FakeQoderServer:
             **extras,
             "deployment_id": None,
             "outcome_evaluations": [],
-            "archived_at": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
-            "created_at": now,
-            "updated_at": now,
         }
+        resource = self._ids.stamped("sess", "session", fields)
         state = SessionState(self._ids, resource)
         state.on_store = lambda event: self._on_store(state, event)
         for item, secret in resources:
@@ -1094,9 +1084,6 @@ class FakeQoderServer:
         sessions = [s.snapshot() for s in self._sessions.values() if not s.deleted]
         page = paginate(sessions, query, default_order="desc", keep=keep, archivable=True)
         return json_response(200, page)
-
-    async def _h_get_session(self, request: web.Request) -> web.Response:
-        return json_response(200, self._session(request.match_info["id"]).snapshot())
 
     async def _h_update_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
@@ -1139,12 +1126,8 @@ class FakeQoderServer:
 
     async def _h_delete_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
-        turn = state.turn
+        turn = state.drop_turn()  # deleting ends the session, not just the turn
         if turn is not None:
-            # Deleting ends the session, not just the turn: no closing idle.
-            turn.ended = True
-            state.turn = None
-            state.idle.set()
             turn.answered.set()
             if turn.task is not None:
                 turn.task.cancel()
