@@ -417,7 +417,7 @@ def check_env_vars(
     return dict(value)
 
 
-#: Session resource types and the fields each keeps (beyond ``type``).
+#: Session resource types and the fields each keeps (beyond ``type``), the required one first.
 RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "file": ("file_id", "mount_path"),
     "github_repository": ("url", "checkout", "mount_path"),
@@ -433,12 +433,6 @@ RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: The write-only secret of each repository resource type (never echoed).
 RESOURCE_SECRETS = {"github_repository": "authorization_token", "git_repository": "password"}
-_REQUIRED = {
-    "file": "file_id",
-    "github_repository": "url",
-    "git_repository": "url",
-    "memory_store": "memory_store_id",
-}
 
 
 def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
@@ -452,7 +446,7 @@ def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
     if kind not in RESOURCE_FIELDS:
         kinds = ", ".join(RESOURCE_FIELDS)
         raise bad_request(f"{param}.type must be one of {kinds}", f"{param}.type")
-    check_str(value, _REQUIRED[kind], required=True, within=param)
+    check_str(value, RESOURCE_FIELDS[kind][0], required=True, within=param)
     out: dict[str, Any] = {"type": kind}
     for name in RESOURCE_FIELDS[kind]:
         if name == "checkout":
@@ -496,6 +490,21 @@ class FormPart(NamedTuple):
     filename: str | None
     content_type: str | None
     data: bytes
+
+
+def form_fields(parts: list[FormPart]) -> dict[str, str]:
+    """The text fields of a form (its parts without a filename), decoded."""
+    return {p.name: p.data.decode("utf-8", errors="replace") for p in parts if p.filename is None}
+
+
+def form_json(fields: Mapping[str, str], name: str, default: Any = None) -> Any:
+    """The JSON value of a form field: ``default`` when absent or empty, ``None`` when not JSON."""
+    if not fields.get(name):
+        return default
+    try:
+        return json.loads(fields[name])
+    except ValueError:
+        return None
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[FormPart]:

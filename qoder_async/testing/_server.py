@@ -64,7 +64,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -411,19 +411,11 @@ class FakeQoderServer:
 
     def turn_events(self, session_id: str, turn_id: str) -> list[dict[str, Any]]:
         """The stored events whose ``turn_id`` is ``turn_id``, in order (copies)."""
-        return [
-            copy.deepcopy(s.event)
-            for s in self._state(session_id).log
-            if s.event.get("turn_id") == turn_id
-        ]
+        return [e for e in self.stored_events(session_id) if e.get("turn_id") == turn_id]
 
     def user_messages(self, session_id: str) -> list[dict[str, Any]]:
         """The stored ``user.message`` events of the session (copies)."""
-        return [
-            copy.deepcopy(s.event)
-            for s in self._state(session_id).log
-            if s.event["type"] == "user.message"
-        ]
+        return [e for e in self.stored_events(session_id) if e["type"] == "user.message"]
 
     def session(self, session_id: str) -> dict[str, Any]:
         """The session object as ``GET /sessions/{id}`` would return it."""
@@ -503,10 +495,7 @@ class FakeQoderServer:
         ``fields``: ``description``, ``config``, ``metadata``. Raises
         ``ValueError`` on invalid fields.
         """
-        try:
-            return copy.deepcopy(self._create_environment({"name": name, **fields}))
-        except ApiError as exc:
-            raise ValueError(exc.message) from None
+        return self._seed(self._create_environment, {"name": name, **fields})
 
     def add_agent(
         self, name: str = "agent", model: str | dict[str, Any] = "ultimate", **fields: Any
@@ -517,10 +506,7 @@ class FakeQoderServer:
         ``mcp_servers``, ``skills``, ``metadata``. Raises ``ValueError`` on
         invalid fields.
         """
-        try:
-            return copy.deepcopy(self._create_agent({"name": name, "model": model, **fields}))
-        except ApiError as exc:
-            raise ValueError(exc.message) from None
+        return self._seed(self._create_agent, {"name": name, "model": model, **fields})
 
     def add_file(
         self,
@@ -560,8 +546,15 @@ class FakeQoderServer:
         if environment_id is None:
             environment_id = self.add_environment()["id"]
         body = {"agent": agent_id, "environment_id": environment_id, **fields}
+        return self._seed(self._create_session, body)
+
+    @staticmethod
+    def _seed(
+        create: Callable[[Mapping[str, Any]], dict[str, Any]], body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A copy of ``create(body)``; a 404 raises ``KeyError``, other refusals ``ValueError``."""
         try:
-            return self._create_session(body)
+            return copy.deepcopy(create(body))
         except ApiError as exc:
             if exc.status == 404:
                 raise KeyError(exc.message) from None
@@ -1265,12 +1258,16 @@ class FakeQoderServer:
         types: set[str] = set(query.getall("types[]", []))
         for value in query.getall("type", []):
             types.update(t for t in value.split(",") if t)
-        page = paginate(
-            [s.event for s in state.log],
-            query,
-            default_order="asc",
-            keep=(lambda e: e["type"] in types) if types else None,
-        )
+        keep = (lambda e: e["type"] in types) if types else None
+        return self._events_page(request, [s.event for s in state.log], keep)
+
+    def _events_page(
+        self,
+        request: web.Request,
+        events: list[dict[str, Any]],
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> web.Response:
+        page = paginate(events, request.query, default_order="asc", keep=keep)
         page["data"] = [self.dialect.render(e) for e in page["data"]]
         return json_response(200, page)
 
@@ -1337,9 +1334,7 @@ class FakeQoderServer:
     async def _h_thread_events(self, request: web.Request) -> web.Response:
         state, thread = self._thread(request)
         events = [s.event for s in state.log if s.event.get("session_thread_id") == thread.id]
-        page = paginate(events, request.query, default_order="asc")
-        page["data"] = [self.dialect.render(e) for e in page["data"]]
-        return json_response(200, page)
+        return self._events_page(request, events)
 
     async def _h_thread_stream(self, request: web.Request) -> web.StreamResponse:
         # The thread stream takes no last_event_id parameter, only the header.

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 import time
 import zipfile
 from collections.abc import Callable, Mapping
@@ -43,6 +42,8 @@ from ._params import (
     archiver,
     check_metadata,
     check_str,
+    form_fields,
+    form_json,
     int_param,
     lister,
     paginate,
@@ -310,10 +311,7 @@ class ManagedStore:
             request.headers.get("Content-Type", ""), await request.read()
         )
         files = [(p.filename or "", p.data) for p in parts if p.name == "files"]
-        fields = {
-            p.name: p.data.decode("utf-8", errors="replace") for p in parts if p.filename is None
-        }
-        fields.pop("files", None)
+        fields = form_fields(parts)
         if not files:
             raise bad_request("Missing required field: files", "files")
         return files, fields
@@ -342,13 +340,8 @@ class ManagedStore:
 
     async def _create_skill(self, request: web.Request) -> web.Response:
         files, fields = await self._skill_form(request)
-        metadata: Any = {}
-        if fields.get("metadata"):
-            try:
-                metadata = json.loads(fields["metadata"])
-            except ValueError:
-                metadata = None
-            check_metadata({"metadata": metadata})
+        metadata = form_json(fields, "metadata", {})
+        check_metadata({"metadata": metadata})
         skill_id = self._ids.resource("skill")
         version = self._new_version(skill_id, files)
         skill: dict[str, Any] = {
