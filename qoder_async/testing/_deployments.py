@@ -143,10 +143,6 @@ class DeploymentStore:
     def _deployment(self, dep_id: str) -> dict[str, Any]:
         return find(self.deployments, dep_id, "deployment")
 
-    def _agent_ref(self, value: Any) -> dict[str, Any]:
-        agent = self._agent(*agent_ref(value))
-        return {"id": agent["id"], "type": "agent", "version": agent["version"]}
-
     @staticmethod
     def _initial_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         events = check_list(body, "initial_events")
@@ -199,7 +195,8 @@ class DeploymentStore:
         if create or "name" in body:
             out["name"] = check_str(body, "name", required=True)
         if create or "agent" in body:
-            out["agent"] = self._agent_ref(body["agent"])
+            agent = self._agent(*agent_ref(body.get("agent")))
+            out["agent"] = {"id": agent["id"], "type": "agent", "version": agent["version"]}
         if create or "environment_id" in body:
             env_id = check_str(body, "environment_id", required=True)
             out["environment_id"] = self._environment(str(env_id))["id"]
