@@ -276,14 +276,19 @@ def check_metadata(obj: Mapping[str, Any], name: str = "metadata") -> dict[str, 
     return dict(value)
 
 
-def check_list(obj: Mapping[str, Any], name: str) -> list[Any] | None:
-    """An array field, copied (``None`` when absent)."""
+def _typed(obj: Mapping[str, Any], name: str, kind: type[_T], what: str) -> _T | None:
+    """A field of JSON type ``kind`` (``what`` in the error), copied (``None`` when absent)."""
     value = obj.get(name)
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise bad_request(f"{name} must be an array", name)
+    if not isinstance(value, kind):
+        raise bad_request(f"{name} must be {what}", name)
     return copy.deepcopy(value)
+
+
+def check_list(obj: Mapping[str, Any], name: str) -> list[Any] | None:
+    """An array field, copied (``None`` when absent)."""
+    return _typed(obj, name, list, "an array")
 
 
 def check_content(value: Any, param: str, *, required: bool) -> list[Any] | None:
@@ -372,12 +377,7 @@ def check_str_list(obj: Mapping[str, Any], name: str) -> list[str] | None:
 
 def check_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """A JSON object field, copied (``None`` when absent)."""
-    value = obj.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise bad_request(f"{name} must be an object", name)
-    return copy.deepcopy(value)
+    return _typed(obj, name, dict, "an object")
 
 
 def check_model(value: Any, param: str) -> str | dict[str, Any]:
