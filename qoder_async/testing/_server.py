@@ -134,6 +134,15 @@ _STATUS_WEBHOOKS = {
     "session.status_running": "session.status_run_started",
     "session.status_idle": "session.status_idled",
 }
+#: How a session's plain fields are read from a create or update body (absent: the default).
+_SESSION_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "title": lambda body: check_str(body, "title") or "",
+    "metadata": lambda body: check_metadata(body) or {},
+    "environment_variables": lambda body: check_env_vars(body) or {},
+    "vault_ids": lambda body: check_str_list(body, "vault_ids") or [],
+    "memory_store_ids": lambda body: check_str_list(body, "memory_store_ids") or [],
+    "budget": lambda body: check_object(body, "budget"),
+}
 _MODELS = [
     {"id": name, "type": "model", "display_name": title, "is_enabled": True}
     for name, title in (("ultimate", "Ultimate"), ("auto", "Auto"))
@@ -981,8 +990,7 @@ class FakeQoderServer:
         overrides = self._agent_overrides(ref, "agent") if isinstance(ref, dict) else {}
         environment_id = check_str(body, "environment_id", required=True)
         assert environment_id is not None
-        title = check_str(body, "title") or ""
-        metadata = check_metadata(body) or {}
+        plain = {name: read(body) for name, read in _SESSION_FIELDS.items()}
         incremental = body.get("incremental_streaming_enabled", False)
         if not isinstance(incremental, bool):
             raise bad_request(
@@ -1005,12 +1013,6 @@ class FakeQoderServer:
             self._new_resource(value, f"resources[{i}]")
             for i, value in enumerate(check_list(body, "resources") or [])
         ]
-        extras = {
-            "environment_variables": check_env_vars(body) or {},
-            "vault_ids": check_str_list(body, "vault_ids") or [],
-            "memory_store_ids": check_str_list(body, "memory_store_ids") or [],
-            "budget": check_object(body, "budget"),
-        }
         agent = self._agent(agent_id, version)
         env = self._environment(environment_id)
         if agent["archived_at"] is not None:
@@ -1038,10 +1040,8 @@ class FakeQoderServer:
             "agent": snapshot,
             "agent_id": agent["id"],
             "environment_id": env["id"],
-            "title": title,
-            "metadata": metadata,
+            **plain,
             "incremental_streaming_enabled": incremental,
-            **extras,
             "deployment_id": None,
             "outcome_evaluations": [],
             "usage": {"input_tokens": 0, "output_tokens": 0},
@@ -1081,20 +1081,14 @@ class FakeQoderServer:
     async def _h_update_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
         body = await read_body(request)
-        changes: dict[str, Any] = {}
-        if "title" in body:
-            changes["title"] = check_str(body, "title") or ""
-        if "metadata" in body:
-            changes["metadata"] = check_metadata(body) or {}
+        changes = {
+            name: read(body)
+            for name, read in _SESSION_FIELDS.items()
+            if name in body and name != "memory_store_ids"  # fixed at creation
+        }
         if "agent" in body:
             overrides = self._agent_overrides(check_object(body, "agent") or {}, "agent")
             changes["agent"] = {**copy.deepcopy(state.resource["agent"]), **overrides}
-        if "budget" in body:
-            changes["budget"] = check_object(body, "budget")
-        if "vault_ids" in body:
-            changes["vault_ids"] = check_str_list(body, "vault_ids") or []
-        if "environment_variables" in body:
-            changes["environment_variables"] = check_env_vars(body) or {}
         if changes:
             state.resource.update(changes)
             # Variable values may be secrets: the event only says they changed.
