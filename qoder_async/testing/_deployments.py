@@ -479,9 +479,9 @@ class DeploymentStore:
 
     async def _h_poll_work(self, request: web.Request) -> web.Response:
         env_id = request.match_info["id"]
-        block = min(int_param(request.query, "block_ms", minimum=0) or 0, _MAX_BLOCK_MS) / 1000
-        reclaim = int_param(request.query, "reclaim_older_than_ms", minimum=0)
-        deadline = asyncio.get_running_loop().time() + block
+        block_ms = int_param(request.query, "block_ms", non_negative=True) or 0
+        reclaim = int_param(request.query, "reclaim_older_than_ms", non_negative=True)
+        deadline = asyncio.get_running_loop().time() + min(block_ms, _MAX_BLOCK_MS) / 1000
         self._pollers[env_id] = self._pollers.get(env_id, 0) + 1
         try:
             while True:
@@ -546,7 +546,7 @@ class DeploymentStore:
             return json_response(200, item)
         if item["state"] not in ("starting", "active"):
             raise conflict(f"work is {item['state']}: it has no lease to extend")
-        ttl = int_param(request.query, "desired_ttl_seconds", minimum=0) or _LEASE_SECONDS
+        ttl = int_param(request.query, "desired_ttl_seconds", non_negative=True) or _LEASE_SECONDS
         expected = request.query.get("expected_last_heartbeat")
         extended = expected is None or expected == item["latest_heartbeat_at"]
         if extended:

@@ -59,8 +59,8 @@ def bool_param(query: MultiMapping[str], name: str) -> bool:
     raise bad_request(f"{name} must be true or false", name)
 
 
-def int_param(query: Mapping[str, str], name: str, *, minimum: int | None = None) -> int | None:
-    """An integer query parameter (``None`` when absent); not one, or below ``minimum``: 400."""
+def int_param(query: Mapping[str, str], name: str, *, non_negative: bool = False) -> int | None:
+    """An integer query parameter (``None`` when absent); not one (or negative): 400."""
     raw = query.get(name)
     if raw is None:
         return None
@@ -68,7 +68,7 @@ def int_param(query: Mapping[str, str], name: str, *, minimum: int | None = None
         value = int(raw)
     except ValueError:
         raise bad_request(f"{name} must be an integer", name) from None
-    if minimum is not None and value < minimum:
+    if non_negative and value < 0:
         raise bad_request(f"{name} must not be negative", name)
     return value
 

@@ -714,9 +714,9 @@ class FakeQoderServer:
         record = self._idempotency.get(scope)
         if record is not None:
             if record.fingerprint != fingerprint:
-                raise ApiError(409, "conflict_error", IDEMPOTENCY_REUSE_MESSAGE)
+                raise conflict(IDEMPOTENCY_REUSE_MESSAGE)
             if record.status is None:
-                raise ApiError(409, "conflict_error", IDEMPOTENCY_IN_PROGRESS_MESSAGE)
+                raise conflict(IDEMPOTENCY_IN_PROGRESS_MESSAGE)
             return web.Response(
                 status=record.status,
                 body=record.body,
@@ -1161,7 +1161,7 @@ class FakeQoderServer:
             if kind in _TURN_STARTERS:
                 if running:
                     message = PAUSED_MESSAGE if paused else BUSY_MESSAGE
-                    raise ApiError(409, "conflict_error", message)
+                    raise conflict(message)
                 running, paused, pending = True, False, []
             elif kind == "user.interrupt":
                 running, paused, pending = False, False, []
@@ -1177,11 +1177,7 @@ class FakeQoderServer:
                             f"events[{i}]: {ref} is not a tool use of this session",
                             f"events[{i}]",
                         )
-                    raise ApiError(
-                        409,
-                        "conflict_error",
-                        f"tool results not awaited: {ref} is not awaiting a result",
-                    )
+                    raise conflict(f"tool results not awaited: {ref} is not awaiting a result")
         stored: list[dict[str, Any]] = []
         for event in events:
             kind = event["type"]
