@@ -175,6 +175,15 @@ class TurnContext:
             self.emit("session.usage", usage=dict(usage))
         return dict(usage)
 
+    def _preview(self, event_id: str, kind: str, delta: dict[str, Any] | None = None) -> None:
+        """Publish the ``event_start`` (no ``delta``) or an ``event_delta`` of ``event_id``."""
+        if delta is None:
+            frame = {"type": "event_start", "event": {"id": event_id, "type": kind}}
+        else:
+            frame = {"type": "event_delta", "event_id": event_id, "delta": delta}
+        data = sse_frame(event_id, str(frame["type"]), dumps(frame))
+        self._session.publish_preview(event_id, kind, data, self.thread_id)
+
     async def message(self, text: str, *, chunks: int = 4, delay: float = 0.0) -> dict[str, Any]:
         """Store an ``agent.message`` with ``text``, streamed first.
 
@@ -196,31 +205,13 @@ class TurnContext:
         if self._session.resource.get("incremental_streaming_enabled"):
             return await self._incremental_message(content, pieces, delay)
         event_id = self._session.ids.event()
-        start = {"type": "event_start", "event": {"id": event_id, "type": "agent.message"}}
-        self._session.publish_preview(
-            event_id,
-            "agent.message",
-            sse_frame(event_id, "event_start", dumps(start)),
-            self.thread_id,
-        )
+        self._preview(event_id, "agent.message")
         for piece in pieces:
             await asyncio.sleep(delay)
             self._check()
-            delta = {
-                "type": "event_delta",
-                "event_id": event_id,
-                "delta": {
-                    "type": "content_delta",
-                    "index": 0,
-                    "content": {"type": "text", "text": piece},
-                },
-            }
-            self._session.publish_preview(
-                event_id,
-                "agent.message",
-                sse_frame(event_id, "event_delta", dumps(delta)),
-                self.thread_id,
-            )
+            block = {"type": "text", "text": piece}
+            delta = {"type": "content_delta", "index": 0, "content": block}
+            self._preview(event_id, "agent.message", delta)
         result: dict[str, Any] = self._store("agent.message", {"content": content}, event_id)
         return result
 
@@ -267,13 +258,7 @@ class TurnContext:
         self._check()
         event_id = self._session.ids.event()
         if not self._session.resource.get("incremental_streaming_enabled"):
-            start = {"type": "event_start", "event": {"id": event_id, "type": "agent.thinking"}}
-            self._session.publish_preview(
-                event_id,
-                "agent.thinking",
-                sse_frame(event_id, "event_start", dumps(start)),
-                self.thread_id,
-            )
+            self._preview(event_id, "agent.thinking")
             await asyncio.sleep(0)
         result: dict[str, Any] = self._store("agent.thinking", {"thinking": text}, event_id)
         return result

@@ -76,7 +76,7 @@ from aiohttp import web
 
 from ._faults import Dialect
 from ._state import SessionState, StoredEvent
-from ._wire import Ids, dumps
+from ._wire import ApiError, Ids, dumps, json_response
 
 __all__ = [
     "FORMAT",
@@ -483,13 +483,8 @@ def _pick(queue: list[_Answer], method: str, key: str | None) -> _Answer | None:
 
 
 def _error_501(message: str) -> web.Response:
-    envelope = {"type": "error", "error": {"type": "api_error", "message": message}}
-    return web.Response(
-        status=501,
-        body=dumps(envelope).encode(),
-        content_type="application/json",
-        headers={"x-should-retry": "false"},
-    )
+    envelope = ApiError(501, "api_error", message).body()
+    return json_response(501, envelope, {"x-should-retry": "false"})
 
 
 def _links(value: Any, link: Callable[[str], str]) -> Any:

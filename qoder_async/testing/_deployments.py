@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ._params import (
+    agent_ref,
     bool_param,
     check_env_vars,
     check_list,
@@ -54,10 +55,15 @@ from ._params import (
     check_resource,
     check_str,
     check_str_list,
+    int_param,
+    lister,
     paginate,
+    path_id,
+    read_body,
+    show,
     validate_input_event,
 )
-from ._wire import ApiError, Ids, bad_request, dumps, not_found
+from ._wire import ApiError, Ids, bad_request, conflict, find, json_response, not_found
 
 __all__ = ["DeploymentStore"]
 
@@ -66,35 +72,13 @@ _DREAM_STATUSES = ("pending", "running", "completed", "failed", "canceled")
 _MAX_BLOCK_MS = 30_000
 _LEASE_SECONDS = 60
 
-Body = Callable[..., Awaitable[dict[str, Any]]]
-
-
-def _json(status: int, obj: Any) -> web.Response:
-    return web.Response(status=status, body=dumps(obj).encode(), content_type="application/json")
-
-
-def _conflict(message: str) -> ApiError:
-    return ApiError(409, "conflict_error", message)
-
-
-def _int_param(query: Mapping[str, str], name: str) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer", name) from None
-    if value < 0:
-        raise bad_request(f"{name} must not be negative", name)
-    return value
-
 
 class DeploymentStore:
     """The state and handlers of deployments, runs, dreams and work queues of one fake.
 
     ``create_session`` creates a session from a ``POST /sessions`` body;
-    ``agent``/``environment`` look one up (raising the 404); ``session_exists``
+    ``agent`` (by id and version, ``None``: the latest) and ``environment``
+    look one up (raising the 404); ``session_exists``
     answers whether a session id is known; ``create_status`` is the dialect's
     status of a create.
     """
@@ -103,15 +87,13 @@ class DeploymentStore:
         self,
         ids: Ids,
         *,
-        body: Body,
         create_session: Callable[[Mapping[str, Any]], dict[str, Any]],
-        agent: Callable[[str], dict[str, Any]],
+        agent: Callable[[str, int | None], dict[str, Any]],
         environment: Callable[[str], dict[str, Any]],
         session_exists: Callable[[str], bool],
         create_status: Callable[[], int],
     ) -> None:
         self._ids = ids
-        self._body = body
         self._create_session = create_session
         self._agent = agent
         self._environment = environment
@@ -133,7 +115,7 @@ class DeploymentStore:
         dep = f"{base}/deployments/{{id}}"
         r.add_post(f"{base}/deployments", self._h_create_deployment)
         r.add_get(f"{base}/deployments", self._h_list_deployments)
-        r.add_get(dep, self._h_get_deployment)
+        r.add_get(dep, show(path_id(self._deployment)))
         r.add_post(dep, self._h_update_deployment)
         for action in ("archive", "pause", "unpause"):
             r.add_post(f"{dep}/{action}", self._h_deployment_action)
@@ -144,14 +126,14 @@ class DeploymentStore:
         r.add_get(f"{base}/deployment_runs/{{rid}}", self._h_get_run)
         r.add_post(f"{base}/dreams", self._h_create_dream)
         r.add_get(f"{base}/dreams", self._h_list_dreams)
-        r.add_get(f"{base}/dreams/{{id}}", self._h_get_dream)
+        r.add_get(f"{base}/dreams/{{id}}", show(path_id(self._dream)))
         r.add_post(f"{base}/dreams/{{id}}/archive", self._h_dream_action)
         r.add_post(f"{base}/dreams/{{id}}/cancel", self._h_dream_action)
         work = f"{base}/environments/{{id}}/work"
-        r.add_get(work, self._h_list_work)
+        r.add_get(work, lister(path_id(self._env_work), order="asc"))
         r.add_get(f"{work}/poll", self._h_poll_work)
         r.add_get(f"{work}/stats", self._h_work_stats)
-        r.add_get(f"{work}/{{wid}}", self._h_get_work)
+        r.add_get(f"{work}/{{wid}}", show(self._work))
         r.add_post(f"{work}/{{wid}}", self._h_update_work)
         for action in ("ack", "heartbeat", "stop"):
             r.add_post(f"{work}/{{wid}}/{action}", self._h_work_action)
@@ -159,26 +141,7 @@ class DeploymentStore:
     # ------------------------------------------------------------------ deployments
 
     def _deployment(self, dep_id: str) -> dict[str, Any]:
-        dep = self.deployments.get(dep_id)
-        if dep is None:
-            raise not_found("deployment", dep_id)
-        return dep
-
-    def _agent_ref(self, value: Any) -> dict[str, Any]:
-        version = None
-        if isinstance(value, dict):
-            if value.get("type", "agent") != "agent":
-                raise bad_request("agent.type must be 'agent'", "agent")
-            version = value.get("version")
-            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-                raise bad_request("agent.version must be an integer", "agent")
-            value = value.get("id")
-        if not isinstance(value, str) or not value:
-            raise bad_request("agent must be an agent id or an agent reference object", "agent")
-        agent = self._agent(value)
-        if version is not None and not 1 <= version <= agent["version"]:
-            raise not_found("agent version", f"{value} v{version}")
-        return {"id": agent["id"], "type": "agent", "version": version or agent["version"]}
+        return find(self.deployments, dep_id, "deployment")
 
     @staticmethod
     def _initial_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -232,9 +195,8 @@ class DeploymentStore:
         if create or "name" in body:
             out["name"] = check_str(body, "name", required=True)
         if create or "agent" in body:
-            if body.get("agent") is None:
-                raise bad_request("Missing required field: agent", "agent")
-            out["agent"] = self._agent_ref(body["agent"])
+            agent = self._agent(*agent_ref(body.get("agent")))
+            out["agent"] = {"id": agent["id"], "type": "agent", "version": agent["version"]}
         if create or "environment_id" in body:
             env_id = check_str(body, "environment_id", required=True)
             out["environment_id"] = self._environment(str(env_id))["id"]
@@ -259,43 +221,28 @@ class DeploymentStore:
         return out, given
 
     async def _h_create_deployment(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await read_body(request)
         fields, given = self._deployment_fields(body, create=True)
-        now = self._ids.now()
-        dep: dict[str, Any] = {
-            "id": self._ids.resource("dep"),
-            "type": "deployment",
-            **fields,
-            "schedule": fields.get("schedule"),
-            "status": "active",
-            "paused_reason": None,
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        extra = {"schedule": fields.get("schedule"), "status": "active", "paused_reason": None}
+        dep = self._ids.stamped("dep", "deployment", {**fields, **extra})
         self.deployments[dep["id"]] = dep
         self._resource_inputs[dep["id"]] = given or []
-        return _json(self._create_status(), dep)
+        return json_response(self._create_status(), dep)
 
     async def _h_list_deployments(self, request: web.Request) -> web.Response:
         query = request.query
-        include_archived = bool_param(query, "include_archived")
         agent_id, status = query.get("agent_id"), query.get("status")
         if status is not None and status not in ("active", "paused"):
             raise bad_request("status must be active or paused", "status")
 
         def keep(dep: dict[str, Any]) -> bool:
-            return (
-                (include_archived or dep["archived_at"] is None)
-                and (agent_id is None or dep["agent"]["id"] == agent_id)
-                and (status is None or dep["status"] == status)
+            return (agent_id is None or dep["agent"]["id"] == agent_id) and (
+                status is None or dep["status"] == status
             )
 
-        page = paginate(list(self.deployments.values()), query, default_order="desc", keep=keep)
-        return _json(200, page)
-
-    async def _h_get_deployment(self, request: web.Request) -> web.Response:
-        return _json(200, self._deployment(request.match_info["id"]))
+        deployments = list(self.deployments.values())
+        page = paginate(deployments, query, default_order="desc", keep=keep, archivable=True)
+        return json_response(200, page)
 
     def _live(self, dep_id: str) -> dict[str, Any]:
         dep = self._deployment(dep_id)
@@ -305,12 +252,12 @@ class DeploymentStore:
 
     async def _h_update_deployment(self, request: web.Request) -> web.Response:
         dep = self._live(request.match_info["id"])
-        fields, given = self._deployment_fields(await self._body(request), create=False)
+        fields, given = self._deployment_fields(await read_body(request), create=False)
         dep.update(fields)
         if given is not None:
             self._resource_inputs[dep["id"]] = given
         dep["updated_at"] = self._ids.now()
-        return _json(200, dep)
+        return json_response(200, dep)
 
     async def _h_deployment_action(self, request: web.Request) -> web.Response:
         action = request.path.rsplit("/", 1)[1]
@@ -320,14 +267,14 @@ class DeploymentStore:
                 dep["archived_at"] = dep["updated_at"] = self._ids.now()
                 if dep["schedule"] is not None:
                     dep["schedule"]["upcoming_runs_at"] = []
-            return _json(200, dep)
+            return json_response(200, dep)
         self._live(dep["id"])
         if action == "pause":
             dep.update(status="paused", paused_reason={"type": "manual"})
         else:
             dep.update(status="active", paused_reason=None)
         dep["updated_at"] = self._ids.now()
-        return _json(200, dep)
+        return json_response(200, dep)
 
     async def _h_run_deployment(self, request: web.Request) -> web.Response:
         dep = self._live(request.match_info["id"])
@@ -360,7 +307,7 @@ class DeploymentStore:
         if dep["schedule"] is not None:
             dep["schedule"]["last_run_at"] = now
         self.runs[run["id"]] = run
-        return _json(self._create_status(), run)
+        return json_response(self._create_status(), run)
 
     async def _h_list_runs(self, request: web.Request) -> web.Response:
         query = request.query
@@ -380,22 +327,19 @@ class DeploymentStore:
             )
 
         page = paginate(list(self.runs.values()), query, default_order="desc", keep=keep)
-        return _json(200, page)
+        return json_response(200, page)
 
     async def _h_get_run(self, request: web.Request) -> web.Response:
         run = self.runs.get(request.match_info["rid"])
         dep_id = request.match_info.get("id")
         if run is None or (dep_id is not None and run["deployment_id"] != dep_id):
             raise not_found("deployment run", request.match_info["rid"])
-        return _json(200, run)
+        return json_response(200, run)
 
     # ------------------------------------------------------------------ dreams
 
     def _dream(self, dream_id: str) -> dict[str, Any]:
-        dream = self.dreams.get(dream_id)
-        if dream is None:
-            raise not_found("dream", dream_id)
-        return dream
+        return find(self.dreams, dream_id, "dream")
 
     def _dream_input(self, i: int, value: Any) -> dict[str, Any]:
         param = f"inputs[{i}]"
@@ -415,7 +359,7 @@ class DeploymentStore:
         raise bad_request(f"{param}.type must be 'memory_store' or 'sessions'", param)
 
     async def _h_create_dream(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await read_body(request)
         inputs = check_list(body, "inputs")
         if not inputs:
             raise bad_request("inputs must be a non-empty array", "inputs")
@@ -452,25 +396,21 @@ class DeploymentStore:
         if behavior is not None:
             dream["output_behavior"] = behavior
         self.dreams[dream["id"]] = dream
-        return _json(self._create_status(), dream)
+        return json_response(self._create_status(), dream)
 
     async def _h_list_dreams(self, request: web.Request) -> web.Response:
         query = request.query
-        include_archived = bool_param(query, "include_archived")
         statuses = set(query.getall("statuses[]", []))
         if not statuses <= set(_DREAM_STATUSES):
             raise bad_request("statuses holds an unknown status", "statuses")
-
-        def keep(dream: dict[str, Any]) -> bool:
-            return (include_archived or dream["archived_at"] is None) and (
-                not statuses or dream["status"] in statuses
-            )
-
-        page = paginate(list(self.dreams.values()), query, default_order="desc", keep=keep)
-        return _json(200, page)
-
-    async def _h_get_dream(self, request: web.Request) -> web.Response:
-        return _json(200, self._dream(request.match_info["id"]))
+        page = paginate(
+            list(self.dreams.values()),
+            query,
+            default_order="desc",
+            keep=lambda dream: not statuses or dream["status"] in statuses,
+            archivable=True,
+        )
+        return json_response(200, page)
 
     async def _h_dream_action(self, request: web.Request) -> web.Response:
         dream = self._dream(request.match_info["id"])
@@ -480,8 +420,8 @@ class DeploymentStore:
         elif dream["status"] in ("pending", "running"):
             dream.update(status="canceled", ended_at=self._ids.now())
         elif dream["status"] != "canceled":
-            raise _conflict(f"dream is {dream['status']}: it cannot be canceled")
-        return _json(200, dream)
+            raise conflict(f"dream is {dream['status']}: it cannot be canceled")
+        return json_response(200, dream)
 
     # ------------------------------------------------------------------ work
 
@@ -524,10 +464,6 @@ class DeploymentStore:
         self._environment(env_id)
         return [w for w in self.work.values() if w["environment_id"] == env_id]
 
-    async def _h_list_work(self, request: web.Request) -> web.Response:
-        items = self._env_work(request.match_info["id"])
-        return _json(200, paginate(items, request.query, default_order="asc"))
-
     def _next_work(self, env_id: str, reclaim_ms: int | None) -> dict[str, Any] | None:
         loop_now = asyncio.get_running_loop().time()
         for item in self._env_work(env_id):
@@ -543,9 +479,9 @@ class DeploymentStore:
 
     async def _h_poll_work(self, request: web.Request) -> web.Response:
         env_id = request.match_info["id"]
-        block = min(_int_param(request.query, "block_ms") or 0, _MAX_BLOCK_MS) / 1000
-        reclaim = _int_param(request.query, "reclaim_older_than_ms")
-        deadline = asyncio.get_running_loop().time() + block
+        block_ms = int_param(request.query, "block_ms", non_negative=True) or 0
+        reclaim = int_param(request.query, "reclaim_older_than_ms", non_negative=True)
+        deadline = asyncio.get_running_loop().time() + min(block_ms, _MAX_BLOCK_MS) / 1000
         self._pollers[env_id] = self._pollers.get(env_id, 0) + 1
         try:
             while True:
@@ -562,13 +498,13 @@ class DeploymentStore:
         finally:
             self._pollers[env_id] -= 1
         if item is None:
-            return _json(200, None)
-        return _json(200, {**item, "secret": f"wsec_{item['id']}"})
+            return json_response(200, None)
+        return json_response(200, {**item, "secret": f"wsec_{item['id']}"})
 
     async def _h_work_stats(self, request: web.Request) -> web.Response:
         env_id = request.match_info["id"]
         queued = [w for w in self._env_work(env_id) if w["state"] == "queued"]
-        return _json(
+        return json_response(
             200,
             {
                 "type": "work_queue_stats",
@@ -579,16 +515,13 @@ class DeploymentStore:
             },
         )
 
-    async def _h_get_work(self, request: web.Request) -> web.Response:
-        return _json(200, self._work(request))
-
     async def _h_update_work(self, request: web.Request) -> web.Response:
         item = self._work(request)
-        body = await self._body(request)
+        body = await read_body(request)
         if body.get("metadata") is None:
             raise bad_request("Missing required field: metadata", "metadata")
         item["metadata"].update(check_metadata(body) or {})
-        return _json(200, item)
+        return json_response(200, item)
 
     async def _h_work_action(self, request: web.Request) -> web.Response:
         item = self._work(request)
@@ -596,31 +529,31 @@ class DeploymentStore:
         now = self._ids.now()
         if action == "ack":
             if item["state"] != "queued":
-                raise _conflict(f"work is {item['state']}: only queued work can be acknowledged")
+                raise conflict(f"work is {item['state']}: only queued work can be acknowledged")
             item.update(state="starting", acknowledged_at=now)
             self._handed_out.pop(item["id"], None)
-            return _json(200, item)
+            return json_response(200, item)
         if action == "stop":
-            body = await self._body(request, required=False)
+            body = await read_body(request, required=False)
             if body.get("force") not in (None, True, False):
                 raise bad_request("force must be a boolean", "force")
             if item["state"] in ("stopping", "stopped"):
-                return _json(200, item)
+                return json_response(200, item)
             if item["state"] == "queued" or body.get("force"):
                 item.update(state="stopped", stop_requested_at=now, stopped_at=now)
             else:
                 item.update(state="stopping", stop_requested_at=now)
-            return _json(200, item)
+            return json_response(200, item)
         if item["state"] not in ("starting", "active"):
-            raise _conflict(f"work is {item['state']}: it has no lease to extend")
-        ttl = _int_param(request.query, "desired_ttl_seconds") or _LEASE_SECONDS
+            raise conflict(f"work is {item['state']}: it has no lease to extend")
+        ttl = int_param(request.query, "desired_ttl_seconds", non_negative=True) or _LEASE_SECONDS
         expected = request.query.get("expected_last_heartbeat")
         extended = expected is None or expected == item["latest_heartbeat_at"]
         if extended:
             if item["started_at"] is None:
                 item["started_at"] = now
             item.update(state="active", latest_heartbeat_at=now)
-        return _json(
+        return json_response(
             200,
             {
                 "type": "work_heartbeat",

@@ -20,7 +20,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import copy
-import json
 import mimetypes
 import random
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from ._params import FormPart
+from ._params import FormPart, form_fields, form_json
 from ._wire import Ids, bad_request, not_found
 
 __all__ = ["FileStore", "StoredFile"]
@@ -95,25 +94,13 @@ class FileStore:
     def upload(self, parts: list[FormPart]) -> dict[str, Any]:
         """Store the file of a ``POST /files`` form (field ``file``; ``purpose``, ``name``,
         ``metadata`` as JSON, ``expires_in_seconds``)."""
-        fields: dict[str, str] = {}
-        upload: FormPart | None = None
-        for part in parts:
-            if part.name == "file" and upload is None:
-                upload = part
-            elif part.filename is None:
-                fields[part.name] = part.data.decode("utf-8", errors="replace")
+        upload = next((part for part in parts if part.name == "file"), None)
+        fields = form_fields(parts)
         if upload is None:
             raise bad_request("Missing required field: file", "file")
-        metadata: Any = None
-        if fields.get("metadata"):
-            try:
-                metadata = json.loads(fields["metadata"])
-            except ValueError:
-                metadata = None
-            if not isinstance(metadata, dict) or not all(
-                isinstance(v, str) for v in metadata.values()
-            ):
-                raise bad_request("metadata must be a JSON object of strings", "metadata")
+        metadata = form_json(fields, "metadata", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise bad_request("metadata must be a JSON object of strings", "metadata")
         expires: int | None = None
         if fields.get("expires_in_seconds"):
             try:

@@ -1,4 +1,5 @@
-"""Request parsing of the fake server: bodies, fields, input events, pagination.
+"""Request parsing of the fake server: bodies, fields, input events, pagination,
+and the handlers every kind of resource has alike (show, list, archive).
 
 Every check raises a 400 ``invalid_request_error`` whose ``param`` names the
 offending field; values are copied, never kept by reference.
@@ -12,12 +13,18 @@ import copy
 import email.parser
 import email.policy
 import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
+from aiohttp import web
 from multidict import MultiMapping
 
-from ._wire import INPUT_EVENT_TYPES, bad_request, dumps
+from ._wire import INPUT_EVENT_TYPES, Ids, bad_request, dumps, json_response
+
+_T = TypeVar("_T")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+#: The resource a request's path names (raising its 404).
+Finder = Callable[[web.Request], dict[str, Any]]
 
 _SERVER_FIELDS = ("id", "session_id", "turn_id", "schema_version", "created_at", "processed_at")
 _DELTA_KINDS = frozenset({"agent.message", "agent.thinking"})
@@ -52,6 +59,36 @@ def bool_param(query: MultiMapping[str], name: str) -> bool:
     raise bad_request(f"{name} must be true or false", name)
 
 
+def int_param(query: Mapping[str, str], name: str, *, non_negative: bool = False) -> int | None:
+    """An integer query parameter (``None`` when absent); not one (or negative): 400."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer", name) from None
+    if non_negative and value < 0:
+        raise bad_request(f"{name} must not be negative", name)
+    return value
+
+
+async def read_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The JSON object of a request body (``{}`` when empty and not ``required``)."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise bad_request("Request body is required")
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise bad_request("Malformed JSON body") from None
+    if not isinstance(value, dict):
+        raise bad_request("Request body must be a JSON object")
+    return value
+
+
 def _item_id(item: dict[str, Any]) -> str | None:
     value = item.get("id")
     return value if isinstance(value, str) else None
@@ -65,14 +102,17 @@ def paginate(
     keep: Callable[[dict[str, Any]], bool] | None = None,
     key: Callable[[dict[str, Any]], str | None] = _item_id,
     aliases: bool = False,
+    archivable: bool = False,
 ) -> dict[str, Any]:
     """One page of ``items`` (oldest first) per the list query parameters.
 
     ``key`` names an item for the cursors (``after_id``, ``before_id``,
     ``first_id``, ``last_id`` and the ``page`` token): its ``id`` unless the
     items share ids (agent versions). ``aliases`` also accepts ``after`` and
-    ``before`` (files).
+    ``before`` (files). ``archivable`` leaves out archived items unless
+    ``include_archived`` is true.
     """
+    live_only = archivable and not bool_param(query, "include_archived")
     raw_limit = query.get("limit", "20")
     try:
         limit = int(raw_limit)
@@ -94,7 +134,11 @@ def paginate(
         direction, anchor = _read_page_token(page)
         after, before = (anchor, None) if direction == "a" else (None, anchor)
     seq = items if order == "asc" else items[::-1]
-    wanted = keep or (lambda _item: True)
+
+    def wanted(item: dict[str, Any]) -> bool:
+        if live_only and item["archived_at"] is not None:
+            return False
+        return keep is None or keep(item)
 
     def position(anchor: str, param: str) -> int:
         for i, item in enumerate(seq):
@@ -132,6 +176,72 @@ def paginate(
     }
 
 
+def path_id(lookup: Callable[[str], _T]) -> Callable[[web.Request], _T]:
+    """The finder calling ``lookup`` with the path's ``{id}``."""
+    return lambda request: lookup(request.match_info["id"])
+
+
+def show(find: Finder) -> Handler:
+    """The handler answering the resource ``find`` finds (``GET /things/{id}``)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(200, find(request))
+
+    return handler
+
+
+def lister(
+    items: Callable[[web.Request], list[dict[str, Any]]],
+    *,
+    order: str,
+    archivable: bool = False,
+    key: Callable[[dict[str, Any]], str | None] = _item_id,
+) -> Handler:
+    """The handler answering a page of ``items`` (see `paginate`)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        page = paginate(
+            items(request), request.query, default_order=order, archivable=archivable, key=key
+        )
+        return json_response(200, page)
+
+    return handler
+
+
+def archiver(find: Finder, ids: Ids, **changes: str) -> Handler:
+    """The handler archiving what ``find`` finds, once (with ``changes``), and answering it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        item = find(request)
+        if item["archived_at"] is None:
+            item["archived_at"] = item["updated_at"] = ids.now()
+            item.update(changes)
+        return json_response(200, item)
+
+    return handler
+
+
+def agent_ref(value: Any, kinds: tuple[str, ...] = ("agent",)) -> tuple[str, int | None]:
+    """The id and version (``None``: the latest) of an agent id or reference object.
+
+    A reference is ``{"type", "id", "version"}``, its ``type`` one of ``kinds``.
+    """
+    version = None
+    if isinstance(value, dict):
+        if value.get("type", "agent") not in kinds:
+            names = " or ".join(repr(kind) for kind in kinds)
+            raise bad_request(f"agent.type must be {names}", "agent")
+        version = value.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise bad_request("agent.version must be an integer", "agent")
+        value = value.get("id")
+    if value is None:
+        raise bad_request("Missing required field: agent", "agent")
+    if not isinstance(value, str) or not value:
+        raise bad_request("agent must be an agent id or an agent reference object", "agent")
+    return value, version
+
+
 def check_str(
     obj: Mapping[str, Any], name: str, *, required: bool = False, within: str | None = None
 ) -> str | None:
@@ -166,14 +276,19 @@ def check_metadata(obj: Mapping[str, Any], name: str = "metadata") -> dict[str, 
     return dict(value)
 
 
-def check_list(obj: Mapping[str, Any], name: str) -> list[Any] | None:
-    """An array field, copied (``None`` when absent)."""
+def _typed(obj: Mapping[str, Any], name: str, kind: type[_T], what: str) -> _T | None:
+    """A field of JSON type ``kind`` (``what`` in the error), copied (``None`` when absent)."""
     value = obj.get(name)
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise bad_request(f"{name} must be an array", name)
+    if not isinstance(value, kind):
+        raise bad_request(f"{name} must be {what}", name)
     return copy.deepcopy(value)
+
+
+def check_list(obj: Mapping[str, Any], name: str) -> list[Any] | None:
+    """An array field, copied (``None`` when absent)."""
+    return _typed(obj, name, list, "an array")
 
 
 def check_content(value: Any, param: str, *, required: bool) -> list[Any] | None:
@@ -262,12 +377,7 @@ def check_str_list(obj: Mapping[str, Any], name: str) -> list[str] | None:
 
 def check_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """A JSON object field, copied (``None`` when absent)."""
-    value = obj.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise bad_request(f"{name} must be an object", name)
-    return copy.deepcopy(value)
+    return _typed(obj, name, dict, "an object")
 
 
 def check_model(value: Any, param: str) -> str | dict[str, Any]:
@@ -307,7 +417,7 @@ def check_env_vars(
     return dict(value)
 
 
-#: Session resource types and the fields each keeps (beyond ``type``).
+#: Session resource types and the fields each keeps (beyond ``type``), the required one first.
 RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "file": ("file_id", "mount_path"),
     "github_repository": ("url", "checkout", "mount_path"),
@@ -323,12 +433,6 @@ RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: The write-only secret of each repository resource type (never echoed).
 RESOURCE_SECRETS = {"github_repository": "authorization_token", "git_repository": "password"}
-_REQUIRED = {
-    "file": "file_id",
-    "github_repository": "url",
-    "git_repository": "url",
-    "memory_store": "memory_store_id",
-}
 
 
 def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
@@ -342,7 +446,7 @@ def check_resource(value: Any, param: str) -> tuple[dict[str, Any], str | None]:
     if kind not in RESOURCE_FIELDS:
         kinds = ", ".join(RESOURCE_FIELDS)
         raise bad_request(f"{param}.type must be one of {kinds}", f"{param}.type")
-    check_str(value, _REQUIRED[kind], required=True, within=param)
+    check_str(value, RESOURCE_FIELDS[kind][0], required=True, within=param)
     out: dict[str, Any] = {"type": kind}
     for name in RESOURCE_FIELDS[kind]:
         if name == "checkout":
@@ -386,6 +490,21 @@ class FormPart(NamedTuple):
     filename: str | None
     content_type: str | None
     data: bytes
+
+
+def form_fields(parts: list[FormPart]) -> dict[str, str]:
+    """The text fields of a form (its parts without a filename), decoded."""
+    return {p.name: p.data.decode("utf-8", errors="replace") for p in parts if p.filename is None}
+
+
+def form_json(fields: Mapping[str, str], name: str, default: Any = None) -> Any:
+    """The JSON value of a form field: ``default`` when absent or empty, ``None`` when not JSON."""
+    if not fields.get(name):
+        return default
+    try:
+        return json.loads(fields[name])
+    except ValueError:
+        return None
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[FormPart]:

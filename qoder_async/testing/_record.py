@@ -28,6 +28,7 @@ import codecs
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -219,9 +220,12 @@ def _pattern(secret: str) -> re.Pattern[str]:
 
 
 class _Body:
-    """A streamed request body (an upload), hashed as each attempt sends it."""
+    """A streamed body (an upload, a download), hashed as each pass moves it.
 
-    def __init__(self, inner: AsyncIterable[bytes], keep: bool) -> None:
+    Its bytes are kept while fewer than ``keep`` are (``-1``: none, ``math.inf``: all).
+    """
+
+    def __init__(self, inner: AsyncIterable[bytes], keep: float) -> None:
         self._inner = inner
         self._keep = keep
         self.size = 0
@@ -236,7 +240,7 @@ class _Body:
         async for chunk in self._inner:
             self.size += len(chunk)
             self.hash.update(chunk)
-            if self._keep:
+            if len(self.kept) <= self._keep:
                 self.kept += chunk
             yield chunk
 
@@ -275,7 +279,7 @@ class _Exchange:
         if isinstance(content, bytes | bytearray):
             self.record["request"].update(self.writer.body(bytes(content), self.content_type))
             return content
-        self.body = _Body(content, self.writer.bodies)
+        self.body = _Body(content, math.inf if self.writer.bodies else -1)
         return self.body
 
     def _sent(self) -> None:
@@ -446,17 +450,7 @@ class _RecordingTransport:
         content = ex.send(content)
         status: int | None = None
         resp_headers: Mapping[str, str] = {}
-        size, digest, kept = 0, hashlib.sha256(), bytearray()
-
-        async def chunks(inner: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-            nonlocal size
-            async for chunk in inner:
-                size += len(chunk)
-                digest.update(chunk)
-                if len(kept) <= _TEXT_LIMIT:
-                    kept.extend(chunk)
-                yield chunk
-
+        tap: _Body | None = None
         try:
             async with self._inner.open(
                 method,
@@ -468,7 +462,8 @@ class _RecordingTransport:
                 bare=bare,
             ) as resp:
                 status, resp_headers = resp.status, resp.headers
-                yield _Answer(resp.status, resp.headers, chunks(resp.chunks))
+                tap = _Body(resp.chunks, _TEXT_LIMIT)
+                yield _Answer(resp.status, resp.headers, aiter(tap))
         except BaseException as exc:
             if status is None:
                 ex.failed(exc)
@@ -476,12 +471,12 @@ class _RecordingTransport:
             ex.record["error"] = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if status is not None:
+            if status is not None and tap is not None:
                 ctype = resp_headers.get("content-type")
-                if size == len(kept):
-                    part = self._writer.body(bytes(kept), ctype)
+                if tap.size == len(tap.kept):
+                    part = self._writer.body(bytes(tap.kept), ctype)
                 else:
-                    part = {"body": self._writer.digest(b"", size, digest.hexdigest())}
+                    part = {"body": self._writer.digest(b"", tap.size, tap.hash.hexdigest())}
                 ex.answered(status, resp_headers, part)
 
     @contextlib.asynccontextmanager

@@ -64,7 +64,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -79,8 +79,9 @@ from ._faults import CannedResponse, Dialect, Faults
 from ._files import FileStore
 from ._params import (
     RESOURCE_SECRETS,
+    agent_ref,
     answer_ref,
-    bool_param,
+    archiver,
     check_env_vars,
     check_list,
     check_metadata,
@@ -91,15 +92,20 @@ from ._params import (
     check_str_list,
     delta_kinds,
     file_refs,
+    int_param,
+    lister,
     paginate,
     parse_multipart,
+    path_id,
+    read_body,
+    show,
     validate_input_event,
 )
 from ._sse import StreamConnection, resume_position
 from ._state import SessionState, ThreadState
 from ._vaults import ManagedStore
 from ._webhooks import WebhookDelivery, WebhookSender
-from ._wire import ApiError, Ids, bad_request, dumps, not_found
+from ._wire import ApiError, Ids, bad_request, conflict, find, json_response, not_found
 
 __all__ = ["FakeQoderServer", "RecordedRequest"]
 
@@ -128,6 +134,19 @@ _STATUS_WEBHOOKS = {
     "session.status_running": "session.status_run_started",
     "session.status_idle": "session.status_idled",
 }
+#: How a session's plain fields are read from a create or update body (absent: the default).
+_SESSION_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "title": lambda body: check_str(body, "title") or "",
+    "metadata": lambda body: check_metadata(body) or {},
+    "environment_variables": lambda body: check_env_vars(body) or {},
+    "vault_ids": lambda body: check_str_list(body, "vault_ids") or [],
+    "memory_store_ids": lambda body: check_str_list(body, "memory_store_ids") or [],
+    "budget": lambda body: check_object(body, "budget"),
+}
+_MODELS = [
+    {"id": name, "type": "model", "display_name": title, "is_enabled": True}
+    for name, title in (("ultimate", "Ultimate"), ("auto", "Auto"))
+]
 
 
 @attrs.frozen
@@ -166,15 +185,9 @@ class _StoredButFailed(Exception):
         self.response = response
 
 
-def _json(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=dumps(obj).encode(), content_type="application/json", headers=headers
-    )
-
-
 def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
     # The envelope names the request (required, the x-request-id value), as the service's does.
-    return _json(error.status, error.body(_REQUEST_ID.get("") or None), headers)
+    return json_response(error.status, error.body(_REQUEST_ID.get("") or None), headers)
 
 
 class FakeQoderServer:
@@ -275,7 +288,6 @@ class FakeQoderServer:
         self._files = FileStore(self._ids, random.Random(seed + 2))
         self._deployments = DeploymentStore(
             self._ids,
-            body=self._body,
             create_session=self._create_session,
             agent=self._agent,
             environment=self._environment,
@@ -284,7 +296,7 @@ class FakeQoderServer:
         )
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
         #: Vaults (with credentials), skills and memory stores (see ``_vaults``).
-        self.managed = ManagedStore(self._ids, self._body, lambda: self.dialect.create_status)
+        self.managed = ManagedStore(self._ids, lambda: self.dialect.create_status)
         self._replay = (
             Replay(load_cassette(cassette), speed=speed, ids=self._ids)
             if cassette is not None
@@ -365,12 +377,7 @@ class FakeQoderServer:
             return
         self._closing = True
         for session in self._sessions.values():
-            turn = session.turn
-            if turn is not None:
-                # The server dies mid-turn: no closing idle, but no waiter hangs.
-                turn.ended = True
-                session.turn = None
-                session.idle.set()
+            session.drop_turn()  # the server dies mid-turn: no closing idle, no waiter hangs
             session.notify()
         for state in self._replay.states() if self._replay is not None else ():
             state.notify()
@@ -413,19 +420,11 @@ class FakeQoderServer:
 
     def turn_events(self, session_id: str, turn_id: str) -> list[dict[str, Any]]:
         """The stored events whose ``turn_id`` is ``turn_id``, in order (copies)."""
-        return [
-            copy.deepcopy(s.event)
-            for s in self._state(session_id).log
-            if s.event.get("turn_id") == turn_id
-        ]
+        return [e for e in self.stored_events(session_id) if e.get("turn_id") == turn_id]
 
     def user_messages(self, session_id: str) -> list[dict[str, Any]]:
         """The stored ``user.message`` events of the session (copies)."""
-        return [
-            copy.deepcopy(s.event)
-            for s in self._state(session_id).log
-            if s.event["type"] == "user.message"
-        ]
+        return [e for e in self.stored_events(session_id) if e["type"] == "user.message"]
 
     def session(self, session_id: str) -> dict[str, Any]:
         """The session object as ``GET /sessions/{id}`` would return it."""
@@ -505,10 +504,7 @@ class FakeQoderServer:
         ``fields``: ``description``, ``config``, ``metadata``. Raises
         ``ValueError`` on invalid fields.
         """
-        try:
-            return copy.deepcopy(self._create_environment({"name": name, **fields}))
-        except ApiError as exc:
-            raise ValueError(exc.message) from None
+        return self._seed(self._create_environment, {"name": name, **fields})
 
     def add_agent(
         self, name: str = "agent", model: str | dict[str, Any] = "ultimate", **fields: Any
@@ -519,10 +515,7 @@ class FakeQoderServer:
         ``mcp_servers``, ``skills``, ``metadata``. Raises ``ValueError`` on
         invalid fields.
         """
-        try:
-            return copy.deepcopy(self._create_agent({"name": name, "model": model, **fields}))
-        except ApiError as exc:
-            raise ValueError(exc.message) from None
+        return self._seed(self._create_agent, {"name": name, "model": model, **fields})
 
     def add_file(
         self,
@@ -562,8 +555,15 @@ class FakeQoderServer:
         if environment_id is None:
             environment_id = self.add_environment()["id"]
         body = {"agent": agent_id, "environment_id": environment_id, **fields}
+        return self._seed(self._create_session, body)
+
+    @staticmethod
+    def _seed(
+        create: Callable[[Mapping[str, Any]], dict[str, Any]], body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A copy of ``create(body)``; a 404 raises ``KeyError``, other refusals ``ValueError``."""
         try:
-            return self._create_session(body)
+            return copy.deepcopy(create(body))
         except ApiError as exc:
             if exc.status == 404:
                 raise KeyError(exc.message) from None
@@ -714,9 +714,9 @@ class FakeQoderServer:
         record = self._idempotency.get(scope)
         if record is not None:
             if record.fingerprint != fingerprint:
-                raise ApiError(409, "conflict_error", IDEMPOTENCY_REUSE_MESSAGE)
+                raise conflict(IDEMPOTENCY_REUSE_MESSAGE)
             if record.status is None:
-                raise ApiError(409, "conflict_error", IDEMPOTENCY_IN_PROGRESS_MESSAGE)
+                raise conflict(IDEMPOTENCY_IN_PROGRESS_MESSAGE)
             return web.Response(
                 status=record.status,
                 body=record.body,
@@ -750,141 +750,121 @@ class FakeQoderServer:
     # ------------------------------------------------------------------ routes
 
     def _add_routes(self, app: web.Application) -> None:
-        b = BASE_PATH
-        app.router.add_post(f"{b}/environments", self._h_create_environment)
-        app.router.add_get(f"{b}/environments", self._h_list_environments)
-        app.router.add_get(f"{b}/environments/{{id}}", self._h_get_environment)
-        app.router.add_post(f"{b}/environments/{{id}}", self._h_update_environment)
-        app.router.add_delete(f"{b}/environments/{{id}}", self._h_delete_environment)
-        app.router.add_post(f"{b}/environments/{{id}}/archive", self._h_archive_environment)
-        app.router.add_post(f"{b}/agents", self._h_create_agent)
-        app.router.add_get(f"{b}/agents", self._h_list_agents)
-        app.router.add_get(f"{b}/agents/{{id}}", self._h_get_agent)
-        app.router.add_post(f"{b}/agents/{{id}}", self._h_update_agent)
-        app.router.add_post(f"{b}/agents/{{id}}/archive", self._h_archive_agent)
-        app.router.add_get(f"{b}/agents/{{id}}/versions", self._h_agent_versions)
-        app.router.add_post(f"{b}/sessions", self._h_create_session)
-        app.router.add_get(f"{b}/sessions", self._h_list_sessions)
-        app.router.add_get(f"{b}/sessions/{{id}}", self._h_get_session)
-        app.router.add_post(f"{b}/sessions/{{id}}", self._h_update_session)
-        app.router.add_delete(f"{b}/sessions/{{id}}", self._h_delete_session)
-        app.router.add_post(f"{b}/sessions/{{id}}/cancel", self._h_cancel_session)
-        app.router.add_post(f"{b}/sessions/{{id}}/archive", self._h_archive_session)
-        app.router.add_post(f"{b}/sessions/{{id}}/events", self._h_send_events)
-        app.router.add_get(f"{b}/sessions/{{id}}/events", self._h_list_events)
-        app.router.add_get(f"{b}/sessions/{{id}}/events/stream", self._h_stream)
+        b, r = BASE_PATH, app.router
+        environment, agent = path_id(self._environment), path_id(self._agent)
+        session, file = path_id(self._session), path_id(self._files.get)
+        r.add_post(f"{b}/environments", self._h_create_environment)
+        r.add_get(
+            f"{b}/environments",
+            lister(lambda _: [*self._environments.values()], order="desc", archivable=True),
+        )
+        r.add_get(f"{b}/environments/{{id}}", show(environment))
+        r.add_post(f"{b}/environments/{{id}}", self._h_update_environment)
+        r.add_delete(f"{b}/environments/{{id}}", self._h_delete_environment)
+        archive_env = archiver(environment, self._ids, status="archived")
+        r.add_post(f"{b}/environments/{{id}}/archive", archive_env)
+        r.add_post(f"{b}/agents", self._h_create_agent)
+        r.add_get(
+            f"{b}/agents",
+            lister(lambda _: [v[-1] for v in self._agents.values()], order="desc", archivable=True),
+        )
+        r.add_get(f"{b}/agents/{{id}}", self._h_get_agent)
+        r.add_post(f"{b}/agents/{{id}}", self._h_update_agent)
+        r.add_post(f"{b}/agents/{{id}}/archive", archiver(agent, self._ids))
+        # Versions share the agent's id: their cursors are version numbers.
+        r.add_get(
+            f"{b}/agents/{{id}}/versions",
+            lister(
+                lambda request: self._agents[agent(request)["id"]],
+                order="desc",
+                key=lambda version: str(version["version"]),
+            ),
+        )
+        r.add_post(f"{b}/sessions", self._h_create_session)
+        r.add_get(f"{b}/sessions", self._h_list_sessions)
+        r.add_get(f"{b}/sessions/{{id}}", show(lambda request: session(request).snapshot()))
+        r.add_post(f"{b}/sessions/{{id}}", self._h_update_session)
+        r.add_delete(f"{b}/sessions/{{id}}", self._h_delete_session)
+        r.add_post(f"{b}/sessions/{{id}}/cancel", self._h_cancel_session)
+        r.add_post(f"{b}/sessions/{{id}}/archive", self._h_archive_session)
+        r.add_post(f"{b}/sessions/{{id}}/events", self._h_send_events)
+        r.add_get(f"{b}/sessions/{{id}}/events", self._h_list_events)
+        r.add_get(f"{b}/sessions/{{id}}/events/stream", self._h_stream)
         threads = f"{b}/sessions/{{id}}/threads"
-        app.router.add_get(threads, self._h_list_threads)
-        app.router.add_get(f"{threads}/{{tid}}", self._h_get_thread)
-        app.router.add_post(f"{threads}/{{tid}}/archive", self._h_archive_thread)
-        app.router.add_get(f"{threads}/{{tid}}/events", self._h_thread_events)
-        app.router.add_get(f"{threads}/{{tid}}/stream", self._h_thread_stream)
+        r.add_get(
+            threads,
+            lister(
+                lambda request: [t.snapshot() for t in session(request).threads.values()],
+                order="asc",
+            ),
+        )
+        r.add_get(f"{threads}/{{tid}}", show(lambda request: self._thread(request)[1].snapshot()))
+        r.add_post(f"{threads}/{{tid}}/archive", self._h_archive_thread)
+        r.add_get(f"{threads}/{{tid}}/events", self._h_thread_events)
+        r.add_get(f"{threads}/{{tid}}/stream", self._h_thread_stream)
         resources = f"{b}/sessions/{{id}}/resources"
-        app.router.add_get(resources, self._h_list_resources)
-        app.router.add_post(resources, self._h_add_resource)
-        app.router.add_get(f"{resources}/{{rid}}", self._h_get_resource)
-        app.router.add_post(f"{resources}/{{rid}}", self._h_update_resource)
-        app.router.add_delete(f"{resources}/{{rid}}", self._h_delete_resource)
-        app.router.add_post(f"{b}/files", self._h_upload_file)
-        app.router.add_get(f"{b}/files", self._h_list_files)
-        app.router.add_get(f"{b}/files/{{id}}", self._h_get_file)
-        app.router.add_delete(f"{b}/files/{{id}}", self._h_delete_file)
-        app.router.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
-        app.router.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
-        app.router.add_get(f"{b}/models", self._h_models)
+        r.add_get(
+            resources,
+            lister(
+                lambda request: copy.deepcopy([*session(request).resources.values()]),
+                order="asc",
+            ),
+        )
+        r.add_post(resources, self._h_add_resource)
+        r.add_get(f"{resources}/{{rid}}", show(lambda request: self._resource(request)[1]))
+        r.add_post(f"{resources}/{{rid}}", self._h_update_resource)
+        r.add_delete(f"{resources}/{{rid}}", self._h_delete_resource)
+        r.add_post(f"{b}/files", self._h_upload_file)
+        r.add_get(f"{b}/files", self._h_list_files)
+        r.add_get(f"{b}/files/{{id}}", show(lambda request: file(request).meta))
+        r.add_delete(f"{b}/files/{{id}}", self._h_delete_file)
+        r.add_get(f"{b}/files/{{id}}/content", self._h_file_content)
+        r.add_get(f"{STORAGE_PATH}/files/{{id}}", self._h_storage_download)
+        r.add_get(f"{b}/models", lister(lambda _: _MODELS, order="asc"))
         self._deployments.add_routes(app, b)
-        self.managed.add_routes(app.router, b)
-
-    @staticmethod
-    async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw.strip():
-            if required:
-                raise bad_request("Request body is required")
-            return {}
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise bad_request("Malformed JSON body") from None
-        if not isinstance(value, dict):
-            raise bad_request("Request body must be a JSON object")
-        return value
+        self.managed.add_routes(r, b)
 
     # ------------------------------------------------------------------ environments
 
     def _environment(self, env_id: str) -> dict[str, Any]:
-        env = self._environments.get(env_id)
-        if env is None:
-            raise not_found("environment", env_id)
-        return env
+        return find(self._environments, env_id, "environment")
+
+    @staticmethod
+    def _environment_fields(body: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if creating or "name" in body:
+            fields["name"] = check_str(body, "name", required=True)
+        if creating or "description" in body:
+            fields["description"] = check_str(body, "description") or ""
+        if creating or "config" in body:
+            config = body.get("config", {"type": "cloud"})
+            if not isinstance(config, dict):
+                raise bad_request("config must be an object", "config")
+            fields["config"] = copy.deepcopy(config)
+        if creating or "metadata" in body:
+            fields["metadata"] = check_metadata(body) or {}
+        return fields
 
     def _create_environment(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        name = check_str(body, "name", required=True)
-        config = body.get("config", {"type": "cloud"})
-        if not isinstance(config, dict):
-            raise bad_request("config must be an object", "config")
-        now = self._ids.now()
-        env: dict[str, Any] = {
-            "id": self._ids.resource("env"),
-            "type": "environment",
-            "name": name,
-            "description": check_str(body, "description") or "",
-            "config": copy.deepcopy(config),
-            "metadata": check_metadata(body) or {},
-            "status": "ready",
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        fields = {**self._environment_fields(body, creating=True), "status": "ready"}
+        env = self._ids.stamped("env", "environment", fields)
         self._environments[env["id"]] = env
         return env
 
     async def _h_create_environment(self, request: web.Request) -> web.Response:
-        env = self._create_environment(await self._body(request))
-        return _json(self.dialect.create_status, env)
-
-    async def _h_list_environments(self, request: web.Request) -> web.Response:
-        include_archived = bool_param(request.query, "include_archived")
-        page = paginate(
-            list(self._environments.values()),
-            request.query,
-            default_order="desc",
-            keep=lambda env: include_archived or env["archived_at"] is None,
-        )
-        return _json(200, page)
-
-    async def _h_get_environment(self, request: web.Request) -> web.Response:
-        return _json(200, self._environment(request.match_info["id"]))
+        env = self._create_environment(await read_body(request))
+        return json_response(self.dialect.create_status, env)
 
     async def _h_update_environment(self, request: web.Request) -> web.Response:
         env = self._environment(request.match_info["id"])
-        body = await self._body(request)
-        changes: dict[str, Any] = {}
-        if "name" in body:
-            changes["name"] = check_str(body, "name", required=True)
-        if "description" in body:
-            changes["description"] = check_str(body, "description") or ""
-        if "config" in body:
-            if not isinstance(body["config"], dict):
-                raise bad_request("config must be an object", "config")
-            changes["config"] = copy.deepcopy(body["config"])
-        if "metadata" in body:
-            changes["metadata"] = check_metadata(body) or {}
-        env.update(changes)
+        env.update(self._environment_fields(await read_body(request), creating=False))
         env["updated_at"] = self._ids.now()
-        return _json(200, env)
+        return json_response(200, env)
 
     async def _h_delete_environment(self, request: web.Request) -> web.Response:
         env = self._environment(request.match_info["id"])
         del self._environments[env["id"]]
-        return _json(200, {"id": env["id"], "type": "environment_deleted"})
-
-    async def _h_archive_environment(self, request: web.Request) -> web.Response:
-        env = self._environment(request.match_info["id"])
-        if env["archived_at"] is None:
-            env["archived_at"] = env["updated_at"] = self._ids.now()
-            env["status"] = "archived"
-        return _json(200, env)
+        return json_response(200, {"id": env["id"], "type": "environment_deleted"})
 
     # ------------------------------------------------------------------ agents
 
@@ -924,56 +904,27 @@ class FakeQoderServer:
         return fields
 
     def _create_agent(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        fields = self._agent_fields(body, creating=True)
-        now = self._ids.now()
-        agent = {
-            "id": self._ids.resource("agent"),
-            "type": "agent",
-            **fields,
-            "version": 1,
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        fields = {**self._agent_fields(body, creating=True), "version": 1}
+        agent = self._ids.stamped("agent", "agent", fields)
         self._agents[agent["id"]] = [agent]
         return agent
 
     async def _h_create_agent(self, request: web.Request) -> web.Response:
-        agent = self._create_agent(await self._body(request))
-        return _json(self.dialect.create_status, agent)
-
-    async def _h_list_agents(self, request: web.Request) -> web.Response:
-        include_archived = bool_param(request.query, "include_archived")
-        page = paginate(
-            [versions[-1] for versions in self._agents.values()],
-            request.query,
-            default_order="desc",
-            keep=lambda agent: include_archived or agent["archived_at"] is None,
-        )
-        return _json(200, page)
+        agent = self._create_agent(await read_body(request))
+        return json_response(self.dialect.create_status, agent)
 
     async def _h_get_agent(self, request: web.Request) -> web.Response:
-        version = request.query.get("version")
-        number: int | None = None
-        if version is not None:
-            try:
-                number = int(version)
-            except ValueError:
-                raise bad_request("version must be an integer", "version") from None
-        return _json(200, self._agent(request.match_info["id"], number))
+        version = int_param(request.query, "version")
+        return json_response(200, self._agent(request.match_info["id"], version))
 
     async def _h_update_agent(self, request: web.Request) -> web.Response:
         current = self._agent(request.match_info["id"])
-        body = await self._body(request)
+        body = await read_body(request)
         if current["archived_at"] is not None:
             raise bad_request("agent is archived")
         expected = body.get("version")
         if expected is not None and expected != current["version"]:
-            raise ApiError(
-                409,
-                "conflict_error",
-                f"agent version conflict: current version is {current['version']}",
-            )
+            raise conflict(f"agent version conflict: current version is {current['version']}")
         fields = self._agent_fields(body, creating=False)
         updated = {
             **copy.deepcopy(current),
@@ -982,29 +933,7 @@ class FakeQoderServer:
             "updated_at": self._ids.now(),
         }
         self._agents[current["id"]].append(updated)
-        return _json(200, updated)
-
-    async def _h_archive_agent(self, request: web.Request) -> web.Response:
-        agent = self._agent(request.match_info["id"])
-        if agent["archived_at"] is None:
-            agent["archived_at"] = agent["updated_at"] = self._ids.now()
-        return _json(200, agent)
-
-    async def _h_agent_versions(self, request: web.Request) -> web.Response:
-        self._agent(request.match_info["id"])
-        versions = self._agents[request.match_info["id"]]
-        # Versions share the agent's id: their cursors are version numbers.
-        page = paginate(
-            versions, request.query, default_order="desc", key=lambda v: str(v["version"])
-        )
-        return _json(200, page)
-
-    async def _h_models(self, request: web.Request) -> web.Response:
-        models = [
-            {"id": name, "type": "model", "display_name": title, "is_enabled": True}
-            for name, title in (("ultimate", "Ultimate"), ("auto", "Auto"))
-        ]
-        return _json(200, paginate(models, request.query, default_order="asc"))
+        return json_response(200, updated)
 
     # ------------------------------------------------------------------ sessions
 
@@ -1057,28 +986,11 @@ class FakeQoderServer:
 
     def _create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ref = body.get("agent")
-        version: int | None = None
-        overrides: dict[str, Any] = {}
-        if isinstance(ref, dict):
-            if ref.get("type", "agent") not in ("agent", "agent_with_overrides"):
-                raise bad_request("agent.type must be 'agent' or 'agent_with_overrides'", "agent")
-            agent_id = ref.get("id")
-            raw_version = ref.get("version")
-            if raw_version is not None:
-                if not isinstance(raw_version, int) or isinstance(raw_version, bool):
-                    raise bad_request("agent.version must be an integer", "agent")
-                version = raw_version
-            overrides = self._agent_overrides(ref, "agent")
-        else:
-            agent_id = ref
-        if agent_id is None:
-            raise bad_request("Missing required field: agent", "agent")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise bad_request("agent must be an agent id or an agent reference object", "agent")
+        agent_id, version = agent_ref(ref, ("agent", "agent_with_overrides"))
+        overrides = self._agent_overrides(ref, "agent") if isinstance(ref, dict) else {}
         environment_id = check_str(body, "environment_id", required=True)
         assert environment_id is not None
-        title = check_str(body, "title") or ""
-        metadata = check_metadata(body) or {}
+        plain = {name: read(body) for name, read in _SESSION_FIELDS.items()}
         incremental = body.get("incremental_streaming_enabled", False)
         if not isinstance(incremental, bool):
             raise bad_request(
@@ -1101,12 +1013,6 @@ class FakeQoderServer:
             self._new_resource(value, f"resources[{i}]")
             for i, value in enumerate(check_list(body, "resources") or [])
         ]
-        extras = {
-            "environment_variables": check_env_vars(body) or {},
-            "vault_ids": check_str_list(body, "vault_ids") or [],
-            "memory_store_ids": check_str_list(body, "memory_store_ids") or [],
-            "budget": check_object(body, "budget"),
-        }
         agent = self._agent(agent_id, version)
         env = self._environment(environment_id)
         if agent["archived_at"] is not None:
@@ -1130,24 +1036,17 @@ class FakeQoderServer:
             )
         }
         snapshot.update(overrides)
-        now = self._ids.now()
-        resource: dict[str, Any] = {
-            "id": self._ids.resource("sess"),
-            "type": "session",
+        fields = {
             "agent": snapshot,
             "agent_id": agent["id"],
             "environment_id": env["id"],
-            "title": title,
-            "metadata": metadata,
+            **plain,
             "incremental_streaming_enabled": incremental,
-            **extras,
             "deployment_id": None,
             "outcome_evaluations": [],
-            "archived_at": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
-            "created_at": now,
-            "updated_at": now,
         }
+        resource = self._ids.stamped("sess", "session", fields)
         state = SessionState(self._ids, resource)
         state.on_store = lambda event: self._on_store(state, event)
         for item, secret in resources:
@@ -1162,45 +1061,34 @@ class FakeQoderServer:
         return state.snapshot()
 
     async def _h_create_session(self, request: web.Request) -> web.Response:
-        session = self._create_session(await self._body(request))
-        return _json(self.dialect.create_status, session)
+        session = self._create_session(await read_body(request))
+        return json_response(self.dialect.create_status, session)
 
     async def _h_list_sessions(self, request: web.Request) -> web.Response:
         query = request.query
-        include_archived = bool_param(query, "include_archived")
         agent_id = query.get("agent_id")
         statuses = set(query.getall("statuses[]", [])) | set(query.getall("statuses", []))
 
         def keep(session: dict[str, Any]) -> bool:
-            if not include_archived and session["archived_at"] is not None:
-                return False
             if agent_id and session["agent_id"] != agent_id:
                 return False
             return not statuses or session["status"] in statuses
 
         sessions = [s.snapshot() for s in self._sessions.values() if not s.deleted]
-        return _json(200, paginate(sessions, query, default_order="desc", keep=keep))
-
-    async def _h_get_session(self, request: web.Request) -> web.Response:
-        return _json(200, self._session(request.match_info["id"]).snapshot())
+        page = paginate(sessions, query, default_order="desc", keep=keep, archivable=True)
+        return json_response(200, page)
 
     async def _h_update_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
-        body = await self._body(request)
-        changes: dict[str, Any] = {}
-        if "title" in body:
-            changes["title"] = check_str(body, "title") or ""
-        if "metadata" in body:
-            changes["metadata"] = check_metadata(body) or {}
+        body = await read_body(request)
+        changes = {
+            name: read(body)
+            for name, read in _SESSION_FIELDS.items()
+            if name in body and name != "memory_store_ids"  # fixed at creation
+        }
         if "agent" in body:
             overrides = self._agent_overrides(check_object(body, "agent") or {}, "agent")
             changes["agent"] = {**copy.deepcopy(state.resource["agent"]), **overrides}
-        if "budget" in body:
-            changes["budget"] = check_object(body, "budget")
-        if "vault_ids" in body:
-            changes["vault_ids"] = check_str_list(body, "vault_ids") or []
-        if "environment_variables" in body:
-            changes["environment_variables"] = check_env_vars(body) or {}
         if changes:
             state.resource.update(changes)
             # Variable values may be secrets: the event only says they changed.
@@ -1209,28 +1097,24 @@ class FakeQoderServer:
             state.store("session.updated", copy.deepcopy(changes), turn_id=None)
             self._webhook("session.updated", state.id)
         state.resource["updated_at"] = self._ids.now()
-        return _json(200, state.snapshot())
+        return json_response(200, state.snapshot())
 
     async def _h_cancel_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
         status = self.dialect.cancel_status if state.abort_turn() else 200
-        return _json(status, {"id": state.id, "type": "session", "status": "canceling"})
+        return json_response(status, {"id": state.id, "type": "session", "status": "canceling"})
 
     async def _h_archive_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
         if state.resource["archived_at"] is None:
             state.resource["archived_at"] = state.resource["updated_at"] = self._ids.now()
             self._webhook("session.archived", state.id)
-        return _json(200, state.snapshot())
+        return json_response(200, state.snapshot())
 
     async def _h_delete_session(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
-        turn = state.turn
+        turn = state.drop_turn()  # deleting ends the session, not just the turn
         if turn is not None:
-            # Deleting ends the session, not just the turn: no closing idle.
-            turn.ended = True
-            state.turn = None
-            state.idle.set()
             turn.answered.set()
             if turn.task is not None:
                 turn.task.cancel()
@@ -1238,7 +1122,7 @@ class FakeQoderServer:
         state.deleted = True
         state.notify()
         self._webhook("session.deleted", state.id)
-        return _json(200, {"id": state.id, "type": "session_deleted"})
+        return json_response(200, {"id": state.id, "type": "session_deleted"})
 
     # ------------------------------------------------------------------ events
 
@@ -1277,7 +1161,7 @@ class FakeQoderServer:
             if kind in _TURN_STARTERS:
                 if running:
                     message = PAUSED_MESSAGE if paused else BUSY_MESSAGE
-                    raise ApiError(409, "conflict_error", message)
+                    raise conflict(message)
                 running, paused, pending = True, False, []
             elif kind == "user.interrupt":
                 running, paused, pending = False, False, []
@@ -1293,11 +1177,7 @@ class FakeQoderServer:
                             f"events[{i}]: {ref} is not a tool use of this session",
                             f"events[{i}]",
                         )
-                    raise ApiError(
-                        409,
-                        "conflict_error",
-                        f"tool results not awaited: {ref} is not awaiting a result",
-                    )
+                    raise conflict(f"tool results not awaited: {ref} is not awaiting a result")
         stored: list[dict[str, Any]] = []
         for event in events:
             kind = event["type"]
@@ -1341,7 +1221,7 @@ class FakeQoderServer:
 
     async def _h_send_events(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
-        body = await self._body(request)
+        body = await read_body(request)
         events = body.get("events")
         if not isinstance(events, list) or not events:
             raise bad_request("events must be a non-empty array", "events")
@@ -1355,7 +1235,7 @@ class FakeQoderServer:
             self.faults.empty_send_data -= 1
             self._count_fault("empty_send_data")
             data = []
-        response = _json(self.dialect.send_status, {"data": data})
+        response = json_response(self.dialect.send_status, {"data": data})
         if self.faults.fail_send_after_store > 0:
             self.faults.fail_send_after_store -= 1
             self._count_fault("fail_send_after_store")
@@ -1368,14 +1248,18 @@ class FakeQoderServer:
         types: set[str] = set(query.getall("types[]", []))
         for value in query.getall("type", []):
             types.update(t for t in value.split(",") if t)
-        page = paginate(
-            [s.event for s in state.log],
-            query,
-            default_order="asc",
-            keep=(lambda e: e["type"] in types) if types else None,
-        )
+        keep = (lambda e: e["type"] in types) if types else None
+        return self._events_page(request, [s.event for s in state.log], keep)
+
+    def _events_page(
+        self,
+        request: web.Request,
+        events: list[dict[str, Any]],
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> web.Response:
+        page = paginate(events, request.query, default_order="asc", keep=keep)
         page["data"] = [self.dialect.render(e) for e in page["data"]]
-        return _json(200, page)
+        return json_response(200, page)
 
     async def _h_stream(self, request: web.Request) -> web.StreamResponse:
         state = self._session(request.match_info["id"])
@@ -1429,31 +1313,18 @@ class FakeQoderServer:
 
     def _thread(self, request: web.Request) -> tuple[SessionState, ThreadState]:
         state = self._session(request.match_info["id"])
-        thread = state.threads.get(request.match_info["tid"])
-        if thread is None:
-            raise not_found("thread", request.match_info["tid"])
-        return state, thread
-
-    async def _h_list_threads(self, request: web.Request) -> web.Response:
-        state = self._session(request.match_info["id"])
-        threads = [t.snapshot() for t in state.threads.values()]
-        return _json(200, paginate(threads, request.query, default_order="asc"))
-
-    async def _h_get_thread(self, request: web.Request) -> web.Response:
-        return _json(200, self._thread(request)[1].snapshot())
+        return state, find(state.threads, request.match_info["tid"], "thread")
 
     async def _h_archive_thread(self, request: web.Request) -> web.Response:
         _, thread = self._thread(request)
         if thread.resource["archived_at"] is None:
             thread.resource["archived_at"] = thread.resource["updated_at"] = self._ids.now()
-        return _json(200, thread.snapshot())
+        return json_response(200, thread.snapshot())
 
     async def _h_thread_events(self, request: web.Request) -> web.Response:
         state, thread = self._thread(request)
         events = [s.event for s in state.log if s.event.get("session_thread_id") == thread.id]
-        page = paginate(events, request.query, default_order="asc")
-        page["data"] = [self.dialect.render(e) for e in page["data"]]
-        return _json(200, page)
+        return self._events_page(request, events)
 
     async def _h_thread_stream(self, request: web.Request) -> web.StreamResponse:
         # The thread stream takes no last_event_id parameter, only the header.
@@ -1465,30 +1336,19 @@ class FakeQoderServer:
 
     def _resource(self, request: web.Request) -> tuple[SessionState, dict[str, Any]]:
         state = self._session(request.match_info["id"])
-        resource = state.resources.get(request.match_info["rid"])
-        if resource is None:
-            raise not_found("session resource", request.match_info["rid"])
-        return state, resource
-
-    async def _h_list_resources(self, request: web.Request) -> web.Response:
-        state = self._session(request.match_info["id"])
-        resources = copy.deepcopy(list(state.resources.values()))
-        return _json(200, paginate(resources, request.query, default_order="asc"))
+        return state, find(state.resources, request.match_info["rid"], "session resource")
 
     async def _h_add_resource(self, request: web.Request) -> web.Response:
         state = self._session(request.match_info["id"])
-        resource, secret = self._new_resource(await self._body(request), "body")
+        resource, secret = self._new_resource(await read_body(request), "body")
         state.resources[resource["id"]] = resource
         if secret is not None:
             state.resource_secrets[resource["id"]] = secret
-        return _json(self.dialect.create_status, resource)
-
-    async def _h_get_resource(self, request: web.Request) -> web.Response:
-        return _json(200, self._resource(request)[1])
+        return json_response(self.dialect.create_status, resource)
 
     async def _h_update_resource(self, request: web.Request) -> web.Response:
         state, resource = self._resource(request)
-        body = await self._body(request)
+        body = await read_body(request)
         field = RESOURCE_SECRETS.get(resource["type"])
         if field is None:
             raise bad_request(f"a {resource['type']} resource has nothing to update")
@@ -1496,13 +1356,13 @@ class FakeQoderServer:
         assert secret is not None
         state.resource_secrets[resource["id"]] = secret
         resource["updated_at"] = self._ids.now()
-        return _json(200, resource)
+        return json_response(200, resource)
 
     async def _h_delete_resource(self, request: web.Request) -> web.Response:
         state, resource = self._resource(request)
         del state.resources[resource["id"]]
         state.resource_secrets.pop(resource["id"], None)
-        return _json(200, {"id": resource["id"], "type": "session_resource_deleted"})
+        return json_response(200, {"id": resource["id"], "type": "session_resource_deleted"})
 
     # ------------------------------------------------------------------ files
 
@@ -1512,7 +1372,7 @@ class FakeQoderServer:
 
     async def _h_upload_file(self, request: web.Request) -> web.Response:
         parts = parse_multipart(request.headers.get("Content-Type", ""), await request.read())
-        return _json(self.dialect.create_status, self._files.upload(parts))
+        return json_response(self.dialect.create_status, self._files.upload(parts))
 
     async def _h_list_files(self, request: web.Request) -> web.Response:
         query = request.query
@@ -1526,13 +1386,11 @@ class FakeQoderServer:
             )
 
         files = [copy.deepcopy(f.meta) for f in self._files.files.values()]
-        return _json(200, paginate(files, query, default_order="desc", keep=keep, aliases=True))
-
-    async def _h_get_file(self, request: web.Request) -> web.Response:
-        return _json(200, self._files.get(request.match_info["id"]).meta)
+        page = paginate(files, query, default_order="desc", keep=keep, aliases=True)
+        return json_response(200, page)
 
     async def _h_delete_file(self, request: web.Request) -> web.Response:
-        return _json(200, self._files.delete(request.match_info["id"]))
+        return json_response(200, self._files.delete(request.match_info["id"]))
 
     async def _h_file_content(self, request: web.Request) -> web.Response:
         stored = self._files.get(request.match_info["id"])
@@ -1548,7 +1406,7 @@ class FakeQoderServer:
             mode = "link" if accept == {"application/json"} else "bytes"
         if mode == "link":
             url = f"{self.base_url.removesuffix(BASE_PATH)}{STORAGE_PATH}/files/{stored.meta['id']}"
-            return _json(200, {"url": f"{url}?token={stored.token}", "expires_at": None})
+            return json_response(200, {"url": f"{url}?token={stored.token}", "expires_at": None})
         return self._file_bytes(stored.meta, stored.content)
 
     @staticmethod

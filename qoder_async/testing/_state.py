@@ -249,22 +249,15 @@ class SessionState:
         self, agent_name: str, parent_thread_id: str | None, agent: dict[str, Any]
     ) -> ThreadState:
         """Register a new idle sub-agent thread (the caller stores ``session.thread_created``)."""
-        now = self.ids.now()
-        thread = ThreadState(
-            {
-                "id": self.ids.resource("sthr"),
-                "type": "session_thread",
-                "session_id": self.id,
-                "agent_name": agent_name,
-                "agent": agent,
-                "parent_thread_id": parent_thread_id,
-                "status": "idle",
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-                "archived_at": None,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        fields = {
+            "session_id": self.id,
+            "agent_name": agent_name,
+            "agent": agent,
+            "parent_thread_id": parent_thread_id,
+            "status": "idle",
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        thread = ThreadState(self.ids.stamped("sthr", "session_thread", fields))
         self.threads[thread.id] = thread
         return thread
 
@@ -306,6 +299,14 @@ class SessionState:
             self.turn = None
             self.idle.set()
         turn.answered.set()
+
+    def drop_turn(self) -> Turn | None:
+        """End the running turn with no closing idle (the session or the server ends)."""
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            turn.ended = True
+            self.idle.set()
+        return turn
 
     def abort_turn(self) -> bool:
         """End the running turn like an interrupt; ``False`` when none ran."""

@@ -29,16 +29,29 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 import time
 import zipfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from ._params import FormPart, bool_param, check_metadata, check_str, paginate, parse_multipart
-from ._wire import ApiError, Ids, bad_request, dumps, not_found
+from ._params import (
+    FormPart,
+    Handler,
+    archiver,
+    check_metadata,
+    check_str,
+    form_fields,
+    form_json,
+    int_param,
+    lister,
+    paginate,
+    parse_multipart,
+    read_body,
+    show,
+)
+from ._wire import Ids, bad_request, conflict, find, json_response
 
 __all__ = ["ManagedStore"]
 
@@ -52,11 +65,6 @@ _AUTH_REQUIRED = {
     "environment_variable": ("secret_name", "secret_value"),
 }
 _API_ACTOR = {"type": "api_actor", "api_key_id": "apikey_fake"}
-_Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def _json(status: int, obj: Any) -> web.Response:
-    return web.Response(status=status, body=dumps(obj).encode(), content_type="application/json")
 
 
 def _public(value: Any) -> Any:
@@ -109,14 +117,8 @@ def _sha256(content: str | None) -> str:
 class ManagedStore:
     """Vaults, skills and memory stores of one fake server (``server.managed``)."""
 
-    def __init__(
-        self,
-        ids: Ids,
-        body: Callable[[web.Request], Awaitable[dict[str, Any]]],
-        create_status: Callable[[], int],
-    ) -> None:
+    def __init__(self, ids: Ids, create_status: Callable[[], int]) -> None:
         self._ids = ids
-        self._body = body
         self._create_status = create_status
         self.vaults: dict[str, dict[str, Any]] = {}
         self.credentials: dict[str, dict[str, dict[str, Any]]] = {}
@@ -133,34 +135,39 @@ class ManagedStore:
     def add_routes(self, router: web.UrlDispatcher, base: str) -> None:
         """Register every endpoint under ``base``."""
         v, s, m = f"{base}/vaults", f"{base}/skills", f"{base}/memory_stores"
-        routes: list[tuple[str, str, _Handler]] = [
+        cred = f"{v}/{{vid}}/credentials"
+        routes: list[tuple[str, str, Handler]] = [
             ("POST", v, self._create_vault),
-            ("GET", v, self._list_vaults),
-            ("GET", f"{v}/{{vid}}", self._get_vault),
+            ("GET", v, lister(lambda _: [*self.vaults.values()], order="desc", archivable=True)),
+            ("GET", f"{v}/{{vid}}", show(self._vault)),
             ("DELETE", f"{v}/{{vid}}", self._delete_vault),
-            ("POST", f"{v}/{{vid}}/archive", self._archive_vault),
-            ("POST", f"{v}/{{vid}}/credentials", self._create_credential),
-            ("GET", f"{v}/{{vid}}/credentials", self._list_credentials),
-            ("GET", f"{v}/{{vid}}/credentials/{{cid}}", self._get_credential),
-            ("POST", f"{v}/{{vid}}/credentials/{{cid}}", self._update_credential),
-            ("DELETE", f"{v}/{{vid}}/credentials/{{cid}}", self._delete_credential),
-            ("POST", f"{v}/{{vid}}/credentials/{{cid}}/archive", self._archive_credential),
-            ("POST", f"{v}/{{vid}}/credentials/{{cid}}/mcp_oauth_validate", self._validate),
+            ("POST", f"{v}/{{vid}}/archive", archiver(self._vault, self._ids)),
+            ("POST", cred, self._create_credential),
+            ("GET", cred, lister(self._credentials, order="desc", archivable=True)),
+            ("GET", f"{cred}/{{cid}}", show(self._credential)),
+            ("POST", f"{cred}/{{cid}}", self._update_credential),
+            ("DELETE", f"{cred}/{{cid}}", self._delete_credential),
+            ("POST", f"{cred}/{{cid}}/archive", archiver(self._credential, self._ids)),
+            ("POST", f"{cred}/{{cid}}/mcp_oauth_validate", self._validate),
             ("POST", s, self._create_skill),
             ("GET", s, self._list_skills),
-            ("GET", f"{s}/{{sid}}", self._get_skill),
+            ("GET", f"{s}/{{sid}}", show(self._skill)),
             ("DELETE", f"{s}/{{sid}}", self._delete_skill),
             ("POST", f"{s}/{{sid}}/versions", self._create_skill_version),
-            ("GET", f"{s}/{{sid}}/versions", self._list_skill_versions),
-            ("GET", f"{s}/{{sid}}/versions/{{ver}}", self._get_skill_version),
+            ("GET", f"{s}/{{sid}}/versions", lister(self._skill_versions, order="desc")),
+            ("GET", f"{s}/{{sid}}/versions/{{ver}}", show(self._skill_version)),
             ("DELETE", f"{s}/{{sid}}/versions/{{ver}}", self._delete_skill_version),
             ("GET", f"{s}/{{sid}}/versions/{{ver}}/content", self._skill_content),
             ("POST", m, self._create_store),
-            ("GET", m, self._list_stores),
-            ("GET", f"{m}/{{mid}}", self._get_store),
+            (
+                "GET",
+                m,
+                lister(lambda _: [*self.memory_stores.values()], order="desc", archivable=True),
+            ),
+            ("GET", f"{m}/{{mid}}", show(self._store)),
             ("POST", f"{m}/{{mid}}", self._update_store),
             ("DELETE", f"{m}/{{mid}}", self._delete_store),
-            ("POST", f"{m}/{{mid}}/archive", self._archive_store),
+            ("POST", f"{m}/{{mid}}/archive", archiver(self._store, self._ids, status="archived")),
             ("POST", f"{m}/{{mid}}/memories", self._create_memory),
             ("GET", f"{m}/{{mid}}/memories", self._list_memories),
             ("GET", f"{m}/{{mid}}/memories/{{mem}}", self._get_memory),
@@ -176,61 +183,34 @@ class ManagedStore:
     # ------------------------------------------------------------------ vaults
 
     def _vault(self, request: web.Request) -> dict[str, Any]:
-        vault = self.vaults.get(request.match_info["vid"])
-        if vault is None:
-            raise not_found("vault", request.match_info["vid"])
-        return vault
+        return find(self.vaults, request.match_info["vid"], "vault")
 
     async def _create_vault(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        now = self._ids.now()
-        vault: dict[str, Any] = {
-            "id": self._ids.resource("vault"),
-            "type": "vault",
+        body = await read_body(request)
+        fields = {
             "display_name": check_str(body, "display_name", required=True),
             "metadata": check_metadata(body) or {},
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
         }
+        vault = self._ids.stamped("vault", "vault", fields)
         self.vaults[vault["id"]] = vault
         self.credentials[vault["id"]] = {}
-        return _json(self._create_status(), {**vault, "credentials": []})
-
-    async def _list_vaults(self, request: web.Request) -> web.Response:
-        archived = bool_param(request.query, "include_archived")
-        page = paginate(
-            list(self.vaults.values()),
-            request.query,
-            default_order="desc",
-            keep=lambda it: archived or it["archived_at"] is None,
-        )
-        return _json(200, page)
-
-    async def _get_vault(self, request: web.Request) -> web.Response:
-        return _json(200, self._vault(request))
+        return json_response(self._create_status(), {**vault, "credentials": []})
 
     async def _delete_vault(self, request: web.Request) -> web.Response:
         vault = self._vault(request)
         for cred_id in self.credentials.pop(vault["id"], {}):
             self.secrets.pop(cred_id, None)
         del self.vaults[vault["id"]]
-        return _json(200, {"id": vault["id"], "type": "vault_deleted"})
-
-    async def _archive_vault(self, request: web.Request) -> web.Response:
-        vault = self._vault(request)
-        if vault["archived_at"] is None:
-            vault["archived_at"] = vault["updated_at"] = self._ids.now()
-        return _json(200, vault)
+        return json_response(200, {"id": vault["id"], "type": "vault_deleted"})
 
     # ------------------------------------------------------------------ credentials
 
+    def _credentials(self, request: web.Request) -> list[dict[str, Any]]:
+        return list(self.credentials[self._vault(request)["id"]].values())
+
     def _credential(self, request: web.Request) -> dict[str, Any]:
         vault = self._vault(request)
-        cred = self.credentials[vault["id"]].get(request.match_info["cid"])
-        if cred is None:
-            raise not_found("credential", request.match_info["cid"])
-        return cred
+        return find(self.credentials[vault["id"]], request.match_info["cid"], "credential")
 
     @staticmethod
     def _check_auth(auth: Any, *, creating: bool, kind: str | None = None) -> dict[str, Any]:
@@ -253,60 +233,35 @@ class ManagedStore:
         vault = self._vault(request)
         if vault["archived_at"] is not None:
             raise bad_request("vault is archived")
-        body = await self._body(request)
+        body = await read_body(request)
         auth = self._check_auth(body.get("auth"), creating=True)
-        now = self._ids.now()
-        cred: dict[str, Any] = {
-            "id": self._ids.resource("vcred"),
-            "type": "vault_credential",
+        fields = {
             "vault_id": vault["id"],
             "auth": _public(auth),
             "display_name": check_str(body, "display_name"),
             "metadata": check_metadata(body) or {},
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
         }
+        cred = self._ids.stamped("vcred", "vault_credential", fields)
         self.credentials[vault["id"]][cred["id"]] = cred
         self.secrets[cred["id"]] = _secret_part(auth)
-        return _json(self._create_status(), cred)
-
-    async def _list_credentials(self, request: web.Request) -> web.Response:
-        vault = self._vault(request)
-        archived = bool_param(request.query, "include_archived")
-        page = paginate(
-            list(self.credentials[vault["id"]].values()),
-            request.query,
-            default_order="desc",
-            keep=lambda it: archived or it["archived_at"] is None,
-        )
-        return _json(200, page)
-
-    async def _get_credential(self, request: web.Request) -> web.Response:
-        return _json(200, self._credential(request))
+        return json_response(self._create_status(), cred)
 
     async def _update_credential(self, request: web.Request) -> web.Response:
         cred = self._credential(request)
-        body = await self._body(request)
+        body = await read_body(request)
         if "auth" in body:
             auth = self._check_auth(body["auth"], creating=False, kind=cred["auth"]["type"])
             cred["auth"] = {**cred["auth"], **_public(auth)}
             self.secrets[cred["id"]] = {**self.secrets[cred["id"]], **_secret_part(auth)}
         cred["metadata"] = _patch_metadata(cred["metadata"], body)
         cred["updated_at"] = self._ids.now()
-        return _json(200, cred)
+        return json_response(200, cred)
 
     async def _delete_credential(self, request: web.Request) -> web.Response:
         cred = self._credential(request)
         del self.credentials[cred["vault_id"]][cred["id"]]
         self.secrets.pop(cred["id"], None)
-        return _json(200, {"id": cred["id"], "type": "vault_credential_deleted"})
-
-    async def _archive_credential(self, request: web.Request) -> web.Response:
-        cred = self._credential(request)
-        if cred["archived_at"] is None:
-            cred["archived_at"] = cred["updated_at"] = self._ids.now()
-        return _json(200, cred)
+        return json_response(200, {"id": cred["id"], "type": "vault_credential_deleted"})
 
     async def _validate(self, request: web.Request) -> web.Response:
         cred = self._credential(request)
@@ -320,7 +275,7 @@ class ManagedStore:
             "body": "{}",
             "body_truncated": False,
         }
-        return _json(
+        return json_response(
             200,
             {
                 "credential_id": cred["id"],
@@ -340,17 +295,14 @@ class ManagedStore:
     # ------------------------------------------------------------------ skills
 
     def _skill(self, request: web.Request) -> dict[str, Any]:
-        skill = self.skills.get(request.match_info["sid"])
-        if skill is None:
-            raise not_found("skill", request.match_info["sid"])
-        return skill
+        return find(self.skills, request.match_info["sid"], "skill")
+
+    def _skill_versions(self, request: web.Request) -> list[dict[str, Any]]:
+        return list(self.skill_versions[self._skill(request)["id"]].values())
 
     def _skill_version(self, request: web.Request) -> dict[str, Any]:
         skill = self._skill(request)
-        version = self.skill_versions[skill["id"]].get(request.match_info["ver"])
-        if version is None:
-            raise not_found("skill version", request.match_info["ver"])
-        return version
+        return find(self.skill_versions[skill["id"]], request.match_info["ver"], "skill version")
 
     async def _skill_form(
         self, request: web.Request
@@ -359,10 +311,7 @@ class ManagedStore:
             request.headers.get("Content-Type", ""), await request.read()
         )
         files = [(p.filename or "", p.data) for p in parts if p.name == "files"]
-        fields = {
-            p.name: p.data.decode("utf-8", errors="replace") for p in parts if p.filename is None
-        }
-        fields.pop("files", None)
+        fields = form_fields(parts)
         if not files:
             raise bad_request("Missing required field: files", "files")
         return files, fields
@@ -391,13 +340,8 @@ class ManagedStore:
 
     async def _create_skill(self, request: web.Request) -> web.Response:
         files, fields = await self._skill_form(request)
-        metadata: Any = {}
-        if fields.get("metadata"):
-            try:
-                metadata = json.loads(fields["metadata"])
-            except ValueError:
-                metadata = None
-            check_metadata({"metadata": metadata})
+        metadata = form_json(fields, "metadata", {})
+        check_metadata({"metadata": metadata})
         skill_id = self._ids.resource("skill")
         version = self._new_version(skill_id, files)
         skill: dict[str, Any] = {
@@ -411,7 +355,7 @@ class ManagedStore:
             "updated_at": version["created_at"],
         }
         self.skills[skill_id] = skill
-        return _json(self._create_status(), skill)
+        return json_response(self._create_status(), skill)
 
     async def _list_skills(self, request: web.Request) -> web.Response:
         source = request.query.get("source")
@@ -422,17 +366,14 @@ class ManagedStore:
             keep=lambda it: source is None or it["source"] == source,
             aliases=True,
         )
-        return _json(200, page)
-
-    async def _get_skill(self, request: web.Request) -> web.Response:
-        return _json(200, self._skill(request))
+        return json_response(200, page)
 
     async def _delete_skill(self, request: web.Request) -> web.Response:
         skill = self._skill(request)
         for version in self.skill_versions.pop(skill["id"], {}):
             self.skill_files.pop((skill["id"], version), None)
         del self.skills[skill["id"]]
-        return _json(200, {"id": skill["id"], "type": "skill_deleted"})
+        return json_response(200, {"id": skill["id"], "type": "skill_deleted"})
 
     async def _create_skill_version(self, request: web.Request) -> web.Response:
         skill = self._skill(request)
@@ -440,15 +381,7 @@ class ManagedStore:
         version = self._new_version(skill["id"], files)
         skill["latest_version"] = version["version"]
         skill["updated_at"] = version["created_at"]
-        return _json(self._create_status(), version)
-
-    async def _list_skill_versions(self, request: web.Request) -> web.Response:
-        skill = self._skill(request)
-        versions = list(self.skill_versions[skill["id"]].values())
-        return _json(200, paginate(versions, request.query, default_order="desc"))
-
-    async def _get_skill_version(self, request: web.Request) -> web.Response:
-        return _json(200, self._skill_version(request))
+        return json_response(self._create_status(), version)
 
     async def _delete_skill_version(self, request: web.Request) -> web.Response:
         version = self._skill_version(request)
@@ -458,7 +391,7 @@ class ManagedStore:
         self.skill_files.pop((skill["id"], version["version"]), None)
         if skill["latest_version"] == version["version"]:
             skill["latest_version"] = next(reversed(versions), None)
-        return _json(200, {"id": version["version"], "type": "skill_version_deleted"})
+        return json_response(200, {"id": version["version"], "type": "skill_version_deleted"})
 
     async def _skill_content(self, request: web.Request) -> web.Response:
         version = self._skill_version(request)
@@ -475,70 +408,43 @@ class ManagedStore:
     # ------------------------------------------------------------------ memory stores
 
     def _store(self, request: web.Request, *, writing: bool = False) -> dict[str, Any]:
-        store = self.memory_stores.get(request.match_info["mid"])
-        if store is None:
-            raise not_found("memory store", request.match_info["mid"])
+        store = find(self.memory_stores, request.match_info["mid"], "memory store")
         if writing and store["archived_at"] is not None:
             raise bad_request("memory store is archived")
         return store
 
     async def _create_store(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        now = self._ids.now()
-        store: dict[str, Any] = {
-            "id": self._ids.resource("memstore"),
-            "type": "memory_store",
+        body = await read_body(request)
+        fields = {
             "name": check_str(body, "name", required=True),
             "description": check_str(body, "description") or "",
             "status": "active",
             "entry_count": 0,
             "total_size": 0,
             "metadata": check_metadata(body) or {},
-            "archived_at": None,
-            "created_at": now,
-            "updated_at": now,
         }
+        store = self._ids.stamped("memstore", "memory_store", fields)
         self.memory_stores[store["id"]] = store
         self.memories[store["id"]] = {}
         self.memory_versions[store["id"]] = {}
-        return _json(self._create_status(), store)
-
-    async def _list_stores(self, request: web.Request) -> web.Response:
-        archived = bool_param(request.query, "include_archived")
-        page = paginate(
-            list(self.memory_stores.values()),
-            request.query,
-            default_order="desc",
-            keep=lambda it: archived or it["archived_at"] is None,
-        )
-        return _json(200, page)
-
-    async def _get_store(self, request: web.Request) -> web.Response:
-        return _json(200, self._store(request))
+        return json_response(self._create_status(), store)
 
     async def _update_store(self, request: web.Request) -> web.Response:
         store = self._store(request)
-        body = await self._body(request)
+        body = await read_body(request)
         if "name" in body:
             store["name"] = check_str(body, "name", required=True)
         if "description" in body:
             store["description"] = check_str(body, "description") or ""
         store["metadata"] = _patch_metadata(store["metadata"], body)
         store["updated_at"] = self._ids.now()
-        return _json(200, store)
+        return json_response(200, store)
 
     async def _delete_store(self, request: web.Request) -> web.Response:
         store = self._store(request)
         for table in (self.memory_stores, self.memories, self.memory_versions):
             del table[store["id"]]
-        return _json(200, {"id": store["id"], "type": "memory_store_deleted"})
-
-    async def _archive_store(self, request: web.Request) -> web.Response:
-        store = self._store(request)
-        if store["archived_at"] is None:
-            store["archived_at"] = store["updated_at"] = self._ids.now()
-            store["status"] = "archived"
-        return _json(200, store)
+        return json_response(200, {"id": store["id"], "type": "memory_store_deleted"})
 
     # ------------------------------------------------------------------ memories
 
@@ -554,17 +460,14 @@ class ManagedStore:
         return obj if view == "full" else {**obj, "content": None}
 
     def _memory(self, request: web.Request, store: dict[str, Any]) -> dict[str, Any]:
-        memory = self.memories[store["id"]].get(request.match_info["mem"])
-        if memory is None:
-            raise not_found("memory", request.match_info["mem"])
-        return memory
+        return find(self.memories[store["id"]], request.match_info["mem"], "memory")
 
     def _check_path(self, store: dict[str, Any], path: str, memory_id: str | None = None) -> None:
         if not path.startswith("/"):
             raise bad_request("path must start with /", "path")
         for other in self.memories[store["id"]].values():
             if other["path"] == path and other["id"] != memory_id:
-                raise ApiError(409, "conflict_error", f"a memory exists at {path}: {other['id']}")
+                raise conflict(f"a memory exists at {path}: {other['id']}")
 
     def _record(self, store: dict[str, Any], memory: dict[str, Any], operation: str) -> None:
         version: dict[str, Any] = {
@@ -600,7 +503,7 @@ class ManagedStore:
     async def _create_memory(self, request: web.Request) -> web.Response:
         store = self._store(request, writing=True)
         view = self._view(request, "basic")
-        body = await self._body(request)
+        body = await read_body(request)
         path = check_str(body, "path", required=True) or ""
         self._check_path(store, path)
         if "content" not in body:
@@ -618,18 +521,13 @@ class ManagedStore:
         self._set_content(memory, body["content"])
         self.memories[store["id"]][memory["id"]] = memory
         self._record(store, memory, "created")
-        return _json(self._create_status(), self._shown(memory, view))
+        return json_response(self._create_status(), self._shown(memory, view))
 
     async def _list_memories(self, request: web.Request) -> web.Response:
         store = self._store(request)
         view = self._view(request, "basic")
         prefix = request.query.get("path_prefix", "")
-        depth: int | None = None
-        if "depth" in request.query:
-            try:
-                depth = int(request.query["depth"])
-            except ValueError:
-                raise bad_request("depth must be an integer", "depth") from None
+        depth = int_param(request.query, "depth")
         items: dict[str, dict[str, Any]] = {}
         for memory in self.memories[store["id"]].values():
             if not memory["path"].startswith(prefix):
@@ -647,20 +545,20 @@ class ManagedStore:
             default_order="asc",
             key=lambda it: it.get("id") or it["path"],
         )
-        return _json(200, page)
+        return json_response(200, page)
 
     async def _get_memory(self, request: web.Request) -> web.Response:
-        store = self._store(request)
-        return _json(200, self._shown(self._memory(request, store), self._view(request, "full")))
+        memory = self._memory(request, self._store(request))
+        return json_response(200, self._shown(memory, self._view(request, "full")))
 
     async def _update_memory(self, request: web.Request) -> web.Response:
         store = self._store(request, writing=True)
         memory = self._memory(request, store)
         view = self._view(request, "basic")
-        body = await self._body(request)
+        body = await read_body(request)
         expected = check_str(body, "content_sha256")
         if expected is not None and expected != memory["content_sha256"]:
-            raise ApiError(409, "conflict_error", "memory precondition failed: content changed")
+            raise conflict("memory precondition failed: content changed")
         if "path" in body:
             path = check_str(body, "path", required=True) or ""
             self._check_path(store, path, memory["id"])
@@ -670,25 +568,22 @@ class ManagedStore:
         memory["metadata"] = _patch_metadata(memory["metadata"], body)
         memory["updated_at"] = self._ids.now()
         self._record(store, memory, "modified")
-        return _json(200, self._shown(memory, view))
+        return json_response(200, self._shown(memory, view))
 
     async def _delete_memory(self, request: web.Request) -> web.Response:
         store = self._store(request, writing=True)
         memory = self._memory(request, store)
         expected = request.query.get("expected_content_sha256")
         if expected is not None and expected != memory["content_sha256"]:
-            raise ApiError(409, "conflict_error", "memory precondition failed: content changed")
+            raise conflict("memory precondition failed: content changed")
         del self.memories[store["id"]][memory["id"]]
         self._record(store, memory, "deleted")
-        return _json(200, {"id": memory["id"], "type": "memory_deleted"})
+        return json_response(200, {"id": memory["id"], "type": "memory_deleted"})
 
     # ------------------------------------------------------------------ memory versions
 
     def _memory_version(self, request: web.Request, store: dict[str, Any]) -> dict[str, Any]:
-        version = self.memory_versions[store["id"]].get(request.match_info["ver"])
-        if version is None:
-            raise not_found("memory version", request.match_info["ver"])
-        return version
+        return find(self.memory_versions[store["id"]], request.match_info["ver"], "memory version")
 
     async def _list_memory_versions(self, request: web.Request) -> web.Response:
         store = self._store(request)
@@ -706,16 +601,16 @@ class ManagedStore:
             )
 
         versions = [self._shown(v, view) for v in self.memory_versions[store["id"]].values()]
-        return _json(200, paginate(versions, query, default_order="desc", keep=keep))
+        return json_response(200, paginate(versions, query, default_order="desc", keep=keep))
 
     async def _get_memory_version(self, request: web.Request) -> web.Response:
         store = self._store(request)
         version = self._memory_version(request, store)
-        return _json(200, self._shown(version, self._view(request, "full")))
+        return json_response(200, self._shown(version, self._view(request, "full")))
 
     async def _redact_version(self, request: web.Request) -> web.Response:
         store = self._store(request, writing=True)
         version = self._memory_version(request, store)
         if version["redacted_at"] is None:
             version.update(content=None, redacted_at=self._ids.now(), redacted_by=dict(_API_ACTOR))
-        return _json(200, version)
+        return json_response(200, version)

@@ -6,8 +6,13 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+_T = TypeVar("_T")
 
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -58,9 +63,29 @@ def not_found(kind: str, ident: str) -> ApiError:
     return ApiError(404, "not_found_error", f"{kind} not found: {ident}")
 
 
+def conflict(message: str) -> ApiError:
+    """A 409 ``conflict_error``."""
+    return ApiError(409, "conflict_error", message)
+
+
+def find(table: Mapping[str, _T], ident: str, kind: str) -> _T:
+    """``table[ident]``, or the 404 of an unknown ``kind``."""
+    item = table.get(ident)
+    if item is None:
+        raise not_found(kind, ident)
+    return item
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, the way the service writes it."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_response(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    """``obj`` answered as compact JSON."""
+    return web.Response(
+        status=status, body=dumps(obj).encode(), content_type="application/json", headers=headers
+    )
 
 
 class Ids:
@@ -81,6 +106,18 @@ class Ids:
         value = (time.time_ns() // 1_000_000) << 80 | self._rng.getrandbits(80)
         chars = [_B32[(value >> shift) & 31] for shift in range(125, -1, -5)]
         return f"{prefix}_{''.join(chars)}"
+
+    def stamped(self, prefix: str, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """A new resource: its id and ``type``, ``fields``, unarchived, created and updated now."""
+        now = self.now()
+        return {
+            "id": self.resource(prefix),
+            "type": kind,
+            **fields,
+            "archived_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
 
     def event(self) -> str:
         """The next event id."""
