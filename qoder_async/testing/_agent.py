@@ -250,11 +250,8 @@ class TurnContext:
         return self.emit("agent.message", content=content, message_id=message_id)
 
     async def thinking(self, text: str) -> dict[str, Any]:
-        """Store an ``agent.thinking`` (an ``event_start`` preview goes first).
-
-        The text is stored under ``thinking``; `Dialect.thinking_field`
-        renames or drops it on the wire.
-        """
+        """Store an ``agent.thinking`` (an ``event_start`` preview goes first), its text
+        under ``thinking``."""
         self._check()
         event_id = self._session.ids.event()
         if not self._session.resource.get("incremental_streaming_enabled"):
