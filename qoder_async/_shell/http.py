@@ -426,6 +426,100 @@ def _as_timeout(value: float | Timeout | None, default: Timeout) -> Timeout:
     return Timeout(total=float(value), connect=min(float(value), 10.0))
 
 
+class _Call:
+    """One call of :class:`HTTP` (a request, a download, a stream's connection) across its
+    attempts: its headers, whose token is renewed in place after a 401, and what
+    :meth:`failed` decides a retry by."""
+
+    __slots__ = (
+        "attempt",
+        "first",
+        "headers",
+        "http",
+        "idempotent",
+        "method",
+        "path",
+        "policy",
+        "reauthorized",
+        "token_at",
+    )
+
+    def __init__(self, http: HTTP, method: str, path: str) -> None:
+        secret = http._secret
+        self.http = http
+        self.method = method
+        self.path = path
+        self.headers = dict(secret.headers)
+        self.token_at = secret.generation
+        self.reauthorized = not secret.refreshable
+        self.policy = http.retry
+        self.idempotent = False
+        self.first = http.clock()
+        self.attempt = 0
+
+    async def reauthorize(self, refused: APIStatusError) -> bool:
+        """After a 401: a newer token in :attr:`headers` (one call of the callable for
+        every request refused with that token) and True; False after the first time."""
+        if self.reauthorized:
+            return False
+        self.reauthorized = True
+        http = self.http
+        await http._renewed(refused, self.token_at, self.method, self.path)
+        secret = http._secret
+        self.headers["Authorization"] = secret.headers["Authorization"]
+        self.token_at = secret.generation
+        return True
+
+    async def failed(
+        self, error: BaseException, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        """The one place a failed attempt is retried or not: returns when the next
+        attempt may go (at once with a new token after a first 401, else after the
+        policy's delay); raises ``error`` when none may.
+
+        A retry is logged at WARNING: the request (method and path: never a
+        header or the query), what failed, the attempt, the delay and how much
+        of the retry deadline is left.
+        """
+        if status == 401 and isinstance(error, APIStatusError) and await self.reauthorize(error):
+            return
+        http, policy = self.http, self.policy
+        elapsed = http.clock() - self.first
+        delay = policy.delay(
+            attempt=self.attempt,
+            elapsed=elapsed,
+            method=self.method,
+            idempotent=self.idempotent,
+            status=status,
+            headers=headers,
+            retry_after=error.retry_after if isinstance(error, APIStatusError) else None,
+            rand=http.rand(),
+            in_progress=isinstance(error, RequestInProgressError),
+        )
+        if delay is None:
+            raise error
+        what = error.message if isinstance(error, APIError) else type(error).__name__
+        if status is not None:
+            what = f"{status}: {what}"
+        left = (
+            "no retry deadline"
+            if policy.timeout is None
+            else f"{max(0.0, policy.timeout - elapsed):.1f}s of the retry deadline left"
+        )
+        logger.warning(
+            "%s %s failed (attempt %d): %s; retrying in %.2fs (%s)",
+            self.method,
+            self.path,
+            self.attempt + 1,
+            " ".join(what.split())[:300],
+            delay,
+            left,
+        )
+        http.observer.retrying(error, status)
+        self.attempt += 1
+        await http.sleep(delay)
+
+
 class HTTP:
     """The request layer shared by every resource of a client (see the module table).
 
@@ -539,20 +633,13 @@ class HTTP:
         """A fresh copy of the headers every request carries (the token included)."""
         return dict(self._secret.headers)
 
-    async def _first_token(self, method: str, path: str) -> None:
-        """Call the token callable before the first request (once, shared)."""
-        await self._renewed(None, 0, method, path)
-
-    async def _reauthorize(
-        self, refused: APIStatusError, seen: int, headers: dict[str, str], method: str, path: str
-    ) -> int:
-        """After a 401 to a request sent with token generation ``seen``: a newer token
-        in ``headers`` (one call of the callable for every request refused with
-        that token); its generation back."""
-        await self._renewed(refused, seen, method, path)
-        secret = self._secret
-        headers["Authorization"] = secret.headers["Authorization"]
-        return secret.generation
+    async def _call(self, method: str, path: str) -> _Call:
+        """A new call: the client checked usable, a first token got (one call of the
+        token callable, shared)."""
+        self._life.check()
+        if not self._secret.generation:
+            await self._renewed(None, 0, method, path)
+        return _Call(self, method, path)
 
     async def _renewed(
         self, refused: APIStatusError | None, seen: int, method: str, path: str
@@ -672,12 +759,8 @@ class HTTP:
 
         The body is ``json`` (serialised), or ``body`` (sent as it is).
         """
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token(method, path)
-        headers = dict(secret.headers)
-        token_at, reauthorized = secret.generation, not secret.refreshable
+        call = await self._call(method, path)
+        headers = call.headers
         timeout = self.timeout
         if options is not None:
             idempotency_key = idempotency_key_of(idempotency_key, options.extra_headers)
@@ -689,6 +772,9 @@ class HTTP:
                     json = {**json, **options.extra_body}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+            call.idempotent = True
+        if retry is not None:
+            call.policy = retry
         content: Content | None = None
         if json is not None:
             content = json_dumps(json)
@@ -699,16 +785,12 @@ class HTTP:
             if body.length is not None:
                 headers["Content-Length"] = str(body.length)
         url = self.base_url + path
-        policy = retry or self.retry
         debug = logger.isEnabledFor(logging.DEBUG)
         clock = self.clock
-        first = clock()
-        attempt = 0
         while True:
             started = clock()
             status: int | None = None
             resp_headers: Mapping[str, str] = _NO_HEADERS
-            retry_after: float | None = None
             try:
                 resp = await self.transport.request(
                     method, url, params=params, headers=headers, content=content, timeouts=timeout
@@ -738,83 +820,10 @@ class HTTP:
                     resp_headers,
                     method=method,
                     path=path,
-                    idempotent=idempotency_key is not None,
+                    idempotent=call.idempotent,
                     starts_turn=starts_turn,
                 )
-                if status == 401 and not reauthorized:  # once per request, with a new token
-                    reauthorized = True
-                    token_at = await self._reauthorize(error, token_at, headers, method, path)
-                    continue
-                retry_after = error.retry_after
-            delay = self._retry_delay(
-                policy,
-                error,
-                attempt=attempt,
-                first=first,
-                method=method,
-                path=path,
-                idempotent=idempotency_key is not None,
-                status=status,
-                headers=resp_headers,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
-            self.observer.retrying(error, status)
-            attempt += 1
-            await self.sleep(delay)
-
-    def _retry_delay(
-        self,
-        policy: RetryPolicy,
-        error: BaseException,
-        *,
-        attempt: int,
-        first: float,
-        method: str,
-        path: str,
-        idempotent: bool,
-        status: int | None,
-        headers: Mapping[str, str],
-        retry_after: float | None,
-    ) -> float | None:
-        """The one place a failed attempt is retried or not: seconds to wait, or ``None``.
-
-        A retry is logged at WARNING: the request (method and path: never a
-        header or the query), what failed, the attempt, the delay and how much
-        of the retry deadline is left.
-        """
-        elapsed = self.clock() - first
-        delay = policy.delay(
-            attempt=attempt,
-            elapsed=elapsed,
-            method=method,
-            idempotent=idempotent,
-            status=status,
-            headers=headers,
-            retry_after=retry_after,
-            rand=self.rand(),
-            in_progress=isinstance(error, RequestInProgressError),
-        )
-        if delay is not None:
-            what = error.message if isinstance(error, APIError) else type(error).__name__
-            if status is not None:
-                what = f"{status}: {what}"
-            left = (
-                "no retry deadline"
-                if policy.timeout is None
-                else f"{max(0.0, policy.timeout - elapsed):.1f}s of the retry deadline left"
-            )
-            logger.warning(
-                "%s %s failed (attempt %d): %s; retrying in %.2fs (%s)",
-                method,
-                path,
-                attempt + 1,
-                " ".join(what.split())[:300],
-                delay,
-                left,
-            )
-        return delay
+            await call.failed(error, status, resp_headers)
 
     # -- streams
 
@@ -838,16 +847,12 @@ class HTTP:
         last_event_id: str | None,
     ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
         """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token("GET", path)
-        headers = dict(secret.headers)
+        call = await self._call("GET", path)
+        headers = call.headers
         headers["Accept"] = "text/event-stream"
         headers["Cache-Control"] = "no-store"
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        token_at, reauthorized = secret.generation, not secret.refreshable
         transport = self.transport
         while True:
             started = self.clock()
@@ -863,10 +868,8 @@ class HTTP:
                 await self._check_stream(resp, path, last_event_id, started)
             except AuthenticationError as exc:
                 await opened.__aexit__(type(exc), exc, exc.__traceback__)
-                if reauthorized:
+                if not await call.reauthorize(exc):  # once per connection
                     raise
-                reauthorized = True  # once per connection, with a new token
-                token_at = await self._reauthorize(exc, token_at, headers, "GET", path)
                 continue
             except BaseException as exc:
                 await opened.__aexit__(type(exc), exc, exc.__traceback__)
@@ -948,26 +951,19 @@ class HTTP:
         worth retrying (see :class:`RetryPolicy`) are retried until the answer's
         headers arrive, never after.
         """
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token(method, path)
-        headers = dict(secret.headers)
-        token_at, reauthorized = secret.generation, not secret.refreshable
+        call = await self._call(method, path)
         timeout = self.timeout
         if options is not None:
-            params, timeout = self._apply(options, headers, params)
+            params, timeout = self._apply(options, call.headers, params)
         url = self.base_url + path
         transport = self.transport
-        first = self.clock()
-        attempt = 0
         while True:
             status: int | None = None
-            resp_headers: Mapping[str, str] = {}
+            resp_headers: Mapping[str, str] = _NO_HEADERS
             error: BaseException
             try:
                 async with transport.open(
-                    method, url, params=params, headers=headers, content=None, timeouts=timeout
+                    method, url, params=params, headers=call.headers, content=None, timeouts=timeout
                 ) as resp:
                     status, resp_headers = resp.status, resp.headers
                     if status < 300:
@@ -983,33 +979,11 @@ class HTTP:
                     idempotent=False,
                     starts_turn=False,
                 )
-                if status == 401 and not reauthorized:
-                    reauthorized = True
-                    token_at = await self._reauthorize(error, token_at, headers, method, path)
-                    continue
-                retry_after = error.retry_after
             except APIConnectionError as exc:
                 if status is not None:
                     raise  # the body broke off: the caller had it, nothing to retry here
                 error = scrub(exc, self.secrets)
-                retry_after = None
-            delay = self._retry_delay(
-                self.retry,
-                error,
-                attempt=attempt,
-                first=first,
-                method=method,
-                path=path,
-                idempotent=False,
-                status=status,
-                headers=resp_headers,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
-            self.observer.retrying(error, status)
-            attempt += 1
-            await self.sleep(delay)
+            await call.failed(error, status, resp_headers)
 
     @contextlib.asynccontextmanager
     async def fetch(
