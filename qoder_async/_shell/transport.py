@@ -426,7 +426,7 @@ class AiohttpTransport:
         timeouts: Timeout,
     ) -> _AiohttpStream:
         """Open a request whose answer's body is read as it arrives."""
-        return _AiohttpStream(self, (method, url, params, headers, timeouts.connect))
+        return _AiohttpStream(self, (method, url, params, headers, None, timeouts.connect, False))
 
     def _bare_client(self) -> aiohttp.ClientSession:
         # The same connection pool, without the session's default headers, auth or cookies.
@@ -439,8 +439,7 @@ class AiohttpTransport:
             )
         return bare
 
-    @contextlib.asynccontextmanager
-    async def open(
+    def open(
         self,
         method: str,
         url: str,
@@ -450,26 +449,9 @@ class AiohttpTransport:
         content: Content | None,
         timeouts: Timeout,
         bare: bool = False,
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> _AiohttpStream:
         """Send a request and read its answer's body as it arrives."""
-        client = self._bare_client() if bare else self._client()
-        try:
-            resp = await client.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                data=content,
-                timeout=self._timeout(None, timeouts.connect),
-                allow_redirects=False,
-            )
-        except self.errors as exc:
-            _raise_source_error(exc)
-            raise _connection_error(exc, method, url) from exc
-        try:
-            yield StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))
-        finally:
-            resp.close()
+        return _AiohttpStream(self, (method, url, params, headers, content, timeouts.connect, bare))
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
         """Our error for an aiohttp failure."""
@@ -486,8 +468,13 @@ class AiohttpTransport:
             await session.close()
 
 
+_Opening: TypeAlias = tuple[
+    str, str, Params | None, Mapping[str, str], Content | None, float | None, bool
+]
+
+
 class _AiohttpStream:
-    """:meth:`AiohttpTransport.stream`'s context manager.
+    """:meth:`AiohttpTransport.stream`'s and :meth:`AiohttpTransport.open`'s context manager.
 
     A class rather than a generator: an open stream keeps its response and
     nothing else (a generator context manager keeps its frame, its arguments
@@ -496,32 +483,29 @@ class _AiohttpStream:
 
     __slots__ = ("_request", "_resp", "_transport")
 
-    def __init__(
-        self,
-        transport: AiohttpTransport,
-        request: tuple[str, str, Params | None, Mapping[str, str], float | None],
-    ) -> None:
+    def __init__(self, transport: AiohttpTransport, request: _Opening) -> None:
         self._transport = transport
-        self._request: tuple[str, str, Params | None, Mapping[str, str], float | None] | None = (
-            request
-        )
+        self._request: _Opening | None = request
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> StreamResponse:
         assert self._request is not None, "a stream context is entered once"
-        method, url, params, headers, connect = self._request
+        method, url, params, headers, content, connect, bare = self._request
         self._request = None
         transport = self._transport
+        client = transport._bare_client() if bare else transport._client()
         try:
-            resp = await transport._client().request(
+            resp = await client.request(
                 method,
                 url,
                 params=params,
                 headers=headers,
+                data=content,
                 timeout=transport._timeout(None, connect),
                 allow_redirects=False,
             )
         except transport.errors as exc:
+            _raise_source_error(exc)
             raise _connection_error(exc, method, url) from exc
         self._resp = resp
         return StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))
@@ -646,13 +630,9 @@ class HttpxTransport:
                 content=content,
                 timeout=timeout,
             )
+        auth = None if bare else httpx.USE_CLIENT_DEFAULT
         try:
-            if bare:
-                resp = await self._client.send(
-                    request, stream=True, follow_redirects=False, auth=None
-                )
-            else:
-                resp = await self._client.send(request, stream=True, follow_redirects=False)
+            resp = await self._client.send(request, stream=True, follow_redirects=False, auth=auth)
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
         try:
