@@ -693,8 +693,8 @@ class HTTP:
         *,
         method: str,
         path: str,
-        idempotent: bool,
-        starts_turn: bool,
+        idempotent: bool = False,
+        starts_turn: bool = False,
     ) -> APIStatusError:
         err = error_from_response(
             status,
@@ -840,46 +840,9 @@ class HTTP:
         """
         return _OpenStream(self, path, params, last_event_id)
 
-    async def _open_stream(
-        self,
-        path: str,
-        params: Sequence[tuple[str, str]] | None,
-        last_event_id: str | None,
-    ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
-        """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
-        call = await self._call("GET", path)
-        headers = call.headers
-        headers["Accept"] = "text/event-stream"
-        headers["Cache-Control"] = "no-store"
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        transport = self.transport
-        while True:
-            started = self.clock()
-            opened = transport.stream(
-                "GET",
-                self.base_url + path,
-                params=params,
-                headers=headers,
-                timeouts=self._stream_timeout,
-            )
-            resp = await opened.__aenter__()
-            try:
-                await self._check_stream(resp, path, last_event_id, started)
-            except AuthenticationError as exc:
-                await opened.__aexit__(type(exc), exc, exc.__traceback__)
-                if not await call.reauthorize(exc):  # once per connection
-                    raise
-                continue
-            except BaseException as exc:
-                await opened.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            return opened, resp
-
     async def _check_stream(
         self, resp: StreamResponse, path: str, last_event_id: str | None, started: float
     ) -> None:
-        transport = self.transport
         status, resp_headers = resp.status, resp.headers
         request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
         logger.debug(
@@ -892,22 +855,14 @@ class HTTP:
         )
         ctype = resp_headers.get("content-type", "")
         if status >= 300:
-            body = await self._read_limited(resp, transport)
-            err = self._error(
-                status,
-                body,
-                resp_headers,
-                method="GET",
-                path=path,
-                idempotent=False,
-                starts_turn=False,
-            )
+            body = await self._read_limited(resp)
+            err = self._error(status, body, resp_headers, method="GET", path=path)
             retryable = status in (408, 429) or status >= 500
             if retryable and resp_headers.get("x-should-retry") != "false":
                 raise StreamRetry(err)
             raise err
         if "text/event-stream" not in ctype.split(";")[0].strip().lower():
-            body = await self._read_limited(resp, transport)
+            body = await self._read_limited(resp)
             raise scrub(
                 StreamContentTypeError(
                     ctype,
@@ -919,8 +874,7 @@ class HTTP:
                 self.secrets,
             )
 
-    @staticmethod
-    async def _read_limited(resp: StreamResponse, transport: Transport) -> bytes:
+    async def _read_limited(self, resp: StreamResponse) -> bytes:
         """At most ``ERROR_BODY_LIMIT`` bytes of an error body (a gateway may send megabytes)."""
         parts: list[bytes] = []
         size = 0
@@ -930,7 +884,7 @@ class HTTP:
                 size += len(chunk)
                 if size >= ERROR_BODY_LIMIT:
                     break
-        except transport.errors:
+        except self.transport.errors:
             pass  # a truncated error body still names the status
         return b"".join(parts)[:ERROR_BODY_LIMIT]
 
@@ -969,16 +923,8 @@ class HTTP:
                     if status < 300:
                         yield resp
                         return
-                    body = await self._read_limited(resp, transport)
-                error = self._error(
-                    status,
-                    body,
-                    resp_headers,
-                    method=method,
-                    path=path,
-                    idempotent=False,
-                    starts_turn=False,
-                )
+                    body = await self._read_limited(resp)
+                error = self._error(status, body, resp_headers, method=method, path=path)
             except APIConnectionError as exc:
                 if status is not None:
                     raise  # the body broke off: the caller had it, nothing to retry here
@@ -1010,7 +956,7 @@ class HTTP:
             bare=True,
         ) as resp:
             if resp.status >= 300:
-                body = await self._read_limited(resp, transport)
+                body = await self._read_limited(resp)
                 raise error_from_response(
                     resp.status, body, resp.headers, method="GET", url=where, secrets=self.secrets
                 )
@@ -1043,10 +989,39 @@ class _OpenStream:
         self._opened: contextlib.AbstractAsyncContextManager[StreamResponse] | None = None
 
     async def __aenter__(self) -> StreamResponse:
+        """The transport's stream opened, its answer checked (see :meth:`HTTP.stream`)."""
         assert self._args is not None, "a stream context is entered once"
-        args, self._args = self._args, None
-        self._opened, resp = await self._http._open_stream(*args)
-        return resp
+        (path, params, last_event_id), self._args = self._args, None
+        http = self._http
+        call = await http._call("GET", path)
+        headers = call.headers
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-store"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        transport = http.transport
+        while True:
+            started = http.clock()
+            opened = transport.stream(
+                "GET",
+                http.base_url + path,
+                params=params,
+                headers=headers,
+                timeouts=http._stream_timeout,
+            )
+            resp = await opened.__aenter__()
+            try:
+                await http._check_stream(resp, path, last_event_id, started)
+            except AuthenticationError as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                if not await call.reauthorize(exc):  # once per connection
+                    raise
+                continue
+            except BaseException as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            self._opened = opened
+            return resp
 
     async def __aexit__(
         self,
