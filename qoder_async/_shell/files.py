@@ -165,11 +165,6 @@ def _quote_param(value: str) -> str:
     return escaped.replace("\r", "%0D").replace("\n", "%0A")
 
 
-def _file_disposition(field: str, filename: str) -> str:
-    # A non-ASCII name goes as UTF-8, as browsers send it (RFC 7578 4.2).
-    return f'form-data; name="{_quote_param(field)}"; filename="{_quote_param(filename)}"'
-
-
 class Upload:
     """A ``multipart/form-data`` body streamed from its files (an async iterable of bytes).
 
@@ -197,9 +192,11 @@ class Upload:
         self._parts: list[tuple[bytes, _Reader]] = []
         for i, (field, filename, mime_type, reader) in enumerate(files):
             sep = "" if i == 0 else "\r\n"  # the line break that ends the file before
+            # A non-ASCII filename goes as UTF-8, as browsers send it (RFC 7578 4.2).
             part_head = (
                 f"{sep}--{self.boundary}\r\n"
-                f"Content-Disposition: {_file_disposition(field, filename)}\r\n"
+                f'Content-Disposition: form-data; name="{_quote_param(field)}"; '
+                f'filename="{_quote_param(filename)}"\r\n'
                 f"Content-Type: {mime_type}\r\n\r\n"
             ).encode()
             self._parts.append(((head if i == 0 else b"") + part_head, reader))

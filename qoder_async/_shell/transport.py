@@ -169,15 +169,10 @@ class Transport(Protocol):
         ...
 
 
-def _where(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
-
-
 def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
     """(what happened, was it a timeout) for any connection failure, both libraries."""
-    where = _where(url)
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 6:
@@ -197,7 +192,7 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
         if isinstance(err, aiohttp.ClientSSLError):
             return f"TLS handshake with {where} failed", False
         if isinstance(err, dns_error) or "gaierror" in type(err).__name__:
-            return f"could not resolve the host {urlsplit(url).hostname!r} (DNS)", False
+            return f"could not resolve the host {parts.hostname!r} (DNS)", False
         if isinstance(err, ConnectionRefusedError) or getattr(err, "errno", None) == (
             errno.ECONNREFUSED
         ):
@@ -358,7 +353,6 @@ class AiohttpTransport:
         content: Content | None,
         timeouts: Timeout,
     ) -> Response:
-        """Send a request and read its whole answer."""
         total, connect = timeouts.total, timeouts.connect
         if (
             total is None
@@ -425,7 +419,6 @@ class AiohttpTransport:
         headers: Mapping[str, str],
         timeouts: Timeout,
     ) -> _AiohttpStream:
-        """Open a request whose answer's body is read as it arrives."""
         return _AiohttpStream(self, (method, url, params, headers, None, timeouts.connect, False))
 
     def _bare_client(self) -> aiohttp.ClientSession:
@@ -450,11 +443,9 @@ class AiohttpTransport:
         timeouts: Timeout,
         bare: bool = False,
     ) -> _AiohttpStream:
-        """Send a request and read its answer's body as it arrives."""
         return _AiohttpStream(self, (method, url, params, headers, content, timeouts.connect, bare))
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
-        """Our error for an aiohttp failure."""
         return _connection_error(exc, method, url)
 
     async def aclose(self) -> None:
@@ -642,7 +633,6 @@ class HttpxTransport:
                 await resp.aclose()
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
-        """Our error for an httpx failure."""
         return _connection_error(exc, method, url)
 
     async def aclose(self) -> None:
