@@ -12,10 +12,9 @@ including how a library's exceptions read as ours, lives here and only here.
 when                       the default, or                  ``http_client=httpx.AsyncClient``
                            ``http_client=aiohttp.ClientSession``  (proxies, hooks, mounts)
 requests                   ``ClientSession.request``        ``AsyncClient.request``
-streams                    ``ClientSession.request`` +      ``httpx_sse.aconnect_sse`` +
-                           ``content.iter_chunked(64 KiB)``  ``response.aiter_bytes()``
-other streamed answers     ``ClientSession.request`` +      ``AsyncClient.send(stream=True)``
-(``open``: downloads)      ``content.iter_chunked(64 KiB)``  + ``response.aiter_bytes()``
+streams, and other         ``ClientSession.request`` +      ``AsyncClient.send(stream=True)``
+streamed answers           ``content.iter_chunked(64 KiB)``  + ``response.aiter_bytes()``
+(``open``: downloads)
 streamed request bodies    ``data=`` an async iterable      ``content=`` an async iterable
 ``bare`` requests (no      a session sharing the            an ``httpx.Request`` built
 client defaults)           connector, no cookies            directly, ``auth=None``
@@ -53,10 +52,8 @@ from qoder_async._core.errors import APIConnectionError, APITimeoutError
 
 try:  # the optional transport: pip install "qoder-async[httpx]"
     import httpx
-    import httpx_sse
 except ImportError:  # pragma: no cover - exercised only without the extra
     httpx = None  # type: ignore[assignment]
-    httpx_sse = None  # type: ignore[assignment]
 
 __all__ = [
     "AiohttpTransport",
@@ -513,22 +510,20 @@ class _AiohttpStream:
 class HttpxTransport:
     """The transport for a caller's ``httpx.AsyncClient`` (proxies, event hooks, mounts...).
 
-    Streams are opened with ``httpx_sse.aconnect_sse`` and read with the public
-    ``aiter_bytes()``. The client is borrowed: never closed by us.
+    Streams are opened as other streamed answers are (:meth:`open`) and read with
+    the public ``aiter_bytes()``. The client is borrowed: never closed by us.
     """
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
         self.errors: tuple[type[BaseException], ...] = (httpx.TransportError, OSError, TimeoutError)
-        self._timeouts: dict[Timeout, httpx.Timeout] = {}
+        self._timeouts: dict[tuple[float | None, float | None], httpx.Timeout] = {}
 
-    def _timeout(self, timeout: Timeout, *, stream: bool) -> httpx.Timeout:
-        found = self._timeouts.get(timeout) if not stream else None
+    def _timeout(self, read: float | None, connect: float | None) -> httpx.Timeout:
+        key = (read, connect)
+        found = self._timeouts.get(key)
         if found is None:
-            read = None if stream else timeout.total
-            found = httpx.Timeout(read, connect=timeout.connect, pool=timeout.connect)
-            if not stream:
-                self._timeouts[timeout] = found
+            found = self._timeouts[key] = httpx.Timeout(read, connect=connect, pool=connect)
         return found
 
     async def request(
@@ -550,15 +545,14 @@ class HttpxTransport:
                     params=list(params) if params is not None else None,
                     headers=headers,
                     content=content,
-                    timeout=self._timeout(timeouts, stream=False),
+                    timeout=self._timeout(timeouts.total, timeouts.connect),
                     follow_redirects=False,
                 )
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
         return Response(resp.status_code, resp.headers, resp.content)
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: str,
@@ -566,27 +560,10 @@ class HttpxTransport:
         params: Params | None,
         headers: Mapping[str, str],
         timeouts: Timeout,
-    ) -> AsyncIterator[StreamResponse]:
-        """Open an SSE request with ``httpx_sse.aconnect_sse``."""
-        opener: Any = httpx_sse.aconnect_sse(
-            self._client,
-            method,
-            url,
-            params=params,
-            headers=dict(headers),
-            timeout=self._timeout(timeouts, stream=True),
-            follow_redirects=False,
+    ) -> contextlib.AbstractAsyncContextManager[StreamResponse]:
+        return self.open(
+            method, url, params=params, headers=headers, content=None, timeouts=timeouts
         )
-        try:
-            source = await opener.__aenter__()
-        except self.errors as exc:
-            raise _connection_error(exc, method, url) from exc
-        try:
-            resp = source.response
-            yield StreamResponse(resp.status_code, resp.headers, resp.aiter_bytes())
-        finally:
-            with contextlib.suppress(*self.errors):
-                await opener.__aexit__(None, None, None)
 
     @contextlib.asynccontextmanager
     async def open(
@@ -601,7 +578,7 @@ class HttpxTransport:
         bare: bool = False,
     ) -> AsyncIterator[StreamResponse]:
         """Send a request and read its answer's body with ``aiter_bytes()``."""
-        timeout = self._timeout(timeouts, stream=True)
+        timeout = self._timeout(None, timeouts.connect)
         if bare:
             # Built directly: build_request would merge the client's headers and cookies.
             request = httpx.Request(
