@@ -165,11 +165,6 @@ def _quote_param(value: str) -> str:
     return escaped.replace("\r", "%0D").replace("\n", "%0A")
 
 
-def _file_disposition(field: str, filename: str) -> str:
-    # A non-ASCII name goes as UTF-8, as browsers send it (RFC 7578 4.2).
-    return f'form-data; name="{_quote_param(field)}"; filename="{_quote_param(filename)}"'
-
-
 class Upload:
     """A ``multipart/form-data`` body streamed from its files (an async iterable of bytes).
 
@@ -197,9 +192,11 @@ class Upload:
         self._parts: list[tuple[bytes, _Reader]] = []
         for i, (field, filename, mime_type, reader) in enumerate(files):
             sep = "" if i == 0 else "\r\n"  # the line break that ends the file before
+            # A non-ASCII filename goes as UTF-8, as browsers send it (RFC 7578 4.2).
             part_head = (
                 f"{sep}--{self.boundary}\r\n"
-                f"Content-Disposition: {_file_disposition(field, filename)}\r\n"
+                f'Content-Disposition: form-data; name="{_quote_param(field)}"; '
+                f'filename="{_quote_param(filename)}"\r\n'
                 f"Content-Type: {mime_type}\r\n\r\n"
             ).encode()
             self._parts.append(((head if i == 0 else b"") + part_head, reader))
@@ -339,15 +336,6 @@ async def prepare_files(
 # --------------------------------------------------------------------------- downloads
 
 
-def _content_disposition_filename(value: str | None) -> str | None:
-    if not value:
-        return None
-    message = Message()
-    message["content-disposition"] = value
-    name = message.get_filename()
-    return Path(name).name if name else None
-
-
 def _is_attachment(headers: Mapping[str, str]) -> bool:
     return headers.get("content-disposition", "").strip().lower().startswith("attachment")
 
@@ -408,7 +396,13 @@ class FileDownload:
     @property
     def filename(self) -> str | None:
         """The file name the answer's ``Content-Disposition`` gives, if any."""
-        return _content_disposition_filename(self.headers.get("content-disposition"))
+        value = self.headers.get("content-disposition")
+        if not value:
+            return None
+        message = Message()
+        message["content-disposition"] = value
+        name = message.get_filename()
+        return Path(name).name if name else None
 
     async def __aenter__(self) -> FileDownload:
         return self
@@ -464,10 +458,7 @@ class FileDownload:
                 size += len(chunk)
             await asyncio.to_thread(_commit, f, temp, target)
         except BaseException:
-            # Synchronous: a cancelled task may not get to await the clean-up.
-            f.close()
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            _drop(temp, f)  # synchronous: a cancelled task may not get to await the clean-up
             raise
         return size
 
@@ -485,9 +476,13 @@ def _open_beside(path: str | os.PathLike[str]) -> tuple[str, str, IO[bytes]]:
 
 
 def _discard(opening: asyncio.Future[tuple[str, str, IO[bytes]]]) -> None:
-    if opening.cancelled() or opening.exception() is not None:
-        return
-    temp, _, f = opening.result()
+    if not opening.cancelled() and opening.exception() is None:
+        temp, _, f = opening.result()
+        _drop(temp, f)
+
+
+def _drop(temp: str, f: IO[bytes]) -> None:
+    """Close and remove a temporary file that will not replace its target."""
     f.close()
     with contextlib.suppress(OSError):
         os.unlink(temp)

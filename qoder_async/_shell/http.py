@@ -426,6 +426,100 @@ def _as_timeout(value: float | Timeout | None, default: Timeout) -> Timeout:
     return Timeout(total=float(value), connect=min(float(value), 10.0))
 
 
+class _Call:
+    """One call of :class:`HTTP` (a request, a download, a stream's connection) across its
+    attempts: its headers, whose token is renewed in place after a 401, and what
+    :meth:`failed` decides a retry by."""
+
+    __slots__ = (
+        "attempt",
+        "first",
+        "headers",
+        "http",
+        "idempotent",
+        "method",
+        "path",
+        "policy",
+        "reauthorized",
+        "token_at",
+    )
+
+    def __init__(self, http: HTTP, method: str, path: str) -> None:
+        secret = http._secret
+        self.http = http
+        self.method = method
+        self.path = path
+        self.headers = dict(secret.headers)
+        self.token_at = secret.generation
+        self.reauthorized = not secret.refreshable
+        self.policy = http.retry
+        self.idempotent = False
+        self.first = http.clock()
+        self.attempt = 0
+
+    async def reauthorize(self, refused: APIStatusError) -> bool:
+        """After a 401: a newer token in :attr:`headers` (one call of the callable for
+        every request refused with that token) and True; False after the first time."""
+        if self.reauthorized:
+            return False
+        self.reauthorized = True
+        http = self.http
+        await http._renewed(refused, self.token_at, self.method, self.path)
+        secret = http._secret
+        self.headers["Authorization"] = secret.headers["Authorization"]
+        self.token_at = secret.generation
+        return True
+
+    async def failed(
+        self, error: BaseException, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        """The one place a failed attempt is retried or not: returns when the next
+        attempt may go (at once with a new token after a first 401, else after the
+        policy's delay); raises ``error`` when none may.
+
+        A retry is logged at WARNING: the request (method and path: never a
+        header or the query), what failed, the attempt, the delay and how much
+        of the retry deadline is left.
+        """
+        if status == 401 and isinstance(error, APIStatusError) and await self.reauthorize(error):
+            return
+        http, policy = self.http, self.policy
+        elapsed = http.clock() - self.first
+        delay = policy.delay(
+            attempt=self.attempt,
+            elapsed=elapsed,
+            method=self.method,
+            idempotent=self.idempotent,
+            status=status,
+            headers=headers,
+            retry_after=error.retry_after if isinstance(error, APIStatusError) else None,
+            rand=http.rand(),
+            in_progress=isinstance(error, RequestInProgressError),
+        )
+        if delay is None:
+            raise error
+        what = error.message if isinstance(error, APIError) else type(error).__name__
+        if status is not None:
+            what = f"{status}: {what}"
+        left = (
+            "no retry deadline"
+            if policy.timeout is None
+            else f"{max(0.0, policy.timeout - elapsed):.1f}s of the retry deadline left"
+        )
+        logger.warning(
+            "%s %s failed (attempt %d): %s; retrying in %.2fs (%s)",
+            self.method,
+            self.path,
+            self.attempt + 1,
+            " ".join(what.split())[:300],
+            delay,
+            left,
+        )
+        http.observer.retrying(error, status)
+        self.attempt += 1
+        await http.sleep(delay)
+
+
 class HTTP:
     """The request layer shared by every resource of a client (see the module table).
 
@@ -539,20 +633,13 @@ class HTTP:
         """A fresh copy of the headers every request carries (the token included)."""
         return dict(self._secret.headers)
 
-    async def _first_token(self, method: str, path: str) -> None:
-        """Call the token callable before the first request (once, shared)."""
-        await self._renewed(None, 0, method, path)
-
-    async def _reauthorize(
-        self, refused: APIStatusError, seen: int, headers: dict[str, str], method: str, path: str
-    ) -> int:
-        """After a 401 to a request sent with token generation ``seen``: a newer token
-        in ``headers`` (one call of the callable for every request refused with
-        that token); its generation back."""
-        await self._renewed(refused, seen, method, path)
-        secret = self._secret
-        headers["Authorization"] = secret.headers["Authorization"]
-        return secret.generation
+    async def _call(self, method: str, path: str) -> _Call:
+        """A new call: the client checked usable, a first token got (one call of the
+        token callable, shared)."""
+        self._life.check()
+        if not self._secret.generation:
+            await self._renewed(None, 0, method, path)
+        return _Call(self, method, path)
 
     async def _renewed(
         self, refused: APIStatusError | None, seen: int, method: str, path: str
@@ -606,8 +693,8 @@ class HTTP:
         *,
         method: str,
         path: str,
-        idempotent: bool,
-        starts_turn: bool,
+        idempotent: bool = False,
+        starts_turn: bool = False,
     ) -> APIStatusError:
         err = error_from_response(
             status,
@@ -672,12 +759,8 @@ class HTTP:
 
         The body is ``json`` (serialised), or ``body`` (sent as it is).
         """
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token(method, path)
-        headers = dict(secret.headers)
-        token_at, reauthorized = secret.generation, not secret.refreshable
+        call = await self._call(method, path)
+        headers = call.headers
         timeout = self.timeout
         if options is not None:
             idempotency_key = idempotency_key_of(idempotency_key, options.extra_headers)
@@ -689,6 +772,9 @@ class HTTP:
                     json = {**json, **options.extra_body}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+            call.idempotent = True
+        if retry is not None:
+            call.policy = retry
         content: Content | None = None
         if json is not None:
             content = json_dumps(json)
@@ -699,16 +785,12 @@ class HTTP:
             if body.length is not None:
                 headers["Content-Length"] = str(body.length)
         url = self.base_url + path
-        policy = retry or self.retry
         debug = logger.isEnabledFor(logging.DEBUG)
         clock = self.clock
-        first = clock()
-        attempt = 0
         while True:
             started = clock()
             status: int | None = None
             resp_headers: Mapping[str, str] = _NO_HEADERS
-            retry_after: float | None = None
             try:
                 resp = await self.transport.request(
                     method, url, params=params, headers=headers, content=content, timeouts=timeout
@@ -738,83 +820,10 @@ class HTTP:
                     resp_headers,
                     method=method,
                     path=path,
-                    idempotent=idempotency_key is not None,
+                    idempotent=call.idempotent,
                     starts_turn=starts_turn,
                 )
-                if status == 401 and not reauthorized:  # once per request, with a new token
-                    reauthorized = True
-                    token_at = await self._reauthorize(error, token_at, headers, method, path)
-                    continue
-                retry_after = error.retry_after
-            delay = self._retry_delay(
-                policy,
-                error,
-                attempt=attempt,
-                first=first,
-                method=method,
-                path=path,
-                idempotent=idempotency_key is not None,
-                status=status,
-                headers=resp_headers,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
-            self.observer.retrying(error, status)
-            attempt += 1
-            await self.sleep(delay)
-
-    def _retry_delay(
-        self,
-        policy: RetryPolicy,
-        error: BaseException,
-        *,
-        attempt: int,
-        first: float,
-        method: str,
-        path: str,
-        idempotent: bool,
-        status: int | None,
-        headers: Mapping[str, str],
-        retry_after: float | None,
-    ) -> float | None:
-        """The one place a failed attempt is retried or not: seconds to wait, or ``None``.
-
-        A retry is logged at WARNING: the request (method and path: never a
-        header or the query), what failed, the attempt, the delay and how much
-        of the retry deadline is left.
-        """
-        elapsed = self.clock() - first
-        delay = policy.delay(
-            attempt=attempt,
-            elapsed=elapsed,
-            method=method,
-            idempotent=idempotent,
-            status=status,
-            headers=headers,
-            retry_after=retry_after,
-            rand=self.rand(),
-            in_progress=isinstance(error, RequestInProgressError),
-        )
-        if delay is not None:
-            what = error.message if isinstance(error, APIError) else type(error).__name__
-            if status is not None:
-                what = f"{status}: {what}"
-            left = (
-                "no retry deadline"
-                if policy.timeout is None
-                else f"{max(0.0, policy.timeout - elapsed):.1f}s of the retry deadline left"
-            )
-            logger.warning(
-                "%s %s failed (attempt %d): %s; retrying in %.2fs (%s)",
-                method,
-                path,
-                attempt + 1,
-                " ".join(what.split())[:300],
-                delay,
-                left,
-            )
-        return delay
+            await call.failed(error, status, resp_headers)
 
     # -- streams
 
@@ -831,52 +840,9 @@ class HTTP:
         """
         return _OpenStream(self, path, params, last_event_id)
 
-    async def _open_stream(
-        self,
-        path: str,
-        params: Sequence[tuple[str, str]] | None,
-        last_event_id: str | None,
-    ) -> tuple[contextlib.AbstractAsyncContextManager[StreamResponse], StreamResponse]:
-        """The transport's open stream context and its answer, checked (see :meth:`stream`)."""
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token("GET", path)
-        headers = dict(secret.headers)
-        headers["Accept"] = "text/event-stream"
-        headers["Cache-Control"] = "no-store"
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        token_at, reauthorized = secret.generation, not secret.refreshable
-        transport = self.transport
-        while True:
-            started = self.clock()
-            opened = transport.stream(
-                "GET",
-                self.base_url + path,
-                params=params,
-                headers=headers,
-                timeouts=self._stream_timeout,
-            )
-            resp = await opened.__aenter__()
-            try:
-                await self._check_stream(resp, path, last_event_id, started)
-            except AuthenticationError as exc:
-                await opened.__aexit__(type(exc), exc, exc.__traceback__)
-                if reauthorized:
-                    raise
-                reauthorized = True  # once per connection, with a new token
-                token_at = await self._reauthorize(exc, token_at, headers, "GET", path)
-                continue
-            except BaseException as exc:
-                await opened.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            return opened, resp
-
     async def _check_stream(
         self, resp: StreamResponse, path: str, last_event_id: str | None, started: float
     ) -> None:
-        transport = self.transport
         status, resp_headers = resp.status, resp.headers
         request_id = resp_headers.get("x-request-id") or resp_headers.get("request-id")
         logger.debug(
@@ -889,22 +855,14 @@ class HTTP:
         )
         ctype = resp_headers.get("content-type", "")
         if status >= 300:
-            body = await self._read_limited(resp, transport)
-            err = self._error(
-                status,
-                body,
-                resp_headers,
-                method="GET",
-                path=path,
-                idempotent=False,
-                starts_turn=False,
-            )
+            body = await self._read_limited(resp)
+            err = self._error(status, body, resp_headers, method="GET", path=path)
             retryable = status in (408, 429) or status >= 500
             if retryable and resp_headers.get("x-should-retry") != "false":
                 raise StreamRetry(err)
             raise err
         if "text/event-stream" not in ctype.split(";")[0].strip().lower():
-            body = await self._read_limited(resp, transport)
+            body = await self._read_limited(resp)
             raise scrub(
                 StreamContentTypeError(
                     ctype,
@@ -916,8 +874,7 @@ class HTTP:
                 self.secrets,
             )
 
-    @staticmethod
-    async def _read_limited(resp: StreamResponse, transport: Transport) -> bytes:
+    async def _read_limited(self, resp: StreamResponse) -> bytes:
         """At most ``ERROR_BODY_LIMIT`` bytes of an error body (a gateway may send megabytes)."""
         parts: list[bytes] = []
         size = 0
@@ -927,7 +884,7 @@ class HTTP:
                 size += len(chunk)
                 if size >= ERROR_BODY_LIMIT:
                     break
-        except transport.errors:
+        except self.transport.errors:
             pass  # a truncated error body still names the status
         return b"".join(parts)[:ERROR_BODY_LIMIT]
 
@@ -948,68 +905,31 @@ class HTTP:
         worth retrying (see :class:`RetryPolicy`) are retried until the answer's
         headers arrive, never after.
         """
-        self._life.check()
-        secret = self._secret
-        if not secret.generation:
-            await self._first_token(method, path)
-        headers = dict(secret.headers)
-        token_at, reauthorized = secret.generation, not secret.refreshable
+        call = await self._call(method, path)
         timeout = self.timeout
         if options is not None:
-            params, timeout = self._apply(options, headers, params)
+            params, timeout = self._apply(options, call.headers, params)
         url = self.base_url + path
         transport = self.transport
-        first = self.clock()
-        attempt = 0
         while True:
             status: int | None = None
-            resp_headers: Mapping[str, str] = {}
+            resp_headers: Mapping[str, str] = _NO_HEADERS
             error: BaseException
             try:
                 async with transport.open(
-                    method, url, params=params, headers=headers, content=None, timeouts=timeout
+                    method, url, params=params, headers=call.headers, content=None, timeouts=timeout
                 ) as resp:
                     status, resp_headers = resp.status, resp.headers
                     if status < 300:
                         yield resp
                         return
-                    body = await self._read_limited(resp, transport)
-                error = self._error(
-                    status,
-                    body,
-                    resp_headers,
-                    method=method,
-                    path=path,
-                    idempotent=False,
-                    starts_turn=False,
-                )
-                if status == 401 and not reauthorized:
-                    reauthorized = True
-                    token_at = await self._reauthorize(error, token_at, headers, method, path)
-                    continue
-                retry_after = error.retry_after
+                    body = await self._read_limited(resp)
+                error = self._error(status, body, resp_headers, method=method, path=path)
             except APIConnectionError as exc:
                 if status is not None:
                     raise  # the body broke off: the caller had it, nothing to retry here
                 error = scrub(exc, self.secrets)
-                retry_after = None
-            delay = self._retry_delay(
-                self.retry,
-                error,
-                attempt=attempt,
-                first=first,
-                method=method,
-                path=path,
-                idempotent=False,
-                status=status,
-                headers=resp_headers,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
-            self.observer.retrying(error, status)
-            attempt += 1
-            await self.sleep(delay)
+            await call.failed(error, status, resp_headers)
 
     @contextlib.asynccontextmanager
     async def fetch(
@@ -1036,7 +956,7 @@ class HTTP:
             bare=True,
         ) as resp:
             if resp.status >= 300:
-                body = await self._read_limited(resp, transport)
+                body = await self._read_limited(resp)
                 raise error_from_response(
                     resp.status, body, resp.headers, method="GET", url=where, secrets=self.secrets
                 )
@@ -1069,10 +989,39 @@ class _OpenStream:
         self._opened: contextlib.AbstractAsyncContextManager[StreamResponse] | None = None
 
     async def __aenter__(self) -> StreamResponse:
+        """The transport's stream opened, its answer checked (see :meth:`HTTP.stream`)."""
         assert self._args is not None, "a stream context is entered once"
-        args, self._args = self._args, None
-        self._opened, resp = await self._http._open_stream(*args)
-        return resp
+        (path, params, last_event_id), self._args = self._args, None
+        http = self._http
+        call = await http._call("GET", path)
+        headers = call.headers
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-store"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        transport = http.transport
+        while True:
+            started = http.clock()
+            opened = transport.stream(
+                "GET",
+                http.base_url + path,
+                params=params,
+                headers=headers,
+                timeouts=http._stream_timeout,
+            )
+            resp = await opened.__aenter__()
+            try:
+                await http._check_stream(resp, path, last_event_id, started)
+            except AuthenticationError as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                if not await call.reauthorize(exc):  # once per connection
+                    raise
+                continue
+            except BaseException as exc:
+                await opened.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            self._opened = opened
+            return resp
 
     async def __aexit__(
         self,

@@ -79,8 +79,10 @@ class AsyncPaginator(Generic[_T]):
         self._options = options
         self._backward = any(key in ("before_id", "before") for key, _ in params)
 
-    def __aiter__(self) -> AsyncIterator[_T]:
-        return self._items()
+    async def __aiter__(self) -> AsyncIterator[_T]:
+        async for page in self.pages():
+            for item in page:
+                yield item
 
     async def pages(self) -> AsyncIterator[Page[_T]]:
         """Iterate page by page."""
@@ -153,11 +155,6 @@ class AsyncPaginator(Generic[_T]):
                 "has_more is true but the answer names no cursor", method="GET", url=self._path
             )
         return ("after_id", last_id)
-
-    async def _items(self) -> AsyncIterator[_T]:
-        async for page in self.pages():
-            for item in page:
-                yield item
 
 
 def _cursor(value: Any) -> str | None:

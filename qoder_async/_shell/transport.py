@@ -12,10 +12,9 @@ including how a library's exceptions read as ours, lives here and only here.
 when                       the default, or                  ``http_client=httpx.AsyncClient``
                            ``http_client=aiohttp.ClientSession``  (proxies, hooks, mounts)
 requests                   ``ClientSession.request``        ``AsyncClient.request``
-streams                    ``ClientSession.request`` +      ``httpx_sse.aconnect_sse`` +
-                           ``content.iter_chunked(64 KiB)``  ``response.aiter_bytes()``
-other streamed answers     ``ClientSession.request`` +      ``AsyncClient.send(stream=True)``
-(``open``: downloads)      ``content.iter_chunked(64 KiB)``  + ``response.aiter_bytes()``
+streams, and other         ``ClientSession.request`` +      ``AsyncClient.send(stream=True)``
+streamed answers           ``content.iter_chunked(64 KiB)``  + ``response.aiter_bytes()``
+(``open``: downloads)
 streamed request bodies    ``data=`` an async iterable      ``content=`` an async iterable
 ``bare`` requests (no      a session sharing the            an ``httpx.Request`` built
 client defaults)           connector, no cookies            directly, ``auth=None``
@@ -53,10 +52,8 @@ from qoder_async._core.errors import APIConnectionError, APITimeoutError
 
 try:  # the optional transport: pip install "qoder-async[httpx]"
     import httpx
-    import httpx_sse
 except ImportError:  # pragma: no cover - exercised only without the extra
     httpx = None  # type: ignore[assignment]
-    httpx_sse = None  # type: ignore[assignment]
 
 __all__ = [
     "AiohttpTransport",
@@ -169,15 +166,10 @@ class Transport(Protocol):
         ...
 
 
-def _where(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
-
-
 def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
     """(what happened, was it a timeout) for any connection failure, both libraries."""
-    where = _where(url)
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 6:
@@ -197,7 +189,7 @@ def _describe(exc: BaseException, url: str) -> tuple[str, bool]:
         if isinstance(err, aiohttp.ClientSSLError):
             return f"TLS handshake with {where} failed", False
         if isinstance(err, dns_error) or "gaierror" in type(err).__name__:
-            return f"could not resolve the host {urlsplit(url).hostname!r} (DNS)", False
+            return f"could not resolve the host {parts.hostname!r} (DNS)", False
         if isinstance(err, ConnectionRefusedError) or getattr(err, "errno", None) == (
             errno.ECONNREFUSED
         ):
@@ -358,7 +350,6 @@ class AiohttpTransport:
         content: Content | None,
         timeouts: Timeout,
     ) -> Response:
-        """Send a request and read its whole answer."""
         total, connect = timeouts.total, timeouts.connect
         if (
             total is None
@@ -425,8 +416,7 @@ class AiohttpTransport:
         headers: Mapping[str, str],
         timeouts: Timeout,
     ) -> _AiohttpStream:
-        """Open a request whose answer's body is read as it arrives."""
-        return _AiohttpStream(self, (method, url, params, headers, timeouts.connect))
+        return _AiohttpStream(self, (method, url, params, headers, None, timeouts.connect, False))
 
     def _bare_client(self) -> aiohttp.ClientSession:
         # The same connection pool, without the session's default headers, auth or cookies.
@@ -439,8 +429,7 @@ class AiohttpTransport:
             )
         return bare
 
-    @contextlib.asynccontextmanager
-    async def open(
+    def open(
         self,
         method: str,
         url: str,
@@ -450,29 +439,10 @@ class AiohttpTransport:
         content: Content | None,
         timeouts: Timeout,
         bare: bool = False,
-    ) -> AsyncIterator[StreamResponse]:
-        """Send a request and read its answer's body as it arrives."""
-        client = self._bare_client() if bare else self._client()
-        try:
-            resp = await client.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                data=content,
-                timeout=self._timeout(None, timeouts.connect),
-                allow_redirects=False,
-            )
-        except self.errors as exc:
-            _raise_source_error(exc)
-            raise _connection_error(exc, method, url) from exc
-        try:
-            yield StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))
-        finally:
-            resp.close()
+    ) -> _AiohttpStream:
+        return _AiohttpStream(self, (method, url, params, headers, content, timeouts.connect, bare))
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
-        """Our error for an aiohttp failure."""
         return _connection_error(exc, method, url)
 
     async def aclose(self) -> None:
@@ -486,8 +456,13 @@ class AiohttpTransport:
             await session.close()
 
 
+_Opening: TypeAlias = tuple[
+    str, str, Params | None, Mapping[str, str], Content | None, float | None, bool
+]
+
+
 class _AiohttpStream:
-    """:meth:`AiohttpTransport.stream`'s context manager.
+    """:meth:`AiohttpTransport.stream`'s and :meth:`AiohttpTransport.open`'s context manager.
 
     A class rather than a generator: an open stream keeps its response and
     nothing else (a generator context manager keeps its frame, its arguments
@@ -496,32 +471,29 @@ class _AiohttpStream:
 
     __slots__ = ("_request", "_resp", "_transport")
 
-    def __init__(
-        self,
-        transport: AiohttpTransport,
-        request: tuple[str, str, Params | None, Mapping[str, str], float | None],
-    ) -> None:
+    def __init__(self, transport: AiohttpTransport, request: _Opening) -> None:
         self._transport = transport
-        self._request: tuple[str, str, Params | None, Mapping[str, str], float | None] | None = (
-            request
-        )
+        self._request: _Opening | None = request
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> StreamResponse:
         assert self._request is not None, "a stream context is entered once"
-        method, url, params, headers, connect = self._request
+        method, url, params, headers, content, connect, bare = self._request
         self._request = None
         transport = self._transport
+        client = transport._bare_client() if bare else transport._client()
         try:
-            resp = await transport._client().request(
+            resp = await client.request(
                 method,
                 url,
                 params=params,
                 headers=headers,
+                data=content,
                 timeout=transport._timeout(None, connect),
                 allow_redirects=False,
             )
         except transport.errors as exc:
+            _raise_source_error(exc)
             raise _connection_error(exc, method, url) from exc
         self._resp = resp
         return StreamResponse(resp.status, resp.headers, resp.content.iter_chunked(_STREAM_READ))
@@ -538,22 +510,20 @@ class _AiohttpStream:
 class HttpxTransport:
     """The transport for a caller's ``httpx.AsyncClient`` (proxies, event hooks, mounts...).
 
-    Streams are opened with ``httpx_sse.aconnect_sse`` and read with the public
-    ``aiter_bytes()``. The client is borrowed: never closed by us.
+    Streams are opened as other streamed answers are (:meth:`open`) and read with
+    the public ``aiter_bytes()``. The client is borrowed: never closed by us.
     """
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
         self.errors: tuple[type[BaseException], ...] = (httpx.TransportError, OSError, TimeoutError)
-        self._timeouts: dict[Timeout, httpx.Timeout] = {}
+        self._timeouts: dict[tuple[float | None, float | None], httpx.Timeout] = {}
 
-    def _timeout(self, timeout: Timeout, *, stream: bool) -> httpx.Timeout:
-        found = self._timeouts.get(timeout) if not stream else None
+    def _timeout(self, read: float | None, connect: float | None) -> httpx.Timeout:
+        key = (read, connect)
+        found = self._timeouts.get(key)
         if found is None:
-            read = None if stream else timeout.total
-            found = httpx.Timeout(read, connect=timeout.connect, pool=timeout.connect)
-            if not stream:
-                self._timeouts[timeout] = found
+            found = self._timeouts[key] = httpx.Timeout(read, connect=connect, pool=connect)
         return found
 
     async def request(
@@ -575,15 +545,14 @@ class HttpxTransport:
                     params=list(params) if params is not None else None,
                     headers=headers,
                     content=content,
-                    timeout=self._timeout(timeouts, stream=False),
+                    timeout=self._timeout(timeouts.total, timeouts.connect),
                     follow_redirects=False,
                 )
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
         return Response(resp.status_code, resp.headers, resp.content)
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: str,
@@ -591,27 +560,10 @@ class HttpxTransport:
         params: Params | None,
         headers: Mapping[str, str],
         timeouts: Timeout,
-    ) -> AsyncIterator[StreamResponse]:
-        """Open an SSE request with ``httpx_sse.aconnect_sse``."""
-        opener: Any = httpx_sse.aconnect_sse(
-            self._client,
-            method,
-            url,
-            params=params,
-            headers=dict(headers),
-            timeout=self._timeout(timeouts, stream=True),
-            follow_redirects=False,
+    ) -> contextlib.AbstractAsyncContextManager[StreamResponse]:
+        return self.open(
+            method, url, params=params, headers=headers, content=None, timeouts=timeouts
         )
-        try:
-            source = await opener.__aenter__()
-        except self.errors as exc:
-            raise _connection_error(exc, method, url) from exc
-        try:
-            resp = source.response
-            yield StreamResponse(resp.status_code, resp.headers, resp.aiter_bytes())
-        finally:
-            with contextlib.suppress(*self.errors):
-                await opener.__aexit__(None, None, None)
 
     @contextlib.asynccontextmanager
     async def open(
@@ -626,7 +578,7 @@ class HttpxTransport:
         bare: bool = False,
     ) -> AsyncIterator[StreamResponse]:
         """Send a request and read its answer's body with ``aiter_bytes()``."""
-        timeout = self._timeout(timeouts, stream=True)
+        timeout = self._timeout(None, timeouts.connect)
         if bare:
             # Built directly: build_request would merge the client's headers and cookies.
             request = httpx.Request(
@@ -646,13 +598,9 @@ class HttpxTransport:
                 content=content,
                 timeout=timeout,
             )
+        auth = None if bare else httpx.USE_CLIENT_DEFAULT
         try:
-            if bare:
-                resp = await self._client.send(
-                    request, stream=True, follow_redirects=False, auth=None
-                )
-            else:
-                resp = await self._client.send(request, stream=True, follow_redirects=False)
+            resp = await self._client.send(request, stream=True, follow_redirects=False, auth=auth)
         except self.errors as exc:
             raise _connection_error(exc, method, url) from exc
         try:
@@ -662,7 +610,6 @@ class HttpxTransport:
                 await resp.aclose()
 
     def connection_error(self, exc: BaseException, method: str, url: str) -> APIConnectionError:
-        """Our error for an httpx failure."""
         return _connection_error(exc, method, url)
 
     async def aclose(self) -> None:
