@@ -33,10 +33,9 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-# httpx and httpx-sse come with qoder_async's `test` extra; httpx-aiohttp (D's
-# transport, and the transport handed to qoder_async-stream-httpx) is no longer a
-# dependency of the package: `pip install httpx-aiohttp` for those contenders,
-# which are reported UNAVAILABLE without it.
+# httpx, httpx-sse and httpx-aiohttp (D's transport, and the transport handed to
+# qoder_async-stream-httpx) come with qoder_async's `bench` extra; the contenders
+# that need one are reported UNAVAILABLE without it.
 try:
     import httpx
     from httpx_sse import aconnect_sse
@@ -345,7 +344,7 @@ class AiohttpMin(_Aiohttp):
 def need_httpx(aiohttp_transport: bool) -> None:
     """Raise :class:`Unavailable` unless httpx (+ httpx-sse, + httpx-aiohttp) import."""
     if httpx is None or aconnect_sse is None:
-        raise Unavailable("httpx / httpx-sse not installed (pip install -e '.[test]')")
+        raise Unavailable("httpx / httpx-sse not installed (pip install -e '.[bench]')")
     if aiohttp_transport and AiohttpTransport is None:
         raise Unavailable("httpx-aiohttp not installed (pip install httpx-aiohttp)")
 

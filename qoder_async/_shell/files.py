@@ -254,8 +254,7 @@ async def _measure(source: Any) -> tuple[int | None, int | None]:
     if isinstance(source, AsyncIterable):
         return None, None
     if isinstance(source, str | os.PathLike):
-        stat = await asyncio.to_thread(os.stat, source)
-        return stat.st_size, None
+        return (await asyncio.to_thread(os.stat, source)).st_size, None
     if isinstance(source, io.TextIOBase):
         raise TypeError("upload a file opened in binary mode ('rb'), not text mode")
     if not callable(getattr(source, "read", None)):
@@ -502,7 +501,6 @@ async def _next_chunk(
     read_timeout: float | None,
 ) -> bytes | None:
     """The next chunk, or ``None`` at the end; failures as our connection errors."""
-    where = urlsplit(url).path
     try:
         async with asyncio.timeout(read_timeout):
             return await chunks.__anext__()
@@ -510,11 +508,13 @@ async def _next_chunk(
         return None
     except TimeoutError:
         raise APITimeoutError(
-            f"the download sent no data for {read_timeout} s", method="GET", url=where
+            f"the download sent no data for {read_timeout} s", method="GET", url=urlsplit(url).path
         ) from None
     except errors as exc:
         raise APIConnectionError(
-            f"the download broke off ({type(exc).__name__})", method="GET", url=where
+            f"the download broke off ({type(exc).__name__})",
+            method="GET",
+            url=urlsplit(url).path,
         ) from exc
 
 
