@@ -890,15 +890,7 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
 
 # --------------------------------------------------------------------------- outbound
 
-OUTBOUND_TYPES: tuple[type[OutboundEvent], ...] = (
-    UserMessage,
-    UserInterrupt,
-    UserDefineOutcome,
-    UserToolConfirmation,
-    UserCustomToolResult,
-    UserToolResult,
-    SystemMessage,
-)
+OUTBOUND_TYPES: tuple[type[OutboundEvent], ...] = typing.get_args(OutboundEvent)
 
 
 _OUTBOUND_FIELDS: dict[type, tuple[str, ...]] = {
@@ -989,10 +981,10 @@ def _list(d: JSON, key: str) -> list[Any] | tuple[Any, ...]:
     return v
 
 
-def _field_of(obj: JSON, where: str, key: str) -> str | None:
-    """A string field of the nested object ``where``."""
+def _field_of(read: Callable[[JSON, str], _T], obj: JSON, where: str, key: str) -> _T:
+    """A field of the nested object ``where``, read by ``read`` (``_str``, ``_int``)."""
     try:
-        return _str(obj, key)
+        return read(obj, key)
     except ShapeError as exc:
         raise exc.at(f"{where}.{key}") from None
 
@@ -1015,7 +1007,7 @@ def _normalised_session(d: JSON) -> dict[str, Any]:
         if isinstance(agent, str):
             agent_id = agent
         elif isinstance(agent, Mapping):
-            agent_id = _field_of(agent, "agent", "id")
+            agent_id = _field_of(_str, agent, "agent", "id")
     snapshot: Any = None
     if isinstance(agent, Mapping):
         if agent.get("id") is not None:
@@ -1045,18 +1037,10 @@ def _model_config(model: Any) -> ModelConfig | None:
     if not isinstance(model, Mapping):
         raise ShapeError("model", "a string or an object", model)
     return ModelConfig(
-        id=_field_of(model, "model", "id"),
-        effective_context_window=_int_of(model, "model", "effective_context_window"),
+        id=_field_of(_str, model, "model", "id"),
+        effective_context_window=_field_of(_int, model, "model", "effective_context_window"),
         raw=model,
     )
-
-
-def _int_of(obj: JSON, where: str, key: str) -> int | None:
-    """An integer field of the nested object ``where``."""
-    try:
-        return _int(obj, key)
-    except ShapeError as exc:
-        raise exc.at(f"{where}.{key}") from None
 
 
 def _normalised_agent(d: JSON) -> dict[str, Any]:
@@ -1079,7 +1063,7 @@ def _normalised_thread(d: JSON) -> dict[str, Any]:
     agent = _obj(d, "agent") or {}
     name = _str(d, "agent_name")
     if name is None:
-        name = _field_of(agent, "agent", "name")
+        name = _field_of(_str, agent, "agent", "name")
     snapshot = agent if agent.get("id") is not None else None
     return {**d, "agent": agent, "agent_name": name, "agent_snapshot": snapshot}
 
@@ -1145,7 +1129,7 @@ def _normalised_vault(d: JSON) -> dict[str, Any]:
 def _normalised_skill(d: JSON) -> dict[str, Any]:
     source = d.get("source")
     if isinstance(source, Mapping):  # the SDK's types allow ``{"type": "custom"}``
-        source = _field_of(source, "source", "type")
+        source = _field_of(_str, source, "source", "type")
     return {**d, "source": source}
 
 
