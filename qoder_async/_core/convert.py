@@ -171,7 +171,6 @@ __all__ = [
     "CREDENTIAL_SECRETS",
     "EVENT_CLASSES",
     "EVENT_HOOKS",
-    "EVENT_TYPES",
     "ShapeError",
     "converter",
     "fast_constructor",
@@ -852,12 +851,6 @@ EVENT_HOOKS: dict[str, Hook] = {
 }
 """The wire ``type`` -> hook table: the one the stream decoder and :func:`structure_event` run."""
 
-EVENT_TYPES: dict[str, type[BaseEvent]] = {
-    **{cls.type: cls for cls in EVENT_CLASSES},  # type: ignore[misc]
-    "terminated": SessionStatusTerminated,
-}
-"""The wire ``type`` -> event class table."""
-
 
 # SSE `event:` names that do not name an event type.
 _GENERIC_SSE_EVENTS = frozenset({None, "", "message"})
@@ -882,10 +875,10 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
         data["id"] = sse_id
     if t.__class__ is not str and not isinstance(t, str):
         raise ShapeError("type", "a string", t)
-    cls = EVENT_TYPES.get(t)
-    if cls is None:
+    hook = EVENT_HOOKS.get(t)
+    if hook is None:
         return _new_unknown(*_head(data), t)
-    return EVENT_HOOKS[t](data, cls)
+    return hook(data)
 
 
 # --------------------------------------------------------------------------- outbound
