@@ -1521,8 +1521,8 @@ class WorkQueueStats:
 
 
 # --- vaults, skills, memory stores -----------------------------------------------------
-# (``client.vaults``, ``client.skills``, ``client.memory_stores``; decoded in
-# ``_core/convert.py``'s block of the same name.) Deletions answer :class:`Deleted`.
+# (``client.vaults``, ``client.skills``, ``client.memory_stores``; decoded through
+# ``_core/convert.py``'s ``_MANAGED`` table.) Deletions answer :class:`Deleted`.
 
 
 @frozen(kw_only=True)
