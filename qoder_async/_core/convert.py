@@ -54,7 +54,6 @@ answer). Unknown fields are ignored (``raw`` keeps them).
 from __future__ import annotations
 
 import collections.abc
-import functools
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -172,7 +171,6 @@ __all__ = [
     "CREDENTIAL_SECRETS",
     "EVENT_CLASSES",
     "EVENT_HOOKS",
-    "EVENT_TYPES",
     "ShapeError",
     "converter",
     "fast_constructor",
@@ -245,13 +243,6 @@ def _str(d: JSON, key: str) -> str | None:
     if isinstance(v, str):
         return str(v)
     raise ShapeError(key, "a string", v)
-
-
-def _req_str(d: JSON, key: str, where: str) -> str:
-    v = _str(d, key)
-    if v is None:
-        raise ShapeError(f"{where}.{key}", "a string", v)
-    return v
 
 
 def _int(d: JSON, key: str) -> int | None:
@@ -860,12 +851,6 @@ EVENT_HOOKS: dict[str, Hook] = {
 }
 """The wire ``type`` -> hook table: the one the stream decoder and :func:`structure_event` run."""
 
-EVENT_TYPES: dict[str, type[BaseEvent]] = {
-    **{cls.type: cls for cls in EVENT_CLASSES},  # type: ignore[misc]
-    "terminated": SessionStatusTerminated,
-}
-"""The wire ``type`` -> event class table."""
-
 
 # SSE `event:` names that do not name an event type.
 _GENERIC_SSE_EVENTS = frozenset({None, "", "message"})
@@ -890,69 +875,41 @@ def structure_event(data: Any, sse_id: str | None = None, sse_event: str | None 
         data["id"] = sse_id
     if t.__class__ is not str and not isinstance(t, str):
         raise ShapeError("type", "a string", t)
-    cls = EVENT_TYPES.get(t)
-    if cls is None:
+    hook = EVENT_HOOKS.get(t)
+    if hook is None:
         return _new_unknown(*_head(data), t)
-    return EVENT_HOOKS[t](data, cls)
+    return hook(data)
 
 
 # --------------------------------------------------------------------------- outbound
 
-OUTBOUND_TYPES: tuple[type[OutboundEvent], ...] = (
-    UserMessage,
-    UserInterrupt,
-    UserDefineOutcome,
-    UserToolConfirmation,
-    UserCustomToolResult,
-    UserToolResult,
-    SystemMessage,
-)
+OUTBOUND_TYPES: tuple[type[OutboundEvent], ...] = typing.get_args(OutboundEvent)
 
 
-def _common_out(ev: OutboundEvent, out: dict[str, Any]) -> dict[str, Any]:
-    if ev.session_thread_id is not None:
-        out["session_thread_id"] = ev.session_thread_id
-    return out
+_OUTBOUND_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in attrs_fields(cls)[5:]) for cls in OUTBOUND_TYPES
+}
+"""Each outbound class -> its fields after the head, as posted (their wire names)."""
 
 
 def unstructure_event(ev: OutboundEvent) -> dict[str, Any]:
-    """The JSON object to post for an outbound event (canonical, newest field names)."""
-    if isinstance(ev, UserMessage | SystemMessage):
-        out: dict[str, Any] = {
-            "type": ev.type,
-            "content": [_unstructure_block(b) for b in ev.content],
-        }
-    elif isinstance(ev, UserInterrupt):
-        out = {"type": ev.type}
-        if ev.reason is not None:
-            out["reason"] = ev.reason
-    elif isinstance(ev, UserDefineOutcome):
-        out = {"type": ev.type, "description": ev.description}
-        if ev.rubric is not None:
-            out["rubric"] = ev.rubric
-        if ev.max_iterations is not None:
-            out["max_iterations"] = ev.max_iterations
-    elif isinstance(ev, UserToolConfirmation):
-        out = {"type": ev.type, "tool_use_id": ev.tool_use_id, "result": ev.result}
-        if ev.deny_message is not None:
-            out["deny_message"] = ev.deny_message
-    elif isinstance(ev, UserCustomToolResult):
-        out = {
-            "type": ev.type,
-            "custom_tool_use_id": ev.custom_tool_use_id,
-            "content": [_unstructure_block(b) for b in ev.content],
-            "is_error": ev.is_error,
-        }
-    elif isinstance(ev, UserToolResult):
-        out = {
-            "type": ev.type,
-            "tool_use_id": ev.tool_use_id,
-            "content": [_unstructure_block(b) for b in ev.content],
-            "is_error": ev.is_error,
-        }
-    else:
+    """The JSON object to post for an outbound event (canonical, newest field names).
+
+    Its fields in order, content as blocks, leaving out those that are ``None``.
+    """
+    names = next((_OUTBOUND_FIELDS[c] for c in type(ev).__mro__ if c in _OUTBOUND_FIELDS), None)
+    if names is None:
         raise TypeError(f"{type(ev).__name__} cannot be sent to the API")
-    return _common_out(ev, out)
+    out: dict[str, Any] = {"type": ev.type}
+    for name in names:
+        value = getattr(ev, name)
+        if name == "content":
+            out[name] = [_unstructure_block(b) for b in value]
+        elif value is not None:
+            out[name] = value
+    if ev.session_thread_id is not None:
+        out["session_thread_id"] = ev.session_thread_id
+    return out
 
 
 # --------------------------------------------------------------------------- resources
@@ -1017,10 +974,10 @@ def _list(d: JSON, key: str) -> list[Any] | tuple[Any, ...]:
     return v
 
 
-def _field_of(obj: JSON, where: str, key: str) -> str | None:
-    """A string field of the nested object ``where``."""
+def _field_of(read: Callable[[JSON, str], _T], obj: JSON, where: str, key: str) -> _T:
+    """A field of the nested object ``where``, read by ``read`` (``_str``, ``_int``)."""
     try:
-        return _str(obj, key)
+        return read(obj, key)
     except ShapeError as exc:
         raise exc.at(f"{where}.{key}") from None
 
@@ -1043,7 +1000,7 @@ def _normalised_session(d: JSON) -> dict[str, Any]:
         if isinstance(agent, str):
             agent_id = agent
         elif isinstance(agent, Mapping):
-            agent_id = _field_of(agent, "agent", "id")
+            agent_id = _field_of(_str, agent, "agent", "id")
     snapshot: Any = None
     if isinstance(agent, Mapping):
         if agent.get("id") is not None:
@@ -1073,18 +1030,10 @@ def _model_config(model: Any) -> ModelConfig | None:
     if not isinstance(model, Mapping):
         raise ShapeError("model", "a string or an object", model)
     return ModelConfig(
-        id=_field_of(model, "model", "id"),
-        effective_context_window=_int_of(model, "model", "effective_context_window"),
+        id=_field_of(_str, model, "model", "id"),
+        effective_context_window=_field_of(_int, model, "model", "effective_context_window"),
         raw=model,
     )
-
-
-def _int_of(obj: JSON, where: str, key: str) -> int | None:
-    """An integer field of the nested object ``where``."""
-    try:
-        return _int(obj, key)
-    except ShapeError as exc:
-        raise exc.at(f"{where}.{key}") from None
 
 
 def _normalised_agent(d: JSON) -> dict[str, Any]:
@@ -1107,7 +1056,7 @@ def _normalised_thread(d: JSON) -> dict[str, Any]:
     agent = _obj(d, "agent") or {}
     name = _str(d, "agent_name")
     if name is None:
-        name = _field_of(agent, "agent", "name")
+        name = _field_of(_str, agent, "agent", "name")
     snapshot = agent if agent.get("id") is not None else None
     return {**d, "agent": agent, "agent_name": name, "agent_snapshot": snapshot}
 
@@ -1128,7 +1077,58 @@ def _as_is(d: JSON) -> JSON:
     return d
 
 
-_RESOURCES: dict[type, tuple[str, Callable[[JSON], JSON]]] = {
+def _normalised_deployment(d: JSON) -> dict[str, Any]:
+    env = d.get("environment_variables")
+    if env is not None and not isinstance(env, str):
+        raise ShapeError("environment_variables", 'a "K=V" lines string', env)
+    return {
+        **d,
+        "environment_variables": env or "",
+        "initial_events": _list(d, "initial_events"),
+        "resources": _list(d, "resources"),
+        "vault_ids": _list(d, "vault_ids"),
+    }
+
+
+def _normalised_dream(d: JSON) -> dict[str, Any]:
+    return {**d, "inputs": _list(d, "inputs"), "outputs": _list(d, "outputs")}
+
+
+#: Secret fields of a credential's ``auth`` (and its ``refresh``) that requests carry.
+CREDENTIAL_SECRETS = frozenset(
+    {"token", "access_token", "refresh_token", "secret_value", "client_secret", "password"}
+)
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v) for k, v in value.items() if k not in CREDENTIAL_SECRETS}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def _normalised_credential(d: JSON) -> dict[str, Any]:
+    # Write-only secrets are dropped before ``auth`` is typed (``raw`` keeps the
+    # answer as received, out of the repr).
+    auth = d.get("auth")
+    return {**d, "auth": _without_secrets(auth) if isinstance(auth, Mapping) else auth}
+
+
+def _normalised_vault(d: JSON) -> dict[str, Any]:
+    return {**d, "credentials": _list(d, "credentials")}
+
+
+def _normalised_skill(d: JSON) -> dict[str, Any]:
+    source = d.get("source")
+    if isinstance(source, Mapping):  # the SDK's types allow ``{"type": "custom"}``
+        source = _field_of(_str, source, "source", "type")
+    return {**d, "source": source}
+
+
+Normalise = Callable[[JSON], JSON]
+
+_RESOURCES: dict[type, tuple[str, Normalise]] = {
     Session: ("session", _normalised_session),
     Agent: ("agent", _normalised_agent),
     Environment: ("environment", _as_is),
@@ -1139,29 +1139,149 @@ _RESOURCES: dict[type, tuple[str, Callable[[JSON], JSON]]] = {
     ModelInfo: ("model", _normalised_model),
     SessionCancel: ("cancelled session", _as_is),
 }
+"""Resource class -> (its kind in errors, its normalisation). Their string lists
+check each item (an error names its index): they are registered before ``_strings``."""
+
+_MANAGED: dict[type, tuple[str, Normalise]] = {
+    Deployment: ("deployment", _normalised_deployment),
+    DeploymentRun: ("deployment run", _as_is),
+    Dream: ("dream", _normalised_dream),
+    Work: ("work", _as_is),
+    VaultCredential: ("vault credential", _normalised_credential),
+    Vault: ("vault", _normalised_vault),
+    Skill: ("skill", _normalised_skill),
+    SkillVersion: ("skill version", _as_is),
+    MemoryStore: ("memory store", _as_is),
+    Memory: ("memory", _as_is),
+    MemoryVersion: ("memory version", _as_is),
+}
+"""The same for the managed resources (deployments... memory stores), registered
+after ``_strings`` and after the ``_NESTED`` records they hold."""
+
+_ANSWERS: dict[type, str] = {
+    WorkHeartbeat: "work heartbeat",
+    WorkQueueStats: "work queue stats",
+    CredentialValidation: "credential validation",
+}
+"""Answers without an id: an object, ``raw`` kept."""
+
+_NESTED: dict[type, str] = {
+    ThreadStats: "stats",
+    AgentReference: "agent",
+    Schedule: "schedule",
+    RunError: "error",
+    PausedReason: "paused_reason",
+    TriggerContext: "trigger_context",
+    DreamInput: "input",
+    DreamOutput: "output",
+    DreamModel: "model",
+    WorkData: "data",
+    # Inner types first: a generated hook looks up its fields' hooks when made.
+    CredentialAuth: "",
+    ProbeHTTPResponse: "",
+    CredentialRefreshCheck: "",
+    MCPProbe: "",
+    Actor: "",
+}
+"""Small nested records (no id, no raw) -> the field an error names."""
 
 
-def _resource_hook(conv: cattrs.Converter, cls: type[_T]) -> Callable[[Any, Any], _T]:
-    kind, normalise = _RESOURCES[cls]
-    generated = make_dict_structure_fn(
-        cls,
-        conv,
-        raw=override(struct_hook=lambda v, _: v),
-    )
+def _resource_hook(
+    conv: cattrs.Converter, cls: type[_T], kind: str, normalise: Normalise, *, with_id: bool = True
+) -> Callable[[Any, Any], _T]:
+    generated = make_dict_structure_fn(cls, conv, raw=override(struct_hook=lambda v, _: v))
 
     def structure(d: Any, _: Any = None) -> _T:
-        _require_id(d, kind)
+        if with_id:
+            _require_id(d, kind)
+        elif not isinstance(d, Mapping):
+            raise ShapeError(kind, "a JSON object", d, local="")
         value = dict(normalise(d))
         value["raw"] = d
         try:
             return generated(value, cls)
-        except ShapeError:
-            raise
         except Exception as exc:
             raise _shape_error(exc, kind) from None
 
     structure.__name__ = f"structure_{cls.__name__.lower()}"
     return structure
+
+
+def _nested_hook(conv: cattrs.Converter, cls: type[_T], kind: str) -> Callable[[Any, Any], _T]:
+    generated = make_dict_structure_fn(cls, conv)
+
+    def structure(d: Any, _: Any = None) -> _T:
+        if not isinstance(d, Mapping):
+            raise ShapeError(kind, "an object", d)
+        try:
+            return generated(d, None)
+        except Exception as exc:
+            raise _shape_error(exc, kind) from None
+
+    return structure
+
+
+def _strings(value: Any, _: Any) -> tuple[str, ...]:
+    """A list of strings (not a string, whose characters cattrs would take as items)."""
+    if not isinstance(value, list | tuple):
+        raise ShapeError("", "a list", value)
+    for item in value:
+        if item.__class__ is not str:
+            raise ShapeError("", "a list of strings", value)
+    return tuple(value)
+
+
+def _structure_as(d: Any, cls: type[BaseEvent]) -> BaseEvent:
+    """An event of class ``cls`` (``converter.structure(d, AgentMessage)``), else ShapeError."""
+    ev = structure_event(d)
+    if not isinstance(ev, cls):
+        raise ShapeError("type", f"the type of {cls.__name__}", d.get("type"))
+    return ev
+
+
+def _is_mapping_type(t: Any) -> bool:
+    return t in (Mapping, collections.abc.Mapping) or (
+        typing.get_origin(t) is collections.abc.Mapping
+    )
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(str, _strict("a string", lambda v: v.__class__ is str))
+    conv.register_structure_hook(
+        int, _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+    )
+    conv.register_structure_hook(bool, _strict("a boolean", lambda v: isinstance(v, bool)))
+    conv.register_structure_hook_func(
+        _is_mapping_type, _strict("an object", lambda v: isinstance(v, Mapping))
+    )
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(Event, lambda d, _: structure_event(d))
+    conv.register_structure_hook_func(lambda t: t in EVENT_CLASSES, _structure_as)
+    conv.register_structure_hook(
+        ModelConfig, lambda d, _: d if isinstance(d, ModelConfig) else _model_config(d)
+    )
+    conv.register_structure_hook(Usage, lambda d, _: structure_usage(d))
+    conv.register_structure_hook(StopReason, lambda d, _: structure_stop_reason(d))
+    conv.register_structure_hook(ContentBlock, lambda d, _: structure_block(d))
+    for cls, (kind, normalise) in _RESOURCES.items():
+        conv.register_structure_hook(cls, _resource_hook(conv, cls, kind, normalise))
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
+    for cls, kind in _NESTED.items():
+        conv.register_structure_hook(cls, _nested_hook(conv, cls, kind))
+    for cls, (kind, normalise) in _MANAGED.items():
+        conv.register_structure_hook(cls, _resource_hook(conv, cls, kind, normalise))
+    for cls, kind in _ANSWERS.items():
+        conv.register_structure_hook(cls, _resource_hook(conv, cls, kind, _as_is, with_id=False))
+    for out_cls in OUTBOUND_TYPES:
+        conv.register_unstructure_hook(out_cls, unstructure_event)
+    for block_cls in (TextBlock, ImageBlock, DocumentBlock, UnknownBlock):
+        conv.register_unstructure_hook(block_cls, _unstructure_block)
+    return conv
+
+
+converter: cattrs.Converter = _make_converter()
+"""The single converter: ``converter.structure(obj, Event)``, ``converter.unstructure(ev)``."""
 
 
 def _structurer(cls: type[_T], doc: str) -> Callable[[Any], _T]:
@@ -1193,226 +1313,6 @@ structure_model = _structurer(ModelInfo, "A model of ``GET /models``.")
 structure_session_cancel = _structurer(
     SessionCancel, "The answer of ``POST /sessions/{id}/cancel`` (``id``, ``status``)."
 )
-
-
-def structure_deleted(default_type: str) -> Callable[[Any], Deleted]:
-    """The structure function of a delete's answer; ``type`` is ``default_type`` if absent."""
-
-    def structure(d: Any) -> Deleted:
-        deleted = converter.structure(d, Deleted)
-        return deleted if deleted.type else attrs_evolve(deleted, type=default_type)
-
-    return structure
-
-
-def _structure_as(d: Any, cls: type[BaseEvent]) -> BaseEvent:
-    """An event of class ``cls`` (``converter.structure(d, AgentMessage)``), else ShapeError."""
-    ev = structure_event(d)
-    if not isinstance(ev, cls):
-        raise ShapeError("type", f"the type of {cls.__name__}", d.get("type"))
-    return ev
-
-
-def _is_mapping_type(t: Any) -> bool:
-    return t in (Mapping, collections.abc.Mapping) or (
-        typing.get_origin(t) is collections.abc.Mapping
-    )
-
-
-def _nested(d: Any, kind: str, generated: Callable[[Any, Any], _T]) -> Any:
-    """A small nested object (no id, no raw) through its generated hook."""
-    if not isinstance(d, Mapping):
-        raise ShapeError(kind, "an object", d)
-    try:
-        return generated(d, None)
-    except Exception as exc:
-        raise _shape_error(exc, kind) from None
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=False)
-    conv.register_structure_hook(str, _strict("a string", lambda v: v.__class__ is str))
-    conv.register_structure_hook(
-        int, _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-    )
-    conv.register_structure_hook(bool, _strict("a boolean", lambda v: isinstance(v, bool)))
-    conv.register_structure_hook_func(
-        _is_mapping_type, _strict("an object", lambda v: isinstance(v, Mapping))
-    )
-    conv.register_structure_hook(Event, lambda d, _: structure_event(d))
-    conv.register_structure_hook_func(lambda t: t in EVENT_CLASSES, _structure_as)
-    for resource in _RESOURCES:
-        conv.register_structure_hook(resource, _resource_hook(conv, resource))
-    conv.register_structure_hook(float, _float)
-    conv.register_structure_hook(
-        ModelConfig, lambda d, _: d if isinstance(d, ModelConfig) else _model_config(d)
-    )
-    stats = make_dict_structure_fn(ThreadStats, conv)
-    conv.register_structure_hook(ThreadStats, lambda d, _: _nested(d, "stats", stats))
-    conv.register_structure_hook(Usage, lambda d, _: structure_usage(d))
-    conv.register_structure_hook(StopReason, lambda d, _: structure_stop_reason(d))
-    conv.register_structure_hook(ContentBlock, lambda d, _: structure_block(d))
-    for out_cls in OUTBOUND_TYPES:
-        conv.register_unstructure_hook(out_cls, unstructure_event)
-    for block_cls in (TextBlock, ImageBlock, DocumentBlock, UnknownBlock):
-        conv.register_unstructure_hook(block_cls, _unstructure_block)
-    return conv
-
-
-converter: cattrs.Converter = _make_converter()
-"""The single converter: ``converter.structure(obj, Event)``, ``converter.unstructure(ev)``."""
-
-
-# --- deployments, runs, dreams, environment work
-# The same strict hooks as the other resources; the nested records go through
-# ``_nested`` (an object, or a ShapeError naming the field). A heartbeat's and the
-# queue stats' answers have no id.
-
-
-def _normalised_deployment(d: JSON) -> dict[str, Any]:
-    env = d.get("environment_variables")
-    if env is not None and not isinstance(env, str):
-        raise ShapeError("environment_variables", 'a "K=V" lines string', env)
-    return {
-        **d,
-        "environment_variables": env or "",
-        "initial_events": _list(d, "initial_events"),
-        "resources": _list(d, "resources"),
-        "vault_ids": _list(d, "vault_ids"),
-    }
-
-
-def _normalised_dream(d: JSON) -> dict[str, Any]:
-    return {**d, "inputs": _list(d, "inputs"), "outputs": _list(d, "outputs")}
-
-
-# --- vaults, skills, memory stores -----------------------------------------------------
-# Resources of ``client.vaults``, ``client.skills`` and ``client.memory_stores``,
-# through the same generated, strict hooks as the others. A credential's
-# write-only secrets are dropped before its ``auth`` is typed (``raw`` keeps
-# the answer as received, out of the repr).
-
-#: Secret fields of a credential's ``auth`` (and its ``refresh``) that requests carry.
-CREDENTIAL_SECRETS = frozenset(
-    {"token", "access_token", "refresh_token", "secret_value", "client_secret", "password"}
-)
-
-
-def _without_secrets(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _without_secrets(v) for k, v in value.items() if k not in CREDENTIAL_SECRETS}
-    if isinstance(value, list):
-        return [_without_secrets(v) for v in value]
-    return value
-
-
-def _normalised_credential(d: JSON) -> dict[str, Any]:
-    auth = d.get("auth")
-    return {**d, "auth": _without_secrets(auth) if isinstance(auth, Mapping) else auth}
-
-
-def _normalised_vault(d: JSON) -> dict[str, Any]:
-    return {**d, "credentials": _list(d, "credentials")}
-
-
-def _normalised_skill(d: JSON) -> dict[str, Any]:
-    source = d.get("source")
-    if isinstance(source, Mapping):  # the SDK's types allow ``{"type": "custom"}``
-        source = _field_of(source, "source", "type")
-    return {**d, "source": source}
-
-
-_RESOURCES.update(
-    {
-        Deployment: ("deployment", _normalised_deployment),
-        DeploymentRun: ("deployment run", _as_is),
-        Dream: ("dream", _normalised_dream),
-        Work: ("work", _as_is),
-        VaultCredential: ("vault credential", _normalised_credential),
-        Vault: ("vault", _normalised_vault),
-        Skill: ("skill", _normalised_skill),
-        SkillVersion: ("skill version", _as_is),
-        MemoryStore: ("memory store", _as_is),
-        Memory: ("memory", _as_is),
-        MemoryVersion: ("memory version", _as_is),
-    }
-)
-_NESTED: dict[type, str] = {
-    AgentReference: "agent",
-    Schedule: "schedule",
-    RunError: "error",
-    PausedReason: "paused_reason",
-    TriggerContext: "trigger_context",
-    DreamInput: "input",
-    DreamOutput: "output",
-    DreamModel: "model",
-    WorkData: "data",
-}
-
-
-def _answer_hook(cls: type[_T], kind: str) -> Callable[[Any, Any], _T]:
-    """An answer without an id (a heartbeat, queue stats): an object, ``raw`` kept."""
-    generated = make_dict_structure_fn(cls, converter, raw=override(struct_hook=lambda v, _: v))
-
-    def structure(d: Any, _: Any = None) -> _T:
-        if not isinstance(d, Mapping):
-            raise ShapeError(kind, "a JSON object", d, local="")
-        try:
-            return generated({**d, "raw": d}, cls)
-        except Exception as exc:
-            raise _shape_error(exc, kind) from None
-
-    return structure
-
-
-def _nested_hook(kind: str, generated: Callable[[Any, Any], Any], d: Any, _: Any) -> Any:
-    return _nested(d, kind, generated)
-
-
-def _strings(value: Any, _: Any) -> tuple[str, ...]:
-    """A list of strings (not a string, whose characters cattrs would take as items)."""
-    if not isinstance(value, list | tuple):
-        raise ShapeError("", "a list", value)
-    for item in value:
-        if item.__class__ is not str:
-            raise ShapeError("", "a list of strings", value)
-    return tuple(value)
-
-
-def _register_deployments(conv: cattrs.Converter) -> None:
-    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
-    for cls, where in _NESTED.items():
-        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
-        conv.register_structure_hook(cls, functools.partial(_nested_hook, where, generated))
-    for resource in (Deployment, DeploymentRun, Dream, Work):
-        conv.register_structure_hook(resource, _resource_hook(conv, resource))
-    conv.register_structure_hook(WorkHeartbeat, _answer_hook(WorkHeartbeat, "work heartbeat"))
-    conv.register_structure_hook(WorkQueueStats, _answer_hook(WorkQueueStats, "work queue stats"))
-
-
-def _register_vaults(conv: cattrs.Converter) -> None:
-    # Inner types first: a generated hook looks up its fields' hooks when made.
-    for sub in (CredentialAuth, ProbeHTTPResponse, CredentialRefreshCheck, MCPProbe, Actor):
-        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(sub, conv)
-        conv.register_structure_hook(sub, functools.partial(_nested_hook, "", generated))
-    for resource in (
-        VaultCredential,
-        Vault,
-        Skill,
-        SkillVersion,
-        MemoryStore,
-        Memory,
-        MemoryVersion,
-    ):
-        conv.register_structure_hook(resource, _resource_hook(conv, resource))
-    conv.register_structure_hook(
-        CredentialValidation, _answer_hook(CredentialValidation, "credential validation")
-    )
-
-
-_register_deployments(converter)
-_register_vaults(converter)
-
 structure_deployment = _structurer(
     Deployment, 'A deployment; ``environment_variables`` stays the ``"K=V"`` lines string.'
 )
@@ -1433,6 +1333,16 @@ structure_skill_version = _structurer(SkillVersion, "A skill version.")
 structure_memory_store = _structurer(MemoryStore, "A memory store.")
 structure_memory = _structurer(Memory, "A memory (``content`` is None in the basic view).")
 structure_memory_version = _structurer(MemoryVersion, "A memory version.")
+
+
+def structure_deleted(default_type: str) -> Callable[[Any], Deleted]:
+    """The structure function of a delete's answer; ``type`` is ``default_type`` if absent."""
+
+    def structure(d: Any) -> Deleted:
+        deleted = converter.structure(d, Deleted)
+        return deleted if deleted.type else attrs_evolve(deleted, type=default_type)
+
+    return structure
 
 
 def structure_memory_item(d: Any) -> Memory | MemoryPrefix:

@@ -809,14 +809,7 @@ def error_from_response(
     body = _decode_body(content)
     error_type = code = param = message = request_id = None
     if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            error_type = _str_or_none(err.get("type"))
-            message = _str_or_none(err.get("message"))
-            param = _str_or_none(err.get("param"))
-            code = _str_or_none(err.get("code"))
-        elif isinstance(err, str):
-            message = err
+        error_type, message, param, code = _error_fields(body.get("error"))
         if message is None:
             message = _str_or_none(body.get("message"))
         request_id = _str_or_none(body.get("request_id")) or None
@@ -852,13 +845,7 @@ def error_from_response(
 
 def error_from_envelope(body: Mapping[str, Any]) -> APIStatusError:
     """Build the typed error for an error envelope received inside an event stream."""
-    err = body.get("error", body)
-    error_type = message = None
-    if isinstance(err, Mapping):
-        error_type = _str_or_none(err.get("type"))
-        message = _str_or_none(err.get("message"))
-    elif isinstance(err, str):
-        message = err
+    error_type, message, _, _ = _error_fields(body.get("error", body))
     status = status_for_error_type(error_type)
     return error_class(status)(
         message or "the stream reported an error",
@@ -871,3 +858,15 @@ def error_from_envelope(body: Mapping[str, Any]) -> APIStatusError:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _error_fields(err: object) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(type, message, param, code)`` of an envelope's ``error``: an object, or a message."""
+    if isinstance(err, Mapping):
+        return (
+            _str_or_none(err.get("type")),
+            _str_or_none(err.get("message")),
+            _str_or_none(err.get("param")),
+            _str_or_none(err.get("code")),
+        )
+    return None, err if isinstance(err, str) else None, None, None

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias, TypeVar
 
-from attrs import field, frozen
+from attrs import field, fields, frozen
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -229,6 +229,18 @@ def to_blocks(
     return tuple(TextBlock(b) if isinstance(b, str) else b for b in content)
 
 
+class _ContentText:
+    """Gives an event with ``content`` blocks its ``text``."""
+
+    __slots__ = ()
+    content: tuple[ContentBlock, ...]
+
+    @property
+    def text(self) -> str:
+        """The concatenated text of the ``content`` blocks."""
+        return blocks_text(self.content)
+
+
 def _as_blocks(content: tuple[ContentBlock, ...] | str) -> tuple[ContentBlock, ...]:
     return (TextBlock(content),) if isinstance(content, str) else content
 
@@ -260,17 +272,8 @@ class Usage:
         def add(a: Any, b: Any) -> Any:
             return b if a is None else a if b is None else a + b
 
-        return Usage(
-            input_tokens=add(self.input_tokens, other.input_tokens),
-            output_tokens=add(self.output_tokens, other.output_tokens),
-            cache_read_input_tokens=add(
-                self.cache_read_input_tokens, other.cache_read_input_tokens
-            ),
-            cache_creation_input_tokens=add(
-                self.cache_creation_input_tokens, other.cache_creation_input_tokens
-            ),
-            credits=add(self.credits, other.credits),
-        )
+        counts = [f.name for f in fields(Usage) if f.name != "raw"]
+        return Usage(**{n: add(getattr(self, n), getattr(other, n)) for n in counts})
 
 
 @frozen(kw_only=True)
@@ -436,16 +439,11 @@ class BaseEvent:
 
 
 @frozen
-class UserMessage(BaseEvent):
+class UserMessage(BaseEvent, _ContentText):
     """``user.message``: what the user said. A string becomes one text block."""
 
     type: ClassVar[Literal["user.message"]] = "user.message"
     content: tuple[ContentBlock, ...] = field(converter=to_blocks)
-
-    @property
-    def text(self) -> str:
-        """The message's text."""
-        return blocks_text(self.content)
 
 
 @frozen
@@ -483,7 +481,7 @@ class UserToolConfirmation(BaseEvent):
 
 
 @frozen
-class UserCustomToolResult(BaseEvent):
+class UserCustomToolResult(BaseEvent, _ContentText):
     """``user.custom_tool_result``: the answer to an ``agent.custom_tool_use`` (by its event id)."""
 
     type: ClassVar[Literal["user.custom_tool_result"]] = "user.custom_tool_result"
@@ -491,25 +489,15 @@ class UserCustomToolResult(BaseEvent):
     content: tuple[ContentBlock, ...] = field(default=(), converter=to_blocks)
     is_error: bool = False
 
-    @property
-    def text(self) -> str:
-        """The result's text."""
-        return blocks_text(self.content)
-
 
 @frozen
-class UserToolResult(BaseEvent):
+class UserToolResult(BaseEvent, _ContentText):
     """``user.tool_result``: a result for a built-in tool use executed by the client."""
 
     type: ClassVar[Literal["user.tool_result"]] = "user.tool_result"
     tool_use_id: str
     content: tuple[ContentBlock, ...] = field(default=(), converter=to_blocks)
     is_error: bool = False
-
-    @property
-    def text(self) -> str:
-        """The result's text."""
-        return blocks_text(self.content)
 
 
 @frozen
@@ -593,18 +581,13 @@ class AgentToolUse(BaseEvent):
 
 
 @frozen
-class AgentToolResult(BaseEvent):
+class AgentToolResult(BaseEvent, _ContentText):
     """``agent.tool_result``: a built-in tool's output (``output`` strings read as text)."""
 
     type: ClassVar[Literal["agent.tool_result"]] = "agent.tool_result"
     tool_use_id: str | None = None
     content: tuple[ContentBlock, ...] = ()
     is_error: bool = False
-
-    @property
-    def text(self) -> str:
-        """The output's text."""
-        return blocks_text(self.content)
 
 
 @frozen
@@ -628,18 +611,13 @@ class AgentMCPToolUse(BaseEvent):
 
 
 @frozen
-class AgentMCPToolResult(BaseEvent):
+class AgentMCPToolResult(BaseEvent, _ContentText):
     """``agent.mcp_tool_result``: an MCP tool's output."""
 
     type: ClassVar[Literal["agent.mcp_tool_result"]] = "agent.mcp_tool_result"
     mcp_tool_use_id: str | None = None
     content: tuple[ContentBlock, ...] = ()
     is_error: bool = False
-
-    @property
-    def text(self) -> str:
-        """The output's text."""
-        return blocks_text(self.content)
 
 
 @frozen
@@ -1543,8 +1521,8 @@ class WorkQueueStats:
 
 
 # --- vaults, skills, memory stores -----------------------------------------------------
-# (``client.vaults``, ``client.skills``, ``client.memory_stores``; decoded in
-# ``_core/convert.py``'s block of the same name.) Deletions answer :class:`Deleted`.
+# (``client.vaults``, ``client.skills``, ``client.memory_stores``; decoded through
+# ``_core/convert.py``'s ``_MANAGED`` table.) Deletions answer :class:`Deleted`.
 
 
 @frozen(kw_only=True)

@@ -60,7 +60,6 @@ from qoder_async._core.models import (
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "PREVIEW_CLASSES",
-    "PREVIEW_TYPES",
     "EventDecoder",
     "Frame",
     "SSEDecoder",
@@ -71,7 +70,6 @@ __all__ = [
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 PREVIEW_CLASSES: frozenset[type] = frozenset({PreviewStart, PreviewDelta})
-PREVIEW_TYPES = frozenset({"event_start", "event_delta"})
 _KEEPALIVE_EVENTS = frozenset({"heartbeat", "ping"})
 
 
