@@ -28,7 +28,7 @@ the request layer           ``_shell.http``
 transports                  ``_shell``, ``_shell.transport``
 the core (sans-I/O)         ``_core``, ``_core.machine``, ``_core.turns``, ``fleet._lease``,
                             ``_core.sse``, ``_core.convert``, ``_core.backoff``, ``_core.models``,
-                            ``_core.params``, ``_core.errors``, ``_core.version``
+                            ``_core.params``, ``_core.errors``, ``_core.rules``, ``_core.version``
 ==========================  ======================================================================
 """
 
@@ -87,6 +87,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_core.models",
         "_core.params",
         "_core.errors",
+        "_core.rules",
         "_core.version",
     ),
 }
@@ -266,15 +267,28 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_api.tools": {"_core.errors", "_core.models", "_core.turns"},
     "_turn.tracing": {"_turn.metrics", "_core.version"},
     "_turn.metrics": {"_core.errors", "_shell.http", "_core.version"},
-    "_core.machine": {"_core.backoff", "_core.errors", "_core.models", "_core.sse"},
-    "_core.turns": {"_core.models", "_core.sse"},
-    "fleet._lease": {"_core.backoff", "_core.errors", "_core.models", "_core.sse"},
+    "_core.machine": {
+        "_core.backoff",
+        "_core.errors",
+        "_core.models",
+        "_core.rules",
+        "_core.sse",
+    },
+    "_core.turns": {"_core.models", "_core.rules", "_core.sse"},
+    "fleet._lease": {
+        "_core.backoff",
+        "_core.errors",
+        "_core.models",
+        "_core.rules",
+        "_core.sse",
+    },
     "_core.sse": {"_core.convert", "_core.errors", "_core.models"},
     "_core.convert": {"_core.models"},
     "_core.backoff": set(),
     "_core.models": set(),
     "_core.params": set(),
-    "_core.errors": set(),
+    "_core.errors": {"_core.rules"},
+    "_core.rules": set(),
     "_core.version": set(),
     "_core": set(),
     "_shell": set(),

@@ -28,7 +28,8 @@ from qoder_async import (
     ToolResultsNotAwaitedError,
     UserMessage,
 )
-from qoder_async._core.errors import conflict_class
+from qoder_async._core import errors as errors_module
+from qoder_async._core.errors import CONFLICT_RULES, conflict_class, conflict_table
 from qoder_async._core.models import Event
 from qoder_async.testing import (
     Dialect,
@@ -332,6 +333,14 @@ def test_the_409_table(
         starts_turn=starts_turn,
     )
     assert got is expected
+
+
+def test_the_errors_docstring_shows_the_409_table_the_code_runs() -> None:
+    """Every row of CONFLICT_RULES, as conflict_class runs it, is drawn in the docstring
+    (it once held only the table's top border)."""
+    table = conflict_table()
+    assert table in (errors_module.__doc__ or ""), f"paste into _core/errors.py:\n{table}"
+    assert all(rule.cls.__name__ in table for rule in CONFLICT_RULES)
 
 
 async def test_a_result_nobody_awaits_is_not_a_busy_session(

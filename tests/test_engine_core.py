@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -38,7 +37,6 @@ from qoder_async._core.machine import (
     Dedupe,
     GiveUp,
     Reconnect,
-    Rule,
     StreamMachine,
 )
 from qoder_async._core.models import Event
@@ -684,28 +682,9 @@ def test_text_delta_chunks_join_to_the_text(run: tuple[list[Any], str]) -> None:
 # ----------------------------------------------------------------------------- the machine's tables
 
 
-def render_rules(rules: tuple[Rule[Any, Any], ...], left: str, right: str) -> str:
-    """A rule table as the machine's docstring shows it (45 + 45 columns, wrapped)."""
-    width = 45
-    border = f"{'=' * width}  {'=' * width}"
-    lines = [border, f"{left:<{width}}  {right}", border]
-    for rule in rules:
-        a = textwrap.wrap(rule.situation, width, break_on_hyphens=False)
-        b = textwrap.wrap(rule.decision, width, break_on_hyphens=False)
-        for i in range(max(len(a), len(b))):
-            row = f"{a[i] if i < len(a) else '':<{width}}  {b[i] if i < len(b) else ''}"
-            lines.append(row.rstrip())
-    lines.append(border)
-    return "\n".join(lines)
-
-
 def test_the_machine_docstring_shows_the_tables_the_code_runs() -> None:
     doc = machine_module.__doc__ or ""
-    for rules, left, right in (
-        (LIVENESS_RULES, "while connected (check)", "verdict"),
-        (FAILURE_RULES, "a connection ended (failed)", "decision"),
-    ):
-        table = render_rules(rules, left, right)
+    for table in machine_module.rule_tables():
         assert table in doc, f"the machine's docstring lost this table; paste:\n{table}"
 
 

@@ -54,7 +54,26 @@ quoted as short snippets, never whole.
 409 answers are classified by a table keyed on what the server said
 (:data:`CONFLICT_RULES`, first match wins), never by the request alone:
 
-===============================  =============================  ===================="""
+==========================  ========================================================
+error                       when (first match wins)
+==========================  ========================================================
+RequestInProgressError      sent with an Idempotency-Key
+                            and the code or message has
+                            ``(request|idempoten).{0,40}in[ _-]?progress``
+IdempotencyConflictError    sent with an Idempotency-Key
+                            and the code or message has
+                            ``reuse``
+                            or ``different (request )?(body|payload|parameters)``
+                            or ``key_mismatch``
+ToolResultsNotAwaitedError  to ``POST /sessions/[^/]+/(events|turns/[^/]+/resolve)``
+                            and the code or message has
+                            ``not (awaiting|awaited|waiting|pending)``
+                            or ``no pending``
+                            or ``not_awaiting``
+SessionBusyError            posting a user.message or user.define_outcome
+                            to ``POST /sessions/[^/]+/events``
+==========================  ========================================================
+"""
 
 from __future__ import annotations
 
@@ -65,6 +84,8 @@ from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import urlsplit
+
+from qoder_async._core.rules import render_table
 
 __all__ = [
     "API_ROOT",
@@ -111,6 +132,7 @@ __all__ = [
     "WebhookVerificationError",
     "WrongEventLoopError",
     "conflict_class",
+    "conflict_table",
     "error_from_response",
     "redact",
     "request_path",
@@ -714,6 +736,34 @@ CONFLICT_RULES: tuple[ConflictRule, ...] = (
     ConflictRule(None, _SEND, False, True, SessionBusyError),
 )
 """The 409 table (see the module docstring); the first matching row wins."""
+
+
+def conflict_table() -> str:
+    """:data:`CONFLICT_RULES` as the module docstring shows them."""
+    rows = []
+    for rule in CONFLICT_RULES:
+        when = ["sent with an Idempotency-Key"] if rule.needs_key else []
+        if rule.starts_turn:
+            when.append("posting a user.message or user.define_outcome")
+        if rule.route is not None:
+            when.append(f"to ``{rule.route.pattern}``")
+        if rule.said is not None:
+            said = _alternatives(rule.said.pattern)
+            when += ["and the code or message has", *(f"or ``{a}``" for a in said)]
+            when[-len(said)] = when[-len(said)].removeprefix("or ")
+        rows.append((rule.cls.__name__, "\n".join(when)))
+    return render_table(("error", "when (first match wins)"), rows)
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """A regular expression's top-level ``|`` alternatives."""
+    out, depth, start = [], 0, 0
+    for i, char in enumerate(pattern):
+        depth += (char in "([") - (char in ")]")
+        if char == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+    return [*out, pattern[start:]]
 
 
 def conflict_class(

@@ -35,9 +35,9 @@ them here). ``check`` is called by a timer while connected; first the clocks
 move: bytes restart the read clock, an event the stall clock (a reconnect does
 not), and a session that is not active keeps the stall clock at now.
 
-=============================================  =============================================
+=============================================  ============================================
 while connected (check)                        verdict
-=============================================  =============================================
+=============================================  ============================================
 the consumer holds an event                    fine: no clock runs against the stream (both
 (``consumer_busy``)                            restart)
 *active* (the session runs, or a send awaits   ``STALL``: reconnect
@@ -46,7 +46,7 @@ heartbeats are not progress; a session paused
 on ``requires_action`` or idle waits on the
 client and is not active
 no bytes for ``read_timeout``                  ``READ_TIMEOUT``: reconnect
-=============================================  =============================================
+=============================================  ============================================
 
 ``failed`` is called when a connection ends:
 
@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from attrs import frozen
 
@@ -100,6 +100,7 @@ from qoder_async._core.models import (
     SessionStatusRunning,
     SessionStatusTerminated,
 )
+from qoder_async._core.rules import render_table
 from qoder_async._core.sse import time_key
 
 __all__ = [
@@ -113,6 +114,7 @@ __all__ = [
     "Reconnect",
     "Rule",
     "StreamMachine",
+    "rule_tables",
 ]
 
 DEFAULT_DEDUPE_WINDOW = 1024
@@ -557,3 +559,15 @@ FAILURE_RULES: tuple[Rule[Ended, Reconnect | GiveUp], ...] = (
     ),
 )
 """What :meth:`StreamMachine.failed` decides (the module docstring renders it); first match wins."""
+
+
+def rule_tables() -> tuple[str, str]:
+    """The liveness and failure tables of the module docstring, rendered from the rules."""
+
+    def table(rules: tuple[Rule[Any, Any], ...], left: str, right: str) -> str:
+        return render_table((left, right), [(r.situation, r.decision) for r in rules], (45, 45))
+
+    return (
+        table(LIVENESS_RULES, "while connected (check)", "verdict"),
+        table(FAILURE_RULES, "a connection ended (failed)", "decision"),
+    )

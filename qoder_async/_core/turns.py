@@ -133,8 +133,6 @@ attempt, busy retries included, so a turn's ``user.message`` is stored once.
 
 from __future__ import annotations
 
-import itertools
-import textwrap
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -177,6 +175,7 @@ from qoder_async._core.models import (
     UserToolConfirmation,
     UserToolResult,
 )
+from qoder_async._core.rules import render_table
 from qoder_async._core.sse import PREVIEW_CLASSES, time_key
 
 __all__ = [
@@ -201,7 +200,6 @@ __all__ = [
     "fold",
     "fold_history",
     "fold_many",
-    "render_table",
     "rule_tables",
     "text_delta",
 ]
@@ -1504,28 +1502,14 @@ def _state_index(rules: Iterable[TurnStateRule]) -> dict[type, tuple[TurnStateRu
 _STATE_RULES = _state_index(TURN_STATE_RULES)
 
 
-def render_table(header: tuple[str, str], rows: Iterable[tuple[str, str]]) -> str:
-    """A two-column reStructuredText table, as the module docstring holds the rule tables."""
-
-    def wrap(text: str, width: int) -> list[str]:
-        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
-
-    cells = [(wrap(a, 58), wrap(b, 38)) for a, b in (header, *rows)]
-    left = max(len(x) for a, _ in cells for x in a)
-    right = max(len(y) for _, b in cells for y in b)
-    rule = "=" * left + "  " + "=" * right
-    out = [rule]
-    for i, (a, b) in enumerate(cells):
-        pairs = itertools.zip_longest(a, b, fillvalue="")
-        out.extend(f"{x:<{left}}  {y}".rstrip() for x, y in pairs)
-        if i == 0:
-            out.append(rule)
-    out.append(rule)
-    return "\n".join(out)
+_WRAP = (58, 38)
 
 
 def rule_tables() -> tuple[str, str]:
     """The routing and turn state tables of the module docstring, rendered from the rules."""
-    routing = render_table(("event", "goes to"), ((r.event, r.goes_to) for r in ROUTING_RULES))
-    state = render_table(("event", "turn"), ((r.event, r.turn) for r in TURN_STATE_RULES))
-    return routing, state
+    routing = [(r.event, r.goes_to) for r in ROUTING_RULES]
+    state = [(r.event, r.turn) for r in TURN_STATE_RULES]
+    return (
+        render_table(("event", "goes to"), routing, _WRAP),
+        render_table(("event", "turn"), state, _WRAP),
+    )

@@ -145,7 +145,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -154,6 +154,7 @@ from attrs import define, field, frozen
 from qoder_async._core.backoff import Backoff
 from qoder_async._core.errors import LeaseLostError
 from qoder_async._core.models import Cursor
+from qoder_async._core.rules import render_table
 from qoder_async._core.sse import time_key
 
 __all__ = [
@@ -732,17 +733,7 @@ def render_rules() -> str:
         ("a handler may start?", status.name, "", f"``Gate.{gate.name}``")
         for status, gate in GATES.items()
     ]
-    return _rst_table(("event", "lease was", "becomes", "and then"), rows)
-
-
-def _rst_table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    rule = "  ".join("=" * w for w in widths)
-    return "\n".join([rule, line(headers), rule, *map(line, rows), rule])
+    return render_table(("event", "lease was", "becomes", "and then"), rows)
 
 
 class Lease:
