@@ -26,23 +26,32 @@ CALLS = 6
 class Gauge:
     """A tool handler that records the most handlers running at once.
 
-    Handlers wait (bounded) until ``CALLS`` of them started or no more can
-    start: with a cap of N they would all run at once if the cap did not hold.
+    Each handler holds its place until ``expected`` handlers are inside, or all
+    ``total`` have started (the wait is bounded against a hang, never timed),
+    then lets every other handler that may start, start (a few loop turns): with
+    a cap of N they would all run at once if the cap did not hold. Holding
+    matters: a handler run through a thread starts a little later than the
+    handlers beside it, and on a loaded machine a few loop turns alone did not
+    always see them inside together.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int, total: int = CALLS) -> None:
+        self.expected = expected
+        self.total = total
         self.inside = 0
         self.most = 0
         self.started = 0
-        self.changed = asyncio.Event()
 
     async def __call__(self, args: Mapping[str, Any]) -> str:
         self.started += 1
         self.inside += 1
         self.most = max(self.most, self.inside)
-        self.changed.set()
         try:
-            # Let every other handler that may start, start (a few loop turns).
+            await eventually(
+                lambda: self.inside >= self.expected or self.started >= self.total,
+                "the handlers the cap lets in are inside together",
+                timeout=20,
+            )
             for _ in range(20):
                 await asyncio.sleep(0)
             return f"ok {args['n']}"
@@ -55,7 +64,7 @@ async def test_a_turn_runs_at_most_max_concurrent_calls_handlers_at_once(
     server: FakeQoderServer, client: QoderClient, session_id: str, cap: int | None
 ) -> None:
     server.script = tool_script("probe", {"n": 1}, calls=CALLS)
-    gauge = Gauge()
+    gauge = Gauge(cap if cap is not None else CALLS)
     async with asyncio.timeout(30):
         turn = await client.session(session_id).send(
             "go", tools={"probe": gauge}, max_concurrent_calls=cap
@@ -88,7 +97,7 @@ async def test_a_fleet_worker_runs_at_most_max_concurrent_calls_handlers_at_once
     """Two sessions of one worker, 6 calls each: the cap holds across the worker."""
     server.script = tool_script("probe", {"n": 2}, calls=CALLS)
     sids = [str(server.add_session()["id"]) for _ in range(2)]
-    gauge = Gauge()
+    gauge = Gauge(3, total=2 * CALLS)
     coordinator = MemoryCoordinator()
     async with (
         QoderClient(token=server.token, base_url=server.base_url) as qc,
