@@ -148,10 +148,8 @@ class Tool:
     """A custom tool: ``definition`` for the agent, and the handler for ``send(tools=...)``.
 
     Build one with :func:`tool`. Calling it with the agent's input mapping runs
-    the function with that input as keyword arguments. What the function returns
-    is posted as the module table says: a ``str`` as text, content blocks as they
-    are, ``None`` as an empty success, other JSON values (``dict``, list, number,
-    ``bool``) as their JSON text; anything else is an error result naming its type.
+    the function with that input as keyword arguments; what it returns is posted
+    as :func:`tool` says.
     """
 
     __slots__ = ("description", "function", "input_schema", "name")

@@ -175,6 +175,5 @@ def tracer_for(provider: Any = None, metrics: Metrics = NO_METRICS) -> Tracing:
     """Tracing on ``provider`` (else the application's global one), or off without OTel."""
     if not HAVE_OTEL:
         return Tracing(None, metrics)
-    if provider is not None:
-        return Tracing(provider.get_tracer("qoder_async", __version__), metrics)
-    return Tracing(otel_trace.get_tracer("qoder_async", __version__), metrics)
+    source = otel_trace if provider is None else provider  # the global provider's, or this one's
+    return Tracing(source.get_tracer("qoder_async", __version__), metrics)
