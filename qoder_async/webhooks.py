@@ -362,16 +362,11 @@ def _verify(
             webhook_id=webhook_id,
         )
     skew = clock - float(timestamp)
-    if skew > tolerance:
+    if abs(skew) > tolerance:
+        when, why = ("old", "a replay, or ") if skew > 0 else ("in the future", "")
         raise WebhookTimestampError(
-            f"Webhook-Timestamp is {skew:.0f} s old, more than the tolerance of {tolerance:g} s "
-            "(a replay, or a clock out of sync)",
-            webhook_id=webhook_id,
-        )
-    if -skew > tolerance:
-        raise WebhookTimestampError(
-            f"Webhook-Timestamp is {-skew:.0f} s in the future, more than the tolerance of "
-            f"{tolerance:g} s (a clock out of sync)",
+            f"Webhook-Timestamp is {abs(skew):.0f} s {when}, more than the tolerance of "
+            f"{tolerance:g} s ({why}a clock out of sync)",
             webhook_id=webhook_id,
         )
     return webhook_id

@@ -148,10 +148,8 @@ class Tool:
     """A custom tool: ``definition`` for the agent, and the handler for ``send(tools=...)``.
 
     Build one with :func:`tool`. Calling it with the agent's input mapping runs
-    the function with that input as keyword arguments. What the function returns
-    is posted as the module table says: a ``str`` as text, content blocks as they
-    are, ``None`` as an empty success, other JSON values (``dict``, list, number,
-    ``bool``) as their JSON text; anything else is an error result naming its type.
+    the function with that input as keyword arguments; what it returns is posted
+    as :func:`tool` says.
     """
 
     __slots__ = ("description", "function", "input_schema", "name")
@@ -186,12 +184,17 @@ class Tool:
 
     async def __call__(self, args: Mapping[str, Any]) -> Any:
         """Run the function with the agent's input (a plain function runs in a thread)."""
-        if inspect.iscoroutinefunction(self.function):
-            return await self.function(**args)
-        result = await asyncio.to_thread(self.function, **args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await _run(self.function, **args)
+
+
+async def _run(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Await a coroutine function; run any other in a thread, awaiting what it returns."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*args, **kwargs)
+    out = await asyncio.to_thread(function, *args, **kwargs)
+    if inspect.isawaitable(out):
+        out = await out
+    return out
 
 
 @overload
@@ -259,13 +262,8 @@ def call_slots(max_concurrent_calls: int | None) -> contextlib.AbstractAsyncCont
 
 async def call_handler(handler: ToolHandler, args: Mapping[str, Any]) -> ToolOutput:
     """Run a tool handler: coroutines (and :class:`Tool`) awaited, plain functions in a thread."""
-    if inspect.iscoroutinefunction(handler) or isinstance(handler, Tool):
-        out: Any = handler(args)
-    else:
-        out = await asyncio.to_thread(handler, args)
-    if inspect.isawaitable(out):
-        out = await out
-    return out  # type: ignore[no-any-return]
+    out: ToolOutput = await (handler(args) if isinstance(handler, Tool) else _run(handler, args))
+    return out
 
 
 def tool_result(call: ToolCall, out: object, is_error: bool) -> UserCustomToolResult:
@@ -474,8 +472,8 @@ def _input_schema(function: Callable[..., Any], described: Mapping[str, str]) ->
             schema = {**schema, "description": described[param.name]}
         if param.default is param.empty:
             required.append(param.name)
-        elif _jsonable(param.default):
-            schema = {**schema, "default": _json_value(param.default)}
+        elif (default := _json_value(param.default)) is not _NOT_JSON:
+            schema = {**schema, "default": default}
         properties[param.name] = schema
     out: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
@@ -483,26 +481,22 @@ def _input_schema(function: Callable[..., Any], described: Mapping[str, str]) ->
     return out
 
 
+_NOT_JSON = object()
+
+
 def _json_value(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
-
-
-def _jsonable(value: Any) -> bool:
+    """A parameter default as JSON data (enum members by value), or ``_NOT_JSON``."""
     if isinstance(value, enum.Enum):
         value = value.value
     if value is None or isinstance(value, str | int | float | bool):
-        return True
+        return value
     if isinstance(value, list | tuple):
-        return all(_jsonable(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
-    return False
+        items = [_json_value(v) for v in value]
+        return _NOT_JSON if any(v is _NOT_JSON for v in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        fields = {k: _json_value(v) for k, v in value.items()}
+        return _NOT_JSON if any(v is _NOT_JSON for v in fields.values()) else fields
+    return _NOT_JSON
 
 
 def _schema(annotation: Any) -> dict[str, Any]:

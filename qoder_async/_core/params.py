@@ -190,19 +190,6 @@ class AgentParams(TypedDict, total=False):
     version: int | None
 
 
-class AgentWithOverridesParams(TypedDict, total=False):
-    """An agent with some of its settings replaced for one session."""
-
-    type: Required[Literal["agent_with_overrides"]]
-    id: Required[str]
-    version: int | None
-    system: str | None
-    model: str | dict[str, Any]
-    tools: list[ToolParams]
-    mcp_servers: list[URLMCPServerParams]
-    skills: list[SkillParams]
-
-
 class SessionAgentUpdateParams(TypedDict, total=False):
     """What ``sessions.update(agent=...)`` may change of a session's agent."""
 
@@ -211,6 +198,14 @@ class SessionAgentUpdateParams(TypedDict, total=False):
     tools: list[ToolParams]
     mcp_servers: list[URLMCPServerParams]
     skills: list[SkillParams]
+
+
+class AgentWithOverridesParams(SessionAgentUpdateParams, total=False):
+    """An agent with some of its settings replaced for one session."""
+
+    type: Required[Literal["agent_with_overrides"]]
+    id: Required[str]
+    version: int | None
 
 
 # --- deployments, dreams

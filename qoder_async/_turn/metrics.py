@@ -63,7 +63,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["NO_METRICS", "Metrics", "metrics_for", "retry_reason"]
 
-_TURN = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "qoder"}
+_PROVIDER = "qoder"
+_TURN = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": _PROVIDER}
 _INPUT = {**_TURN, "gen_ai.token.type": "input"}
 _OUTPUT = {**_TURN, "gen_ai.token.type": "output"}
 _REDELIVERED = ({"qoder.fleet.redelivered": False}, {"qoder.fleet.redelivered": True})
@@ -73,6 +74,23 @@ _TURN_SECONDS = (*_SECONDS, 81.92, 163.84, 327.68, 655.36, 1310.72)
 _TTFC = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _TPOC = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 _TOKENS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
+# (name, unit, description, buckets) of the turn's histograms, as _Recording unpacks them.
+_HISTOGRAMS = (
+    ("gen_ai.client.operation.duration", "s", "GenAI operation duration", _TURN_SECONDS),
+    ("gen_ai.client.token.usage", "{token}", "Number of input and output tokens used", _TOKENS),
+    (
+        "gen_ai.client.operation.time_to_first_chunk",
+        "s",
+        "Time to receive the first chunk of the reply",
+        _TTFC,
+    ),
+    (
+        "gen_ai.client.operation.time_per_output_chunk",
+        "s",
+        "Time between chunks of the reply",
+        _TPOC,
+    ),
+)
 
 
 def _histogram(meter: Any, name: str, unit: str, description: str, buckets: Any) -> Any:
@@ -154,33 +172,8 @@ class _Recording(Metrics):
         # ``pending``: the global provider's stand-in while none is set (turns are not
         # measured until the application sets one; counters go through it for free).
         self._pending = pending
-        self._duration = _histogram(
-            meter,
-            "gen_ai.client.operation.duration",
-            "s",
-            "GenAI operation duration",
-            _TURN_SECONDS,
-        )
-        self._tokens = _histogram(
-            meter,
-            "gen_ai.client.token.usage",
-            "{token}",
-            "Number of input and output tokens used",
-            _TOKENS,
-        )
-        self._ttfc = _histogram(
-            meter,
-            "gen_ai.client.operation.time_to_first_chunk",
-            "s",
-            "Time to receive the first chunk of the reply",
-            _TTFC,
-        )
-        self._tpoc = _histogram(
-            meter,
-            "gen_ai.client.operation.time_per_output_chunk",
-            "s",
-            "Time between chunks of the reply",
-            _TPOC,
+        self._duration, self._tokens, self._ttfc, self._tpoc = (
+            _histogram(meter, *spec) for spec in _HISTOGRAMS
         )
         counter = meter.create_counter
         self._reconnects = counter("qoder.stream.reconnects", description="Stream reconnects")

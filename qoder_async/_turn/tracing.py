@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from qoder_async._core.version import __version__
-from qoder_async._turn.metrics import NO_METRICS, Metrics
+from qoder_async._turn.metrics import _PROVIDER, _TURN, NO_METRICS, Metrics
 
 try:  # the optional extra: pip install "qoder-async[otel]"
     from opentelemetry import trace as otel_trace
@@ -47,8 +47,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     HAVE_OTEL = False
 
 __all__ = ["NO_SPAN", "TurnSpan", "tracer_for"]
-
-_PROVIDER = "qoder"
 
 
 class TurnSpan:
@@ -168,11 +166,7 @@ class Tracing:
         span = self._tracer.start_span(
             "invoke_agent",
             kind=otel_trace.SpanKind.CLIENT,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.provider.name": _PROVIDER,
-                "gen_ai.conversation.id": session_id,
-            },
+            attributes={**_TURN, "gen_ai.conversation.id": session_id},
         )
         return TurnSpan(self._tracer, span, measured)
 
@@ -181,6 +175,5 @@ def tracer_for(provider: Any = None, metrics: Metrics = NO_METRICS) -> Tracing:
     """Tracing on ``provider`` (else the application's global one), or off without OTel."""
     if not HAVE_OTEL:
         return Tracing(None, metrics)
-    if provider is not None:
-        return Tracing(provider.get_tracer("qoder_async", __version__), metrics)
-    return Tracing(otel_trace.get_tracer("qoder_async", __version__), metrics)
+    source = otel_trace if provider is None else provider  # the global provider's, or this one's
+    return Tracing(source.get_tracer("qoder_async", __version__), metrics)

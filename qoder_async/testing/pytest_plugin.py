@@ -158,10 +158,6 @@ def _cassette(request: pytest.FixtureRequest) -> Path | None:
     return Path(request.path).parent / marker.args[0]
 
 
-def _recording(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--qoder-record", default=False))
-
-
 @_async_fixture
 async def qoder_fake_server(
     request: pytest.FixtureRequest,
@@ -173,7 +169,7 @@ async def qoder_fake_server(
     from qoder_async.testing import FakeQoderServer
 
     cassette = _cassette(request)
-    if cassette is not None and _recording(request):
+    if cassette is not None and request.config.getoption("--qoder-record", default=False):
         yield None
         return
     if cassette is not None and not cassette.exists():
