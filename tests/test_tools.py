@@ -103,6 +103,21 @@ def test_a_definition_from_a_function() -> None:
     }
 
 
+def test_a_default_that_is_no_json_is_left_out_of_the_schema() -> None:
+    """NaN and the infinities are no JSON: the schema states no default for them (it once
+    stated ``NaN``, which a strict server refuses), as for any other non-JSON default."""
+
+    @tool
+    def scale(
+        by: float = math.nan, limit: float = math.inf, at: tuple[float, ...] = (1.0, -math.inf)
+    ) -> str:
+        return "ok"
+
+    props = scale.definition["input_schema"]["properties"]
+    assert [p.get("default", "none") for p in props.values()] == ["none", "none", "none"]
+    json.dumps(scale.definition, allow_nan=False)
+
+
 def test_the_definition_matches_the_official_sdk_shape() -> None:
     """qca's CustomToolParams: type, name, description, input_schema (type/properties/required)."""
     from qca.managed.types.custom_tool_params import CustomToolParams

@@ -488,6 +488,8 @@ def _json_value(value: Any) -> Any:
     """A parameter default as JSON data (enum members by value), or ``_NOT_JSON``."""
     if isinstance(value, enum.Enum):
         value = value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NOT_JSON  # NaN and infinities are no JSON
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, list | tuple):
