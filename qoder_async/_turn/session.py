@@ -233,11 +233,22 @@ _IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its i
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end, whatever it ends with."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+    """Cancel ``task`` and wait for it to end, whatever it ends with.
+
+    A cancel of the caller while it waits is raised: it reaches the awaited task
+    only, so it is told apart by the caller's own count of cancel requests.
+    """
+    if task is None:
+        return
+    caller = asyncio.current_task()
+    asked = caller.cancelling() if caller is not None else 0
+    task.cancel()
+    try:
+        with contextlib.suppress(Exception):
             await task
+    except asyncio.CancelledError:
+        if caller is not None and caller.cancelling() > asked:
+            raise
 
 
 class _Listener:

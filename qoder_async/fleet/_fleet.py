@@ -210,7 +210,7 @@ from qoder_async._shell.eventstream import (
     DEFAULT_STALL_TIMEOUT,
 )
 
-from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator
+from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator, cancel_and_wait
 from ._lease import (
     Balancer,
     Claim,
@@ -402,9 +402,7 @@ class _Ahead:
 
     async def aclose(self) -> None:
         """Stop reading."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 _SIGTERM_FLEETS: set[Fleet] = set()
@@ -590,9 +588,7 @@ class Fleet:
         """
         task = self._serve_task
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     # ------------------------------------------------------------------ sending
 
