@@ -492,13 +492,12 @@ class Fleet:
             raise ConfigurationError(f"poll_interval must be positive, got {poll_interval!r}")
         if not shutdown_grace >= 0:
             raise ConfigurationError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
-        if max_sessions is not None and max_sessions < 0:
-            raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
         self._client = client
         self.coordinator: Coordinator = (
             coordinator if coordinator is not None else MemoryCoordinator()
         )
         self.worker_id = worker_id or _default_worker_id()
+        self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)  # checks it
         self.lease_ttl = lease_ttl
         self.max_sessions = max_sessions
         self.poll_interval = poll_interval
@@ -518,7 +517,6 @@ class Fleet:
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._rand: Callable[[], float] = random.random
         self._tick = min(lease_ttl / 10, 1.0)
-        self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)
         self._handler: Handler | None = None
         self._runners: dict[str, _Runner] = {}
         self._serve_task: asyncio.Task[None] | None = None
