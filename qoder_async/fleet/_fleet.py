@@ -438,6 +438,13 @@ def _stop_all() -> None:
         fleet.stop()
 
 
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them all to end, whatever each ends with."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _default_worker_id() -> str:
     return f"{platform.node() or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -756,10 +763,7 @@ class Fleet:
             self._fatal.set_exception(exc)
 
     async def _shutdown(self) -> None:
-        runners = list(self._runners.values())
-        for runner in runners:
-            runner.task.cancel()
-        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
+        await _cancel_all([r.task for r in self._runners.values()])
         with contextlib.suppress(QoderError, TimeoutError):
             async with asyncio.timeout(self.lease_ttl):
                 await self.coordinator.retire(self.worker_id, self._instance)
@@ -802,9 +806,7 @@ class Fleet:
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in waits:
-                    task.cancel()
-                await asyncio.gather(*waits, return_exceptions=True)
+                await _cancel_all(list(waits))
         if work is not None and work.is_set() and not self._stopping.is_set():
             await self._sleep(WORK_WINDOW)
 
@@ -965,9 +967,7 @@ class Fleet:
             await self._sleep(delay)  # the lease is kept meanwhile: no hot redelivery
         finally:
             self._client._metrics.leases(-1)
-            for answering in runner.answering.values():
-                answering.cancel()
-            await asyncio.gather(*runner.answering.values(), return_exceptions=True)
+            await _cancel_all(list(runner.answering.values()))
             if self._runners.get(follow.session_id) is runner:
                 del self._runners[follow.session_id]
             if not follow.lease.done:
