@@ -7,12 +7,14 @@ handler, and the turn it was streaming must not go on running for nobody.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from qoder_async import QoderClient, tool
 from qoder_async._turn import session as session_module
+from qoder_async.fleet._coordinators import cancel_and_wait
 from qoder_async.testing import FakeQoderServer, TurnContext, tool_script
 
 HANG = 30.0  # seconds: only a hang takes this long
@@ -160,3 +162,38 @@ async def test_a_hung_server_does_not_hang_the_exit(
     with pytest.raises(Boom):
         await asyncio.wait_for(leave_early(), HANG)  # only a hang reaches the bound
     server.faults.slow_seconds = 0.0
+
+
+@pytest.mark.parametrize(
+    "cancel",
+    [session_module._cancel, cancel_and_wait],
+    ids=["session", "fleet"],
+)
+async def test_cancelling_a_task_never_swallows_the_callers_own_cancel(
+    cancel: Callable[[asyncio.Task[None]], Awaitable[None]],
+) -> None:
+    """Cancelling a task and waiting for it: a cancel of the waiting caller
+    meanwhile still ends the caller (Python 3.11: cancelling a task that awaits a
+    task cancels the awaited one and sets nothing on the caller)."""
+    cleaning = asyncio.Event()
+    after: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaning.set()
+            await asyncio.sleep(0.05)  # a cleanup that takes a while
+
+    async def stopper() -> None:
+        task = asyncio.create_task(slow_to_stop())
+        await asyncio.sleep(0)  # it runs up to its sleep
+        await cancel(task)
+        after.append("went on")
+
+    outer = asyncio.create_task(stopper())
+    await asyncio.wait_for(cleaning.wait(), 1)  # the caller now waits for the cleanup
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert after == []

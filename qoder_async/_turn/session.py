@@ -233,11 +233,22 @@ _IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its i
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end, whatever it ends with."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+    """Cancel ``task`` and wait for it to end, whatever it ends with.
+
+    A cancel of the caller while it waits is raised: it reaches the awaited task
+    only, so it is told apart by the caller's own count of cancel requests.
+    """
+    if task is None:
+        return
+    caller = asyncio.current_task()
+    asked = caller.cancelling() if caller is not None else 0
+    task.cancel()
+    try:
+        with contextlib.suppress(Exception):
             await task
+    except asyncio.CancelledError:
+        if caller is not None and caller.cancelling() > asked:
+            raise
 
 
 class _Listener:
@@ -469,7 +480,6 @@ class Turn:
     def _finish(self, ev: Event) -> None:
         self._done = True
         self._paused = False
-        self.session._turn_done(self)
         if fails_turn(ev):
             self._error = TurnFailedError(
                 f"turn {self.turn_id} ended: {ev.type}",
@@ -493,7 +503,6 @@ class Turn:
             return
         self._done = True
         self._error = exc
-        self.session._turn_done(self)
         self._span.ended(turn_id=self.turn_id, error=exc)
         self._wake()
 
@@ -882,7 +891,6 @@ class SessionHandle:
         self._listeners: list[_Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._stream: EventStream | None = None
-        self._turns: list[Turn] = []
         self._lock = asyncio.Lock()
         self._handlers: list[tuple[str | type[BaseEvent], EventHandler]] = []
         self._dispatcher: asyncio.Task[None] | None = None
@@ -1074,7 +1082,6 @@ class SessionHandle:
             anchor_at=anchor.processed_at if anchor is not None else None,
             started=started,
         )
-        self._turns.append(turn)
         overflowed, router.overflowed = router.overflowed, False
         for target, ev in deliveries:
             target._deliver(ev)
@@ -1135,7 +1142,7 @@ class SessionHandle:
 
     async def _pause_busy(self, wait: float, attempt: int) -> bool | None:
         """After a 409 busy: wait for the running turn (local, or the server's status)."""
-        local = [t for t in self._turns if not t.done and t.expects_events]
+        local = [s.key for s in self._router.live if s.key.expects_events]
         if local:
             waits = [asyncio.ensure_future(t._wait()) for t in local]
             _, pending = await asyncio.wait(waits, timeout=wait)
@@ -1384,7 +1391,7 @@ class SessionHandle:
         stream = self._stream
         if stream is not None:
             stream.expect_activity = bool(self._router.waiting) or any(
-                t.expects_events for t in self._turns
+                s.key.expects_events for s in self._router.live
             )
 
     async def _pump(self, stream: EventStream) -> None:
@@ -1492,13 +1499,8 @@ class SessionHandle:
         self._task = self._stream = None
         self._connected.clear()
 
-    def _turn_done(self, turn: Turn) -> None:
-        if turn in self._turns:
-            self._turns.remove(turn)
-
     def _release_turn(self, turn: Turn) -> None:
         self._router.release(turn)
-        self._turn_done(turn)
         self._maybe_stop()
 
     async def aclose(self) -> None:
@@ -1508,10 +1510,10 @@ class SessionHandle:
         await _cancel(dispatcher)
         task = self._task
         self._detach()
-        for turn in list(self._turns):
+        # Not the done ones: a turn failed at bind (events dropped) is live until released.
+        for turn in [s.key for s in self._router.live if not s.key.done]:
             await turn._stop_tools()
             turn._fail(ClientClosedError("the client was closed"))
-        self._turns.clear()
         for state in self._router.live:
             self._router.release(state.key)
         for listener in list(self._listeners):

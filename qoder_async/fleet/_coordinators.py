@@ -821,6 +821,22 @@ def _text(value: object) -> str:
     return str(value)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end (an error it ended with is raised).
+
+    A cancel of the caller while it waits is raised: it reaches the awaited task
+    only, so it is told apart by the caller's own count of cancel requests.
+    """
+    caller = asyncio.current_task()
+    asked = caller.cancelling() if caller is not None else 0
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if caller is not None and caller.cancelling() > asked:
+            raise
+
+
 def _ms(seconds: float) -> int:
     if not seconds > 0:
         raise ValueError(f"ttl must be positive, got {seconds!r}")
@@ -1249,17 +1265,13 @@ class RedisCoordinator:
     async def _stop_subscriber(self) -> None:
         task, self._subscriber = self._subscriber, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def aclose(self) -> None:
         """Close the client if this coordinator created it (``from_url``)."""
         await self._stop_subscriber()
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await cancel_and_wait(flusher)
         if self._owns_client:
             await self._client.aclose()

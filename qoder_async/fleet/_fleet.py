@@ -210,7 +210,7 @@ from qoder_async._shell.eventstream import (
     DEFAULT_STALL_TIMEOUT,
 )
 
-from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator
+from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator, cancel_and_wait
 from ._lease import (
     Balancer,
     Claim,
@@ -402,9 +402,7 @@ class _Ahead:
 
     async def aclose(self) -> None:
         """Stop reading."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 _SIGTERM_FLEETS: set[Fleet] = set()
@@ -438,6 +436,13 @@ def _stop_all() -> None:
     logger.info("SIGTERM: stopping %d fleet(s)", len(_SIGTERM_FLEETS))
     for fleet in list(_SIGTERM_FLEETS):
         fleet.stop()
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them all to end, whatever each ends with."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _default_worker_id() -> str:
@@ -494,13 +499,12 @@ class Fleet:
             raise ConfigurationError(f"poll_interval must be positive, got {poll_interval!r}")
         if not shutdown_grace >= 0:
             raise ConfigurationError(f"shutdown_grace must be >= 0, got {shutdown_grace!r}")
-        if max_sessions is not None and max_sessions < 0:
-            raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
         self._client = client
         self.coordinator: Coordinator = (
             coordinator if coordinator is not None else MemoryCoordinator()
         )
         self.worker_id = worker_id or _default_worker_id()
+        self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)  # checks it
         self.lease_ttl = lease_ttl
         self.max_sessions = max_sessions
         self.poll_interval = poll_interval
@@ -520,7 +524,6 @@ class Fleet:
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._rand: Callable[[], float] = random.random
         self._tick = min(lease_ttl / 10, 1.0)
-        self._balancer = Balancer(self.worker_id, max_sessions=max_sessions)
         self._handler: Handler | None = None
         self._runners: dict[str, _Runner] = {}
         self._serve_task: asyncio.Task[None] | None = None
@@ -590,9 +593,7 @@ class Fleet:
         """
         task = self._serve_task
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     # ------------------------------------------------------------------ sending
 
@@ -762,10 +763,7 @@ class Fleet:
             self._fatal.set_exception(exc)
 
     async def _shutdown(self) -> None:
-        runners = list(self._runners.values())
-        for runner in runners:
-            runner.task.cancel()
-        await asyncio.gather(*(r.task for r in runners), return_exceptions=True)
+        await _cancel_all([r.task for r in self._runners.values()])
         with contextlib.suppress(QoderError, TimeoutError):
             async with asyncio.timeout(self.lease_ttl):
                 await self.coordinator.retire(self.worker_id, self._instance)
@@ -808,9 +806,7 @@ class Fleet:
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in waits:
-                    task.cancel()
-                await asyncio.gather(*waits, return_exceptions=True)
+                await _cancel_all(list(waits))
         if work is not None and work.is_set() and not self._stopping.is_set():
             await self._sleep(WORK_WINDOW)
 
@@ -971,9 +967,7 @@ class Fleet:
             await self._sleep(delay)  # the lease is kept meanwhile: no hot redelivery
         finally:
             self._client._metrics.leases(-1)
-            for answering in runner.answering.values():
-                answering.cancel()
-            await asyncio.gather(*runner.answering.values(), return_exceptions=True)
+            await _cancel_all(list(runner.answering.values()))
             if self._runners.get(follow.session_id) is runner:
                 del self._runners[follow.session_id]
             if not follow.lease.done:

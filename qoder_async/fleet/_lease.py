@@ -152,7 +152,7 @@ from typing import NamedTuple
 from attrs import define, field, frozen
 
 from qoder_async._core.backoff import Backoff
-from qoder_async._core.errors import LeaseLostError
+from qoder_async._core.errors import ConfigurationError, LeaseLostError
 from qoder_async._core.models import Cursor
 from qoder_async._core.rules import render_table
 from qoder_async._core.sse import time_key
@@ -1099,7 +1099,7 @@ class Balancer:
         self, worker_id: str, *, max_sessions: int | None = None, patience: int = 3
     ) -> None:
         if max_sessions is not None and max_sessions < 0:
-            raise ValueError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
+            raise ConfigurationError(f"max_sessions must be >= 0 or None, got {max_sessions!r}")
         self.worker_id = worker_id
         self.max_sessions = max_sessions
         self.patience = patience
