@@ -505,19 +505,23 @@ async def test_a_busy_retry_keeps_the_callers_idempotency_key(
 ) -> None:
     """Every attempt carries the caller's key; a resend is stored once."""
 
+    def posts() -> list[Any]:
+        return [r for r in server.requests if r.method == "POST" and r.path.endswith("/events")]
+
     async def slow(ctx: TurnContext) -> None:
-        await ctx.sleep(0.2)
+        # The first turn runs until the second send was refused as busy (bounded): a
+        # fixed 0.2 s could run out on a loaded machine before the second send posted.
+        for _ in range(2000):
+            if len(posts()) >= 2:
+                return
+            await ctx.sleep(0.01)
 
     server.script = slow
     session = client.session(session_id)
     await session.send("first", idempotency_key="k")
     second = await session.send("second", on_busy="wait", idempotency_key="k2")
     await second.result()
-    keys = [
-        r.headers.get("idempotency-key")
-        for r in server.requests
-        if r.method == "POST" and r.path.endswith("/events")
-    ]
+    keys = [r.headers.get("idempotency-key") for r in posts()]
     assert keys[0] == "k"
     assert len(keys) > 2, "the second send was never refused as busy"
     assert set(keys[1:]) == {"k2"}
