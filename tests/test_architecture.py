@@ -25,7 +25,7 @@ resources                   ``_api.resources``, ``_api.deployments``, ``_api.vau
 custom tools                ``_api``, ``_api.tools``
 streams, pages and files    ``_shell.eventstream``, ``_shell.pagination``, ``_shell.files``
 the request layer           ``_shell.http``
-transports                  ``_shell``, ``_shell.transport``
+transports                  ``_shell``, ``_shell.transport``, ``_shell.tasks``
 the core (sans-I/O)         ``_core``, ``_core.machine``, ``_core.turns``, ``fleet._lease``,
                             ``_core.sse``, ``_core.convert``, ``_core.backoff``, ``_core.models``,
                             ``_core.params``, ``_core.errors``, ``_core.rules``, ``_core.version``
@@ -75,7 +75,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),  # agents are created with tool definitions: below resources
     "streams, pages and files": ("_shell.eventstream", "_shell.pagination", "_shell.files"),
     "the request layer": ("_shell.http",),
-    "transports": ("_shell", "_shell.transport"),
+    "transports": ("_shell", "_shell.transport", "_shell.tasks"),
     "the core (sans-I/O)": (
         "_core",
         "_core.machine",
@@ -183,10 +183,11 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_core.sse",
         "_api.tools",
         "_core.turns",
+        "_shell.tasks",
         "fleet._coordinators",
         "fleet._lease",
     },
-    "fleet._coordinators": {"_core.backoff", "_core.errors", "fleet._lease"},
+    "fleet._coordinators": {"_core.backoff", "_core.errors", "_shell.tasks", "fleet._lease"},
     "webhooks": {"_core.errors", "_core.models"},
     "_client": {
         "_api.deployments",
@@ -208,6 +209,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
         "_core.errors",
         "_shell.eventstream",
         "_shell.http",
+        "_shell.tasks",
         "_core.machine",
         "_core.models",
         "_api.resources",
@@ -289,6 +291,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "_core.params": set(),
     "_core.errors": {"_core.rules"},
     "_core.rules": set(),
+    "_shell.tasks": set(),
     "_core.version": set(),
     "_core": set(),
     "_shell": set(),

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from qoder_async import QoderClient, tool
+from qoder_async._shell.tasks import cancel_and_wait
 from qoder_async._turn import session as session_module
-from qoder_async.fleet._coordinators import cancel_and_wait
 from qoder_async.testing import FakeQoderServer, TurnContext, tool_script
 
 HANG = 30.0  # seconds: only a hang takes this long

@@ -168,6 +168,7 @@ from qoder_async._core.turns import (
 )
 from qoder_async._shell.eventstream import DEFAULT_READ_TIMEOUT, EventStream, as_cursor
 from qoder_async._shell.http import HTTP, segment
+from qoder_async._shell.tasks import cancel_and_wait
 from qoder_async._turn.tracing import Tracing, TurnSpan
 
 if TYPE_CHECKING:
@@ -233,22 +234,11 @@ _IDS_LIMIT = 2 * DEFAULT_DEDUPE_WINDOW  # a turn without kept events trims its i
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end, whatever it ends with.
-
-    A cancel of the caller while it waits is raised: it reaches the awaited task
-    only, so it is told apart by the caller's own count of cancel requests.
-    """
-    if task is None:
-        return
-    caller = asyncio.current_task()
-    asked = caller.cancelling() if caller is not None else 0
-    task.cancel()
-    try:
+    """Cancel ``task`` and wait for it to end, whatever it ends with (a cancel of the
+    caller while it waits is raised)."""
+    if task is not None:
         with contextlib.suppress(Exception):
-            await task
-    except asyncio.CancelledError:
-        if caller is not None and caller.cancelling() > asked:
-            raise
+            await cancel_and_wait(task)
 
 
 class _Listener:

@@ -103,6 +103,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, runtime
 
 from qoder_async._core.backoff import Backoff
 from qoder_async._core.errors import ConfigurationError, CoordinatorUnavailableError, LeaseLostError
+from qoder_async._shell.tasks import cancel_and_wait
 
 from ._lease import (
     RECENT_IDS,
@@ -819,22 +820,6 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return str(value)
-
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it to end (an error it ended with is raised).
-
-    A cancel of the caller while it waits is raised: it reaches the awaited task
-    only, so it is told apart by the caller's own count of cancel requests.
-    """
-    caller = asyncio.current_task()
-    asked = caller.cancelling() if caller is not None else 0
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        if caller is not None and caller.cancelling() > asked:
-            raise
 
 
 def _ms(seconds: float) -> int:

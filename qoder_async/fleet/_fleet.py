@@ -209,8 +209,9 @@ from qoder_async._shell.eventstream import (
     DEFAULT_READ_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
 )
+from qoder_async._shell.tasks import cancel_and_wait
 
-from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator, cancel_and_wait
+from ._coordinators import WORK_WINDOW, Coordinator, MemoryCoordinator
 from ._lease import (
     Balancer,
     Claim,
