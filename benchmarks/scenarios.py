@@ -387,6 +387,20 @@ class Harness:
 # --- 1. throughput ---------------------------------------------------------------
 
 
+def _events_for(
+    h: Harness, size: str
+) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """The throughput calibration: as many events as ``tp_target_s`` seconds of the rate
+    measured, within the plan's bounds for ``size``."""
+    plan = h.plan
+
+    def calibrate(p: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+        n = round2(m["ev_s"] * plan.tp_target_s * 1.1)
+        return {"n": max(plan.tp_nmin, min(plan.tp_nmax[size], n))}
+
+    return calibrate
+
+
 def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable[SResult]]:
     async def run(h: Harness, scn: Scenario, names: list[str]) -> SResult:
         plan = h.plan
@@ -406,13 +420,8 @@ def _throughput(size: str) -> Callable[[Harness, Scenario, list[str]], Awaitable
             srv = (await h.server_cpu() - cpu0) / dt * 100
             return {"ev_s": n / dt, "n": n, "s": dt, "srv_cpu_pct": srv}
 
-        def calibrate(p: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
-            n = round2(m["ev_s"] * plan.tp_target_s * 1.1)
-            cap = plan.tp_nmax[size]
-            return {"n": max(plan.tp_nmin, min(cap, n))}
-
         return await h.interleaved(
-            scn, names, h.target(), {"n": plan.tp_n0[size]}, sids, measure, calibrate
+            scn, names, h.target(), {"n": plan.tp_n0[size]}, sids, measure, _events_for(h, size)
         )
 
     return run
@@ -438,13 +447,8 @@ def _turn_api(size: str, tag: str) -> Callable[[Harness, Scenario, list[str]], A
             cpu_us = (time.process_time() - cpu0) / n * 1e6
             return {"ev_s": n / dt, "n": n, "s": dt, "cpu_us": cpu_us}
 
-        def calibrate(p: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
-            n = round2(m["ev_s"] * plan.tp_target_s * 1.1)
-            cap = plan.tp_nmax[size]
-            return {"n": max(plan.tp_nmin, min(cap, n))}
-
         return await h.interleaved(
-            scn, names, h.target(), {"n": plan.tp_n0[size]}, sids, measure, calibrate
+            scn, names, h.target(), {"n": plan.tp_n0[size]}, sids, measure, _events_for(h, size)
         )
 
     return run
