@@ -472,6 +472,35 @@ def test_httpx_is_optional(server_url: str) -> None:
     assert out.stdout.split() == ["refused", "True"]
 
 
+def test_a_borrowed_httpx_client_streams_without_httpx_sse() -> None:
+    """The [httpx] extra is httpx alone: streams over a borrowed httpx.AsyncClient are
+    opened by httpx itself, so a turn is followed with httpx-sse not importable."""
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        sys.modules["httpx_sse"] = None
+        import httpx
+        from qoder_async import QoderClient
+        from qoder_async.testing import FakeQoderServer
+
+        async def main():
+            async with FakeQoderServer() as server, httpx.AsyncClient() as http:
+                sid = server.add_session()["id"]
+                async with QoderClient(
+                    token=server.token, base_url=server.base_url, http_client=http
+                ) as client:
+                    result = await (await client.session(sid).send("hi")).result()
+                    print(result.stop_reason, bool(result.text))
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["end_turn", "True"], out.stderr
+
+
 @given(st.text(min_size=1))
 def test_an_id_becomes_the_path_segment_quote_makes_of_it(value: str) -> None:
     if value in (".", "..") or any(c < " " or c == "\x7f" for c in value):
